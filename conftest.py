@@ -1,0 +1,34 @@
+"""Root test configuration: backend choice, hypothesis profiles, the gpu marker's skip."""
+
+import os
+
+from sandbox.runtime import ensure_backend
+
+# Before anything imports numba.cuda: the CUDA simulator when no GPU is present.
+BACKEND = ensure_backend()
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# ci: reproducible and bounded (the CUDA simulator runs each thread as a Python thread).
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, max_examples=12, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", deadline=None, max_examples=30, suppress_health_check=[HealthCheck.too_slow])
+# gpu: a real device, so larger shapes (see tests/strategies.py) and more examples.
+settings.register_profile("gpu", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gpu" if BACKEND == "gpu" else "ci"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if BACKEND == "gpu":
+        return
+    skip = pytest.mark.skip(reason="needs a real CUDA GPU; running under Numba's CUDA simulator")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    return f"attention sandbox backend: {BACKEND} (HYPOTHESIS_PROFILE={settings._current_profile})"

@@ -1,0 +1,58 @@
+"""Attention IO sandbox: one block schedule, executed by Numba CUDA kernels and counted by a simulator.
+
+The vocabulary lives here (``Schedule``, ``Problem``, ``IOReport``, the NumPy
+reference); ``attention`` runs the kernels and ``simulate`` the IO model. Both
+executors are imported lazily, on first use, so that importing ``sandbox``
+never touches ``numba.cuda`` (the test harness must choose between the GPU and
+Numba's CUDA simulator before that happens).
+
+Naming (the FlashAttention paper's notation; the only names used in this project):
+
+=========  ====================  ===============================================
+paper      Python                meaning
+=========  ====================  ===============================================
+N          ``n_q``, ``n_kv``     sequence length (Nq queries, Nk keys/values)
+d          ``head_dim``          head dimension
+M          ``sram_bytes``        SRAM capacity (bytes here; elements in the paper)
+Br, Bc     ``block_q``,          rows of a Q block, rows of a K/V block
+           ``block_kv``
+Tr, Tc     ``n_q_blocks``,       ⌈Nq/Br⌉, ⌈Nk/Bc⌉
+           ``n_kv_blocks``
+Q, K, V    ``q``, ``k``, ``v``   inputs, (B, H, N, d)
+S          "S"                   scale·QKᵀ
+P          "P"                   softmax(S) (or exp(S - m) inside a tile)
+O          ``out``, "O"          PV, the output
+ℓ, m       "l", "m"              running row sum and row max
+L          ``lse``, "L"          log-sum-exp, m + log ℓ
+m_ij,l_ij  ``m_ij``, ``l_ij``    the current tile's row max and row sum
+alpha      ``alpha``             rescale factor exp(m_i - m_new)
+=========  ====================  ===============================================
+"""
+
+from sandbox.ioreport import IOReport, LEVELS, TENSORS
+from sandbox.problem import Problem
+from sandbox.reference import reference_attention
+from sandbox.schedule import KINDS, Schedule
+
+__all__ = [
+    "IOReport",
+    "KINDS",
+    "LEVELS",
+    "Problem",
+    "Schedule",
+    "TENSORS",
+    "attention",
+    "reference_attention",
+    "simulate",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The lab imports both executors; keep that off the import path of the vocabulary.
+    if name in ("attention", "simulate"):
+        from sandbox import lab
+
+        return getattr(lab, name)
+    raise AttributeError(f"module 'sandbox' has no attribute {name!r}")

@@ -1,0 +1,66 @@
+"""One attention call's shape: the problem, kept apart from the schedule that maps it."""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from sandbox.dtypes import as_dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Shape of one attention call: q is (batch, heads, n_q, head_dim), k and v (batch, heads, n_kv, head_dim).
+
+    Args:
+        batch, heads: B, H.
+        n_q, n_kv: Nq, Nk (they may differ: cross-attention).
+        head_dim: d.
+        dtype: input dtype, a NumPy dtype or its name ("float32", "float16").
+        causal: top-left causal mask (query i sees keys j <= i), as PyTorch SDPA's ``is_causal``.
+        scale: softmax scale; ``None`` means 1/sqrt(d).
+
+    Raises:
+        ValueError, TypeError: non-positive sizes, unsupported dtype, non-finite scale.
+    """
+
+    batch: int
+    heads: int
+    n_q: int
+    n_kv: int
+    head_dim: int
+    dtype: object = "float32"
+    causal: bool = False
+    scale: float = None
+
+    def __post_init__(self):
+        for name in ("batch", "heads", "n_q", "n_kv", "head_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        object.__setattr__(self, "dtype", as_dtype(self.dtype))
+        object.__setattr__(self, "causal", bool(self.causal))
+        object.__setattr__(self, "scale", resolve_scale(self.scale, self.head_dim))
+
+    @property
+    def bh(self):
+        """B·H, the number of independent (batch, head) slices."""
+        return self.batch * self.heads
+
+
+def resolve_scale(scale, head_dim):
+    """``scale`` as a finite float, 1/sqrt(head_dim) when ``None``.
+
+    Raises:
+        ValueError: if ``scale`` is not a finite real number.
+    """
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale: expected a finite float or None, got {scale!r}") from None
+    if isinstance(scale, bool) or not math.isfinite(value):
+        raise ValueError(f"scale: expected a finite float or None, got {scale!r}")
+    return value

@@ -1,0 +1,56 @@
+"""NumPy float64 reference attention: the ground truth every kernel is tested against."""
+
+import numpy as np
+
+from sandbox.problem import resolve_scale
+from sandbox.validation import REFERENCE_DTYPES, check_qkv
+
+
+def causal_mask(n_q, n_kv):
+    """Boolean (Nq, Nk) mask, True where query i may see key j: top-left aligned, j <= i."""
+    return np.arange(n_kv)[None, :] <= np.arange(n_q)[:, None]
+
+
+def reference_attention(q, k, v, causal=False, scale=None, return_lse=False):
+    """softmax(scale·QKᵀ)V in float64.
+
+    Args:
+        q: (B, H, Nq, d) NumPy array. k, v: (B, H, Nk, d); Nq != Nk is allowed.
+        causal: top-left causal mask (query i sees keys j <= i), as PyTorch SDPA's ``is_causal``.
+        scale: softmax scale, default 1/sqrt(d).
+        return_lse: also return L = log Σ_j exp(S_ij), shape (B, H, Nq).
+
+    Returns:
+        out (B, H, Nq, d) float64, or (out, lse). A row that attends to nothing (no key allowed)
+        gives zeros and lse = -inf. Stable for logits of any size: the row max is subtracted
+        before exponentiating.
+
+    Raises:
+        TypeError, ValueError: see :func:`sandbox.validation.check_qkv`.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> q = rng.standard_normal((1, 1, 4, 8)); out = reference_attention(q, q, q, causal=True)
+        >>> np.allclose(out[0, 0, 0], q[0, 0, 0])
+        True
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name}: the reference takes NumPy arrays, got {type(x).__name__}")
+    check_qkv(q, k, v, dtypes=REFERENCE_DTYPES, causal=causal, scale=scale)
+    scale = resolve_scale(scale, q.shape[-1])
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
+    s = scale * np.einsum("bhid,bhjd->bhij", q, k)
+    if causal:
+        s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    empty = ~np.isfinite(m) & (m < 0)  # rows where every key is masked
+    m = np.where(empty, 0.0, m)
+    p = np.exp(s - m)
+    l = p.sum(axis=-1, keepdims=True)
+    out = np.einsum("bhij,bhjd->bhid", p / np.where(empty, 1.0, l), v)
+    if not return_lse:
+        return out
+    with np.errstate(divide="ignore"):
+        lse = np.where(empty, -np.inf, m + np.log(l))[..., 0]
+    return out, lse

@@ -1,0 +1,42 @@
+"""Choose between a real CUDA GPU and Numba's CUDA simulator, before anything imports numba.cuda."""
+
+import ctypes
+import functools
+import os
+import sys
+
+SIM_ENV = "NUMBA_ENABLE_CUDASIM"
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_present():
+    """True if the CUDA driver loads and reports at least one device (asks the driver, not Numba)."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    try:
+        if lib.cuInit(0) != 0:
+            return False
+        count = ctypes.c_int(0)
+        return lib.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    except (AttributeError, OSError):
+        return False
+
+
+def ensure_backend():
+    """Turn on the CUDA simulator when no GPU is present, unless the user chose already.
+
+    Must run before the first ``import numba.cuda``; afterwards it only reports.
+
+    Returns:
+        "gpu" or "simulator".
+    """
+    if SIM_ENV not in os.environ and "numba.cuda" not in sys.modules and not gpu_present():
+        os.environ[SIM_ENV] = "1"
+    return "simulator" if using_simulator() else "gpu"
+
+
+def using_simulator():
+    """True if Numba's CUDA simulator is (or will be) active."""
+    return os.environ.get(SIM_ENV, "0") not in ("", "0")

@@ -1,0 +1,222 @@
+"""The block schedule: one declaration that the kernels are specialized from and the simulator counts.
+
+A ``Schedule`` is the mapping of attention onto the memory hierarchy, level by level:
+
+- HBM → SRAM: Q is cut into Tr blocks of Br rows, K and V into Tc blocks of Bc rows;
+  ``kind`` fixes the loop order and what goes back to HBM between tiles.
+- SRAM → registers: a thread block of ``threads_q × threads_kv`` threads covers a Br×Bc tile
+  of S; each thread owns a ``thread_q × thread_kv`` register tile of it. Thread (ty, tx) owns
+  the rows ``ty + a·threads_q`` (a < thread_q) and columns ``tx + b·threads_kv``: rows of S and
+  O, columns of S, and (strided the same way) columns of O.
+
+The SRAM footprint is counted buffer by buffer by :func:`sram_buffers`, which the kernels
+also use to lay out their dynamic shared memory: one formula for both.
+"""
+
+import dataclasses
+import math
+from collections import namedtuple
+
+import numpy as np
+
+from sandbox.dtypes import ACC, as_dtype
+
+#: Schedule kinds. "standard": Algorithm 0 (S and P in HBM); "flash1": Algorithm 1 (outer loop
+#: over K/V blocks, O/ℓ/m back to HBM every inner step); "flash2": FlashAttention-2 order
+#: (outer loop over Q blocks, O and L written once).
+KINDS = ("standard", "flash1", "flash2")
+
+#: Default SRAM capacity: the H100's opt-in shared memory per thread block (227 KiB).
+H100_SRAM_BYTES = 227 * 1024
+
+#: Largest head dimension the kernels are built for.
+MAX_HEAD_DIM = 256
+
+#: Threads per block the default thread layout aims at (at most).
+DEFAULT_MAX_THREADS = 256
+#: Hardware limit on threads per block.
+MAX_THREADS = 1024
+#: The largest register tile edge the default layout picks.
+_THREAD_TILE_CHOICES = (1, 2, 4, 8, 16)
+
+Buffer = namedtuple("Buffer", "name count itemsize")
+Buffer.__doc__ = "One shared-memory buffer: tensor name, elements, bytes per element."
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected a positive int, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name}: expected a positive int, got {value}")
+    return int(value)
+
+
+def default_thread_tile(block_q, block_kv, max_threads=DEFAULT_MAX_THREADS):
+    """The smallest square register tile t×t with ⌈Br/t⌉·⌈Bc/t⌉ ≤ ``max_threads`` threads."""
+    for t in _THREAD_TILE_CHOICES:
+        if math.ceil(block_q / t) * math.ceil(block_kv / t) <= max_threads:
+            return t, t
+    t = _THREAD_TILE_CHOICES[-1]
+    return t, t
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How one attention call is tiled; immutable, hashable, validated.
+
+    Args:
+        kind: one of :data:`KINDS`.
+        block_q: Br, rows of a Q block.
+        block_kv: Bc, rows of a K/V block.
+        thread_q, thread_kv: each thread's register tile of S (rows, columns); default: the
+            smallest square tile that keeps the block at ≤ 256 threads.
+        sram_bytes: M, the SRAM capacity the schedule assumes (default: 227 KiB, an H100's
+            opt-in shared memory per block).
+
+    Raises:
+        ValueError: unknown kind, non-positive sizes, a thread block over 1024 threads, or
+            tiles whose head_dim-independent part already exceeds ``sram_bytes``.
+
+    Example:
+        >>> s = Schedule("flash2", block_q=16, block_kv=16)
+        >>> s.threads, s.thread_q
+        (64, 2)
+    """
+
+    kind: str
+    block_q: int
+    block_kv: int
+    thread_q: int = None
+    thread_kv: int = None
+    sram_bytes: int = H100_SRAM_BYTES
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: unknown schedule kind {self.kind!r}; expected one of {KINDS}")
+        for name in ("block_q", "block_kv", "sram_bytes"):
+            object.__setattr__(self, name, _positive_int(getattr(self, name), name))
+        tq, tkv = default_thread_tile(self.block_q, self.block_kv)
+        if self.thread_q is None:
+            object.__setattr__(self, "thread_q", min(tq, self.block_q))
+        if self.thread_kv is None:
+            object.__setattr__(self, "thread_kv", min(tkv, self.block_kv))
+        for name, block in (("thread_q", self.block_q), ("thread_kv", self.block_kv)):
+            value = _positive_int(getattr(self, name), name)
+            object.__setattr__(self, name, value)
+            if value > block:
+                raise ValueError(f"{name}={value} is larger than its block ({block})")
+        if self.threads > MAX_THREADS:
+            raise ValueError(
+                f"thread layout {self.threads_q}x{self.threads_kv} = {self.threads} threads exceeds "
+                f"{MAX_THREADS} per block; raise thread_q/thread_kv"
+            )
+        # The S/P tile and row statistics do not depend on head_dim: check them now.
+        need = self.sram_footprint(head_dim=0, dtype="float16")
+        if need > self.sram_bytes:
+            raise ValueError(
+                f"schedule needs {need} bytes of SRAM before any Q/K/V tile "
+                f"(S tile {self.block_q}x{self.block_kv} fp32) but sram_bytes={self.sram_bytes}"
+            )
+
+    # -- thread layout --------------------------------------------------------------------
+    @property
+    def threads_q(self):
+        """Threads along Br: ⌈Br / thread_q⌉."""
+        return -(-self.block_q // self.thread_q)
+
+    @property
+    def threads_kv(self):
+        """Threads along Bc: ⌈Bc / thread_kv⌉."""
+        return -(-self.block_kv // self.thread_kv)
+
+    @property
+    def threads(self):
+        """Threads per thread block."""
+        return self.threads_q * self.threads_kv
+
+    # -- SRAM -----------------------------------------------------------------------------
+    def sram_footprint(self, head_dim, dtype):
+        """Bytes of shared memory the largest kernel of this schedule allocates."""
+        return max(
+            sum(b.count * b.itemsize for b in bufs) for bufs in sram_buffers(self, head_dim, dtype).values()
+        )
+
+    def check_fits(self, head_dim, dtype):
+        """Raise ValueError if the tiles for ``head_dim`` and ``dtype`` overflow ``sram_bytes``."""
+        if head_dim > MAX_HEAD_DIM:
+            raise ValueError(f"head_dim={head_dim} exceeds the largest supported head_dim ({MAX_HEAD_DIM})")
+        need = self.sram_footprint(head_dim, dtype)
+        if need > self.sram_bytes:
+            raise ValueError(
+                f"schedule {self.kind} Br={self.block_q} Bc={self.block_kv} needs {need} bytes of SRAM "
+                f"at head_dim={head_dim}, {np.dtype(dtype).name}, but its capacity is "
+                f"sram_bytes={self.sram_bytes}; use smaller blocks or Schedule.from_sram"
+            )
+
+    @classmethod
+    def from_sram(cls, sram_bytes, *, head_dim, kind="flash2", dtype="float32", **kwargs):
+        """The paper's block rule for SRAM of ``sram_bytes`` bytes.
+
+        Bc = ⌈M/4d⌉, Br = min(⌈M/4d⌉, d) with M = ``sram_bytes // itemsize(dtype)`` elements.
+        The rule is asymptotic: it budgets Q, K, V and O tiles of d columns and nothing else,
+        while our kernels also keep the Br×Bc fp32 S/P tile and fp32 row statistics in SRAM
+        (:func:`sram_buffers`). Where the rule's blocks overflow ``sram_bytes``, Bc is lowered
+        (and Br = min(Bc, d) with it) until the footprint fits.
+
+        Raises:
+            ValueError: if not even Br = Bc = 1 fits.
+        """
+        dt = as_dtype(dtype)
+        head_dim = _positive_int(head_dim, "head_dim")
+        m_elems = _positive_int(sram_bytes, "sram_bytes") // dt.itemsize
+        bc = max(1, -(-m_elems // (4 * head_dim)))
+        while bc >= 1:
+            br = min(bc, head_dim)
+            try:
+                sched = cls(kind, block_q=br, block_kv=bc, sram_bytes=sram_bytes, **kwargs)
+            except ValueError:
+                sched = None
+            if sched is not None and sched.sram_footprint(head_dim, dt) <= sram_bytes:
+                return sched
+            bc = bc - max(1, bc // 16)
+        raise ValueError(
+            f"sram_bytes={sram_bytes} cannot hold even 1x1 tiles at head_dim={head_dim}, {dt.name}"
+        )
+
+    def describe(self):
+        """One line naming the schedule."""
+        return (
+            f"{self.kind} Br={self.block_q} Bc={self.block_kv} threads={self.threads_q}x{self.threads_kv} "
+            f"tile={self.thread_q}x{self.thread_kv} M={self.sram_bytes}"
+        )
+
+
+def sram_buffers(schedule, head_dim, dtype):
+    """The shared-memory buffers of each kernel of ``schedule``, in allocation order.
+
+    Q/K/V tiles are kept in the input dtype; S/P and row statistics in fp32. O lives in
+    registers (each thread's tile of the Br×d output), never in SRAM.
+
+    Returns:
+        dict phase name → tuple of :class:`Buffer`. flash1 and flash2 have one phase, "main";
+        standard has three kernels: "qk" (S = QKᵀ), "softmax" (P = softmax(S)) and "pv" (O = PV).
+    """
+    it = np.dtype(dtype).itemsize
+    acc = ACC.itemsize
+    br, bc, d = schedule.block_q, schedule.block_kv, head_dim
+    if schedule.kind == "standard":
+        return {
+            "qk": (Buffer("Q", br * d, it), Buffer("K", bc * d, it)),
+            # per-thread partial (m, l) and the combined row (m, l) in the last slot
+            "softmax": (Buffer("m", schedule.threads + 1, acc), Buffer("l", schedule.threads + 1, acc)),
+            "pv": (Buffer("P", br * bc, acc), Buffer("V", bc * d, it)),
+        }
+    tiles = (Buffer("Q", br * d, it), Buffer("K", bc * d, it), Buffer("V", bc * d, it), Buffer("S", br * bc, acc))
+    if schedule.kind == "flash2":
+        # running m_i, l_i and the rescale factor alpha = exp(m_old - m_new)
+        stats = (Buffer("m", br, acc), Buffer("l", br, acc), Buffer("alpha", br, acc))
+    else:
+        # flash1 keeps m_i, l_i in HBM; SRAM holds the two factors of the O update
+        # O_new = alpha·O_old + beta·(P~ V), alpha = l_i e^(m_i-m_new)/l_new, beta = e^(m~_ij-m_new)/l_new
+        stats = (Buffer("alpha", br, acc), Buffer("beta", br, acc))
+    return {"main": tiles + stats}

@@ -1,0 +1,63 @@
+"""Input validation shared by every entry point: messages name the argument, what it got and what it expected."""
+
+import numpy as np
+
+from sandbox.dtypes import SUPPORTED
+from sandbox.problem import Problem, resolve_scale
+
+#: Dtypes the float64 NumPy reference accepts.
+REFERENCE_DTYPES = ("float16", "float32", "float64")
+
+
+def array_meta(x, name):
+    """(shape, dtype, on_device) of a NumPy array or any ``__cuda_array_interface__`` object.
+
+    Raises:
+        TypeError: if ``x`` is neither.
+    """
+    if isinstance(x, np.ndarray):
+        return x.shape, x.dtype, False
+    cai = getattr(x, "__cuda_array_interface__", None)
+    if cai is not None:
+        return tuple(cai["shape"]), np.dtype(cai["typestr"]), True
+    raise TypeError(
+        f"{name}: expected a NumPy array or a CUDA array (__cuda_array_interface__), got {type(x).__name__}"
+    )
+
+
+def check_qkv(q, k, v, *, dtypes=SUPPORTED, causal=False, scale=None):
+    """Validate q, k, v and return the :class:`Problem` they pose.
+
+    Args:
+        q: (B, H, Nq, d). k, v: (B, H, Nk, d). All of one dtype from ``dtypes``, all on the
+            host or all on the device.
+        causal, scale: as in :class:`Problem`.
+
+    Raises:
+        TypeError: non-array input, mixed host/device inputs, unsupported or mixed dtypes.
+        ValueError: wrong ndim, empty dimensions, mismatched B/H/d/Nk, non-finite scale.
+    """
+    metas = {name: array_meta(x, name) for name, x in (("q", q), ("k", k), ("v", v))}
+    for name, (shape, _, _) in metas.items():
+        if len(shape) != 4:
+            n = "Nq" if name == "q" else "Nk"
+            raise ValueError(f"{name}: expected shape (B, H, {n}, d), got {shape} ({len(shape)} dims)")
+        if 0 in shape:
+            raise ValueError(f"{name}: every dimension must be non-empty, got shape {shape}")
+    (qs, qdt, qdev), (ks, kdt, kdev), (vs, vdt, vdev) = metas.values()
+    b, h, n_q, d = qs
+    if ks[0] != b or ks[1] != h or ks[3] != d:
+        raise ValueError(f"k: expected shape ({b}, {h}, Nk, {d}) to match q {qs}, got {ks}")
+    if vs != ks:
+        raise ValueError(f"v: expected shape {ks} (the shape of k), got {vs}")
+    for name, dt in (("q", qdt), ("k", kdt), ("v", vdt)):
+        if dt.name not in dtypes:
+            raise TypeError(f"{name}: unsupported dtype {dt.name}; expected one of {', '.join(dtypes)}")
+    if not qdt == kdt == vdt:
+        raise TypeError(f"q, k, v: expected one dtype, got {qdt.name}, {kdt.name}, {vdt.name}")
+    if not qdev == kdev == vdev:
+        raise TypeError("q, k, v: expected all on the host (NumPy) or all on the GPU, got a mix")
+    scale = resolve_scale(scale, d)
+    if qdt.name not in SUPPORTED:  # reference-only dtypes (float64): a Problem needs a kernel dtype
+        return None
+    return Problem(batch=b, heads=h, n_q=n_q, n_kv=ks[2], head_dim=d, dtype=qdt, causal=causal, scale=scale)

@@ -1,0 +1,76 @@
+"""Hypothesis strategies every test draws from: problems, schedules and inputs.
+
+Shapes stay small where kernels run under Numba's CUDA simulator, which executes every
+CUDA thread as a Python thread (a 16-thread block over a 24x24 problem takes about a
+second); on a real GPU (``sandbox.runtime``) they grow.
+"""
+
+import math
+
+import numpy as np
+from hypothesis import strategies as st
+
+from sandbox import Problem, Schedule
+from sandbox.runtime import using_simulator
+
+SIMULATED = using_simulator()
+
+#: Largest sequence length / head dim drawn for kernel runs, per backend.
+MAX_N = 24 if SIMULATED else 600
+MAX_D = 20 if SIMULATED else 256
+#: Largest block edge drawn for kernel schedules (keeps simulator blocks at <= 16 threads).
+MAX_BLOCK = 8 if SIMULATED else 64
+
+#: Target logit magnitudes |scale·q·k|: ordinary, large, and large enough that a naive
+#: softmax overflows fp32 (exp(89) is inf).
+LOGIT_MAGNITUDES = (1.0, 10.0, 80.0)
+
+DTYPES = ("float32", "float16")
+
+
+@st.composite
+def problems(draw, max_n=MAX_N, max_d=MAX_D, dtypes=DTYPES, batch=(1, 2), heads=(1, 2)):
+    """Problems with ragged lengths, Nq != Nk, d from 1 up, every dtype, causal, scale."""
+    d = draw(st.integers(1, max_d))
+    scale = draw(st.one_of(st.none(), st.floats(0.05, 2.0)))
+    return Problem(
+        batch=draw(st.integers(*batch)),
+        heads=draw(st.integers(*heads)),
+        n_q=draw(st.integers(1, max_n)),
+        n_kv=draw(st.integers(1, max_n)),
+        head_dim=d,
+        dtype=draw(st.sampled_from(dtypes)),
+        causal=draw(st.booleans()),
+        scale=scale,
+    )
+
+
+@st.composite
+def schedules(draw, kinds=("standard", "flash1", "flash2"), max_block=MAX_BLOCK):
+    """Schedules with blocks that rarely divide the lengths, and register tiles that may not divide the blocks."""
+    br = draw(st.integers(1, max_block))
+    bc = draw(st.integers(1, max_block))
+    return Schedule(
+        draw(st.sampled_from(kinds)),
+        block_q=br,
+        block_kv=bc,
+        thread_q=draw(st.integers(1, min(br, 4))),
+        thread_kv=draw(st.integers(1, min(bc, 4))),
+    )
+
+
+def make_inputs(problem, seed, magnitude=1.0):
+    """q, k, v for ``problem`` with logits of about ``magnitude`` (scale·|q·k|), in problem.dtype."""
+    rng = np.random.default_rng(seed)
+    # q·k of two N(0, s²) vectors has std s²·sqrt(d): pick s for the target logit size.
+    s = math.sqrt(magnitude / (abs(problem.scale) * math.sqrt(problem.head_dim)))
+    shape_q = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
+    shape_kv = (problem.batch, problem.heads, problem.n_kv, problem.head_dim)
+    q = (s * rng.standard_normal(shape_q)).astype(problem.dtype)
+    k = (s * rng.standard_normal(shape_kv)).astype(problem.dtype)
+    v = rng.standard_normal(shape_kv).astype(problem.dtype)
+    return q, k, v
+
+
+seeds = st.integers(0, 2**32 - 1)
+magnitudes = st.sampled_from(LOGIT_MAGNITUDES)
