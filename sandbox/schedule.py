@@ -136,10 +136,8 @@ class Schedule:
 
     # -- SRAM -----------------------------------------------------------------------------
     def sram_footprint(self, head_dim, dtype):
-        """Bytes of shared memory the largest kernel of this schedule allocates."""
-        return max(
-            sum(b.count * b.itemsize for b in bufs) for bufs in sram_buffers(self, head_dim, dtype).values()
-        )
+        """Bytes of shared memory the largest kernel of this schedule allocates (with alignment)."""
+        return max(sram_offsets(bufs)[1] for bufs in sram_buffers(self, head_dim, dtype).values())
 
     def check_fits(self, head_dim, dtype):
         """Raise ValueError if the tiles for ``head_dim`` and ``dtype`` overflow ``sram_bytes``."""
@@ -220,3 +218,21 @@ def sram_buffers(schedule, head_dim, dtype):
         # O_new = alpha·O_old + beta·(P~ V), alpha = l_i e^(m_i-m_new)/l_new, beta = e^(m~_ij-m_new)/l_new
         stats = (Buffer("alpha", br, acc), Buffer("beta", br, acc))
     return {"main": tiles + stats}
+
+
+#: Alignment of each shared-memory buffer, in bytes.
+SRAM_ALIGN = 16
+
+
+def sram_offsets(buffers, align=SRAM_ALIGN):
+    """Element offsets of each buffer in a kernel's dynamic shared memory, and its total bytes.
+
+    Buffers start at ``align``-byte boundaries; each offset is in units of that buffer's own
+    element size (a kernel indexes one typed view of the shared memory per element size).
+    """
+    offsets, nbytes = {}, 0
+    for buf in buffers:
+        nbytes = -(-nbytes // align) * align
+        offsets[buf.name] = nbytes // buf.itemsize
+        nbytes += buf.count * buf.itemsize
+    return offsets, nbytes

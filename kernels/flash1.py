@@ -1,0 +1,173 @@
+"""FlashAttention Algorithm 1, faithfully: one thread block per (batch, head), O/ℓ/m back to HBM every inner step.
+
+    O = 0, l = 0, m = -inf in HBM
+    for each K/V block j:                         K_j, V_j: HBM -> SRAM, kept for the inner loop
+        for each Q block i (causal: skip blocks whose rows all precede key k0):
+            Q_i: HBM -> SRAM;  O_i, l_i, m_i: HBM -> registers
+            S = scale · Q_i K_jᵀ                  (register tiles -> SRAM, allowed entries only)
+            m~ = rowmax(S); P~ = exp(S - m~); l~ = rowsum(P~)
+            m_new = max(m_i, m~); l_new = e^(m_i - m_new) l_i + e^(m~ - m_new) l~
+            O_i = diag(l_new)⁻¹ (diag(l_i) e^(m_i - m_new) O_i + e^(m~ - m_new) P~ V_j) -> HBM
+            l_i = l_new, m_i = m_new -> HBM;  at i's last block j also L_i = m_i + log l_i -> HBM
+
+O stays in HBM in the output dtype between steps, as the algorithm has it: with fp16 inputs it is
+rounded once per K/V block (the tests' fp16 tolerance for flash1 grows with Tc for that reason).
+"""
+
+import math
+
+from numba import cuda, float32, from_dtype
+
+from kernels.counters import slots
+from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
+from sandbox.schedule import sram_buffers, sram_offsets
+
+
+def make_flash1(schedule, head_dim, dtype, count_io, causal):
+    """Build the flash1 kernel. Returns (kernel, smem_bytes, grid(problem))."""
+    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["main"])
+    OQ, OK, OV, OS, OA, OB = (off[n] for n in ("Q", "K", "V", "S", "alpha", "beta"))
+    BR, BC, TM, TN, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC
+    CAUSAL = t.CAUSAL
+    inc, allowed, n_allowed = t.inc, t.allowed, t.n_allowed
+    Q_, K_, V_, O_, S_, P_, M_, L_, l_, A_, B_ = (
+        slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l", "alpha", "beta")
+    )
+    HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
+    IN = from_dtype(dtype)
+
+    def kernel(q, k, v, o, lse, l_hbm, m_hbm, scale, counters):
+        tid = cuda.threadIdx.x
+        ty = tid // TX
+        tx = tid - ty * TX
+        bh = cuda.blockIdx.x
+        n_heads = q.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        n_q = q.shape[2]
+        n_kv = k.shape[2]
+        sm_in = cuda.shared.array(0, IN)  # Q, K, V tiles in the input dtype
+        sm_f = cuda.shared.array(0, float32)  # S/P tile and the O-update factors in fp32
+        cnt = t.new_counter()
+
+        # -- initialize O = 0, l = 0, m = -inf in HBM
+        for e in range(tid, n_q * D, NT):
+            r = e // D
+            o[b, h, r, e - r * D] = ZERO
+            inc(cnt, O_[HBM_W], 1)
+        for r in range(tid, n_q, NT):
+            l_hbm[b, h, r] = ZERO
+            m_hbm[b, h, r] = NEG_INF
+            inc(cnt, l_[HBM_W], 1)
+            inc(cnt, M_[HBM_W], 1)
+        sacc = cuda.local.array((TM, TN), float32)
+        acc = cuda.local.array((TM, DC), float32)  # P~ V_j for this thread's tile of O_i
+
+        n_kv_blocks = (n_kv + BC - 1) // BC
+        n_q_blocks = (n_q + BR - 1) // BR
+        for j in range(n_kv_blocks):
+            k0 = j * BC
+            kv_len = min(BC, n_kv - k0)
+            # barrier: the previous inner loop is done with K_j, V_j (and the HBM init is visible)
+            cuda.syncthreads()
+            t.load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+            t.load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            i_start = 0
+            if CAUSAL:
+                i_start = k0 // BR  # blocks before hold only rows < k0: fully masked, skipped
+            for i in range(i_start, n_q_blocks):
+                q0 = i * BR
+                q_len = min(BR, n_q - q0)
+                # the last K/V block that reaches block i: L_i is written there
+                j_last = n_kv_blocks - 1
+                if CAUSAL:
+                    j_last = min(j_last, (q0 + q_len - 1) // BC)
+                # barrier: every thread is done with the previous Q_i, P~ and factors
+                cuda.syncthreads()
+                t.load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
+                # barrier: Q_i (and K_j, V_j) are in SRAM
+                cuda.syncthreads()
+
+                # -- compute S = scale · Q_i K_j^T; write the allowed entries to SRAM
+                if t.s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt):
+                    for a in range(TM):
+                        r = ty + a * TY
+                        for bb in range(TN):
+                            c = tx + bb * TX
+                            if r < q_len and c < kv_len and allowed(q0 + r, k0 + c):
+                                sm_f[OS + r * BC + c] = scale * sacc[a, bb]
+                                inc(cnt, S_[SRAM_W], 1)
+                # barrier: the whole S tile is in SRAM
+                cuda.syncthreads()
+
+                # -- m~, P~, l~, then m_new, l_new and the O-update factors: one thread per row
+                for r in range(tid, q_len, NT):
+                    row = q0 + r
+                    jn = n_allowed(row, k0, kv_len)
+                    m_ij = NEG_INF
+                    for c in range(jn):
+                        m_ij = max(m_ij, sm_f[OS + r * BC + c])
+                        inc(cnt, S_[SRAM_R], 1)
+                    l_ij = ZERO
+                    if m_ij != NEG_INF:
+                        for c in range(jn):
+                            p = math.exp(sm_f[OS + r * BC + c] - m_ij)
+                            inc(cnt, S_[SRAM_R], 1)
+                            sm_f[OS + r * BC + c] = p
+                            inc(cnt, P_[SRAM_W], 1)
+                            l_ij += p
+                    m_old = m_hbm[b, h, row]
+                    l_old = l_hbm[b, h, row]
+                    inc(cnt, M_[HBM_R], 1)
+                    inc(cnt, l_[HBM_R], 1)
+                    m_new = max(m_old, m_ij)
+                    alpha = ONE  # factor of O_old
+                    beta = ZERO  # factor of P~ V_j
+                    l_new = l_old
+                    if m_new != NEG_INF:
+                        e_old = math.exp(m_old - m_new)
+                        e_new = math.exp(m_ij - m_new)
+                        l_new = e_old * l_old + e_new * l_ij
+                        alpha = l_old * e_old / l_new
+                        beta = e_new / l_new
+                    m_hbm[b, h, row] = m_new
+                    l_hbm[b, h, row] = l_new
+                    inc(cnt, M_[HBM_W], 1)
+                    inc(cnt, l_[HBM_W], 1)
+                    sm_f[OA + r] = alpha
+                    sm_f[OB + r] = beta
+                    inc(cnt, A_[SRAM_W], 1)
+                    inc(cnt, B_[SRAM_W], 1)
+                    if j == j_last:
+                        lse[b, h, row] = m_new + math.log(l_new) if l_new != ZERO else NEG_INF
+                        inc(cnt, L_[HBM_W], 1)
+                # barrier: P~ and the factors are in SRAM
+                cuda.syncthreads()
+
+                # -- O_i = alpha · O_i + beta · P~ V_j: read O_i from HBM, write it back
+                if ty < q_len and tx < D:
+                    for a in range(TM):
+                        for c in range(DC):
+                            acc[a, c] = ZERO
+                    t.pv_tile(sm_f, OS, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt)
+                    for a in range(TM):
+                        r = ty + a * TY
+                        if r < q_len:
+                            alpha = sm_f[OA + r]
+                            beta = sm_f[OB + r]
+                            inc(cnt, A_[SRAM_R], 1)
+                            inc(cnt, B_[SRAM_R], 1)
+                            for c in range(DC):
+                                col = tx + c * TX
+                                if col < D:
+                                    o_old = float32(o[b, h, q0 + r, col])
+                                    inc(cnt, O_[HBM_R], 1)
+                                    o[b, h, q0 + r, col] = alpha * o_old + beta * acc[a, c]
+                                    inc(cnt, O_[HBM_W], 1)
+        t.flush(cnt, counters)
+
+    def grid(problem):
+        return (problem.bh,)
+
+    return kernel, smem_bytes, grid

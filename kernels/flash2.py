@@ -1,0 +1,162 @@
+"""FlashAttention-2 order: one thread block per (Q block, batch·head); Q_i stays in SRAM; O and L written once.
+
+    for each K/V block j (causal: only blocks with a key <= the block's last query):
+        K_j, V_j: HBM -> SRAM
+        S = scale · Q_i K_jᵀ                       (register tiles -> SRAM, allowed entries only)
+        m_new = max(m_i, rowmax(S)); P = exp(S - m_new); alpha = exp(m_i - m_new)
+        l_i = alpha · l_i + rowsum(P); m_i = m_new  (one thread per row, in SRAM)
+        O_i = diag(alpha) O_i + P V_j              (O_i in registers)
+    O_i = diag(l_i)⁻¹ O_i -> HBM;  L_i = m_i + log l_i -> HBM
+"""
+
+import math
+
+from numba import cuda, float32, from_dtype
+
+from kernels.counters import slots
+from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
+from sandbox.schedule import sram_buffers, sram_offsets
+
+
+def make_flash2(schedule, head_dim, dtype, count_io, causal):
+    """Build the flash2 kernel. Returns (kernel, smem_bytes, grid(problem))."""
+    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["main"])
+    OQ, OK, OV, OS, OM, OL, OA = (off[n] for n in ("Q", "K", "V", "S", "m", "l", "alpha"))
+    BR, BC, TM, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC
+    CAUSAL = t.CAUSAL
+    inc, allowed, n_allowed = t.inc, t.allowed, t.n_allowed
+    K_, V_, O_, S_, P_, M_, L_, l_, A_ = (slots(n) for n in ("K", "V", "O", "S", "P", "m", "L", "l", "alpha"))
+    Q_ = slots("Q")
+    HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
+    IN = from_dtype(dtype)
+
+    def kernel(q, k, v, o, lse, scale, counters):
+        tid = cuda.threadIdx.x
+        ty = tid // TX
+        tx = tid - ty * TX
+        i_blk = cuda.blockIdx.x
+        bh = cuda.blockIdx.y
+        n_heads = q.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        n_q = q.shape[2]
+        n_kv = k.shape[2]
+        q0 = i_blk * BR
+        q_len = min(BR, n_q - q0)
+        sm_in = cuda.shared.array(0, IN)  # Q, K, V tiles in the input dtype
+        sm_f = cuda.shared.array(0, float32)  # S/P tile and row statistics in fp32
+        cnt = t.new_counter()
+
+        # -- load Q_i: it stays in SRAM for the whole K/V loop
+        t.load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
+        # -- m_i = -inf, l_i = 0 in SRAM
+        for r in range(tid, q_len, NT):
+            sm_f[OM + r] = NEG_INF
+            sm_f[OL + r] = ZERO
+            inc(cnt, M_[SRAM_W], 1)
+            inc(cnt, l_[SRAM_W], 1)
+        acc = cuda.local.array((TM, DC), float32)  # this thread's tile of O_i, in registers
+        for a in range(TM):
+            for c in range(DC):
+                acc[a, c] = ZERO
+        sacc = cuda.local.array((TM, t.TN), float32)
+
+        kv_end = n_kv
+        if CAUSAL:
+            kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped, no loads
+        for j in range(0, (kv_end + BC - 1) // BC):
+            k0 = j * BC
+            kv_len = min(BC, n_kv - k0)
+            # barrier: every thread is done reading the previous K_j, V_j and P
+            cuda.syncthreads()
+            t.load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+            t.load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            # barrier: K_j, V_j (and, first time round, Q_i, m_i, l_i) are in SRAM
+            cuda.syncthreads()
+
+            # -- compute S = scale · Q_i K_j^T; write the allowed entries to SRAM
+            if t.s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt):
+                for a in range(TM):
+                    r = ty + a * TY
+                    for bb in range(t.TN):
+                        c = tx + bb * TX
+                        if r < q_len and c < kv_len and allowed(q0 + r, k0 + c):
+                            sm_f[OS + r * BC + c] = scale * sacc[a, bb]
+                            inc(cnt, S_[SRAM_W], 1)
+            # barrier: the whole S tile is in SRAM
+            cuda.syncthreads()
+
+            # -- update m_i and l_i, P = exp(S - m_new): one thread per row
+            for r in range(tid, q_len, NT):
+                jn = n_allowed(q0 + r, k0, kv_len)
+                m_old = sm_f[OM + r]
+                l_old = sm_f[OL + r]
+                inc(cnt, M_[SRAM_R], 1)
+                inc(cnt, l_[SRAM_R], 1)
+                m_ij = NEG_INF
+                for c in range(jn):
+                    m_ij = max(m_ij, sm_f[OS + r * BC + c])
+                    inc(cnt, S_[SRAM_R], 1)
+                m_new = max(m_old, m_ij)
+                alpha = ONE
+                l_ij = ZERO
+                if m_new != NEG_INF:  # else nothing seen yet: keep alpha = 1, P empty
+                    alpha = math.exp(m_old - m_new)
+                    for c in range(jn):
+                        p = math.exp(sm_f[OS + r * BC + c] - m_new)
+                        inc(cnt, S_[SRAM_R], 1)
+                        sm_f[OS + r * BC + c] = p
+                        inc(cnt, P_[SRAM_W], 1)
+                        l_ij += p
+                sm_f[OM + r] = m_new
+                sm_f[OL + r] = alpha * l_old + l_ij
+                sm_f[OA + r] = alpha
+                inc(cnt, M_[SRAM_W], 1)
+                inc(cnt, l_[SRAM_W], 1)
+                inc(cnt, A_[SRAM_W], 1)
+            # barrier: P, alpha are in SRAM
+            cuda.syncthreads()
+
+            # -- O_i = diag(alpha) O_i + P V_j on this thread's register tile
+            if ty < q_len and tx < D:
+                for a in range(TM):
+                    r = ty + a * TY
+                    if r < q_len:
+                        alpha = sm_f[OA + r]
+                        inc(cnt, A_[SRAM_R], 1)
+                        for c in range(DC):
+                            acc[a, c] *= alpha
+            t.pv_tile(sm_f, OS, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt)
+
+        # barrier: the last row statistics are in SRAM
+        cuda.syncthreads()
+        # -- O_i = diag(l_i)^-1 O_i -> HBM (a row that saw no key: O = 0)
+        if ty < q_len and tx < D:
+            for a in range(TM):
+                r = ty + a * TY
+                if r < q_len:
+                    l_r = sm_f[OL + r]
+                    inc(cnt, l_[SRAM_R], 1)
+                    inv = ZERO
+                    if l_r != ZERO:  # NaN passes through
+                        inv = ONE / l_r
+                    for c in range(DC):
+                        col = tx + c * TX
+                        if col < D:
+                            o[b, h, q0 + r, col] = acc[a, c] * inv
+                            inc(cnt, O_[HBM_W], 1)
+        # -- L_i = m_i + log l_i -> HBM (-inf where l_i = 0)
+        for r in range(tid, q_len, NT):
+            l_r = sm_f[OL + r]
+            m_r = sm_f[OM + r]
+            inc(cnt, l_[SRAM_R], 1)
+            inc(cnt, M_[SRAM_R], 1)
+            lse[b, h, q0 + r] = m_r + math.log(l_r) if l_r != ZERO else NEG_INF
+            inc(cnt, L_[HBM_W], 1)
+        t.flush(cnt, counters)
+
+    def grid(problem):
+        return ((problem.n_q + BR - 1) // BR, problem.bh)
+
+    return kernel, smem_bytes, grid

@@ -1,0 +1,43 @@
+"""Raise a compiled kernel's dynamic shared memory limit above 48 KB (NVIDIA/numba-cuda issue 94).
+
+numba-cuda launches with any dynamic shared memory size but gives no way to opt a kernel
+in above the default 48 KB; the driver attribute is set here, through cuda-bindings, on
+the CUfunction numba compiled.
+"""
+
+from numba import cuda
+
+from sandbox.runtime import using_simulator
+
+DEFAULT_LIMIT = 48 * 1024
+
+
+def device_smem_optin():
+    """Opt-in shared memory per block of the current device, in bytes (None under the simulator)."""
+    if using_simulator():
+        return None
+    return int(cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+
+
+def check_device_limit(nbytes):
+    """Raise ValueError, before any launch, if ``nbytes`` exceed the device's opt-in limit."""
+    limit = device_smem_optin()
+    if limit is not None and nbytes > limit:
+        raise ValueError(
+            f"schedule needs {nbytes} bytes of shared memory per block but this GPU allows at most {limit}"
+        )
+
+
+def allow_dynamic_smem(compiled_kernel, nbytes):
+    """Let ``compiled_kernel`` (a numba ``_Kernel``) launch with ``nbytes`` of dynamic shared memory."""
+    if using_simulator() or nbytes <= DEFAULT_LIMIT:
+        return
+    from cuda.bindings import driver as cu
+
+    handle = compiled_kernel._codelibrary.get_cufunc().handle
+    if not isinstance(handle, cu.CUfunction):  # ctypes binding: a raw pointer value
+        handle = cu.CUfunction(int(getattr(handle, "value", handle)))
+    attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    (err,) = cu.cuFuncSetAttribute(handle, attr, int(nbytes))
+    if err != cu.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES={nbytes}) failed: {err}")

@@ -1,0 +1,195 @@
+"""Algorithm 0, standard attention: S and P materialized in HBM by three kernels.
+
+    qk:      S = scale · Q Kᵀ          Q_i, K_j: HBM -> SRAM; S tile -> HBM (allowed entries)
+    softmax: P = softmax(S)            one thread block per row; the row is read twice from HBM
+                                       (online max and sum, then normalize), because a row of Nk
+                                       fp32 values need not fit in SRAM; L = m + log l -> HBM
+    pv:      O = P V                   P_i,j (allowed entries), V_j: HBM -> SRAM; O_i -> HBM
+
+Causal tiles that are fully masked are skipped by qk and pv: no loads, no math.
+"""
+
+import math
+
+from numba import cuda, float32, from_dtype
+
+from kernels.counters import slots
+from kernels.tiles import NEG_INF, ZERO, make_tile_ops
+from sandbox.schedule import sram_buffers, sram_offsets
+
+
+def make_standard(schedule, head_dim, dtype, count_io, causal):
+    """Build the three kernels. Returns a dict phase -> (kernel, smem_bytes, grid(problem), block)."""
+    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    bufs = sram_buffers(schedule, head_dim, dtype)
+    (off_qk, smem_qk), (off_sm, smem_sm), (off_pv, smem_pv) = (
+        sram_offsets(bufs[p]) for p in ("qk", "softmax", "pv")
+    )
+    BR, BC, TM, TN, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC
+    CAUSAL = t.CAUSAL
+    inc, allowed, n_allowed = t.inc, t.allowed, t.n_allowed
+    Q_, K_, V_, O_, S_, P_, M_, L_, l_ = (slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l"))
+    HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
+    IN = from_dtype(dtype)
+    OQ, OK = off_qk["Q"], off_qk["K"]
+    OMS, OLS = off_sm["m"], off_sm["l"]
+    OP, OV = off_pv["P"], off_pv["V"]
+
+    def qk(q, k, s, scale, counters):
+        tid = cuda.threadIdx.x
+        ty = tid // TX
+        tx = tid - ty * TX
+        j = cuda.blockIdx.x
+        i = cuda.blockIdx.y
+        bh = cuda.blockIdx.z
+        n_heads = q.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        q0 = i * BR
+        k0 = j * BC
+        q_len = min(BR, q.shape[2] - q0)
+        kv_len = min(BC, k.shape[2] - k0)
+        if CAUSAL and k0 > q0 + q_len - 1:
+            return  # fully masked tile: no loads, no math
+        sm_in = cuda.shared.array(0, IN)
+        cnt = t.new_counter()
+        t.load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
+        t.load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+        # barrier: Q_i and K_j are in SRAM
+        cuda.syncthreads()
+        sacc = cuda.local.array((TM, TN), float32)
+        # -- S = scale · Q_i K_j^T -> HBM, allowed entries only
+        if t.s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt):
+            for a in range(TM):
+                r = ty + a * TY
+                for bb in range(TN):
+                    c = tx + bb * TX
+                    if r < q_len and c < kv_len and allowed(q0 + r, k0 + c):
+                        s[b, h, q0 + r, k0 + c] = scale * sacc[a, bb]
+                        inc(cnt, S_[HBM_W], 1)
+        t.flush(cnt, counters)
+
+    def softmax(s, p, lse, counters):
+        tid = cuda.threadIdx.x
+        row = cuda.blockIdx.x
+        bh = cuda.blockIdx.y
+        n_heads = s.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        jn = n_allowed(row, 0, s.shape[3])
+        sm_f = cuda.shared.array(0, float32)
+        cnt = t.new_counter()
+        # -- pass 1: this thread's online (max, sum) over its strided share of the row
+        m_t = NEG_INF
+        l_t = ZERO
+        for c in range(tid, jn, NT):
+            x = s[b, h, row, c]
+            inc(cnt, S_[HBM_R], 1)
+            m_new = max(m_t, x)
+            l_t = l_t * math.exp(m_t - m_new) + math.exp(x - m_new)
+            m_t = m_new
+        sm_f[OMS + tid] = m_t
+        sm_f[OLS + tid] = l_t
+        inc(cnt, M_[SRAM_W], 1)
+        inc(cnt, l_[SRAM_W], 1)
+        # barrier: all partial (m, l) are in SRAM
+        cuda.syncthreads()
+        # -- thread 0 combines the partials into the row's (m, l) and writes L
+        if tid == 0:
+            m = NEG_INF
+            l = ZERO
+            for u in range(NT):
+                m_u = sm_f[OMS + u]
+                l_u = sm_f[OLS + u]
+                inc(cnt, M_[SRAM_R], 1)
+                inc(cnt, l_[SRAM_R], 1)
+                m_new = max(m, m_u)
+                if m_new != NEG_INF:
+                    l = l * math.exp(m - m_new) + l_u * math.exp(m_u - m_new)
+                m = m_new
+            sm_f[OMS + NT] = m
+            sm_f[OLS + NT] = l
+            inc(cnt, M_[SRAM_W], 1)
+            inc(cnt, l_[SRAM_W], 1)
+            lse[b, h, row] = m + math.log(l) if l != ZERO else NEG_INF
+            inc(cnt, L_[HBM_W], 1)
+        # barrier: the row's (m, l) is in SRAM
+        cuda.syncthreads()
+        m = sm_f[OMS + NT]
+        l = sm_f[OLS + NT]
+        inc(cnt, M_[SRAM_R], 1)
+        inc(cnt, l_[SRAM_R], 1)
+        # -- pass 2: P = exp(S - m) / l -> HBM
+        for c in range(tid, jn, NT):
+            p[b, h, row, c] = math.exp(s[b, h, row, c] - m) / l
+            inc(cnt, S_[HBM_R], 1)
+            inc(cnt, P_[HBM_W], 1)
+        t.flush(cnt, counters)
+
+    def pv(p, v, o, counters):
+        tid = cuda.threadIdx.x
+        ty = tid // TX
+        tx = tid - ty * TX
+        i = cuda.blockIdx.x
+        bh = cuda.blockIdx.y
+        n_heads = v.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        n_q = p.shape[2]
+        n_kv = v.shape[2]
+        q0 = i * BR
+        q_len = min(BR, n_q - q0)
+        sm_in = cuda.shared.array(0, IN)
+        sm_f = cuda.shared.array(0, float32)
+        cnt = t.new_counter()
+        acc = cuda.local.array((TM, DC), float32)
+        for a in range(TM):
+            for c in range(DC):
+                acc[a, c] = ZERO
+        kv_end = n_kv
+        if CAUSAL:
+            kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped
+        for j in range(0, (kv_end + BC - 1) // BC):
+            k0 = j * BC
+            kv_len = min(BC, n_kv - k0)
+            # barrier: every thread is done with the previous P and V tiles
+            cuda.syncthreads()
+            # -- P_ij (allowed entries), V_j: HBM -> SRAM
+            for e in range(tid, q_len * kv_len, NT):
+                r = e // kv_len
+                c = e - r * kv_len
+                if allowed(q0 + r, k0 + c):
+                    sm_f[OP + r * BC + c] = p[b, h, q0 + r, k0 + c]
+                    inc(cnt, P_[HBM_R], 1)
+                    inc(cnt, P_[SRAM_W], 1)
+            t.load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            # barrier: P_ij and V_j are in SRAM
+            cuda.syncthreads()
+            # -- O_i += P_ij V_j on this thread's register tile
+            t.pv_tile(sm_f, OP, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt)
+        # -- O_i -> HBM
+        if ty < q_len and tx < D:
+            for a in range(TM):
+                r = ty + a * TY
+                if r < q_len:
+                    for c in range(DC):
+                        col = tx + c * TX
+                        if col < D:
+                            o[b, h, q0 + r, col] = acc[a, c]
+                            inc(cnt, O_[HBM_W], 1)
+        t.flush(cnt, counters)
+
+    def grid_qk(problem):
+        return ((problem.n_kv + BC - 1) // BC, (problem.n_q + BR - 1) // BR, problem.bh)
+
+    def grid_softmax(problem):
+        return (problem.n_q, problem.bh)
+
+    def grid_pv(problem):
+        return ((problem.n_q + BR - 1) // BR, problem.bh)
+
+    return {
+        "qk": (qk, smem_qk, grid_qk),
+        "softmax": (softmax, smem_sm, grid_softmax),
+        "pv": (pv, smem_pv, grid_pv),
+    }

@@ -1,0 +1,158 @@
+"""Device functions every kernel shares: tile loads, the S register tile, the PV register tile, counting.
+
+Built by :func:`make_tile_ops`, a factory that closes over the compile-time constants
+(block sizes, register tiles, head_dim, causal, count_io): ``cuda.local.array`` shapes and
+loop bounds must be literal constants for Numba, and dead branches (``if COUNT_IO:``,
+``if CAUSAL:``) then compile away.
+
+Thread layout (see :class:`sandbox.Schedule`): thread ``tid`` is (ty, tx) = (tid // TX, tid % TX);
+it owns rows ``ty + a·TY`` (a < TM) of the S and O tiles, columns ``tx + b·TX`` (b < TN) of the
+S tile, and columns ``tx + c·TX`` (c < DC) of the O tile. Every counter increment sits next to
+the access it counts.
+
+Counting rules (the simulator models exactly these):
+- a tile load moves each in-range element once: one HBM read, one SRAM write;
+- S tile: a thread with at least one valid row and one valid column reads, for each of the d
+  steps, its valid rows of Q and its valid columns of K from SRAM;
+- S and P entries are written and read only where the mask allows (in range, and kv_idx <= q_idx
+  when causal);
+- PV tile: a thread with a valid row and an O column reads, for each of the tile's kv_len
+  steps, its allowed P entries and its O columns of V from SRAM.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+from numba import cuda, float32, int64
+
+from kernels.counters import N_SLOTS, slots
+
+NEG_INF = np.float32(-np.inf)
+ZERO = np.float32(0.0)
+ONE = np.float32(1.0)
+
+
+def make_tile_ops(schedule, head_dim, count_io, causal):
+    """Device functions for one (schedule, head_dim, count_io, causal); see the module docstring."""
+    BR, BC = schedule.block_q, schedule.block_kv
+    TM, TN = schedule.thread_q, schedule.thread_kv
+    TY, TX = schedule.threads_q, schedule.threads_kv
+    NT = schedule.threads
+    D = head_dim
+    DC = -(-D // TX)  # O columns per thread (at most)
+    COUNT_IO = bool(count_io)
+    CAUSAL = bool(causal)
+    CNT_LEN = N_SLOTS if COUNT_IO else 1
+    Q_ = slots("Q")
+    K_ = slots("K")
+    P_ = slots("P")
+    V_ = slots("V")
+    HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
+
+    @cuda.jit(device=True)
+    def inc(cnt, s, n):
+        if COUNT_IO:
+            cnt[s] += n
+
+    @cuda.jit(device=True)
+    def new_counter():
+        cnt = cuda.local.array(CNT_LEN, int64)
+        if COUNT_IO:
+            for s in range(CNT_LEN):
+                cnt[s] = 0
+        return cnt
+
+    @cuda.jit(device=True)
+    def flush(cnt, counters):
+        # one atomic per non-zero counter per thread, at the thread's end
+        if COUNT_IO:
+            for s in range(CNT_LEN):
+                if cnt[s] != 0:
+                    cuda.atomic.add(counters, s, cnt[s])
+
+    @cuda.jit(device=True)
+    def allowed(q_idx, kv_idx):
+        if CAUSAL:
+            return kv_idx <= q_idx
+        return True
+
+    @cuda.jit(device=True)
+    def n_allowed(q_idx, k0, kv_len):
+        """Allowed keys of row q_idx among k0 .. k0+kv_len-1: a prefix of the tile."""
+        if CAUSAL:
+            return max(0, min(kv_len, q_idx - k0 + 1))
+        return kv_len
+
+    @cuda.jit(device=True)
+    def load_rows(src, b, h, row0, n_rows, dst, off, tid, cnt, s_hbm_r, s_sram_w):
+        """dst[off + r·D + c] = src[b, h, row0 + r, c] for r < n_rows: HBM → SRAM, all threads."""
+        for e in range(tid, n_rows * D, NT):
+            r = e // D
+            c = e - r * D
+            dst[off + r * D + c] = src[b, h, row0 + r, c]
+            inc(cnt, s_hbm_r, 1)
+            inc(cnt, s_sram_w, 1)
+
+    @cuda.jit(device=True)
+    def s_tile(smq, offq, smk, offk, ty, tx, q_len, kv_len, sacc, cnt):
+        """sacc[a, b] = Q_i[ty + a·TY] · K_j[tx + b·TX] for this thread's valid rows and columns.
+
+        Returns False (and reads nothing) when the thread has no valid row or no valid column.
+        """
+        if ty >= q_len or tx >= kv_len:
+            return False
+        qreg = cuda.local.array(TM, float32)
+        kreg = cuda.local.array(TN, float32)
+        for a in range(TM):
+            for b in range(TN):
+                sacc[a, b] = ZERO
+        for kk in range(D):
+            # -- registers <- SRAM: this thread's rows of Q_i and columns of K_j^T at step kk
+            for a in range(TM):
+                r = ty + a * TY
+                if r < q_len:
+                    qreg[a] = float32(smq[offq + r * D + kk])
+                    inc(cnt, Q_[SRAM_R], 1)
+            for b in range(TN):
+                c = tx + b * TX
+                if c < kv_len:
+                    kreg[b] = float32(smk[offk + c * D + kk])
+                    inc(cnt, K_[SRAM_R], 1)
+            # -- S += q k^T on the register tile
+            for a in range(TM):
+                for b in range(TN):
+                    sacc[a, b] += qreg[a] * kreg[b]
+        return True
+
+    @cuda.jit(device=True)
+    def pv_tile(smp, offp, smv, offv, ty, tx, q0, k0, q_len, kv_len, acc, cnt):
+        """acc[a, c] += Σ_j P[ty + a·TY, j] · V_j[j, tx + c·TX]: this thread's tile of O += P V_j.
+
+        P sits in SRAM with row stride Bc and is read only where allowed (masked entries count as 0).
+        """
+        if ty >= q_len or tx >= D:
+            return
+        preg = cuda.local.array(TM, float32)
+        for jj in range(kv_len):
+            # -- registers <- SRAM: this thread's rows of P at column jj
+            for a in range(TM):
+                r = ty + a * TY
+                preg[a] = ZERO
+                if r < q_len and allowed(q0 + r, k0 + jj):
+                    preg[a] = smp[offp + r * BC + jj]
+                    inc(cnt, P_[SRAM_R], 1)
+            # -- O += p v on the register tile, one V element at a time
+            for c in range(DC):
+                col = tx + c * TX
+                if col < D:
+                    vv = float32(smv[offv + jj * D + col])
+                    inc(cnt, V_[SRAM_R], 1)
+                    for a in range(TM):
+                        acc[a, c] += preg[a] * vv
+
+    return SimpleNamespace(
+        BR=BR, BC=BC, TM=TM, TN=TN, TY=TY, TX=TX, NT=NT, D=D, DC=DC,
+        COUNT_IO=COUNT_IO, CAUSAL=CAUSAL,
+        inc=inc, new_counter=new_counter, flush=flush, allowed=allowed, n_allowed=n_allowed,
+        load_rows=load_rows, s_tile=s_tile, pv_tile=pv_tile,
+    )

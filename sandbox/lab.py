@@ -1,0 +1,54 @@
+"""The lab: run a schedule on the kernels (``attention``) or count it with the simulator (``simulate``)."""
+
+from sandbox.runtime import ensure_backend
+
+ensure_backend()  # before kernels import numba.cuda
+
+from sandbox.schedule import Schedule  # noqa: E402
+from sandbox.validation import check_qkv  # noqa: E402
+
+#: Schedule used when none is given.
+DEFAULT_SCHEDULE = Schedule("flash2", block_q=64, block_kv=64)
+
+
+def _check_schedule(schedule):
+    if not isinstance(schedule, Schedule):
+        raise TypeError(
+            f"schedule: expected a sandbox.Schedule, e.g. Schedule('flash2', block_q=64, block_kv=64), "
+            f"got {type(schedule).__name__}"
+        )
+    return schedule
+
+
+def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, return_lse=False, count_io=False):
+    """softmax(scale·QKᵀ)V with the Numba CUDA kernel of ``schedule`` (on the GPU, or Numba's CUDA simulator).
+
+    Args:
+        q: (B, H, Nq, d); k, v: (B, H, Nk, d); float32 or float16. NumPy arrays are copied to
+            the device and results back; CUDA arrays (CuPy, PyTorch, Numba: anything with
+            ``__cuda_array_interface__``, C-contiguous) stay on the GPU and results come back
+            as the same kind of array.
+        schedule: a :class:`Schedule`; its kind picks the kernel.
+        causal: top-left causal mask (query i sees keys j <= i).
+        scale: softmax scale, default 1/sqrt(d).
+        return_lse: also return L, the log-sum-exp per row, (B, H, Nq) fp32.
+        count_io: also return the :class:`IOReport` counted by the kernel itself (slower build).
+
+    Returns:
+        ``out``; ``(out, lse)``; with ``count_io`` the report is appended last. ``out`` has the
+        input dtype; accumulation is fp32.
+
+    Raises:
+        TypeError, ValueError: bad inputs (see :func:`sandbox.validation.check_qkv`), a schedule
+            whose tiles overflow its SRAM or the GPU's shared memory.
+        MemoryError: the GPU cannot hold the buffers (standard attention's S and P grow as Nq·Nk).
+    """
+    problem = check_qkv(q, k, v, causal=causal, scale=scale)
+    _check_schedule(schedule).check_fits(problem.head_dim, problem.dtype)
+    from kernels.launch import attention_any
+
+    out, lse, report = attention_any(schedule, problem, q, k, v, count_io=count_io)
+    result = (out, lse) if return_lse else (out,)
+    if count_io:
+        result += (report,)
+    return result[0] if len(result) == 1 else result
