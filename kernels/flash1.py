@@ -66,7 +66,10 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
 
         n_kv_blocks = (n_kv + BC - 1) // BC
         n_q_blocks = (n_q + BR - 1) // BR
-        for j in range(n_kv_blocks):
+        kv_end = n_kv
+        if CAUSAL:
+            kv_end = min(n_kv, n_q)  # keys past the last query are masked for every row: skipped
+        for j in range(0, (kv_end + BC - 1) // BC):
             k0 = j * BC
             kv_len = min(BC, n_kv - k0)
             # barrier: the previous inner loop is done with K_j, V_j (and the HBM init is visible)

@@ -108,13 +108,16 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
                 sacc[a, b] = ZERO
         for kk in range(D):
             # -- registers <- SRAM: this thread's rows of Q_i and columns of K_j^T at step kk
+            # (out-of-range rows and columns get 0: their products are never stored)
             for a in range(TM):
                 r = ty + a * TY
+                qreg[a] = ZERO
                 if r < q_len:
                     qreg[a] = float32(smq[offq + r * D + kk])
                     inc(cnt, Q_[SRAM_R], 1)
             for b in range(TN):
                 c = tx + b * TX
+                kreg[b] = ZERO
                 if c < kv_len:
                     kreg[b] = float32(smk[offk + c * D + kk])
                     inc(cnt, K_[SRAM_R], 1)

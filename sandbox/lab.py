@@ -52,3 +52,35 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
     if count_io:
         result += (report,)
     return result[0] if len(result) == 1 else result
+
+
+def simulate(schedule, problem):
+    """Count what ``schedule`` moves between HBM and SRAM on ``problem``, with the IO model.
+
+    Args:
+        schedule: the :class:`Schedule` the kernels would be specialized from.
+        problem: a :class:`Problem`.
+
+    Returns:
+        IOReport: elements per level and tensor (the very counts ``attention(..., count_io=True)``
+        measures), and the matmul FLOPs.
+
+    Raises:
+        TypeError: arguments of the wrong type.
+        ValueError: a run the schedule cannot do (tiles over its SRAM, head_dim over 256).
+
+    Example:
+        >>> from sandbox import Problem, Schedule, simulate
+        >>> r = simulate(Schedule("flash2", block_q=64, block_kv=64), Problem(1, 1, 1024, 1024, 64))
+        >>> r.hbm_reads["Q"] == 1024 * 64
+        True
+    """
+    from sandbox.problem import Problem
+
+    _check_schedule(schedule)
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem: expected a sandbox.Problem, got {type(problem).__name__}")
+    schedule.check_fits(problem.head_dim, problem.dtype)
+    from simulator import simulate_counts
+
+    return simulate_counts(schedule, problem)

@@ -34,6 +34,9 @@ def ensure_backend():
     """
     if SIM_ENV not in os.environ and "numba.cuda" not in sys.modules and not gpu_present():
         os.environ[SIM_ENV] = "1"
+        config = sys.modules.get("numba.core.config")
+        if config is not None:  # numba read its environment already (e.g. pytest's warning filters)
+            config.reload_config()
     return "simulator" if using_simulator() else "gpu"
 
 

@@ -18,8 +18,10 @@ SIMULATED = using_simulator()
 #: Largest sequence length / head dim drawn for kernel runs, per backend.
 MAX_N = 24 if SIMULATED else 600
 MAX_D = 20 if SIMULATED else 256
-#: Largest block edge drawn for kernel schedules (keeps simulator blocks at <= 16 threads).
+#: Largest block edge drawn for kernel schedules, and the most threads along each block edge
+#: (the simulator's cost grows with threads per block: at most 4x4 there).
 MAX_BLOCK = 8 if SIMULATED else 64
+MAX_THREADS_EDGE = 4 if SIMULATED else 16
 
 #: Target logit magnitudes |scale·q·k|: ordinary, large, and large enough that a naive
 #: softmax overflows fp32 (exp(89) is inf).
@@ -54,8 +56,8 @@ def schedules(draw, kinds=("standard", "flash1", "flash2"), max_block=MAX_BLOCK)
         draw(st.sampled_from(kinds)),
         block_q=br,
         block_kv=bc,
-        thread_q=draw(st.integers(1, min(br, 4))),
-        thread_kv=draw(st.integers(1, min(bc, 4))),
+        thread_q=draw(st.integers(-(-br // MAX_THREADS_EDGE), br)),
+        thread_kv=draw(st.integers(-(-bc // MAX_THREADS_EDGE), bc)),
     )
 
 

@@ -1,0 +1,164 @@
+"""Exact HBM/SRAM element counts of a schedule, at tile granularity, in O(Tr + Tc) time.
+
+The model executes the schedule's algorithm (the loop orders in the docstrings of
+``kernels/standard.py``, ``kernels/flash1.py``, ``kernels/flash2.py``, as described by the
+Schedule) over tiles, never over elements, and never looks at the kernels' code or counters.
+The counting rules it applies are the ones stated in ``kernels/tiles.py``'s docstring:
+
+- a tile load moves each in-range element once (HBM read + SRAM write);
+- S tile: threads with a valid row and a valid column read, for each of d steps, their valid
+  rows of Q and valid columns of K: d·q_len·min(TX, kv_len) Q reads, d·kv_len·min(TY, q_len) K reads;
+- S and P entries move only where the mask allows;
+- PV tile: threads with a valid row and an O column read their allowed P entries and their V
+  columns at each of kv_len steps: A·min(TX, d) P reads, kv_len·d·min(TY, q_len) V reads.
+
+A tile (i, j) is visited unless causal and every key of block j lies after the last query of
+block i. Sums over visited tiles reduce, per Q block i, to prefix sums over K/V blocks, so
+the cost is linear in the number of blocks (Nq = Nk = 2²⁰ with 128×128 tiles: milliseconds).
+"""
+
+import numpy as np
+
+from sandbox.dtypes import ACC
+from sandbox.ioreport import IOReport, TENSORS
+
+
+class _Tiles:
+    """Per-Q-block sums over the K/V blocks that block visits (arrays of length Tr)."""
+
+    def __init__(self, schedule, problem):
+        br, bc = schedule.block_q, schedule.block_kv
+        n_q, n_kv, causal = problem.n_q, problem.n_kv, problem.causal
+        ty, tx = schedule.threads_q, schedule.threads_kv
+        tr, tc = -(-n_q // br), -(-n_kv // bc)
+        q0 = np.arange(tr, dtype=np.int64) * br
+        self.q_len = np.minimum(br, n_q - q0)
+        q_last = q0 + self.q_len - 1
+        k0 = np.arange(tc, dtype=np.int64) * bc
+        kv_len = np.minimum(bc, n_kv - k0)
+        # visited K/V blocks of Q block i: j <= j_last[i]
+        self.j_last = np.minimum(tc - 1, q_last // bc) if causal else np.full(tr, tc - 1)
+        self.visited = self.j_last + 1
+        pre = lambda x: np.concatenate([[0], np.cumsum(x)])  # noqa: E731
+        upto = lambda x: pre(x)[self.visited]  # noqa: E731  Σ over visited j of x[j]
+        self.kv_rows = upto(kv_len)  # Σ kv_len
+        self.kv_cols_groups = upto(np.minimum(tx, kv_len))  # Σ min(TX, kv_len)
+        self.row_groups = np.minimum(ty, self.q_len)  # min(TY, q_len)
+        # Σ over visited tiles of the allowed entries A_ij, and of the dense tile areas
+        if causal:
+            # row r sees keys 0..min(r, Nk-1): Σ_r min(r + 1, Nk) over the block's rows
+            self.allowed = _sum_min_plus_one(q0, q_last, n_kv)
+        else:
+            self.allowed = self.q_len * n_kv
+        self.area = self.q_len * self.kv_rows
+        # flash1's outer loop: K/V blocks with a key some query may see (whole blocks are loaded)
+        kv_blocks_loaded = -(-min(n_kv, n_q) // bc) if causal else tc
+        self.kv_rows_loaded = min(n_kv, kv_blocks_loaded * bc)
+
+
+def _sum_min_plus_one(lo, hi, n):
+    """Σ_{r=lo..hi} min(r + 1, n), elementwise over arrays lo, hi."""
+    # r + 1 for r < n, n for r >= n
+    a_hi = np.minimum(hi, n - 1)  # last r with r + 1 <= n
+    count_a = np.maximum(0, a_hi - lo + 1)
+    first = lo + 1
+    last = a_hi + 1
+    part_a = np.where(count_a > 0, (first + last) * count_a // 2, 0)
+    count_b = (hi - lo + 1) - count_a
+    return part_a + count_b * n
+
+
+def _add(d, tensor, n):
+    d[tensor] = d.get(tensor, 0) + int(n)
+
+
+def simulate_counts(schedule, problem):
+    """Element counts and FLOPs of ``schedule`` on ``problem``.
+
+    Returns:
+        IOReport with Q/K/V/O counted in the problem's dtype and the rest in fp32.
+    """
+    t = _Tiles(schedule, problem)
+    d = problem.head_dim
+    hr, hw, sr, sw = {}, {}, {}, {}
+    o_groups = min(schedule.threads_kv, d)
+    q_rows = int(t.q_len.sum())
+    allowed = int(t.allowed.sum())
+    q_rows_visits = int((t.q_len * t.visited).sum())  # Σ over visited tiles of q_len
+
+    # -- S = scale · Q_i K_j^T on every visited tile (all kinds)
+    _add(sr, "Q", d * (t.q_len * t.kv_cols_groups).sum())
+    _add(sr, "K", d * (t.row_groups * t.kv_rows).sum())
+    # -- O += P V_j on every visited tile (all kinds)
+    _add(sr, "P", allowed * o_groups)
+    _add(sr, "V", d * (t.row_groups * t.kv_rows).sum())
+
+    if schedule.kind == "flash2":
+        _add(hr, "Q", q_rows * d)
+        _add(sw, "Q", q_rows * d)
+        for x in ("K", "V"):
+            _add(hr, x, d * t.kv_rows.sum())
+            _add(sw, x, d * t.kv_rows.sum())
+        _add(sw, "S", allowed)
+        _add(sr, "S", 2 * allowed)
+        _add(sw, "P", allowed)
+        # m_i, l_i: init, read + write per visited tile, read at the end (with L; l also for O)
+        _add(sw, "m", q_rows + q_rows_visits)
+        _add(sw, "l", q_rows + q_rows_visits)
+        _add(sr, "m", q_rows_visits + q_rows)
+        _add(sr, "l", q_rows_visits + q_rows + q_rows * o_groups)
+        _add(sw, "alpha", q_rows_visits)
+        _add(sr, "alpha", q_rows_visits * o_groups)
+        _add(hw, "O", q_rows * d)
+        _add(hw, "L", q_rows)
+    elif schedule.kind == "flash1":
+        # init O = 0, l = 0, m = -inf in HBM
+        _add(hw, "O", q_rows * d)
+        _add(hw, "l", q_rows)
+        _add(hw, "m", q_rows)
+        for x in ("K", "V"):
+            _add(hr, x, d * t.kv_rows_loaded)
+            _add(sw, x, d * t.kv_rows_loaded)
+        _add(hr, "Q", q_rows_visits * d)
+        _add(sw, "Q", q_rows_visits * d)
+        _add(sw, "S", allowed)
+        _add(sr, "S", 2 * allowed)
+        _add(sw, "P", allowed)
+        for x in ("m", "l"):
+            _add(hr, x, q_rows_visits)
+            _add(hw, x, q_rows_visits)
+        for x in ("alpha", "beta"):
+            _add(sw, x, q_rows_visits)
+            _add(sr, x, q_rows_visits * o_groups)
+        _add(hr, "O", q_rows_visits * d)
+        _add(hw, "O", q_rows_visits * d)
+        _add(hw, "L", q_rows)
+    else:  # standard: qk, softmax, pv
+        nt = schedule.threads
+        _add(hr, "Q", q_rows_visits * d)
+        _add(sw, "Q", q_rows_visits * d)
+        _add(hr, "K", d * t.kv_rows.sum())
+        _add(sw, "K", d * t.kv_rows.sum())
+        _add(hw, "S", allowed)
+        # softmax: one block of nt threads per row; the row of S is read twice
+        _add(hr, "S", 2 * allowed)
+        _add(hw, "P", allowed)
+        n_rows = problem.n_q
+        _add(sw, "m", n_rows * (nt + 1))
+        _add(sw, "l", n_rows * (nt + 1))
+        _add(sr, "m", n_rows * 2 * nt)
+        _add(sr, "l", n_rows * 2 * nt)
+        _add(hw, "L", n_rows)
+        # pv
+        _add(hr, "P", allowed)
+        _add(sw, "P", allowed)
+        _add(hr, "V", d * t.kv_rows.sum())
+        _add(sw, "V", d * t.kv_rows.sum())
+        _add(hw, "O", q_rows * d)
+
+    bh = problem.bh
+    it = problem.dtype.itemsize
+    itemsize = {x: (it if x in ("Q", "K", "V", "O") else ACC.itemsize) for x in TENSORS}
+    scaled = [{k: v * bh for k, v in c.items()} for c in (hr, hw, sr, sw)]
+    flops = bh * 4 * d * int(t.area.sum())  # S and PV over visited tiles, 2 FLOPs per multiply-add
+    return IOReport(*scaled, itemsize=itemsize, flops=flops)

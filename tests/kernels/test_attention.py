@@ -1,0 +1,148 @@
+"""The kernels against the float64 NumPy reference: hypothesis properties and fixed regressions.
+
+Under Numba's CUDA simulator (CI) shapes are small (tests/strategies.py); with a GPU the
+same properties run on larger ones, and the ``gpu`` tests add long sequences.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sandbox import Problem, Schedule, reference_attention
+from sandbox.lab import attention
+from tests.strategies import SIMULATED, magnitudes, make_inputs, problems, schedules, seeds
+from tests.tolerances import tolerances
+
+KINDS = ("standard", "flash1", "flash2")
+
+
+def o_stores(schedule, problem):
+    """How often each row of O is rounded to the output dtype: once, or per visited K/V block for flash1."""
+    if schedule.kind != "flash1":
+        return 1
+    return -(-problem.n_kv // schedule.block_kv) + 1
+
+
+def check_against_reference(schedule, problem, q, k, v):
+    out, lse = attention(q, k, v, schedule=schedule, causal=problem.causal, scale=problem.scale, return_lse=True)
+    assert out.dtype == problem.dtype and out.shape == q.shape and lse.shape == q.shape[:3]
+    ref_out, ref_lse = reference_attention(q, k, v, causal=problem.causal, scale=problem.scale, return_lse=True)
+    atol_out, atol_lse = tolerances(
+        q, k, v, ref_out, ref_lse, problem.causal, problem.scale, problem.dtype, o_stores(schedule, problem)
+    )
+    np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
+    np.testing.assert_allclose(lse, ref_lse, rtol=0, atol=atol_lse)
+    return out, lse
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=4 if SIMULATED else 25)
+@given(data=st.data(), seed=seeds, magnitude=magnitudes)
+def test_matches_reference(kind, causal, dtype, data, seed, magnitude):
+    problem = data.draw(problems(dtypes=(dtype,)).map(lambda p: Problem(**{**p.__dict__, "causal": causal})))
+    schedule = data.draw(schedules(kinds=(kind,)))
+    check_against_reference(schedule, problem, *make_inputs(problem, seed, magnitude))
+
+
+REGRESSIONS = {
+    "single query": dict(n_q=1, n_kv=9),
+    "single key": dict(n_q=9, n_kv=1),
+    "Nq > Nk": dict(n_q=13, n_kv=5),
+    "Nq < Nk": dict(n_q=5, n_kv=13),
+}
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", REGRESSIONS.values(), ids=REGRESSIONS.keys())
+def test_fixed_shapes(shape, kind, causal):
+    problem = Problem(batch=1, heads=2, head_dim=6, causal=causal, **shape)
+    schedule = Schedule(kind, block_q=4, block_kv=4, thread_q=2, thread_kv=2)
+    check_against_reference(schedule, problem, *make_inputs(problem, seed=7))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_logits_near_80_do_not_overflow(kind):
+    # logits of ±80 and more: exp(80) is 5.5e34, exp(89) overflows fp32. Online softmax must
+    # subtract the running max before exponentiating.
+    problem = Problem(batch=1, heads=1, n_q=10, n_kv=11, head_dim=8, causal=False)
+    q, k, v = make_inputs(problem, seed=3, magnitude=80.0)
+    s = problem.scale * np.einsum("bhid,bhjd->bhij", q.astype(float), k.astype(float))
+    assert np.abs(s).max() > 80
+    out, lse = check_against_reference(Schedule(kind, block_q=4, block_kv=4), problem, q, k, v)
+    assert np.isfinite(out).all() and np.isfinite(lse).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fp32_error_is_far_below_1e4_of_the_value_scale(kind):
+    problem = Problem(batch=2, heads=1, n_q=17, n_kv=15, head_dim=12, causal=True)
+    q, k, v = make_inputs(problem, seed=11)
+    out = attention(q, k, v, schedule=Schedule(kind, block_q=8, block_kv=4), causal=True)
+    ref = reference_attention(q, k, v, causal=True)
+    assert np.abs(out - ref).max() < 1e-6 * np.abs(v).max()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nan_propagates(kind):
+    problem = Problem(batch=1, heads=1, n_q=6, n_kv=7, head_dim=4)
+    q, k, v = make_inputs(problem, seed=1)
+    k[0, 0, 5, 2] = np.nan  # every row sees key 5 (non-causal)
+    q[0, 0, 1, 0] = np.nan  # row 1 sees NaN in every logit
+    out, lse = attention(q, k, v, schedule=Schedule(kind, block_q=4, block_kv=4), return_lse=True)
+    assert np.isnan(out).all() and np.isnan(lse).all()
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_output_element_is_written(kind, causal, monkeypatch):
+    """Output buffers are poisoned with NaN before the call: any element left unwritten shows."""
+    import kernels.launch as launch
+    from numba import cuda
+
+    def poisoned(shape, dtype, what):
+        return cuda.to_device(np.full(shape, np.nan, dtype=dtype))
+
+    monkeypatch.setattr(launch, "_device_empty", poisoned)
+    problem = Problem(batch=2, heads=1, n_q=11, n_kv=9, head_dim=5, causal=causal)
+    out, lse = check_against_reference(
+        Schedule(kind, block_q=4, block_kv=8, thread_q=2, thread_kv=4), problem, *make_inputs(problem, 5)
+    )
+    assert np.isfinite(out).all() and np.isfinite(lse).all()
+
+
+def test_oversized_schedule_is_refused_before_launch():
+    problem = Problem(batch=1, heads=1, n_q=4, n_kv=4, head_dim=64)
+    q, k, v = make_inputs(problem, 0)
+    schedule = Schedule("flash2", block_q=16, block_kv=16, sram_bytes=8 * 1024)
+    with pytest.raises(ValueError, match=r"needs \d+ bytes of SRAM at head_dim=64, float32, .* sram_bytes=8192"):
+        attention(q, k, v, schedule=schedule)
+
+
+def test_head_dim_over_256_is_refused():
+    x = np.zeros((1, 1, 2, 257), np.float32)
+    with pytest.raises(ValueError, match="head_dim=257 exceeds the largest supported head_dim"):
+        attention(x, x, x, schedule=Schedule("flash2", block_q=1, block_kv=1, sram_bytes=2**22))
+
+
+def test_bad_schedule_argument():
+    x = np.zeros((1, 1, 2, 4), np.float32)
+    with pytest.raises(TypeError, match="schedule: expected a sandbox.Schedule"):
+        attention(x, x, x, schedule="flash2")
+
+
+def test_return_conventions():
+    problem = Problem(batch=1, heads=1, n_q=3, n_kv=3, head_dim=2)
+    q, k, v = make_inputs(problem, 0)
+    s = Schedule("flash2", block_q=2, block_kv=2)
+    out = attention(q, k, v, schedule=s)
+    assert isinstance(out, np.ndarray)
+    out2, lse = attention(q, k, v, schedule=s, return_lse=True)
+    out3, lse3, report = attention(q, k, v, schedule=s, return_lse=True, count_io=True)
+    out4, report4 = attention(q, k, v, schedule=s, count_io=True)
+    np.testing.assert_array_equal(out, out2)
+    np.testing.assert_array_equal(out, out3)
+    np.testing.assert_array_equal(lse, lse3)
+    assert report == report4 and report.hbm_reads["Q"] == 6
