@@ -110,7 +110,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                     jn = n_allowed(row, k0, kv_len)
                     m_ij = NEG_INF
                     for c in range(jn):
-                        m_ij = max(m_ij, sm_f[OS + r * BC + c])
+                        m_ij = t.nan_max(m_ij, sm_f[OS + r * BC + c])
                         inc(cnt, S_[SRAM_R], 1)
                     l_ij = ZERO
                     if m_ij != NEG_INF:
@@ -124,7 +124,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                     l_old = l_hbm[b, h, row]
                     inc(cnt, M_[HBM_R], 1)
                     inc(cnt, l_[HBM_R], 1)
-                    m_new = max(m_old, m_ij)
+                    m_new = t.nan_max(m_old, m_ij)
                     alpha = ONE  # factor of O_old
                     beta = ZERO  # factor of P~ V_j
                     l_new = l_old

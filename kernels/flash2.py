@@ -96,9 +96,9 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
                 inc(cnt, l_[SRAM_R], 1)
                 m_ij = NEG_INF
                 for c in range(jn):
-                    m_ij = max(m_ij, sm_f[OS + r * BC + c])
+                    m_ij = t.nan_max(m_ij, sm_f[OS + r * BC + c])
                     inc(cnt, S_[SRAM_R], 1)
-                m_new = max(m_old, m_ij)
+                m_new = t.nan_max(m_old, m_ij)
                 alpha = ONE
                 l_ij = ZERO
                 if m_new != NEG_INF:  # else nothing seen yet: keep alpha = 1, P empty

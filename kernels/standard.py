@@ -85,7 +85,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
         for c in range(tid, jn, NT):
             x = s[b, h, row, c]
             inc(cnt, S_[HBM_R], 1)
-            m_new = max(m_t, x)
+            m_new = t.nan_max(m_t, x)
             l_t = l_t * math.exp(m_t - m_new) + math.exp(x - m_new)
             m_t = m_new
         sm_f[OMS + tid] = m_t
@@ -103,7 +103,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
                 l_u = sm_f[OLS + u]
                 inc(cnt, M_[SRAM_R], 1)
                 inc(cnt, l_[SRAM_R], 1)
-                m_new = max(m, m_u)
+                m_new = t.nan_max(m, m_u)
                 if m_new != NEG_INF:
                     l = l * math.exp(m - m_new) + l_u * math.exp(m_u - m_new)
                 m = m_new

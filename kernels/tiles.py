@@ -71,6 +71,13 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
                     cuda.atomic.add(counters, s, cnt[s])
 
     @cuda.jit(device=True)
+    def nan_max(a, b):
+        """max that propagates NaN (plain max would drop a NaN logit and hide it)."""
+        if a > b or a != a:
+            return a
+        return b
+
+    @cuda.jit(device=True)
     def allowed(q_idx, kv_idx):
         if CAUSAL:
             return kv_idx <= q_idx
@@ -156,6 +163,6 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
     return SimpleNamespace(
         BR=BR, BC=BC, TM=TM, TN=TN, TY=TY, TX=TX, NT=NT, D=D, DC=DC,
         COUNT_IO=COUNT_IO, CAUSAL=CAUSAL,
-        inc=inc, new_counter=new_counter, flush=flush, allowed=allowed, n_allowed=n_allowed,
+        inc=inc, new_counter=new_counter, flush=flush, nan_max=nan_max, allowed=allowed, n_allowed=n_allowed,
         load_rows=load_rows, s_tile=s_tile, pv_tile=pv_tile,
     )

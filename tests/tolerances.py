@@ -19,23 +19,27 @@ U32 = 2.0**-24
 UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11}
 
 
-def naive_fp32(q, k, v, causal, scale):
-    """Plain fp32 attention, the accuracy any fp32 implementation can be held to."""
+def naive_fp32(q, k, v, causal, scale, rows=None):
+    """Plain fp32 attention, the accuracy any fp32 implementation can be held to.
+
+    ``rows``: absolute indices of q's rows (q may hold a selection of them), for the causal mask.
+    """
     q, k, v = (x.astype(np.float32) for x in (q, k, v))
+    rows = np.arange(q.shape[2]) if rows is None else np.asarray(rows)
     s = np.float32(scale) * np.einsum("bhid,bhjd->bhij", q, k)
     if causal:
-        s = np.where(np.arange(k.shape[2])[None, :] <= np.arange(q.shape[2])[:, None], s, -np.inf)
+        s = np.where(np.arange(k.shape[2])[None, :] <= rows[:, None], s, -np.inf)
     m = s.max(-1, keepdims=True)
     p = np.exp(s - m)
     l = p.sum(-1, keepdims=True)
     return np.einsum("bhij,bhjd->bhid", p / l, v), (m + np.log(l))[..., 0]
 
 
-def tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, o_stores=1):
-    """(atol for O, atol for L) as described in the module docstring."""
+def tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, o_stores=1, rows=None):
+    """(atol for O, atol for L) as described in the module docstring; ``rows`` as in :func:`naive_fp32`."""
     n_kv, d = k.shape[2], k.shape[3]
     vmax = float(np.abs(v.astype(np.float64)).max())
-    out32, lse32 = naive_fp32(q, k, v, causal, scale)
+    out32, lse32 = naive_fp32(q, k, v, causal, scale, rows)
     err32 = float(np.abs(out32 - ref_out).max())
     err32_lse = float(np.abs(lse32 - ref_lse).max())
     depth = (d + n_kv + 8) * U32

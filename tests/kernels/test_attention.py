@@ -39,7 +39,7 @@ def check_against_reference(schedule, problem, q, k, v):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=4 if SIMULATED else 25)
+@settings(max_examples=4 if SIMULATED else 8)
 @given(data=st.data(), seed=seeds, magnitude=magnitudes)
 def test_matches_reference(kind, causal, dtype, data, seed, magnitude):
     problem = data.draw(problems(dtypes=(dtype,)).map(lambda p: Problem(**{**p.__dict__, "causal": causal})))

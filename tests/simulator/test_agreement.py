@@ -1,0 +1,36 @@
+"""The simulator's counts equal the kernels' own counters, count for count and level for level."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sandbox import Problem, Schedule
+from sandbox.lab import attention, simulate
+from tests.strategies import SIMULATED, make_inputs, problems, schedules
+
+KINDS = ("standard", "flash1", "flash2")
+
+
+def assert_agree(schedule, problem):
+    q, k, v = make_inputs(problem, seed=0)
+    _, measured = attention(q, k, v, schedule=schedule, causal=problem.causal, scale=problem.scale, count_io=True)
+    modelled = simulate(schedule, problem)
+    assert measured == modelled, f"{schedule.describe()} {problem}: (field, tensor, measured, simulated) {measured.diff(modelled)}"
+    assert measured.hbm_bytes == modelled.hbm_bytes and measured.sram_bytes == modelled.sram_bytes
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=6 if SIMULATED else 10)
+@given(data=st.data())
+def test_simulator_equals_kernel_counters(kind, data):
+    assert_agree(data.draw(schedules(kinds=(kind,))), data.draw(problems()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_agreement_at_gpu_sizes(kind, dtype, causal):
+    for n_q, n_kv, d, br, bc, tq, tk in [(1000, 1500, 64, 64, 64, 4, 4), (4096, 4096, 128, 64, 32, 4, 2), (777, 333, 80, 48, 40, 3, 5)]:
+        problem = Problem(batch=2, heads=3, n_q=n_q, n_kv=n_kv, head_dim=d, dtype=dtype, causal=causal)
+        assert_agree(Schedule(kind, block_q=br, block_kv=bc, thread_q=tq, thread_kv=tk), problem)
