@@ -16,7 +16,7 @@ rounded once per K/V block (the tests' fp16 tolerance for flash1 grows with Tc f
 
 import math
 
-from numba import cuda, float32, from_dtype
+from numba import cuda, float32, from_dtype, int64
 
 from kernels.counters import slots
 from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
@@ -26,6 +26,9 @@ from sandbox.schedule import sram_buffers, sram_offsets
 def make_flash1(schedule, head_dim, dtype, count_io, causal):
     """Build the flash1 kernel. Returns (kernel, smem_bytes, grid(problem))."""
     t = make_tile_ops(schedule, head_dim, count_io, causal)
+    # Numba resolves closure variables, not attributes of a namespace: bind them here
+    CNT_LEN = t.CNT_LEN
+    flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
     off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["main"])
     OQ, OK, OV, OS, OA, OB = (off[n] for n in ("Q", "K", "V", "S", "alpha", "beta"))
     BR, BC, TM, TN, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC
@@ -49,7 +52,8 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
         n_kv = k.shape[2]
         sm_in = cuda.shared.array(0, IN)  # Q, K, V tiles in the input dtype
         sm_f = cuda.shared.array(0, float32)  # S/P tile and the O-update factors in fp32
-        cnt = t.new_counter()
+        cnt = cuda.local.array(CNT_LEN, int64)  # this thread's IO counters (count build only)
+        zero_counter(cnt)
 
         # -- initialize O = 0, l = 0, m = -inf in HBM
         for e in range(tid, n_q * D, NT):
@@ -74,8 +78,8 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
             kv_len = min(BC, n_kv - k0)
             # barrier: the previous inner loop is done with K_j, V_j (and the HBM init is visible)
             cuda.syncthreads()
-            t.load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
-            t.load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+            load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
             i_start = 0
             if CAUSAL:
                 i_start = k0 // BR  # blocks before hold only rows < k0: fully masked, skipped
@@ -88,12 +92,12 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                     j_last = min(j_last, (q0 + q_len - 1) // BC)
                 # barrier: every thread is done with the previous Q_i, P~ and factors
                 cuda.syncthreads()
-                t.load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
+                load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
                 # barrier: Q_i (and K_j, V_j) are in SRAM
                 cuda.syncthreads()
 
                 # -- compute S = scale · Q_i K_j^T; write the allowed entries to SRAM
-                if t.s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt):
+                if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt):
                     for a in range(TM):
                         r = ty + a * TY
                         for bb in range(TN):
@@ -110,7 +114,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                     jn = n_allowed(row, k0, kv_len)
                     m_ij = NEG_INF
                     for c in range(jn):
-                        m_ij = t.nan_max(m_ij, sm_f[OS + r * BC + c])
+                        m_ij = nan_max(m_ij, sm_f[OS + r * BC + c])
                         inc(cnt, S_[SRAM_R], 1)
                     l_ij = ZERO
                     if m_ij != NEG_INF:
@@ -124,7 +128,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                     l_old = l_hbm[b, h, row]
                     inc(cnt, M_[HBM_R], 1)
                     inc(cnt, l_[HBM_R], 1)
-                    m_new = t.nan_max(m_old, m_ij)
+                    m_new = nan_max(m_old, m_ij)
                     alpha = ONE  # factor of O_old
                     beta = ZERO  # factor of P~ V_j
                     l_new = l_old
@@ -153,7 +157,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                     for a in range(TM):
                         for c in range(DC):
                             acc[a, c] = ZERO
-                    t.pv_tile(sm_f, OS, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt)
+                    pv_tile(sm_f, OS, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt)
                     for a in range(TM):
                         r = ty + a * TY
                         if r < q_len:
@@ -168,7 +172,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                                     inc(cnt, O_[HBM_R], 1)
                                     o[b, h, q0 + r, col] = alpha * o_old + beta * acc[a, c]
                                     inc(cnt, O_[HBM_W], 1)
-        t.flush(cnt, counters)
+        flush(cnt, counters)
 
     def grid(problem):
         return (problem.bh,)

@@ -11,7 +11,7 @@
 
 import math
 
-from numba import cuda, float32, from_dtype
+from numba import cuda, float32, from_dtype, int64
 
 from kernels.counters import slots
 from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
@@ -21,6 +21,9 @@ from sandbox.schedule import sram_buffers, sram_offsets
 def make_flash2(schedule, head_dim, dtype, count_io, causal):
     """Build the flash2 kernel. Returns (kernel, smem_bytes, grid(problem))."""
     t = make_tile_ops(schedule, head_dim, count_io, causal)
+    # Numba resolves closure variables, not attributes of a namespace: bind them here
+    CNT_LEN = t.CNT_LEN
+    TN, flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.TN, t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
     off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["main"])
     OQ, OK, OV, OS, OM, OL, OA = (off[n] for n in ("Q", "K", "V", "S", "m", "l", "alpha"))
     BR, BC, TM, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC
@@ -46,10 +49,11 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
         q_len = min(BR, n_q - q0)
         sm_in = cuda.shared.array(0, IN)  # Q, K, V tiles in the input dtype
         sm_f = cuda.shared.array(0, float32)  # S/P tile and row statistics in fp32
-        cnt = t.new_counter()
+        cnt = cuda.local.array(CNT_LEN, int64)  # this thread's IO counters (count build only)
+        zero_counter(cnt)
 
         # -- load Q_i: it stays in SRAM for the whole K/V loop
-        t.load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
+        load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
         # -- m_i = -inf, l_i = 0 in SRAM
         for r in range(tid, q_len, NT):
             sm_f[OM + r] = NEG_INF
@@ -60,7 +64,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
         for a in range(TM):
             for c in range(DC):
                 acc[a, c] = ZERO
-        sacc = cuda.local.array((TM, t.TN), float32)
+        sacc = cuda.local.array((TM, TN), float32)
 
         kv_end = n_kv
         if CAUSAL:
@@ -70,16 +74,16 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
             kv_len = min(BC, n_kv - k0)
             # barrier: every thread is done reading the previous K_j, V_j and P
             cuda.syncthreads()
-            t.load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
-            t.load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+            load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
             # barrier: K_j, V_j (and, first time round, Q_i, m_i, l_i) are in SRAM
             cuda.syncthreads()
 
             # -- compute S = scale · Q_i K_j^T; write the allowed entries to SRAM
-            if t.s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt):
+            if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt):
                 for a in range(TM):
                     r = ty + a * TY
-                    for bb in range(t.TN):
+                    for bb in range(TN):
                         c = tx + bb * TX
                         if r < q_len and c < kv_len and allowed(q0 + r, k0 + c):
                             sm_f[OS + r * BC + c] = scale * sacc[a, bb]
@@ -96,9 +100,9 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
                 inc(cnt, l_[SRAM_R], 1)
                 m_ij = NEG_INF
                 for c in range(jn):
-                    m_ij = t.nan_max(m_ij, sm_f[OS + r * BC + c])
+                    m_ij = nan_max(m_ij, sm_f[OS + r * BC + c])
                     inc(cnt, S_[SRAM_R], 1)
-                m_new = t.nan_max(m_old, m_ij)
+                m_new = nan_max(m_old, m_ij)
                 alpha = ONE
                 l_ij = ZERO
                 if m_new != NEG_INF:  # else nothing seen yet: keep alpha = 1, P empty
@@ -127,7 +131,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
                         inc(cnt, A_[SRAM_R], 1)
                         for c in range(DC):
                             acc[a, c] *= alpha
-            t.pv_tile(sm_f, OS, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt)
+            pv_tile(sm_f, OS, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt)
 
         # barrier: the last row statistics are in SRAM
         cuda.syncthreads()
@@ -154,7 +158,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
             inc(cnt, M_[SRAM_R], 1)
             lse[b, h, q0 + r] = m_r + math.log(l_r) if l_r != ZERO else NEG_INF
             inc(cnt, L_[HBM_W], 1)
-        t.flush(cnt, counters)
+        flush(cnt, counters)
 
     def grid(problem):
         return ((problem.n_q + BR - 1) // BR, problem.bh)

@@ -35,9 +35,14 @@ def allow_dynamic_smem(compiled_kernel, nbytes):
     from cuda.bindings import driver as cu
 
     handle = compiled_kernel._codelibrary.get_cufunc().handle
-    if not isinstance(handle, cu.CUfunction):  # ctypes binding: a raw pointer value
-        handle = cu.CUfunction(int(getattr(handle, "value", handle)))
     attr = cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    (err,) = cu.cuFuncSetAttribute(handle, attr, int(nbytes))
+    if isinstance(handle, cu.CUkernel):
+        # numba-cuda >= 0.2x loads code as a library (cuda.core): the handle is a CUkernel
+        device = cuda.get_current_device().id
+        (err,) = cu.cuKernelSetAttribute(attr, int(nbytes), handle, cu.CUdevice(device))
+    else:
+        if not isinstance(handle, cu.CUfunction):  # ctypes binding: a raw pointer value
+            handle = cu.CUfunction(int(getattr(handle, "value", handle)))
+        (err,) = cu.cuFuncSetAttribute(handle, attr, int(nbytes))
     if err != cu.CUresult.CUDA_SUCCESS:
-        raise RuntimeError(f"cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES={nbytes}) failed: {err}")
+        raise RuntimeError(f"setting MAX_DYNAMIC_SHARED_SIZE_BYTES={nbytes} on {compiled_kernel} failed: {err}")

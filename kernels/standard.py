@@ -11,7 +11,7 @@ Causal tiles that are fully masked are skipped by qk and pv: no loads, no math.
 
 import math
 
-from numba import cuda, float32, from_dtype
+from numba import cuda, float32, from_dtype, int64
 
 from kernels.counters import slots
 from kernels.tiles import NEG_INF, ZERO, make_tile_ops
@@ -21,6 +21,9 @@ from sandbox.schedule import sram_buffers, sram_offsets
 def make_standard(schedule, head_dim, dtype, count_io, causal):
     """Build the three kernels. Returns a dict phase -> (kernel, smem_bytes, grid(problem), block)."""
     t = make_tile_ops(schedule, head_dim, count_io, causal)
+    # Numba resolves closure variables, not attributes of a namespace: bind them here
+    CNT_LEN = t.CNT_LEN
+    flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
     bufs = sram_buffers(schedule, head_dim, dtype)
     (off_qk, smem_qk), (off_sm, smem_sm), (off_pv, smem_pv) = (
         sram_offsets(bufs[p]) for p in ("qk", "softmax", "pv")
@@ -52,14 +55,15 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
         if CAUSAL and k0 > q0 + q_len - 1:
             return  # fully masked tile: no loads, no math
         sm_in = cuda.shared.array(0, IN)
-        cnt = t.new_counter()
-        t.load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
-        t.load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+        cnt = cuda.local.array(CNT_LEN, int64)  # this thread's IO counters (count build only)
+        zero_counter(cnt)
+        load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
+        load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
         # barrier: Q_i and K_j are in SRAM
         cuda.syncthreads()
         sacc = cuda.local.array((TM, TN), float32)
         # -- S = scale · Q_i K_j^T -> HBM, allowed entries only
-        if t.s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt):
+        if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt):
             for a in range(TM):
                 r = ty + a * TY
                 for bb in range(TN):
@@ -67,7 +71,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
                     if r < q_len and c < kv_len and allowed(q0 + r, k0 + c):
                         s[b, h, q0 + r, k0 + c] = scale * sacc[a, bb]
                         inc(cnt, S_[HBM_W], 1)
-        t.flush(cnt, counters)
+        flush(cnt, counters)
 
     def softmax(s, p, lse, counters):
         tid = cuda.threadIdx.x
@@ -78,14 +82,15 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
         h = bh - b * n_heads
         jn = n_allowed(row, 0, s.shape[3])
         sm_f = cuda.shared.array(0, float32)
-        cnt = t.new_counter()
+        cnt = cuda.local.array(CNT_LEN, int64)  # this thread's IO counters (count build only)
+        zero_counter(cnt)
         # -- pass 1: this thread's online (max, sum) over its strided share of the row
         m_t = NEG_INF
         l_t = ZERO
         for c in range(tid, jn, NT):
             x = s[b, h, row, c]
             inc(cnt, S_[HBM_R], 1)
-            m_new = t.nan_max(m_t, x)
+            m_new = nan_max(m_t, x)
             l_t = l_t * math.exp(m_t - m_new) + math.exp(x - m_new)
             m_t = m_new
         sm_f[OMS + tid] = m_t
@@ -103,7 +108,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
                 l_u = sm_f[OLS + u]
                 inc(cnt, M_[SRAM_R], 1)
                 inc(cnt, l_[SRAM_R], 1)
-                m_new = t.nan_max(m, m_u)
+                m_new = nan_max(m, m_u)
                 if m_new != NEG_INF:
                     l = l * math.exp(m - m_new) + l_u * math.exp(m_u - m_new)
                 m = m_new
@@ -124,7 +129,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
             p[b, h, row, c] = math.exp(s[b, h, row, c] - m) / l
             inc(cnt, S_[HBM_R], 1)
             inc(cnt, P_[HBM_W], 1)
-        t.flush(cnt, counters)
+        flush(cnt, counters)
 
     def pv(p, v, o, counters):
         tid = cuda.threadIdx.x
@@ -141,7 +146,8 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
         q_len = min(BR, n_q - q0)
         sm_in = cuda.shared.array(0, IN)
         sm_f = cuda.shared.array(0, float32)
-        cnt = t.new_counter()
+        cnt = cuda.local.array(CNT_LEN, int64)  # this thread's IO counters (count build only)
+        zero_counter(cnt)
         acc = cuda.local.array((TM, DC), float32)
         for a in range(TM):
             for c in range(DC):
@@ -162,11 +168,11 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
                     sm_f[OP + r * BC + c] = p[b, h, q0 + r, k0 + c]
                     inc(cnt, P_[HBM_R], 1)
                     inc(cnt, P_[SRAM_W], 1)
-            t.load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
             # barrier: P_ij and V_j are in SRAM
             cuda.syncthreads()
             # -- O_i += P_ij V_j on this thread's register tile
-            t.pv_tile(sm_f, OP, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt)
+            pv_tile(sm_f, OP, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt)
         # -- O_i -> HBM
         if ty < q_len and tx < D:
             for a in range(TM):
@@ -177,7 +183,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
                         if col < D:
                             o[b, h, q0 + r, col] = acc[a, c]
                             inc(cnt, O_[HBM_W], 1)
-        t.flush(cnt, counters)
+        flush(cnt, counters)
 
     def grid_qk(problem):
         return ((problem.n_kv + BC - 1) // BC, (problem.n_q + BR - 1) // BR, problem.bh)

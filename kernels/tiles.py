@@ -23,7 +23,7 @@ Counting rules (the simulator models exactly these):
 from types import SimpleNamespace
 
 import numpy as np
-from numba import cuda, float32, int64
+from numba import cuda, float32
 
 from kernels.counters import N_SLOTS, slots
 
@@ -55,12 +55,11 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
             cnt[s] += n
 
     @cuda.jit(device=True)
-    def new_counter():
-        cnt = cuda.local.array(CNT_LEN, int64)
+    def zero_counter(cnt):
+        """Zero a thread's counters (the kernel allocates them: cuda.local.array(CNT_LEN, int64))."""
         if COUNT_IO:
             for s in range(CNT_LEN):
                 cnt[s] = 0
-        return cnt
 
     @cuda.jit(device=True)
     def flush(cnt, counters):
@@ -163,6 +162,6 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
     return SimpleNamespace(
         BR=BR, BC=BC, TM=TM, TN=TN, TY=TY, TX=TX, NT=NT, D=D, DC=DC,
         COUNT_IO=COUNT_IO, CAUSAL=CAUSAL,
-        inc=inc, new_counter=new_counter, flush=flush, nan_max=nan_max, allowed=allowed, n_allowed=n_allowed,
+        CNT_LEN=CNT_LEN, inc=inc, zero_counter=zero_counter, flush=flush, nan_max=nan_max, allowed=allowed, n_allowed=n_allowed,
         load_rows=load_rows, s_tile=s_tile, pv_tile=pv_tile,
     )
