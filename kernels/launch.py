@@ -74,8 +74,8 @@ def run(schedule, problem, q, k, v, count_io=False):
         (out, lse, report): device arrays (B, H, Nq, d) in the input dtype and (B, H, Nq)
         fp32, and the measured IOReport (None unless ``count_io``).
     """
+    check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype))  # before any attribute or launch
     launches = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io))
-    check_device_limit(max(smem for _, _, smem, _ in launches))
     stream = cuda.default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
     out = _device_empty((b, h, n_q, d), problem.dtype, "O")

@@ -32,11 +32,18 @@ def ensure_backend():
     Returns:
         "gpu" or "simulator".
     """
-    if SIM_ENV not in os.environ and "numba.cuda" not in sys.modules and not gpu_present():
-        os.environ[SIM_ENV] = "1"
-        config = sys.modules.get("numba.core.config")
-        if config is not None:  # numba read its environment already (e.g. pytest's warning filters)
-            config.reload_config()
+    changed = False
+    if "numba.cuda" not in sys.modules:
+        if SIM_ENV not in os.environ and not gpu_present():
+            os.environ[SIM_ENV] = "1"
+            changed = True
+        # flash1 launches one block per (batch, head) by design: not worth a warning per call
+        if "NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS" not in os.environ:
+            os.environ["NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS"] = "0"
+            changed = True
+    config = sys.modules.get("numba.core.config")
+    if changed and config is not None:  # numba read its environment already (e.g. pytest's warning filters)
+        config.reload_config()
     return "simulator" if using_simulator() else "gpu"
 
 
