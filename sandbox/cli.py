@@ -3,9 +3,14 @@
     python -m sandbox info
     python -m sandbox simulate --kind flash2 --block-q 64 --block-kv 64 --n 4096 --d 64 --causal
     python -m sandbox run      [--kind flash2] --n 40 --d 16      (GPU, or Numba's CUDA simulator)
+    python -m sandbox sweep    --experiment hbm_vs_sram --out results/data/hbm_vs_sram.csv
+    python -m sandbox sweep    --kind flash1 flash2 --n 1024 4096 --sram-bytes 65536 131072 --out my.csv
+    python -m sandbox plot     hbm_vs_sram --data results/data/hbm_vs_sram.json --out results/figures
+    python -m sandbox demo     --out results
 """
 
 import argparse
+import os
 import sys
 
 from sandbox.schedule import KINDS
@@ -111,6 +116,72 @@ def cmd_run(a):
     return 1 if failed else 0
 
 
+def _progress():
+    from tqdm import tqdm
+
+    return lambda it: tqdm(it, unit="point", leave=False, disable=not sys.stderr.isatty())
+
+
+def _parse_block(text):
+    try:
+        br, bc = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a block as BRxBC, e.g. 64x64, got {text!r}") from None
+    return br, bc
+
+
+def cmd_sweep(a):
+    from sandbox.experiments import EXPERIMENTS
+    from sandbox.sweep import SweepSpec, run_sweep
+
+    if a.experiment:
+        if a.experiment not in EXPERIMENTS:
+            raise ValueError(f"unknown experiment {a.experiment!r}; expected one of {', '.join(EXPERIMENTS)}")
+        spec = EXPERIMENTS[a.experiment].spec
+    else:
+        causal = {"no": (False,), "yes": (True,), "both": (False, True)}[a.causal]
+        spec = SweepSpec(
+            kinds=tuple(a.kind), n=tuple(a.n), head_dim=tuple(a.d), causal=causal, dtype=tuple(a.dtype),
+            batch=(a.batch,), heads=(a.heads,), blocks=tuple(a.block), sram=tuple(a.sram_bytes or ()),
+            thread_tiles=tuple(a.thread_tile) if a.thread_tile else (None,), time_kernels=a.time,
+        )
+    rows = run_sweep(spec, a.out, progress=_progress(), argv=sys.argv)
+    print(f"{len(rows)} points in {a.out} and {a.out.rsplit('.', 1)[0]}.json")
+    return 0
+
+
+def cmd_plot(a):
+    from sandbox.plots import PLOTS
+    from sandbox.sweep import load
+
+    if a.figure not in PLOTS:
+        raise ValueError(f"unknown figure {a.figure!r}; expected one of {', '.join(PLOTS)}")
+    prov, rows = load(a.data)
+    if not rows:
+        raise ValueError(f"{a.data} has no rows")
+    for path in PLOTS[a.figure](rows, prov, a.out):
+        print(path)
+    return 0
+
+
+def cmd_demo(a):
+    import time
+
+    from sandbox.demo import run_demo
+    from sandbox.runtime import using_simulator
+
+    start = time.perf_counter()
+    backend = "the Numba CUDA simulator (no GPU)" if using_simulator() else "the GPU"
+    print(f"demo: sweeps on the simulator, kernels on {backend}, into {a.out}/")
+    res = run_demo(a.out, progress=_progress(), argv=sys.argv)
+    for kind, r in res["kernel_check"].items():
+        agree = "counts agree" if r["counts_agree"] else "COUNTS DISAGREE"
+        print(f"  {kind:>8}: max |O - O_ref| = {r['max_abs_error']:.2g}, {agree}")
+    print("figures:\n  " + "\n  ".join(p for p in res["figures"] if p.endswith(".png")))
+    print(f"data: {os.path.join(a.out, 'data')}/   ({time.perf_counter() - start:.0f} s)")
+    return 0 if all(r["counts_agree"] for r in res["kernel_check"].values()) else 1
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m sandbox", description="Attention IO sandbox.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,19 +197,53 @@ def build_parser():
     _add_schedule_args(p, 8, "all", tile_default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="a grid of points counted by the simulator -> CSV + JSON (resumable)")
+    p.add_argument("--experiment", help="a named experiment's grid (see sandbox/experiments.py)")
+    p.add_argument("--kind", nargs="+", default=list(KINDS))
+    p.add_argument("--n", nargs="+", type=int, default=[1024])
+    p.add_argument("--d", nargs="+", type=int, default=[64])
+    p.add_argument("--causal", choices=("no", "yes", "both"), default="no")
+    p.add_argument("--dtype", nargs="+", default=["float32"])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=1)
+    p.add_argument("--block", nargs="+", type=_parse_block, default=[(64, 64)], help="BRxBC, e.g. 64x64")
+    p.add_argument("--sram-bytes", nargs="+", type=int, help="M values: blocks by the paper's rule instead of --block")
+    p.add_argument("--thread-tile", nargs="+", type=int)
+    p.add_argument("--time", action="store_true", help="also time the kernels (GPU only)")
+    p.add_argument("--out", required=True, help="CSV path; the JSON goes beside it")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("plot", help="a figure from a sweep file")
+    p.add_argument("figure", help="hbm_vs_sram, hbm_vs_n, block_size, gpt2_medium or sram_vs_tile")
+    p.add_argument("--data", required=True, help="the sweep's JSON or CSV")
+    p.add_argument("--out", default="results/figures")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("demo", help="the main job: sweeps, figures and a kernel check into --out")
+    p.add_argument("--out", default="results")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv=None):
+    from sandbox.runtime import ensure_backend
+
+    ensure_backend()  # the CUDA simulator when there is no GPU, before numba.cuda is imported
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "kind", None) not in (None, "all") + KINDS:
-        print(f"error: unknown schedule kind {args.kind!r}; expected one of {', '.join(KINDS)}", file=sys.stderr)
-        return EXIT_USAGE
+    kinds = args.kind if isinstance(getattr(args, "kind", None), list) else [getattr(args, "kind", None)]
+    for kind in kinds:
+        if kind not in (None, "all") + KINDS:
+            print(f"error: unknown schedule kind {kind!r}; expected one of {', '.join(KINDS)}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return args.func(args)
     except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # unwritable output folder, missing input file
+        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
