@@ -7,8 +7,7 @@ its end, with atomics. In the fast build ``COUNT_IO`` is a compile-time False: e
 
 import numpy as np
 
-from sandbox.dtypes import ACC
-from sandbox.ioreport import TENSORS, IOReport
+from sandbox.ioreport import TENSORS, IOReport, itemsizes
 
 FIELDS = ("hbm_reads", "hbm_writes", "sram_reads", "sram_writes")
 N_SLOTS = len(FIELDS) * len(TENSORS)
@@ -30,11 +29,9 @@ def new_counters():
 
 
 def to_report(counts, dtype):
-    """IOReport from a host copy of the counter array; Q/K/V/O in ``dtype``, the rest fp32."""
+    """IOReport from a host copy of the counter array (element sizes from :func:`sandbox.ioreport.itemsizes`)."""
     counts = np.asarray(counts)
-    it = np.dtype(dtype).itemsize
-    itemsize = {t: (it if t in ("Q", "K", "V", "O") else ACC.itemsize) for t in TENSORS}
     fields = {
         f: {t: int(counts[slot(f, t)]) for t in TENSORS if counts[slot(f, t)]} for f in FIELDS
     }
-    return IOReport(**fields, itemsize=itemsize)
+    return IOReport(**fields, itemsize=itemsizes(dtype))

@@ -97,7 +97,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                 cuda.syncthreads()
 
                 # -- compute S = scale · Q_i K_j^T; write the allowed entries to SRAM
-                if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt):
+                if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt, Q_[SRAM_R], K_[SRAM_R]):
                     for a in range(TM):
                         r = ty + a * TY
                         for bb in range(TN):
@@ -157,7 +157,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                     for a in range(TM):
                         for c in range(DC):
                             acc[a, c] = ZERO
-                    pv_tile(sm_f, OS, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt)
+                    pv_tile(sm_f, OS, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt, P_[SRAM_R], V_[SRAM_R])
                     for a in range(TM):
                         r = ty + a * TY
                         if r < q_len:

@@ -12,6 +12,7 @@ import functools
 import numpy as np
 from numba import cuda, float32, from_dtype, int64, void
 
+from kernels import backward as backward_kernels
 from kernels.counters import new_counters, to_report
 from kernels.flash1 import make_flash1
 from kernels.flash2 import make_flash2
@@ -24,37 +25,55 @@ def _arr(dt, ndim):
     return from_dtype(np.dtype(dt))[(slice(None),) * (ndim - 1) + (slice(None, None, 1),)]
 
 
-def _signatures(kind, dtype):
+def _phases(kind, dtype, backward):
+    """phase -> (maker, argument types), in launch order."""
     IN4, F3, F4, C = _arr(dtype, 4), _arr(np.float32, 3), _arr(np.float32, 4), int64[::1]
-    if kind == "flash2":
-        return {"main": (IN4, IN4, IN4, IN4, F3, float32, C)}
-    if kind == "flash1":
-        return {"main": (IN4, IN4, IN4, IN4, F3, F3, F3, float32, C)}
-    return {"qk": (IN4, IN4, F4, float32, C), "softmax": (F4, F4, F3, C), "pv": (F4, IN4, IN4, C)}
+    if not backward:
+        if kind == "flash2":
+            return {"main": (make_flash2, (IN4, IN4, IN4, IN4, F3, float32, C))}
+        if kind == "flash1":
+            return {"main": (make_flash1, (IN4, IN4, IN4, IN4, F3, F3, F3, float32, C))}
+        std = lambda phase: lambda *a: make_standard(*a)[phase]  # noqa: E731
+        return {
+            "qk": (std("qk"), (IN4, IN4, F4, float32, C)),
+            "softmax": (std("softmax"), (F4, F4, F3, C)),
+            "pv": (std("pv"), (F4, IN4, IN4, float32, C)),
+        }
+    d = {"d": (backward_kernels.make_d, (IN4, IN4, F3, C))}
+    if kind in ("flash1", "flash2"):
+        return {
+            **d,
+            "dkdv": (backward_kernels.make_flash_dkdv, (IN4, IN4, IN4, IN4, F3, F3, IN4, IN4, float32, C)),
+            "dq": (backward_kernels.make_flash_dq, (IN4, IN4, IN4, IN4, F3, F3, IN4, float32, C)),
+        }
+    prod = lambda phase: lambda *a: backward_kernels.make_standard_products(*a)[phase]  # noqa: E731
+    return {
+        **d,
+        "p": (backward_kernels.make_standard_p, (IN4, IN4, F3, F4, F4, float32, C)),
+        "ds": (backward_kernels.make_standard_ds, (IN4, IN4, F3, F4, F4, float32, C)),
+        "dv": (prod("dv"), (F4, IN4, IN4, float32, C)),
+        "dk": (prod("dk"), (F4, IN4, IN4, float32, C)),
+        "dq": (prod("dq"), (F4, IN4, IN4, float32, C)),
+    }
 
 
 @functools.lru_cache(maxsize=256)
-def build(schedule, head_dim, dtype_name, causal, count_io):
-    """Compiled kernels for one (schedule, head_dim, dtype, causal, count_io), in launch order.
+def build(schedule, head_dim, dtype_name, causal, count_io, backward=False):
+    """Compiled kernels for one (schedule, head_dim, dtype, causal, count_io, direction).
 
     Returns:
-        tuple of (phase, kernel, smem_bytes, grid(problem)).
+        dict phase -> (kernel, smem_bytes, grid(problem)), in launch order.
     """
     dtype = np.dtype(dtype_name)
-    if schedule.kind == "standard":
-        phases = make_standard(schedule, head_dim, dtype, count_io, causal)
-    else:
-        maker = make_flash2 if schedule.kind == "flash2" else make_flash1
-        phases = {"main": maker(schedule, head_dim, dtype, count_io, causal)}
-    out = []
-    for phase, sig in _signatures(schedule.kind, dtype).items():
-        py_func, smem_bytes, grid = phases[phase]
+    out = {}
+    for phase, (maker, sig) in _phases(schedule.kind, dtype, backward).items():
+        py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, count_io, causal)
         signature = void(*sig)
         kernel = cuda.jit(signature)(py_func)
         if not using_simulator():
             allow_dynamic_smem(kernel.overloads[signature.args], smem_bytes)
-        out.append((phase, kernel, smem_bytes, grid))
-    return tuple(out)
+        out[phase] = (kernel, smem_bytes, grid)
+    return out
 
 
 def _device_empty(shape, dtype, what):
@@ -75,31 +94,91 @@ def run(schedule, problem, q, k, v, count_io=False):
         fp32, and the measured IOReport (None unless ``count_io``).
     """
     check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype))  # before any attribute or launch
-    launches = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io))
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io))
     stream = cuda.default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
     out = _device_empty((b, h, n_q, d), problem.dtype, "O")
     lse = _device_empty((b, h, n_q), np.float32, "L")
     counters = cuda.to_device(new_counters(), stream=stream)
     scale = np.float32(problem.scale)
-    block = (schedule.threads,)
+    launch = _launcher(ks, problem, schedule, stream)
     if schedule.kind == "flash2":
-        (_, kern, smem, grid), = launches
-        kern[grid(problem), block, stream, smem](q, k, v, out, lse, scale, counters)
+        launch("main", q, k, v, out, lse, scale, counters)
     elif schedule.kind == "flash1":
-        (_, kern, smem, grid), = launches
         l_hbm = _device_empty((b, h, n_q), np.float32, "l")
         m_hbm = _device_empty((b, h, n_q), np.float32, "m")
-        kern[grid(problem), block, stream, smem](q, k, v, out, lse, l_hbm, m_hbm, scale, counters)
+        launch("main", q, k, v, out, lse, l_hbm, m_hbm, scale, counters)
     else:
-        (_, qk, smem_qk, g_qk), (_, sm, smem_sm, g_sm), (_, pv, smem_pv, g_pv) = launches
         s = _device_empty((b, h, n_q, n_kv), np.float32, "S")
         p = _device_empty((b, h, n_q, n_kv), np.float32, "P")
-        qk[g_qk(problem), block, stream, smem_qk](q, k, s, scale, counters)
-        sm[g_sm(problem), block, stream, smem_sm](s, p, lse, counters)
-        pv[g_pv(problem), block, stream, smem_pv](p, v, out, counters)
+        launch("qk", q, k, s, scale, counters)
+        launch("softmax", s, p, lse, counters)
+        launch("pv", p, v, out, np.float32(1.0), counters)
     report = to_report(counters.copy_to_host(stream=stream), problem.dtype) if count_io else None
     return out, lse, report
+
+
+def _launcher(kernels, problem, schedule, stream):
+    """launch(phase, *args): one kernel of ``kernels`` on its grid, the schedule's block, ``stream``."""
+    block = (schedule.threads,)
+
+    def launch(phase, *args):
+        kernel, smem, grid = kernels[phase]
+        kernel[grid(problem), block, stream, smem](*args)
+
+    return launch
+
+
+def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False):
+    """dQ, dK, dV for device arrays (C-contiguous): see kernels/backward.py.
+
+    Returns:
+        (dq, dk, dv, report): device arrays in the input dtype, and the measured IOReport (None
+        unless ``count_io``).
+    """
+    check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True))
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io), backward=True)
+    stream = cuda.default_stream()
+    b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
+    dq = _device_empty((b, h, n_q, d), problem.dtype, "dQ")
+    dk = _device_empty((b, h, n_kv, d), problem.dtype, "dK")
+    dv = _device_empty((b, h, n_kv, d), problem.dtype, "dV")
+    dvec = _device_empty((b, h, n_q), np.float32, "D")
+    counters = cuda.to_device(new_counters(), stream=stream)
+    scale = np.float32(problem.scale)
+    launch = _launcher(ks, problem, schedule, stream)
+    launch("d", out, dout, dvec, counters)
+    if schedule.kind in ("flash1", "flash2"):
+        launch("dkdv", q, k, v, dout, lse, dvec, dk, dv, scale, counters)
+        launch("dq", q, k, v, dout, lse, dvec, dq, scale, counters)
+    else:
+        p = _device_empty((b, h, n_q, n_kv), np.float32, "P")
+        ds = _device_empty((b, h, n_q, n_kv), np.float32, "dS")
+        launch("p", q, k, lse, p, p, scale, counters)
+        launch("ds", dout, v, dvec, p, ds, scale, counters)
+        launch("dv", p, dout, dv, np.float32(1.0), counters)
+        launch("dk", ds, q, dk, scale, counters)
+        launch("dq", ds, k, dq, scale, counters)
+    report = to_report(counters.copy_to_host(stream=stream), problem.dtype) if count_io else None
+    return dq, dk, dv, report
+
+
+def _to_device(arrays, names):
+    """Device views of the caller's arrays: NumPy copied over, CUDA arrays wrapped without a sync."""
+    if isinstance(arrays[0], np.ndarray):
+        stream = cuda.default_stream()
+        return [cuda.to_device(np.ascontiguousarray(x), stream=stream) for x in arrays]
+    out = [cuda.as_cuda_array(x, sync=False) for x in arrays]
+    for name, x in zip(names, out):
+        if not x.is_c_contiguous():
+            raise ValueError(f"{name}: expected a C-contiguous CUDA array; make a contiguous copy first")
+    return out
+
+
+def _from_device(arrays, like):
+    if isinstance(like, np.ndarray):
+        return [x.copy_to_host() for x in arrays]
+    return [_wrap_like(x, like) for x in arrays]
 
 
 def _wrap_like(x, like):
@@ -122,16 +201,12 @@ def attention_any(schedule, problem, q, k, v, count_io=False):
     Returns:
         (out, lse, report) on the side the inputs came from.
     """
-    on_host = isinstance(q, np.ndarray)
-    if on_host:
-        stream = cuda.default_stream()
-        dq, dk, dv = (cuda.to_device(np.ascontiguousarray(x), stream=stream) for x in (q, k, v))
-    else:
-        dq, dk, dv = (cuda.as_cuda_array(x, sync=False) for x in (q, k, v))
-        for name, x in (("q", dq), ("k", dk), ("v", dv)):
-            if not x.is_c_contiguous():
-                raise ValueError(f"{name}: expected a C-contiguous CUDA array; make a contiguous copy first")
-    out, lse, report = run(schedule, problem, dq, dk, dv, count_io=count_io)
-    if on_host:
-        return out.copy_to_host(), lse.copy_to_host(), report
-    return _wrap_like(out, q), _wrap_like(lse, q), report
+    out, lse, report = run(schedule, problem, *_to_device((q, k, v), "qkv"), count_io=count_io)
+    return (*_from_device((out, lse), q), report)
+
+
+def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=False):
+    """:func:`run_backward` for NumPy or CUDA-array-interface inputs; results on the same side."""
+    dev = _to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
+    dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io)
+    return (*_from_device((dq, dk, dv), q), report)

@@ -5,6 +5,7 @@
                                        (online max and sum, then normalize), because a row of Nk
                                        fp32 values need not fit in SRAM; L = m + log l -> HBM
     pv:      O = P V                   P_i,j (allowed entries), V_j: HBM -> SRAM; O_i -> HBM
+                                       (kernels/matmul.py's nn product)
 
 Causal tiles that are fully masked are skipped by qk and pv: no loads, no math.
 """
@@ -14,6 +15,7 @@ import math
 from numba import cuda, float32, from_dtype, int64
 
 from kernels.counters import slots
+from kernels.matmul import make_nn
 from kernels.tiles import NEG_INF, ZERO, make_tile_ops
 from sandbox.schedule import sram_buffers, sram_offsets
 
@@ -25,9 +27,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
     CNT_LEN = t.CNT_LEN
     flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
     bufs = sram_buffers(schedule, head_dim, dtype)
-    (off_qk, smem_qk), (off_sm, smem_sm), (off_pv, smem_pv) = (
-        sram_offsets(bufs[p]) for p in ("qk", "softmax", "pv")
-    )
+    (off_qk, smem_qk), (off_sm, smem_sm) = (sram_offsets(bufs[p]) for p in ("qk", "softmax"))
     BR, BC, TM, TN, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC
     CAUSAL = t.CAUSAL
     inc, allowed, n_allowed = t.inc, t.allowed, t.n_allowed
@@ -36,7 +36,6 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
     IN = from_dtype(dtype)
     OQ, OK = off_qk["Q"], off_qk["K"]
     OMS, OLS = off_sm["m"], off_sm["l"]
-    OP, OV = off_pv["P"], off_pv["V"]
 
     def qk(q, k, s, scale, counters):
         tid = cuda.threadIdx.x
@@ -63,7 +62,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
         cuda.syncthreads()
         sacc = cuda.local.array((TM, TN), float32)
         # -- S = scale · Q_i K_j^T -> HBM, allowed entries only
-        if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt):
+        if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt, Q_[SRAM_R], K_[SRAM_R]):
             for a in range(TM):
                 r = ty + a * TY
                 for bb in range(TN):
@@ -131,71 +130,14 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
             inc(cnt, P_[HBM_W], 1)
         flush(cnt, counters)
 
-    def pv(p, v, o, counters):
-        tid = cuda.threadIdx.x
-        ty = tid // TX
-        tx = tid - ty * TX
-        i = cuda.blockIdx.x
-        bh = cuda.blockIdx.y
-        n_heads = v.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
-        n_q = p.shape[2]
-        n_kv = v.shape[2]
-        q0 = i * BR
-        q_len = min(BR, n_q - q0)
-        sm_in = cuda.shared.array(0, IN)
-        sm_f = cuda.shared.array(0, float32)
-        cnt = cuda.local.array(CNT_LEN, int64)  # this thread's IO counters (count build only)
-        zero_counter(cnt)
-        acc = cuda.local.array((TM, DC), float32)
-        for a in range(TM):
-            for c in range(DC):
-                acc[a, c] = ZERO
-        kv_end = n_kv
-        if CAUSAL:
-            kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped
-        for j in range(0, (kv_end + BC - 1) // BC):
-            k0 = j * BC
-            kv_len = min(BC, n_kv - k0)
-            # barrier: every thread is done with the previous P and V tiles
-            cuda.syncthreads()
-            # -- P_ij (allowed entries), V_j: HBM -> SRAM
-            for e in range(tid, q_len * kv_len, NT):
-                r = e // kv_len
-                c = e - r * kv_len
-                if allowed(q0 + r, k0 + c):
-                    sm_f[OP + r * BC + c] = p[b, h, q0 + r, k0 + c]
-                    inc(cnt, P_[HBM_R], 1)
-                    inc(cnt, P_[SRAM_W], 1)
-            load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
-            # barrier: P_ij and V_j are in SRAM
-            cuda.syncthreads()
-            # -- O_i += P_ij V_j on this thread's register tile
-            pv_tile(sm_f, OP, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt)
-        # -- O_i -> HBM
-        if ty < q_len and tx < D:
-            for a in range(TM):
-                r = ty + a * TY
-                if r < q_len:
-                    for c in range(DC):
-                        col = tx + c * TX
-                        if col < D:
-                            o[b, h, q0 + r, col] = acc[a, c]
-                            inc(cnt, O_[HBM_W], 1)
-        flush(cnt, counters)
-
     def grid_qk(problem):
         return ((problem.n_kv + BC - 1) // BC, (problem.n_q + BR - 1) // BR, problem.bh)
 
     def grid_softmax(problem):
         return (problem.n_q, problem.bh)
 
-    def grid_pv(problem):
-        return ((problem.n_q + BR - 1) // BR, problem.bh)
-
     return {
         "qk": (qk, smem_qk, grid_qk),
         "softmax": (softmax, smem_sm, grid_softmax),
-        "pv": (pv, smem_pv, grid_pv),
+        "pv": make_nn(schedule, head_dim, dtype, count_io, causal, "P", "V", "O"),
     }

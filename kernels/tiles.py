@@ -18,6 +18,8 @@ Counting rules (the simulator models exactly these):
   when causal);
 - PV tile: a thread with a valid row and an O column reads, for each of the tile's kv_len
   steps, its allowed P entries and its O columns of V from SRAM.
+- PᵀX tile (backward: dV += Pᵀ dO, dK += dSᵀ Q): a thread with a valid K/V row and a d-column
+  reads, for each of the tile's q_len rows, its allowed entries of P (or dS) and its columns of X.
 """
 
 from types import SimpleNamespace
@@ -25,7 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 from numba import cuda, float32
 
-from kernels.counters import N_SLOTS, slots
+from kernels.counters import N_SLOTS
 
 NEG_INF = np.float32(-np.inf)
 ZERO = np.float32(0.0)
@@ -43,10 +45,6 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
     COUNT_IO = bool(count_io)
     CAUSAL = bool(causal)
     CNT_LEN = N_SLOTS if COUNT_IO else 1
-    Q_ = slots("Q")
-    K_ = slots("K")
-    P_ = slots("P")
-    V_ = slots("V")
     HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
 
     @cuda.jit(device=True)
@@ -100,8 +98,11 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
             inc(cnt, s_sram_w, 1)
 
     @cuda.jit(device=True)
-    def s_tile(smq, offq, smk, offk, ty, tx, q_len, kv_len, sacc, cnt):
+    def s_tile(smq, offq, smk, offk, ty, tx, q_len, kv_len, sacc, cnt, s_q, s_k):
         """sacc[a, b] = Q_i[ty + a·TY] · K_j[tx + b·TX] for this thread's valid rows and columns.
+
+        Any two row-major (rows × D) SRAM tiles work (e.g. dO_i and V_j for dP = dO Vᵀ); ``s_q`` and
+        ``s_k`` are the counter slots of their SRAM reads.
 
         Returns False (and reads nothing) when the thread has no valid row or no valid column.
         """
@@ -120,13 +121,13 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
                 qreg[a] = ZERO
                 if r < q_len:
                     qreg[a] = float32(smq[offq + r * D + kk])
-                    inc(cnt, Q_[SRAM_R], 1)
+                    inc(cnt, s_q, 1)
             for b in range(TN):
                 c = tx + b * TX
                 kreg[b] = ZERO
                 if c < kv_len:
                     kreg[b] = float32(smk[offk + c * D + kk])
-                    inc(cnt, K_[SRAM_R], 1)
+                    inc(cnt, s_k, 1)
             # -- S += q k^T on the register tile
             for a in range(TM):
                 for b in range(TN):
@@ -134,10 +135,11 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
         return True
 
     @cuda.jit(device=True)
-    def pv_tile(smp, offp, smv, offv, ty, tx, q0, k0, q_len, kv_len, acc, cnt):
+    def pv_tile(smp, offp, smv, offv, ty, tx, q0, k0, q_len, kv_len, acc, cnt, s_p, s_v):
         """acc[a, c] += Σ_j P[ty + a·TY, j] · V_j[j, tx + c·TX]: this thread's tile of O += P V_j.
 
         P sits in SRAM with row stride Bc and is read only where allowed (masked entries count as 0).
+        Also dQ += dS K_j. ``s_p``, ``s_v``: counter slots of the two SRAM reads.
         """
         if ty >= q_len or tx >= D:
             return
@@ -149,17 +151,47 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
                 preg[a] = ZERO
                 if r < q_len and allowed(q0 + r, k0 + jj):
                     preg[a] = smp[offp + r * BC + jj]
-                    inc(cnt, P_[SRAM_R], 1)
+                    inc(cnt, s_p, 1)
             # -- O += p v on the register tile, one V element at a time
             for c in range(DC):
                 col = tx + c * TX
                 if col < D:
                     vv = float32(smv[offv + jj * D + col])
-                    inc(cnt, V_[SRAM_R], 1)
+                    inc(cnt, s_v, 1)
                     for a in range(TM):
                         acc[a, c] += preg[a] * vv
 
-    return SimpleNamespace(
+    DCQ = -(-D // TY)  # dK/dV columns per thread (at most)
+
+    @cuda.jit(device=True)
+    def ptx_tile(smm, offm, smx, offx, ty, tx, q0, k0, q_len, kv_len, acc, cnt, s_m, s_x):
+        """acc[b, c] += Σ_r M[r, tx + b·TX] · X[r, ty + c·TY]: this thread's tile of Mᵀ X (dV += Pᵀ dO, dK += dSᵀ Q).
+
+        Thread (ty, tx) owns K/V rows ``tx + b·TX`` and d-columns ``ty + c·TY``. M (Br×Bc fp32, row
+        stride Bc) is read only where allowed; X is a row-major q_len×D tile. ``s_m``, ``s_x``:
+        counter slots of the two SRAM reads.
+        """
+        if tx >= kv_len or ty >= D:
+            return
+        mreg = cuda.local.array(TN, float32)
+        for r in range(q_len):
+            # -- registers <- SRAM: this thread's columns of row r of M
+            for b in range(TN):
+                kv = tx + b * TX
+                mreg[b] = ZERO
+                if kv < kv_len and allowed(q0 + r, k0 + kv):
+                    mreg[b] = smm[offm + r * BC + kv]
+                    inc(cnt, s_m, 1)
+            # -- acc += m x on the register tile, one X element at a time
+            for c in range(DCQ):
+                col = ty + c * TY
+                if col < D:
+                    x = float32(smx[offx + r * D + col])
+                    inc(cnt, s_x, 1)
+                    for b in range(TN):
+                        acc[b, c] += mreg[b] * x
+
+    return SimpleNamespace(DCQ=DCQ, ptx_tile=ptx_tile,
         BR=BR, BC=BC, TM=TM, TN=TN, TY=TY, TX=TX, NT=NT, D=D, DC=DC,
         COUNT_IO=COUNT_IO, CAUSAL=CAUSAL,
         CNT_LEN=CNT_LEN, inc=inc, zero_counter=zero_counter, flush=flush, nan_max=nan_max, allowed=allowed, n_allowed=n_allowed,

@@ -31,7 +31,7 @@ alpha      ``alpha``             rescale factor exp(m_i - m_new)
 
 from sandbox.ioreport import IOReport, LEVELS, TENSORS
 from sandbox.problem import Problem
-from sandbox.reference import reference_attention
+from sandbox.reference import reference_attention, reference_attention_backward
 from sandbox.schedule import KINDS, Schedule
 
 __all__ = [
@@ -42,7 +42,9 @@ __all__ = [
     "Schedule",
     "TENSORS",
     "attention",
+    "attention_backward",
     "reference_attention",
+    "reference_attention_backward",
     "simulate",
 ]
 
@@ -51,7 +53,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # The lab imports both executors; keep that off the import path of the vocabulary.
-    if name in ("attention", "simulate"):
+    if name in ("attention", "attention_backward", "simulate"):
         from sandbox import lab
 
         return getattr(lab, name)

@@ -10,8 +10,19 @@ from types import MappingProxyType
 #: Memory levels, outermost first.
 LEVELS = ("hbm", "sram")
 #: Tensor names, as in the paper; "L" is the log-sum-exp. "alpha"/"beta" are the O-update
-#: rescale factors the flash kernels keep in SRAM beside m and ℓ.
-TENSORS = ("Q", "K", "V", "O", "S", "P", "l", "m", "L", "alpha", "beta")
+#: rescale factors the flash kernels keep in SRAM beside m and ℓ. The backward pass adds the
+#: gradients dO, dQ, dK, dV, D = rowsum(dO ∘ O), and dS = P ∘ (dP - D).
+TENSORS = ("Q", "K", "V", "O", "S", "P", "l", "m", "L", "alpha", "beta", "dO", "dQ", "dK", "dV", "D", "dS")
+#: Tensors stored in the input dtype; everything else is fp32.
+INPUT_DTYPE_TENSORS = ("Q", "K", "V", "O", "dO", "dQ", "dK", "dV")
+
+
+def itemsizes(dtype):
+    """Bytes per element of every tensor for inputs of ``dtype`` (the rest is fp32)."""
+    import numpy as np
+
+    it = np.dtype(dtype).itemsize
+    return {t: (it if t in INPUT_DTYPE_TENSORS else 4) for t in TENSORS}
 _FIELDS = ("hbm_reads", "hbm_writes", "sram_reads", "sram_writes")
 
 

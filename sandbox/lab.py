@@ -124,3 +124,52 @@ def check_against_reference(schedule, problem, seed=0):
         "simulated": simulated,
         "counts_agree": measured == simulated,
     }
+
+
+def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, count_io=False):
+    """Gradients dQ, dK, dV of ``attention`` for the upstream gradient ``dout``.
+
+    flash1 and flash2 schedules run FlashAttention-2's backward with recomputation (S and P
+    rebuilt per tile from Q, K and the saved log-sum-exp; nothing Nq×Nk in HBM); the standard
+    schedule materializes P and dS in HBM. Deterministic: no floating-point atomics, so the same
+    inputs give bit-identical gradients.
+
+    Args:
+        q, k, v: as for :func:`attention`.
+        out, lse: ``attention``'s output (B, H, Nq, d) and log-sum-exp (B, H, Nq) for these inputs.
+        dout: gradient of the loss with respect to ``out``, (B, H, Nq, d), the dtype of q.
+        schedule, causal, scale: as for the forward call that produced ``out`` and ``lse``.
+        count_io: also return the measured :class:`IOReport` last.
+
+    Returns:
+        ``(dq, dk, dv)`` in the input dtype (fp32 accumulation), plus the report with ``count_io``.
+
+    Raises:
+        TypeError, ValueError: bad inputs, or a schedule whose backward tiles overflow its SRAM.
+    """
+    import numpy as np
+
+    from sandbox.validation import array_meta
+
+    problem = check_qkv(q, k, v, causal=causal, scale=scale)
+    _check_schedule(schedule).check_fits(problem.head_dim, problem.dtype, backward=True)
+    q_shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
+    on_host = isinstance(q, np.ndarray)
+    for name, x, shape, dtype in (
+        ("out", out, q_shape, problem.dtype), ("dout", dout, q_shape, problem.dtype), ("lse", lse, q_shape[:3], None)
+    ):
+        got_shape, got_dtype, on_device = array_meta(x, name)
+        if tuple(got_shape) != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {tuple(got_shape)}")
+        if on_device == on_host:
+            raise TypeError(f"{name}: expected it on the same side as q (NumPy or GPU) as q")
+        if dtype is not None and got_dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype.name} (that of q), got {got_dtype.name}")
+        if dtype is None and got_dtype != np.float32 and not on_host:
+            raise TypeError(f"lse: expected float32 (as attention(return_lse=True) gives), got {got_dtype.name}")
+    if on_host:
+        lse = np.asarray(lse, dtype=np.float32)
+    from kernels.launch import attention_backward_any
+
+    dq, dk, dv, report = attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=count_io)
+    return (dq, dk, dv, report) if count_io else (dq, dk, dv)

@@ -54,3 +54,30 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False):
     with np.errstate(divide="ignore"):
         lse = np.where(empty, -np.inf, m + np.log(l))[..., 0]
     return out, lse
+
+
+def reference_attention_backward(q, k, v, dout, causal=False, scale=None):
+    """Analytic float64 gradients (dq, dk, dv) of ``reference_attention`` for upstream gradient ``dout``.
+
+    With S = scale·QKᵀ (masked entries -inf), P = softmax(S), O = PV:
+    dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP - rowsum(dO ∘ O)), dQ = scale·dS K, dK = scale·dSᵀ Q.
+    Rows that attend to nothing contribute nothing.
+    """
+    check_qkv(q, k, v, dtypes=REFERENCE_DTYPES, causal=causal, scale=scale)
+    scale = resolve_scale(scale, q.shape[-1])
+    q, k, v, dout = (np.asarray(x, dtype=np.float64) for x in (q, k, v, dout))
+    s = scale * np.einsum("bhid,bhjd->bhij", q, k)
+    if causal:
+        s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    p = np.exp(s - m)
+    l = p.sum(axis=-1, keepdims=True)
+    p = p / np.where(l == 0, 1.0, l)
+    out = np.einsum("bhij,bhjd->bhid", p, v)
+    dv = np.einsum("bhij,bhid->bhjd", p, dout)
+    dp = np.einsum("bhid,bhjd->bhij", dout, v)
+    ds = p * (dp - (dout * out).sum(-1, keepdims=True))
+    dq = scale * np.einsum("bhij,bhjd->bhid", ds, k)
+    dk = scale * np.einsum("bhij,bhid->bhjd", ds, q)
+    return dq, dk, dv

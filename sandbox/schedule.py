@@ -135,18 +135,20 @@ class Schedule:
         return self.threads_q * self.threads_kv
 
     # -- SRAM -----------------------------------------------------------------------------
-    def sram_footprint(self, head_dim, dtype):
+    def sram_footprint(self, head_dim, dtype, backward=False):
         """Bytes of shared memory the largest kernel of this schedule allocates (with alignment)."""
-        return max(sram_offsets(bufs)[1] for bufs in sram_buffers(self, head_dim, dtype).values())
+        bufs = sram_buffers(self, head_dim, dtype, backward=backward)
+        return max(sram_offsets(b)[1] for b in bufs.values())
 
-    def check_fits(self, head_dim, dtype):
+    def check_fits(self, head_dim, dtype, backward=False):
         """Raise ValueError if the tiles for ``head_dim`` and ``dtype`` overflow ``sram_bytes``."""
         if head_dim > MAX_HEAD_DIM:
             raise ValueError(f"head_dim={head_dim} exceeds the largest supported head_dim ({MAX_HEAD_DIM})")
-        need = self.sram_footprint(head_dim, dtype)
+        need = self.sram_footprint(head_dim, dtype, backward=backward)
         if need > self.sram_bytes:
             raise ValueError(
                 f"schedule {self.kind} Br={self.block_q} Bc={self.block_kv} needs {need} bytes of SRAM "
+                f"{'for the backward pass ' if backward else ''}"
                 f"at head_dim={head_dim}, {np.dtype(dtype).name}, but its capacity is "
                 f"sram_bytes={self.sram_bytes}; use smaller blocks or Schedule.from_sram"
             )
@@ -189,7 +191,7 @@ class Schedule:
         )
 
 
-def sram_buffers(schedule, head_dim, dtype):
+def sram_buffers(schedule, head_dim, dtype, backward=False):
     """The shared-memory buffers of each kernel of ``schedule``, in allocation order.
 
     Q/K/V tiles are kept in the input dtype; S/P and row statistics in fp32. O lives in
@@ -198,16 +200,32 @@ def sram_buffers(schedule, head_dim, dtype):
     Returns:
         dict phase name → tuple of :class:`Buffer`. flash1 and flash2 have one phase, "main";
         standard has three kernels: "qk" (S = QKᵀ), "softmax" (P = softmax(S)) and "pv" (O = PV).
+        With ``backward``: the flash kinds' "dkdv" and "dq" kernels (FlashAttention-2 backward),
+        standard's "p" (P = exp(S - L)), "ds" (dS = P ∘ (dO Vᵀ - D)), "tn" (Mᵀ X for dV, dK) and
+        "nn" (dS K for dQ).
     """
     it = np.dtype(dtype).itemsize
     acc = ACC.itemsize
     br, bc, d = schedule.block_q, schedule.block_kv, head_dim
+    if backward:
+        rows = (Buffer("L", br, acc), Buffer("D", br, acc))
+        if schedule.kind == "standard":
+            return {
+                "p": (Buffer("Q", br * d, it), Buffer("K", bc * d, it), Buffer("L", br, acc)),
+                "ds": (Buffer("dO", br * d, it), Buffer("V", bc * d, it), Buffer("D", br, acc)),
+                "tn": (Buffer("M", br * bc, acc), Buffer("X", br * d, it)),
+                "nn": (Buffer("M", br * bc, acc), Buffer("X", bc * d, it)),
+            }
+        # P, then dS, share one Br×Bc fp32 tile
+        tiles = (Buffer("Q", br * d, it), Buffer("dO", br * d, it), Buffer("K", bc * d, it),
+                 Buffer("V", bc * d, it), Buffer("dS", br * bc, acc))
+        return {"dkdv": tiles + rows, "dq": tiles + rows}
     if schedule.kind == "standard":
         return {
             "qk": (Buffer("Q", br * d, it), Buffer("K", bc * d, it)),
             # per-thread partial (m, l) and the combined row (m, l) in the last slot
             "softmax": (Buffer("m", schedule.threads + 1, acc), Buffer("l", schedule.threads + 1, acc)),
-            "pv": (Buffer("P", br * bc, acc), Buffer("V", bc * d, it)),
+            "pv": (Buffer("M", br * bc, acc), Buffer("X", bc * d, it)),  # kernels/matmul.py: M = P, X = V
         }
     tiles = (Buffer("Q", br * d, it), Buffer("K", bc * d, it), Buffer("V", bc * d, it), Buffer("S", br * bc, acc))
     if schedule.kind == "flash2":

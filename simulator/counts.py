@@ -19,8 +19,7 @@ the cost is linear in the number of blocks (Nq = Nk = 2²⁰ with 128×128 tiles
 
 import numpy as np
 
-from sandbox.dtypes import ACC
-from sandbox.ioreport import IOReport, TENSORS
+from sandbox.ioreport import IOReport, itemsizes
 
 
 class _Tiles:
@@ -157,8 +156,7 @@ def simulate_counts(schedule, problem):
         _add(hw, "O", q_rows * d)
 
     bh = problem.bh
-    it = problem.dtype.itemsize
-    itemsize = {x: (it if x in ("Q", "K", "V", "O") else ACC.itemsize) for x in TENSORS}
+    itemsize = itemsizes(problem.dtype)
     scaled = [{k: v * bh for k, v in c.items()} for c in (hr, hw, sr, sw)]
     flops = bh * 4 * d * int(t.area.sum())  # S and PV over visited tiles, 2 FLOPs per multiply-add
     return IOReport(*scaled, itemsize=itemsize, flops=flops)

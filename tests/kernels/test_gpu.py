@@ -74,8 +74,8 @@ def test_fast_build_compiles_the_counters_away():
     from kernels.launch import build
 
     schedule = Schedule("flash2", block_q=32, block_kv=32)
-    (_, fast, _, _), = build(schedule, 64, "float32", False, False)
-    (_, counting, _, _), = build(schedule, 64, "float32", False, True)
+    fast, _, _ = build(schedule, 64, "float32", False, False)["main"]
+    counting, _, _ = build(schedule, 64, "float32", False, True)["main"]
     fast_ptx = next(iter(fast.inspect_asm().values()))
     counting_ptx = next(iter(counting.inspect_asm().values()))
     atomics = re.compile(r"^\s*(@%p\d+\s+)?(atom|red)\.", re.MULTILINE)  # PTX atomic/reduction instructions

@@ -1,0 +1,370 @@
+"""Backward pass: dQ, dK, dV from Q, K, V, O, L and dO, with recomputation (flash) or a materialized P (standard).
+
+Both start with D = rowsum(dO ∘ O) (kernel ``d``). Then, with P = exp(scale·QKᵀ - L),
+dP = dO Vᵀ and dS = P ∘ (dP - D):
+
+flash1/flash2 (FlashAttention-2's backward; no P in HBM, S and P rebuilt per tile from Q, K, L):
+    dkdv: one thread block per (K/V block j, batch·head); K_j, V_j stay in SRAM; for each Q block
+          i: Q_i, dO_i, L_i, D_i -> SRAM, P and dP on register tiles, dV_j += Pᵀ dO_i,
+          dK_j += dSᵀ Q_i (P, then dS, through one SRAM tile); dK_j = scale·dK_j, dV_j -> HBM
+    dq:   one thread block per (Q block i, batch·head); Q_i, dO_i, L_i, D_i stay in SRAM; for each
+          K/V block j: K_j, V_j -> SRAM, dS on register tiles -> SRAM, dQ_i += dS K_j; dQ_i = scale·dQ_i -> HBM
+standard (P and dS materialized in HBM, like the forward's S and P):
+    p:  P = exp(scale·QKᵀ - L) -> HBM       ds: dS = P ∘ (dO Vᵀ - D) -> HBM
+    tn: dV = Pᵀ dO, dK = scale·dSᵀ Q         nn: dQ = scale·dS K          (kernels/matmul.py)
+
+Deterministic: every output element is written by one thread, which sums in a fixed order; no
+floating-point atomics anywhere (the counters' integer atomics do not touch the results), so the
+same inputs give bit-identical gradients.
+"""
+
+import math
+
+from numba import cuda, float32, from_dtype, int64
+
+from kernels.counters import slots
+from kernels.matmul import make_nn, make_tn
+from kernels.tiles import ZERO, make_tile_ops
+from sandbox.schedule import sram_buffers, sram_offsets
+
+HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
+
+
+def make_d(schedule, head_dim, dtype, count_io, causal):
+    """D = rowsum(dO ∘ O), fp32: kernel(o, do, dvec, counters), one thread per row."""
+    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    CNT_LEN, zero_counter, flush, inc = t.CNT_LEN, t.zero_counter, t.flush, t.inc
+    BR, NT, D = t.BR, t.NT, t.D
+    O_, dO_, D_ = slots("O"), slots("dO"), slots("D")
+
+    def kernel(o, do, dvec, counters):
+        tid = cuda.threadIdx.x
+        bh = cuda.blockIdx.y
+        n_heads = o.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        q0 = cuda.blockIdx.x * BR
+        q_len = min(BR, o.shape[2] - q0)
+        cnt = cuda.local.array(CNT_LEN, int64)
+        zero_counter(cnt)
+        for r in range(tid, q_len, NT):
+            acc = ZERO
+            for c in range(D):
+                acc += float32(do[b, h, q0 + r, c]) * float32(o[b, h, q0 + r, c])
+                inc(cnt, dO_[HBM_R], 1)
+                inc(cnt, O_[HBM_R], 1)
+            dvec[b, h, q0 + r] = acc
+            inc(cnt, D_[HBM_W], 1)
+        flush(cnt, counters)
+
+    def grid(problem):
+        return ((problem.n_q + BR - 1) // BR, problem.bh)
+
+    return kernel, 0, grid
+
+
+def _common(schedule, head_dim, dtype, count_io, causal, phase):
+    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype, backward=True)[phase])
+    return t, off, smem_bytes
+
+
+def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
+    """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H)."""
+    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dkdv")
+    # Numba resolves closure variables, not attributes of a namespace: bind them here
+    CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, ptx_tile = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.ptx_tile)
+    BR, BC, TM, TN, TY, TX, NT, D, DCQ, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DCQ, t.CAUSAL
+    OQ, OdO, OK, OV, OS, OL, OD = (off[n] for n in ("Q", "dO", "K", "V", "dS", "L", "D"))
+    Q_, K_, V_, P_, dO_, dS_, L_, D_, dK_, dV_ = (
+        slots(n) for n in ("Q", "K", "V", "P", "dO", "dS", "L", "D", "dK", "dV"))
+    IN = from_dtype(dtype)
+
+    def kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters):
+        tid = cuda.threadIdx.x
+        ty = tid // TX
+        tx = tid - ty * TX
+        j = cuda.blockIdx.x
+        bh = cuda.blockIdx.y
+        n_heads = q.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        n_q = q.shape[2]
+        k0 = j * BC
+        kv_len = min(BC, k.shape[2] - k0)
+        sm_in = cuda.shared.array(0, IN)
+        sm_f = cuda.shared.array(0, float32)
+        cnt = cuda.local.array(CNT_LEN, int64)
+        zero_counter(cnt)
+        acc_v = cuda.local.array((TN, DCQ), float32)  # this thread's tile of dV_j, in registers
+        acc_k = cuda.local.array((TN, DCQ), float32)  # and of dK_j
+        for bb in range(TN):
+            for c in range(DCQ):
+                acc_v[bb, c] = ZERO
+                acc_k[bb, c] = ZERO
+        p_t = cuda.local.array((TM, TN), float32)  # S, then P, on the register tile
+        ds_t = cuda.local.array((TM, TN), float32)  # dP, then dS
+        i_start = 0
+        i_end = (n_q + BR - 1) // BR
+        if CAUSAL:
+            i_start = k0 // BR  # earlier Q blocks hold only rows < k0: fully masked, skipped
+            if k0 >= n_q:
+                i_end = i_start  # no query sees this block
+        if i_end > i_start:
+            # -- load K_j, V_j: they stay in SRAM for the whole Q loop
+            load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+            load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+        for i in range(i_start, i_end):
+            q0 = i * BR
+            q_len = min(BR, n_q - q0)
+            # barrier: every thread is done with the previous Q_i, dO_i and dS
+            cuda.syncthreads()
+            load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
+            load_rows(do, b, h, q0, q_len, sm_in, OdO, tid, cnt, dO_[HBM_R], dO_[SRAM_W])
+            for r in range(tid, q_len, NT):
+                sm_f[OL + r] = lse[b, h, q0 + r]
+                sm_f[OD + r] = dvec[b, h, q0 + r]
+                inc(cnt, L_[HBM_R], 1)
+                inc(cnt, L_[SRAM_W], 1)
+                inc(cnt, D_[HBM_R], 1)
+                inc(cnt, D_[SRAM_W], 1)
+            # barrier: Q_i, dO_i, L_i, D_i (and K_j, V_j) are in SRAM
+            cuda.syncthreads()
+
+            # -- P = exp(scale · Q_i K_j^T - L), dP = dO_i V_j^T, dS = P ∘ (dP - D) on register tiles
+            work = s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, p_t, cnt, Q_[SRAM_R], K_[SRAM_R])
+            if work:
+                s_tile(sm_in, OdO, sm_in, OV, ty, tx, q_len, kv_len, ds_t, cnt, dO_[SRAM_R], V_[SRAM_R])
+                for a in range(TM):
+                    r = ty + a * TY
+                    if r < q_len:
+                        l_r = sm_f[OL + r]
+                        d_r = sm_f[OD + r]
+                        inc(cnt, L_[SRAM_R], 1)
+                        inc(cnt, D_[SRAM_R], 1)
+                        for bb in range(TN):
+                            c = tx + bb * TX
+                            if c < kv_len and allowed(q0 + r, k0 + c):
+                                p = math.exp(scale * p_t[a, bb] - l_r)
+                                ds_t[a, bb] = p * (ds_t[a, bb] - d_r)
+                                sm_f[OS + r * BC + c] = p
+                                inc(cnt, P_[SRAM_W], 1)
+            # barrier: P is in SRAM
+            cuda.syncthreads()
+            # -- dV_j += P^T dO_i
+            ptx_tile(sm_f, OS, sm_in, OdO, ty, tx, q0, k0, q_len, kv_len, acc_v, cnt, P_[SRAM_R], dO_[SRAM_R])
+            # barrier: every thread is done reading P before dS overwrites it
+            cuda.syncthreads()
+            if work:
+                for a in range(TM):
+                    r = ty + a * TY
+                    for bb in range(TN):
+                        c = tx + bb * TX
+                        if r < q_len and c < kv_len and allowed(q0 + r, k0 + c):
+                            sm_f[OS + r * BC + c] = ds_t[a, bb]
+                            inc(cnt, dS_[SRAM_W], 1)
+            # barrier: dS is in SRAM
+            cuda.syncthreads()
+            # -- dK_j += dS^T Q_i
+            ptx_tile(sm_f, OS, sm_in, OQ, ty, tx, q0, k0, q_len, kv_len, acc_k, cnt, dS_[SRAM_R], Q_[SRAM_R])
+
+        # -- dK_j = scale · dK_j, dV_j -> HBM (zeros for a block no query sees)
+        if tx < kv_len and ty < D:
+            for bb in range(TN):
+                kv = tx + bb * TX
+                if kv < kv_len:
+                    for c in range(DCQ):
+                        col = ty + c * TY
+                        if col < D:
+                            dv[b, h, k0 + kv, col] = acc_v[bb, c]
+                            dk[b, h, k0 + kv, col] = scale * acc_k[bb, c]
+                            inc(cnt, dV_[HBM_W], 1)
+                            inc(cnt, dK_[HBM_W], 1)
+        flush(cnt, counters)
+
+    def grid(problem):
+        return ((problem.n_kv + BC - 1) // BC, problem.bh)
+
+    return kernel, smem_bytes, grid
+
+
+def make_flash_dq(schedule, head_dim, dtype, count_io, causal):
+    """kernel(q, k, v, do, lse, dvec, dq, scale, counters); grid (Tr, B·H)."""
+    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dq")
+    CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, pv_tile = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.pv_tile)
+    BR, BC, TM, TN, TY, TX, NT, D, DC, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC, t.CAUSAL
+    OQ, OdO, OK, OV, OS, OL, OD = (off[n] for n in ("Q", "dO", "K", "V", "dS", "L", "D"))
+    Q_, K_, V_, dO_, dS_, L_, D_, dQ_ = (slots(n) for n in ("Q", "K", "V", "dO", "dS", "L", "D", "dQ"))
+    IN = from_dtype(dtype)
+
+    def kernel(q, k, v, do, lse, dvec, dq, scale, counters):
+        tid = cuda.threadIdx.x
+        ty = tid // TX
+        tx = tid - ty * TX
+        bh = cuda.blockIdx.y
+        n_heads = q.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        n_kv = k.shape[2]
+        q0 = cuda.blockIdx.x * BR
+        q_len = min(BR, q.shape[2] - q0)
+        sm_in = cuda.shared.array(0, IN)
+        sm_f = cuda.shared.array(0, float32)
+        cnt = cuda.local.array(CNT_LEN, int64)
+        zero_counter(cnt)
+        # -- Q_i, dO_i, L_i, D_i: they stay in SRAM for the whole K/V loop
+        load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
+        load_rows(do, b, h, q0, q_len, sm_in, OdO, tid, cnt, dO_[HBM_R], dO_[SRAM_W])
+        for r in range(tid, q_len, NT):
+            sm_f[OL + r] = lse[b, h, q0 + r]
+            sm_f[OD + r] = dvec[b, h, q0 + r]
+            inc(cnt, L_[HBM_R], 1)
+            inc(cnt, L_[SRAM_W], 1)
+            inc(cnt, D_[HBM_R], 1)
+            inc(cnt, D_[SRAM_W], 1)
+        acc = cuda.local.array((TM, DC), float32)  # this thread's tile of dQ_i, in registers
+        for a in range(TM):
+            for c in range(DC):
+                acc[a, c] = ZERO
+        p_t = cuda.local.array((TM, TN), float32)
+        ds_t = cuda.local.array((TM, TN), float32)
+        kv_end = n_kv
+        if CAUSAL:
+            kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped
+        for j in range(0, (kv_end + BC - 1) // BC):
+            k0 = j * BC
+            kv_len = min(BC, n_kv - k0)
+            # barrier: every thread is done with the previous K_j, V_j and dS
+            cuda.syncthreads()
+            load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+            load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            # barrier: K_j, V_j (and, first time round, Q_i, dO_i, L_i, D_i) are in SRAM
+            cuda.syncthreads()
+            # -- dS = P ∘ (dO_i V_j^T - D) on register tiles -> SRAM
+            if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, p_t, cnt, Q_[SRAM_R], K_[SRAM_R]):
+                s_tile(sm_in, OdO, sm_in, OV, ty, tx, q_len, kv_len, ds_t, cnt, dO_[SRAM_R], V_[SRAM_R])
+                for a in range(TM):
+                    r = ty + a * TY
+                    if r < q_len:
+                        l_r = sm_f[OL + r]
+                        d_r = sm_f[OD + r]
+                        inc(cnt, L_[SRAM_R], 1)
+                        inc(cnt, D_[SRAM_R], 1)
+                        for bb in range(TN):
+                            c = tx + bb * TX
+                            if c < kv_len and allowed(q0 + r, k0 + c):
+                                p = math.exp(scale * p_t[a, bb] - l_r)
+                                sm_f[OS + r * BC + c] = p * (ds_t[a, bb] - d_r)
+                                inc(cnt, dS_[SRAM_W], 1)
+            # barrier: dS is in SRAM
+            cuda.syncthreads()
+            # -- dQ_i += dS K_j
+            pv_tile(sm_f, OS, sm_in, OK, ty, tx, q0, k0, q_len, kv_len, acc, cnt, dS_[SRAM_R], K_[SRAM_R])
+        # -- dQ_i = scale · dQ_i -> HBM
+        if ty < q_len and tx < D:
+            for a in range(TM):
+                r = ty + a * TY
+                if r < q_len:
+                    for c in range(DC):
+                        col = tx + c * TX
+                        if col < D:
+                            dq[b, h, q0 + r, col] = scale * acc[a, c]
+                            inc(cnt, dQ_[HBM_W], 1)
+        flush(cnt, counters)
+
+    def grid(problem):
+        return ((problem.n_q + BR - 1) // BR, problem.bh)
+
+    return kernel, smem_bytes, grid
+
+
+def make_standard_p(schedule, head_dim, dtype, count_io, causal):
+    """P = exp(scale·QKᵀ - L) -> HBM: kernel(q, k, lse, p, scale, counters); grid (Tc, Tr, B·H)."""
+    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "p")
+    return _make_rowwise(t, off, smem_bytes, dtype, "p")
+
+
+def make_standard_ds(schedule, head_dim, dtype, count_io, causal):
+    """dS = P ∘ (dO Vᵀ - D) -> HBM: kernel(do, v, dvec, p, ds, counters); grid (Tc, Tr, B·H)."""
+    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "ds")
+    return _make_rowwise(t, off, smem_bytes, dtype, "ds")
+
+
+def _make_rowwise(t, off, smem_bytes, dtype, which):
+    """The two elementwise-after-matmul kernels of the standard backward (one source, two roles).
+
+    "p":  A = Q, B = K, row value L:  out = P = exp(scale·A Bᵀ - L)
+    "ds": A = dO, B = V, row value D: out = dS = P ∘ (A Bᵀ - D), P read from HBM
+    """
+    CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile)
+    BR, BC, TM, TN, TY, TX, NT, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.CAUSAL
+    IS_P = which == "p"
+    a_name, b_name, row_name, out_name = ("Q", "K", "L", "P") if IS_P else ("dO", "V", "D", "dS")
+    OA, OB, OR = off[a_name], off[b_name], off[row_name]
+    A_, B_, R_, OUT_, P_ = slots(a_name), slots(b_name), slots(row_name), slots(out_name), slots("P")
+    IN = from_dtype(dtype)
+
+    def kernel(a_in, b_in, rowvec, p_in, out, scale, counters):
+        tid = cuda.threadIdx.x
+        ty = tid // TX
+        tx = tid - ty * TX
+        j = cuda.blockIdx.x
+        i = cuda.blockIdx.y
+        bh = cuda.blockIdx.z
+        n_heads = a_in.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        q0 = i * BR
+        k0 = j * BC
+        q_len = min(BR, a_in.shape[2] - q0)
+        kv_len = min(BC, b_in.shape[2] - k0)
+        if CAUSAL and k0 > q0 + q_len - 1:
+            return  # fully masked tile: no loads, no math
+        sm_in = cuda.shared.array(0, IN)
+        sm_f = cuda.shared.array(0, float32)
+        cnt = cuda.local.array(CNT_LEN, int64)
+        zero_counter(cnt)
+        load_rows(a_in, b, h, q0, q_len, sm_in, OA, tid, cnt, A_[HBM_R], A_[SRAM_W])
+        load_rows(b_in, b, h, k0, kv_len, sm_in, OB, tid, cnt, B_[HBM_R], B_[SRAM_W])
+        for r in range(tid, q_len, NT):
+            sm_f[OR + r] = rowvec[b, h, q0 + r]
+            inc(cnt, R_[HBM_R], 1)
+            inc(cnt, R_[SRAM_W], 1)
+        # barrier: the A and B tiles and the row values are in SRAM
+        cuda.syncthreads()
+        acc = cuda.local.array((TM, TN), float32)
+        if s_tile(sm_in, OA, sm_in, OB, ty, tx, q_len, kv_len, acc, cnt, A_[SRAM_R], B_[SRAM_R]):
+            for a in range(TM):
+                r = ty + a * TY
+                if r < q_len:
+                    x_r = sm_f[OR + r]
+                    inc(cnt, R_[SRAM_R], 1)
+                    for bb in range(TN):
+                        c = tx + bb * TX
+                        if c < kv_len and allowed(q0 + r, k0 + c):
+                            if IS_P:
+                                out[b, h, q0 + r, k0 + c] = math.exp(scale * acc[a, bb] - x_r)
+                            else:
+                                p = p_in[b, h, q0 + r, k0 + c]
+                                inc(cnt, P_[HBM_R], 1)
+                                out[b, h, q0 + r, k0 + c] = p * (acc[a, bb] - x_r)
+                            inc(cnt, OUT_[HBM_W], 1)
+        flush(cnt, counters)
+
+    def grid(problem):
+        return ((problem.n_kv + BC - 1) // BC, (problem.n_q + BR - 1) // BR, problem.bh)
+
+    return kernel, smem_bytes, grid
+
+
+def make_standard_products(schedule, head_dim, dtype, count_io, causal):
+    """dV = Pᵀ dO, dK = scale·dSᵀ Q, dQ = scale·dS K (kernels/matmul.py)."""
+    args = (schedule, head_dim, dtype, count_io, causal)
+    return {
+        "dv": make_tn(*args, "P", "dO", "dV"),
+        "dk": make_tn(*args, "dS", "Q", "dK"),
+        "dq": make_nn(*args, "dS", "K", "dQ"),
+    }

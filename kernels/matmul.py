@@ -1,0 +1,167 @@
+"""Tiled products with a materialized Nq×Nk matrix M in HBM (standard attention's P and dS).
+
+    nn: out = scale · M X        M: (Nq, Nk), X: (Nk, d)  (O = P V; dQ = scale · dS K)
+        one thread block per (Q block, batch·head); loop over K/V blocks
+    tn: out = scale · Mᵀ X       M: (Nq, Nk), X: (Nq, d)  (dV = Pᵀ dO; dK = scale · dSᵀ Q)
+        one thread block per (K/V block, batch·head); loop over Q blocks
+
+M's tiles move HBM -> SRAM for allowed entries only; fully masked causal tiles are skipped.
+``m_name``, ``x_name``, ``out_name`` name the tensors for the IO counters.
+"""
+
+from numba import cuda, float32, from_dtype, int64
+
+from kernels.counters import slots
+from kernels.tiles import ZERO, make_tile_ops
+from sandbox.schedule import Buffer, sram_offsets
+
+HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
+
+
+def _layout(schedule, head_dim, dtype, x_rows):
+    bufs = (Buffer("M", schedule.block_q * schedule.block_kv, 4), Buffer("X", x_rows * head_dim, dtype.itemsize))
+    off, nbytes = sram_offsets(bufs)
+    return off["M"], off["X"], nbytes
+
+
+def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name):
+    """out = scale · M X. Returns (kernel(m, x, out, scale, counters), smem_bytes, grid(problem))."""
+    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    CNT_LEN, zero_counter, flush, load_rows, pv_tile, allowed, inc = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.pv_tile, t.allowed, t.inc)
+    BR, BC, TM, TY, TX, NT, D, DC, CAUSAL = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC, t.CAUSAL
+    M_, X_, OUT_ = slots(m_name), slots(x_name), slots(out_name)
+    OM, OX, smem_bytes = _layout(schedule, head_dim, dtype, schedule.block_kv)
+    IN = from_dtype(dtype)
+
+    def kernel(m, x, out, scale, counters):
+        tid = cuda.threadIdx.x
+        ty = tid // TX
+        tx = tid - ty * TX
+        i = cuda.blockIdx.x
+        bh = cuda.blockIdx.y
+        n_heads = x.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        n_q = m.shape[2]
+        n_kv = x.shape[2]
+        q0 = i * BR
+        q_len = min(BR, n_q - q0)
+        sm_in = cuda.shared.array(0, IN)
+        sm_f = cuda.shared.array(0, float32)
+        cnt = cuda.local.array(CNT_LEN, int64)
+        zero_counter(cnt)
+        acc = cuda.local.array((TM, DC), float32)
+        for a in range(TM):
+            for c in range(DC):
+                acc[a, c] = ZERO
+        kv_end = n_kv
+        if CAUSAL:
+            kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped
+        for j in range(0, (kv_end + BC - 1) // BC):
+            k0 = j * BC
+            kv_len = min(BC, n_kv - k0)
+            # barrier: every thread is done with the previous M and X tiles
+            cuda.syncthreads()
+            # -- M_ij (allowed entries), X_j: HBM -> SRAM
+            for e in range(tid, q_len * kv_len, NT):
+                r = e // kv_len
+                c = e - r * kv_len
+                if allowed(q0 + r, k0 + c):
+                    sm_f[OM + r * BC + c] = m[b, h, q0 + r, k0 + c]
+                    inc(cnt, M_[HBM_R], 1)
+                    inc(cnt, M_[SRAM_W], 1)
+            load_rows(x, b, h, k0, kv_len, sm_in, OX, tid, cnt, X_[HBM_R], X_[SRAM_W])
+            # barrier: M_ij and X_j are in SRAM
+            cuda.syncthreads()
+            # -- acc += M_ij X_j on this thread's register tile
+            pv_tile(sm_f, OM, sm_in, OX, ty, tx, q0, k0, q_len, kv_len, acc, cnt, M_[SRAM_R], X_[SRAM_R])
+        # -- out_i = scale · acc -> HBM
+        if ty < q_len and tx < D:
+            for a in range(TM):
+                r = ty + a * TY
+                if r < q_len:
+                    for c in range(DC):
+                        col = tx + c * TX
+                        if col < D:
+                            out[b, h, q0 + r, col] = scale * acc[a, c]
+                            inc(cnt, OUT_[HBM_W], 1)
+        flush(cnt, counters)
+
+    def grid(problem):
+        return ((problem.n_q + BR - 1) // BR, problem.bh)
+
+    return kernel, smem_bytes, grid
+
+
+def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name):
+    """out = scale · Mᵀ X. Returns (kernel(m, x, out, scale, counters), smem_bytes, grid(problem))."""
+    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    CNT_LEN, zero_counter, flush, load_rows, ptx_tile, allowed, inc = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.ptx_tile, t.allowed, t.inc)
+    BR, BC, TN, TY, TX, NT, D, DCQ, CAUSAL = t.BR, t.BC, t.TN, t.TY, t.TX, t.NT, t.D, t.DCQ, t.CAUSAL
+    M_, X_, OUT_ = slots(m_name), slots(x_name), slots(out_name)
+    OM, OX, smem_bytes = _layout(schedule, head_dim, dtype, schedule.block_q)
+    IN = from_dtype(dtype)
+
+    def kernel(m, x, out, scale, counters):
+        tid = cuda.threadIdx.x
+        ty = tid // TX
+        tx = tid - ty * TX
+        j = cuda.blockIdx.x
+        bh = cuda.blockIdx.y
+        n_heads = x.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        n_q = m.shape[2]
+        n_kv = m.shape[3]
+        k0 = j * BC
+        kv_len = min(BC, n_kv - k0)
+        sm_in = cuda.shared.array(0, IN)
+        sm_f = cuda.shared.array(0, float32)
+        cnt = cuda.local.array(CNT_LEN, int64)
+        zero_counter(cnt)
+        acc = cuda.local.array((TN, DCQ), float32)
+        for bb in range(TN):
+            for c in range(DCQ):
+                acc[bb, c] = ZERO
+        i_start = 0
+        i_end = (n_q + BR - 1) // BR
+        if CAUSAL:
+            i_start = k0 // BR  # earlier Q blocks hold only rows < k0: fully masked, skipped
+            if k0 >= n_q:
+                i_end = i_start  # no query sees this block at all
+        for i in range(i_start, i_end):
+            q0 = i * BR
+            q_len = min(BR, n_q - q0)
+            # barrier: every thread is done with the previous M and X tiles
+            cuda.syncthreads()
+            # -- M_ij (allowed entries), X_i: HBM -> SRAM
+            for e in range(tid, q_len * kv_len, NT):
+                r = e // kv_len
+                c = e - r * kv_len
+                if allowed(q0 + r, k0 + c):
+                    sm_f[OM + r * BC + c] = m[b, h, q0 + r, k0 + c]
+                    inc(cnt, M_[HBM_R], 1)
+                    inc(cnt, M_[SRAM_W], 1)
+            load_rows(x, b, h, q0, q_len, sm_in, OX, tid, cnt, X_[HBM_R], X_[SRAM_W])
+            # barrier: M_ij and X_i are in SRAM
+            cuda.syncthreads()
+            # -- acc += M_ijᵀ X_i on this thread's register tile
+            ptx_tile(sm_f, OM, sm_in, OX, ty, tx, q0, k0, q_len, kv_len, acc, cnt, M_[SRAM_R], X_[SRAM_R])
+        # -- out_j = scale · acc -> HBM (zeros for a block no query sees)
+        if tx < kv_len and ty < D:
+            for bb in range(TN):
+                kv = tx + bb * TX
+                if kv < kv_len:
+                    for c in range(DCQ):
+                        col = ty + c * TY
+                        if col < D:
+                            out[b, h, k0 + kv, col] = scale * acc[bb, c]
+                            inc(cnt, OUT_[HBM_W], 1)
+        flush(cnt, counters)
+
+    def grid(problem):
+        return ((problem.n_kv + BC - 1) // BC, problem.bh)
+
+    return kernel, smem_bytes, grid
