@@ -54,12 +54,13 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
     return result[0] if len(result) == 1 else result
 
 
-def simulate(schedule, problem):
+def simulate(schedule, problem, backward=False):
     """Count what ``schedule`` moves between HBM and SRAM on ``problem``, with the IO model.
 
     Args:
         schedule: the :class:`Schedule` the kernels would be specialized from.
         problem: a :class:`Problem`.
+        backward: count the backward pass (``attention_backward``) instead of the forward.
 
     Returns:
         IOReport: elements per level and tensor (the very counts ``attention(..., count_io=True)``
@@ -80,10 +81,10 @@ def simulate(schedule, problem):
     _check_schedule(schedule)
     if not isinstance(problem, Problem):
         raise TypeError(f"problem: expected a sandbox.Problem, got {type(problem).__name__}")
-    schedule.check_fits(problem.head_dim, problem.dtype)
-    from simulator import simulate_counts
+    schedule.check_fits(problem.head_dim, problem.dtype, backward=backward)
+    from simulator import simulate_backward_counts, simulate_counts
 
-    return simulate_counts(schedule, problem)
+    return (simulate_backward_counts if backward else simulate_counts)(schedule, problem)
 
 
 def check_against_reference(schedule, problem, seed=0):

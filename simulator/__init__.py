@@ -3,6 +3,6 @@
 Imports the vocabulary (``sandbox``) and never the kernels.
 """
 
-from simulator.counts import simulate_counts
+from simulator.counts import simulate_backward_counts, simulate_counts
 
-__all__ = ["simulate_counts"]
+__all__ = ["simulate_backward_counts", "simulate_counts"]

@@ -160,3 +160,94 @@ def simulate_counts(schedule, problem):
     scaled = [{k: v * bh for k, v in c.items()} for c in (hr, hw, sr, sw)]
     flops = bh * 4 * d * int(t.area.sum())  # S and PV over visited tiles, 2 FLOPs per multiply-add
     return IOReport(*scaled, itemsize=itemsize, flops=flops)
+
+
+def simulate_backward_counts(schedule, problem):
+    """Element counts and FLOPs of the backward pass of ``schedule`` (see kernels/backward.py's algorithm).
+
+    Same counting rules as the forward; PᵀX tiles (dV += Pᵀ dO, dK += dSᵀ Q) read their allowed
+    M entries once per d-column group, min(TY, d), and q_len·d X elements per K/V-row group
+    with a valid row, min(TX, kv_len).
+    """
+    t = _Tiles(schedule, problem)
+    d = problem.head_dim
+    n_q, n_kv = problem.n_q, problem.n_kv
+    ty_groups, tx_groups = min(schedule.threads_q, d), min(schedule.threads_kv, d)
+    allowed = int(t.allowed.sum())
+    qrv = int((t.q_len * t.visited).sum())  # Σ over visited tiles of q_len
+    kvr = int(t.kv_rows.sum())  # Σ over visited tiles of kv_len
+    qcg = int((t.q_len * t.kv_cols_groups).sum())  # Σ q_len·min(TX, kv_len): S-tile rows read
+    krg = int((t.row_groups * t.kv_rows).sum())  # Σ kv_len·min(TY, q_len): S-tile columns read
+    hr, hw, sr, sw = {}, {}, {}, {}
+    # -- D = rowsum(dO ∘ O)
+    _add(hr, "dO", n_q * d)
+    _add(hr, "O", n_q * d)
+    _add(hw, "D", n_q)
+    _add(hw, "dK", n_kv * d)
+    _add(hw, "dV", n_kv * d)
+    _add(hw, "dQ", n_q * d)
+    if schedule.kind in ("flash1", "flash2"):
+        # dkdv: K_j, V_j once per K/V block some query sees; Q_i, dO_i, L_i, D_i per visited tile
+        for x in ("K", "V"):
+            _add(hr, x, d * t.kv_rows_loaded)
+            _add(sw, x, d * t.kv_rows_loaded)
+        for x in ("Q", "dO"):
+            _add(hr, x, d * qrv)
+            _add(sw, x, d * qrv)
+        for x in ("L", "D"):
+            _add(hr, x, qrv)
+            _add(sw, x, qrv)
+        _add(sw, "P", allowed)
+        _add(sw, "dS", allowed)
+        # dq: Q_i, dO_i, L_i, D_i once per Q block; K_j, V_j per visited tile
+        for x in ("Q", "dO"):
+            _add(hr, x, d * n_q)
+            _add(sw, x, d * n_q)
+        for x in ("L", "D"):
+            _add(hr, x, n_q)
+            _add(sw, x, n_q)
+        for x in ("K", "V"):
+            _add(hr, x, d * kvr)
+            _add(sw, x, d * kvr)
+        _add(sw, "dS", allowed)
+        # SRAM reads: S and dP tiles in both kernels, dV/dK PᵀX tiles, dQ's dS K tile
+        _add(sr, "Q", 3 * d * qcg)
+        _add(sr, "dO", 3 * d * qcg)
+        _add(sr, "K", 3 * d * krg)
+        _add(sr, "V", 2 * d * krg)
+        _add(sr, "L", 2 * qcg)
+        _add(sr, "D", 2 * qcg)
+        _add(sr, "P", allowed * ty_groups)
+        _add(sr, "dS", allowed * (ty_groups + tx_groups))
+        matmuls = 7
+    else:  # standard: p, ds, dv (tn), dk (tn), dq (nn)
+        _add(hr, "Q", 2 * d * qrv)
+        _add(sw, "Q", 2 * d * qrv)
+        _add(hr, "dO", 2 * d * qrv)
+        _add(sw, "dO", 2 * d * qrv)
+        _add(hr, "K", 2 * d * kvr)
+        _add(sw, "K", 2 * d * kvr)
+        _add(hr, "V", d * kvr)
+        _add(sw, "V", d * kvr)
+        for x in ("L", "D"):
+            _add(hr, x, qrv)
+            _add(sw, x, qrv)
+        _add(hw, "P", allowed)
+        _add(hw, "dS", allowed)
+        _add(hr, "P", 2 * allowed)
+        _add(hr, "dS", 2 * allowed)
+        _add(sw, "P", allowed)
+        _add(sw, "dS", 2 * allowed)
+        _add(sr, "Q", 2 * d * qcg)
+        _add(sr, "dO", 2 * d * qcg)
+        _add(sr, "K", 2 * d * krg)
+        _add(sr, "V", d * krg)
+        _add(sr, "L", qcg)
+        _add(sr, "D", qcg)
+        _add(sr, "P", allowed * ty_groups)
+        _add(sr, "dS", allowed * (ty_groups + tx_groups))
+        matmuls = 5
+    bh = problem.bh
+    scaled = [{k: v * bh for k, v in c.items()} for c in (hr, hw, sr, sw)]
+    flops = bh * (matmuls * 2 * d * int(t.area.sum()) + 2 * n_q * d)
+    return IOReport(*scaled, itemsize=itemsizes(problem.dtype), flops=flops)
