@@ -56,12 +56,16 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False):
     return out, lse
 
 
-def reference_attention_backward(q, k, v, dout, causal=False, scale=None):
+def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=None, lse=None):
     """Analytic float64 gradients (dq, dk, dv) of ``reference_attention`` for upstream gradient ``dout``.
 
     With S = scale·QKᵀ (masked entries -inf), P = softmax(S), O = PV:
     dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP - rowsum(dO ∘ O)), dQ = scale·dS K, dK = scale·dSᵀ Q.
     Rows that attend to nothing contribute nothing.
+
+    ``out`` and ``lse``, if given, are a saved forward's O and L, used as a backward kernel uses
+    them: P = exp(S - L) and D = rowsum(dO ∘ O) (so that a kernel's backward can be checked apart
+    from the rounding of the forward it was handed). By default both are exact.
     """
     check_qkv(q, k, v, dtypes=REFERENCE_DTYPES, causal=causal, scale=scale)
     scale = resolve_scale(scale, q.shape[-1])
@@ -69,12 +73,15 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None):
     s = scale * np.einsum("bhid,bhjd->bhij", q, k)
     if causal:
         s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf)
-    m = s.max(axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    p = np.exp(s - m)
-    l = p.sum(axis=-1, keepdims=True)
-    p = p / np.where(l == 0, 1.0, l)
-    out = np.einsum("bhij,bhjd->bhid", p, v)
+    if lse is None:
+        m = s.max(axis=-1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)
+        p = np.exp(s - m)
+        l = p.sum(axis=-1, keepdims=True)
+        p = p / np.where(l == 0, 1.0, l)
+    else:
+        p = np.exp(s - np.asarray(lse, dtype=np.float64)[..., None])
+    out = np.einsum("bhij,bhjd->bhid", p, v) if out is None else np.asarray(out, dtype=np.float64)
     dv = np.einsum("bhij,bhid->bhjd", p, dout)
     dp = np.einsum("bhid,bhjd->bhij", dout, v)
     ds = p * (dp - (dout * out).sum(-1, keepdims=True))

@@ -46,3 +46,31 @@ def tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, o_stores=1, rows
     atol_out = 4 * err32 + depth * vmax + o_stores * UNIT_ROUNDOFF[np.dtype(dtype).name] * vmax
     atol_lse = 4 * err32_lse + depth * (1 + float(np.abs(ref_lse).max()))
     return atol_out, atol_lse
+
+
+def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse):
+    """Plain fp32 gradients from a saved forward's ``out`` and ``lse``: the accuracy any fp32 backward can be held to."""
+    q, k, v, dout, out = (x.astype(np.float32) for x in (q, k, v, dout, out))
+    s = np.float32(scale) * np.einsum("bhid,bhjd->bhij", q, k)
+    if causal:
+        s = np.where(np.arange(k.shape[2])[None, :] <= np.arange(q.shape[2])[:, None], s, -np.inf)
+    p = np.exp(s - lse.astype(np.float32)[..., None])
+    ds = p * (np.einsum("bhid,bhjd->bhij", dout, v) - (dout * out).sum(-1, keepdims=True))
+    dq = np.float32(scale) * np.einsum("bhij,bhjd->bhid", ds, k)
+    dk = np.float32(scale) * np.einsum("bhij,bhid->bhjd", ds, q)
+    dv = np.einsum("bhij,bhid->bhjd", p, dout)
+    return dq, dk, dv
+
+
+def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse):
+    """atol for (dq, dk, dv), given the saved forward (out, lse) that the backward and the reference share:
+    4x the naive fp32 error, plus (d + Nq + Nk + 8) fp32 rounding units and one rounding to the
+    output dtype, both of the gradient's own scale (max |reference gradient|)."""
+    n_q, n_kv, d = q.shape[2], k.shape[2], q.shape[3]
+    depth = (d + n_q + n_kv + 8) * U32
+    atols = []
+    for naive, ref in zip(naive_fp32_backward(q, k, v, dout, causal, scale, out, lse), refs):
+        gmax = float(np.abs(ref).max())
+        err32 = float(np.abs(naive - ref).max())
+        atols.append(4 * err32 + depth * gmax + UNIT_ROUNDOFF[np.dtype(dtype).name] * gmax)
+    return atols

@@ -34,3 +34,30 @@ def test_agreement_at_gpu_sizes(kind, dtype, causal):
     for n_q, n_kv, d, br, bc, tq, tk in [(1000, 1500, 128, 64, 32, 4, 2), (777, 333, 80, 48, 40, 3, 5)]:
         problem = Problem(batch=2, heads=3, n_q=n_q, n_kv=n_kv, head_dim=d, dtype=dtype, causal=causal)
         assert_agree(Schedule(kind, block_q=br, block_kv=bc, thread_q=tq, thread_kv=tk), problem)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=4 if SIMULATED else 10)
+@given(data=st.data())
+def test_backward_simulator_equals_kernel_counters(kind, data):
+    assert_agree_backward(data.draw(schedules(kinds=(kind,))), data.draw(problems(max_n=16, max_d=10)))
+
+
+def assert_agree_backward(schedule, problem):
+    from sandbox.lab import attention_backward
+
+    q, k, v = make_inputs(problem, seed=0)
+    kw = dict(schedule=schedule, causal=problem.causal, scale=problem.scale)
+    out, lse = attention(q, k, v, return_lse=True, **kw)
+    *_, measured = attention_backward(q, k, v, out, lse, q, count_io=True, **kw)
+    modelled = simulate(schedule, problem, backward=True)
+    assert measured == modelled, f"{schedule.describe()} {problem}: {measured.diff(modelled)}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_backward_agreement_at_gpu_sizes(kind, causal):
+    for n_q, n_kv, d, br, bc, tq, tk in [(1000, 1500, 64, 64, 32, 4, 2), (333, 777, 80, 48, 40, 3, 5)]:
+        problem = Problem(batch=2, heads=2, n_q=n_q, n_kv=n_kv, head_dim=d, causal=causal)
+        assert_agree_backward(Schedule(kind, block_q=br, block_kv=bc, thread_q=tq, thread_kv=tk), problem)

@@ -105,3 +105,33 @@ def test_prop3_and_prop4_domains():
     assert theory.block_sparse_hbm_theta(1024, 64, 2**14, 1.0) == pytest.approx(1024 * 64 + theory.flash_hbm_theta(1024, 64, 2**14))
     with pytest.raises(ValueError, match="fraction of nonzero blocks"):
         theory.block_sparse_hbm_theta(1024, 64, 2**14, 1.5)
+
+
+def hbm_backward(schedule, problem):
+    r = simulate(schedule, problem, backward=True)
+    return r.total("hbm_reads") + r.total("hbm_writes")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kind", ["standard", "flash2"])
+def test_backward_hbm_grows_as_n_squared(kind, causal):
+    schedule = Schedule(kind, block_q=64, block_kv=64)
+    ns = [2**k for k in range(13, 18)]
+    traffic = [hbm_backward(schedule, Problem(1, 1, n, n, 64, causal=causal)) for n in ns]
+    assert abs(theory.loglog_slope(ns, traffic) - 2) < 0.05
+
+
+def test_flash_backward_hbm_falls_as_one_over_m():
+    # Theorem 5: the backward also does Θ(N²d²/M). Our FA-2 backward re-reads Q, dO once per K/V
+    # block and K, V once per Q block, so both blocks must grow with M: square blocks B = Br = Bc,
+    # with M the footprint they need (Q, dO, K, V tiles ~ 16·B·d bytes dominate while B <= d).
+    n, d = 2**14, 128
+    blocks = (8, 16, 32, 64)
+    ms, traffic = [], []
+    for b in blocks:
+        probe = Schedule("flash2", block_q=b, block_kv=b, sram_bytes=2**22)
+        m = probe.sram_footprint(d, "float32", backward=True)
+        schedule = Schedule("flash2", block_q=b, block_kv=b, sram_bytes=m)
+        ms.append(m)
+        traffic.append(hbm_backward(schedule, Problem(1, 1, n, n, d)))
+    assert abs(theory.loglog_slope(ms, traffic) - (-1)) < 0.1
