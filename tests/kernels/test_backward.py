@@ -38,7 +38,7 @@ def check_gradients(schedule, problem, seed, magnitude=1.0):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=3 if SIMULATED else 5)
+@settings(max_examples=3)
 @given(data=st.data(), seed=seeds, magnitude=magnitudes)
 def test_gradients_match_reference(kind, causal, dtype, size, data, seed, magnitude):
     problem = data.draw(problems(dtypes=(dtype,), **size).map(lambda p: Problem(**{**p.__dict__, "causal": causal})))
