@@ -43,7 +43,7 @@ EXPERIMENTS = {
         ),
         Experiment(
             "gpt2_medium",
-            "GPT-2 medium attention (N = 1024, d = 64, 16 heads, batch 64), fp16, forward",
+            "GPT-2 medium attention (N = 1024, d = 64, 16 heads, batch 64), fp16, Br = Bc = 64",
             SweepSpec(kinds=KINDS, n=(1024,), head_dim=(64,), dtype=("float16",), batch=(64,), heads=(16,),
                       causal=(False, True), blocks=((64, 64),)),
         ),

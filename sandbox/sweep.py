@@ -25,7 +25,7 @@ POINT_COLUMNS = (
 )
 RESULT_COLUMNS = (
     "hbm_reads", "hbm_writes", "hbm_bytes", "sram_reads", "sram_writes", "sram_bytes_moved", "flops",
-    "sram_footprint", "extra_hbm_bytes", "runtime_ms",
+    "sram_footprint", "extra_hbm_bytes", "runtime_ms", "hbm_bytes_backward",
 )
 COLUMNS = POINT_COLUMNS + RESULT_COLUMNS
 
@@ -115,7 +115,8 @@ def extra_hbm_bytes(schedule, problem):
 
 
 def measure_point(schedule, problem, time_kernels=False):
-    """One row: the simulator's counts, footprints, and (on a GPU, if asked) the kernel's median time."""
+    """One row: the simulator's counts (forward; the backward's HBM bytes where its tiles fit), footprints,
+    and (on a GPU, if asked) the kernel's median time."""
     from sandbox.lab import simulate
 
     report = simulate(schedule, problem)
@@ -131,7 +132,12 @@ def measure_point(schedule, problem, time_kernels=False):
         sram_footprint=schedule.sram_footprint(problem.head_dim, problem.dtype),
         extra_hbm_bytes=extra_hbm_bytes(schedule, problem),
         runtime_ms="",
+        hbm_bytes_backward="",
     )
+    try:
+        row["hbm_bytes_backward"] = simulate(schedule, problem, backward=True).hbm_bytes
+    except ValueError:  # the backward's tiles (dO, L, D too) may not fit where the forward's do
+        pass
     if time_kernels:
         from sandbox.runtime import using_simulator
 
