@@ -30,6 +30,8 @@ def test_sweep_writes_csv_and_json_with_provenance(tmp_path):
     r = rows[0]
     rep = simulate(Schedule(r["kind"], block_q=r["block_q"], block_kv=r["block_kv"]), Problem(1, 1, r["n_q"], r["n_kv"], 16))
     assert r["hbm_bytes"] == rep.hbm_bytes and r["flops"] == rep.flops
+    back = simulate(Schedule(r["kind"], block_q=r["block_q"], block_kv=r["block_kv"]), Problem(1, 1, r["n_q"], r["n_kv"], 16), backward=True)
+    assert r["hbm_bytes_backward"] == back.hbm_bytes
 
 
 def test_interrupted_sweep_leaves_valid_files_and_resumes(tmp_path, monkeypatch):
@@ -103,3 +105,17 @@ def test_demo_writes_every_figure_and_the_kernel_check(tmp_path, capsys):
     check = json.loads((tmp_path / "kernel_check.json").read_text())
     assert all(k["counts_agree"] and k["max_abs_error"] < 1e-5 for k in check["kinds"].values())
     assert "figures:" in capsys.readouterr().out
+
+
+def test_timing_is_refused_under_the_simulator_and_skipped_in_sweeps(tmp_path):
+    from sandbox import Problem, Schedule
+    from sandbox.bench import time_attention
+    from sandbox.runtime import using_simulator
+
+    if not using_simulator():
+        pytest.skip("checks the simulator's behaviour")
+    with pytest.raises(RuntimeError, match="kernel timing needs a GPU"):
+        time_attention(Schedule("flash2", block_q=8, block_kv=8), Problem(1, 1, 8, 8, 4))
+    spec = SweepSpec(kinds=("flash2",), n=(64,), head_dim=(8,), blocks=((16, 16),), time_kernels=True)
+    (row,) = run_sweep(spec, str(tmp_path / "t.csv"))
+    assert row["runtime_ms"] is None and row["hbm_bytes"] > 0
