@@ -25,10 +25,10 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
     t = make_tile_ops(schedule, head_dim, count_io, causal)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
-    flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
+    flush, load_rows, nan_max, zero_counter, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.s_tile)
     bufs = sram_buffers(schedule, head_dim, dtype)
     (off_qk, smem_qk), (off_sm, smem_sm) = (sram_offsets(bufs[p]) for p in ("qk", "softmax"))
-    BR, BC, TM, TN, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC
+    BR, BC, TM, TN, TY, TX, NT = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT
     CAUSAL = t.CAUSAL
     inc, allowed, n_allowed = t.inc, t.allowed, t.n_allowed
     Q_, K_, V_, O_, S_, P_, M_, L_, l_ = (slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l"))

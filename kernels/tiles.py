@@ -45,7 +45,6 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
     COUNT_IO = bool(count_io)
     CAUSAL = bool(causal)
     CNT_LEN = N_SLOTS if COUNT_IO else 1
-    HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
 
     @cuda.jit(device=True)
     def inc(cnt, s, n):

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule, reference_attention, reference_attention_backward
 from sandbox.lab import attention, attention_backward
-from tests.strategies import SIMULATED, magnitudes, make_inputs, problems, schedules, seeds
+from tests.strategies import magnitudes, make_inputs, problems, schedules, seeds
 from tests.tolerances import gradient_tolerances
 
 KINDS = ("standard", "flash1", "flash2")
