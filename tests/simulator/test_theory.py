@@ -9,8 +9,8 @@ from sandbox.lab import simulate
 from simulator import theory
 
 
-def hbm(schedule, problem):
-    r = simulate(schedule, problem)
+def hbm(schedule, problem, backward=False):
+    r = simulate(schedule, problem, backward=backward)
     return r.total("hbm_reads") + r.total("hbm_writes")
 
 
@@ -107,17 +107,12 @@ def test_prop3_and_prop4_domains():
         theory.block_sparse_hbm_theta(1024, 64, 2**14, 1.5)
 
 
-def hbm_backward(schedule, problem):
-    r = simulate(schedule, problem, backward=True)
-    return r.total("hbm_reads") + r.total("hbm_writes")
-
-
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kind", ["standard", "flash2"])
 def test_backward_hbm_grows_as_n_squared(kind, causal):
     schedule = Schedule(kind, block_q=64, block_kv=64)
     ns = [2**k for k in range(13, 18)]
-    traffic = [hbm_backward(schedule, Problem(1, 1, n, n, 64, causal=causal)) for n in ns]
+    traffic = [hbm(schedule, Problem(1, 1, n, n, 64, causal=causal), backward=True) for n in ns]
     assert abs(theory.loglog_slope(ns, traffic) - 2) < 0.05
 
 
@@ -133,5 +128,5 @@ def test_flash_backward_hbm_falls_as_one_over_m():
         m = probe.sram_footprint(d, "float32", backward=True)
         schedule = Schedule("flash2", block_q=b, block_kv=b, sram_bytes=m)
         ms.append(m)
-        traffic.append(hbm_backward(schedule, Problem(1, 1, n, n, d)))
+        traffic.append(hbm(schedule, Problem(1, 1, n, n, d), backward=True))
     assert abs(theory.loglog_slope(ms, traffic) - (-1)) < 0.1
