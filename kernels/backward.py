@@ -20,7 +20,7 @@ same inputs give bit-identical gradients.
 
 import math
 
-from numba import cuda, float32, from_dtype, int64
+from numba import cuda, float32, int64
 
 from kernels.counters import slots
 from kernels.matmul import make_nn, make_tn
@@ -32,8 +32,8 @@ HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
 
 def make_d(schedule, head_dim, dtype, count_io, causal):
     """D = rowsum(dO ∘ O), fp32: kernel(o, do, dvec, counters), one thread per row."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal)
-    CNT_LEN, zero_counter, flush, inc = t.CNT_LEN, t.zero_counter, t.flush, t.inc
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
+    CNT_LEN, zero_counter, flush, inc, to_f32 = t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.to_f32
     BR, NT, D = t.BR, t.NT, t.D
     O_, dO_, D_ = slots("O"), slots("dO"), slots("D")
 
@@ -50,7 +50,7 @@ def make_d(schedule, head_dim, dtype, count_io, causal):
         for r in range(tid, q_len, NT):
             acc = ZERO
             for c in range(D):
-                acc += float32(do[b, h, q0 + r, c]) * float32(o[b, h, q0 + r, c])
+                acc += to_f32(do[b, h, q0 + r, c]) * to_f32(o[b, h, q0 + r, c])
                 inc(cnt, dO_[HBM_R], 1)
                 inc(cnt, O_[HBM_R], 1)
             dvec[b, h, q0 + r] = acc
@@ -64,7 +64,7 @@ def make_d(schedule, head_dim, dtype, count_io, causal):
 
 
 def _common(schedule, head_dim, dtype, count_io, causal, phase):
-    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
     off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype, backward=True)[phase])
     return t, off, smem_bytes
 
@@ -79,7 +79,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
     OQ, OdO, OK, OV, OS, OL, OD = (off[n] for n in ("Q", "dO", "K", "V", "dS", "L", "D"))
     Q_, K_, V_, P_, dO_, dS_, L_, D_, dK_, dV_ = (
         slots(n) for n in ("Q", "K", "V", "P", "dO", "dS", "L", "D", "dK", "dV"))
-    IN = from_dtype(dtype)
+    IN, from_f32 = t.IN, t.from_f32
 
     def kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters):
         tid = cuda.threadIdx.x
@@ -177,8 +177,8 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
                     for c in range(DCQ):
                         col = ty + c * TY
                         if col < D:
-                            dv[b, h, k0 + kv, col] = acc_v[bb, c]
-                            dk[b, h, k0 + kv, col] = scale * acc_k[bb, c]
+                            dv[b, h, k0 + kv, col] = from_f32(acc_v[bb, c])
+                            dk[b, h, k0 + kv, col] = from_f32(scale * acc_k[bb, c])
                             inc(cnt, dV_[HBM_W], 1)
                             inc(cnt, dK_[HBM_W], 1)
         flush(cnt, counters)
@@ -197,7 +197,7 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal):
     BR, BC, TM, TN, TY, TX, NT, D, DC, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC, t.CAUSAL
     OQ, OdO, OK, OV, OS, OL, OD = (off[n] for n in ("Q", "dO", "K", "V", "dS", "L", "D"))
     Q_, K_, V_, dO_, dS_, L_, D_, dQ_ = (slots(n) for n in ("Q", "K", "V", "dO", "dS", "L", "D", "dQ"))
-    IN = from_dtype(dtype)
+    IN, from_f32 = t.IN, t.from_f32
 
     def kernel(q, k, v, do, lse, dvec, dq, scale, counters):
         tid = cuda.threadIdx.x
@@ -270,7 +270,7 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal):
                     for c in range(DC):
                         col = tx + c * TX
                         if col < D:
-                            dq[b, h, q0 + r, col] = scale * acc[a, c]
+                            dq[b, h, q0 + r, col] = from_f32(scale * acc[a, c])
                             inc(cnt, dQ_[HBM_W], 1)
         flush(cnt, counters)
 
@@ -305,7 +305,7 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
     a_name, b_name, row_name, out_name = ("Q", "K", "L", "P") if IS_P else ("dO", "V", "D", "dS")
     OA, OB, OR = off[a_name], off[b_name], off[row_name]
     A_, B_, R_, OUT_, P_ = slots(a_name), slots(b_name), slots(row_name), slots(out_name), slots("P")
-    IN = from_dtype(dtype)
+    IN, from_f32 = t.IN, t.from_f32
 
     def kernel(a_in, b_in, rowvec, p_in, out, scale, counters):
         tid = cuda.threadIdx.x

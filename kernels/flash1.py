@@ -16,7 +16,7 @@ rounded once per K/V block (the tests' fp16 tolerance for flash1 grows with Tc f
 
 import math
 
-from numba import cuda, float32, from_dtype, int64
+from numba import cuda, float32, int64
 
 from kernels.counters import slots
 from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
@@ -25,7 +25,7 @@ from sandbox.schedule import sram_buffers, sram_offsets
 
 def make_flash1(schedule, head_dim, dtype, count_io, causal):
     """Build the flash1 kernel. Returns (kernel, smem_bytes, grid(problem))."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
@@ -38,7 +38,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
         slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l", "alpha", "beta")
     )
     HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
-    IN = from_dtype(dtype)
+    IN, to_f32, from_f32 = t.IN, t.to_f32, t.from_f32
 
     def kernel(q, k, v, o, lse, l_hbm, m_hbm, scale, counters):
         tid = cuda.threadIdx.x
@@ -58,7 +58,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
         # -- initialize O = 0, l = 0, m = -inf in HBM
         for e in range(tid, n_q * D, NT):
             r = e // D
-            o[b, h, r, e - r * D] = ZERO
+            o[b, h, r, e - r * D] = from_f32(ZERO)
             inc(cnt, O_[HBM_W], 1)
         for r in range(tid, n_q, NT):
             l_hbm[b, h, r] = ZERO
@@ -168,9 +168,9 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                             for c in range(DC):
                                 col = tx + c * TX
                                 if col < D:
-                                    o_old = float32(o[b, h, q0 + r, col])
+                                    o_old = to_f32(o[b, h, q0 + r, col])
                                     inc(cnt, O_[HBM_R], 1)
-                                    o[b, h, q0 + r, col] = alpha * o_old + beta * acc[a, c]
+                                    o[b, h, q0 + r, col] = from_f32(alpha * o_old + beta * acc[a, c])
                                     inc(cnt, O_[HBM_W], 1)
         flush(cnt, counters)
 

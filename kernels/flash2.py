@@ -11,7 +11,7 @@
 
 import math
 
-from numba import cuda, float32, from_dtype, int64
+from numba import cuda, float32, int64
 
 from kernels.counters import slots
 from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
@@ -20,7 +20,7 @@ from sandbox.schedule import sram_buffers, sram_offsets
 
 def make_flash2(schedule, head_dim, dtype, count_io, causal):
     """Build the flash2 kernel. Returns (kernel, smem_bytes, grid(problem))."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     TN, flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.TN, t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
@@ -32,7 +32,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
     K_, V_, O_, S_, P_, M_, L_, l_, A_ = (slots(n) for n in ("K", "V", "O", "S", "P", "m", "L", "l", "alpha"))
     Q_ = slots("Q")
     HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
-    IN = from_dtype(dtype)
+    IN, from_f32 = t.IN, t.from_f32
 
     def kernel(q, k, v, o, lse, scale, counters):
         tid = cuda.threadIdx.x
@@ -148,7 +148,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
                     for c in range(DC):
                         col = tx + c * TX
                         if col < D:
-                            o[b, h, q0 + r, col] = acc[a, c] * inv
+                            o[b, h, q0 + r, col] = from_f32(acc[a, c] * inv)
                             inc(cnt, O_[HBM_W], 1)
         # -- L_i = m_i + log l_i -> HBM (-inf where l_i = 0)
         for r in range(tid, q_len, NT):

@@ -18,11 +18,12 @@ from kernels.flash1 import make_flash1
 from kernels.flash2 import make_flash2
 from kernels.smem import allow_dynamic_smem, check_device_limit
 from kernels.standard import make_standard
+from sandbox.dtypes import BFLOAT16, storage_dtype
 from sandbox.runtime import using_simulator
 
 
 def _arr(dt, ndim):
-    return from_dtype(np.dtype(dt))[(slice(None),) * (ndim - 1) + (slice(None, None, 1),)]
+    return from_dtype(storage_dtype(dt))[(slice(None),) * (ndim - 1) + (slice(None, None, 1),)]
 
 
 def _phases(kind, dtype, backward):
@@ -78,7 +79,7 @@ def build(schedule, head_dim, dtype_name, causal, count_io, backward=False):
 
 def _device_empty(shape, dtype, what):
     try:
-        return cuda.device_array(shape, dtype=dtype)
+        return cuda.device_array(shape, dtype=storage_dtype(dtype))
     except Exception as e:  # numba raises CudaAPIError / MemoryError variants for OOM
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         raise MemoryError(
@@ -164,21 +165,51 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False):
 
 
 def _to_device(arrays, names):
-    """Device views of the caller's arrays: NumPy copied over, CUDA arrays wrapped without a sync."""
+    """Device views of the caller's arrays: NumPy copied over, CUDA arrays wrapped without a sync.
+
+    bfloat16 travels as its uint16 bits (sandbox/dtypes.py): NumPy (ml_dtypes) arrays and PyTorch
+    tensors are viewed as 16-bit integers, without a copy.
+    """
     if isinstance(arrays[0], np.ndarray):
         stream = cuda.default_stream()
-        return [cuda.to_device(np.ascontiguousarray(x), stream=stream) for x in arrays]
-    out = [cuda.as_cuda_array(x, sync=False) for x in arrays]
+        host = [np.ascontiguousarray(x) for x in arrays]
+        return [cuda.to_device(x.view(storage_dtype(x.dtype)), stream=stream) for x in host]
+    out = [_as_device(x) for x in arrays]
     for name, x in zip(names, out):
         if not x.is_c_contiguous():
             raise ValueError(f"{name}: expected a C-contiguous CUDA array; make a contiguous copy first")
     return out
 
 
-def _from_device(arrays, like):
-    if isinstance(like, np.ndarray):
-        return [x.copy_to_host() for x in arrays]
-    return [_wrap_like(x, like) for x in arrays]
+def _as_device(x):
+    if _is_torch_bfloat16(x):
+        return cuda.as_cuda_array(x.view(_torch().int16), sync=False).view(np.uint16)
+    return cuda.as_cuda_array(x, sync=False)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _is_torch_bfloat16(x):
+    return type(x).__module__.split(".")[0] == "torch" and x.dtype == _torch().bfloat16
+
+
+def _from_device(arrays, like, dtypes):
+    """Results as the caller's kind of array; ``dtypes``: their dtypes (bfloat16 ones arrive as uint16 bits)."""
+    out = []
+    for x, dt in zip(arrays, dtypes):
+        bf16 = np.dtype(dt) == BFLOAT16
+        if isinstance(like, np.ndarray):
+            host = x.copy_to_host()
+            out.append(host.view(BFLOAT16) if bf16 else host)
+        elif bf16 and type(like).__module__.split(".")[0] == "torch":
+            out.append(_wrap_like(x.view(np.int16), like).view(_torch().bfloat16))
+        else:
+            out.append(_wrap_like(x, like))
+    return out
 
 
 def _wrap_like(x, like):
@@ -202,11 +233,11 @@ def attention_any(schedule, problem, q, k, v, count_io=False):
         (out, lse, report) on the side the inputs came from.
     """
     out, lse, report = run(schedule, problem, *_to_device((q, k, v), "qkv"), count_io=count_io)
-    return (*_from_device((out, lse), q), report)
+    return (*_from_device((out, lse), q, (problem.dtype, np.float32)), report)
 
 
 def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=False):
     """:func:`run_backward` for NumPy or CUDA-array-interface inputs; results on the same side."""
     dev = _to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
     dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io)
-    return (*_from_device((dq, dk, dv), q), report)
+    return (*_from_device((dq, dk, dv), q, (problem.dtype,) * 3), report)

@@ -9,7 +9,7 @@ M's tiles move HBM -> SRAM for allowed entries only; fully masked causal tiles a
 ``m_name``, ``x_name``, ``out_name`` name the tensors for the IO counters.
 """
 
-from numba import cuda, float32, from_dtype, int64
+from numba import cuda, float32, int64
 
 from kernels.counters import slots
 from kernels.tiles import ZERO, make_tile_ops
@@ -26,13 +26,13 @@ def _layout(schedule, head_dim, dtype, x_rows):
 
 def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name):
     """out = scale · M X. Returns (kernel(m, x, out, scale, counters), smem_bytes, grid(problem))."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
     CNT_LEN, zero_counter, flush, load_rows, pv_tile, allowed, inc = (
         t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.pv_tile, t.allowed, t.inc)
     BR, BC, TM, TY, TX, NT, D, DC, CAUSAL = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC, t.CAUSAL
     M_, X_, OUT_ = slots(m_name), slots(x_name), slots(out_name)
     OM, OX, smem_bytes = _layout(schedule, head_dim, dtype, schedule.block_kv)
-    IN = from_dtype(dtype)
+    IN, from_f32 = t.IN, t.from_f32
 
     def kernel(m, x, out, scale, counters):
         tid = cuda.threadIdx.x
@@ -84,7 +84,7 @@ def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
                     for c in range(DC):
                         col = tx + c * TX
                         if col < D:
-                            out[b, h, q0 + r, col] = scale * acc[a, c]
+                            out[b, h, q0 + r, col] = from_f32(scale * acc[a, c])
                             inc(cnt, OUT_[HBM_W], 1)
         flush(cnt, counters)
 
@@ -96,13 +96,13 @@ def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
 
 def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name):
     """out = scale · Mᵀ X. Returns (kernel(m, x, out, scale, counters), smem_bytes, grid(problem))."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
     CNT_LEN, zero_counter, flush, load_rows, ptx_tile, allowed, inc = (
         t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.ptx_tile, t.allowed, t.inc)
     BR, BC, TN, TY, TX, NT, D, DCQ, CAUSAL = t.BR, t.BC, t.TN, t.TY, t.TX, t.NT, t.D, t.DCQ, t.CAUSAL
     M_, X_, OUT_ = slots(m_name), slots(x_name), slots(out_name)
     OM, OX, smem_bytes = _layout(schedule, head_dim, dtype, schedule.block_q)
-    IN = from_dtype(dtype)
+    IN, from_f32 = t.IN, t.from_f32
 
     def kernel(m, x, out, scale, counters):
         tid = cuda.threadIdx.x
@@ -157,7 +157,7 @@ def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
                     for c in range(DCQ):
                         col = ty + c * TY
                         if col < D:
-                            out[b, h, k0 + kv, col] = scale * acc[bb, c]
+                            out[b, h, k0 + kv, col] = from_f32(scale * acc[bb, c])
                             inc(cnt, OUT_[HBM_W], 1)
         flush(cnt, counters)
 

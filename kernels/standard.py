@@ -12,7 +12,7 @@ Causal tiles that are fully masked are skipped by qk and pv: no loads, no math.
 
 import math
 
-from numba import cuda, float32, from_dtype, int64
+from numba import cuda, float32, int64
 
 from kernels.counters import slots
 from kernels.matmul import make_nn
@@ -22,7 +22,7 @@ from sandbox.schedule import sram_buffers, sram_offsets
 
 def make_standard(schedule, head_dim, dtype, count_io, causal):
     """Build the three kernels. Returns a dict phase -> (kernel, smem_bytes, grid(problem), block)."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     flush, load_rows, nan_max, zero_counter, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.s_tile)
@@ -33,7 +33,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
     inc, allowed, n_allowed = t.inc, t.allowed, t.n_allowed
     Q_, K_, V_, O_, S_, P_, M_, L_, l_ = (slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l"))
     HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
-    IN = from_dtype(dtype)
+    IN = t.IN
     OQ, OK = off_qk["Q"], off_qk["K"]
     OMS, OLS = off_sm["m"], off_sm["l"]
 

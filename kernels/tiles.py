@@ -25,17 +25,25 @@ Counting rules (the simulator models exactly these):
 from types import SimpleNamespace
 
 import numpy as np
-from numba import cuda, float32
+from numba import cuda, float32, from_dtype
 
+from kernels.convert import make_convert
 from kernels.counters import N_SLOTS
+from sandbox.dtypes import storage_dtype
 
 NEG_INF = np.float32(-np.inf)
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
 
 
-def make_tile_ops(schedule, head_dim, count_io, causal):
-    """Device functions for one (schedule, head_dim, count_io, causal); see the module docstring."""
+def make_tile_ops(schedule, head_dim, count_io, causal, dtype):
+    """Device functions for one (schedule, head_dim, count_io, causal, input dtype); see the module docstring.
+
+    ``IN`` is the Numba type the input dtype is stored as on the device; ``to_f32`` and ``from_f32``
+    widen a loaded input value to fp32 and round an fp32 value for a store (kernels/convert.py).
+    """
+    IN = from_dtype(storage_dtype(dtype))
+    to_f32, from_f32 = make_convert(dtype)
     BR, BC = schedule.block_q, schedule.block_kv
     TM, TN = schedule.thread_q, schedule.thread_kv
     TY, TX = schedule.threads_q, schedule.threads_kv
@@ -119,13 +127,13 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
                 r = ty + a * TY
                 qreg[a] = ZERO
                 if r < q_len:
-                    qreg[a] = float32(smq[offq + r * D + kk])
+                    qreg[a] = to_f32(smq[offq + r * D + kk])
                     inc(cnt, s_q, 1)
             for b in range(TN):
                 c = tx + b * TX
                 kreg[b] = ZERO
                 if c < kv_len:
-                    kreg[b] = float32(smk[offk + c * D + kk])
+                    kreg[b] = to_f32(smk[offk + c * D + kk])
                     inc(cnt, s_k, 1)
             # -- S += q k^T on the register tile
             for a in range(TM):
@@ -155,7 +163,7 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
             for c in range(DC):
                 col = tx + c * TX
                 if col < D:
-                    vv = float32(smv[offv + jj * D + col])
+                    vv = to_f32(smv[offv + jj * D + col])
                     inc(cnt, s_v, 1)
                     for a in range(TM):
                         acc[a, c] += preg[a] * vv
@@ -185,12 +193,12 @@ def make_tile_ops(schedule, head_dim, count_io, causal):
             for c in range(DCQ):
                 col = ty + c * TY
                 if col < D:
-                    x = float32(smx[offx + r * D + col])
+                    x = to_f32(smx[offx + r * D + col])
                     inc(cnt, s_x, 1)
                     for b in range(TN):
                         acc[b, c] += mreg[b] * x
 
-    return SimpleNamespace(DCQ=DCQ, ptx_tile=ptx_tile,
+    return SimpleNamespace(DCQ=DCQ, ptx_tile=ptx_tile, IN=IN, to_f32=to_f32, from_f32=from_f32,
         BR=BR, BC=BC, TM=TM, TN=TN, TY=TY, TX=TX, NT=NT, D=D, DC=DC,
         COUNT_IO=COUNT_IO, CAUSAL=CAUSAL,
         CNT_LEN=CNT_LEN, inc=inc, zero_counter=zero_counter, flush=flush, nan_max=nan_max, allowed=allowed, n_allowed=n_allowed,

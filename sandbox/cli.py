@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 
+from sandbox.dtypes import SUPPORTED
 from sandbox.schedule import KINDS
 
 EXIT_USAGE = 2
@@ -38,7 +39,7 @@ def _add_problem_args(p, n_default, d_default):
     p.add_argument("--n-q", type=int, default=None, help="Nq, if it differs from --n")
     p.add_argument("--n-kv", type=int, default=None, help="Nk, if it differs from --n")
     p.add_argument("--d", type=int, default=d_default, help="head dim (default %(default)s)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    p.add_argument("--dtype", default="float32", choices=SUPPORTED)
     p.add_argument("--causal", action="store_true")
     p.add_argument("--scale", type=float, default=None)
 

@@ -24,7 +24,7 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
     """softmax(scale·QKᵀ)V with the Numba CUDA kernel of ``schedule`` (on the GPU, or Numba's CUDA simulator).
 
     Args:
-        q: (B, H, Nq, d); k, v: (B, H, Nk, d); float32 or float16. NumPy arrays are copied to
+        q: (B, H, Nq, d); k, v: (B, H, Nk, d); float32, float16 or bfloat16. NumPy arrays are copied to
             the device and results back; CUDA arrays (CuPy, PyTorch, Numba: anything with
             ``__cuda_array_interface__``, C-contiguous) stay on the GPU and results come back
             as the same kind of array.

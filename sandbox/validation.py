@@ -2,11 +2,11 @@
 
 import numpy as np
 
-from sandbox.dtypes import SUPPORTED
+from sandbox.dtypes import BFLOAT16, SUPPORTED
 from sandbox.problem import Problem, resolve_scale
 
 #: Dtypes the float64 NumPy reference accepts.
-REFERENCE_DTYPES = ("float16", "float32", "float64")
+REFERENCE_DTYPES = ("bfloat16", "float16", "float32", "float64")
 
 
 def array_meta(x, name):
@@ -17,6 +17,10 @@ def array_meta(x, name):
     """
     if isinstance(x, np.ndarray):
         return x.shape, x.dtype, False
+    if type(x).__module__.split(".")[0] == "torch" and str(getattr(x, "dtype", "")) == "torch.bfloat16":
+        if not x.is_cuda:
+            raise TypeError(f"{name}: a CPU torch tensor; pass x.cuda() or a NumPy array")
+        return tuple(x.shape), BFLOAT16, True  # no __cuda_array_interface__ for bfloat16 in torch
     cai = getattr(x, "__cuda_array_interface__", None)
     if cai is not None:
         return tuple(cai["shape"]), np.dtype(cai["typestr"]), True

@@ -27,7 +27,7 @@ MAX_THREADS_EDGE = 4 if SIMULATED else 16
 #: softmax overflows fp32 (exp(89) is inf).
 LOGIT_MAGNITUDES = (1.0, 10.0, 80.0)
 
-DTYPES = ("float32", "float16")
+DTYPES = ("float32", "float16", "bfloat16")
 
 #: On a GPU every (schedule, head_dim, dtype, causal) is a separate compilation (~1 s): draw
 #: head dims and schedules from small palettes there so that compiled kernels are reused.

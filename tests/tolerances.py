@@ -8,15 +8,16 @@ The kernels compute in fp32 whatever the input dtype, and the reference sees the
   NumPy attention on the same inputs gives ``err32``, and the kernel may be at most 4× as far
   from float64 plus (d + Nk + 8) fp32 rounding units of the value scale (the depth of the dot
   products and row sums). For ordinary logits that is ~1e-6 of the value scale, far below 1e-4.
-- output rounding: O is stored in the input dtype, half an ulp each time: u = 2⁻²⁴ (fp32) or
-  2⁻¹¹ (fp16) of the value scale per store. flash1 stores O in HBM after every K/V block it
+- output rounding: O is stored in the input dtype, half an ulp each time: u = 2⁻²⁴ (fp32),
+  2⁻¹¹ (fp16, 11-bit significand) or 2⁻⁸ (bfloat16, 8-bit significand) of the value scale per
+  store. flash1 stores O in HBM after every K/V block it
   visits (Algorithm 1), so it pays that once per visited block.
 """
 
 import numpy as np
 
 U32 = 2.0**-24
-UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11}
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
 def naive_fp32(q, k, v, causal, scale, rows=None):

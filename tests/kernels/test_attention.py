@@ -42,7 +42,7 @@ SIZES = [pytest.param(dict(max_n=24, max_d=20), id="small"), pytest.param(dict(m
 
 
 @pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=4 if SIMULATED else 6)

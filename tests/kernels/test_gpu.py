@@ -106,7 +106,7 @@ def test_device_arrays_stay_on_the_device(kind, library):
     assert report == host_report
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_fp16_long(kind, dtype):
     problem = Problem(batch=1, heads=1, n_q=2048, n_kv=2048, head_dim=64, dtype=dtype, causal=True)
@@ -117,3 +117,27 @@ def test_fp16_long(kind, dtype):
     stores = 2048 // 64 + 1 if kind == "flash1" else 1
     atol, _ = tolerances(q[:, :, rows], k, v, ref, ref_lse, True, problem.scale, dtype, o_stores=stores, rows=rows)
     np.testing.assert_allclose(out[:, :, rows].astype(np.float64), ref, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_bfloat16_tensors(kind):
+    """PyTorch bfloat16 tensors (no __cuda_array_interface__) give bfloat16 tensors, bit-identical to the NumPy path."""
+    torch = pytest.importorskip("torch")
+    from sandbox.lab import attention_backward
+
+    problem = Problem(batch=1, heads=2, n_q=70, n_kv=90, head_dim=48, dtype="bfloat16", causal=True)
+    q, k, v = make_inputs(problem, seed=5)
+    dout = make_inputs(problem, seed=6)[0]
+    to_t = lambda x: torch.from_numpy(x.view(np.int16)).cuda().view(torch.bfloat16)  # noqa: E731
+    to_np = lambda t: t.view(torch.int16).cpu().numpy().view(q.dtype)  # noqa: E731
+    schedule = Schedule(kind, block_q=32, block_kv=32)
+    out, lse = attention(to_t(q), to_t(k), to_t(v), schedule=schedule, causal=True, return_lse=True)
+    assert out.dtype == torch.bfloat16 and out.is_cuda and lse.dtype == torch.float32
+    host_out, host_lse = attention(q, k, v, schedule=schedule, causal=True, return_lse=True)
+    np.testing.assert_array_equal(to_np(out).view(np.uint16), host_out.view(np.uint16))
+    np.testing.assert_array_equal(lse.cpu().numpy(), host_lse)
+    grads = attention_backward(to_t(q), to_t(k), to_t(v), out, lse, to_t(dout), schedule=schedule, causal=True)
+    host_grads = attention_backward(q, k, v, host_out, host_lse, dout, schedule=schedule, causal=True)
+    for g, hg in zip(grads, host_grads):
+        assert g.dtype == torch.bfloat16
+        np.testing.assert_array_equal(to_np(g).view(np.uint16), hg.view(np.uint16))

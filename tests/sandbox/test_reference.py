@@ -94,7 +94,7 @@ def test_nan_propagates():
     assert np.isnan(out).all()
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64"])
 def test_returns_float64(dtype):
     x = np.ones((1, 1, 2, 2), dtype=dtype)
     assert reference_attention(x, x, x).dtype == np.float64

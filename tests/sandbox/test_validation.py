@@ -42,7 +42,7 @@ def test_bad_scale(scale):
 
 def test_float64_is_for_the_reference_only():
     q64, kv64 = Q.astype(np.float64), KV.astype(np.float64)
-    with pytest.raises(TypeError, match="q: unsupported dtype float64; expected one of float32, float16"):
+    with pytest.raises(TypeError, match="q: unsupported dtype float64; expected one of float32, float16, bfloat16"):
         check_qkv(q64, kv64, kv64)
     assert reference_attention(q64, kv64, kv64).shape == Q.shape
 

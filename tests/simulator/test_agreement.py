@@ -28,7 +28,7 @@ def test_simulator_equals_kernel_counters(kind, data):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_agreement_at_gpu_sizes(kind, dtype, causal):
     for n_q, n_kv, d, br, bc, tq, tk in [(1000, 1500, 128, 64, 32, 4, 2), (777, 333, 80, 48, 40, 3, 5)]:
