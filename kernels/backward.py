@@ -145,7 +145,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
                         inc(cnt, D_[SRAM_R], 1)
                         for bb in range(TN):
                             c = tx + bb * TX
-                            if c < kv_len and allowed(q0 + r, k0 + c):
+                            if c < kv_len and allowed(b, h, q0 + r, k0 + c):
                                 p = math.exp(scale * p_t[a, bb] - l_r)
                                 ds_t[a, bb] = p * (ds_t[a, bb] - d_r)
                                 sm_f[OS + r * BC + c] = p
@@ -153,7 +153,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
             # barrier: P is in SRAM
             cuda.syncthreads()
             # -- dV_j += P^T dO_i
-            ptx_tile(sm_f, OS, sm_in, OdO, ty, tx, q0, k0, q_len, kv_len, acc_v, cnt, P_[SRAM_R], dO_[SRAM_R])
+            ptx_tile(sm_f, OS, sm_in, OdO, ty, tx, b, h, q0, k0, q_len, kv_len, acc_v, cnt, P_[SRAM_R], dO_[SRAM_R])
             # barrier: every thread is done reading P before dS overwrites it
             cuda.syncthreads()
             if work:
@@ -161,13 +161,13 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
                     r = ty + a * TY
                     for bb in range(TN):
                         c = tx + bb * TX
-                        if r < q_len and c < kv_len and allowed(q0 + r, k0 + c):
+                        if r < q_len and c < kv_len and allowed(b, h, q0 + r, k0 + c):
                             sm_f[OS + r * BC + c] = ds_t[a, bb]
                             inc(cnt, dS_[SRAM_W], 1)
             # barrier: dS is in SRAM
             cuda.syncthreads()
             # -- dK_j += dS^T Q_i
-            ptx_tile(sm_f, OS, sm_in, OQ, ty, tx, q0, k0, q_len, kv_len, acc_k, cnt, dS_[SRAM_R], Q_[SRAM_R])
+            ptx_tile(sm_f, OS, sm_in, OQ, ty, tx, b, h, q0, k0, q_len, kv_len, acc_k, cnt, dS_[SRAM_R], Q_[SRAM_R])
 
         # -- dK_j = scale · dK_j, dV_j -> HBM (zeros for a block no query sees)
         if tx < kv_len and ty < D:
@@ -254,14 +254,14 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal):
                         inc(cnt, D_[SRAM_R], 1)
                         for bb in range(TN):
                             c = tx + bb * TX
-                            if c < kv_len and allowed(q0 + r, k0 + c):
+                            if c < kv_len and allowed(b, h, q0 + r, k0 + c):
                                 p = math.exp(scale * p_t[a, bb] - l_r)
                                 sm_f[OS + r * BC + c] = p * (ds_t[a, bb] - d_r)
                                 inc(cnt, dS_[SRAM_W], 1)
             # barrier: dS is in SRAM
             cuda.syncthreads()
             # -- dQ_i += dS K_j
-            pv_tile(sm_f, OS, sm_in, OK, ty, tx, q0, k0, q_len, kv_len, acc, cnt, dS_[SRAM_R], K_[SRAM_R])
+            pv_tile(sm_f, OS, sm_in, OK, ty, tx, b, h, q0, k0, q_len, kv_len, acc, cnt, dS_[SRAM_R], K_[SRAM_R])
         # -- dQ_i = scale · dQ_i -> HBM
         if ty < q_len and tx < D:
             for a in range(TM):
@@ -344,7 +344,7 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
                     inc(cnt, R_[SRAM_R], 1)
                     for bb in range(TN):
                         c = tx + bb * TX
-                        if c < kv_len and allowed(q0 + r, k0 + c):
+                        if c < kv_len and allowed(b, h, q0 + r, k0 + c):
                             if IS_P:
                                 out[b, h, q0 + r, k0 + c] = math.exp(scale * acc[a, bb] - x_r)
                             else:

@@ -10,22 +10,25 @@
             O_i = diag(l_new)⁻¹ (diag(l_i) e^(m_i - m_new) O_i + e^(m~ - m_new) P~ V_j) -> HBM
             l_i = l_new, m_i = m_new -> HBM;  at i's last block j also L_i = m_i + log l_i -> HBM
 
+With a mask, blocks j no query may see are not loaded, empty tiles (i, j) are skipped, and L_i is
+initialized to -inf and written at every visited tile (the last one is not known in advance).
+
 O stays in HBM in the output dtype between steps, as the algorithm has it: with fp16 inputs it is
 rounded once per K/V block (the tests' fp16 tolerance for flash1 grows with Tc for that reason).
 """
 
 import math
 
-from numba import cuda, float32, int64
+from numba import cuda, float32, int32, int64
 
 from kernels.counters import slots
 from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
 from sandbox.schedule import sram_buffers, sram_offsets
 
 
-def make_flash1(schedule, head_dim, dtype, count_io, causal):
+def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
     """Build the flash1 kernel. Returns (kernel, smem_bytes, grid(problem))."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
@@ -33,7 +36,8 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
     OQ, OK, OV, OS, OA, OB = (off[n] for n in ("Q", "K", "V", "S", "alpha", "beta"))
     BR, BC, TM, TN, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC
     CAUSAL = t.CAUSAL
-    inc, allowed, n_allowed = t.inc, t.allowed, t.n_allowed
+    inc, allowed, n_allowed, mask_ok, tile_visited = t.inc, t.allowed, t.n_allowed, t.mask_ok, t.tile_visited
+    HAS_MASK = t.HAS_MASK
     Q_, K_, V_, O_, S_, P_, M_, L_, l_, A_, B_ = (
         slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l", "alpha", "beta")
     )
@@ -65,8 +69,12 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
             m_hbm[b, h, r] = NEG_INF
             inc(cnt, l_[HBM_W], 1)
             inc(cnt, M_[HBM_W], 1)
+            if HAS_MASK:  # a row's last visited block is not known in advance: L starts at -inf
+                lse[b, h, r] = NEG_INF
+                inc(cnt, L_[HBM_W], 1)
         sacc = cuda.local.array((TM, TN), float32)
         acc = cuda.local.array((TM, DC), float32)  # P~ V_j for this thread's tile of O_i
+        flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
 
         n_kv_blocks = (n_kv + BC - 1) // BC
         n_q_blocks = (n_q + BR - 1) // BR
@@ -76,6 +84,8 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
         for j in range(0, (kv_end + BC - 1) // BC):
             k0 = j * BC
             kv_len = min(BC, n_kv - k0)
+            if not tile_visited(b, h, 0, n_q, k0, kv_len, tid, flag):
+                continue  # no query may see block j (a mask's empty column): not loaded
             # barrier: the previous inner loop is done with K_j, V_j (and the HBM init is visible)
             cuda.syncthreads()
             load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
@@ -86,6 +96,8 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
             for i in range(i_start, n_q_blocks):
                 q0 = i * BR
                 q_len = min(BR, n_q - q0)
+                if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+                    continue  # a mask's empty tile: no loads, no math
                 # the last K/V block that reaches block i: L_i is written there
                 j_last = n_kv_blocks - 1
                 if CAUSAL:
@@ -102,7 +114,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                         r = ty + a * TY
                         for bb in range(TN):
                             c = tx + bb * TX
-                            if r < q_len and c < kv_len and allowed(q0 + r, k0 + c):
+                            if r < q_len and c < kv_len and allowed(b, h, q0 + r, k0 + c):
                                 sm_f[OS + r * BC + c] = scale * sacc[a, bb]
                                 inc(cnt, S_[SRAM_W], 1)
                 # barrier: the whole S tile is in SRAM
@@ -114,16 +126,18 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                     jn = n_allowed(row, k0, kv_len)
                     m_ij = NEG_INF
                     for c in range(jn):
-                        m_ij = nan_max(m_ij, sm_f[OS + r * BC + c])
-                        inc(cnt, S_[SRAM_R], 1)
+                        if mask_ok(b, h, row, k0 + c):
+                            m_ij = nan_max(m_ij, sm_f[OS + r * BC + c])
+                            inc(cnt, S_[SRAM_R], 1)
                     l_ij = ZERO
                     if m_ij != NEG_INF:
                         for c in range(jn):
-                            p = math.exp(sm_f[OS + r * BC + c] - m_ij)
-                            inc(cnt, S_[SRAM_R], 1)
-                            sm_f[OS + r * BC + c] = p
-                            inc(cnt, P_[SRAM_W], 1)
-                            l_ij += p
+                            if mask_ok(b, h, row, k0 + c):
+                                p = math.exp(sm_f[OS + r * BC + c] - m_ij)
+                                inc(cnt, S_[SRAM_R], 1)
+                                sm_f[OS + r * BC + c] = p
+                                inc(cnt, P_[SRAM_W], 1)
+                                l_ij += p
                     m_old = m_hbm[b, h, row]
                     l_old = l_hbm[b, h, row]
                     inc(cnt, M_[HBM_R], 1)
@@ -146,7 +160,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                     sm_f[OB + r] = beta
                     inc(cnt, A_[SRAM_W], 1)
                     inc(cnt, B_[SRAM_W], 1)
-                    if j == j_last:
+                    if HAS_MASK or j == j_last:  # under a mask: at every visited tile
                         lse[b, h, row] = m_new + math.log(l_new) if l_new != ZERO else NEG_INF
                         inc(cnt, L_[HBM_W], 1)
                 # barrier: P~ and the factors are in SRAM
@@ -157,7 +171,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal):
                     for a in range(TM):
                         for c in range(DC):
                             acc[a, c] = ZERO
-                    pv_tile(sm_f, OS, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt, P_[SRAM_R], V_[SRAM_R])
+                    pv_tile(sm_f, OS, sm_in, OV, ty, tx, b, h, q0, k0, q_len, kv_len, acc, cnt, P_[SRAM_R], V_[SRAM_R])
                     for a in range(TM):
                         r = ty + a * TY
                         if r < q_len:

@@ -1,6 +1,7 @@
 """FlashAttention-2 order: one thread block per (Q block, batch·head); Q_i stays in SRAM; O and L written once.
 
-    for each K/V block j (causal: only blocks with a key <= the block's last query):
+    for each K/V block j (causal: only blocks with a key <= the block's last query;
+                          mask: only blocks with an allowed entry):
         K_j, V_j: HBM -> SRAM
         S = scale · Q_i K_jᵀ                       (register tiles -> SRAM, allowed entries only)
         m_new = max(m_i, rowmax(S)); P = exp(S - m_new); alpha = exp(m_i - m_new)
@@ -11,16 +12,16 @@
 
 import math
 
-from numba import cuda, float32, int64
+from numba import cuda, float32, int32, int64
 
 from kernels.counters import slots
 from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
 from sandbox.schedule import sram_buffers, sram_offsets
 
 
-def make_flash2(schedule, head_dim, dtype, count_io, causal):
+def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None):
     """Build the flash2 kernel. Returns (kernel, smem_bytes, grid(problem))."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     TN, flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.TN, t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
@@ -28,7 +29,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
     OQ, OK, OV, OS, OM, OL, OA = (off[n] for n in ("Q", "K", "V", "S", "m", "l", "alpha"))
     BR, BC, TM, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC
     CAUSAL = t.CAUSAL
-    inc, allowed, n_allowed = t.inc, t.allowed, t.n_allowed
+    inc, allowed, n_allowed, mask_ok, tile_visited = t.inc, t.allowed, t.n_allowed, t.mask_ok, t.tile_visited
     K_, V_, O_, S_, P_, M_, L_, l_, A_ = (slots(n) for n in ("K", "V", "O", "S", "P", "m", "L", "l", "alpha"))
     Q_ = slots("Q")
     HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
@@ -65,6 +66,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
             for c in range(DC):
                 acc[a, c] = ZERO
         sacc = cuda.local.array((TM, TN), float32)
+        flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
 
         kv_end = n_kv
         if CAUSAL:
@@ -72,6 +74,8 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
         for j in range(0, (kv_end + BC - 1) // BC):
             k0 = j * BC
             kv_len = min(BC, n_kv - k0)
+            if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+                continue  # no allowed entry (a mask's empty tile): no loads, no math
             # barrier: every thread is done reading the previous K_j, V_j and P
             cuda.syncthreads()
             load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
@@ -85,7 +89,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
                     r = ty + a * TY
                     for bb in range(TN):
                         c = tx + bb * TX
-                        if r < q_len and c < kv_len and allowed(q0 + r, k0 + c):
+                        if r < q_len and c < kv_len and allowed(b, h, q0 + r, k0 + c):
                             sm_f[OS + r * BC + c] = scale * sacc[a, bb]
                             inc(cnt, S_[SRAM_W], 1)
             # barrier: the whole S tile is in SRAM
@@ -100,19 +104,21 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
                 inc(cnt, l_[SRAM_R], 1)
                 m_ij = NEG_INF
                 for c in range(jn):
-                    m_ij = nan_max(m_ij, sm_f[OS + r * BC + c])
-                    inc(cnt, S_[SRAM_R], 1)
+                    if mask_ok(b, h, q0 + r, k0 + c):
+                        m_ij = nan_max(m_ij, sm_f[OS + r * BC + c])
+                        inc(cnt, S_[SRAM_R], 1)
                 m_new = nan_max(m_old, m_ij)
                 alpha = ONE
                 l_ij = ZERO
                 if m_new != NEG_INF:  # else nothing seen yet: keep alpha = 1, P empty
                     alpha = math.exp(m_old - m_new)
                     for c in range(jn):
-                        p = math.exp(sm_f[OS + r * BC + c] - m_new)
-                        inc(cnt, S_[SRAM_R], 1)
-                        sm_f[OS + r * BC + c] = p
-                        inc(cnt, P_[SRAM_W], 1)
-                        l_ij += p
+                        if mask_ok(b, h, q0 + r, k0 + c):
+                            p = math.exp(sm_f[OS + r * BC + c] - m_new)
+                            inc(cnt, S_[SRAM_R], 1)
+                            sm_f[OS + r * BC + c] = p
+                            inc(cnt, P_[SRAM_W], 1)
+                            l_ij += p
                 sm_f[OM + r] = m_new
                 sm_f[OL + r] = alpha * l_old + l_ij
                 sm_f[OA + r] = alpha
@@ -131,7 +137,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal):
                         inc(cnt, A_[SRAM_R], 1)
                         for c in range(DC):
                             acc[a, c] *= alpha
-            pv_tile(sm_f, OS, sm_in, OV, ty, tx, q0, k0, q_len, kv_len, acc, cnt, P_[SRAM_R], V_[SRAM_R])
+            pv_tile(sm_f, OS, sm_in, OV, ty, tx, b, h, q0, k0, q_len, kv_len, acc, cnt, P_[SRAM_R], V_[SRAM_R])
 
         # barrier: the last row statistics are in SRAM
         cuda.syncthreads()

@@ -34,7 +34,7 @@ def _phases(kind, dtype, backward):
             return {"main": (make_flash2, (IN4, IN4, IN4, IN4, F3, float32, C))}
         if kind == "flash1":
             return {"main": (make_flash1, (IN4, IN4, IN4, IN4, F3, F3, F3, float32, C))}
-        std = lambda phase: lambda *a: make_standard(*a)[phase]  # noqa: E731
+        std = lambda phase: lambda *a, **kw: make_standard(*a, **kw)[phase]  # noqa: E731
         return {
             "qk": (std("qk"), (IN4, IN4, F4, float32, C)),
             "softmax": (std("softmax"), (F4, F4, F3, C)),
@@ -59,8 +59,10 @@ def _phases(kind, dtype, backward):
 
 
 @functools.lru_cache(maxsize=256)
-def build(schedule, head_dim, dtype_name, causal, count_io, backward=False):
-    """Compiled kernels for one (schedule, head_dim, dtype, causal, count_io, direction).
+def build(schedule, head_dim, dtype_name, causal, count_io, backward=False, mask=None):
+    """Compiled kernels for one (schedule, head_dim, dtype, causal, count_io, direction, mask).
+
+    ``mask``: a sandbox.masks.Mask (forward only), compiled into the kernels; cached per Mask object.
 
     Returns:
         dict phase -> (kernel, smem_bytes, grid(problem)), in launch order.
@@ -68,7 +70,8 @@ def build(schedule, head_dim, dtype_name, causal, count_io, backward=False):
     dtype = np.dtype(dtype_name)
     out = {}
     for phase, (maker, sig) in _phases(schedule.kind, dtype, backward).items():
-        py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, count_io, causal)
+        extra = {} if mask is None else {"mask": mask}
+        py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, count_io, causal, **extra)
         signature = void(*sig)
         kernel = cuda.jit(signature)(py_func)
         if not using_simulator():
@@ -87,7 +90,7 @@ def _device_empty(shape, dtype, what):
         ) from e
 
 
-def run(schedule, problem, q, k, v, count_io=False):
+def run(schedule, problem, q, k, v, count_io=False, mask=None):
     """Run ``schedule`` on device arrays q, k, v (Numba device arrays, C-contiguous).
 
     Returns:
@@ -95,7 +98,7 @@ def run(schedule, problem, q, k, v, count_io=False):
         fp32, and the measured IOReport (None unless ``count_io``).
     """
     check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype))  # before any attribute or launch
-    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io))
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io), mask=mask)
     stream = cuda.default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
     out = _device_empty((b, h, n_q, d), problem.dtype, "O")
@@ -226,13 +229,13 @@ def _wrap_like(x, like):
     return x
 
 
-def attention_any(schedule, problem, q, k, v, count_io=False):
+def attention_any(schedule, problem, q, k, v, count_io=False, mask=None):
     """:func:`run` for NumPy inputs (copied over and back) or CUDA-array-interface inputs (left on the GPU).
 
     Returns:
         (out, lse, report) on the side the inputs came from.
     """
-    out, lse, report = run(schedule, problem, *_to_device((q, k, v), "qkv"), count_io=count_io)
+    out, lse, report = run(schedule, problem, *_to_device((q, k, v), "qkv"), count_io=count_io, mask=mask)
     return (*_from_device((out, lse), q, (problem.dtype, np.float32)), report)
 
 

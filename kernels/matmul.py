@@ -9,7 +9,7 @@ M's tiles move HBM -> SRAM for allowed entries only; fully masked causal tiles a
 ``m_name``, ``x_name``, ``out_name`` name the tensors for the IO counters.
 """
 
-from numba import cuda, float32, int64
+from numba import cuda, float32, int32, int64
 
 from kernels.counters import slots
 from kernels.tiles import ZERO, make_tile_ops
@@ -24,11 +24,11 @@ def _layout(schedule, head_dim, dtype, x_rows):
     return off["M"], off["X"], nbytes
 
 
-def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name):
+def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name, mask=None):
     """out = scale · M X. Returns (kernel(m, x, out, scale, counters), smem_bytes, grid(problem))."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
-    CNT_LEN, zero_counter, flush, load_rows, pv_tile, allowed, inc = (
-        t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.pv_tile, t.allowed, t.inc)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
+    CNT_LEN, zero_counter, flush, load_rows, pv_tile, allowed, inc, tile_visited = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.pv_tile, t.allowed, t.inc, t.tile_visited)
     BR, BC, TM, TY, TX, NT, D, DC, CAUSAL = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC, t.CAUSAL
     M_, X_, OUT_ = slots(m_name), slots(x_name), slots(out_name)
     OM, OX, smem_bytes = _layout(schedule, head_dim, dtype, schedule.block_kv)
@@ -58,16 +58,19 @@ def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
         kv_end = n_kv
         if CAUSAL:
             kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped
+        flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
         for j in range(0, (kv_end + BC - 1) // BC):
             k0 = j * BC
             kv_len = min(BC, n_kv - k0)
+            if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+                continue  # a mask's empty tile: skipped
             # barrier: every thread is done with the previous M and X tiles
             cuda.syncthreads()
             # -- M_ij (allowed entries), X_j: HBM -> SRAM
             for e in range(tid, q_len * kv_len, NT):
                 r = e // kv_len
                 c = e - r * kv_len
-                if allowed(q0 + r, k0 + c):
+                if allowed(b, h, q0 + r, k0 + c):
                     sm_f[OM + r * BC + c] = m[b, h, q0 + r, k0 + c]
                     inc(cnt, M_[HBM_R], 1)
                     inc(cnt, M_[SRAM_W], 1)
@@ -75,7 +78,7 @@ def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
             # barrier: M_ij and X_j are in SRAM
             cuda.syncthreads()
             # -- acc += M_ij X_j on this thread's register tile
-            pv_tile(sm_f, OM, sm_in, OX, ty, tx, q0, k0, q_len, kv_len, acc, cnt, M_[SRAM_R], X_[SRAM_R])
+            pv_tile(sm_f, OM, sm_in, OX, ty, tx, b, h, q0, k0, q_len, kv_len, acc, cnt, M_[SRAM_R], X_[SRAM_R])
         # -- out_i = scale · acc -> HBM
         if ty < q_len and tx < D:
             for a in range(TM):
@@ -140,7 +143,7 @@ def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
             for e in range(tid, q_len * kv_len, NT):
                 r = e // kv_len
                 c = e - r * kv_len
-                if allowed(q0 + r, k0 + c):
+                if allowed(b, h, q0 + r, k0 + c):
                     sm_f[OM + r * BC + c] = m[b, h, q0 + r, k0 + c]
                     inc(cnt, M_[HBM_R], 1)
                     inc(cnt, M_[SRAM_W], 1)
@@ -148,7 +151,7 @@ def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
             # barrier: M_ij and X_i are in SRAM
             cuda.syncthreads()
             # -- acc += M_ijᵀ X_i on this thread's register tile
-            ptx_tile(sm_f, OM, sm_in, OX, ty, tx, q0, k0, q_len, kv_len, acc, cnt, M_[SRAM_R], X_[SRAM_R])
+            ptx_tile(sm_f, OM, sm_in, OX, ty, tx, b, h, q0, k0, q_len, kv_len, acc, cnt, M_[SRAM_R], X_[SRAM_R])
         # -- out_j = scale · acc -> HBM (zeros for a block no query sees)
         if tx < kv_len and ty < D:
             for bb in range(TN):

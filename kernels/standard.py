@@ -12,7 +12,7 @@ Causal tiles that are fully masked are skipped by qk and pv: no loads, no math.
 
 import math
 
-from numba import cuda, float32, int64
+from numba import cuda, float32, int32, int64
 
 from kernels.counters import slots
 from kernels.matmul import make_nn
@@ -20,17 +20,16 @@ from kernels.tiles import NEG_INF, ZERO, make_tile_ops
 from sandbox.schedule import sram_buffers, sram_offsets
 
 
-def make_standard(schedule, head_dim, dtype, count_io, causal):
+def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
     """Build the three kernels. Returns a dict phase -> (kernel, smem_bytes, grid(problem), block)."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     flush, load_rows, nan_max, zero_counter, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.s_tile)
     bufs = sram_buffers(schedule, head_dim, dtype)
     (off_qk, smem_qk), (off_sm, smem_sm) = (sram_offsets(bufs[p]) for p in ("qk", "softmax"))
     BR, BC, TM, TN, TY, TX, NT = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT
-    CAUSAL = t.CAUSAL
-    inc, allowed, n_allowed = t.inc, t.allowed, t.n_allowed
+    inc, allowed, n_allowed, mask_ok, tile_visited = t.inc, t.allowed, t.n_allowed, t.mask_ok, t.tile_visited
     Q_, K_, V_, O_, S_, P_, M_, L_, l_ = (slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l"))
     HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
     IN = t.IN
@@ -51,7 +50,8 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
         k0 = j * BC
         q_len = min(BR, q.shape[2] - q0)
         kv_len = min(BC, k.shape[2] - k0)
-        if CAUSAL and k0 > q0 + q_len - 1:
+        flag = cuda.shared.array(1, int32)
+        if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
             return  # fully masked tile: no loads, no math
         sm_in = cuda.shared.array(0, IN)
         cnt = cuda.local.array(CNT_LEN, int64)  # this thread's IO counters (count build only)
@@ -67,7 +67,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
                 r = ty + a * TY
                 for bb in range(TN):
                     c = tx + bb * TX
-                    if r < q_len and c < kv_len and allowed(q0 + r, k0 + c):
+                    if r < q_len and c < kv_len and allowed(b, h, q0 + r, k0 + c):
                         s[b, h, q0 + r, k0 + c] = scale * sacc[a, bb]
                         inc(cnt, S_[HBM_W], 1)
         flush(cnt, counters)
@@ -87,11 +87,12 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
         m_t = NEG_INF
         l_t = ZERO
         for c in range(tid, jn, NT):
-            x = s[b, h, row, c]
-            inc(cnt, S_[HBM_R], 1)
-            m_new = nan_max(m_t, x)
-            l_t = l_t * math.exp(m_t - m_new) + math.exp(x - m_new)
-            m_t = m_new
+            if mask_ok(b, h, row, c):
+                x = s[b, h, row, c]
+                inc(cnt, S_[HBM_R], 1)
+                m_new = nan_max(m_t, x)
+                l_t = l_t * math.exp(m_t - m_new) + math.exp(x - m_new)
+                m_t = m_new
         sm_f[OMS + tid] = m_t
         sm_f[OLS + tid] = l_t
         inc(cnt, M_[SRAM_W], 1)
@@ -125,9 +126,10 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
         inc(cnt, l_[SRAM_R], 1)
         # -- pass 2: P = exp(S - m) / l -> HBM
         for c in range(tid, jn, NT):
-            p[b, h, row, c] = math.exp(s[b, h, row, c] - m) / l
-            inc(cnt, S_[HBM_R], 1)
-            inc(cnt, P_[HBM_W], 1)
+            if mask_ok(b, h, row, c):
+                p[b, h, row, c] = math.exp(s[b, h, row, c] - m) / l
+                inc(cnt, S_[HBM_R], 1)
+                inc(cnt, P_[HBM_W], 1)
         flush(cnt, counters)
 
     def grid_qk(problem):
@@ -139,5 +141,5 @@ def make_standard(schedule, head_dim, dtype, count_io, causal):
     return {
         "qk": (qk, smem_qk, grid_qk),
         "softmax": (softmax, smem_sm, grid_softmax),
-        "pv": make_nn(schedule, head_dim, dtype, count_io, causal, "P", "V", "O"),
+        "pv": make_nn(schedule, head_dim, dtype, count_io, causal, "P", "V", "O", mask=mask),
     }

@@ -36,8 +36,16 @@ ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
 
 
-def make_tile_ops(schedule, head_dim, count_io, causal, dtype):
-    """Device functions for one (schedule, head_dim, count_io, causal, input dtype); see the module docstring.
+@cuda.jit(device=True)
+def _no_mask(b, h, q_idx, kv_idx):
+    return True
+
+
+def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
+    """Device functions for one (schedule, head_dim, count_io, causal, input dtype, mask); see the module docstring.
+
+    ``mask``: a :class:`sandbox.masks.Mask` or None; its device function is called by
+    ``allowed`` and ``mask_ok``, and ``tile_visited`` evaluates it over a tile.
 
     ``IN`` is the Numba type the input dtype is stored as on the device; ``to_f32`` and ``from_f32``
     widen a loaded input value to fp32 and round an fp32 value for a store (kernels/convert.py).
@@ -52,6 +60,8 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype):
     DC = -(-D // TX)  # O columns per thread (at most)
     COUNT_IO = bool(count_io)
     CAUSAL = bool(causal)
+    HAS_MASK = mask is not None
+    MASK = mask.device() if HAS_MASK else _no_mask
     CNT_LEN = N_SLOTS if COUNT_IO else 1
 
     @cuda.jit(device=True)
@@ -82,10 +92,40 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype):
         return b
 
     @cuda.jit(device=True)
-    def allowed(q_idx, kv_idx):
-        if CAUSAL:
-            return kv_idx <= q_idx
+    def mask_ok(b, h, q_idx, kv_idx):
+        """The user mask alone (True without one): for loops already bounded by the causal prefix."""
+        if HAS_MASK:
+            return MASK(b, h, q_idx, kv_idx)
         return True
+
+    @cuda.jit(device=True)
+    def allowed(b, h, q_idx, kv_idx):
+        """May query q_idx see key kv_idx: the causal mask and the user mask."""
+        if CAUSAL and kv_idx > q_idx:
+            return False
+        return mask_ok(b, h, q_idx, kv_idx)
+
+    @cuda.jit(device=True)
+    def tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+        """Does the tile (rows q0.., columns k0..) hold an allowed entry? Without a user mask, the causal bound.
+
+        With a mask every thread of the block must call it (it synchronizes): the threads
+        evaluate the predicate over the tile together and raise ``flag[0]`` (shared int32[1]) if any
+        entry is allowed; the same tiles are skipped by the simulator (sandbox.masks.tile_allowed).
+        """
+        if not HAS_MASK:
+            return not CAUSAL or k0 <= q0 + q_len - 1
+        cuda.syncthreads()  # every thread has read the previous tile's flag
+        if tid == 0:
+            flag[0] = 0
+        cuda.syncthreads()
+        for e in range(tid, q_len * kv_len, NT):
+            r = e // kv_len
+            if allowed(b, h, q0 + r, k0 + e - r * kv_len):
+                flag[0] = 1  # every writer writes the same value
+                break
+        cuda.syncthreads()
+        return flag[0] != 0
 
     @cuda.jit(device=True)
     def n_allowed(q_idx, k0, kv_len):
@@ -142,7 +182,7 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype):
         return True
 
     @cuda.jit(device=True)
-    def pv_tile(smp, offp, smv, offv, ty, tx, q0, k0, q_len, kv_len, acc, cnt, s_p, s_v):
+    def pv_tile(smp, offp, smv, offv, ty, tx, b, h, q0, k0, q_len, kv_len, acc, cnt, s_p, s_v):
         """acc[a, c] += Σ_j P[ty + a·TY, j] · V_j[j, tx + c·TX]: this thread's tile of O += P V_j.
 
         P sits in SRAM with row stride Bc and is read only where allowed (masked entries count as 0).
@@ -156,7 +196,7 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype):
             for a in range(TM):
                 r = ty + a * TY
                 preg[a] = ZERO
-                if r < q_len and allowed(q0 + r, k0 + jj):
+                if r < q_len and allowed(b, h, q0 + r, k0 + jj):
                     preg[a] = smp[offp + r * BC + jj]
                     inc(cnt, s_p, 1)
             # -- O += p v on the register tile, one V element at a time
@@ -171,7 +211,7 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype):
     DCQ = -(-D // TY)  # dK/dV columns per thread (at most)
 
     @cuda.jit(device=True)
-    def ptx_tile(smm, offm, smx, offx, ty, tx, q0, k0, q_len, kv_len, acc, cnt, s_m, s_x):
+    def ptx_tile(smm, offm, smx, offx, ty, tx, b, h, q0, k0, q_len, kv_len, acc, cnt, s_m, s_x):
         """acc[b, c] += Σ_r M[r, tx + b·TX] · X[r, ty + c·TY]: this thread's tile of Mᵀ X (dV += Pᵀ dO, dK += dSᵀ Q).
 
         Thread (ty, tx) owns K/V rows ``tx + b·TX`` and d-columns ``ty + c·TY``. M (Br×Bc fp32, row
@@ -186,7 +226,7 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype):
             for b in range(TN):
                 kv = tx + b * TX
                 mreg[b] = ZERO
-                if kv < kv_len and allowed(q0 + r, k0 + kv):
+                if kv < kv_len and allowed(b, h, q0 + r, k0 + kv):
                     mreg[b] = smm[offm + r * BC + kv]
                     inc(cnt, s_m, 1)
             # -- acc += m x on the register tile, one X element at a time
@@ -200,7 +240,7 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype):
 
     return SimpleNamespace(DCQ=DCQ, ptx_tile=ptx_tile, IN=IN, to_f32=to_f32, from_f32=from_f32,
         BR=BR, BC=BC, TM=TM, TN=TN, TY=TY, TX=TX, NT=NT, D=D, DC=DC,
-        COUNT_IO=COUNT_IO, CAUSAL=CAUSAL,
+        COUNT_IO=COUNT_IO, CAUSAL=CAUSAL, HAS_MASK=HAS_MASK, mask_ok=mask_ok, tile_visited=tile_visited,
         CNT_LEN=CNT_LEN, inc=inc, zero_counter=zero_counter, flush=flush, nan_max=nan_max, allowed=allowed, n_allowed=n_allowed,
         load_rows=load_rows, s_tile=s_tile, pv_tile=pv_tile,
     )

@@ -20,7 +20,8 @@ def _check_schedule(schedule):
     return schedule
 
 
-def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, return_lse=False, count_io=False):
+def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, return_lse=False, count_io=False,
+              mask=None):
     """softmax(scale·QKᵀ)V with the Numba CUDA kernel of ``schedule`` (on the GPU, or Numba's CUDA simulator).
 
     Args:
@@ -33,6 +34,10 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
         scale: softmax scale, default 1/sqrt(d).
         return_lse: also return L, the log-sum-exp per row, (B, H, Nq) fp32.
         count_io: also return the :class:`IOReport` counted by the kernel itself (slower build).
+        mask: a predicate ``mask(b, h, q_idx, kv_idx) -> bool`` or a :class:`sandbox.masks.Mask`
+            (combined with ``causal`` if both are given). It is compiled into the kernel: tiles
+            with no allowed entry are skipped, the rest are masked entry by entry. Checked
+            before launch (compiles, returns a bool, does not raise on this problem).
 
     Returns:
         ``out``; ``(out, lse)``; with ``count_io`` the report is appended last. ``out`` has the
@@ -45,22 +50,32 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
     """
     problem = check_qkv(q, k, v, causal=causal, scale=scale)
     _check_schedule(schedule).check_fits(problem.head_dim, problem.dtype)
+    mask = _check_mask(mask, problem)
     from kernels.launch import attention_any
 
-    out, lse, report = attention_any(schedule, problem, q, k, v, count_io=count_io)
+    out, lse, report = attention_any(schedule, problem, q, k, v, count_io=count_io, mask=mask)
     result = (out, lse) if return_lse else (out,)
     if count_io:
         result += (report,)
     return result[0] if len(result) == 1 else result
 
 
-def simulate(schedule, problem, backward=False):
+def _check_mask(mask, problem):
+    from sandbox.masks import as_mask
+
+    mask = as_mask(mask)
+    return None if mask is None else mask.check(problem)
+
+
+def simulate(schedule, problem, backward=False, mask=None):
     """Count what ``schedule`` moves between HBM and SRAM on ``problem``, with the IO model.
 
     Args:
         schedule: the :class:`Schedule` the kernels would be specialized from.
         problem: a :class:`Problem`.
         backward: count the backward pass (``attention_backward``) instead of the forward.
+        mask: a mask predicate, as for :func:`attention` (forward only); the simulator evaluates
+            it over every entry, O(B·H·Nq·Nk), to find the tiles the kernel skips.
 
     Returns:
         IOReport: elements per level and tensor (the very counts ``attention(..., count_io=True)``
@@ -84,6 +99,10 @@ def simulate(schedule, problem, backward=False):
     schedule.check_fits(problem.head_dim, problem.dtype, backward=backward)
     from simulator import simulate_backward_counts, simulate_counts
 
+    if mask is not None:
+        if backward:
+            raise NotImplementedError("masks: the backward pass takes causal=True only, not mask= (yet)")
+        return simulate_counts(schedule, problem, mask=_check_mask(mask, problem))
     return (simulate_backward_counts if backward else simulate_counts)(schedule, problem)
 
 

@@ -11,7 +11,7 @@ def causal_mask(n_q, n_kv):
     return np.arange(n_kv)[None, :] <= np.arange(n_q)[:, None]
 
 
-def reference_attention(q, k, v, causal=False, scale=None, return_lse=False):
+def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mask=None):
     """softmax(scale·QKᵀ)V in float64.
 
     Args:
@@ -19,6 +19,8 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False):
         causal: top-left causal mask (query i sees keys j <= i), as PyTorch SDPA's ``is_causal``.
         scale: softmax scale, default 1/sqrt(d).
         return_lse: also return L = log Σ_j exp(S_ij), shape (B, H, Nq).
+        mask: a predicate ``mask(b, h, q_idx, kv_idx) -> bool`` (see :mod:`sandbox.masks`);
+            entries where it is False are excluded, as are causal ones.
 
     Returns:
         out (B, H, Nq, d) float64, or (out, lse). A row that attends to nothing (no key allowed)
@@ -43,6 +45,10 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False):
     s = scale * np.einsum("bhid,bhjd->bhij", q, k)
     if causal:
         s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf)
+    if mask is not None:
+        from sandbox.masks import dense
+
+        s = np.where(dense(mask, *s.shape), s, -np.inf)
     m = s.max(axis=-1, keepdims=True)
     empty = ~np.isfinite(m) & (m < 0)  # rows where every key is masked
     m = np.where(empty, 0.0, m)

@@ -15,6 +15,10 @@ The counting rules it applies are the ones stated in ``kernels/tiles.py``'s docs
 A tile (i, j) is visited unless causal and every key of block j lies after the last query of
 block i. Sums over visited tiles reduce, per Q block i, to prefix sums over K/V blocks, so
 the cost is linear in the number of blocks (Nq = Nk = 2²⁰ with 128×128 tiles: milliseconds).
+
+With a mask predicate (``sandbox.masks``) a tile is visited where it holds at least one allowed
+entry, as the kernels decide it; the predicate is evaluated over every entry of every (b, h)
+(``sandbox.masks.tile_allowed``, compiled with Numba), so that path costs O(B·H·Nq·Nk).
 """
 
 import numpy as np
@@ -25,7 +29,8 @@ from sandbox.ioreport import IOReport, itemsizes
 class _Tiles:
     """Per-Q-block sums over the K/V blocks that block visits (arrays of length Tr)."""
 
-    def __init__(self, schedule, problem):
+    def __init__(self, schedule, problem, allowed=None):
+        """``allowed``: the allowed entries per tile (Tr, Tc) of one (b, h) under a mask, or None."""
         br, bc = schedule.block_q, schedule.block_kv
         n_q, n_kv, causal = problem.n_q, problem.n_kv, problem.causal
         ty, tx = schedule.threads_q, schedule.threads_kv
@@ -35,6 +40,16 @@ class _Tiles:
         q_last = q0 + self.q_len - 1
         k0 = np.arange(tc, dtype=np.int64) * bc
         kv_len = np.minimum(bc, n_kv - k0)
+        self.row_groups = np.minimum(ty, self.q_len)  # min(TY, q_len)
+        if allowed is not None:
+            vis = allowed > 0
+            self.visited = vis.sum(axis=1)
+            self.kv_rows = vis @ kv_len
+            self.kv_cols_groups = vis @ np.minimum(tx, kv_len)
+            self.allowed = allowed.sum(axis=1)
+            self.area = self.q_len * self.kv_rows
+            self.kv_rows_loaded = int(kv_len[vis.any(axis=0)].sum())  # flash1: K/V blocks some tile needs
+            return
         # visited K/V blocks of Q block i: j <= j_last[i]
         self.j_last = np.minimum(tc - 1, q_last // bc) if causal else np.full(tr, tc - 1)
         self.visited = self.j_last + 1
@@ -42,7 +57,6 @@ class _Tiles:
         upto = lambda x: pre(x)[self.visited]  # noqa: E731  Σ over visited j of x[j]
         self.kv_rows = upto(kv_len)  # Σ kv_len
         self.kv_cols_groups = upto(np.minimum(tx, kv_len))  # Σ min(TX, kv_len)
-        self.row_groups = np.minimum(ty, self.q_len)  # min(TY, q_len)
         # Σ over visited tiles of the allowed entries A_ij, and of the dense tile areas
         if causal:
             # row r sees keys 0..min(r, Nk-1): Σ_r min(r + 1, Nk) over the block's rows
@@ -71,13 +85,34 @@ def _add(d, tensor, n):
     d[tensor] = d.get(tensor, 0) + int(n)
 
 
-def simulate_counts(schedule, problem):
-    """Element counts and FLOPs of ``schedule`` on ``problem``.
+def simulate_counts(schedule, problem, mask=None):
+    """Element counts and FLOPs of ``schedule`` on ``problem`` (under ``mask``, a sandbox.masks predicate).
 
     Returns:
         IOReport with Q/K/V/O counted in the problem's dtype and the rest in fp32.
     """
-    t = _Tiles(schedule, problem)
+    if mask is None:
+        counts, area = _forward_counts(schedule, problem, _Tiles(schedule, problem), masked=False)
+        counts = [{k: v * problem.bh for k, v in c.items()} for c in counts]
+        area *= problem.bh
+    else:
+        from sandbox.masks import tile_allowed
+
+        allowed = tile_allowed(mask, problem, schedule.block_q, schedule.block_kv)
+        counts, area = [{}, {}, {}, {}], 0
+        for b in range(problem.batch):
+            for h in range(problem.heads):
+                c, a = _forward_counts(schedule, problem, _Tiles(schedule, problem, allowed[b, h]), masked=True)
+                for total, part in zip(counts, c):
+                    for k, v in part.items():
+                        _add(total, k, v)
+                area += a
+    flops = 4 * problem.head_dim * area  # S and PV over visited tiles, 2 FLOPs per multiply-add
+    return IOReport(*counts, itemsize=itemsizes(problem.dtype), flops=flops)
+
+
+def _forward_counts(schedule, problem, t, masked):
+    """([hbm_r, hbm_w, sram_r, sram_w] of one (b, h), Σ visited tile areas) for tiles ``t``."""
     d = problem.head_dim
     hr, hw, sr, sw = {}, {}, {}, {}
     o_groups = min(schedule.threads_kv, d)
@@ -131,7 +166,9 @@ def simulate_counts(schedule, problem):
             _add(sr, x, q_rows_visits * o_groups)
         _add(hr, "O", q_rows_visits * d)
         _add(hw, "O", q_rows_visits * d)
-        _add(hw, "L", q_rows)
+        # L: once per row at its last K/V block; under a mask, initialized to -inf and
+        # rewritten at every visited tile (a row's last block is not known in advance)
+        _add(hw, "L", q_rows + q_rows_visits if masked else q_rows)
     else:  # standard: qk, softmax, pv
         nt = schedule.threads
         _add(hr, "Q", q_rows_visits * d)
@@ -154,12 +191,7 @@ def simulate_counts(schedule, problem):
         _add(hr, "V", d * t.kv_rows.sum())
         _add(sw, "V", d * t.kv_rows.sum())
         _add(hw, "O", q_rows * d)
-
-    bh = problem.bh
-    itemsize = itemsizes(problem.dtype)
-    scaled = [{k: v * bh for k, v in c.items()} for c in (hr, hw, sr, sw)]
-    flops = bh * 4 * d * int(t.area.sum())  # S and PV over visited tiles, 2 FLOPs per multiply-add
-    return IOReport(*scaled, itemsize=itemsize, flops=flops)
+    return [hr, hw, sr, sw], int(t.area.sum())
 
 
 def simulate_backward_counts(schedule, problem):

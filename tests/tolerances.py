@@ -20,32 +20,41 @@ U32 = 2.0**-24
 UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
-def naive_fp32(q, k, v, causal, scale, rows=None):
+def naive_fp32(q, k, v, causal, scale, rows=None, allowed=None):
     """Plain fp32 attention, the accuracy any fp32 implementation can be held to.
 
     ``rows``: absolute indices of q's rows (q may hold a selection of them), for the causal mask.
+    ``allowed``: a dense boolean mask (B, H, Nq, Nk) (sandbox.masks.dense) on top of it. Rows that
+    see no key give O = 0 and L = -inf, as the reference has them.
     """
     q, k, v = (x.astype(np.float32) for x in (q, k, v))
     rows = np.arange(q.shape[2]) if rows is None else np.asarray(rows)
     s = np.float32(scale) * np.einsum("bhid,bhjd->bhij", q, k)
     if causal:
         s = np.where(np.arange(k.shape[2])[None, :] <= rows[:, None], s, -np.inf)
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
     m = s.max(-1, keepdims=True)
-    p = np.exp(s - m)
+    empty = m == -np.inf
+    p = np.exp(s - np.where(empty, 0, m))
     l = p.sum(-1, keepdims=True)
-    return np.einsum("bhij,bhjd->bhid", p / l, v), (m + np.log(l))[..., 0]
+    with np.errstate(divide="ignore"):
+        return np.einsum("bhij,bhjd->bhid", p / np.where(empty, 1, l), v), np.where(empty, -np.inf, m + np.log(l))[..., 0]
 
 
-def tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, o_stores=1, rows=None):
-    """(atol for O, atol for L) as described in the module docstring; ``rows`` as in :func:`naive_fp32`."""
+def tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, o_stores=1, rows=None, allowed=None):
+    """(atol for O, atol for L) as described in the module docstring; ``rows``, ``allowed`` as in
+    :func:`naive_fp32`. Rows that see no key are left out of L's tolerance (they must be -inf exactly)."""
     n_kv, d = k.shape[2], k.shape[3]
     vmax = float(np.abs(v.astype(np.float64)).max())
-    out32, lse32 = naive_fp32(q, k, v, causal, scale, rows)
+    out32, lse32 = naive_fp32(q, k, v, causal, scale, rows, allowed)
+    seen = np.isfinite(ref_lse)
+    assert (np.isfinite(lse32) == seen).all(), "the fp32 baseline and the reference disagree on empty rows"
     err32 = float(np.abs(out32 - ref_out).max())
-    err32_lse = float(np.abs(lse32 - ref_lse).max())
+    err32_lse = float(np.abs(lse32[seen] - ref_lse[seen]).max(initial=0.0))
     depth = (d + n_kv + 8) * U32
     atol_out = 4 * err32 + depth * vmax + o_stores * UNIT_ROUNDOFF[np.dtype(dtype).name] * vmax
-    atol_lse = 4 * err32_lse + depth * (1 + float(np.abs(ref_lse).max()))
+    atol_lse = 4 * err32_lse + depth * (1 + float(np.abs(ref_lse[seen]).max(initial=0.0)))
     return atol_out, atol_lse
 
 

@@ -1,0 +1,375 @@
+"""Attention masks as predicates, written once for the kernels, the simulator and the reference.
+
+A mask is a function ``mask(b, h, q_idx, kv_idx) -> bool``: True where query ``q_idx`` of batch
+``b``, head ``h`` may attend to key ``kv_idx`` (the idea of PyTorch FlexAttention's
+``mask_mod``). The same Python source is compiled three ways:
+
+- into the kernels as a Numba CUDA device function (``Mask.device()``), which decide per tile
+  whether any entry is allowed (empty tiles are skipped: no loads, no math) and per entry
+  whether it enters the softmax;
+- into a Numba CPU function (``Mask.cpu()``) that the simulator evaluates over every entry to
+  classify tiles as empty, partial or full (:func:`tile_classes`) and count the allowed entries;
+- into the dense boolean matrix the NumPy reference applies (:func:`dense`).
+
+Write it with scalar arithmetic and comparisons (it must compile with Numba in ``nopython``
+mode). Arrays it reads (a document layout, a block layout) are captured as compile-time
+constants: on the GPU they live in constant memory (64 KB), so they are kept small here.
+
+Built-ins: :func:`causal`, :func:`sliding_window`, :func:`prefix_lm`, :func:`document`,
+:func:`block_sparse`, and ``&`` / ``|`` / ``~`` to combine them. ``causal=True`` in
+``attention`` is the same predicate as ``mask=causal()``, with a faster tile bound.
+
+    >>> from sandbox import masks
+    >>> m = masks.sliding_window(4) & masks.causal()
+    >>> m(0, 0, 10, 7), m(0, 0, 10, 5), m(0, 0, 10, 11)
+    (True, False, False)
+"""
+
+import functools
+import inspect
+
+import numpy as np
+
+#: Largest array a built-in mask captures (bytes): it becomes CUDA constant memory (64 KB in all).
+MAX_CAPTURED_BYTES = 32 * 1024
+
+
+class Mask:
+    """A predicate ``fn(b, h, q_idx, kv_idx) -> bool``, with its compiled forms (built on first use).
+
+    Args:
+        fn: the predicate (plain Python, Numba-compilable).
+        name: shown in errors and figure legends (default: the function's name).
+
+    Raises:
+        TypeError: ``fn`` not callable, or not a function of four parameters.
+    """
+
+    def __init__(self, fn, name=None, _children=None, _combine=None):
+        if not callable(fn):
+            raise TypeError(f"mask: expected a function mask(b, h, q_idx, kv_idx) -> bool, got {type(fn).__name__}")
+        if _combine is None:
+            _check_arity(fn)
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "mask")
+        self._children = _children
+        self._combine = _combine
+
+    def __call__(self, b, h, q_idx, kv_idx):
+        return self.fn(b, h, q_idx, kv_idx)
+
+    def __repr__(self):
+        return f"Mask({self.name})"
+
+    def __and__(self, other):
+        return _combined(self, as_mask(other), "and")
+
+    def __or__(self, other):
+        return _combined(self, as_mask(other), "or")
+
+    def __invert__(self):
+        return _combined(self, None, "not")
+
+    # -- compiled forms -------------------------------------------------------------
+    def _build(self, jit):
+        """The predicate compiled by ``jit`` (numba.njit or cuda.jit(device=True)), children first."""
+        if self._combine is None:
+            return jit(self.fn)
+        f = self._children[0]._build(jit)
+        if self._combine == "not":
+            return jit(lambda b, h, q, k: not f(b, h, q, k))
+        g = self._children[1]._build(jit)
+        if self._combine == "and":
+            return jit(lambda b, h, q, k: f(b, h, q, k) and g(b, h, q, k))
+        return jit(lambda b, h, q, k: f(b, h, q, k) or g(b, h, q, k))
+
+    @functools.cached_property
+    def _cpu(self):
+        import numba
+        from numba import int64, types
+
+        compiled = self._build(numba.njit)
+        try:
+            compiled.compile((int64, int64, int64, int64))
+        except Exception as e:  # numba's TypingError and friends: say what and where, in one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TypeError(
+                f"mask {self.name}: Numba cannot compile it as mask(b, h, q_idx, kv_idx) -> bool: {first}"
+            ) from e
+        ret = compiled.nopython_signatures[0].return_type
+        if ret != types.boolean:
+            raise TypeError(f"mask {self.name}: must return a bool, but returns {ret} (compare, e.g. `return x >= 0`)")
+        return compiled
+
+    def cpu(self):
+        """The Numba CPU function (compiled and type-checked once).
+
+        Raises:
+            TypeError: Numba cannot compile the predicate, or it does not return a bool.
+        """
+        return self._cpu
+
+    @functools.cached_property
+    def _device(self):
+        from numba import cuda
+
+        return self._build(cuda.jit(device=True))
+
+    def device(self):
+        """The Numba CUDA device function the kernels call (compiled on first kernel build)."""
+        return self._device
+
+    def check(self, problem):
+        """Validate against ``problem`` before any launch: compiles, returns bool, runs at the corners.
+
+        Evaluates the Python predicate at the corners of the (b, h, q_idx, kv_idx) box (where an
+        array it reads is most likely too short) and at a few inner points.
+
+        Raises:
+            TypeError: not compilable, non-bool result.
+            ValueError: it raised, or a built-in's layout does not cover the problem.
+        """
+        self.cpu()
+        pts = _probe_points(problem)
+        for b, h, q, k in pts:
+            try:
+                r = self.fn(b, h, q, k)
+            except Exception as e:
+                raise ValueError(
+                    f"mask {self.name} raised {type(e).__name__} at (b={b}, h={h}, q_idx={q}, kv_idx={k}): {e}"
+                ) from e
+            if not isinstance(r, (bool, np.bool_)):
+                raise TypeError(f"mask {self.name}: must return a bool, returned {type(r).__name__} {r!r} "
+                                f"at (b={b}, h={h}, q_idx={q}, kv_idx={k})")
+        return self
+
+
+def _check_arity(fn):
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return  # builtins without a signature: Numba will say
+    if len(params) != 4:
+        names = ", ".join(p.name for p in params)
+        raise TypeError(
+            f"mask: expected a predicate of four arguments mask(b, h, q_idx, kv_idx) -> bool, "
+            f"got {getattr(fn, '__name__', 'a function')}({names})"
+        )
+
+
+def _combined(a, b, op):
+    name = f"~{a.name}" if op == "not" else f"({a.name} {'&' if op == 'and' else '|'} {b.name})"
+    if op == "not":
+        fn = lambda bb, h, q, k: not a.fn(bb, h, q, k)  # noqa: E731
+    elif op == "and":
+        fn = lambda bb, h, q, k: a.fn(bb, h, q, k) and b.fn(bb, h, q, k)  # noqa: E731
+    else:
+        fn = lambda bb, h, q, k: a.fn(bb, h, q, k) or b.fn(bb, h, q, k)  # noqa: E731
+    return Mask(fn, name=name, _children=(a, b), _combine=op)
+
+
+def _probe_points(problem):
+    bs = sorted({0, problem.batch - 1})
+    hs = sorted({0, problem.heads - 1})
+    qs = sorted({0, problem.n_q // 2, problem.n_q - 1})
+    ks = sorted({0, problem.n_kv // 2, problem.n_kv - 1})
+    return [(b, h, q, k) for b in bs for h in hs for q in qs for k in ks]
+
+
+def as_mask(mask):
+    """``mask`` as a :class:`Mask` (a plain function is wrapped; None stays None)."""
+    if mask is None or isinstance(mask, Mask):
+        return mask
+    return Mask(mask)
+
+
+# -- evaluation over a problem (the simulator's and the reference's side) ------------------
+
+@functools.lru_cache(maxsize=None)
+def _tile_kernel():
+    import numba
+
+    @numba.njit(cache=False)
+    def classify(pred, b, h, n_q, n_kv, br, bc, causal, allowed_out):
+        """allowed_out[i, j] = allowed entries of tile (i, j) for (b, h)."""
+        tr, tc = allowed_out.shape
+        for i in range(tr):
+            for j in range(tc):
+                a = 0
+                for q in range(i * br, min(n_q, (i + 1) * br)):
+                    for k in range(j * bc, min(n_kv, (j + 1) * bc)):
+                        if (not causal or k <= q) and pred(b, h, q, k):
+                            a += 1
+                allowed_out[i, j] = a
+
+    @numba.njit(cache=False)
+    def fill(pred, b, h, causal, out):
+        n_q, n_kv = out.shape
+        for q in range(n_q):
+            for k in range(n_kv):
+                out[q, k] = (not causal or k <= q) and pred(b, h, q, k)
+
+    return classify, fill
+
+
+def tile_allowed(mask, problem, block_q, block_kv):
+    """Allowed entries per (b, h, Q block, K/V block): int64 array (B, H, Tr, Tc), causal included.
+
+    A tile is empty (skipped by the kernels and the simulator) where this is 0, full where it
+    equals the tile's area, partial otherwise.
+    """
+    mask = as_mask(mask)
+    tr, tc = -(-problem.n_q // block_q), -(-problem.n_kv // block_kv)
+    out = np.zeros((problem.batch, problem.heads, tr, tc), np.int64)
+    pred = mask.cpu()
+    classify, _ = _tile_kernel()
+    for b in range(problem.batch):
+        for h in range(problem.heads):
+            classify(pred, b, h, problem.n_q, problem.n_kv, block_q, block_kv, problem.causal, out[b, h])
+    return out
+
+
+def tile_classes(mask, schedule, problem):
+    """(empty, partial, full) tile counts of ``schedule``'s tiling of ``problem`` under ``mask`` (summed over b, h)."""
+    a = tile_allowed(mask, problem, schedule.block_q, schedule.block_kv)
+    q_len = np.minimum(schedule.block_q, problem.n_q - np.arange(a.shape[2]) * schedule.block_q)
+    kv_len = np.minimum(schedule.block_kv, problem.n_kv - np.arange(a.shape[3]) * schedule.block_kv)
+    area = q_len[:, None] * kv_len[None, :]
+    empty = int((a == 0).sum())
+    full = int((a == area).sum())
+    return empty, a.size - empty - full, full
+
+
+def dense(mask, batch, heads, n_q, n_kv, causal=False):
+    """The boolean matrix (B, H, Nq, Nk) of ``mask`` (and the causal mask if ``causal``)."""
+    mask = as_mask(mask)
+    out = np.zeros((batch, heads, n_q, n_kv), np.bool_)
+    pred = mask.cpu()
+    _, fill = _tile_kernel()
+    for b in range(batch):
+        for h in range(heads):
+            fill(pred, b, h, causal, out[b, h])
+    return out
+
+
+# -- built-ins ----------------------------------------------------------------------------
+
+def causal():
+    """Top-left causal: query i sees keys j <= i (the same as ``causal=True``)."""
+
+    def causal_mask(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx
+
+    return Mask(causal_mask, name="causal")
+
+
+def sliding_window(window):
+    """Keys within ``window`` positions of the query, on both sides: |q_idx - kv_idx| <= window.
+
+    The seed's windowed attention; combine with :func:`causal` for the one-sided (local) form.
+    """
+    w = _nonneg_int(window, "window")
+
+    def sliding_window_mask(b, h, q_idx, kv_idx):
+        return abs(q_idx - kv_idx) <= w
+
+    return Mask(sliding_window_mask, name=f"window{w}")
+
+
+def prefix_lm(prefix):
+    """Prefix-LM: the first ``prefix`` keys are visible to every query; after them, causal."""
+    p = _nonneg_int(prefix, "prefix")
+
+    def prefix_lm_mask(b, h, q_idx, kv_idx):
+        return kv_idx < p or kv_idx <= q_idx
+
+    return Mask(prefix_lm_mask, name=f"prefix{p}")
+
+
+def document(lengths):
+    """Document (segment) masking for packed sequences: a query sees only keys of its own document.
+
+    Args:
+        lengths: lengths of the consecutive documents packed into the sequence (the same
+            packing for queries and keys). Positions past their sum belong to no document
+            and see nothing.
+    """
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or lengths.size == 0 or not np.issubdtype(lengths.dtype, np.integer) or (lengths <= 0).any():
+        raise ValueError(f"lengths: expected a non-empty 1-D sequence of positive ints, got {lengths!r}")
+    ends = np.cumsum(lengths).astype(np.int64)
+    _check_small(ends, "lengths")
+    n_docs = ends.size
+
+    def document_mask(b, h, q_idx, kv_idx):
+        dq = n_docs
+        dk = n_docs
+        for i in range(n_docs - 1, -1, -1):
+            if q_idx < ends[i]:
+                dq = i
+            if kv_idx < ends[i]:
+                dk = i
+        return dq == dk and dq < n_docs
+
+    return Mask(document_mask, name=f"document{n_docs}")
+
+
+def block_sparse(layout, block_q, block_kv):
+    """Block-sparse attention from a block layout: query block ``q_idx // block_q`` sees key block
+    ``kv_idx // block_kv`` where ``layout`` is True.
+
+    Args:
+        layout: bool array (Tq, Tk) for every head, or (H, Tq, Tk) per head.
+        block_q, block_kv: the layout's block sizes (they need not be the schedule's).
+
+    Positions beyond the layout see nothing.
+    """
+    lay = np.asarray(layout)
+    if lay.dtype != np.bool_ or lay.ndim not in (2, 3) or 0 in lay.shape:
+        raise ValueError(f"layout: expected a non-empty bool array (Tq, Tk) or (H, Tq, Tk), got {lay.dtype} {lay.shape}")
+    bq, bk = _pos_int(block_q, "block_q"), _pos_int(block_kv, "block_kv")
+    lay3 = (lay[None] if lay.ndim == 2 else lay).astype(np.uint8)
+    _check_small(lay3, "layout")
+    per_head = lay.ndim == 3
+    n_h, n_tq, n_tk = lay3.shape
+
+    def block_sparse_mask(b, h, q_idx, kv_idx):
+        i = q_idx // bq
+        j = kv_idx // bk
+        hh = h if per_head else 0
+        return i < n_tq and j < n_tk and hh < n_h and lay3[hh, i, j] != 0
+
+    frac = float(lay.mean())
+    return Mask(block_sparse_mask, name=f"blocksparse{frac:.2f}")
+
+
+def random_block_layout(n_q_blocks, n_kv_blocks, density, seed=0):
+    """A (Tq, Tk) bool layout with round(density·Tq·Tk) blocks set (at least one), chosen at random."""
+    if not 0 < density <= 1:
+        raise ValueError(f"density: expected 0 < density <= 1, got {density}")
+    rng = np.random.default_rng(seed)
+    n = max(1, round(density * n_q_blocks * n_kv_blocks))
+    lay = np.zeros(n_q_blocks * n_kv_blocks, np.bool_)
+    lay[rng.permutation(lay.size)[:n]] = True
+    return lay.reshape(n_q_blocks, n_kv_blocks)
+
+
+def _nonneg_int(x, name):
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 0:
+        raise ValueError(f"{name}: expected a non-negative int, got {x!r}")
+    return int(x)
+
+
+def _pos_int(x, name):
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < 1:
+        raise ValueError(f"{name}: expected a positive int, got {x!r}")
+    return int(x)
+
+
+def _check_small(arr, name):
+    if arr.nbytes > MAX_CAPTURED_BYTES:
+        raise ValueError(
+            f"{name}: {arr.nbytes} bytes; a mask's captured arrays become CUDA constant memory, "
+            f"so they are limited to {MAX_CAPTURED_BYTES} bytes (use coarser blocks)"
+        )

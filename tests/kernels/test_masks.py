@@ -1,0 +1,116 @@
+"""Mask predicates in the kernels: outputs against the masked float64 reference, counters against the simulator.
+
+One predicate feeds all three: the kernel compiles it as a device function, the simulator and
+the reference evaluate it on the CPU. Every kind, with and without causal, over a palette of
+built-in masks, combinations and a plain function that depends on (b, h).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sandbox import Problem, Schedule, masks, reference_attention
+from sandbox.lab import attention, simulate
+from tests.strategies import SIMULATED, make_inputs, problems, schedules, seeds
+from tests.tolerances import tolerances
+
+KINDS = ("standard", "flash1", "flash2")
+
+
+@st.composite
+def mask_for(draw, problem):
+    n = max(problem.n_q, problem.n_kv)
+    kind = draw(st.sampled_from(["window", "prefix", "document", "block", "and", "not", "function"]))
+    if kind == "window":
+        return masks.sliding_window(draw(st.integers(0, max(1, n // 3))))
+    if kind == "prefix":
+        return masks.prefix_lm(draw(st.integers(0, n)))
+    if kind == "document":
+        lengths = draw(st.lists(st.integers(1, max(1, n // 2)), min_size=1, max_size=6))
+        return masks.document(lengths)
+    if kind == "block":
+        bq, bk = draw(st.integers(1, max(1, problem.n_q // 2))), draw(st.integers(1, max(1, problem.n_kv // 2)))
+        tq, tk = -(-problem.n_q // bq), -(-problem.n_kv // bk)
+        if tq * tk > 4096:
+            bq, bk, tq, tk = problem.n_q, problem.n_kv, 1, 1
+        layout = masks.random_block_layout(tq, tk, draw(st.sampled_from([0.25, 0.5, 1.0])), seed=draw(seeds))
+        return masks.block_sparse(layout, bq, bk)
+    if kind == "and":
+        return masks.sliding_window(draw(st.integers(0, n))) & masks.prefix_lm(draw(st.integers(0, n)))
+    if kind == "not":
+        return ~masks.sliding_window(draw(st.integers(0, n)))
+    period = draw(st.integers(2, 5))
+    return masks.Mask(lambda b, h, q, k: (3 * q + 7 * k + h + 2 * b) % period != 0, name=f"mod{period}")
+
+
+def check_masked(schedule, problem, mask, seed):
+    q, k, v = make_inputs(problem, seed)
+    kw = dict(schedule=schedule, causal=problem.causal, scale=problem.scale, mask=mask, return_lse=True)
+    out, lse, measured = attention(q, k, v, count_io=True, **kw)
+    ref_out, ref_lse = reference_attention(q, k, v, causal=problem.causal, scale=problem.scale, return_lse=True,
+                                           mask=mask)
+    empty = ~np.isfinite(ref_lse)  # rows that see no key: O = 0 and L = -inf, exactly
+    assert (lse[empty] == -np.inf).all() and (out[empty] == 0).all()
+    allowed = masks.dense(mask, problem.batch, problem.heads, problem.n_q, problem.n_kv)
+    o_stores = 1 if schedule.kind != "flash1" else -(-problem.n_kv // schedule.block_kv) + 1
+    atol_out, atol_lse = tolerances(q, k, v, ref_out, ref_lse, problem.causal, problem.scale, problem.dtype, o_stores,
+                                    allowed=allowed)
+    np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
+    np.testing.assert_allclose(lse[~empty], ref_lse[~empty], rtol=0, atol=atol_lse)
+    modelled = simulate(schedule, problem, mask=mask)
+    assert measured == modelled, f"{schedule.describe()} {problem} {mask}: {measured.diff(modelled)}"
+    if not SIMULATED:  # the fast build (counters compiled away) gives the same output
+        fast_out, fast_lse = attention(q, k, v, **kw)
+        np.testing.assert_array_equal(fast_out, out)
+        np.testing.assert_array_equal(fast_lse, lse)
+
+
+SIZES = [pytest.param(dict(max_n=20, max_d=8), id="small"),
+         pytest.param(dict(max_n=600, max_d=128), id="large", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=6 if SIMULATED else 8)
+@given(data=st.data(), seed=seeds)
+def test_masked_attention_matches_reference_and_simulator(kind, size, data, seed):
+    problem = data.draw(problems(dtypes=("float32",), **size))
+    check_masked(data.draw(schedules(kinds=(kind,))), problem, data.draw(mask_for(problem)), seed)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fully_masked_rows_and_tiles(kind):
+    """A document layout shorter than the sequence: the last rows see nothing, whole tiles are empty."""
+    problem = Problem(batch=1, heads=2, n_q=13, n_kv=11, head_dim=4)
+    mask = masks.document([3, 4])
+    schedule = Schedule(kind, block_q=4, block_kv=4, thread_q=2, thread_kv=2)
+    assert masks.tile_classes(mask, schedule, problem)[0] > 0
+    check_masked(schedule, problem, mask, seed=2)
+
+
+@pytest.mark.parametrize("kind", ["standard", "flash2"])
+def test_causal_predicate_equals_causal_flag(kind):
+    """mask=causal() skips the tiles causal=True skips and moves the same elements (flash1 differs
+    by design: under a mask it rewrites L at every visited tile)."""
+    problem = Problem(batch=1, heads=1, n_q=19, n_kv=14, head_dim=6, causal=True)
+    q, k, v = make_inputs(problem, 4)
+    s = Schedule(kind, block_q=4, block_kv=3, thread_q=2, thread_kv=3)
+    flag_out, flag_report = attention(q, k, v, schedule=s, causal=True, count_io=True)
+    pred_out, pred_report = attention(q, k, v, schedule=s, mask=masks.causal(), count_io=True)
+    np.testing.assert_array_equal(flag_out, pred_out)
+    assert flag_report == pred_report
+
+
+def test_bad_mask_is_refused_before_launch(monkeypatch):
+    import kernels.launch as launch
+
+    def no_launch(*a, **kw):
+        raise AssertionError("launched")
+
+    monkeypatch.setattr(launch, "run", no_launch)
+    x = np.zeros((1, 1, 6, 4), np.float32)
+    with pytest.raises(ValueError, match=r"mask .* raised IndexError at \(b=0, h=0, q_idx=5"):
+        attention(x, x, x, mask=lambda b, h, q, k: np.arange(5)[q] >= 0)
+    with pytest.raises(TypeError, match="four arguments"):
+        attention(x, x, x, mask=lambda q, k: True)
