@@ -29,8 +29,12 @@ def check_device_limit(nbytes):
 
 
 def allow_dynamic_smem(compiled_kernel, nbytes):
-    """Let ``compiled_kernel`` (a numba ``_Kernel``) launch with ``nbytes`` of dynamic shared memory."""
-    if using_simulator() or nbytes <= DEFAULT_LIMIT:
+    """Let ``compiled_kernel`` (a numba ``_Kernel``) launch with ``nbytes`` of dynamic shared memory.
+
+    The 48 KB default bounds static + dynamic shared memory together (a masked kernel has a
+    4-byte static array for its tile vote), so the attribute is set whenever their sum exceeds it.
+    """
+    if using_simulator() or nbytes + compiled_kernel.shared_mem_per_block <= DEFAULT_LIMIT:
         return
     from cuda.bindings import driver as cu
 

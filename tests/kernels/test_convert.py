@@ -41,7 +41,9 @@ def test_bfloat16_conversions_match_ml_dtypes():
     x = _edge_floats()
     widened = np.zeros(bits.size, np.float32)
     rounded = np.zeros(x.size, np.uint16)
-    _convert[1, 1](bits, widened, x, rounded)
+    d_widened, d_rounded = cuda.to_device(widened), cuda.to_device(rounded)
+    _convert[1, 1](cuda.to_device(bits), d_widened, cuda.to_device(x), d_rounded)
+    widened, rounded = d_widened.copy_to_host(), d_rounded.copy_to_host()
 
     expected = bits.view(ml_dtypes.bfloat16).astype(np.float32)
     np.testing.assert_array_equal(widened.view(np.uint32), expected.view(np.uint32))  # exact, NaN payloads too

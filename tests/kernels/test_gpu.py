@@ -141,3 +141,16 @@ def test_torch_bfloat16_tensors(kind):
     for g, hg in zip(grads, host_grads):
         assert g.dtype == torch.bfloat16
         np.testing.assert_array_equal(to_np(g).view(np.uint16), hg.view(np.uint16))
+
+
+def test_static_plus_dynamic_shared_memory_over_48k():
+    """Regression: a masked kernel adds 4 bytes of static shared memory (its tile vote); with exactly
+    48 KB of dynamic shared memory (standard's PV product at d = 128, 64x64) the sum needs the opt-in."""
+    from sandbox import masks, reference_attention
+
+    schedule = Schedule("standard", block_q=64, block_kv=64, thread_q=4, thread_kv=4)
+    problem = Problem(batch=1, heads=1, n_q=70, n_kv=90, head_dim=128)
+    q, k, v = make_inputs(problem, seed=3)
+    mask = masks.sliding_window(5)
+    out = attention(q, k, v, schedule=schedule, mask=mask)
+    np.testing.assert_allclose(out, reference_attention(q, k, v, mask=mask), rtol=0, atol=1e-5)
