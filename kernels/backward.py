@@ -305,7 +305,7 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
     a_name, b_name, row_name, out_name = ("Q", "K", "L", "P") if IS_P else ("dO", "V", "D", "dS")
     OA, OB, OR = off[a_name], off[b_name], off[row_name]
     A_, B_, R_, OUT_, P_ = slots(a_name), slots(b_name), slots(row_name), slots(out_name), slots("P")
-    IN, from_f32 = t.IN, t.from_f32
+    IN = t.IN
 
     def kernel(a_in, b_in, rowvec, p_in, out, scale, counters):
         tid = cuda.threadIdx.x

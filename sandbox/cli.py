@@ -7,6 +7,7 @@
     python -m sandbox sweep    --kind flash1 flash2 --n 1024 4096 --sram-bytes 65536 131072 --out my.csv
     python -m sandbox plot     hbm_vs_sram --data results/data/hbm_vs_sram.json --out results/figures
     python -m sandbox demo     --out results
+    python -m sandbox bench    --n 1024 --d 64 --repeats 10 --out bench.csv   (GPU only)
 """
 
 import argparse
@@ -183,6 +184,48 @@ def cmd_demo(a):
     return 0 if all(r["counts_agree"] for r in res["kernel_check"].values()) else 1
 
 
+def _bench_progress(tasks):
+    """tqdm on a terminal; otherwise one line per task on stderr (logs of a remote run)."""
+    from tqdm import tqdm
+
+    tasks = list(tasks)
+    if sys.stderr.isatty():
+        bar = tqdm(tasks, unit="run", leave=False, file=sys.stderr)
+        for task in bar:
+            bar.set_postfix_str(task.label)
+            yield task
+    else:
+        for i, task in enumerate(tasks, 1):
+            print(f"bench [{i}/{len(tasks)}] {task.label}", file=sys.stderr, flush=True)
+            yield task
+
+
+def cmd_bench(a):
+    from sandbox.bench import BenchSpec, GPURequired, format_table, run_bench
+
+    spec = BenchSpec(
+        n=tuple(a.n), head_dim=tuple(a.d), batch=a.batch, heads=a.heads, dtype=tuple(a.dtype),
+        causal=(False, True) if a.both_masks else (a.causal,), impls=tuple(a.impl) if a.impl else None,
+        backward=a.backward, repeats=a.repeats, block_q=a.block_q, block_kv=a.block_kv, thread_q=a.thread_q,
+        thread_kv=a.thread_kv, seed=a.seed,
+    )
+    rows = []
+    try:
+        run_bench(spec, a.out, progress=_bench_progress, argv=sys.argv, rows=rows)
+    except GPURequired as e:
+        print(e, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        if rows:
+            print(format_table(rows))
+        print(f"interrupted: {len(rows)} rows kept in {a.out}", file=sys.stderr)
+        return 130
+    print(format_table(rows))
+    print(f"{len(rows)} rows in {a.out} and {os.path.splitext(a.out)[0]}.json")
+    failed = any(r["status"].startswith(("WRONG", "error")) for r in rows)
+    return 1 if failed else 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m sandbox", description="Attention IO sandbox.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +263,29 @@ def build_parser():
     p.add_argument("--data", required=True, help="the sweep's JSON or CSV")
     p.add_argument("--out", default="results/figures")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("bench", help="time our kernels against PyTorch SDPA, CuPy and the seed's blockwise "
+                                    "PyTorch (GPU only) -> table + CSV + JSON")
+    p.add_argument("--n", nargs="+", type=int, default=[1024, 4096, 16384], help="Nq = Nk values")
+    p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float16"))
+    mask = p.add_mutually_exclusive_group()
+    mask.add_argument("--causal", action="store_true", help="causal mask only (default: none)")
+    mask.add_argument("--both-masks", action="store_true", help="rows without and with the causal mask")
+    p.add_argument("--impl", nargs="+", help="implementations (default: all): sdpa-flash sdpa-efficient sdpa-math "
+                                             "cupy-naive torch-blockwise standard flash1 flash2")
+    p.add_argument("--backward", action="store_true",
+                   help="also backward rows: sdpa-* through autograd (only the backward timed), our standard and flash2")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per row, median reported (default 10)")
+    p.add_argument("--out", default="bench.csv", help="CSV path (default bench.csv); the JSON goes beside it")
+    p.add_argument("--block-q", type=int, default=None, help="Br of our kernels (default 64)")
+    p.add_argument("--block-kv", type=int, default=None, help="Bc of our kernels (default 64)")
+    p.add_argument("--thread-q", type=int, default=None, help="rows of our register tiles (default 4)")
+    p.add_argument("--thread-kv", type=int, default=None, help="columns of our register tiles (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job: sweeps, figures and a kernel check into --out")
     p.add_argument("--out", default="results")
