@@ -19,10 +19,12 @@ rounded once per K/V block (the tests' fp16 tolerance for flash1 grows with Tc f
 
 import math
 
+import numpy as np
+
 from numba import cuda, float32, int32, int64
 
 from kernels.counters import slots
-from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
+from kernels.tiles import COUNTERS, NEG_INF, ONE, ZERO, array_type, make_tile_ops
 from sandbox.schedule import sram_buffers, sram_offsets
 
 
@@ -192,3 +194,15 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
         return (problem.bh,)
 
     return kernel, smem_bytes, grid
+
+
+def phases(dtype):
+    """The kind's kernels (sandbox/kinds.py): one, "main"(q, k, v, o, lse, l, m, scale, counters)."""
+    IN4, F3 = array_type(dtype, 4), array_type("float32", 3)
+    return {"main": (make_flash1, (IN4, IN4, IN4, IN4, F3, F3, F3, float32, COUNTERS))}
+
+
+def launch(launch, schedule, problem, q, k, v, out, lse, scale, counters, empty):
+    rows = (problem.batch, problem.heads, problem.n_q)
+    l_hbm, m_hbm = empty(rows, np.float32, "l"), empty(rows, np.float32, "m")  # l_i, m_i live in HBM
+    launch("main", q, k, v, out, lse, l_hbm, m_hbm, scale, counters)

@@ -15,25 +15,35 @@ import math
 from numba import cuda, float32, int32, int64
 
 from kernels.counters import slots
-from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
+from kernels.tiles import COUNTERS, NEG_INF, ONE, ZERO, array_type, make_tile_ops
 from sandbox.schedule import sram_buffers, sram_offsets
 
 
-def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """Build the flash2 kernel. Returns (kernel, smem_bytes, grid(problem))."""
+def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=False):
+    """Build the flash2 kernel. Returns (kernel, smem_bytes, grid(problem)).
+
+    ``split``: the split-KV kind's first phase (kernels/splitkv.py). Thread block (i, bh, s)
+    runs this loop over the s-th of ``schedule.kv_splits`` equal ranges of K/V blocks and
+    writes its normalized partial O and its L, in fp32, to ``o[b·splits + s]`` and
+    ``lse[b·splits + s]`` (counted as the tensors "Opart" and "Lpart").
+    """
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
+    SPLIT = bool(split)
+    NSPLIT = schedule.kv_splits if SPLIT else 1
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     TN, flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.TN, t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
-    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["main"])
+    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["partial" if SPLIT else "main"])
     OQ, OK, OV, OS, OM, OL, OA = (off[n] for n in ("Q", "K", "V", "S", "m", "l", "alpha"))
     BR, BC, TM, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC
     CAUSAL = t.CAUSAL
     inc, allowed, n_allowed, mask_ok, tile_visited = t.inc, t.allowed, t.n_allowed, t.mask_ok, t.tile_visited
-    K_, V_, O_, S_, P_, M_, L_, l_, A_ = (slots(n) for n in ("K", "V", "O", "S", "P", "m", "L", "l", "alpha"))
+    K_, S_, P_, M_, l_, A_, V_ = (slots(n) for n in ("K", "S", "P", "m", "l", "alpha", "V"))
+    O_, L_ = (slots("Opart"), slots("Lpart")) if SPLIT else (slots("O"), slots("L"))
     Q_ = slots("Q")
     HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
-    IN, from_f32 = t.IN, t.from_f32
+    IN = t.IN
+    store = _keep_f32 if SPLIT else t.from_f32  # split partials stay fp32
 
     def kernel(q, k, v, o, lse, scale, counters):
         tid = cuda.threadIdx.x
@@ -48,6 +58,10 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None):
         n_kv = k.shape[2]
         q0 = i_blk * BR
         q_len = min(BR, n_q - q0)
+        split = 0
+        if SPLIT:
+            split = cuda.blockIdx.z
+        bo = b * NSPLIT + split  # the output's batch index (b itself without splits)
         sm_in = cuda.shared.array(0, IN)  # Q, K, V tiles in the input dtype
         sm_f = cuda.shared.array(0, float32)  # S/P tile and row statistics in fp32
         cnt = cuda.local.array(CNT_LEN, int64)  # this thread's IO counters (count build only)
@@ -71,7 +85,10 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None):
         kv_end = n_kv
         if CAUSAL:
             kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped, no loads
-        for j in range(0, (kv_end + BC - 1) // BC):
+        # this block's K/V blocks: all of them, or its split's equal share
+        per_split = ((n_kv + BC - 1) // BC + NSPLIT - 1) // NSPLIT
+        j_end = min((kv_end + BC - 1) // BC, (split + 1) * per_split)
+        for j in range(split * per_split, j_end):
             k0 = j * BC
             kv_len = min(BC, n_kv - k0)
             if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
@@ -154,7 +171,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None):
                     for c in range(DC):
                         col = tx + c * TX
                         if col < D:
-                            o[b, h, q0 + r, col] = from_f32(acc[a, c] * inv)
+                            o[bo, h, q0 + r, col] = store(acc[a, c] * inv)
                             inc(cnt, O_[HBM_W], 1)
         # -- L_i = m_i + log l_i -> HBM (-inf where l_i = 0)
         for r in range(tid, q_len, NT):
@@ -162,11 +179,28 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None):
             m_r = sm_f[OM + r]
             inc(cnt, l_[SRAM_R], 1)
             inc(cnt, M_[SRAM_R], 1)
-            lse[b, h, q0 + r] = m_r + math.log(l_r) if l_r != ZERO else NEG_INF
+            lse[bo, h, q0 + r] = m_r + math.log(l_r) if l_r != ZERO else NEG_INF
             inc(cnt, L_[HBM_W], 1)
         flush(cnt, counters)
 
     def grid(problem):
+        if SPLIT:
+            return ((problem.n_q + BR - 1) // BR, problem.bh, NSPLIT)
         return ((problem.n_q + BR - 1) // BR, problem.bh)
 
     return kernel, smem_bytes, grid
+
+
+@cuda.jit(device=True)
+def _keep_f32(x):
+    return x
+
+
+def phases(dtype):
+    """The kind's kernels (sandbox/kinds.py): one, "main"(q, k, v, o, lse, scale, counters)."""
+    IN4, F3 = array_type(dtype, 4), array_type("float32", 3)
+    return {"main": (make_flash2, (IN4, IN4, IN4, IN4, F3, float32, COUNTERS))}
+
+
+def launch(launch, schedule, problem, q, k, v, out, lse, scale, counters, empty):
+    launch("main", q, k, v, out, lse, scale, counters)

@@ -10,36 +10,22 @@ IO counters.
 import functools
 
 import numpy as np
-from numba import cuda, float32, from_dtype, int64, void
+from numba import cuda, float32, void
 
 from kernels import backward as backward_kernels
 from kernels.counters import new_counters, to_report
-from kernels.flash1 import make_flash1
-from kernels.flash2 import make_flash2
 from kernels.smem import allow_dynamic_smem, check_device_limit
-from kernels.standard import make_standard
+from kernels.tiles import COUNTERS, array_type
+from sandbox import kinds
 from sandbox.dtypes import BFLOAT16, storage_dtype
 from sandbox.runtime import using_simulator
 
 
-def _arr(dt, ndim):
-    return from_dtype(storage_dtype(dt))[(slice(None),) * (ndim - 1) + (slice(None, None, 1),)]
-
-
 def _phases(kind, dtype, backward):
-    """phase -> (maker, argument types), in launch order."""
-    IN4, F3, F4, C = _arr(dtype, 4), _arr(np.float32, 3), _arr(np.float32, 4), int64[::1]
+    """phase -> (maker, argument types), in launch order: the kind's own (sandbox/kinds.py), or the backward's."""
     if not backward:
-        if kind == "flash2":
-            return {"main": (make_flash2, (IN4, IN4, IN4, IN4, F3, float32, C))}
-        if kind == "flash1":
-            return {"main": (make_flash1, (IN4, IN4, IN4, IN4, F3, F3, F3, float32, C))}
-        std = lambda phase: lambda *a, **kw: make_standard(*a, **kw)[phase]  # noqa: E731
-        return {
-            "qk": (std("qk"), (IN4, IN4, F4, float32, C)),
-            "softmax": (std("softmax"), (F4, F4, F3, C)),
-            "pv": (std("pv"), (F4, IN4, IN4, float32, C)),
-        }
+        return kinds.get(kind).kernel_module().phases(dtype)
+    IN4, F3, F4, C = array_type(dtype, 4), array_type(np.float32, 3), array_type(np.float32, 4), COUNTERS
     d = {"d": (backward_kernels.make_d, (IN4, IN4, F3, C))}
     if kind in ("flash1", "flash2"):
         return {
@@ -100,24 +86,15 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None):
     check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype))  # before any attribute or launch
     ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io), mask=mask)
     stream = cuda.default_stream()
-    b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
+    b, h, n_q, d = problem.batch, problem.heads, problem.n_q, problem.head_dim
     out = _device_empty((b, h, n_q, d), problem.dtype, "O")
     lse = _device_empty((b, h, n_q), np.float32, "L")
     counters = cuda.to_device(new_counters(), stream=stream)
     scale = np.float32(problem.scale)
     launch = _launcher(ks, problem, schedule, stream)
-    if schedule.kind == "flash2":
-        launch("main", q, k, v, out, lse, scale, counters)
-    elif schedule.kind == "flash1":
-        l_hbm = _device_empty((b, h, n_q), np.float32, "l")
-        m_hbm = _device_empty((b, h, n_q), np.float32, "m")
-        launch("main", q, k, v, out, lse, l_hbm, m_hbm, scale, counters)
-    else:
-        s = _device_empty((b, h, n_q, n_kv), np.float32, "S")
-        p = _device_empty((b, h, n_q, n_kv), np.float32, "P")
-        launch("qk", q, k, s, scale, counters)
-        launch("softmax", s, p, lse, counters)
-        launch("pv", p, v, out, np.float32(1.0), counters)
+    # the kind launches its phases (and allocates its scratch through _device_empty)
+    kinds.get(schedule.kind).kernel_module().launch(
+        launch, schedule, problem, q, k, v, out, lse, scale, counters, lambda shape, dt, name: _device_empty(shape, dt, name))
     report = to_report(counters.copy_to_host(stream=stream), problem.dtype) if count_io else None
     return out, lse, report
 

@@ -12,11 +12,13 @@ Causal tiles that are fully masked are skipped by qk and pv: no loads, no math.
 
 import math
 
+import numpy as np
+
 from numba import cuda, float32, int32, int64
 
 from kernels.counters import slots
 from kernels.matmul import make_nn
-from kernels.tiles import NEG_INF, ZERO, make_tile_ops
+from kernels.tiles import COUNTERS, NEG_INF, ZERO, array_type, make_tile_ops
 from sandbox.schedule import sram_buffers, sram_offsets
 
 
@@ -143,3 +145,22 @@ def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
         "softmax": (softmax, smem_sm, grid_softmax),
         "pv": make_nn(schedule, head_dim, dtype, count_io, causal, "P", "V", "O", mask=mask),
     }
+
+
+def phases(dtype):
+    """The kind's kernels (sandbox/kinds.py): qk(q, k, s, scale), softmax(s, p, lse), pv(p, v, o, 1)."""
+    IN4, F3, F4 = array_type(dtype, 4), array_type("float32", 3), array_type("float32", 4)
+    part = lambda phase: lambda *a, **kw: make_standard(*a, **kw)[phase]  # noqa: E731
+    return {
+        "qk": (part("qk"), (IN4, IN4, F4, float32, COUNTERS)),
+        "softmax": (part("softmax"), (F4, F4, F3, COUNTERS)),
+        "pv": (part("pv"), (F4, IN4, IN4, float32, COUNTERS)),
+    }
+
+
+def launch(launch, schedule, problem, q, k, v, out, lse, scale, counters, empty):
+    nn = (problem.batch, problem.heads, problem.n_q, problem.n_kv)
+    s, p = empty(nn, np.float32, "S"), empty(nn, np.float32, "P")  # Nq×Nk each, in HBM
+    launch("qk", q, k, s, scale, counters)
+    launch("softmax", s, p, lse, counters)
+    launch("pv", p, v, out, np.float32(1.0), counters)

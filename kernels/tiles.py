@@ -25,7 +25,7 @@ Counting rules (the simulator models exactly these):
 from types import SimpleNamespace
 
 import numpy as np
-from numba import cuda, float32, from_dtype
+from numba import cuda, float32, from_dtype, int64
 
 from kernels.convert import make_convert
 from kernels.counters import N_SLOTS
@@ -34,6 +34,15 @@ from sandbox.dtypes import storage_dtype
 NEG_INF = np.float32(-np.inf)
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
+
+
+def array_type(dtype, ndim):
+    """The Numba type of a C-contiguous ``ndim``-d device array of ``dtype`` (bfloat16: its uint16 bits)."""
+    return from_dtype(storage_dtype(dtype))[(slice(None),) * (ndim - 1) + (slice(None, None, 1),)]
+
+
+#: The Numba type of the IO counters array every kernel takes last.
+COUNTERS = int64[::1]
 
 
 @cuda.jit(device=True)

@@ -15,7 +15,7 @@ import os
 import sys
 
 from sandbox.dtypes import SUPPORTED
-from sandbox.schedule import KINDS
+from sandbox.kinds import names as kind_names
 
 EXIT_USAGE = 2
 
@@ -46,7 +46,7 @@ def _add_problem_args(p, n_default, d_default):
 
 
 def _add_schedule_args(p, block_default, kind_default, tile_default=None):
-    p.add_argument("--kind", default=kind_default, help=f"one of {', '.join(KINDS)}")
+    p.add_argument("--kind", default=kind_default, help=f"one of {', '.join(kind_names())}")
     p.add_argument("--block-q", type=int, default=block_default, help="Br")
     p.add_argument("--block-kv", type=int, default=block_default, help="Bc")
     p.add_argument("--thread-q", type=int, default=tile_default, help="rows of each thread's register tile")
@@ -96,7 +96,7 @@ def cmd_run(a):
     from sandbox.runtime import using_simulator
 
     problem = _problem(a)
-    kinds = KINDS if a.kind == "all" else (a.kind,)
+    kinds = kind_names() if a.kind == "all" else (a.kind,)
     backend = "Numba CUDA simulator" if using_simulator() else "GPU"
     print(f"B={problem.batch} H={problem.heads} Nq={problem.n_q} Nk={problem.n_kv} d={problem.head_dim} "
           f"{problem.dtype.name} causal={problem.causal} on the {backend}")
@@ -244,7 +244,7 @@ def build_parser():
 
     p = sub.add_parser("sweep", help="a grid of points counted by the simulator -> CSV + JSON (resumable)")
     p.add_argument("--experiment", help="a named experiment's grid (see sandbox/experiments.py)")
-    p.add_argument("--kind", nargs="+", default=list(KINDS))
+    p.add_argument("--kind", nargs="+", default=list(kind_names()))
     p.add_argument("--n", nargs="+", type=int, default=[1024])
     p.add_argument("--d", nargs="+", type=int, default=[64])
     p.add_argument("--causal", choices=("no", "yes", "both"), default="no")
@@ -301,8 +301,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     kinds = args.kind if isinstance(getattr(args, "kind", None), list) else [getattr(args, "kind", None)]
     for kind in kinds:
-        if kind not in (None, "all") + KINDS:
-            print(f"error: unknown schedule kind {kind!r}; expected one of {', '.join(KINDS)}", file=sys.stderr)
+        if kind not in (None, "all") + kind_names():
+            print(f"error: unknown schedule kind {kind!r}; expected one of {', '.join(kind_names())}", file=sys.stderr)
             return EXIT_USAGE
     try:
         return args.func(args)

@@ -12,7 +12,9 @@ LEVELS = ("hbm", "sram")
 #: Tensor names, as in the paper; "L" is the log-sum-exp. "alpha"/"beta" are the O-update
 #: rescale factors the flash kernels keep in SRAM beside m and ℓ. The backward pass adds the
 #: gradients dO, dQ, dK, dV, D = rowsum(dO ∘ O), and dS = P ∘ (dP - D).
-TENSORS = ("Q", "K", "V", "O", "S", "P", "l", "m", "L", "alpha", "beta", "dO", "dQ", "dK", "dV", "D", "dS")
+#: Split-KV (kernels/splitkv.py) adds its partial outputs "Opart", "Lpart" and the combine weights "w".
+TENSORS = ("Q", "K", "V", "O", "S", "P", "l", "m", "L", "alpha", "beta", "dO", "dQ", "dK", "dV", "D", "dS",
+           "Opart", "Lpart", "w")
 #: Tensors stored in the input dtype; everything else is fp32.
 INPUT_DTYPE_TENSORS = ("Q", "K", "V", "O", "dO", "dQ", "dK", "dV")
 

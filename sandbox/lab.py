@@ -50,7 +50,7 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
     """
     problem = check_qkv(q, k, v, causal=causal, scale=scale)
     _check_schedule(schedule).check_fits(problem.head_dim, problem.dtype)
-    mask = _check_mask(mask, problem)
+    mask = _check_mask(mask, problem, schedule)
     from kernels.launch import attention_any
 
     out, lse, report = attention_any(schedule, problem, q, k, v, count_io=count_io, mask=mask)
@@ -60,11 +60,17 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
     return result[0] if len(result) == 1 else result
 
 
-def _check_mask(mask, problem):
+def _check_mask(mask, problem, schedule):
+    from sandbox import kinds
     from sandbox.masks import as_mask
 
     mask = as_mask(mask)
-    return None if mask is None else mask.check(problem)
+    if mask is None:
+        return None
+    if not kinds.get(schedule.kind).masks:
+        with_masks = ", ".join(k for k in kinds.names() if kinds.get(k).masks)
+        raise ValueError(f"schedule kind {schedule.kind!r} does not take a mask (kinds that do: {with_masks})")
+    return mask.check(problem)
 
 
 def simulate(schedule, problem, backward=False, mask=None):
@@ -102,7 +108,7 @@ def simulate(schedule, problem, backward=False, mask=None):
     if mask is not None:
         if backward:
             raise NotImplementedError("masks: the backward pass takes causal=True only, not mask= (yet)")
-        return simulate_counts(schedule, problem, mask=_check_mask(mask, problem))
+        return simulate_counts(schedule, problem, mask=_check_mask(mask, problem, schedule))
     return (simulate_backward_counts if backward else simulate_counts)(schedule, problem)
 
 

@@ -21,9 +21,10 @@ import numpy as np
 
 from sandbox.dtypes import ACC, as_dtype
 
-#: Schedule kinds. "standard": Algorithm 0 (S and P in HBM); "flash1": Algorithm 1 (outer loop
-#: over K/V blocks, O/ℓ/m back to HBM every inner step); "flash2": FlashAttention-2 order
-#: (outer loop over Q blocks, O and L written once).
+#: The built-in schedule kinds. "standard": Algorithm 0 (S and P in HBM); "flash1": Algorithm 1
+#: (outer loop over K/V blocks, O/ℓ/m back to HBM every inner step); "flash2": FlashAttention-2
+#: order (outer loop over Q blocks, O and L written once). Every kind, these and any added
+#: later, is registered in :mod:`sandbox.kinds` (``sandbox.kinds.names()``).
 KINDS = ("standard", "flash1", "flash2")
 
 #: Default SRAM capacity: the H100's opt-in shared memory per thread block (227 KiB).
@@ -65,13 +66,15 @@ class Schedule:
     """How one attention call is tiled; immutable, hashable, validated.
 
     Args:
-        kind: one of :data:`KINDS`.
+        kind: a registered kind (``sandbox.kinds.names()``: the built-in :data:`KINDS` and any added).
         block_q: Br, rows of a Q block.
         block_kv: Bc, rows of a K/V block.
         thread_q, thread_kv: each thread's register tile of S (rows, columns); default: the
             smallest square tile that keeps the block at ≤ 256 threads.
         sram_bytes: M, the SRAM capacity the schedule assumes (default: 227 KiB, an H100's
             opt-in shared memory per block).
+        kv_splits: how many thread blocks share one Q block's K/V range (kinds registered with
+            ``kv_splits=True``, i.e. "splitkv"; 1 for the others).
 
     Raises:
         ValueError: unknown kind, non-positive sizes, a thread block over 1024 threads, or
@@ -89,10 +92,17 @@ class Schedule:
     thread_q: int = None
     thread_kv: int = None
     sram_bytes: int = H100_SRAM_BYTES
+    kv_splits: int = 1
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind: unknown schedule kind {self.kind!r}; expected one of {KINDS}")
+        from sandbox import kinds
+
+        kind = kinds.get(self.kind)  # ValueError for an unknown kind, naming the known ones
+        object.__setattr__(self, "kv_splits", _positive_int(self.kv_splits, "kv_splits"))
+        if self.kv_splits != 1 and not kind.kv_splits:
+            with_splits = ", ".join(k for k in kinds.names() if kinds.get(k).kv_splits)
+            raise ValueError(f"kv_splits={self.kv_splits}: kind {self.kind!r} does not split K/V "
+                             f"(kinds that do: {with_splits})")
         for name in ("block_q", "block_kv", "sram_bytes"):
             object.__setattr__(self, name, _positive_int(getattr(self, name), name))
         tq, tkv = default_thread_tile(self.block_q, self.block_kv)
@@ -188,6 +198,7 @@ class Schedule:
         return (
             f"{self.kind} Br={self.block_q} Bc={self.block_kv} threads={self.threads_q}x{self.threads_kv} "
             f"tile={self.thread_q}x{self.thread_kv} M={self.sram_bytes}"
+            + (f" splits={self.kv_splits}" if self.kv_splits != 1 else "")
         )
 
 
@@ -207,6 +218,11 @@ def sram_buffers(schedule, head_dim, dtype, backward=False):
     it = np.dtype(dtype).itemsize
     acc = ACC.itemsize
     br, bc, d = schedule.block_q, schedule.block_kv, head_dim
+    from sandbox import kinds
+
+    if backward and not kinds.get(schedule.kind).backward:
+        raise ValueError(f"schedule kind {schedule.kind!r} has no backward pass (kinds with one: "
+                         f"{', '.join(k for k in kinds.names() if kinds.get(k).backward)})")
     if backward:
         rows = (Buffer("L", br, acc), Buffer("D", br, acc))
         if schedule.kind == "standard":
@@ -220,22 +236,47 @@ def sram_buffers(schedule, head_dim, dtype, backward=False):
         tiles = (Buffer("Q", br * d, it), Buffer("dO", br * d, it), Buffer("K", bc * d, it),
                  Buffer("V", bc * d, it), Buffer("dS", br * bc, acc))
         return {"dkdv": tiles + rows, "dq": tiles + rows}
-    if schedule.kind == "standard":
-        return {
-            "qk": (Buffer("Q", br * d, it), Buffer("K", bc * d, it)),
-            # per-thread partial (m, l) and the combined row (m, l) in the last slot
-            "softmax": (Buffer("m", schedule.threads + 1, acc), Buffer("l", schedule.threads + 1, acc)),
-            "pv": (Buffer("M", br * bc, acc), Buffer("X", bc * d, it)),  # kernels/matmul.py: M = P, X = V
-        }
-    tiles = (Buffer("Q", br * d, it), Buffer("K", bc * d, it), Buffer("V", bc * d, it), Buffer("S", br * bc, acc))
-    if schedule.kind == "flash2":
-        # running m_i, l_i and the rescale factor alpha = exp(m_old - m_new)
-        stats = (Buffer("m", br, acc), Buffer("l", br, acc), Buffer("alpha", br, acc))
-    else:
-        # flash1 keeps m_i, l_i in HBM; SRAM holds the two factors of the O update
-        # O_new = alpha·O_old + beta·(P~ V), alpha = l_i e^(m_i-m_new)/l_new, beta = e^(m~_ij-m_new)/l_new
-        stats = (Buffer("alpha", br, acc), Buffer("beta", br, acc))
-    return {"main": tiles + stats}
+    return kinds.get(schedule.kind).sram_buffers(schedule, head_dim, dtype)
+
+
+def standard_sram(schedule, head_dim, dtype):
+    """standard's kernels: qk (Q, K tiles), softmax (per-thread row statistics), pv (P tile, V tile)."""
+    it, acc = np.dtype(dtype).itemsize, ACC.itemsize
+    br, bc, d = schedule.block_q, schedule.block_kv, head_dim
+    return {
+        "qk": (Buffer("Q", br * d, it), Buffer("K", bc * d, it)),
+        # per-thread partial (m, l) and the combined row (m, l) in the last slot
+        "softmax": (Buffer("m", schedule.threads + 1, acc), Buffer("l", schedule.threads + 1, acc)),
+        "pv": (Buffer("M", br * bc, acc), Buffer("X", bc * d, it)),  # kernels/matmul.py: M = P, X = V
+    }
+
+
+def flash_tiles(schedule, head_dim, dtype):
+    """Q_i, K_j, V_j in the input dtype and the Br×Bc fp32 S/P tile: the flash kinds' common buffers."""
+    it, acc = np.dtype(dtype).itemsize, ACC.itemsize
+    br, bc, d = schedule.block_q, schedule.block_kv, head_dim
+    return (Buffer("Q", br * d, it), Buffer("K", bc * d, it), Buffer("V", bc * d, it), Buffer("S", br * bc, acc))
+
+
+def flash2_sram(schedule, head_dim, dtype):
+    """flash2: the tiles, and the running m_i, l_i and the rescale factor alpha = exp(m_old - m_new)."""
+    br, acc = schedule.block_q, ACC.itemsize
+    stats = (Buffer("m", br, acc), Buffer("l", br, acc), Buffer("alpha", br, acc))
+    return {"main": flash_tiles(schedule, head_dim, dtype) + stats}
+
+
+def splitkv_sram(schedule, head_dim, dtype):
+    """splitkv: flash2's buffers for the partial phase; the combine phase's weights w (Br × splits)."""
+    return {"partial": flash2_sram(schedule, head_dim, dtype)["main"],
+            "combine": (Buffer("w", schedule.block_q * schedule.kv_splits, ACC.itemsize),)}
+
+
+def flash1_sram(schedule, head_dim, dtype):
+    """flash1 keeps m_i, l_i in HBM; SRAM holds the two factors of the O update
+    O_new = alpha·O_old + beta·(P~ V), alpha = l_i e^(m_i-m_new)/l_new, beta = e^(m~_ij-m_new)/l_new."""
+    br, acc = schedule.block_q, ACC.itemsize
+    stats = (Buffer("alpha", br, acc), Buffer("beta", br, acc))
+    return {"main": flash_tiles(schedule, head_dim, dtype) + stats}
 
 
 #: Alignment of each shared-memory buffer, in bytes.

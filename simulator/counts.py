@@ -112,86 +112,130 @@ def simulate_counts(schedule, problem, mask=None):
 
 
 def _forward_counts(schedule, problem, t, masked):
-    """([hbm_r, hbm_w, sram_r, sram_w] of one (b, h), Σ visited tile areas) for tiles ``t``."""
+    """([hbm_r, hbm_w, sram_r, sram_w] of one (b, h), Σ visited tile areas): the kind's own counter."""
+    from sandbox import kinds
+
+    return kinds.get(schedule.kind).count(schedule, problem, t, masked), int(t.area.sum())
+
+
+def new_counts():
+    """Four empty dicts: hbm_reads, hbm_writes, sram_reads, sram_writes (tensor -> elements)."""
+    return [{}, {}, {}, {}]
+
+
+def add(counts, tensor, n):
+    """counts[tensor] += n (an int)."""
+    _add(counts, tensor, n)
+
+
+def tile_math(schedule, problem, t, counts):
+    """The SRAM reads of S = Q Kᵀ and O += P V on every visited tile (kernels/tiles.py's rules)."""
     d = problem.head_dim
-    hr, hw, sr, sw = {}, {}, {}, {}
+    sr = counts[2]
+    o_groups = min(schedule.threads_kv, d)
+    _add(sr, "Q", d * (t.q_len * t.kv_cols_groups).sum())
+    _add(sr, "K", d * (t.row_groups * t.kv_rows).sum())
+    _add(sr, "P", int(t.allowed.sum()) * o_groups)
+    _add(sr, "V", d * (t.row_groups * t.kv_rows).sum())
+
+
+def flash2_counts(schedule, problem, t, masked):
+    """kernels/flash2.py: Q_i once, K_j and V_j per visited tile, O and L once; statistics in SRAM."""
+    counts = new_counts()
+    hr, hw, sr, sw = counts
+    tile_math(schedule, problem, t, counts)
+    d = problem.head_dim
     o_groups = min(schedule.threads_kv, d)
     q_rows = int(t.q_len.sum())
     allowed = int(t.allowed.sum())
     q_rows_visits = int((t.q_len * t.visited).sum())  # Σ over visited tiles of q_len
+    _add(hr, "Q", q_rows * d)
+    _add(sw, "Q", q_rows * d)
+    for x in ("K", "V"):
+        _add(hr, x, d * t.kv_rows.sum())
+        _add(sw, x, d * t.kv_rows.sum())
+    _add(sw, "S", allowed)
+    _add(sr, "S", 2 * allowed)
+    _add(sw, "P", allowed)
+    # m_i, l_i: init, read + write per visited tile, read at the end (with L; l also for O)
+    _add(sw, "m", q_rows + q_rows_visits)
+    _add(sw, "l", q_rows + q_rows_visits)
+    _add(sr, "m", q_rows_visits + q_rows)
+    _add(sr, "l", q_rows_visits + q_rows + q_rows * o_groups)
+    _add(sw, "alpha", q_rows_visits)
+    _add(sr, "alpha", q_rows_visits * o_groups)
+    _add(hw, "O", q_rows * d)
+    _add(hw, "L", q_rows)
+    return counts
 
-    # -- S = scale · Q_i K_j^T on every visited tile (all kinds)
-    _add(sr, "Q", d * (t.q_len * t.kv_cols_groups).sum())
-    _add(sr, "K", d * (t.row_groups * t.kv_rows).sum())
-    # -- O += P V_j on every visited tile (all kinds)
-    _add(sr, "P", allowed * o_groups)
-    _add(sr, "V", d * (t.row_groups * t.kv_rows).sum())
 
-    if schedule.kind == "flash2":
-        _add(hr, "Q", q_rows * d)
-        _add(sw, "Q", q_rows * d)
-        for x in ("K", "V"):
-            _add(hr, x, d * t.kv_rows.sum())
-            _add(sw, x, d * t.kv_rows.sum())
-        _add(sw, "S", allowed)
-        _add(sr, "S", 2 * allowed)
-        _add(sw, "P", allowed)
-        # m_i, l_i: init, read + write per visited tile, read at the end (with L; l also for O)
-        _add(sw, "m", q_rows + q_rows_visits)
-        _add(sw, "l", q_rows + q_rows_visits)
-        _add(sr, "m", q_rows_visits + q_rows)
-        _add(sr, "l", q_rows_visits + q_rows + q_rows * o_groups)
-        _add(sw, "alpha", q_rows_visits)
-        _add(sr, "alpha", q_rows_visits * o_groups)
-        _add(hw, "O", q_rows * d)
-        _add(hw, "L", q_rows)
-    elif schedule.kind == "flash1":
-        # init O = 0, l = 0, m = -inf in HBM
-        _add(hw, "O", q_rows * d)
-        _add(hw, "l", q_rows)
-        _add(hw, "m", q_rows)
-        for x in ("K", "V"):
-            _add(hr, x, d * t.kv_rows_loaded)
-            _add(sw, x, d * t.kv_rows_loaded)
-        _add(hr, "Q", q_rows_visits * d)
-        _add(sw, "Q", q_rows_visits * d)
-        _add(sw, "S", allowed)
-        _add(sr, "S", 2 * allowed)
-        _add(sw, "P", allowed)
-        for x in ("m", "l"):
-            _add(hr, x, q_rows_visits)
-            _add(hw, x, q_rows_visits)
-        for x in ("alpha", "beta"):
-            _add(sw, x, q_rows_visits)
-            _add(sr, x, q_rows_visits * o_groups)
-        _add(hr, "O", q_rows_visits * d)
-        _add(hw, "O", q_rows_visits * d)
-        # L: once per row at its last K/V block; under a mask, initialized to -inf and
-        # rewritten at every visited tile (a row's last block is not known in advance)
-        _add(hw, "L", q_rows + q_rows_visits if masked else q_rows)
-    else:  # standard: qk, softmax, pv
-        nt = schedule.threads
-        _add(hr, "Q", q_rows_visits * d)
-        _add(sw, "Q", q_rows_visits * d)
-        _add(hr, "K", d * t.kv_rows.sum())
-        _add(sw, "K", d * t.kv_rows.sum())
-        _add(hw, "S", allowed)
-        # softmax: one block of nt threads per row; the row of S is read twice
-        _add(hr, "S", 2 * allowed)
-        _add(hw, "P", allowed)
-        n_rows = problem.n_q
-        _add(sw, "m", n_rows * (nt + 1))
-        _add(sw, "l", n_rows * (nt + 1))
-        _add(sr, "m", n_rows * 2 * nt)
-        _add(sr, "l", n_rows * 2 * nt)
-        _add(hw, "L", n_rows)
-        # pv
-        _add(hr, "P", allowed)
-        _add(sw, "P", allowed)
-        _add(hr, "V", d * t.kv_rows.sum())
-        _add(sw, "V", d * t.kv_rows.sum())
-        _add(hw, "O", q_rows * d)
-    return [hr, hw, sr, sw], int(t.area.sum())
+def flash1_counts(schedule, problem, t, masked):
+    """kernels/flash1.py (Algorithm 1): K_j, V_j once; Q_i, O_i, l_i, m_i through HBM per visited tile."""
+    counts = new_counts()
+    hr, hw, sr, sw = counts
+    tile_math(schedule, problem, t, counts)
+    d = problem.head_dim
+    o_groups = min(schedule.threads_kv, d)
+    q_rows = int(t.q_len.sum())
+    allowed = int(t.allowed.sum())
+    q_rows_visits = int((t.q_len * t.visited).sum())
+    # init O = 0, l = 0, m = -inf in HBM
+    _add(hw, "O", q_rows * d)
+    _add(hw, "l", q_rows)
+    _add(hw, "m", q_rows)
+    for x in ("K", "V"):
+        _add(hr, x, d * t.kv_rows_loaded)
+        _add(sw, x, d * t.kv_rows_loaded)
+    _add(hr, "Q", q_rows_visits * d)
+    _add(sw, "Q", q_rows_visits * d)
+    _add(sw, "S", allowed)
+    _add(sr, "S", 2 * allowed)
+    _add(sw, "P", allowed)
+    for x in ("m", "l"):
+        _add(hr, x, q_rows_visits)
+        _add(hw, x, q_rows_visits)
+    for x in ("alpha", "beta"):
+        _add(sw, x, q_rows_visits)
+        _add(sr, x, q_rows_visits * o_groups)
+    _add(hr, "O", q_rows_visits * d)
+    _add(hw, "O", q_rows_visits * d)
+    # L: once per row at its last K/V block; under a mask, initialized to -inf and
+    # rewritten at every visited tile (a row's last block is not known in advance)
+    _add(hw, "L", q_rows + q_rows_visits if masked else q_rows)
+    return counts
+
+
+def standard_counts(schedule, problem, t, masked):
+    """kernels/standard.py: S and P through HBM (qk, softmax, pv kernels)."""
+    counts = new_counts()
+    hr, hw, sr, sw = counts
+    tile_math(schedule, problem, t, counts)
+    d = problem.head_dim
+    q_rows = int(t.q_len.sum())
+    allowed = int(t.allowed.sum())
+    q_rows_visits = int((t.q_len * t.visited).sum())
+    nt = schedule.threads
+    _add(hr, "Q", q_rows_visits * d)
+    _add(sw, "Q", q_rows_visits * d)
+    _add(hr, "K", d * t.kv_rows.sum())
+    _add(sw, "K", d * t.kv_rows.sum())
+    _add(hw, "S", allowed)
+    # softmax: one block of nt threads per row; the row of S is read twice
+    _add(hr, "S", 2 * allowed)
+    _add(hw, "P", allowed)
+    n_rows = problem.n_q
+    _add(sw, "m", n_rows * (nt + 1))
+    _add(sw, "l", n_rows * (nt + 1))
+    _add(sr, "m", n_rows * 2 * nt)
+    _add(sr, "l", n_rows * 2 * nt)
+    _add(hw, "L", n_rows)
+    # pv
+    _add(hr, "P", allowed)
+    _add(sw, "P", allowed)
+    _add(hr, "V", d * t.kv_rows.sum())
+    _add(sw, "V", d * t.kv_rows.sum())
+    _add(hw, "O", q_rows * d)
+    return counts
 
 
 def simulate_backward_counts(schedule, problem):
@@ -283,3 +327,36 @@ def simulate_backward_counts(schedule, problem):
     scaled = [{k: v * bh for k, v in c.items()} for c in (hr, hw, sr, sw)]
     flops = bh * (matmuls * 2 * d * int(t.area.sum()) + 2 * n_q * d)
     return IOReport(*scaled, itemsize=itemsizes(problem.dtype), flops=flops)
+
+
+def splitkv_counts(schedule, problem, t, masked):
+    """kernels/splitkv.py: flash2's loop per split (Q_i, statistics and partials once per split),
+    then the combine kernel (L_s and O_s read back, weights in SRAM, O and L written once).
+
+    The splits of a Q block share its visited tiles among them, so every per-tile term is
+    flash2's; only the per-block prologue and epilogue are paid ``kv_splits`` times.
+    """
+    ns = schedule.kv_splits
+    counts = flash2_counts(schedule, problem, t, masked)
+    hr, hw, sr, sw = counts
+    d = problem.head_dim
+    o_groups = min(schedule.threads_kv, d)
+    q_rows = int(t.q_len.sum())
+    extra = (ns - 1) * q_rows  # rows handled again by the other splits' prologue and epilogue
+    _add(hr, "Q", extra * d)
+    _add(sw, "Q", extra * d)
+    _add(sw, "m", extra)
+    _add(sw, "l", extra)
+    _add(sr, "m", extra)
+    _add(sr, "l", extra * (1 + o_groups))
+    # the partial phase writes Opart, Lpart where flash2 writes O, L
+    hw["Opart"] = hw.pop("O") * ns
+    hw["Lpart"] = hw.pop("L") * ns
+    # combine
+    _add(hr, "Lpart", ns * q_rows)
+    _add(sw, "w", 2 * ns * q_rows)
+    _add(sr, "w", 2 * ns * q_rows + ns * q_rows * d)
+    _add(hr, "Opart", ns * q_rows * d)
+    _add(hw, "O", q_rows * d)
+    _add(hw, "L", q_rows)
+    return counts

@@ -10,7 +10,8 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from sandbox import Problem, Schedule
+from sandbox import Problem, Schedule, kinds
+from sandbox.kinds import get as registered_kind
 from sandbox.runtime import using_simulator
 
 SIMULATED = using_simulator()
@@ -28,6 +29,12 @@ MAX_THREADS_EDGE = 4 if SIMULATED else 16
 LOGIT_MAGNITUDES = (1.0, 10.0, 80.0)
 
 DTYPES = ("float32", "float16", "bfloat16")
+
+#: Every registered schedule kind (sandbox/kinds.py): the kernel and agreement properties run
+#: over all of them, so a newly registered kind is tested without touching the tests.
+KINDS = kinds.names()
+BACKWARD_KINDS = tuple(k for k in KINDS if kinds.get(k).backward)
+MASK_KINDS = tuple(k for k in KINDS if kinds.get(k).masks)
 
 #: On a GPU every (schedule, head_dim, dtype, causal) is a separate compilation (~1 s): draw
 #: head dims and schedules from small palettes there so that compiled kernels are reused.
@@ -53,12 +60,15 @@ def problems(draw, max_n=MAX_N, max_d=MAX_D, dtypes=DTYPES, batch=(1, 2), heads=
 
 
 @st.composite
-def schedules(draw, kinds=("standard", "flash1", "flash2"), max_block=MAX_BLOCK):
+def schedules(draw, kinds=KINDS, max_block=MAX_BLOCK):
     """Schedules with blocks that rarely divide the lengths, and register tiles that may not divide the blocks."""
     kind = draw(st.sampled_from(kinds))
+    splits = {}
+    if registered_kind(kind).kv_splits:
+        splits = {"kv_splits": draw(st.sampled_from((1, 2, 3, 7)))}
     if not SIMULATED:
         br, bc, tq, tk = draw(st.sampled_from(GPU_BLOCKS))
-        return Schedule(kind, block_q=br, block_kv=bc, thread_q=tq, thread_kv=tk)
+        return Schedule(kind, block_q=br, block_kv=bc, thread_q=tq, thread_kv=tk, **splits)
     br = draw(st.integers(1, max_block))
     bc = draw(st.integers(1, max_block))
     return Schedule(
@@ -67,6 +77,7 @@ def schedules(draw, kinds=("standard", "flash1", "flash2"), max_block=MAX_BLOCK)
         block_kv=bc,
         thread_q=draw(st.integers(-(-br // MAX_THREADS_EDGE), br)),
         thread_kv=draw(st.integers(-(-bc // MAX_THREADS_EDGE), bc)),
+        **splits,
     )
 
 

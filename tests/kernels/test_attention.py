@@ -11,10 +11,9 @@ from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule, reference_attention
 from sandbox.lab import attention
-from tests.strategies import SIMULATED, magnitudes, make_inputs, problems, schedules, seeds
+from tests.strategies import KINDS, SIMULATED, magnitudes, make_inputs, problems, schedules, seeds
 from tests.tolerances import tolerances
 
-KINDS = ("standard", "flash1", "flash2")
 
 
 def o_stores(schedule, problem):

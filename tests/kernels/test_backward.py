@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule, reference_attention, reference_attention_backward
 from sandbox.lab import attention, attention_backward
-from tests.strategies import magnitudes, make_inputs, problems, schedules, seeds
+from tests.strategies import BACKWARD_KINDS, magnitudes, make_inputs, problems, schedules, seeds
 from tests.tolerances import gradient_tolerances
 
-KINDS = ("standard", "flash1", "flash2")
+KINDS = BACKWARD_KINDS
 SIZES = [pytest.param(dict(max_n=20, max_d=12), id="small"),
          pytest.param(dict(max_n=400, max_d=128), id="large", marks=pytest.mark.gpu)]
 

@@ -7,12 +7,11 @@ import pytest
 
 from sandbox import Problem, Schedule
 from sandbox.lab import attention
-from tests.strategies import make_inputs
+from tests.strategies import KINDS, make_inputs
 from tests.tolerances import tolerances
 
 pytestmark = pytest.mark.gpu
 
-KINDS = ("standard", "flash1", "flash2")
 
 
 def reference_rows(q, k, v, rows, causal, scale):

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule, masks, reference_attention
 from sandbox.lab import attention, simulate
-from tests.strategies import SIMULATED, make_inputs, problems, schedules, seeds
+from tests.strategies import MASK_KINDS, SIMULATED, make_inputs, problems, schedules, seeds
 from tests.tolerances import tolerances
 
-KINDS = ("standard", "flash1", "flash2")
+KINDS = MASK_KINDS
 
 
 @st.composite

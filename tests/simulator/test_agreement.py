@@ -6,9 +6,8 @@ from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule
 from sandbox.lab import attention, simulate
-from tests.strategies import SIMULATED, make_inputs, problems, schedules
+from tests.strategies import BACKWARD_KINDS, KINDS, SIMULATED, make_inputs, problems, schedules
 
-KINDS = ("standard", "flash1", "flash2")
 
 
 def assert_agree(schedule, problem):
@@ -36,7 +35,7 @@ def test_agreement_at_gpu_sizes(kind, dtype, causal):
         assert_agree(Schedule(kind, block_q=br, block_kv=bc, thread_q=tq, thread_kv=tk), problem)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", BACKWARD_KINDS)
 @settings(max_examples=4 if SIMULATED else 10)
 @given(data=st.data())
 def test_backward_simulator_equals_kernel_counters(kind, data):
@@ -56,7 +55,7 @@ def assert_agree_backward(schedule, problem):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", BACKWARD_KINDS)
 def test_backward_agreement_at_gpu_sizes(kind, causal):
     for n_q, n_kv, d, br, bc, tq, tk in [(1000, 1500, 64, 64, 32, 4, 2), (333, 777, 80, 48, 40, 3, 5)]:
         problem = Problem(batch=2, heads=2, n_q=n_q, n_kv=n_kv, head_dim=d, causal=causal)
