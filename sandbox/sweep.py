@@ -16,6 +16,7 @@ import tempfile
 import time
 
 from sandbox.problem import Problem
+from sandbox.kinds import names as registered_kinds
 from sandbox.schedule import KINDS, Schedule
 
 #: Columns of a sweep row, in order: the grid point, then what was counted or measured.
@@ -64,8 +65,8 @@ class SweepSpec:
         """
         out = []
         for kind in self.kinds:
-            if kind not in KINDS:
-                raise ValueError(f"unknown schedule kind {kind!r}; expected one of {', '.join(KINDS)}")
+            if kind not in registered_kinds():
+                raise ValueError(f"unknown schedule kind {kind!r}; expected one of {', '.join(registered_kinds())}")
         for kind, n, d, causal, dt, b, h, tile in itertools.product(
             self.kinds, self.n, self.head_dim, self.causal, self.dtype, self.batch, self.heads, self.thread_tiles
         ):
