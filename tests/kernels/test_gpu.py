@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from sandbox import Problem, Schedule
+from sandbox import Problem, Schedule, kinds
 from sandbox.lab import attention
 from tests.strategies import KINDS, make_inputs
 from tests.tolerances import tolerances
@@ -135,6 +135,8 @@ def test_torch_bfloat16_tensors(kind):
     host_out, host_lse = attention(q, k, v, schedule=schedule, causal=True, return_lse=True)
     np.testing.assert_array_equal(to_np(out).view(np.uint16), host_out.view(np.uint16))
     np.testing.assert_array_equal(lse.cpu().numpy(), host_lse)
+    if not kinds.get(kind).backward:
+        return
     grads = attention_backward(to_t(q), to_t(k), to_t(v), out, lse, to_t(dout), schedule=schedule, causal=True)
     host_grads = attention_backward(q, k, v, host_out, host_lse, dout, schedule=schedule, causal=True)
     for g, hg in zip(grads, host_grads):
