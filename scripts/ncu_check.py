@@ -1,0 +1,806 @@
+"""Nsight Compute check: the kernels' measured global, L2 and DRAM bytes against the simulator's.
+
+    python scripts/ncu_check.py --out results/ncu               # 3 kinds × N ∈ {1K, 4K, 16K} × d ∈ {64, 128}
+    python scripts/ncu_check.py --kinds flash2 --n 4096 --d 64 128 --causal both --out results/ncu
+    python scripts/ncu_check.py --dry-run                        # print the ncu command, run nothing
+
+For every config (kind, N, d, causal; B = H = 1 by default, Br = Bc = 64, 4×4 register tiles,
+fp32) this script runs our kernels once under Nsight Compute and compares:
+
+- global-memory bytes at L1 (``l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum`` + ``..._op_st.sum``)
+  with ``simulate_counts(schedule, problem).hbm_bytes`` (target: within 2%);
+- DRAM bytes (``dram__bytes_read.sum`` + ``dram__bytes_write.sum``) with the L2 model,
+  ``simulator.l2.simulate_dram`` (target: within 15%);
+
+and records L2 traffic (``lts__t_bytes.sum``), shared-memory load/store instructions and
+wavefronts, local-memory bytes, kernel time and occupancy limits. Outputs in ``--out``:
+``ncu_check.csv`` (one row per config), ``ncu_check.json`` (provenance: GPU, driver, ncu version,
+commands, model parameters, per-kernel metrics), ``ncu_check.png`` (two panels: measured /
+simulated global bytes, with the 2% band; measured / predicted DRAM bytes, with the 15% band),
+``ncu_raw.csv`` (ncu's own output), ``manifest.jsonl`` and ``ncu_child.log`` (the child's).
+
+How it measures
+    The script re-invokes itself as one child process under
+    ``ncu --clock-control none --cache-control all --profile-from-start off --csv
+    --print-units base --metrics ... --log-file ncu_raw.csv python ncu_check.py --child SPEC...``.
+    The GPU's clocks and settings are never changed (``--clock-control none``). The child, per
+    config: compiles and runs the kernels on a small problem of the same (schedule, d, dtype,
+    causal) (``kernels.launch.build`` caches on exactly that, so the measured call does not
+    compile), copies random inputs to the device, synchronizes, then brackets the one measured
+    ``kernels.launch.run`` call with ``cuProfilerStart``/``cuProfilerStop`` (``numba.cuda.
+    profile_start``/``profile_stop``) and synchronizes again. With ``--profile-from-start off``
+    ncu profiles only the kernels launched in those brackets: 1 per config for flash1/flash2, 3
+    for standard (qk, softmax, pv), whose metrics are summed. The child writes one manifest line
+    per measured config; the parent assigns ncu's results to configs in launch order and checks
+    each kernel's grid size against the config's.
+
+    ``--cache-control all`` (ncu's default) flushes and invalidates the caches before every
+    profiled kernel, so each kernel starts with a cold L2: the prediction uses
+    ``simulate_dram(..., cold_launches=True)``, and since a kernel's dirty lines still in L2
+    when it ends are written back after its measurement, the predicted DRAM bytes are its reads
+    plus its *evicted* writes (the end-of-kernel flush is reported beside them). The residency
+    (blocks in flight) is ncu's: SMs × the smallest of its occupancy limits, per kernel; the
+    simulator's default where ncu did not report them. A second prediction with half the L2
+    (``sim_dram_half_l2_bytes``) shows how sensitive each config is to the L2's effective size:
+    the H100's L2 is two partitions, and data read by SMs on both sides may be held in both.
+
+What the 2% target means here
+    ``l1tex__t_bytes`` counts, for each warp-level load or store instruction, the bytes of the
+    32-byte sectors it touches (sectors × 32), not the bytes the threads asked for. Our kernels
+    load and store scalars (4 or 2 bytes) with consecutive threads on consecutive addresses: a
+    warp covers 32 consecutive elements of a tile load (128 B in fp32, 64 B in fp16), or 16
+    consecutive columns in each of 2 rows of an S or O tile (TX = 16 threads along a row with
+    64×64 blocks and 4×4 register tiles). When such a slice starts on a 32-byte boundary and is a
+    whole number of sectors, measured = simulated exactly, which is the case for the default
+    configs without a causal mask (N a multiple of 64, d·4 a multiple of 32). Otherwise each
+    instruction rounds up to whole sectors, and a sector split between two instructions is
+    counted by both: at the causal diagonal (the masked tail of a row of S or P, under 32 bytes
+    per row and pass: a fraction of a percent at N = 1K), and everywhere when d·itemsize or
+    Nk·4 is not a multiple of 32 (then up to one sector per instruction, which can exceed 2%).
+    Global memory the model does not count would also show: none is expected (the kernels'
+    counters are the simulator's, and the fast build touches no counters); a register spill or
+    a local array goes to *local* memory, reported apart (``ncu_local_ld_bytes``,
+    ``ncu_local_st_bytes``).
+
+If ``ncu`` is not on the PATH (nor in /opt/nvidia/nsight-compute or /usr/local/cuda*/bin), the
+script says so in one line and exits with status 2. ``--dry-run`` prints the commands only.
+"""
+
+import argparse
+import csv
+import dataclasses
+import datetime
+import glob
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+#: Where Nsight Compute lives when it is not on the PATH.
+NCU_SEARCH_GLOBS = ("/opt/nvidia/nsight-compute/*/ncu", "/usr/local/cuda*/bin/ncu", "/usr/local/cuda*/nsight-compute*/ncu")
+
+#: column name -> ncu metric. ESSENTIAL is retried alone if ncu refuses a metric of the full list.
+METRICS = {
+    "global_ld_bytes": "l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum",
+    "global_st_bytes": "l1tex__t_bytes_pipe_lsu_mem_global_op_st.sum",
+    "l2_bytes": "lts__t_bytes.sum",
+    "dram_rd_bytes": "dram__bytes_read.sum",
+    "dram_wr_bytes": "dram__bytes_write.sum",
+    "shared_ld_inst": "smsp__inst_executed_op_shared_ld.sum",
+    "shared_st_inst": "smsp__inst_executed_op_shared_st.sum",
+    "shared_ld_wavefronts": "l1tex__data_pipe_lsu_wavefronts_mem_shared_op_ld.sum",
+    "shared_st_wavefronts": "l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum",
+    "local_ld_bytes": "l1tex__t_bytes_pipe_lsu_mem_local_op_ld.sum",
+    "local_st_bytes": "l1tex__t_bytes_pipe_lsu_mem_local_op_st.sum",
+    "l2_read_sectors": "lts__t_sectors_srcunit_tex_op_read.sum",
+    "l2_read_hit_sectors": "lts__t_sectors_srcunit_tex_op_read_lookup_hit.sum",
+    "time": "gpu__time_duration.sum",
+    "sm_count": "launch__sm_count",
+    "occupancy_limit_blocks": "launch__occupancy_limit_blocks",
+    "occupancy_limit_registers": "launch__occupancy_limit_registers",
+    "occupancy_limit_shared_mem": "launch__occupancy_limit_shared_mem",
+    "occupancy_limit_warps": "launch__occupancy_limit_warps",
+    "registers_per_thread": "launch__registers_per_thread",
+}
+ESSENTIAL = ("global_ld_bytes", "global_st_bytes", "l2_bytes", "dram_rd_bytes", "dram_wr_bytes", "shared_ld_inst",
+             "shared_st_inst", "shared_ld_wavefronts", "shared_st_wavefronts", "time")
+#: metrics that describe a launch (not summed over a config's kernels)
+LAUNCH_METRICS = ("sm_count", "occupancy_limit_blocks", "occupancy_limit_registers", "occupancy_limit_shared_mem",
+                  "occupancy_limit_warps", "registers_per_thread")
+
+#: Targets of the issue: global bytes within 2% of the simulator, DRAM within 15% of the L2 model.
+GLOBAL_TOLERANCE = 0.02
+DRAM_TOLERANCE = 0.15
+
+#: Unit prefixes ncu may print (it scales with SI prefixes; binary ones accepted too).
+_PREFIX = {"": 1.0, "K": 1e3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+           "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40}
+#: base unit spellings -> the unit we report
+_BASE_UNITS = {"byte": "byte", "bytes": "byte", "B": "byte", "inst": "inst", "sector": "sector", "request": "request",
+               "warp": "warp", "wavefront": "wavefront", "cycle": "cycle", "block": "block", "thread": "thread",
+               "register/thread": "register/thread", "SM": "SM"}
+_TIME_UNITS = {"nsecond": 1e-9, "ns": 1e-9, "usecond": 1e-6, "us": 1e-6, "msecond": 1e-3, "ms": 1e-3,
+               "second": 1.0, "s": 1.0}
+
+DEFAULT_KINDS = ("standard", "flash1", "flash2")
+DEFAULT_N = (1024, 4096, 16384)
+DEFAULT_D = (64, 128)
+NOT_FOUND = ("ncu not found: install Nsight Compute (ncu on the PATH, or --ncu PATH) to measure; "
+             "nothing was measured")
+
+
+# -- configs -------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One measured point: the schedule kind, N (= Nq = Nk), d, causal."""
+
+    kind: str
+    n: int
+    d: int
+    causal: bool
+
+    def spec(self):
+        """"kind:N:d:causal", the child's command-line form."""
+        return f"{self.kind}:{self.n}:{self.d}:{int(self.causal)}"
+
+    @classmethod
+    def parse(cls, spec):
+        kind, n, d, causal = spec.split(":")
+        return cls(kind, int(n), int(d), causal in ("1", "true", "True"))
+
+    def label(self):
+        return f"{self.kind} N={self.n} d={self.d}" + (" causal" if self.causal else "")
+
+
+def configs_from_args(args):
+    causal = {"no": (False,), "yes": (True,), "both": (False, True)}[args.causal]
+    return [Config(k, n, d, c) for k in args.kinds for n in args.n for d in args.d for c in causal]
+
+
+def measure_order(configs):
+    """The child's order: cheap configs first, so that a timeout loses the slowest (flash1 runs its whole
+    problem in one thread block per (b, h): at N = 16K it takes seconds per replay pass)."""
+    return sorted(configs, key=lambda c: (c.kind == "flash1", c.n, c.d, c.causal))
+
+
+def make_schedule(kind, args):
+    from sandbox import Schedule
+
+    return Schedule(kind, block_q=args.block_q, block_kv=args.block_kv, thread_q=args.thread_q, thread_kv=args.thread_kv)
+
+
+def make_problem(cfg, args):
+    from sandbox import Problem
+
+    return Problem(args.batch, args.heads, cfg.n, cfg.n, cfg.d, dtype=args.dtype, causal=cfg.causal)
+
+
+def expected_grids(cfg, args):
+    """The grid of each kernel the config launches, as (x, y, z), in launch order."""
+    from simulator.l2 import LAUNCHES
+
+    schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
+    return [tuple(grid(schedule, problem)) + (1,) * (3 - len(grid(schedule, problem)))
+            for _, _, grid in LAUNCHES[cfg.kind]]
+
+
+# -- ncu -----------------------------------------------------------------------------------------
+def find_ncu(explicit=None):
+    """Path of the ncu executable: ``explicit``, else the PATH, else a standard install; None if none."""
+    if explicit:
+        return explicit if os.path.exists(explicit) or shutil.which(explicit) else None
+    found = shutil.which("ncu")
+    if found:
+        return found
+    for pattern in NCU_SEARCH_GLOBS:
+        hits = sorted(glob.glob(pattern))
+        if hits:
+            return hits[-1]
+    return None
+
+
+def ncu_command(ncu, metrics, log_path, child_argv, cache_control="all"):
+    """The profiler's command line around ``child_argv``."""
+    return [ncu, "--clock-control", "none", "--cache-control", cache_control, "--target-processes", "all",
+            "--profile-from-start", "off", "--metrics", ",".join(metrics), "--csv", "--print-units", "base",
+            "--log-file", log_path, *child_argv]
+
+
+def child_argv(configs, args, manifest_path):
+    """This script as the child: the same model parameters, the configs as specs."""
+    return [sys.executable, os.path.abspath(__file__), "--child", "--manifest", manifest_path,
+            "--batch", str(args.batch), "--heads", str(args.heads), "--dtype", args.dtype,
+            "--block-q", str(args.block_q), "--block-kv", str(args.block_kv),
+            "--thread-q", str(args.thread_q), "--thread-kv", str(args.thread_kv), "--seed", str(args.seed),
+            "--specs", *[c.spec() for c in configs]]
+
+
+# -- parsing ncu's CSV ---------------------------------------------------------------------------
+def to_base_units(value, unit):
+    """(number in base units, base unit) for one of ncu's printed values; (None, unit) if not a number.
+
+    Thousands separators are dropped ("1,234,567"); prefixed units are scaled ("Kbyte" -> × 1000,
+    "KiB" -> × 1024); times become seconds.
+
+    Example:
+        >>> to_base_units("1,234.5", "Kbyte")
+        (1234500.0, 'byte')
+    """
+    text = str(value).strip().replace(",", "").replace("\u202f", "").replace(" ", "")
+    try:
+        number = float(text)
+    except ValueError:
+        return None, unit
+    unit = (unit or "").strip()
+    if unit in _TIME_UNITS:
+        return number * _TIME_UNITS[unit], "second"
+    for base_name, base in _BASE_UNITS.items():
+        if unit.endswith(base_name) and unit[: len(unit) - len(base_name)] in _PREFIX:
+            return number * _PREFIX[unit[: len(unit) - len(base_name)]], base
+    return number, unit  # "%", "" and units we do not scale
+
+
+@dataclasses.dataclass
+class KernelResult:
+    """One profiled kernel: ncu's ID, name, grid, and its metrics in base units (column name -> value)."""
+
+    id: int
+    name: str
+    grid: tuple
+    block: tuple
+    metrics: dict
+    units: dict
+
+
+def _dims(text):
+    nums = [int(x) for x in re.findall(r"\d+", text or "")]
+    return tuple(nums + [1] * (3 - len(nums)))[:3] if nums else ()
+
+
+def parse_ncu_csv(text, metrics=METRICS):
+    """Profiled kernels from ncu's ``--csv`` details output (one row per kernel and metric), by ID.
+
+    Lines before the header and ncu's own "==PROF==" / "==WARNING==" lines are skipped. Metric names
+    are mapped back to ``metrics``' column names; unknown metrics are kept under their own names.
+    """
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith('"ID"')), None)
+    if start is None:
+        return []
+    body = [ln for ln in lines[start:] if ln.strip() and not ln.lstrip().startswith("==")]
+    by_name = {v: k for k, v in metrics.items()}
+    kernels = {}
+    for row in csv.DictReader(io.StringIO("\n".join(body))):
+        try:
+            kid = int(str(row.get("ID", "")).strip())
+        except ValueError:
+            continue
+        k = kernels.get(kid)
+        if k is None:
+            k = kernels[kid] = KernelResult(kid, row.get("Kernel Name", ""), _dims(row.get("Grid Size")),
+                                            _dims(row.get("Block Size")), {}, {})
+        name = (row.get("Metric Name") or "").strip()
+        value, unit = to_base_units(row.get("Metric Value"), row.get("Metric Unit"))
+        key = by_name.get(name, name)
+        k.metrics[key] = value
+        k.units[key] = unit
+    return [kernels[i] for i in sorted(kernels)]
+
+
+def assign_kernels(kernels, entries, grids):
+    """Match profiled kernels to the manifest's configs, in launch order.
+
+    Args:
+        kernels: :class:`KernelResult` in ID order.
+        entries: manifest entries (dicts), in measured order.
+        grids: per entry, the expected grid of each of its kernels.
+
+    Returns:
+        list, per entry, of its kernels, or None where they could not be matched (a kernel missing
+        or a grid differing): matching then resumes at the next kernel whose grid starts an entry.
+    """
+    out, pos = [], 0
+    for entry, expect in zip(entries, grids):
+        n = len(expect)
+        take = kernels[pos:pos + n]
+        if len(take) == n and all(not k.grid or k.grid == g for k, g in zip(take, expect)):
+            out.append(take)
+            pos += n
+            continue
+        out.append(None)
+        # resync: skip to the next kernel whose grid is this entry's first (it may belong to the next)
+        while pos < len(kernels) and kernels[pos].grid and kernels[pos].grid != expect[0]:
+            pos += 1
+    return out
+
+
+def sum_metrics(kernels):
+    """Column name -> sum over ``kernels`` (None where no kernel reported it); launch metrics are not summed."""
+    keys = {k for kr in kernels for k in kr.metrics if k not in LAUNCH_METRICS}
+    out = {}
+    for key in sorted(keys):
+        vals = [kr.metrics.get(key) for kr in kernels]
+        out[key] = sum(v for v in vals if v is not None) if any(v is not None for v in vals) else None
+    return out
+
+
+def measured_residency(kernels, phases):
+    """phase -> blocks in flight from ncu's launch metrics (SMs × the smallest occupancy limit), where reported."""
+    out = {}
+    for kr, phase in zip(kernels, phases):
+        limits = [kr.metrics.get(k) for k in ("occupancy_limit_blocks", "occupancy_limit_registers",
+                                              "occupancy_limit_shared_mem", "occupancy_limit_warps")]
+        limits = [v for v in limits if v is not None and v > 0]
+        sms = kr.metrics.get("sm_count")
+        if limits and sms:
+            out[phase] = int(sms) * int(min(limits))
+    return out
+
+
+# -- the child: run the kernels ------------------------------------------------------------------
+def child_main(args):
+    """Run each config's kernels once inside cuProfilerStart/Stop; append one manifest line per config."""
+    from sandbox.runtime import ensure_backend
+
+    if ensure_backend() != "gpu":
+        print("ncu_check child: no CUDA GPU (Numba's CUDA simulator cannot be profiled)", file=sys.stderr)
+        return 3
+    import numpy as np
+    from numba import cuda
+
+    from kernels.launch import run
+    from sandbox import Problem
+    from sandbox.dtypes import storage_dtype
+    from sandbox.info import environment
+
+    env = {k: str(v) for k, v in environment().items()}
+    rng = np.random.default_rng(args.seed)
+    with open(args.manifest, "a") as manifest:
+        manifest.write(json.dumps({"environment": env}) + "\n")
+        manifest.flush()
+        for cfg in [Config.parse(s) for s in args.specs]:
+            schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
+
+            def device_inputs(p):
+                shape = (p.batch, p.heads, p.n_q, p.head_dim)
+                host = [rng.standard_normal(shape, dtype=np.float32).astype(p.dtype) for _ in range(3)]
+                return [cuda.to_device(x.view(storage_dtype(x.dtype))) for x in host]
+
+            # -- compile: a small problem with the same (schedule, d, dtype, causal), not profiled
+            small = Problem(1, 1, 2 * args.block_q, 2 * args.block_kv, cfg.d, dtype=args.dtype, causal=cfg.causal)
+            run(schedule, small, *device_inputs(small))
+            q, k, v = device_inputs(problem)
+            cuda.synchronize()
+            # -- the measured call: the only kernels ncu profiles (--profile-from-start off)
+            start = time.perf_counter()
+            cuda.profile_start()
+            out, lse, _ = run(schedule, problem, q, k, v)
+            cuda.synchronize()
+            cuda.profile_stop()
+            seconds = time.perf_counter() - start
+            phases = [p for p, _, _ in _launches(cfg.kind)]
+            manifest.write(json.dumps({"spec": cfg.spec(), "phases": phases, "kernels": len(phases),
+                                       "wall_s": seconds, "schedule": schedule.describe()}) + "\n")
+            manifest.flush()
+            print(f"measured {cfg.label()} ({len(phases)} kernel(s), {seconds:.2f} s under ncu)", flush=True)
+            del out, lse, q, k, v
+            try:
+                cuda.current_context().deallocations.clear()
+            except Exception:  # numba internals: freeing early is only an optimization
+                pass
+    return 0
+
+
+def _launches(kind):
+    from simulator.l2 import LAUNCHES
+
+    return LAUNCHES[kind]
+
+
+# -- the parent: predict, compare, write -----------------------------------------------------------
+def _compile_model(args):
+    """Run the L2 model once on a tiny problem of each kind: Numba compiles (and caches) its loops."""
+    from sandbox import Problem
+    from simulator.l2 import simulate_dram
+
+    for kind in DEFAULT_KINDS:
+        simulate_dram(make_schedule(kind, args), Problem(1, 1, 8, 8, 4, causal=True), l2_bytes=4096)
+
+
+def read_manifest(path):
+    env, entries = {}, []
+    if not os.path.exists(path):
+        return env, entries
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            obj = json.loads(line)
+            if "environment" in obj:
+                env = obj["environment"]
+            else:
+                entries.append(obj)
+    return env, entries
+
+
+def predict(cfg, args, residency=None):
+    """The simulator's numbers for one config: HBM bytes (counts.py) and DRAM bytes (the L2 model)."""
+    from simulator.counts import simulate_counts
+    from simulator.l2 import simulate_dram
+
+    schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
+    counts = simulate_counts(schedule, problem)
+    kw = dict(sms=args.sms, resident_blocks=residency or None, cold_launches=args.cache_control == "all")
+    t0 = time.perf_counter()
+    dram = simulate_dram(schedule, problem, l2_bytes=args.l2_bytes, **kw)
+    seconds = time.perf_counter() - t0
+    half = simulate_dram(schedule, problem, l2_bytes=args.l2_bytes // 2, **kw)
+    return {
+        "sim_hbm_bytes": counts.hbm_bytes,
+        "sim_hbm_read_bytes": counts.bytes("hbm_reads"),
+        "sim_hbm_write_bytes": counts.bytes("hbm_writes"),
+        "sim_l2_request_bytes": dram.requested_read_sector_bytes + dram.requested_write_sector_bytes,
+        "sim_l2_read_hit_rate": dram.l2_read_hit_rate,
+        "sim_dram_rd_bytes": dram.read_bytes,
+        "sim_dram_wr_evicted_bytes": dram.write_evicted_bytes,
+        "sim_dram_wr_flush_bytes": dram.write_flush_bytes,
+        "sim_dram_bytes": dram.read_bytes + dram.write_evicted_bytes,
+        "sim_dram_with_flush_bytes": dram.read_bytes + dram.write_evicted_bytes + dram.write_flush_bytes,
+        "sim_dram_half_l2_bytes": half.read_bytes + half.write_evicted_bytes,
+        "sim_sram_read_bytes": counts.bytes("sram_reads"),
+        "sim_sram_write_bytes": counts.bytes("sram_writes"),
+        "sim_seconds": seconds,
+        "resident_blocks": json.dumps(dram.config["resident_blocks"], sort_keys=True),
+    }
+
+
+COLUMNS = [
+    "kind", "n", "d", "causal", "batch", "heads", "dtype", "block_q", "block_kv", "kernels", "status",
+    "sim_hbm_bytes", "ncu_global_ld_bytes", "ncu_global_st_bytes", "global_ratio", "global_within_2pct",
+    "sim_hbm_read_bytes", "sim_hbm_write_bytes",
+    "ncu_l2_bytes", "sim_l2_request_bytes", "ncu_l2_read_hit_rate", "sim_l2_read_hit_rate",
+    "sim_dram_bytes", "ncu_dram_rd_bytes", "ncu_dram_wr_bytes", "dram_ratio", "dram_within_15pct",
+    "sim_dram_rd_bytes", "dram_rd_ratio", "sim_dram_wr_evicted_bytes", "sim_dram_wr_flush_bytes",
+    "sim_dram_with_flush_bytes", "dram_ratio_with_flush", "sim_dram_half_l2_bytes",
+    "ncu_shared_ld_inst", "ncu_shared_st_inst", "ncu_shared_ld_wavefronts", "ncu_shared_st_wavefronts",
+    "sim_sram_read_bytes", "sim_sram_write_bytes", "ncu_local_ld_bytes", "ncu_local_st_bytes",
+    "ncu_time_ms", "resident_blocks", "sim_seconds",
+]
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _dram_measured(row):
+    rd, wr = row.get("ncu_dram_rd_bytes"), row.get("ncu_dram_wr_bytes")
+    return rd + wr if rd is not None and wr is not None else None
+
+
+def make_row(cfg, args, kernels):
+    """One CSV row: the config, the simulator's numbers, and ncu's sums over the config's kernels (or blanks)."""
+    phases = [p for p, _, _ in _launches(cfg.kind)]
+    residency = measured_residency(kernels, phases) if kernels else {}
+    row = {"kind": cfg.kind, "n": cfg.n, "d": cfg.d, "causal": int(cfg.causal), "batch": args.batch,
+           "heads": args.heads, "dtype": args.dtype, "block_q": args.block_q, "block_kv": args.block_kv,
+           "kernels": len(phases), "status": "ok" if kernels else "not measured"}
+    row.update(predict(cfg, args, residency))
+    m = sum_metrics(kernels) if kernels else {}
+    for key in ("global_ld_bytes", "global_st_bytes", "l2_bytes", "dram_rd_bytes", "dram_wr_bytes",
+                "shared_ld_inst", "shared_st_inst", "shared_ld_wavefronts", "shared_st_wavefronts",
+                "local_ld_bytes", "local_st_bytes"):
+        row["ncu_" + key] = m.get(key)
+    row["ncu_time_ms"] = m["time"] * 1e3 if m.get("time") is not None else None
+    reads, hits = m.get("l2_read_sectors"), m.get("l2_read_hit_sectors")
+    row["ncu_l2_read_hit_rate"] = hits / reads if reads and hits is not None else None
+    ld, st = row["ncu_global_ld_bytes"], row["ncu_global_st_bytes"]
+    glob_bytes = ld + st if ld is not None and st is not None else None
+    row["global_ratio"] = _ratio(glob_bytes, row["sim_hbm_bytes"])
+    rd, dram = row["ncu_dram_rd_bytes"], _dram_measured(row)
+    row["dram_ratio"] = _ratio(dram, row["sim_dram_bytes"])
+    row["dram_rd_ratio"] = _ratio(rd, row["sim_dram_rd_bytes"])
+    row["dram_ratio_with_flush"] = _ratio(dram, row["sim_dram_with_flush_bytes"])
+    within = lambda r, tol: None if r is None else int(abs(r - 1) <= tol)  # noqa: E731
+    row["global_within_2pct"] = within(row["global_ratio"], GLOBAL_TOLERANCE)
+    row["dram_within_15pct"] = within(row["dram_ratio"], DRAM_TOLERANCE)
+    return row
+
+
+def _row_or_error(cfg, args, kernels):
+    """make_row, or a row that says why it could not be made (one bad config must not lose the others)."""
+    try:
+        return make_row(cfg, args, kernels)
+    except Exception as e:  # noqa: BLE001 -- reported in the row and on stdout
+        print(f"{cfg.label()}: {type(e).__name__}: {e}", flush=True)
+        return {"kind": cfg.kind, "n": cfg.n, "d": cfg.d, "causal": int(cfg.causal), "batch": args.batch,
+                "heads": args.heads, "dtype": args.dtype, "block_q": args.block_q, "block_kv": args.block_kv,
+                "status": f"error: {type(e).__name__}: {e}"}
+
+
+def write_csv(rows, path):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+
+
+def plot(rows, path):
+    """Two panels, one point per config: measured/simulated global bytes (2% band), DRAM (15% band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['kind']}\nN={r['n']}\nd={r['d']}" + ("\ncausal" if r["causal"] else "") for r in rows]
+    colors = {"standard": "tab:red", "flash1": "tab:orange", "flash2": "tab:blue"}
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.7 * len(rows) + 2), 7.5), sharex=True)
+    panels = [("global_ratio", GLOBAL_TOLERANCE, "global ld+st bytes (ncu L1)\n/ simulator HBM bytes"),
+              ("dram_ratio", DRAM_TOLERANCE, "DRAM bytes (ncu)\n/ L2-model prediction")]
+    x = list(range(len(rows)))
+    for ax, (key, tol, ylabel) in zip(axes, panels):
+        ax.axhspan(1 - tol, 1 + tol, color="tab:green", alpha=0.15, label=f"±{tol:.0%}")
+        ax.axhline(1.0, color="k", lw=0.8)
+        for i, r in enumerate(rows):
+            if r.get(key) is None:
+                ax.annotate("not\nmeasured", (i, 1.0), ha="center", va="center", fontsize=7, color="gray")
+            else:
+                ax.plot(i, r[key], "o", color=colors.get(r["kind"], "k"))
+        if key == "dram_ratio":  # the same measurement against the model at half the L2
+            pts = [(i, _ratio(_dram_measured(r), r.get("sim_dram_half_l2_bytes"))) for i, r in enumerate(rows)]
+            pts = [(i, y) for i, y in pts if y is not None]
+            if pts:
+                ax.plot(*zip(*pts), "x", color="gray", label="vs the model at half the L2")
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="best", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].set_xticks(x)
+    axes[-1].set_xticklabels(labels, fontsize=7)
+    fig.suptitle("Nsight Compute against the simulator")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _run_quiet(cmd, timeout=20):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def gpu_facts():
+    """GPU name, driver and memory from nvidia-smi (never changes any setting)."""
+    out = _run_quiet(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm",
+                      "--format=csv,noheader"])
+    if not out:
+        return {"nvidia-smi": "not available"}
+    names = ("gpu", "driver", "memory", "sm clock at start", "max sm clock")
+    return [dict(zip(names, (x.strip() for x in line.split(",")))) for line in out.splitlines()]
+
+
+def git_commit():
+    head = _run_quiet(["git", "-C", ROOT, "rev-parse", "HEAD"], timeout=10)
+    dirty = _run_quiet(["git", "-C", ROOT, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"], 10)
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def run_profiler(cmd, timeout, log_path, echo=True):
+    """Run ``cmd`` (ncu and the child) in its own process group; echo its output as it comes.
+
+    A watchdog stops the whole group (ncu and the profiled child, not only ncu) when ``timeout``
+    seconds have passed, or as soon as ncu's log (``log_path``) says that it refused a metric or
+    may not read the counters: the caller can then retry at once instead of after a full run.
+
+    Returns:
+        (output, exit status or None when stopped, why it was stopped: None, "timeout", "refused
+        metric" or "no counter access").
+    """
+    stopped, lines = [], []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          errors="replace", start_new_session=True) as proc:
+        done = threading.Event()
+
+        def watchdog():
+            deadline = time.monotonic() + timeout
+            while not done.wait(1.0):
+                why = "timeout" if time.monotonic() > deadline else _failure(_read(log_path) + "".join(lines))
+                if why:
+                    stopped.append(why)
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    return
+
+        guard = threading.Thread(target=watchdog, daemon=True)
+        guard.start()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if echo:
+                    print("  | " + line, end="", flush=True)
+            proc.wait()
+        finally:
+            done.set()
+            guard.join()
+    why = stopped[0] if stopped else _failure(_read(log_path) + "".join(lines))
+    return "".join(lines), (None if stopped else proc.returncode), why
+
+
+def _read(path):
+    if not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+_REFUSED_METRIC = re.compile(r"failed to (find|resolve|collect) metric|invalid metric|unknown metric|"
+                             r"metric \S+ (was )?not found", re.I)
+
+
+def _failure(text):
+    """Why ncu's output says it cannot do its job ("no counter access", "refused metric"), or None."""
+    if "ERR_NVGPUCTRPERM" in text:
+        return "no counter access"
+    if _REFUSED_METRIC.search(text):
+        return "refused metric"
+    return None
+
+
+def _summary(rows):
+    """The table printed at the end: measured / simulated per config."""
+    head = ("config", "global", "DRAM", "DRAM+flush", "DRAM rd", "ms", "status")
+    lines = ["{:<30} {:>8} {:>7} {:>10} {:>8} {:>9}  {}".format(*head)]
+    fmt = lambda v, p: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    for r in rows:
+        label = f"{r['kind']} N={r['n']} d={r['d']}" + (" causal" if r["causal"] else "")
+        lines.append(f"{label:<30} {fmt(r.get('global_ratio'), 4):>8} {fmt(r.get('dram_ratio'), 3):>7} "
+                     f"{fmt(r.get('dram_ratio_with_flush'), 3):>10} {fmt(r.get('dram_rd_ratio'), 3):>8} "
+                     f"{fmt(r.get('ncu_time_ms'), 2):>9}  {r.get('status', '')}")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="results/ncu", help="directory for the CSV, JSON, figure and ncu's log")
+    p.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=DEFAULT_KINDS)
+    p.add_argument("--n", nargs="+", type=int, default=list(DEFAULT_N), help="sequence lengths (Nq = Nk)")
+    p.add_argument("--d", nargs="+", type=int, default=list(DEFAULT_D), help="head dims")
+    p.add_argument("--causal", choices=("no", "yes", "both"), default="no")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=1)
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--block-q", type=int, default=64)
+    p.add_argument("--block-kv", type=int, default=64)
+    p.add_argument("--thread-q", type=int, default=4)
+    p.add_argument("--thread-kv", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--l2-bytes", type=int, default=50 * 2**20, help="L2 size of the model (H100: 50 MiB)")
+    p.add_argument("--sms", type=int, default=132, help="SMs, for the default residency where ncu reports none")
+    p.add_argument("--cache-control", choices=("all", "none"), default="all",
+                   help="ncu's --cache-control: 'all' flushes the caches before each kernel (the model then "
+                        "starts each launch cold)")
+    p.add_argument("--ncu", default=None, help="path of ncu (default: the PATH, then standard install places)")
+    p.add_argument("--timeout", type=float, default=400.0, help="seconds the profiled child may run")
+    p.add_argument("--dry-run", action="store_true", help="print the ncu command line and exit")
+    p.add_argument("--strict", action="store_true", help="exit 1 if a measured config misses a target")
+    # the child's own arguments
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--manifest", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--specs", nargs="*", default=[], help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args)
+    configs = configs_from_args(args)
+    out_dir = os.path.abspath(args.out)
+    paths = {name: os.path.join(out_dir, name) for name in
+             ("ncu_check.csv", "ncu_check.json", "ncu_check.png", "ncu_raw.csv", "manifest.jsonl", "ncu_child.log")}
+    ncu = find_ncu(args.ncu)
+    metrics = list(METRICS.values())
+    order = measure_order(configs)
+    cmd = ncu_command(ncu or "ncu", metrics, paths["ncu_raw.csv"],
+                      child_argv(order, args, paths["manifest.jsonl"]), args.cache_control)
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    if ncu is None:
+        print(NOT_FOUND, file=sys.stderr)
+        return 2
+    os.makedirs(out_dir, exist_ok=True)
+    for name in ("ncu_raw.csv", "manifest.jsonl"):
+        if os.path.exists(paths[name]):
+            os.remove(paths[name])
+
+    # -- profile (retried with the essential metrics if ncu refuses one of the others); meanwhile,
+    # compile the L2 model's loops (seconds, on a fresh machine) in this process
+    threading.Thread(target=_compile_model, args=(args,), daemon=True).start()
+    started = time.time()
+    status, log_text = "ok", ""
+    for attempt in (metrics, [METRICS[k] for k in ESSENTIAL]):
+        cmd = ncu_command(ncu, attempt, paths["ncu_raw.csv"], child_argv(order, args, paths["manifest.jsonl"]),
+                          args.cache_control)
+        print("running: " + shlex.join(cmd), flush=True)
+        child_out, rc, why = run_profiler(cmd, args.timeout, paths["ncu_raw.csv"])
+        with open(paths["ncu_child.log"], "a") as f:
+            f.write(f"$ {shlex.join(cmd)}\n{child_out}\n[exit {rc}{', stopped: ' + why if why else ''}]\n")
+        log_text = _read(paths["ncu_raw.csv"])
+        if why == "no counter access":
+            print("ncu may not read the GPU's performance counters here (ERR_NVGPUCTRPERM); nothing was measured",
+                  file=sys.stderr)
+            return 3
+        if why == "refused metric" and attempt is metrics:
+            print("ncu refused a metric (its log is in ncu_child.log); retrying with the essential metrics only",
+                  flush=True)
+            with open(paths["ncu_child.log"], "a") as f:
+                f.write(f"[ncu's log of the refused run]\n{log_text}\n")
+            for name in ("ncu_raw.csv", "manifest.jsonl"):
+                if os.path.exists(paths[name]):
+                    os.remove(paths[name])
+            continue
+        if why == "timeout":
+            status = f"timed out after {args.timeout:.0f} s (partial results)"
+        elif why or rc != 0:
+            status = f"profiled child exited with {rc}{' (' + why + ')' if why else ''}; see ncu_child.log"
+        break
+    profile_seconds = time.time() - started
+
+    # -- assign kernels to configs, predict, compare
+    kernels = parse_ncu_csv(log_text) or parse_ncu_csv(child_out)
+    env, entries = read_manifest(paths["manifest.jsonl"])
+    measured = [Config.parse(e["spec"]) for e in entries]  # in the child's launch order
+    matched = dict(zip(measured, assign_kernels(kernels, entries, [expected_grids(c, args) for c in measured])))
+    rows = [_row_or_error(cfg, args, matched.get(cfg)) for cfg in configs]
+    write_csv(rows, paths["ncu_check.csv"])
+    prov = {
+        "command": shlex.join([sys.executable] + sys.argv) if argv is None else shlex.join(argv),
+        "ncu_command": shlex.join(cmd),
+        "ncu_version": _run_quiet([ncu, "--version"]),
+        "status": status,
+        "profile_seconds": round(profile_seconds, 1),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "gpu": gpu_facts(),
+        "git_commit": git_commit(),
+        "child_environment": env,
+        "model": {"l2_bytes": args.l2_bytes, "sms_default": args.sms, "cache_control": args.cache_control,
+                  "cold_launches": args.cache_control == "all",
+                  "sim_dram_bytes": "reads + writes evicted during the kernels (the end-of-kernel flush apart)",
+                  "targets": {"global": GLOBAL_TOLERANCE, "dram": DRAM_TOLERANCE}},
+        "metrics": METRICS,
+        "kernels": [dataclasses.asdict(k) for k in kernels],
+        "rows": rows,
+    }
+    with open(paths["ncu_check.json"], "w") as f:
+        json.dump(prov, f, indent=1, default=str)
+    try:
+        plot(rows, paths["ncu_check.png"])
+    except ImportError as e:  # the CSV and JSON are written: say so and go on
+        print(f"no figure: {e}")
+    print(_summary(rows))
+    print(f"wrote {paths['ncu_check.csv']}, {paths['ncu_check.json']}, {paths['ncu_check.png']} ({status})")
+    if status != "ok":
+        return 1
+    if args.strict and any(r["global_within_2pct"] == 0 or r["dram_within_15pct"] == 0 for r in rows):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

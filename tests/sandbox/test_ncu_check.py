@@ -1,0 +1,295 @@
+"""scripts/ncu_check.py without a GPU: ncu's CSV, units, kernels summed per config, no-ncu exit, dry run, and
+the whole parent pipeline against a stand-in ncu that writes what a real one would."""
+
+import csv
+import importlib.util
+import json
+import os
+import shutil
+import stat
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ncu_check.py"
+
+
+@pytest.fixture(scope="module")
+def ncu_check():
+    spec = importlib.util.spec_from_file_location("ncu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A details page as `ncu --csv` prints it: ncu's own lines first, quoted fields, kernel names with
+# commas, thousands separators, and units scaled by ncu (this sample mixes --print-units auto and base).
+SAMPLE = textwrap.dedent('''\
+    ==PROF== Connected to process 4242 (/opt/venv/bin/python3.12)
+    ==PROF== Profiling "kernel" - 0: 0%....50%....100% - 9 passes
+    ==PROF== Profiling "qk" - 1: 0%....50%....100% - 9 passes
+    "ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
+    "0","4242","python3.12","127.0.0.1","kernels::flash2::make_flash2::<locals>::kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","Mbyte","1.05"
+    "0","4242","python3.12","127.0.0.1","kernels::flash2::make_flash2::<locals>::kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_write.sum","Kbyte","262.14"
+    "0","4242","python3.12","127.0.0.1","kernels::flash2::make_flash2::<locals>::kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum","byte","8,650,752"
+    "0","4242","python3.12","127.0.0.1","kernels::flash2::make_flash2::<locals>::kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","l1tex__t_bytes_pipe_lsu_mem_global_op_st.sum","byte","266,240"
+    "0","4242","python3.12","127.0.0.1","kernels::flash2::make_flash2::<locals>::kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","smsp__inst_executed_op_shared_ld.sum","inst","1,234,567"
+    "0","4242","python3.12","127.0.0.1","kernels::flash2::make_flash2::<locals>::kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","usecond","412.35"
+    "0","4242","python3.12","127.0.0.1","kernels::flash2::make_flash2::<locals>::kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","launch__occupancy_limit_shared_mem","block","2"
+    "0","4242","python3.12","127.0.0.1","kernels::flash2::make_flash2::<locals>::kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","launch__occupancy_limit_warps","block","8"
+    "0","4242","python3.12","127.0.0.1","kernels::flash2::make_flash2::<locals>::kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","launch__sm_count","SM","132"
+    "0","4242","python3.12","127.0.0.1","kernels::flash2::make_flash2::<locals>::kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","lts__t_sector_hit_rate.pct","%","93.25"
+    "1","4242","python3.12","127.0.0.1","qk(Array<float, 4, C, mutable, aligned>, Array<float, 4, C, mutable, aligned>)","1","7","(256, 1, 1)","(16, 16, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","524,288"
+    "1","4242","python3.12","127.0.0.1","qk(Array<float, 4, C, mutable, aligned>, Array<float, 4, C, mutable, aligned>)","1","7","(256, 1, 1)","(16, 16, 1)","0","9.0","Command line profiler metrics","l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum","Gbyte","0.0335"
+    "1","4242","python3.12","127.0.0.1","qk(Array<float, 4, C, mutable, aligned>, Array<float, 4, C, mutable, aligned>)","1","7","(256, 1, 1)","(16, 16, 1)","0","9.0","Command line profiler metrics","launch__occupancy_limit_shared_mem","block","3"
+    "1","4242","python3.12","127.0.0.1","qk(Array<float, 4, C, mutable, aligned>, Array<float, 4, C, mutable, aligned>)","1","7","(256, 1, 1)","(16, 16, 1)","0","9.0","Command line profiler metrics","launch__sm_count","SM","132"
+    "2","4242","python3.12","127.0.0.1","softmax(Array<float, 4, C, mutable, aligned>)","1","7","(256, 1, 1)","(1024, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","4,194,304"
+    "2","4242","python3.12","127.0.0.1","softmax(Array<float, 4, C, mutable, aligned>)","1","7","(256, 1, 1)","(1024, 1, 1)","0","9.0","Command line profiler metrics","l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum","byte","8,388,608"
+    "2","4242","python3.12","127.0.0.1","softmax(Array<float, 4, C, mutable, aligned>)","1","7","(256, 1, 1)","(1024, 1, 1)","0","9.0","Command line profiler metrics","gpu__time_duration.sum","msecond","1.5"
+    "3","4242","python3.12","127.0.0.1","kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","dram__bytes_read.sum","byte","n/a"
+    "3","4242","python3.12","127.0.0.1","kernel(Array<float, 4, C, mutable, aligned>, float)","1","7","(256, 1, 1)","(16, 1, 1)","0","9.0","Command line profiler metrics","l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum","Kbyte","4,456.448"
+    ==PROF== Disconnected from process 4242
+''')
+
+
+@pytest.mark.parametrize("value, unit, expected", [
+    ("1,234,567", "byte", (1234567.0, "byte")),
+    ("1.5", "Kbyte", (1500.0, "byte")),
+    ("2", "Mbyte", (2e6, "byte")),
+    ("0.25", "Gbyte", (2.5e8, "byte")),
+    ("3", "KiB", (3072.0, "byte")),
+    ("1,024", "Kinst", (1024e3, "inst")),
+    ("12", "sector", (12.0, "sector")),
+    ("412.5", "usecond", (412.5e-6, "second")),
+    ("2,000", "nsecond", (2e-6, "second")),
+    ("93.25", "%", (93.25, "%")),
+    ("n/a", "byte", (None, "byte")),
+])
+def test_unit_conversion(ncu_check, value, unit, expected):
+    got = ncu_check.to_base_units(value, unit)
+    assert got[1] == expected[1]
+    assert got[0] == (None if expected[0] is None else pytest.approx(expected[0]))
+
+
+def test_parse_details_csv(ncu_check):
+    kernels = ncu_check.parse_ncu_csv(SAMPLE)
+    assert [k.id for k in kernels] == [0, 1, 2, 3]
+    f2 = kernels[0]
+    assert "make_flash2" in f2.name and f2.grid == (16, 1, 1) and f2.block == (256, 1, 1)
+    assert f2.metrics["dram_rd_bytes"] == pytest.approx(1.05e6)
+    assert f2.metrics["dram_wr_bytes"] == pytest.approx(262140)
+    assert f2.metrics["global_ld_bytes"] == 8650752
+    assert f2.metrics["global_st_bytes"] == 266240
+    assert f2.metrics["shared_ld_inst"] == 1234567
+    assert f2.metrics["time"] == pytest.approx(412.35e-6)
+    assert f2.metrics["lts__t_sector_hit_rate.pct"] == 93.25  # not one of ours: kept under its own name
+    assert kernels[1].grid == (16, 16, 1) and kernels[1].metrics["global_ld_bytes"] == pytest.approx(33.5e6)
+    assert kernels[3].metrics["dram_rd_bytes"] is None
+    assert kernels[3].metrics["global_ld_bytes"] == pytest.approx(4456448)
+
+
+def test_parse_without_results(ncu_check):
+    assert ncu_check.parse_ncu_csv("==PROF== Connected\n==ERROR== no kernels were profiled\n") == []
+
+
+def test_kernels_summed_per_config(ncu_check):
+    kernels = ncu_check.parse_ncu_csv(SAMPLE)
+    entries = [{"spec": "flash2:1024:64:0"}, {"spec": "standard:1024:64:0"}]
+    grids = [[(16, 1, 1)], [(16, 16, 1), (1024, 1, 1), (16, 1, 1)]]
+    flash2, standard = ncu_check.assign_kernels(kernels, entries, grids)
+    assert [k.id for k in flash2] == [0] and [k.id for k in standard] == [1, 2, 3]
+    total = ncu_check.sum_metrics(standard)
+    assert total["global_ld_bytes"] == pytest.approx(33.5e6 + 8388608 + 4456448)
+    assert total["dram_rd_bytes"] == 524288 + 4194304  # kernel 3's n/a is skipped
+    assert total["time"] == pytest.approx(1.5e-3)
+    assert "sm_count" not in total  # launch facts are not summed
+    assert ncu_check.measured_residency(flash2, ["main"]) == {"main": 132 * 2}
+    assert ncu_check.measured_residency(standard, ["qk", "softmax", "pv"]) == {"qk": 132 * 3}
+
+
+def test_kernels_of_a_failed_config_are_not_used(ncu_check):
+    """A config whose kernels are missing gets None; matching resumes at the next config's first grid."""
+    k0, k1, k2, k3 = ncu_check.parse_ncu_csv(SAMPLE)
+    std = [(16, 16, 1), (1024, 1, 1), (16, 1, 1)]
+    # the second config's kernels never came (the child was stopped)
+    first, second = ncu_check.assign_kernels([k1, k2, k3], [{}, {}], [std, std])
+    assert [k.id for k in first] == [1, 2, 3] and second is None
+    # standard's qk is missing: its three slots would take a flash2 grid
+    assert ncu_check.assign_kernels([k0, k2, k3], [{}], [std]) == [None]
+    # a stray kernel before a flash2 config: the first config fails, the second finds its kernel
+    first, second = ncu_check.assign_kernels([k1, k0], [{}, {}], [[(16, 1, 1)], [(16, 1, 1)]])
+    assert first is None and [k.id for k in second] == [0]
+
+
+def test_exit_2_without_ncu(ncu_check, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(ncu_check, "NCU_SEARCH_GLOBS", ())
+    assert ncu_check.main(["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ncu not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_prints_the_command(ncu_check, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(ncu_check, "NCU_SEARCH_GLOBS", ())
+    out = tmp_path / "out"
+    assert ncu_check.main(["--dry-run", "--kinds", "flash2", "standard", "--n", "1024", "--d", "64",
+                           "--causal", "both", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    cmd = lines[0].split()
+    assert cmd[0] == "ncu"
+    for flag in ("--clock-control none", "--cache-control all", "--profile-from-start off", "--csv",
+                 "--print-units base", "--target-processes all"):
+        assert flag in lines[0]
+    metrics = cmd[cmd.index("--metrics") + 1].split(",")
+    assert set(ncu_check.METRICS.values()) == set(metrics)
+    for m in ("l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum", "dram__bytes_write.sum",
+              "l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum", "lts__t_bytes.sum"):
+        assert m in metrics
+    assert cmd[cmd.index("--log-file") + 1] == str(out / "ncu_raw.csv")
+    child = cmd[cmd.index("--log-file") + 2:]
+    assert child[1].endswith("ncu_check.py") and "--child" in child
+    specs = child[child.index("--specs") + 1:]
+    # measured cheapest first (flash1 last), the CSV keeps the order asked for
+    assert specs == ["flash2:1024:64:0", "standard:1024:64:0", "flash2:1024:64:1", "standard:1024:64:1"]
+    assert not out.exists()  # a dry run writes nothing
+
+
+# -- the parent end to end, with a stand-in for ncu ---------------------------------------------
+FAKE_NCU = '''#!{python}
+"""Stand-in for ncu: writes a manifest and a --csv details log as the real profiled child would,
+with measured = simulated x 1.01 (global) and x 0.9 (DRAM) on each config's first kernel."""
+import importlib.util, json, sys
+argv = sys.argv[1:]
+log = argv[argv.index("--log-file") + 1]
+script = next(i for i, a in enumerate(argv) if a.endswith("ncu_check.py"))
+spec = importlib.util.spec_from_file_location("ncu_check", argv[script])
+nc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(nc)
+args = nc.parse_args(argv[script + 1:])
+head = '"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"'
+rows, kid = ["==PROF== Connected to process 1 (python)", head], 0
+with open(args.manifest, "w") as man:
+    man.write(json.dumps({{"environment": {{"device": "fake"}}}}) + "\\n")
+    for s in args.specs:
+        cfg = nc.Config.parse(s)
+        pred = nc.predict(cfg, args)
+        grids = nc.expected_grids(cfg, args)
+        man.write(json.dumps({{"spec": s, "phases": [], "kernels": len(grids)}}) + "\\n")
+        for n, g in enumerate(grids):
+            first = n == 0
+            values = {{
+                "l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum": round(pred["sim_hbm_read_bytes"] * 1.01) if first else 0,
+                "l1tex__t_bytes_pipe_lsu_mem_global_op_st.sum": round(pred["sim_hbm_write_bytes"] * 1.01) if first else 0,
+                "dram__bytes_read.sum": round(pred["sim_dram_rd_bytes"] * 0.9) if first else 0,
+                "dram__bytes_write.sum": round(pred["sim_dram_wr_evicted_bytes"] * 0.9) if first else 0,
+                "gpu__time_duration.sum": 1000,
+            }}
+            for name, v in values.items():
+                unit = "nsecond" if name.startswith("gpu__") else "byte"
+                rows.append(",".join('"%s"' % x for x in (kid, 1, "python", "host", "kernel(float)", 1, 7,
+                            "(256, 1, 1)", str(tuple(g)), 0, "9.0", "Command line profiler metrics", name, unit,
+                            "{{:,}}".format(v))))
+            kid += 1
+with open(log, "w") as f:
+    f.write("\\n".join(rows) + "\\n")
+print("fake ncu: profiled", kid, "kernels")
+'''
+
+
+def test_end_to_end_with_a_stand_in_ncu(ncu_check, tmp_path, capsys):
+    fake = tmp_path / "ncu"
+    fake.write_text(FAKE_NCU.format(python=sys.executable))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "out"
+    rc = ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "standard", "--n", "128", "--d", "16",
+                         "--causal", "both", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().out
+    with open(out / "ncu_check.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["kind"], r["causal"]) for r in rows] == [("flash2", "0"), ("flash2", "1"), ("standard", "0"),
+                                                         ("standard", "1")]
+    for r in rows:
+        assert r["status"] == "ok"
+        assert float(r["global_ratio"]) == pytest.approx(1.01, abs=1e-4)
+        assert r["global_within_2pct"] == "1"
+        assert float(r["dram_ratio"]) == pytest.approx(0.9, abs=1e-3)
+        assert r["dram_within_15pct"] == "1"
+        assert float(r["ncu_time_ms"]) == pytest.approx(1e-3 * (3 if r["kind"] == "standard" else 1))
+    assert rows[2]["kernels"] == "3"
+    prov = json.loads((out / "ncu_check.json").read_text())
+    assert prov["child_environment"] == {"device": "fake"}
+    assert prov["model"]["cold_launches"] is True and "--clock-control none" in prov["ncu_command"]
+    assert len(prov["kernels"]) == 2 * 1 + 2 * 3
+    assert os.path.getsize(out / "ncu_check.png") > 0
+    assert len(os.listdir(out)) <= 8  # what a device run may bring back
+
+
+def _running(pid):
+    """Is ``pid`` a live process (a zombie waiting to be reaped counts as gone)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _script(path, body):
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+def test_a_hung_profiler_is_stopped_with_its_children(ncu_check, tmp_path):
+    """After --timeout the whole process group goes (ncu and the child it started); results say so."""
+    pid_file = tmp_path / "child.pid"
+    fake = _script(tmp_path / "ncu", f'[ "$1" = "--version" ] && exit 0\nsleep 60 &\necho $! > {pid_file}\nwait\n')
+    out = tmp_path / "out"
+    rc = ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--timeout", "1",
+                         "--out", str(out)])
+    assert rc == 1
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(pid)
+    with open(out / "ncu_check.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "not measured" and row["sim_hbm_bytes"] != "" and row["global_ratio"] == ""
+    assert "timed out" in json.loads((out / "ncu_check.json").read_text())["status"]
+
+
+def test_a_refused_metric_is_retried_with_the_essential_ones(ncu_check, tmp_path, capsys):
+    real = tmp_path / "real_ncu"
+    real.write_text(FAKE_NCU.format(python=sys.executable))
+    real.chmod(real.stat().st_mode | stat.S_IEXEC)
+    # refuses launch__sm_count (an optional metric) and hangs, as ncu does while the app runs on
+    fake = _script(tmp_path / "ncu", f'''log=""; prev=""
+for a in "$@"; do [ "$prev" = "--log-file" ] && log="$a"; prev="$a"; done
+case "$*" in *launch__sm_count*) echo "==ERROR== Failed to find metric launch__sm_count" > "$log"; sleep 60;; esac
+exec {real} "$@"
+''')
+    out = tmp_path / "out"
+    assert ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--out", str(out)]) == 0
+    assert "retrying with the essential metrics" in capsys.readouterr().out
+    log = (out / "ncu_child.log").read_text()
+    assert "Failed to find metric" in log and "launch__sm_count" not in log.rsplit("$ ", 1)[1]
+    with open(out / "ncu_check.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["ok"]
+
+
+def test_a_failing_config_does_not_lose_the_others(ncu_check, monkeypatch):
+    def broken(cfg, args, kernels):
+        raise RuntimeError("model failed")
+
+    monkeypatch.setattr(ncu_check, "make_row", broken)
+    args = ncu_check.parse_args(["--kinds", "flash2", "--n", "128", "--d", "16"])
+    (cfg,) = ncu_check.configs_from_args(args)
+    row = ncu_check._row_or_error(cfg, args, None)
+    assert row["status"] == "error: RuntimeError: model failed" and row["kind"] == "flash2"
+    assert "error" in ncu_check._summary([row])

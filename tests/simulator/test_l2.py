@@ -1,0 +1,272 @@
+"""The L2 model: its request stream is counts.py's HBM traffic, and its cache is an exact sector-level LRU."""
+
+import math
+import types
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sandbox import Problem, Schedule
+from simulator.counts import simulate_counts
+from simulator.l2 import (
+    TENSORS,
+    blocks_per_sm,
+    default_resident_blocks,
+    simulate_dram,
+    simulate_requests,
+    tile_requests,
+)
+
+KINDS = ("standard", "flash1", "flash2")
+HUGE = 64 * 2**20  # far larger than any working set below
+
+# (schedule blocks, problem): ragged lengths, Nq != Nk, fp16, B·H > 1
+CASES = [
+    ((8, 16), dict(batch=2, heads=3, n_q=37, n_kv=53, head_dim=5)),
+    ((16, 8), dict(batch=1, heads=2, n_q=64, n_kv=40, head_dim=16, dtype="float16")),
+    ((4, 4), dict(batch=1, heads=1, n_q=100, n_kv=7, head_dim=3)),
+    ((32, 32), dict(batch=1, heads=1, n_q=5, n_kv=90, head_dim=12, dtype="bfloat16")),
+]
+
+
+def _schedule(kind, blocks):
+    return Schedule(kind, block_q=blocks[0], block_kv=blocks[1])
+
+
+def assert_requests_equal_counts(schedule, problem):
+    counts = simulate_counts(schedule, problem)
+    r = simulate_dram(schedule, problem)
+    assert r.requested_bytes == counts.hbm_bytes
+    assert r.requested_read_bytes == counts.bytes("hbm_reads")
+    assert r.requested_write_bytes == counts.bytes("hbm_writes")
+    for t in TENSORS:  # tensor by tensor
+        got = r.per_tensor.get(t, {})
+        assert got.get("requested_read_bytes", 0) == counts.hbm_reads.get(t, 0) * counts.itemsize[t], t
+        assert got.get("requested_write_bytes", 0) == counts.hbm_writes.get(t, 0) * counts.itemsize[t], t
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_requested_bytes_equal_simulate_counts(kind, causal, case):
+    blocks, shape = CASES[case]
+    assert_requests_equal_counts(_schedule(kind, blocks), Problem(**shape, causal=causal))
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(KINDS), br=st.integers(1, 12), bc=st.integers(1, 12), b=st.integers(1, 2),
+       h=st.integers(1, 2), n_q=st.integers(1, 40), n_kv=st.integers(1, 40), d=st.integers(1, 20),
+       dtype=st.sampled_from(["float32", "float16"]), causal=st.booleans())
+def test_requested_bytes_equal_simulate_counts_property(kind, br, bc, b, h, n_q, n_kv, d, dtype, causal):
+    assert_requests_equal_counts(Schedule(kind, block_q=br, block_kv=bc),
+                                 Problem(b, h, n_q, n_kv, d, dtype=dtype, causal=causal))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_blocks_follow_the_grid(kind):
+    schedule, problem = _schedule(kind, (8, 16)), Problem(2, 3, 37, 53, 5, causal=True)
+    for launch in tile_requests(schedule, problem):
+        assert len(launch.block_ptr) - 1 == math.prod(launch.grid)
+        assert launch.step_ptr[-1] == len(launch.requests)
+
+
+# -- an independent reference: a fully associative LRU cache in plain Python ------------------
+def reference_cache(ranges, lines, line=128, sector=32):
+    """(read, evicted, flushed) bytes of ``ranges`` [(addr, nbytes, write)] through a ``lines``-line LRU cache."""
+    cache = OrderedDict()  # line -> (valid sectors, dirty sectors)
+    read = evicted = 0
+    for addr, n, write in ranges:
+        end = addr + n
+        for ln in range(addr // line, (end - 1) // line + 1):
+            s, e = max(addr, ln * line) - ln * line, min(end, (ln + 1) * line) - ln * line
+            touched = set(range(s // sector, (e - 1) // sector + 1))
+            full = set(range(-(-s // sector), e // sector))
+            if ln in cache:
+                cache.move_to_end(ln)
+            else:
+                if len(cache) == lines:
+                    evicted += len(cache.popitem(last=False)[1][1])
+                cache[ln] = (set(), set())
+            valid, dirty = cache[ln]
+            if write:
+                dirty |= touched
+                valid |= full
+            else:
+                read += len(touched - valid)
+                valid |= touched
+    flushed = sum(len(d) for _, d in cache.values())
+    return read * sector, evicted * sector, flushed * sector
+
+
+def stream(schedule, problem):
+    """Every byte range of every launch, blocks one after another (resident_blocks=1)."""
+    out = []
+    for launch in tile_requests(schedule, problem):
+        addr, nbytes, write, _ = launch.rows()
+        out += list(zip(addr.tolist(), nbytes.tolist(), write.tolist()))
+    return out
+
+
+@pytest.mark.parametrize("lines", [1, 3, 16, 64])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_cache_equals_reference_lru(kind, causal, lines):
+    """One set of ``lines`` ways is a fully associative LRU: the Python reference, sector for sector."""
+    schedule, problem = _schedule(kind, (8, 16)), Problem(2, 1, 37, 29, 5, causal=causal)
+    r = simulate_dram(schedule, problem, l2_bytes=lines * 128, ways=lines, resident_blocks=1)
+    assert r.config["sets"] == 1
+    read, evicted, flushed = reference_cache(stream(schedule, problem), lines)
+    assert (r.read_bytes, r.write_evicted_bytes, r.write_flush_bytes) == (read, evicted, flushed)
+    assert r.write_bytes == evicted + flushed
+
+
+@pytest.mark.parametrize("resident", [1, 7, None])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_large_cache_reads_compulsory_misses(kind, causal, case, resident):
+    """A cache far larger than the working set reads each sector once, unless a full write came first."""
+    blocks, shape = CASES[case]
+    schedule, problem = _schedule(kind, blocks), Problem(**shape, causal=causal)
+    r = simulate_dram(schedule, problem, l2_bytes=HUGE, resident_blocks=resident)
+    read, evicted, flushed = reference_cache(stream(schedule, problem), lines=HUGE // 128)
+    assert evicted == 0 and r.write_evicted_bytes == 0
+    assert r.read_bytes == read
+    assert r.write_bytes == r.write_flush_bytes == flushed
+
+
+def test_large_cache_reads_inputs_once():
+    """flash2, N a multiple of every block: DRAM reads are exactly Q, K and V, writes exactly O and L."""
+    problem = Problem(1, 2, 256, 256, 32)
+    r = simulate_dram(_schedule("flash2", (32, 64)), problem, l2_bytes=HUGE)
+    assert r.read_bytes == 3 * 2 * 256 * 32 * 4
+    assert r.write_bytes == 2 * 256 * (32 + 1) * 4
+    assert r.l2_read_hit_rate == pytest.approx(1 - r.read_bytes / r.requested_read_bytes)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_line_cache_reads_every_request(kind, causal):
+    """With one line, every read request misses: DRAM reads = requested bytes rounded up to sectors."""
+    schedule = _schedule(kind, (16, 8))
+    problem = Problem(2, 2, 48, 40, 8, causal=causal)  # rows of 32 bytes, S rows of 160: sector-aligned
+    r = simulate_dram(schedule, problem, l2_bytes=128, ways=1)
+    assert r.read_bytes == r.requested_read_sector_bytes
+    if not causal:  # every range is whole sectors: rounding changes nothing
+        assert r.read_bytes == simulate_counts(schedule, problem).bytes("hbm_reads")
+    assert r.write_bytes == r.requested_write_sector_bytes  # each written sector written back once
+
+
+# -- hand-made streams -------------------------------------------------------------------------
+A, B, C = 0, 128, 256  # three lines
+
+
+@pytest.mark.parametrize("policy, misses", [("lru", 4), ("fifo", 5)])
+def test_replacement_policy(policy, misses):
+    # 2 ways, 1 set: A B A C A B. LRU keeps A (used again) and evicts B; FIFO evicts A (oldest in).
+    reqs = [(x, 128, False) for x in (A, B, A, C, A, B)]
+    r = simulate_requests(reqs, l2_bytes=256, ways=2, policy=policy)
+    assert r.read_bytes == misses * 128
+    assert r.requested_read_bytes == 6 * 128
+    assert r.l2_read_hit_rate == pytest.approx(1 - misses / 6)
+
+
+def test_write_back_at_eviction_and_flush():
+    # write A whole (no fetch), read B, read C: C evicts A (least recently used) -> A written back
+    r = simulate_requests([(A, 128, True), (B, 128, False), (C, 128, False)], l2_bytes=256, ways=2)
+    assert (r.read_bytes, r.write_evicted_bytes, r.write_flush_bytes) == (256, 128, 0)
+    # touch A again before C: B is evicted (clean), A stays dirty and is flushed at the end
+    r = simulate_requests([(A, 128, True), (B, 128, False), (A, 4, False), (C, 128, False)], l2_bytes=256, ways=2)
+    assert (r.read_bytes, r.write_evicted_bytes, r.write_flush_bytes) == (256, 0, 128)
+    assert r.write_bytes == 128
+    r = simulate_requests([(A, 128, True)], l2_bytes=256, ways=2, flush_at_end=False)
+    assert (r.write_bytes, r.write_flush_bytes) == (0, 128)
+
+
+def test_partial_sector_write_then_read():
+    # 4 bytes written: the sector is dirty but not valid, so reading its other bytes goes to DRAM
+    r = simulate_requests([(A, 4, True), (A, 32, False), (A + 32, 32, True), (A + 32, 32, False)], l2_bytes=256)
+    assert r.read_bytes == 32  # the second sector was written whole: its read hits
+    assert r.write_flush_bytes == 64
+    assert r.requested_write_sector_bytes == 64 and r.requested_write_bytes == 36
+
+
+def test_ragged_ranges_round_to_sectors():
+    r = simulate_requests([(A + 30, 4, False), (A + 60, 70, False)], l2_bytes=4096)
+    assert r.requested_read_bytes == 74
+    assert r.requested_read_sector_bytes == (2 + 4) * 32  # bytes 30..33; 60..129 crosses into line 1
+    assert r.read_bytes == 5 * 32  # the sector 32..63 is touched by both, fetched once
+
+
+def test_per_tensor_attribution():
+    r = simulate_requests([(A, 128, False, 1), (B, 64, True, 3)], l2_bytes=4096)
+    assert r.per_tensor["K"]["read_bytes"] == 128
+    assert r.per_tensor["O"]["write_flush_bytes"] == 64
+
+
+def test_set_index_modulo_conflicts():
+    # 2 sets of 1 way: with a modulo index lines 0 and 2 share set 0 and evict each other
+    reqs = [(x, 128, False) for x in (A, C, A, C)]
+    assert simulate_requests(reqs, l2_bytes=256, ways=1, set_index="modulo").read_bytes == 4 * 128
+
+
+# -- launches, residency, slices ----------------------------------------------------------------
+def test_cold_launches_read_what_the_previous_kernel_wrote():
+    """standard at a size that fits in L2: warm, softmax finds S in L2; cold, it reads S from DRAM."""
+    schedule, problem = _schedule("standard", (16, 16)), Problem(1, 1, 64, 64, 16)
+    warm = simulate_dram(schedule, problem)
+    cold = simulate_dram(schedule, problem, cold_launches=True)
+    s_bytes = 64 * 64 * 4
+    warm_sm, cold_sm = (next(x for x in r.per_launch if x["phase"] == "softmax") for r in (warm, cold))
+    assert warm_sm["read_bytes"] == 0
+    assert cold_sm["read_bytes"] == s_bytes
+    assert cold.write_flush_bytes == cold.write_bytes  # nothing evicted: everything flushed per launch
+    assert [x["phase"] for x in cold.per_launch] == ["qk", "softmax", "pv"]
+
+
+def test_slices_one_scales_a_slice():
+    schedule, problem = _schedule("flash2", (16, 16)), Problem(2, 3, 64, 64, 16)
+    exact = simulate_dram(schedule, problem, l2_bytes=HUGE)
+    scaled = simulate_dram(schedule, problem, l2_bytes=HUGE, slices="one")
+    assert scaled.config["slice_scale"] == 6
+    for f in ("requested_read_bytes", "requested_write_bytes", "read_bytes", "write_bytes"):
+        assert getattr(scaled, f) == getattr(exact, f), f
+
+
+def test_default_residency_h100():
+    d128 = Problem(1, 1, 4096, 4096, 128)
+    flash2 = Schedule("flash2", block_q=64, block_kv=64, thread_q=4, thread_kv=4)  # ~113 KB of SRAM, 256 threads
+    assert blocks_per_sm(flash2, d128, "main") == 2
+    std = Schedule("standard", block_q=64, block_kv=64, thread_q=4, thread_kv=4)
+    res = default_resident_blocks(std, d128)
+    assert res["softmax"] == 132 * 8  # 8 warps a block, 64 a SM
+    assert res["qk"] == 132 * 3  # 64 KB of Q and K tiles + 1 KB reserved, 228 KB a SM
+    r = simulate_dram(std, d128, resident_blocks={"qk": 5})
+    assert r.config["resident_blocks"]["qk"] == 5 and r.config["resident_blocks"]["pv"] == res["pv"]
+
+
+def test_bad_arguments():
+    schedule, problem = _schedule("flash2", (8, 8)), Problem(1, 1, 16, 16, 4)
+    with pytest.raises(ValueError, match="policy"):
+        simulate_dram(schedule, problem, policy="random")
+    with pytest.raises(ValueError, match="multiple of sector"):
+        simulate_dram(schedule, problem, line=100)
+    with pytest.raises(ValueError, match="slices"):
+        simulate_dram(schedule, problem, slices="some")
+    with pytest.raises(ValueError, match="holds no"):
+        simulate_dram(schedule, problem, l2_bytes=64)
+    with pytest.raises(ValueError, match="no phase"):
+        simulate_dram(schedule, problem, resident_blocks={"qk": 4})
+    with pytest.raises(NotImplementedError, match="no request stream"):
+        simulate_dram(types.SimpleNamespace(kind="splitkv"), problem)
+
+
+def test_report_as_dict():
+    r = simulate_dram(_schedule("flash1", (8, 8)), Problem(1, 1, 16, 16, 4))
+    d = r.as_dict()
+    assert d["dram_bytes"] == r.read_bytes + r.write_bytes
+    assert set(d["per_tensor"]) <= set(TENSORS)
+    assert np.isfinite(d["l2_read_hit_rate"])
