@@ -21,9 +21,7 @@ A memory failure (our launcher's MemoryError, ``torch.cuda.OutOfMemoryError``, C
 reported as "OOM: ..." and the bench goes on with the next implementation, cached memory freed.
 """
 
-import csv
 import dataclasses
-import io
 import itertools
 import json
 import math
@@ -452,17 +450,10 @@ def format_table(rows):
 
 def save(rows, prov, csv_path, json_path):
     """Write the CSV (provenance and column notes as '# key: value' lines first) and the JSON, each atomically."""
-    from sandbox.sweep import _atomic_write
+    from sandbox.sweep import _atomic_write, write_commented_csv
 
-    buf = io.StringIO()
-    for key, value in prov.items():
-        buf.write(f"# {key}: {value}\n")
-    for key, value in COLUMN_NOTES.items():
-        buf.write(f"# column {key}: {value}\n")
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _atomic_write(csv_path, buf.getvalue())
+    notes = {f"column {key}": value for key, value in COLUMN_NOTES.items()}
+    write_commented_csv(csv_path, {**prov, **notes}, COLUMNS, rows)
     finite = lambda x: None if isinstance(x, float) and not math.isfinite(x) else x  # noqa: E731  (strict JSON)
     doc = {"provenance": prov, "columns": COLUMNS, "column_notes": COLUMN_NOTES,
            "rows": [{k: finite(v) for k, v in r.items()} for r in rows]}
@@ -471,15 +462,9 @@ def save(rows, prov, csv_path, json_path):
 
 def load(csv_path):
     """(provenance, rows) from a bench CSV, values as strings (numbers and booleans left to the reader)."""
-    prov, lines = {}, []
-    with open(csv_path, newline="") as f:
-        for line in f:
-            if line.startswith("# "):
-                key, _, value = line[2:].rstrip("\n").partition(": ")
-                prov[key] = value
-            else:
-                lines.append(line)
-    return prov, list(csv.DictReader(lines))
+    from sandbox.sweep import read_commented_csv
+
+    return read_commented_csv(csv_path)
 
 
 def bench_provenance(argv=None):

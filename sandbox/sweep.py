@@ -177,15 +177,7 @@ def _atomic_write(path, text):
 
 def save(rows, prov, csv_path, json_path):
     """Write rows as CSV (provenance as '# key: value' lines first) and JSON, each atomically."""
-    import io
-
-    buf = io.StringIO()
-    for key, value in prov.items():
-        buf.write(f"# {key}: {value}\n")
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    _atomic_write(csv_path, buf.getvalue())
+    write_commented_csv(csv_path, prov, COLUMNS, rows)
     _atomic_write(json_path, json.dumps({"provenance": prov, "columns": COLUMNS, "rows": rows}, indent=1) + "\n")
 
 
@@ -195,6 +187,25 @@ def load(path):
         with open(path) as f:
             data = json.load(f)
         return data["provenance"], [_typed(r) for r in data["rows"]]
+    prov, rows = read_commented_csv(path)
+    return prov, [_typed(r) for r in rows]
+
+
+def write_commented_csv(path, header, columns, rows):
+    """Write ``rows`` as CSV, atomically, after ``# key: value`` lines for each item of ``header``."""
+    import io
+
+    buf = io.StringIO()
+    for key, value in header.items():
+        buf.write(f"# {key}: {value}\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(path, buf.getvalue())
+
+
+def read_commented_csv(path):
+    """(provenance, rows as string dicts) from a CSV whose leading ``# key: value`` lines are its provenance."""
     prov, lines = {}, []
     with open(path, newline="") as f:
         for line in f:
@@ -203,7 +214,7 @@ def load(path):
                 prov[key] = value
             else:
                 lines.append(line)
-    return prov, [_typed(r) for r in csv.DictReader(lines)]
+    return prov, list(csv.DictReader(lines))
 
 
 def _typed(row):

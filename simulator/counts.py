@@ -139,16 +139,19 @@ def tile_math(schedule, problem, t, counts):
     _add(sr, "V", d * (t.row_groups * t.kv_rows).sum())
 
 
-def flash2_counts(schedule, problem, t, masked):
-    """kernels/flash2.py: Q_i once, K_j and V_j per visited tile, O and L once; statistics in SRAM."""
+def _start(schedule, problem, t):
+    """A kind counter's start: the counts with the tile math in, and its shorthands (d, the O column
+    groups min(TX, d), Σ q_len, the allowed entries, Σ over visited tiles of q_len)."""
     counts = new_counts()
-    hr, hw, sr, sw = counts
     tile_math(schedule, problem, t, counts)
     d = problem.head_dim
-    o_groups = min(schedule.threads_kv, d)
-    q_rows = int(t.q_len.sum())
-    allowed = int(t.allowed.sum())
-    q_rows_visits = int((t.q_len * t.visited).sum())  # Σ over visited tiles of q_len
+    sums = (d, min(schedule.threads_kv, d), int(t.q_len.sum()), int(t.allowed.sum()), int((t.q_len * t.visited).sum()))
+    return counts, counts, sums
+
+
+def flash2_counts(schedule, problem, t, masked):
+    """kernels/flash2.py: Q_i once, K_j and V_j per visited tile, O and L once; statistics in SRAM."""
+    counts, (hr, hw, sr, sw), (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
     _add(hr, "Q", q_rows * d)
     _add(sw, "Q", q_rows * d)
     for x in ("K", "V"):
@@ -171,14 +174,7 @@ def flash2_counts(schedule, problem, t, masked):
 
 def flash1_counts(schedule, problem, t, masked):
     """kernels/flash1.py (Algorithm 1): K_j, V_j once; Q_i, O_i, l_i, m_i through HBM per visited tile."""
-    counts = new_counts()
-    hr, hw, sr, sw = counts
-    tile_math(schedule, problem, t, counts)
-    d = problem.head_dim
-    o_groups = min(schedule.threads_kv, d)
-    q_rows = int(t.q_len.sum())
-    allowed = int(t.allowed.sum())
-    q_rows_visits = int((t.q_len * t.visited).sum())
+    counts, (hr, hw, sr, sw), (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
     # init O = 0, l = 0, m = -inf in HBM
     _add(hw, "O", q_rows * d)
     _add(hw, "l", q_rows)
@@ -207,13 +203,7 @@ def flash1_counts(schedule, problem, t, masked):
 
 def standard_counts(schedule, problem, t, masked):
     """kernels/standard.py: S and P through HBM (qk, softmax, pv kernels)."""
-    counts = new_counts()
-    hr, hw, sr, sw = counts
-    tile_math(schedule, problem, t, counts)
-    d = problem.head_dim
-    q_rows = int(t.q_len.sum())
-    allowed = int(t.allowed.sum())
-    q_rows_visits = int((t.q_len * t.visited).sum())
+    counts, (hr, hw, sr, sw), (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
     nt = schedule.threads
     _add(hr, "Q", q_rows_visits * d)
     _add(sw, "Q", q_rows_visits * d)
