@@ -27,7 +27,7 @@ def _phases(kind, dtype, backward):
         return kinds.get(kind).kernel_module().phases(dtype)
     IN4, F3, F4, C = array_type(dtype, 4), array_type(np.float32, 3), array_type(np.float32, 4), COUNTERS
     d = {"d": (backward_kernels.make_d, (IN4, IN4, F3, C))}
-    if kind in ("flash1", "flash2"):
+    if kinds.get(kind).backward == "flash":
         return {
             **d,
             "dkdv": (backward_kernels.make_flash_dkdv, (IN4, IN4, IN4, IN4, F3, F3, IN4, IN4, float32, C)),
@@ -129,7 +129,7 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False):
     scale = np.float32(problem.scale)
     launch = _launcher(ks, problem, schedule, stream)
     launch("d", out, dout, dvec, counters)
-    if schedule.kind in ("flash1", "flash2"):
+    if kinds.get(schedule.kind).backward == "flash":
         launch("dkdv", q, k, v, dout, lse, dvec, dk, dv, scale, counters)
         launch("dq", q, k, v, dout, lse, dvec, dq, scale, counters)
     else:

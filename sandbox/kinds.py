@@ -36,8 +36,10 @@ class Kind:
     sram: str
     kernels: str
     counts: str
-    #: has a backward pass (sandbox.attention_backward); new kinds start forward-only
-    backward: bool = False
+    #: its backward pass (sandbox.attention_backward), None for forward-only kinds: "flash" (the
+    #: FlashAttention-2 backward with recomputation, which needs only the forward's O and L) or
+    #: "standard" (P and dS in HBM); see kernels/backward.py
+    backward: str = None
     #: its kernels take a mask predicate (they call the tile ops' ``allowed``/``tile_visited``)
     masks: bool = False
     #: it reads Schedule.kv_splits (others refuse kv_splits != 1)
@@ -62,6 +64,9 @@ class Kind:
 
 _REGISTRY = {}
 
+#: The backward passes a kind may declare (kernels/backward.py).
+BACKWARDS = (None, "flash", "standard")
+
 
 def register(kind):
     """Add ``kind`` (a :class:`Kind`); its name must be new.
@@ -75,6 +80,8 @@ def register(kind):
         raise ValueError(f"kind name: expected an identifier, got {kind.name!r}")
     if kind.name in _REGISTRY:
         raise ValueError(f"kind {kind.name!r} is already registered")
+    if kind.backward not in BACKWARDS:
+        raise ValueError(f"kind {kind.name!r}: backward must be one of {BACKWARDS}, got {kind.backward!r}")
     _REGISTRY[kind.name] = kind
     return kind
 
@@ -99,13 +106,13 @@ def names():
 # -- the built-in kinds -------------------------------------------------------------------
 register(Kind("standard", "Algorithm 0: S and P written to HBM (three kernels: qk, softmax, pv)",
               sram="sandbox.schedule:standard_sram", kernels="kernels.standard",
-              counts="simulator.counts:standard_counts", backward=True, masks=True))
+              counts="simulator.counts:standard_counts", backward="standard", masks=True))
 register(Kind("flash1", "Algorithm 1: outer loop over K/V blocks, O/l/m back to HBM every inner step",
               sram="sandbox.schedule:flash1_sram", kernels="kernels.flash1",
-              counts="simulator.counts:flash1_counts", backward=True, masks=True))
+              counts="simulator.counts:flash1_counts", backward="flash", masks=True))
 register(Kind("flash2", "FlashAttention-2 order: outer loop over Q blocks, O and L written once",
               sram="sandbox.schedule:flash2_sram", kernels="kernels.flash2",
-              counts="simulator.counts:flash2_counts", backward=True, masks=True))
+              counts="simulator.counts:flash2_counts", backward="flash", masks=True))
 register(Kind("splitkv", "split-KV (flash-decoding): K/V range split over thread blocks, partial O and L "
                          "to HBM, then a combine kernel; for Nq << Nk",
               sram="sandbox.schedule:splitkv_sram", kernels="kernels.splitkv",

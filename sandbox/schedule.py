@@ -220,12 +220,13 @@ def sram_buffers(schedule, head_dim, dtype, backward=False):
     br, bc, d = schedule.block_q, schedule.block_kv, head_dim
     from sandbox import kinds
 
-    if backward and not kinds.get(schedule.kind).backward:
+    backward_kind = kinds.get(schedule.kind).backward
+    if backward and backward_kind is None:
         raise ValueError(f"schedule kind {schedule.kind!r} has no backward pass (kinds with one: "
                          f"{', '.join(k for k in kinds.names() if kinds.get(k).backward)})")
     if backward:
         rows = (Buffer("L", br, acc), Buffer("D", br, acc))
-        if schedule.kind == "standard":
+        if backward_kind == "standard":
             return {
                 "p": (Buffer("Q", br * d, it), Buffer("K", bc * d, it), Buffer("L", br, acc)),
                 "ds": (Buffer("dO", br * d, it), Buffer("V", bc * d, it), Buffer("D", br, acc)),

@@ -105,14 +105,24 @@ def point_key(schedule, problem):
 
 
 def extra_hbm_bytes(schedule, problem):
-    """Device memory a kind allocates beyond q, k, v and O: S and P for standard; ℓ, m for flash1; L always."""
-    rows = problem.bh * problem.n_q
-    extra = rows * 4  # L, fp32
-    if schedule.kind == "standard":
-        extra += 2 * rows * problem.n_kv * 4
-    elif schedule.kind == "flash1":
-        extra += 2 * rows * 4
-    return extra
+    """Device memory one forward call allocates beyond q, k, v and O: L, and whatever the kind's
+    ``launch`` allocates (S and P for standard, ℓ and m for flash1, the partials for splitkv).
+
+    Read off the kind's own launch function (sandbox/kinds.py), run with a recording allocator
+    and no kernels, so that it cannot drift from what the kernels really allocate.
+    """
+    import numpy as np
+
+    from sandbox import kinds
+
+    sizes = [problem.bh * problem.n_q * 4]  # L, fp32
+
+    def empty(shape, dtype, name):
+        sizes.append(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+
+    no_arrays = (None,) * 7  # q, k, v, out, lse, scale, counters: never touched without kernels
+    kinds.get(schedule.kind).kernel_module().launch(lambda *args: None, schedule, problem, *no_arrays, empty)
+    return sum(sizes)
 
 
 def measure_point(schedule, problem, time_kernels=False):

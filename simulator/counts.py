@@ -146,12 +146,13 @@ def _start(schedule, problem, t):
     tile_math(schedule, problem, t, counts)
     d = problem.head_dim
     sums = (d, min(schedule.threads_kv, d), int(t.q_len.sum()), int(t.allowed.sum()), int((t.q_len * t.visited).sum()))
-    return counts, counts, sums
+    return counts, sums
 
 
 def flash2_counts(schedule, problem, t, masked):
     """kernels/flash2.py: Q_i once, K_j and V_j per visited tile, O and L once; statistics in SRAM."""
-    counts, (hr, hw, sr, sw), (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
+    counts, (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
+    hr, hw, sr, sw = counts
     _add(hr, "Q", q_rows * d)
     _add(sw, "Q", q_rows * d)
     for x in ("K", "V"):
@@ -174,7 +175,8 @@ def flash2_counts(schedule, problem, t, masked):
 
 def flash1_counts(schedule, problem, t, masked):
     """kernels/flash1.py (Algorithm 1): K_j, V_j once; Q_i, O_i, l_i, m_i through HBM per visited tile."""
-    counts, (hr, hw, sr, sw), (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
+    counts, (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
+    hr, hw, sr, sw = counts
     # init O = 0, l = 0, m = -inf in HBM
     _add(hw, "O", q_rows * d)
     _add(hw, "l", q_rows)
@@ -203,7 +205,8 @@ def flash1_counts(schedule, problem, t, masked):
 
 def standard_counts(schedule, problem, t, masked):
     """kernels/standard.py: S and P through HBM (qk, softmax, pv kernels)."""
-    counts, (hr, hw, sr, sw), (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
+    counts, (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
+    hr, hw, sr, sw = counts
     nt = schedule.threads
     _add(hr, "Q", q_rows_visits * d)
     _add(sw, "Q", q_rows_visits * d)
@@ -252,7 +255,9 @@ def simulate_backward_counts(schedule, problem):
     _add(hw, "dK", n_kv * d)
     _add(hw, "dV", n_kv * d)
     _add(hw, "dQ", n_q * d)
-    if schedule.kind in ("flash1", "flash2"):
+    from sandbox import kinds
+
+    if kinds.get(schedule.kind).backward == "flash":
         # dkdv: K_j, V_j once per K/V block some query sees; Q_i, dO_i, L_i, D_i per visited tile
         for x in ("K", "V"):
             _add(hr, x, d * t.kv_rows_loaded)

@@ -63,3 +63,15 @@ def test_splitkv_trades_hbm_for_parallelism():
         assert r.hbm_writes["Opart"] == r.hbm_reads["Opart"] == s * 4 * 8 * 64
         assert r.hbm_bytes > prev
         prev = r.hbm_bytes
+
+
+def test_the_backward_is_declared_in_the_registry(monkeypatch):
+    """A kind names its backward ("flash" or "standard"); everything dispatches on that, not on names."""
+    monkeypatch.setattr(kinds, "_REGISTRY", dict(kinds._REGISTRY))
+    kinds.register(kinds.Kind("flash2grad", "flash2 with the flash backward", sram="sandbox.schedule:flash2_sram",
+                              kernels="kernels.flash2", counts="simulator.counts:flash2_counts", backward="flash"))
+    p = Problem(1, 2, 50, 70, 16, causal=True)
+    assert simulate(Schedule("flash2grad", block_q=16, block_kv=8), p, backward=True) == simulate(
+        Schedule("flash2", block_q=16, block_kv=8), p, backward=True)
+    with pytest.raises(ValueError, match="backward must be one of"):
+        kinds.register(kinds.Kind("oops", "", sram="a:b", kernels="a", counts="a:b", backward=True))
