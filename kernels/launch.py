@@ -14,15 +14,17 @@ from numba import cuda, float32, void
 
 from kernels import backward as backward_kernels
 from kernels.counters import new_counters, to_report
-from kernels.smem import allow_dynamic_smem, check_device_limit
+from kernels.smem import allow_dynamic_smem, check_device_limit, device_smem_optin
 from kernels.tiles import COUNTERS, array_type
 from sandbox import kinds
 from sandbox.dtypes import BFLOAT16, storage_dtype
 from sandbox.runtime import using_simulator
 
 
-def _phases(kind, dtype, backward):
-    """phase -> (maker, argument types), in launch order: the kind's own (sandbox/kinds.py), or the backward's."""
+def _phases(kind, dtype, backward, fast=False):
+    """phase -> (maker, argument types), in launch order: the kind's own (sandbox/kinds.py), its fast build's, or the backward's."""
+    if fast:
+        return kinds.get(kind).fast_module().phases(dtype)
     if not backward:
         return kinds.get(kind).kernel_module().phases(dtype)
     IN4, F3, F4, C = array_type(dtype, 4), array_type(np.float32, 3), array_type(np.float32, 4), COUNTERS
@@ -44,22 +46,68 @@ def _phases(kind, dtype, backward):
     }
 
 
+def max_registers(threads, blocks=1, per_sm=65536):
+    """Registers per thread that let ``blocks`` blocks of ``threads`` reside on one SM (registers
+    are allocated per warp, in units of 8 per thread; at most 255, the ISA's limit)."""
+    warps = -(-threads // 32)
+    return max(8, min(255, per_sm // (32 * warps * blocks) // 8 * 8))
+
+
+def _jit_options(schedule, fast):
+    """A register cap that lets the block launch, or for the fast build that lets
+    ``MIN_BLOCKS_PER_SM`` blocks reside (CUDA's __launch_bounds__), with all of the SM's L1/shared
+    carveout as shared memory; nothing under the simulator."""
+    if using_simulator():
+        return {}
+    if not fast:
+        return {"max_registers": max_registers(schedule.threads)}
+    from kernels import flash2_fast
+
+    return {"max_registers": max_registers(schedule.threads, flash2_fast.MIN_BLOCKS_PER_SM),
+            "shared_memory_carveout": "MaxShared"}
+
+
+def use_fast(schedule, head_dim, count_io=False, mask=None, fast=None):
+    """Whether a forward run takes the kind's fast build (sandbox/kinds.py).
+
+    ``fast``: None takes it whenever it can run the schedule (no counters, no mask, the layout it
+    needs, shared memory the device has); False never; True always, or raises.
+
+    Raises:
+        ValueError: ``fast=True`` and the fast build cannot run this, with the reason.
+    """
+    if fast is False:
+        return False
+    if fast not in (None, True):
+        raise TypeError(f"fast: expected None, True or False, got {fast!r}")
+    module = kinds.get(schedule.kind).fast_module()
+    why = f"kind {schedule.kind!r} has no fast build" if module is None else module.eligible(
+        schedule, head_dim, count_io, mask)
+    limit = device_smem_optin()
+    if why is None and limit is not None and module.smem_bytes(schedule, head_dim) > limit:
+        why = f"it needs {module.smem_bytes(schedule, head_dim)} bytes of shared memory, this GPU has {limit}"
+    if why is not None and fast:
+        raise ValueError(f"fast=True, but the fast build cannot run {schedule} at head_dim={head_dim}: {why}")
+    return why is None
+
+
 @functools.lru_cache(maxsize=256)
-def build(schedule, head_dim, dtype_name, causal, count_io, backward=False, mask=None):
-    """Compiled kernels for one (schedule, head_dim, dtype, causal, count_io, direction, mask).
+def build(schedule, head_dim, dtype_name, causal, count_io, backward=False, mask=None, fast=False):
+    """Compiled kernels for one (schedule, head_dim, dtype, causal, count_io, direction, mask, build).
 
     ``mask``: a sandbox.masks.Mask (forward only), compiled into the kernels; cached per Mask object.
+    ``fast``: the kind's fast build instead (see :func:`use_fast`).
 
     Returns:
         dict phase -> (kernel, smem_bytes, grid(problem)), in launch order.
     """
     dtype = np.dtype(dtype_name)
     out = {}
-    for phase, (maker, sig) in _phases(schedule.kind, dtype, backward).items():
+    for phase, (maker, sig) in _phases(schedule.kind, dtype, backward, fast).items():
         extra = {} if mask is None else {"mask": mask}
         py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, count_io, causal, **extra)
         signature = void(*sig)
-        kernel = cuda.jit(signature)(py_func)
+        kernel = cuda.jit(signature, **_jit_options(schedule, fast))(py_func)
         if not using_simulator():
             allow_dynamic_smem(kernel.overloads[signature.args], smem_bytes)
         out[phase] = (kernel, smem_bytes, grid)
@@ -76,15 +124,19 @@ def _device_empty(shape, dtype, what):
         ) from e
 
 
-def run(schedule, problem, q, k, v, count_io=False, mask=None):
+def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None):
     """Run ``schedule`` on device arrays q, k, v (Numba device arrays, C-contiguous).
+
+    ``fast``: take the kind's fast build (None: whenever it can; see :func:`use_fast`).
 
     Returns:
         (out, lse, report): device arrays (B, H, Nq, d) in the input dtype and (B, H, Nq)
         fp32, and the measured IOReport (None unless ``count_io``).
     """
-    check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype))  # before any attribute or launch
-    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io), mask=mask)
+    fast = use_fast(schedule, problem.head_dim, count_io, mask, fast)
+    if not fast:  # (the fast build's own need was checked by use_fast)
+        check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype))  # before any attribute or launch
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io), mask=mask, fast=fast)
     stream = cuda.default_stream()
     b, h, n_q, d = problem.batch, problem.heads, problem.n_q, problem.head_dim
     out = _device_empty((b, h, n_q, d), problem.dtype, "O")
@@ -206,13 +258,13 @@ def _wrap_like(x, like):
     return x
 
 
-def attention_any(schedule, problem, q, k, v, count_io=False, mask=None):
+def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=None):
     """:func:`run` for NumPy inputs (copied over and back) or CUDA-array-interface inputs (left on the GPU).
 
     Returns:
         (out, lse, report) on the side the inputs came from.
     """
-    out, lse, report = run(schedule, problem, *_to_device((q, k, v), "qkv"), count_io=count_io, mask=mask)
+    out, lse, report = run(schedule, problem, *_to_device((q, k, v), "qkv"), count_io=count_io, mask=mask, fast=fast)
     return (*_from_device((out, lse), q, (problem.dtype, np.float32)), report)
 
 

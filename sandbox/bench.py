@@ -40,8 +40,8 @@ WARMUP = 2
 L2_BYTES = 50 * 2**20
 #: Most input sets rotated through.
 MAX_SETS = 8
-#: Input dtypes benched (bfloat16 would need our launcher's uint16 storage in the zero-copy views).
-BENCH_DTYPES = ("float32", "float16")
+#: Input dtypes benched (bfloat16 inputs are made in PyTorch, the one library here that has them).
+BENCH_DTYPES = ("float32", "float16", "bfloat16")
 
 FLOPS_NOTE = ("TFLOP/s: forward 4·B·H·d FLOPs per (query, key) pair, causal counting only the allowed pairs "
               "(exactly Σ_i min(i+1, Nk)); backward 2.5x the forward (5 matmuls vs 2, the FlashAttention papers' "
@@ -188,6 +188,8 @@ class BenchSpec:
         repeats: timed calls per row (≥ 1; 10 by default, the median reported).
         warmup: untimed calls before them.
         block_q, block_kv, thread_q, thread_kv: our schedules' overrides.
+        tune: "flash2" runs the autotuned schedule of each (head_dim, dtype) (sandbox/autotune.py),
+            unless a schedule override is given.
 
     Raises:
         ValueError, TypeError: an unknown implementation, an impossible schedule or problem.
@@ -208,6 +210,7 @@ class BenchSpec:
     thread_q: int = None
     thread_kv: int = None
     seed: int = 0
+    tune: bool = False
 
     def __post_init__(self):
         if self.repeats < 1:
@@ -223,7 +226,7 @@ class BenchSpec:
     def schedules(self):
         from sandbox.bench_impls import default_schedules
 
-        return default_schedules(self.block_q, self.block_kv, self.thread_q, self.thread_kv)
+        return default_schedules(self.block_q, self.block_kv, self.thread_q, self.thread_kv, tune=self.tune)
 
     def implementations(self):
         from sandbox.bench_impls import implementations
@@ -254,7 +257,7 @@ def base_row(task, spec):
     row.update(
         impl=impl.name, ours=impl.ours, dir=impl.direction, dtype=p.dtype.name, causal=p.causal, batch=p.batch,
         heads=p.heads, n=p.n_q, d=p.head_dim, repeats=spec.repeats, flops=attention_flops(p, impl.direction),
-        schedule=impl.schedule.describe() if impl.ours else "",
+        schedule=impl.describe(p) if impl.ours else "",
     )
     return row
 
@@ -366,6 +369,8 @@ def run_bench(spec, csv_path, progress=None, argv=None, rows=None, timer=time_ca
     prov = bench_provenance(argv)
     save(rows, prov, csv_path, json_path)  # fail now, not after the first row, if the folder is unwritable
     lib = array_library()
+    if "bfloat16" in spec.dtype and lib != "torch":
+        raise ValueError("bfloat16 rows need PyTorch with CUDA: the inputs are made there (CuPy and NumPy have no bfloat16)")
     tasks = spec.tasks()
     inputs_key = sets = None
     references = {}

@@ -14,6 +14,8 @@ Tolerances (absolute, against ``scale``: max |V| for O, max |reference gradient|
 - float16: 4 · 2⁻¹¹ · scale + 1e-3: four units of fp16 rounding of the scale (the output is
   rounded to fp16, and fp16 peers round S or P too), plus 1e-3 for the rounding of S and P
   in fp16 before they are summed.
+- bfloat16: the same with bf16's unit, 4 · 2⁻⁸ · scale + 8e-3 (S and P rounded to bf16 by the
+  peers that do: 8x fp16's 1e-3, the ratio of the two units).
 """
 
 import math
@@ -29,12 +31,16 @@ CHUNK_ELEMENTS = 2**24
 
 FP32_RTOL = 1e-4
 FP16_UNITS, FP16_ATOL = 4, 1e-3
+BF16_UNITS, BF16_ATOL = 4, 8e-3
 
 
 def tolerance(dtype, scale):
     """Absolute error allowed for an output of ``dtype`` whose values are of size ``scale`` (see module docstring)."""
-    if np.dtype(dtype).name == "float16":
+    name = getattr(dtype, "name", None) or str(dtype)
+    if name == "float16":
         return FP16_UNITS * 2.0**-11 * scale + FP16_ATOL
+    if name == "bfloat16":
+        return BF16_UNITS * 2.0**-8 * scale + BF16_ATOL
     return FP32_RTOL * scale
 
 

@@ -38,7 +38,12 @@ BLOCKWISE_BLOCK = 128
 #: PyTorch SDPA backends we time, by our name.
 SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION", "sdpa-math": "MATH"}
 #: Every implementation name, in the order rows are produced (peers first, then ours).
-IMPL_NAMES = (*SDPA_BACKENDS, "cupy-naive", "torch-blockwise", "standard", "flash1", "flash2")
+IMPL_NAMES = (*SDPA_BACKENDS, "cupy-naive", "torch-blockwise", "standard", "flash1", "flash2", "flash2-plain")
+#: Our rows by name: (kind, build). "flash2" is flash2's fast build (kernels/flash2_fast.py) on
+#: the autotuned schedule (sandbox/autotune.py) unless a schedule is given; "flash2-plain" is the
+#: counting build's source with its counters compiled out, on the default schedule.
+OURS = {"standard": ("standard", None), "flash1": ("flash1", None), "flash2": ("flash2", None),
+        "flash2-plain": ("flash2", False)}
 #: Names that have a backward row (our flash1 backward is flash2's kernels: not repeated).
 BACKWARD_NAMES = (*SDPA_BACKENDS, "standard", "flash2")
 
@@ -294,6 +299,8 @@ class CupyNaive(Impl):
     memory = "cupy"
 
     def available(self, problem):
+        if problem.dtype.name == "bfloat16":
+            return False, "CuPy has no bfloat16"
         return (True, "") if installed("cupy") else (False, "cupy is not installed")
 
     def prepare(self, inputs, problem):
@@ -306,51 +313,80 @@ class CupyNaive(Impl):
 class Ours(Impl):
     """Our Numba kernels through ``kernels.launch``: ``run`` (forward) or ``run_backward``.
 
+    ``schedule`` None: the autotuned one for the problem's (head_dim, dtype) (sandbox/autotune.py).
+    ``fast``: ``kernels.launch.use_fast``'s choice of build (None: the fast one where it can run).
     The backward's ``prepare`` runs the same kind's forward once for O and L.
     """
 
     ours = True
     memory = "numba"
 
-    def __init__(self, name, direction, schedule):
+    def __init__(self, name, direction, schedule, fast=None):
         super().__init__(name, direction)
-        self.schedule = schedule
+        self.schedule, self.fast = schedule, fast
+
+    def schedule_for(self, problem):
+        if self.schedule is not None:
+            return self.schedule
+        from sandbox.autotune import tuned_schedule
+
+        return tuned_schedule(problem.head_dim, problem.dtype.name)
+
+    def describe(self, problem):
+        """The schedule and, for a forward, which build runs it."""
+        from kernels.launch import use_fast
+
+        s = self.schedule_for(problem)
+        if self.direction == "bwd":
+            return s.describe()
+        return f"{s.describe()} ({'fast' if use_fast(s, problem.head_dim, fast=self.fast) else 'plain'} build)"
 
     def available(self, problem):
+        from kernels.launch import use_fast
         from kernels.smem import check_device_limit
 
         backward = self.direction == "bwd"
         try:
-            self.schedule.check_fits(problem.head_dim, problem.dtype, backward=backward)
-            check_device_limit(self.schedule.sram_footprint(problem.head_dim, problem.dtype, backward=backward))
+            s = self.schedule_for(problem)
+            s.check_fits(problem.head_dim, problem.dtype, backward=backward)
+            if backward or not use_fast(s, problem.head_dim, fast=self.fast):
+                check_device_limit(s.sram_footprint(problem.head_dim, problem.dtype, backward=backward))
         except ValueError as e:
             return False, str(e)
         return True, ""
 
     def prepare(self, inputs, problem):
-        from kernels.launch import run, run_backward
+        from kernels.launch import _to_device, run, run_backward
 
-        q, k, v, dout = inputs.view("numba")
-        s = self.schedule
+        if problem.dtype.name == "bfloat16":  # PyTorch's tensors, as their uint16 bits (kernels/launch.py)
+            q, k, v, dout = (None if x is None else _to_device([x], "x")[0] for x in inputs.view("torch"))
+        else:
+            q, k, v, dout = inputs.view("numba")
+        s, fast = self.schedule_for(problem), self.fast
         if self.direction == "fwd":
-            return lambda: run(s, problem, q, k, v)[0]
-        out, lse, _ = run(s, problem, q, k, v)
+            return lambda: run(s, problem, q, k, v, fast=fast)[0]
+        out, lse, _ = run(s, problem, q, k, v, fast=fast)
         return lambda: run_backward(s, problem, q, k, v, out, lse, dout)[:3]
 
 
-def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None):
-    """Our kinds' schedules: 64×64 blocks and 4×4 register tiles unless overridden (all kinds alike).
+def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None, tune=False):
+    """Our rows' schedules (by name, see :data:`OURS`): 64×64 blocks and 4×4 register tiles unless
+    overridden (all alike). ``tune``: "flash2" gets None, i.e. the autotuned schedule, unless
+    something is overridden.
 
     Raises:
         ValueError, TypeError: an impossible schedule (see :class:`Schedule`).
     """
     pick = lambda value, default: default if value is None else value  # noqa: E731
     b, t = DEFAULT_BLOCK, DEFAULT_TILE
-    return {
-        kind: Schedule(kind, block_q=pick(block_q, b), block_kv=pick(block_kv, b), thread_q=pick(thread_q, t),
+    out = {
+        name: Schedule(kind, block_q=pick(block_q, b), block_kv=pick(block_kv, b), thread_q=pick(thread_q, t),
                        thread_kv=pick(thread_kv, t))
-        for kind in ("standard", "flash1", "flash2")
+        for name, (kind, _) in OURS.items()
     }
+    if tune and (block_q, block_kv, thread_q, thread_kv) == (None,) * 4:
+        out["flash2"] = None
+    return out
 
 
 def implementations(names=None, backward=False, schedules=None):
@@ -372,11 +408,13 @@ def implementations(names=None, backward=False, schedules=None):
             return TorchBlockwise(name)
         if name == "cupy-naive":
             return CupyNaive(name)
-        return Ours(name, direction, schedules[name])
+        return Ours(name, direction, schedules[name], fast=OURS[name][1])
 
     out = [make(n, "fwd") for n in IMPL_NAMES if n in names]
     if backward:
-        out += [make(n, "bwd") for n in BACKWARD_NAMES if n in names]
+        untuned = default_schedules()  # the backward is not the fast build's: no tuned schedule
+        out += [Ours(n, "bwd", schedules[n] or untuned[n]) if n in OURS else make(n, "bwd")
+                for n in BACKWARD_NAMES if n in names]
     return out
 
 

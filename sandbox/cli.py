@@ -207,7 +207,7 @@ def cmd_bench(a):
         n=tuple(a.n), head_dim=tuple(a.d), batch=a.batch, heads=a.heads, dtype=tuple(a.dtype),
         causal=(False, True) if a.both_masks else (a.causal,), impls=tuple(a.impl) if a.impl else None,
         backward=a.backward, repeats=a.repeats, block_q=a.block_q, block_kv=a.block_kv, thread_q=a.thread_q,
-        thread_kv=a.thread_kv, seed=a.seed,
+        thread_kv=a.thread_kv, seed=a.seed, tune=not a.no_tune,
     )
     rows = []
     try:
@@ -224,6 +224,25 @@ def cmd_bench(a):
     print(f"{len(rows)} rows in {a.out} and {os.path.splitext(a.out)[0]}.json")
     failed = any(r["status"].startswith(("WRONG", "error")) for r in rows)
     return 1 if failed else 0
+
+
+def cmd_tune(a):
+    from sandbox.autotune import cache_path, tune
+    from sandbox.runtime import using_simulator
+
+    if using_simulator():
+        print("tune needs a GPU: the CUDA simulator's timings mean nothing", file=sys.stderr)
+        return EXIT_USAGE
+    for d in a.d:
+        for dt in a.dtype:
+            best, entry = tune(d, dt, refresh=a.refresh)
+            print(f"d={d} {dt}: {best.describe()}")
+            for label, ms in sorted(entry["ms"].items(), key=lambda kv: kv[1]):
+                print(f"    {ms:9.3f} ms  {label}")
+            for label, err in entry["errors"].items():
+                print(f"    failed     {label}: {err}")
+    print(f"cache: {cache_path()}")
+    return 0
 
 
 def build_parser():
@@ -270,7 +289,7 @@ def build_parser():
     p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float16"))
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"))
     mask = p.add_mutually_exclusive_group()
     mask.add_argument("--causal", action="store_true", help="causal mask only (default: none)")
     mask.add_argument("--both-masks", action="store_true", help="rows without and with the causal mask")
@@ -284,8 +303,17 @@ def build_parser():
     p.add_argument("--block-kv", type=int, default=None, help="Bc of our kernels (default 64)")
     p.add_argument("--thread-q", type=int, default=None, help="rows of our register tiles (default 4)")
     p.add_argument("--thread-kv", type=int, default=None, help="columns of our register tiles (default 4)")
+    p.add_argument("--no-tune", action="store_true",
+                   help="flash2 on the default schedule instead of the autotuned one (python -m sandbox tune)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("tune", help="time flash2's fast-build schedules per (head_dim, dtype) on this GPU "
+                                   "and cache the fastest (GPU only)")
+    p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims")
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--refresh", action="store_true", help="time again even where the cache has a choice")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("demo", help="the main job: sweeps, figures and a kernel check into --out")
     p.add_argument("--out", default="results")

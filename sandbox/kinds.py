@@ -15,6 +15,12 @@ add one, write its three parts and register it here with one :func:`register` ca
   sram_writes]``, the exact element counts of one (b, h) (``simulator/counts.py``), which must
   equal the kernels' own counters.
 
+Optionally, ``fast``: a module with a faster build of the same schedule for runs without
+counters (same tiles, same loop order, same HBM traffic; its SRAM use may differ, and
+``simulate`` models the counting build). It has ``eligible(schedule, head_dim, count_io, mask)
+-> None or the reason it cannot run``, ``smem_bytes(schedule, head_dim)`` and ``phases(dtype)``
+like ``kernels``; the kind's ``launch`` launches it. ``kernels/flash2_fast.py`` is flash2's.
+
 Every registered kind is picked up by :class:`Schedule`, ``sandbox.attention``,
 ``sandbox.simulate``, the CLI and the test suite (``tests/kernels/test_attention.py``,
 ``tests/simulator/test_agreement.py``, ``tests/kernels/test_masks.py`` run over :func:`names`).
@@ -44,6 +50,8 @@ class Kind:
     masks: bool = False
     #: it reads Schedule.kv_splits (others refuse kv_splits != 1)
     kv_splits: bool = False
+    #: the module of its fast build (see the module docstring), or None
+    fast: str = None
 
     def _resolve(self, ref):
         if not isinstance(ref, str):
@@ -57,6 +65,9 @@ class Kind:
 
     def kernel_module(self):
         return self._resolve(self.kernels)
+
+    def fast_module(self):
+        return None if self.fast is None else self._resolve(self.fast)
 
     def count(self, schedule, problem, tiles, masked):
         return self._resolve(self.counts)(schedule, problem, tiles, masked)
@@ -112,7 +123,7 @@ register(Kind("flash1", "Algorithm 1: outer loop over K/V blocks, O/l/m back to 
               counts="simulator.counts:flash1_counts", backward="flash", masks=True))
 register(Kind("flash2", "FlashAttention-2 order: outer loop over Q blocks, O and L written once",
               sram="sandbox.schedule:flash2_sram", kernels="kernels.flash2",
-              counts="simulator.counts:flash2_counts", backward="flash", masks=True))
+              counts="simulator.counts:flash2_counts", backward="flash", masks=True, fast="kernels.flash2_fast"))
 register(Kind("splitkv", "split-KV (flash-decoding): K/V range split over thread blocks, partial O and L "
                          "to HBM, then a combine kernel; for Nq << Nk",
               sram="sandbox.schedule:splitkv_sram", kernels="kernels.splitkv",

@@ -21,7 +21,7 @@ def _check_schedule(schedule):
 
 
 def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, return_lse=False, count_io=False,
-              mask=None):
+              mask=None, fast=None):
     """softmax(scale·QKᵀ)V with the Numba CUDA kernel of ``schedule`` (on the GPU, or Numba's CUDA simulator).
 
     Args:
@@ -38,6 +38,10 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
             (combined with ``causal`` if both are given). It is compiled into the kernel: tiles
             with no allowed entry are skipped, the rest are masked entry by entry. Checked
             before launch (compiles, returns a bool, does not raise on this problem).
+        fast: run the kind's fast build of the same schedule (flash2's: ``kernels/flash2_fast.py``;
+            same tiles and HBM traffic, S in registers). None (default): whenever it can run this
+            (no ``count_io``, no mask, a thread layout it takes); False: the counting kernel's
+            source without counters; True: the fast build or a ValueError saying why not.
 
     Returns:
         ``out``; ``(out, lse)``; with ``count_io`` the report is appended last. ``out`` has the
@@ -53,7 +57,7 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
     mask = _check_mask(mask, problem, schedule)
     from kernels.launch import attention_any
 
-    out, lse, report = attention_any(schedule, problem, q, k, v, count_io=count_io, mask=mask)
+    out, lse, report = attention_any(schedule, problem, q, k, v, count_io=count_io, mask=mask, fast=fast)
     result = (out, lse) if return_lse else (out,)
     if count_io:
         result += (report,)

@@ -235,11 +235,16 @@ def test_registry_and_schedules(monkeypatch):
     impls = implementations(backward=True)
     assert [(i.name, i.direction) for i in impls] == [
         ("sdpa-flash", "fwd"), ("sdpa-efficient", "fwd"), ("sdpa-math", "fwd"), ("cupy-naive", "fwd"),
-        ("torch-blockwise", "fwd"), ("standard", "fwd"), ("flash1", "fwd"), ("flash2", "fwd"),
+        ("torch-blockwise", "fwd"), ("standard", "fwd"), ("flash1", "fwd"), ("flash2", "fwd"), ("flash2-plain", "fwd"),
         ("sdpa-flash", "bwd"), ("sdpa-efficient", "bwd"), ("sdpa-math", "bwd"), ("standard", "bwd"), ("flash2", "bwd"),
     ]
-    assert [i.ours for i in impls[5:8]] == [True] * 3 and not any(i.ours for i in impls[:5])
-    assert impls[7].schedule == Schedule("flash2", block_q=64, block_kv=64, thread_q=4, thread_kv=4)
+    assert [i.ours for i in impls[5:9]] == [True] * 4 and not any(i.ours for i in impls[:5])
+    assert impls[7].schedule == impls[8].schedule == Schedule("flash2", block_q=64, block_kv=64, thread_q=4, thread_kv=4)
+    assert (impls[7].fast, impls[8].fast) == (None, False)  # flash2: the fast build where it runs; -plain: never
+    tuned = implementations(["flash2"], backward=True, schedules=default_schedules(tune=True))
+    assert tuned[0].schedule is None  # the autotuned one, per (head_dim, dtype)
+    assert tuned[1].schedule == impls[7].schedule  # the backward is not the fast build's: the default
+    assert default_schedules(block_q=32, tune=True)["flash2"].block_q == 32  # an override is not tuned away
     assert [i.name for i in implementations(["flash2", "sdpa-math"])] == ["sdpa-math", "flash2"]
     with pytest.raises(ValueError, match="unknown implementation 'flash3'"):
         implementations(["flash3"])

@@ -1,0 +1,187 @@
+"""Pick the fastest fast-build schedule per (GPU, head_dim, dtype, causal) by timing, and remember it on disk.
+
+``tuned_schedule(head_dim, dtype)`` returns the cached choice, timing the candidates the first
+time (a few seconds per candidate, most of it Numba compiling). The cache is a JSON file,
+``$ATTN_SANDBOX_CACHE/autotune.json`` (default ``~/.cache/attention-sandbox``), keyed by the GPU's
+name, the problem's head_dim, dtype and causality, numba-cuda's version, and a hash of the fast
+kernel's source: a changed kernel or toolchain is tuned again, never served a stale choice. Each
+entry keeps every candidate's time, so the choice can be checked.
+
+    python -m sandbox tune --d 64 128 --dtype float32      # time, cache, print the table
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from sandbox.schedule import Schedule
+
+#: (Br, Bc, thread_q, thread_kv) tried per (head_dim, dtype); those the fast build or the GPU's
+#: shared memory cannot take are left out (kernels.launch.use_fast).
+#: On an H100 (fp32, N=4096) the best are 128x32 with 4x4 tiles (d = 64 and 128) and 128x64 with
+#: 8x4 (d = 64); tiles of 8x8 spill.
+CANDIDATES = (
+    (64, 64, 4, 4), (128, 32, 4, 4), (128, 64, 8, 4), (64, 32, 4, 2), (128, 64, 4, 4), (128, 32, 8, 4),
+)
+#: The problem a candidate is timed on: B·H = 32 heads of N = 4096 (the regime of issue 7).
+TUNE_BATCH, TUNE_HEADS, TUNE_N = 2, 16, 4096
+
+
+def cache_path():
+    """The autotuner's cache file (``$ATTN_SANDBOX_CACHE/autotune.json``, default under ~/.cache)."""
+    root = os.environ.get("ATTN_SANDBOX_CACHE") or Path.home() / ".cache" / "attention-sandbox"
+    return Path(root) / "autotune.json"
+
+
+def kernel_hash():
+    """A hash of the fast build's source and of the tiles it builds on: a changed kernel is tuned again."""
+    import kernels.flash2_fast
+    import kernels.tiles
+
+    h = hashlib.sha256()
+    for module in (kernels.flash2_fast, kernels.tiles):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(device_name, head_dim, dtype, causal):
+    from numba_cuda import __version__ as numba_cuda_version
+
+    return f"{device_name}|d={head_dim}|{dtype}|causal={bool(causal)}|numba-cuda {numba_cuda_version}|kernel {kernel_hash()}"
+
+
+def candidates(head_dim):
+    """The schedules of :data:`CANDIDATES` the fast build can run at ``head_dim`` on this device."""
+    from kernels.launch import use_fast
+
+    out = []
+    for br, bc, tq, tkv in CANDIDATES:
+        s = Schedule("flash2", block_q=br, block_kv=bc, thread_q=tq, thread_kv=tkv)
+        if use_fast(s, head_dim):
+            out.append(s)
+    return out
+
+
+def load_cache(path=None):
+    path = Path(path or cache_path())
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        print(f"autotune: ignoring unreadable cache {path}: {e}", file=sys.stderr)
+        return {}
+
+
+def _save_cache(cache, path):
+    """Write atomically (a temporary file renamed over the old one): an interrupt never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(cache, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _local_memory(schedule, head_dim, dtype):
+    """Bytes of local memory per thread (register spills) of the fast build, causal or not, compiled here."""
+    from kernels.launch import build
+
+    worst = 0
+    for causal in (False, True):
+        (compiled,) = build(schedule, head_dim, dtype, causal, False, fast=True)["main"][0].overloads.values()
+        worst = max(worst, compiled.local_mem_per_thread)
+    return worst
+
+
+def _time_schedule(schedule, problem):
+    from sandbox.bench import time_attention
+
+    return time_attention(schedule, problem, repeats=5)
+
+
+def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, timer=None, device_name=None,
+         progress=sys.stderr):
+    """The fastest candidate schedule for (head_dim, dtype, causal) on this GPU; cached (see the module docstring).
+
+    Args:
+        refresh: time again even if the cache has an entry.
+        timer: ``timer(schedule, problem) -> milliseconds`` (default: CUDA events, median of 5
+            after warm-up, on B=2, H=16, N=4096, after refusing any candidate whose kernel
+            spills registers to local memory); tests pass a stand-in.
+        device_name: the cache key's GPU name (default: the current device's).
+        progress: a stream for one line per candidate, or None.
+
+    Returns:
+        (schedule, entry): the chosen :class:`Schedule` and its cache entry (every candidate's ms).
+
+    Raises:
+        RuntimeError: under the CUDA simulator without a ``timer`` (its timings mean nothing), or
+            no candidate ran.
+    """
+    from sandbox.problem import Problem
+    from sandbox.runtime import using_simulator
+
+    if timer is None and using_simulator():
+        raise RuntimeError("autotuning needs a GPU: the CUDA simulator's timings mean nothing")
+    if device_name is None:
+        from numba import cuda
+
+        device_name = cuda.get_current_device().name
+        device_name = device_name.decode() if isinstance(device_name, bytes) else str(device_name)
+    path = Path(path or cache_path())
+    key = cache_key(device_name, head_dim, dtype, causal)
+    cache = load_cache(path)
+    if key in cache and not refresh:
+        entry = cache[key]
+        return Schedule(**entry["schedule"]), entry
+    problem = Problem(TUNE_BATCH, TUNE_HEADS, TUNE_N, TUNE_N, head_dim, dtype=dtype, causal=causal)
+    timer = timer or _time_schedule
+    times, errors = {}, {}
+    todo = candidates(head_dim)
+    for i, s in enumerate(todo):
+        label = s.describe()
+        try:
+            spill = _local_memory(s, head_dim, dtype) if timer is _time_schedule else 0
+            if spill:
+                raise RuntimeError(f"spills: {spill} bytes of local memory per thread")
+            ms = float(timer(s, problem))
+        except Exception as e:  # a launch the GPU refuses (registers, shared memory): not a candidate
+            errors[label] = f"{type(e).__name__}: {e}"
+            if progress:
+                print(f"autotune d={head_dim} {dtype}: [{i + 1}/{len(todo)}] {label}: failed ({errors[label][:80]})",
+                      file=progress, flush=True)
+            continue
+        times[label] = ms
+        if progress:
+            print(f"autotune d={head_dim} {dtype}: [{i + 1}/{len(todo)}] {label}: {ms:.3f} ms", file=progress,
+                  flush=True)
+    if not times:
+        raise RuntimeError(f"autotune: no candidate ran at head_dim={head_dim}, {dtype}: {errors or 'none eligible'}")
+    best = min(todo, key=lambda s: times.get(s.describe(), float("inf")))
+    fields = {f.name: getattr(best, f.name) for f in dataclasses.fields(best)}
+    entry = {"schedule": fields, "ms": times, "errors": errors,
+             "problem": dict(batch=TUNE_BATCH, heads=TUNE_HEADS, n=TUNE_N),
+             "median_of": 5, "spread": _spread(times)}
+    cache = load_cache(path)  # re-read: another process may have tuned meanwhile
+    cache[key] = entry
+    _save_cache(cache, path)
+    return best, entry
+
+
+def _spread(times):
+    values = sorted(times.values())
+    return {"best_ms": values[0], "median_ms": statistics.median(values), "worst_ms": values[-1]}
+
+
+def tuned_schedule(head_dim, dtype="float32", causal=False):
+    """The cached (or freshly tuned) fastest flash2 schedule: :func:`tune`'s first result."""
+    return tune(head_dim, dtype, causal)[0]

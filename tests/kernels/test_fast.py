@@ -1,0 +1,163 @@
+"""flash2's fast build (kernels/flash2_fast.py) against the float64 reference, and when it is taken.
+
+The fast build runs the same schedule as the counting build with S in registers, shuffles for the
+row statistics (a shared-memory butterfly under the simulator) and vector shared loads. These
+properties hold it to the same tolerances as every kernel (tests/tolerances.py).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from kernels.flash2_fast import eligible, layout, smem_bytes
+from kernels.launch import build, use_fast
+from sandbox import Problem, Schedule, reference_attention
+from sandbox.lab import attention
+from sandbox.masks import causal as causal_mask
+from tests.strategies import SIMULATED, magnitudes, make_inputs, seeds
+from tests.tolerances import tolerances
+
+# threads_kv (the shuffle group) and the register tile edges drawn; head_dim = 4·threads_kv·m.
+GROUPS = (1, 2, 4, 8) if SIMULATED else (4, 8, 16, 32)
+MAX_TILE = 2 if SIMULATED else 8
+MAX_ROW_THREADS = 4 if SIMULATED else 16
+
+
+@st.composite
+def fast_cases(draw, max_n):
+    """(schedule, problem) pairs the fast build takes: exact thread layouts, ragged lengths."""
+    tx = draw(st.sampled_from(GROUPS))
+    tn = draw(st.sampled_from([t for t in range(1, max(MAX_TILE, 4) + 1) if (tx * t) % 4 == 0]))  # Bc % 4 == 0
+    ty = draw(st.integers(1, MAX_ROW_THREADS))
+    tm = draw(st.integers(1, MAX_TILE))
+    d_choices = [4 * tx * m for m in (1, 2, 4) if 4 * tx * m <= (32 if SIMULATED else 256)]
+    d = draw(st.sampled_from(d_choices))
+    schedule = Schedule("flash2", block_q=ty * tm, block_kv=tx * tn, thread_q=tm, thread_kv=tn)
+    problem = Problem(
+        batch=draw(st.integers(1, 2)), heads=draw(st.integers(1, 2)), n_q=draw(st.integers(1, max_n)),
+        n_kv=draw(st.integers(1, max_n)), head_dim=d, dtype=draw(st.sampled_from(("float32", "float16", "bfloat16"))),
+        causal=draw(st.booleans()), scale=draw(st.one_of(st.none(), st.floats(0.05, 2.0))),
+    )
+    return schedule, problem
+
+
+def check(schedule, problem, q, k, v):
+    assert use_fast(schedule, problem.head_dim), eligible(schedule, problem.head_dim)
+    out, lse = attention(q, k, v, schedule=schedule, causal=problem.causal, scale=problem.scale, return_lse=True,
+                         fast=True)
+    assert out.dtype == problem.dtype and out.shape == q.shape and lse.shape == q.shape[:3]
+    ref_out, ref_lse = reference_attention(q, k, v, causal=problem.causal, scale=problem.scale, return_lse=True)
+    atol_out, atol_lse = tolerances(q, k, v, ref_out, ref_lse, problem.causal, problem.scale, problem.dtype)
+    np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
+    np.testing.assert_allclose(lse, ref_lse, rtol=0, atol=atol_lse)
+    return out, lse
+
+
+SIZES = [pytest.param(20, id="small"), pytest.param(700, id="large", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("max_n", SIZES)
+@settings(max_examples=12 if SIMULATED else 40, deadline=None)
+@given(data=st.data(), seed=seeds, magnitude=magnitudes)
+def test_fast_build_matches_reference(max_n, data, seed, magnitude):
+    schedule, problem = data.draw(fast_cases(max_n))
+    assume(use_fast(schedule, problem.head_dim))  # the GPU's shared memory takes it
+    check(schedule, problem, *make_inputs(problem, seed, magnitude))
+
+
+REGRESSIONS = {"single query": (1, 9), "single key": (9, 1), "Nq > Nk": (13, 5), "Nq < Nk": (5, 13)}
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", REGRESSIONS.values(), ids=REGRESSIONS.keys())
+def test_fixed_shapes(shape, causal):
+    # Br != Bc: with causal, some rows of a block see no key of a tile (alpha = 1, P = 0 there)
+    problem = Problem(batch=1, heads=2, n_q=shape[0], n_kv=shape[1], head_dim=8, causal=causal)
+    check(Schedule("flash2", block_q=4, block_kv=8, thread_q=2, thread_kv=4), problem, *make_inputs(problem, 7))
+
+
+def test_logits_near_80_do_not_overflow():
+    problem = Problem(batch=1, heads=1, n_q=10, n_kv=11, head_dim=8)
+    q, k, v = make_inputs(problem, seed=3, magnitude=80.0)
+    out, lse = check(Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2), problem, q, k, v)
+    assert np.isfinite(out).all() and np.isfinite(lse).all()
+
+
+def test_nan_propagates():
+    problem = Problem(batch=1, heads=1, n_q=6, n_kv=7, head_dim=8)
+    q, k, v = make_inputs(problem, seed=1)
+    k[0, 0, 5, 2] = np.nan  # every row sees key 5
+    q[0, 0, 1, 0] = np.nan  # row 1 sees NaN in every logit
+    out, lse = attention(q, k, v, schedule=Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2),
+                         return_lse=True, fast=True)
+    assert np.isnan(out).all() and np.isnan(lse).all()
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_every_output_element_is_written(causal, monkeypatch):
+    """Output buffers are poisoned with NaN before the call: any element left unwritten shows."""
+    import kernels.launch as launch
+    from numba import cuda
+
+    monkeypatch.setattr(launch, "_device_empty", lambda shape, dtype, what: cuda.to_device(np.full(shape, np.nan, dtype)))
+    problem = Problem(batch=2, heads=1, n_q=11, n_kv=9, head_dim=16, causal=causal)
+    out, lse = check(Schedule("flash2", block_q=4, block_kv=8, thread_q=2, thread_kv=2), problem,
+                     *make_inputs(problem, 5))
+    assert np.isfinite(out).all() and np.isfinite(lse).all()
+
+
+def test_fast_and_plain_builds_agree():
+    """Both builds of one schedule give the same answer to fp32 rounding (a different summation order)."""
+    problem = Problem(batch=1, heads=2, n_q=19, n_kv=23, head_dim=16, causal=True)
+    q, k, v = make_inputs(problem, seed=9)
+    s = Schedule("flash2", block_q=8, block_kv=8, thread_q=2, thread_kv=2)
+    fast = attention(q, k, v, schedule=s, causal=True, fast=True)
+    plain = attention(q, k, v, schedule=s, causal=True, fast=False)
+    assert np.abs(fast - plain).max() < 1e-6 * np.abs(v).max()
+
+
+def test_which_build_runs():
+    s = Schedule("flash2", block_q=64, block_kv=64)  # 16x16 threads of 4x4
+    assert use_fast(s, 64) and use_fast(s, 128)
+    assert not use_fast(s, 64, count_io=True)  # counters come from the counting build
+    assert not use_fast(s, 64, mask=causal_mask())
+    assert not use_fast(s, 32)  # 16 threads per row need head_dim % 64 == 0
+    assert not use_fast(s, 64, fast=False)
+    assert not use_fast(Schedule("flash1", block_q=64, block_kv=64), 64)
+    assert not use_fast(Schedule("flash2", block_q=60, block_kv=64, thread_q=8, thread_kv=4), 64)  # 8 rows don't tile 60
+    with pytest.raises(ValueError, match="fast=True, but the fast build cannot run .* head_dim=32 or Bc=64"):
+        use_fast(s, 32, fast=True)
+    with pytest.raises(ValueError, match="count_io"):
+        use_fast(s, 64, count_io=True, fast=True)
+    with pytest.raises(TypeError, match="fast: expected None, True or False"):
+        use_fast(s, 64, fast="yes")
+
+
+def test_fast_true_with_a_mask_is_refused():
+    x = np.zeros((1, 1, 4, 16), np.float32)
+    s = Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2)
+    with pytest.raises(ValueError, match="a mask"):
+        attention(x, x, x, schedule=s, mask=causal_mask(), fast=True)
+
+
+def test_shared_memory_layout():
+    # K rows of d + 4 floats, Q and V rows of d, P rows of Bc
+    s = Schedule("flash2", block_q=64, block_kv=32, thread_q=4, thread_kv=2)
+    off, nbytes = layout(s, 128)
+    assert smem_bytes(s, 128) == nbytes == 4 * (64 * 128 + 32 * 132 + 32 * 128 + 64 * 32)
+    assert off == {"Q": 0, "K": 64 * 128, "V": 64 * 128 + 32 * 132, "P": 64 * 128 + 32 * 132 + 32 * 128}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_tuning_candidates_do_not_spill(head_dim, dtype):
+    """Every autotuner candidate compiles without local memory (no register spills, no local arrays)."""
+    from sandbox.autotune import candidates
+
+    for schedule in candidates(head_dim):
+        for causal in (False, True):
+            kernel = build(schedule, head_dim, dtype, causal, False, fast=True)["main"][0]
+            (compiled,) = kernel.overloads.values()
+            assert compiled.local_mem_per_thread == 0, (schedule.describe(), causal, compiled.local_mem_per_thread)
