@@ -145,7 +145,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     if why is not None:
         raise ValueError(f"the fast flash2 build cannot run {schedule} at d={head_dim}: {why}")
     t = make_tile_ops(schedule, head_dim, False, causal, dtype)
-    IN, to_f32, from_f32, nan_max = t.IN, t.to_f32, t.from_f32, t.nan_max
+    to_f32, from_f32, nan_max = t.to_f32, t.from_f32, t.nan_max
     BR, BC, TM, TN, TY, TX, NT, D = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D
     CAUSAL = t.CAUSAL
     DP = D + PAD  # K's row stride
