@@ -121,9 +121,8 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0):
     Raises:
         RuntimeError: under the CUDA simulator, where timings mean nothing.
     """
-    from numba import cuda
 
-    from kernels.launch import run
+    from kernels.launch import _to_device, run
     from sandbox.runtime import using_simulator
 
     if using_simulator():
@@ -133,8 +132,8 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0):
     shape_kv = (problem.batch, problem.heads, problem.n_kv, problem.head_dim)
     per_set = (np.prod(shape_q) + 2 * np.prod(shape_kv)) * problem.dtype.itemsize
     n_sets = rotation_sets(per_set, L2_BYTES, lo=2)
-    sets = [
-        tuple(cuda.to_device(rng.standard_normal(s).astype(problem.dtype)) for s in (shape_q, shape_kv, shape_kv))
+    sets = [  # through the launcher's copy: bfloat16 travels as its uint16 bits
+        tuple(_to_device([rng.standard_normal(s).astype(problem.dtype) for s in (shape_q, shape_kv, shape_kv)], "qkv"))
         for _ in range(n_sets)
     ]
     calls = [lambda s=s: run(schedule, problem, *s) for s in sets]

@@ -233,16 +233,22 @@ def cmd_tune(a):
     if using_simulator():
         print("tune needs a GPU: the CUDA simulator's timings mean nothing", file=sys.stderr)
         return EXIT_USAGE
+    failed = 0
     for d in a.d:
         for dt in a.dtype:
-            best, entry = tune(d, dt, refresh=a.refresh)
+            try:
+                best, entry = tune(d, dt, refresh=a.refresh)
+            except RuntimeError as e:  # no candidate ran: say so, go on with the others
+                print(f"d={d} {dt}: error: {e}", file=sys.stderr)
+                failed += 1
+                continue
             print(f"d={d} {dt}: {best.describe()}")
             for label, ms in sorted(entry["ms"].items(), key=lambda kv: kv[1]):
                 print(f"    {ms:9.3f} ms  {label}")
             for label, err in entry["errors"].items():
                 print(f"    failed     {label}: {err}")
     print(f"cache: {cache_path()}")
-    return 0
+    return 1 if failed else 0
 
 
 def build_parser():
