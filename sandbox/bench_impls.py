@@ -356,17 +356,20 @@ class Ours(Impl):
         return True, ""
 
     def prepare(self, inputs, problem):
-        from kernels.launch import _to_device, run, run_backward
+        from kernels.launch import _from_device, _to_device, run, run_backward
 
+        wrap = lambda x: x  # noqa: E731
         if problem.dtype.name == "bfloat16":  # PyTorch's tensors, as their uint16 bits (kernels/launch.py)
-            q, k, v, dout = (None if x is None else _to_device([x], "x")[0] for x in inputs.view("torch"))
+            tensors = inputs.view("torch")
+            q, k, v, dout = (None if x is None else _to_device([x], "x")[0] for x in tensors)
+            wrap = lambda x: _from_device([x], tensors[0], [problem.dtype])[0]  # noqa: E731  (bits -> bf16 tensor)
         else:
             q, k, v, dout = inputs.view("numba")
         s, fast = self.schedule_for(problem), self.fast
         if self.direction == "fwd":
-            return lambda: run(s, problem, q, k, v, fast=fast)[0]
+            return lambda: wrap(run(s, problem, q, k, v, fast=fast)[0])
         out, lse, _ = run(s, problem, q, k, v, fast=fast)
-        return lambda: run_backward(s, problem, q, k, v, out, lse, dout)[:3]
+        return lambda: tuple(wrap(x) for x in run_backward(s, problem, q, k, v, out, lse, dout)[:3])
 
 
 def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None, tune=False):
