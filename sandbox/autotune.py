@@ -109,7 +109,7 @@ def _time_schedule(schedule, problem):
 
 
 def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, timer=None, device_name=None,
-         progress=sys.stderr):
+         progress=sys.stderr, check_spills=None):
     """The fastest candidate schedule for (head_dim, dtype, causal) on this GPU; cached (see the module docstring).
 
     Args:
@@ -119,6 +119,8 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
             spills registers to local memory); tests pass a stand-in.
         device_name: the cache key's GPU name (default: the current device's).
         progress: a stream for one line per candidate, or None.
+        check_spills: refuse candidates whose compiled kernel uses local memory (default: on a
+            GPU; the simulator compiles nothing).
 
     Returns:
         (schedule, entry): the chosen :class:`Schedule` and its cache entry (every candidate's ms).
@@ -145,12 +147,13 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
         return Schedule(**entry["schedule"]), entry
     problem = Problem(TUNE_BATCH, TUNE_HEADS, TUNE_N, TUNE_N, head_dim, dtype=dtype, causal=causal)
     timer = timer or _time_schedule
+    check_spills = not using_simulator() if check_spills is None else check_spills
     times, errors = {}, {}
     todo = candidates(head_dim)
     for i, s in enumerate(todo):
         label = s.describe()
         try:
-            spill = _local_memory(s, head_dim, dtype) if timer is _time_schedule else 0
+            spill = _local_memory(s, head_dim, dtype) if check_spills else 0
             if spill:
                 raise RuntimeError(f"spills: {spill} bytes of local memory per thread")
             ms = float(timer(s, problem))

@@ -58,6 +58,7 @@ def test_candidates_are_ones_the_fast_build_takes():
     for d in (64, 128):
         cands = autotune.candidates(d)
         assert cands and all(use_fast(s, d) for s in cands)
+    assert Schedule("flash2", block_q=64, block_kv=64) in autotune.candidates(64)  # the default is one
     assert autotune.candidates(8) == []  # no candidate's 16 or 8 threads per row tile d = 8
 
 
