@@ -102,8 +102,8 @@ H100_MAX_WARPS_PER_SM = 64
 H100_MAX_BLOCKS_PER_SM = 32
 
 #: Tensors of the forward kinds, in allocation order (kernels/launch.py): inputs, outputs, scratch.
-TENSORS = ("Q", "K", "V", "O", "L", "l", "m", "S", "P")
-_Q, _K, _V, _O, _L, _LL, _M, _S, _P = range(len(TENSORS))
+TENSORS = ("Q", "K", "V", "O", "L", "l", "m", "S", "P", "Opart", "Lpart")
+_Q, _K, _V, _O, _L, _LL, _M, _S, _P, _OP, _LP = range(len(TENSORS))
 #: Base addresses are aligned like large cudaMalloc allocations.
 BASE_ALIGN = 2 * 2**20
 
@@ -113,8 +113,12 @@ BASE_ALIGN = 2 * 2**20
 _NCOLS = 8
 _NO_TRI = -(1 << 62)
 # statistics columns, per (launch, tensor)
-_REQ_R, _REQ_W, _SEC_R, _SEC_W, _MISS_R, _EVICT_W, _FLUSH_W = range(7)
-_NSTATS = 7
+_REQ_R, _REQ_W, _SEC_R, _SEC_W, _MISS_R, _EVICT_W, _FLUSH_W, _CLEAN_W = range(8)
+_NSTATS = 8
+# geometry columns (_Cache.geom)
+_G_SETS, _G_WAYS, _G_LINE, _G_SECTOR, _G_LRU, _G_HASH, _G_DIRTY_LIMIT = range(7)
+# write-back queue state (_Cache.qstate): head, tail (ring positions, monotonic), dirty sectors now
+_Q_HEAD, _Q_TAIL, _Q_DIRTY = range(3)
 
 POLICIES = ("lru", "fifo")
 SET_INDEX = ("hash", "modulo")
@@ -244,6 +248,79 @@ def _gen_flash1(p, bases, req, step_ptr, block_ptr, fill):
 
 
 @njit(cache=True)
+def _gen_partial(p, bases, req, step_ptr, block_ptr, fill):
+    """kernels/splitkv.py partial (flash2 with split=True), grid (Tr, B·H, splits): block (i, bh, s) reads
+    Q_i and the K/V blocks of its share, and writes its fp32 partial O and L to Opart[b·splits + s, h]."""
+    n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+    heads, n_split = p[8], p[9]
+    row = d * it
+    row32 = d * 4
+    tr = (n_q + br - 1) // br
+    per_split = ((n_kv + bc - 1) // bc + n_split - 1) // n_split
+    nb = ns = nr = 0
+    for s in range(n_split):
+        for bh in range(n_bh):
+            b = bh // heads
+            part = (b * n_split + s) * heads + (bh - b * heads)
+            q_base = bases[_Q] + bh * n_q * row
+            k_base = bases[_K] + bh * n_kv * row
+            v_base = bases[_V] + bh * n_kv * row
+            op_base = bases[_OP] + part * n_q * row32
+            lp_base = bases[_LP] + part * n_q * 4
+            for i in range(tr):
+                nb = _mark(block_ptr, nb, fill, ns)
+                q0 = i * br
+                q_len = min(br, n_q - q0)
+                ns = _mark(step_ptr, ns, fill, nr)
+                nr = _emit(req, nr, fill, q_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, _Q, 0)
+                kv_end = min(n_kv, q0 + q_len) if causal else n_kv
+                for j in range(s * per_split, min((kv_end + bc - 1) // bc, (s + 1) * per_split)):
+                    k0 = j * bc
+                    kv_len = min(bc, n_kv - k0)
+                    ns = _mark(step_ptr, ns, fill, nr)
+                    nr = _emit(req, nr, fill, k_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _K, 0)
+                    nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
+                ns = _mark(step_ptr, ns, fill, nr)
+                nr = _emit(req, nr, fill, op_base + q0 * row32, 1, q_len * row32, 0, _NO_TRI, 4, _OP, 1)
+                nr = _emit(req, nr, fill, lp_base + q0 * 4, 1, q_len * 4, 0, _NO_TRI, 4, _LP, 1)
+    _close(block_ptr, step_ptr, nb, ns, nr, fill)
+    return nb, ns, nr
+
+
+@njit(cache=True)
+def _gen_combine(p, bases, req, step_ptr, block_ptr, fill):
+    """kernels/splitkv.py combine, grid (Tr, B·H): every split's L_s rows, then L; its O_s rows, then O."""
+    n_bh, n_q, d, br, it = p[0], p[1], p[3], p[4], p[6]
+    heads, n_split = p[8], p[9]
+    row = d * it
+    row32 = d * 4
+    tr = (n_q + br - 1) // br
+    nb = ns = nr = 0
+    for bh in range(n_bh):
+        b = bh // heads
+        h = bh - b * heads
+        o_base = bases[_O] + bh * n_q * row
+        l_base = bases[_L] + bh * n_q * 4
+        for i in range(tr):
+            nb = _mark(block_ptr, nb, fill, ns)
+            q0 = i * br
+            q_len = min(br, n_q - q0)
+            ns = _mark(step_ptr, ns, fill, nr)
+            for s in range(n_split):
+                part = (b * n_split + s) * heads + h
+                nr = _emit(req, nr, fill, bases[_LP] + (part * n_q + q0) * 4, 1, q_len * 4, 0, _NO_TRI, 4, _LP, 0)
+            nr = _emit(req, nr, fill, l_base + q0 * 4, 1, q_len * 4, 0, _NO_TRI, 4, _L, 1)
+            ns = _mark(step_ptr, ns, fill, nr)
+            for s in range(n_split):
+                part = (b * n_split + s) * heads + h
+                nr = _emit(req, nr, fill, bases[_OP] + (part * n_q + q0) * row32, 1, q_len * row32, 0, _NO_TRI, 4,
+                           _OP, 0)
+            nr = _emit(req, nr, fill, o_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, _O, 1)
+    _close(block_ptr, step_ptr, nb, ns, nr, fill)
+    return nb, ns, nr
+
+
+@njit(cache=True)
 def _gen_qk(p, bases, req, step_ptr, block_ptr, fill):
     """kernels/standard.py qk, grid (Tc, Tr, B·H): Q_i, K_j in; the allowed entries of S_ij out."""
     n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
@@ -343,12 +420,17 @@ def _grid_softmax(s, pr):
     return (pr.n_q, pr.bh)
 
 
+def _grid_partial(s, pr):
+    return (-(-pr.n_q // s.block_q), pr.bh, s.kv_splits)
+
+
 #: kind -> launches in order: (phase, request generator, grid(schedule, problem)). A new kind
 #: adds its generators here (its tensors must be in TENSORS).
 LAUNCHES = {
     "flash2": (("main", _gen_flash2, _grid_flash2),),
     "flash1": (("main", _gen_flash1, _grid_flash1),),
     "standard": (("qk", _gen_qk, _grid_qk), ("softmax", _gen_softmax, _grid_softmax), ("pv", _gen_pv, _grid_flash2)),
+    "splitkv": (("partial", _gen_partial, _grid_partial), ("combine", _gen_combine, _grid_flash2)),
 }
 
 
@@ -383,13 +465,14 @@ class Launch:
         return tuple(np.asarray(x, dtype=np.int64) for x in out)
 
 
-def tensor_bases(problem):
+def tensor_bases(problem, kv_splits=1):
     """Base address of each tensor of :data:`TENSORS` (int64 array): allocation order, 2 MiB-aligned."""
     it = problem.dtype.itemsize
     sizes = {"Q": problem.n_q * problem.head_dim * it, "K": problem.n_kv * problem.head_dim * it,
              "V": problem.n_kv * problem.head_dim * it, "O": problem.n_q * problem.head_dim * it,
              "L": problem.n_q * 4, "l": problem.n_q * 4, "m": problem.n_q * 4,
-             "S": problem.n_q * problem.n_kv * 4, "P": problem.n_q * problem.n_kv * 4}
+             "S": problem.n_q * problem.n_kv * 4, "P": problem.n_q * problem.n_kv * 4,
+             "Opart": kv_splits * problem.n_q * problem.head_dim * 4, "Lpart": kv_splits * problem.n_q * 4}
     bases, at = np.zeros(len(TENSORS), dtype=np.int64), BASE_ALIGN
     for t, name in enumerate(TENSORS):
         bases[t] = at
@@ -412,8 +495,9 @@ def tile_requests(schedule, problem):
     """
     _check_kind(schedule)
     p = np.array([problem.bh, problem.n_q, problem.n_kv, problem.head_dim, schedule.block_q,
-                  schedule.block_kv, problem.dtype.itemsize, int(problem.causal)], dtype=np.int64)
-    bases = tensor_bases(problem)
+                  schedule.block_kv, problem.dtype.itemsize, int(problem.causal), problem.heads,
+                  getattr(schedule, "kv_splits", 1)], dtype=np.int64)
+    bases = tensor_bases(problem, getattr(schedule, "kv_splits", 1))
     out = []
     for phase, gen, grid in LAUNCHES[schedule.kind]:
         empty2, empty1 = np.zeros((0, _NCOLS), dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -451,9 +535,47 @@ def _set_of(line_no, n_sets, hashed):
 
 
 @njit(cache=True)
-def _touch(start, nbytes, write, tensor, tags, stamps, valid, dirty, owner, clock, geom, stats, launch):
+def _compact(queue, epoch, qstate):
+    """Drop the queue's stale entries (lines cleaned or evicted since they were queued), keeping the order."""
+    cap = queue.shape[0]
+    head, tail = qstate[_Q_HEAD], qstate[_Q_TAIL]
+    keep = np.empty((tail - head, 2), dtype=np.int64)
+    n = 0
+    for pos in range(head, tail):
+        w, e = queue[pos % cap, 0], queue[pos % cap, 1]
+        if epoch[w] == e:
+            keep[n, 0], keep[n, 1] = w, e
+            n += 1
+    for i in range(n):
+        queue[i, 0], queue[i, 1] = keep[i, 0], keep[i, 1]
+    qstate[_Q_HEAD], qstate[_Q_TAIL] = 0, n
+
+
+@njit(cache=True)
+def _clean_oldest(dirty, owner, queue, epoch, qstate, stats, launch):
+    """Write back the dirty sectors of the line dirtied longest ago (it stays cached, clean); False if none."""
+    cap = queue.shape[0]
+    while qstate[_Q_HEAD] < qstate[_Q_TAIL]:
+        pos = qstate[_Q_HEAD] % cap
+        w, e = queue[pos, 0], queue[pos, 1]
+        qstate[_Q_HEAD] += 1
+        if epoch[w] != e:  # stale: cleaned or evicted since
+            continue
+        n = _popcount(dirty[w])
+        stats[launch, owner[w], _CLEAN_W] += n
+        qstate[_Q_DIRTY] -= n
+        dirty[w] = 0
+        epoch[w] += 1
+        return True
+    return False
+
+
+@njit(cache=True)
+def _touch(start, nbytes, write, tensor, tags, stamps, valid, dirty, owner, clock, geom, stats, launch,
+           queue, epoch, qstate):
     """One contiguous byte range through the cache, line by line."""
     n_sets, ways, line, sector, lru, hashed = geom[0], geom[1], geom[2], geom[3], geom[4], geom[5]
+    limit = geom[_G_DIRTY_LIMIT]
     end = start + nbytes
     for ln in range(start // line, (end - 1) // line + 1):
         lb = ln * line
@@ -482,7 +604,11 @@ def _touch(start, nbytes, write, tensor, tags, stamps, valid, dirty, owner, cloc
         if way < 0:
             way = victim
             if tags[way] >= 0:  # evict: its dirty sectors go to DRAM
-                stats[launch, owner[way], _EVICT_W] += _popcount(dirty[way])
+                n_dirty = _popcount(dirty[way])
+                stats[launch, owner[way], _EVICT_W] += n_dirty
+                if limit >= 0 and n_dirty:
+                    qstate[_Q_DIRTY] -= n_dirty
+                    epoch[way] += 1  # its queue entry is stale now
             tags[way] = ln
             valid[way] = 0
             dirty[way] = 0
@@ -493,8 +619,19 @@ def _touch(start, nbytes, write, tensor, tags, stamps, valid, dirty, owner, cloc
         clock[0] += 1
         if write:
             stats[launch, tensor, _SEC_W] += _popcount(touched)
+            was = dirty[way]
             dirty[way] |= touched
             valid[way] |= full
+            if limit >= 0:  # at most ``limit`` dirty sectors: write back the longest-dirty lines
+                qstate[_Q_DIRTY] += _popcount(dirty[way]) - _popcount(was)
+                if was == 0:
+                    if qstate[_Q_TAIL] - qstate[_Q_HEAD] == queue.shape[0]:
+                        _compact(queue, epoch, qstate)
+                    pos = qstate[_Q_TAIL] % queue.shape[0]
+                    queue[pos, 0], queue[pos, 1] = way, epoch[way]
+                    qstate[_Q_TAIL] += 1
+                while qstate[_Q_DIRTY] > limit and _clean_oldest(dirty, owner, queue, epoch, qstate, stats, launch):
+                    pass
         else:
             stats[launch, tensor, _SEC_R] += _popcount(touched)
             stats[launch, tensor, _MISS_R] += _popcount(touched & ~valid[way])
@@ -502,7 +639,7 @@ def _touch(start, nbytes, write, tensor, tags, stamps, valid, dirty, owner, cloc
 
 
 @njit(cache=True)
-def _request(req, r, tags, stamps, valid, dirty, owner, clock, geom, stats, launch):
+def _request(req, r, tags, stamps, valid, dirty, owner, clock, geom, stats, launch, queue, epoch, qstate):
     addr, rows, row_bytes, stride, tri, elem, tensor, write = (
         req[r, 0], req[r, 1], req[r, 2], req[r, 3], req[r, 4], req[r, 5], req[r, 6], req[r, 7])
     for i in range(rows):
@@ -511,7 +648,8 @@ def _request(req, r, tags, stamps, valid, dirty, owner, clock, geom, stats, laun
             n = min(row_bytes, max(0, tri + i) * elem)
         if n > 0:
             stats[launch, tensor, _REQ_W if write else _REQ_R] += n
-            _touch(addr + i * stride, n, write, tensor, tags, stamps, valid, dirty, owner, clock, geom, stats, launch)
+            _touch(addr + i * stride, n, write, tensor, tags, stamps, valid, dirty, owner, clock, geom, stats, launch,
+                   queue, epoch, qstate)
 
 
 @njit(cache=True)
@@ -524,7 +662,8 @@ def _next_block(block_ptr, b):
 
 
 @njit(cache=True)
-def _run_launch(req, step_ptr, block_ptr, resident, tags, stamps, valid, dirty, owner, clock, geom, stats, launch):
+def _run_launch(req, step_ptr, block_ptr, resident, tags, stamps, valid, dirty, owner, clock, geom, stats, launch,
+                queue, epoch, qstate):
     """Blocks in issue order, ``resident`` at a time, round-robin one step each (module docstring)."""
     n_slots = max(1, resident)
     slot_block = np.full(n_slots, -1, dtype=np.int64)
@@ -543,7 +682,7 @@ def _run_launch(req, step_ptr, block_ptr, resident, tags, stamps, valid, dirty, 
                 continue
             st = slot_step[s]
             for r in range(step_ptr[st], step_ptr[st + 1]):
-                _request(req, r, tags, stamps, valid, dirty, owner, clock, geom, stats, launch)
+                _request(req, r, tags, stamps, valid, dirty, owner, clock, geom, stats, launch, queue, epoch, qstate)
             st += 1
             if st < block_ptr[b + 1]:
                 slot_step[s] = st
@@ -559,24 +698,30 @@ def _run_launch(req, step_ptr, block_ptr, resident, tags, stamps, valid, dirty, 
 
 
 @njit(cache=True)
-def _flush(tags, valid, dirty, owner, stats, launch, invalidate):
+def _flush(tags, valid, dirty, owner, stats, launch, invalidate, epoch, qstate):
     """Count the dirty sectors left (written back at the end); empty the cache if ``invalidate``."""
     for w in range(tags.shape[0]):
         if tags[w] >= 0:
             stats[launch, owner[w], _FLUSH_W] += _popcount(dirty[w])
             dirty[w] = 0
+            epoch[w] += 1
             if invalidate:
                 tags[w] = -1
                 valid[w] = 0
+    qstate[_Q_HEAD] = qstate[_Q_TAIL] = qstate[_Q_DIRTY] = 0
 
 
 class _Cache:
     """Cache state: one entry per way of every set (tags -1 when empty)."""
 
-    def __init__(self, l2_bytes, sector, line, ways, policy, set_index):
+    def __init__(self, l2_bytes, sector, line, ways, policy, set_index, dirty_limit_bytes=None):
         for name, v in (("l2_bytes", l2_bytes), ("sector", sector), ("line", line), ("ways", ways)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        if dirty_limit_bytes is not None and (isinstance(dirty_limit_bytes, bool) or
+                                              not isinstance(dirty_limit_bytes, (int, np.integer)) or
+                                              dirty_limit_bytes < 0):
+            raise ValueError(f"dirty_limit_bytes: expected None or an int >= 0, got {dirty_limit_bytes!r}")
         if line % sector or line // sector > 8:
             raise ValueError(f"line={line} must be a multiple of sector={sector}, at most 8 sectors")
         if policy not in POLICIES:
@@ -588,8 +733,15 @@ class _Cache:
         ways = min(int(ways), l2_bytes // line)
         self.n_sets, self.ways = l2_bytes // (line * ways), ways
         self.capacity = self.n_sets * ways * line
-        self.geom = np.array([self.n_sets, ways, line, sector, policy == "lru", set_index == "hash"], dtype=np.int64)
+        limit = -1 if dirty_limit_bytes is None else int(dirty_limit_bytes) // sector
+        self.geom = np.array([self.n_sets, ways, line, sector, policy == "lru", set_index == "hash", limit],
+                             dtype=np.int64)
         n = self.n_sets * ways
+        # the write-back queue (used with a dirty limit only): (way, epoch) of lines in the order they
+        # became dirty; an entry is stale once its way's epoch moved on (cleaned, evicted, flushed)
+        self.queue = np.zeros((2 * n if limit >= 0 else 1, 2), dtype=np.int64)
+        self.epoch = np.zeros(n, dtype=np.int64)
+        self.qstate = np.zeros(3, dtype=np.int64)
         self.tags = np.full(n, -1, dtype=np.int64)
         self.stamps = np.zeros(n, dtype=np.int64)
         self.valid = np.zeros(n, dtype=np.uint8)  # sector bit masks (at most 8 sectors a line)
@@ -599,10 +751,11 @@ class _Cache:
 
     def run(self, launch_stream, resident, stats, launch):
         _run_launch(launch_stream.requests, launch_stream.step_ptr, launch_stream.block_ptr, int(resident),
-                    self.tags, self.stamps, self.valid, self.dirty, self.owner, self.clock, self.geom, stats, launch)
+                    self.tags, self.stamps, self.valid, self.dirty, self.owner, self.clock, self.geom, stats, launch,
+                    self.queue, self.epoch, self.qstate)
 
     def flush(self, stats, launch, invalidate):
-        _flush(self.tags, self.valid, self.dirty, self.owner, stats, launch, invalidate)
+        _flush(self.tags, self.valid, self.dirty, self.owner, stats, launch, invalidate, self.epoch, self.qstate)
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -613,8 +766,11 @@ class DramReport:
     Attributes:
         read_bytes: sectors read from DRAM × sector.
         write_evicted_bytes: dirty sectors written back when their line was evicted × sector.
+        write_cleaned_bytes: dirty sectors written back while their line stayed cached, to keep the
+            dirty data under ``dirty_limit_bytes`` × sector (0 without a limit).
         write_flush_bytes: dirty sectors left at the end (of each launch with ``cold_launches``) × sector.
-        write_bytes: ``write_evicted_bytes`` (+ ``write_flush_bytes`` when ``flush_at_end``).
+        write_bytes: ``write_evicted_bytes + write_cleaned_bytes`` (+ ``write_flush_bytes`` when
+            ``flush_at_end``).
         requested_read_bytes, requested_write_bytes: what the algorithm asks of global memory
             (equal to ``simulate_counts(...)``'s HBM reads and writes in bytes).
         requested_read_sector_bytes, requested_write_sector_bytes: the same rounded up to whole
@@ -629,6 +785,7 @@ class DramReport:
     read_bytes: int
     write_bytes: int
     write_evicted_bytes: int
+    write_cleaned_bytes: int
     write_flush_bytes: int
     requested_read_bytes: int
     requested_write_bytes: int
@@ -663,11 +820,13 @@ def _totals(stats, sector, flush_at_end):
     """Byte totals of a (tensors, stats) block."""
     col = stats.sum(axis=0) if stats.ndim == 2 else stats
     evicted, flushed = int(col[_EVICT_W]) * sector, int(col[_FLUSH_W]) * sector
+    cleaned = int(col[_CLEAN_W]) * sector
     sec_r = int(col[_SEC_R])
     return {
         "read_bytes": int(col[_MISS_R]) * sector,
-        "write_bytes": evicted + (flushed if flush_at_end else 0),
+        "write_bytes": evicted + cleaned + (flushed if flush_at_end else 0),
         "write_evicted_bytes": evicted,
+        "write_cleaned_bytes": cleaned,
         "write_flush_bytes": flushed,
         "requested_read_bytes": int(col[_REQ_R]),
         "requested_write_bytes": int(col[_REQ_W]),
@@ -678,7 +837,7 @@ def _totals(stats, sector, flush_at_end):
 
 
 _TENSOR_FIELDS = ("requested_read_bytes", "requested_write_bytes", "read_bytes", "write_evicted_bytes",
-                  "write_flush_bytes")
+                  "write_cleaned_bytes", "write_flush_bytes")
 
 
 def _report(stats, launches, residency, sector, flush_at_end, scale, config):
@@ -713,7 +872,7 @@ def default_resident_blocks(schedule, problem, sms=H100_SMS):
 
 def simulate_dram(schedule, problem, l2_bytes=H100_L2_BYTES, sector=32, line=128, ways=16, resident_blocks=None,
                   policy="lru", *, sms=H100_SMS, cold_launches=False, flush_at_end=True, slices="all",
-                  set_index="hash"):
+                  set_index="hash", dirty_limit_bytes=None):
     """DRAM traffic of ``schedule`` on ``problem`` behind an L2 cache (model: the module docstring).
 
     Args:
@@ -732,6 +891,9 @@ def simulate_dram(schedule, problem, l2_bytes=H100_L2_BYTES, sector=32, line=128
         flush_at_end: count the dirty sectors left at the end in ``write_bytes``.
         slices: "all" (every (b, h), exact) or "one" (one slice × B·H; when valid: module docstring).
         set_index: "hash" or "modulo".
+        dirty_limit_bytes: the most dirty data the cache holds (None: no limit but its size); a write
+            past it writes back the lines dirtied longest ago, which stay cached, clean (module
+            docstring, "Write-back while resident"). With ``slices="one"`` it applies to the one slice.
 
     Returns:
         :class:`DramReport`.
@@ -742,7 +904,7 @@ def simulate_dram(schedule, problem, l2_bytes=H100_L2_BYTES, sector=32, line=128
     _check_kind(schedule)
     if slices not in ("all", "one"):
         raise ValueError(f"slices: expected 'all' or 'one', got {slices!r}")
-    cache = _Cache(l2_bytes, sector, line, ways, policy, set_index)
+    cache = _Cache(l2_bytes, sector, line, ways, policy, set_index, dirty_limit_bytes)
     sim_problem = problem
     if slices == "one" and problem.bh > 1:
         sim_problem = dataclasses.replace(problem, batch=1, heads=1)
@@ -767,12 +929,12 @@ def simulate_dram(schedule, problem, l2_bytes=H100_L2_BYTES, sector=32, line=128
     config = {"l2_bytes": int(l2_bytes), "capacity_bytes": cache.capacity, "sets": cache.n_sets, "ways": cache.ways,
               "line": line, "sector": sector, "policy": policy, "set_index": set_index, "sms": sms,
               "resident_blocks": dict(residency), "cold_launches": cold_launches, "flush_at_end": flush_at_end,
-              "slices": slices, "slice_scale": problem.bh // sim_problem.bh}
+              "slices": slices, "slice_scale": problem.bh // sim_problem.bh, "dirty_limit_bytes": dirty_limit_bytes}
     return _report(stats, launches, residency, sector, flush_at_end, problem.bh // sim_problem.bh, config)
 
 
 def simulate_requests(requests, l2_bytes=H100_L2_BYTES, sector=32, line=128, ways=16, policy="lru", *,
-                      flush_at_end=True, set_index="hash"):
+                      flush_at_end=True, set_index="hash", dirty_limit_bytes=None):
     """A hand-made stream through the same cache: ``requests`` is a list of (addr, nbytes, write[, tensor]).
 
     The requests run in order (one block, one request per step). Tensor indices refer to
@@ -783,7 +945,7 @@ def simulate_requests(requests, l2_bytes=H100_L2_BYTES, sector=32, line=128, way
         >>> r.read_bytes, r.l2_read_hit_rate
         (128, 0.5)
     """
-    cache = _Cache(l2_bytes, sector, line, ways, policy, set_index)
+    cache = _Cache(l2_bytes, sector, line, ways, policy, set_index, dirty_limit_bytes)
     req = np.zeros((len(requests), _NCOLS), dtype=np.int64)
     for i, rq in enumerate(requests):
         addr, nbytes, write = rq[:3]
@@ -794,5 +956,6 @@ def simulate_requests(requests, l2_bytes=H100_L2_BYTES, sector=32, line=128, way
     cache.run(stream, 1, stats, 0)
     cache.flush(stats, 0, invalidate=False)
     config = {"l2_bytes": int(l2_bytes), "capacity_bytes": cache.capacity, "sets": cache.n_sets, "ways": cache.ways,
-              "line": line, "sector": sector, "policy": policy, "set_index": set_index, "flush_at_end": flush_at_end}
+              "line": line, "sector": sector, "policy": policy, "set_index": set_index, "flush_at_end": flush_at_end,
+              "dirty_limit_bytes": dirty_limit_bytes}
     return _report(stats, [stream], {"requests": 1}, sector, flush_at_end, 1, config)

@@ -155,15 +155,17 @@ def test_dry_run_prints_the_command(ncu_check, monkeypatch, capsys, tmp_path):
     child = cmd[cmd.index("--log-file") + 2:]
     assert child[1].endswith("ncu_check.py") and "--child" in child
     specs = child[child.index("--specs") + 1:]
-    # measured cheapest first (flash1 last), the CSV keeps the order asked for
-    assert specs == ["flash2:1024:64:0", "standard:1024:64:0", "flash2:1024:64:1", "standard:1024:64:1"]
+    # the calibration probes, then cheapest first (flash1 last); the CSV keeps the order asked for
+    assert specs == ["probe:spin:10000000", "probe:spin:40000000", "probe:stream:64", "probe:stream:128",
+                     "probe:rewrite:2000", "flash2:1024:64:0", "standard:1024:64:0", "flash2:1024:64:1", "standard:1024:64:1"]
     assert not out.exists()  # a dry run writes nothing
 
 
 # -- the parent end to end, with a stand-in for ncu ---------------------------------------------
 FAKE_NCU = '''#!{python}
 """Stand-in for ncu: writes a manifest and a --csv details log as the real profiled child would,
-with measured = simulated x 1.01 (global) and x 0.9 (DRAM) on each config's first kernel."""
+with measured = simulated x 1.01 (global) and x 0.9 (DRAM) on each config's first kernel; the
+probes see 20 MB/s of background DRAM writes, and a write stream leaves 24 MiB dirty in L2."""
 import importlib.util, json, sys
 argv = sys.argv[1:]
 log = argv[argv.index("--log-file") + 1]
@@ -177,10 +179,21 @@ rows, kid = ["==PROF== Connected to process 1 (python)", head], 0
 with open(args.manifest, "w") as man:
     man.write(json.dumps({{"environment": {{"device": "fake"}}}}) + "\\n")
     for s in args.specs:
-        cfg = nc.Config.parse(s)
-        pred = nc.predict(cfg, args)
+        cfg = nc.parse_spec(s)
         grids = nc.expected_grids(cfg, args)
         man.write(json.dumps({{"spec": s, "phases": [], "kernels": len(grids)}}) + "\\n")
+        if isinstance(cfg, nc.Probe):
+            t = 1e-8 * cfg.arg if cfg.name != "stream" else 1e-5
+            wr = 2e7 * t + (cfg.arg * 2**20 - 24 * 2**20 if cfg.name == "stream" else 0)
+            values = {{"dram__bytes_write.sum": round(wr), "gpu__time_duration.sum": round(t * 1e9)}}
+            for name, v in values.items():
+                unit = "nsecond" if name.startswith("gpu__") else "byte"
+                rows.append(",".join('"%s"' % x for x in (kid, 1, "python", "host", "write_spin(float)", 1, 7,
+                            "(256, 1, 1)", str(tuple(grids[0])), 0, "9.0", "Command line profiler metrics", name,
+                            unit, "{{:,}}".format(v))))
+            kid += 1
+            continue
+        pred = nc.predict(cfg, args)
         for n, g in enumerate(grids):
             first = n == 0
             values = {{
@@ -218,14 +231,30 @@ def test_end_to_end_with_a_stand_in_ncu(ncu_check, tmp_path, capsys):
         assert r["status"] == "ok"
         assert float(r["global_ratio"]) == pytest.approx(1.01, abs=1e-4)
         assert r["global_within_2pct"] == "1"
-        assert float(r["dram_ratio"]) == pytest.approx(0.9, abs=1e-3)
-        assert r["dram_within_15pct"] == "1"
-        assert float(r["ncu_time_ms"]) == pytest.approx(1e-3 * (3 if r["kind"] == "standard" else 1))
+        seconds = 1e-6 * (3 if r["kind"] == "standard" else 1)
+        assert float(r["ncu_time_ms"]) == pytest.approx(1e3 * seconds)
+        # the prediction: the model (dirty limit 24 MiB: nothing cleaned at this size) + 20 MB/s x the time
+        assert float(r["background_dram_wr_bytes"]) == pytest.approx(2e7 * seconds)
+        assert float(r["sim_dram_wr_cleaned_bytes"]) == 0
+        pred = float(r["sim_dram_bytes"]) + 2e7 * seconds
+        assert float(r["pred_dram_bytes"]) == pytest.approx(pred)
+        measured = float(r["ncu_dram_rd_bytes"]) + float(r["ncu_dram_wr_bytes"])
+        assert measured == pytest.approx(0.9 * float(r["sim_dram_bytes"]), abs=2)
+        assert float(r["dram_ratio"]) == pytest.approx(measured / pred)
+        assert r["dram_within_15pct"] == "1" and r["dram_target"] == "1"
+        assert float(r["dram_ratio_plain"]) == pytest.approx(measured / float(r["sim_dram_plain_bytes"]))
     assert rows[2]["kernels"] == "3"
     prov = json.loads((out / "ncu_check.json").read_text())
     assert prov["child_environment"] == {"device": "fake"}
     assert prov["model"]["cold_launches"] is True and "--clock-control none" in prov["ncu_command"]
-    assert len(prov["kernels"]) == 2 * 1 + 2 * 3
+    assert len(prov["kernels"]) == 5 + 2 * 1 + 2 * 3  # the probes, then the configs
+    cal = prov["model"]["calibration"]
+    assert cal["source"] == "probes"
+    assert cal["background_write_bytes_per_s"] == pytest.approx(2e7, rel=1e-6)
+    assert cal["dirty_limit_bytes"] == pytest.approx(24 * 2**20, abs=32)
+    assert all(r["dirty_limit_bytes"] == str(cal["dirty_limit_bytes"]) for r in rows)
+    probes = (out / "ncu_probes.csv").read_text()
+    assert "probe:spin:10000000" in probes and "probe:stream:128" in probes
     assert os.path.getsize(out / "ncu_check.png") > 0
     assert len(os.listdir(out)) <= 8  # what a device run may bring back
 
@@ -284,7 +313,7 @@ exec {real} "$@"
 
 
 def test_a_failing_config_does_not_lose_the_others(ncu_check, monkeypatch):
-    def broken(cfg, args, kernels):
+    def broken(cfg, args, kernels, calibration=None, build=None):
         raise RuntimeError("model failed")
 
     monkeypatch.setattr(ncu_check, "make_row", broken)
@@ -293,3 +322,31 @@ def test_a_failing_config_does_not_lose_the_others(ncu_check, monkeypatch):
     row = ncu_check._row_or_error(cfg, args, None)
     assert row["status"] == "error: RuntimeError: model failed" and row["kind"] == "flash2"
     assert "error" in ncu_check._summary([row])
+
+
+def test_calibration_from_probes(ncu_check):
+    """Background rate = spin writes / spin time (pooled); dirty limit = stream size - its writes net of background."""
+    args = ncu_check.parse_args([])
+    k = lambda wr, t: [ncu_check.KernelResult(0, "write_spin", (1, 1, 1), (256, 1, 1),  # noqa: E731
+                                              {"dram_wr_bytes": wr, "time": t}, {})]
+    mib = 2**20
+    cal = ncu_check.calibrate({
+        ncu_check.Probe("spin", 10**7): k(2e6, 0.1),
+        ncu_check.Probe("spin", 4 * 10**7): k(6e6, 0.3),
+        ncu_check.Probe("stream", 64): k(40 * mib + 2e7 * 1e-4, 1e-4),
+        ncu_check.Probe("stream", 128): k(106 * mib + 2e7 * 1e-5, 1e-5),
+        ncu_check.Probe("rewrite", 5): k(9e9, 1.0),  # a check of the model, not part of the fit
+    }, args)
+    assert cal["source"] == "probes"
+    assert cal["background_write_bytes_per_s"] == pytest.approx(8e6 / 0.4)
+    assert cal["dirty_limit_bytes"] == 23 * mib  # mean of 24 and 22 MiB
+    assert [p["probe"] for p in cal["probes"]] == ["probe:spin:10000000", "probe:spin:40000000", "probe:stream:64",
+                                                   "probe:stream:128", "probe:rewrite:5"]
+    assert cal["probes"][-1]["write_rate_bytes_per_s"] == 9e9
+    # without probe results the arguments stand (both None by default: the plain model)
+    none = ncu_check.calibrate({ncu_check.Probe("spin", 10): None}, args)
+    assert none["source"] == "arguments" and none["dirty_limit_bytes"] is None
+    assert none["background_write_bytes_per_s"] is None
+    assert ncu_check.parse_spec("probe:stream:64") == ncu_check.Probe("stream", 64)
+    with pytest.raises(ValueError, match="unknown probe"):
+        ncu_check.parse_spec("probe:nap:3")

@@ -20,7 +20,7 @@ from simulator.l2 import (
     tile_requests,
 )
 
-KINDS = ("standard", "flash1", "flash2")
+KINDS = ("standard", "flash1", "flash2", "splitkv")
 HUGE = 64 * 2**20  # far larger than any working set below
 
 # (schedule blocks, problem): ragged lengths, Nq != Nk, fp16, B·H > 1
@@ -32,8 +32,8 @@ CASES = [
 ]
 
 
-def _schedule(kind, blocks):
-    return Schedule(kind, block_q=blocks[0], block_kv=blocks[1])
+def _schedule(kind, blocks, splits=3):
+    return Schedule(kind, block_q=blocks[0], block_kv=blocks[1], kv_splits=splits if kind == "splitkv" else 1)
 
 
 def assert_requests_equal_counts(schedule, problem):
@@ -59,9 +59,9 @@ def test_requested_bytes_equal_simulate_counts(kind, causal, case):
 @settings(max_examples=25, deadline=None)
 @given(kind=st.sampled_from(KINDS), br=st.integers(1, 12), bc=st.integers(1, 12), b=st.integers(1, 2),
        h=st.integers(1, 2), n_q=st.integers(1, 40), n_kv=st.integers(1, 40), d=st.integers(1, 20),
-       dtype=st.sampled_from(["float32", "float16"]), causal=st.booleans())
-def test_requested_bytes_equal_simulate_counts_property(kind, br, bc, b, h, n_q, n_kv, d, dtype, causal):
-    assert_requests_equal_counts(Schedule(kind, block_q=br, block_kv=bc),
+       dtype=st.sampled_from(["float32", "float16"]), causal=st.booleans(), splits=st.integers(1, 5))
+def test_requested_bytes_equal_simulate_counts_property(kind, br, bc, b, h, n_q, n_kv, d, dtype, causal, splits):
+    assert_requests_equal_counts(_schedule(kind, (br, bc), splits),
                                  Problem(b, h, n_q, n_kv, d, dtype=dtype, causal=causal))
 
 
@@ -74,10 +74,15 @@ def test_blocks_follow_the_grid(kind):
 
 
 # -- an independent reference: a fully associative LRU cache in plain Python ------------------
-def reference_cache(ranges, lines, line=128, sector=32):
-    """(read, evicted, flushed) bytes of ``ranges`` [(addr, nbytes, write)] through a ``lines``-line LRU cache."""
+def reference_cache(ranges, lines, line=128, sector=32, dirty_limit=None, cleaned_out=None):
+    """(read, evicted, flushed) bytes of ``ranges`` [(addr, nbytes, write)] through a ``lines``-line LRU cache.
+
+    With ``dirty_limit`` (sectors), after each write the lines dirtied longest ago are written
+    back (and stay cached) until at most that many sectors are dirty; their bytes are appended to
+    ``cleaned_out``."""
     cache = OrderedDict()  # line -> (valid sectors, dirty sectors)
-    read = evicted = 0
+    order = OrderedDict()  # lines with dirty sectors, in the order they became dirty
+    read = evicted = cleaned = 0
     for addr, n, write in ranges:
         end = addr + n
         for ln in range(addr // line, (end - 1) // line + 1):
@@ -88,16 +93,26 @@ def reference_cache(ranges, lines, line=128, sector=32):
                 cache.move_to_end(ln)
             else:
                 if len(cache) == lines:
-                    evicted += len(cache.popitem(last=False)[1][1])
+                    victim, (_, vdirty) = cache.popitem(last=False)
+                    evicted += len(vdirty)
+                    order.pop(victim, None)
                 cache[ln] = (set(), set())
             valid, dirty = cache[ln]
             if write:
+                if not dirty:
+                    order[ln] = True
                 dirty |= touched
                 valid |= full
+                while dirty_limit is not None and sum(len(cache[x][1]) for x in order) > dirty_limit:
+                    oldest, _ = order.popitem(last=False)
+                    cleaned += len(cache[oldest][1])
+                    cache[oldest][1].clear()
             else:
                 read += len(touched - valid)
                 valid |= touched
     flushed = sum(len(d) for _, d in cache.values())
+    if cleaned_out is not None:
+        cleaned_out.append(cleaned * sector)
     return read * sector, evicted * sector, flushed * sector
 
 
@@ -121,6 +136,24 @@ def test_cache_equals_reference_lru(kind, causal, lines):
     read, evicted, flushed = reference_cache(stream(schedule, problem), lines)
     assert (r.read_bytes, r.write_evicted_bytes, r.write_flush_bytes) == (read, evicted, flushed)
     assert r.write_bytes == evicted + flushed
+
+
+@pytest.mark.parametrize("limit", [0, 5, 40])
+@pytest.mark.parametrize("lines", [3, 64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_dirty_limit_equals_reference(kind, lines, limit):
+    """A dirty limit (in sectors) writes back the longest-dirty lines, as the Python reference does."""
+    schedule, problem = _schedule(kind, (8, 16)), Problem(2, 1, 37, 29, 5, causal=True)
+    r = simulate_dram(schedule, problem, l2_bytes=lines * 128, ways=lines, resident_blocks=1,
+                      dirty_limit_bytes=limit * 32)
+    cleaned = []
+    read, evicted, flushed = reference_cache(stream(schedule, problem), lines, dirty_limit=limit, cleaned_out=cleaned)
+    assert (r.read_bytes, r.write_evicted_bytes, r.write_cleaned_bytes, r.write_flush_bytes) == (
+        read, evicted, cleaned[0], flushed)
+    assert r.write_flush_bytes <= limit * 32
+    if limit == 0:
+        assert r.write_evicted_bytes == r.write_flush_bytes == 0  # written through, every write
+    assert r.write_bytes == evicted + cleaned[0] + flushed
 
 
 @pytest.mark.parametrize("resident", [1, 7, None])
@@ -184,6 +217,17 @@ def test_write_back_at_eviction_and_flush():
     assert r.write_bytes == 128
     r = simulate_requests([(A, 128, True)], l2_bytes=256, ways=2, flush_at_end=False)
     assert (r.write_bytes, r.write_flush_bytes) == (0, 128)
+
+
+def test_dirty_limit_writes_back_the_oldest_dirty_line():
+    # limit 8 sectors = two whole lines: writing C writes A back (oldest dirty); A stays cached, clean
+    reqs = [(A, 128, True), (B, 128, True), (C, 128, True), (A, 128, False)]
+    r = simulate_requests(reqs, l2_bytes=4096, dirty_limit_bytes=256)
+    assert (r.write_cleaned_bytes, r.write_evicted_bytes, r.write_flush_bytes) == (128, 0, 256)
+    assert r.read_bytes == 0  # A was written whole: valid, and still cached after its write-back
+    # rewriting a cleaned line makes it dirty again, now the youngest: B goes next
+    r = simulate_requests(reqs[:3] + [(A, 32, True)], l2_bytes=4096, dirty_limit_bytes=256)
+    assert r.write_cleaned_bytes == 128 + 128 and r.write_flush_bytes == 128 + 32
 
 
 def test_partial_sector_write_then_read():
@@ -261,7 +305,9 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="no phase"):
         simulate_dram(schedule, problem, resident_blocks={"qk": 4})
     with pytest.raises(NotImplementedError, match="no request stream"):
-        simulate_dram(types.SimpleNamespace(kind="splitkv"), problem)
+        simulate_dram(types.SimpleNamespace(kind="nosuch"), problem)
+    with pytest.raises(ValueError, match="dirty_limit_bytes"):
+        simulate_dram(schedule, problem, dirty_limit_bytes=-1)
 
 
 def test_report_as_dict():
