@@ -292,27 +292,18 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
                             for f in range(4):
                                 acc[a, 4 * g + f] += p * vv[g, f]
 
-        # -- O_i = diag(l_i)^-1 O_i (a row that saw no key: O = 0); L_i = m_i + log l_i -> HBM.
-        # O goes through SRAM (Q's place) so that consecutive threads store consecutive elements:
-        # stored straight from the register tile, each store instruction would cover every
-        # sector of its rows a quarter full, and L1 would send each sector to L2 four times.
-        # barrier: nobody reads Q_i any more (and, with no K/V block at all, its load is done)
-        cuda.syncthreads()
+        # -- O_i = diag(l_i)^-1 O_i -> HBM (a row that saw no key: O = 0); L_i = m_i + log l_i
         for a in range(TM):
             rr = ty + a * TY
-            inv = ZERO
-            if l[a] != ZERO:  # NaN passes through
-                inv = ONE / l[a]
-            for g in range(DQ):
-                for f in range(4):
-                    sm[qrow[a] + uint32(4 * (tx + g * TX) + f)] = acc[a, 4 * g + f] * inv
-            if tx == 0 and rr < q_len:
-                lse[b, h, q0 + rr] = m[a] * LN2 + math.log(l[a]) if l[a] != ZERO else NEG_INF
-        # barrier: the whole O tile is in SRAM
-        cuda.syncthreads()
-        for e in range(tid, q_len * D, NT):
-            rr = e // D
-            o[b, h, q0 + rr, e - rr * D] = from_f32(sm[OQ + e])
+            if rr < q_len:
+                inv = ZERO
+                if l[a] != ZERO:  # NaN passes through
+                    inv = ONE / l[a]
+                for g in range(DQ):
+                    for f in range(4):
+                        o[b, h, q0 + rr, 4 * (tx + g * TX) + f] = from_f32(acc[a, 4 * g + f] * inv)
+                if tx == 0:
+                    lse[b, h, q0 + rr] = m[a] * LN2 + math.log(l[a]) if l[a] != ZERO else NEG_INF
 
     def grid(problem):
         return ((problem.n_q + BR - 1) // BR, problem.bh)
