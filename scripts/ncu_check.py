@@ -1,6 +1,6 @@
 """Nsight Compute check: the kernels' measured global, L2 and DRAM bytes against the simulator's.
 
-    python scripts/ncu_check.py --out results/ncu               # 3 kinds × N ∈ {1K, 4K, 16K} × d ∈ {64, 128}
+    python scripts/ncu_check.py --out results/ncu               # 4 kinds × N ∈ {1K, 4K, 16K} × d ∈ {64, 128}
     python scripts/ncu_check.py --kinds flash2 --n 4096 --d 64 128 --causal both --out results/ncu
     python scripts/ncu_check.py --dry-run                        # print the ncu command, run nothing
 
@@ -10,14 +10,34 @@ fp32) this script runs our kernels once under Nsight Compute and compares:
 - global-memory bytes at L1 (``l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum`` + ``..._op_st.sum``)
   with ``simulate_counts(schedule, problem).hbm_bytes`` (target: within 2%);
 - DRAM bytes (``dram__bytes_read.sum`` + ``dram__bytes_write.sum``) with the L2 model,
-  ``simulator.l2.simulate_dram`` (target: within 15%);
+  ``simulator.l2.simulate_dram`` with a dirty limit, plus background writes (target: within 15%,
+  for standard, flash1 and flash2; splitkv is reported beside them);
 
 and records L2 traffic (``lts__t_bytes.sum``), shared-memory load/store instructions and
 wavefronts, local-memory bytes, kernel time and occupancy limits. Outputs in ``--out``:
 ``ncu_check.csv`` (one row per config), ``ncu_check.json`` (provenance: GPU, driver, ncu version,
 commands, model parameters, per-kernel metrics), ``ncu_check.png`` (two panels: measured /
 simulated global bytes, with the 2% band; measured / predicted DRAM bytes, with the 15% band),
-``ncu_raw.csv`` (ncu's own output), ``manifest.jsonl`` and ``ncu_child.log`` (the child's).
+``ncu_raw.csv`` (ncu's own output), ``manifest.jsonl``, ``ncu_child.log`` (the child's) and
+``ncu_probes.csv`` (the calibration probes).
+
+Calibration (``--no-probes`` skips it)
+    Before the configs, the child runs probe kernels (``kernels/l2probe.py``) in the same profiled
+    run. Two spins write 4 bytes and then only compute (about 0.12 and 0.49 s). Their DRAM writes
+    are not their data: on an H100 about 18 MiB/s of DRAM writes go on whatever runs. Their pooled
+    writes / time is ``background_write_bytes_per_s``, and each config's prediction adds that rate
+    × the config's measured kernel time (``background_dram_wr_bytes``). Two write streams (64 and
+    128 MiB, once, by a full grid) show how much dirty data the L2 keeps: size − (writes during the
+    kernel − background). Their mean is the model's ``dirty_limit_bytes``. A rewrite probe (one
+    block, 1 MiB, 2000 passes: flash1's access pattern for O) checks the first: its writes should
+    be the background's alone. The plain LRU (no limit, no background) is reported beside
+    (``sim_dram_plain_bytes``, ``dram_ratio_plain``, the grey crosses of the figure).
+
+Build (``--build``)
+    ``plain`` (default) measures each kind's plain kernels, whose counters the simulator mirrors.
+    ``fast`` measures flash2's fast build, an error for kinds without one. It moves the same HBM
+    bytes, but it stores O from its register tile as 4 scalar stores per thread, 16 bytes apart
+    across the warp, so L1 sends each O sector to L2 four times.
 
 How it measures
     The script re-invokes itself as one child process under
@@ -40,9 +60,7 @@ How it measures
     when it ends are written back after its measurement, the predicted DRAM bytes are its reads
     plus its *evicted* writes (the end-of-kernel flush is reported beside them). The residency
     (blocks in flight) is ncu's: SMs × the smallest of its occupancy limits, per kernel; the
-    simulator's default where ncu did not report them. A second prediction with half the L2
-    (``sim_dram_half_l2_bytes``) shows how sensitive each config is to the L2's effective size:
-    the H100's L2 is two partitions, and data read by SMs on both sides may be held in both.
+    simulator's default where ncu did not report them.
 
 What the 2% target means here
     ``l1tex__t_bytes`` counts, for each warp-level load or store instruction, the bytes of the
