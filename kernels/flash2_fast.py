@@ -1,34 +1,43 @@
-"""The fast build of flash2 (FlashAttention-2 order): register-resident S, vector shared loads, shuffles.
+"""The fast build of flash2 (FlashAttention-2 order): register-tiled outer products, prefetched K/V.
 
 Same schedule, same loop order and the same HBM traffic as ``kernels/flash2.py`` (which is the
-counting build: every access there has its counter next to it). What differs is where S lives:
+counting build: every access there has its counter next to it). What differs is where S lives and
+how the two products are computed:
 
+    Q_i: HBM -> SRAM, transposed (Qᵀ: one row per k)
     for each K/V block j (causal: only blocks with a key <= the block's last query):
-        K_j, V_j: HBM -> SRAM (fp32)
-        S = Q_i K_jᵀ in registers (each thread its thread_q × thread_kv tile)
-        m_ij, l_ij: per row, in registers; reduced across the threads_kv threads of a row
-                    with warp shuffles (no SRAM round trip, no single-thread row loop)
-        P -> SRAM; O_i = diag(alpha) O_i + P V_j in registers
+        start loading K_{j+1} from HBM into registers (it arrives while S is computed)
+        S = Q_i K_jᵀ in registers: for each k, one outer product of a column of Q_i and a row of
+            K_jᵀ over the thread's thread_q × thread_kv tile
+        m_ij, l_ij: per row, in registers; reduced across the threads_kv threads of a row with
+                    warp shuffles (no SRAM round trip, no single-thread row loop)
+        P -> SRAM (transposed);  K_{j+1}: registers -> SRAM;  start loading V_{j+1}
+        O_i = diag(alpha) O_i + P V_j in registers: for each key, one outer product of a column
+              of P and a row of V_j
+        V_{j+1}: registers -> SRAM
     O_i = diag(l_i)⁻¹ O_i -> HBM;  L_i = m_i + log l_i -> HBM
 
-Everything the general kernel's SRAM traffic looks like, this one reads far less of: S is never
-stored, and m/l/alpha stay in registers. Its SRAM counts are therefore *not* those of the
-counting build (``simulate`` models the counting build); its HBM reads and writes are the
-same tiles in the same order.
+Each step of the two products loads thread_q + thread_kv (or thread_q + d/threads_kv) floats from
+SRAM, in vectors of up to four, for thread_q·thread_kv (or thread_q·d/threads_kv) FMAs: the bigger
+the thread tile, the fewer loads per FMA (the tuner picks; sandbox/autotune.py). Its SRAM counts
+are therefore *not* those of the counting build (``simulate`` models the counting build); its HBM
+reads and writes are the same tiles in the same order.
 
-Shared layouts (fp32; every row starts 16-byte aligned for the vector loads; see :func:`layout`):
+Thread (ty, tx) owns rows VM·ty + VM·TY·g + e of S and of O (VM = 4, 2 or 1, the widest that
+tiles thread_q), columns VN·tx + VN·TX·g + e of S and VO·tx + VO·TX·g + e of O. The rows are the
+same in both, so alpha, m and l never leave the thread.
 
-- Q [Br][d], P [Br][Bc]: thread (ty, tx) reads Q[ty + a·TY, k:k+4] and P[ty + a·TY, j:j+4]; the
-  threads of a quarter warp share ty, so each such read is a broadcast.
-- K [Bc][d+4]: thread reads K[tx + b·TX, k:k+4]; eight consecutive rows of stride d+4 cover the
-  32 banks once (the 4 floats of padding make that so).
-- V [Bc][d]: thread reads V[j, 4(tx + g·TX) : +4]: consecutive threads, consecutive 16 bytes.
+Shared layouts (fp32; every row starts 16-byte aligned; see :func:`layout`):
 
-Thread (ty, tx) owns rows ty + a·TY (a < thread_q) of S and of O, columns tx + b·TX of S and
-column quads 4(tx + g·TX) .. +3 of O. The rows are the same in both, so alpha, m and l never
-leave the thread. Indices are unsigned (Numba adds a negative-index wraparound to signed ones,
-which hides the alignment from the vectorizer) and the shared array is declared 16-byte aligned,
-so NVVM emits ``ld.shared.v4.f32``.
+- Qᵀ [d][Br+4], Kᵀ [d][Bc+4], Pᵀ [Bc][Br+4]: a step reads one row. The threads of a warp read
+  consecutive vectors or the same one (a broadcast): no bank conflicts. The loaders write Qᵀ and Kᵀ
+  from 4 × 8 patches of Q and K (4 rows, 8 consecutive columns: 32-byte global segments); the 4
+  floats of padding put the patch's 32 elements in 32 different banks.
+- V [Bc][d]: a step reads one row, as above; the loader writes it row-major.
+
+Indices are unsigned (Numba adds a negative-index wraparound to signed ones, which hides the
+alignment from the vectorizer) and the shared array is declared 16-byte aligned, so NVVM emits
+``ld.shared.v4.f32``.
 
 This module is the one place that chooses the CUDA simulator's fallbacks: the simulator has no
 warp shuffles (a row's reduction goes through a small shared array instead) and no aligned
@@ -38,7 +47,7 @@ shared arrays.
 import math
 
 import numpy as np
-from numba import cuda, float32, uint32
+from numba import cuda, float32, uint64
 
 from kernels import flash2
 from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
@@ -46,18 +55,24 @@ from sandbox.runtime import using_simulator
 
 LOG2E = np.float32(1.4426950408889634)
 LN2 = np.float32(0.6931471805599453)
-PAD = 4  # floats of padding per K row
-#: Registers are capped so that this many thread blocks fit on an SM (kernels/launch.py): with one
-#: block of 8 warps the SM waits on shared-memory latency (ncu: short-scoreboard stalls).
-MIN_BLOCKS_PER_SM = 2
+PAD = 4  # floats of padding per row of the transposed tiles
+#: Shared memory per SM and the driver's reservation per block (an H100; sm_80 has 164 KiB): the
+#: register cap lets as many blocks reside as shared memory does, up to MAX_BLOCKS_PER_SM.
+SMEM_PER_SM, SMEM_RESERVED = 228 * 1024, 1024
+#: With one block of 8 warps an SM waits on shared-memory latency (ncu, session 3): the register
+#: cap makes room for up to MAX_BLOCKS_PER_SM blocks, but never below MIN_REGISTERS per thread.
+MAX_BLOCKS_PER_SM, MIN_REGISTERS = 4, 128
+#: K_{j+1} and V_{j+1} are loaded into registers during the products on block j (hiding the HBM
+#: latency) when a thread's share is at most this many floats; else after the barriers, into SRAM.
+MAX_PREFETCH = 32
 
 
 def eligible(schedule, head_dim, count_io=False, mask=None):
     """Why the fast build cannot run this (a string), or None when it can.
 
     It needs an exact thread layout (Br = threads_q·thread_q, Bc = threads_kv·thread_kv), a
-    power-of-two threads_kv ≤ 32 (a row's threads are one shuffle group inside a warp), and
-    head_dim and Bc multiples of 4·threads_kv and 4 (O column quads, P vector loads).
+    power-of-two threads_kv ≤ 32 (a row's threads are one shuffle group inside a warp), and a
+    head_dim that threads_kv divides (each thread's O columns).
     """
     s = schedule
     if s.kind != "flash2":
@@ -71,8 +86,8 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
     tx = s.threads_kv
     if tx & (tx - 1) or tx > 32:
         return f"threads_kv={tx} (needs a power of two <= 32)"
-    if head_dim % (4 * tx) or s.block_kv % 4:
-        return f"head_dim={head_dim} or Bc={s.block_kv} (need multiples of {4 * tx} and 4)"
+    if head_dim % tx:
+        return f"head_dim={head_dim} (needs a multiple of threads_kv={tx})"
     return None
 
 
@@ -81,15 +96,37 @@ def smem_bytes(schedule, head_dim):
     return layout(schedule, head_dim)[1]
 
 
+def _vec(n):
+    """The widest vector (4, 2 or 1 floats) that tiles n: a thread's row, column or O-column groups."""
+    return 4 if n % 4 == 0 else 2 if n % 2 == 0 else 1
+
+
+def _stride(n):
+    """Row stride (floats) of a tile with n columns: rows 16-byte aligned, plus PAD floats."""
+    return -(-n // 4) * 4 + PAD
+
+
 def layout(schedule, head_dim):
-    """(offsets {Q, K, V, P} in floats, shared bytes) of the fast build's dynamic shared memory."""
+    """(offsets {Q, K, V, P} in floats, shared bytes) of the fast build's dynamic shared memory.
+
+    Qᵀ is d rows of Br + 4 floats (rounded up to 4), Kᵀ d rows of Bc + 4, V Bc rows of d (rounded
+    up to 4), Pᵀ Bc rows of Br + 4."""
     br, bc, d = schedule.block_q, schedule.block_kv, head_dim
-    sizes = {"Q": br * d, "K": bc * (d + PAD), "V": bc * d, "P": br * bc}
+    sizes = {"Q": d * _stride(br), "K": d * _stride(bc), "V": bc * (-(-d // 4) * 4), "P": bc * _stride(br)}
     off, at = {}, 0
     for name, n in sizes.items():
         off[name] = at
         at += n
     return off, 4 * at
+
+
+def min_blocks_per_sm(schedule, head_dim):
+    """Blocks per SM the register cap makes room for (kernels/launch.py): as many as the shared
+    memory lets reside, at most MAX_BLOCKS_PER_SM, and no more than leave MIN_REGISTERS per
+    thread; at least 1."""
+    fit = SMEM_PER_SM // (smem_bytes(schedule, head_dim) + SMEM_RESERVED)
+    by_registers = 65536 // (schedule.threads * MIN_REGISTERS)
+    return max(1, min(MAX_BLOCKS_PER_SM, fit, by_registers))
 
 
 def _group_reductions(tx, nan_max):
@@ -148,36 +185,152 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     to_f32, from_f32, nan_max = t.to_f32, t.from_f32, t.nan_max
     BR, BC, TM, TN, TY, TX, NT, D = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D
     CAUSAL = t.CAUSAL
-    DP = D + PAD  # K's row stride
-    DQ = D // (4 * TX)  # O column quads per thread
-    DO = 4 * DQ  # O columns per thread
+    DO = D // TX  # O columns per thread
+    VM, VN, VO = _vec(TM), _vec(TN), _vec(DO)  # vector widths of a thread's rows, S columns, O columns
+    QS, KS, VS = _stride(BR), _stride(BC), -(-D // 4) * 4  # row strides of Qᵀ and Pᵀ, Kᵀ, V
     off, smem_bytes = layout(schedule, head_dim)
-    OQ, OK, OV, OP = (uint32(off[n]) for n in ("Q", "K", "V", "P"))
+    OQ, OK, OV, OP = (uint64(off[n]) for n in ("Q", "K", "V", "P"))
     ALIGN = None if using_simulator() else 16
     row_max, row_sum = _group_reductions(TX, nan_max)
 
-    def loader(rows, stride):
-        """load(src, b, h, row0, n_rows, sm, base, tid): rows × D elements of src[b, h, row0:, :] ->
-        sm[base + r·stride + c] in fp32, consecutive threads on consecutive c; rows >= n_rows get 0."""
+    # -- loaders: each has a fetch (HBM -> registers), a put (registers -> SRAM) and a load (both).
+    # A thread's it-th element is (r0 + dr(it), c0 + dc(it)) with (r0, c0) its own and the deltas
+    # compile-time constants once the loop over it is unrolled: one base address per thread.
+    # Transposing (Qᵀ, Kᵀ): warp w, lane ln take patch w + it·W (W warps), a patch being 4 rows ×
+    # 8 columns (32-byte global segments; the transposed stores hit 32 different banks, see _stride).
+    # Row-major (V): consecutive threads, consecutive columns.
+    W = -(-NT // 32)
+    PB = -(-D // 8)  # patches per 4-row band
+
+    def transposed(rows):
+        iters = -(-(-(-rows // 4) * PB * 32) // NT)  # (patches / W when NT % 32 == 0)
+        full = rows % 4 == 0 and D % 8 == 0 and (rows // 4 * PB) % W == 0 and NT % 32 == 0
+
+        @cuda.jit(device=True)
+        def where(tid, it):
+            w = tid // 32
+            ln = tid - w * 32
+            if NT % 32 == 0 and W % PB == 0:  # a band per PB warps
+                r0 = 4 * (w // PB) + ln // 8
+                dr = 4 * it * (W // PB)
+                c = 8 * (w - (w // PB) * PB) + (ln & 7)
+            elif NT % 32 == 0 and PB % W == 0:  # a band per PB / W iterations
+                r0 = ln // 8
+                dr = 4 * (it // (PB // W))
+                c = 8 * (w + (it % (PB // W)) * W) + (ln & 7)
+            else:  # (small or odd shapes)
+                p = (tid + it * NT) // 32
+                ln = tid + it * NT - p * 32
+                r0 = 0
+                dr = 4 * (p // PB) + ln // 8
+                c = 8 * (p - (p // PB) * PB) + (ln & 7)
+            return r0, dr, c, full or (dr < rows - r0 and c < D)
+
+        return where, iters
+
+    def row_major(rows):
         iters = -(-rows * D // NT)
+        full = (rows * D) % NT == 0
+
+        @cuda.jit(device=True)
+        def where(tid, it):
+            if NT % D == 0:
+                r0 = tid // D
+                dr = it * (NT // D)
+                c = tid - r0 * D
+            elif D % NT == 0:
+                r0 = 0
+                dr = it // (D // NT)
+                c = tid + (it % (D // NT)) * NT
+            else:
+                e = tid + it * NT
+                r0 = 0
+                dr = e // D
+                c = e - dr * D
+            return r0, dr, c, full or dr < rows - r0
+
+        return where, iters
+
+    def loaders(where, iters, t_stride, r_stride):
+        """(fetch, put, load) for a tile at sm[base + c·t_stride + r·r_stride]. A thread's row is
+        r0 + dr, dr being a constant once the loop is unrolled: the bound checks compare dr with
+        a limit computed once, and the addresses are a base plus constants."""
+
+        @cuda.jit(device=True)
+        def fetch(src, b, h, row0, n_rows, buf, tid):
+            for it in range(iters):
+                r0, dr, c, ok = where(tid, it)
+                x = ZERO
+                if ok and dr < n_rows - r0:
+                    x = to_f32(src[b, h, uint64(row0 + r0) + uint64(dr), uint64(c)])
+                buf[it] = x
+
+        @cuda.jit(device=True)
+        def put(buf, sm, base, tid):
+            for it in range(iters):
+                r0, dr, c, ok = where(tid, it)
+                if ok:
+                    sm[base + uint64(c * t_stride + r0 * r_stride) + uint64(dr * r_stride)] = buf[it]
 
         @cuda.jit(device=True)
         def load(src, b, h, row0, n_rows, sm, base, tid):
             for it in range(iters):
-                idx = tid + it * NT
-                r = idx // D
-                c = idx - r * D
-                if r < rows:
+                r0, dr, c, ok = where(tid, it)
+                if ok:
                     x = ZERO
-                    if r < n_rows:
-                        x = to_f32(src[b, h, row0 + r, c])
-                    sm[uint32(base + r * stride + c)] = x
+                    if dr < n_rows - r0:
+                        x = to_f32(src[b, h, uint64(row0 + r0) + uint64(dr), uint64(c)])
+                    sm[base + uint64(c * t_stride + r0 * r_stride) + uint64(dr * r_stride)] = x
 
-        return load
+        return fetch, put, load
 
-    load_q, load_k, load_v = loader(BR, D), loader(BC, DP), loader(BC, D)
+    where_q, IT_Q = transposed(BR)
+    where_k, IT_K = transposed(BC)
+    where_v, IT_V = row_major(BC)
+    _, _, load_q = loaders(where_q, IT_Q, QS, 1)
+    fetch_k, put_k, load_k = loaders(where_k, IT_K, KS, 1)
+    fetch_v, put_v, load_v = loaders(where_v, IT_V, 1, VS)
+    PREFETCH = max(IT_K, IT_V) <= MAX_PREFETCH  # else K_{j+1}, V_{j+1} go straight to SRAM after the barriers
+    NBUF = max(IT_K, IT_V) if PREFETCH else 1
+
+    # -- one step of each product: an outer product of two vectors read from SRAM. Called four
+    # times in a row in the source (NVVM does not unroll these loops; unrolled, every address is a
+    # base register plus a constant).
+    @cuda.jit(device=True)
+    def s_step(sm, k, rq, cs, qa, kb, s):
+        """S += Q[rows, k] ⊗ K[cols, k] (Qᵀ and Kᵀ rows k)."""
+        qrow = OQ + uint64(k * QS) + rq
+        krow = OK + uint64(k * KS) + cs
+        for g in range(TM // VM):
+            for e in range(VM):
+                qa[g * VM + e] = sm[qrow + uint64(g * VM * TY + e)]
+        for g in range(TN // VN):
+            for e in range(VN):
+                kb[g * VN + e] = sm[krow + uint64(g * VN * TX + e)]
+        for a in range(TM):
+            for bb in range(TN):
+                s[a, bb] += qa[a] * kb[bb]
+
+    @cuda.jit(device=True)
+    def pv_step(sm, j, rq, co, pa, vb, acc):
+        """O += P[rows, j] ⊗ V[j, cols] (Pᵀ and V rows j)."""
+        prow = OP + uint64(j * QS) + rq
+        vrow = OV + uint64(j * VS) + co
+        for g in range(TM // VM):
+            for e in range(VM):
+                pa[g * VM + e] = sm[prow + uint64(g * VM * TY + e)]
+        for g in range(DO // VO):
+            for e in range(VO):
+                vb[g * VO + e] = sm[vrow + uint64(g * VO * TX + e)]
+        for a in range(TM):
+            for c in range(DO):
+                acc[a, c] += pa[a] * vb[c]
+
+    D4, BC4 = D - D % 4, BC - BC % 4
 
     def kernel(q, k, v, o, lse, scale, counters):
+        if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or o.shape[3] != D:
+            return  # (never: the launcher checks; this tells the compiler the row length is D)
         tid = cuda.threadIdx.x
         ty = tid // TX
         tx = tid - ty * TX
@@ -193,61 +346,58 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
         red = cuda.shared.array(NT, float32)  # the simulator's row reductions (unused on the GPU)
         s2 = scale * LOG2E  # S in log2 units: exp(x) = exp2(x·log2 e)
 
-        load_q(q, b, h, q0, q_len, sm, OQ, tid)
         m = cuda.local.array(TM, float32)
         l = cuda.local.array(TM, float32)
         acc = cuda.local.array((TM, DO), float32)
         s = cuda.local.array((TM, TN), float32)
-        qv = cuda.local.array((TM, 4), float32)
-        kv = cuda.local.array((TN, 4), float32)
-        vv = cuda.local.array((DQ, 4), float32)
+        qa = cuda.local.array(TM, float32)
+        kb = cuda.local.array(TN, float32)
+        vb = cuda.local.array(DO, float32)
+        buf = cuda.local.array(NBUF, float32)
         for a in range(TM):
             m[a] = NEG_INF
             l[a] = ZERO
             for c in range(DO):
                 acc[a, c] = ZERO
-        qrow = cuda.local.array(TM, uint32)  # this thread's row offsets in Q and P
-        prow = cuda.local.array(TM, uint32)
-        for a in range(TM):
-            qrow[a] = OQ + uint32((ty + a * TY) * D)
-            prow[a] = OP + uint32((ty + a * TY) * BC)
+        rq = uint64(VM * ty)  # this thread's first row, S column and O column
+        cs = uint64(VN * tx)
+        co = uint64(VO * tx)
 
         kv_end = n_kv
         if CAUSAL:
             kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped, no loads
-        for j in range((kv_end + BC - 1) // BC):
+        n_blocks = (kv_end + BC - 1) // BC
+        load_q(q, b, h, q0, q_len, sm, OQ, tid)
+        load_k(k, b, h, 0, min(BC, n_kv), sm, OK, tid)
+        load_v(v, b, h, 0, min(BC, n_kv), sm, OV, tid)
+        # barrier: Q_i, K_0, V_0 are in SRAM
+        cuda.syncthreads()
+        for j in range(n_blocks):
             k0 = j * BC
             kv_len = min(BC, n_kv - k0)
-            # barrier: every thread is done reading the previous K_j, V_j and P
-            cuda.syncthreads()
-            load_k(k, b, h, k0, kv_len, sm, OK, tid)
-            load_v(v, b, h, k0, kv_len, sm, OV, tid)
-            # barrier: K_j, V_j (and, first time round, Q_i) are in SRAM
-            cuda.syncthreads()
+            k1 = k0 + BC
+            more = j + 1 < n_blocks
+            if more and PREFETCH:  # K_{j+1}: HBM -> registers, while S is computed
+                fetch_k(k, b, h, k1, min(BC, n_kv - k1), buf, tid)
 
-            # -- S = Q_i K_jᵀ on this thread's register tile, four k at a time
+            # -- S = Q_i K_jᵀ: one outer product per k
             for a in range(TM):
                 for bb in range(TN):
                     s[a, bb] = ZERO
-            for kk in range(0, D, 4):
-                for a in range(TM):
-                    for e in range(4):
-                        qv[a, e] = sm[qrow[a] + uint32(kk + e)]
-                for bb in range(TN):
-                    krow = OK + uint32((tx + bb * TX) * DP + kk)
-                    for e in range(4):
-                        kv[bb, e] = sm[krow + uint32(e)]
-                for a in range(TM):
-                    for bb in range(TN):
-                        for e in range(4):
-                            s[a, bb] += qv[a, e] * kv[bb, e]
+            for kk in range(0, D4, 4):
+                s_step(sm, kk, rq, cs, qa, kb, s)
+                s_step(sm, kk + 1, rq, cs, qa, kb, s)
+                s_step(sm, kk + 2, rq, cs, qa, kb, s)
+                s_step(sm, kk + 3, rq, cs, qa, kb, s)
+            for kk in range(D4, D):
+                s_step(sm, kk, rq, cs, qa, kb, s)
 
-            # -- online softmax per row: m_ij, P, l_ij; rescale O by alpha
+            # -- online softmax per row: m_ij, P, l_ij; rescale O by alpha; Pᵀ -> SRAM
             for a in range(TM):
-                r = q0 + ty + a * TY
+                r = q0 + VM * ty + (a // VM) * VM * TY + a % VM
                 mx = NEG_INF
                 for bb in range(TN):
-                    c = tx + bb * TX
+                    c = VN * tx + (bb // VN) * VN * TX + bb % VN
                     x = s[a, bb] * s2
                     if c >= kv_len or (CAUSAL and k0 + c > r):
                         x = NEG_INF
@@ -266,42 +416,49 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
                 else:
                     for bb in range(TN):
                         s[a, bb] = ZERO
-                for bb in range(TN):
-                    sm[prow[a] + uint32(tx + bb * TX)] = s[a, bb]
                 rs = row_sum(rs, red, tid)
                 l[a] = alpha * l[a] + rs
                 m[a] = m_new
                 for c in range(DO):
                     acc[a, c] *= alpha
-            # barrier: the whole P tile is in SRAM
+            pbase = OP + cs * uint64(QS) + rq
+            for bb in range(TN):
+                prow = pbase + uint64(((bb // VN) * VN * TX + bb % VN) * QS)
+                for g in range(TM // VM):
+                    for e in range(VM):
+                        sm[prow + uint64(g * VM * TY + e)] = s[g * VM + e, bb]
+            # barrier: Pᵀ is complete and every thread is done reading K_j
             cuda.syncthreads()
+            if more and PREFETCH:  # K_{j+1}: registers -> SRAM; V_{j+1}: HBM -> registers, while P V_j is computed
+                put_k(buf, sm, OK, tid)
+                fetch_v(v, b, h, k1, min(BC, n_kv - k1), buf, tid)
+            if more and not PREFETCH:  # K_{j+1}: HBM -> SRAM
+                load_k(k, b, h, k1, min(BC, n_kv - k1), sm, OK, tid)
 
-            # -- O_i += P V_j on this thread's register tile, four keys at a time
-            for jj in range(0, BC, 4):
-                for a in range(TM):
-                    for e in range(4):
-                        qv[a, e] = sm[prow[a] + uint32(jj + e)]
-                for e in range(4):
-                    vrow = OV + uint32((jj + e) * D + 4 * tx)
-                    for g in range(DQ):
-                        for f in range(4):
-                            vv[g, f] = sm[vrow + uint32(4 * TX * g + f)]
-                    for a in range(TM):
-                        p = qv[a, e]
-                        for g in range(DQ):
-                            for f in range(4):
-                                acc[a, 4 * g + f] += p * vv[g, f]
+            # -- O_i += P V_j: one outer product per key
+            for jj in range(0, BC4, 4):
+                pv_step(sm, jj, rq, co, qa, vb, acc)
+                pv_step(sm, jj + 1, rq, co, qa, vb, acc)
+                pv_step(sm, jj + 2, rq, co, qa, vb, acc)
+                pv_step(sm, jj + 3, rq, co, qa, vb, acc)
+            for jj in range(BC4, BC):
+                pv_step(sm, jj, rq, co, qa, vb, acc)
+            # barrier: every thread is done reading V_j and Pᵀ (and K_{j+1} is in SRAM)
+            cuda.syncthreads()
+            if more and PREFETCH:  # V_{j+1}: registers -> SRAM (read after the next P barrier)
+                put_v(buf, sm, OV, tid)
+            if more and not PREFETCH:  # V_{j+1}: HBM -> SRAM
+                load_v(v, b, h, k1, min(BC, n_kv - k1), sm, OV, tid)
 
         # -- O_i = diag(l_i)^-1 O_i -> HBM (a row that saw no key: O = 0); L_i = m_i + log l_i
         for a in range(TM):
-            rr = ty + a * TY
+            rr = VM * ty + (a // VM) * VM * TY + a % VM
             if rr < q_len:
                 inv = ZERO
                 if l[a] != ZERO:  # NaN passes through
                     inv = ONE / l[a]
-                for g in range(DQ):
-                    for f in range(4):
-                        o[b, h, q0 + rr, 4 * (tx + g * TX) + f] = from_f32(acc[a, 4 * g + f] * inv)
+                for c in range(DO):
+                    o[b, h, q0 + rr, VO * tx + (c // VO) * VO * TX + c % VO] = from_f32(acc[a, c] * inv)
                 if tx == 0:
                     lse[b, h, q0 + rr] = m[a] * LN2 + math.log(l[a]) if l[a] != ZERO else NEG_INF
 

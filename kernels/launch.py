@@ -53,10 +53,11 @@ def max_registers(threads, blocks=1, per_sm=65536):
     return max(8, min(255, per_sm // (32 * warps * blocks) // 8 * 8))
 
 
-def _jit_options(schedule, fast):
-    """A register cap that lets the block launch, or for the fast build that lets
-    ``MIN_BLOCKS_PER_SM`` blocks reside (CUDA's __launch_bounds__), with all of the SM's L1/shared
-    carveout as shared memory; nothing under the simulator.
+def _jit_options(schedule, head_dim, fast):
+    """A register cap that lets the block launch, or for the fast build that lets as many blocks
+    reside as its shared memory does (``flash2_fast.min_blocks_per_sm``, like CUDA's
+    __launch_bounds__), with all of the SM's L1/shared carveout as shared memory; nothing under
+    the simulator.
 
     (Session 3 on an H100: plain flash2 on 64×64 blocks compiled with an explicit cap of 255 ran
     1.4× slower than without one; the cap is now passed only where it is below 255.)"""
@@ -67,7 +68,7 @@ def _jit_options(schedule, fast):
         from kernels import flash2_fast
 
         opts["shared_memory_carveout"] = "MaxShared"
-    cap = max_registers(schedule.threads, flash2_fast.MIN_BLOCKS_PER_SM if fast else 1)
+    cap = max_registers(schedule.threads, flash2_fast.min_blocks_per_sm(schedule, head_dim) if fast else 1)
     if cap < 255:  # only where it binds: 255 is the default, and naming it changed plain flash2's code
         opts["max_registers"] = cap
     return opts
@@ -113,7 +114,7 @@ def build(schedule, head_dim, dtype_name, causal, count_io, backward=False, mask
         extra = {} if mask is None else {"mask": mask}
         py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, count_io, causal, **extra)
         signature = void(*sig)
-        kernel = cuda.jit(signature, **_jit_options(schedule, fast))(py_func)
+        kernel = cuda.jit(signature, **_jit_options(schedule, head_dim, fast))(py_func)
         if not using_simulator():
             allow_dynamic_smem(kernel.overloads[signature.args], smem_bytes)
         out[phase] = (kernel, smem_bytes, grid)

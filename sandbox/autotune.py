@@ -22,11 +22,11 @@ from pathlib import Path
 from sandbox.schedule import Schedule
 
 #: (Br, Bc, thread_q, thread_kv) tried per (head_dim, dtype); those the fast build or the GPU's
-#: shared memory cannot take are left out (kernels.launch.use_fast).
-#: On an H100 (fp32, N=4096) the best are 128x32 with 4x4 tiles (d = 64 and 128) and 128x64 with
-#: 8x4 (d = 64); tiles of 8x8 spill.
+#: shared memory cannot take are left out (kernels.launch.use_fast). Each thread's work per step of
+#: the two products is a thread_q × thread_kv (S) or thread_q × d/threads_kv (O) outer product.
 CANDIDATES = (
-    (64, 64, 4, 4), (128, 32, 4, 4), (128, 64, 8, 4), (64, 32, 4, 2), (128, 64, 4, 4), (128, 32, 8, 4),
+    (128, 64, 8, 4), (64, 64, 8, 4), (128, 128, 8, 8), (128, 32, 4, 4), (64, 64, 4, 4), (128, 64, 4, 4),
+    (64, 32, 4, 4),
 )
 #: The problem a candidate is timed on: B·H = 32 heads of N = 4096 (the regime of issue 7).
 TUNE_BATCH, TUNE_HEADS, TUNE_N = 2, 16, 4096
