@@ -273,13 +273,13 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
                     sm[base + uint64(c * t_stride + r0 * r_stride) + uint64(dr * r_stride)] = buf[it]
 
         @cuda.jit(device=True)
-        def load(src, b, h, row0, n_rows, sm, base, tid):
+        def load(src, b, h, row0, n_rows, sm, base, tid, factor):
             for it in range(iters):
                 r0, dr, c, ok = where(tid, it)
                 if ok:
                     x = ZERO
                     if dr < n_rows - r0:
-                        x = to_f32(src[b, h, uint64(row0 + r0) + uint64(dr), uint64(c)])
+                        x = to_f32(src[b, h, uint64(row0 + r0) + uint64(dr), uint64(c)]) * factor
                     sm[base + uint64(c * t_stride + r0 * r_stride) + uint64(dr * r_stride)] = x
 
         return fetch, put, load
@@ -367,9 +367,9 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
         if CAUSAL:
             kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped, no loads
         n_blocks = (kv_end + BC - 1) // BC
-        load_q(q, b, h, q0, q_len, sm, OQ, tid)
-        load_k(k, b, h, 0, min(BC, n_kv), sm, OK, tid)
-        load_v(v, b, h, 0, min(BC, n_kv), sm, OV, tid)
+        load_q(q, b, h, q0, q_len, sm, OQ, tid, s2)  # Q·scale·log2 e: S comes out in log2 units
+        load_k(k, b, h, 0, min(BC, n_kv), sm, OK, tid, ONE)
+        load_v(v, b, h, 0, min(BC, n_kv), sm, OV, tid, ONE)
         # barrier: Q_i, K_0, V_0 are in SRAM
         cuda.syncthreads()
         for j in range(n_blocks):
@@ -392,14 +392,16 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
             for kk in range(D4, D):
                 s_step(sm, kk, rq, cs, qa, kb, s)
 
-            # -- online softmax per row: m_ij, P, l_ij; rescale O by alpha; Pᵀ -> SRAM
+            # -- online softmax per row: m_ij, P, l_ij; rescale O by alpha; Pᵀ -> SRAM. Masks only
+            # in a ragged last block and, causal, where a key can follow a query of the block.
+            masked = kv_len < BC or (CAUSAL and k0 + BC - 1 > q0)
             for a in range(TM):
                 r = q0 + VM * ty + (a // VM) * VM * TY + a % VM
                 mx = NEG_INF
                 for bb in range(TN):
                     c = VN * tx + (bb // VN) * VN * TX + bb % VN
-                    x = s[a, bb] * s2
-                    if c >= kv_len or (CAUSAL and k0 + c > r):
+                    x = s[a, bb]
+                    if masked and (c >= kv_len or (CAUSAL and k0 + c > r)):
                         x = NEG_INF
                     s[a, bb] = x
                     mx = nan_max(mx, x)
@@ -416,14 +418,16 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
                 else:
                     for bb in range(TN):
                         s[a, bb] = ZERO
-                rs = row_sum(rs, red, tid)
-                l[a] = alpha * l[a] + rs
+                l[a] = alpha * l[a] + rs  # this thread's part of the row sum (alpha is the row's)
                 m[a] = m_new
                 for c in range(DO):
                     acc[a, c] *= alpha
-            pbase = OP + cs * uint64(QS) + rq
+            # (the threads of a quarter warp own S columns 4 apart: their vector stores into Pᵀ meet
+            # in 2 of the 8 16-byte bank groups. An XOR swizzle fixes that, but NVVM then stopped
+            # vectorizing the Pᵀ loads, which are many more; session 5.)
             for bb in range(TN):
-                prow = pbase + uint64(((bb // VN) * VN * TX + bb % VN) * QS)
+                c = VN * tx + (bb // VN) * VN * TX + bb % VN
+                prow = OP + uint64(c * QS) + rq
                 for g in range(TM // VM):
                     for e in range(VM):
                         sm[prow + uint64(g * VM * TY + e)] = s[g * VM + e, bb]
@@ -433,7 +437,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
                 put_k(buf, sm, OK, tid)
                 fetch_v(v, b, h, k1, min(BC, n_kv - k1), buf, tid)
             if more and not PREFETCH:  # K_{j+1}: HBM -> SRAM
-                load_k(k, b, h, k1, min(BC, n_kv - k1), sm, OK, tid)
+                load_k(k, b, h, k1, min(BC, n_kv - k1), sm, OK, tid, ONE)
 
             # -- O_i += P V_j: one outer product per key
             for jj in range(0, BC4, 4):
@@ -448,9 +452,11 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
             if more and PREFETCH:  # V_{j+1}: registers -> SRAM (read after the next P barrier)
                 put_v(buf, sm, OV, tid)
             if more and not PREFETCH:  # V_{j+1}: HBM -> SRAM
-                load_v(v, b, h, k1, min(BC, n_kv - k1), sm, OV, tid)
+                load_v(v, b, h, k1, min(BC, n_kv - k1), sm, OV, tid, ONE)
 
         # -- O_i = diag(l_i)^-1 O_i -> HBM (a row that saw no key: O = 0); L_i = m_i + log l_i
+        for a in range(TM):
+            l[a] = row_sum(l[a], red, tid)
         for a in range(TM):
             rr = VM * ty + (a // VM) * VM * TY + a % VM
             if rr < q_len:

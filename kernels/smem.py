@@ -5,6 +5,8 @@ in above the default 48 KB; the driver attribute is set here, through cuda-bindi
 the CUfunction numba compiled.
 """
 
+import functools
+
 from numba import cuda
 
 from sandbox.runtime import using_simulator
@@ -16,6 +18,11 @@ def device_smem_optin():
     """Opt-in shared memory per block of the current device, in bytes (None under the simulator)."""
     if using_simulator():
         return None
+    return _optin(cuda.get_current_device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _optin(device_id):
     return int(cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
 
 

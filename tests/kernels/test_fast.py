@@ -78,6 +78,26 @@ def test_fixed_shapes(shape, causal):
     check(Schedule("flash2", block_q=4, block_kv=8, thread_q=2, thread_kv=4), problem, *make_inputs(problem, 7))
 
 
+# Schedules that take each branch of the kernel's compile-time layout choices (kernels/flash2_fast.py):
+# the loaders' thread mappings, prefetching or not.
+LAYOUTS = {
+    # 64 threads, d=8: transposed loads with a 4-row band per warp, V with NT % d == 0
+    "band per warp": (Schedule("flash2", block_q=32, block_kv=32, thread_q=4, thread_kv=4), 8),
+    # 64 threads, d=32: a band per 2 iterations (PB % W == 0)
+    "band per iterations": (Schedule("flash2", block_q=16, block_kv=16, thread_q=2, thread_kv=2), 32),
+    # 32 threads, d=64: V with d % NT == 0; K and V fetched into 64 registers: too many, no prefetch
+    "row split, no prefetch": (Schedule("flash2", block_q=32, block_kv=32, thread_q=4, thread_kv=8), 64),
+}
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("case", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_layout_branches(case, causal):
+    schedule, d = case
+    problem = Problem(batch=1, heads=1, n_q=37, n_kv=45, head_dim=d, causal=causal)
+    check(schedule, problem, *make_inputs(problem, 11))
+
+
 def test_logits_near_80_do_not_overflow():
     problem = Problem(batch=1, heads=1, n_q=10, n_kv=11, head_dim=8)
     q, k, v = make_inputs(problem, seed=3, magnitude=80.0)
