@@ -182,7 +182,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     if why is not None:
         raise ValueError(f"the fast flash2 build cannot run {schedule} at d={head_dim}: {why}")
     t = make_tile_ops(schedule, head_dim, False, causal, dtype)
-    to_f32, from_f32, nan_max = t.to_f32, t.from_f32, t.nan_max
+    to_f32, from_f32, nan_max, IN = t.to_f32, t.from_f32, t.nan_max, t.IN
     BR, BC, TM, TN, TY, TX, NT, D = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D
     CAUSAL = t.CAUSAL
     DO = D // TX  # O columns per thread
@@ -258,11 +258,12 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
 
         @cuda.jit(device=True)
         def fetch(src, b, h, row0, n_rows, buf, tid):
+            # the stored values, unconverted: a conversion here would wait for the load
             for it in range(iters):
                 r0, dr, c, ok = where(tid, it)
-                x = ZERO
+                x = IN(0)
                 if ok and dr < n_rows - r0:
-                    x = to_f32(src[b, h, uint64(row0 + r0) + uint64(dr), uint64(c)])
+                    x = src[b, h, uint64(row0 + r0) + uint64(dr), uint64(c)]
                 buf[it] = x
 
         @cuda.jit(device=True)
@@ -270,7 +271,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
             for it in range(iters):
                 r0, dr, c, ok = where(tid, it)
                 if ok:
-                    sm[base + uint64(c * t_stride + r0 * r_stride) + uint64(dr * r_stride)] = buf[it]
+                    sm[base + uint64(c * t_stride + r0 * r_stride) + uint64(dr * r_stride)] = to_f32(buf[it])
 
         @cuda.jit(device=True)
         def load(src, b, h, row0, n_rows, sm, base, tid, factor):
@@ -353,7 +354,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
         qa = cuda.local.array(TM, float32)
         kb = cuda.local.array(TN, float32)
         vb = cuda.local.array(DO, float32)
-        buf = cuda.local.array(NBUF, float32)
+        buf = cuda.local.array(NBUF, IN)  # K_{j+1} or V_{j+1} in the input's storage type
         for a in range(TM):
             m[a] = NEG_INF
             l[a] = ZERO

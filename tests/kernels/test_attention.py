@@ -148,6 +148,9 @@ def test_return_conventions():
     out3, lse3, report = attention(q, k, v, schedule=s, return_lse=True, count_io=True)
     out4, report4 = attention(q, k, v, schedule=s, count_io=True)
     np.testing.assert_array_equal(out, out2)
-    np.testing.assert_array_equal(out, out3)
-    np.testing.assert_array_equal(lse, lse3)
+    np.testing.assert_array_equal(out3, out4)
+    # out, lse: flash2's fast build; out3, lse3: its counting build (count_io), which rounds
+    # differently (the fast build pre-scales Q): the same values to fp32 rounding
+    np.testing.assert_allclose(out, out3, rtol=0, atol=1e-6 * np.abs(v).max())
+    np.testing.assert_allclose(lse, lse3, rtol=0, atol=1e-6 * max(1.0, np.abs(lse3).max()))
     assert report == report4 and report.hbm_reads["Q"] == 6

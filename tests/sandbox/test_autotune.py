@@ -59,7 +59,8 @@ def test_candidates_are_ones_the_fast_build_takes():
         cands = autotune.candidates(d)
         assert cands and all(use_fast(s, d) for s in cands)
     assert Schedule("flash2", block_q=64, block_kv=64) in autotune.candidates(64)  # the default is one
-    assert autotune.candidates(8) == []  # no candidate's 16 or 8 threads per row tile d = 8
+    assert autotune.candidates(8) and all(s.threads_kv == 8 for s in autotune.candidates(8))  # 8 divides d = 8
+    assert autotune.candidates(12) == []  # no candidate's 16 or 8 threads per row divides d = 12
 
 
 def test_no_candidate_ran(tmp_path):
