@@ -46,11 +46,17 @@ def _phases(kind, dtype, backward, fast=False):
     }
 
 
-def max_registers(threads, blocks=1, per_sm=65536):
+def max_registers(threads, blocks=1, per_sm=65536, partitions=4):
     """Registers per thread that let ``blocks`` blocks of ``threads`` reside on one SM (registers
-    are allocated per warp, in units of 8 per thread; at most 255, the ISA's limit)."""
-    warps = -(-threads // 32)
-    return max(8, min(255, per_sm // (32 * warps * blocks) // 8 * 8))
+    are allocated per warp, in units of 8 per thread; at most 255, the ISA's limit).
+
+    An SM's register file is split among its ``partitions`` schedulers, and warps are dealt to them
+    in turn: the partition with the most warps bounds the count. (On an H100, 480 threads at 136
+    registers, 65,280 in all, failed to launch: 4 of the 15 warps share one 16,384-register
+    partition; session 5.)"""
+    warps = -(-threads // 32) * blocks
+    per_partition_warps = -(-warps // partitions)
+    return max(8, min(255, per_sm // partitions // (32 * per_partition_warps) // 8 * 8))
 
 
 def _jit_options(schedule, head_dim, fast):

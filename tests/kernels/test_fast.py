@@ -194,3 +194,15 @@ def test_the_tuner_refuses_candidates_that_spill(head_dim, tmp_path):
     # the default schedule does not spill either, in any dtype
     default = Schedule("flash2", block_q=64, block_kv=64)
     assert all(autotune._local_memory(default, head_dim, dt) == 0 for dt in ("float32", "float16", "bfloat16"))
+
+
+def test_register_cap_counts_the_busiest_scheduler_partition():
+    """The cap lets the block launch: 15 warps put 4 on one of an H100 SM's four 16K-register
+    partitions, so 128 registers per thread, not 65536 / 480 = 136 (which failed to launch)."""
+    from kernels.launch import max_registers
+
+    assert max_registers(480) == 128
+    assert max_registers(256, blocks=2) == 128 and max_registers(512) == 128
+    assert max_registers(256) == 255 and max_registers(96) == 255  # the ISA's limit
+    assert max_registers(128, blocks=3) == 168  # 12 warps, 3 per partition: 16384 / 96, rounded down to 8
+    assert max_registers(1024) == 64
