@@ -4,13 +4,16 @@ Same schedule, same loop order and the same HBM traffic as ``kernels/flash2.py``
 counting build: every access there has its counter next to it). What differs is where S lives and
 how the two products are computed:
 
-    Q_i: HBM -> SRAM, transposed (Qᵀ: one row per k)
+    Q_i · scale · log2 e: HBM -> SRAM, transposed (Qᵀ: one row per k; S comes out in log2 units)
     for each K/V block j (causal: only blocks with a key <= the block's last query):
         start loading K_{j+1} from HBM into registers (it arrives while S is computed)
         S = Q_i K_jᵀ in registers: for each k, one outer product of a column of Q_i and a row of
             K_jᵀ over the thread's thread_q × thread_kv tile
-        m_ij, l_ij: per row, in registers; reduced across the threads_kv threads of a row with
-                    warp shuffles (no SRAM round trip, no single-thread row loop)
+        m_ij: per row, in registers; reduced across the threads_kv threads of a row with warp
+              shuffles (no SRAM round trip, no single-thread row loop); masks only in a ragged
+              last block or a causal diagonal block
+        l_ij: each thread keeps its own part of the row sum (alpha is the row's); the parts
+              are reduced once, after the last block
         P -> SRAM (transposed);  K_{j+1}: registers -> SRAM;  start loading V_{j+1}
         O_i = diag(alpha) O_i + P V_j in registers: for each key, one outer product of a column
               of P and a row of V_j

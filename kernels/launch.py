@@ -173,11 +173,12 @@ def _counters(count_io):
     makes no host-to-device copy (0.2 ms on an H100)."""
     if count_io or using_simulator():
         return cuda.to_device(new_counters(), stream=cuda.default_stream())
-    handle = cuda.current_context().handle
-    key = int(handle.value if hasattr(handle, "value") else handle)  # (ctypes or cuda-bindings)
-    if key not in _ZERO_COUNTERS:
-        _ZERO_COUNTERS[key] = cuda.to_device(new_counters())
-    return _ZERO_COUNTERS[key]
+    ctx = cuda.current_context()
+    key = int(ctx.handle.value if hasattr(ctx.handle, "value") else ctx.handle)  # (ctypes or cuda-bindings)
+    held = _ZERO_COUNTERS.get(key)
+    if held is None or held[0] is not ctx:  # (a context closed and another one given its handle)
+        held = _ZERO_COUNTERS[key] = (ctx, cuda.to_device(new_counters()))
+    return held[1]
 
 
 def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None):
