@@ -132,7 +132,8 @@ def _device_empty(shape, dtype, what):
 
     On a GPU with CuPy, from CuPy's memory pool (a Numba view of a CuPy array, which keeps it
     alive): a raw cuMemAlloc per call cost about 0.2 ms per array on an H100 (session 5), 15% of a
-    4 ms attention call. Else, and under the simulator, Numba's ``device_array``.
+    4 ms attention call. Else, under the simulator, or where CuPy's current device is not Numba's,
+    Numba's ``device_array``.
 
     Raises:
         MemoryError: the GPU cannot hold it, with the array's name, shape and size.
@@ -140,7 +141,7 @@ def _device_empty(shape, dtype, what):
     storage = storage_dtype(dtype)
     try:
         cupy = _cupy()
-        if cupy is not None:
+        if cupy is not None and cupy.cuda.runtime.getDevice() == cuda.get_current_device().id:
             return cuda.as_cuda_array(cupy.empty(shape, dtype=storage), sync=False)
         return cuda.device_array(shape, dtype=storage)
     except Exception as e:  # numba raises CudaAPIError / MemoryError variants for OOM, CuPy OutOfMemoryError
