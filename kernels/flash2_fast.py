@@ -300,35 +300,29 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     # -- one step of each product: an outer product of two vectors read from SRAM. Called four
     # times in a row in the source (NVVM does not unroll these loops; unrolled, every address is a
     # base register plus a constant).
-    @cuda.jit(device=True)
-    def s_step(sm, k, rq, cs, qa, kb, s):
-        """S += Q[rows, k] ⊗ K[cols, k] (Qᵀ and Kᵀ rows k)."""
-        qrow = OQ + uint64(k * QS) + rq
-        krow = OK + uint64(k * KS) + cs
-        for g in range(TM // VM):
-            for e in range(VM):
-                qa[g * VM + e] = sm[qrow + uint64(g * VM * TY + e)]
-        for g in range(TN // VN):
-            for e in range(VN):
-                kb[g * VN + e] = sm[krow + uint64(g * VN * TX + e)]
-        for a in range(TM):
-            for bb in range(TN):
-                s[a, bb] += qa[a] * kb[bb]
+    def outer_step(OA, SA, OB, SB, NB, VB):
+        """step(sm, i, ra, rb, av, bv, acc): acc += A[rows, i] ⊗ B[i, cols], with row i of A at
+        sm[OA + i·SA + ra + ...] (the thread's TM rows, in vectors of VM) and of B at
+        sm[OB + i·SB + rb + ...] (its NB columns, in vectors of VB)."""
 
-    @cuda.jit(device=True)
-    def pv_step(sm, j, rq, co, pa, vb, acc):
-        """O += P[rows, j] ⊗ V[j, cols] (Pᵀ and V rows j)."""
-        prow = OP + uint64(j * QS) + rq
-        vrow = OV + uint64(j * VS) + co
-        for g in range(TM // VM):
-            for e in range(VM):
-                pa[g * VM + e] = sm[prow + uint64(g * VM * TY + e)]
-        for g in range(DO // VO):
-            for e in range(VO):
-                vb[g * VO + e] = sm[vrow + uint64(g * VO * TX + e)]
-        for a in range(TM):
-            for c in range(DO):
-                acc[a, c] += pa[a] * vb[c]
+        @cuda.jit(device=True)
+        def step(sm, i, ra, rb, av, bv, acc):
+            arow = OA + uint64(i * SA) + ra
+            brow = OB + uint64(i * SB) + rb
+            for g in range(TM // VM):
+                for e in range(VM):
+                    av[g * VM + e] = sm[arow + uint64(g * VM * TY + e)]
+            for g in range(NB // VB):
+                for e in range(VB):
+                    bv[g * VB + e] = sm[brow + uint64(g * VB * TX + e)]
+            for a in range(TM):
+                for c in range(NB):
+                    acc[a, c] += av[a] * bv[c]
+
+        return step
+
+    s_step = outer_step(OQ, QS, OK, KS, TN, VN)  # S += Q[rows, k] ⊗ K[cols, k] (Qᵀ and Kᵀ rows k)
+    pv_step = outer_step(OP, QS, OV, VS, DO, VO)  # O += P[rows, j] ⊗ V[j, cols] (Pᵀ and V rows j)
 
     D4, BC4 = D - D % 4, BC - BC % 4
 
