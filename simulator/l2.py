@@ -168,6 +168,28 @@ def _close(block_ptr, step_ptr, nb, ns, nr, fill):
 
 
 @njit(cache=True)
+def _flash2_row_block(req, nr, ns, step_ptr, fill, q_addr, q_bytes, k_base, v_base, row, it, bc, n_kv, j0, j1,
+                      o_addr, o_bytes, o_elem, o_t, l_addr, l_bytes, l_t):
+    """One flash2 row block's steps (kernels/flash2.py): Q_i once, K_j and V_j for j in [j0, j1), then
+    its O and L (flash2's O_i, L_i; split-KV's fp32 partials). Returns (ns, nr)."""
+    # -- Q_i: HBM -> SRAM, it stays there for the whole K/V loop
+    ns = _mark(step_ptr, ns, fill, nr)
+    nr = _emit(req, nr, fill, q_addr, 1, q_bytes, 0, _NO_TRI, it, _Q, 0)
+    for j in range(j0, j1):
+        k0 = j * bc
+        kv_len = min(bc, n_kv - k0)
+        # -- K_j, V_j: HBM -> SRAM
+        ns = _mark(step_ptr, ns, fill, nr)
+        nr = _emit(req, nr, fill, k_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _K, 0)
+        nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
+    # -- O_i, L_i -> HBM
+    ns = _mark(step_ptr, ns, fill, nr)
+    nr = _emit(req, nr, fill, o_addr, 1, o_bytes, 0, _NO_TRI, o_elem, o_t, 1)
+    nr = _emit(req, nr, fill, l_addr, 1, l_bytes, 0, _NO_TRI, 4, l_t, 1)
+    return ns, nr
+
+
+@njit(cache=True)
 def _gen_flash2(p, bases, req, step_ptr, block_ptr, fill):
     """kernels/flash2.py, grid (Tr, B·H): Q_i once, K_j and V_j per visited tile, O_i and L_i once."""
     n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
@@ -184,21 +206,10 @@ def _gen_flash2(p, bases, req, step_ptr, block_ptr, fill):
             nb = _mark(block_ptr, nb, fill, ns)
             q0 = i * br
             q_len = min(br, n_q - q0)
-            # -- Q_i: HBM -> SRAM, it stays there for the whole K/V loop
-            ns = _mark(step_ptr, ns, fill, nr)
-            nr = _emit(req, nr, fill, q_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, _Q, 0)
             kv_end = min(n_kv, q0 + q_len) if causal else n_kv
-            for j in range((kv_end + bc - 1) // bc):
-                k0 = j * bc
-                kv_len = min(bc, n_kv - k0)
-                # -- K_j, V_j: HBM -> SRAM
-                ns = _mark(step_ptr, ns, fill, nr)
-                nr = _emit(req, nr, fill, k_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _K, 0)
-                nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
-            # -- O_i, L_i -> HBM
-            ns = _mark(step_ptr, ns, fill, nr)
-            nr = _emit(req, nr, fill, o_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, _O, 1)
-            nr = _emit(req, nr, fill, l_base + q0 * 4, 1, q_len * 4, 0, _NO_TRI, 4, _L, 1)
+            ns, nr = _flash2_row_block(req, nr, ns, step_ptr, fill, q_base + q0 * row, q_len * row, k_base, v_base,
+                                       row, it, bc, n_kv, 0, (kv_end + bc - 1) // bc,
+                                       o_base + q0 * row, q_len * row, it, _O, l_base + q0 * 4, q_len * 4, _L)
     _close(block_ptr, step_ptr, nb, ns, nr, fill)
     return nb, ns, nr
 
@@ -280,18 +291,12 @@ def _gen_partial(p, bases, req, step_ptr, block_ptr, fill):
                 nb = _mark(block_ptr, nb, fill, ns)
                 q0 = i * br
                 q_len = min(br, n_q - q0)
-                ns = _mark(step_ptr, ns, fill, nr)
-                nr = _emit(req, nr, fill, q_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, _Q, 0)
                 kv_end = min(n_kv, q0 + q_len) if causal else n_kv
-                for j in range(s * per_split, min((kv_end + bc - 1) // bc, (s + 1) * per_split)):
-                    k0 = j * bc
-                    kv_len = min(bc, n_kv - k0)
-                    ns = _mark(step_ptr, ns, fill, nr)
-                    nr = _emit(req, nr, fill, k_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _K, 0)
-                    nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
-                ns = _mark(step_ptr, ns, fill, nr)
-                nr = _emit(req, nr, fill, op_base + q0 * row32, 1, q_len * row32, 0, _NO_TRI, 4, _OP, 1)
-                nr = _emit(req, nr, fill, lp_base + q0 * 4, 1, q_len * 4, 0, _NO_TRI, 4, _LP, 1)
+                ns, nr = _flash2_row_block(req, nr, ns, step_ptr, fill, q_base + q0 * row, q_len * row, k_base,
+                                           v_base, row, it, bc, n_kv, s * per_split,
+                                           min((kv_end + bc - 1) // bc, (s + 1) * per_split),
+                                           op_base + q0 * row32, q_len * row32, 4, _OP, lp_base + q0 * 4, q_len * 4,
+                                           _LP)
     _close(block_ptr, step_ptr, nb, ns, nr, fill)
     return nb, ns, nr
 
