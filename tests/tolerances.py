@@ -4,10 +4,15 @@ The kernels compute in fp32 whatever the input dtype, and the reference sees the
 (already rounded) inputs, so input rounding costs nothing. What remains:
 
 - fp32 arithmetic. Its error depends on the conditioning of the problem (logits near ±80 make
-  the softmax sensitive to the rounding of S), so it is measured, not guessed: a plain fp32
-  NumPy attention on the same inputs gives ``err32``, and the kernel may be at most 4× as far
-  from float64 plus (d + Nk + 8) fp32 rounding units of the value scale (the depth of the dot
+  the softmax sensitive to the rounding of S), so it is measured, not guessed: plain fp32 NumPy
+  attention on the same inputs gives ``err32``, and the kernel may be at most 4× as far from
+  float64 plus (d + Nk + 8) fp32 rounding units of the value scale (the depth of the dot
   products and row sums). For ordinary logits that is ~1e-6 of the value scale, far below 1e-4.
+  ``err32`` is the larger of two plain fp32 attentions that differ only in how S is summed:
+  NumPy's einsum (blocked partial sums) and one fused multiply-add per k in order, which is what
+  every kernel here does. With large logits the second can be several times less accurate
+  (|S| ≈ 310, d = 128: 1.0e-4 against 1.7e-5), and a kernel that sums in order cannot do better
+  than it (the GPU's flash1 matched it to 0.2%; session 6).
 - output rounding: O is stored in the input dtype, half an ulp each time: u = 2⁻²⁴ (fp32),
   2⁻¹¹ (fp16, 11-bit significand) or 2⁻⁸ (bfloat16, 8-bit significand) of the value scale per
   store. flash1 stores O in HBM after every K/V block it
@@ -20,16 +25,29 @@ U32 = 2.0**-24
 UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
-def naive_fp32(q, k, v, causal, scale, rows=None, allowed=None):
+def scores_fp32(q, k, scale, in_order=False):
+    """S = scale · q kᵀ in fp32 (q, k already fp32). ``in_order``: summed over k one fused
+    multiply-add at a time, as the kernels do (the product of two fp32 numbers is exact in float64,
+    so rounding product + partial sum to fp32 is the FMA, up to double-rounding ties); else einsum."""
+    if not in_order:
+        return np.float32(scale) * np.einsum("bhid,bhjd->bhij", q, k)
+    q64, k64 = q.astype(np.float64), k.astype(np.float64)
+    s = np.zeros(q.shape[:3] + (k.shape[2],), np.float32)
+    for kk in range(q.shape[3]):
+        s = (q64[..., kk, None] * k64[..., None, :, kk] + s).astype(np.float32)
+    return np.float32(scale) * s
+
+
+def naive_fp32(q, k, v, causal, scale, rows=None, allowed=None, in_order=False):
     """Plain fp32 attention, the accuracy any fp32 implementation can be held to.
 
-    ``rows``: absolute indices of q's rows (q may hold a selection of them), for the causal mask.
+    ``in_order``: S summed in order (:func:`scores_fp32`). ``rows``: absolute indices of q's rows (q may hold a selection of them), for the causal mask.
     ``allowed``: a dense boolean mask (B, H, Nq, Nk) (sandbox.masks.dense) on top of it. Rows that
     see no key give O = 0 and L = -inf, as the reference has them.
     """
     q, k, v = (x.astype(np.float32) for x in (q, k, v))
     rows = np.arange(q.shape[2]) if rows is None else np.asarray(rows)
-    s = np.float32(scale) * np.einsum("bhid,bhjd->bhij", q, k)
+    s = scores_fp32(q, k, scale, in_order)
     if causal:
         s = np.where(np.arange(k.shape[2])[None, :] <= rows[:, None], s, -np.inf)
     if allowed is not None:
@@ -47,21 +65,24 @@ def tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, o_stores=1, rows
     :func:`naive_fp32`. Rows that see no key are left out of L's tolerance (they must be -inf exactly)."""
     n_kv, d = k.shape[2], k.shape[3]
     vmax = float(np.abs(v.astype(np.float64)).max())
-    out32, lse32 = naive_fp32(q, k, v, causal, scale, rows, allowed)
     seen = np.isfinite(ref_lse)
-    assert (np.isfinite(lse32) == seen).all(), "the fp32 baseline and the reference disagree on empty rows"
-    err32 = float(np.abs(out32 - ref_out).max())
-    err32_lse = float(np.abs(lse32[seen] - ref_lse[seen]).max(initial=0.0))
+    err32 = err32_lse = 0.0
+    for in_order in (False, True):
+        out32, lse32 = naive_fp32(q, k, v, causal, scale, rows, allowed, in_order)
+        assert (np.isfinite(lse32) == seen).all(), "the fp32 baseline and the reference disagree on empty rows"
+        err32 = max(err32, float(np.abs(out32 - ref_out).max()))
+        err32_lse = max(err32_lse, float(np.abs(lse32[seen] - ref_lse[seen]).max(initial=0.0)))
     depth = (d + n_kv + 8) * U32
     atol_out = 4 * err32 + depth * vmax + o_stores * UNIT_ROUNDOFF[np.dtype(dtype).name] * vmax
     atol_lse = 4 * err32_lse + depth * (1 + float(np.abs(ref_lse[seen]).max(initial=0.0)))
     return atol_out, atol_lse
 
 
-def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse):
-    """Plain fp32 gradients from a saved forward's ``out`` and ``lse``: the accuracy any fp32 backward can be held to."""
+def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False):
+    """Plain fp32 gradients from a saved forward's ``out`` and ``lse``: the accuracy any fp32
+    backward can be held to. ``in_order``: S summed in order (:func:`scores_fp32`)."""
     q, k, v, dout, out = (x.astype(np.float32) for x in (q, k, v, dout, out))
-    s = np.float32(scale) * np.einsum("bhid,bhjd->bhij", q, k)
+    s = scores_fp32(q, k, scale, in_order)
     if causal:
         s = np.where(np.arange(k.shape[2])[None, :] <= np.arange(q.shape[2])[:, None], s, -np.inf)
     p = np.exp(s - lse.astype(np.float32)[..., None])
@@ -74,13 +95,14 @@ def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse):
 
 def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse):
     """atol for (dq, dk, dv), given the saved forward (out, lse) that the backward and the reference share:
-    4x the naive fp32 error, plus (d + Nq + Nk + 8) fp32 rounding units and one rounding to the
+    4x the naive fp32 error (the larger of S summed by einsum and in order, as for the forward), plus (d + Nq + Nk + 8) fp32 rounding units and one rounding to the
     output dtype, both of the gradient's own scale (max |reference gradient|)."""
     n_q, n_kv, d = q.shape[2], k.shape[2], q.shape[3]
     depth = (d + n_q + n_kv + 8) * U32
     atols = []
-    for naive, ref in zip(naive_fp32_backward(q, k, v, dout, causal, scale, out, lse), refs):
+    naives = [naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order) for in_order in (False, True)]
+    for i, ref in enumerate(refs):
         gmax = float(np.abs(ref).max())
-        err32 = float(np.abs(naive - ref).max())
+        err32 = max(float(np.abs(n[i] - ref).max()) for n in naives)
         atols.append(4 * err32 + depth * gmax + UNIT_ROUNDOFF[np.dtype(dtype).name] * gmax)
     return atols
