@@ -26,7 +26,7 @@ the thread tile, the fewer loads per FMA (the tuner picks; sandbox/autotune.py).
 are therefore *not* those of the counting build (``simulate`` models the counting build); its HBM
 reads and writes are the same tiles in the same order.
 
-Thread (ty, tx) owns rows VM·ty + VM·TY·g + e of S and of O (VM = 4, 2 or 1, the widest that
+Thread (ty, tx) (:func:`lane_layout`) owns rows VM·ty + VM·TY·g + e of S and of O (VM = 4, 2 or 1, the widest that
 tiles thread_q), columns VN·tx + VN·TX·g + e of S and VO·tx + VO·TX·g + e of O. The rows are the
 same in both, so alpha, m and l never leave the thread.
 
@@ -56,6 +56,9 @@ from kernels import flash2
 from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
 from sandbox.runtime import using_simulator
 
+#: Device functions inlined into the kernel (at the NVVM IR level: local arrays passed to a called
+#: function would live in local memory); the simulator has no forceinline.
+inline_device = cuda.jit(device=True) if using_simulator() else cuda.jit(device=True, forceinline=True)
 LOG2E = np.float32(1.4426950408889634)
 LN2 = np.float32(0.6931471805599453)
 PAD = 4  # floats of padding per row of the transposed tiles
@@ -132,24 +135,63 @@ def min_blocks_per_sm(schedule, head_dim):
     return max(1, min(MAX_BLOCKS_PER_SM, fit, by_registers))
 
 
-def _group_reductions(tx, nan_max):
-    """(row_max(v, red, tid), row_sum(v, red, tid)) over the ``tx`` consecutive threads of a row.
+def lane_layout(schedule):
+    """(paired, offsets): how thread tid maps to (ty, tx) (:func:`thread_coords`), and the xor
+    offsets that reach the other threads of its row.
+
+    Plain: (tid // TX, tid % TX); a row's TX threads are consecutive lanes (offsets TX/2, ..., 1).
+
+    Paired, for TX = 2, 4, 8 or 16 and whole warps (session 6): lane l of warp w is
+    tx = (l >> 1) mod TX, ty = (32 / TX)·w + (l & 1) + 2·(l >> (1 + log2 TX)), so the four lanes of
+    every quad read 2 row vectors and 2 column vectors. On the H100 an ``ld.shared.v4`` then costs
+    2 wavefronts per warp (its minimum); with 4 distinct vectors in a quad it costs 4, whatever the
+    banks (ncu on a micro-benchmark: docs/bench/h100-2026-11-25-session6/lds-*.txt). The plain
+    layout puts 4 column vectors in a quad (tx = l mod TX), so every S and O column load paid 4.
+    A row's threads differ in lane bits 1 ... log2 TX (offsets TX, ..., 2).
+    """
+    tx = schedule.threads_kv
+    paired = tx in (2, 4, 8, 16) and schedule.threads % 32 == 0
+    offs, o = [], tx // 2
+    while o > 0:
+        offs.append(2 * o if paired else o)
+        o //= 2
+    return paired, tuple(offs)
+
+
+def thread_coords(tid, TX, paired):
+    """(ty, tx) of thread ``tid`` (:func:`lane_layout`); plain integer arithmetic, jitted into the kernel."""
+    if paired:
+        ln = tid & 31
+        ty = (32 // TX) * (tid >> 5) + (ln & 1) + 2 * (ln // (2 * TX))
+        return ty, (ln >> 1) & (TX - 1)
+    ty = tid // TX
+    return ty, tid - ty * TX
+
+
+def _group_reductions(offsets, nan_max):
+    """(row_max(v, red, tid), row_sum(v, red, tid)) over the threads of a row: the xor butterfly
+    over ``offsets`` (:func:`lane_layout`).
 
     On the GPU: xor shuffles inside the warp (``red`` unused). Under the simulator, which has no
     shuffles: the same butterfly through the shared array ``red`` (one float per thread), with a
     barrier per step; every thread calls it, so the barriers are uniform.
     """
     FULL = 0xFFFFFFFF
+    N = len(offsets)
+    O0, O1, O2, O3, O4 = (offsets + (0,) * 5)[:5]  # (constants: a tuple cannot be indexed in the kernel)
+
+    @cuda.jit(device=True)
+    def offset(i):
+        return O0 if i == 0 else O1 if i == 1 else O2 if i == 2 else O3 if i == 3 else O4
+
     if using_simulator():
 
         def butterfly(v, red, tid, op):
-            off = tx // 2
-            while off > 0:
+            for i in range(N):
                 red[tid] = v
                 cuda.syncthreads()
-                v = op(v, red[tid ^ off])
+                v = op(v, red[tid ^ offset(i)])
                 cuda.syncthreads()
-                off //= 2
             return v
 
         def row_max(v, red, tid):
@@ -162,18 +204,14 @@ def _group_reductions(tx, nan_max):
 
     @cuda.jit(device=True)
     def row_max(v, red, tid):
-        off = tx // 2
-        while off > 0:
-            v = nan_max(v, cuda.shfl_xor_sync(FULL, v, off))
-            off //= 2
+        for i in range(N):
+            v = nan_max(v, cuda.shfl_xor_sync(FULL, v, offset(i)))
         return v
 
     @cuda.jit(device=True)
     def row_sum(v, red, tid):
-        off = tx // 2
-        while off > 0:
-            v += cuda.shfl_xor_sync(FULL, v, off)
-            off //= 2
+        for i in range(N):
+            v += cuda.shfl_xor_sync(FULL, v, offset(i))
         return v
 
     return row_max, row_sum
@@ -194,7 +232,9 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     off, smem_bytes = layout(schedule, head_dim)
     OQ, OK, OV, OP = (uint64(off[n]) for n in ("Q", "K", "V", "P"))
     ALIGN = None if using_simulator() else 16
-    row_max, row_sum = _group_reductions(TX, nan_max)
+    PAIRED, OFFSETS = lane_layout(schedule)
+    row_max, row_sum = _group_reductions(OFFSETS, nan_max)
+    coords = cuda.jit(device=True)(thread_coords)
 
     # -- loaders: each has a fetch (HBM -> registers), a put (registers -> SRAM) and a load (both).
     # A thread's it-th element is (r0 + dr(it), c0 + dc(it)) with (r0, c0) its own and the deltas
@@ -297,16 +337,21 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     PREFETCH = max(IT_K, IT_V) <= MAX_PREFETCH  # else K_{j+1}, V_{j+1} go straight to SRAM after the barriers
     NBUF = max(IT_K, IT_V) if PREFETCH else 1
 
-    # -- one step of each product: an outer product of two vectors read from SRAM. Called four
-    # times in a row in the source (NVVM does not unroll these loops; unrolled, every address is a
-    # base register plus a constant).
-    def outer_step(OA, SA, OB, SB, NB, VB):
-        """step(sm, i, ra, rb, av, bv, acc): acc += A[rows, i] ⊗ B[i, cols], with row i of A at
-        sm[OA + i·SA + ra + ...] (the thread's TM rows, in vectors of VM) and of B at
-        sm[OB + i·SB + rb + ...] (its NB columns, in vectors of VB)."""
+    # -- the two products: one outer product of two vectors read from SRAM per step (k or key),
+    # software-pipelined: the vectors of step i+1 are loaded before the FMAs of step i, so no FMA
+    # waits on its own loads (ncu, session 6: 13% of warp stalls were FMAs waiting on the loads
+    # just above them at the top of each loop iteration). Eight steps per loop iteration, written
+    # out (NVVM does not unroll these loops; unrolled, every address is a base register plus a
+    # constant), then one at a time.
+    def outer_product(OA, SA, OB, SB, NB, VB, N):
+        """product(sm, ra, rb, a0, b0, a1, b1, acc): acc += Σ_i A[rows, i] ⊗ B[i, cols] over the N
+        steps, with row i of A at sm[OA + i·SA + ra + ...] (the thread's TM rows, in vectors of VM)
+        and of B at sm[OB + i·SB + rb + ...] (its NB columns, in vectors of VB); (a0, b0) and
+        (a1, b1) are the two register buffers."""
+        NG = N // 8
 
-        @cuda.jit(device=True)
-        def step(sm, i, ra, rb, av, bv, acc):
+        @inline_device
+        def ld(sm, i, ra, rb, av, bv):
             arow = OA + uint64(i * SA) + ra
             brow = OB + uint64(i * SB) + rb
             for g in range(TM // VM):
@@ -315,23 +360,55 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
             for g in range(NB // VB):
                 for e in range(VB):
                     bv[g * VB + e] = sm[brow + uint64(g * VB * TX + e)]
+
+        @inline_device
+        def fma(av, bv, acc):
             for a in range(TM):
                 for c in range(NB):
                     acc[a, c] += av[a] * bv[c]
 
-        return step
+        @inline_device
+        def group(sm, i, ra, rb, a0, b0, a1, b1, acc, last):
+            # steps i ... i+7; (a0, b0) holds step i on entry and step i+8 on exit (unless last)
+            ld(sm, i + 1, ra, rb, a1, b1)
+            fma(a0, b0, acc)
+            ld(sm, i + 2, ra, rb, a0, b0)
+            fma(a1, b1, acc)
+            ld(sm, i + 3, ra, rb, a1, b1)
+            fma(a0, b0, acc)
+            ld(sm, i + 4, ra, rb, a0, b0)
+            fma(a1, b1, acc)
+            ld(sm, i + 5, ra, rb, a1, b1)
+            fma(a0, b0, acc)
+            ld(sm, i + 6, ra, rb, a0, b0)
+            fma(a1, b1, acc)
+            ld(sm, i + 7, ra, rb, a1, b1)
+            fma(a0, b0, acc)
+            if not last:
+                ld(sm, i + 8, ra, rb, a0, b0)
+            fma(a1, b1, acc)
 
-    s_step = outer_step(OQ, QS, OK, KS, TN, VN)  # S += Q[rows, k] ⊗ K[cols, k] (Qᵀ and Kᵀ rows k)
-    pv_step = outer_step(OP, QS, OV, VS, DO, VO)  # O += P[rows, j] ⊗ V[j, cols] (Pᵀ and V rows j)
+        @inline_device
+        def product(sm, ra, rb, a0, b0, a1, b1, acc):
+            if NG > 0:
+                ld(sm, 0, ra, rb, a0, b0)
+                for i in range(0, 8 * (NG - 1), 8):
+                    group(sm, i, ra, rb, a0, b0, a1, b1, acc, False)
+                group(sm, 8 * (NG - 1), ra, rb, a0, b0, a1, b1, acc, True)
+            for i in range(8 * NG, N):
+                ld(sm, i, ra, rb, a0, b0)
+                fma(a0, b0, acc)
 
-    D4, BC4 = D - D % 4, BC - BC % 4
+        return product
+
+    s_product = outer_product(OQ, QS, OK, KS, TN, VN, D)  # S = Σ_k Q[rows, k] ⊗ K[cols, k] (Qᵀ and Kᵀ rows k)
+    pv_product = outer_product(OP, QS, OV, VS, DO, VO, BC)  # O += Σ_j P[rows, j] ⊗ V[j, cols] (Pᵀ and V rows j)
 
     def kernel(q, k, v, o, lse, scale, counters):
         if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or o.shape[3] != D:
             return  # (never: the launcher checks; this tells the compiler the row length is D)
         tid = cuda.threadIdx.x
-        ty = tid // TX
-        tx = tid - ty * TX
+        ty, tx = coords(tid, TX, PAIRED)
         bh = cuda.blockIdx.y
         n_heads = q.shape[1]
         b = bh // n_heads
@@ -351,6 +428,9 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
         qa = cuda.local.array(TM, float32)
         kb = cuda.local.array(TN, float32)
         vb = cuda.local.array(DO, float32)
+        qa2 = cuda.local.array(TM, float32)  # the second register buffers of the pipelined products
+        kb2 = cuda.local.array(TN, float32)
+        vb2 = cuda.local.array(DO, float32)
         buf = cuda.local.array(NBUF, IN)  # K_{j+1} or V_{j+1} in the input's storage type
         for a in range(TM):
             m[a] = NEG_INF
@@ -382,13 +462,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
             for a in range(TM):
                 for bb in range(TN):
                     s[a, bb] = ZERO
-            for kk in range(0, D4, 4):
-                s_step(sm, kk, rq, cs, qa, kb, s)
-                s_step(sm, kk + 1, rq, cs, qa, kb, s)
-                s_step(sm, kk + 2, rq, cs, qa, kb, s)
-                s_step(sm, kk + 3, rq, cs, qa, kb, s)
-            for kk in range(D4, D):
-                s_step(sm, kk, rq, cs, qa, kb, s)
+            s_product(sm, rq, cs, qa, kb, qa2, kb2, s)
 
             # -- online softmax per row: m_ij, P, l_ij; rescale O by alpha; Pᵀ -> SRAM. Masks only
             # in a ragged last block and, causal, where a key can follow a query of the block.
@@ -438,13 +512,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
                 load_k(k, b, h, k1, min(BC, n_kv - k1), sm, OK, tid, ONE)
 
             # -- O_i += P V_j: one outer product per key
-            for jj in range(0, BC4, 4):
-                pv_step(sm, jj, rq, co, qa, vb, acc)
-                pv_step(sm, jj + 1, rq, co, qa, vb, acc)
-                pv_step(sm, jj + 2, rq, co, qa, vb, acc)
-                pv_step(sm, jj + 3, rq, co, qa, vb, acc)
-            for jj in range(BC4, BC):
-                pv_step(sm, jj, rq, co, qa, vb, acc)
+            pv_product(sm, rq, co, qa, vb, qa2, vb2, acc)
             # barrier: every thread is done reading V_j and Pᵀ (and K_{j+1} is in SRAM)
             cuda.syncthreads()
             if more and PREFETCH:  # V_{j+1}: registers -> SRAM (read after the next P barrier)

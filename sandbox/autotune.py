@@ -26,7 +26,7 @@ from sandbox.schedule import Schedule
 #: the two products is a thread_q × thread_kv (S) or thread_q × d/threads_kv (O) outer product.
 CANDIDATES = (
     (128, 64, 8, 4), (64, 64, 8, 4), (128, 128, 8, 8), (128, 32, 4, 4), (64, 64, 4, 4), (128, 64, 4, 4),
-    (64, 32, 4, 4),
+    (64, 32, 4, 4), (128, 64, 8, 8), (128, 64, 4, 8),
 )
 #: The problem a candidate is timed on: B·H = 32 heads of N = 4096 (the regime of issue 7).
 TUNE_BATCH, TUNE_HEADS, TUNE_N = 2, 16, 4096

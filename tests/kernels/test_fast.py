@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from kernels.flash2_fast import eligible, layout, smem_bytes
+from kernels.flash2_fast import eligible, lane_layout, layout, smem_bytes, thread_coords
 from kernels.launch import use_fast
 from sandbox import Problem, Schedule, reference_attention
 from sandbox.lab import attention
@@ -87,7 +87,35 @@ LAYOUTS = {
     "band per iterations": (Schedule("flash2", block_q=16, block_kv=16, thread_q=2, thread_kv=2), 32),
     # 32 threads, d=64: V with d % NT == 0; K and V fetched into 64 registers: too many, no prefetch
     "row split, no prefetch": (Schedule("flash2", block_q=32, block_kv=32, thread_q=4, thread_kv=8), 64),
+    # 128 threads of 4x4 tiles, threads_kv = 8: paired lanes (tx from lane bits 1-3), K and V prefetched
+    "paired lanes": (Schedule("flash2", block_q=64, block_kv=32, thread_q=4, thread_kv=4), 16),
 }
+
+
+@pytest.mark.parametrize("schedule", [
+    Schedule("flash2", block_q=64, block_kv=32, thread_q=4, thread_kv=4),  # 8 x 16 threads: paired
+    Schedule("flash2", block_q=16, block_kv=32, thread_q=2, thread_kv=2),  # 16 x 8: paired
+    Schedule("flash2", block_q=32, block_kv=8, thread_q=2, thread_kv=2),  # 4 x 16: paired
+    Schedule("flash2", block_q=32, block_kv=4, thread_q=2, thread_kv=2),  # 2 x 16: paired
+    Schedule("flash2", block_q=8, block_kv=64, thread_q=2, thread_kv=2),  # 32 x 4: plain
+    Schedule("flash2", block_q=12, block_kv=16, thread_q=4, thread_kv=2),  # 8 x 3: a partial warp, plain
+], ids=lambda s: f"{s.threads_kv}x{s.threads_q}")
+def test_lane_layout(schedule):
+    # each (ty, tx) exactly once; a row's threads are in one warp and the xor offsets reach all of them
+    paired, offsets = lane_layout(schedule)
+    assert paired == (schedule.threads_kv in (2, 4, 8, 16) and schedule.threads % 32 == 0)
+    coords = [thread_coords(t, schedule.threads_kv, paired) for t in range(schedule.threads)]
+    assert sorted(coords) == [(y, x) for y in range(schedule.threads_q) for x in range(schedule.threads_kv)]
+    for t, (ty, _) in enumerate(coords):
+        group = {t}
+        for o in offsets:
+            group |= {u ^ o for u in group}
+        assert {u for u in group if u < schedule.threads} == {u for u, (y, _) in enumerate(coords) if y == ty}
+        assert len({u // 32 for u in group}) == 1 and len(group) == schedule.threads_kv
+    if paired:  # every quad of lanes has 2 rows and 2 columns (2 wavefronts per vector load on the H100)
+        for quad in range(0, schedule.threads, 4):
+            c = coords[quad:quad + 4]
+            assert len({y for y, _ in c}) == 2 and len({x for _, x in c}) == 2
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
