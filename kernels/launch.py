@@ -11,9 +11,6 @@ import functools
 
 import numpy as np
 from numba import cuda, float32, void
-from numba.core import types
-from numba.cuda.errors import normalize_kernel_dimensions
-from numba.np import numpy_support
 
 from kernels import backward as backward_kernels
 from kernels.counters import new_counters, to_report
@@ -218,37 +215,9 @@ def _launcher(kernels, problem, schedule, stream):
 
     def launch(phase, *args):
         kernel, smem, grid = kernels[phase]
-        compiled = _compiled(kernel)
-        if compiled is None:
-            kernel[grid(problem), block, stream, smem](*args)
-        else:
-            for i, dtype, ndim in _array_args(compiled):  # (what the dispatcher's typing would refuse)
-                a = args[i]
-                if a.dtype != dtype or a.ndim != ndim or not a.flags["C_CONTIGUOUS"]:
-                    raise TypeError(f"{phase} kernel argument {i}: expected a C-contiguous {ndim}-d {dtype} device "
-                                    f"array, got {a.ndim}-d {a.dtype}, C-contiguous: {a.flags['C_CONTIGUOUS']}")
-            compiled.launch(args, *normalize_kernel_dimensions(grid(problem), block), stream, smem)
+        kernel[grid(problem), block, stream, smem](*args)
 
     return launch
-
-
-def _compiled(kernel):
-    """The one compiled kernel behind a dispatcher built with a signature (kernels are, see
-    :func:`build`), launched directly: the dispatcher's own call types every argument first, and
-    that cost about 0.1 ms per launch on an H100 host (session 6), paid before the GPU starts.
-    None under the simulator, or for a dispatcher with no or several compiled signatures."""
-    overloads = getattr(kernel, "overloads", None)
-    if using_simulator() or not overloads or len(overloads) != 1:
-        return None
-    compiled = next(iter(overloads.values()))
-    return compiled if hasattr(compiled, "launch") else None
-
-
-@functools.lru_cache(maxsize=None)
-def _array_args(compiled):
-    """(index, NumPy dtype, ndim) of each array argument of a compiled kernel (all C-contiguous)."""
-    return tuple((i, numpy_support.as_dtype(t.dtype), t.ndim)
-                 for i, t in enumerate(compiled.argument_types) if isinstance(t, types.Array))
 
 
 def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False):

@@ -155,24 +155,3 @@ def test_static_plus_dynamic_shared_memory_over_48k():
     mask = masks.sliding_window(5)
     out = attention(q, k, v, schedule=schedule, mask=mask)
     np.testing.assert_allclose(out, reference_attention(q, k, v, mask=mask), rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize("fast", [False, True], ids=["plain", "fast"])
-def test_direct_launch_refuses_arrays_the_signature_does_not_take(fast):
-    # kernels are launched past the dispatcher's typing (kernels/launch.py, _compiled): a wrong
-    # dtype or a non-contiguous view must still be an error, not a kernel reading the wrong bytes
-    from numba import cuda
-
-    from kernels.launch import _to_device, run
-
-    problem = Problem(batch=1, heads=1, n_q=64, n_kv=64, head_dim=16)
-    schedule = Schedule("flash2", block_q=16, block_kv=16, thread_q=2, thread_kv=2)
-    q, k, v = make_inputs(problem, seed=2)
-    good = _to_device([q, k, v], "qkv")
-    out, _, _ = run(schedule, problem, *good, fast=fast)
-    np.testing.assert_array_equal(out.copy_to_host(), attention(q, k, v, schedule=schedule, fast=fast))
-    with pytest.raises(TypeError, match="argument 0: expected a C-contiguous 4-d float32"):
-        run(schedule, problem, cuda.to_device(q.astype(np.float64)), *good[1:], fast=fast)
-    strided = cuda.to_device(np.concatenate([q, q], axis=3))[:, :, :, ::2]
-    with pytest.raises(TypeError, match="C-contiguous: False"):
-        run(schedule, problem, strided, *good[1:], fast=fast)
