@@ -145,7 +145,7 @@ def lane_layout(schedule):
     tx = (l >> 1) mod TX, ty = (32 / TX)·w + (l & 1) + 2·(l >> (1 + log2 TX)), so the four lanes of
     every quad read 2 row vectors and 2 column vectors. On the H100 an ``ld.shared.v4`` then costs
     2 wavefronts per warp (its minimum); with 4 distinct vectors in a quad it costs 4, whatever the
-    banks (ncu on a micro-benchmark: docs/bench/h100-2026-11-25-session6/lds-*.txt). The plain
+    banks (ncu on a micro-benchmark: docs/bench/h100-2026-11-24-session6/lds-*.txt). The plain
     layout puts 4 column vectors in a quad (tx = l mod TX), so every S and O column load paid 4.
     A row's threads differ in lane bits 1 ... log2 TX (offsets TX, ..., 2).
     """
