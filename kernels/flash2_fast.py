@@ -368,25 +368,21 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
                     acc[a, c] += av[a] * bv[c]
 
         @inline_device
-        def group(sm, i, ra, rb, a0, b0, a1, b1, acc, last):
-            # steps i ... i+7; (a0, b0) holds step i on entry and step i+8 on exit (unless last)
+        def pair(sm, i, ra, rb, a0, b0, a1, b1, acc, last):
+            # steps i, i+1; (a0, b0) holds step i on entry and step i+2 on exit (unless last)
             ld(sm, i + 1, ra, rb, a1, b1)
             fma(a0, b0, acc)
-            ld(sm, i + 2, ra, rb, a0, b0)
-            fma(a1, b1, acc)
-            ld(sm, i + 3, ra, rb, a1, b1)
-            fma(a0, b0, acc)
-            ld(sm, i + 4, ra, rb, a0, b0)
-            fma(a1, b1, acc)
-            ld(sm, i + 5, ra, rb, a1, b1)
-            fma(a0, b0, acc)
-            ld(sm, i + 6, ra, rb, a0, b0)
-            fma(a1, b1, acc)
-            ld(sm, i + 7, ra, rb, a1, b1)
-            fma(a0, b0, acc)
             if not last:
-                ld(sm, i + 8, ra, rb, a0, b0)
+                ld(sm, i + 2, ra, rb, a0, b0)
             fma(a1, b1, acc)
+
+        @inline_device
+        def group(sm, i, ra, rb, a0, b0, a1, b1, acc, last):
+            # steps i ... i+7; (a0, b0) holds step i on entry and step i+8 on exit (unless last)
+            pair(sm, i, ra, rb, a0, b0, a1, b1, acc, False)
+            pair(sm, i + 2, ra, rb, a0, b0, a1, b1, acc, False)
+            pair(sm, i + 4, ra, rb, a0, b0, a1, b1, acc, False)
+            pair(sm, i + 6, ra, rb, a0, b0, a1, b1, acc, last)
 
         @inline_device
         def product(sm, ra, rb, a0, b0, a1, b1, acc):
