@@ -26,9 +26,9 @@ the thread tile, the fewer loads per FMA (the tuner picks; sandbox/autotune.py).
 are therefore *not* those of the counting build (``simulate`` models the counting build); its HBM
 reads and writes are the same tiles in the same order.
 
-Thread (ty, tx) (:func:`lane_layout`) owns rows VM·ty + VM·TY·g + e of S and of O (VM = 4, 2 or 1, the widest that
-tiles thread_q), columns VN·tx + VN·TX·g + e of S and VO·tx + VO·TX·g + e of O. The rows are the
-same in both, so alpha, m and l never leave the thread.
+Thread (ty, tx) (which lanes: :func:`lane_layout`) owns rows VM·ty + VM·TY·g + e of S and of O
+(VM = 4, 2 or 1, the widest that tiles thread_q), columns VN·tx + VN·TX·g + e of S and
+VO·tx + VO·TX·g + e of O. The rows are the same in both, so alpha, m and l never leave the thread.
 
 Shared layouts (fp32; every row starts 16-byte aligned; see :func:`layout`):
 
