@@ -31,10 +31,14 @@ def scores_fp32(q, k, scale, in_order=False):
     so rounding product + partial sum to fp32 is the FMA, up to double-rounding ties); else einsum."""
     if not in_order:
         return np.float32(scale) * np.einsum("bhid,bhjd->bhij", q, k)
-    q64, k64 = q.astype(np.float64), k.astype(np.float64)
+    q64 = np.ascontiguousarray(np.moveaxis(q.astype(np.float64), -1, 0))  # (d, B, H, Nq)
+    k64 = np.ascontiguousarray(np.moveaxis(k.astype(np.float64), -1, 0))  # (d, B, H, Nk)
     s = np.zeros(q.shape[:3] + (k.shape[2],), np.float32)
+    t = np.empty(s.shape, np.float64)
     for kk in range(q.shape[3]):
-        s = (q64[..., kk, None] * k64[..., None, :, kk] + s).astype(np.float32)
+        np.multiply(q64[kk, ..., None], k64[kk, ..., None, :], out=t)
+        t += s
+        s[...] = t  # (rounds to fp32)
     return np.float32(scale) * s
 
 
