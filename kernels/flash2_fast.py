@@ -107,9 +107,14 @@ def _vec(n):
     return 4 if n % 4 == 0 else 2 if n % 2 == 0 else 1
 
 
+def _round4(n):
+    """n rounded up to a multiple of 4 floats (16 bytes)."""
+    return -(-n // 4) * 4
+
+
 def _stride(n):
-    """Row stride (floats) of a tile with n columns: rows 16-byte aligned, plus PAD floats."""
-    return -(-n // 4) * 4 + PAD
+    """Row stride (floats) of a transposed tile with n columns: rows 16-byte aligned, plus PAD floats."""
+    return _round4(n) + PAD
 
 
 def layout(schedule, head_dim):
@@ -118,7 +123,7 @@ def layout(schedule, head_dim):
     Qᵀ is d rows of Br + 4 floats (rounded up to 4), Kᵀ d rows of Bc + 4, V Bc rows of d (rounded
     up to 4), Pᵀ Bc rows of Br + 4."""
     br, bc, d = schedule.block_q, schedule.block_kv, head_dim
-    sizes = {"Q": d * _stride(br), "K": d * _stride(bc), "V": bc * (-(-d // 4) * 4), "P": bc * _stride(br)}
+    sizes = {"Q": d * _stride(br), "K": d * _stride(bc), "V": bc * _round4(d), "P": bc * _stride(br)}
     off, at = {}, 0
     for name, n in sizes.items():
         off[name] = at
@@ -228,7 +233,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     CAUSAL = t.CAUSAL
     DO = D // TX  # O columns per thread
     VM, VN, VO = _vec(TM), _vec(TN), _vec(DO)  # vector widths of a thread's rows, S columns, O columns
-    QS, KS, VS = _stride(BR), _stride(BC), -(-D // 4) * 4  # row strides of Qᵀ and Pᵀ, Kᵀ, V
+    QS, KS, VS = _stride(BR), _stride(BC), _round4(D)  # row strides of Qᵀ and Pᵀ, Kᵀ, V
     off, smem_bytes = layout(schedule, head_dim)
     OQ, OK, OV, OP = (uint64(off[n]) for n in ("Q", "K", "V", "P"))
     ALIGN = None if using_simulator() else 16
