@@ -143,6 +143,19 @@ def test_nan_propagates():
     assert np.isnan(out).all() and np.isnan(lse).all()
 
 
+def test_nan_in_a_rows_only_visible_key_propagates():
+    """Causal row 0 sees key 0 alone: its running max ignores the NaN logit (fmax drops NaN) and
+    stays -inf, yet P = exp2(NaN - 0) = NaN must still reach O and L (every later row sees key 0
+    too)."""
+    problem = Problem(batch=1, heads=1, n_q=9, n_kv=9, head_dim=8, causal=True)
+    q, k, v = make_inputs(problem, seed=2)
+    k[0, 0, 0, 3] = np.nan
+    for schedule in (Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2),
+                     Schedule("flash2", block_q=8, block_kv=4, thread_q=2, thread_kv=2)):
+        out, lse = attention(q, k, v, schedule=schedule, causal=True, return_lse=True, fast=True)
+        assert np.isnan(out).all() and np.isnan(lse).all()
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_every_output_element_is_written(causal, monkeypatch):
     """Output buffers are poisoned with NaN before the call: any element left unwritten shows."""
