@@ -11,6 +11,7 @@
 """
 
 import argparse
+import itertools
 import os
 import sys
 
@@ -234,19 +235,20 @@ def cmd_tune(a):
         print("tune needs a GPU: the CUDA simulator's timings mean nothing", file=sys.stderr)
         return EXIT_USAGE
     failed = 0
-    for d in a.d:
-        for dt in a.dtype:
-            try:
-                best, entry = tune(d, dt, refresh=a.refresh)
-            except RuntimeError as e:  # no candidate ran: say so, go on with the others
-                print(f"d={d} {dt}: error: {e}", file=sys.stderr)
-                failed += 1
-                continue
-            print(f"d={d} {dt}: {best.describe()}")
-            for label, ms in sorted(entry["ms"].items(), key=lambda kv: kv[1]):
-                print(f"    {ms:9.3f} ms  {label}")
-            for label, err in entry["errors"].items():
-                print(f"    failed     {label}: {err}")
+    masks = (False, True) if a.both_masks else (a.causal,)
+    for d, dt, causal in itertools.product(a.d, a.dtype, masks):
+        what = f"d={d} {dt}{' causal' if causal else ''}"
+        try:
+            best, entry = tune(d, dt, causal, refresh=a.refresh)
+        except RuntimeError as e:  # no candidate ran: say so, go on with the others
+            print(f"{what}: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{what}: {best.describe()}")
+        for label, ms in sorted(entry["ms"].items(), key=lambda kv: kv[1]):
+            print(f"    {ms:9.3f} ms  {label}")
+        for label, err in entry["errors"].items():
+            print(f"    failed     {label}: {err}")
     print(f"cache: {cache_path()}")
     return 1 if failed else 0
 
@@ -319,6 +321,9 @@ def build_parser():
     p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims")
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"))
     p.add_argument("--refresh", action="store_true", help="time again even where the cache has a choice")
+    mask = p.add_mutually_exclusive_group()
+    mask.add_argument("--causal", action="store_true", help="the causal kernels only (default: none)")
+    mask.add_argument("--both-masks", action="store_true", help="without and with the causal mask")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("demo", help="the main job: sweeps, figures and a kernel check into --out")

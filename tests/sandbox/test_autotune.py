@@ -91,3 +91,26 @@ def test_timing_needs_a_gpu():
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="autotuning needs a GPU"):
         autotune.tune(64, device_name="G")
+
+
+def test_tune_command_tunes_each_mask(monkeypatch, capsys):
+    """``python -m sandbox tune --both-masks`` tunes the causal kernels too (the bench runs them)."""
+    import sandbox.autotune as autotune
+    import sandbox.cli as cli
+    import sandbox.runtime as runtime
+
+    calls = []
+
+    def fake_tune(d, dtype, causal=False, refresh=False):
+        calls.append((d, dtype, causal))
+        return Schedule("flash2", block_q=64, block_kv=64, thread_q=4, thread_kv=4), {"ms": {"x": 1.0}, "errors": {}}
+
+    monkeypatch.setattr(autotune, "tune", fake_tune)
+    monkeypatch.setattr(runtime, "using_simulator", lambda: False)
+    args = cli.build_parser().parse_args(["tune", "--d", "64", "--both-masks"])
+    assert args.func(args) == 0
+    assert calls == [(64, "float32", False), (64, "float32", True)]
+    assert "d=64 float32 causal: " in capsys.readouterr().out
+    calls.clear()
+    args = cli.build_parser().parse_args(["tune", "--d", "128", "--dtype", "float16", "--causal"])
+    assert args.func(args) == 0 and calls == [(128, "float16", True)]
