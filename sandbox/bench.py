@@ -187,7 +187,7 @@ class BenchSpec:
         repeats: timed calls per row (≥ 1; 10 by default, the median reported).
         warmup: untimed calls before them.
         block_q, block_kv, thread_q, thread_kv: our schedules' overrides.
-        tune: "flash2" runs the autotuned schedule of each (head_dim, dtype) (sandbox/autotune.py),
+        tune: "flash2" runs the autotuned schedule of each (head_dim, dtype, causal) (sandbox/autotune.py),
             unless a schedule override is given.
 
     Raises:

@@ -330,7 +330,7 @@ class Ours(Impl):
             return self.schedule
         from sandbox.autotune import tuned_schedule
 
-        return tuned_schedule(problem.head_dim, problem.dtype.name)
+        return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal)
 
     def describe(self, problem):
         """The schedule and, for a forward, which build runs it."""
