@@ -95,7 +95,6 @@ def test_timing_needs_a_gpu():
 
 def test_tune_command_tunes_each_mask(monkeypatch, capsys):
     """``python -m sandbox tune --both-masks`` tunes the causal kernels too (the bench runs them)."""
-    import sandbox.autotune as autotune
     import sandbox.cli as cli
     import sandbox.runtime as runtime
 
