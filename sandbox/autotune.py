@@ -102,10 +102,18 @@ def _local_memory(schedule, head_dim, dtype):
     return worst
 
 
+TIMING = "CUDA events: the median of 3 batches of 5 back-to-back calls, ms per call"
+
+
 def _time_schedule(schedule, problem):
+    """Median of 3 batches of 5 calls back to back: the kernels' times without the host's launch
+    work, which is the same for every candidate and, waited for per call, noisier than the gaps
+    between close candidates (session 7, H100: a median of 5 waited-for calls put 64×64 8×4 1.5%
+    ahead of 128×64 8×8 for causal d = 64, N = 4096; in a later run, medians of 10 each, the
+    latter was 4% faster there and 5% at 16K)."""
     from sandbox.bench import time_attention
 
-    return time_attention(schedule, problem, repeats=5)
+    return time_attention(schedule, problem, repeats=5, back_to_back=True)
 
 
 def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, timer=None, device_name=None,
@@ -114,9 +122,10 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
 
     Args:
         refresh: time again even if the cache has an entry.
-        timer: ``timer(schedule, problem) -> milliseconds`` (default: CUDA events, median of 5
-            after warm-up, on B=2, H=16, N=4096, after refusing any candidate whose kernel
-            spills registers to local memory); tests pass a stand-in.
+        timer: ``timer(schedule, problem) -> milliseconds`` (default: CUDA events, the median
+            of 3 batches of 5 back-to-back calls after warm-up, on B=2, H=16, N=4096, after
+            refusing any candidate whose kernel spills registers to local memory); tests pass a
+            stand-in.
         device_name: the cache key's GPU name (default: the current device's).
         progress: a stream for one line per candidate, or None.
         check_spills: refuse candidates whose compiled kernel uses local memory (default: on a
@@ -173,7 +182,7 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
     fields = {f.name: getattr(best, f.name) for f in dataclasses.fields(best)}
     entry = {"schedule": fields, "ms": times, "errors": errors,
              "problem": dict(batch=TUNE_BATCH, heads=TUNE_HEADS, n=TUNE_N),
-             "median_of": 5, "spread": _spread(times)}
+             "timing": TIMING if timer is _time_schedule else "a caller's timer", "spread": _spread(times)}
     cache = load_cache(path)  # re-read: another process may have tuned meanwhile
     cache[key] = entry
     _save_cache(cache, path)

@@ -15,7 +15,7 @@ import pytest
 from sandbox import Problem, Schedule, bench, bench_check, reference_attention, reference_attention_backward
 from sandbox.bench import (
     BenchSpec, add_ratios, attention_flops, attention_pairs, format_table, is_oom, rotation_sets, run_bench,
-    short_message, time_calls,
+    short_message, time_back_to_back, time_calls,
 )
 from sandbox.bench_check import Reference, sample_pairs, sample_rows, tolerance
 from sandbox.bench_impls import (
@@ -69,6 +69,14 @@ def test_time_calls_warms_up_then_rotates_through_the_sets():
     times = time_calls(calls, repeats=7, warmup=2)
     assert seen == [0, 1] + [0, 1, 2, 0, 1, 2, 0]
     assert len(times) == 7
+
+
+def test_time_back_to_back_warms_up_then_times_batches():
+    seen = []
+    calls = [lambda i=i: seen.append(i) for i in range(2)]
+    times = time_back_to_back(calls, repeats=3, batches=4, warmup=1)
+    assert seen == [0] + [0, 1, 0] * 4
+    assert len(times) == 4  # (the simulator's events give no real times)
 
 
 # -- tables and ratios ----------------------------------------------------------------------
