@@ -1,13 +1,14 @@
 """Pick the fastest fast-build schedule per (GPU, head_dim, dtype, causal) by timing, and remember it on disk.
 
-``tuned_schedule(head_dim, dtype)`` returns the cached choice, timing the candidates the first
-time (a few seconds per candidate, most of it Numba compiling). The cache is a JSON file,
+``tuned_schedule(head_dim, dtype, causal)`` returns the cached choice, timing the candidates the
+first time (a few seconds per candidate, most of it Numba compiling; back to back, on one problem
+size: B·H = 32, N = 4096). The cache is a JSON file,
 ``$ATTN_SANDBOX_CACHE/autotune.json`` (default ``~/.cache/attention-sandbox``), keyed by the GPU's
 name, the problem's head_dim, dtype and causality, numba-cuda's version, and a hash of the fast
 kernel's source: a changed kernel or toolchain is tuned again, never served a stale choice. Each
 entry keeps every candidate's time, so the choice can be checked.
 
-    python -m sandbox tune --d 64 128 --dtype float32      # time, cache, print the table
+    python -m sandbox tune --d 64 128 --dtype float32 --both-masks    # time, cache, print the table
 """
 
 import dataclasses
