@@ -93,26 +93,34 @@ def rotation_sets(bytes_per_set, l2_bytes=L2_BYTES, free_bytes=None, lo=1, hi=MA
     return int(n)
 
 
+def _warm_up(calls, warmup):
+    from numba import cuda
+
+    for i in range(warmup):
+        calls[i % len(calls)]()
+    cuda.synchronize()
+
+
+def _event_ms(work):
+    """Milliseconds between two CUDA events on the default stream around ``work()``, waited for."""
+    from numba import cuda
+
+    start, end = cuda.event(), cuda.event()
+    start.record()
+    work()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def time_calls(calls, repeats=REPEATS, warmup=0):
     """Milliseconds of each of ``repeats`` calls; call i runs ``calls[i % len(calls)]`` (input rotation).
 
     Each call is bracketed by two CUDA events on the default stream and waited for, so that one
     call's time holds only its own work (and the host's launch overhead, as for any library).
     """
-    from numba import cuda
-
-    for i in range(warmup):
-        calls[i % len(calls)]()
-    cuda.synchronize()
-    times = []
-    for i in range(repeats):
-        start, end = cuda.event(), cuda.event()
-        start.record()
-        calls[i % len(calls)]()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
+    _warm_up(calls, warmup)
+    return [_event_ms(calls[i % len(calls)]) for i in range(repeats)]
 
 
 def time_back_to_back(calls, repeats=REPEATS, batches=3, warmup=0):
@@ -124,21 +132,13 @@ def time_back_to_back(calls, repeats=REPEATS, batches=3, warmup=0):
     schedules of one kernel, whose launch work is the same (on the H100 it moved waited-for calls
     by up to 0.3 ms at N = 4096, more than the gaps between close schedules).
     """
-    from numba import cuda
 
-    for i in range(warmup):
-        calls[i % len(calls)]()
-    cuda.synchronize()
-    times = []
-    for _ in range(batches):
-        start, end = cuda.event(), cuda.event()
-        start.record()
+    def batch():
         for i in range(repeats):
             calls[i % len(calls)]()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / repeats)
-    return times
+
+    _warm_up(calls, warmup)
+    return [_event_ms(batch) / repeats for _ in range(batches)]
 
 
 def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=False):
