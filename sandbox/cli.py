@@ -206,7 +206,7 @@ def cmd_bench(a):
 
     spec = BenchSpec(
         n=tuple(a.n), head_dim=tuple(a.d), batch=a.batch, heads=a.heads, dtype=tuple(a.dtype),
-        causal=(False, True) if a.both_masks else (a.causal,), impls=tuple(a.impl) if a.impl else None,
+        causal=_masks(a), impls=tuple(a.impl) if a.impl else None,
         backward=a.backward, repeats=a.repeats, block_q=a.block_q, block_kv=a.block_kv, thread_q=a.thread_q,
         thread_kv=a.thread_kv, seed=a.seed, tune=not a.no_tune,
     )
@@ -235,8 +235,7 @@ def cmd_tune(a):
         print("tune needs a GPU: the CUDA simulator's timings mean nothing", file=sys.stderr)
         return EXIT_USAGE
     failed = 0
-    masks = (False, True) if a.both_masks else (a.causal,)
-    for d, dt, causal in itertools.product(a.d, a.dtype, masks):
+    for d, dt, causal in itertools.product(a.d, a.dtype, _masks(a)):
         what = f"d={d} {dt}{' causal' if causal else ''}"
         try:
             best, entry = tune(d, dt, causal, refresh=a.refresh)
@@ -251,6 +250,18 @@ def cmd_tune(a):
             print(f"    failed     {label}: {err}")
     print(f"cache: {cache_path()}")
     return 1 if failed else 0
+
+
+def _add_mask_args(p, what):
+    """--causal / --both-masks (bench, tune); :func:`_masks` reads them."""
+    mask = p.add_mutually_exclusive_group()
+    mask.add_argument("--causal", action="store_true", help=f"causal {what} only (default: none)")
+    mask.add_argument("--both-masks", action="store_true", help=f"{what} without and with the causal mask")
+
+
+def _masks(a):
+    """The causal values that --causal / --both-masks ask for."""
+    return (False, True) if a.both_masks else (a.causal,)
 
 
 def build_parser():
@@ -298,9 +309,7 @@ def build_parser():
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"))
-    mask = p.add_mutually_exclusive_group()
-    mask.add_argument("--causal", action="store_true", help="causal mask only (default: none)")
-    mask.add_argument("--both-masks", action="store_true", help="rows without and with the causal mask")
+    _add_mask_args(p, "rows")
     p.add_argument("--impl", nargs="+", help="implementations (default: all): sdpa-flash sdpa-efficient sdpa-math "
                                              "cupy-naive torch-blockwise standard flash1 flash2")
     p.add_argument("--backward", action="store_true",
@@ -321,9 +330,7 @@ def build_parser():
     p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims")
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"))
     p.add_argument("--refresh", action="store_true", help="time again even where the cache has a choice")
-    mask = p.add_mutually_exclusive_group()
-    mask.add_argument("--causal", action="store_true", help="the causal kernels only (default: none)")
-    mask.add_argument("--both-masks", action="store_true", help="without and with the causal mask")
+    _add_mask_args(p, "kernels")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("demo", help="the main job: sweeps, figures and a kernel check into --out")

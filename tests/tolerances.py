@@ -45,7 +45,8 @@ def scores_fp32(q, k, scale, in_order=False):
 def naive_fp32(q, k, v, causal, scale, rows=None, allowed=None, in_order=False):
     """Plain fp32 attention, the accuracy any fp32 implementation can be held to.
 
-    ``in_order``: S summed in order (:func:`scores_fp32`). ``rows``: absolute indices of q's rows (q may hold a selection of them), for the causal mask.
+    ``in_order``: S summed in order (:func:`scores_fp32`). ``rows``: absolute indices of q's rows
+    (q may hold a selection of them), for the causal mask.
     ``allowed``: a dense boolean mask (B, H, Nq, Nk) (sandbox.masks.dense) on top of it. Rows that
     see no key give O = 0 and L = -inf, as the reference has them.
     """
@@ -99,8 +100,9 @@ def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False):
 
 def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse):
     """atol for (dq, dk, dv), given the saved forward (out, lse) that the backward and the reference share:
-    4x the naive fp32 error (the larger of S summed by einsum and in order, as for the forward), plus (d + Nq + Nk + 8) fp32 rounding units and one rounding to the
-    output dtype, both of the gradient's own scale (max |reference gradient|)."""
+    4x the naive fp32 error (the larger of S summed by einsum and in order, as for the forward),
+    plus (d + Nq + Nk + 8) fp32 rounding units and one rounding to the output dtype, both of the
+    gradient's own scale (max |reference gradient|)."""
     n_q, n_kv, d = q.shape[2], k.shape[2], q.shape[3]
     depth = (d + n_q + n_kv + 8) * U32
     atols = []
