@@ -102,6 +102,10 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
     head_dim that threads_kv divides (each thread's O columns).
     """
     s = schedule
+    if s.math == "tf32x3":
+        from kernels import flash2_tc
+
+        return flash2_tc.eligible(schedule, head_dim, count_io, mask)
     if s.kind != "flash2":
         return f"kind {s.kind!r} (the fast build is flash2's)"
     if count_io:
@@ -119,7 +123,11 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
 
 
 def smem_bytes(schedule, head_dim):
-    """Dynamic shared memory of the fast build, in bytes."""
+    """Dynamic shared memory of the fast build (or, for ``math="tf32x3"``, the tensor-core build), in bytes."""
+    if schedule.math == "tf32x3":
+        from kernels import flash2_tc
+
+        return flash2_tc.smem_bytes(schedule, head_dim)
     return layout(schedule, head_dim)[1]
 
 
@@ -155,7 +163,11 @@ def layout(schedule, head_dim):
 def min_blocks_per_sm(schedule, head_dim):
     """Blocks per SM the register cap makes room for (kernels/launch.py): as many as the shared
     memory lets reside, at most MAX_BLOCKS_PER_SM, and no more than leave MIN_REGISTERS per
-    thread; at least 1."""
+    thread; at least 1. The tensor-core build (``math="tf32x3"``): 1, all 255 registers (H100,
+    session 8: capped at 128 for two blocks, 128×32 at d = 64 spilled and ran 3.22 ms against 3.01,
+    128×16 at d = 128 7.04 against 6.80)."""
+    if schedule.math == "tf32x3":
+        return 1
     fit = SMEM_PER_SM // (smem_bytes(schedule, head_dim) + SMEM_RESERVED)
     by_registers = 65536 // (schedule.threads * MIN_REGISTERS)
     return max(1, min(MAX_BLOCKS_PER_SM, fit, by_registers))
@@ -220,9 +232,13 @@ def _group_reductions(offsets):
                 cuda.syncthreads()
             return v
 
+        # (jitted: the simulator gives a jitted function's module its fake ``cuda`` while it runs,
+        # which the barriers need when the kernel is another module's, kernels/flash2_tc.py)
+        @cuda.jit(device=True)
         def row_max(v, red, tid):
             return butterfly(v, red, tid, fmax)
 
+        @cuda.jit(device=True)
         def row_sum(v, red, tid):
             return butterfly(v, red, tid, lambda a, b: a + b)
 
@@ -582,7 +598,16 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     return kernel, smem_bytes, grid
 
 
+def make_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
+    """The FMA build, or for ``Schedule.math == "tf32x3"`` the tensor-core one (kernels/flash2_tc.py)."""
+    if schedule.math == "tf32x3":
+        from kernels import flash2_tc
+
+        return flash2_tc.make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask)
+    return make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask)
+
+
 def phases(dtype):
     """The fast build's kernels (sandbox/kinds.py): flash2's one "main" phase, its arguments unchanged."""
     (_, sig), = flash2.phases(dtype).values()
-    return {"main": (make_flash2_fast, sig)}
+    return {"main": (make_fast, sig)}

@@ -29,6 +29,9 @@ CANDIDATES = (
     (128, 64, 8, 4), (64, 64, 8, 4), (128, 128, 8, 8), (128, 32, 4, 4), (64, 64, 4, 4), (128, 64, 4, 4),
     (64, 32, 4, 4), (128, 64, 8, 8), (128, 64, 4, 8),
 )
+#: (Br, Bc) of the tensor-core build's candidates (``math="tf32x3"``, thread tile 2 × Bc/4;
+#: kernels/flash2_tc.py), tried beside the FMA ones.
+TC_CANDIDATES = ((128, 64), (128, 32), (128, 16), (64, 64), (64, 32))
 #: The problem a candidate is timed on: B·H = 32 heads of N = 4096 (the regime of issue 7).
 TUNE_BATCH, TUNE_HEADS, TUNE_N = 2, 16, 4096
 
@@ -42,10 +45,12 @@ def cache_path():
 def kernel_hash():
     """A hash of the fast build's source and of the tiles it builds on: a changed kernel is tuned again."""
     import kernels.flash2_fast
+    import kernels.flash2_tc
+    import kernels.mma
     import kernels.tiles
 
     h = hashlib.sha256()
-    for module in (kernels.flash2_fast, kernels.tiles):
+    for module in (kernels.flash2_fast, kernels.flash2_tc, kernels.mma, kernels.tiles):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()[:16]
 
@@ -57,15 +62,14 @@ def cache_key(device_name, head_dim, dtype, causal):
 
 
 def candidates(head_dim):
-    """The schedules of :data:`CANDIDATES` the fast build can run at ``head_dim`` on this device."""
+    """The schedules of :data:`CANDIDATES` (FMA) and :data:`TC_CANDIDATES` (tensor cores) the fast
+    build can run at ``head_dim`` on this device."""
     from kernels.launch import use_fast
 
-    out = []
-    for br, bc, tq, tkv in CANDIDATES:
-        s = Schedule("flash2", block_q=br, block_kv=bc, thread_q=tq, thread_kv=tkv)
-        if use_fast(s, head_dim):
-            out.append(s)
-    return out
+    fma = [Schedule("flash2", block_q=br, block_kv=bc, thread_q=tq, thread_kv=tkv) for br, bc, tq, tkv in CANDIDATES]
+    tc = [Schedule("flash2", block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math="tf32x3")
+          for br, bc in TC_CANDIDATES]
+    return [s for s in fma + tc if use_fast(s, head_dim)]
 
 
 def load_cache(path=None):

@@ -216,7 +216,8 @@ class BenchSpec:
         backward: also backward rows (sdpa-* through autograd, our standard and flash2).
         repeats: timed calls per row (≥ 1; 10 by default, the median reported).
         warmup: untimed calls before them.
-        block_q, block_kv, thread_q, thread_kv: our schedules' overrides.
+        block_q, block_kv, thread_q, thread_kv: our schedules' overrides; math: flash2's arithmetic
+            (Schedule.math: "tf32x3" is its tensor-core build), None for the default.
         tune: "flash2" runs the autotuned schedule of each (head_dim, dtype, causal) (sandbox/autotune.py),
             unless a schedule override is given.
 
@@ -238,6 +239,7 @@ class BenchSpec:
     block_kv: int = None
     thread_q: int = None
     thread_kv: int = None
+    math: str = None
     seed: int = 0
     tune: bool = False
 
@@ -255,7 +257,8 @@ class BenchSpec:
     def schedules(self):
         from sandbox.bench_impls import default_schedules
 
-        return default_schedules(self.block_q, self.block_kv, self.thread_q, self.thread_kv, tune=self.tune)
+        return default_schedules(self.block_q, self.block_kv, self.thread_q, self.thread_kv, tune=self.tune,
+                                 math=self.math)
 
     def implementations(self):
         from sandbox.bench_impls import implementations

@@ -372,10 +372,10 @@ class Ours(Impl):
         return lambda: tuple(wrap(x) for x in run_backward(s, problem, q, k, v, out, lse, dout)[:3])
 
 
-def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None, tune=False):
+def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None, tune=False, math=None):
     """Our rows' schedules (by name, see :data:`OURS`): 64×64 blocks and 4×4 register tiles unless
     overridden (all alike). ``tune``: "flash2" gets None, i.e. the autotuned schedule, unless
-    something is overridden.
+    something is overridden. ``math`` (Schedule.math) applies to the flash2 rows only.
 
     Raises:
         ValueError, TypeError: an impossible schedule (see :class:`Schedule`).
@@ -384,10 +384,10 @@ def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None
     b, t = DEFAULT_BLOCK, DEFAULT_TILE
     out = {
         name: Schedule(kind, block_q=pick(block_q, b), block_kv=pick(block_kv, b), thread_q=pick(thread_q, t),
-                       thread_kv=pick(thread_kv, t))
+                       thread_kv=pick(thread_kv, t), **({"math": math} if math and kind == "flash2" else {}))
         for name, (kind, _) in OURS.items()
     }
-    if tune and (block_q, block_kv, thread_q, thread_kv) == (None,) * 4:
+    if tune and (block_q, block_kv, thread_q, thread_kv, math) == (None,) * 5:
         out["flash2"] = None
     return out
 

@@ -53,6 +53,9 @@ def _add_schedule_args(p, block_default, kind_default, tile_default=None):
     p.add_argument("--thread-q", type=int, default=tile_default, help="rows of each thread's register tile")
     p.add_argument("--thread-kv", type=int, default=tile_default, help="columns of each thread's register tile")
     p.add_argument("--sram-bytes", type=int, default=None, help="M, the SRAM capacity assumed (default 227 KiB)")
+    p.add_argument("--math", choices=("fma", "tf32x3"), default="fma",
+                   help="flash2's fast-build arithmetic: fma (CUDA cores) or tf32x3 (tensor cores, 3xTF32; "
+                        "needs --thread-q 2 --thread-kv Bc/4)")
 
 
 def _problem(a):
@@ -68,6 +71,8 @@ def _schedule(a, kind):
     from sandbox.schedule import Schedule
 
     extra = {} if a.sram_bytes is None else {"sram_bytes": a.sram_bytes}
+    if getattr(a, "math", "fma") != "fma":
+        extra["math"] = a.math
     return Schedule(kind, block_q=a.block_q, block_kv=a.block_kv, thread_q=a.thread_q, thread_kv=a.thread_kv, **extra)
 
 
@@ -208,7 +213,7 @@ def cmd_bench(a):
         n=tuple(a.n), head_dim=tuple(a.d), batch=a.batch, heads=a.heads, dtype=tuple(a.dtype),
         causal=_masks(a), impls=tuple(a.impl) if a.impl else None,
         backward=a.backward, repeats=a.repeats, block_q=a.block_q, block_kv=a.block_kv, thread_q=a.thread_q,
-        thread_kv=a.thread_kv, seed=a.seed, tune=not a.no_tune,
+        thread_kv=a.thread_kv, math=a.math, seed=a.seed, tune=not a.no_tune,
     )
     rows = []
     try:
@@ -320,6 +325,9 @@ def build_parser():
     p.add_argument("--block-kv", type=int, default=None, help="Bc of our kernels (default 64)")
     p.add_argument("--thread-q", type=int, default=None, help="rows of our register tiles (default 4)")
     p.add_argument("--thread-kv", type=int, default=None, help="columns of our register tiles (default 4)")
+    p.add_argument("--math", choices=("fma", "tf32x3"), default=None,
+                   help="flash2's arithmetic: fma (CUDA cores) or tf32x3 (its tensor-core build, 3xTF32; needs "
+                        "--thread-q 2 --thread-kv Bc/4); default: the tuned schedule's")
     p.add_argument("--no-tune", action="store_true",
                    help="flash2 on the default schedule instead of the autotuned one (python -m sandbox tune)")
     p.add_argument("--seed", type=int, default=0)

@@ -27,6 +27,10 @@ from sandbox.dtypes import ACC, as_dtype
 #: later, is registered in :mod:`sandbox.kinds` (``sandbox.kinds.names()``).
 KINDS = ("standard", "flash1", "flash2")
 
+#: The fast build's arithmetic (Schedule.math): fp32 FMAs, or three TF32 tensor-core products per
+#: fp32 product (kernels/mma.py).
+MATHS = ("fma", "tf32x3")
+
 #: Default SRAM capacity: the H100's opt-in shared memory per thread block (227 KiB).
 H100_SRAM_BYTES = 227 * 1024
 
@@ -75,6 +79,11 @@ class Schedule:
             opt-in shared memory per block).
         kv_splits: how many thread blocks share one Q block's K/V range (kinds registered with
             ``kv_splits=True``, i.e. "splitkv"; 1 for the others).
+        math: the fast build's arithmetic (:data:`MATHS`): "fma", fp32 FMAs on the CUDA cores;
+            "tf32x3", flash2's tensor-core build (kernels/flash2_tc.py): each fp32 product as
+            three TF32 tensor-core products, the arithmetic of PyTorch SDPA's memory-efficient
+            fp32 kernel. Counting runs (``count_io``) and masks take the counting build, whose
+            arithmetic is FMA either way; the HBM traffic is the same.
 
     Raises:
         ValueError: unknown kind, non-positive sizes, a thread block over 1024 threads, or
@@ -93,11 +102,16 @@ class Schedule:
     thread_kv: int = None
     sram_bytes: int = H100_SRAM_BYTES
     kv_splits: int = 1
+    math: str = "fma"
 
     def __post_init__(self):
         from sandbox import kinds
 
         kind = kinds.get(self.kind)  # ValueError for an unknown kind, naming the known ones
+        if self.math not in MATHS:
+            raise ValueError(f"math: expected one of {MATHS}, got {self.math!r}")
+        if self.math != "fma" and self.kind != "flash2":
+            raise ValueError(f"math={self.math!r}: only flash2 has a tensor-core build, not kind {self.kind!r}")
         object.__setattr__(self, "kv_splits", _positive_int(self.kv_splits, "kv_splits"))
         if self.kv_splits != 1 and not kind.kv_splits:
             with_splits = ", ".join(k for k in kinds.names() if kinds.get(k).kv_splits)
@@ -199,6 +213,7 @@ class Schedule:
             f"{self.kind} Br={self.block_q} Bc={self.block_kv} threads={self.threads_q}x{self.threads_kv} "
             f"tile={self.thread_q}x{self.thread_kv} M={self.sram_bytes}"
             + (f" splits={self.kv_splits}" if self.kv_splits != 1 else "")
+            + (f" math={self.math}" if self.math != "fma" else "")
         )
 
 

@@ -59,12 +59,14 @@ def test_candidates_are_ones_the_fast_build_takes():
         cands = autotune.candidates(d)
         assert cands and all(use_fast(s, d) for s in cands)
     assert Schedule("flash2", block_q=64, block_kv=64) in autotune.candidates(64)  # the default is one
-    assert autotune.candidates(8) and all(s.threads_kv == 8 for s in autotune.candidates(8))  # 8 divides d = 8
-    assert autotune.candidates(12) == []  # no candidate's 16 or 8 threads per row divides d = 12
+    fma8 = [s for s in autotune.candidates(8) if s.math == "fma"]
+    assert fma8 and all(s.threads_kv == 8 for s in fma8)  # 8 divides d = 8
+    assert any(s.math == "tf32x3" for s in autotune.candidates(64))  # and the tensor-core build's
+    assert autotune.candidates(12) == []  # no FMA candidate's 16 or 8 threads per row divides d = 12, nor 8
 
 
 def test_no_candidate_ran(tmp_path):
-    every = {c: "fail" for c in autotune.CANDIDATES}
+    every = {(s.block_q, s.block_kv, s.thread_q, s.thread_kv): "fail" for s in autotune.candidates(64)}
     with pytest.raises(RuntimeError, match="no candidate ran at head_dim=64"):
         autotune.tune(64, path=tmp_path / "a.json", timer=fake_timer(every, []), device_name="G", progress=None)
     assert not (tmp_path / "a.json").exists()

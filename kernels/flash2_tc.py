@@ -1,0 +1,397 @@
+"""flash2's tensor-core build (``Schedule(math="tf32x3")``): the fast build's loop order with both
+products on the tensor cores, in fp32 precision by the 3xTF32 split (kernels/mma.py).
+
+Same schedule, same loop order and the same HBM traffic as ``kernels/flash2.py`` (the counting
+build) and ``kernels/flash2_fast.py`` (the FMA build): Q_i is read once, K_j and V_j once per Q
+block, O_i and L_i written once. What differs is the arithmetic, and where S and P live:
+
+    Q_i · scale · log2 e: HBM -> the A fragments of the S product, raw fp32: in registers up to
+        d = 64 (Q_REGISTERS_MAX_D), else in SRAM, each lane's own vectors
+    K_0, V_0: HBM -> split into TF32 big and small parts -> SRAM, in fragment order
+    for each K/V block j (causal: only blocks with a key <= the block's last query):
+        start loading K_{j+1}, V_{j+1} into registers (they arrive while block j is computed)
+        S = Q_i K_jᵀ: per warp 16 rows; per 8 columns of d and 8 keys, three m16n8k8 products
+            on three accumulators (a dependent chain of d/8 products each, not 3·d/8)
+        m_ij, P, l_ij: per row, in registers (a row is 4 lanes: two xor shuffles)
+        O_i = diag(alpha) O_i + P V_j: P stays in registers (see below), three products per
+              8 keys and 8 columns of d
+        K_{j+1}, V_{j+1}: registers -> split -> SRAM (after a barrier)
+    O_i = diag(l_i)⁻¹ O_i -> HBM;  L_i = m_i + log l_i -> HBM
+
+The thread layout is the schedule's: Br = 16·warps, thread_q = 2 (rows g and g + 8 of the
+warp's 16, g = lane // 4) and thread_kv = Bc / 4 (columns 8n + 2t and 8n + 2t + 1 of every
+8-key group n, t = lane % 4), threads_kv = 4; ``eligible`` says so.
+
+**P never goes to SRAM.** The S accumulator of lane (g, t) holds P[g, 8n + 2t + {0, 1}] and
+P[g + 8, ...]; the A fragment of the P·V product wants columns t and t + 4 of each 8. The order of
+the 8 keys inside a product is free (it is a sum), so the P·V product takes key 2t as its index t
+and key 2t + 1 as t + 4: the S accumulator *is* the A fragment, and V's B fragment is read in the
+same order (b0 = V[2t, g], b1 = V[2t + 1, g]).
+
+**Shared layouts** (fp32, 16-byte vectors): K as [d/8][Bc][4][4] and V as [Bc/8][d][4][4]. Vector
+(c, key, t) of K is (big K[key, 8c + t], big K[key, 8c + t + 4], small ..., small ...), the lane's
+whole B fragment for one product: one 16-byte load per three products, and the 32 lanes of a
+warp read 512 consecutive bytes (no bank conflicts). V likewise with (big V[8c + 2t, col],
+big V[8c + 2t + 1, col], small, small). The loaders write one vector per item, consecutive lanes
+consecutive vectors.
+
+fp16 and bf16 values are TF32 already: their K and V small parts are zero, and the A_big·B_small
+products are skipped (two products per step instead of three). Q (scaled) and P are fp32 and
+are split.
+"""
+
+import math
+
+import numpy as np
+from numba import cuda, float32, uint64
+
+from kernels.flash2_fast import _group_reductions, fmax
+from kernels.mma import XCH_PER_THREAD, mma, tf32
+from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
+from sandbox.runtime import using_simulator
+
+LOG2E = np.float32(1.4426950408889634)
+LN2 = np.float32(0.6931471805599453)
+
+
+def eligible(schedule, head_dim, count_io=False, mask=None):
+    """Why the tensor-core build cannot run this (a string), or None when it can.
+
+    It needs Br a multiple of 16 (a warp per 16 rows), Bc and head_dim multiples of 8, and the
+    thread tile that matches the tensor cores' fragments: thread_q = 2, thread_kv = Bc / 4.
+    """
+    s = schedule
+    if s.kind != "flash2":
+        return f"kind {s.kind!r} (the tensor-core build is flash2's)"
+    if count_io:
+        return "count_io (the counting build is kernels/flash2.py)"
+    if mask is not None:
+        return "a mask"
+    if s.block_q % 16 or s.block_kv % 8:
+        return f"Br={s.block_q}, Bc={s.block_kv} (needs Br a multiple of 16 and Bc of 8)"
+    if s.thread_q != 2 or s.thread_kv * 4 != s.block_kv:
+        return (f"thread tile {s.thread_q}x{s.thread_kv} (the tensor cores' fragments need "
+                f"2x{s.block_kv // 4}: thread_q=2, thread_kv=Bc/4)")
+    if head_dim % 8:
+        return f"head_dim={head_dim} (needs a multiple of 8)"
+    return None
+
+
+#: Head dims above this keep Q's fragments in SRAM rather than in registers: at d = 128 the
+#: registers (64 for Q, 64 for O) would leave the block too few for the S accumulators.
+Q_REGISTERS_MAX_D = 64
+
+
+def smem_bytes(schedule, head_dim):
+    """Dynamic shared memory: K_j and V_j, each split into big and small parts (16 bytes per
+    element), and above Q_REGISTERS_MAX_D Q_i's fragments (4 bytes per element)."""
+    q = 4 * schedule.block_q * head_dim if head_dim > Q_REGISTERS_MAX_D else 0
+    return 16 * schedule.block_kv * head_dim + q
+
+
+def tc_schedule(block_q, block_kv, **kwargs):
+    """The tensor-core build's Schedule for Br × Bc blocks (its thread tile is fixed: 2 × Bc/4)."""
+    from sandbox.schedule import Schedule
+
+    return Schedule("flash2", block_q=block_q, block_kv=block_kv, thread_q=2, thread_kv=block_kv // 4,
+                    math="tf32x3", **kwargs)
+
+
+def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
+    """Build the tensor-core flash2 kernel (see the module docstring). Returns (kernel, smem_bytes, grid(problem))."""
+    why = eligible(schedule, head_dim, count_io, mask)
+    if why is not None:
+        raise ValueError(f"the tensor-core flash2 build cannot run {schedule} at d={head_dim}: {why}")
+    t = make_tile_ops(schedule, head_dim, False, causal, dtype)
+    to_f32, from_f32, IN = t.to_f32, t.from_f32, t.IN
+    BR, BC, NT, D, CAUSAL = t.BR, t.BC, t.NT, t.D, t.CAUSAL
+    NS, KD = BC // 8, D // 8  # 8-key groups of a K/V block; 8-column groups of d
+    RK, RV = uint64(BC * 16), uint64(D * 16)  # floats per 8-column group of K, per 8-key group of V
+    OV = uint64(KD * BC * 16)  # V's offset
+    QS = D > Q_REGISTERS_MAX_D  # Q's fragments in SRAM (else in registers)
+    OQ = uint64(OV + NS * D * 16)  # Q's offset: [warp][KD][lane][4], each lane its own vectors
+    n_smem = smem_bytes(schedule, head_dim)
+    EXACT = np.dtype(dtype).itemsize == 2  # fp16/bf16: K and V are TF32 already (small parts zero)
+    ALIGN = None if using_simulator() else 16
+    NX = NT * XCH_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
+    NRED = NT if using_simulator() else 1  # the simulator's row reductions
+    row_max, row_sum = _group_reductions((2, 1))  # a row's 4 lanes: xor 2, xor 1
+    ITEMS = BC * D // 2  # 16-byte vectors of K (and of V) per block
+    IT = -(-ITEMS // NT)
+    FULL = ITEMS % NT == 0
+    NBUF = 4 * IT
+    inline = cuda.jit(device=True) if using_simulator() else cuda.jit(device=True, forceinline=True)
+
+    @inline
+    def put(sm, at, x0, x1):
+        """The vector (big x0, big x1, small x0, small x1) at sm[at]: converted first, then stored
+        together (one 16-byte store)."""
+        b0 = tf32(x0)
+        b1 = tf32(x1)
+        s0 = tf32(x0 - b0)
+        s1 = tf32(x1 - b1)
+        sm[at] = b0
+        sm[at + uint64(1)] = b1
+        sm[at + uint64(2)] = s0
+        sm[at + uint64(3)] = s1
+
+    @inline
+    def mma3(xch, tid, ab0, ab1, ab2, ab3, as0, as1, as2, as3, bb0, bb1, bs0, bs1, c0, c1, c2, c3):
+        """C + A·B in fp32 precision, three TF32 products on one accumulator: A_small·B_big,
+        A_big·B_small (skipped for fp16/bf16 inputs: B_small = 0), A_big·B_big."""
+        d0, d1, d2, d3 = mma(xch, tid, as0, as1, as2, as3, bb0, bb1, c0, c1, c2, c3)
+        if not EXACT:
+            d0, d1, d2, d3 = mma(xch, tid, ab0, ab1, ab2, ab3, bs0, bs1, d0, d1, d2, d3)
+        return mma(xch, tid, ab0, ab1, ab2, ab3, bb0, bb1, d0, d1, d2, d3)
+
+    @inline
+    def fetch(k, v, b, h, k0, kv_len, buf, tid):
+        """K_j and V_j: HBM -> registers, the thread's items (module docstring), unconverted (a
+        conversion here would wait for the load); zeros past the last key."""
+        u0 = uint64(k0)
+        n = uint64(kv_len)
+        tt = uint64(tid) & uint64(3)
+        for it in range(IT):
+            e = uint64(tid) + uint64(it * NT)
+            x0 = IN(0)
+            x1 = IN(0)
+            x2 = IN(0)
+            x3 = IN(0)
+            if FULL or e < ITEMS:
+                # K vector (c, key, tt): K[key, 8c + tt] and K[key, 8c + tt + 4]
+                key = (e >> uint64(2)) % uint64(BC)
+                c = (e >> uint64(2)) // uint64(BC)
+                if key < n:
+                    x0 = k[b, h, u0 + key, uint64(8) * c + tt]
+                    x1 = k[b, h, u0 + key, uint64(8) * c + tt + uint64(4)]
+                # V vector (c, col, tt): V[8c + 2tt, col] and V[8c + 2tt + 1, col]
+                col = (e >> uint64(2)) % uint64(D)
+                c = (e >> uint64(2)) // uint64(D)
+                r = uint64(8) * c + uint64(2) * tt
+                if r < n:
+                    x2 = v[b, h, u0 + r, col]
+                if r + uint64(1) < n:
+                    x3 = v[b, h, u0 + r + uint64(1), col]
+            buf[4 * it] = x0
+            buf[4 * it + 1] = x1
+            buf[4 * it + 2] = x2
+            buf[4 * it + 3] = x3
+
+    @inline
+    def store(buf, sm, tid):
+        """The fetched items: split into (big, small) and stored, one 16-byte vector each."""
+        tt = uint64(tid) & uint64(3)
+        for it in range(IT):
+            e = uint64(tid) + uint64(it * NT)
+            if FULL or e < ITEMS:
+                key = (e >> uint64(2)) % uint64(BC)
+                c = (e >> uint64(2)) // uint64(BC)
+                put(sm, (c * uint64(BC) + key) * uint64(16) + tt * uint64(4), to_f32(buf[4 * it]), to_f32(buf[4 * it + 1]))
+                col = (e >> uint64(2)) % uint64(D)
+                c = (e >> uint64(2)) // uint64(D)
+                put(sm, OV + (c * uint64(D) + col) * uint64(16) + tt * uint64(4), to_f32(buf[4 * it + 2]),
+                    to_f32(buf[4 * it + 3]))
+
+    def kernel(q, k, v, o, lse, scale, counters):
+        if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or o.shape[3] != D:
+            return  # (never: the launcher checks; this tells the compiler the row length is D)
+        tid = cuda.threadIdx.x
+        w = tid // 32
+        lane = tid - 32 * w
+        g = lane // 4
+        tq = lane - 4 * g
+        bh = cuda.blockIdx.y
+        n_heads = q.shape[1]
+        b = bh // n_heads
+        h = bh - b * n_heads
+        n_q = q.shape[2]
+        n_kv = k.shape[2]
+        qb = cuda.blockIdx.x
+        if CAUSAL:  # the longest blocks (most keys) first: the shortest fill the last wave's gaps
+            qb = cuda.gridDim.x - 1 - qb
+        q0 = qb * BR
+        q_len = min(BR, n_q - q0)
+        sm = cuda.shared.array(0, float32, alignment=ALIGN)
+        xch = cuda.shared.array(NX, float32)  # the simulator's warp exchange (unused on the GPU)
+        red = cuda.shared.array(NRED, float32)  # the simulator's row reductions (unused on the GPU)
+        s2 = scale * LOG2E  # S in log2 units: exp(x) = exp2(x·log2 e)
+        r_lo = 16 * w + g  # the thread's two rows in the block
+        r_hi = r_lo + 8
+
+        qf = cuda.local.array((KD if not QS else 1, 4), float32)  # Q's A fragments, raw fp32 (split per use)
+        qv = OQ + uint64(w * KD * 128 + 4 * lane)  # ... or in SRAM: the lane's vector of group 0
+        acc = cuda.local.array((KD, 4), float32)  # O's accumulators, 8 columns of d per group
+        s = cuda.local.array((NS, 4), float32)  # S (then P): 8 keys per group; Q_big·K_big
+        sx = cuda.local.array((NS, 4), float32)  # Q_small·K_big
+        sy = cuda.local.array((NS, 4), float32)  # Q_big·K_small (zero for fp16/bf16)
+        m = cuda.local.array(2, float32)
+        l = cuda.local.array(2, float32)
+        buf = cuda.local.array(NBUF, IN)  # the thread's items of K_{j+1}, V_{j+1}
+        for i in range(2):
+            m[i] = NEG_INF
+            l[i] = ZERO
+        for kk in range(KD):
+            for i in range(4):
+                acc[kk, i] = ZERO
+            col = 8 * kk + tq
+            x0 = ZERO
+            x1 = ZERO
+            x2 = ZERO
+            x3 = ZERO
+            if r_lo < q_len:
+                x0 = to_f32(q[b, h, q0 + r_lo, col]) * s2
+                x2 = to_f32(q[b, h, q0 + r_lo, col + 4]) * s2
+            if r_hi < q_len:
+                x1 = to_f32(q[b, h, q0 + r_hi, col]) * s2
+                x3 = to_f32(q[b, h, q0 + r_hi, col + 4]) * s2
+            if QS:  # the lane's own vector: no other thread reads it (no barrier)
+                at = qv + uint64(kk * 128)
+                sm[at] = x0
+                sm[at + uint64(1)] = x1
+                sm[at + uint64(2)] = x2
+                sm[at + uint64(3)] = x3
+            else:
+                qf[kk, 0] = x0
+                qf[kk, 1] = x1
+                qf[kk, 2] = x2
+                qf[kk, 3] = x3
+
+        kv_end = n_kv
+        if CAUSAL:
+            kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped, no loads
+        n_blocks = (kv_end + BC - 1) // BC
+        vk = uint64(16 * g + 4 * tq)  # the lane's vector in a K or V group (key or column g, lane t)
+        fetch(k, v, b, h, 0, min(BC, n_kv), buf, tid)
+        store(buf, sm, tid)
+        # barrier: K_0, V_0 are in SRAM (and Q's fragments, where they are there, each lane's own)
+        cuda.syncthreads()
+        for j in range(n_blocks):
+            k0 = j * BC
+            kv_len = min(BC, n_kv - k0)
+            k1 = k0 + BC
+            more = j + 1 < n_blocks
+            if more:  # K_{j+1}, V_{j+1}: HBM -> registers, while block j is computed
+                fetch(k, v, b, h, k1, min(BC, n_kv - k1), buf, tid)
+
+            # -- S = Q_i K_jᵀ
+            for n in range(NS):
+                for i in range(4):
+                    s[n, i] = ZERO
+                    sx[n, i] = ZERO
+                    sy[n, i] = ZERO
+            for kk in range(KD):
+                if QS:
+                    at = qv + uint64(kk * 128)
+                    a0 = sm[at]
+                    a1 = sm[at + uint64(1)]
+                    a2 = sm[at + uint64(2)]
+                    a3 = sm[at + uint64(3)]
+                else:
+                    a0 = qf[kk, 0]
+                    a1 = qf[kk, 1]
+                    a2 = qf[kk, 2]
+                    a3 = qf[kk, 3]
+                ab0 = tf32(a0)
+                ab1 = tf32(a1)
+                ab2 = tf32(a2)
+                ab3 = tf32(a3)
+                as0 = tf32(a0 - ab0)
+                as1 = tf32(a1 - ab1)
+                as2 = tf32(a2 - ab2)
+                as3 = tf32(a3 - ab3)
+                for n in range(NS):
+                    at = uint64(kk) * RK + uint64(n * 128) + vk
+                    bb0 = sm[at]
+                    bb1 = sm[at + uint64(1)]
+                    bs0 = sm[at + uint64(2)]
+                    bs1 = sm[at + uint64(3)]
+                    # three independent accumulators (the products' latency: a chain of KD each, not 3·KD)
+                    s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma(
+                        xch, tid, ab0, ab1, ab2, ab3, bb0, bb1, s[n, 0], s[n, 1], s[n, 2], s[n, 3])
+                    sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3] = mma(
+                        xch, tid, as0, as1, as2, as3, bb0, bb1, sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3])
+                    if not EXACT:
+                        sy[n, 0], sy[n, 1], sy[n, 2], sy[n, 3] = mma(
+                            xch, tid, ab0, ab1, ab2, ab3, bs0, bs1, sy[n, 0], sy[n, 1], sy[n, 2], sy[n, 3])
+            for n in range(NS):
+                for i in range(4):
+                    s[n, i] += sx[n, i] + sy[n, i]  # the small terms first, then the big one
+
+            # -- online softmax per row (the fast build's, NaN semantics included): rows r_lo
+            # (s[n, 0], s[n, 1]) and r_hi (s[n, 2], s[n, 3]); keys k0 + 8n + 2t + {0, 1}
+            masked = kv_len < BC or (CAUSAL and k0 + BC - 1 > q0)
+            for i in range(2):
+                r = q0 + r_lo + 8 * i
+                mx = NEG_INF
+                for n in range(NS):
+                    for e in range(2):
+                        c = 8 * n + 2 * tq + e
+                        x = s[n, 2 * i + e]
+                        if masked and (c >= kv_len or (CAUSAL and k0 + c > r)):
+                            x = NEG_INF
+                        s[n, 2 * i + e] = x
+                        mx = fmax(mx, x)
+                mx = row_max(mx, red, tid)
+                m_new = fmax(m[i], mx)
+                m_use = m_new if m_new != NEG_INF else ZERO
+                alpha = math.exp2(m[i] - m_use)
+                rs = ZERO
+                for n in range(NS):
+                    for e in range(2):
+                        p = math.exp2(s[n, 2 * i + e] - m_use)
+                        s[n, 2 * i + e] = p
+                        rs += p
+                l[i] = alpha * l[i] + rs  # this thread's part of the row sum (alpha is the row's)
+                m[i] = m_new
+                for kk in range(KD):
+                    acc[kk, 2 * i] *= alpha
+                    acc[kk, 2 * i + 1] *= alpha
+
+            # -- O_i += P V_j: the S accumulator is the A fragment (keys 2t, 2t+1 as indices t, t+4)
+            for n in range(NS):
+                p0 = s[n, 0]
+                p1 = s[n, 2]
+                p2 = s[n, 1]
+                p3 = s[n, 3]
+                pb0 = tf32(p0)
+                pb1 = tf32(p1)
+                pb2 = tf32(p2)
+                pb3 = tf32(p3)
+                ps0 = tf32(p0 - pb0)
+                ps1 = tf32(p1 - pb1)
+                ps2 = tf32(p2 - pb2)
+                ps3 = tf32(p3 - pb3)
+                for kk in range(KD):
+                    at = OV + uint64(n) * RV + uint64(kk * 128) + vk
+                    acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3] = mma3(
+                        xch, tid, pb0, pb1, pb2, pb3, ps0, ps1, ps2, ps3,
+                        sm[at], sm[at + uint64(1)], sm[at + uint64(2)], sm[at + uint64(3)],
+                        acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3])
+
+            # barrier: every thread is done reading K_j, V_j
+            cuda.syncthreads()
+            if more:
+                store(buf, sm, tid)
+            # barrier: K_{j+1}, V_{j+1} are in SRAM
+            cuda.syncthreads()
+
+        # -- O_i = diag(l_i)^-1 O_i -> HBM (a row that saw no key: O = 0); L_i = m_i + log l_i
+        for i in range(2):
+            l[i] = row_sum(l[i], red, tid)
+        for i in range(2):
+            rr = r_lo + 8 * i
+            if rr < q_len:
+                inv = ZERO
+                if l[i] != ZERO:  # NaN passes through
+                    inv = ONE / l[i]
+                for kk in range(KD):
+                    col = 8 * kk + 2 * tq
+                    o[b, h, q0 + rr, col] = from_f32(acc[kk, 2 * i] * inv)
+                    o[b, h, q0 + rr, col + 1] = from_f32(acc[kk, 2 * i + 1] * inv)
+                if tq == 0:
+                    lse[b, h, q0 + rr] = m[i] * LN2 + math.log(l[i]) if l[i] != ZERO else NEG_INF
+
+    def grid(problem):
+        return ((problem.n_q + BR - 1) // BR, problem.bh)
+
+    return kernel, n_smem, grid
