@@ -121,13 +121,16 @@ def test_tf32_rounds_to_nearest_ties_away():
     assert (np.abs(x.astype(np.float64) - big - small) <= np.abs(x) * 2.0 ** -21).all()  # the 3xTF32 split
 
 
+XCH = 32 * XCH_PER_THREAD  # (a constant: Numba sizes shared arrays at compile time)
+
+
 def _mma_check():
     """One warp's m16n8k8 product D = C + A·B through ``mma``, its fragments placed as the module
     docstring of kernels/mma.py says, against NumPy (TF32 inputs: the products are exact)."""
 
     @cuda.jit
     def kernel(a, b, c, d):
-        xch = cuda.shared.array(32 * XCH_PER_THREAD, float32)
+        xch = cuda.shared.array(XCH, float32)
         tid = cuda.threadIdx.x
         g = tid // 4
         t = tid - 4 * g
@@ -140,9 +143,9 @@ def _mma_check():
     a = rng.integers(-8, 9, (16, 8)).astype(np.float32)
     b = rng.integers(-8, 9, (8, 8)).astype(np.float32)
     c = rng.integers(-64, 65, (16, 8)).astype(np.float32)
-    d = np.zeros((16, 8), np.float32)
-    kernel[1, 32](a, b, c, d)
-    np.testing.assert_array_equal(d, c + a @ b)
+    d = cuda.to_device(np.zeros((16, 8), np.float32))
+    kernel[1, 32](cuda.to_device(a), cuda.to_device(b), cuda.to_device(c), d)
+    np.testing.assert_array_equal(d.copy_to_host(), c + a @ b)
 
 
 def test_mma_fragment_layout():
