@@ -43,10 +43,10 @@ are split.
 import math
 
 import numpy as np
-from numba import cuda, float32, uint64
+from numba import cuda, float32, int32, uint64
 
 from kernels.flash2_fast import _group_reductions, fmax
-from kernels.mma import XCH_PER_THREAD, mma, tf32
+from kernels.mma import XCH_PER_THREAD, exp2, mma, split
 from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
 from sandbox.runtime import using_simulator
 
@@ -80,6 +80,14 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
 #: Head dims above this keep Q's fragments in SRAM rather than in registers: at d = 128 the
 #: registers (64 for Q, 64 for O) would leave the block too few for the S accumulators.
 Q_REGISTERS_MAX_D = 64
+
+
+#: With fewer 8-key groups per block than this, S's small products go to a second accumulator: a
+#: warp's S product is NS chains of 3·d/8 dependent products on one accumulator each, and an H100
+#: SM sub-partition with two warps needs about 8 chains per warp to keep its tensor core busy
+#: (measured: m16n8k8 TF32 at 188 TFLOP/s with 4 chains, 262 with 8, about 300 at most).
+TWO_ACCUMULATORS_BELOW = 8
+S_UNROLL = 2
 
 
 def smem_bytes(schedule, head_dim):
@@ -119,17 +127,20 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
     ITEMS = BC * D // 2  # 16-byte vectors of K (and of V) per block
     IT = -(-ITEMS // NT)
     FULL = ITEMS % NT == 0
-    NBUF = 4 * IT
+    NBUF = 2 * IT
+    S4 = NT // 4  # e >> 2 grows by this from one item to the next
+    # S's accumulators: below 8 key groups a warp's independent chains of products are too few to
+    # hide the tensor cores' latency (kernels/mma.py), and the small products take a second one
+    TWO = NS < TWO_ACCUMULATORS_BELOW
+    KU = S_UNROLL if KD % S_UNROLL == 0 else 1
     inline = cuda.jit(device=True) if using_simulator() else cuda.jit(device=True, forceinline=True)
 
     @inline
     def put(sm, at, x0, x1):
         """The vector (big x0, big x1, small x0, small x1) at sm[at]: converted first, then stored
         together (one 16-byte store)."""
-        b0 = tf32(x0)
-        b1 = tf32(x1)
-        s0 = tf32(x0 - b0)
-        s1 = tf32(x1 - b1)
+        b0, s0 = split(x0)
+        b1, s1 = split(x1)
         sm[at] = b0
         sm[at + uint64(1)] = b1
         sm[at + uint64(2)] = s0
@@ -144,53 +155,89 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
             d0, d1, d2, d3 = mma(xch, tid, ab0, ab1, ab2, ab3, bs0, bs1, d0, d1, d2, d3)
         return mma(xch, tid, ab0, ab1, ab2, ab3, bb0, bb1, d0, d1, d2, d3)
 
+    def item_of(m):
+        """The thread's item it as (e >> 2) % m and (e >> 2) // m, e = tid + it·NT (K: m = Bc,
+        giving the key and the 8-column group; V: m = d, the column and the 8-key group), from
+        t4 = tid >> 2, written so that each item adds only compile-time constants: its loads and
+        stores share one address and take constant offsets."""
+
+        @inline
+        def item(t4, it):
+            if S4 % m == 0:
+                return t4 % uint64(m), t4 // uint64(m) + uint64(it * (S4 // m))
+            if m % S4 == 0:  # (t4 < S4, and (it·S4) % m <= m - S4)
+                return t4 + uint64((it * S4) % m), uint64((it * S4) // m)
+            e4 = t4 + uint64(it * S4)
+            return e4 % uint64(m), e4 // uint64(m)
+
+        return item
+
+    k_item, v_item = item_of(BC), item_of(D)
+
     @inline
-    def fetch(k, v, b, h, k0, kv_len, buf, tid):
-        """K_j and V_j: HBM -> registers, the thread's items (module docstring), unconverted (a
-        conversion here would wait for the load); zeros past the last key."""
+    def fetch_k(k, b, h, k0, kv_len, buf, tid):
+        """K_j: HBM -> registers, the thread's items (module docstring), unconverted (a conversion
+        here would wait for the load); zeros past the last key."""
         u0 = uint64(k0)
         n = uint64(kv_len)
         tt = uint64(tid) & uint64(3)
+        t4 = uint64(tid) >> uint64(2)
+        kh = k[b, h]  # (one base address: the items' loads differ by constants)
         for it in range(IT):
-            e = uint64(tid) + uint64(it * NT)
             x0 = IN(0)
             x1 = IN(0)
-            x2 = IN(0)
-            x3 = IN(0)
-            if FULL or e < ITEMS:
-                # K vector (c, key, tt): K[key, 8c + tt] and K[key, 8c + tt + 4]
-                key = (e >> uint64(2)) % uint64(BC)
-                c = (e >> uint64(2)) // uint64(BC)
+            if FULL or uint64(tid) + uint64(it * NT) < ITEMS:
+                # vector (c, key, tt): K[key, 8c + tt] and K[key, 8c + tt + 4]
+                key, c = k_item(t4, it)
                 if key < n:
-                    x0 = k[b, h, u0 + key, uint64(8) * c + tt]
-                    x1 = k[b, h, u0 + key, uint64(8) * c + tt + uint64(4)]
-                # V vector (c, col, tt): V[8c + 2tt, col] and V[8c + 2tt + 1, col]
-                col = (e >> uint64(2)) % uint64(D)
-                c = (e >> uint64(2)) // uint64(D)
-                r = uint64(8) * c + uint64(2) * tt
-                if r < n:
-                    x2 = v[b, h, u0 + r, col]
-                if r + uint64(1) < n:
-                    x3 = v[b, h, u0 + r + uint64(1), col]
-            buf[4 * it] = x0
-            buf[4 * it + 1] = x1
-            buf[4 * it + 2] = x2
-            buf[4 * it + 3] = x3
+                    x0 = kh[u0 + key, uint64(8) * c + tt]
+                    x1 = kh[u0 + key, uint64(8) * c + tt + uint64(4)]
+            buf[2 * it] = x0
+            buf[2 * it + 1] = x1
 
     @inline
-    def store(buf, sm, tid):
-        """The fetched items: split into (big, small) and stored, one 16-byte vector each."""
+    def fetch_v(v, b, h, k0, kv_len, buf, tid):
+        """V_j: HBM -> registers, as fetch_k."""
+        u0 = uint64(k0)
+        n = uint64(kv_len)
         tt = uint64(tid) & uint64(3)
+        t4 = uint64(tid) >> uint64(2)
+        vh = v[b, h]
         for it in range(IT):
-            e = uint64(tid) + uint64(it * NT)
-            if FULL or e < ITEMS:
-                key = (e >> uint64(2)) % uint64(BC)
-                c = (e >> uint64(2)) // uint64(BC)
-                put(sm, (c * uint64(BC) + key) * uint64(16) + tt * uint64(4), to_f32(buf[4 * it]), to_f32(buf[4 * it + 1]))
-                col = (e >> uint64(2)) % uint64(D)
-                c = (e >> uint64(2)) // uint64(D)
-                put(sm, OV + (c * uint64(D) + col) * uint64(16) + tt * uint64(4), to_f32(buf[4 * it + 2]),
-                    to_f32(buf[4 * it + 3]))
+            x0 = IN(0)
+            x1 = IN(0)
+            if FULL or uint64(tid) + uint64(it * NT) < ITEMS:
+                # vector (c, col, tt): V[8c + 2tt, col] and V[8c + 2tt + 1, col]
+                col, c = v_item(t4, it)
+                r = uint64(8) * c + uint64(2) * tt
+                if r < n:
+                    x0 = vh[u0 + r, col]
+                if r + uint64(1) < n:
+                    x1 = vh[u0 + r + uint64(1), col]
+            buf[2 * it] = x0
+            buf[2 * it + 1] = x1
+
+    @inline
+    def store_k(buf, sm, tid):
+        """The fetched K items: split into (big, small) and stored, one 16-byte vector each."""
+        tt = uint64(tid) & uint64(3)
+        t4 = uint64(tid) >> uint64(2)
+        for it in range(IT):
+            if FULL or uint64(tid) + uint64(it * NT) < ITEMS:
+                key, c = k_item(t4, it)
+                put(sm, (c * uint64(BC) + key) * uint64(16) + tt * uint64(4), to_f32(buf[2 * it]),
+                    to_f32(buf[2 * it + 1]))
+
+    @inline
+    def store_v(buf, sm, tid):
+        """The fetched V items, as store_k."""
+        tt = uint64(tid) & uint64(3)
+        t4 = uint64(tid) >> uint64(2)
+        for it in range(IT):
+            if FULL or uint64(tid) + uint64(it * NT) < ITEMS:
+                col, c = v_item(t4, it)
+                put(sm, OV + (c * uint64(D) + col) * uint64(16) + tt * uint64(4), to_f32(buf[2 * it]),
+                    to_f32(buf[2 * it + 1]))
 
     def kernel(q, k, v, o, lse, scale, counters):
         if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or o.shape[3] != D:
@@ -222,11 +269,11 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
         qv = OQ + uint64(w * KD * 128 + 4 * lane)  # ... or in SRAM: the lane's vector of group 0
         acc = cuda.local.array((KD, 4), float32)  # O's accumulators, 8 columns of d per group
         s = cuda.local.array((NS, 4), float32)  # S (then P): 8 keys per group; Q_big·K_big
-        sx = cuda.local.array((NS, 4), float32)  # Q_small·K_big
-        sy = cuda.local.array((NS, 4), float32)  # Q_big·K_small (zero for fp16/bf16)
+        sx = cuda.local.array((NS if TWO else 1, 4), float32)  # Q_small·K_big + Q_big·K_small (TWO)
         m = cuda.local.array(2, float32)
         l = cuda.local.array(2, float32)
-        buf = cuda.local.array(NBUF, IN)  # the thread's items of K_{j+1}, V_{j+1}
+        kb = cuda.local.array(NBUF, IN)  # the thread's items of K_{j+1}
+        vb = cuda.local.array(NBUF, IN)  # ... and of V_{j+1}
         for i in range(2):
             m[i] = NEG_INF
             l[i] = ZERO
@@ -261,8 +308,10 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
             kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped, no loads
         n_blocks = (kv_end + BC - 1) // BC
         vk = uint64(16 * g + 4 * tq)  # the lane's vector in a K or V group (key or column g, lane t)
-        fetch(k, v, b, h, 0, min(BC, n_kv), buf, tid)
-        store(buf, sm, tid)
+        fetch_k(k, b, h, 0, min(BC, n_kv), kb, tid)
+        fetch_v(v, b, h, 0, min(BC, n_kv), vb, tid)
+        store_k(kb, sm, tid)
+        store_v(vb, sm, tid)
         # barrier: K_0, V_0 are in SRAM (and Q's fragments, where they are there, each lane's own)
         cuda.syncthreads()
         for j in range(n_blocks):
@@ -270,16 +319,18 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
             kv_len = min(BC, n_kv - k0)
             k1 = k0 + BC
             more = j + 1 < n_blocks
-            if more:  # K_{j+1}, V_{j+1}: HBM -> registers, while block j is computed
-                fetch(k, v, b, h, k1, min(BC, n_kv - k1), buf, tid)
+            if more:  # K_{j+1}: HBM -> registers, while S_j is computed
+                fetch_k(k, b, h, k1, min(BC, n_kv - k1), kb, tid)
 
             # -- S = Q_i K_jᵀ
             for n in range(NS):
                 for i in range(4):
                     s[n, i] = ZERO
-                    sx[n, i] = ZERO
-                    sy[n, i] = ZERO
-            for kk in range(KD):
+                    if TWO:
+                        sx[n, i] = ZERO
+            for kk0 in range(0, KD, KU):
+              for ku in range(KU):
+                kk = kk0 + ku
                 if QS:
                     at = qv + uint64(kk * 128)
                     a0 = sm[at]
@@ -291,54 +342,58 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
                     a1 = qf[kk, 1]
                     a2 = qf[kk, 2]
                     a3 = qf[kk, 3]
-                ab0 = tf32(a0)
-                ab1 = tf32(a1)
-                ab2 = tf32(a2)
-                ab3 = tf32(a3)
-                as0 = tf32(a0 - ab0)
-                as1 = tf32(a1 - ab1)
-                as2 = tf32(a2 - ab2)
-                as3 = tf32(a3 - ab3)
+                ab0, as0 = split(a0)
+                ab1, as1 = split(a1)
+                ab2, as2 = split(a2)
+                ab3, as3 = split(a3)
                 for n in range(NS):
                     at = uint64(kk) * RK + uint64(n * 128) + vk
                     bb0 = sm[at]
                     bb1 = sm[at + uint64(1)]
                     bs0 = sm[at + uint64(2)]
                     bs1 = sm[at + uint64(3)]
-                    # three independent accumulators (the products' latency: a chain of KD each, not 3·KD)
-                    s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma(
-                        xch, tid, ab0, ab1, ab2, ab3, bb0, bb1, s[n, 0], s[n, 1], s[n, 2], s[n, 3])
-                    sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3] = mma(
-                        xch, tid, as0, as1, as2, as3, bb0, bb1, sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3])
-                    if not EXACT:
-                        sy[n, 0], sy[n, 1], sy[n, 2], sy[n, 3] = mma(
-                            xch, tid, ab0, ab1, ab2, ab3, bs0, bs1, sy[n, 0], sy[n, 1], sy[n, 2], sy[n, 3])
-            for n in range(NS):
-                for i in range(4):
-                    s[n, i] += sx[n, i] + sy[n, i]  # the small terms first, then the big one
+                    if TWO:  # the products' latency: chains of KD and 2·KD, not 3·KD
+                        s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma(
+                            xch, tid, ab0, ab1, ab2, ab3, bb0, bb1, s[n, 0], s[n, 1], s[n, 2], s[n, 3])
+                        sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3] = mma(
+                            xch, tid, as0, as1, as2, as3, bb0, bb1, sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3])
+                        if not EXACT:
+                            sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3] = mma(
+                                xch, tid, ab0, ab1, ab2, ab3, bs0, bs1, sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3])
+                    else:
+                        s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma3(
+                            xch, tid, ab0, ab1, ab2, ab3, as0, as1, as2, as3, bb0, bb1, bs0, bs1,
+                            s[n, 0], s[n, 1], s[n, 2], s[n, 3])
+            if TWO:
+                for n in range(NS):
+                    for i in range(4):
+                        s[n, i] += sx[n, i]  # the small terms first, then the big one
 
             # -- online softmax per row (the fast build's, NaN semantics included): rows r_lo
             # (s[n, 0], s[n, 1]) and r_hi (s[n, 2], s[n, 3]); keys k0 + 8n + 2t + {0, 1}
-            masked = kv_len < BC or (CAUSAL and k0 + BC - 1 > q0)
+            if kv_len < BC or (CAUSAL and k0 + BC - 1 > q0):  # a block with masked keys (block-uniform)
+                for i in range(2):
+                    cut = kv_len  # the row's keys from k0 + cut on are masked
+                    if CAUSAL:
+                        cut = min(cut, q0 + r_lo + 8 * i - k0 + 1)
+                    cut32 = int32(cut)
+                    for n in range(NS):
+                        for e in range(2):
+                            if int32(8 * n + 2 * tq + e) >= cut32:
+                                s[n, 2 * i + e] = NEG_INF
             for i in range(2):
-                r = q0 + r_lo + 8 * i
                 mx = NEG_INF
                 for n in range(NS):
                     for e in range(2):
-                        c = 8 * n + 2 * tq + e
-                        x = s[n, 2 * i + e]
-                        if masked and (c >= kv_len or (CAUSAL and k0 + c > r)):
-                            x = NEG_INF
-                        s[n, 2 * i + e] = x
-                        mx = fmax(mx, x)
+                        mx = fmax(mx, s[n, 2 * i + e])
                 mx = row_max(mx, red, tid)
                 m_new = fmax(m[i], mx)
                 m_use = m_new if m_new != NEG_INF else ZERO
-                alpha = math.exp2(m[i] - m_use)
+                alpha = exp2(m[i] - m_use)
                 rs = ZERO
                 for n in range(NS):
                     for e in range(2):
-                        p = math.exp2(s[n, 2 * i + e] - m_use)
+                        p = exp2(s[n, 2 * i + e] - m_use)
                         s[n, 2 * i + e] = p
                         rs += p
                 l[i] = alpha * l[i] + rs  # this thread's part of the row sum (alpha is the row's)
@@ -347,20 +402,18 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
                     acc[kk, 2 * i] *= alpha
                     acc[kk, 2 * i + 1] *= alpha
 
+            # barrier: every thread is done reading K_j
+            cuda.syncthreads()
+            if more:  # K_{j+1}: registers -> SRAM; V_{j+1}: HBM -> registers, while P V_j is computed
+                store_k(kb, sm, tid)
+                fetch_v(v, b, h, k1, min(BC, n_kv - k1), vb, tid)
+
             # -- O_i += P V_j: the S accumulator is the A fragment (keys 2t, 2t+1 as indices t, t+4)
             for n in range(NS):
-                p0 = s[n, 0]
-                p1 = s[n, 2]
-                p2 = s[n, 1]
-                p3 = s[n, 3]
-                pb0 = tf32(p0)
-                pb1 = tf32(p1)
-                pb2 = tf32(p2)
-                pb3 = tf32(p3)
-                ps0 = tf32(p0 - pb0)
-                ps1 = tf32(p1 - pb1)
-                ps2 = tf32(p2 - pb2)
-                ps3 = tf32(p3 - pb3)
+                pb0, ps0 = split(s[n, 0])
+                pb1, ps1 = split(s[n, 2])
+                pb2, ps2 = split(s[n, 1])
+                pb3, ps3 = split(s[n, 3])
                 for kk in range(KD):
                     at = OV + uint64(n) * RV + uint64(kk * 128) + vk
                     acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3] = mma3(
@@ -368,12 +421,10 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
                         sm[at], sm[at + uint64(1)], sm[at + uint64(2)], sm[at + uint64(3)],
                         acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3])
 
-            # barrier: every thread is done reading K_j, V_j
+            # barrier: every thread is done reading V_j (and K_{j+1} is in SRAM)
             cuda.syncthreads()
-            if more:
-                store(buf, sm, tid)
-            # barrier: K_{j+1}, V_{j+1} are in SRAM
-            cuda.syncthreads()
+            if more:  # V_{j+1}: registers -> SRAM (the next block's first barrier precedes its P V)
+                store_v(vb, sm, tid)
 
         # -- O_i = diag(l_i)^-1 O_i -> HBM (a row that saw no key: O = 0); L_i = m_i + log l_i
         for i in range(2):

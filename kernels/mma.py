@@ -1,12 +1,22 @@
 """Tensor-core products in fp32 precision: TF32 rounding and the 3xTF32 warp product, with the
-CUDA simulator's fallback chosen here, in one place.
+CUDA simulator's fallback chosen here, in one place (and likewise the softmax's ``exp2``).
 
-A float32 x is split into two TF32 values (10 explicit mantissa bits each): big = tf32(x),
-small = tf32(x - big), so x = big + small up to about 2^-22·|x|. A product a·b is then
-a_small·b_big + a_big·b_small + a_big·b_big (the a_small·b_small term, about 2^-22 of it, is
-dropped): three TF32 tensor-core products give an fp32-accurate one. This is CUTLASS's
-``OpMultiplyAddFastF32``, which PyTorch's memory-efficient SDPA kernel uses for fp32 inputs on
-sm_80 and newer (``DefaultGemmType<ArchTag, float>`` in its ``gemm_kernel_utils.h``).
+A float32 x is split into two parts (``split``): big = x rounded to TF32 (10 explicit mantissa
+bits; to nearest, ties away from zero: half a TF32 ulp added to the bits, the low 13 bits cleared)
+and small = x - big (exact in fp32), so x = big + small. The tensor cores read an fp32 operand as
+TF32 by ignoring its low 13 bits (truncation, pinned by ``test_mma_truncates_operands``), so the
+small part goes in raw and enters truncated, within 2^-10 of itself, that is within 2^-21·|x|. A
+product a·b is then a_small·b_big + a_big·b_small + a_big·b_big (the a_small·b_small term, about
+2^-22 of it, is dropped): three TF32 tensor-core products give an fp32-accurate one. This is
+CUTLASS's ``OpMultiplyAddFastF32``, which PyTorch's memory-efficient SDPA kernel uses for fp32
+inputs on sm_80 and newer (``DefaultGemmType<ArchTag, float>`` in its ``gemm_kernel_utils.h``),
+with the same cheap rounding (its ``round_half_ulp_truncate``: three integer and float
+instructions per split, where ``cvt.rna.tf32.f32`` is emulated by four per conversion on sm_90).
+
+Inf stays inf (small = NaN then, as inf - inf); a finite x within half a TF32 ulp of the float32
+maximum rounds to inf; a NaN whose payload lies only in the low 13 bits becomes inf, and its
+small part NaN. Either way the products that use the small part are NaN, except the A_big·B_small
+product skipped for fp16/bf16 inputs, whose NaNs keep their high payload bit.
 
 The warp product is PTX's ``mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32``: D = C + A·B
 with A 16×8, B 8×8, C and D 16×8, spread over the 32 lanes of a warp. Lane l has
@@ -16,13 +26,19 @@ g = l // 4 and t = l % 4 and holds
     B: b0 = B[t, g], b1 = B[t + 4, g]
     C, D: c0 = C[g, 2t], c1 = C[g, 2t + 1], c2 = C[g + 8, 2t], c3 = C[g + 8, 2t + 1]
 
-On the GPU both are inline PTX (``cvt.rna.tf32.f32`` and ``mma.sync``). The simulator has no
+``exp2`` is the GPU's ``ex2.approx.ftz.f32`` (one MUFU.EX2; libdevice's exp2f is the same
+instruction wrapped in a rescaling for subnormal results: 2 ulp on normal results, CUDA's math
+API says), so results below 2^-126 are zero; in the simulator it is Python's, rounded to fp32.
+
+On the GPU these are inline PTX (the rounding's integer add and mask, and ``mma.sync``). The simulator has no
 tensor cores and no cross-lane registers: there the lanes of a warp swap their fragments through
 a shared array (``xch``, :data:`XCH_PER_THREAD` floats per thread, allocated by the kernel),
 with a barrier before and after, so every thread of the block must make the same calls. Its
-TF32 rounding is exact (round to nearest, ties away from zero, like ``cvt.rna``); its sums are
-fp64 rounded once to fp32 per product, which the tensor cores need not match bit for bit.
+split is the GPU's bit for bit and it truncates the operands as the tensor cores do; its sums
+are fp64 rounded once to fp32 per product, which the tensor cores need not match bit for bit.
 """
+
+import math
 
 import numpy as np
 from numba import cuda
@@ -34,13 +50,27 @@ XCH_PER_THREAD = 6
 
 if using_simulator():
 
-    def tf32(x):
-        """x rounded to TF32 (10 explicit mantissa bits), nearest with ties away from zero; NaN and
-        ±inf unchanged; a float32 whose low 13 bits are zero."""
-        bits = int(np.float32(x).view(np.uint32))
-        if bits & 0x7F800000 == 0x7F800000:
-            return np.float32(x)
-        return np.uint32(((bits + 0x1000) & 0xFFFFE000) & 0xFFFFFFFF).view(np.float32)
+    def _bits(x):
+        return int(np.float32(x).view(np.uint32))
+
+    def _float(bits):
+        return np.uint32(bits & 0xFFFFFFFF).view(np.float32)
+
+    def split(x):
+        """(big, small): big = x rounded to TF32 (half an ulp added to the bits, the low 13 bits
+        cleared), small = x - big (the module docstring)."""
+        x = np.float32(x)
+        big = _float((_bits(x) + 0x1000) & 0xFFFFE000)
+        with np.errstate(invalid="ignore"):
+            return big, np.float32(x - big)
+
+    def exp2(x):
+        """2^x in fp32 (the GPU's is ex2.approx.ftz.f32)."""
+        return np.float32(math.exp2(x))
+
+    def _truncated(x):
+        """x as the tensor cores read a TF32 operand: its low 13 bits ignored."""
+        return float(_float(_bits(x) & 0xFFFFE000))
 
     @cuda.jit(device=True)  # (the simulator gives a jitted function's module its fake ``cuda`` while it runs)
     def mma(xch, tid, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
@@ -60,7 +90,7 @@ if using_simulator():
                 # A[row, k]: lane (row % 8)·4 + k % 4, register a0..a3; B[k, col]: lane col·4 + k % 4, b0 or b1
                 a = xch[(warp0 + (row % 8) * 4 + k % 4) * XCH_PER_THREAD + (row >= 8) + 2 * (k >= 4)]
                 b = xch[(warp0 + col * 4 + k % 4) * XCH_PER_THREAD + 4 + (k >= 4)]
-                total += float(a) * float(b)
+                total += _truncated(a) * _truncated(b)
             out.append(np.float32(total))
         cuda.syncthreads()
         return out[0], out[1], out[2], out[3]
@@ -71,21 +101,46 @@ else:
     from numba.cuda.extending import intrinsic
 
     @intrinsic
-    def tf32(typingctx, x):
-        """x rounded to TF32 (``cvt.rna.tf32.f32``), as a float32 whose low 13 bits are zero.
+    def _tf32_big(typingctx, x):
+        """x rounded to TF32: half a TF32 ulp added to the bits, the low 13 bits cleared.
 
-        (A side effect for LLVM: loop-invariant conversions would otherwise be hoisted out of the
-        K/V loop and held in registers, Q's twice over.)"""
+        (Inline PTX with a side effect: LLVM would otherwise hoist loop-invariant splits out of
+        the K/V loop and hold them in registers, Q's twice over.)"""
         if x != types.float32:
             return None
         sig = types.float32(types.float32)
 
         def codegen(context, builder, signature, args):
             f32, i32 = ir.FloatType(), ir.IntType(32)
-            cvt = ir.InlineAsm(ir.FunctionType(i32, [f32]), "cvt.rna.tf32.f32 $0, $1;", "=r,f", side_effect=True)
-            return builder.bitcast(builder.call(cvt, args), f32)
+            asm = ir.InlineAsm(ir.FunctionType(i32, [i32]),
+                               "{ .reg .b32 t; add.u32 t, $1, 4096; and.b32 $0, t, -8192; }", "=r,r",
+                               side_effect=True)
+            return builder.bitcast(builder.call(asm, [builder.bitcast(args[0], i32)]), f32)
 
         return sig, codegen
+
+    @intrinsic
+    def _ex2(typingctx, x):
+        if x != types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            f32 = ir.FloatType()
+            asm = ir.InlineAsm(ir.FunctionType(f32, [f32]), "ex2.approx.ftz.f32 $0, $1;", "=f,f")
+            return builder.call(asm, args)
+
+        return types.float32(types.float32), codegen
+
+    @cuda.jit(device=True, forceinline=True)
+    def exp2(x):
+        """2^x in fp32: ``ex2.approx.ftz.f32`` (the module docstring)."""
+        return _ex2(x)
+
+    @cuda.jit(device=True, forceinline=True)
+    def split(x):
+        """(big, small): big = x rounded to TF32, small = x - big (the module docstring)."""
+        big = _tf32_big(x)
+        return big, x - big
 
     _MMA = ("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
             "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};")
@@ -110,5 +165,6 @@ else:
     @cuda.jit(device=True, forceinline=True)
     def mma(xch, tid, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
         """D = C + A·B, one m16n8k8 TF32 warp product (the module docstring's fragments): float32
-        values (A and B holding TF32 ones); ``xch`` and ``tid`` are the simulator's."""
+        values, A and B read as TF32 (their low 13 bits ignored); ``xch`` and ``tid`` are the
+        simulator's."""
         return _mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)

@@ -13,7 +13,7 @@ from numba import cuda, float32
 from kernels import flash2_tc
 from kernels.flash2_tc import eligible, smem_bytes, tc_schedule
 from kernels.launch import use_fast
-from kernels.mma import XCH_PER_THREAD, mma, tf32
+from kernels.mma import XCH_PER_THREAD, mma, split
 from sandbox import Problem, Schedule, reference_attention
 from sandbox.lab import attention
 from tests.strategies import SIMULATED, make_inputs
@@ -40,6 +40,9 @@ SIM_CASES = {
     "2warps-causal-ragged": (32, 16, 37, 45, 16, "float32", True),
     "fp16-causal": (16, 8, 20, 20, 8, "float16", True),
     "bf16": (16, 16, 18, 30, 8, "bfloat16", False),
+    # 64 threads, Bc = d = 24: an item's key (column) and group are neither per-thread constants nor
+    # per-item ones (item_of's general case), and the last item is partial
+    "items-general": (32, 24, 30, 50, 24, "float32", False),
 }
 GPU_CASES = {
     f"{br}x{bc}-d{d}-{dt}-{'causal' if c else 'full'}": (br, bc, 301, 333, d, dt, c)
@@ -60,6 +63,13 @@ def test_q_fragments_in_shared_memory(monkeypatch):
     s = tc_schedule(32, 16)
     assert smem_bytes(s, 16) == 16 * 16 * 16 + 4 * 32 * 16
     check(s, Problem(1, 1, 35, 40, 16, causal=True), seed=5, magnitude=4.0)
+
+
+def test_one_accumulator_for_s(monkeypatch):
+    """From TWO_ACCUMULATORS_BELOW key groups on (8: Bc = 64 on the GPU) S's three products share
+    one accumulator: the same results."""
+    monkeypatch.setattr(flash2_tc, "TWO_ACCUMULATORS_BELOW", 1)
+    check(tc_schedule(16, 16), Problem(1, 2, 23, 29, 16, causal=True), seed=3, magnitude=4.0)
 
 
 @pytest.mark.gpu
@@ -105,20 +115,46 @@ def test_counting_runs_take_the_counting_build():
     assert report.bytes("hbm_writes") == plain.bytes("hbm_writes") > 0
 
 
-@pytest.mark.skipif(not SIMULATED, reason="the simulator's TF32 rounding (the GPU's is cvt.rna)")
-def test_tf32_rounds_to_nearest_ties_away():
-    one = np.float32(1.0)
-    half = np.float32(2.0 ** -11)  # half a TF32 ulp at 1
-    assert tf32(one + half) == np.float32(1 + 2.0 ** -10)  # a tie: away from zero
-    assert tf32(-(one + half)) == -np.float32(1 + 2.0 ** -10)
-    assert tf32(one + half - np.float32(2.0 ** -23)) == one  # below the tie: down
-    assert np.isinf(tf32(np.float32(np.inf))) and np.isnan(tf32(np.float32(np.nan)))
-    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
-    big = np.array([tf32(v) for v in x], np.float32)
+@cuda.jit
+def _split_kernel(x, big, small):
+    i = cuda.grid(1)
+    if i < x.size:
+        big[i], small[i] = split(x[i])
+
+
+def _split(x):
+    x = np.ascontiguousarray(x, np.float32)
+    big, small = cuda.device_array_like(x), cuda.device_array_like(x)
+    _split_kernel[1, x.size](cuda.to_device(x), big, small)
+    return big.copy_to_host(), small.copy_to_host()
+
+
+def _split_check():
+    """split(x) = (x rounded to TF32, to nearest with ties away from zero; the exact remainder)."""
+    one, half, ulp = np.float32(1.0), np.float32(2.0 ** -11), np.float32(2.0 ** -23)  # half a TF32 ulp at 1
+    x = np.array([one + half, -(one + half), one + half - ulp, np.inf, -np.inf, np.nan], np.float32)
+    big, small = _split(x)
+    assert big[0] == np.float32(1 + 2.0 ** -10) and big[1] == -big[0]  # ties: away from zero
+    assert big[2] == one and small[2] == half - ulp  # below the tie: down
+    assert np.isposinf(big[3]) and np.isneginf(big[4]) and np.isnan(big[5])
+    assert np.isnan(small[3:]).all()  # inf - inf: the products that use them are NaN
+    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * np.float32(1e3)
+    big, small = _split(x)
     assert not (big.view(np.uint32) & 0x1FFF).any()  # 10 explicit mantissa bits
     assert (np.abs(x - big) <= np.abs(x) * 2.0 ** -11).all()
-    small = np.array([tf32(v - b) for v, b in zip(x, big)], np.float32)
-    assert (np.abs(x.astype(np.float64) - big - small) <= np.abs(x) * 2.0 ** -21).all()  # the 3xTF32 split
+    assert (big.astype(np.float64) + small == x).all()  # the remainder is exact
+    # small as the tensor cores read it (low 13 bits ignored): the 3xTF32 split, within 2^-21·|x|
+    small_tc = (small.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+    assert (np.abs(x.astype(np.float64) - big - small_tc) <= np.abs(x) * 2.0 ** -21).all()
+
+
+def test_split():
+    _split_check()
+
+
+@pytest.mark.gpu
+def test_split_on_the_gpu():
+    _split_check()
 
 
 XCH = 32 * XCH_PER_THREAD  # (a constant: Numba sizes shared arrays at compile time)
@@ -155,3 +191,32 @@ def test_mma_fragment_layout():
 @pytest.mark.gpu
 def test_mma_fragment_layout_on_the_tensor_cores():
     _mma_check()
+
+
+def _truncation_check():
+    """The tensor cores read A and B as TF32 by ignoring their low 13 bits (truncation), which
+    split relies on for the raw small parts; the simulator's fallback does the same."""
+
+    @cuda.jit
+    def kernel(a, b, d):
+        xch = cuda.shared.array(XCH, float32)
+        tid = cuda.threadIdx.x
+        z = float32(0)
+        d[tid, 0], d[tid, 1], d[tid, 2], d[tid, 3] = mma(xch, tid, a[0], a[1], a[2], a[3], b[0], b[1], z, z, z, z)
+
+    x = np.float32(1 + 0.75 * 2.0 ** -10)  # 1 and three quarters of a TF32 ulp: rounds to 1 + ulp, truncates to 1
+    d = cuda.to_device(np.zeros((32, 4), np.float32))
+    ones = np.ones(4, np.float32)
+    kernel[1, 32](cuda.to_device(ones * x), cuda.to_device(ones[:2]), d)
+    np.testing.assert_array_equal(d.copy_to_host(), 8.0)  # A, B all ones after truncation: 8 terms of 1
+    kernel[1, 32](cuda.to_device(ones), cuda.to_device(ones[:2] * -x), d)
+    np.testing.assert_array_equal(d.copy_to_host(), -8.0)  # toward zero for negative values too
+
+
+def test_mma_truncates_operands():
+    _truncation_check()
+
+
+@pytest.mark.gpu
+def test_mma_truncates_operands_on_the_gpu():
+    _truncation_check()
