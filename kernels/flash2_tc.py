@@ -9,13 +9,16 @@ block, O_i and L_i written once. What differs is the arithmetic, and where S and
         d = 64 (Q_REGISTERS_MAX_D), else in SRAM, each lane's own vectors
     K_0, V_0: HBM -> split into TF32 big and small parts -> SRAM, in fragment order
     for each K/V block j (causal: only blocks with a key <= the block's last query):
-        start loading K_{j+1}, V_{j+1} into registers (they arrive while block j is computed)
-        S = Q_i K_jᵀ: per warp 16 rows; per 8 columns of d and 8 keys, three m16n8k8 products
-            on three accumulators (a dependent chain of d/8 products each, not 3·d/8)
+        start loading K_{j+1} into registers (it arrives while S is computed)
+        S = Q_i K_jᵀ: per warp 16 rows; per 8 columns of d and 8 keys, three m16n8k8 products,
+            on one accumulator from TWO_ACCUMULATORS_BELOW key groups on, else the small
+            products on a second one (chains of d/8 and 2·d/8 products, not 3·d/8)
         m_ij, P, l_ij: per row, in registers (a row is 4 lanes: two xor shuffles)
+        barrier; K_{j+1}: registers -> split -> SRAM; start loading V_{j+1} into registers
         O_i = diag(alpha) O_i + P V_j: P stays in registers (see below), three products per
               8 keys and 8 columns of d
-        K_{j+1}, V_{j+1}: registers -> split -> SRAM (after a barrier)
+        barrier; V_{j+1}: registers -> split -> SRAM (the next block's first barrier comes
+              before its P·V)
     O_i = diag(l_i)⁻¹ O_i -> HBM;  L_i = m_i + log l_i -> HBM
 
 The thread layout is the schedule's: Br = 16·warps, thread_q = 2 (rows g and g + 8 of the
