@@ -36,7 +36,10 @@ DEFAULT_BLOCK, DEFAULT_TILE = 64, 4
 #: K/V block of the seed's blockwise PyTorch implementation (the seed's default block_size).
 BLOCKWISE_BLOCK = 128
 #: PyTorch SDPA backends we time, by our name.
-SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION", "sdpa-math": "MATH"}
+SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION",
+                 "sdpa-efficient": "EFFICIENT_ATTENTION", "sdpa-math": "MATH"}
+#: SDPA backends that take fp16/bf16 inputs only.
+SDPA_16BIT_ONLY = ("sdpa-flash", "sdpa-cudnn")
 #: Every implementation name, in the order rows are produced (peers first, then ours).
 IMPL_NAMES = (*SDPA_BACKENDS, "cupy-naive", "torch-blockwise", "standard", "flash1", "flash2", "flash2-plain")
 #: Our rows by name: (kind, build). "flash2" is flash2's fast build (kernels/flash2_fast.py) on
@@ -248,8 +251,8 @@ class Sdpa(Impl):
             return ok, why
         if not installed("torch.nn.attention"):
             return False, "this torch has no torch.nn.attention.sdpa_kernel (PyTorch >= 2.3)"
-        if self.name == "sdpa-flash" and problem.dtype.name == "float32":
-            return False, "the flash backend takes fp16/bf16 only"
+        if self.name in SDPA_16BIT_ONLY and problem.dtype.name == "float32":
+            return False, f"{self.name} takes fp16/bf16 only"
         return True, ""
 
     def context(self):

@@ -242,16 +242,17 @@ def test_our_extra_memory_is_what_the_launcher_allocates(kind):
 def test_registry_and_schedules(monkeypatch):
     impls = implementations(backward=True)
     assert [(i.name, i.direction) for i in impls] == [
-        ("sdpa-flash", "fwd"), ("sdpa-efficient", "fwd"), ("sdpa-math", "fwd"), ("cupy-naive", "fwd"),
-        ("torch-blockwise", "fwd"), ("standard", "fwd"), ("flash1", "fwd"), ("flash2", "fwd"), ("flash2-plain", "fwd"),
-        ("sdpa-flash", "bwd"), ("sdpa-efficient", "bwd"), ("sdpa-math", "bwd"), ("standard", "bwd"), ("flash2", "bwd"),
+        ("sdpa-flash", "fwd"), ("sdpa-cudnn", "fwd"), ("sdpa-efficient", "fwd"), ("sdpa-math", "fwd"),
+        ("cupy-naive", "fwd"), ("torch-blockwise", "fwd"), ("standard", "fwd"), ("flash1", "fwd"), ("flash2", "fwd"),
+        ("flash2-plain", "fwd"), ("sdpa-flash", "bwd"), ("sdpa-cudnn", "bwd"), ("sdpa-efficient", "bwd"),
+        ("sdpa-math", "bwd"), ("standard", "bwd"), ("flash2", "bwd"),
     ]
-    assert [i.ours for i in impls[5:9]] == [True] * 4 and not any(i.ours for i in impls[:5])
-    assert impls[7].schedule == impls[8].schedule == Schedule("flash2", block_q=64, block_kv=64, thread_q=4, thread_kv=4)
-    assert (impls[7].fast, impls[8].fast) == (None, False)  # flash2: the fast build where it runs; -plain: never
+    assert [i.ours for i in impls[6:10]] == [True] * 4 and not any(i.ours for i in impls[:6])
+    assert impls[8].schedule == impls[9].schedule == Schedule("flash2", block_q=64, block_kv=64, thread_q=4, thread_kv=4)
+    assert (impls[8].fast, impls[9].fast) == (None, False)  # flash2: the fast build where it runs; -plain: never
     tuned = implementations(["flash2"], backward=True, schedules=default_schedules(tune=True))
     assert tuned[0].schedule is None  # the autotuned one, per (head_dim, dtype)
-    assert tuned[1].schedule == impls[7].schedule  # the backward is not the fast build's: the default
+    assert tuned[1].schedule == impls[8].schedule  # the backward is not the fast build's: the default
     assert default_schedules(block_q=32, tune=True)["flash2"].block_q == 32  # an override is not tuned away
     assert [i.name for i in implementations(["flash2", "sdpa-math"])] == ["sdpa-math", "flash2"]
     with pytest.raises(ValueError, match="unknown implementation 'flash3'"):
@@ -261,8 +262,9 @@ def test_registry_and_schedules(monkeypatch):
     fp32, fp16 = Problem(1, 1, 64, 64, 64), Problem(1, 1, 64, 64, 64, dtype="float16")
     monkeypatch.setattr("sandbox.bench_impls.torch_cuda", lambda: (True, ""))  # as on a GPU machine
     monkeypatch.setattr("sandbox.bench_impls.installed", lambda module: True)
-    assert Sdpa("sdpa-flash").available(fp32) == (False, "the flash backend takes fp16/bf16 only")
-    assert Sdpa("sdpa-flash").available(fp16) == (True, "")
+    for name in ("sdpa-flash", "sdpa-cudnn"):
+        assert Sdpa(name).available(fp32) == (False, f"{name} takes fp16/bf16 only")
+        assert Sdpa(name).available(fp16) == (True, "")
     monkeypatch.setattr("sandbox.bench_impls.torch_cuda", lambda: (False, "torch is not installed"))
     assert Sdpa("sdpa-math").available(fp32) == (False, "torch is not installed")
     ok, why = Ours("flash2", "fwd", Schedule("flash2", block_q=64, block_kv=64)).available(Problem(1, 1, 64, 64, 300))
