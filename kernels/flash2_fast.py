@@ -86,7 +86,7 @@ PAD = 4  # floats of padding per row of the transposed tiles
 #: Shared memory per SM and the driver's reservation per block (an H100; sm_80 has 164 KiB): the
 #: register cap lets as many blocks reside as shared memory does, up to MAX_BLOCKS_PER_SM.
 SMEM_PER_SM, SMEM_RESERVED = 228 * 1024, 1024
-#: With one block of 8 warps an SM waits on shared-memory latency (ncu, session 3): the register
+#: With one block of 8 warps an SM waits on shared-memory latency (ncu, H100): the register
 #: cap makes room for up to MAX_BLOCKS_PER_SM blocks, but never below MIN_REGISTERS per thread.
 MAX_BLOCKS_PER_SM, MIN_REGISTERS = 4, 128
 #: K_{j+1} and V_{j+1} are loaded into registers during the products on block j (hiding the HBM
@@ -164,7 +164,7 @@ def min_blocks_per_sm(schedule, head_dim):
     """Blocks per SM the register cap makes room for (kernels/launch.py): as many as the shared
     memory lets reside, at most MAX_BLOCKS_PER_SM, and no more than leave MIN_REGISTERS per
     thread; at least 1. The tensor-core build (``math="tf32x3"``): 1, all 255 registers (H100,
-    session 8: capped at 128 for two blocks, 128×32 at d = 64 spilled and ran 3.22 ms against 3.01,
+    N = 4096: capped at 128 for two blocks, 128×32 at d = 64 spilled and ran 3.22 ms against 3.01,
     128×16 at d = 128 7.04 against 6.80)."""
     if schedule.math == "tf32x3":
         return 1
@@ -179,11 +179,11 @@ def lane_layout(schedule):
 
     Plain: (tid // TX, tid % TX); a row's TX threads are consecutive lanes (offsets TX/2, ..., 1).
 
-    Paired, for TX = 2, 4, 8 or 16 and whole warps (session 6): lane l of warp w is
+    Paired, for TX = 2, 4, 8 or 16 and whole warps (BENCHMARKS.md, Fast build): lane l of warp w is
     tx = (l >> 1) mod TX, ty = (32 / TX)·w + (l & 1) + 2·(l >> (1 + log2 TX)), so the four lanes of
     every quad read 2 row vectors and 2 column vectors. On the H100 an ``ld.shared.v4`` then costs
     2 wavefronts per warp (its minimum); with 4 distinct vectors in a quad it costs 4, whatever the
-    banks (ncu on a micro-benchmark: docs/bench/h100-2026-11-24-session6/lds-*.txt). The plain
+    banks (ncu on a micro-benchmark; BENCHMARKS.md, Fast build). The plain
     layout puts 4 column vectors in a quad (tx = l mod TX), so every S and O column load paid 4.
     A row's threads differ in lane bits 1 ... log2 TX (offsets TX, ..., 2).
     """
@@ -382,7 +382,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
 
     # -- the two products: one outer product of two vectors read from SRAM per step (k or key),
     # software-pipelined: the vectors of step i+1 are loaded before the FMAs of step i, so no FMA
-    # waits on its own loads (ncu, session 6: 13% of warp stalls were FMAs waiting on the loads
+    # waits on its own loads (ncu, H100: 13% of warp stalls were FMAs waiting on the loads
     # just above them at the top of each loop iteration). Eight steps per loop iteration, written
     # out (NVVM does not unroll these loops; unrolled, every address is a base register plus a
     # constant), then one at a time.
@@ -406,7 +406,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
 
         # A step's FMAs run along the longer of its two vectors, so that each register value
         # read feeds more consecutive FMAs (ptxas's operand-reuse cache); row by row on a tie.
-        # H100, N = 4096 (session 7): 128×64 8×4 at d = 128 (S column by column, O row by row)
+        # H100, N = 4096: 128×64 8×4 at d = 128 (S column by column, O row by row)
         # 6.99 and 7.03 ms against 7.22 and 7.10 all row by row; 8×8 at d = 64 row by row 3.47
         # ms against 3.75 all column by column.
         if NB < TM:
@@ -554,7 +554,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
                     acc[a, c] *= alpha
             # (the threads of a quarter warp own S columns 4 apart: their vector stores into Pᵀ meet
             # in 2 of the 8 16-byte bank groups. An XOR swizzle fixes that, but NVVM then stopped
-            # vectorizing the Pᵀ loads, which are many more; session 5.)
+            # vectorizing the Pᵀ loads, which are many more.)
             for bb in range(TN):
                 c = VN * tx + (bb // VN) * VN * TX + bb % VN
                 prow = OP + uint64(c * QS) + rq

@@ -53,7 +53,7 @@ def max_registers(threads, blocks=1, per_sm=65536, partitions=4):
     An SM's register file is split among its ``partitions`` schedulers, and warps are dealt to them
     in turn: the partition with the most warps bounds the count. (On an H100, 480 threads at 136
     registers, 65,280 in all, failed to launch: 4 of the 15 warps share one 16,384-register
-    partition; session 5.)"""
+    partition.)"""
     warps = -(-threads // 32) * blocks
     per_partition_warps = -(-warps // partitions)
     return max(8, min(255, per_sm // partitions // (32 * per_partition_warps) // 8 * 8))
@@ -65,7 +65,7 @@ def _jit_options(schedule, head_dim, fast):
     __launch_bounds__), with all of the SM's L1/shared carveout as shared memory; nothing under
     the simulator.
 
-    (Session 3 on an H100: plain flash2 on 64×64 blocks compiled with an explicit cap of 255 ran
+    (On an H100: plain flash2 on 64×64 blocks compiled with an explicit cap of 255 ran
     1.4× slower than without one; the cap is now passed only where it is below 255.)"""
     if using_simulator():
         return {}
@@ -131,7 +131,7 @@ def _device_empty(shape, dtype, what):
     """An uninitialised device array for a kernel's output or scratch.
 
     On a GPU with CuPy, from CuPy's memory pool (a Numba view of a CuPy array, which keeps it
-    alive): a raw cuMemAlloc per call cost about 0.2 ms per array on an H100 (session 5), 15% of a
+    alive): a raw cuMemAlloc per call cost about 0.2 ms per array on an H100, 15% of a
     4 ms attention call. Else, under the simulator, or where CuPy's current device is not Numba's,
     Numba's ``device_array``.
 

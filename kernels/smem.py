@@ -1,4 +1,4 @@
-"""Raise a compiled kernel's dynamic shared memory limit above 48 KB (NVIDIA/numba-cuda issue 94).
+"""Raise a compiled kernel's dynamic shared memory limit above 48 KB (NVIDIA/numba-cuda#94).
 
 numba-cuda launches with any dynamic shared memory size but gives no way to opt a kernel
 in above the default 48 KB; the driver attribute is set here, through cuda-bindings, on

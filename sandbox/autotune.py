@@ -32,7 +32,7 @@ CANDIDATES = (
 #: (Br, Bc) of the tensor-core build's candidates (``math="tf32x3"``, thread tile 2 × Bc/4;
 #: kernels/flash2_tc.py), tried beside the FMA ones.
 TC_CANDIDATES = ((128, 64), (128, 32), (128, 16), (64, 64), (64, 32))
-#: The problem a candidate is timed on: B·H = 32 heads of N = 4096 (the regime of issue 7).
+#: The problem a candidate is timed on: B·H = 32 heads of N = 4096 (BENCHMARKS.md's main tables).
 TUNE_BATCH, TUNE_HEADS, TUNE_N = 2, 16, 4096
 
 
@@ -113,7 +113,7 @@ TIMING = "CUDA events: the median of 3 batches of 5 back-to-back calls, ms per c
 def _time_schedule(schedule, problem):
     """Median of 3 batches of 5 calls back to back: the kernels' times without the host's launch
     work, which is the same for every candidate and, waited for per call, noisier than the gaps
-    between close candidates (session 7, H100: a median of 5 waited-for calls put 64×64 8×4 1.5%
+    between close candidates (H100: a median of 5 waited-for calls put 64×64 8×4 1.5%
     ahead of 128×64 8×8 for causal d = 64, N = 4096; in a later run, medians of 10 each, the
     latter was 4% faster there and 5% at 16K)."""
     from sandbox.bench import time_attention

@@ -33,7 +33,7 @@ from sandbox.schedule import Schedule
 
 #: Our kernels' default schedule, per kind: 64×64 blocks, 4×4 register tiles (256 threads).
 DEFAULT_BLOCK, DEFAULT_TILE = 64, 4
-#: K/V block of the seed's blockwise PyTorch implementation (the seed's default block_size).
+#: K/V block of the blockwise PyTorch in "Attention vs Flash Attention" (its default block_size).
 BLOCKWISE_BLOCK = 128
 #: PyTorch SDPA backends we time, by our name.
 SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION",
@@ -279,7 +279,7 @@ class Sdpa(Impl):
 
 
 class TorchBlockwise(Impl):
-    """The seed's blockwise PyTorch attention (:func:`blockwise_attention`), K/V blocks of ``BLOCKWISE_BLOCK``."""
+    """The blog post's blockwise PyTorch attention (:func:`blockwise_attention`), K/V blocks of ``BLOCKWISE_BLOCK``."""
 
     def available(self, problem):
         return torch_cuda()
@@ -427,10 +427,10 @@ def implementations(names=None, backward=False, schedules=None):
 # -- the peers' algorithms ------------------------------------------------------------------
 
 def blockwise_attention(q, k, v, block_size=BLOCKWISE_BLOCK, causal=False, scale=None, xp=None):
-    """The seed's ``flash_attention(Q, K, V, block_size)``, for (B, H, N, d): K/V tiles, online softmax.
+    """The blog post's ``flash_attention(Q, K, V, block_size)``, for (B, H, N, d): K/V tiles, online softmax.
 
     Plain array operations that PyTorch and NumPy (≥ 2.0) share, so the bench runs it on torch
-    tensors and the tests on NumPy arrays. As in the seed, all of Q meets one K/V block at a
+    tensors and the tests on NumPy arrays. As in the blog post, all of Q meets one K/V block at a
     time and O is renormalized after every block; m, ℓ and O are kept in fp32, and P̃ is cast to
     the input dtype for the PV product (as FlashAttention does). The causal mask is applied by
     masking (no block is skipped); block 0 comes first, so every row's m is finite from then on.

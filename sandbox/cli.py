@@ -307,7 +307,7 @@ def build_parser():
     p.add_argument("--out", default="results/figures")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("bench", help="time our kernels against PyTorch SDPA, CuPy and the seed's blockwise "
+    p = sub.add_parser("bench", help="time our kernels against PyTorch SDPA, CuPy and the blog post's blockwise "
                                     "PyTorch (GPU only) -> table + CSV + JSON")
     p.add_argument("--n", nargs="+", type=int, default=[1024, 4096, 16384], help="Nq = Nk values")
     p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims")

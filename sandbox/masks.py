@@ -267,7 +267,7 @@ def causal():
 def sliding_window(window):
     """Keys within ``window`` positions of the query, on both sides: |q_idx - kv_idx| <= window.
 
-    The seed's windowed attention; combine with :func:`causal` for the one-sided (local) form.
+    The blog post's windowed attention; combine with :func:`causal` for the one-sided (local) form.
     """
     w = _nonneg_int(window, "window")
 

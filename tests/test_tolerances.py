@@ -21,7 +21,7 @@ def test_in_order_scores_are_one_fma_per_k():
 
 
 def test_large_logits_in_order_sum_is_within_tolerance():
-    # The GPU failure that led to the in-order baseline (session 6): flash1, |S| up to 310, d = 128.
+    # The GPU failure that led to the in-order baseline: flash1, |S| up to 310, d = 128.
     # The kernel erred 1.02e-4; einsum's fp32 attention 1.7e-5, so "4x einsum's error" (9.8e-5)
     # refused it, while an fp32 attention that sums S in order, as every kernel does, errs 1.02e-4.
     p = Problem(batch=1, heads=2, n_q=256, n_kv=8, head_dim=128, scale=0.08838834764831843)

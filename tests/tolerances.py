@@ -12,7 +12,7 @@ The kernels compute in fp32 whatever the input dtype, and the reference sees the
   NumPy's einsum (blocked partial sums) and one fused multiply-add per k in order, which is what
   every kernel here does. With large logits the second can be several times less accurate
   (|S| ≈ 310, d = 128: 1.02e-4 against 1.7e-5), and a kernel that sums in order errs about as
-  much (the GPU's flash1: 1.0216e-4 against the emulation's 1.0230e-4; session 6).
+  much (the GPU's flash1: 1.0216e-4 against the emulation's 1.0230e-4).
 - output rounding: O is stored in the input dtype, half an ulp each time: u = 2⁻²⁴ (fp32),
   2⁻¹¹ (fp16, 11-bit significand) or 2⁻⁸ (bfloat16, 8-bit significand) of the value scale per
   store. flash1 stores O in HBM after every K/V block it

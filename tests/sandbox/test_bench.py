@@ -2,7 +2,7 @@
 
 The whole path of ``run_bench`` (inputs, float64 check, memory, rows, ratios, files) runs here
 under the CUDA simulator with our kernels and stand-in peers, with a stand-in timer; PyTorch and
-CuPy are not needed: the seed's blockwise algorithm and the naive one are checked on NumPy arrays.
+CuPy are not needed: the blog post's blockwise algorithm and the naive one are checked on NumPy arrays.
 """
 
 import csv
@@ -146,7 +146,7 @@ def _qkv(shape_q, n_kv, dtype, seed=0):
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("n_q, n_kv, block", [(50, 50, 16), (33, 70, 32), (70, 33, 8), (16, 16, 128)])
-def test_seed_blockwise_algorithm_is_attention(n_q, n_kv, block, causal):
+def test_blog_blockwise_algorithm_is_attention(n_q, n_kv, block, causal):
     q, k, v = _qkv((2, 3, n_q, 8), n_kv, np.float32)
     out = blockwise_attention(q, k, v, block, causal, xp=np)
     assert out.dtype == np.float32 and out.shape == q.shape
@@ -154,7 +154,7 @@ def test_seed_blockwise_algorithm_is_attention(n_q, n_kv, block, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_seed_blockwise_and_naive_in_fp16(causal):
+def test_blog_blockwise_and_naive_in_fp16(causal):
     q, k, v = _qkv((1, 2, 96, 16), 96, np.float16, seed=1)
     ref = reference_attention(q, k, v, causal=causal)
     atol = tolerance("float16", float(np.abs(v).max()))
