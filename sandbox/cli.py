@@ -181,6 +181,7 @@ def cmd_plot(a):
     if a.figure not in PLOTS:
         raise ValueError(f"unknown figure {a.figure!r}; expected one of {', '.join(PLOTS)}")
     prov, rows = load(a.data)
+    rows = [r for r in rows if not r.get("infeasible")]  # points a sweep recorded as unable to run
     if not rows:
         raise ValueError(f"{a.data} has no rows")
     for path in PLOTS[a.figure](rows, prov, a.out):

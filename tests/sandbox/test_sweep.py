@@ -192,13 +192,15 @@ def test_an_infeasible_point_stops_the_sweep_keeping_the_points_before_it(tmp_pa
     assert load(str(tmp_path / "s.json"))[1] == rows == load(path)[1]
 
 
-def test_cli_skip_infeasible_says_how_many(tmp_path, capsys):
+def test_cli_skip_infeasible_says_how_many_and_plots_leave_them_out(tmp_path, capsys):
     out = str(tmp_path / "s.csv")
-    argv = ["sweep", "--kind", "flash2", "--n", "64", "--d", "8", "--block", "16x16", "1024x1024", "--out", out]
+    argv = ["sweep", "--kind", "flash2", "--n", "64", "128", "--d", "8", "--block", "16x16", "1024x1024", "--out", out]
     assert main(argv) == 2
     assert "--skip-infeasible" in capsys.readouterr().err
     assert main(argv + ["--skip-infeasible"]) == 0
-    assert "2 points (1 infeasible" in capsys.readouterr().out
+    assert "4 points (2 infeasible" in capsys.readouterr().out
+    assert main(["plot", "hbm_vs_n", "--data", out, "--out", str(tmp_path / "fig")]) == 0
+    assert os.path.getsize(tmp_path / "fig" / "hbm_vs_n.png") > 1000
 
 
 def test_another_grid_on_the_same_files_is_refused_unless_appended(tmp_path):
