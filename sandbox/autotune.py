@@ -8,18 +8,27 @@ name, the problem's head_dim, dtype and causality, numba-cuda's version, and a h
 kernel's source: a changed kernel or toolchain is tuned again, never served a stale choice. Each
 entry keeps every candidate's time, so the choice can be checked.
 
+The file is checked when read: one that is not a cache is set aside (renamed ``*.bad-<time>``,
+with a :class:`CacheWarning` naming it), and an entry that is not a schedule the fast build runs
+is dropped and tuned again. It is written atomically; where it cannot be written, a warning names
+it and the results stay in memory for the rest of the process.
+
     python -m sandbox tune --d 64 128 --dtype float32 --both-masks    # time, cache, print the table
 """
 
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
+import re
 import statistics
 import sys
-import tempfile
+import time
+import warnings
 from pathlib import Path
 
+from sandbox.files import atomic_write
 from sandbox.schedule import Schedule
 
 #: (Br, Bc, thread_q, thread_kv) tried per (head_dim, dtype); those the fast build or the GPU's
@@ -72,28 +81,97 @@ def candidates(head_dim):
     return [s for s in fma + tc if use_fast(s, head_dim)]
 
 
+class CacheWarning(UserWarning):
+    """The autotune cache could not be read or written as it should; the message names the file."""
+
+
+#: Entries tuned in this process, by (cache file, key): what a cache that cannot be written keeps.
+_TUNED_HERE = {}
+
+
+def _warn(message):
+    warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def entry_problem(key, entry):
+    """Why ``entry`` (under ``key``) is not a usable cache entry, or None if it is: it must hold a
+    flash2 schedule that the fast build runs at the key's head_dim, and its candidates' times."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("schedule"), dict):
+        return "no schedule"
+    try:
+        schedule = Schedule(**entry["schedule"])
+    except (TypeError, ValueError) as e:
+        return f"not a schedule: {e}"
+    if schedule.kind != "flash2":
+        return f"a {schedule.kind!r} schedule, not flash2's"
+    times = entry.get("ms")
+    if not isinstance(times, dict) or not all(isinstance(v, numbers.Real) for v in times.values()):
+        return "no candidate times"
+    if not isinstance(entry.get("errors", {}), dict):
+        return "errors is not a table"
+    head_dim = re.search(r"\|d=([0-9]+)\|", key)
+    if head_dim is None:
+        return "a key without d=<head_dim>"
+    from kernels.launch import use_fast
+
+    if not use_fast(schedule, int(head_dim.group(1))):
+        return f"{schedule.describe()} is not one the fast build runs at d={head_dim.group(1)}"
+    return None
+
+
+def _set_aside(path, reason):
+    bad = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}")
+    try:
+        os.replace(path, bad)
+    except OSError as e:
+        _warn(f"autotune cache {path} is not a cache ({reason}) and cannot be set aside ({e.strerror or e}): "
+              "tuning without it")
+        return
+    _warn(f"autotune cache {path} is not a cache ({reason}): set aside as {bad}; tuning again")
+
+
 def load_cache(path=None):
+    """The cache's entries, each checked (:func:`entry_problem`); {} if there is no file.
+
+    A file that is not a cache (not JSON, not an object of entries) is renamed ``*.bad-<time>``; a
+    bad entry is left out (it is tuned again and the file rewritten without it). Each is named in a
+    :class:`CacheWarning`.
+    """
     path = Path(path or cache_path())
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):  # no cache yet (written after tuning)
         return {}
-    except (OSError, ValueError) as e:
-        print(f"autotune: ignoring unreadable cache {path}: {e}", file=sys.stderr)
+    except (OSError, UnicodeDecodeError) as e:
+        _warn(f"autotune cache {path} cannot be read ({getattr(e, 'strerror', None) or e}): tuning without it")
         return {}
+    try:
+        cache = json.loads(text)
+    except ValueError as e:
+        _set_aside(path, f"not JSON: {e}")
+        return {}
+    if not isinstance(cache, dict):
+        _set_aside(path, f"expected an object of entries, got {type(cache).__name__}")
+        return {}
+    good = {}
+    for key, entry in cache.items():
+        problem = entry_problem(key, entry)
+        if problem is None:
+            good[key] = entry
+        else:
+            _warn(f"autotune cache {path}: dropping the entry {key!r} ({problem}); it is tuned again")
+    return good
 
 
 def _save_cache(cache, path):
-    """Write atomically (a temporary file renamed over the old one): an interrupt never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".autotune-", suffix=".json")
+    """Write atomically (a temporary file renamed over the old one): an interrupt never leaves half a file.
+    A cache that cannot be written is named in a warning; the caller keeps its results in memory."""
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(cache, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    except OSError as e:
+        _warn(f"autotune cache {path} cannot be written ({e.strerror or e}): this process keeps its tuning "
+              "results in memory only (set ATTN_SANDBOX_CACHE to a writable folder to keep them)")
 
 
 def _local_memory(schedule, head_dim, dtype):
@@ -140,14 +218,17 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
         (schedule, entry): the chosen :class:`Schedule` and its cache entry (every candidate's ms).
 
     Raises:
-        RuntimeError: under the CUDA simulator without a ``timer`` (its timings mean nothing), or
-            no candidate ran.
+        RuntimeError: without a GPU (under the CUDA simulator, or no CUDA device at all) and no
+            ``timer`` and ``device_name``, or no candidate ran.
     """
     from sandbox.problem import Problem
-    from sandbox.runtime import using_simulator
+    from sandbox.runtime import gpu_present, using_simulator
 
     if timer is None and using_simulator():
         raise RuntimeError("autotuning needs a GPU: the CUDA simulator's timings mean nothing")
+    if (timer is None or device_name is None) and not using_simulator() and not gpu_present():
+        raise RuntimeError("autotuning needs a GPU: no CUDA device found (give the kernels a Schedule "
+                           "instead of the tuned one)")
     if device_name is None:
         from numba import cuda
 
@@ -156,9 +237,10 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
     path = Path(path or cache_path())
     key = cache_key(device_name, head_dim, dtype, causal)
     cache = load_cache(path)
-    if key in cache and not refresh:
-        entry = cache[key]
-        return Schedule(**entry["schedule"]), entry
+    if not refresh:
+        entry = cache.get(key) or _TUNED_HERE.get((str(path), key))
+        if entry is not None:
+            return Schedule(**entry["schedule"]), entry
     problem = Problem(TUNE_BATCH, TUNE_HEADS, TUNE_N, TUNE_N, head_dim, dtype=dtype, causal=causal)
     timer = timer or _time_schedule
     check_spills = not using_simulator() if check_spills is None else check_spills
@@ -188,6 +270,7 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
     entry = {"schedule": fields, "ms": times, "errors": errors,
              "problem": dict(batch=TUNE_BATCH, heads=TUNE_HEADS, n=TUNE_N),
              "timing": TIMING if timer is _time_schedule else "a caller's timer", "spread": _spread(times)}
+    _TUNED_HERE[(str(path), key)] = entry
     cache = load_cache(path)  # re-read: another process may have tuned meanwhile
     cache[key] = entry
     _save_cache(cache, path)

@@ -487,14 +487,15 @@ def format_table(rows):
 
 def save(rows, prov, csv_path, json_path):
     """Write the CSV (provenance and column notes as '# key: value' lines first) and the JSON, each atomically."""
-    from sandbox.sweep import _atomic_write, write_commented_csv
+    from sandbox.files import atomic_write
+    from sandbox.sweep import write_commented_csv
 
     notes = {f"column {key}": value for key, value in COLUMN_NOTES.items()}
     write_commented_csv(csv_path, {**prov, **notes}, COLUMNS, rows)
     finite = lambda x: None if isinstance(x, float) and not math.isfinite(x) else x  # noqa: E731  (strict JSON)
     doc = {"provenance": prov, "columns": COLUMNS, "column_notes": COLUMN_NOTES,
            "rows": [{k: finite(v) for k, v in r.items()} for r in rows]}
-    _atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
+    atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
 
 
 def load(csv_path):

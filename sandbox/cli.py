@@ -140,21 +140,37 @@ def _parse_block(text):
 
 def cmd_sweep(a):
     from sandbox.experiments import EXPERIMENTS
-    from sandbox.sweep import SweepSpec, run_sweep
+    from sandbox.runtime import using_simulator
+    from sandbox.sweep import SweepSpec, run_sweep, sweep_paths
 
+    if a.time and using_simulator():
+        print("error: --time needs a GPU: the CUDA simulator's timings mean nothing (leave --time out)",
+              file=sys.stderr)
+        return EXIT_USAGE
     if a.experiment:
         if a.experiment not in EXPERIMENTS:
             raise ValueError(f"unknown experiment {a.experiment!r}; expected one of {', '.join(EXPERIMENTS)}")
         spec = EXPERIMENTS[a.experiment].spec
     else:
+        if a.block is not None and a.sram_bytes:
+            raise ValueError("--block and --sram-bytes both set the blocks: give one (--sram-bytes picks them "
+                             "by the paper's rule, Schedule.from_sram)")
         causal = {"no": (False,), "yes": (True,), "both": (False, True)}[a.causal]
         spec = SweepSpec(
             kinds=tuple(a.kind), n=tuple(a.n), head_dim=tuple(a.d), causal=causal, dtype=tuple(a.dtype),
-            batch=(a.batch,), heads=(a.heads,), blocks=tuple(a.block), sram=tuple(a.sram_bytes or ()),
-            thread_tiles=tuple(a.thread_tile) if a.thread_tile else (None,), time_kernels=a.time,
+            batch=(a.batch,), heads=(a.heads,), blocks=tuple(a.block or [(64, 64)]),
+            sram=tuple(a.sram_bytes or ()), thread_tiles=tuple(a.thread_tile) if a.thread_tile else (None,),
+            time_kernels=a.time,
         )
-    rows = run_sweep(spec, a.out, progress=_progress(), argv=sys.argv)
-    print(f"{len(rows)} points in {a.out} and {a.out.rsplit('.', 1)[0]}.json")
+    csv_path, json_path = sweep_paths(a.out)
+    rows = run_sweep(spec, csv_path, json_path, progress=_progress(), argv=sys.argv,
+                     skip_infeasible=a.skip_infeasible, append=a.append)
+    if rows.already_done:
+        print(f"resumed: {rows.already_done} points were already in {csv_path}")
+    if rows.damaged:
+        print(f"{rows.damaged} damaged rows in {csv_path} were left out and their points computed again")
+    infeasible = f" ({rows.infeasible} infeasible, see the infeasible column)" if rows.infeasible else ""
+    print(f"{len(rows)} points{infeasible} in {csv_path} and {json_path}")
     return 0
 
 
@@ -165,6 +181,7 @@ def cmd_plot(a):
     if a.figure not in PLOTS:
         raise ValueError(f"unknown figure {a.figure!r}; expected one of {', '.join(PLOTS)}")
     prov, rows = load(a.data)
+    rows = [r for r in rows if not r.get("infeasible")]  # points a sweep recorded as unable to run
     if not rows:
         raise ValueError(f"{a.data} has no rows")
     for path in PLOTS[a.figure](rows, prov, a.out):
@@ -294,11 +311,15 @@ def build_parser():
     p.add_argument("--dtype", nargs="+", default=["float32"])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--heads", type=int, default=1)
-    p.add_argument("--block", nargs="+", type=_parse_block, default=[(64, 64)], help="BRxBC, e.g. 64x64")
+    p.add_argument("--block", nargs="+", type=_parse_block, default=None, help="BRxBC, e.g. 64x64 (default 64x64)")
     p.add_argument("--sram-bytes", nargs="+", type=int, help="M values: blocks by the paper's rule instead of --block")
     p.add_argument("--thread-tile", nargs="+", type=int)
     p.add_argument("--time", action="store_true", help="also time the kernels (GPU only)")
-    p.add_argument("--out", required=True, help="CSV path; the JSON goes beside it")
+    p.add_argument("--skip-infeasible", action="store_true",
+                   help="record points whose tiles cannot run, with the reason, and go on (default: stop there)")
+    p.add_argument("--append", action="store_true",
+                   help="add this grid's points to an --out made by another grid (default: refuse)")
+    p.add_argument("--out", required=True, help="CSV path (x.csv; x.json gives x.csv too); the JSON goes beside it")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("plot", help="a figure from a sweep file")

@@ -1,34 +1,60 @@
 """Sweeps: a grid of (schedule, problem) points, counted by the simulator (and timed on a GPU), saved as CSV + JSON.
 
 Files are written atomically (temporary file, then rename) as points complete, so an
-interrupted sweep leaves valid partial files; running the same sweep again skips the points
-already in them. Each file carries its provenance: package versions, device, command line.
+interrupted sweep (Ctrl-C, SIGTERM) leaves valid partial files; running the same sweep again
+skips the points already in them, after checking each row (a damaged one is computed again).
+One process writes a sweep's files at a time: a lock file beside them names the holder.
+Each file carries its provenance: package versions, device, the grids and commands that made it.
 """
 
 import csv
 import dataclasses
 import datetime
+import io
 import itertools
 import json
+import math
+import numbers
 import os
+import re
+import shlex
+import signal
+import socket
 import sys
-import tempfile
+import threading
 import time
 
+from sandbox.files import atomic_write
 from sandbox.problem import Problem
 from sandbox.kinds import names as registered_kinds
 from sandbox.schedule import KINDS, Schedule
 
-#: Columns of a sweep row, in order: the grid point, then what was counted or measured.
+#: Columns of a sweep row, in order: the grid point, then what was counted or measured, then why
+#: a point could not run (empty for a point that ran; see ``skip_infeasible``).
 POINT_COLUMNS = (
     "kind", "batch", "heads", "n_q", "n_kv", "head_dim", "dtype", "causal",
     "block_q", "block_kv", "thread_q", "thread_kv", "sram_bytes",
 )
 RESULT_COLUMNS = (
     "hbm_reads", "hbm_writes", "hbm_bytes", "sram_reads", "sram_writes", "sram_bytes_moved", "flops",
-    "sram_footprint", "extra_hbm_bytes", "runtime_ms", "hbm_bytes_backward",
+    "sram_footprint", "extra_hbm_bytes", "runtime_ms", "hbm_bytes_backward", "infeasible",
 )
 COLUMNS = POINT_COLUMNS + RESULT_COLUMNS
+#: Result columns a point that ran always has (the others may be empty: not timed, backward too big).
+COUNT_COLUMNS = RESULT_COLUMNS[:9]
+#: Provenance entries that are lists (one item per sweep that wrote to the file); JSON text in the CSV.
+PROVENANCE_LISTS = ("grids", "commands")
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPoint:
+    """One point of a grid: its row's identity, and its schedule, or why it has none."""
+
+    key: tuple
+    problem: Problem
+    schedule: Schedule = None
+    infeasible: str = None
+    label: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +83,45 @@ class SweepSpec:
     sram_bytes: int = None
     time_kernels: bool = False
 
+    def grid(self):
+        """Every point of the grid, in order, each with its schedule or the reason it has none.
+
+        Raises:
+            ValueError: an unknown kind, or a problem axis out of range (these are input errors,
+                not infeasible points).
+        """
+        for kind in self.kinds:
+            if kind not in registered_kinds():
+                raise ValueError(f"unknown schedule kind {kind!r}; expected one of {', '.join(registered_kinds())}")
+        out = []
+        for kind, n, d, causal, dt, b, h, tile in itertools.product(
+            self.kinds, self.n, self.head_dim, self.causal, self.dtype, self.batch, self.heads, self.thread_tiles
+        ):
+            problem = Problem(batch=b, heads=h, n_q=n, n_kv=n, head_dim=d, dtype=dt, causal=causal)
+            tiles = {} if tile is None else {"thread_q": tile, "thread_kv": tile}
+            if self.sram:
+                trials = [(f"M={m} d={d} {dt} {kind}", (None, None, m),
+                           lambda m=m: Schedule.from_sram(m, head_dim=d, kind=kind, dtype=dt, **tiles))
+                          for m in self.sram]
+            else:
+                extra = {} if self.sram_bytes is None else {"sram_bytes": self.sram_bytes}
+                trials = [(f"Br={br} Bc={bc} d={d} {dt} {kind}", (br, bc, self.sram_bytes),
+                           lambda br=br, bc=bc: Schedule(kind, block_q=br, block_kv=bc, **tiles, **extra))
+                          for br, bc in self.blocks]
+            for label, (br, bc, m), make in trials:
+                try:
+                    sched = make()
+                    sched.check_fits(d, dt)
+                except ValueError as e:
+                    key = (kind, b, h, n, n, d, problem.dtype.name, bool(causal), br, bc, tile, tile, m)
+                    reason = " ".join(str(e).split())
+                    out.append(GridPoint(key, problem, None, reason, label))
+                else:
+                    out.append(GridPoint(point_key(sched, problem), problem, sched, None, label))
+        if not out:
+            raise ValueError("the grid is empty")
+        return out
+
     def points(self):
         """Every (schedule, problem) of the grid, validated.
 
@@ -64,44 +129,30 @@ class SweepSpec:
             ValueError: naming the first impossible point (unknown kind, tiles over SRAM, ...).
         """
         out = []
-        for kind in self.kinds:
-            if kind not in registered_kinds():
-                raise ValueError(f"unknown schedule kind {kind!r}; expected one of {', '.join(registered_kinds())}")
-        for kind, n, d, causal, dt, b, h, tile in itertools.product(
-            self.kinds, self.n, self.head_dim, self.causal, self.dtype, self.batch, self.heads, self.thread_tiles
-        ):
-            problem = Problem(batch=b, heads=h, n_q=n, n_kv=n, head_dim=d, dtype=dt, causal=causal)
-            tiles = {} if tile is None else {"thread_q": tile, "thread_kv": tile}
-            if self.sram:
-                for m in self.sram:
-                    try:
-                        sched = Schedule.from_sram(m, head_dim=d, kind=kind, dtype=dt, **tiles)
-                    except ValueError as e:
-                        raise ValueError(f"impossible point M={m} d={d} {dt} {kind}: {e}") from None
-                    out.append((sched, problem))
-            else:
-                for br, bc in self.blocks:
-                    try:
-                        if self.sram_bytes is not None:
-                            tiles = {**tiles, "sram_bytes": self.sram_bytes}
-                        sched = Schedule(kind, block_q=br, block_kv=bc, **tiles)
-                        sched.check_fits(d, dt)
-                    except ValueError as e:
-                        raise ValueError(f"impossible point Br={br} Bc={bc} d={d} {dt} {kind}: {e}") from None
-                    out.append((sched, problem))
-        if not out:
-            raise ValueError("the grid is empty")
+        for p in self.grid():
+            if p.infeasible is not None:
+                raise ValueError(f"impossible point {p.label}: {p.infeasible}")
+            out.append((p.schedule, p.problem))
         return out
+
+    def axes(self):
+        """The grid's axes as JSON holds them (lists, null): what identifies it in a file's provenance."""
+        axes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "time_kernels"}
+        return json.loads(json.dumps(axes))
 
 
 def point_key(schedule, problem):
-    """The identity of a grid point, as the strings a CSV row holds."""
-    values = (
+    """The identity of a grid point: the values of its row's :data:`POINT_COLUMNS`."""
+    return (
         schedule.kind, problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim,
-        problem.dtype.name, problem.causal, schedule.block_q, schedule.block_kv, schedule.thread_q,
+        problem.dtype.name, bool(problem.causal), schedule.block_q, schedule.block_kv, schedule.thread_q,
         schedule.thread_kv, schedule.sram_bytes,
     )
-    return tuple(str(v) for v in values)
+
+
+def row_key(row):
+    """The identity of a row (a dict of typed values): see :func:`point_key`."""
+    return tuple(row[c] for c in POINT_COLUMNS)
 
 
 def extra_hbm_bytes(schedule, problem):
@@ -142,8 +193,9 @@ def measure_point(schedule, problem, time_kernels=False):
         flops=report.flops,
         sram_footprint=schedule.sram_footprint(problem.head_dim, problem.dtype),
         extra_hbm_bytes=extra_hbm_bytes(schedule, problem),
-        runtime_ms="",
-        hbm_bytes_backward="",
+        runtime_ms=None,
+        hbm_bytes_backward=None,
+        infeasible=None,
     )
     try:
         row["hbm_bytes_backward"] = simulate(schedule, problem, backward=True).hbm_bytes
@@ -162,56 +214,81 @@ def measure_point(schedule, problem, time_kernels=False):
     return row
 
 
+def command_line(argv=None):
+    """The command as the user typed it: ``python -m sandbox sweep ...`` rather than the path of
+    ``sandbox/__main__.py``; ``attention-sandbox sweep ...`` for the console script."""
+    argv = list(sys.argv if argv is None else argv)
+    if argv:
+        head = os.path.normpath(argv[0])
+        if head.endswith(os.path.join("sandbox", "__main__.py")):
+            argv[:1] = ["python", "-m", "sandbox"]
+        elif os.path.basename(head) == "attention-sandbox":
+            argv[0] = "attention-sandbox"
+    return shlex.join(str(a) for a in argv)
+
+
 def provenance(argv=None):
     """Package versions, device, command line and time, for the header of result files."""
     from sandbox.info import environment
 
     facts = {k: str(v) for k, v in environment().items()}
-    facts["command"] = " ".join(argv if argv is not None else sys.argv)
+    facts["command"] = command_line(argv)
     facts["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return facts
 
 
-def _atomic_write(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def sweep_paths(out):
+    """(csv_path, json_path) of a sweep written to ``out``: ``x.csv`` and ``x.json`` for ``out``
+    ``x.csv`` or ``x.json``; ``out`` itself and ``out``'s stem + ``.json`` otherwise."""
+    out = os.fspath(out)
+    stem, ext = os.path.splitext(out)
+    if ext.lower() == ".json":
+        return stem + ".csv", out
+    return out, stem + ".json"
+
+
+def _json_value(value):
+    """A row's value as JSON holds it: numbers as numbers (NumPy's too), non-finite floats as null."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def save(rows, prov, csv_path, json_path):
-    """Write rows as CSV (provenance as '# key: value' lines first) and JSON, each atomically."""
-    write_commented_csv(csv_path, prov, COLUMNS, rows)
-    _atomic_write(json_path, json.dumps({"provenance": prov, "columns": COLUMNS, "rows": rows}, indent=1) + "\n")
+    """Write rows as CSV (provenance as '# key: value' lines first) and JSON (typed numbers), each atomically."""
+    write_commented_csv(csv_path, {k: json.dumps(v) if k in PROVENANCE_LISTS else v for k, v in prov.items()},
+                        COLUMNS, rows)
+    typed = [{c: _json_value(r.get(c)) for c in COLUMNS} for r in rows]
+    atomic_write(json_path, json.dumps({"provenance": prov, "columns": COLUMNS, "rows": typed}, indent=1) + "\n")
 
 
 def load(path):
-    """(provenance, rows) from a sweep's JSON or CSV file; numbers come back as numbers."""
+    """(provenance, rows) from a sweep's JSON or CSV file; numbers come back as numbers.
+
+    Raises:
+        ValueError: the file is not a sweep's (columns missing), naming it.
+    """
+    path = os.fspath(path)
     if path.endswith(".json"):
         with open(path) as f:
             data = json.load(f)
         return data["provenance"], [_typed(r) for r in data["rows"]]
-    prov, rows = read_commented_csv(path)
-    return prov, [_typed(r) for r in rows]
+    prov, rows, _ = read_sweep_csv(path)
+    return prov, rows
 
 
 def write_commented_csv(path, header, columns, rows):
     """Write ``rows`` as CSV, atomically, after ``# key: value`` lines for each item of ``header``."""
-    import io
-
     buf = io.StringIO()
     for key, value in header.items():
         buf.write(f"# {key}: {value}\n")
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def read_commented_csv(path):
@@ -227,48 +304,274 @@ def read_commented_csv(path):
     return prov, list(csv.DictReader(lines))
 
 
+_NAME = re.compile(r"[A-Za-z0-9_.+-]+\Z")
+_INT = re.compile(r"(0|[1-9][0-9]*)\Z")
+_FLOAT = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?\Z")
+_OPTIONAL_POINT = ("block_q", "block_kv", "thread_q", "thread_kv", "sram_bytes")  # empty in infeasible rows
+
+
+def _parse_row(values):
+    """A typed row from a CSV row's strings, or None if it is damaged (a value that no sweep writes)."""
+    if any(v is None or "\x00" in v for v in values.values()):
+        return None
+    row = {}
+    infeasible = values.get("infeasible") or None
+    for col in COLUMNS:
+        text = values.get(col, "")
+        if col in ("kind", "dtype"):
+            ok = bool(_NAME.match(text))
+            row[col] = text
+        elif col == "causal":
+            ok = text in ("True", "False")
+            row[col] = text == "True"
+        elif col == "infeasible":
+            ok, row[col] = True, infeasible
+        elif text == "":
+            ok = col in ("runtime_ms", "hbm_bytes_backward") or (
+                infeasible is not None and (col in _OPTIONAL_POINT or col in RESULT_COLUMNS))
+            row[col] = None
+        elif col == "runtime_ms":
+            ok = bool(_FLOAT.match(text)) and infeasible is None
+            row[col] = float(text) if ok else None
+        else:
+            ok = bool(_INT.match(text)) and (col in POINT_COLUMNS or infeasible is None)
+            row[col] = int(text) if ok else None
+        if not ok:
+            return None
+    if any(row[c] == 0 for c in ("batch", "heads", "n_q", "n_kv", "head_dim")):
+        return None
+    return row
+
+
+def read_sweep_csv(path):
+    """(provenance, rows, damaged) from a sweep's CSV: each row checked, typed; ``damaged`` counts
+    the rows left out (cut short, junk, NUL bytes: values no sweep writes).
+
+    Raises:
+        ValueError: the file has no sweep header (another kind of file), naming it.
+    """
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
+    prov, header, rows, damaged = {}, None, [], 0
+    for line in text.splitlines(keepends=True):
+        if header is None and line.startswith("# "):
+            key, _, value = line[2:].rstrip("\n").partition(": ")
+            if key in PROVENANCE_LISTS:
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    value = [value]
+            prov[key] = value
+            continue
+        if header is None:
+            header = next(csv.reader([line]), [])
+            missing = [c for c in COLUMNS if c not in header and c != "infeasible"]
+            if missing or "\x00" in line:
+                raise ValueError(f"{path} is not a sweep's CSV (no columns {', '.join(missing) or 'header'}): "
+                                 "give another --out, or move the file away")
+            continue
+        fields = next(csv.reader([line.rstrip("\n")]), [])
+        torn = not line.endswith("\n")  # every row is written with its newline: the last one was cut
+        row = None if torn or len(fields) != len(header) else _parse_row(dict(zip(header, fields)))
+        if row is None:
+            damaged += 1
+        else:
+            rows.append(row)
+    if header is None:
+        raise ValueError(f"{path} is not a sweep's CSV (no header line): give another --out, or move the file away")
+    return prov, rows, damaged
+
+
 def _typed(row):
     out = {}
-    for key, value in row.items():
+    for key in COLUMNS:
+        value = row.get(key)
         if key in ("kind", "dtype"):
             out[key] = value
         elif key == "causal":
             out[key] = value in (True, "True")
         elif value in ("", None):
             out[key] = None
+        elif key == "infeasible":
+            out[key] = str(value)
         else:
             out[key] = float(value) if key == "runtime_ms" else int(value)
     return out
 
 
-def run_sweep(spec, csv_path, json_path=None, progress=None, argv=None, flush_seconds=0.5):
-    """Run ``spec``, resuming from ``csv_path`` if it exists; return the rows.
+class SweepLockedError(FileExistsError):
+    """Another process is writing the same sweep files (its lock file exists)."""
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def acquire_lock(lock_path, argv=None):
+    """Create ``lock_path`` naming this process (pid, host, command); take over a stale one.
+
+    A lock whose process is gone (same host, dead pid) is stale. The file is written whole before
+    it appears (a hard link of a finished temporary file), so a reader never sees half of one.
+
+    Raises:
+        SweepLockedError: another live process holds it, named in the message.
+    """
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command_line(argv),
+          "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    tmp = f"{lock_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(me, f)
+    try:
+        for _ in range(3):
+            try:
+                os.link(tmp, lock_path)
+                return me
+            except FileExistsError:
+                pass
+            try:
+                with open(lock_path) as f:
+                    holder = json.load(f)
+                pid, host = int(holder["pid"]), str(holder["host"])
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            except (OSError, ValueError, KeyError, TypeError):
+                raise SweepLockedError(f"{lock_path} exists but names no process: if no sweep is writing "
+                                       "these files, delete it") from None
+            if host == me["host"] and not _pid_alive(pid):
+                try:
+                    os.unlink(lock_path)  # stale: its process is gone
+                except FileNotFoundError:
+                    pass
+                continue
+            raise SweepLockedError(
+                f"another sweep is writing these files: pid {pid} on {host} since {holder.get('since', '?')} "
+                f"({holder.get('command', '?')}); wait for it, give another --out, or delete {lock_path} "
+                "if that process is gone")
+        raise SweepLockedError(f"could not take the lock {lock_path}: it keeps changing hands")
+    finally:
+        os.unlink(tmp)
+
+
+def release_lock(lock_path, holder):
+    """Remove ``lock_path`` if ``holder`` (from :func:`acquire_lock`) still holds it."""
+    try:
+        with open(lock_path) as f:
+            if json.load(f).get("pid") != holder["pid"]:
+                return
+        os.unlink(lock_path)
+    except (OSError, ValueError):
+        pass
+
+
+class SweepRows(list):
+    """The rows of a sweep, in grid order (a list of typed dicts), and what the run found.
+
+    Attributes:
+        already_done: points of this grid that were in the files already (not computed again).
+        damaged: rows of the files that were damaged, left out, and their points computed again.
+        infeasible: points recorded as infeasible (their reason in the ``infeasible`` column).
+        csv_path, json_path: where the rows are.
+    """
+
+    already_done = damaged = infeasible = 0
+    csv_path = json_path = None
+
+
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one final save; a second SIGTERM waits for it
+    raise SystemExit(128 + signum)
+
+
+def run_sweep(spec, csv_path, json_path=None, progress=None, argv=None, flush_seconds=0.5, *,
+              skip_infeasible=False, append=False):
+    """Run ``spec``, resuming from ``csv_path`` if it exists; return the rows (a :class:`SweepRows`).
 
     Args:
+        csv_path: the CSV; the JSON goes beside it (``json_path``, default: the same stem + ``.json``).
+            The folder is created if missing.
         progress: an iterable wrapper (e.g. ``tqdm``) or None.
         flush_seconds: how often, at most, the files are rewritten while the sweep runs.
+        skip_infeasible: record a point whose schedule cannot run (tiles over SRAM, ...) with the
+            reason in its ``infeasible`` column, and go on. Otherwise the first such point stops the
+            sweep (the points before it are saved).
+        append: add this grid's points to files made by another grid. Otherwise files of another
+            grid are refused: a resume must be the same sweep.
 
     The files are saved on completion, every ``flush_seconds``, and on interruption
-    (KeyboardInterrupt included), so what was computed is never lost.
+    (KeyboardInterrupt, and SIGTERM in the main thread, which then exits with 143), so what was
+    computed is never lost. Resumed rows are checked: a damaged one is dropped and its point computed
+    again. While it runs, ``<stem>.lock`` beside the files keeps a second sweep from writing them.
+
+    Raises:
+        ValueError: an infeasible point (without ``skip_infeasible``), another grid's files
+            (without ``append``), the CSV and JSON paths the same, or a file that is not a sweep's.
+        SweepLockedError: another sweep is writing these files.
     """
-    json_path = json_path or os.path.splitext(csv_path)[0] + ".json"
-    points = spec.points()
-    rows = {}
-    if os.path.exists(csv_path):
-        _, old = load(csv_path)
-        rows = {tuple(str(r[c]) for c in POINT_COLUMNS): r for r in old}
-    prov = provenance(argv)
-    todo = [(s, p) for s, p in points if point_key(s, p) not in rows]
-    iterator = progress(todo) if progress else todo
-    last = time.monotonic()
+    csv_path = os.fspath(csv_path)
+    json_path = os.fspath(json_path) if json_path else sweep_paths(csv_path)[1]
+    if os.path.abspath(csv_path) == os.path.abspath(json_path):
+        raise ValueError(f"csv_path and json_path are both {csv_path}: give the CSV's path (the JSON goes beside it)")
+    grid = spec.grid()
+    for path in (csv_path, json_path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    lock_path = os.path.splitext(csv_path)[0] + ".lock"
+    holder = acquire_lock(lock_path, argv)
+    result = SweepRows()
+    result.csv_path, result.json_path = csv_path, json_path
+    rows, dirty, old_prov = {}, False, {}
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
-        for schedule, problem in iterator:
-            rows[point_key(schedule, problem)] = measure_point(schedule, problem, spec.time_kernels)
+        if os.path.exists(csv_path):
+            old_prov, old, result.damaged = read_sweep_csv(csv_path)
+            rows = {row_key(r): r for r in old}
+        grid_keys = {p.key for p in grid}
+        this_grid = spec.axes()
+        grids = list(old_prov.get("grids", []))
+        # another grid's files: its description recorded, or (older files) rows outside this grid
+        other = this_grid not in grids if grids else any(k not in grid_keys for k in rows)
+        if other and not append:
+            raise ValueError(f"{csv_path} holds another grid's points: give another --out, or --append "
+                             "(append=True) to add this grid's points to it")
+        prov = provenance(argv)
+        prov["grids"] = grids + [this_grid] if this_grid not in grids else grids
+        commands = list(old_prov.get("commands", [])) or ([old_prov["command"]] if "command" in old_prov else [])
+        prov["commands"] = commands + [prov["command"]] if prov["command"] not in commands else commands
+        dirty = result.damaged > 0  # rewrite without the damaged rows even if nothing else changes
+        result.already_done = sum(p.key in rows for p in grid)
+        todo = [p for p in grid if p.key not in rows]
+        iterator = progress(todo) if progress else todo
+        last = time.monotonic()
+        for point in iterator:
+            if point.infeasible is not None:
+                if not skip_infeasible:
+                    raise ValueError(f"impossible point {point.label}: {point.infeasible}; --skip-infeasible "
+                                     "(skip_infeasible=True) records such points and goes on")
+                row = dict(zip(POINT_COLUMNS, point.key), infeasible=point.infeasible)
+                rows[point.key] = {c: row.get(c) for c in COLUMNS}
+            else:
+                rows[point.key] = measure_point(point.schedule, point.problem, spec.time_kernels)
+            dirty = True
             if time.monotonic() - last > flush_seconds:
                 save(list(rows.values()), prov, csv_path, json_path)
                 last = time.monotonic()
+        dirty = True  # complete: the provenance records this command even if nothing was new
     finally:
-        order = {point_key(s, p): i for i, (s, p) in enumerate(points)}
-        ordered = sorted(rows.values(), key=lambda r: order.get(tuple(str(r[c]) for c in POINT_COLUMNS), -1))
-        save(ordered, prov, csv_path, json_path)
-    return [_typed(r) for r in ordered]
+        try:
+            order = {p.key: i for i, p in enumerate(grid)}
+            ordered = sorted(rows.values(), key=lambda r: order.get(row_key(r), -1))
+            if dirty:
+                save(ordered, prov, csv_path, json_path)
+        finally:
+            if on_main:
+                signal.signal(signal.SIGTERM, previous)
+            release_lock(lock_path, holder)
+    result.extend(ordered)
+    result.infeasible = sum(r["infeasible"] is not None for r in ordered if row_key(r) in grid_keys)
+    return result

@@ -2,6 +2,7 @@
 checks on one that the candidates compile without spilling)."""
 
 import json
+import os
 
 import pytest
 
@@ -72,13 +73,95 @@ def test_no_candidate_ran(tmp_path):
     assert not (tmp_path / "a.json").exists()
 
 
-def test_unreadable_cache_is_ignored_and_replaced(tmp_path, capsys):
+@pytest.mark.parametrize("text, reason", [("{not json", "not JSON"), ("[]", "got list"), ("null", "got NoneType"),
+                                          ('"x"', "got str")])
+def test_a_file_that_is_not_a_cache_is_named_set_aside_and_replaced(tmp_path, text, reason):
     path = tmp_path / "autotune.json"
-    path.write_text("{not json")
-    best, _ = autotune.tune(64, path=path, timer=fake_timer({}, []), device_name="G", progress=None)
-    assert "ignoring unreadable cache" in capsys.readouterr().err
-    assert json.loads(path.read_text())  # rewritten whole
-    assert not list(tmp_path.glob(".autotune-*"))  # no temporary file left behind
+    path.write_text(text)
+    with pytest.warns(autotune.CacheWarning, match=f"{path} is not a cache .*{reason}.*set aside as {path}.bad-"):
+        best, _ = autotune.tune(64, path=path, timer=fake_timer({}, []), device_name="G", progress=None)
+    (bad,) = tmp_path.glob("autotune.json.bad-*")
+    assert bad.read_text() == text  # kept for a look, out of the way
+    assert Schedule(**json.loads(path.read_text())[autotune.cache_key("G", 64, "float32", False)]["schedule"]) == best
+    assert not list(tmp_path.glob(".tmp-*"))  # no temporary file left behind
+
+
+def _entry(schedule, ms=1.0):
+    import dataclasses
+
+    return {"schedule": dataclasses.asdict(schedule), "ms": {schedule.describe(): ms}, "errors": {}}
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (_entry(Schedule("standard", block_q=64, block_kv=64)), "a 'standard' schedule, not flash2's"),
+    ({"schedule": {"kind": "flash2", "block_q": "x"}}, "not a schedule"),
+    ({"schedule": {"kind": "flash2", "warp": 3}}, "not a schedule"),
+    (_entry(Schedule("flash2", block_q=64, block_kv=64, thread_q=8, thread_kv=3)), "not one the fast build runs"),
+    ({"schedule": None}, "no schedule"),
+    ([], "no schedule"),
+    ({**_entry(Schedule("flash2", block_q=64, block_kv=64)), "ms": "fast"}, "no candidate times"),
+])
+def test_a_bad_entry_is_dropped_named_and_tuned_again(tmp_path, bad, reason):
+    path = tmp_path / "autotune.json"
+    key = autotune.cache_key("G", 64, "float32", False)
+    good_key = autotune.cache_key("G", 128, "float32", False)
+    good = _entry(Schedule("flash2", block_q=128, block_kv=32, thread_q=4, thread_kv=4))
+    path.write_text(json.dumps({key: bad, good_key: good}))
+    calls = []
+    with pytest.warns(autotune.CacheWarning, match=f"{path}: dropping the entry .*d=64.* \\(.*{reason}"):
+        best, _ = autotune.tune(64, path=path, timer=fake_timer({(64, 32, 4, 4): 1.0}, calls), device_name="G",
+                                progress=None)
+    assert calls and best == Schedule("flash2", block_q=64, block_kv=32, thread_q=4, thread_kv=4)  # tuned again
+    cache = json.loads(path.read_text())
+    assert cache[good_key] == good and Schedule(**cache[key]["schedule"]) == best  # the bad entry replaced
+
+
+def test_an_unwritable_cache_keeps_the_results_in_memory(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    path = blocker / "autotune.json"  # its folder cannot be made
+    calls = []
+    with pytest.warns(autotune.CacheWarning, match=f"{path} cannot be written.*in memory"):
+        best, entry = autotune.tune(64, path=path, timer=fake_timer({(64, 32, 4, 4): 1.0}, calls),
+                                    device_name="unwritable", progress=None)
+    assert best == Schedule("flash2", block_q=64, block_kv=32, thread_q=4, thread_kv=4) and entry["ms"]
+    timed = len(calls)
+    again, _ = autotune.tune(64, path=path, timer=fake_timer({}, calls), device_name="unwritable", progress=None)
+    assert again == best and len(calls) == timed  # not timed again in this process
+
+
+def test_the_cache_is_written_atomically_with_the_usual_mode(tmp_path, monkeypatch):
+    path = tmp_path / "autotune.json"
+    old = os.umask(0o022)
+    try:
+        autotune.tune(64, path=path, timer=fake_timer({}, []), device_name="G", progress=None)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert not list(tmp_path.glob(".tmp-*"))
+    replaced = []
+    real = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: replaced.append(b) or real(a, b))
+    autotune.tune(128, path=path, timer=fake_timer({}, []), device_name="G", progress=None)
+    assert replaced == [str(path)] and len(json.loads(path.read_text())) == 2
+
+
+def test_tuned_schedule_without_a_gpu_says_it_needs_one(tmp_path):
+    """Without the simulator and without a CUDA device: a RuntimeError saying so, not the driver's setup error."""
+    import subprocess
+    import sys
+
+    from sandbox.runtime import gpu_present
+
+    if gpu_present():
+        pytest.skip("a GPU is present")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["ATTN_SANDBOX_CACHE"] = str(tmp_path)
+    code = ("from sandbox.autotune import tuned_schedule\n"
+            "try:\n    tuned_schedule(64)\nexcept RuntimeError as e:\n    print('RuntimeError:', e)\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("RuntimeError: autotuning needs a GPU: no CUDA device found"), out.stderr[-500:]
 
 
 def test_cache_path_follows_the_environment(monkeypatch, tmp_path):
