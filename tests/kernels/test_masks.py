@@ -5,6 +5,8 @@ the reference evaluate it on the CPU. Every kind, with and without causal, over 
 built-in masks, combinations and a plain function that depends on (b, h).
 """
 
+import random
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -114,6 +116,10 @@ def test_bad_mask_is_refused_before_launch(monkeypatch):
     x = np.zeros((1, 1, 6, 4), np.float32)
     with pytest.raises(ValueError, match=r"mask .* raised IndexError at \(b=0, h=0, q_idx=5"):
         attention(x, x, x, mask=lambda b, h, q, k: np.arange(5)[q] >= 0)
+    with pytest.raises(ValueError, match=r"mask .* raised ZeroDivisionError at \(b=0, h=0, q_idx=2, kv_idx=0\)"):
+        attention(x, x, x, mask=lambda b, h, q, k: 1 // (q - 2) >= 0)  # raises away from the box's corners
+    with pytest.raises(ValueError, match=r"mask .* is not deterministic"):
+        attention(x, x, x, mask=lambda b, h, q, k: random.random() < 0.5)
     with pytest.raises(TypeError, match="four arguments"):
         attention(x, x, x, mask=lambda q, k: True)
 
