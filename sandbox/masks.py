@@ -286,7 +286,7 @@ def _first_line(e):
 
 def _find_arrays(obj, found, seen):
     """Collect into ``found`` (id -> array) the arrays a predicate ``obj`` reads: its closure cells and the
-    globals its code names, following masks, functions and Numba dispatchers it calls."""
+    globals its code names, following the masks and Numba-compiled helpers it calls."""
     if id(obj) in seen:
         return
     seen.add(id(obj))
@@ -322,7 +322,7 @@ def _find_arrays(obj, found, seen):
                 a = getattr(v, n, None)
                 if isinstance(a, np.ndarray):
                     found[id(a)] = a
-        elif isinstance(v, Mask) or callable(v):
+        elif isinstance(v, Mask) or hasattr(v, "py_func"):  # what Numba compiles with it: masks, jitted helpers
             _find_arrays(v, found, seen)
 
 
