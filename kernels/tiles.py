@@ -221,9 +221,9 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
 
     @cuda.jit(device=True)
     def ptx_tile(smm, offm, smx, offx, ty, tx, b, h, q0, k0, q_len, kv_len, acc, cnt, s_m, s_x):
-        """acc[b, c] += Σ_r M[r, tx + b·TX] · X[r, ty + c·TY]: this thread's tile of Mᵀ X (dV += Pᵀ dO, dK += dSᵀ Q).
+        """acc[bb, c] += Σ_r M[r, tx + bb·TX] · X[r, ty + c·TY]: this thread's tile of Mᵀ X (dV += Pᵀ dO, dK += dSᵀ Q).
 
-        Thread (ty, tx) owns K/V rows ``tx + b·TX`` and d-columns ``ty + c·TY``. M (Br×Bc fp32, row
+        Thread (ty, tx) owns K/V rows ``tx + bb·TX`` and d-columns ``ty + c·TY``. M (Br×Bc fp32, row
         stride Bc) is read only where allowed; X is a row-major q_len×D tile. ``s_m``, ``s_x``:
         counter slots of the two SRAM reads.
         """
@@ -232,11 +232,11 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
         mreg = cuda.local.array(TN, float32)
         for r in range(q_len):
             # -- registers <- SRAM: this thread's columns of row r of M
-            for b in range(TN):
-                kv = tx + b * TX
-                mreg[b] = ZERO
+            for bb in range(TN):
+                kv = tx + bb * TX
+                mreg[bb] = ZERO
                 if kv < kv_len and allowed(b, h, q0 + r, k0 + kv):
-                    mreg[b] = smm[offm + r * BC + kv]
+                    mreg[bb] = smm[offm + r * BC + kv]
                     inc(cnt, s_m, 1)
             # -- acc += m x on the register tile, one X element at a time
             for c in range(DCQ):
@@ -244,8 +244,8 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
                 if col < D:
                     x = to_f32(smx[offx + r * D + col])
                     inc(cnt, s_x, 1)
-                    for b in range(TN):
-                        acc[b, c] += mreg[b] * x
+                    for bb in range(TN):
+                        acc[bb, c] += mreg[bb] * x
 
     return SimpleNamespace(DCQ=DCQ, ptx_tile=ptx_tile, IN=IN, to_f32=to_f32, from_f32=from_f32,
         BR=BR, BC=BC, TM=TM, TN=TN, TY=TY, TX=TX, NT=NT, D=D, DC=DC,

@@ -37,7 +37,10 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
         mask: a predicate ``mask(b, h, q_idx, kv_idx) -> bool`` or a :class:`sandbox.masks.Mask`
             (combined with ``causal`` if both are given). It is compiled into the kernel: tiles
             with no allowed entry are skipped, the rest are masked entry by entry. Checked
-            before launch (compiles, returns a bool, does not raise on this problem).
+            before launch by :meth:`sandbox.masks.Mask.check`: it compiles for the CPU and for
+            CUDA, returns a bool, its captured arrays fit constant memory, and over this
+            problem's indices (sampled above ``masks.DENSE_CHECK_ENTRIES``) it neither raises
+            nor reads past an array, and gives the same answer twice.
         fast: run the kind's fast build of the same schedule (flash2's: ``kernels/flash2_fast.py``;
             same tiles and HBM traffic, S in registers). None (default): whenever it can run this
             (no ``count_io``, no mask, a thread layout it takes); False: the counting kernel's
@@ -49,7 +52,7 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
 
     Raises:
         TypeError, ValueError: bad inputs (see :func:`sandbox.validation.check_qkv`), a schedule
-            whose tiles overflow its SRAM or the GPU's shared memory.
+            whose tiles overflow its SRAM or the GPU's shared memory, a mask that fails its check.
         MemoryError: the GPU cannot hold the buffers (standard attention's S and P grow as Nq·Nk).
     """
     problem = check_qkv(q, k, v, causal=causal, scale=scale)
@@ -84,8 +87,9 @@ def simulate(schedule, problem, backward=False, mask=None):
         schedule: the :class:`Schedule` the kernels would be specialized from.
         problem: a :class:`Problem`.
         backward: count the backward pass (``attention_backward``) instead of the forward.
-        mask: a mask predicate, as for :func:`attention` (forward only); the simulator evaluates
-            it over every entry, O(B·H·Nq·Nk), to find the tiles the kernel skips.
+        mask: a mask predicate, as for :func:`attention` (forward only) and checked the same
+            way; the simulator evaluates it over every entry, O(B·H·Nq·Nk), to find the tiles
+            the kernel skips (one evaluation with the check's, up to ``masks.DENSE_CHECK_ENTRIES``).
 
     Returns:
         IOReport: elements per level and tensor (the very counts ``attention(..., count_io=True)``

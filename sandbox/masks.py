@@ -12,8 +12,11 @@ A mask is a function ``mask(b, h, q_idx, kv_idx) -> bool``: True where query ``q
 - into the dense boolean matrix the NumPy reference applies (:func:`dense`).
 
 Write it with scalar arithmetic and comparisons (it must compile with Numba in ``nopython``
-mode). Arrays it reads (a document layout, a block layout) are captured as compile-time
-constants: on the GPU they live in constant memory (64 KB), so they are kept small here.
+mode, for the CPU and for CUDA). Arrays it reads (a document layout, a block layout) are
+captured as compile-time constants: on the GPU they live in constant memory (64 KB), so every
+mask's captured arrays are limited to :data:`MAX_CAPTURED_BYTES` each. It must be a function of
+its arguments only: the kernels, the simulator and the reference evaluate it separately.
+:meth:`Mask.check` holds a predicate to all this before a launch.
 
 Built-ins: :func:`causal`, :func:`sliding_window`, :func:`prefix_lm`, :func:`document`,
 :func:`block_sparse`, and ``&`` / ``|`` / ``~`` to combine them. ``causal=True`` in
@@ -27,11 +30,20 @@ Built-ins: :func:`causal`, :func:`sliding_window`, :func:`prefix_lm`, :func:`doc
 
 import functools
 import inspect
+import types as pytypes
 
 import numpy as np
 
-#: Largest array a built-in mask captures (bytes): it becomes CUDA constant memory (64 KB in all).
+#: Largest array a mask captures (bytes): it becomes CUDA constant memory (64 KB in all).
 MAX_CAPTURED_BYTES = 32 * 1024
+#: All the arrays one mask captures together (bytes): CUDA's constant memory.
+CONSTANT_MEMORY_BYTES = 64 * 1024
+#: :meth:`Mask.check` evaluates the predicate at every (b, h, q_idx, kv_idx) of a problem up to
+#: this many entries (a 16 MiB boolean array, kept for the simulator and the reference); above
+#: it, at :data:`SAMPLED_POINTS` random points and the box's corners.
+DENSE_CHECK_ENTRIES = 1 << 24
+#: Random points :meth:`Mask.check` evaluates on a problem of more than DENSE_CHECK_ENTRIES entries.
+SAMPLED_POINTS = 1 << 20
 
 
 class Mask:
@@ -54,6 +66,7 @@ class Mask:
         self.name = name or getattr(fn, "__name__", "mask")
         self._children = _children
         self._combine = _combine
+        self._evaluated = None  # (box, dense bool array, checked): the last box evaluated, see evaluate()
 
     def __call__(self, b, h, q_idx, kv_idx):
         return self.fn(b, h, q_idx, kv_idx)
@@ -88,21 +101,20 @@ class Mask:
         import numba
         from numba import int64, types
 
-        compiled = self._build(numba.njit)
+        # bounds-checked: an index past a captured array raises IndexError instead of reading garbage
+        compiled = self._build(numba.njit(boundscheck=True))
         try:
             compiled.compile((int64, int64, int64, int64))
         except Exception as e:  # numba's TypingError and friends: say what and where, in one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise TypeError(
-                f"mask {self.name}: Numba cannot compile it as mask(b, h, q_idx, kv_idx) -> bool: {first}"
-            ) from e
+            raise TypeError(f"mask {self.name}: Numba cannot compile it as mask(b, h, q_idx, kv_idx) -> bool: "
+                            f"{_first_line(e)}") from e
         ret = compiled.nopython_signatures[0].return_type
-        if ret != types.boolean:
+        if not isinstance(ret, types.Boolean):  # bool, or a constant bool (Literal[bool])
             raise TypeError(f"mask {self.name}: must return a bool, but returns {ret} (compare, e.g. `return x >= 0`)")
         return compiled
 
     def cpu(self):
-        """The Numba CPU function (compiled and type-checked once).
+        """The Numba CPU function (compiled and type-checked once; indexing is bounds-checked).
 
         Raises:
             TypeError: Numba cannot compile the predicate, or it does not return a bool.
@@ -119,19 +131,113 @@ class Mask:
         """The Numba CUDA device function the kernels call (compiled on first kernel build)."""
         return self._device
 
-    def check(self, problem):
-        """Validate against ``problem`` before any launch: compiles, returns bool, runs at the corners.
+    def check_device(self):
+        """Compile the CUDA device function for ``(int64, int64, int64, int64)`` now, not inside a kernel build.
 
-        Evaluates the Python predicate at the corners of the (b, h, q_idx, kv_idx) box (where an
-        array it reads is most likely too short) and at a few inner points.
+        Under Numba's CUDA simulator the device function is the Python function itself: nothing
+        is compiled, and this returns at once.
 
         Raises:
-            TypeError: not compilable, non-bool result.
-            ValueError: it raised, or a built-in's layout does not cover the problem.
+            TypeError: Numba cannot compile the predicate for CUDA.
+        """
+        from numba import int64
+
+        compile_device = getattr(self.device(), "compile_device", None)
+        if compile_device is None:  # the simulator's device function: plain Python
+            return self
+        try:
+            compile_device((int64, int64, int64, int64))
+        except Exception as e:
+            raise TypeError(f"mask {self.name}: Numba cannot compile it for CUDA as a device function "
+                            f"mask(b, h, q_idx, kv_idx) -> bool: {_first_line(e)}") from e
+        return self
+
+    def captured_arrays(self):
+        """The NumPy arrays the predicate reads from its closure and globals (those of combined masks too)."""
+        found = {}
+        _find_arrays(self, found, set())
+        return list(found.values())
+
+    def check_captured(self):
+        """Hold the captured arrays to CUDA's constant memory.
+
+        Raises:
+            ValueError: an array over :data:`MAX_CAPTURED_BYTES`, or all of them over
+                :data:`CONSTANT_MEMORY_BYTES`.
+        """
+        arrays = self.captured_arrays()
+        for a in arrays:
+            if a.nbytes > MAX_CAPTURED_BYTES:
+                raise ValueError(
+                    f"mask {self.name}: captures an array of {a.nbytes} bytes ({a.dtype} {a.shape}); a mask's captured "
+                    f"arrays become CUDA constant memory, so each is limited to {MAX_CAPTURED_BYTES} bytes (use a "
+                    f"smaller dtype, a coarser layout or coarser blocks)")
+        total = sum(a.nbytes for a in arrays)
+        if total > CONSTANT_MEMORY_BYTES:
+            raise ValueError(
+                f"mask {self.name}: captures {total} bytes of arrays in all; they become CUDA constant memory, "
+                f"{CONSTANT_MEMORY_BYTES} bytes (use smaller layouts)")
+        return self
+
+    def evaluate(self, batch, heads, n_q, n_kv):
+        """The predicate at every (b, h, q_idx, kv_idx): bool array (B, H, Nq, Nk), the mask alone (no causal).
+
+        Boxes of up to :data:`DENSE_CHECK_ENTRIES` entries are evaluated once and kept (the last
+        one only), so that the check, the simulator and the reference share one evaluation; the
+        kept array is returned read-only (:func:`dense` gives a copy).
+
+        Raises:
+            TypeError: as :meth:`cpu`.
+            ValueError: the predicate raised (an index past a captured array, for one), with the point.
+        """
+        box = (batch, heads, n_q, n_kv)
+        cached = self._evaluated
+        if cached is not None and cached[0] == box:
+            return cached[1]
+        out = self._evaluate_box(box)
+        if out.size <= DENSE_CHECK_ENTRIES:
+            out.flags.writeable = False
+            self._evaluated = (box, out, False)
+        return out
+
+    def _evaluate_box(self, box):
+        out = np.zeros(box, np.bool_)
+        at = np.zeros(4, np.int64)
+        pred = self.cpu()
+        fill_box = _kernels()[1]
+        self._run(fill_box, pred, out, at, where=lambda: tuple(at))
+        return out
+
+    def _run(self, fn, pred, *args, where):
+        """fn(pred, *args), its exceptions as ValueError naming the mask and the point ``where()``."""
+        try:
+            fn(pred, *args)
+        except Exception as e:
+            b, h, q, k = (int(x) for x in where())
+            raise ValueError(
+                f"mask {self.name} raised {type(e).__name__} at (b={b}, h={h}, q_idx={q}, kv_idx={k}): {e}"
+            ) from e
+
+    def check(self, problem):
+        """Validate against ``problem`` before any launch.
+
+        In order: the predicate compiles for the CPU and returns a bool; its captured arrays fit
+        CUDA's constant memory; it compiles as a CUDA device function (on a GPU); the Python
+        function runs at the corners of the (b, h, q_idx, kv_idx) box; the compiled predicate
+        runs, twice, at every point of the box (bounds-checked) and gives the same answers. A box
+        of more than :data:`DENSE_CHECK_ENTRIES` entries is sampled instead: the corners and
+        :data:`SAMPLED_POINTS` random points (seeded), each evaluated twice.
+
+        Raises:
+            TypeError: not compilable (for the CPU or for CUDA), non-bool result.
+            ValueError: it raised (an index past a captured array, for one), it is not
+                deterministic, its captured arrays overflow constant memory, or a built-in's
+                layout does not cover the problem.
         """
         self.cpu()
-        pts = _probe_points(problem)
-        for b, h, q, k in pts:
+        self.check_captured()
+        self.check_device()
+        for b, h, q, k in _probe_points(problem):
             try:
                 r = self.fn(b, h, q, k)
             except Exception as e:
@@ -141,7 +247,83 @@ class Mask:
             if not isinstance(r, (bool, np.bool_)):
                 raise TypeError(f"mask {self.name}: must return a bool, returned {type(r).__name__} {r!r} "
                                 f"at (b={b}, h={h}, q_idx={q}, kv_idx={k})")
+        box = (problem.batch, problem.heads, problem.n_q, problem.n_kv)
+        if int(np.prod(box, dtype=object)) <= DENSE_CHECK_ENTRIES:
+            cached = self._evaluated
+            if cached is not None and cached[0] == box and cached[2]:
+                return self  # this box is checked already
+            first = self.evaluate(*box)
+            second = self._evaluate_box(box)
+            pts = None
+        else:
+            pts = _sampled_points(box)
+            first, second = self._evaluate_points(pts), self._evaluate_points(pts)
+        differ = np.flatnonzero(first != second)
+        if differ.size:
+            i = int(differ[0])
+            at = tuple(int(x) for x in (np.unravel_index(i, box) if pts is None else pts[i]))
+            raise ValueError(
+                f"mask {self.name} is not deterministic: at (b={at[0]}, h={at[1]}, q_idx={at[2]}, kv_idx={at[3]}) "
+                f"it returned {bool(first.flat[i])}, then {bool(second.flat[i])}; the kernels, the simulator and "
+                f"the reference evaluate it separately, so it must depend on its arguments only"
+            )
+        if pts is None:
+            self._evaluated = (box, first, True)
         return self
+
+    def _evaluate_points(self, pts):
+        out = np.zeros(len(pts), np.bool_)
+        at = np.zeros(1, np.int64)
+        fill_points = _kernels()[2]
+        self._run(fill_points, self.cpu(), pts, out, at, where=lambda: pts[at[0]])
+        return out
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _find_arrays(obj, found, seen):
+    """Collect into ``found`` (id -> array) the arrays a predicate ``obj`` reads: its closure cells and the
+    globals its code names, following the masks and Numba-compiled helpers it calls."""
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, Mask):
+        _find_arrays(obj.fn, found, seen)
+        for child in obj._children or ():
+            if child is not None:
+                _find_arrays(child, found, seen)
+        return
+    obj = getattr(obj, "py_func", obj)  # a Numba dispatcher: its Python function
+    code = getattr(obj, "__code__", None)
+    if code is None:
+        return
+    names = set()
+    stack = [code]
+    while stack:  # names of nested code (lambdas, comprehensions) too
+        c = stack.pop()
+        names.update(c.co_names)
+        stack.extend(x for x in c.co_consts if isinstance(x, pytypes.CodeType))
+    values = []
+    for cell in getattr(obj, "__closure__", None) or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    g = getattr(obj, "__globals__", {})
+    values += [g[n] for n in names if n in g]
+    for v in values:
+        if isinstance(v, np.ndarray):
+            found[id(v)] = v
+        elif isinstance(v, pytypes.ModuleType):  # mod.arr
+            for n in names:
+                a = getattr(v, n, None)
+                if isinstance(a, np.ndarray):
+                    found[id(a)] = a
+        elif isinstance(v, Mask) or hasattr(v, "py_func"):  # what Numba compiles with it: masks, jitted helpers
+            _find_arrays(v, found, seen)
 
 
 def _check_arity(fn):
@@ -177,6 +359,15 @@ def _probe_points(problem):
     return [(b, h, q, k) for b in bs for h in hs for q in qs for k in ks]
 
 
+def _sampled_points(box):
+    """int64 (n, 4): the corners of ``box`` and :data:`SAMPLED_POINTS` random points of it (the same each time)."""
+    corners = np.array([(b, h, q, k) for b in {0, box[0] - 1} for h in {0, box[1] - 1}
+                        for q in {0, box[2] - 1} for k in {0, box[3] - 1}], np.int64)
+    rng = np.random.default_rng(0)
+    rand = np.stack([rng.integers(0, n, SAMPLED_POINTS, dtype=np.int64) for n in box], axis=1)
+    return np.concatenate([corners, rand])
+
+
 def as_mask(mask):
     """``mask`` as a :class:`Mask` (a plain function is wrapped; None stays None)."""
     if mask is None or isinstance(mask, Mask):
@@ -187,46 +378,77 @@ def as_mask(mask):
 # -- evaluation over a problem (the simulator's and the reference's side) ------------------
 
 @functools.lru_cache(maxsize=None)
-def _tile_kernel():
+def _kernels():
+    """Numba loops over a box: (classify tiles, fill a dense box, fill at points). Each records in ``at``
+    where it is before calling the predicate, so that an exception can be placed."""
     import numba
 
     @numba.njit(cache=False)
-    def classify(pred, b, h, n_q, n_kv, br, bc, causal, allowed_out):
+    def classify(pred, b, h, n_q, n_kv, br, bc, causal, allowed_out, at):
         """allowed_out[i, j] = allowed entries of tile (i, j) for (b, h)."""
         tr, tc = allowed_out.shape
+        at[0] = b
+        at[1] = h
         for i in range(tr):
             for j in range(tc):
                 a = 0
                 for q in range(i * br, min(n_q, (i + 1) * br)):
                     for k in range(j * bc, min(n_kv, (j + 1) * bc)):
+                        at[2] = q
+                        at[3] = k
                         if (not causal or k <= q) and pred(b, h, q, k):
                             a += 1
                 allowed_out[i, j] = a
 
     @numba.njit(cache=False)
-    def fill(pred, b, h, causal, out):
-        n_q, n_kv = out.shape
-        for q in range(n_q):
-            for k in range(n_kv):
-                out[q, k] = (not causal or k <= q) and pred(b, h, q, k)
+    def fill_box(pred, out, at):
+        n_b, n_h, n_q, n_kv = out.shape
+        for b in range(n_b):
+            at[0] = b
+            for h in range(n_h):
+                at[1] = h
+                for q in range(n_q):
+                    at[2] = q
+                    for k in range(n_kv):
+                        at[3] = k
+                        out[b, h, q, k] = pred(b, h, q, k)
 
-    return classify, fill
+    @numba.njit(cache=False)
+    def fill_points(pred, pts, out, at):
+        for i in range(pts.shape[0]):
+            at[0] = i
+            out[i] = pred(pts[i, 0], pts[i, 1], pts[i, 2], pts[i, 3])
+
+    return classify, fill_box, fill_points
 
 
 def tile_allowed(mask, problem, block_q, block_kv):
     """Allowed entries per (b, h, Q block, K/V block): int64 array (B, H, Tr, Tc), causal included.
 
     A tile is empty (skipped by the kernels and the simulator) where this is 0, full where it
-    equals the tile's area, partial otherwise.
+    equals the tile's area, partial otherwise. Up to :data:`DENSE_CHECK_ENTRIES` entries it sums
+    the mask's dense evaluation (:meth:`Mask.evaluate`, shared with :meth:`Mask.check`); above, it
+    evaluates the predicate tile by tile without keeping the entries.
+
+    Raises:
+        ValueError: the predicate raised (with the point).
     """
     mask = as_mask(mask)
     tr, tc = -(-problem.n_q // block_q), -(-problem.n_kv // block_kv)
+    if problem.batch * problem.heads * problem.n_q * problem.n_kv <= DENSE_CHECK_ENTRIES:
+        d = dense(mask, problem.batch, problem.heads, problem.n_q, problem.n_kv, causal=problem.causal)
+        padded = np.zeros((problem.batch, problem.heads, tr * block_q, tc * block_kv), np.bool_)
+        padded[:, :, :problem.n_q, :problem.n_kv] = d
+        tiles = padded.reshape(problem.batch, problem.heads, tr, block_q, tc, block_kv)
+        return tiles.sum(axis=(3, 5), dtype=np.int64)
     out = np.zeros((problem.batch, problem.heads, tr, tc), np.int64)
     pred = mask.cpu()
-    classify, _ = _tile_kernel()
+    classify = _kernels()[0]
+    at = np.zeros(4, np.int64)
     for b in range(problem.batch):
         for h in range(problem.heads):
-            classify(pred, b, h, problem.n_q, problem.n_kv, block_q, block_kv, problem.causal, out[b, h])
+            mask._run(classify, pred, b, h, problem.n_q, problem.n_kv, block_q, block_kv, problem.causal, out[b, h],
+                      at, where=lambda: tuple(at))
     return out
 
 
@@ -242,15 +464,16 @@ def tile_classes(mask, schedule, problem):
 
 
 def dense(mask, batch, heads, n_q, n_kv, causal=False):
-    """The boolean matrix (B, H, Nq, Nk) of ``mask`` (and the causal mask if ``causal``)."""
+    """The boolean matrix (B, H, Nq, Nk) of ``mask`` (and the causal mask if ``causal``).
+
+    Raises:
+        ValueError: the predicate raised (an index past a captured array, for one), with the point.
+    """
     mask = as_mask(mask)
-    out = np.zeros((batch, heads, n_q, n_kv), np.bool_)
-    pred = mask.cpu()
-    _, fill = _tile_kernel()
-    for b in range(batch):
-        for h in range(heads):
-            fill(pred, b, h, causal, out[b, h])
-    return out
+    out = mask.evaluate(batch, heads, n_q, n_kv)
+    if causal:
+        return out & (np.arange(n_kv)[None, :] <= np.arange(n_q)[:, None])
+    return out if out.flags.writeable else out.copy()  # the kept evaluation stays untouched
 
 
 # -- built-ins ----------------------------------------------------------------------------

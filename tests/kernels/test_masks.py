@@ -5,11 +5,15 @@ the reference evaluate it on the CPU. Every kind, with and without causal, over 
 built-in masks, combinations and a plain function that depends on (b, h).
 """
 
+import random
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import cuda, float32, int64
 
+from kernels.tiles import make_tile_ops
 from sandbox import Problem, Schedule, masks, reference_attention
 from sandbox.lab import attention, simulate
 from tests.strategies import MASK_KINDS, SIMULATED, make_inputs, problems, schedules, seeds
@@ -112,5 +116,49 @@ def test_bad_mask_is_refused_before_launch(monkeypatch):
     x = np.zeros((1, 1, 6, 4), np.float32)
     with pytest.raises(ValueError, match=r"mask .* raised IndexError at \(b=0, h=0, q_idx=5"):
         attention(x, x, x, mask=lambda b, h, q, k: np.arange(5)[q] >= 0)
+    with pytest.raises(ValueError, match=r"mask .* raised ZeroDivisionError at \(b=0, h=0, q_idx=2, kv_idx=0\)"):
+        attention(x, x, x, mask=lambda b, h, q, k: 1 // (q - 2) >= 0)  # raises away from the box's corners
+    with pytest.raises(ValueError, match=r"mask .* is not deterministic"):
+        attention(x, x, x, mask=lambda b, h, q, k: random.random() < 0.5)
     with pytest.raises(TypeError, match="four arguments"):
         attention(x, x, x, mask=lambda q, k: True)
+
+
+@pytest.mark.parametrize("batch_index", [0, 1])
+def test_ptx_tile_passes_the_batch_index_to_the_mask(batch_index):
+    """Mᵀ X on one tile (the backward's dV += Pᵀ dO) under a mask that depends on b: M is read where
+    mask(b, h, q, k) allows, for the batch index the caller passes."""
+    mask = masks.Mask(lambda b, h, q, k: (q + 2 * k + b) % 3 != 0, name="by_batch")
+    t = make_tile_ops(Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2), 4, False, False,
+                      np.dtype(np.float32), mask)
+    BR, BC, D, NT, TX, TY, TN, DCQ, ptx_tile = t.BR, t.BC, t.D, t.NT, t.TX, t.TY, t.TN, t.DCQ, t.ptx_tile
+
+    @cuda.jit
+    def mt_x(m, x, out, b):
+        tid = cuda.threadIdx.x
+        ty = tid // TX
+        tx = tid - ty * TX
+        smm = cuda.shared.array(BR * BC, float32)
+        smx = cuda.shared.array(BR * D, float32)
+        for e in range(tid, BR * BC, NT):
+            smm[e] = m[e // BC, e % BC]
+        for e in range(tid, BR * D, NT):
+            smx[e] = x[e // D, e % D]
+        cuda.syncthreads()
+        cnt = cuda.local.array(1, int64)
+        acc = cuda.local.array((TN, DCQ), float32)
+        for bb in range(TN):
+            for c in range(DCQ):
+                acc[bb, c] = 0
+        ptx_tile(smm, 0, smx, 0, ty, tx, b, 0, 0, 0, BR, BC, acc, cnt, 0, 0)
+        for bb in range(TN):
+            for c in range(DCQ):
+                out[tx + bb * TX, ty + c * TY] = acc[bb, c]
+
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((4, 4)).astype(np.float32)
+    x = rng.standard_normal((4, 4)).astype(np.float32)
+    out = np.zeros((4, 4), np.float32)
+    mt_x[1, NT](m, x, out, batch_index)
+    allowed = masks.dense(mask, 2, 1, 4, 4)[batch_index, 0]
+    np.testing.assert_allclose(out, np.where(allowed, m, 0).T @ x, rtol=1e-6, atol=1e-6)

@@ -1,5 +1,8 @@
 """Mask predicates (sandbox/masks.py): the built-ins' semantics, combinators, errors, tile classes."""
 
+import random
+
+import numba
 import numpy as np
 import pytest
 
@@ -82,3 +85,134 @@ def test_simulate_and_reference_reject_what_the_kernels_would():
         simulate(s, Problem(1, 1, 8, 8, 4), mask=lambda b, h, q, k: q)
     with pytest.raises(NotImplementedError, match="backward"):
         simulate(s, Problem(1, 1, 8, 8, 4), mask=masks.causal(), backward=True)
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_constant_masks_are_accepted(value):
+    m = masks.as_mask(lambda b, h, q, k: value)
+    m.check(Problem(1, 2, 5, 3, 4))
+    assert (dense(m) == value).all()
+    assert (dense(~m) != value).all()
+
+
+LAYOUT = np.arange(12)
+
+
+def reads_past_layout(b, h, q_idx, kv_idx):
+    return LAYOUT[(7 * q_idx + kv_idx) % 13] >= 0  # index 12 at (q_idx=1, kv_idx=5), not at the box's corners
+
+
+def raises_at_row_3(b, h, q_idx, kv_idx):
+    return 1 // (q_idx - 3) >= 0
+
+
+def coin(b, h, q_idx, kv_idx):
+    return random.random() < 0.5
+
+
+@pytest.mark.parametrize("fn, match", [
+    (reads_past_layout, r"mask reads_past_layout raised IndexError at \(b=0, h=0, q_idx=1, kv_idx=5\)"),
+    (raises_at_row_3, r"mask raises_at_row_3 raised ZeroDivisionError at \(b=0, h=0, q_idx=3, kv_idx=0\)"),
+    (coin, r"mask coin is not deterministic: at \(b=0, h=0, q_idx=\d+, kv_idx=\d+\) it returned"),
+])
+def test_predicate_is_checked_over_the_whole_box(fn, match):
+    """Away from the corners: an index past a captured array, an exception, a coin toss."""
+    with pytest.raises(ValueError, match=match):
+        masks.as_mask(fn).check(Problem(1, 1, 10, 10, 4))
+
+
+@pytest.mark.parametrize("fn, match", [
+    (reads_past_layout, r"mask reads_past_layout raised IndexError at \(b=0, h=0, q_idx=1, kv_idx=5\)"),
+    (raises_at_row_3, r"mask raises_at_row_3 raised ZeroDivisionError at \(b=0, h=0, q_idx=3"),
+])
+def test_simulator_and_reference_name_a_predicate_that_raises(fn, match):
+    from sandbox.lab import simulate
+
+    with pytest.raises(ValueError, match=match):
+        masks.dense(fn, 1, 1, 10, 10)
+    with pytest.raises(ValueError, match=match):
+        simulate(Schedule("flash2", block_q=4, block_kv=4), Problem(1, 1, 10, 10, 4), mask=fn)
+
+
+def test_large_boxes_are_sampled(monkeypatch):
+    """Above DENSE_CHECK_ENTRIES the check samples, and the simulator's tiles come from a loop over them."""
+    monkeypatch.setattr(masks, "DENSE_CHECK_ENTRIES", 50)
+    monkeypatch.setattr(masks, "SAMPLED_POINTS", 400)
+    p = Problem(2, 2, 10, 10, 4, causal=True)
+    with pytest.raises(ValueError, match=r"raised IndexError at \(b=\d, h=\d, q_idx=\d, kv_idx=\d\)"):
+        masks.as_mask(lambda b, h, q, k: LAYOUT[q + k] >= 0).check(p)
+    with pytest.raises(ValueError, match="not deterministic"):
+        masks.as_mask(coin).check(p)
+    masks.document([3, 4]).check(p)
+    sampled = masks.tile_allowed(masks.document([3, 4]) & masks.sliding_window(2), p, 4, 3)
+    monkeypatch.setattr(masks, "DENSE_CHECK_ENTRIES", 1 << 24)
+    dense_tiles = masks.tile_allowed(masks.document([3, 4]) & masks.sliding_window(2), p, 4, 3)
+    np.testing.assert_array_equal(sampled, dense_tiles)
+
+
+def test_check_simulator_and_reference_share_one_evaluation(monkeypatch):
+    from sandbox.lab import simulate
+
+    calls = []
+    evaluate_box = masks.Mask._evaluate_box
+    monkeypatch.setattr(masks.Mask, "_evaluate_box", lambda self, box: calls.append(box) or evaluate_box(self, box))
+    m, p = masks.sliding_window(2), Problem(1, 2, 9, 7, 4, causal=True)
+    simulate(Schedule("flash2", block_q=4, block_kv=4), p, mask=m)
+    assert calls == [(1, 2, 9, 7)] * 2  # the check evaluates twice (determinism); the simulator reuses the first
+    simulate(Schedule("flash1", block_q=2, block_kv=4), p, mask=m)
+    a = masks.dense(m, 1, 2, 9, 7, causal=True)
+    assert len(calls) == 2
+    a[:] = False  # the caller's copy: the kept evaluation is untouched
+    assert masks.dense(m, 1, 2, 9, 7).any()
+
+
+BIG = np.zeros(40_000, np.uint8)
+
+
+def reads_big(b, h, q_idx, kv_idx):
+    return BIG[q_idx] == 0
+
+
+READS_BIG = numba.njit(reads_big)  # a compiled helper the predicate calls
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: masks.Mask(reads_big), r"mask reads_big: captures an array of 40000 bytes"),
+    (lambda: masks.causal() & masks.Mask(lambda b, h, q, k: BIG[q] == 0, name="big"),
+     r"mask \(causal & big\): captures an array of 40000 bytes"),
+    (lambda: masks.Mask(lambda b, h, q, k: READS_BIG(b, h, q, k), name="calls"), "mask calls: captures"),
+])
+def test_every_mask_s_captured_arrays_fit_constant_memory(make, match):
+    with pytest.raises(ValueError, match=match + ".*constant memory"):
+        make().check(Problem(1, 1, 4, 4, 4))
+
+
+def test_captured_arrays_together_fit_constant_memory():
+    a, b, c = (np.zeros(30_000, np.uint8) for _ in range(3))
+    m = masks.Mask(lambda bb, h, q, k: a[q] == b[k] and c[q] == 0, name="three")
+    assert len(m.captured_arrays()) == 3
+    with pytest.raises(ValueError, match="mask three: captures 90000 bytes of arrays in all"):
+        m.check(Problem(1, 1, 4, 4, 4))
+
+
+def test_cuda_compilation_is_tried_before_launch():
+    """On a GPU the device function is compiled by the check; a failure names the mask. (Under the
+    simulator the device function is Python: nothing to compile, and the check passes.)"""
+    from numba.core.errors import TypingError
+
+    class Unsupported:
+        def compile_device(self, args):
+            raise TypingError("Failed in cuda mode pipeline\nUse of unsupported NumPy function 'numpy.zeros'")
+
+    m = masks.Mask(lambda b, h, q, k: q >= k, name="on_cpu_only")
+    m.check(Problem(1, 1, 4, 4, 4))
+    m.__dict__["_device"] = Unsupported()
+    with pytest.raises(TypeError, match="mask on_cpu_only: Numba cannot compile it for CUDA .*: Failed in cuda mode"):
+        m.check(Problem(1, 1, 4, 4, 4))
+
+
+@pytest.mark.gpu
+def test_cuda_only_failure_is_refused_on_a_gpu():
+    m = masks.Mask(lambda b, h, q, k: np.zeros(4)[q % 4] == 0, name="allocates")
+    m.cpu()  # fine for the CPU
+    with pytest.raises(TypeError, match="mask allocates: Numba cannot compile it for CUDA"):
+        m.check(Problem(1, 1, 4, 4, 4))
