@@ -163,7 +163,7 @@ def cmd_sweep(a):
             batch=(a.batch,), heads=(a.heads,), blocks=tuple(a.block), sram=tuple(a.sram_bytes or ()),
             thread_tiles=tuple(a.thread_tile) if a.thread_tile else (None,), time_kernels=a.time,
         )
-    rows = run_sweep(spec, a.out, progress=_progress(), argv=sys.argv)
+    rows = run_sweep(spec, a.out, progress=_progress(), argv=a.command_line)
     print(f"{len(rows)} points in {a.out} and {a.out.rsplit('.', 1)[0]}.json")
     return 0
 
@@ -186,7 +186,7 @@ def cmd_demo(a):
     start = time.perf_counter()
     backend = "the Numba CUDA simulator (no GPU)" if using_simulator() else "the GPU"
     print(f"demo: sweeps on the simulator, kernels on {backend}, into {a.out}/")
-    res = run_demo(a.out, progress=_progress(), argv=sys.argv)
+    res = run_demo(a.out, progress=_progress(), argv=a.command_line)
     for kind, r in res["kernel_check"].items():
         agree = "counts agree" if r["counts_agree"] else "COUNTS DISAGREE"
         print(f"  {kind:>8}: max |O - O_ref| = {r['max_abs_error']:.2g}, {agree}")
@@ -222,7 +222,7 @@ def cmd_bench(a):
     )
     rows = []
     try:
-        run_bench(spec, a.out, progress=_bench_progress, argv=sys.argv, rows=rows)
+        run_bench(spec, a.out, progress=_bench_progress, argv=a.command_line, rows=rows)
     except GPURequired as e:
         print(e, file=sys.stderr)
         return EXIT_USAGE
@@ -375,10 +375,12 @@ def main(argv=None, prog=None):
 
     ensure_backend()  # the CUDA simulator when there is no GPU, before numba.cuda is imported
     parser = build_parser(prog)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error (already printed, one line)
         return e.code
+    args.command_line = [*parser.prog.split(), *argv]  # for result files' provenance, as the user typed it
     try:
         return args.func(args)
     except (ValueError, TypeError) as e:

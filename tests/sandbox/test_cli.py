@@ -84,6 +84,14 @@ def _sweep_file(tmp_path):
     return tmp_path / "my.json"
 
 
+def test_sweep_provenance_holds_the_command_as_typed(tmp_path):
+    from sandbox.sweep import load
+
+    prov, _ = load(str(_sweep_file(tmp_path)))
+    assert prov["command"] == ("attention-sandbox sweep --kind flash1 flash2 --n 64 128 --d 16 --sram-bytes 8192 16384 "
+                               f"--out {tmp_path / 'my.csv'}")
+
+
 def test_plot_of_the_readme_sweep(tmp_path, capsys):
     """The README's sweep example (small) and plot hbm_vs_n: the figure's files."""
     data = _sweep_file(tmp_path)
