@@ -32,6 +32,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _one_of(what, names):
+    """An argparse type for ``choices=names`` whose error names ``what`` and lists the names."""
+    names = tuple(names)
+
+    def check(text):
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; expected one of {', '.join(names)}")
+        return text
+
+    return check
+
+
 def _fmt_table(headers, rows):
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
     line = lambda r: "  ".join(str(x).rjust(w) for x, w in zip(r, widths))  # noqa: E731
@@ -59,7 +71,8 @@ def _add_problem_args(p, n_default, d_default):
 
 def _add_schedule_args(p, block_default, kind_default, tile_default=None):
     kinds = kind_names() + ((kind_default,) if kind_default not in kind_names() else ())
-    p.add_argument("--kind", default=kind_default, choices=kinds, help="schedule kind (default %(default)s)")
+    p.add_argument("--kind", default=kind_default, choices=kinds, type=_one_of("schedule kind", kinds),
+                   help="schedule kind (default %(default)s)")
     p.add_argument("--block-q", type=int, default=block_default, help="Br")
     p.add_argument("--block-kv", type=int, default=block_default, help="Bc")
     p.add_argument("--thread-q", type=int, default=tile_default, help="rows of each thread's register tile")
@@ -296,9 +309,10 @@ def build_parser(prog=None):
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="a grid of points counted by the simulator -> CSV + JSON (resumable)")
-    p.add_argument("--experiment", choices=tuple(EXPERIMENTS),
+    p.add_argument("--experiment", choices=tuple(EXPERIMENTS), type=_one_of("experiment", EXPERIMENTS),
                    help="a named experiment's grid instead of the grid options: " + ", ".join(EXPERIMENTS))
     p.add_argument("--kind", nargs="+", default=list(kind_names()), choices=kind_names(),
+                   type=_one_of("schedule kind", kind_names()),
                    help="schedule kinds (default: all)")
     p.add_argument("--n", nargs="+", type=int, default=[1024], help="Nq = Nk values (default 1024)")
     p.add_argument("--d", nargs="+", type=int, default=[64], help="head dims (default 64)")
@@ -315,7 +329,7 @@ def build_parser(prog=None):
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("plot", help="a figure from a sweep file")
-    p.add_argument("figure", choices=tuple(EXPERIMENTS), help="the figure: " + ", ".join(EXPERIMENTS))
+    p.add_argument("figure", choices=tuple(EXPERIMENTS), type=_one_of("figure", EXPERIMENTS), help="the figure: " + ", ".join(EXPERIMENTS))
     p.add_argument("--data", required=True, help="the sweep's JSON or CSV")
     p.add_argument("--out", default="results/figures", help="folder for the PNG and SVG (default %(default)s)")
     p.set_defaults(func=cmd_plot)
@@ -328,7 +342,7 @@ def build_parser(prog=None):
     p.add_argument("--heads", type=int, default=16, help="H, the number of heads (default %(default)s)")
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=SUPPORTED, help="dtypes (default float32)")
     _add_mask_args(p, "rows")
-    p.add_argument("--impl", nargs="+", choices=IMPL_NAMES, metavar="IMPL",
+    p.add_argument("--impl", nargs="+", choices=IMPL_NAMES, type=_one_of("implementation", IMPL_NAMES), metavar="IMPL",
                    help="implementations (default: all): " + " ".join(IMPL_NAMES))
     p.add_argument("--backward", action="store_true",
                    help="also backward rows: sdpa-* through autograd (only the backward timed), our standard and flash2")
@@ -378,7 +392,7 @@ def main(argv=None, prog=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, --version, or a usage error (already printed, one line)
+    except SystemExit as e:  # --help, --version, or a usage error (printed, one line)
         return e.code
     args.command_line = [*parser.prog.split(), *argv]  # for result files' provenance, as the user typed it
     try:

@@ -27,10 +27,10 @@ def test_simulate_prints_counts(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["simulate", "--kind", "flash3"], "argument --kind: invalid choice: 'flash3'"),
-        (["sweep", "--kind", "flash3", "--out", "x.csv"], "argument --kind: invalid choice: 'flash3'"),
-        (["sweep", "--experiment", "nope", "--out", "x.csv"], "argument --experiment: invalid choice: 'nope'"),
-        (["plot", "nope", "--data", "x.json"], "argument figure: invalid choice: 'nope'"),
+        (["simulate", "--kind", "flash3"], "argument --kind: unknown schedule kind 'flash3'; expected one of standard"),
+        (["sweep", "--kind", "flash3", "--out", "x.csv"], "unknown schedule kind 'flash3'"),
+        (["sweep", "--experiment", "nope", "--out", "x.csv"], "argument --experiment: unknown experiment 'nope'; expected one of hbm_vs_sram, "),
+        (["plot", "nope", "--data", "x.json"], "argument figure: unknown figure 'nope'"),
         (["simulate", "--n", "many"], "argument --n: invalid int value: 'many'"),
         (["simulate", "--math", "tf32x3", "--thread-q", "4", "--thread-kv", "4"],
          "math='tf32x3' needs the thread tile 2x16 (thread_q=2, thread_kv=block_kv/4)"),
