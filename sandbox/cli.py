@@ -329,13 +329,14 @@ def build_parser(prog=None):
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("plot", help="a figure from a sweep file")
-    p.add_argument("figure", choices=tuple(EXPERIMENTS), type=_one_of("figure", EXPERIMENTS), help="the figure: " + ", ".join(EXPERIMENTS))
+    p.add_argument("figure", choices=tuple(EXPERIMENTS), type=_one_of("figure", EXPERIMENTS),
+                   help="the figure: " + ", ".join(EXPERIMENTS))
     p.add_argument("--data", required=True, help="the sweep's JSON or CSV")
     p.add_argument("--out", default="results/figures", help="folder for the PNG and SVG (default %(default)s)")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("bench", help="time our kernels against PyTorch SDPA, CuPy and the seed's blockwise "
-                                    "PyTorch (GPU only) -> table + CSV + JSON")
+    p = sub.add_parser("bench", help="time our kernels against PyTorch SDPA, CuPy and a blockwise PyTorch "
+                                    "(the blog post Attention vs Flash Attention's; GPU only) -> table + CSV + JSON")
     p.add_argument("--n", nargs="+", type=int, default=[1024, 4096, 16384], help="Nq = Nk values")
     p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims")
     p.add_argument("--batch", type=int, default=2, help="B, the batch size (default %(default)s)")

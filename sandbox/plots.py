@@ -235,9 +235,11 @@ def hbm_vs_sram(rows, prov, out_dir):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (label, rs), (color, style) in zip(lines.lines, lines.styles(rows)):
         m = [theory.sram_elements(r["sram_bytes"], r["dtype"]) for r in rs]
-        ax.plot(m, [_hbm(r) / _per_head(r) for r in rs], style, color=color, label=f"{label or rs[0]['kind']} (simulated)")
+        ax.plot(m, [_hbm(r) / _per_head(r) for r in rs], style, color=color,
+                label=f"{label or rs[0]['kind']} (simulated)")
     ms = sorted({theory.sram_elements(r["sram_bytes"], r["dtype"]) for r in rows})
-    ax.plot(ms, [theory.flash_hbm_theta(n, d, m) for m in ms], "k--", label="N²d²/M (Θ, Thm 2; Prop 3 bound for M∈[d,Nd])")
+    ax.plot(ms, [theory.flash_hbm_theta(n, d, m) for m in ms], "k--",
+            label="N²d²/M (Θ, Thm 2; Prop 3 bound for M∈[d,Nd])")
     ax.plot(ms, [theory.saha_ye_bound(n, d, m) for m in ms], "k:", label="min(N²d/√M, N²d²/M) (Saha & Ye)")
     ax.plot(ms, [theory.io_lower_bound_trivial(n, d)] * len(ms), color="gray", lw=1, label="4Nd (read Q,K,V, write O)")
     if ms[0] <= theory.saha_ye_crossover(d) <= ms[-1]:
@@ -330,8 +332,8 @@ def gpt2_medium(rows, prov, out_dir):
     tops = [f + b for f, b in zip(fwd, bwd)] + (list(PAPER_GPT2_MEDIUM_GB.values()) if in_paper_setting else [])
     ax.set_ylim(0, max(tops) * 1.2 or 1)
     ax.set(ylabel="HBM reads + writes (GB)")
-    _title(ax, "HBM traffic, forward and backward" + (" (the paper's GPT-2 medium setting)" if in_paper_setting else ""),
-           describe(rows[0], fixed))
+    what = "HBM traffic, forward and backward" + (" (the paper's GPT-2 medium setting)" if in_paper_setting else "")
+    _title(ax, what, describe(rows[0], fixed))
     ax.legend(handles=handles, fontsize=7, loc="upper right")
     ax.tick_params(axis="x", labelsize=7)
     return _save(fig, out_dir, "gpt2_medium", prov)

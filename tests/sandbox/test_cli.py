@@ -1,5 +1,6 @@
 """The CLI: thin commands, one-line errors with exit code 2."""
 
+import os
 import subprocess
 import sys
 
@@ -7,6 +8,8 @@ import numpy as np
 import pytest
 
 from sandbox.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_info(capsys):
@@ -29,7 +32,8 @@ def test_simulate_prints_counts(capsys):
     [
         (["simulate", "--kind", "flash3"], "argument --kind: unknown schedule kind 'flash3'; expected one of standard"),
         (["sweep", "--kind", "flash3", "--out", "x.csv"], "unknown schedule kind 'flash3'"),
-        (["sweep", "--experiment", "nope", "--out", "x.csv"], "argument --experiment: unknown experiment 'nope'; expected one of hbm_vs_sram, "),
+        (["sweep", "--experiment", "nope", "--out", "x.csv"],
+         "argument --experiment: unknown experiment 'nope'; expected one of hbm_vs_sram, "),
         (["plot", "nope", "--data", "x.json"], "argument figure: unknown figure 'nope'"),
         (["simulate", "--n", "many"], "argument --n: invalid int value: 'many'"),
         (["simulate", "--math", "tf32x3", "--thread-q", "4", "--thread-kv", "4"],
@@ -165,16 +169,15 @@ def test_choices_come_from_the_library():
     assert tuple(opt["bench", "--impl"]) == IMPL_NAMES
 
 
-def test_usage_names_the_command_as_it_was_run(tmp_path):
+def test_usage_names_the_command_as_it_was_run():
     """The console script's usage says attention-sandbox; python -m sandbox says python -m sandbox."""
-    import os
     import shutil
 
     from sandbox.cli import build_parser
 
     assert build_parser().format_usage().startswith("usage: attention-sandbox ")
-    res = subprocess.run([sys.executable, "-m", "sandbox", "simulate", "--kind", "nope"], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    res = subprocess.run([sys.executable, "-m", "sandbox", "simulate", "--kind", "nope"],
+                         capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2 and res.stderr.startswith("python -m sandbox simulate: error: argument --kind")
     assert res.stderr.count("\n") == 1
     script = shutil.which("attention-sandbox", path=os.path.dirname(sys.executable))
