@@ -310,14 +310,15 @@ def build_parser(prog=None):
 
     p = sub.add_parser("sweep", help="a grid of points counted by the simulator -> CSV + JSON (resumable)")
     p.add_argument("--experiment", choices=tuple(EXPERIMENTS), type=_one_of("experiment", EXPERIMENTS),
-                   help="a named experiment's grid instead of the grid options: " + ", ".join(EXPERIMENTS))
+                   help="a named experiment's grid instead of the grid options")
     p.add_argument("--kind", nargs="+", default=list(kind_names()), choices=kind_names(),
-                   type=_one_of("schedule kind", kind_names()),
-                   help="schedule kinds (default: all)")
+                   type=_one_of("schedule kind", kind_names()), metavar="KIND",
+                   help=f"schedule kinds: {', '.join(kind_names())} (default: all)")
     p.add_argument("--n", nargs="+", type=int, default=[1024], help="Nq = Nk values (default 1024)")
     p.add_argument("--d", nargs="+", type=int, default=[64], help="head dims (default 64)")
     p.add_argument("--causal", choices=("no", "yes", "both"), default="no", help="causal mask (default no)")
-    p.add_argument("--dtype", nargs="+", default=["float32"], choices=SUPPORTED, help="dtypes (default float32)")
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=SUPPORTED, metavar="DTYPE",
+                   help=f"dtypes: {', '.join(SUPPORTED)} (default float32)")
     p.add_argument("--batch", type=int, default=1, help="B, the batch size (default %(default)s)")
     p.add_argument("--heads", type=int, default=1, help="H, the number of heads (default %(default)s)")
     p.add_argument("--block", nargs="+", type=_parse_block, default=[(64, 64)], help="BRxBC, e.g. 64x64")
