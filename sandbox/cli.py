@@ -8,6 +8,8 @@
     python -m sandbox plot     hbm_vs_sram --data results/data/hbm_vs_sram.json --out results/figures
     python -m sandbox demo     --out results
     python -m sandbox bench    --n 1024 --d 64 --repeats 10 --out bench.csv   (GPU only)
+
+Installed, the same commands run as ``attention-sandbox info``, ``attention-sandbox simulate ...``.
 """
 
 import argparse
@@ -15,10 +17,31 @@ import itertools
 import os
 import sys
 
+from sandbox import __version__
 from sandbox.dtypes import SUPPORTED
 from sandbox.kinds import names as kind_names
+from sandbox.schedule import MATHS
 
 EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's rule for bad input: one line on stderr, exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_of(what, names):
+    """An argparse type for ``choices=names`` whose error names ``what`` and lists the names."""
+    names = tuple(names)
+
+    def check(text):
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; expected one of {', '.join(names)}")
+        return text
+
+    return check
 
 
 def _fmt_table(headers, rows):
@@ -35,27 +58,29 @@ def _report_rows(report):
 
 
 def _add_problem_args(p, n_default, d_default):
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="B, the batch size (default %(default)s)")
+    p.add_argument("--heads", type=int, default=1, help="H, the number of heads (default %(default)s)")
     p.add_argument("--n", type=int, default=n_default, help="Nq = Nk (default %(default)s)")
     p.add_argument("--n-q", type=int, default=None, help="Nq, if it differs from --n")
     p.add_argument("--n-kv", type=int, default=None, help="Nk, if it differs from --n")
     p.add_argument("--d", type=int, default=d_default, help="head dim (default %(default)s)")
-    p.add_argument("--dtype", default="float32", choices=SUPPORTED)
-    p.add_argument("--causal", action="store_true")
-    p.add_argument("--scale", type=float, default=None)
+    p.add_argument("--dtype", default="float32", choices=SUPPORTED, help="Q, K, V dtype (default %(default)s)")
+    p.add_argument("--causal", action="store_true", help="causal mask (query i sees keys <= i)")
+    p.add_argument("--scale", type=float, default=None, help="the factor of QKᵀ in S (default 1/sqrt(d))")
 
 
 def _add_schedule_args(p, block_default, kind_default, tile_default=None):
-    p.add_argument("--kind", default=kind_default, help=f"one of {', '.join(kind_names())}")
+    kinds = kind_names() + ((kind_default,) if kind_default not in kind_names() else ())
+    p.add_argument("--kind", default=kind_default, choices=kinds, type=_one_of("schedule kind", kinds),
+                   help="schedule kind (default %(default)s)")
     p.add_argument("--block-q", type=int, default=block_default, help="Br")
     p.add_argument("--block-kv", type=int, default=block_default, help="Bc")
     p.add_argument("--thread-q", type=int, default=tile_default, help="rows of each thread's register tile")
     p.add_argument("--thread-kv", type=int, default=tile_default, help="columns of each thread's register tile")
     p.add_argument("--sram-bytes", type=int, default=None, help="M, the SRAM capacity assumed (default 227 KiB)")
-    p.add_argument("--math", choices=("fma", "tf32x3"), default="fma",
+    p.add_argument("--math", choices=MATHS, default="fma",
                    help="flash2's fast-build arithmetic: fma (CUDA cores) or tf32x3 (tensor cores, 3xTF32; "
-                        "needs --thread-q 2 --thread-kv Bc/4)")
+                        "needs Br a multiple of 16, Bc of 8 and the thread tile 2 x Bc/4, its default)")
 
 
 def _problem(a):
@@ -148,8 +173,6 @@ def cmd_sweep(a):
               file=sys.stderr)
         return EXIT_USAGE
     if a.experiment:
-        if a.experiment not in EXPERIMENTS:
-            raise ValueError(f"unknown experiment {a.experiment!r}; expected one of {', '.join(EXPERIMENTS)}")
         spec = EXPERIMENTS[a.experiment].spec
     else:
         if a.block is not None and a.sram_bytes:
@@ -163,7 +186,7 @@ def cmd_sweep(a):
             time_kernels=a.time,
         )
     csv_path, json_path = sweep_paths(a.out)
-    rows = run_sweep(spec, csv_path, json_path, progress=_progress(), argv=sys.argv,
+    rows = run_sweep(spec, csv_path, json_path, progress=_progress(), argv=a.command_line,
                      skip_infeasible=a.skip_infeasible, append=a.append)
     if rows.already_done:
         print(f"resumed: {rows.already_done} points were already in {csv_path}")
@@ -175,12 +198,9 @@ def cmd_sweep(a):
 
 
 def cmd_plot(a):
-    from sandbox.plots import PLOTS
-    from sandbox.sweep import load
+    from sandbox.plots import PLOTS, load_sweep
 
-    if a.figure not in PLOTS:
-        raise ValueError(f"unknown figure {a.figure!r}; expected one of {', '.join(PLOTS)}")
-    prov, rows = load(a.data)
+    prov, rows = load_sweep(a.data)
     rows = [r for r in rows if not r.get("infeasible")]  # points a sweep recorded as unable to run
     if not rows:
         raise ValueError(f"{a.data} has no rows")
@@ -198,7 +218,7 @@ def cmd_demo(a):
     start = time.perf_counter()
     backend = "the Numba CUDA simulator (no GPU)" if using_simulator() else "the GPU"
     print(f"demo: sweeps on the simulator, kernels on {backend}, into {a.out}/")
-    res = run_demo(a.out, progress=_progress(), argv=sys.argv)
+    res = run_demo(a.out, progress=_progress(), argv=a.command_line)
     for kind, r in res["kernel_check"].items():
         agree = "counts agree" if r["counts_agree"] else "COUNTS DISAGREE"
         print(f"  {kind:>8}: max |O - O_ref| = {r['max_abs_error']:.2g}, {agree}")
@@ -234,7 +254,7 @@ def cmd_bench(a):
     )
     rows = []
     try:
-        run_bench(spec, a.out, progress=_bench_progress, argv=sys.argv, rows=rows)
+        run_bench(spec, a.out, progress=_bench_progress, argv=a.command_line, rows=rows)
     except GPURequired as e:
         print(e, file=sys.stderr)
         return EXIT_USAGE
@@ -286,8 +306,13 @@ def _masks(a):
     return (False, True) if a.both_masks else (a.causal,)
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m sandbox", description="Attention IO sandbox.")
+def build_parser(prog=None):
+    """The CLI's parser; ``prog``: the name its usage and errors give the command (default: the console script's)."""
+    from sandbox.bench_impls import IMPL_NAMES
+    from sandbox.experiments import EXPERIMENTS
+
+    parser = _Parser(prog=prog or PROG, description="Attention IO sandbox.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="package versions, GPU or simulator, device properties")
     p.set_defaults(func=cmd_info)
@@ -299,21 +324,27 @@ def build_parser():
     _add_problem_args(p, 40, 16)
     # small defaults: the CUDA simulator runs each of the 4x4 threads as a Python thread
     _add_schedule_args(p, 8, "all", tile_default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random Q, K, V (default %(default)s)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="a grid of points counted by the simulator -> CSV + JSON (resumable)")
-    p.add_argument("--experiment", help="a named experiment's grid (see sandbox/experiments.py)")
-    p.add_argument("--kind", nargs="+", default=list(kind_names()))
-    p.add_argument("--n", nargs="+", type=int, default=[1024])
-    p.add_argument("--d", nargs="+", type=int, default=[64])
-    p.add_argument("--causal", choices=("no", "yes", "both"), default="no")
-    p.add_argument("--dtype", nargs="+", default=["float32"])
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=1)
-    p.add_argument("--block", nargs="+", type=_parse_block, default=None, help="BRxBC, e.g. 64x64 (default 64x64)")
+    p.add_argument("--experiment", choices=tuple(EXPERIMENTS), type=_one_of("experiment", EXPERIMENTS),
+                   help="a named experiment's grid instead of the grid options")
+    p.add_argument("--kind", nargs="+", default=list(kind_names()), choices=kind_names(),
+                   type=_one_of("schedule kind", kind_names()), metavar="KIND",
+                   help=f"schedule kinds: {', '.join(kind_names())} (default: all)")
+    p.add_argument("--n", nargs="+", type=int, default=[1024], help="Nq = Nk values (default 1024)")
+    p.add_argument("--d", nargs="+", type=int, default=[64], help="head dims (default 64)")
+    p.add_argument("--causal", choices=("no", "yes", "both"), default="no", help="causal mask (default no)")
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=SUPPORTED, metavar="DTYPE",
+                   help=f"dtypes: {', '.join(SUPPORTED)} (default float32)")
+    p.add_argument("--batch", type=int, default=1, help="B, the batch size (default %(default)s)")
+    p.add_argument("--heads", type=int, default=1, help="H, the number of heads (default %(default)s)")
+    p.add_argument("--block", nargs="+", type=_parse_block, default=None,
+                   help="BRxBC blocks, e.g. 64x64 (default 64x64)")
     p.add_argument("--sram-bytes", nargs="+", type=int, help="M values: blocks by the paper's rule instead of --block")
-    p.add_argument("--thread-tile", nargs="+", type=int)
+    p.add_argument("--thread-tile", nargs="+", type=int,
+                   help="register tile edges t (each thread a t x t tile of S; default: the schedule's)")
     p.add_argument("--time", action="store_true", help="also time the kernels (GPU only)")
     p.add_argument("--skip-infeasible", action="store_true",
                    help="record points whose tiles cannot run, with the reason, and go on (default: stop there)")
@@ -323,21 +354,22 @@ def build_parser():
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("plot", help="a figure from a sweep file")
-    p.add_argument("figure", help="hbm_vs_sram, hbm_vs_n, block_size, gpt2_medium or sram_vs_tile")
+    p.add_argument("figure", choices=tuple(EXPERIMENTS), type=_one_of("figure", EXPERIMENTS),
+                   help="the figure: " + ", ".join(EXPERIMENTS))
     p.add_argument("--data", required=True, help="the sweep's JSON or CSV")
-    p.add_argument("--out", default="results/figures")
+    p.add_argument("--out", default="results/figures", help="folder for the PNG and SVG (default %(default)s)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("bench", help="time our kernels against PyTorch SDPA, CuPy and the blog post's blockwise "
                                     "PyTorch (GPU only) -> table + CSV + JSON")
     p.add_argument("--n", nargs="+", type=int, default=[1024, 4096, 16384], help="Nq = Nk values")
     p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--batch", type=int, default=2, help="B, the batch size (default %(default)s)")
+    p.add_argument("--heads", type=int, default=16, help="H, the number of heads (default %(default)s)")
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=SUPPORTED, help="dtypes (default float32)")
     _add_mask_args(p, "rows")
-    p.add_argument("--impl", nargs="+", help="implementations (default: all): sdpa-flash sdpa-efficient sdpa-math "
-                                             "cupy-naive torch-blockwise standard flash1 flash2")
+    p.add_argument("--impl", nargs="+", choices=IMPL_NAMES, type=_one_of("implementation", IMPL_NAMES), metavar="IMPL",
+                   help="implementations (default: all): " + " ".join(IMPL_NAMES))
     p.add_argument("--backward", action="store_true",
                    help="also backward rows: sdpa-* through autograd (only the backward timed), our standard and flash2")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per row, median reported (default 10)")
@@ -346,50 +378,68 @@ def build_parser():
     p.add_argument("--block-kv", type=int, default=None, help="Bc of our kernels (default 64)")
     p.add_argument("--thread-q", type=int, default=None, help="rows of our register tiles (default 4)")
     p.add_argument("--thread-kv", type=int, default=None, help="columns of our register tiles (default 4)")
-    p.add_argument("--math", choices=("fma", "tf32x3"), default=None,
+    p.add_argument("--math", choices=MATHS, default=None,
                    help="flash2's arithmetic: fma (CUDA cores) or tf32x3 (its tensor-core build, 3xTF32; needs "
                         "--thread-q 2 --thread-kv Bc/4); default: the tuned schedule's")
     p.add_argument("--no-tune", action="store_true",
                    help="flash2 on the default schedule instead of the autotuned one (python -m sandbox tune)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tune", help="time flash2's fast-build schedules per (head_dim, dtype) on this GPU "
                                    "and cache the fastest (GPU only)")
     p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims")
-    p.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=SUPPORTED, help="dtypes (default float32)")
     p.add_argument("--refresh", action="store_true", help="time again even where the cache has a choice")
     _add_mask_args(p, "kernels")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("demo", help="the main job: sweeps, figures and a kernel check into --out")
-    p.add_argument("--out", default="results")
+    p.add_argument("--out", default="results",
+                   help="folder for data/, figures/ and kernel_check.json (default %(default)s)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
-def main(argv=None):
+#: The command's name in usage and error lines: the console script's (``python -m sandbox`` passes its own).
+PROG = "attention-sandbox"
+
+
+def main(argv=None, prog=None):
+    """Parse ``argv`` (default: the command line), run the subcommand, return the exit code.
+
+    Bad input, the library's ValueError, TypeError or MemoryError included, is one line on stderr
+    and exit code 2, whatever the subcommand.
+    """
     from sandbox.runtime import ensure_backend
 
     ensure_backend()  # the CUDA simulator when there is no GPU, before numba.cuda is imported
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    kinds = args.kind if isinstance(getattr(args, "kind", None), list) else [getattr(args, "kind", None)]
-    for kind in kinds:
-        if kind not in (None, "all") + kind_names():
-            print(f"error: unknown schedule kind {kind!r}; expected one of {', '.join(kind_names())}", file=sys.stderr)
-            return EXIT_USAGE
+    parser = build_parser(prog)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error (printed, one line)
+        return e.code
+    args.command_line = [*parser.prog.split(), *argv]  # for result files' provenance, as the user typed it
     try:
         return args.func(args)
     except (ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError as e:
+        print(f"error: not enough memory{f' ({_one_line(e)})' if str(e) else ''}; try a smaller problem",
+              file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # unwritable output folder, missing input file
-        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(f"error: {_one_line(e.strerror or e)}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(error):
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -57,3 +57,5 @@ EXPERIMENTS = {
 
 #: The paper's Figure 2 (left) table, forward + backward on an A100: HBM reads + writes in GB.
 PAPER_GPT2_MEDIUM_GB = {"standard": 40.3, "flash": 4.4}
+#: The setting of that table (GPT-2 medium attention), as sweep columns.
+PAPER_GPT2_MEDIUM_SETTING = {"n_q": 1024, "n_kv": 1024, "head_dim": 64, "batch": 64, "heads": 16, "dtype": "float16"}

@@ -1,4 +1,10 @@
-"""Figures drawn from sweep files (never from the kernels). Each function writes PNG and SVG and returns the paths."""
+"""Figures drawn from sweep files (never from the kernels). Each function writes PNG and SVG and returns the paths.
+
+A figure says what its data holds: the title lists the setting every row shares, and each
+line (or bar) is one combination of whatever else the sweep varies, so that no line mixes
+points of different settings. A sweep a figure cannot show (a column it needs is missing, too
+few points along its axis, ...) is refused with a ValueError saying why.
+"""
 
 import os
 
@@ -6,17 +12,198 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
-from sandbox.experiments import EXPERIMENTS, PAPER_GPT2_MEDIUM_GB  # noqa: E402
+from sandbox.experiments import PAPER_GPT2_MEDIUM_GB, PAPER_GPT2_MEDIUM_SETTING  # noqa: E402
+from sandbox.sweep import POINT_COLUMNS, load  # noqa: E402
 from simulator import theory  # noqa: E402
 
+#: Colors of the built-in kinds; other registered kinds take the next of :data:`OTHER_COLORS`.
 COLORS = {"standard": "tab:red", "flash1": "tab:blue", "flash2": "tab:green"}
+OTHER_COLORS = ("tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+#: Line styles of the lines of one kind (one per combination of the other varying columns).
+STYLES = ("o-", "s--", "^:", "D-.", "v-", "P--", "X:", "*-.")
+
+#: Schedule columns that may simply follow a figure's x axis (the paper's block rule makes Br, Bc
+#: follow M; the default register tile follows the blocks). They do not split lines when they do.
+FOLLOWERS = ("block_q", "block_kv", "thread_q", "thread_kv", "sram_bytes", "n_kv")
+
+#: Most bars :func:`gpt2_medium` draws.
+MAX_BARS = 12
+
+
+# -- reading ------------------------------------------------------------------------------
+def load_sweep(path):
+    """(provenance, rows) of a sweep file (JSON or CSV), for the figures.
+
+    Raises:
+        ValueError: the file is not a sweep file, or it has no rows.
+        OSError: it cannot be read.
+    """
+    try:
+        prov, rows = load(path)
+        rows = list(rows)
+    except KeyError as e:
+        raise ValueError(f"{path} is not a sweep file: it has no {e.args[0]!r} "
+                         f"(sweep files are written by the sweep command)") from None
+    except (ValueError, TypeError, AttributeError) as e:
+        msg = " ".join(str(e).split())
+        raise ValueError(msg if str(path) in msg else f"{path} is not a sweep file: {msg}") from None
+    if not rows:
+        raise ValueError(f"{path} has no rows")
+    return (prov if isinstance(prov, dict) else {}), rows
+
+
+def _require(figure, rows, columns):
+    """The rows that have every column ``columns`` names (infeasible points have empty results)."""
+    missing = [c for c in POINT_COLUMNS + tuple(columns) if any(c not in r for r in rows)]
+    if missing:
+        raise ValueError(f"{figure}: the data has no column {', '.join(missing)}; "
+                         f"figures are drawn from sweep files (the sweep command's CSV or JSON)")
+    done = [r for r in rows if all(r[c] is not None for c in columns)]
+    if not done:
+        raise ValueError(f"{figure}: no row of the sweep has {', '.join(columns)}")
+    return done
+
+
+# -- what the data holds ------------------------------------------------------------------
+def _bytes(n):
+    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} B"
+
+
+_FORMAT = {
+    "kind": str, "batch": lambda v: f"B = {v}", "heads": lambda v: f"H = {v}", "n_q": lambda v: f"Nq = {v}",
+    "n_kv": lambda v: f"Nk = {v}", "head_dim": lambda v: f"d = {v}", "dtype": str,
+    "causal": lambda v: "causal" if v else "non-causal", "block_q": lambda v: f"Br = {v}",
+    "block_kv": lambda v: f"Bc = {v}", "thread_q": lambda v: f"tile rows {v}", "thread_kv": lambda v: f"tile cols {v}",
+    "sram_bytes": lambda v: f"M = {_bytes(v)}",
+}
+#: Pairs named together when a row holds both: (first, second, format of the two when equal, when not).
+_PAIRS = (
+    ("n_q", "n_kv", "N = {}", "Nq = {}, Nk = {}"),
+    ("block_q", "block_kv", "Br = Bc = {}", "Br = {}, Bc = {}"),
+    ("thread_q", "thread_kv", "tile {0}×{0}", "tile {}×{}"),
+)
+
+
+def describe(row, columns):
+    """``columns`` of ``row`` in the paper's notation, e.g. "flash2, N = 4096, d = 64, Br = Bc = 64"."""
+    parts, done = [], set()
+    for c in columns:
+        if c in done:
+            continue
+        pair = next((p for p in _PAIRS if c in p[:2] and p[0] in columns and p[1] in columns), None)
+        if pair:
+            a, b = row[pair[0]], row[pair[1]]
+            parts.append(pair[2].format(a) if a == b else pair[3].format(a, b))
+            done.update(pair[:2])
+        else:
+            parts.append(_FORMAT[c](row[c]))
+            done.add(c)
+    return ", ".join(parts)
+
+
+_NAMES = {"kind": "kind", "batch": "B", "heads": "H", "n_q": "Nq", "n_kv": "Nk", "head_dim": "d", "dtype": "dtype",
+          "causal": "the mask", "block_q": "Br", "block_kv": "Bc", "thread_q": "tile rows", "thread_kv": "tile columns",
+          "sram_bytes": "M"}
+
+
+def _name_list(columns):
+    names = [_NAMES[c] for c in columns]
+    for pair, name in ((("thread_q", "thread_kv"), "the register tile"), (("n_q", "n_kv"), "N")):
+        if all(c in columns for c in pair):
+            names = [n for n in names if n not in (_NAMES[pair[0]], _NAMES[pair[1]])] + [name]
+    return names
+
+
+def _names(columns):
+    """The columns' names in the paper's notation, e.g. "Br, Bc"."""
+    return ", ".join(_name_list(columns))
+
+
+class Lines:
+    """Rows split into lines along ``x``: one line per combination of the other columns that vary.
+
+    Attributes:
+        fixed: point columns with one value over all rows (the title's setting).
+        split: point columns that vary and split the rows into lines.
+        follow: point columns that vary along ``x`` within a line (e.g. Br, Bc under the block rule).
+        lines: (label, rows sorted along x) per line, in order of first appearance. A label names
+            the line's split columns, and in parentheses the followers constant along it.
+    """
+
+    def __init__(self, figure, rows, x, min_points=2):
+        x = tuple(x)
+        if x == ("n_q",) and all(r["n_q"] == r["n_kv"] for r in rows):
+            x = ("n_q", "n_kv")  # N
+        varying = [c for c in POINT_COLUMNS if c not in x and len({r[c] for r in rows}) > 1]
+        self.fixed = [c for c in POINT_COLUMNS if c not in x and c not in varying]
+        split = list(varying)
+        for c in FOLLOWERS:  # a column that only follows x does not split lines
+            if c in split and self._unique_along_x(rows, x, [s for s in split if s != c]):
+                split.remove(c)
+        if not self._unique_along_x(rows, x, split):
+            raise ValueError(f"{figure}: the sweep has two rows for one point")
+        groups = {}
+        for r in rows:
+            groups.setdefault(tuple(r[c] for c in split), []).append(r)
+        followers = [c for c in varying if c not in split]
+        self.split = split
+        self.follow = [c for c in followers if any(len({r[c] for r in rs}) > 1 for rs in groups.values())]
+        per_line = [c for c in followers if c not in self.follow]
+        self.lines = []
+        for rs in groups.values():
+            label = describe(rs[0], split) + (f" ({describe(rs[0], per_line)})" if per_line else "")
+            self.lines.append((label, sorted(rs, key=lambda r: tuple(r[c] for c in x))))
+        xs = {tuple(r[c] for c in x) for r in rows}
+        if len(xs) < min_points:
+            raise ValueError(f"{figure} draws lines along {_names(x)} and this sweep has "
+                             f"{'one value' if len(xs) == 1 else 'no values'} of it: "
+                             f"sweep at least {min_points}")
+
+    @staticmethod
+    def _unique_along_x(rows, x, split):
+        seen = set()
+        for r in rows:
+            key = tuple(r[c] for c in split) + tuple(r[c] for c in x)
+            if key in seen:
+                return False
+            seen.add(key)
+        return True
+
+    def setting(self, rows, x_name):
+        """The title's second line: the shared setting, and what follows x."""
+        text = describe(rows[0], self.fixed)
+        if self.follow:
+            text += f"; {_names(self.follow)} follow{'s' if len(_name_list(self.follow)) == 1 else ''} {x_name}"
+        return text
+
+    def styles(self, rows):
+        """(color, line style) of each line: color by kind, style by the other columns."""
+        extra = iter(OTHER_COLORS)
+        colors = {kind: COLORS.get(kind) or next(extra, "black") for kind in dict.fromkeys(r["kind"] for r in rows)}
+        count, out = {}, []
+        for _, rs in self.lines:
+            kind = rs[0]["kind"]
+            i = count[kind] = count.get(kind, -1) + 1
+            out.append((colors[kind], STYLES[i % len(STYLES)]))
+        return out
+
+
+def _title(ax, what, setting, fontsize=9):
+    ax.set_title(f"{what}\n{setting}" if setting else what, fontsize=fontsize)
 
 
 def _save(fig, out_dir, name, prov):
     os.makedirs(out_dir, exist_ok=True)
-    fig.text(0.01, -0.04, f"{prov.get('backend', '')} | {prov.get('date', '')} | sandbox {prov.get('sandbox', '')}",
-             fontsize=6, color="gray")
+    footer = " | ".join(str(prov[k]) for k in ("backend", "date") if prov.get(k))
+    if prov.get("sandbox"):
+        footer += f" | sandbox {prov['sandbox']}"
+    fig.text(0.01, -0.04, footer, fontsize=6, color="gray")
     paths = [os.path.join(out_dir, f"{name}.{ext}") for ext in ("png", "svg")]
     for p in paths:
         fig.savefig(p, dpi=120, bbox_inches="tight")
@@ -32,99 +219,148 @@ def _per_head(r):
     return r["batch"] * r["heads"]
 
 
+# -- figures ------------------------------------------------------------------------------
 def hbm_vs_sram(rows, prov, out_dir):
-    """Log-log HBM accesses vs M per kind, with Θ(N²d²/M), Proposition 3, Saha & Ye and 4Nd."""
+    """Log-log HBM accesses per head vs M, one line per kind (and per other varying column),
+    with Θ(N²d²/M), Proposition 3, Saha & Ye and 4Nd for the sweep's one N and d."""
+    rows = _require("hbm_vs_sram", rows, ("hbm_reads", "hbm_writes"))
+    lines = Lines("hbm_vs_sram", rows, x=("sram_bytes",))
+    shapes = sorted({(r["n_q"], r["n_kv"], r["head_dim"]) for r in rows})
+    if len(shapes) > 1:
+        raise ValueError("hbm_vs_sram draws the bounds for one N and d, and this sweep has "
+                         + "; ".join(describe(dict(zip(("n_q", "n_kv", "head_dim"), s)), ("n_q", "n_kv", "head_dim"))
+                                     for s in shapes) + ": sweep one N and d (or plot hbm_vs_n)")
+    (n, n_kv, d), = shapes
+    if n != n_kv:
+        raise ValueError(f"hbm_vs_sram draws the bounds for Nq = Nk, and this sweep has Nq = {n}, Nk = {n_kv}")
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    n, d = rows[0]["n_q"], rows[0]["head_dim"]
-    for kind in COLORS:
-        rs = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["sram_bytes"])
-        if rs:
-            m = [theory.sram_elements(r["sram_bytes"], r["dtype"]) for r in rs]
-            ax.plot(m, [_hbm(r) / _per_head(r) for r in rs], "o-", color=COLORS[kind], label=f"{kind} (simulated)")
+    for (label, rs), (color, style) in zip(lines.lines, lines.styles(rows)):
+        m = [theory.sram_elements(r["sram_bytes"], r["dtype"]) for r in rs]
+        ax.plot(m, [_hbm(r) / _per_head(r) for r in rs], style, color=color,
+                label=f"{label or rs[0]['kind']} (simulated)")
     ms = sorted({theory.sram_elements(r["sram_bytes"], r["dtype"]) for r in rows})
-    ax.plot(ms, [theory.flash_hbm_theta(n, d, m) for m in ms], "k--", label="N²d²/M (Θ, Thm 2; Prop 3 bound for M∈[d,Nd])")
+    ax.plot(ms, [theory.flash_hbm_theta(n, d, m) for m in ms], "k--",
+            label="N²d²/M (Θ, Thm 2; Prop 3 bound for M∈[d,Nd])")
     ax.plot(ms, [theory.saha_ye_bound(n, d, m) for m in ms], "k:", label="min(N²d/√M, N²d²/M) (Saha & Ye)")
     ax.plot(ms, [theory.io_lower_bound_trivial(n, d)] * len(ms), color="gray", lw=1, label="4Nd (read Q,K,V, write O)")
-    ax.axvline(theory.saha_ye_crossover(d), color="gray", lw=0.8, ls="-.")
-    ax.annotate(" M = d²", (theory.saha_ye_crossover(d), 0.02), xycoords=("data", "axes fraction"), fontsize=8, color="gray")
-    ax.set(xscale="log", yscale="log", xlabel="SRAM size M (elements)", ylabel="HBM accesses per head (elements)",
-           title=EXPERIMENTS["hbm_vs_sram"].title)
-    ax.title.set_fontsize(9)
+    if ms[0] <= theory.saha_ye_crossover(d) <= ms[-1]:
+        ax.axvline(theory.saha_ye_crossover(d), color="gray", lw=0.8, ls="-.")
+        ax.annotate(" M = d²", (theory.saha_ye_crossover(d), 0.02), xycoords=("data", "axes fraction"),
+                    fontsize=8, color="gray")
+    ax.set(xscale="log", yscale="log", xlabel="SRAM size M (elements)", ylabel="HBM accesses per head (elements)")
+    _title(ax, "HBM accesses vs SRAM size M", lines.setting(rows, "M"))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out_dir, "hbm_vs_sram", prov)
 
 
 def hbm_vs_n(rows, prov, out_dir):
-    """HBM accesses vs N per kind, and beside it the extra device memory each kind allocates."""
+    """HBM accesses vs N, and beside it the extra device memory each kind allocates; one line per
+    kind and per combination of whatever else the sweep varies."""
+    rows = _require("hbm_vs_n", rows, ("hbm_reads", "hbm_writes", "extra_hbm_bytes"))
+    lines = Lines("hbm_vs_n", rows, x=("n_q",))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for kind in COLORS:
-        rs = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["n_q"])
-        if rs:
-            ns = [r["n_q"] for r in rs]
-            ax.plot(ns, [_hbm(r) for r in rs], "o-", color=COLORS[kind], label=kind)
-            ax2.plot(ns, [r["extra_hbm_bytes"] for r in rs], "o-", color=COLORS[kind], label=kind)
+    for (label, rs), (color, style) in zip(lines.lines, lines.styles(rows)):
+        ns = [r["n_q"] for r in rs]
+        ax.plot(ns, [_hbm(r) for r in rs], style, color=color, label=label or rs[0]["kind"])
+        ax2.plot(ns, [r["extra_hbm_bytes"] for r in rs], style, color=color, label=label or rs[0]["kind"])
     ax.set(xscale="log", yscale="log", xlabel="N", ylabel="HBM accesses (elements)", title="HBM accesses")
     ax2.set(xscale="log", yscale="log", xlabel="N", ylabel="bytes beyond Q, K, V, O",
             title="extra memory: S, P (standard); ℓ, m, L (flash)")
-    ax.legend(fontsize=8)
-    fig.suptitle(EXPERIMENTS["hbm_vs_n"].title, fontsize=10)
+    ax.legend(fontsize=7)
+    setting = lines.setting(rows, "N")
+    fig.suptitle(f"HBM accesses and extra memory vs N\n{setting}" if setting else "HBM accesses and extra memory vs N",
+                 fontsize=10)
+    fig.tight_layout()
     return _save(fig, out_dir, "hbm_vs_n", prov)
 
 
 def block_size(rows, prov, out_dir):
-    """The paper's Fig. 2 (middle): HBM accesses and forward runtime vs block size Bc."""
-    rs = sorted(rows, key=lambda r: r["block_kv"])
+    """HBM traffic and forward runtime vs block size Bc, for one setting (the FlashAttention
+    paper's Figure 2, middle, when the sweep is its flash1, N = 1024, d = 64)."""
+    rows = _require("block_size", rows, ("hbm_bytes",))
+    lines = Lines("block_size", rows, x=("block_kv",))
+    if lines.split:
+        raise ValueError(f"block_size draws one bar per Bc for one setting, and this sweep also varies "
+                         f"{_names(lines.split)}: sweep one of each")
+    rs = lines.lines[0][1]
     fig, ax = plt.subplots(figsize=(6, 4))
-    bcs = [r["block_kv"] for r in rs]
-    ax.bar([str(b) for b in bcs], [r["hbm_bytes"] / 1e9 for r in rs], color="tab:blue", alpha=0.7)
-    ax.set(xlabel="block size Bc", ylabel="HBM traffic (GB)", title=EXPERIMENTS["block_size"].title)
-    timed = [(str(r["block_kv"]), r["runtime_ms"]) for r in rs if r["runtime_ms"] is not None]
+    bcs = [str(r["block_kv"]) for r in rs]
+    ax.bar(bcs, [r["hbm_bytes"] / 1e9 for r in rs], color="tab:blue", alpha=0.7)
+    ax.set(xlabel="block size Bc", ylabel="HBM traffic (GB)")
+    _title(ax, "HBM traffic and forward runtime vs block size Bc", lines.setting(rows, "Bc"))
+    timed = [(str(r["block_kv"]), r["runtime_ms"]) for r in rs if r.get("runtime_ms") is not None]
     ax2 = ax.twinx()
     if timed:
         ax2.plot([t[0] for t in timed], [t[1] for t in timed], "o-", color="tab:orange")
         ax2.set_ylabel("forward runtime (ms)", color="tab:orange")
     else:
         ax2.set_yticks([])
-        ax.text(0.5, 0.9, "runtime: no GPU in this run", transform=ax.transAxes, ha="center", fontsize=8, color="gray")
+        ax.text(0.5, 0.9, "runtime: not timed in this sweep", transform=ax.transAxes, ha="center", fontsize=8,
+                color="gray")
     return _save(fig, out_dir, "block_size", prov)
 
 
 def gpt2_medium(rows, prov, out_dir):
-    """Standard vs flash HBM traffic in the GPT-2 medium setting, forward and backward, beside the paper's figures."""
+    """Forward and backward HBM traffic, one bar per point, beside the FlashAttention paper's
+    GPT-2 medium figures when the sweep is in the paper's setting."""
+    rows = _require("gpt2_medium", rows, ("hbm_bytes",))
+    if len(rows) > MAX_BARS:
+        raise ValueError(f"gpt2_medium draws one bar per point, at most {MAX_BARS}, and this sweep has {len(rows)}")
+    split = [c for c in POINT_COLUMNS if len({r[c] for r in rows}) > 1]
+    fixed = [c for c in POINT_COLUMNS if c not in split]
+    if len({tuple(r[c] for c in split) for r in rows}) < len(rows):
+        raise ValueError("gpt2_medium: the sweep has two rows for one point")
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["causal"], i))  # full, then causal
+    rows = [rows[i] for i in order]
+    labels = [describe(r, split).replace(", ", "\n") or r["kind"] for r in rows]
+    fwd = [r["hbm_bytes"] / 1e9 for r in rows]
+    bwd = [(r.get("hbm_bytes_backward") or 0) / 1e9 for r in rows]
+    colors = [COLORS.get(r["kind"], "tab:purple") for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    labels, fwd, bwd, colors = [], [], [], []
-    for causal in (False, True):
-        for kind in COLORS:
-            for r in rows:
-                if r["kind"] == kind and r["causal"] == causal:
-                    labels.append(f"{kind}\n{'causal' if causal else 'full'}")
-                    fwd.append(r["hbm_bytes"] / 1e9)
-                    bwd.append((r["hbm_bytes_backward"] or 0) / 1e9)
-                    colors.append(COLORS[kind])
-    ax.bar(labels, fwd, color=colors, label="forward (ours, simulated)")
-    top = ax.bar(labels, bwd, bottom=fwd, color=colors, alpha=0.45, hatch="//", label="backward (ours, simulated)")
+    ax.bar(labels, fwd, color=colors)
+    top = ax.bar(labels, bwd, bottom=fwd, color=colors, alpha=0.45, hatch="//")
     ax.bar_label(top, labels=[f"{f + b:.1f}" for f, b in zip(fwd, bwd)], fontsize=7)
-    paper = ax.bar(["paper\nstandard", "paper\nflash"], [PAPER_GPT2_MEDIUM_GB["standard"], PAPER_GPT2_MEDIUM_GB["flash"]],
-                   color=["gray", "lightgray"], label="paper: forward + backward, A100 (Fig. 2 left)")
-    ax.bar_label(paper, fmt="%.1f", fontsize=7)
-    ax.set_ylim(0, max(f + b for f, b in zip(fwd, bwd)) * 1.2)
-    ax.set(ylabel="HBM reads + writes (GB)", title=EXPERIMENTS["gpt2_medium"].title)
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=7, loc="upper right")
+    handles = [Patch(facecolor="dimgray", label="forward (ours, simulated)"),
+               Patch(facecolor="dimgray", alpha=0.45, hatch="//", label="backward (ours, simulated)")]
+    paper = PAPER_GPT2_MEDIUM_SETTING
+    in_paper_setting = all(c in fixed and rows[0][c] == v for c, v in paper.items())
+    if in_paper_setting:
+        bars = ax.bar(["paper\nstandard", "paper\nflash"],
+                      [PAPER_GPT2_MEDIUM_GB["standard"], PAPER_GPT2_MEDIUM_GB["flash"]], color=["gray", "lightgray"])
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        handles += [Patch(facecolor="gray", label="paper: standard, forward + backward, A100 (Fig. 2 left)"),
+                    Patch(facecolor="lightgray", label="paper: FlashAttention, forward + backward, A100")]
+    tops = [f + b for f, b in zip(fwd, bwd)] + (list(PAPER_GPT2_MEDIUM_GB.values()) if in_paper_setting else [])
+    ax.set_ylim(0, max(tops) * 1.2 or 1)
+    ax.set(ylabel="HBM reads + writes (GB)")
+    what = "HBM traffic, forward and backward" + (" (the paper's GPT-2 medium setting)" if in_paper_setting else "")
+    _title(ax, what, describe(rows[0], fixed))
+    ax.legend(handles=handles, fontsize=7, loc="upper right")
     ax.tick_params(axis="x", labelsize=7)
     return _save(fig, out_dir, "gpt2_medium", prov)
 
 
 def sram_vs_tile(rows, prov, out_dir):
     """SRAM reads against the thread register tile: register blocking cuts shared-memory traffic."""
-    rs = sorted(rows, key=lambda r: r["thread_q"])
+    rows = _require("sram_vs_tile", rows, ("sram_reads",))
+    lines = Lines("sram_vs_tile", rows, x=("thread_q", "thread_kv"))
+    area = lambda r: r["thread_q"] * r["thread_kv"]  # noqa: E731
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["thread_q"] for r in rs], [r["sram_reads"] for r in rs], "o-", color="tab:green")
-    ax.set(xscale="log", yscale="log", xlabel="register tile t (t×t per thread)", ylabel="SRAM reads (elements)",
-           title=EXPERIMENTS["sram_vs_tile"].title)
-    ax.title.set_fontsize(9)
+    for (label, rs), (color, style) in zip(lines.lines, lines.styles(rows)):
+        rs = sorted(rs, key=area)
+        ax.plot([area(r) for r in rs], [r["sram_reads"] for r in rs], style, color=color, label=label or None)
+    ax.set(xscale="log", yscale="log", xlabel="register tile per thread (rows × columns of S)",
+           ylabel="SRAM reads (elements)")
+    # one labelled tick per tile of the sweep, and no minor ticks (their labels would overlap)
+    tiles = sorted({(r["thread_q"], r["thread_kv"]) for r in rows}, key=lambda t: t[0] * t[1])
+    ax.set_xticks([tq * tkv for tq, tkv in tiles], [f"{tq}×{tkv}" for tq, tkv in tiles])
+    ax.xaxis.set_minor_locator(NullLocator())
+    _title(ax, "SRAM reads vs the thread register tile", lines.setting(rows, "the tile"))
+    if len(lines.lines) > 1:
+        ax.legend(fontsize=7)
     return _save(fig, out_dir, "sram_vs_tile", prov)
 
 
+#: The figures by name: the experiments' (sandbox/experiments.py), each drawn from any sweep it fits.
 PLOTS = {"hbm_vs_sram": hbm_vs_sram, "hbm_vs_n": hbm_vs_n, "block_size": block_size,
          "gpt2_medium": gpt2_medium, "sram_vs_tile": sram_vs_tile}

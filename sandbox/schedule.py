@@ -31,6 +31,12 @@ KINDS = ("standard", "flash1", "flash2")
 #: fp32 product (kernels/mma.py).
 MATHS = ("fma", "tf32x3")
 
+#: The tensor-core build's tiles (kernels/flash2_tc.py): a warp per 16 rows of Q, mma fragments
+#: of 8 columns of S, and each thread a thread_q × Bc/4 register tile of S.
+TF32X3_BLOCK_Q_MULTIPLE = 16
+TF32X3_BLOCK_KV_MULTIPLE = 8
+TF32X3_THREAD_Q = 2
+
 #: Default SRAM capacity: the H100's opt-in shared memory per thread block (227 KiB).
 H100_SRAM_BYTES = 227 * 1024
 
@@ -74,7 +80,8 @@ class Schedule:
         block_q: Br, rows of a Q block.
         block_kv: Bc, rows of a K/V block.
         thread_q, thread_kv: each thread's register tile of S (rows, columns); default: the
-            smallest square tile that keeps the block at ≤ 256 threads.
+            smallest square tile that keeps the block at ≤ 256 threads (with ``math="tf32x3"``:
+            2 × Bc/4, the only tile the tensor-core build takes).
         sram_bytes: M, the SRAM capacity the schedule assumes (default: 227 KiB, an H100's
             opt-in shared memory per block).
         kv_splits: how many thread blocks share one Q block's K/V range (kinds registered with
@@ -86,8 +93,10 @@ class Schedule:
             arithmetic is FMA either way; the HBM traffic is the same.
 
     Raises:
-        ValueError: unknown kind, non-positive sizes, a thread block over 1024 threads, or
-            tiles whose head_dim-independent part already exceeds ``sram_bytes``.
+        ValueError: unknown kind, non-positive sizes, a thread block over 1024 threads,
+            ``math="tf32x3"`` with blocks or a thread tile the tensor cores cannot take (Br a
+            multiple of 16, Bc of 8, tile 2 × Bc/4), or tiles whose head_dim-independent part
+            already exceeds ``sram_bytes``.
 
     Example:
         >>> s = Schedule("flash2", block_q=16, block_kv=16)
@@ -120,6 +129,8 @@ class Schedule:
         for name in ("block_q", "block_kv", "sram_bytes"):
             object.__setattr__(self, name, _positive_int(getattr(self, name), name))
         tq, tkv = default_thread_tile(self.block_q, self.block_kv)
+        if self.math == "tf32x3":  # the one tile the tensor cores' fragments take
+            tq, tkv = TF32X3_THREAD_Q, max(1, self.block_kv // 4)
         if self.thread_q is None:
             object.__setattr__(self, "thread_q", min(tq, self.block_q))
         if self.thread_kv is None:
@@ -129,6 +140,8 @@ class Schedule:
             object.__setattr__(self, name, value)
             if value > block:
                 raise ValueError(f"{name}={value} is larger than its block ({block})")
+        if self.math == "tf32x3":
+            self._check_tensor_core_tiles()
         if self.threads > MAX_THREADS:
             raise ValueError(
                 f"thread layout {self.threads_q}x{self.threads_kv} = {self.threads} threads exceeds "
@@ -140,6 +153,21 @@ class Schedule:
             raise ValueError(
                 f"schedule needs {need} bytes of SRAM before any Q/K/V tile "
                 f"(S tile {self.block_q}x{self.block_kv} fp32) but sram_bytes={self.sram_bytes}"
+            )
+
+    def _check_tensor_core_tiles(self):
+        """math="tf32x3": a warp per 16 rows of Q, mma fragments of 8 columns, thread tile 2 × Bc/4."""
+        br, bc = self.block_q, self.block_kv
+        if br % TF32X3_BLOCK_Q_MULTIPLE or bc % TF32X3_BLOCK_KV_MULTIPLE:
+            raise ValueError(
+                f"math='tf32x3' needs block_q a multiple of {TF32X3_BLOCK_Q_MULTIPLE} and block_kv a multiple "
+                f"of {TF32X3_BLOCK_KV_MULTIPLE}, got block_q={br}, block_kv={bc}; e.g. block_q=64, block_kv=32"
+            )
+        if (self.thread_q, self.thread_kv) != (TF32X3_THREAD_Q, bc // 4):
+            raise ValueError(
+                f"math='tf32x3' needs the thread tile {TF32X3_THREAD_Q}x{bc // 4} (thread_q={TF32X3_THREAD_Q}, "
+                f"thread_kv=block_kv/4), got thread_q={self.thread_q}, thread_kv={self.thread_kv}; "
+                f"leave them unset to get it"
             )
 
     # -- thread layout --------------------------------------------------------------------

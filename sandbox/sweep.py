@@ -367,8 +367,7 @@ def read_sweep_csv(path):
             header = next(csv.reader([line]), [])
             missing = [c for c in COLUMNS if c not in header and c != "infeasible"]
             if missing or "\x00" in line:
-                raise ValueError(f"{path} is not a sweep's CSV (no columns {', '.join(missing) or 'header'}): "
-                                 "give another --out, or move the file away")
+                raise ValueError(f"{path} is not a sweep's CSV (no columns {', '.join(missing) or 'header'})")
             continue
         fields = next(csv.reader([line.rstrip("\n")]), [])
         torn = not line.endswith("\n")  # every row is written with its newline: the last one was cut
@@ -378,7 +377,7 @@ def read_sweep_csv(path):
         else:
             rows.append(row)
     if header is None:
-        raise ValueError(f"{path} is not a sweep's CSV (no header line): give another --out, or move the file away")
+        raise ValueError(f"{path} is not a sweep's CSV (no header line)")
     return prov, rows, damaged
 
 
@@ -529,7 +528,10 @@ def run_sweep(spec, csv_path, json_path=None, progress=None, argv=None, flush_se
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
     try:
         if os.path.exists(csv_path):
-            old_prov, old, result.damaged = read_sweep_csv(csv_path)
+            try:
+                old_prov, old, result.damaged = read_sweep_csv(csv_path)
+            except ValueError as e:
+                raise ValueError(f"{e}: give another --out, or move the file away") from None
             rows = {row_key(r): r for r in old}
         grid_keys = {p.key for p in grid}
         this_grid = spec.axes()

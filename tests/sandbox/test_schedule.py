@@ -108,3 +108,17 @@ def test_problem_validates_and_defaults_scale():
         Problem(batch=1, heads=1, n_q=1, n_kv=1, head_dim=4, dtype="bf17")
     with pytest.raises(ValueError, match="scale"):
         Problem(batch=1, heads=1, n_q=1, n_kv=1, head_dim=4, scale=float("nan"))
+
+
+def test_tf32x3_takes_only_the_tensor_cores_tiles():
+    """math="tf32x3" is flash2's tensor-core build: Br a multiple of 16, Bc of 8, thread tile 2 × Bc/4."""
+    s = Schedule("flash2", 64, 32, math="tf32x3")  # unset: the tile the tensor cores need
+    assert (s.thread_q, s.thread_kv) == (2, 8)
+    assert Schedule("flash2", 128, 64, thread_q=2, thread_kv=16, math="tf32x3").threads == 64 * 4
+    with pytest.raises(ValueError, match=r"math='tf32x3' needs the thread tile 2x8 \(thread_q=2, thread_kv=block_kv/4\)"):
+        Schedule("flash2", 64, 32, thread_q=4, thread_kv=4, math="tf32x3")
+    with pytest.raises(ValueError, match="block_q a multiple of 16 .* got block_q=24"):
+        Schedule("flash2", 24, 16, math="tf32x3")
+    with pytest.raises(ValueError, match="block_kv a multiple of 8, got block_q=16, block_kv=12"):
+        Schedule("flash2", 16, 12, math="tf32x3")
+    assert Schedule("flash2", 24, 16, thread_q=4, thread_kv=4).math == "fma"  # any tile for the FMA builds
