@@ -80,8 +80,20 @@ What the 2% target means here
     a local array goes to *local* memory, reported apart (``ncu_local_ld_bytes``,
     ``ncu_local_st_bytes``).
 
-If ``ncu`` is not on the PATH (nor in /opt/nvidia/nsight-compute or /usr/local/cuda*/bin), the
-script says so in one line and exits with status 2. ``--dry-run`` prints the commands only.
+The machine modelled
+    The L2 model takes the GPU's L2 size, SMs and shared memory from the device
+    (``sandbox.info.device_facts``). Where the device cannot be read, ``--gpu h100|h200`` names
+    the machine (``sandbox.gpus.KNOWN_GPUS``); ``--l2-bytes`` and ``--sms`` override single facts.
+    Without a device and without ``--gpu`` the check refuses to guess and exits with status 2.
+
+Exit status
+    0: every config measured (and, with ``--strict``, within its targets). 1: the profiled run
+    failed or timed out, nothing was measured at all, or (with ``--strict``) a config was not
+    measured or missed a target; without ``--strict`` a config not measured is reported on a line
+    of its own, and the final line says how many. 2: bad arguments or configs (one line; ``--dry-run``
+    checks them too: kinds, sizes, schedules that fit), ncu not found (not on the PATH, nor in
+    /opt/nvidia/nsight-compute or /usr/local/cuda*/bin), or no machine to model. 3: ncu may not
+    read the GPU's counters, or the child found no GPU. ``--dry-run`` prints the command only.
 """
 
 import argparse
@@ -137,7 +149,7 @@ ESSENTIAL = ("global_ld_bytes", "global_st_bytes", "l2_bytes", "dram_rd_bytes", 
 LAUNCH_METRICS = ("sm_count", "occupancy_limit_blocks", "occupancy_limit_registers", "occupancy_limit_shared_mem",
                   "occupancy_limit_warps", "registers_per_thread")
 
-#: Targets of the issue: global bytes within 2% of the simulator, DRAM within 15% of the L2 model.
+#: Targets: global bytes within 2% of the simulator, DRAM within 15% of the L2 model.
 GLOBAL_TOLERANCE = 0.02
 DRAM_TOLERANCE = 0.15
 
@@ -152,7 +164,7 @@ _TIME_UNITS = {"nsecond": 1e-9, "ns": 1e-9, "usecond": 1e-6, "us": 1e-6, "msecon
                "second": 1.0, "s": 1.0}
 
 DEFAULT_KINDS = ("standard", "flash1", "flash2", "splitkv")
-#: the L2 model's DRAM target covers these kinds (the issue's); splitkv's DRAM is reported beside them
+#: the L2 model's DRAM target covers these kinds; splitkv's DRAM is reported beside them
 DRAM_TARGET_KINDS = ("standard", "flash1", "flash2")
 
 #: Calibration probes (kernels/l2probe.py), measured before the configs in the same profiled run:
@@ -270,6 +282,74 @@ def expected_grids(cfg, args):
     schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
     return [tuple(grid(schedule, problem)) + (1,) * (3 - len(grid(schedule, problem)))
             for _, _, grid in LAUNCHES[cfg.kind]]
+
+
+def model_gpu(args):
+    """The machine the L2 model describes: ``--gpu``'s facts, else the device's, with ``--l2-bytes`` and
+    ``--sms`` over them.
+
+    Raises:
+        ValueError: no ``--gpu`` and no device to read (the message says what to pass).
+    """
+    from sandbox.gpus import KNOWN_GPUS, known_gpu
+    from sandbox.info import device_facts
+
+    facts = known_gpu(args.gpu) if args.gpu else device_facts()
+    if facts is None:
+        raise ValueError("cannot read the GPU's L2 size, SMs and shared memory (no GPU: Numba's CUDA simulator is "
+                         f"active); say which machine the model describes: --gpu {'|'.join(sorted(KNOWN_GPUS))}")
+    overrides = {k: v for k, v in (("l2_bytes", args.l2_bytes), ("sms", args.sms)) if v is not None}
+    return dataclasses.replace(facts, **overrides) if overrides else facts
+
+
+#: CUDA's limit on a grid's y and z dimensions (B·H runs along one of them)
+MAX_GRID_YZ = 65535
+
+
+def validate(configs, args):
+    """Check the arguments and every config before anything runs: sizes, kinds with an L2 request
+    stream, schedules that fit their SRAM, the fast build where asked for.
+
+    Raises:
+        ValueError: the first problem found, naming the argument or the config.
+    """
+    from sandbox import kinds
+    from simulator.l2 import LAUNCHES
+
+    for name in ("batch", "heads", "kv_splits", "block_q", "block_kv", "thread_q", "thread_kv", "l2_bytes", "sms",
+                 "dirty_limit_bytes"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "dirty_limit_bytes" else 1):
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive number, got {value}")
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    if args.batch * args.heads > MAX_GRID_YZ:
+        raise ValueError(f"--batch x --heads = {args.batch * args.heads}: a grid dimension holds at most {MAX_GRID_YZ}")
+    if not configs:
+        raise ValueError("no configs: --kinds, --n and --d each need at least one value")
+    for cfg in configs:
+        where = f"config {cfg.label()}"
+        if cfg.n < 1 or cfg.d < 1:
+            raise ValueError(f"{where}: --n and --d must be positive")
+        if cfg.kind not in LAUNCHES:
+            raise ValueError(f"{where}: the L2 model has no request stream for kind {cfg.kind!r} "
+                             f"(it has: {', '.join(LAUNCHES)})")
+        try:
+            schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
+            schedule.check_fits(problem.head_dim, problem.dtype)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
+        if args.build == "fast":
+            module = kinds.get(cfg.kind).fast_module()
+            why = (f"kind {cfg.kind!r} has no fast build" if module is None
+                   else module.eligible(schedule, cfg.d, False, None))
+            if why:
+                raise ValueError(f"{where}: --build fast cannot run it: {why}")
+
+
+def unmeasured(rows):
+    """The rows of configs that were not measured: no kernels matched, an error, or no global bytes from ncu."""
+    return [r for r in rows if r.get("status") != "ok" or r.get("global_ratio") is None]
 
 
 # -- ncu -----------------------------------------------------------------------------------------
@@ -564,7 +644,7 @@ def _compile_model(args):
 
     for kind in DEFAULT_KINDS:
         simulate_dram(make_schedule(kind, args), Problem(1, 1, 8, 8, 4, causal=True), l2_bytes=4096,
-                      dirty_limit_bytes=256)
+                      resident_blocks=1, dirty_limit_bytes=256)
 
 
 def read_manifest(path):
@@ -584,19 +664,19 @@ def read_manifest(path):
     return env, entries
 
 
-def predict(cfg, args, residency=None, dirty_limit_bytes=None):
-    """The simulator's numbers for one config: HBM bytes (counts.py) and DRAM bytes (the L2 model,
-    with the dirty limit, and the plain LRU without it)."""
+def predict(cfg, args, gpu, residency=None, dirty_limit_bytes=None):
+    """The simulator's numbers for one config: HBM bytes (counts.py) and DRAM bytes (the L2 model of
+    ``gpu``, a DeviceFacts or a name in KNOWN_GPUS, with the dirty limit, and the plain LRU without it)."""
     from simulator.counts import simulate_counts
     from simulator.l2 import simulate_dram
 
     schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
     counts = simulate_counts(schedule, problem)
-    kw = dict(sms=args.sms, resident_blocks=residency or None, cold_launches=args.cache_control == "all")
+    kw = dict(gpu=gpu, resident_blocks=residency or None, cold_launches=args.cache_control == "all")
     t0 = time.perf_counter()
-    dram = simulate_dram(schedule, problem, l2_bytes=args.l2_bytes, dirty_limit_bytes=dirty_limit_bytes, **kw)
+    dram = simulate_dram(schedule, problem, dirty_limit_bytes=dirty_limit_bytes, **kw)
     seconds = time.perf_counter() - t0
-    plain = simulate_dram(schedule, problem, l2_bytes=args.l2_bytes, **kw) if dirty_limit_bytes is not None else dram
+    plain = simulate_dram(schedule, problem, **kw) if dirty_limit_bytes is not None else dram
     return {
         "sim_hbm_bytes": counts.hbm_bytes,
         "sim_hbm_read_bytes": counts.bytes("hbm_reads"),
@@ -650,7 +730,7 @@ def _config_fields(cfg, args):
             "kv_splits": args.kv_splits if cfg.kind == "splitkv" else 1}
 
 
-def make_row(cfg, args, kernels, calibration=None, build=None):
+def make_row(cfg, args, gpu, kernels, calibration=None, build=None):
     """One CSV row: the config, the simulator's numbers, and ncu's sums over the config's kernels (or blanks).
 
     The DRAM prediction is the L2 model's reads and writes during the kernels (with the calibrated
@@ -660,7 +740,7 @@ def make_row(cfg, args, kernels, calibration=None, build=None):
     residency = measured_residency(kernels, phases) if kernels else {}
     row = {**_config_fields(cfg, args), "build": build, "kernels": len(phases),
            "status": "ok" if kernels else "not measured", "dram_target": int(cfg.kind in DRAM_TARGET_KINDS)}
-    row.update(predict(cfg, args, residency, calibration.get("dirty_limit_bytes")))
+    row.update(predict(cfg, args, gpu, residency, calibration.get("dirty_limit_bytes")))
     m = sum_metrics(kernels) if kernels else {}
     for key in ("global_ld_bytes", "global_st_bytes", "l2_bytes", "dram_rd_bytes", "dram_wr_bytes",
                 "shared_ld_inst", "shared_st_inst", "shared_ld_wavefronts", "shared_st_wavefronts",
@@ -686,10 +766,10 @@ def make_row(cfg, args, kernels, calibration=None, build=None):
     return row
 
 
-def _row_or_error(cfg, args, kernels, calibration=None, build=None):
+def _row_or_error(cfg, args, gpu, kernels, calibration=None, build=None):
     """make_row, or a row that says why it could not be made (one bad config must not lose the others)."""
     try:
-        return make_row(cfg, args, kernels, calibration, build)
+        return make_row(cfg, args, gpu, kernels, calibration, build)
     except Exception as e:  # noqa: BLE001 -- reported in the row and on stdout
         print(f"{cfg.label()}: {type(e).__name__}: {e}", flush=True)
         return {**_config_fields(cfg, args), "status": f"error: {type(e).__name__}: {e}"}
@@ -877,9 +957,17 @@ def _mib(v):
     return "-" if v is None else f"{v / 2**20:.3f} MiB"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr, exit status 2 (argparse's usage block left out)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from sandbox.gpus import KNOWN_GPUS
+
+    p = _Parser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="results/ncu", help="directory for the CSV, JSON, figure and ncu's log")
     p.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=DEFAULT_KINDS)
     p.add_argument("--n", nargs="+", type=int, default=list(DEFAULT_N), help="sequence lengths (Nq = Nk)")
@@ -903,8 +991,12 @@ def parse_args(argv=None):
     p.add_argument("--thread-q", type=int, default=4)
     p.add_argument("--thread-kv", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--l2-bytes", type=int, default=50 * 2**20, help="L2 size of the model (H100: 50 MiB)")
-    p.add_argument("--sms", type=int, default=132, help="SMs, for the default residency where ncu reports none")
+    p.add_argument("--gpu", choices=sorted(KNOWN_GPUS), default=None,
+                   help="the machine the L2 model describes, where the device cannot be read (default: the "
+                        "device's own L2 size, SMs and shared memory)")
+    p.add_argument("--l2-bytes", type=int, default=None, help="the model's L2 size (default: the GPU's)")
+    p.add_argument("--sms", type=int, default=None,
+                   help="SMs, for the default residency where ncu reports none (default: the GPU's)")
     p.add_argument("--cache-control", choices=("all", "none"), default="all",
                    help="ncu's --cache-control: 'all' flushes the caches before each kernel (the model then "
                         "starts each launch cold)")
@@ -924,6 +1016,11 @@ def main(argv=None):
     if args.child:
         return child_main(args)
     configs = configs_from_args(args)
+    try:
+        validate(configs, args)
+    except ValueError as e:
+        print(f"ncu_check: {e}", file=sys.stderr)
+        return 2
     out_dir = os.path.abspath(args.out)
     paths = {name: os.path.join(out_dir, name) for name in
              ("ncu_check.csv", "ncu_check.json", "ncu_check.png", "ncu_raw.csv", "manifest.jsonl", "ncu_child.log",
@@ -939,6 +1036,11 @@ def main(argv=None):
         return 0
     if ncu is None:
         print(NOT_FOUND, file=sys.stderr)
+        return 2
+    try:
+        gpu = model_gpu(args)
+    except ValueError as e:
+        print(f"ncu_check: {e}", file=sys.stderr)
         return 2
     os.makedirs(out_dir, exist_ok=True)
     for name in ("ncu_raw.csv", "manifest.jsonl"):
@@ -985,7 +1087,11 @@ def main(argv=None):
     matched = dict(zip(measured, assign_kernels(kernels, entries, [expected_grids(c, args) for c in measured])))
     builds = {parse_spec(e["spec"]): e.get("build") for e in entries}
     calibration = calibrate({p: matched.get(p) for p in probes}, args)
-    rows = [_row_or_error(cfg, args, matched.get(cfg), calibration, builds.get(cfg)) for cfg in configs]
+    rows = [_row_or_error(cfg, args, gpu, matched.get(cfg), calibration, builds.get(cfg)) for cfg in configs]
+    missing = unmeasured(rows)
+    run_failed = status != "ok"
+    if missing and not run_failed:
+        status = f"{len(missing)} of {len(rows)} configs not measured"
     write_csv(rows, paths["ncu_check.csv"])
     write_probes_csv(calibration, paths["ncu_probes.csv"])
     prov = {
@@ -998,7 +1104,8 @@ def main(argv=None):
         "gpu": gpu_facts(),
         "git_commit": git_commit(),
         "child_environment": env,
-        "model": {"l2_bytes": args.l2_bytes, "sms_default": args.sms, "cache_control": args.cache_control,
+        "model": {"l2_bytes": gpu.l2_bytes, "sms_default": gpu.sms, "gpu": dataclasses.asdict(gpu),
+                  "cache_control": args.cache_control,
                   "cold_launches": args.cache_control == "all",
                   "sim_dram_bytes": "reads + writes evicted or cleaned (dirty limit) during the kernels "
                                     "(the end-of-kernel flush apart)",
@@ -1017,8 +1124,13 @@ def main(argv=None):
         print(f"no figure: {e}")
     print(_calibration_summary(calibration))
     print(_summary(rows))
+    for r in missing:
+        label = f"{r['kind']} N={r['n']} d={r['d']}" + (" causal" if r["causal"] else "")
+        print(f"not measured: {label} ({r.get('status')})")
+    if missing:
+        print(f"{len(missing)} of {len(rows)} configs were not measured")
     print(f"wrote {paths['ncu_check.csv']}, {paths['ncu_check.json']}, {paths['ncu_check.png']} ({status})")
-    if status != "ok":
+    if run_failed or len(missing) == len(rows) or (missing and args.strict):
         return 1
     if args.strict and any(r.get("global_within_2pct") == 0 or (r.get("dram_target") and r.get("dram_within_15pct") == 0)
                            for r in rows):

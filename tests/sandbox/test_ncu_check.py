@@ -2,6 +2,7 @@
 the whole parent pipeline against a stand-in ncu that writes what a real one would."""
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -193,7 +194,7 @@ with open(args.manifest, "w") as man:
                             unit, "{{:,}}".format(v))))
             kid += 1
             continue
-        pred = nc.predict(cfg, args)
+        pred = nc.predict(cfg, args, "h200")
         for n, g in enumerate(grids):
             first = n == 0
             values = {{
@@ -221,8 +222,10 @@ def test_end_to_end_with_a_stand_in_ncu(ncu_check, tmp_path, capsys):
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     out = tmp_path / "out"
     rc = ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "standard", "--n", "128", "--d", "16",
-                         "--causal", "both", "--out", str(out)])
-    assert rc == 0, capsys.readouterr().out
+                         "--causal", "both", "--gpu", "h200", "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    assert "not measured" not in stdout and stdout.rstrip().endswith("(ok)")
     with open(out / "ncu_check.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["kind"], r["causal"]) for r in rows] == [("flash2", "0"), ("flash2", "1"), ("standard", "0"),
@@ -280,7 +283,7 @@ def test_a_hung_profiler_is_stopped_with_its_children(ncu_check, tmp_path):
     fake = _script(tmp_path / "ncu", f'[ "$1" = "--version" ] && exit 0\nsleep 60 &\necho $! > {pid_file}\nwait\n')
     out = tmp_path / "out"
     rc = ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--timeout", "1",
-                         "--out", str(out)])
+                         "--gpu", "h200", "--out", str(out)])
     assert rc == 1
     pid = int(pid_file.read_text())
     deadline = time.monotonic() + 5
@@ -304,7 +307,8 @@ case "$*" in *launch__sm_count*) echo "==ERROR== Failed to find metric launch__s
 exec {real} "$@"
 ''')
     out = tmp_path / "out"
-    assert ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--out", str(out)]) == 0
+    assert ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--gpu", "h200",
+                           "--out", str(out)]) == 0
     assert "retrying with the essential metrics" in capsys.readouterr().out
     log = (out / "ncu_child.log").read_text()
     assert "Failed to find metric" in log and "launch__sm_count" not in log.rsplit("$ ", 1)[1]
@@ -313,13 +317,13 @@ exec {real} "$@"
 
 
 def test_a_failing_config_does_not_lose_the_others(ncu_check, monkeypatch):
-    def broken(cfg, args, kernels, calibration=None, build=None):
+    def broken(cfg, args, gpu, kernels, calibration=None, build=None):
         raise RuntimeError("model failed")
 
     monkeypatch.setattr(ncu_check, "make_row", broken)
     args = ncu_check.parse_args(["--kinds", "flash2", "--n", "128", "--d", "16"])
     (cfg,) = ncu_check.configs_from_args(args)
-    row = ncu_check._row_or_error(cfg, args, None)
+    row = ncu_check._row_or_error(cfg, args, "h200", None)
     assert row["status"] == "error: RuntimeError: model failed" and row["kind"] == "flash2"
     assert "error" in ncu_check._summary([row])
 
@@ -350,3 +354,105 @@ def test_calibration_from_probes(ncu_check):
     assert ncu_check.parse_spec("probe:stream:64") == ncu_check.Probe("stream", 64)
     with pytest.raises(ValueError, match="unknown probe"):
         ncu_check.parse_spec("probe:nap:3")
+
+
+# -- configs not measured, bad configs, the machine modelled -------------------------------------
+def _fake_ncu(tmp_path):
+    fake = tmp_path / "ncu"
+    fake.write_text(FAKE_NCU.format(python=sys.executable))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
+def _csv_rows(out):
+    with open(out / "ncu_check.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["plain", "strict"])
+def test_nothing_measured_fails(ncu_check, tmp_path, capsys, strict):
+    """ncu ran and exited 0 but profiled no kernel: every config unmeasured is a failure, never "(ok)"."""
+    fake = _script(tmp_path / "ncu", 'echo "==PROF== Disconnected"\n')
+    out = tmp_path / "out"
+    rc = ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--gpu", "h200",
+                         "--no-probes", "--out", str(out)] + (["--strict"] if strict else []))
+    stdout = capsys.readouterr().out
+    assert rc == 1
+    assert "(ok)" not in stdout
+    assert "1 of 1 configs were not measured" in stdout
+    assert [r["status"] for r in _csv_rows(out)] == ["not measured"]
+    assert json.loads((out / "ncu_check.json").read_text())["status"] == "1 of 1 configs not measured"
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["plain", "strict"])
+def test_a_config_not_measured_is_reported(ncu_check, tmp_path, capsys, monkeypatch, strict):
+    """One config's kernel missing from ncu's results: a line says so; --strict exits 1, else 0 without "(ok)"."""
+    parse = ncu_check.parse_ncu_csv
+    monkeypatch.setattr(ncu_check, "parse_ncu_csv", lambda text: parse(text)[:-1])  # the last kernel is lost
+    out = tmp_path / "out"
+    rc = ncu_check.main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
+                         "--causal", "both", "--gpu", "h200", "--no-probes", "--out", str(out)]
+                        + (["--strict"] if strict else []))
+    stdout = capsys.readouterr().out
+    assert rc == (1 if strict else 0)
+    assert "not measured: flash2 N=128 d=16 causal (not measured)" in stdout
+    assert "1 of 2 configs were not measured" in stdout and "(ok)" not in stdout
+    assert [r["status"] for r in _csv_rows(out)] == ["ok", "not measured"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--kinds", "nosuch"], "argument --kinds: invalid choice: 'nosuch'"),
+    (["--n", "0"], "config flash2 N=0 d=64: --n and --d must be positive"),
+    (["--d", "512"], "config flash2 N=1024 d=512: head_dim=512 exceeds the largest supported head_dim"),
+    (["--block-q", "0"], "--block-q: expected a positive number, got 0"),
+    (["--block-q", "512", "--block-kv", "512"], "config flash2 N=1024 d=64: thread layout 128x128 = 16384 threads"),
+    (["--block-q", "128", "--block-kv", "128", "--thread-q", "8", "--thread-kv", "8", "--d", "128"],
+     "config flash2 N=1024 d=128: schedule flash2 Br=128 Bc=128 needs 263680 bytes of SRAM"),
+    (["--kinds", "flash1", "--build", "fast"], "config flash1 N=1024 d=64: --build fast cannot run it: kind 'flash1' "
+                                               "has no fast build"),
+    (["--batch", "300", "--heads", "300"], "--batch x --heads = 90000: a grid dimension holds at most 65535"),
+    (["--timeout", "0"], "--timeout: expected a positive number of seconds"),
+    (["--gpu", "a100"], "argument --gpu: invalid choice: 'a100'"),
+])
+def test_dry_run_validates_the_configs(ncu_check, tmp_path, capsys, bad, message):
+    out = tmp_path / "out"
+    argv = ["--dry-run", "--kinds", "flash2", "--n", "1024", "--d", "64", "--out", str(out)] + bad
+    try:
+        code = ncu_check.main(argv)
+    except SystemExit as e:  # argparse's own checks
+        code = e.code
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_the_l2_model_is_the_devices(ncu_check, tmp_path, capsys, monkeypatch):
+    """The device query's facts (an H200: 60 MiB of L2) reach the model, not an H100's 50 MiB."""
+    from sandbox import info
+    from sandbox.gpus import KNOWN_GPUS
+
+    device = dataclasses.replace(KNOWN_GPUS["h200"], name="NVIDIA H200", sms=100, source="read from the device")
+    monkeypatch.setattr(info, "device_facts", lambda: device)
+    out = tmp_path / "out"
+    assert ncu_check.main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
+                           "--no-probes", "--out", str(out)]) == 0, capsys.readouterr()
+    model = json.loads((out / "ncu_check.json").read_text())["model"]
+    assert model["l2_bytes"] == 62_914_560 and model["sms_default"] == 100
+    assert model["gpu"]["name"] == "NVIDIA H200" and model["gpu"]["source"] == "read from the device"
+    args = ncu_check.parse_args(["--l2-bytes", "4096"])
+    assert ncu_check.model_gpu(args).l2_bytes == 4096 and ncu_check.model_gpu(args).sms == 100
+
+
+def test_without_a_device_the_machine_must_be_named(ncu_check, tmp_path, capsys, monkeypatch):
+    from sandbox import info
+
+    monkeypatch.setattr(info, "device_facts", lambda: None)  # the CUDA simulator: nothing to read
+    out = tmp_path / "out"
+    rc = ncu_check.main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
+                         "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--gpu h100|h200" in err[0]
+    assert not out.exists()
+    assert ncu_check.model_gpu(ncu_check.parse_args(["--gpu", "h100"])).l2_bytes == 50 * 2**20
