@@ -83,6 +83,7 @@ def resolve_gpu(gpu=None):
         return known_gpu(gpu)
     facts = device_facts()
     if facts is None:
+        known = ", ".join(sorted(KNOWN_GPUS))
         raise ValueError("gpu: no GPU to read the device facts (L2 size, SMs, shared memory) from, so Numba's "
-                         f"CUDA simulator is active; say which machine to model: one of {', '.join(sorted(KNOWN_GPUS))}")
+                         f"CUDA simulator is active; say which machine to model: one of {known}")
     return facts

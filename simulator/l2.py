@@ -64,7 +64,7 @@ Cache model
 
 Write-back while resident (``dirty_limit_bytes``)
     An H100 does not keep 50 MiB of dirty data: a 64 or 128 MiB write stream (``kernels/l2probe.py``,
-    ``scripts/ncu_check.py``'s probes) ends with about 21-23 MiB of it still in L2, the rest written
+    ``sandbox.ncu``'s probes) ends with about 21-23 MiB of it still in L2, the rest written
     to DRAM while the kernel runs, though reads of the same sizes stay cached as a 50 MiB LRU
     predicts. With a limit, the model keeps the lines in the order they became dirty; when a write
     takes the dirty sectors past the limit, the lines dirtied longest ago are written back
