@@ -193,7 +193,8 @@ def make_problem(cfg, args):
 
 
 def calibrate(probe_kernels, args):
-    """The model's two H100 parameters from the probes' measurements (or from the arguments without probes).
+    """The L2 model's two fitted parameters, from the probes' measurements on this GPU (or from the
+    arguments without probes).
 
     Args:
         probe_kernels: {Probe: [KernelResult] or None}.

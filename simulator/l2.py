@@ -63,10 +63,10 @@ Cache model
       ``write_evicted_bytes``.
 
 Write-back while resident (``dirty_limit_bytes``)
-    An H100 does not keep 50 MiB of dirty data: a 64 or 128 MiB write stream (``kernels/l2probe.py``,
-    ``sandbox.ncu``'s probes) ends with about 21-23 MiB of it still in L2, the rest written
-    to DRAM while the kernel runs, though reads of the same sizes stay cached as a 50 MiB LRU
-    predicts. With a limit, the model keeps the lines in the order they became dirty; when a write
+    A GPU does not keep a whole L2 of dirty data: on an H100 (50 MiB of L2) a 64 or 128 MiB write
+    stream (``kernels/l2probe.py``, ``sandbox.ncu``'s probes) ends with about 21-23 MiB of it
+    still in L2, the rest written to DRAM while the kernel runs, though reads of the same sizes stay
+    cached as a 50 MiB LRU predicts. With a limit, the model keeps the lines in the order they became dirty; when a write
     takes the dirty sectors past the limit, the lines dirtied longest ago are written back
     (``write_cleaned_bytes``) and stay cached, clean. Without it (the default) dirty lines leave
     only when evicted. The limit is a fitted number, not a mechanism: the probes measure it.
