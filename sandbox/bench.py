@@ -10,8 +10,9 @@ How each implementation (``sandbox.bench_impls``) is measured, on each problem:
    median reported (with the minimum): the median ignores the odd call slowed by a clock change or
    another process, where a mean would not;
 4. calls rotate through several input sets so that no call finds its inputs in L2, left there by
-   the call before (an H100 has 50 MiB of L2): as many sets as make 2× the L2 size, at most 8,
-   and never more than a quarter of the free device memory holds (:func:`rotation_sets`).
+   the call before: as many sets as make 2× the L2 size, at most 8, and never more than a quarter
+   of the free device memory holds (:func:`rotation_sets`). The L2 size is the device's, read from
+   it (``sandbox.info.device_facts``; the machines' sizes side by side: ``sandbox.gpus``).
 
 FLOPs (for TFLOP/s): the forward is two matmuls, QKᵀ and PV, 4·B·H·d FLOPs per (query, key)
 pair; a causal mask counts only the allowed pairs, exactly: Σ_i min(i + 1, Nk). The backward is
@@ -36,8 +37,6 @@ import numpy as np
 #: Repeats timed after warm-up; the median is reported.
 REPEATS = 10
 WARMUP = 2
-#: L2 size assumed when the device does not say (an H100 has 50 MiB).
-L2_BYTES = 50 * 2**20
 #: Most input sets rotated through.
 MAX_SETS = 8
 #: Input dtypes benched (bfloat16 inputs are made in PyTorch, the one library here that has them).
@@ -84,7 +83,7 @@ def attention_flops(problem, direction="fwd"):
 
 # -- timing -----------------------------------------------------------------------------------
 
-def rotation_sets(bytes_per_set, l2_bytes=L2_BYTES, free_bytes=None, lo=1, hi=MAX_SETS):
+def rotation_sets(bytes_per_set, l2_bytes, free_bytes=None, lo=1, hi=MAX_SETS):
     """How many input sets to cycle through: ⌈2·L2 / bytes_per_set⌉ clamped to [lo, hi], and no more
     than a quarter of ``free_bytes`` (device memory free) holds, but at least one."""
     n = min(hi, max(lo, -(-2 * int(l2_bytes) // int(bytes_per_set))))
@@ -151,6 +150,7 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=Fals
     """
 
     from kernels.launch import _to_device, run
+    from sandbox.info import resolve_gpu
     from sandbox.runtime import using_simulator
 
     if using_simulator():
@@ -159,7 +159,7 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=Fals
     shape_q = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
     shape_kv = (problem.batch, problem.heads, problem.n_kv, problem.head_dim)
     per_set = (np.prod(shape_q) + 2 * np.prod(shape_kv)) * problem.dtype.itemsize
-    n_sets = rotation_sets(per_set, L2_BYTES, lo=2)
+    n_sets = rotation_sets(per_set, resolve_gpu().l2_bytes, lo=2)
     sets = [  # through the launcher's copy: bfloat16 travels as its uint16 bits
         tuple(_to_device([rng.standard_normal(s).astype(problem.dtype) for s in (shape_q, shape_kv, shape_kv)], "qkv"))
         for _ in range(n_sets)
@@ -168,16 +168,6 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=Fals
     if back_to_back:
         return statistics.median(time_back_to_back(calls, repeats, warmup=WARMUP))
     return statistics.median(time_calls(calls, repeats, warmup=WARMUP))
-
-
-def device_l2_bytes():
-    """The current device's L2 size, or :data:`L2_BYTES` where it cannot be read."""
-    from numba import cuda
-
-    try:
-        return int(cuda.get_current_device().L2_CACHE_SIZE) or L2_BYTES
-    except Exception:  # the simulator, an old driver
-        return L2_BYTES
 
 
 def device_free_bytes():
@@ -372,7 +362,7 @@ def measure(task, spec, sets, reference, timer=time_calls):
 
 # -- the run ----------------------------------------------------------------------------------
 
-def run_bench(spec, csv_path, progress=None, argv=None, rows=None, timer=time_calls, require_gpu=True):
+def run_bench(spec, csv_path, progress=None, argv=None, rows=None, timer=time_calls, require_gpu=True, gpu=None):
     """Run ``spec``: one row per task, the CSV and JSON rewritten (atomically) after each.
 
     Args:
@@ -380,16 +370,20 @@ def run_bench(spec, csv_path, progress=None, argv=None, rows=None, timer=time_ca
         progress: an iterable wrapper over the tasks (each has a ``label``), e.g. a tqdm bar.
         rows: a list to append rows to as they complete (the caller keeps them on an interrupt).
         timer, require_gpu: for the tests, which run the whole path under the CUDA simulator.
+        gpu: the machine whose L2 the input rotation covers (a name in ``sandbox.gpus.KNOWN_GPUS`` or
+            a DeviceFacts); default the device's, read from it. Without a GPU to read it must be given.
 
     Returns:
         the rows, with ``x_best_peer`` filled in.
 
     Raises:
         GPURequired: under the CUDA simulator (unless ``require_gpu`` is false).
+        ValueError: no ``gpu`` and no device to read its facts from.
         OSError: the output files cannot be written.
     """
     from sandbox.bench_check import Reference
     from sandbox.bench_impls import array_library, free_device_memory, make_input_sets
+    from sandbox.info import resolve_gpu
     from sandbox.runtime import ensure_backend, using_simulator
 
     ensure_backend()
@@ -398,7 +392,9 @@ def run_bench(spec, csv_path, progress=None, argv=None, rows=None, timer=time_ca
                           "and its timings would mean nothing")
     json_path = os.path.splitext(csv_path)[0] + ".json"
     rows = [] if rows is None else rows
+    facts = resolve_gpu(gpu)
     prov = bench_provenance(argv)
+    prov["device facts"] = dataclasses.asdict(facts)
     save(rows, prov, csv_path, json_path)  # fail now, not after the first row, if the folder is unwritable
     lib = array_library()
     if "bfloat16" in spec.dtype and lib != "torch":
@@ -413,7 +409,7 @@ def run_bench(spec, csv_path, progress=None, argv=None, rows=None, timer=time_ca
             sets = references = None
             free_device_memory()
             per_set = (4 if spec.backward else 3) * p.bh * p.n_q * p.head_dim * p.dtype.itemsize
-            n_sets = rotation_sets(per_set, device_l2_bytes(), device_free_bytes())
+            n_sets = rotation_sets(per_set, facts.l2_bytes, device_free_bytes())
             inputs_key, references = key, {}
             try:
                 sets = make_input_sets(p, n_sets, spec.backward, spec.seed, lib)

@@ -8,6 +8,7 @@
     python -m sandbox plot     hbm_vs_sram --data results/data/hbm_vs_sram.json --out results/figures
     python -m sandbox demo     --out results
     python -m sandbox bench    --n 1024 --d 64 --repeats 10 --out bench.csv   (GPU only)
+    python -m sandbox ncu      --out results/ncu      (GPU with Nsight Compute; --help: its own arguments)
 
 Installed, the same commands run as ``attention-sandbox info``, ``attention-sandbox simulate ...``.
 """
@@ -394,6 +395,10 @@ def build_parser(prog=None):
     _add_mask_args(p, "kernels")
     p.set_defaults(func=cmd_tune)
 
+    # the ncu check parses its own arguments (sandbox/ncu.py); main() hands them over before parsing
+    sub.add_parser("ncu", add_help=False, help="Nsight Compute's counters against the simulator and its L2 model "
+                                               "(GPU with ncu) -> CSV + JSON + figure; ncu --help for its arguments")
+
     p = sub.add_parser("demo", help="the main job: sweeps, figures and a kernel check into --out")
     p.add_argument("--out", default="results",
                    help="folder for data/, figures/ and kernel_check.json (default %(default)s)")
@@ -414,8 +419,12 @@ def main(argv=None, prog=None):
     from sandbox.runtime import ensure_backend
 
     ensure_backend()  # the CUDA simulator when there is no GPU, before numba.cuda is imported
-    parser = build_parser(prog)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ncu"]:
+        from sandbox.ncu import main as ncu_main
+
+        return ncu_main(argv[1:])
+    parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error (printed, one line)

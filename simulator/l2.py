@@ -29,7 +29,7 @@ Request stream (:func:`tile_requests`)
 
 Residency and interleaving (the approximation)
     ``resident_blocks`` blocks are in flight at once (default: SMs × blocks per SM, the latter
-    from shared memory, warps and the 32-block limit of an H100 SM; registers are not known
+    from the ``gpu``'s shared memory per SM, warp and block limits; registers are not known
     here, pass the measured residency where they limit it). The first ``resident_blocks`` blocks
     start together; rounds then visit the resident blocks in slot order and each executes its
     next step whole; a block that finishes hands its slot to the next block in issue order. So
@@ -63,10 +63,10 @@ Cache model
       ``write_evicted_bytes``.
 
 Write-back while resident (``dirty_limit_bytes``)
-    An H100 does not keep 50 MiB of dirty data: a 64 or 128 MiB write stream (``kernels/l2probe.py``,
-    ``scripts/ncu_check.py``'s probes) ends with about 21-23 MiB of it still in L2, the rest written
-    to DRAM while the kernel runs, though reads of the same sizes stay cached as a 50 MiB LRU
-    predicts. With a limit, the model keeps the lines in the order they became dirty; when a write
+    A GPU does not keep a whole L2 of dirty data: on an H100 (50 MiB of L2) a 64 or 128 MiB write
+    stream (``kernels/l2probe.py``, ``sandbox.ncu``'s probes) ends with about 21-23 MiB of it
+    still in L2, the rest written to DRAM while the kernel runs, though reads of the same sizes stay
+    cached as a 50 MiB LRU predicts. With a limit, the model keeps the lines in the order they became dirty; when a write
     takes the dirty sectors past the limit, the lines dirtied longest ago are written back
     (``write_cleaned_bytes``) and stay cached, clean. Without it (the default) dirty lines leave
     only when evicted. The limit is a fitted number, not a mechanism: the probes measure it.
@@ -86,9 +86,14 @@ Complexity
     and share the L2). The split of the writes between eviction and flush is that of one slice
     times B·H; their sum is the robust number.
 
+The machine is always named: ``gpu`` (a :class:`sandbox.gpus.DeviceFacts`, as the lab reads it
+from the device, or a name in ``sandbox.gpus.KNOWN_GPUS``) gives the L2 size, the SMs and their
+limits, or ``l2_bytes`` and ``resident_blocks`` are given explicitly. This module never reads a
+device itself.
+
 Example:
     >>> from sandbox import Problem, Schedule
-    >>> r = simulate_dram(Schedule("flash2", block_q=64, block_kv=64), Problem(1, 1, 1024, 1024, 64))
+    >>> r = simulate_dram(Schedule("flash2", block_q=64, block_kv=64), Problem(1, 1, 1024, 1024, 64), gpu="h200")
     >>> r.read_bytes == 3 * 1024 * 64 * 4   # K and V re-read per Q block, all hits after the first
     True
 """
@@ -99,16 +104,8 @@ from types import MappingProxyType
 import numpy as np
 from numba import njit
 
+from sandbox.gpus import known_gpu
 from sandbox.schedule import sram_buffers, sram_offsets
-
-#: H100 (SXM) defaults: L2 capacity, SMs, shared memory per SM, the per-block reservation,
-#: threads and blocks per SM.
-H100_L2_BYTES = 50 * 2**20
-H100_SMS = 132
-H100_SMEM_PER_SM = 228 * 1024
-H100_SMEM_RESERVED_PER_BLOCK = 1024
-H100_MAX_WARPS_PER_SM = 64
-H100_MAX_BLOCKS_PER_SM = 32
 
 #: Tensors of the forward kinds, in allocation order (kernels/launch.py): inputs, outputs, scratch.
 TENSORS = ("Q", "K", "V", "O", "L", "l", "m", "S", "P", "Opart", "Lpart")
@@ -870,35 +867,60 @@ def _report(stats, launches, residency, sector, flush_at_end, scale, config):
 
 
 # -- entry points -----------------------------------------------------------------------------
-def blocks_per_sm(schedule, problem, phase, smem_per_sm=H100_SMEM_PER_SM, reserved=H100_SMEM_RESERVED_PER_BLOCK,
-                  max_warps=H100_MAX_WARPS_PER_SM, max_blocks=H100_MAX_BLOCKS_PER_SM):
-    """Thread blocks of ``phase`` an SM holds at once: shared memory, warps, the block limit (not registers)."""
+def blocks_per_sm(schedule, problem, phase, gpu):
+    """Thread blocks of ``phase`` an SM of ``gpu`` holds at once: shared memory, warps, the block limit
+    (not registers). ``gpu``: a DeviceFacts or a name in ``sandbox.gpus.KNOWN_GPUS``."""
+    gpu = known_gpu(gpu)
     smem = sram_offsets(sram_buffers(schedule, problem.head_dim, problem.dtype)[phase])[1]
     warps = -(-schedule.threads // 32)
-    return max(1, min(max_blocks, max_warps // warps, smem_per_sm // (smem + reserved)))
+    return max(1, min(gpu.max_blocks_per_sm, gpu.max_warps_per_sm // warps,
+                      gpu.smem_per_sm // (smem + gpu.smem_reserved_per_block)))
 
 
-def default_resident_blocks(schedule, problem, sms=H100_SMS):
-    """phase -> blocks in flight: ``sms`` × :func:`blocks_per_sm`."""
+def default_resident_blocks(schedule, problem, gpu):
+    """phase -> blocks in flight on ``gpu``: its SMs × :func:`blocks_per_sm`."""
     _check_kind(schedule)
-    return {phase: sms * blocks_per_sm(schedule, problem, phase) for phase, _, _ in LAUNCHES[schedule.kind]}
+    gpu = known_gpu(gpu)
+    return {phase: gpu.sms * blocks_per_sm(schedule, problem, phase, gpu) for phase, _, _ in LAUNCHES[schedule.kind]}
 
 
-def simulate_dram(schedule, problem, l2_bytes=H100_L2_BYTES, sector=32, line=128, ways=16, resident_blocks=None,
-                  policy="lru", *, sms=H100_SMS, cold_launches=False, flush_at_end=True, slices="all",
+_NAME_THE_MACHINE = ("say which machine the L2 model describes: gpu= a name in sandbox.gpus.KNOWN_GPUS or the "
+                     "device's facts (sandbox.info.device_facts()), or {}")
+
+
+def _residency(schedule, problem, resident_blocks, gpu):
+    """phase -> blocks in flight: ``resident_blocks`` (an int, or a dict for some phases) over ``gpu``'s default."""
+    phases = [phase for phase, _, _ in LAUNCHES[schedule.kind]]
+    if resident_blocks is not None and not isinstance(resident_blocks, dict):
+        return {phase: int(resident_blocks) for phase in phases}
+    given = dict(resident_blocks or {})
+    unknown = set(given) - set(phases)
+    if unknown:
+        raise ValueError(f"resident_blocks: no phase {sorted(unknown)} in {schedule.kind} (its phases: {phases})")
+    if set(given) != set(phases):
+        if gpu is None:
+            raise TypeError("resident_blocks: " + _NAME_THE_MACHINE.format("resident_blocks= for every phase"))
+        given = {**default_resident_blocks(schedule, problem, gpu), **given}
+    return {phase: int(given[phase]) for phase in phases}
+
+
+def simulate_dram(schedule, problem, l2_bytes=None, sector=32, line=128, ways=16, resident_blocks=None,
+                  policy="lru", *, gpu=None, cold_launches=False, flush_at_end=True, slices="all",
                   set_index="hash", dirty_limit_bytes=None):
     """DRAM traffic of ``schedule`` on ``problem`` behind an L2 cache (model: the module docstring).
 
     Args:
         schedule, problem: as for ``simulate_counts`` (kinds standard, flash1, flash2; no mask).
-        l2_bytes: L2 capacity (default 50 MiB, an H100's). Rounded down to whole sets.
+        l2_bytes: L2 capacity, default ``gpu``'s. Rounded down to whole sets.
         sector: bytes per sector, the unit of DRAM reads and write-backs (32).
         line: bytes per line, the unit of allocation and replacement (128).
         ways: associativity; the set of a line is a hash of its address (``set_index``).
         resident_blocks: thread blocks in flight, an int for every launch or a dict phase -> int;
-            default :func:`default_resident_blocks` (``sms`` SMs).
+            phases not given: :func:`default_resident_blocks` on ``gpu``.
         policy: "lru" or "fifo".
-        sms: SMs for the default residency (132, an H100 SXM's).
+        gpu: the machine modelled: a :class:`sandbox.gpus.DeviceFacts` (``sandbox.info.device_facts()``
+            reads the current device's) or a name in ``sandbox.gpus.KNOWN_GPUS`` ("h100", "h200").
+            Needed unless ``l2_bytes`` and ``resident_blocks`` (every phase) are given.
         cold_launches: empty the cache (counting its dirty sectors as flushed) after every launch,
             as Nsight Compute does between profiled kernels; else the L2 carries over between
             standard's three kernels, as in a plain run.
@@ -913,25 +935,22 @@ def simulate_dram(schedule, problem, l2_bytes=H100_L2_BYTES, sector=32, line=128
         :class:`DramReport`.
 
     Raises:
-        ValueError: bad cache parameters. NotImplementedError: a kind without a request stream.
+        ValueError: bad cache parameters, an unknown ``gpu`` name. TypeError: neither ``gpu`` nor
+        ``l2_bytes`` (or ``resident_blocks``) given. NotImplementedError: a kind without a request stream.
     """
     _check_kind(schedule)
     if slices not in ("all", "one"):
         raise ValueError(f"slices: expected 'all' or 'one', got {slices!r}")
+    gpu = None if gpu is None else known_gpu(gpu)
+    if l2_bytes is None:
+        if gpu is None:
+            raise TypeError("l2_bytes: " + _NAME_THE_MACHINE.format("l2_bytes="))
+        l2_bytes = gpu.l2_bytes
     cache = _Cache(l2_bytes, sector, line, ways, policy, set_index, dirty_limit_bytes)
     sim_problem = problem
     if slices == "one" and problem.bh > 1:
         sim_problem = dataclasses.replace(problem, batch=1, heads=1)
-    residency = default_resident_blocks(schedule, problem, sms)
-    if resident_blocks is not None:
-        if isinstance(resident_blocks, dict):
-            unknown = set(resident_blocks) - set(residency)
-            if unknown:
-                raise ValueError(f"resident_blocks: no phase {sorted(unknown)} in {schedule.kind} "
-                                 f"(its phases: {list(residency)})")
-            residency.update({k: int(v) for k, v in resident_blocks.items()})
-        else:
-            residency = {k: int(resident_blocks) for k in residency}
+    residency = _residency(schedule, problem, resident_blocks, gpu)
     launches = tile_requests(schedule, sim_problem)
     stats = np.zeros((len(launches), len(TENSORS), _NSTATS), dtype=np.int64)
     for i, ln in enumerate(launches):
@@ -941,15 +960,16 @@ def simulate_dram(schedule, problem, l2_bytes=H100_L2_BYTES, sector=32, line=128
     if not cold_launches:
         cache.flush(stats, len(launches) - 1, invalidate=False)
     config = {"l2_bytes": int(l2_bytes), "capacity_bytes": cache.capacity, "sets": cache.n_sets, "ways": cache.ways,
-              "line": line, "sector": sector, "policy": policy, "set_index": set_index, "sms": sms,
+              "line": line, "sector": sector, "policy": policy, "set_index": set_index,
+              "gpu": None if gpu is None else gpu.name, "sms": None if gpu is None else gpu.sms,
               "resident_blocks": dict(residency), "cold_launches": cold_launches, "flush_at_end": flush_at_end,
               "slices": slices, "slice_scale": problem.bh // sim_problem.bh, "dirty_limit_bytes": dirty_limit_bytes}
     return _report(stats, launches, residency, sector, flush_at_end, problem.bh // sim_problem.bh, config)
 
 
-def simulate_requests(requests, l2_bytes=H100_L2_BYTES, sector=32, line=128, ways=16, policy="lru", *,
+def simulate_requests(requests, l2_bytes, sector=32, line=128, ways=16, policy="lru", *,
                       flush_at_end=True, set_index="hash", dirty_limit_bytes=None):
-    """A hand-made stream through the same cache: ``requests`` is a list of (addr, nbytes, write[, tensor]).
+    """A hand-made stream through an ``l2_bytes`` cache: ``requests`` is a list of (addr, nbytes, write[, tensor]).
 
     The requests run in order (one block, one request per step). Tensor indices refer to
     :data:`TENSORS` (default 0). Returns a :class:`DramReport`.

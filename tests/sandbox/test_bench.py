@@ -6,13 +6,14 @@ CuPy are not needed: the blog post's blockwise algorithm and the naive one are c
 """
 
 import csv
+import dataclasses
 import json
 import os
 
 import numpy as np
 import pytest
 
-from sandbox import Problem, Schedule, bench, bench_check, reference_attention, reference_attention_backward
+from sandbox import Problem, Schedule, bench, bench_check, info, reference_attention, reference_attention_backward
 from sandbox.bench import (
     BenchSpec, add_ratios, attention_flops, attention_pairs, format_table, is_oom, rotation_sets, run_bench,
     short_message, time_back_to_back, time_calls,
@@ -23,6 +24,7 @@ from sandbox.bench_impls import (
     peak_extra_bytes, sdpa_unavailable_reason,
 )
 from sandbox.cli import main
+from sandbox.gpus import KNOWN_GPUS
 from sandbox.reference import causal_mask
 from sandbox.runtime import using_simulator
 from sandbox.sweep import extra_hbm_bytes
@@ -60,7 +62,8 @@ def test_rotation_sets():
     assert rotation_sets(MiB, l2, free_bytes=12 * MiB) == 3  # a quarter of free memory
     assert rotation_sets(MiB, l2, free_bytes=MiB) == 1  # never zero
     assert rotation_sets(MiB, l2, free_bytes=float("inf")) == 8  # the simulator's "infinite" memory
-    assert rotation_sets(2**30, bench.L2_BYTES, lo=2) == 2  # time_attention keeps its two sets
+    assert rotation_sets(2**30, l2, lo=2) == 2  # time_attention keeps its two sets
+    assert rotation_sets(24 * MiB, 60 * MiB) == 5  # an H200: ⌈120 / 24⌉
 
 
 def test_time_calls_warms_up_then_rotates_through_the_sets():
@@ -322,7 +325,8 @@ def _spec(peers, **kw):
 
 @pytest.fixture
 def fake_timer(monkeypatch):
-    monkeypatch.setattr(bench, "device_l2_bytes", lambda: 1)  # one input set: fewer simulator launches
+    # the device query answers for the simulator; an L2 of 1 byte: one input set, fewer simulator launches
+    monkeypatch.setattr(info, "device_facts", lambda: dataclasses.replace(KNOWN_GPUS["h200"], l2_bytes=1))
     timed = []
 
     def timer(calls, repeats):
@@ -365,6 +369,39 @@ def test_run_bench_rows_files_and_ratios(tmp_path, fake_timer):
         doc = json.load(f)
     assert len(doc["rows"]) == 5 and doc["provenance"]["numba-cuda"] and "nvidia driver" in doc["provenance"]
     assert doc["rows"][-1]["status"] == "ok" and tuple(doc["columns"]) == bench.COLUMNS
+
+
+def _rotation_l2(monkeypatch, tmp_path, **kw):
+    """The L2 size run_bench's input rotation was computed for, and the provenance it wrote."""
+    seen = []
+
+    def spy(bytes_per_set, l2_bytes, *args, **kwargs):
+        seen.append(l2_bytes)
+        return 1
+
+    monkeypatch.setattr(bench, "rotation_sets", spy)
+    path = str(tmp_path / "b.csv")
+    run_bench(_spec([]), path, timer=lambda calls, repeats: [1.0] * repeats, require_gpu=False, **kw)
+    with open(os.path.splitext(path)[0] + ".json") as f:
+        return seen, json.load(f)["provenance"]
+
+
+def test_rotation_covers_the_devices_l2(monkeypatch, tmp_path):
+    """The L2 size comes from the device query (an H200 here: 60 MiB), and the provenance records the facts."""
+    h200 = dataclasses.replace(KNOWN_GPUS["h200"], source="read from the device")
+    monkeypatch.setattr(info, "device_facts", lambda: h200)
+    seen, prov = _rotation_l2(monkeypatch, tmp_path)
+    assert seen == [62_914_560]
+    assert prov["device facts"]["l2_bytes"] == 62_914_560 and prov["device facts"]["sms"] == 132
+    assert prov["device facts"]["source"] == "read from the device"
+
+
+def test_rotation_without_a_device_needs_the_machine_named(monkeypatch, tmp_path):
+    monkeypatch.setattr(info, "device_facts", lambda: None)  # the CUDA simulator: nothing to read
+    with pytest.raises(ValueError, match="gpu: no GPU to read the device facts"):
+        _rotation_l2(monkeypatch, tmp_path)
+    seen, prov = _rotation_l2(monkeypatch, tmp_path, gpu="h100")
+    assert seen == [50 * MiB] and prov["device facts"]["name"] == KNOWN_GPUS["h100"].name
 
 
 def test_interrupted_bench_keeps_the_rows_done(tmp_path, fake_timer):

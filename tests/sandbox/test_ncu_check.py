@@ -1,12 +1,14 @@
-"""scripts/ncu_check.py without a GPU: ncu's CSV, units, kernels summed per config, no-ncu exit, dry run, and
-the whole parent pipeline against a stand-in ncu that writes what a real one would."""
+"""The ncu check (sandbox.ncu) without a GPU: ncu's CSV, units, kernels summed per config, no-ncu exit, dry run,
+exit statuses, config checks, the machine modelled, and the whole parent pipeline against a stand-in ncu that
+writes what a real one would."""
 
 import csv
-import importlib.util
+import dataclasses
 import json
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import textwrap
 import time
@@ -14,15 +16,12 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ncu_check.py"
+from sandbox import ncu, ncu_results
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ncu_check():
-    spec = importlib.util.spec_from_file_location("ncu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return ncu
 
 
 # A details page as `ncu --csv` prints it: ncu's own lines first, quoted fields, kernel names with
@@ -69,13 +68,13 @@ SAMPLE = textwrap.dedent('''\
     ("n/a", "byte", (None, "byte")),
 ])
 def test_unit_conversion(ncu_check, value, unit, expected):
-    got = ncu_check.to_base_units(value, unit)
+    got = ncu_results.to_base_units(value, unit)
     assert got[1] == expected[1]
     assert got[0] == (None if expected[0] is None else pytest.approx(expected[0]))
 
 
 def test_parse_details_csv(ncu_check):
-    kernels = ncu_check.parse_ncu_csv(SAMPLE)
+    kernels = ncu_results.parse_ncu_csv(SAMPLE)
     assert [k.id for k in kernels] == [0, 1, 2, 3]
     f2 = kernels[0]
     assert "make_flash2" in f2.name and f2.grid == (16, 1, 1) and f2.block == (256, 1, 1)
@@ -92,35 +91,35 @@ def test_parse_details_csv(ncu_check):
 
 
 def test_parse_without_results(ncu_check):
-    assert ncu_check.parse_ncu_csv("==PROF== Connected\n==ERROR== no kernels were profiled\n") == []
+    assert ncu_results.parse_ncu_csv("==PROF== Connected\n==ERROR== no kernels were profiled\n") == []
 
 
 def test_kernels_summed_per_config(ncu_check):
-    kernels = ncu_check.parse_ncu_csv(SAMPLE)
+    kernels = ncu_results.parse_ncu_csv(SAMPLE)
     entries = [{"spec": "flash2:1024:64:0"}, {"spec": "standard:1024:64:0"}]
     grids = [[(16, 1, 1)], [(16, 16, 1), (1024, 1, 1), (16, 1, 1)]]
-    flash2, standard = ncu_check.assign_kernels(kernels, entries, grids)
+    flash2, standard = ncu_results.assign_kernels(kernels, entries, grids)
     assert [k.id for k in flash2] == [0] and [k.id for k in standard] == [1, 2, 3]
-    total = ncu_check.sum_metrics(standard)
+    total = ncu_results.sum_metrics(standard)
     assert total["global_ld_bytes"] == pytest.approx(33.5e6 + 8388608 + 4456448)
     assert total["dram_rd_bytes"] == 524288 + 4194304  # kernel 3's n/a is skipped
     assert total["time"] == pytest.approx(1.5e-3)
     assert "sm_count" not in total  # launch facts are not summed
-    assert ncu_check.measured_residency(flash2, ["main"]) == {"main": 132 * 2}
-    assert ncu_check.measured_residency(standard, ["qk", "softmax", "pv"]) == {"qk": 132 * 3}
+    assert ncu_results.measured_residency(flash2, ["main"]) == {"main": 132 * 2}
+    assert ncu_results.measured_residency(standard, ["qk", "softmax", "pv"]) == {"qk": 132 * 3}
 
 
 def test_kernels_of_a_failed_config_are_not_used(ncu_check):
     """A config whose kernels are missing gets None; matching resumes at the next config's first grid."""
-    k0, k1, k2, k3 = ncu_check.parse_ncu_csv(SAMPLE)
+    k0, k1, k2, k3 = ncu_results.parse_ncu_csv(SAMPLE)
     std = [(16, 16, 1), (1024, 1, 1), (16, 1, 1)]
     # the second config's kernels never came (the child was stopped)
-    first, second = ncu_check.assign_kernels([k1, k2, k3], [{}, {}], [std, std])
+    first, second = ncu_results.assign_kernels([k1, k2, k3], [{}, {}], [std, std])
     assert [k.id for k in first] == [1, 2, 3] and second is None
     # standard's qk is missing: its three slots would take a flash2 grid
-    assert ncu_check.assign_kernels([k0, k2, k3], [{}], [std]) == [None]
+    assert ncu_results.assign_kernels([k0, k2, k3], [{}], [std]) == [None]
     # a stray kernel before a flash2 config: the first config fails, the second finds its kernel
-    first, second = ncu_check.assign_kernels([k1, k0], [{}, {}], [[(16, 1, 1)], [(16, 1, 1)]])
+    first, second = ncu_results.assign_kernels([k1, k0], [{}, {}], [[(16, 1, 1)], [(16, 1, 1)]])
     assert first is None and [k.id for k in second] == [0]
 
 
@@ -147,13 +146,13 @@ def test_dry_run_prints_the_command(ncu_check, monkeypatch, capsys, tmp_path):
                  "--print-units base", "--target-processes all"):
         assert flag in lines[0]
     metrics = cmd[cmd.index("--metrics") + 1].split(",")
-    assert set(ncu_check.METRICS.values()) == set(metrics)
+    assert set(ncu_results.METRICS.values()) == set(metrics)
     for m in ("l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum", "dram__bytes_write.sum",
               "l1tex__data_pipe_lsu_wavefronts_mem_shared_op_st.sum", "lts__t_bytes.sum"):
         assert m in metrics
     assert cmd[cmd.index("--log-file") + 1] == str(out / "ncu_raw.csv")
     child = cmd[cmd.index("--log-file") + 2:]
-    assert child[1].endswith("ncu_check.py") and "--child" in child
+    assert child[1:4] == ["-m", "sandbox.ncu", "--child"]
     specs = child[child.index("--specs") + 1:]
     # the calibration probes, then cheapest first (flash1 last); the CSV keeps the order asked for
     assert specs == ["probe:spin:10000000", "probe:spin:40000000", "probe:stream:64", "probe:stream:128",
@@ -166,14 +165,12 @@ FAKE_NCU = '''#!{python}
 """Stand-in for ncu: writes a manifest and a --csv details log as the real profiled child would,
 with measured = simulated x 1.01 (global) and x 0.9 (DRAM) on each config's first kernel; the
 probes see 20 MB/s of background DRAM writes, and a write stream leaves 24 MiB dirty in L2."""
-import importlib.util, json, sys
+import json, sys
+from sandbox import ncu as nc, ncu_results  # the child's PYTHONPATH has the package
 argv = sys.argv[1:]
 log = argv[argv.index("--log-file") + 1]
-script = next(i for i, a in enumerate(argv) if a.endswith("ncu_check.py"))
-spec = importlib.util.spec_from_file_location("ncu_check", argv[script])
-nc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(nc)
-args = nc.parse_args(argv[script + 1:])
+module = argv.index("sandbox.ncu")
+args = nc.parse_args(argv[module + 1:])
 head = '"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"'
 rows, kid = ["==PROF== Connected to process 1 (python)", head], 0
 with open(args.manifest, "w") as man:
@@ -193,7 +190,7 @@ with open(args.manifest, "w") as man:
                             unit, "{{:,}}".format(v))))
             kid += 1
             continue
-        pred = nc.predict(cfg, args)
+        pred = ncu_results.predict(cfg, args, "h200")
         for n, g in enumerate(grids):
             first = n == 0
             values = {{
@@ -221,8 +218,10 @@ def test_end_to_end_with_a_stand_in_ncu(ncu_check, tmp_path, capsys):
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     out = tmp_path / "out"
     rc = ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "standard", "--n", "128", "--d", "16",
-                         "--causal", "both", "--out", str(out)])
-    assert rc == 0, capsys.readouterr().out
+                         "--causal", "both", "--gpu", "h200", "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    assert "not measured" not in stdout and stdout.rstrip().endswith("(ok)")
     with open(out / "ncu_check.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["kind"], r["causal"]) for r in rows] == [("flash2", "0"), ("flash2", "1"), ("standard", "0"),
@@ -280,7 +279,7 @@ def test_a_hung_profiler_is_stopped_with_its_children(ncu_check, tmp_path):
     fake = _script(tmp_path / "ncu", f'[ "$1" = "--version" ] && exit 0\nsleep 60 &\necho $! > {pid_file}\nwait\n')
     out = tmp_path / "out"
     rc = ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--timeout", "1",
-                         "--out", str(out)])
+                         "--gpu", "h200", "--out", str(out)])
     assert rc == 1
     pid = int(pid_file.read_text())
     deadline = time.monotonic() + 5
@@ -304,7 +303,8 @@ case "$*" in *launch__sm_count*) echo "==ERROR== Failed to find metric launch__s
 exec {real} "$@"
 ''')
     out = tmp_path / "out"
-    assert ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--out", str(out)]) == 0
+    assert ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--gpu", "h200",
+                           "--out", str(out)]) == 0
     assert "retrying with the essential metrics" in capsys.readouterr().out
     log = (out / "ncu_child.log").read_text()
     assert "Failed to find metric" in log and "launch__sm_count" not in log.rsplit("$ ", 1)[1]
@@ -313,24 +313,24 @@ exec {real} "$@"
 
 
 def test_a_failing_config_does_not_lose_the_others(ncu_check, monkeypatch):
-    def broken(cfg, args, kernels, calibration=None, build=None):
+    def broken(cfg, args, gpu, kernels, calibration=None, build=None):
         raise RuntimeError("model failed")
 
-    monkeypatch.setattr(ncu_check, "make_row", broken)
+    monkeypatch.setattr(ncu_results, "make_row", broken)
     args = ncu_check.parse_args(["--kinds", "flash2", "--n", "128", "--d", "16"])
     (cfg,) = ncu_check.configs_from_args(args)
-    row = ncu_check._row_or_error(cfg, args, None)
+    row = ncu_check._row_or_error(cfg, args, "h200", None)
     assert row["status"] == "error: RuntimeError: model failed" and row["kind"] == "flash2"
-    assert "error" in ncu_check._summary([row])
+    assert "error" in ncu_results._summary([row])
 
 
 def test_calibration_from_probes(ncu_check):
     """Background rate = spin writes / spin time (pooled); dirty limit = stream size - its writes net of background."""
     args = ncu_check.parse_args([])
-    k = lambda wr, t: [ncu_check.KernelResult(0, "write_spin", (1, 1, 1), (256, 1, 1),  # noqa: E731
+    k = lambda wr, t: [ncu_results.KernelResult(0, "write_spin", (1, 1, 1), (256, 1, 1),  # noqa: E731
                                               {"dram_wr_bytes": wr, "time": t}, {})]
     mib = 2**20
-    cal = ncu_check.calibrate({
+    cal = ncu_results.calibrate({
         ncu_check.Probe("spin", 10**7): k(2e6, 0.1),
         ncu_check.Probe("spin", 4 * 10**7): k(6e6, 0.3),
         ncu_check.Probe("stream", 64): k(40 * mib + 2e7 * 1e-4, 1e-4),
@@ -344,9 +344,130 @@ def test_calibration_from_probes(ncu_check):
                                                    "probe:stream:128", "probe:rewrite:5"]
     assert cal["probes"][-1]["write_rate_bytes_per_s"] == 9e9
     # without probe results the arguments stand (both None by default: the plain model)
-    none = ncu_check.calibrate({ncu_check.Probe("spin", 10): None}, args)
+    none = ncu_results.calibrate({ncu_check.Probe("spin", 10): None}, args)
     assert none["source"] == "arguments" and none["dirty_limit_bytes"] is None
     assert none["background_write_bytes_per_s"] is None
     assert ncu_check.parse_spec("probe:stream:64") == ncu_check.Probe("stream", 64)
     with pytest.raises(ValueError, match="unknown probe"):
         ncu_check.parse_spec("probe:nap:3")
+
+
+# -- configs not measured, bad configs, the machine modelled -------------------------------------
+def _fake_ncu(tmp_path):
+    fake = tmp_path / "ncu"
+    fake.write_text(FAKE_NCU.format(python=sys.executable))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
+def _csv_rows(out):
+    with open(out / "ncu_check.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["plain", "strict"])
+def test_nothing_measured_fails(ncu_check, tmp_path, capsys, strict):
+    """ncu ran and exited 0 but profiled no kernel: every config unmeasured is a failure, never "(ok)"."""
+    fake = _script(tmp_path / "ncu", 'echo "==PROF== Disconnected"\n')
+    out = tmp_path / "out"
+    rc = ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--gpu", "h200",
+                         "--no-probes", "--out", str(out)] + (["--strict"] if strict else []))
+    stdout = capsys.readouterr().out
+    assert rc == 1
+    assert "(ok)" not in stdout
+    assert "1 of 1 configs were not measured" in stdout
+    assert [r["status"] for r in _csv_rows(out)] == ["not measured"]
+    assert json.loads((out / "ncu_check.json").read_text())["status"] == "1 of 1 configs not measured"
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["plain", "strict"])
+def test_a_config_not_measured_is_reported(ncu_check, tmp_path, capsys, monkeypatch, strict):
+    """One config's kernel missing from ncu's results: a line says so; --strict exits 1, else 0 without "(ok)"."""
+    parse = ncu_results.parse_ncu_csv
+    monkeypatch.setattr(ncu_check, "parse_ncu_csv", lambda text: parse(text)[:-1])  # the last kernel is lost
+    out = tmp_path / "out"
+    rc = ncu_check.main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
+                         "--causal", "both", "--gpu", "h200", "--no-probes", "--out", str(out)]
+                        + (["--strict"] if strict else []))
+    stdout = capsys.readouterr().out
+    assert rc == (1 if strict else 0)
+    assert "not measured: flash2 N=128 d=16 causal (not measured)" in stdout
+    assert "1 of 2 configs were not measured" in stdout and "(ok)" not in stdout
+    assert [r["status"] for r in _csv_rows(out)] == ["ok", "not measured"]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--kinds", "nosuch"], "argument --kinds: invalid choice: 'nosuch'"),
+    (["--n", "0"], "config flash2 N=0 d=64: --n and --d must be positive"),
+    (["--d", "512"], "config flash2 N=1024 d=512: head_dim=512 exceeds the largest supported head_dim"),
+    (["--block-q", "0"], "--block-q: expected a positive number, got 0"),
+    (["--block-q", "512", "--block-kv", "512"], "config flash2 N=1024 d=64: thread layout 128x128 = 16384 threads"),
+    (["--block-q", "128", "--block-kv", "128", "--thread-q", "8", "--thread-kv", "8", "--d", "128"],
+     "config flash2 N=1024 d=128: schedule flash2 Br=128 Bc=128 needs 263680 bytes of SRAM"),
+    (["--kinds", "flash1", "--build", "fast"], "config flash1 N=1024 d=64: --build fast cannot run it: kind 'flash1' "
+                                               "has no fast build"),
+    (["--batch", "300", "--heads", "300"], "--batch x --heads = 90000: a grid dimension holds at most 65535"),
+    (["--timeout", "0"], "--timeout: expected a positive number of seconds"),
+    (["--gpu", "a100"], "argument --gpu: invalid choice: 'a100'"),
+])
+def test_dry_run_validates_the_configs(ncu_check, tmp_path, capsys, bad, message):
+    out = tmp_path / "out"
+    argv = ["--dry-run", "--kinds", "flash2", "--n", "1024", "--d", "64", "--out", str(out)] + bad
+    try:
+        code = ncu_check.main(argv)
+    except SystemExit as e:  # argparse's own checks
+        code = e.code
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not out.exists()
+
+
+def test_the_l2_model_is_the_devices(ncu_check, tmp_path, capsys, monkeypatch):
+    """The device query's facts (an H200: 60 MiB of L2) reach the model, not an H100's 50 MiB."""
+    from sandbox import info
+    from sandbox.gpus import KNOWN_GPUS
+
+    device = dataclasses.replace(KNOWN_GPUS["h200"], name="NVIDIA H200", sms=100, source="read from the device")
+    monkeypatch.setattr(info, "device_facts", lambda: device)
+    out = tmp_path / "out"
+    assert ncu_check.main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
+                           "--no-probes", "--out", str(out)]) == 0, capsys.readouterr()
+    model = json.loads((out / "ncu_check.json").read_text())["model"]
+    assert model["l2_bytes"] == 62_914_560 and model["sms_default"] == 100
+    assert model["gpu"]["name"] == "NVIDIA H200" and model["gpu"]["source"] == "read from the device"
+    args = ncu_check.parse_args(["--l2-bytes", "4096"])
+    assert ncu_check.model_gpu(args).l2_bytes == 4096 and ncu_check.model_gpu(args).sms == 100
+
+
+def test_without_a_device_the_machine_must_be_named(ncu_check, tmp_path, capsys, monkeypatch):
+    from sandbox import info
+
+    monkeypatch.setattr(info, "device_facts", lambda: None)  # the CUDA simulator: nothing to read
+    out = tmp_path / "out"
+    rc = ncu_check.main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
+                         "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--gpu h100|h200" in err[0]
+    assert not out.exists()
+    assert ncu_check.model_gpu(ncu_check.parse_args(["--gpu", "h100"])).l2_bytes == 50 * 2**20
+
+
+def test_the_cli_and_the_script_are_ways_in(tmp_path, capsys):
+    """``python -m sandbox ncu`` hands its arguments to the check; scripts/ncu_check.py is the same call."""
+    from sandbox.cli import main as cli_main
+
+    out = tmp_path / "out"
+    assert cli_main(["ncu", "--dry-run", "--kinds", "flash2", "--n", "128", "--d", "16", "--no-probes",
+                     "--out", str(out)]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("ncu ") and line.endswith("--specs flash2:128:16:0")
+    assert cli_main(["ncu", "--dry-run", "--n", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "ncu check: config standard N=0 d=64: --n and --d must be positive"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "ncu_check.py"
+    env = {**os.environ, "PYTHONPATH": str(script.parents[1])}
+    done = subprocess.run([sys.executable, str(script), "--dry-run", "--block-kv", "0"], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == "ncu check: --block-kv: expected a positive number, got 0"

@@ -1,5 +1,6 @@
 """The L2 model: its request stream is counts.py's HBM traffic, and its cache is an exact sector-level LRU."""
 
+import dataclasses
 import math
 import types
 from collections import OrderedDict
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule
+from sandbox.gpus import KNOWN_GPUS
 from simulator.counts import simulate_counts
 from simulator.l2 import (
     TENSORS,
@@ -38,7 +40,7 @@ def _schedule(kind, blocks, splits=3):
 
 def assert_requests_equal_counts(schedule, problem):
     counts = simulate_counts(schedule, problem)
-    r = simulate_dram(schedule, problem)
+    r = simulate_dram(schedule, problem, gpu="h200")
     assert r.requested_bytes == counts.hbm_bytes
     assert r.requested_read_bytes == counts.bytes("hbm_reads")
     assert r.requested_write_bytes == counts.bytes("hbm_writes")
@@ -164,7 +166,7 @@ def test_large_cache_reads_compulsory_misses(kind, causal, case, resident):
     """A cache far larger than the working set reads each sector once, unless a full write came first."""
     blocks, shape = CASES[case]
     schedule, problem = _schedule(kind, blocks), Problem(**shape, causal=causal)
-    r = simulate_dram(schedule, problem, l2_bytes=HUGE, resident_blocks=resident)
+    r = simulate_dram(schedule, problem, l2_bytes=HUGE, resident_blocks=resident, gpu="h200")
     read, evicted, flushed = reference_cache(stream(schedule, problem), lines=HUGE // 128)
     assert evicted == 0 and r.write_evicted_bytes == 0
     assert r.read_bytes == read
@@ -174,7 +176,7 @@ def test_large_cache_reads_compulsory_misses(kind, causal, case, resident):
 def test_large_cache_reads_inputs_once():
     """flash2, N a multiple of every block: DRAM reads are exactly Q, K and V, writes exactly O and L."""
     problem = Problem(1, 2, 256, 256, 32)
-    r = simulate_dram(_schedule("flash2", (32, 64)), problem, l2_bytes=HUGE)
+    r = simulate_dram(_schedule("flash2", (32, 64)), problem, l2_bytes=HUGE, gpu="h200")
     assert r.read_bytes == 3 * 2 * 256 * 32 * 4
     assert r.write_bytes == 2 * 256 * (32 + 1) * 4
     assert r.l2_read_hit_rate == pytest.approx(1 - r.read_bytes / r.requested_read_bytes)
@@ -186,7 +188,7 @@ def test_one_line_cache_reads_every_request(kind, causal):
     """With one line, every read request misses: DRAM reads = requested bytes rounded up to sectors."""
     schedule = _schedule(kind, (16, 8))
     problem = Problem(2, 2, 48, 40, 8, causal=causal)  # rows of 32 bytes, S rows of 160: sector-aligned
-    r = simulate_dram(schedule, problem, l2_bytes=128, ways=1)
+    r = simulate_dram(schedule, problem, l2_bytes=128, ways=1, gpu="h200")
     assert r.read_bytes == r.requested_read_sector_bytes
     if not causal:  # every range is whole sectors: rounding changes nothing
         assert r.read_bytes == simulate_counts(schedule, problem).bytes("hbm_reads")
@@ -261,8 +263,8 @@ def test_set_index_modulo_conflicts():
 def test_cold_launches_read_what_the_previous_kernel_wrote():
     """standard at a size that fits in L2: warm, softmax finds S in L2; cold, it reads S from DRAM."""
     schedule, problem = _schedule("standard", (16, 16)), Problem(1, 1, 64, 64, 16)
-    warm = simulate_dram(schedule, problem)
-    cold = simulate_dram(schedule, problem, cold_launches=True)
+    warm = simulate_dram(schedule, problem, gpu="h200")
+    cold = simulate_dram(schedule, problem, gpu="h200", cold_launches=True)
     s_bytes = 64 * 64 * 4
     warm_sm, cold_sm = (next(x for x in r.per_launch if x["phase"] == "softmax") for r in (warm, cold))
     assert warm_sm["read_bytes"] == 0
@@ -273,45 +275,78 @@ def test_cold_launches_read_what_the_previous_kernel_wrote():
 
 def test_slices_one_scales_a_slice():
     schedule, problem = _schedule("flash2", (16, 16)), Problem(2, 3, 64, 64, 16)
-    exact = simulate_dram(schedule, problem, l2_bytes=HUGE)
-    scaled = simulate_dram(schedule, problem, l2_bytes=HUGE, slices="one")
+    exact = simulate_dram(schedule, problem, l2_bytes=HUGE, gpu="h200")
+    scaled = simulate_dram(schedule, problem, l2_bytes=HUGE, gpu="h200", slices="one")
     assert scaled.config["slice_scale"] == 6
     for f in ("requested_read_bytes", "requested_write_bytes", "read_bytes", "write_bytes"):
         assert getattr(scaled, f) == getattr(exact, f), f
 
 
-def test_default_residency_h100():
+@pytest.mark.parametrize("gpu", ["h100", "h200"])
+def test_default_residency(gpu):
     d128 = Problem(1, 1, 4096, 4096, 128)
     flash2 = Schedule("flash2", block_q=64, block_kv=64, thread_q=4, thread_kv=4)  # ~113 KB of SRAM, 256 threads
-    assert blocks_per_sm(flash2, d128, "main") == 2
+    assert blocks_per_sm(flash2, d128, "main", gpu) == 2
     std = Schedule("standard", block_q=64, block_kv=64, thread_q=4, thread_kv=4)
-    res = default_resident_blocks(std, d128)
+    res = default_resident_blocks(std, d128, gpu)
     assert res["softmax"] == 132 * 8  # 8 warps a block, 64 a SM
     assert res["qk"] == 132 * 3  # 64 KB of Q and K tiles + 1 KB reserved, 228 KB a SM
-    r = simulate_dram(std, d128, resident_blocks={"qk": 5})
+    r = simulate_dram(std, d128, resident_blocks={"qk": 5}, gpu=gpu)
     assert r.config["resident_blocks"]["qk"] == 5 and r.config["resident_blocks"]["pv"] == res["pv"]
+
+
+def test_the_machine_is_named_never_assumed():
+    """No silent H100: the L2 size and the SMs come from ``gpu`` (a name or the device's facts) or are given."""
+    schedule, problem = _schedule("flash2", (8, 8)), Problem(1, 1, 16, 16, 4)
+    with pytest.raises(TypeError, match="l2_bytes: say which machine"):
+        simulate_dram(schedule, problem)
+    with pytest.raises(TypeError, match="resident_blocks: say which machine"):
+        simulate_dram(schedule, problem, l2_bytes=HUGE)
+    with pytest.raises(ValueError, match="gpu: unknown machine 'a100'; known: h100, h200"):
+        simulate_dram(schedule, problem, gpu="a100")
+    with pytest.raises(TypeError):
+        simulate_requests([(0, 128, False)])
+    # explicit numbers need no machine
+    assert simulate_dram(schedule, problem, l2_bytes=HUGE, resident_blocks=3).config["gpu"] is None
+    h100, h200 = (simulate_dram(schedule, problem, gpu=g) for g in ("h100", "h200"))
+    assert h100.config["l2_bytes"] == 52_428_800 and h200.config["l2_bytes"] == 62_914_560
+    assert h200.config["gpu"] == KNOWN_GPUS["h200"].name and h200.config["sms"] == 132
+    # a record read from a device: its facts, not a table's
+    device = dataclasses.replace(KNOWN_GPUS["h200"], name="some GPU", l2_bytes=4 * 2**20, sms=7)
+    r = simulate_dram(schedule, problem, gpu=device)
+    assert r.config["l2_bytes"] == 4 * 2**20 and r.config["resident_blocks"] == {"main": 7 * 32}
+    assert simulate_dram(schedule, problem, gpu=device, l2_bytes=HUGE).config["l2_bytes"] == HUGE
+
+
+def test_h200_l2_holds_what_an_h100_l2_cannot():
+    """A working set between 50 and 60 MiB: re-read from DRAM on an H100's L2, cached on an H200's."""
+    mib = 2**20
+    reqs = [(i * 128, 128, False) for i in range(55 * mib // 128)] * 2
+    h100, h200 = (simulate_requests(reqs, KNOWN_GPUS[g].l2_bytes, set_index="modulo") for g in ("h100", "h200"))
+    assert h200.read_bytes == 55 * mib  # the second pass hits
+    assert h100.read_bytes == 2 * 55 * mib  # a cyclic pass over more than the L2 under LRU: every read misses
 
 
 def test_bad_arguments():
     schedule, problem = _schedule("flash2", (8, 8)), Problem(1, 1, 16, 16, 4)
     with pytest.raises(ValueError, match="policy"):
-        simulate_dram(schedule, problem, policy="random")
+        simulate_dram(schedule, problem, gpu="h200", policy="random")
     with pytest.raises(ValueError, match="multiple of sector"):
-        simulate_dram(schedule, problem, line=100)
+        simulate_dram(schedule, problem, gpu="h200", line=100)
     with pytest.raises(ValueError, match="slices"):
-        simulate_dram(schedule, problem, slices="some")
+        simulate_dram(schedule, problem, gpu="h200", slices="some")
     with pytest.raises(ValueError, match="holds no"):
-        simulate_dram(schedule, problem, l2_bytes=64)
+        simulate_dram(schedule, problem, gpu="h200", l2_bytes=64)
     with pytest.raises(ValueError, match="no phase"):
-        simulate_dram(schedule, problem, resident_blocks={"qk": 4})
+        simulate_dram(schedule, problem, gpu="h200", resident_blocks={"qk": 4})
     with pytest.raises(NotImplementedError, match="no request stream"):
-        simulate_dram(types.SimpleNamespace(kind="nosuch"), problem)
+        simulate_dram(types.SimpleNamespace(kind="nosuch"), problem, gpu="h200")
     with pytest.raises(ValueError, match="dirty_limit_bytes"):
-        simulate_dram(schedule, problem, dirty_limit_bytes=-1)
+        simulate_dram(schedule, problem, gpu="h200", dirty_limit_bytes=-1)
 
 
 def test_report_as_dict():
-    r = simulate_dram(_schedule("flash1", (8, 8)), Problem(1, 1, 16, 16, 4))
+    r = simulate_dram(_schedule("flash1", (8, 8)), Problem(1, 1, 16, 16, 4), gpu="h200")
     d = r.as_dict()
     assert d["dram_bytes"] == r.read_bytes + r.write_bytes
     assert set(d["per_tensor"]) <= set(TENSORS)

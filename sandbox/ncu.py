@@ -1,0 +1,729 @@
+"""Nsight Compute check: the kernels' measured global, L2 and DRAM bytes against the simulator's.
+
+    python -m sandbox ncu --out results/ncu               # 4 kinds × N ∈ {1K, 4K, 16K} × d ∈ {64, 128}
+    python -m sandbox ncu --kinds flash2 --n 4096 --d 64 128 --causal both --out results/ncu
+    python -m sandbox ncu --dry-run                        # check the configs, print the ncu command, run nothing
+
+(``python scripts/ncu_check.py`` takes the same arguments.) For every config (kind, N, d, causal;
+B = H = 1 by default, Br = Bc = 64, 4×4 register tiles, fp32) the check runs our kernels once
+under Nsight Compute and compares:
+
+- global-memory bytes at L1 (``l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum`` + ``..._op_st.sum``)
+  with ``simulate_counts(schedule, problem).hbm_bytes`` (target: within 2%);
+- DRAM bytes (``dram__bytes_read.sum`` + ``dram__bytes_write.sum``) with the L2 model,
+  ``simulator.l2.simulate_dram`` with a dirty limit, plus background writes (target: within 15%,
+  for standard, flash1 and flash2; splitkv is reported beside them);
+
+and records L2 traffic (``lts__t_bytes.sum``), shared-memory load/store instructions and
+wavefronts, local-memory bytes, kernel time and occupancy limits. Outputs in ``--out``:
+``ncu_check.csv`` (one row per config), ``ncu_check.json`` (provenance: GPU, driver, ncu version,
+commands, model parameters, per-kernel metrics), ``ncu_check.png`` (two panels: measured /
+simulated global bytes, with the 2% band; measured / predicted DRAM bytes, with the 15% band),
+``ncu_raw.csv`` (ncu's own output), ``manifest.jsonl``, ``ncu_child.log`` (the child's) and
+``ncu_probes.csv`` (the calibration probes).
+
+Calibration (``--no-probes`` skips it)
+    Before the configs, the child runs probe kernels (``kernels/l2probe.py``) in the same profiled
+    run. Two spins write 4 bytes and then only compute (about 0.12 and 0.49 s). Their DRAM writes
+    are not their data: on an H100 about 18 MiB/s of DRAM writes go on whatever runs. Their pooled
+    writes / time is ``background_write_bytes_per_s``, and each config's prediction adds that rate
+    × the config's measured kernel time (``background_dram_wr_bytes``). Two write streams (64 and
+    128 MiB, once, by a full grid) show how much dirty data the L2 keeps: size − (writes during the
+    kernel − background). Their mean is the model's ``dirty_limit_bytes``. A rewrite probe (one
+    block, 1 MiB, 2000 passes: flash1's access pattern for O) checks the first: its writes should
+    be the background's alone. The plain LRU (no limit, no background) is reported beside
+    (``sim_dram_plain_bytes``, ``dram_ratio_plain``, the grey crosses of the figure).
+
+Build (``--build``)
+    ``plain`` (default) measures each kind's plain kernels, whose counters the simulator mirrors.
+    ``fast`` measures flash2's fast build, an error for kinds without one. It moves the same HBM
+    bytes, but it stores O from its register tile as 4 scalar stores per thread, 16 bytes apart
+    across the warp, so L1 sends each O sector to L2 four times.
+
+How it measures
+    The check runs this module as one child process under
+    ``ncu --clock-control none --cache-control all --profile-from-start off --csv
+    --print-units base --metrics ... --log-file ncu_raw.csv python -m sandbox.ncu --child SPEC...``.
+    The GPU's clocks and settings are never changed (``--clock-control none``). The child, per
+    config: compiles and runs the kernels on a small problem of the same (schedule, d, dtype,
+    causal) (``kernels.launch.build`` caches on exactly that, so the measured call does not
+    compile), copies random inputs to the device, synchronizes, then brackets the one measured
+    ``kernels.launch.run`` call with ``cuProfilerStart``/``cuProfilerStop`` (``numba.cuda.
+    profile_start``/``profile_stop``) and synchronizes again. With ``--profile-from-start off``
+    ncu profiles only the kernels launched in those brackets: 1 per config for flash1/flash2, 3
+    for standard (qk, softmax, pv), whose metrics are summed. The child writes one manifest line
+    per measured config; the parent assigns ncu's results to configs in launch order and checks
+    each kernel's grid size against the config's.
+
+    ``--cache-control all`` (ncu's default) flushes and invalidates the caches before every
+    profiled kernel, so each kernel starts with a cold L2: the prediction uses
+    ``simulate_dram(..., cold_launches=True)``, and since a kernel's dirty lines still in L2
+    when it ends are written back after its measurement, the predicted DRAM bytes are its reads
+    plus its *evicted* writes (the end-of-kernel flush is reported beside them). The residency
+    (blocks in flight) is ncu's: SMs × the smallest of its occupancy limits, per kernel; the
+    simulator's default where ncu did not report them.
+
+What the 2% target means here
+    ``l1tex__t_bytes`` counts, for each warp-level load or store instruction, the bytes of the
+    32-byte sectors it touches (sectors × 32), not the bytes the threads asked for. Our kernels
+    load and store scalars (4 or 2 bytes) with consecutive threads on consecutive addresses: a
+    warp covers 32 consecutive elements of a tile load (128 B in fp32, 64 B in fp16), or 16
+    consecutive columns in each of 2 rows of an S or O tile (TX = 16 threads along a row with
+    64×64 blocks and 4×4 register tiles). When such a slice starts on a 32-byte boundary and is a
+    whole number of sectors, measured = simulated exactly, which is the case for the default
+    configs without a causal mask (N a multiple of 64, d·4 a multiple of 32). Otherwise each
+    instruction rounds up to whole sectors, and a sector split between two instructions is
+    counted by both: at the causal diagonal (the masked tail of a row of S or P, under 32 bytes
+    per row and pass: a fraction of a percent at N = 1K), and everywhere when d·itemsize or
+    Nk·4 is not a multiple of 32 (then up to one sector per instruction, which can exceed 2%).
+    Global memory the model does not count would also show: none is expected (the kernels'
+    counters are the simulator's, and the fast build touches no counters); a register spill or
+    a local array goes to *local* memory, reported apart (``ncu_local_ld_bytes``,
+    ``ncu_local_st_bytes``).
+
+The machine modelled
+    The L2 model takes the GPU's L2 size, SMs and shared memory from the device
+    (``sandbox.info.device_facts``). Where the device cannot be read, ``--gpu h100|h200`` names
+    the machine (``sandbox.gpus.KNOWN_GPUS``); ``--l2-bytes`` and ``--sms`` override single facts.
+    Without a device and without ``--gpu`` the check refuses to guess and exits with status 2.
+
+Exit status
+    0: every config measured (and, with ``--strict``, within its targets). 1: the profiled run
+    failed or timed out, nothing was measured at all, or (with ``--strict``) a config was not
+    measured or missed a target; without ``--strict`` a config not measured is reported on a line
+    of its own, and the final line says how many. 2: bad arguments or configs (one line; ``--dry-run``
+    checks them too: kinds, sizes, schedules that fit), ncu not found (not on the PATH, nor in
+    /opt/nvidia/nsight-compute or /usr/local/cuda*/bin), or no machine to model. 3: ncu may not
+    read the GPU's counters, or the child found no GPU. ``--dry-run`` prints the command only.
+"""
+
+import argparse
+import dataclasses
+import datetime
+import glob
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from sandbox.ncu_results import (
+    DRAM_TOLERANCE,
+    ESSENTIAL,
+    GLOBAL_TOLERANCE,
+    METRICS,
+    _calibration_summary,
+    _launches,
+    _row_or_error,
+    _summary,
+    assign_kernels,
+    calibrate,
+    make_problem,
+    make_schedule,
+    parse_ncu_csv,
+    plot,
+    write_csv,
+    write_probes_csv,
+)
+
+#: The folder that holds the ``sandbox`` package: on the child's PYTHONPATH, and the git checkout's root.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+#: Where Nsight Compute lives when it is not on the PATH.
+NCU_SEARCH_GLOBS = ("/opt/nvidia/nsight-compute/*/ncu", "/usr/local/cuda*/bin/ncu", "/usr/local/cuda*/nsight-compute*/ncu")
+DEFAULT_KINDS = ("standard", "flash1", "flash2", "splitkv")
+#: Calibration probes (kernels/l2probe.py), measured before the configs in the same profiled run:
+#: a spin (one block writes 4 bytes, then only computes, for about 0.1 and 0.4 s on an H100): any
+#: DRAM writes during it are not its own data, and give the background write rate; a write stream
+#: (X MiB written once by a full grid): what does not reach DRAM during it stayed dirty in L2,
+#: which gives the most dirty data the L2 holds (the model's dirty limit).
+PROBE_SPINS = (10**7, 4 * 10**7)
+#: a check, not a calibration: one block rewriting 1 MiB (flash1's O pattern: the same lines
+#: dirtied again and again) this many passes: its DRAM writes should be the background's alone
+PROBE_REWRITE_PASSES = 2000
+PROBE_REWRITE_MIB = 1
+PROBE_STREAMS_MIB = (64, 128)
+PROBE_STREAM_BLOCKS = 528
+PROBE_THREADS = 256
+DEFAULT_N = (1024, 4096, 16384)
+DEFAULT_D = (64, 128)
+NOT_FOUND = ("ncu not found: install Nsight Compute (ncu on the PATH, or --ncu PATH) to measure; "
+             "nothing was measured")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One measured point: the schedule kind, N (= Nq = Nk), d, causal."""
+
+    kind: str
+    n: int
+    d: int
+    causal: bool
+
+    def spec(self):
+        """"kind:N:d:causal", the child's command-line form."""
+        return f"{self.kind}:{self.n}:{self.d}:{int(self.causal)}"
+
+    @classmethod
+    def parse(cls, spec):
+        kind, n, d, causal = spec.split(":")
+        return cls(kind, int(n), int(d), causal in ("1", "true", "True"))
+
+    def label(self):
+        return f"{self.kind} N={self.n} d={self.d}" + (" causal" if self.causal else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One calibration probe: "spin" (``arg`` iterations), "stream" (``arg`` MiB written) or "rewrite"
+    (``arg`` passes over PROBE_REWRITE_MIB by one block)."""
+
+    name: str
+    arg: int
+    kind = "probe"
+
+    def spec(self):
+        return f"probe:{self.name}:{self.arg}"
+
+    def label(self):
+        return f"probe {self.name} {self.arg}" + {"stream": " MiB", "spin": " iterations", "rewrite": " passes"}[self.name]
+
+    def grid(self):
+        return (PROBE_STREAM_BLOCKS, 1, 1) if self.name == "stream" else (1, 1, 1)
+
+    def buffer_elements(self):
+        mib = {"spin": 0, "stream": self.arg, "rewrite": PROBE_REWRITE_MIB}[self.name]
+        return max(1, mib * 2**20 // 4)
+
+
+def parse_spec(spec):
+    """A child spec: a :class:`Probe` ("probe:name:arg") or a :class:`Config`."""
+    if spec.startswith("probe:"):
+        _, name, arg = spec.split(":")
+        if name not in ("spin", "stream", "rewrite"):
+            raise ValueError(f"unknown probe {name!r}")
+        return Probe(name, int(arg))
+    return Config.parse(spec)
+
+
+def probes_from_args(args):
+    if not args.probes:
+        return []
+    return ([Probe("spin", n) for n in PROBE_SPINS] + [Probe("stream", m) for m in PROBE_STREAMS_MIB]
+            + [Probe("rewrite", PROBE_REWRITE_PASSES)])
+
+
+def configs_from_args(args):
+    causal = {"no": (False,), "yes": (True,), "both": (False, True)}[args.causal]
+    return [Config(k, n, d, c) for k in args.kinds for n in args.n for d in args.d for c in causal]
+
+
+def measure_order(configs):
+    """The child's order: cheap configs first, so that a timeout loses the slowest (flash1 runs its whole
+    problem in one thread block per (b, h): at N = 16K it takes seconds per replay pass)."""
+    return sorted(configs, key=lambda c: (c.kind == "flash1", c.n, c.d, c.causal))
+
+
+def expected_grids(cfg, args):
+    """The grid of each kernel the config (or probe) launches, as (x, y, z), in launch order."""
+    from simulator.l2 import LAUNCHES
+
+    if isinstance(cfg, Probe):
+        return [cfg.grid()]
+    schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
+    return [tuple(grid(schedule, problem)) + (1,) * (3 - len(grid(schedule, problem)))
+            for _, _, grid in LAUNCHES[cfg.kind]]
+
+
+def model_gpu(args):
+    """The machine the L2 model describes: ``--gpu``'s facts, else the device's, with ``--l2-bytes`` and
+    ``--sms`` over them.
+
+    Raises:
+        ValueError: no ``--gpu`` and no device to read (the message says what to pass).
+    """
+    from sandbox.gpus import KNOWN_GPUS, known_gpu
+    from sandbox.info import device_facts
+
+    facts = known_gpu(args.gpu) if args.gpu else device_facts()
+    if facts is None:
+        raise ValueError("cannot read the GPU's L2 size, SMs and shared memory (no GPU: Numba's CUDA simulator is "
+                         f"active); say which machine the model describes: --gpu {'|'.join(sorted(KNOWN_GPUS))}")
+    overrides = {k: v for k, v in (("l2_bytes", args.l2_bytes), ("sms", args.sms)) if v is not None}
+    return dataclasses.replace(facts, **overrides) if overrides else facts
+
+
+#: CUDA's limit on a grid's y and z dimensions (B·H runs along one of them)
+MAX_GRID_YZ = 65535
+
+
+def validate(configs, args):
+    """Check the arguments and every config before anything runs: sizes, kinds with an L2 request
+    stream, schedules that fit their SRAM, the fast build where asked for.
+
+    Raises:
+        ValueError: the first problem found, naming the argument or the config.
+    """
+    from sandbox import kinds
+    from simulator.l2 import LAUNCHES
+
+    for name in ("batch", "heads", "kv_splits", "block_q", "block_kv", "thread_q", "thread_kv", "l2_bytes", "sms",
+                 "dirty_limit_bytes"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "dirty_limit_bytes" else 1):
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive number, got {value}")
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    if args.batch * args.heads > MAX_GRID_YZ:
+        raise ValueError(f"--batch x --heads = {args.batch * args.heads}: a grid dimension holds at most {MAX_GRID_YZ}")
+    if not configs:
+        raise ValueError("no configs: --kinds, --n and --d each need at least one value")
+    for cfg in configs:
+        where = f"config {cfg.label()}"
+        if cfg.n < 1 or cfg.d < 1:
+            raise ValueError(f"{where}: --n and --d must be positive")
+        if cfg.kind not in LAUNCHES:
+            raise ValueError(f"{where}: the L2 model has no request stream for kind {cfg.kind!r} "
+                             f"(it has: {', '.join(LAUNCHES)})")
+        try:
+            schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
+            schedule.check_fits(problem.head_dim, problem.dtype)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where}: {e}") from None
+        if args.build == "fast":
+            module = kinds.get(cfg.kind).fast_module()
+            why = (f"kind {cfg.kind!r} has no fast build" if module is None
+                   else module.eligible(schedule, cfg.d, False, None))
+            if why:
+                raise ValueError(f"{where}: --build fast cannot run it: {why}")
+
+
+def unmeasured(rows):
+    """The rows of configs that were not measured: no kernels matched, an error, or no global bytes from ncu."""
+    return [r for r in rows if r.get("status") != "ok" or r.get("global_ratio") is None]
+
+
+def find_ncu(explicit=None):
+    """Path of the ncu executable: ``explicit``, else the PATH, else a standard install; None if none."""
+    if explicit:
+        return explicit if os.path.exists(explicit) or shutil.which(explicit) else None
+    found = shutil.which("ncu")
+    if found:
+        return found
+    for pattern in NCU_SEARCH_GLOBS:
+        hits = sorted(glob.glob(pattern))
+        if hits:
+            return hits[-1]
+    return None
+
+
+def ncu_command(ncu, metrics, log_path, child_argv, cache_control="all"):
+    """The profiler's command line around ``child_argv``."""
+    return [ncu, "--clock-control", "none", "--cache-control", cache_control, "--target-processes", "all",
+            "--profile-from-start", "off", "--metrics", ",".join(metrics), "--csv", "--print-units", "base",
+            "--log-file", log_path, *child_argv]
+
+
+def child_argv(configs, args, manifest_path):
+    """This module as the child: the same model parameters, the configs as specs."""
+    return [sys.executable, "-m", "sandbox.ncu", "--child", "--manifest", manifest_path,
+            "--batch", str(args.batch), "--heads", str(args.heads), "--dtype", args.dtype,
+            "--block-q", str(args.block_q), "--block-kv", str(args.block_kv),
+            "--thread-q", str(args.thread_q), "--thread-kv", str(args.thread_kv), "--seed", str(args.seed),
+            "--kv-splits", str(args.kv_splits), "--build", args.build, "--specs", *[c.spec() for c in configs]]
+
+
+def child_main(args):
+    """Run each config's kernels once inside cuProfilerStart/Stop; append one manifest line per config."""
+    from sandbox.runtime import ensure_backend
+
+    if ensure_backend() != "gpu":
+        print("ncu check child: no CUDA GPU (Numba's CUDA simulator cannot be profiled)", file=sys.stderr)
+        return 3
+    import numpy as np
+    from numba import cuda
+
+    from kernels.launch import run
+    from sandbox import Problem
+    from sandbox.dtypes import storage_dtype
+    from sandbox.info import environment
+
+    env = {k: str(v) for k, v in environment().items()}
+    rng = np.random.default_rng(args.seed)
+    with open(args.manifest, "a") as manifest:
+        manifest.write(json.dumps({"environment": env}) + "\n")
+        manifest.flush()
+        for cfg in [parse_spec(s) for s in args.specs]:
+            if isinstance(cfg, Probe):
+                _run_probe(cfg, manifest)
+                continue
+            schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
+
+            def device_inputs(p):
+                shape = (p.batch, p.heads, p.n_q, p.head_dim)
+                host = [rng.standard_normal(shape, dtype=np.float32).astype(p.dtype) for _ in range(3)]
+                return [cuda.to_device(x.view(storage_dtype(x.dtype))) for x in host]
+
+            # -- compile: a small problem with the same (schedule, d, dtype, causal), not profiled
+            small = Problem(1, 1, 2 * args.block_q, 2 * args.block_kv, cfg.d, dtype=args.dtype, causal=cfg.causal)
+            run(schedule, small, *device_inputs(small), fast=args.build == "fast")
+            q, k, v = device_inputs(problem)
+            cuda.synchronize()
+            # -- the measured call: the only kernels ncu profiles (--profile-from-start off)
+            start = time.perf_counter()
+            cuda.profile_start()
+            out, lse, _ = run(schedule, problem, q, k, v, fast=args.build == "fast")
+            cuda.synchronize()
+            cuda.profile_stop()
+            seconds = time.perf_counter() - start
+            phases = [p for p, _, _ in _launches(cfg.kind)]
+            build = "fast" if args.build == "fast" else "plain"
+            manifest.write(json.dumps({"spec": cfg.spec(), "phases": phases, "kernels": len(phases),
+                                       "wall_s": seconds, "schedule": schedule.describe(), "build": build}) + "\n")
+            manifest.flush()
+            print(f"measured {cfg.label()} ({len(phases)} kernel(s), {seconds:.2f} s under ncu)", flush=True)
+            del out, lse, q, k, v
+            try:
+                cuda.current_context().deallocations.clear()
+            except Exception:  # numba internals: freeing early is only an optimization
+                pass
+    return 0
+
+
+def _run_probe(probe, manifest):
+    """One calibration probe (kernels/l2probe.py), compiled outside and run inside the profiled range."""
+    import numpy as np
+    from numba import cuda
+
+    from kernels.l2probe import rewrite, write_spin
+
+    sink = cuda.to_device(np.zeros(1, np.float32))
+    buf = cuda.to_device(np.zeros(probe.buffer_elements(), np.float32))
+    blocks = probe.grid()[0]
+    if probe.name == "rewrite":
+        rewrite[blocks, PROBE_THREADS](buf, 1)  # compile (same types), not profiled
+        call = lambda: rewrite[blocks, PROBE_THREADS](buf, probe.arg)  # noqa: E731
+    else:
+        spin = probe.arg if probe.name == "spin" else 0
+        write_spin[blocks, PROBE_THREADS](buf, np.float32(1), 1, sink)
+        call = lambda: write_spin[blocks, PROBE_THREADS](buf, np.float32(2), spin, sink)  # noqa: E731
+    cuda.synchronize()
+    start = time.perf_counter()
+    cuda.profile_start()
+    call()
+    cuda.synchronize()
+    cuda.profile_stop()
+    seconds = time.perf_counter() - start
+    manifest.write(json.dumps({"spec": probe.spec(), "phases": ["probe"], "kernels": 1, "wall_s": seconds}) + "\n")
+    manifest.flush()
+    print(f"measured {probe.label()} ({seconds:.2f} s under ncu)", flush=True)
+
+
+def _compile_model(args):
+    """Run the L2 model once on a tiny problem of each kind: Numba compiles (and caches) its loops."""
+    from sandbox import Problem
+    from simulator.l2 import simulate_dram
+
+    for kind in DEFAULT_KINDS:
+        simulate_dram(make_schedule(kind, args), Problem(1, 1, 8, 8, 4, causal=True), l2_bytes=4096,
+                      resident_blocks=1, dirty_limit_bytes=256)
+
+
+def read_manifest(path):
+    env, entries = {}, []
+    if not os.path.exists(path):
+        return env, entries
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            obj = json.loads(line)
+            if "environment" in obj:
+                env = obj["environment"]
+            else:
+                entries.append(obj)
+    return env, entries
+
+
+def _run_quiet(cmd, timeout=20):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def gpu_facts():
+    """GPU name, driver and memory from nvidia-smi (never changes any setting)."""
+    out = _run_quiet(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm",
+                      "--format=csv,noheader"])
+    if not out:
+        return {"nvidia-smi": "not available"}
+    names = ("gpu", "driver", "memory", "sm clock at start", "max sm clock")
+    return [dict(zip(names, (x.strip() for x in line.split(",")))) for line in out.splitlines()]
+
+
+def git_commit():
+    head = _run_quiet(["git", "-C", PACKAGE_ROOT, "rev-parse", "HEAD"], timeout=10)
+    dirty = _run_quiet(["git", "-C", PACKAGE_ROOT, "--no-optional-locks", "status", "--porcelain",
+                        "--untracked-files=no"], 10)
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def run_profiler(cmd, timeout, log_path, echo=True):
+    """Run ``cmd`` (ncu and the child) in its own process group; echo its output as it comes.
+
+    A watchdog stops the whole group (ncu and the profiled child, not only ncu) when ``timeout``
+    seconds have passed, or as soon as ncu's log (``log_path``) says that it refused a metric or
+    may not read the counters: the caller can then retry at once instead of after a full run.
+
+    Returns:
+        (output, exit status or None when stopped, why it was stopped: None, "timeout", "refused
+        metric" or "no counter access").
+    """
+    stopped, lines = [], []
+    env = dict(os.environ)  # the child imports this package wherever the check was started from
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                          errors="replace", start_new_session=True, env=env) as proc:
+        done = threading.Event()
+
+        def watchdog():
+            deadline = time.monotonic() + timeout
+            while not done.wait(1.0):
+                why = "timeout" if time.monotonic() > deadline else _failure(_read(log_path) + "".join(lines))
+                if why:
+                    stopped.append(why)
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    return
+
+        guard = threading.Thread(target=watchdog, daemon=True)
+        guard.start()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if echo:
+                    print("  | " + line, end="", flush=True)
+            proc.wait()
+        finally:
+            done.set()
+            guard.join()
+    why = stopped[0] if stopped else _failure(_read(log_path) + "".join(lines))
+    return "".join(lines), (None if stopped else proc.returncode), why
+
+
+def _read(path):
+    if not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+_REFUSED_METRIC = re.compile(r"failed to (find|resolve|collect) metric|invalid metric|unknown metric|"
+                             r"metric \S+ (was )?not found", re.I)
+
+
+def _failure(text):
+    """Why ncu's output says it cannot do its job ("no counter access", "refused metric"), or None."""
+    if "ERR_NVGPUCTRPERM" in text:
+        return "no counter access"
+    if _REFUSED_METRIC.search(text):
+        return "refused metric"
+    return None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line on stderr, exit status 2 (argparse's usage block left out)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_args(argv=None, prog=None):
+    """The check's arguments (``prog``: the name its usage and errors give; default ``python -m sandbox ncu``)."""
+    from sandbox.gpus import KNOWN_GPUS
+
+    p = _Parser(prog=prog or "python -m sandbox ncu", description=__doc__.split("\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="results/ncu", help="directory for the CSV, JSON, figure and ncu's log")
+    p.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=DEFAULT_KINDS)
+    p.add_argument("--n", nargs="+", type=int, default=list(DEFAULT_N), help="sequence lengths (Nq = Nk)")
+    p.add_argument("--d", nargs="+", type=int, default=list(DEFAULT_D), help="head dims")
+    p.add_argument("--causal", choices=("no", "yes", "both"), default="no")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=1)
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--kv-splits", type=int, default=4, help="splitkv's kv_splits")
+    p.add_argument("--build", choices=("plain", "fast"), default="plain",
+                   help="which build of a kind to measure: 'plain' (the kernels whose counters the simulator "
+                        "mirrors; default) or 'fast' (flash2's fast build, an error for kinds without one)")
+    p.add_argument("--no-probes", dest="probes", action="store_false",
+                   help="skip the calibration probes; the model then takes --dirty-limit-bytes and "
+                        "--background-write-rate (default: neither)")
+    p.add_argument("--dirty-limit-bytes", type=int, default=None, help="the L2 model's dirty limit without probes")
+    p.add_argument("--background-write-rate", type=float, default=None,
+                   help="background DRAM writes (bytes/s) without probes")
+    p.add_argument("--block-q", type=int, default=64)
+    p.add_argument("--block-kv", type=int, default=64)
+    p.add_argument("--thread-q", type=int, default=4)
+    p.add_argument("--thread-kv", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gpu", choices=sorted(KNOWN_GPUS), default=None,
+                   help="the machine the L2 model describes, where the device cannot be read (default: the "
+                        "device's own L2 size, SMs and shared memory)")
+    p.add_argument("--l2-bytes", type=int, default=None, help="the model's L2 size (default: the GPU's)")
+    p.add_argument("--sms", type=int, default=None,
+                   help="SMs, for the default residency where ncu reports none (default: the GPU's)")
+    p.add_argument("--cache-control", choices=("all", "none"), default="all",
+                   help="ncu's --cache-control: 'all' flushes the caches before each kernel (the model then "
+                        "starts each launch cold)")
+    p.add_argument("--ncu", default=None, help="path of ncu (default: the PATH, then standard install places)")
+    p.add_argument("--timeout", type=float, default=400.0, help="seconds the profiled child may run")
+    p.add_argument("--dry-run", action="store_true", help="print the ncu command line and exit")
+    p.add_argument("--strict", action="store_true", help="exit 1 if a measured config misses a target")
+    # the child's own arguments
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--manifest", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--specs", nargs="*", default=[], help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None, prog=None):
+    """Run the check (module docstring) with command-line arguments ``argv``; returns the exit status."""
+    args = parse_args(argv, prog)
+    if args.child:
+        return child_main(args)
+    configs = configs_from_args(args)
+    try:
+        validate(configs, args)
+    except ValueError as e:
+        print(f"ncu check: {e}", file=sys.stderr)
+        return 2
+    out_dir = os.path.abspath(args.out)
+    paths = {name: os.path.join(out_dir, name) for name in
+             ("ncu_check.csv", "ncu_check.json", "ncu_check.png", "ncu_raw.csv", "manifest.jsonl", "ncu_child.log",
+              "ncu_probes.csv")}
+    ncu = find_ncu(args.ncu)
+    metrics = list(METRICS.values())
+    probes = probes_from_args(args)
+    order = probes + measure_order(configs)
+    cmd = ncu_command(ncu or "ncu", metrics, paths["ncu_raw.csv"],
+                      child_argv(order, args, paths["manifest.jsonl"]), args.cache_control)
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    if ncu is None:
+        print(NOT_FOUND, file=sys.stderr)
+        return 2
+    try:
+        gpu = model_gpu(args)
+    except ValueError as e:
+        print(f"ncu check: {e}", file=sys.stderr)
+        return 2
+    os.makedirs(out_dir, exist_ok=True)
+    for name in ("ncu_raw.csv", "manifest.jsonl"):
+        if os.path.exists(paths[name]):
+            os.remove(paths[name])
+
+    # -- profile (retried with the essential metrics if ncu refuses one of the others); meanwhile,
+    # compile the L2 model's loops (seconds, on a fresh machine) in this process
+    threading.Thread(target=_compile_model, args=(args,), daemon=True).start()
+    started = time.time()
+    status, log_text = "ok", ""
+    for attempt in (metrics, [METRICS[k] for k in ESSENTIAL]):
+        cmd = ncu_command(ncu, attempt, paths["ncu_raw.csv"], child_argv(order, args, paths["manifest.jsonl"]),
+                          args.cache_control)
+        print("running: " + shlex.join(cmd), flush=True)
+        child_out, rc, why = run_profiler(cmd, args.timeout, paths["ncu_raw.csv"])
+        with open(paths["ncu_child.log"], "a") as f:
+            f.write(f"$ {shlex.join(cmd)}\n{child_out}\n[exit {rc}{', stopped: ' + why if why else ''}]\n")
+        log_text = _read(paths["ncu_raw.csv"])
+        if why == "no counter access":
+            print("ncu may not read the GPU's performance counters here (ERR_NVGPUCTRPERM); nothing was measured",
+                  file=sys.stderr)
+            return 3
+        if why == "refused metric" and attempt is metrics:
+            print("ncu refused a metric (its log is in ncu_child.log); retrying with the essential metrics only",
+                  flush=True)
+            with open(paths["ncu_child.log"], "a") as f:
+                f.write(f"[ncu's log of the refused run]\n{log_text}\n")
+            for name in ("ncu_raw.csv", "manifest.jsonl"):
+                if os.path.exists(paths[name]):
+                    os.remove(paths[name])
+            continue
+        if why == "timeout":
+            status = f"timed out after {args.timeout:.0f} s (partial results)"
+        elif why or rc != 0:
+            status = f"profiled child exited with {rc}{' (' + why + ')' if why else ''}; see ncu_child.log"
+        break
+    profile_seconds = time.time() - started
+
+    # -- assign kernels to configs, predict, compare
+    kernels = parse_ncu_csv(log_text) or parse_ncu_csv(child_out)
+    env, entries = read_manifest(paths["manifest.jsonl"])
+    measured = [parse_spec(e["spec"]) for e in entries]  # in the child's launch order
+    matched = dict(zip(measured, assign_kernels(kernels, entries, [expected_grids(c, args) for c in measured])))
+    builds = {parse_spec(e["spec"]): e.get("build") for e in entries}
+    calibration = calibrate({p: matched.get(p) for p in probes}, args)
+    rows = [_row_or_error(cfg, args, gpu, matched.get(cfg), calibration, builds.get(cfg)) for cfg in configs]
+    missing = unmeasured(rows)
+    run_failed = status != "ok"
+    if missing and not run_failed:
+        status = f"{len(missing)} of {len(rows)} configs not measured"
+    write_csv(rows, paths["ncu_check.csv"])
+    write_probes_csv(calibration, paths["ncu_probes.csv"])
+    prov = {
+        "command": shlex.join([sys.executable] + sys.argv) if argv is None else shlex.join(argv),
+        "ncu_command": shlex.join(cmd),
+        "ncu_version": _run_quiet([ncu, "--version"]),
+        "status": status,
+        "profile_seconds": round(profile_seconds, 1),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "gpu": gpu_facts(),
+        "git_commit": git_commit(),
+        "child_environment": env,
+        "model": {"l2_bytes": gpu.l2_bytes, "sms_default": gpu.sms, "gpu": dataclasses.asdict(gpu),
+                  "cache_control": args.cache_control,
+                  "cold_launches": args.cache_control == "all",
+                  "sim_dram_bytes": "reads + writes evicted or cleaned (dirty limit) during the kernels "
+                                    "(the end-of-kernel flush apart)",
+                  "pred_dram_bytes": "sim_dram_bytes + background_write_bytes_per_s x the kernels' measured time",
+                  "calibration": calibration,
+                  "targets": {"global": GLOBAL_TOLERANCE, "dram": DRAM_TOLERANCE}},
+        "metrics": METRICS,
+        "kernels": [dataclasses.asdict(k) for k in kernels],
+        "rows": rows,
+    }
+    with open(paths["ncu_check.json"], "w") as f:
+        json.dump(prov, f, indent=1, default=str)
+    try:
+        plot(rows, paths["ncu_check.png"])
+    except ImportError as e:  # the CSV and JSON are written: say so and go on
+        print(f"no figure: {e}")
+    print(_calibration_summary(calibration))
+    print(_summary(rows))
+    for r in missing:
+        label = f"{r['kind']} N={r['n']} d={r['d']}" + (" causal" if r["causal"] else "")
+        print(f"not measured: {label} ({r.get('status')})")
+    if missing:
+        print(f"{len(missing)} of {len(rows)} configs were not measured")
+    print(f"wrote {paths['ncu_check.csv']}, {paths['ncu_check.json']}, {paths['ncu_check.png']} ({status})")
+    if run_failed or len(missing) == len(rows) or (missing and args.strict):
+        return 1
+    if args.strict and any(r.get("global_within_2pct") == 0 or (r.get("dram_target") and r.get("dram_within_15pct") == 0)
+                           for r in rows):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
