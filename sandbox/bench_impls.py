@@ -385,11 +385,15 @@ def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None
     """
     pick = lambda value, default: default if value is None else value  # noqa: E731
     b, t = DEFAULT_BLOCK, DEFAULT_TILE
-    out = {
-        name: Schedule(kind, block_q=pick(block_q, b), block_kv=pick(block_kv, b), thread_q=pick(thread_q, t),
-                       thread_kv=pick(thread_kv, t), **({"math": math} if math and kind == "flash2" else {}))
-        for name, (kind, _) in OURS.items()
-    }
+
+    def schedule(kind):
+        if math and math != "fma" and kind == "flash2":  # its thread tile is the math's own unless given
+            return Schedule(kind, block_q=pick(block_q, b), block_kv=pick(block_kv, b), thread_q=thread_q,
+                            thread_kv=thread_kv, math=math)
+        return Schedule(kind, block_q=pick(block_q, b), block_kv=pick(block_kv, b), thread_q=pick(thread_q, t),
+                        thread_kv=pick(thread_kv, t), **({"math": math} if math and kind == "flash2" else {}))
+
+    out = {name: schedule(kind) for name, (kind, _) in OURS.items()}
     if tune and (block_q, block_kv, thread_q, thread_kv, math) == (None,) * 5:
         out["flash2"] = None
     return out

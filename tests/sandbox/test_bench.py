@@ -260,6 +260,9 @@ def test_registry_and_schedules(monkeypatch):
     assert [i.name for i in implementations(["flash2", "sdpa-math"])] == ["sdpa-math", "flash2"]
     with pytest.raises(ValueError, match="unknown implementation 'flash3'"):
         implementations(["flash3"])
+    tc = default_schedules(math="tf32x3")  # the tensor-core build's own 2 x Bc/4 tile unless one is given
+    assert (tc["flash2"].thread_q, tc["flash2"].thread_kv, tc["flash2"].math) == (2, 16, "tf32x3")
+    assert (tc["standard"].thread_q, tc["standard"].math) == (4, "fma")
     s = default_schedules(block_q=32, thread_kv=2)["standard"]
     assert (s.block_q, s.block_kv, s.thread_q, s.thread_kv) == (32, 64, 4, 2)
     fp32, fp16 = Problem(1, 1, 64, 64, 64), Problem(1, 1, 64, 64, 64, dtype="float16")
