@@ -2,5 +2,11 @@
 fast builds (``flash2_fast``, ``flash2_tc``), the backward, shared tile operations and IO counters,
 and ``launch``, which compiles and launches them (see ``sandbox.kinds`` for the registry).
 
-Imports the vocabulary (``sandbox``) and never the simulator.
+Imports the vocabulary (``sandbox``) and never the simulator. Importing this package refuses a
+backend that cannot run kernels (``sandbox.runtime.check_backend``).
 """
+
+from sandbox.runtime import check_backend, ensure_backend
+
+ensure_backend()
+check_backend()

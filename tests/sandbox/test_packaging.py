@@ -1,6 +1,7 @@
-"""Installing and importing: every package ships and runs from any directory.
+"""Installing and importing: every package ships, foreign packages of the same names are refused,
+and the backend choice holds whatever the import order.
 
-Checks that need a clean interpreter (sys.path, an install without the source tree)
+Checks that need a clean interpreter (import order, sys.path, an install without the source tree)
 run in a subprocess.
 """
 
@@ -14,7 +15,7 @@ import textwrap
 
 import pytest
 
-from sandbox.runtime import SIM_ENV
+from sandbox.runtime import SIM_ENV, gpu_present
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DISTRIBUTION = "attention-io-sandbox"
@@ -91,3 +92,85 @@ def test_built_package_runs_from_another_directory(tmp_path):
     assert res.returncode == 0, res.stderr
     for line in res.stdout.split():
         assert pathlib.Path(line).is_relative_to(build), line
+
+
+# -- a foreign package of the same name ------------------------------------------------------------
+
+def _fake_package(where, name, distribution=None):
+    """A package ``name`` in ``where`` that exits with 99 if imported; with a distribution's metadata."""
+    (where / name).mkdir(parents=True)
+    (where / name / "__init__.py").write_text("raise SystemExit(99)\n")
+    if distribution:
+        info = where / f"{distribution}-0.9.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.9\n")
+        (info / "top_level.txt").write_text(f"{name}\n")
+        (info / "RECORD").write_text(f"{name}/__init__.py,,\n")
+
+
+@pytest.mark.parametrize("name", SIBLING_PACKAGES)
+def test_foreign_distribution_first_on_path_is_refused(tmp_path, name):
+    _fake_package(tmp_path / "site", name, distribution=f"other-{name}")
+    res = _python("import sandbox", cwd=tmp_path, pythonpath=[tmp_path / "site", ROOT])
+    assert res.returncode == 1, (res.returncode, res.stderr)  # not 99: the foreign package was never run
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError:"), res.stderr
+    assert str(tmp_path / "site" / name / "__init__.py") in last  # what was found
+    assert str(ROOT / name / "__init__.py") in last and DISTRIBUTION in last  # what was expected
+    assert f"pip uninstall other-{name}" in last  # the fix
+
+
+def test_folder_of_the_same_name_is_refused(tmp_path):
+    _fake_package(tmp_path, "kernels")  # e.g. the user's own kernels/ beside their script
+    script = tmp_path / "mine.py"
+    script.write_text("import sandbox\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT)
+    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 1 and last.startswith("ImportError:"), res.stderr
+    assert str(tmp_path / "kernels" / "__init__.py") in last and "rename that folder" in last
+
+
+def test_own_packages_pass_the_check():
+    res = _python("import sandbox, kernels, simulator; print('ok')", cwd=ROOT)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+# -- the backend, whatever the import order --------------------------------------------------------
+
+_ATTENTION = """
+    import numpy as np
+    q = np.random.default_rng(0).standard_normal((1, 1, 8, 16)).astype("float32")
+    s = sandbox.Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2)
+    out = sandbox.attention(q, q, q, schedule=s)
+    assert np.abs(out - sandbox.reference_attention(q, q, q)).max() < 1e-4
+    print("ok")
+"""
+
+
+def _without_backend_choice():
+    return {k: v for k, v in os.environ.items() if k != SIM_ENV}
+
+
+def test_numba_cuda_imported_after_sandbox_runs(tmp_path):
+    env = _without_backend_choice()
+    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = str(ROOT)
+    code = "import sandbox\nfrom numba import cuda\n" + textwrap.dedent(_ATTENTION)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+@pytest.mark.skipif(gpu_present(), reason="on a machine with a GPU, numba.cuda imported first runs on it")
+def test_numba_cuda_imported_first_without_gpu_says_what_to_do(tmp_path):
+    env = _without_backend_choice()
+    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = str(ROOT)
+    code = "from numba import cuda\nimport sandbox\n" + textwrap.dedent(_ATTENTION)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    last = res.stderr.strip().splitlines()[-1]
+    assert res.returncode == 1 and last.startswith("RuntimeError:"), res.stderr
+    assert "import sandbox before numba.cuda" in last and f"{SIM_ENV}=1" in last
