@@ -1,5 +1,5 @@
 """Installing and importing: every package ships, foreign packages of the same names are refused,
-and the backend choice holds whatever the import order.
+the backend choice holds whatever the import order, and device arrays go in and come out as they are.
 
 Checks that need a clean interpreter (import order, sys.path, an install without the source tree)
 run in a subprocess.
@@ -13,14 +13,17 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
-from sandbox.runtime import SIM_ENV, gpu_present
+from sandbox import Schedule, attention, attention_backward, reference_attention
+from sandbox.runtime import SIM_ENV, gpu_present, using_simulator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DISTRIBUTION = "attention-io-sandbox"
 SIBLING_PACKAGES = ("kernels", "simulator")  # top-level names that other distributions use too
 TOP_LEVEL = ("sandbox", *SIBLING_PACKAGES)
+TINY = Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2)
 
 
 def _python(code, cwd, pythonpath=(), env=None, timeout=300):
@@ -174,3 +177,52 @@ def test_numba_cuda_imported_first_without_gpu_says_what_to_do(tmp_path):
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 1 and last.startswith("RuntimeError:"), res.stderr
     assert "import sandbox before numba.cuda" in last and f"{SIM_ENV}=1" in last
+
+
+# -- device arrays in, the same kind out -----------------------------------------------------------
+
+def _inputs(seed=0, shape=(1, 2, 8, 16)):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
+
+
+def test_numba_device_arrays_in_and_out():
+    from numba import cuda
+
+    q, k, v = _inputs()
+    dq, dk, dv = (cuda.to_device(x) for x in (q, k, v))
+    out, lse = attention(dq, dk, dv, schedule=TINY, causal=True, return_lse=True)
+    assert type(out) is type(dq) and type(lse) is type(dq)
+    ref_out, ref_lse = attention(q, k, v, schedule=TINY, causal=True, return_lse=True)
+    np.testing.assert_array_equal(out.copy_to_host(), ref_out)
+    np.testing.assert_array_equal(lse.copy_to_host(), ref_lse)
+    np.testing.assert_allclose(ref_out, reference_attention(q, k, v, causal=True), atol=1e-5)
+
+
+def test_numba_device_arrays_backward():
+    from numba import cuda
+
+    q, k, v = _inputs(1)
+    out, lse = attention(q, k, v, schedule=TINY, return_lse=True)
+    dout = _inputs(2)[0]
+    grads = attention_backward(*(cuda.to_device(x) for x in (q, k, v, out, lse, dout)), schedule=TINY)
+    expected = attention_backward(q, k, v, out, lse, dout, schedule=TINY)
+    for got, want in zip(grads, expected):
+        assert type(got) is not np.ndarray and hasattr(got, "copy_to_host")
+        np.testing.assert_array_equal(got.copy_to_host(), want)
+
+
+class _Interface:
+    """Only ``__cuda_array_interface__``: what CuPy, PyTorch and others hand over."""
+
+    def __init__(self, interface):
+        self.__cuda_array_interface__ = interface
+
+
+@pytest.mark.skipif(not using_simulator(), reason="on a GPU, a CUDA array interface is taken (see test_gpu.py)")
+def test_cuda_array_interface_under_the_simulator_is_refused():
+    q = _inputs()[0]
+    interface = {"shape": q.shape, "typestr": q.dtype.str, "data": (q.ctypes.data, False), "strides": None,
+                 "version": 3}
+    with pytest.raises(TypeError, match=r"^q: Numba's CUDA simulator takes NumPy arrays and Numba device arrays"):
+        attention(*(_Interface(interface) for _ in range(3)), schedule=TINY)
