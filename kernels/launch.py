@@ -255,23 +255,35 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False):
 
 
 def _to_device(arrays, names):
-    """Device views of the caller's arrays: NumPy copied over, CUDA arrays wrapped without a sync.
+    """Device views of the caller's arrays: NumPy copied over, Numba device arrays taken as they are,
+    other CUDA arrays wrapped without a sync.
 
     bfloat16 travels as its uint16 bits (sandbox/dtypes.py): NumPy (ml_dtypes) arrays and PyTorch
     tensors are viewed as 16-bit integers, without a copy.
+
+    Raises:
+        TypeError: under Numba's CUDA simulator, a CUDA array other than a Numba device array.
+        ValueError: a CUDA array that is not C-contiguous.
     """
     if isinstance(arrays[0], np.ndarray):
         stream = cuda.default_stream()
         host = [np.ascontiguousarray(x) for x in arrays]
         return [cuda.to_device(x.view(storage_dtype(x.dtype)), stream=stream) for x in host]
-    out = [_as_device(x) for x in arrays]
+    out = [_as_device(x, name) for x, name in zip(arrays, names)]
     for name, x in zip(names, out):
         if not x.is_c_contiguous():
             raise ValueError(f"{name}: expected a C-contiguous CUDA array; make a contiguous copy first")
     return out
 
 
-def _as_device(x):
+def _as_device(x, name):
+    if getattr(x, "__cuda_ndarray__", False):  # a Numba device array (the simulator's too)
+        return x
+    if using_simulator():  # (its memory lives on a GPU, which the simulator cannot read)
+        raise TypeError(
+            f"{name}: Numba's CUDA simulator takes NumPy arrays and Numba device arrays (numba.cuda.to_device), "
+            f"not a {type(x).__module__}.{type(x).__name__}; pass a NumPy array"
+        )
     if _is_torch_bfloat16(x):
         return cuda.as_cuda_array(x.view(_torch().int16), sync=False).view(np.uint16)
     return cuda.as_cuda_array(x, sync=False)

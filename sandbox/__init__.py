@@ -3,8 +3,11 @@
 The vocabulary lives here (``Schedule``, ``Problem``, ``IOReport``, the NumPy
 reference); ``attention`` runs the kernels and ``simulate`` the IO model. Both
 executors are imported lazily, on first use, so that importing ``sandbox``
-never touches ``numba.cuda`` (the test harness must choose between the GPU and
-Numba's CUDA simulator before that happens).
+never touches ``numba.cuda``. Importing it chooses the backend (Numba's CUDA
+simulator when no GPU is present; ``sandbox.runtime``), which must happen before
+anything imports ``numba.cuda``, and checks that the ``kernels`` and ``simulator``
+packages Python finds are the ones installed with it, not another distribution's
+of the same name.
 
 Naming (the FlashAttention paper's notation; the only names used in this project):
 
@@ -29,10 +32,15 @@ alpha      ``alpha``             rescale factor exp(m_i - m_new)
 =========  ====================  ===============================================
 """
 
-from sandbox.ioreport import IOReport, LEVELS, TENSORS
-from sandbox.problem import Problem
-from sandbox.reference import reference_attention, reference_attention_backward
-from sandbox.schedule import KINDS, Schedule
+from sandbox.runtime import check_packages, ensure_backend
+
+ensure_backend()  # first: before anything imports numba.cuda
+check_packages()
+
+from sandbox.ioreport import IOReport, LEVELS, TENSORS  # noqa: E402
+from sandbox.problem import Problem  # noqa: E402
+from sandbox.reference import reference_attention, reference_attention_backward  # noqa: E402
+from sandbox.schedule import KINDS, Schedule  # noqa: E402
 
 __all__ = [
     "IOReport",

@@ -10,7 +10,7 @@ REFERENCE_DTYPES = ("bfloat16", "float16", "float32", "float64")
 
 
 def array_meta(x, name):
-    """(shape, dtype, on_device) of a NumPy array or any ``__cuda_array_interface__`` object.
+    """(shape, dtype, on_device) of a NumPy array, a Numba device array or any ``__cuda_array_interface__`` object.
 
     Raises:
         TypeError: if ``x`` is neither.
@@ -21,6 +21,8 @@ def array_meta(x, name):
         if not x.is_cuda:
             raise TypeError(f"{name}: a CPU torch tensor; pass x.cuda() or a NumPy array")
         return tuple(x.shape), BFLOAT16, True  # no __cuda_array_interface__ for bfloat16 in torch
+    if getattr(x, "__cuda_ndarray__", False):  # a Numba device array; under the CUDA simulator it has no CAI
+        return tuple(x.shape), np.dtype(x.dtype), True
     cai = getattr(x, "__cuda_array_interface__", None)
     if cai is not None:
         return tuple(cai["shape"]), np.dtype(cai["typestr"]), True
