@@ -22,6 +22,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*invalid value encountered:Runt
 
 #: (schedule, fast) for every build: the kinds' counting builds, flash2's FMA and tensor-core builds.
 BUILDS = {kind: (Schedule(kind, block_q=4, block_kv=4, thread_q=2, thread_kv=2), False) for kind in KINDS}
+BUILDS["flash2-fast"] = (Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2), True)
+BUILDS["flash2-tc"] = (tc_schedule(16, 8), True)
 
 
 def inputs(n_q=12, n_kv=12, d=8, seed=0, dtype="float32"):
@@ -133,3 +135,4 @@ def test_backward_masked_nan_reaches_no_gradient_of_rows_that_do_not_see_it(kind
     assert np.isfinite(rq[0, 0, :5]).all() and np.isnan(rq[0, 0, 5:]).all()
     for g, r in ((dq, rq), (dk, rk), (dv, rv)):
         assert_matches(g, r, atol=1e-5)
+
