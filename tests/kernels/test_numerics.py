@@ -136,3 +136,40 @@ def test_backward_masked_nan_reaches_no_gradient_of_rows_that_do_not_see_it(kind
     for g, r in ((dq, rq), (dk, rk), (dv, rv)):
         assert_matches(g, r, atol=1e-5)
 
+
+# -- what fp32 can hold (kernels/limits.py)
+
+
+@pytest.mark.parametrize("scale", [1e38, -1e38, 1e39])
+def test_a_scale_whose_logits_overflow_fp32_is_refused(scale):
+    q, k, v = inputs(n_q=4, n_kv=4)
+    with pytest.raises(ValueError, match=r"^scale: .*overflow.*fp32"):
+        attention(q, k, v, schedule=BUILDS["flash2"][0], scale=scale)
+
+
+def test_large_scale_with_small_inputs_is_taken():
+    """The bound is on scale·q·k, not on scale: 1e30 with |q|, |k| ~ 1e-20 gives ordinary logits."""
+    q, k, v = inputs(n_q=8, n_kv=8)
+    q, k = q * np.float32(1e-20), k * np.float32(1e-20)
+    for build in ("flash2", "flash2-fast"):
+        out, _ = run(build, q, k, v, scale=1e30)
+        assert_matches(out, reference_attention(q, k, v, scale=1e30))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_values_whose_pv_sum_can_overflow_fp32_are_refused(dtype):
+    q, k, v = inputs(n_q=4, n_kv=4, dtype=dtype)
+    v[0, 0, 2, 1] = 1.7e38
+    with pytest.raises(ValueError, match=r"^v: max \|v\| · Nk .* overflow fp32"):
+        attention(q, k, v, schedule=BUILDS["flash2"][0])
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_values_just_inside_the_pv_limit_are_exact(build):
+    """max |v| · Nk = 2^126, below the limit of 2^127: every build stays finite and accurate."""
+    q, k, v = inputs(n_q=16, n_kv=8)
+    v = (v / np.abs(v).max() * np.float32(2.0**123)).astype(np.float32)
+    out, _ = run(build, q, k, v)
+    ref = reference_attention(q, k, v)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out.astype(np.float64), ref, rtol=0, atol=2e-6 * 2.0**123)
