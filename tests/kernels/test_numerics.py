@@ -70,6 +70,19 @@ def test_a_masked_nan_stays_behind_the_causal_mask(build):
     assert_matches(out, ref)
 
 
+def test_fma_build_without_prefetch_keeps_a_masked_nan_behind_the_mask(monkeypatch):
+    """K_{j+1}, V_{j+1} loaded straight into SRAM after the barriers (large thread shares): the same."""
+    from kernels import flash2_fast, launch
+
+    monkeypatch.setattr(flash2_fast, "MAX_PREFETCH", 0)
+    launch.build.cache_clear()  # (built kernels are cached per schedule)
+    q, k, v = inputs(n_q=16, n_kv=16)
+    v[0, 0, 5] = np.nan
+    out, _ = run("flash2-fast", q, k, v, causal=True)
+    launch.build.cache_clear()
+    assert_matches(out, reference_attention(q, k, v, causal=True))
+
+
 @pytest.mark.parametrize("build", BUILDS)
 def test_a_masked_inf_stays_behind_the_causal_mask_and_a_seen_one_reaches_its_rows(build):
     q, k, v = inputs(n_q=16, n_kv=16)
