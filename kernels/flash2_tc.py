@@ -101,6 +101,10 @@ Q_REGISTERS_MAX_D = 64
 #: softmax is sensitive to S's absolute error, and P's tiny entries weigh at most 2^-100.
 TINY = np.float32(2.0**-100)
 UP, DOWN = np.float32(2.0**64), np.float32(2.0**-64)
+NAN, INF = np.float32(np.nan), np.float32(np.inf)
+#: The counts :func:`code` gives V's NaN, +inf and -inf: powers of two, exact in TF32, and 8 keys'
+#: sums stay apart (8 < 256).
+NAN_CODE, POS_CODE, NEG_CODE = np.float32(1.0), np.float32(256.0), np.float32(65536.0)
 
 
 #: With fewer 8-key groups per block than this, S's small products go to a second accumulator: a
@@ -310,11 +314,11 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
     def code(x):
         """V's non-finite value as a TF32-exact count: NaN 1, +inf 256, -inf 65536 (finite: 0)."""
         if x != x:
-            return ONE
-        if x == np.float32(np.inf):
-            return np.float32(256.0)
+            return NAN_CODE
+        if x == INF:
+            return POS_CODE
         if x == NEG_INF:
-            return np.float32(65536.0)
+            return NEG_CODE
         return ZERO
 
     @inline
@@ -326,9 +330,9 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
         n_pos = (c // 256) % 256
         n_neg = c // 65536
         if n_nan > 0 or (n_pos > 0 and n_neg > 0):
-            return np.float32(np.nan)
+            return NAN
         if n_pos > 0:
-            return np.float32(np.inf)
+            return INF
         if n_neg > 0:
             return NEG_INF
         return ZERO
