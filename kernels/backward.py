@@ -13,6 +13,9 @@ standard (P and dS materialized in HBM, like the forward's S and P):
     p:  P = exp(scale·QKᵀ - L) -> HBM       ds: dS = P ∘ (dO Vᵀ - D) -> HBM
     tn: dV = Pᵀ dO, dK = scale·dSᵀ Q         nn: dQ = scale·dS K          (kernels/matmul.py)
 
+An entry with P = 0 (masked, or exp underflowed) contributes nothing to dV, dS, dQ or dK, even
+where V, K or Q hold NaN or inf (no 0·NaN).
+
 Deterministic: every output element is written by one thread, which sums in a fixed order; no
 floating-point atomics anywhere (the counters' integer atomics do not touch the results), so the
 same inputs give bit-identical gradients.
@@ -147,7 +150,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
                             c = tx + bb * TX
                             if c < kv_len and allowed(b, h, q0 + r, k0 + c):
                                 p = math.exp(scale * p_t[a, bb] - l_r)
-                                ds_t[a, bb] = p * (ds_t[a, bb] - d_r)
+                                ds_t[a, bb] = p * (ds_t[a, bb] - d_r) if p != ZERO else ZERO  # no 0·NaN
                                 sm_f[OS + r * BC + c] = p
                                 inc(cnt, P_[SRAM_W], 1)
             # barrier: P is in SRAM
@@ -256,7 +259,7 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal):
                             c = tx + bb * TX
                             if c < kv_len and allowed(b, h, q0 + r, k0 + c):
                                 p = math.exp(scale * p_t[a, bb] - l_r)
-                                sm_f[OS + r * BC + c] = p * (ds_t[a, bb] - d_r)
+                                sm_f[OS + r * BC + c] = p * (ds_t[a, bb] - d_r) if p != ZERO else ZERO  # no 0·NaN
                                 inc(cnt, dS_[SRAM_W], 1)
             # barrier: dS is in SRAM
             cuda.syncthreads()
@@ -350,7 +353,7 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
                             else:
                                 p = p_in[b, h, q0 + r, k0 + c]
                                 inc(cnt, P_[HBM_R], 1)
-                                out[b, h, q0 + r, k0 + c] = p * (acc[a, bb] - x_r)
+                                out[b, h, q0 + r, k0 + c] = p * (acc[a, bb] - x_r) if p != ZERO else ZERO  # no 0·NaN
                             inc(cnt, OUT_[HBM_W], 1)
         flush(cnt, counters)
 

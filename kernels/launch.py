@@ -14,6 +14,7 @@ from numba import cuda, float32, void
 
 from kernels import backward as backward_kernels
 from kernels.counters import new_counters, to_report
+from kernels.limits import check_fp32_range
 from kernels.smem import allow_dynamic_smem, check_device_limit, device_smem_optin
 from kernels.tiles import COUNTERS, array_type
 from sandbox import kinds
@@ -333,13 +334,18 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
 
     Returns:
         (out, lse, report) on the side the inputs came from.
+
+    Raises:
+        ValueError: inputs whose fp32 logits or P·V sums can overflow (kernels/limits.py).
     """
+    check_fp32_range(problem, q, k, v)
     out, lse, report = run(schedule, problem, *_to_device((q, k, v), "qkv"), count_io=count_io, mask=mask, fast=fast)
     return (*_from_device((out, lse), q, (problem.dtype, np.float32)), report)
 
 
 def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=False):
     """:func:`run_backward` for NumPy or CUDA-array-interface inputs; results on the same side."""
+    check_fp32_range(problem, q, k, v)
     dev = _to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
     dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io)
     return (*_from_device((dq, dk, dv), q, (problem.dtype,) * 3), report)

@@ -85,7 +85,10 @@ def make_combine(schedule, head_dim, dtype, count_io, causal, mask=None):
             col = e - r * D
             acc = ZERO
             for s in range(NS):
-                acc += sm_f[OW + r * NS + s] * o_part[b * NS + s, h, q0 + r, col]
+                w = sm_f[OW + r * NS + s]
+                x = o_part[b * NS + s, h, q0 + r, col]
+                if w != ZERO:  # a split of weight 0 contributes nothing, even a NaN partial
+                    acc += w * x
                 inc(cnt, W_[SRAM_R], 1)
                 inc(cnt, OP_[HBM_R], 1)
             o[b, h, q0 + r, col] = from_f32(acc)

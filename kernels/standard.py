@@ -93,7 +93,8 @@ def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
                 x = s[b, h, row, c]
                 inc(cnt, S_[HBM_R], 1)
                 m_new = nan_max(m_t, x)
-                l_t = l_t * math.exp(m_t - m_new) + math.exp(x - m_new)
+                if m_new != NEG_INF:  # else only -inf logits so far: l stays 0 (no exp(-inf + inf))
+                    l_t = l_t * math.exp(m_t - m_new) + math.exp(x - m_new)
                 m_t = m_new
         sm_f[OMS + tid] = m_t
         sm_f[OLS + tid] = l_t
@@ -126,10 +127,10 @@ def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
         l = sm_f[OLS + NT]
         inc(cnt, M_[SRAM_R], 1)
         inc(cnt, l_[SRAM_R], 1)
-        # -- pass 2: P = exp(S - m) / l -> HBM
+        # -- pass 2: P = exp(S - m) / l -> HBM (P = 0 in a row whose logits are all -inf)
         for c in range(tid, jn, NT):
             if mask_ok(b, h, row, c):
-                p[b, h, row, c] = math.exp(s[b, h, row, c] - m) / l
+                p[b, h, row, c] = math.exp(s[b, h, row, c] - m) / l if l != ZERO else ZERO
                 inc(cnt, S_[HBM_R], 1)
                 inc(cnt, P_[HBM_W], 1)
         flush(cnt, counters)

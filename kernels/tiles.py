@@ -195,6 +195,8 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
         """acc[a, c] += Σ_j P[ty + a·TY, j] · V_j[j, tx + c·TX]: this thread's tile of O += P V_j.
 
         P sits in SRAM with row stride Bc and is read only where allowed (masked entries count as 0).
+        An entry of P that is 0 (masked, or exp underflowed) adds nothing, even where V_j holds NaN
+        or inf (no 0·NaN).
         Also dQ += dS K_j. ``s_p``, ``s_v``: counter slots of the two SRAM reads.
         """
         if ty >= q_len or tx >= D:
@@ -215,7 +217,8 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
                     vv = to_f32(smv[offv + jj * D + col])
                     inc(cnt, s_v, 1)
                     for a in range(TM):
-                        acc[a, c] += preg[a] * vv
+                        if preg[a] != ZERO:  # a weight of 0 contributes nothing, even times NaN or inf
+                            acc[a, c] += preg[a] * vv
 
     DCQ = -(-D // TY)  # dK/dV columns per thread (at most)
 
@@ -224,7 +227,8 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
         """acc[bb, c] += Σ_r M[r, tx + bb·TX] · X[r, ty + c·TY]: this thread's tile of Mᵀ X (dV += Pᵀ dO, dK += dSᵀ Q).
 
         Thread (ty, tx) owns K/V rows ``tx + bb·TX`` and d-columns ``ty + c·TY``. M (Br×Bc fp32, row
-        stride Bc) is read only where allowed; X is a row-major q_len×D tile. ``s_m``, ``s_x``:
+        stride Bc) is read only where allowed, and an entry of 0 adds nothing (even times NaN or
+        inf); X is a row-major q_len×D tile. ``s_m``, ``s_x``:
         counter slots of the two SRAM reads.
         """
         if tx >= kv_len or ty >= D:
@@ -245,7 +249,8 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
                     x = to_f32(smx[offx + r * D + col])
                     inc(cnt, s_x, 1)
                     for bb in range(TN):
-                        acc[bb, c] += mreg[bb] * x
+                        if mreg[bb] != ZERO:  # a weight of 0 contributes nothing, even times NaN or inf
+                            acc[bb, c] += mreg[bb] * x
 
     return SimpleNamespace(DCQ=DCQ, ptx_tile=ptx_tile, IN=IN, to_f32=to_f32, from_f32=from_f32,
         BR=BR, BC=BC, TM=TM, TN=TN, TY=TY, TX=TX, NT=NT, D=D, DC=DC,

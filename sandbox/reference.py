@@ -11,6 +11,36 @@ def causal_mask(n_q, n_kv):
     return np.arange(n_kv)[None, :] <= np.arange(n_q)[:, None]
 
 
+def weighted_sum(w, x):
+    """Σ_j w_ij x_j (batched over the leading axes, ``w @ x``) where a weight of exactly 0 adds nothing.
+
+    Plain ``w @ x`` turns 0·NaN and 0·inf into NaN, so a masked key (weight 0) holding NaN or inf
+    would reach rows that never see it. Here the finite part is one product, ``w @ x`` with the
+    non-finite entries of x zeroed, and the non-finite entries reach a row only through a nonzero
+    weight, as plain arithmetic has it: w·NaN = NaN, w·(±inf) = ±inf with the sign of w, and
+    +inf + -inf = NaN. The indicator products run only when x holds a non-finite value.
+
+    Args:
+        w: (..., M, N) float64 weights. x: (..., N, d) float64.
+
+    Returns:
+        (..., M, d) float64.
+    """
+    finite = np.isfinite(x)
+    if finite.all():
+        return w @ x
+    out = w @ np.where(finite, x, 0.0)
+    pos_w, neg_w = (w > 0).astype(np.float64), (w < 0).astype(np.float64)
+    any_w = ((w != 0) & ~np.isnan(w)).astype(np.float64)  # (a NaN weight makes the row NaN already)
+    pos_x, neg_x = np.isposinf(x).astype(np.float64), np.isneginf(x).astype(np.float64)
+    nan = (any_w @ np.isnan(x).astype(np.float64)) > 0
+    to_pos = (pos_w @ pos_x + neg_w @ neg_x) > 0
+    to_neg = (pos_w @ neg_x + neg_w @ pos_x) > 0
+    out = np.where(to_pos, np.inf, out)
+    out = np.where(to_neg, -np.inf, out)
+    return np.where(nan | (to_pos & to_neg), np.nan, out)
+
+
 def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mask=None):
     """softmax(scale·QKᵀ)V in float64.
 
@@ -25,7 +55,9 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
     Returns:
         out (B, H, Nq, d) float64, or (out, lse). A row that attends to nothing (no key allowed)
         gives zeros and lse = -inf. Stable for logits of any size: the row max is subtracted
-        before exponentiating.
+        before exponentiating. A -inf logit is weight 0. O_i sums P_ij V_j over the keys with
+        P_ij > 0 only (:func:`weighted_sum`): a key a row does not see (masked, or of weight 0)
+        adds nothing to it even where K or V hold NaN or inf; one it sees passes its NaN or inf on.
 
     Raises:
         TypeError, ValueError: see :func:`sandbox.validation.check_qkv`.
@@ -52,9 +84,10 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
     m = s.max(axis=-1, keepdims=True)
     empty = ~np.isfinite(m) & (m < 0)  # rows where every key is masked
     m = np.where(empty, 0.0, m)
-    p = np.exp(s - m)
-    l = p.sum(axis=-1, keepdims=True)
-    out = np.einsum("bhij,bhjd->bhid", p / np.where(empty, 1.0, l), v)
+    with np.errstate(invalid="ignore"):  # a +inf or NaN logit: a NaN row, as plain arithmetic has it
+        p = np.exp(s - m)
+        l = p.sum(axis=-1, keepdims=True)
+        out = weighted_sum(p / np.where(empty, 1.0, l), v)
     if not return_lse:
         return out
     with np.errstate(divide="ignore"):
@@ -67,7 +100,9 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
 
     With S = scale·QKᵀ (masked entries -inf), P = softmax(S), O = PV:
     dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP - rowsum(dO ∘ O)), dQ = scale·dS K, dK = scale·dSᵀ Q.
-    Rows that attend to nothing contribute nothing.
+    Rows that attend to nothing contribute nothing, and an entry with P_ij = 0 (masked, or of
+    weight 0) contributes nothing to any gradient, even where Q, K or V hold NaN or inf
+    (:func:`weighted_sum`; dS_ij = 0 there).
 
     ``out`` and ``lse``, if given, are a saved forward's O and L, used as a backward kernel uses
     them: P = exp(S - L) and D = rowsum(dO ∘ O) (so that a kernel's backward can be checked apart
@@ -87,10 +122,11 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
         p = p / np.where(l == 0, 1.0, l)
     else:
         p = np.exp(s - np.asarray(lse, dtype=np.float64)[..., None])
-    out = np.einsum("bhij,bhjd->bhid", p, v) if out is None else np.asarray(out, dtype=np.float64)
-    dv = np.einsum("bhij,bhid->bhjd", p, dout)
-    dp = np.einsum("bhid,bhjd->bhij", dout, v)
-    ds = p * (dp - (dout * out).sum(-1, keepdims=True))
-    dq = scale * np.einsum("bhij,bhjd->bhid", ds, k)
-    dk = scale * np.einsum("bhij,bhid->bhjd", ds, q)
+    out = weighted_sum(p, v) if out is None else np.asarray(out, dtype=np.float64)
+    dv = weighted_sum(np.swapaxes(p, -1, -2), dout)
+    with np.errstate(invalid="ignore"):
+        dp = np.einsum("bhid,bhjd->bhij", dout, v)
+        ds = np.where(p == 0, 0.0, p * (dp - (dout * out).sum(-1, keepdims=True)))
+    dq = scale * weighted_sum(ds, k)
+    dk = scale * weighted_sum(np.swapaxes(ds, -1, -2), q)
     return dq, dk, dv

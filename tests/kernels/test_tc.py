@@ -223,3 +223,20 @@ def test_mma_truncates_operands():
 @pytest.mark.gpu
 def test_mma_truncates_operands_on_the_gpu():
     _truncation_check()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("exponent", [-115, -130], ids=["tiny", "subnormal"])
+def test_tiny_and_subnormal_values_keep_fp32_accuracy(exponent, dtype):
+    """V of magnitude 2^-115 (TF32 small parts subnormal) and 2^-130 (subnormal itself): as accurate as
+    fp32 arithmetic, relative to the output, down to a few subnormal ulps (2^-149) absolute. The
+    3xTF32 split alone keeps nothing of V below 2^-136."""
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((1, 1, 16, 8)).astype(np.float32) for _ in range(3))
+    v = (v * np.float32(2.0**exponent)).astype(dtype)
+    out = attention(q.astype(dtype), k.astype(dtype), v, schedule=tc_schedule(16, 8), fast=True)
+    ref = reference_attention(q.astype(dtype), k.astype(dtype), v)
+    atol = max(2e-6 * np.abs(ref).max(), 8 * 2.0**-149)
+    if dtype == "bfloat16":  # the output's rounding to bfloat16 (its subnormals are 2^-133 apart)
+        atol = max(atol, 2.0**-8 * np.abs(ref).max(), 2.0**-134)
+    np.testing.assert_allclose(out.astype(np.float64), ref, rtol=0, atol=atol)

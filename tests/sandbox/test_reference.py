@@ -98,3 +98,70 @@ def test_nan_propagates():
 def test_returns_float64(dtype):
     x = np.ones((1, 1, 2, 2), dtype=dtype)
     assert reference_attention(x, x, x).dtype == np.float64
+
+
+# -- Numerics at the edges: what a row does not see adds nothing to it, even NaN or inf
+
+
+def test_weighted_sum_skips_zero_weights_and_keeps_plain_arithmetic_elsewhere():
+    from sandbox.reference import weighted_sum
+
+    w = np.array([[0.0, 0.5, 0.5, 0.0], [0.25, 0.25, 0.0, 0.5], [0.0, -1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    x = np.array([[np.nan, 1.0], [2.0, np.inf], [4.0, -np.inf], [np.inf, 3.0]])
+    expected = np.array([
+        [3.0, np.nan],  # inf + -inf
+        [np.nan, np.inf],  # 0.25·NaN; 0.25·inf (and x[3]'s inf through 0.5 on column 0: NaN already)
+        [2.0, -np.inf],  # -1·inf + 1·-inf = -inf
+        [0.0, 0.0],  # no weight: nothing, not 0·NaN
+    ])
+    np.testing.assert_array_equal(weighted_sum(w, x), expected)
+    finite = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    np.testing.assert_array_equal(weighted_sum(w, finite), w @ finite)
+
+
+def test_minus_inf_logit_is_weight_zero():
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 2, 6, 4)) for _ in range(3))
+    q = np.abs(q)
+    k[:, :, 2, 0] = -np.inf
+    keep = np.arange(6) != 2
+    out, lse = reference_attention(q, k, v, return_lse=True)
+    ref, ref_lse = reference_attention(q, k[:, :, keep], v[:, :, keep], return_lse=True)
+    np.testing.assert_allclose(out, ref, rtol=1e-12)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-12)
+
+
+def test_document_padding_garbage_reaches_no_valid_row():
+    from sandbox import masks
+
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((1, 1, 9, 4)) for _ in range(3))
+    mask = masks.document([3, 4])
+    clean = reference_attention(q, k, v, mask=mask)
+    q[..., 7:, :], k[..., 7:, :], v[..., 7:, :] = np.nan, np.inf, np.nan
+    out = reference_attention(q, k, v, mask=mask)
+    np.testing.assert_array_equal(out, clean)
+    assert np.isfinite(out).all() and (out[..., 7:, :] == 0).all()
+
+
+def test_causal_nan_reaches_only_the_rows_that_see_it():
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal((1, 1, 8, 4)) for _ in range(3))
+    clean = reference_attention(q, k, v, causal=True)
+    v[..., 5, :] = np.nan
+    k[..., 5, 0] = np.nan
+    out = reference_attention(q, k, v, causal=True)
+    np.testing.assert_array_equal(out[..., :5, :], clean[..., :5, :])
+    assert np.isnan(out[..., 5:, :]).all()
+
+
+def test_backward_masked_nan_reaches_no_gradient_of_rows_that_do_not_see_it():
+    from sandbox import reference_attention_backward
+
+    rng = np.random.default_rng(3)
+    q, k, v, dout = (rng.standard_normal((1, 1, 8, 4)) for _ in range(4))
+    clean = reference_attention_backward(q[..., :5, :], k[..., :5, :], v[..., :5, :], dout[..., :5, :], causal=True)
+    k[..., 5, :], v[..., 5, :] = np.nan, np.inf
+    dq, dk, dv = reference_attention_backward(q, k, v, dout, causal=True)
+    np.testing.assert_allclose(dq[..., :5, :], clean[0], rtol=1e-12, atol=1e-15)
+    assert np.isnan(dq[..., 5:, :]).all()

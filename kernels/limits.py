@@ -1,0 +1,62 @@
+"""What fp32 can hold: inputs whose logits or unnormalised P·V sums would overflow it are refused.
+
+The kernels compute in fp32, whatever the input dtype, and the fast builds fold the scale into Q
+(Q·scale·log2 e, so that S comes out in log2 units). Two sums can leave fp32's range
+(about 3.4e38) although every input is finite:
+
+- the logits: S_ij = scale · Σ_c q_ic k_jc. ``scale=1e38`` with ordinary inputs is finite in
+  float64 and in the reference, but not in the kernels (all-NaN output). Bound:
+  |scale|·log2 e · max_i Σ_c |q_ic| · max |k| (and |scale|·log2 e · max |q|, the scaled Q).
+- the flash kinds' unnormalised output Σ_j P_ij V_j, P_ij ≤ 1 relative to the running row
+  maximum, so at most Nk · max |v| (normalised only at the end); with |v| near fp32's maximum
+  it overflows where the normalised result would not. One rule for every kind:
+  max |v| · Nk below 2^127 (half of fp32's range, which also covers the tensor-core build's
+  rounding of V to TF32 parts).
+
+NaN and ±inf entries are left out of the bounds: what they do is their own (README, Numerics at
+the edges). The bounds are checked for NumPy inputs, in one pass over them before the copy to the
+device; CUDA arrays stay on the device unread (no host synchronization is added to a launch), so
+only the scale alone is checked for them.
+"""
+
+import numpy as np
+
+FP32_MAX = float(np.finfo(np.float32).max)
+LOG2E = 1.4426950408889634
+#: The largest max |v| · Nk the P·V sum takes: 2^127, half of fp32's range.
+PV_LIMIT = 2.0**127
+
+
+def _finite_abs(x):
+    """|x| in float64, 0 where x is NaN or ±inf."""
+    a = np.abs(x.astype(np.float64))
+    return np.where(np.isfinite(a), a, 0.0)
+
+
+def check_fp32_range(problem, q, k, v):
+    """Refuse inputs whose fp32 logits or P·V sums can overflow (the module docstring).
+
+    Args:
+        problem: the :class:`sandbox.Problem` of the call (its scale and Nk).
+        q, k, v: the call's inputs; bounds on their values are checked for NumPy arrays only.
+
+    Raises:
+        ValueError: naming ``scale`` (logits) or ``v`` (the P·V sum), and what to do instead.
+    """
+    s2 = abs(problem.scale) * LOG2E
+    if s2 >= FP32_MAX:
+        raise ValueError(f"scale: {problem.scale!r} times log2 e overflows fp32, in which the kernels compute "
+                         f"the logits; use a smaller scale (and scale q or k up)")
+    if not all(isinstance(x, np.ndarray) for x in (q, k, v)):
+        return
+    qa = _finite_abs(q)
+    bound = max(s2, 1.0) * qa.sum(-1).max(initial=0.0) * _finite_abs(k).max(initial=0.0)
+    if max(bound, s2 * qa.max(initial=0.0)) >= FP32_MAX:
+        raise ValueError(f"scale: the logits scale·q·kᵀ can overflow fp32, in which the kernels compute them "
+                         f"(|scale|·log2 e·max_i Σ|q_i|·max|k| = {bound:.3g} > {FP32_MAX:.3g}); "
+                         f"use a smaller scale or scale q or k down")
+    v_sum = _finite_abs(v).max(initial=0.0) * problem.n_kv
+    if v_sum >= PV_LIMIT:
+        raise ValueError(f"v: max |v| · Nk = {v_sum:.3g} reaches 2^127 = {PV_LIMIT:.3g}: the kernels' "
+                         f"unnormalised sum Σ_j P_ij V_j can overflow fp32; scale v down by a power of two "
+                         f"and the output up by the same")
