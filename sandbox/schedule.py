@@ -56,6 +56,15 @@ def _positive_int(value, name):
     return int(value)
 
 
+def _registered_kind(kind):
+    """The registered kind called ``kind``; TypeError for a non-str, ValueError naming the known kinds."""
+    from sandbox import kinds
+
+    if not isinstance(kind, str):
+        raise TypeError(f"kind: expected a kind name, one of {kinds.names()}, got {kind!r} ({type(kind).__name__})")
+    return kinds.get(kind)
+
+
 def default_thread_tile(block_q, block_kv, max_threads=DEFAULT_MAX_THREADS):
     """The smallest square register tile t×t with ⌈Br/t⌉·⌈Bc/t⌉ ≤ ``max_threads`` threads."""
     for t in _THREAD_TILE_CHOICES:
@@ -105,10 +114,8 @@ class Schedule:
     math: str = "fma"
 
     def __post_init__(self):
-        from sandbox import kinds
-
-        kind = kinds.get(self.kind)  # ValueError for an unknown kind, naming the known ones
-        if self.math not in MATHS:
+        kind = _registered_kind(self.kind)
+        if not isinstance(self.math, str) or self.math not in MATHS:
             raise ValueError(f"math: expected one of {MATHS}, got {self.math!r}")
         if self.math != "fma" and self.kind != "flash2":
             raise ValueError(f"math={self.math!r}: only flash2 has a tensor-core build, not kind {self.kind!r}")
@@ -188,8 +195,10 @@ class Schedule:
         (and Br = min(Bc, d) with it) until the footprint fits.
 
         Raises:
-            ValueError: if not even Br = Bc = 1 fits.
+            ValueError: an unknown ``kind``, or not even Br = Bc = 1 fits.
+            TypeError: a ``sram_bytes`` or ``head_dim`` that is not an int, an unsupported ``dtype``.
         """
+        _registered_kind(kind)  # an unknown kind is named as such, not taken for a lack of SRAM
         dt = as_dtype(dtype)
         head_dim = _positive_int(head_dim, "head_dim")
         m_elems = _positive_int(sram_bytes, "sram_bytes") // dt.itemsize
