@@ -114,6 +114,8 @@ class Schedule:
     math: str = "fma"
 
     def __post_init__(self):
+        from sandbox import kinds
+
         kind = _registered_kind(self.kind)
         if not isinstance(self.math, str) or self.math not in MATHS:
             raise ValueError(f"math: expected one of {MATHS}, got {self.math!r}")
@@ -131,22 +133,22 @@ class Schedule:
             object.__setattr__(self, "thread_q", min(tq, self.block_q))
         if self.thread_kv is None:
             object.__setattr__(self, "thread_kv", min(tkv, self.block_kv))
-        for name, block in (("thread_q", self.block_q), ("thread_kv", self.block_kv)):
+        for name, block in (("thread_q", "block_q"), ("thread_kv", "block_kv")):
             value = _positive_int(getattr(self, name), name)
             object.__setattr__(self, name, value)
-            if value > block:
-                raise ValueError(f"{name}={value} is larger than its block ({block})")
+            if value > getattr(self, block):
+                raise ValueError(f"{name}={value} is larger than its block ({block}={getattr(self, block)})")
         if self.threads > MAX_THREADS:
             raise ValueError(
-                f"thread layout {self.threads_q}x{self.threads_kv} = {self.threads} threads exceeds "
-                f"{MAX_THREADS} per block; raise thread_q/thread_kv"
+                f"thread layout {self.threads_q}x{self.threads_kv} = {self.threads} threads exceeds {MAX_THREADS} "
+                f"per block (block_q={self.block_q}, block_kv={self.block_kv}); raise thread_q/thread_kv"
             )
         # The S/P tile and row statistics do not depend on head_dim: check them now.
         need = self.sram_footprint(head_dim=0, dtype="float16")
         if need > self.sram_bytes:
             raise ValueError(
                 f"schedule needs {need} bytes of SRAM before any Q/K/V tile "
-                f"(S tile {self.block_q}x{self.block_kv} fp32) but sram_bytes={self.sram_bytes}"
+                f"(S tile block_q x block_kv = {self.block_q}x{self.block_kv} fp32) but sram_bytes={self.sram_bytes}"
             )
 
     # -- thread layout --------------------------------------------------------------------
