@@ -128,6 +128,33 @@ def build(schedule, head_dim, dtype_name, causal, count_io, backward=False, mask
     return out
 
 
+#: CUDA's limits on a grid's x, y and z dimensions (blocks).
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+def check_grids(kernels, problem):
+    """Raise ValueError, before anything is allocated or launched, if a phase's grid is over CUDA's limits.
+
+    Every kernel puts B·H on its grid's y or z dimension (at most 65,535): a larger batch × heads
+    has to be split into several calls.
+    """
+    for phase, (_, _, grid) in kernels.items():
+        dims = grid(problem)
+        for axis, n, limit in zip("xyz", dims, MAX_GRID):
+            if n <= limit:
+                continue
+            if n == problem.bh:
+                raise ValueError(
+                    f"batch, heads: batch × heads = {problem.batch} × {problem.heads} = {n} is over CUDA's "
+                    f"limit of {limit} blocks in a grid's {axis} dimension; split the call into batches "
+                    f"of at most {limit} (batch × heads)"
+                )
+            raise ValueError(
+                f"{phase!r} kernel: its grid {tuple(dims)} has {n} blocks in the {axis} dimension, over "
+                f"CUDA's limit of {limit}; use larger blocks (block_q, block_kv) or a shorter sequence"
+            )
+
+
 def _device_empty(shape, dtype, what):
     """An uninitialised device array for a kernel's output or scratch.
 
@@ -196,6 +223,7 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None):
     if not fast:  # (the fast build's own need was checked by use_fast)
         check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype))  # before any attribute or launch
     ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io), mask=mask, fast=fast)
+    check_grids(ks, problem)
     stream = cuda.default_stream()
     b, h, n_q, d = problem.batch, problem.heads, problem.n_q, problem.head_dim
     out = _device_empty((b, h, n_q, d), problem.dtype, "O")
@@ -230,6 +258,7 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False):
     """
     check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True))
     ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io), backward=True)
+    check_grids(ks, problem)
     stream = cuda.default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
     dq = _device_empty((b, h, n_q, d), problem.dtype, "dQ")

@@ -1,7 +1,8 @@
 """IOReport: what one attention call moves, per memory level and per tensor, in elements.
 
 Both executors return this one type: the kernels' counting build (measured) and the
-simulator (modelled). Counts are elements; bytes come from each tensor's element size.
+simulator (modelled). Counts are elements, held as Python ints (exact at any problem size,
+where int64 would wrap); bytes come from each tensor's element size.
 """
 
 import dataclasses
@@ -28,12 +29,21 @@ def itemsizes(dtype):
 _FIELDS = ("hbm_reads", "hbm_writes", "sram_reads", "sram_writes")
 
 
+def _exact_int(value, name):
+    """``value`` as a Python int (exact at any size); integers only, never a float or a bool."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer count, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
 def _frozen_counts(mapping, name):
     out = {}
     for tensor, count in dict(mapping or {}).items():
         if tensor not in TENSORS:
             raise ValueError(f"{name}: unknown tensor {tensor!r}; expected one of {TENSORS}")
-        count = int(count)
+        count = _exact_int(count, f"{name}[{tensor!r}]")
         if count < 0:
             raise ValueError(f"{name}[{tensor!r}] = {count} is negative")
         if count:
@@ -63,6 +73,8 @@ class IOReport:
         for name in _FIELDS:
             object.__setattr__(self, name, _frozen_counts(getattr(self, name), name))
         object.__setattr__(self, "itemsize", MappingProxyType(dict(self.itemsize or {})))
+        if self.flops is not None:
+            object.__setattr__(self, "flops", _exact_int(self.flops, "flops"))
         missing = {t for name in _FIELDS for t in getattr(self, name)} - set(self.itemsize)
         if missing:
             raise ValueError(f"itemsize: no element size for tensors {sorted(missing)}")

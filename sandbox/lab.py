@@ -5,7 +5,7 @@ from sandbox.runtime import ensure_backend
 ensure_backend()  # before kernels import numba.cuda
 
 from sandbox.schedule import Schedule  # noqa: E402
-from sandbox.validation import check_qkv  # noqa: E402
+from sandbox.validation import check_flags, check_kernel_scale, check_qkv  # noqa: E402
 
 #: Schedule used when none is given.
 DEFAULT_SCHEDULE = Schedule("flash2", block_q=64, block_kv=64)
@@ -56,6 +56,10 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
         MemoryError: the GPU cannot hold the buffers (standard attention's S and P grow as Nq·Nk).
     """
     problem = check_qkv(q, k, v, causal=causal, scale=scale)
+    check_kernel_scale(problem.scale)
+    check_flags(return_lse=return_lse, count_io=count_io)
+    if fast is not None:
+        check_flags(fast=fast)
     _check_schedule(schedule).check_fits(problem.head_dim, problem.dtype)
     mask = _check_mask(mask, problem, schedule)
     from kernels.launch import attention_any
@@ -110,12 +114,15 @@ def simulate(schedule, problem, backward=False, mask=None):
     _check_schedule(schedule)
     if not isinstance(problem, Problem):
         raise TypeError(f"problem: expected a sandbox.Problem, got {type(problem).__name__}")
+    check_flags(backward=backward)
     schedule.check_fits(problem.head_dim, problem.dtype, backward=backward)
     from simulator import simulate_backward_counts, simulate_counts
+    from simulator.counts import check_mask_affordable
 
     if mask is not None:
         if backward:
             raise NotImplementedError("masks: the backward pass takes causal=True only, not mask= (yet)")
+        check_mask_affordable(problem)  # before the mask is checked over the problem
         return simulate_counts(schedule, problem, mask=_check_mask(mask, problem, schedule))
     return (simulate_backward_counts if backward else simulate_counts)(schedule, problem)
 
@@ -186,6 +193,8 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
     from sandbox.validation import array_meta
 
     problem = check_qkv(q, k, v, causal=causal, scale=scale)
+    check_kernel_scale(problem.scale)
+    check_flags(count_io=count_io)
     _check_schedule(schedule).check_fits(problem.head_dim, problem.dtype, backward=True)
     q_shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
     on_host = isinstance(q, np.ndarray)
@@ -196,10 +205,10 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
         if tuple(got_shape) != shape:
             raise ValueError(f"{name}: expected shape {shape}, got {tuple(got_shape)}")
         if on_device == on_host:
-            raise TypeError(f"{name}: expected it on the same side as q (NumPy or GPU) as q")
+            raise TypeError(f"{name}: expected it on the same side as q (NumPy arrays or GPU arrays, like q)")
         if dtype is not None and got_dtype != dtype:
             raise TypeError(f"{name}: expected dtype {dtype.name} (that of q), got {got_dtype.name}")
-        if dtype is None and got_dtype != np.float32 and not on_host:
+        if dtype is None and got_dtype != np.float32 and not (on_host and got_dtype.name in ("float32", "float64")):
             raise TypeError(f"lse: expected float32 (as attention(return_lse=True) gives), got {got_dtype.name}")
     if on_host:
         lse = np.asarray(lse, dtype=np.float32)

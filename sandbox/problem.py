@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import numbers
 
 import numpy as np
 
@@ -21,7 +22,8 @@ class Problem:
         scale: softmax scale; ``None`` means 1/sqrt(d).
 
     Raises:
-        ValueError, TypeError: non-positive sizes, unsupported dtype, non-finite scale.
+        ValueError, TypeError: non-positive sizes, unsupported dtype, a ``causal`` that is not a
+            bool, a ``scale`` that is not a finite real number.
     """
 
     batch: int
@@ -40,7 +42,7 @@ class Problem:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
             object.__setattr__(self, name, int(value))
         object.__setattr__(self, "dtype", as_dtype(self.dtype))
-        object.__setattr__(self, "causal", bool(self.causal))
+        object.__setattr__(self, "causal", as_bool(self.causal, "causal"))
         object.__setattr__(self, "scale", resolve_scale(self.scale, self.head_dim))
 
     @property
@@ -49,18 +51,31 @@ class Problem:
         return self.batch * self.heads
 
 
+def as_bool(value, name):
+    """``value`` as a bool; only ``True``/``False`` (or NumPy's ``bool_``) are taken.
+
+    A string such as ``"False"`` is truthy, so converting it would silently turn a flag on.
+
+    Raises:
+        TypeError: naming ``name``, for anything else.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
+
+
 def resolve_scale(scale, head_dim):
     """``scale`` as a finite float, 1/sqrt(head_dim) when ``None``.
 
     Raises:
-        ValueError: if ``scale`` is not a finite real number.
+        ValueError: if ``scale`` is not a finite real number (a str, a bool, a complex number,
+            NaN or ±inf).
     """
     if scale is None:
         return 1.0 / math.sqrt(head_dim)
-    try:
-        value = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"scale: expected a finite float or None, got {scale!r}") from None
-    if isinstance(scale, bool) or not math.isfinite(value):
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise ValueError(f"scale: expected a finite float or None, got {scale!r} ({type(scale).__name__})")
+    value = float(scale)
+    if not math.isfinite(value):
         raise ValueError(f"scale: expected a finite float or None, got {scale!r}")
     return value

@@ -3,7 +3,7 @@
 import numpy as np
 
 from sandbox.problem import resolve_scale
-from sandbox.validation import REFERENCE_DTYPES, check_qkv
+from sandbox.validation import REFERENCE_DTYPES, check_flags, check_qkv, check_same_shape
 
 
 def causal_mask(n_q, n_kv):
@@ -41,6 +41,13 @@ def weighted_sum(w, x):
     return np.where(nan | (to_pos & to_neg), np.nan, out)
 
 
+def _check_inputs(q, k, v, causal, scale):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name}: the reference takes NumPy arrays, got {type(x).__name__}")
+    check_qkv(q, k, v, dtypes=REFERENCE_DTYPES, causal=causal, scale=scale)
+
+
 def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mask=None):
     """softmax(scale·QKᵀ)V in float64.
 
@@ -68,10 +75,8 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
         >>> np.allclose(out[0, 0, 0], q[0, 0, 0])
         True
     """
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"{name}: the reference takes NumPy arrays, got {type(x).__name__}")
-    check_qkv(q, k, v, dtypes=REFERENCE_DTYPES, causal=causal, scale=scale)
+    _check_inputs(q, k, v, causal, scale)
+    check_flags(return_lse=return_lse)
     scale = resolve_scale(scale, q.shape[-1])
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
     s = scale * np.einsum("bhid,bhjd->bhij", q, k)
@@ -107,8 +112,17 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
     ``out`` and ``lse``, if given, are a saved forward's O and L, used as a backward kernel uses
     them: P = exp(S - L) and D = rowsum(dO ∘ O) (so that a kernel's backward can be checked apart
     from the rounding of the forward it was handed). By default both are exact.
+
+    Raises:
+        TypeError, ValueError: see :func:`sandbox.validation.check_qkv`; a ``dout`` or ``out``
+            not of q's shape, an ``lse`` not of shape (B, H, Nq), or any of them not a NumPy array.
     """
-    check_qkv(q, k, v, dtypes=REFERENCE_DTYPES, causal=causal, scale=scale)
+    _check_inputs(q, k, v, causal, scale)
+    check_same_shape(dout, "dout", q.shape)
+    if out is not None:
+        check_same_shape(out, "out", q.shape)
+    if lse is not None:
+        check_same_shape(lse, "lse", q.shape[:3])
     scale = resolve_scale(scale, q.shape[-1])
     q, k, v, dout = (np.asarray(x, dtype=np.float64) for x in (q, k, v, dout))
     s = scale * np.einsum("bhid,bhjd->bhij", q, k)

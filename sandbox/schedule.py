@@ -62,6 +62,15 @@ def _positive_int(value, name):
     return int(value)
 
 
+def _registered_kind(kind):
+    """The registered kind called ``kind``; TypeError for a non-str, ValueError naming the known kinds."""
+    from sandbox import kinds
+
+    if not isinstance(kind, str):
+        raise TypeError(f"kind: expected a kind name, one of {kinds.names()}, got {kind!r} ({type(kind).__name__})")
+    return kinds.get(kind)
+
+
 def default_thread_tile(block_q, block_kv, max_threads=DEFAULT_MAX_THREADS):
     """The smallest square register tile t×t with ⌈Br/t⌉·⌈Bc/t⌉ ≤ ``max_threads`` threads."""
     for t in _THREAD_TILE_CHOICES:
@@ -116,8 +125,8 @@ class Schedule:
     def __post_init__(self):
         from sandbox import kinds
 
-        kind = kinds.get(self.kind)  # ValueError for an unknown kind, naming the known ones
-        if self.math not in MATHS:
+        kind = _registered_kind(self.kind)
+        if not isinstance(self.math, str) or self.math not in MATHS:
             raise ValueError(f"math: expected one of {MATHS}, got {self.math!r}")
         if self.math != "fma" and self.kind != "flash2":
             raise ValueError(f"math={self.math!r}: only flash2 has a tensor-core build, not kind {self.kind!r}")
@@ -135,24 +144,24 @@ class Schedule:
             object.__setattr__(self, "thread_q", min(tq, self.block_q))
         if self.thread_kv is None:
             object.__setattr__(self, "thread_kv", min(tkv, self.block_kv))
-        for name, block in (("thread_q", self.block_q), ("thread_kv", self.block_kv)):
+        for name, block in (("thread_q", "block_q"), ("thread_kv", "block_kv")):
             value = _positive_int(getattr(self, name), name)
             object.__setattr__(self, name, value)
-            if value > block:
-                raise ValueError(f"{name}={value} is larger than its block ({block})")
+            if value > getattr(self, block):
+                raise ValueError(f"{name}={value} is larger than its block ({block}={getattr(self, block)})")
         if self.math == "tf32x3":
             self._check_tensor_core_tiles()
         if self.threads > MAX_THREADS:
             raise ValueError(
-                f"thread layout {self.threads_q}x{self.threads_kv} = {self.threads} threads exceeds "
-                f"{MAX_THREADS} per block; raise thread_q/thread_kv"
+                f"thread layout {self.threads_q}x{self.threads_kv} = {self.threads} threads exceeds {MAX_THREADS} "
+                f"per block (block_q={self.block_q}, block_kv={self.block_kv}); raise thread_q/thread_kv"
             )
         # The S/P tile and row statistics do not depend on head_dim: check them now.
         need = self.sram_footprint(head_dim=0, dtype="float16")
         if need > self.sram_bytes:
             raise ValueError(
                 f"schedule needs {need} bytes of SRAM before any Q/K/V tile "
-                f"(S tile {self.block_q}x{self.block_kv} fp32) but sram_bytes={self.sram_bytes}"
+                f"(S tile block_q x block_kv = {self.block_q}x{self.block_kv} fp32) but sram_bytes={self.sram_bytes}"
             )
 
     def _check_tensor_core_tiles(self):
@@ -216,8 +225,10 @@ class Schedule:
         (and Br = min(Bc, d) with it) until the footprint fits.
 
         Raises:
-            ValueError: if not even Br = Bc = 1 fits.
+            ValueError: an unknown ``kind``, or not even Br = Bc = 1 fits.
+            TypeError: a ``sram_bytes`` or ``head_dim`` that is not an int, an unsupported ``dtype``.
         """
+        _registered_kind(kind)  # an unknown kind is named as such, not taken for a lack of SRAM
         dt = as_dtype(dtype)
         head_dim = _positive_int(head_dim, "head_dim")
         m_elems = _positive_int(sram_bytes, "sram_bytes") // dt.itemsize

@@ -3,7 +3,7 @@
 import numpy as np
 
 from sandbox.dtypes import BFLOAT16, SUPPORTED
-from sandbox.problem import Problem, resolve_scale
+from sandbox.problem import Problem, as_bool, resolve_scale
 
 #: Dtypes the float64 NumPy reference accepts.
 REFERENCE_DTYPES = ("bfloat16", "float16", "float32", "float64")
@@ -40,8 +40,10 @@ def check_qkv(q, k, v, *, dtypes=SUPPORTED, causal=False, scale=None):
         causal, scale: as in :class:`Problem`.
 
     Raises:
-        TypeError: non-array input, mixed host/device inputs, unsupported or mixed dtypes.
-        ValueError: wrong ndim, empty dimensions, mismatched B/H/d/Nk, non-finite scale.
+        TypeError: non-array input, mixed host/device inputs, unsupported or mixed dtypes, a
+            ``causal`` that is not a bool.
+        ValueError: wrong ndim, empty dimensions, mismatched B/H/d/Nk, a ``scale`` that is not
+            a finite real number.
     """
     metas = {name: array_meta(x, name) for name, x in (("q", q), ("k", k), ("v", v))}
     for name, (shape, _, _) in metas.items():
@@ -63,7 +65,41 @@ def check_qkv(q, k, v, *, dtypes=SUPPORTED, causal=False, scale=None):
         raise TypeError(f"q, k, v: expected one dtype, got {qdt.name}, {kdt.name}, {vdt.name}")
     if not qdev == kdev == vdev:
         raise TypeError("q, k, v: expected all on the host (NumPy) or all on the GPU, got a mix")
+    causal = as_bool(causal, "causal")
     scale = resolve_scale(scale, d)
     if qdt.name not in SUPPORTED:  # reference-only dtypes (float64): a Problem needs a kernel dtype
         return None
     return Problem(batch=b, heads=h, n_q=n_q, n_kv=ks[2], head_dim=d, dtype=qdt, causal=causal, scale=scale)
+
+
+def check_flags(**flags):
+    """Each keyword argument must be True or False (NumPy's bool_ too); raise TypeError naming it otherwise."""
+    for name, value in flags.items():
+        as_bool(value, name)
+
+
+def check_same_shape(x, name, shape, like="q"):
+    """``x`` must be a NumPy array of ``shape`` (the reference's extra inputs: dout, out, lse).
+
+    Raises:
+        TypeError: ``x`` is not a NumPy array, or not of a real numeric dtype.
+        ValueError: ``x`` has another shape.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a NumPy array of shape {shape}, got {type(x).__name__}")
+    if x.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} (from {like}), got {x.shape}")
+    if x.dtype.name not in REFERENCE_DTYPES:
+        raise TypeError(f"{name}: unsupported dtype {x.dtype.name}; expected one of {', '.join(REFERENCE_DTYPES)}")
+    return x
+
+
+def check_kernel_scale(scale):
+    """The kernels take ``scale`` as a float32: refuse one whose magnitude float32 cannot hold.
+
+    Raises:
+        ValueError: |scale| over float32's largest finite value.
+    """
+    limit = float(np.finfo(np.float32).max)
+    if abs(scale) > limit:
+        raise ValueError(f"scale: {scale!r} is beyond float32's range (|scale| <= {limit:.4g}), which the kernels use")

@@ -1,4 +1,4 @@
-"""Exact HBM/SRAM element counts of a schedule, at tile granularity, in O(Tr + Tc) time.
+"""Exact HBM/SRAM element counts of a schedule, at tile granularity, in Python integers.
 
 The model executes the schedule's algorithm (the loop orders in the docstrings of
 ``kernels/standard.py``, ``kernels/flash1.py``, ``kernels/flash2.py``, as described by the
@@ -13,72 +13,126 @@ The counting rules it applies are the ones stated in ``kernels/tiles.py``'s docs
   columns at each of kv_len steps: A·min(TX, d) P reads, kv_len·d·min(TY, q_len) V reads.
 
 A tile (i, j) is visited unless causal and every key of block j lies after the last query of
-block i. Sums over visited tiles reduce, per Q block i, to prefix sums over K/V blocks, so
-the cost is linear in the number of blocks (Nq = Nk = 2²⁰ with 128×128 tiles: milliseconds).
+block i. Every count is a sum over visited tiles of a product of per-block factors; without a
+mask these sums have closed forms (:class:`TileSums`: the Q blocks fall into three classes, and
+the causal staircase is a floor sum), so the cost does not grow with N and the counts are exact
+Python integers at any size (N = 2⁴⁰ included; int64 would wrap from N ≈ 2³²).
 
 With a mask predicate (``sandbox.masks``) a tile is visited where it holds at least one allowed
 entry, as the kernels decide it; the predicate is evaluated over every entry of every (b, h)
-(``sandbox.masks.tile_allowed``, compiled with Numba), so that path costs O(B·H·Nq·Nk).
+(``sandbox.masks.tile_allowed``, compiled with Numba), so that path costs O(B·H·Nq·Nk) and is
+refused above :data:`MAX_MASK_ENTRIES` entries.
 """
 
 import numpy as np
 
 from sandbox.ioreport import IOReport, itemsizes
 
+#: The most (b, h, query, key) entries a mask is evaluated over (2^36: minutes of compiled code).
+MAX_MASK_ENTRIES = 2**36
 
-class _Tiles:
-    """Per-Q-block sums over the K/V blocks that block visits (arrays of length Tr)."""
+
+def floor_sum(n, m, a, b):
+    """Σ_{i=0}^{n-1} ⌊(a·i + b)/m⌋ for integers n, a, b >= 0, m >= 1, in O(log m) steps (exact)."""
+    total = 0
+    while True:
+        if a >= m:
+            total += n * (n - 1) // 2 * (a // m)
+            a %= m
+        if b >= m:
+            total += n * (b // m)
+            b %= m
+        y_max = a * n + b
+        if y_max < m:
+            return total
+        n, b = divmod(y_max, m)
+        m, a = a, m
+
+
+class TileSums:
+    """Sums over the tiles one (b, h) visits, as exact Python ints: what a kind's counter reads.
+
+    With q_len_i the rows of Q block i, kv_len_j the rows of K/V block j, and V_i the K/V
+    blocks Q block i visits:
+
+    Attributes:
+        q_rows: Σ_i q_len_i (Nq).
+        visited: Σ_i |V_i|, the visited tiles.
+        q_rows_visits: Σ_i q_len_i·|V_i|, the Q rows loaded once per visited tile.
+        kv_rows: Σ_i Σ_{j∈V_i} kv_len_j, the K/V rows loaded once per visited tile.
+        area: Σ_i q_len_i·Σ_{j∈V_i} kv_len_j, the dense entries of the visited tiles.
+        q_col_groups: Σ_i q_len_i·Σ_{j∈V_i} min(TX, kv_len_j): S-tile Q reads per d step.
+        kv_row_groups: Σ_i min(TY, q_len_i)·Σ_{j∈V_i} kv_len_j: S-tile K reads per d step.
+        allowed: the allowed (query, key) entries (all of them lie in visited tiles).
+        kv_rows_loaded: rows of the K/V blocks some visited tile needs (flash1's outer loop).
+    """
 
     def __init__(self, schedule, problem, allowed=None):
         """``allowed``: the allowed entries per tile (Tr, Tc) of one (b, h) under a mask, or None."""
+        if allowed is None:
+            self._closed_form(schedule, problem)
+        else:
+            self._from_tiles(schedule, problem, np.asarray(allowed))
+
+    def _closed_form(self, schedule, problem):
         br, bc = schedule.block_q, schedule.block_kv
         n_q, n_kv, causal = problem.n_q, problem.n_kv, problem.causal
         ty, tx = schedule.threads_q, schedule.threads_kv
         tr, tc = -(-n_q // br), -(-n_kv // bc)
-        q0 = np.arange(tr, dtype=np.int64) * br
-        self.q_len = np.minimum(br, n_q - q0)
-        q_last = q0 + self.q_len - 1
-        k0 = np.arange(tc, dtype=np.int64) * bc
-        kv_len = np.minimum(bc, n_kv - k0)
-        self.row_groups = np.minimum(ty, self.q_len)  # min(TY, q_len)
-        if allowed is not None:
-            vis = allowed > 0
-            self.visited = vis.sum(axis=1)
-            self.kv_rows = vis @ kv_len
-            self.kv_cols_groups = vis @ np.minimum(tx, kv_len)
-            self.allowed = allowed.sum(axis=1)
-            self.area = self.q_len * self.kv_rows
-            self.kv_rows_loaded = int(kv_len[vis.any(axis=0)].sum())  # flash1: K/V blocks some tile needs
-            return
-        # visited K/V blocks of Q block i: j <= j_last[i]
-        self.j_last = np.minimum(tc - 1, q_last // bc) if causal else np.full(tr, tc - 1)
-        self.visited = self.j_last + 1
-        pre = lambda x: np.concatenate([[0], np.cumsum(x)])  # noqa: E731
-        upto = lambda x: pre(x)[self.visited]  # noqa: E731  Σ over visited j of x[j]
-        self.kv_rows = upto(kv_len)  # Σ kv_len
-        self.kv_cols_groups = upto(np.minimum(tx, kv_len))  # Σ min(TX, kv_len)
-        # Σ over visited tiles of the allowed entries A_ij, and of the dense tile areas
+        kv_last = n_kv - (tc - 1) * bc  # rows of the last K/V block
+
+        def kv_rows(v):  # Σ kv_len_j over the first v K/V blocks
+            return min(n_kv, v * bc)
+
+        def col_groups(v):  # Σ min(TX, kv_len_j) over the first v K/V blocks
+            return v * min(tx, bc) - (min(tx, bc) - min(tx, kv_last) if v == tc else 0)
+
+        # Three classes of Q blocks: the full blocks i < k, which (causal) stop short of the last
+        # K/V block and visit u_i = ⌈(i+1)·Br/Bc⌉ blocks; the other full blocks, which visit all
+        # Tc; and the last block, which may be short.
         if causal:
-            # row r sees keys 0..min(r, Nk-1): Σ_r min(r + 1, Nk) over the block's rows
-            self.allowed = _sum_min_plus_one(q0, q_last, n_kv)
+            k = min(tr - 1, (tc - 1) * bc // br)  # (i+1)·Br <= (Tc-1)·Bc  <=>  u_i < Tc
+            u_sum = k + floor_sum(k, bc, br, br - 1)  # Σ_{i<k} (⌊((i+1)·Br - 1)/Bc⌋ + 1)
+            v_last = min(tc, (n_q - 1) // bc + 1)
         else:
-            self.allowed = self.q_len * n_kv
-        self.area = self.q_len * self.kv_rows
+            k, u_sum, v_last = 0, 0, tc
+        n_all = tr - 1 - k  # full blocks that visit every K/V block
+        q_last = n_q - (tr - 1) * br
+        full_kv_rows = bc * u_sum + n_all * n_kv  # Σ over the full blocks of Σ kv_len_j
+        self.q_rows = n_q
+        self.visited = u_sum + n_all * tc + v_last
+        self.q_rows_visits = br * (u_sum + n_all * tc) + q_last * v_last
+        self.kv_rows = full_kv_rows + kv_rows(v_last)
+        self.area = br * full_kv_rows + q_last * kv_rows(v_last)
+        self.q_col_groups = br * (min(tx, bc) * u_sum + n_all * col_groups(tc)) + q_last * col_groups(v_last)
+        self.kv_row_groups = min(ty, br) * full_kv_rows + min(ty, q_last) * kv_rows(v_last)
+        if causal:  # row r sees keys 0..min(r, Nk-1)
+            seen = min(n_q, n_kv)
+            self.allowed = seen * (seen + 1) // 2 + (n_q - seen) * n_kv
+        else:
+            self.allowed = n_q * n_kv
         # flash1's outer loop: K/V blocks with a key some query may see (whole blocks are loaded)
         kv_blocks_loaded = -(-min(n_kv, n_q) // bc) if causal else tc
         self.kv_rows_loaded = min(n_kv, kv_blocks_loaded * bc)
 
-
-def _sum_min_plus_one(lo, hi, n):
-    """Σ_{r=lo..hi} min(r + 1, n), elementwise over arrays lo, hi."""
-    # r + 1 for r < n, n for r >= n
-    a_hi = np.minimum(hi, n - 1)  # last r with r + 1 <= n
-    count_a = np.maximum(0, a_hi - lo + 1)
-    first = lo + 1
-    last = a_hi + 1
-    part_a = np.where(count_a > 0, (first + last) * count_a // 2, 0)
-    count_b = (hi - lo + 1) - count_a
-    return part_a + count_b * n
+    def _from_tiles(self, schedule, problem, allowed):
+        br, bc = schedule.block_q, schedule.block_kv
+        tr, tc = allowed.shape
+        q_len = np.minimum(br, problem.n_q - np.arange(tr, dtype=np.int64) * br)
+        kv_len = np.minimum(bc, problem.n_kv - np.arange(tc, dtype=np.int64) * bc)
+        vis = allowed > 0
+        visited = vis.sum(axis=1)
+        kv_rows = vis @ kv_len
+        total = lambda x: int(np.sum(x, dtype=object))  # noqa: E731  (exact: no int64 wrap)
+        self.q_rows = total(q_len)
+        self.visited = total(visited)
+        self.q_rows_visits = total(q_len.astype(object) * visited)
+        self.kv_rows = total(kv_rows)
+        self.area = total(q_len.astype(object) * kv_rows)
+        self.q_col_groups = total(q_len.astype(object) * (vis @ np.minimum(schedule.threads_kv, kv_len)))
+        self.kv_row_groups = total(np.minimum(schedule.threads_q, q_len).astype(object) * kv_rows)
+        self.allowed = total(allowed)
+        self.kv_rows_loaded = total(kv_len[vis.any(axis=0)])
 
 
 def _add(d, tensor, n):
@@ -89,20 +143,26 @@ def simulate_counts(schedule, problem, mask=None):
     """Element counts and FLOPs of ``schedule`` on ``problem`` (under ``mask``, a sandbox.masks predicate).
 
     Returns:
-        IOReport with Q/K/V/O counted in the problem's dtype and the rest in fp32.
+        IOReport with Q/K/V/O counted in the problem's dtype and the rest in fp32; every count
+        an exact Python int.
+
+    Raises:
+        ValueError: a mask on a problem of more than :data:`MAX_MASK_ENTRIES` entries (it is
+            evaluated densely).
     """
     if mask is None:
-        counts, area = _forward_counts(schedule, problem, _Tiles(schedule, problem), masked=False)
+        counts, area = _forward_counts(schedule, problem, TileSums(schedule, problem), masked=False)
         counts = [{k: v * problem.bh for k, v in c.items()} for c in counts]
         area *= problem.bh
     else:
         from sandbox.masks import tile_allowed
 
+        check_mask_affordable(problem)
         allowed = tile_allowed(mask, problem, schedule.block_q, schedule.block_kv)
         counts, area = [{}, {}, {}, {}], 0
         for b in range(problem.batch):
             for h in range(problem.heads):
-                c, a = _forward_counts(schedule, problem, _Tiles(schedule, problem, allowed[b, h]), masked=True)
+                c, a = _forward_counts(schedule, problem, TileSums(schedule, problem, allowed[b, h]), masked=True)
                 for total, part in zip(counts, c):
                     for k, v in part.items():
                         _add(total, k, v)
@@ -111,11 +171,21 @@ def simulate_counts(schedule, problem, mask=None):
     return IOReport(*counts, itemsize=itemsizes(problem.dtype), flops=flops)
 
 
+def check_mask_affordable(problem):
+    """Raise ValueError if evaluating a mask at every entry of ``problem`` is past :data:`MAX_MASK_ENTRIES`."""
+    entries = problem.bh * problem.n_q * problem.n_kv
+    if entries > MAX_MASK_ENTRIES:
+        raise ValueError(
+            f"mask: the simulator evaluates a mask at every entry, and B·H·Nq·Nk = {entries} exceeds "
+            f"{MAX_MASK_ENTRIES}; simulate a smaller problem, or use causal=True without a mask"
+        )
+
+
 def _forward_counts(schedule, problem, t, masked):
     """([hbm_r, hbm_w, sram_r, sram_w] of one (b, h), Σ visited tile areas): the kind's own counter."""
     from sandbox import kinds
 
-    return kinds.get(schedule.kind).count(schedule, problem, t, masked), int(t.area.sum())
+    return kinds.get(schedule.kind).count(schedule, problem, t, masked), t.area
 
 
 def new_counts():
@@ -133,10 +203,10 @@ def tile_math(schedule, problem, t, counts):
     d = problem.head_dim
     sr = counts[2]
     o_groups = min(schedule.threads_kv, d)
-    _add(sr, "Q", d * (t.q_len * t.kv_cols_groups).sum())
-    _add(sr, "K", d * (t.row_groups * t.kv_rows).sum())
-    _add(sr, "P", int(t.allowed.sum()) * o_groups)
-    _add(sr, "V", d * (t.row_groups * t.kv_rows).sum())
+    _add(sr, "Q", d * t.q_col_groups)
+    _add(sr, "K", d * t.kv_row_groups)
+    _add(sr, "P", t.allowed * o_groups)
+    _add(sr, "V", d * t.kv_row_groups)
 
 
 def _start(schedule, problem, t):
@@ -145,7 +215,7 @@ def _start(schedule, problem, t):
     counts = new_counts()
     tile_math(schedule, problem, t, counts)
     d = problem.head_dim
-    sums = (d, min(schedule.threads_kv, d), int(t.q_len.sum()), int(t.allowed.sum()), int((t.q_len * t.visited).sum()))
+    sums = (d, min(schedule.threads_kv, d), t.q_rows, t.allowed, t.q_rows_visits)
     return counts, sums
 
 
@@ -156,8 +226,8 @@ def flash2_counts(schedule, problem, t, masked):
     _add(hr, "Q", q_rows * d)
     _add(sw, "Q", q_rows * d)
     for x in ("K", "V"):
-        _add(hr, x, d * t.kv_rows.sum())
-        _add(sw, x, d * t.kv_rows.sum())
+        _add(hr, x, d * t.kv_rows)
+        _add(sw, x, d * t.kv_rows)
     _add(sw, "S", allowed)
     _add(sr, "S", 2 * allowed)
     _add(sw, "P", allowed)
@@ -210,8 +280,8 @@ def standard_counts(schedule, problem, t, masked):
     nt = schedule.threads
     _add(hr, "Q", q_rows_visits * d)
     _add(sw, "Q", q_rows_visits * d)
-    _add(hr, "K", d * t.kv_rows.sum())
-    _add(sw, "K", d * t.kv_rows.sum())
+    _add(hr, "K", d * t.kv_rows)
+    _add(sw, "K", d * t.kv_rows)
     _add(hw, "S", allowed)
     # softmax: one block of nt threads per row; the row of S is read twice
     _add(hr, "S", 2 * allowed)
@@ -225,8 +295,8 @@ def standard_counts(schedule, problem, t, masked):
     # pv
     _add(hr, "P", allowed)
     _add(sw, "P", allowed)
-    _add(hr, "V", d * t.kv_rows.sum())
-    _add(sw, "V", d * t.kv_rows.sum())
+    _add(hr, "V", d * t.kv_rows)
+    _add(sw, "V", d * t.kv_rows)
     _add(hw, "O", q_rows * d)
     return counts
 
@@ -238,15 +308,15 @@ def simulate_backward_counts(schedule, problem):
     M entries once per d-column group, min(TY, d), and q_len·d X elements per K/V-row group
     with a valid row, min(TX, kv_len).
     """
-    t = _Tiles(schedule, problem)
+    t = TileSums(schedule, problem)
     d = problem.head_dim
     n_q, n_kv = problem.n_q, problem.n_kv
     ty_groups, tx_groups = min(schedule.threads_q, d), min(schedule.threads_kv, d)
-    allowed = int(t.allowed.sum())
-    qrv = int((t.q_len * t.visited).sum())  # Σ over visited tiles of q_len
-    kvr = int(t.kv_rows.sum())  # Σ over visited tiles of kv_len
-    qcg = int((t.q_len * t.kv_cols_groups).sum())  # Σ q_len·min(TX, kv_len): S-tile rows read
-    krg = int((t.row_groups * t.kv_rows).sum())  # Σ kv_len·min(TY, q_len): S-tile columns read
+    allowed = t.allowed
+    qrv = t.q_rows_visits  # Σ over visited tiles of q_len
+    kvr = t.kv_rows  # Σ over visited tiles of kv_len
+    qcg = t.q_col_groups  # Σ q_len·min(TX, kv_len): S-tile rows read
+    krg = t.kv_row_groups  # Σ kv_len·min(TY, q_len): S-tile columns read
     hr, hw, sr, sw = {}, {}, {}, {}
     # -- D = rowsum(dO ∘ O)
     _add(hr, "dO", n_q * d)
@@ -320,7 +390,7 @@ def simulate_backward_counts(schedule, problem):
         matmuls = 5
     bh = problem.bh
     scaled = [{k: v * bh for k, v in c.items()} for c in (hr, hw, sr, sw)]
-    flops = bh * (matmuls * 2 * d * int(t.area.sum()) + 2 * n_q * d)
+    flops = bh * (matmuls * 2 * d * t.area + 2 * n_q * d)
     return IOReport(*scaled, itemsize=itemsizes(problem.dtype), flops=flops)
 
 
@@ -336,7 +406,7 @@ def splitkv_counts(schedule, problem, t, masked):
     hr, hw, sr, sw = counts
     d = problem.head_dim
     o_groups = min(schedule.threads_kv, d)
-    q_rows = int(t.q_len.sum())
+    q_rows = t.q_rows
     extra = (ns - 1) * q_rows  # rows handled again by the other splits' prologue and epilogue
     _add(hr, "Q", extra * d)
     _add(sw, "Q", extra * d)
