@@ -161,7 +161,8 @@ def test_tuned_schedule_without_a_gpu_says_it_needs_one(tmp_path):
             "try:\n    tuned_schedule(64)\nexcept RuntimeError as e:\n    print('RuntimeError:', e)\n")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.startswith("RuntimeError: autotuning needs a GPU: no CUDA device found"), out.stderr[-500:]
+    # importing sandbox turns the CUDA simulator on where no GPU is present; either way the error says why
+    assert out.stdout.startswith("RuntimeError: autotuning needs a GPU: "), out.stderr[-500:]
 
 
 def test_cache_path_follows_the_environment(monkeypatch, tmp_path):
