@@ -88,7 +88,7 @@ def make_combine(schedule, head_dim, dtype, count_io, causal, mask=None):
                 w = sm_f[OW + r * NS + s]
                 x = o_part[b * NS + s, h, q0 + r, col]
                 if w != ZERO:  # a split of weight 0 contributes nothing, even a NaN partial
-                    acc += w * x
+                    acc = cuda.fma(w, x, acc)  # explicit: every build of this source rounds alike
                 inc(cnt, W_[SRAM_R], 1)
                 inc(cnt, OP_[HBM_R], 1)
             o[b, h, q0 + r, col] = from_f32(acc)

@@ -218,7 +218,8 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
                     inc(cnt, s_v, 1)
                     for a in range(TM):
                         if preg[a] != ZERO:  # a weight of 0 contributes nothing, even times NaN or inf
-                            acc[a, c] += preg[a] * vv
+                            # an explicit FMA: every build of this source rounds alike (bit-identical outputs)
+                            acc[a, c] = cuda.fma(preg[a], vv, acc[a, c])
 
     DCQ = -(-D // TY)  # dK/dV columns per thread (at most)
 
@@ -250,7 +251,7 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
                     inc(cnt, s_x, 1)
                     for bb in range(TN):
                         if mreg[bb] != ZERO:  # a weight of 0 contributes nothing, even times NaN or inf
-                            acc[bb, c] += mreg[bb] * x
+                            acc[bb, c] = cuda.fma(mreg[bb], x, acc[bb, c])
 
     return SimpleNamespace(DCQ=DCQ, ptx_tile=ptx_tile, IN=IN, to_f32=to_f32, from_f32=from_f32,
         BR=BR, BC=BC, TM=TM, TN=TN, TY=TY, TX=TX, NT=NT, D=D, DC=DC,
