@@ -17,12 +17,7 @@ how the two products are computed:
         P -> SRAM (transposed);  K_{j+1}: registers -> SRAM;  start loading V_{j+1}
         O_i = diag(alpha) O_i + P V_j in registers: for each key, one outer product of a column
               of P and a row of V_j
-        V_{j+1}: registers -> SRAM, each stored value tested for NaN and ±inf
-
-A V_j holding NaN or ±inf (the P barrier's ``syncthreads_or`` says so, block-uniform) takes a
-rare path for P·V that skips the entries with P = 0: a key a row does not see (causal, past Nk,
-or of weight exactly 0) then adds nothing to it, not 0·NaN. Finite data never takes it: the hot
-loops are unchanged, and the test costs one comparison per stored V element.
+        V_{j+1}: registers -> SRAM
     O_i = diag(l_i)⁻¹ O_i -> HBM;  L_i = m_i + log l_i -> HBM
 
 Each step of the two products loads thread_q + thread_kv (or thread_q + d/threads_kv) floats from
@@ -342,13 +337,10 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
 
         return where, iters
 
-    def loaders(where, iters, t_stride, r_stride, check=False):
+    def loaders(where, iters, t_stride, r_stride):
         """(fetch, put, load) for a tile at sm[base + c·t_stride + r·r_stride]. A thread's row is
         r0 + dr, dr being a constant once the loop is unrolled: the bound checks compare dr with
-        a limit computed once, and the addresses are a base plus constants.
-
-        ``check``: put and load return 1 when a value this thread stored is NaN or ±inf, else 0
-        (one test per stored element; V's, for the P·V product's rare path)."""
+        a limit computed once, and the addresses are a base plus constants."""
 
         @cuda.jit(device=True)
         def fetch(src, b, h, row0, n_rows, buf, tid):
@@ -362,19 +354,13 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
 
         @cuda.jit(device=True)
         def put(buf, sm, base, tid):
-            bad = 0
             for it in range(iters):
                 r0, dr, c, ok = where(tid, it)
                 if ok:
-                    x = to_f32(buf[it])
-                    sm[base + uint64(c * t_stride + r0 * r_stride) + uint64(dr * r_stride)] = x
-                    if check and not math.isfinite(x):
-                        bad = 1
-            return bad
+                    sm[base + uint64(c * t_stride + r0 * r_stride) + uint64(dr * r_stride)] = to_f32(buf[it])
 
         @cuda.jit(device=True)
         def load(src, b, h, row0, n_rows, sm, base, tid, factor):
-            bad = 0
             for it in range(iters):
                 r0, dr, c, ok = where(tid, it)
                 if ok:
@@ -382,9 +368,6 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
                     if dr < n_rows - r0:
                         x = to_f32(src[b, h, uint64(row0 + r0) + uint64(dr), uint64(c)]) * factor
                     sm[base + uint64(c * t_stride + r0 * r_stride) + uint64(dr * r_stride)] = x
-                    if check and not math.isfinite(x):
-                        bad = 1
-            return bad
 
         return fetch, put, load
 
@@ -393,7 +376,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     where_v, IT_V = row_major(BC)
     _, _, load_q = loaders(where_q, IT_Q, QS, 1)
     fetch_k, put_k, load_k = loaders(where_k, IT_K, KS, 1)
-    fetch_v, put_v, load_v = loaders(where_v, IT_V, 1, VS, check=True)
+    fetch_v, put_v, load_v = loaders(where_v, IT_V, 1, VS)
     PREFETCH = max(IT_K, IT_V) <= MAX_PREFETCH  # else K_{j+1}, V_{j+1} go straight to SRAM after the barriers
     NBUF = max(IT_K, IT_V) if PREFETCH else 1
 
@@ -472,20 +455,6 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
 
         return product
 
-    @inline_device
-    def pv_product_skipping_zeros(sm, ra, rb, acc):
-        """O += Σ_j P[rows, j] ⊗ V[j, cols] where P[row, j] ≠ 0 only: the rare path of a V_j holding
-        NaN or ±inf, so that a key a row does not see (masked: P = 0, or of weight exactly 0) adds
-        nothing to it, while one it sees passes its NaN or inf on. Plain loops, the same SRAM."""
-        for i in range(BC):
-            prow = OP + uint64(i * QS) + ra
-            vrow = OV + uint64(i * VS) + rb
-            for a in range(TM):
-                p = sm[prow + uint64((a // VM) * VM * TY + a % VM)]
-                if p != ZERO:
-                    for c in range(DO):
-                        acc[a, c] += p * sm[vrow + uint64((c // VO) * VO * TX + c % VO)]
-
     s_product = outer_product(OQ, QS, OK, KS, TN, VN, D)  # S = Σ_k Q[rows, k] ⊗ K[cols, k] (Qᵀ and Kᵀ rows k)
     pv_product = outer_product(OP, QS, OV, VS, DO, VO, BC)  # O += Σ_j P[rows, j] ⊗ V[j, cols] (Pᵀ and V rows j)
 
@@ -535,7 +504,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
         n_blocks = (kv_end + BC - 1) // BC
         load_q(q, b, h, q0, q_len, sm, OQ, tid, s2)  # Q·scale·log2 e: S comes out in log2 units
         load_k(k, b, h, 0, min(BC, n_kv), sm, OK, tid, ONE)
-        v_bad = load_v(v, b, h, 0, min(BC, n_kv), sm, OV, tid, ONE)  # 1: this thread stored a NaN or inf of V_j
+        load_v(v, b, h, 0, min(BC, n_kv), sm, OV, tid, ONE)
         # barrier: Q_i, K_0, V_0 are in SRAM
         cuda.syncthreads()
         for j in range(n_blocks):
@@ -592,26 +561,22 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
                 for g in range(TM // VM):
                     for e in range(VM):
                         sm[prow + uint64(g * VM * TY + e)] = s[g * VM + e, bb]
-            # barrier: Pᵀ is complete and every thread is done reading K_j; and does V_j hold NaN or inf?
-            v_nonfinite = cuda.syncthreads_or(v_bad)
+            # barrier: Pᵀ is complete and every thread is done reading K_j
+            cuda.syncthreads()
             if more and PREFETCH:  # K_{j+1}: registers -> SRAM; V_{j+1}: HBM -> registers, while P V_j is computed
                 put_k(buf, sm, OK, tid)
                 fetch_v(v, b, h, k1, min(BC, n_kv - k1), buf, tid)
             if more and not PREFETCH:  # K_{j+1}: HBM -> SRAM
                 load_k(k, b, h, k1, min(BC, n_kv - k1), sm, OK, tid, ONE)
 
-            # -- O_i += P V_j: one outer product per key (a V_j with NaN or inf: the rare path, which
-            # skips P = 0 so that no 0·NaN reaches a row that does not see the key)
-            if v_nonfinite:
-                pv_product_skipping_zeros(sm, rq, co, acc)
-            else:
-                pv_product(sm, rq, co, qa, vb, qa2, vb2, acc)
+            # -- O_i += P V_j: one outer product per key
+            pv_product(sm, rq, co, qa, vb, qa2, vb2, acc)
             # barrier: every thread is done reading V_j and Pᵀ (and K_{j+1} is in SRAM)
             cuda.syncthreads()
             if more and PREFETCH:  # V_{j+1}: registers -> SRAM (read after the next P barrier)
-                v_bad = put_v(buf, sm, OV, tid)
+                put_v(buf, sm, OV, tid)
             if more and not PREFETCH:  # V_{j+1}: HBM -> SRAM
-                v_bad = load_v(v, b, h, k1, min(BC, n_kv - k1), sm, OV, tid, ONE)
+                load_v(v, b, h, k1, min(BC, n_kv - k1), sm, OV, tid, ONE)
 
         # -- O_i = diag(l_i)^-1 O_i -> HBM (a row that saw no key: O = 0); L_i = m_i + log l_i
         for a in range(TM):

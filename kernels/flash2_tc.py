@@ -38,16 +38,6 @@ warp read 512 consecutive bytes (no bank conflicts). V likewise with (big V[8c +
 big V[8c + 2t + 1, col], small, small). The loaders write one vector per item, consecutive lanes
 consecutive vectors.
 
-**Rare paths** (never taken on finite data of ordinary size; the hot loops are the same either
-way). Each K and V element is tested as it is stored to SRAM, and the block votes with
-``syncthreads_or`` on the barrier before the product that reads the tile. A K_j holding NaN or
-±inf: S is recomputed in plain fp32 from HBM (q_small·inf is NaN in the split products). A V_j
-holding NaN, ±inf or a value below TINY (2^-100): P·V skips P = 0, so that a key a row does not
-see (causal, past Nk, or of weight exactly 0) adds nothing to it; NaN and ±inf reach the rows
-that see them through indicator products; tiny values are scaled by 2^64 for their own product
-(a subnormal TF32 part keeps nothing below 2^-136). A non-finite K or V value is stored as its
-own big part with small part 0.
-
 fp16 and bf16 values are TF32 already: their K and V small parts are zero, and the A_big·B_small
 products are skipped (two products per step instead of three). Q (scaled) and P are fp32 and
 are split.
@@ -93,18 +83,6 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
 #: Head dims above this keep Q's fragments in SRAM rather than in registers: at d = 128 the
 #: registers (64 for Q, 64 for O) would leave the block too few for the S accumulators.
 Q_REGISTERS_MAX_D = 64
-
-#: V values below this in magnitude (but not 0) take P·V's rare path, scaled up by UP = 2^64 and
-#: back by DOWN: their TF32 small parts would be subnormal, and a subnormal TF32 operand keeps
-#: nothing below 2^-136 (the tensor cores may flush it to zero altogether), so the 3xTF32 product
-#: would lose fp32's relative accuracy from about 2^-112 down. Q (scaled), K and P need not: the
-#: softmax is sensitive to S's absolute error, and P's tiny entries weigh at most 2^-100.
-TINY = np.float32(2.0**-100)
-UP, DOWN = np.float32(2.0**64), np.float32(2.0**-64)
-NAN, INF = np.float32(np.nan), np.float32(np.inf)
-#: The counts :func:`code` gives V's NaN, +inf and -inf: powers of two, exact in TF32, and 8 keys'
-#: sums stay apart (8 < 256).
-NAN_CODE, POS_CODE, NEG_CODE = np.float32(1.0), np.float32(256.0), np.float32(65536.0)
 
 
 #: With fewer 8-key groups per block than this, S's small products go to a second accumulator: a
@@ -161,37 +139,15 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
     inline = cuda.jit(device=True) if using_simulator() else cuda.jit(device=True, forceinline=True)
 
     @inline
-    def rare(x, tiny_too):
-        """Does x take the rare path: NaN or ±inf, and with ``tiny_too`` also 0 < |x| < TINY."""
-        return not math.isfinite(x) or (tiny_too and x != ZERO and abs(x) < TINY)
-
-    def make_put(tiny_too):
-        @inline
-        def put(sm, at, x0, x1):
-            """The vector (big x0, big x1, small x0, small x1) at sm[at]: converted first, then
-            stored together (one 16-byte store). A value for the rare path (:func:`rare`) is stored
-            as its own big part, its small part 0 (split would give inf - inf = NaN for ±inf).
-            Returns 1 when x0 or x1 is one, else 0."""
-            b0, s0 = split(x0)
-            b1, s1 = split(x1)
-            bad = 0
-            if rare(x0, tiny_too):
-                b0 = x0
-                s0 = ZERO
-                bad = 1
-            if rare(x1, tiny_too):
-                b1 = x1
-                s1 = ZERO
-                bad = 1
-            sm[at] = b0
-            sm[at + uint64(1)] = b1
-            sm[at + uint64(2)] = s0
-            sm[at + uint64(3)] = s1
-            return bad
-
-        return put
-
-    put_k, put_v = make_put(False), make_put(True)
+    def put(sm, at, x0, x1):
+        """The vector (big x0, big x1, small x0, small x1) at sm[at]: converted first, then stored
+        together (one 16-byte store)."""
+        b0, s0 = split(x0)
+        b1, s1 = split(x1)
+        sm[at] = b0
+        sm[at + uint64(1)] = b1
+        sm[at + uint64(2)] = s0
+        sm[at + uint64(3)] = s1
 
     @inline
     def mma3(xch, tid, ab0, ab1, ab2, ab3, as0, as1, as2, as3, bb0, bb1, bs0, bs1, c0, c1, c2, c3):
@@ -266,121 +222,25 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
 
     @inline
     def store_k(buf, sm, tid):
-        """The fetched K items: split into (big, small) and stored, one 16-byte vector each.
-        Returns 1 when one of them is NaN or ±inf, else 0."""
+        """The fetched K items: split into (big, small) and stored, one 16-byte vector each."""
         tt = uint64(tid) & uint64(3)
         t4 = uint64(tid) >> uint64(2)
-        bad = 0
         for it in range(IT):
             if FULL or uint64(tid) + uint64(it * NT) < ITEMS:
                 key, c = k_item(t4, it)
-                bad |= put_k(sm, (c * uint64(BC) + key) * uint64(16) + tt * uint64(4), to_f32(buf[2 * it]),
-                           to_f32(buf[2 * it + 1]))
-        return bad
+                put(sm, (c * uint64(BC) + key) * uint64(16) + tt * uint64(4), to_f32(buf[2 * it]),
+                    to_f32(buf[2 * it + 1]))
 
     @inline
     def store_v(buf, sm, tid):
         """The fetched V items, as store_k."""
         tt = uint64(tid) & uint64(3)
         t4 = uint64(tid) >> uint64(2)
-        bad = 0
         for it in range(IT):
             if FULL or uint64(tid) + uint64(it * NT) < ITEMS:
                 col, c = v_item(t4, it)
-                bad |= put_v(sm, OV + (c * uint64(D) + col) * uint64(16) + tt * uint64(4), to_f32(buf[2 * it]),
-                           to_f32(buf[2 * it + 1]))
-        return bad
-
-    # -- the rare paths, for a K_j holding NaN or ±inf, or a V_j holding NaN, ±inf or values below
-    # TINY (never taken otherwise). Their extra HBM reads (Q_i and K_j again, for S) happen only
-    # for a K_j with NaN or ±inf; V's rare path reads the same SRAM as the ordinary one.
-
-    @inline
-    def s_plain(q, k, b, h, q0, q_len, k0, kv_len, s2, r_lo, tq, s):
-        """S = (Q_i·scale·log2 e) K_jᵀ for the thread's entries in plain fp32 from HBM: the 3xTF32
-        split turns q_small·(±inf) into NaN where q_small = 0 or its sign is not q_big's."""
-        for i in range(2):
-            r = r_lo + 8 * i
-            for n in range(NS):
-                for e in range(2):
-                    key = 8 * n + 2 * tq + e
-                    x = ZERO
-                    if r < q_len and key < kv_len:
-                        for c in range(D):
-                            x += (to_f32(q[b, h, q0 + r, c]) * s2) * to_f32(k[b, h, k0 + key, c])
-                    s[n, 2 * i + e] = x
-
-    @inline
-    def code(x):
-        """V's non-finite value as a TF32-exact count: NaN 1, +inf 256, -inf 65536 (finite: 0)."""
-        if x != x:
-            return NAN_CODE
-        if x == INF:
-            return POS_CODE
-        if x == NEG_INF:
-            return NEG_CODE
-        return ZERO
-
-    @inline
-    def decoded(t):
-        """What a row's non-finite terms add (NaN, ±inf or 0) from their counts (:func:`code`
-        summed over at most 8 keys: exact)."""
-        c = int32(t)
-        n_nan = c % 256
-        n_pos = (c // 256) % 256
-        n_neg = c // 65536
-        if n_nan > 0 or (n_pos > 0 and n_neg > 0):
-            return NAN
-        if n_pos > 0:
-            return INF
-        if n_neg > 0:
-            return NEG_INF
-        return ZERO
-
-    @inline
-    def pv_rare(xch, tid, sm, vk, s, acc):
-        """O_i += P V_j for a V_j with NaN, ±inf or tiny values, where P ≠ 0 only. Per 8 columns of d:
-        P·V on V_j's ordinary values (NaN, ±inf and tiny ones zeroed); P·(V_tiny·2^64) on its tiny
-        ones, scaled back by 2^-64 (their TF32 parts would be subnormal: at most 2^-136 apart);
-        and per 8 keys one TF32 product of the indicator P > 0 with the counts of V's NaN, +inf
-        and -inf (:func:`code`), so that they reach the rows that see them (P > 0) and no other
-        (no 0·NaN)."""
-        for kk in range(KD):
-            t0 = ZERO
-            t1 = ZERO
-            t2 = ZERO
-            t3 = ZERO
-            for n in range(NS):
-                pb0, ps0 = split(s[n, 0])
-                pb1, ps1 = split(s[n, 2])
-                pb2, ps2 = split(s[n, 1])
-                pb3, ps3 = split(s[n, 3])
-                at = OV + uint64(n) * RV + uint64(kk * 128) + vk
-                v0 = sm[at]
-                v1 = sm[at + uint64(1)]
-                f0 = ZERO if rare(v0, True) else v0
-                f1 = ZERO if rare(v1, True) else v1
-                acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3] = mma3(
-                    xch, tid, pb0, pb1, pb2, pb3, ps0, ps1, ps2, ps3,
-                    f0, f1, sm[at + uint64(2)], sm[at + uint64(3)],
-                    acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3])
-                lb0, ls0 = split(v0 * UP if math.isfinite(v0) and abs(v0) < TINY else ZERO)
-                lb1, ls1 = split(v1 * UP if math.isfinite(v1) and abs(v1) < TINY else ZERO)
-                t0, t1, t2, t3 = mma3(xch, tid, pb0, pb1, pb2, pb3, ps0, ps1, ps2, ps3, lb0, lb1, ls0, ls1,
-                                      t0, t1, t2, t3)
-                i0 = ONE if s[n, 0] > ZERO else ZERO
-                i1 = ONE if s[n, 2] > ZERO else ZERO
-                i2 = ONE if s[n, 1] > ZERO else ZERO
-                i3 = ONE if s[n, 3] > ZERO else ZERO
-                c0, c1, c2, c3 = mma(xch, tid, i0, i1, i2, i3, code(v0), code(v1), ZERO, ZERO, ZERO, ZERO)
-                acc[kk, 0] += decoded(c0)
-                acc[kk, 1] += decoded(c1)
-                acc[kk, 2] += decoded(c2)
-                acc[kk, 3] += decoded(c3)
-            acc[kk, 0] += t0 * DOWN
-            acc[kk, 1] += t1 * DOWN
-            acc[kk, 2] += t2 * DOWN
-            acc[kk, 3] += t3 * DOWN
+                put(sm, OV + (c * uint64(D) + col) * uint64(16) + tt * uint64(4), to_f32(buf[2 * it]),
+                    to_f32(buf[2 * it + 1]))
 
     def kernel(q, k, v, o, lse, scale, counters):
         if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or o.shape[3] != D:
@@ -453,11 +313,10 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
         vk = uint64(16 * g + 4 * tq)  # the lane's vector in a K or V group (key or column g, lane t)
         fetch_k(k, b, h, 0, min(BC, n_kv), kb, tid)
         fetch_v(v, b, h, 0, min(BC, n_kv), vb, tid)
-        k_bad = store_k(kb, sm, tid)  # 1: this thread stored a NaN or ±inf of K_j (of V_j: v_bad)
-        v_bad = store_v(vb, sm, tid)
-        # barrier: K_0, V_0 are in SRAM (and Q's fragments, where they are there, each lane's own);
-        # does K_0 hold NaN or ±inf?
-        k_nonfinite = cuda.syncthreads_or(k_bad)
+        store_k(kb, sm, tid)
+        store_v(vb, sm, tid)
+        # barrier: K_0, V_0 are in SRAM (and Q's fragments, where they are there, each lane's own)
+        cuda.syncthreads()
         for j in range(n_blocks):
             k0 = j * BC
             kv_len = min(BC, n_kv - k0)
@@ -466,55 +325,52 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
             if more:  # K_{j+1}: HBM -> registers, while S_j is computed
                 fetch_k(k, b, h, k1, min(BC, n_kv - k1), kb, tid)
 
-            # -- S = Q_i K_jᵀ (a K_j with NaN or ±inf: the rare path, plain fp32)
-            if k_nonfinite:
-                s_plain(q, k, b, h, q0, q_len, k0, kv_len, s2, r_lo, tq, s)
-            else:
+            # -- S = Q_i K_jᵀ
+            for n in range(NS):
+                for i in range(4):
+                    s[n, i] = ZERO
+                    if TWO:
+                        sx[n, i] = ZERO
+            for kk0 in range(0, KD, KU):
+              for ku in range(KU):
+                kk = kk0 + ku
+                if QS:
+                    at = qv + uint64(kk * 128)
+                    a0 = sm[at]
+                    a1 = sm[at + uint64(1)]
+                    a2 = sm[at + uint64(2)]
+                    a3 = sm[at + uint64(3)]
+                else:
+                    a0 = qf[kk, 0]
+                    a1 = qf[kk, 1]
+                    a2 = qf[kk, 2]
+                    a3 = qf[kk, 3]
+                ab0, as0 = split(a0)
+                ab1, as1 = split(a1)
+                ab2, as2 = split(a2)
+                ab3, as3 = split(a3)
+                for n in range(NS):
+                    at = uint64(kk) * RK + uint64(n * 128) + vk
+                    bb0 = sm[at]
+                    bb1 = sm[at + uint64(1)]
+                    bs0 = sm[at + uint64(2)]
+                    bs1 = sm[at + uint64(3)]
+                    if TWO:  # the products' latency: chains of KD and 2·KD, not 3·KD
+                        s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma(
+                            xch, tid, ab0, ab1, ab2, ab3, bb0, bb1, s[n, 0], s[n, 1], s[n, 2], s[n, 3])
+                        sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3] = mma(
+                            xch, tid, as0, as1, as2, as3, bb0, bb1, sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3])
+                        if not EXACT:
+                            sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3] = mma(
+                                xch, tid, ab0, ab1, ab2, ab3, bs0, bs1, sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3])
+                    else:
+                        s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma3(
+                            xch, tid, ab0, ab1, ab2, ab3, as0, as1, as2, as3, bb0, bb1, bs0, bs1,
+                            s[n, 0], s[n, 1], s[n, 2], s[n, 3])
+            if TWO:
                 for n in range(NS):
                     for i in range(4):
-                        s[n, i] = ZERO
-                        if TWO:
-                            sx[n, i] = ZERO
-                for kk0 in range(0, KD, KU):
-                  for ku in range(KU):
-                    kk = kk0 + ku
-                    if QS:
-                        at = qv + uint64(kk * 128)
-                        a0 = sm[at]
-                        a1 = sm[at + uint64(1)]
-                        a2 = sm[at + uint64(2)]
-                        a3 = sm[at + uint64(3)]
-                    else:
-                        a0 = qf[kk, 0]
-                        a1 = qf[kk, 1]
-                        a2 = qf[kk, 2]
-                        a3 = qf[kk, 3]
-                    ab0, as0 = split(a0)
-                    ab1, as1 = split(a1)
-                    ab2, as2 = split(a2)
-                    ab3, as3 = split(a3)
-                    for n in range(NS):
-                        at = uint64(kk) * RK + uint64(n * 128) + vk
-                        bb0 = sm[at]
-                        bb1 = sm[at + uint64(1)]
-                        bs0 = sm[at + uint64(2)]
-                        bs1 = sm[at + uint64(3)]
-                        if TWO:  # the products' latency: chains of KD and 2·KD, not 3·KD
-                            s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma(
-                                xch, tid, ab0, ab1, ab2, ab3, bb0, bb1, s[n, 0], s[n, 1], s[n, 2], s[n, 3])
-                            sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3] = mma(
-                                xch, tid, as0, as1, as2, as3, bb0, bb1, sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3])
-                            if not EXACT:
-                                sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3] = mma(
-                                    xch, tid, ab0, ab1, ab2, ab3, bs0, bs1, sx[n, 0], sx[n, 1], sx[n, 2], sx[n, 3])
-                        else:
-                            s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma3(
-                                xch, tid, ab0, ab1, ab2, ab3, as0, as1, as2, as3, bb0, bb1, bs0, bs1,
-                                s[n, 0], s[n, 1], s[n, 2], s[n, 3])
-                if TWO:
-                    for n in range(NS):
-                        for i in range(4):
-                            s[n, i] += sx[n, i]  # the small terms first, then the big one
+                        s[n, i] += sx[n, i]  # the small terms first, then the big one
 
             # -- online softmax per row (the fast build's, NaN semantics included): rows r_lo
             # (s[n, 0], s[n, 1]) and r_hi (s[n, 2], s[n, 3]); keys k0 + 8n + 2t + {0, 1}
@@ -549,34 +405,29 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
                     acc[kk, 2 * i] *= alpha
                     acc[kk, 2 * i + 1] *= alpha
 
-            # barrier: every thread is done reading K_j; does V_j hold NaN, ±inf or tiny values?
-            v_nonfinite = cuda.syncthreads_or(v_bad)
+            # barrier: every thread is done reading K_j
+            cuda.syncthreads()
             if more:  # K_{j+1}: registers -> SRAM; V_{j+1}: HBM -> registers, while P V_j is computed
-                k_bad = store_k(kb, sm, tid)
+                store_k(kb, sm, tid)
                 fetch_v(v, b, h, k1, min(BC, n_kv - k1), vb, tid)
 
             # -- O_i += P V_j: the S accumulator is the A fragment (keys 2t, 2t+1 as indices t, t+4)
-            # (a V_j with NaN, ±inf or tiny values: the rare path, which skips P = 0)
-            if v_nonfinite:
-                pv_rare(xch, tid, sm, vk, s, acc)
-            else:
-                for n in range(NS):
-                    pb0, ps0 = split(s[n, 0])
-                    pb1, ps1 = split(s[n, 2])
-                    pb2, ps2 = split(s[n, 1])
-                    pb3, ps3 = split(s[n, 3])
-                    for kk in range(KD):
-                        at = OV + uint64(n) * RV + uint64(kk * 128) + vk
-                        acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3] = mma3(
-                            xch, tid, pb0, pb1, pb2, pb3, ps0, ps1, ps2, ps3,
-                            sm[at], sm[at + uint64(1)], sm[at + uint64(2)], sm[at + uint64(3)],
-                            acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3])
+            for n in range(NS):
+                pb0, ps0 = split(s[n, 0])
+                pb1, ps1 = split(s[n, 2])
+                pb2, ps2 = split(s[n, 1])
+                pb3, ps3 = split(s[n, 3])
+                for kk in range(KD):
+                    at = OV + uint64(n) * RV + uint64(kk * 128) + vk
+                    acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3] = mma3(
+                        xch, tid, pb0, pb1, pb2, pb3, ps0, ps1, ps2, ps3,
+                        sm[at], sm[at + uint64(1)], sm[at + uint64(2)], sm[at + uint64(3)],
+                        acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3])
 
-            # barrier: every thread is done reading V_j (and K_{j+1} is in SRAM); does K_{j+1} hold
-            # NaN or ±inf?
-            k_nonfinite = cuda.syncthreads_or(k_bad)
+            # barrier: every thread is done reading V_j (and K_{j+1} is in SRAM)
+            cuda.syncthreads()
             if more:  # V_{j+1}: registers -> SRAM (the next block's first barrier precedes its P V)
-                v_bad = store_v(vb, sm, tid)
+                store_v(vb, sm, tid)
 
         # -- O_i = diag(l_i)^-1 O_i -> HBM (a row that saw no key: O = 0); L_i = m_i + log l_i
         for i in range(2):

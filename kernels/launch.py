@@ -14,7 +14,7 @@ from numba import cuda, float32, void
 
 from kernels import backward as backward_kernels
 from kernels.counters import new_counters, to_report
-from kernels.limits import check_fp32_range
+from kernels.limits import check_fp32_range, fast_build_refusal
 from kernels.smem import allow_dynamic_smem, check_device_limit, device_smem_optin
 from kernels.tiles import COUNTERS, array_type
 from sandbox import kinds
@@ -364,10 +364,20 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
     Returns:
         (out, lse, report) on the side the inputs came from.
 
+    NumPy inputs holding NaN or inf (or, for the tensor-core build, tiny V values) run the plain
+    build of the schedule instead of the fast one (:func:`kernels.limits.fast_build_refusal`).
+
     Raises:
-        ValueError: inputs whose fp32 logits or P·V sums can overflow (kernels/limits.py).
+        ValueError: inputs whose fp32 logits or P·V sums can overflow (kernels/limits.py);
+            ``fast=True`` with inputs the fast build must not take.
     """
     check_fp32_range(problem, q, k, v)
+    if fast is not False and not count_io:
+        why = fast_build_refusal(schedule, q, k, v)
+        if why is not None:
+            if fast:
+                raise ValueError(f"fast=True, but {why}; leave fast unset to run the plain build")
+            fast = False
     out, lse, report = run(schedule, problem, *_to_device((q, k, v), "qkv"), count_io=count_io, mask=mask, fast=fast)
     return (*_from_device((out, lse), q, (problem.dtype, np.float32)), report)
 

@@ -60,3 +60,30 @@ def check_fp32_range(problem, q, k, v):
         raise ValueError(f"v: max |v| · Nk = {v_sum:.3g} reaches 2^127 = {PV_LIMIT:.3g}: the kernels' "
                          f"unnormalised sum Σ_j P_ij V_j can overflow fp32; scale v down by a power of two "
                          f"and the output up by the same")
+
+
+#: V values below this magnitude (and not 0) lose accuracy in the tensor-core build's 3xTF32 split,
+#: which keeps nothing below 2^-136 (kernels/mma.py): such inputs take the plain build.
+TC_TINY = 2.0**-100
+
+
+def fast_build_refusal(schedule, q, k, v):
+    """Why NumPy inputs must not take flash2's fast builds, or None.
+
+    The fast builds keep their inner loops free of per-entry tests, so a NaN or ±inf in Q, K or V
+    would spread where the plain builds and the reference keep it out: 0·NaN from a key a row does
+    not see (causal), and, in the tensor-core build, the TF32 split of ±inf (inf - inf). V values of
+    magnitude below :data:`TC_TINY` lose accuracy in the tensor-core build's split. Such NumPy
+    inputs run the plain build of the same schedule (same tiles, same HBM traffic). CUDA arrays stay
+    unread on the device, so they are not checked (README, Numerics at the edges).
+    """
+    if not all(isinstance(x, np.ndarray) for x in (q, k, v)):
+        return None
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not np.isfinite(x.astype(np.float32, copy=False)).all():
+            return f"{name} holds NaN or inf, which the fast builds would let reach rows that do not see it"
+    if schedule.math == "tf32x3":
+        a = np.abs(v.astype(np.float32, copy=False))
+        if ((a < TC_TINY) & (a > 0)).any():
+            return f"v holds values below {TC_TINY:.3g} in magnitude, which the tensor-core split cannot hold"
+    return None

@@ -17,11 +17,6 @@ Inf stays inf (small = NaN then, as inf - inf); a finite x within half a TF32 ul
 maximum rounds to inf; a NaN whose payload lies only in the low 13 bits becomes inf, and its
 small part NaN. Either way the products that use the small part are NaN, except the A_big·B_small
 product skipped for fp16/bf16 inputs, whose NaNs keep their high payload bit.
-(kernels/flash2_tc.py stores K and V with a non-finite value as its own big part, small part 0,
-and sends such tiles down a rare path.) A subnormal x keeps only its bits from 2^-136 up in the
-split (the small part of any |x| below about 2^-103 is subnormal too, and the tensor cores read
-it truncated to that granularity, if they do not flush it to zero): the tensor-core build scales
-tiny V values up for their own product.
 
 The warp product is PTX's ``mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32``: D = C + A·B
 with A 16×8, B 8×8, C and D 16×8, spread over the 32 lanes of a warp. Lane l has

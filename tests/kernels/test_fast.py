@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from numba import cuda
 
 from kernels.flash2_fast import eligible, lane_layout, layout, smem_bytes, thread_coords
 from kernels.launch import use_fast
@@ -138,9 +139,12 @@ def test_nan_propagates():
     q, k, v = make_inputs(problem, seed=1)
     k[0, 0, 5, 2] = np.nan  # every row sees key 5
     q[0, 0, 1, 0] = np.nan  # row 1 sees NaN in every logit
-    out, lse = attention(q, k, v, schedule=Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2),
+    # device arrays: the launcher does not read them, so the fast build itself runs (NumPy inputs with
+    # NaN take the plain build: tests/kernels/test_numerics.py)
+    out, lse = attention(*(cuda.to_device(x) for x in (q, k, v)),
+                         schedule=Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2),
                          return_lse=True, fast=True)
-    assert np.isnan(out).all() and np.isnan(lse).all()
+    assert np.isnan(out.copy_to_host()).all() and np.isnan(lse.copy_to_host()).all()
 
 
 def test_nan_in_a_rows_only_visible_key_propagates():
@@ -152,8 +156,9 @@ def test_nan_in_a_rows_only_visible_key_propagates():
     k[0, 0, 0, 3] = np.nan
     for schedule in (Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2),
                      Schedule("flash2", block_q=8, block_kv=4, thread_q=2, thread_kv=2)):
-        out, lse = attention(q, k, v, schedule=schedule, causal=True, return_lse=True, fast=True)
-        assert np.isnan(out).all() and np.isnan(lse).all()
+        out, lse = attention(*(cuda.to_device(x) for x in (q, k, v)), schedule=schedule, causal=True,
+                             return_lse=True, fast=True)
+        assert np.isnan(out.copy_to_host()).all() and np.isnan(lse.copy_to_host()).all()
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])

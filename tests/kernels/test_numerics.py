@@ -1,5 +1,6 @@
-"""Numerics at the edges, in every kind and every build (the counting builds, flash2's fast FMA build
-and its tensor-core build) against the float64 reference:
+"""Numerics at the edges, in every kind and for flash2's fast FMA and tensor-core schedules, against the
+float64 reference (NumPy inputs holding NaN or inf take the plain build of a fast schedule:
+kernels/limits.py):
 
 - a -inf logit is weight 0;
 - an entry a row does not see (masked, causal, beyond Nk, or of weight exactly 0) adds nothing to
@@ -20,10 +21,11 @@ from tests.strategies import BACKWARD_KINDS, KINDS, MASK_KINDS
 # NaN and inf are the point here: the simulator's NumPy scalars warn where they arise
 pytestmark = pytest.mark.filterwarnings("ignore:.*invalid value encountered:RuntimeWarning")
 
-#: (schedule, fast) for every build: the kinds' counting builds, flash2's FMA and tensor-core builds.
+#: (schedule, fast) for every build: the kinds' counting builds; flash2's FMA and tensor-core schedules
+#: with the build chosen by the launcher (fast=None: the fast build where the inputs allow it).
 BUILDS = {kind: (Schedule(kind, block_q=4, block_kv=4, thread_q=2, thread_kv=2), False) for kind in KINDS}
-BUILDS["flash2-fast"] = (Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2), True)
-BUILDS["flash2-tc"] = (tc_schedule(16, 8), True)
+BUILDS["flash2-fast"] = (Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2), None)
+BUILDS["flash2-tc"] = (tc_schedule(16, 8), None)
 
 
 def inputs(n_q=12, n_kv=12, d=8, seed=0, dtype="float32"):
@@ -70,17 +72,25 @@ def test_a_masked_nan_stays_behind_the_causal_mask(build):
     assert_matches(out, ref)
 
 
-def test_fma_build_without_prefetch_keeps_a_masked_nan_behind_the_mask(monkeypatch):
-    """K_{j+1}, V_{j+1} loaded straight into SRAM after the barriers (large thread shares): the same."""
-    from kernels import flash2_fast, launch
+@pytest.mark.parametrize("build", ["flash2-fast", "flash2-tc"])
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+def test_non_finite_inputs_take_the_plain_build(build, where, monkeypatch):
+    """NaN in one input: the launcher runs the plain build (fast=False); fast=True is refused, naming
+    the input; finite inputs take the fast build."""
+    from kernels import launch
 
-    monkeypatch.setattr(flash2_fast, "MAX_PREFETCH", 0)
-    launch.build.cache_clear()  # (built kernels are cached per schedule)
+    schedule, _ = BUILDS[build]
+    seen = []
+    real_run = launch.run
+    monkeypatch.setattr(launch, "run", lambda *a, **kw: seen.append(kw["fast"]) or real_run(*a, **kw))
     q, k, v = inputs(n_q=16, n_kv=16)
-    v[0, 0, 5] = np.nan
-    out, _ = run("flash2-fast", q, k, v, causal=True)
-    launch.build.cache_clear()
-    assert_matches(out, reference_attention(q, k, v, causal=True))
+    attention(q, k, v, schedule=schedule)
+    x = {"q": q, "k": k, "v": v}[where]
+    x[0, 0, 3, 1] = np.nan
+    attention(q, k, v, schedule=schedule)
+    assert seen == [None, False]
+    with pytest.raises(ValueError, match=f"fast=True, but {where} holds NaN or inf"):
+        attention(q, k, v, schedule=schedule, fast=True)
 
 
 @pytest.mark.parametrize("build", BUILDS)
