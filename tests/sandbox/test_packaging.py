@@ -152,28 +152,23 @@ _ATTENTION = """
 """
 
 
-def _without_backend_choice():
-    return {k: v for k, v in os.environ.items() if k != SIM_ENV}
+def _run_without_backend_choice(first_lines, cwd):
+    """Run ``first_lines`` then the small attention call in a fresh interpreter, the backend unchosen."""
+    env = {k: v for k, v in os.environ.items() if k != SIM_ENV}
+    env["PYTHONPATH"] = str(ROOT)
+    code = first_lines + textwrap.dedent(_ATTENTION)
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_numba_cuda_imported_after_sandbox_runs(tmp_path):
-    env = _without_backend_choice()
-    env.pop("PYTHONPATH", None)
-    env["PYTHONPATH"] = str(ROOT)
-    code = "import sandbox\nfrom numba import cuda\n" + textwrap.dedent(_ATTENTION)
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = _run_without_backend_choice("import sandbox\nfrom numba import cuda\n", tmp_path)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
 @pytest.mark.skipif(gpu_present(), reason="on a machine with a GPU, numba.cuda imported first runs on it")
 def test_numba_cuda_imported_first_without_gpu_says_what_to_do(tmp_path):
-    env = _without_backend_choice()
-    env.pop("PYTHONPATH", None)
-    env["PYTHONPATH"] = str(ROOT)
-    code = "from numba import cuda\nimport sandbox\n" + textwrap.dedent(_ATTENTION)
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = _run_without_backend_choice("from numba import cuda\nimport sandbox\n", tmp_path)
     last = res.stderr.strip().splitlines()[-1]
     assert res.returncode == 1 and last.startswith("RuntimeError:"), res.stderr
     assert "import sandbox before numba.cuda" in last and f"{SIM_ENV}=1" in last
