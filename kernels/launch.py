@@ -14,7 +14,7 @@ from numba import cuda, float32, void
 
 from kernels import backward as backward_kernels
 from kernels.counters import new_counters, to_report
-from kernels.limits import check_fp32_range, fast_build_refusal
+from kernels.limits import check_fp32_range, fast_build_refusal, host_facts
 from kernels.smem import allow_dynamic_smem, check_device_limit, device_smem_optin
 from kernels.tiles import COUNTERS, array_type
 from sandbox import kinds
@@ -371,9 +371,10 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
         ValueError: inputs whose fp32 logits or P·V sums can overflow (kernels/limits.py);
             ``fast=True`` with inputs the fast build must not take.
     """
-    check_fp32_range(problem, q, k, v)
-    if fast is not False and not count_io:
-        why = fast_build_refusal(schedule, q, k, v)
+    facts = host_facts(q, k, v)
+    check_fp32_range(problem, q, k, v, facts)
+    if fast is not False and not count_io and mask is None and kinds.get(schedule.kind).fast is not None:
+        why = fast_build_refusal(schedule, q, k, v, facts)
         if why is not None:
             if fast:
                 raise ValueError(f"fast=True, but {why}; leave fast unset to run the plain build")

@@ -14,8 +14,9 @@ The kernels compute in fp32, whatever the input dtype, and the fast builds fold 
   rounding of V to TF32 parts).
 
 NaN and ±inf entries are left out of the bounds: what they do is their own (README, Numerics at
-the edges). The bounds are checked for NumPy inputs, in one pass over them before the copy to the
-device; CUDA arrays stay on the device unread (no host synchronization is added to a launch), so
+the edges). The bounds are checked for NumPy inputs, from one pass over each (its largest finite
+magnitude; the exact logit bound only where the cheap one d·max|q|·max|k| trips) before the copy
+to the device; CUDA arrays stay on the device unread (no host synchronization is added to a launch), so
 only the scale alone is checked for them.
 """
 
@@ -27,18 +28,30 @@ LOG2E = 1.4426950408889634
 PV_LIMIT = 2.0**127
 
 
-def _finite_abs(x):
-    """|x| in float64, 0 where x is NaN or ±inf."""
-    a = np.abs(x.astype(np.float64))
-    return np.where(np.isfinite(a), a, 0.0)
+def host_facts(q, k, v):
+    """For NumPy inputs, the per-input facts the checks below read, in one pass each: ``{name:
+    (all finite, max |x| over the finite entries)}``; None for CUDA arrays (left unread)."""
+    if not all(isinstance(x, np.ndarray) for x in (q, k, v)):
+        return None
+    facts = {}
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        x = x if x.dtype.kind == "f" and x.dtype.itemsize >= 4 else x.astype(np.float32)  # (bfloat16)
+        peak = max(float(x.max(initial=0.0)), -float(x.min(initial=0.0)))  # (no temporary array)
+        finite = bool(np.isfinite(peak)) and not np.isnan(x.sum(dtype=np.float64))  # NaN or inf: not finite
+        if not finite:
+            a = np.abs(x)
+            peak = float(np.max(a, where=np.isfinite(a), initial=0.0))
+        facts[name] = (finite, peak)
+    return facts
 
 
-def check_fp32_range(problem, q, k, v):
+def check_fp32_range(problem, q, k, v, facts=None):
     """Refuse inputs whose fp32 logits or P·V sums can overflow (the module docstring).
 
     Args:
         problem: the :class:`sandbox.Problem` of the call (its scale and Nk).
         q, k, v: the call's inputs; bounds on their values are checked for NumPy arrays only.
+        facts: :func:`host_facts` of the inputs, if the caller has them.
 
     Raises:
         ValueError: naming ``scale`` (logits) or ``v`` (the P·V sum), and what to do instead.
@@ -47,15 +60,21 @@ def check_fp32_range(problem, q, k, v):
     if s2 >= FP32_MAX:
         raise ValueError(f"scale: {problem.scale!r} times log2 e overflows fp32, in which the kernels compute "
                          f"the logits; use a smaller scale (and scale q or k up)")
-    if not all(isinstance(x, np.ndarray) for x in (q, k, v)):
+    facts = host_facts(q, k, v) if facts is None else facts
+    if facts is None:
         return
-    qa = _finite_abs(q)
-    bound = max(s2, 1.0) * qa.sum(-1).max(initial=0.0) * _finite_abs(k).max(initial=0.0)
-    if max(bound, s2 * qa.max(initial=0.0)) >= FP32_MAX:
-        raise ValueError(f"scale: the logits scale·q·kᵀ can overflow fp32, in which the kernels compute them "
-                         f"(|scale|·log2 e·max_i Σ|q_i|·max|k| = {bound:.3g} > {FP32_MAX:.3g}); "
-                         f"use a smaller scale or scale q or k down")
-    v_sum = _finite_abs(v).max(initial=0.0) * problem.n_kv
+    q_max, k_max = facts["q"][1], facts["k"][1]
+    scaled = max(s2, 1.0)
+    if scaled * q_max * problem.head_dim * k_max >= FP32_MAX or s2 * q_max >= FP32_MAX:
+        # the cheap bound (d · max|q| · max|k|) trips: the exact one, max_i Σ_c |q_ic| · max|k|
+        qa = np.abs(q.astype(np.float64))
+        row_sums = np.where(np.isfinite(qa), qa, 0.0).sum(-1).max(initial=0.0)
+        bound = scaled * row_sums * k_max
+        if max(bound, s2 * q_max) >= FP32_MAX:
+            raise ValueError(f"scale: the logits scale·q·kᵀ can overflow fp32, in which the kernels compute them "
+                             f"(max(|scale|·log2 e, 1)·max_i Σ|q_i|·max|k| = {bound:.3g} > {FP32_MAX:.3g}); "
+                             f"use a smaller scale or scale q or k down")
+    v_sum = facts["v"][1] * problem.n_kv
     if v_sum >= PV_LIMIT:
         raise ValueError(f"v: max |v| · Nk = {v_sum:.3g} reaches 2^127 = {PV_LIMIT:.3g}: the kernels' "
                          f"unnormalised sum Σ_j P_ij V_j can overflow fp32; scale v down by a power of two "
@@ -67,7 +86,7 @@ def check_fp32_range(problem, q, k, v):
 TC_TINY = 2.0**-100
 
 
-def fast_build_refusal(schedule, q, k, v):
+def fast_build_refusal(schedule, q, k, v, facts=None):
     """Why NumPy inputs must not take flash2's fast builds, or None.
 
     The fast builds keep their inner loops free of per-entry tests, so a NaN or ±inf in Q, K or V
@@ -76,11 +95,15 @@ def fast_build_refusal(schedule, q, k, v):
     magnitude below :data:`TC_TINY` lose accuracy in the tensor-core build's split. Such NumPy
     inputs run the plain build of the same schedule (same tiles, same HBM traffic). CUDA arrays stay
     unread on the device, so they are not checked (README, Numerics at the edges).
+
+    Args:
+        facts: :func:`host_facts` of the inputs, if the caller has them.
     """
-    if not all(isinstance(x, np.ndarray) for x in (q, k, v)):
+    facts = host_facts(q, k, v) if facts is None else facts
+    if facts is None:
         return None
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not np.isfinite(x.astype(np.float32, copy=False)).all():
+    for name in ("q", "k", "v"):
+        if not facts[name][0]:
             return f"{name} holds NaN or inf, which the fast builds would let reach rows that do not see it"
     if schedule.math == "tf32x3":
         a = np.abs(v.astype(np.float32, copy=False))

@@ -423,7 +423,10 @@ def main(argv=None, prog=None):
     if argv[:1] == ["ncu"]:
         from sandbox.ncu import main as ncu_main
 
-        return ncu_main(argv[1:])
+        try:
+            return ncu_main(argv[1:], prog=f"{prog or PROG} ncu")
+        except SystemExit as e:  # --help or a usage error (printed, one line)
+            return e.code
     parser = build_parser(prog)
     try:
         args = parser.parse_args(argv)

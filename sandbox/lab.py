@@ -28,7 +28,8 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
         q: (B, H, Nq, d); k, v: (B, H, Nk, d); float32, float16 or bfloat16. NumPy arrays are copied to
             the device and results back; CUDA arrays (CuPy, PyTorch, Numba: anything with
             ``__cuda_array_interface__``, C-contiguous) stay on the GPU and results come back
-            as the same kind of array.
+            as the same kind of array. Under the CUDA simulator: NumPy arrays and Numba's
+            (simulated) device arrays.
         schedule: a :class:`Schedule`; its kind picks the kernel.
         causal: top-left causal mask (query i sees keys j <= i).
         scale: softmax scale, default 1/sqrt(d).
@@ -43,8 +44,9 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
             nor reads past an array, and gives the same answer twice.
         fast: run the kind's fast build of the same schedule (flash2's: ``kernels/flash2_fast.py``;
             same tiles and HBM traffic, S in registers). None (default): whenever it can run this
-            (no ``count_io``, no mask, a thread layout it takes); False: the counting kernel's
-            source without counters; True: the fast build or a ValueError saying why not.
+            (no ``count_io``, no mask, a thread layout it takes, and NumPy inputs free of NaN and
+            inf: see kernels/limits.py); False: the counting kernel's source without counters;
+            True: the fast build or a ValueError saying why not.
 
     Returns:
         ``out``; ``(out, lse)``; with ``count_io`` the report is appended last. ``out`` has the

@@ -682,7 +682,7 @@ def main(argv=None, prog=None):
     write_csv(rows, paths["ncu_check.csv"])
     write_probes_csv(calibration, paths["ncu_probes.csv"])
     prov = {
-        "command": shlex.join([sys.executable] + sys.argv) if argv is None else shlex.join(argv),
+        "command": shlex.join([*(prog or "python -m sandbox ncu").split(), *(sys.argv[1:] if argv is None else argv)]),
         "ncu_command": shlex.join(cmd),
         "ncu_version": _run_quiet([ncu, "--version"]),
         "status": status,

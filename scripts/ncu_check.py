@@ -12,4 +12,4 @@ import sys
 from sandbox.ncu import main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="scripts/ncu_check.py"))
+    sys.exit(main(prog="python scripts/ncu_check.py"))

@@ -471,3 +471,14 @@ def test_the_cli_and_the_script_are_ways_in(tmp_path, capsys):
                           text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip() == "ncu check: --block-kv: expected a positive number, got 0"
+
+
+def test_the_ncu_subcommand_speaks_with_the_clis_name(capsys):
+    """``attention-sandbox ncu`` errors and help carry that name, as one line and exit 2 (or 0)."""
+    from sandbox.cli import main
+
+    assert main(["ncu", "--bogus"], prog="attention-sandbox") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attention-sandbox ncu: error:") and err.count("\n") == 1
+    assert main(["ncu", "--help"], prog="attention-sandbox") == 0
+    assert capsys.readouterr().out.startswith("usage: attention-sandbox ncu")
