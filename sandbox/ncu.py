@@ -117,10 +117,10 @@ from sandbox.ncu_results import (
     ESSENTIAL,
     GLOBAL_TOLERANCE,
     METRICS,
-    _calibration_summary,
-    _launches,
-    _row_or_error,
-    _summary,
+    calibration_summary,
+    launches,
+    row_or_error,
+    summary,
     assign_kernels,
     calibrate,
     make_problem,
@@ -382,7 +382,7 @@ def child_main(args):
             cuda.synchronize()
             cuda.profile_stop()
             seconds = time.perf_counter() - start
-            phases = [p for p, _, _ in _launches(cfg.kind)]
+            phases = [p for p, _, _ in launches(cfg.kind)]
             build = "fast" if args.build == "fast" else "plain"
             manifest.write(json.dumps({"spec": cfg.spec(), "phases": phases, "kernels": len(phases),
                                        "wall_s": seconds, "schedule": schedule.describe(), "build": build}) + "\n")
@@ -674,7 +674,7 @@ def main(argv=None, prog=None):
     matched = dict(zip(measured, assign_kernels(kernels, entries, [expected_grids(c, args) for c in measured])))
     builds = {parse_spec(e["spec"]): e.get("build") for e in entries}
     calibration = calibrate({p: matched.get(p) for p in probes}, args)
-    rows = [_row_or_error(cfg, args, gpu, matched.get(cfg), calibration, builds.get(cfg)) for cfg in configs]
+    rows = [row_or_error(cfg, args, gpu, matched.get(cfg), calibration, builds.get(cfg)) for cfg in configs]
     missing = unmeasured(rows)
     run_failed = status != "ok"
     if missing and not run_failed:
@@ -709,8 +709,8 @@ def main(argv=None, prog=None):
         plot(rows, paths["ncu_check.png"])
     except ImportError as e:  # the CSV and JSON are written: say so and go on
         print(f"no figure: {e}")
-    print(_calibration_summary(calibration))
-    print(_summary(rows))
+    print(calibration_summary(calibration))
+    print(summary(rows))
     for r in missing:
         label = f"{r['kind']} N={r['n']} d={r['d']}" + (" causal" if r["causal"] else "")
         print(f"not measured: {label} ({r.get('status')})")

@@ -231,7 +231,7 @@ def calibrate(probe_kernels, args):
     return out
 
 
-def _launches(kind):
+def launches(kind):
     from simulator.l2 import LAUNCHES
 
     return LAUNCHES[kind]
@@ -293,7 +293,7 @@ def make_row(cfg, args, gpu, kernels, calibration=None, build=None):
     The DRAM prediction is the L2 model's reads and writes during the kernels (with the calibrated
     dirty limit) plus the background writes: the calibrated rate × the kernels' measured time."""
     calibration = calibration or {}
-    phases = [p for p, _, _ in _launches(cfg.kind)]
+    phases = [p for p, _, _ in launches(cfg.kind)]
     residency = measured_residency(kernels, phases) if kernels else {}
     row = {**_config_fields(cfg, args), "build": build, "kernels": len(phases),
            "status": "ok" if kernels else "not measured", "dram_target": int(cfg.kind in DRAM_TARGET_KINDS)}
@@ -323,7 +323,7 @@ def make_row(cfg, args, gpu, kernels, calibration=None, build=None):
     return row
 
 
-def _row_or_error(cfg, args, gpu, kernels, calibration=None, build=None):
+def row_or_error(cfg, args, gpu, kernels, calibration=None, build=None):
     """make_row, or a row that says why it could not be made (one bad config must not lose the others)."""
     try:
         return make_row(cfg, args, gpu, kernels, calibration, build)
@@ -411,7 +411,7 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def _summary(rows):
+def summary(rows):
     """The table printed at the end: measured / simulated per config."""
     head = ("config", "global", "DRAM", "plain LRU", "DRAM rd", "ms", "status")
     lines = ["{:<30} {:>8} {:>7} {:>10} {:>8} {:>9}  {}".format(*head)]
@@ -428,7 +428,7 @@ def _summary(rows):
     return "\n".join(lines)
 
 
-def _calibration_summary(cal):
+def calibration_summary(cal):
     rate, limit = cal.get("background_write_bytes_per_s"), cal.get("dirty_limit_bytes")
     lines = [f"calibration ({cal.get('source')}): background DRAM writes "
              f"{'-' if rate is None else f'{rate / 2**20:.2f} MiB/s'}, dirty limit "

@@ -319,9 +319,9 @@ def test_a_failing_config_does_not_lose_the_others(ncu_check, monkeypatch):
     monkeypatch.setattr(ncu_results, "make_row", broken)
     args = ncu_check.parse_args(["--kinds", "flash2", "--n", "128", "--d", "16"])
     (cfg,) = ncu_check.configs_from_args(args)
-    row = ncu_check._row_or_error(cfg, args, "h200", None)
+    row = ncu_check.row_or_error(cfg, args, "h200", None)
     assert row["status"] == "error: RuntimeError: model failed" and row["kind"] == "flash2"
-    assert "error" in ncu_results._summary([row])
+    assert "error" in ncu_results.summary([row])
 
 
 def test_calibration_from_probes(ncu_check):
