@@ -8,9 +8,9 @@ with provenance and the figure.
 """
 
 import csv
-import json
 import os
 
+from sandbox.files import atomic_write, atomic_write_json, text_of
 from sandbox.problem import Problem
 from sandbox.schedule import Schedule
 
@@ -52,12 +52,14 @@ def run_study(out_dir, n_q=N_Q, n_kv=N_KV, splits=SPLITS, progress=print):
                                  hbm_bytes=simulate(schedule, problem).hbm_bytes, ms=ms))
                 progress(f"Nq={nq} Nk={nk} {label}: " + (f"{ms:.3f} ms" if ms is not None else "no GPU, IO only"))
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "splitkv.csv"), "w", newline="") as f:
+    def write_csv(f):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    with open(os.path.join(out_dir, "splitkv.json"), "w") as f:
-        json.dump({"provenance": environment(), "rows": rows}, f, indent=1, default=str)
+
+    atomic_write(os.path.join(out_dir, "splitkv.csv"), text_of(write_csv))
+    atomic_write_json(os.path.join(out_dir, "splitkv.json"), {"provenance": environment(), "rows": rows}, indent=1,
+                      default=str)
     plot(rows, os.path.join(out_dir, "splitkv.png"))
     return rows
 

@@ -1,9 +1,9 @@
 """The README's main job: every experiment's sweep and figure, and a kernel check against NumPy."""
 
-import json
 import os
 
 from sandbox.experiments import EXPERIMENTS
+from sandbox.files import atomic_write_json
 
 
 def run_demo(out_dir, progress=None, argv=None):
@@ -44,7 +44,6 @@ def run_demo(out_dir, progress=None, argv=None):
             "counts_agree": res["counts_agree"],
         }
     check_path = os.path.join(out_dir, "kernel_check.json")
-    with open(check_path, "w") as f:
-        json.dump({"problem": str(problem), "kinds": result["kernel_check"]}, f, indent=1)
+    atomic_write_json(check_path, {"problem": str(problem), "kinds": result["kernel_check"]}, indent=1)
     result["data"].append(check_path)
     return result

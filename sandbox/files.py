@@ -1,5 +1,7 @@
 """Result and cache files written whole: a reader sees the old file or the new one, never half of one."""
 
+import io
+import json
 import os
 import tempfile
 
@@ -9,6 +11,18 @@ def _default_mode():
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def text_of(write):
+    """The text ``write(f)`` writes to a file object ``f``: for building a file before :func:`atomic_write`."""
+    f = io.StringIO(newline="")
+    write(f)
+    return f.getvalue()
+
+
+def atomic_write_json(path, obj, **dump_options):
+    """``json.dump(obj)`` into ``path``, atomically (:func:`atomic_write`)."""
+    atomic_write(path, json.dumps(obj, **dump_options))
 
 
 def atomic_write(path, text):

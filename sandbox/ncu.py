@@ -112,6 +112,7 @@ import sys
 import threading
 import time
 
+from sandbox.files import atomic_write_json
 from sandbox.ncu_results import (
     DRAM_TOLERANCE,
     ESSENTIAL,
@@ -703,8 +704,7 @@ def main(argv=None, prog=None):
         "kernels": [dataclasses.asdict(k) for k in kernels],
         "rows": rows,
     }
-    with open(paths["ncu_check.json"], "w") as f:
-        json.dump(prov, f, indent=1, default=str)
+    atomic_write_json(paths["ncu_check.json"], prov, indent=1, default=str)
     try:
         plot(rows, paths["ncu_check.png"])
     except ImportError as e:  # the CSV and JSON are written: say so and go on

@@ -14,6 +14,8 @@ import json
 import re
 import time
 
+from sandbox.files import atomic_write, text_of
+
 #: column name -> ncu metric. ESSENTIAL is retried alone if ncu refuses a metric of the full list.
 METRICS = {
     "global_ld_bytes": "l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum",
@@ -349,11 +351,13 @@ COLUMNS = [
 
 
 def write_csv(rows, path):
-    with open(path, "w", newline="") as f:
+    def write(f):
         w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
         for row in rows:
             w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+
+    atomic_write(path, text_of(write))
 
 
 PROBE_COLUMNS = ("probe", "time_s", "dram_wr_bytes", "dram_rd_bytes", "global_st_bytes", "write_rate_bytes_per_s",
@@ -362,13 +366,15 @@ PROBE_COLUMNS = ("probe", "time_s", "dram_wr_bytes", "dram_rd_bytes", "global_st
 
 def write_probes_csv(calibration, path):
     """The calibration probes' measurements, one row each, and the two fitted parameters as comments."""
-    with open(path, "w", newline="") as f:
+    def write(f):
         f.write(f"# background_write_bytes_per_s={calibration.get('background_write_bytes_per_s')} "
                 f"dirty_limit_bytes={calibration.get('dirty_limit_bytes')} source={calibration.get('source')}\n")
         w = csv.DictWriter(f, fieldnames=PROBE_COLUMNS, lineterminator="\n", extrasaction="ignore")
         w.writeheader()
         for p in calibration.get("probes", []):
             w.writerow({k: ("" if p.get(k) is None else p.get(k)) for k in PROBE_COLUMNS})
+
+    atomic_write(path, text_of(write))
 
 
 def plot(rows, path):
