@@ -5,7 +5,7 @@ from sandbox.runtime import ensure_backend
 ensure_backend()  # before kernels import numba.cuda
 
 from sandbox.schedule import Schedule  # noqa: E402
-from sandbox.validation import check_flags, check_kernel_scale, check_qkv  # noqa: E402
+from sandbox.validation import check_flags, check_qkv  # noqa: E402
 
 #: Schedule used when none is given.
 DEFAULT_SCHEDULE = Schedule("flash2", block_q=64, block_kv=64)
@@ -58,7 +58,6 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
         MemoryError: the GPU cannot hold the buffers (standard attention's S and P grow as Nq·Nk).
     """
     problem = check_qkv(q, k, v, causal=causal, scale=scale)
-    check_kernel_scale(problem.scale)
     check_flags(return_lse=return_lse, count_io=count_io)
     if fast is not None:
         check_flags(fast=fast)
@@ -195,7 +194,6 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
     from sandbox.validation import array_meta
 
     problem = check_qkv(q, k, v, causal=causal, scale=scale)
-    check_kernel_scale(problem.scale)
     check_flags(count_io=count_io)
     _check_schedule(schedule).check_fits(problem.head_dim, problem.dtype, backward=True)
     q_shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim)

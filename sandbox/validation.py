@@ -92,14 +92,3 @@ def check_same_shape(x, name, shape, like="q"):
     if x.dtype.name not in REFERENCE_DTYPES:
         raise TypeError(f"{name}: unsupported dtype {x.dtype.name}; expected one of {', '.join(REFERENCE_DTYPES)}")
     return x
-
-
-def check_kernel_scale(scale):
-    """The kernels take ``scale`` as a float32: refuse one whose magnitude float32 cannot hold.
-
-    Raises:
-        ValueError: |scale| over float32's largest finite value.
-    """
-    limit = float(np.finfo(np.float32).max)
-    if abs(scale) > limit:
-        raise ValueError(f"scale: {scale!r} is beyond float32's range (|scale| <= {limit:.4g}), which the kernels use")

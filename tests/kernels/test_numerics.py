@@ -166,7 +166,7 @@ def test_backward_masked_nan_reaches_no_gradient_of_rows_that_do_not_see_it(kind
 @pytest.mark.parametrize("scale", [1e38, -1e38, 1e39])
 def test_a_scale_whose_logits_overflow_fp32_is_refused(scale):
     q, k, v = inputs(n_q=4, n_kv=4)
-    with pytest.raises(ValueError, match=r"^scale: .*(overflow.*fp32|beyond float32)"):
+    with pytest.raises(ValueError, match=r"^scale: .*overflow.*fp32"):
         attention(q, k, v, schedule=BUILDS["flash2"][0], scale=scale)
 
 
