@@ -2,7 +2,7 @@
 
 import os
 
-from sandbox.runtime import ensure_backend
+from sandbox.vocabulary.runtime import ensure_backend
 
 # Before anything imports numba.cuda: the CUDA simulator when no GPU is present.
 BACKEND = ensure_backend()
@@ -32,3 +32,15 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_report_header(config):
     return f"attention sandbox backend: {BACKEND} (HYPOTHESIS_PROFILE={settings._current_profile})"
+
+
+@pytest.fixture
+def isolated_kinds(monkeypatch):
+    """Kinds registered in a test stay in it: every layer's registry is restored afterwards."""
+    from kernels import registry
+    from sandbox.vocabulary import kinds
+    from simulator import table
+
+    monkeypatch.setattr(kinds, "_REGISTRY", dict(kinds._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(table, "_TABLE", dict(table._TABLE))

@@ -28,7 +28,7 @@ from numba import cuda, float32, int64
 from kernels.counters import slots
 from kernels.matmul import make_nn, make_tn
 from kernels.tiles import ZERO, make_tile_ops
-from sandbox.schedule import sram_buffers, sram_offsets
+from sandbox.vocabulary.schedule import sram_buffers, sram_offsets
 
 HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
 

@@ -2,7 +2,7 @@
 
 float32 and float16 are Numba types: a load is ``float32(x)`` and a store is Numba's own
 conversion (round to nearest even). bfloat16 arrays reach the kernels as their uint16 bit
-patterns (``sandbox.dtypes.storage_dtype``):
+patterns (``sandbox.vocabulary.dtypes.storage_dtype``):
 
 - widening is exact: the bf16 bits are the high half of the fp32 bits;
 - rounding fp32 -> bf16 is round-to-nearest-even on the 16 bits dropped, overflow going to ±inf
@@ -16,8 +16,8 @@ the simulator's fallback, a NumPy view of the same bits.
 import numpy as np
 from numba import cuda, float32, int32, int64, uint16
 
-from sandbox.dtypes import is_bfloat16
-from sandbox.runtime import using_simulator
+from sandbox.vocabulary.dtypes import is_bfloat16
+from sandbox.vocabulary.runtime import using_simulator
 
 
 def _bit_casts():

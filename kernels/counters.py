@@ -7,7 +7,7 @@ its end, with atomics. In the fast build ``COUNT_IO`` is a compile-time False: e
 
 import numpy as np
 
-from sandbox.ioreport import TENSORS, IOReport, itemsizes
+from sandbox.vocabulary.ioreport import TENSORS, IOReport, itemsizes
 
 FIELDS = ("hbm_reads", "hbm_writes", "sram_reads", "sram_writes")
 N_SLOTS = len(FIELDS) * len(TENSORS)
@@ -29,7 +29,7 @@ def new_counters():
 
 
 def to_report(counts, dtype):
-    """IOReport from a host copy of the counter array (element sizes from :func:`sandbox.ioreport.itemsizes`)."""
+    """IOReport from a host copy of the counter array (element sizes from :func:`sandbox.vocabulary.ioreport.itemsizes`)."""
     counts = np.asarray(counts)
     fields = {
         f: {t: int(counts[slot(f, t)]) for t in TENSORS if counts[slot(f, t)]} for f in FIELDS

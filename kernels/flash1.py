@@ -25,7 +25,7 @@ from numba import cuda, float32, int32, int64
 
 from kernels.counters import slots
 from kernels.tiles import COUNTERS, NEG_INF, ONE, ZERO, array_type, make_tile_ops
-from sandbox.schedule import sram_buffers, sram_offsets
+from sandbox.vocabulary.schedule import sram_buffers, sram_offsets
 
 
 def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
@@ -197,7 +197,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
 
 
 def phases(dtype):
-    """The kind's kernels (sandbox/kinds.py): one, "main"(q, k, v, o, lse, l, m, scale, counters)."""
+    """The kind's kernels (sandbox/vocabulary/kinds.py): one, "main"(q, k, v, o, lse, l, m, scale, counters)."""
     IN4, F3 = array_type(dtype, 4), array_type("float32", 3)
     return {"main": (make_flash1, (IN4, IN4, IN4, IN4, F3, F3, F3, float32, COUNTERS))}
 

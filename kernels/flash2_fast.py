@@ -22,7 +22,7 @@ how the two products are computed:
 
 Each step of the two products loads thread_q + thread_kv (or thread_q + d/threads_kv) floats from
 SRAM, in vectors of up to four, for thread_q·thread_kv (or thread_q·d/threads_kv) FMAs: the bigger
-the thread tile, the fewer loads per FMA (the tuner picks; sandbox/autotune.py). Its SRAM counts
+the thread tile, the fewer loads per FMA (the tuner picks; sandbox/lab/autotune.py). Its SRAM counts
 are therefore *not* those of the counting build (``simulate`` models the counting build); its HBM
 reads and writes are the same tiles in the same order.
 
@@ -54,7 +54,7 @@ from numba import cuda, float32, uint64
 
 from kernels import flash2
 from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
-from sandbox.runtime import using_simulator
+from sandbox.vocabulary.runtime import using_simulator
 
 #: Device functions inlined into the kernel (at the NVVM IR level: local arrays passed to a called
 #: function would live in local memory); the simulator has no forceinline.
@@ -608,6 +608,6 @@ def make_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
 
 
 def phases(dtype):
-    """The fast build's kernels (sandbox/kinds.py): flash2's one "main" phase, its arguments unchanged."""
+    """The fast build's kernels (sandbox/vocabulary/kinds.py): flash2's one "main" phase, its arguments unchanged."""
     (_, sig), = flash2.phases(dtype).values()
     return {"main": (make_fast, sig)}

@@ -51,7 +51,7 @@ from numba import cuda, float32, int32, uint64
 from kernels.flash2_fast import _group_reductions, fmax
 from kernels.mma import XCH_PER_THREAD, exp2, mma, split
 from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
-from sandbox.runtime import using_simulator
+from sandbox.vocabulary.runtime import using_simulator
 
 LOG2E = np.float32(1.4426950408889634)
 LN2 = np.float32(0.6931471805599453)
@@ -102,7 +102,7 @@ def smem_bytes(schedule, head_dim):
 
 def tc_schedule(block_q, block_kv, **kwargs):
     """The tensor-core build's Schedule for Br × Bc blocks (its thread tile is fixed: 2 × Bc/4)."""
-    from sandbox.schedule import Schedule
+    from sandbox.vocabulary.schedule import Schedule
 
     return Schedule("flash2", block_q=block_q, block_kv=block_kv, thread_q=2, thread_kv=block_kv // 4,
                     math="tf32x3", **kwargs)

@@ -17,7 +17,7 @@ All take float32 buffers; the spin result is written only when it is NaN (never,
 inputs), so that the compiler cannot drop the loop.
 """
 
-from sandbox.runtime import ensure_backend
+from sandbox.vocabulary.runtime import ensure_backend
 
 ensure_backend()
 

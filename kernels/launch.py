@@ -16,18 +16,25 @@ from kernels import backward as backward_kernels
 from kernels.counters import new_counters, to_report
 from kernels.limits import check_fp32_range, fast_build_refusal, host_facts
 from kernels.smem import allow_dynamic_smem, check_device_limit, device_smem_optin
+from kernels import registry
 from kernels.tiles import COUNTERS, array_type
-from sandbox import kinds
-from sandbox.dtypes import BFLOAT16, storage_dtype
-from sandbox.runtime import using_simulator
+from sandbox.vocabulary import kinds
+from sandbox.vocabulary.dtypes import BFLOAT16, storage_dtype
+from sandbox.vocabulary.runtime import using_simulator
 
 
-def _phases(kind, dtype, backward, fast=False):
-    """phase -> (maker, argument types), in launch order: the kind's own (sandbox/kinds.py), its fast build's, or the backward's."""
+def fast_build(schedule):
+    """The fast build registered for the schedule's kind and arithmetic (kernels/registry.py), or None."""
+    return registry.get(schedule.kind).fast.get(schedule.math)
+
+
+def _phases(schedule, dtype, backward, fast=False):
+    """phase -> (maker, argument types), in launch order: the kind's own (kernels/registry.py), its fast build's, or the backward's."""
+    kind = schedule.kind
     if fast:
-        return kinds.get(kind).fast_module().phases(dtype)
+        return fast_build(schedule).phases(dtype)
     if not backward:
-        return kinds.get(kind).kernel_module().phases(dtype)
+        return registry.get(kind).kernels.phases(dtype)
     IN4, F3, F4, C = array_type(dtype, 4), array_type(np.float32, 3), array_type(np.float32, 4), COUNTERS
     d = {"d": (backward_kernels.make_d, (IN4, IN4, F3, C))}
     if kinds.get(kind).backward == "flash":
@@ -62,7 +69,7 @@ def max_registers(threads, blocks=1, per_sm=65536, partitions=4):
 
 def _jit_options(schedule, head_dim, fast):
     """A register cap that lets the block launch, or for the fast build that lets as many blocks
-    reside as its shared memory does (``flash2_fast.min_blocks_per_sm``, like CUDA's
+    reside as its shared memory does (the build's ``min_blocks_per_sm``, like CUDA's
     __launch_bounds__), with all of the SM's L1/shared carveout as shared memory; nothing under
     the simulator.
 
@@ -72,17 +79,15 @@ def _jit_options(schedule, head_dim, fast):
         return {}
     opts = {}
     if fast:
-        from kernels import flash2_fast
-
         opts["shared_memory_carveout"] = "MaxShared"
-    cap = max_registers(schedule.threads, flash2_fast.min_blocks_per_sm(schedule, head_dim) if fast else 1)
+    cap = max_registers(schedule.threads, fast_build(schedule).min_blocks_per_sm(schedule, head_dim) if fast else 1)
     if cap < 255:  # only where it binds: 255 is the default, and naming it changed plain flash2's code
         opts["max_registers"] = cap
     return opts
 
 
 def use_fast(schedule, head_dim, count_io=False, mask=None, fast=None):
-    """Whether a forward run takes the kind's fast build (sandbox/kinds.py).
+    """Whether a forward run takes the kind's fast build (kernels/registry.py).
 
     ``fast``: None takes it whenever it can run the schedule (no counters, no mask, the layout it
     needs, shared memory the device has); False never; True always, or raises.
@@ -94,7 +99,7 @@ def use_fast(schedule, head_dim, count_io=False, mask=None, fast=None):
         return False
     if fast not in (None, True):
         raise TypeError(f"fast: expected None, True or False, got {fast!r}")
-    module = kinds.get(schedule.kind).fast_module()
+    module = fast_build(schedule)
     why = f"kind {schedule.kind!r} has no fast build" if module is None else module.eligible(
         schedule, head_dim, count_io, mask)
     limit = device_smem_optin()
@@ -109,7 +114,7 @@ def use_fast(schedule, head_dim, count_io=False, mask=None, fast=None):
 def build(schedule, head_dim, dtype_name, causal, count_io, backward=False, mask=None, fast=False):
     """Compiled kernels for one (schedule, head_dim, dtype, causal, count_io, direction, mask, build).
 
-    ``mask``: a sandbox.masks.Mask (forward only), compiled into the kernels; cached per Mask object.
+    ``mask``: a sandbox.vocabulary.masks.Mask (forward only), compiled into the kernels; cached per Mask object.
     ``fast``: the kind's fast build instead (see :func:`use_fast`).
 
     Returns:
@@ -117,7 +122,7 @@ def build(schedule, head_dim, dtype_name, causal, count_io, backward=False, mask
     """
     dtype = np.dtype(dtype_name)
     out = {}
-    for phase, (maker, sig) in _phases(schedule.kind, dtype, backward, fast).items():
+    for phase, (maker, sig) in _phases(schedule, dtype, backward, fast).items():
         extra = {} if mask is None else {"mask": mask}
         py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, count_io, causal, **extra)
         signature = void(*sig)
@@ -232,7 +237,7 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None):
     scale = np.float32(problem.scale)
     launch = _launcher(ks, problem, schedule, stream)
     # the kind launches its phases (and allocates its scratch through _device_empty)
-    kinds.get(schedule.kind).kernel_module().launch(
+    registry.get(schedule.kind).kernels.launch(
         launch, schedule, problem, q, k, v, out, lse, scale, counters, lambda shape, dt, name: _device_empty(shape, dt, name))
     report = to_report(counters.copy_to_host(stream=stream), problem.dtype) if count_io else None
     return out, lse, report
@@ -288,7 +293,7 @@ def _to_device(arrays, names):
     """Device views of the caller's arrays: NumPy copied over, Numba device arrays taken as they are,
     other CUDA arrays wrapped without a sync.
 
-    bfloat16 travels as its uint16 bits (sandbox/dtypes.py): NumPy (ml_dtypes) arrays and PyTorch
+    bfloat16 travels as its uint16 bits (sandbox/vocabulary/dtypes.py): NumPy (ml_dtypes) arrays and PyTorch
     tensors are viewed as 16-bit integers, without a copy.
 
     Raises:
@@ -373,7 +378,7 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
     """
     facts = host_facts(q, k, v)
     check_fp32_range(problem, q, k, v, facts)
-    if fast is not False and not count_io and mask is None and kinds.get(schedule.kind).fast is not None:
+    if fast is not False and not count_io and mask is None and fast_build(schedule) is not None:
         why = fast_build_refusal(schedule, q, k, v, facts)
         if why is not None:
             if fast:

@@ -43,7 +43,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from sandbox.runtime import using_simulator
+from sandbox.vocabulary.runtime import using_simulator
 
 #: Floats of the simulator's exchange array per thread (unused on the GPU): a lane's A and B fragments.
 XCH_PER_THREAD = 6

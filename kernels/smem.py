@@ -9,7 +9,7 @@ import functools
 
 from numba import cuda
 
-from sandbox.runtime import using_simulator
+from sandbox.vocabulary.runtime import using_simulator
 
 DEFAULT_LIMIT = 48 * 1024
 

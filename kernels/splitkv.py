@@ -11,7 +11,7 @@ Tr·B·H thread blocks, too few to fill a GPU. Split-KV gives each Q block ``kv_
 
 It pays for the parallelism in HBM traffic: Q is read once per split, and O moves three more
 times (written and read as partials in fp32). ``simulator/counts.py:splitkv_counts`` counts it,
-and the registry entry in ``sandbox/kinds.py`` is all that makes it a kind.
+and the registry entry in ``sandbox/vocabulary/kinds.py`` is all that makes it a kind.
 """
 
 import math
@@ -22,7 +22,7 @@ from numba import cuda, float32, int64
 from kernels.counters import slots
 from kernels.flash2 import make_flash2
 from kernels.tiles import COUNTERS, NEG_INF, ZERO, array_type, make_tile_ops
-from sandbox.schedule import sram_buffers, sram_offsets
+from sandbox.vocabulary.schedule import sram_buffers, sram_offsets
 
 
 def make_partial(schedule, head_dim, dtype, count_io, causal, mask=None):

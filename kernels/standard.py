@@ -19,7 +19,7 @@ from numba import cuda, float32, int32, int64
 from kernels.counters import slots
 from kernels.matmul import make_nn
 from kernels.tiles import COUNTERS, NEG_INF, ZERO, array_type, make_tile_ops
-from sandbox.schedule import sram_buffers, sram_offsets
+from sandbox.vocabulary.schedule import sram_buffers, sram_offsets
 
 
 def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
@@ -149,7 +149,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
 
 
 def phases(dtype):
-    """The kind's kernels (sandbox/kinds.py): qk(q, k, s, scale), softmax(s, p, lse), pv(p, v, o, 1)."""
+    """The kind's kernels (sandbox/vocabulary/kinds.py): qk(q, k, s, scale), softmax(s, p, lse), pv(p, v, o, 1)."""
     IN4, F3, F4 = array_type(dtype, 4), array_type("float32", 3), array_type("float32", 4)
     part = lambda phase: lambda *a, **kw: make_standard(*a, **kw)[phase]  # noqa: E731
     return {

@@ -29,7 +29,7 @@ from numba import cuda, float32, from_dtype, int64
 
 from kernels.convert import make_convert
 from kernels.counters import N_SLOTS
-from sandbox.dtypes import storage_dtype
+from sandbox.vocabulary.dtypes import storage_dtype
 
 NEG_INF = np.float32(-np.inf)
 ZERO = np.float32(0.0)
@@ -53,7 +53,7 @@ def _no_mask(b, h, q_idx, kv_idx):
 def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
     """Device functions for one (schedule, head_dim, count_io, causal, input dtype, mask); see the module docstring.
 
-    ``mask``: a :class:`sandbox.masks.Mask` or None; its device function is called by
+    ``mask``: a :class:`sandbox.vocabulary.masks.Mask` or None; its device function is called by
     ``allowed`` and ``mask_ok``, and ``tile_visited`` evaluates it over a tile.
 
     ``IN`` is the Numba type the input dtype is stored as on the device; ``to_f32`` and ``from_f32``
@@ -120,7 +120,7 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
 
         With a mask every thread of the block must call it (it synchronizes): the threads
         evaluate the predicate over the tile together and raise ``flag[0]`` (shared int32[1]) if any
-        entry is allowed; the same tiles are skipped by the simulator (sandbox.masks.tile_allowed).
+        entry is allowed; the same tiles are skipped by the simulator (sandbox.vocabulary.masks.tile_allowed).
         """
         if not HAS_MASK:
             return not CAUSAL or k0 <= q0 + q_len - 1

@@ -1,13 +1,12 @@
 """Attention IO sandbox: one block schedule, executed by Numba CUDA kernels and counted by a simulator.
 
-The vocabulary lives here (``Schedule``, ``Problem``, ``IOReport``, the NumPy
-reference); ``attention`` runs the kernels and ``simulate`` the IO model. Both
-executors are imported lazily, on first use, so that importing ``sandbox``
-never touches ``numba.cuda``. Importing it chooses the backend (Numba's CUDA
-simulator when no GPU is present; ``sandbox.runtime``), which must happen before
-anything imports ``numba.cuda``, and checks that the ``kernels`` and ``simulator``
-packages Python finds are the ones installed with it, not another distribution's
-of the same name.
+The package is layered (README, Architecture): the vocabulary (``sandbox.vocabulary``: Schedule,
+Problem, IOReport, masks, the NumPy reference) at the bottom; the two executors, ``kernels`` and
+``simulator``, on it; the lab (``sandbox.lab``: bench, tuner, sweeps, plots, ncu check) on those;
+and this public face on top. Importing it first chooses the backend (Numba's CUDA simulator when
+no GPU is present; ``sandbox.vocabulary.runtime``), which must happen before anything imports
+``numba.cuda``, and checks that the ``kernels`` and ``simulator`` packages Python finds are the
+ones installed with it.
 
 Naming (the FlashAttention paper's notation; the only names used in this project):
 
@@ -32,37 +31,30 @@ alpha      ``alpha``             rescale factor exp(m_i - m_new)
 =========  ====================  ===============================================
 """
 
-from sandbox.runtime import check_packages, ensure_backend
+from sandbox.vocabulary.runtime import __version__, prepare
 
-ensure_backend()  # first: before anything imports numba.cuda
-check_packages()
+prepare()  # first: the backend, before anything imports numba.cuda; then the packages' origin
 
-from sandbox.ioreport import IOReport, LEVELS, TENSORS  # noqa: E402
-from sandbox.problem import Problem  # noqa: E402
-from sandbox.reference import reference_attention, reference_attention_backward  # noqa: E402
-from sandbox.schedule import KINDS, Schedule  # noqa: E402
+from sandbox.api import attention, attention_backward, kind_names, register_kind, simulate  # noqa: E402
+from sandbox.vocabulary import masks  # noqa: E402
+from sandbox.vocabulary.ioreport import IOReport, LEVELS, TENSORS  # noqa: E402
+from sandbox.vocabulary.problem import Problem  # noqa: E402
+from sandbox.vocabulary.reference import reference_attention, reference_attention_backward  # noqa: E402
+from sandbox.vocabulary.schedule import Schedule  # noqa: E402
 
 __all__ = [
     "IOReport",
-    "KINDS",
     "LEVELS",
     "Problem",
     "Schedule",
     "TENSORS",
+    "__version__",
     "attention",
     "attention_backward",
+    "kind_names",
+    "masks",
     "reference_attention",
     "reference_attention_backward",
+    "register_kind",
     "simulate",
 ]
-
-__version__ = "0.1.0"
-
-
-def __getattr__(name):
-    # The lab imports both executors; keep that off the import path of the vocabulary.
-    if name in ("attention", "attention_backward", "simulate"):
-        from sandbox import lab
-
-        return getattr(lab, name)
-    raise AttributeError(f"module 'sandbox' has no attribute {name!r}")

@@ -19,9 +19,9 @@ import os
 import sys
 
 from sandbox import __version__
-from sandbox.dtypes import SUPPORTED
-from sandbox.kinds import names as kind_names
-from sandbox.schedule import MATHS
+from sandbox.vocabulary.dtypes import SUPPORTED
+from sandbox.vocabulary.kinds import names as kind_names
+from sandbox.vocabulary.schedule import MATHS
 
 EXIT_USAGE = 2
 
@@ -85,7 +85,7 @@ def _add_schedule_args(p, block_default, kind_default, tile_default=None):
 
 
 def _problem(a):
-    from sandbox.problem import Problem
+    from sandbox.vocabulary.problem import Problem
 
     return Problem(
         batch=a.batch, heads=a.heads, n_q=a.n_q or a.n, n_kv=a.n_kv or a.n, head_dim=a.d,
@@ -94,7 +94,7 @@ def _problem(a):
 
 
 def _schedule(a, kind):
-    from sandbox.schedule import Schedule
+    from sandbox.vocabulary.schedule import Schedule
 
     extra = {} if a.sram_bytes is None else {"sram_bytes": a.sram_bytes}
     if getattr(a, "math", "fma") != "fma":
@@ -103,7 +103,7 @@ def _schedule(a, kind):
 
 
 def cmd_info(a):
-    from sandbox import info
+    from sandbox.lab import info
 
     for key, value in info.environment().items():
         print(f"{key:>28}: {value}")
@@ -111,7 +111,7 @@ def cmd_info(a):
 
 
 def cmd_simulate(a):
-    from sandbox.lab import simulate
+    from sandbox.api import simulate
 
     problem = _problem(a)
     schedule = _schedule(a, a.kind)
@@ -124,8 +124,8 @@ def cmd_simulate(a):
 
 
 def cmd_run(a):
-    from sandbox.lab import check_against_reference
-    from sandbox.runtime import using_simulator
+    from sandbox.lab.verify import check_against_reference
+    from sandbox.vocabulary.runtime import using_simulator
 
     problem = _problem(a)
     kinds = kind_names() if a.kind == "all" else (a.kind,)
@@ -165,9 +165,9 @@ def _parse_block(text):
 
 
 def cmd_sweep(a):
-    from sandbox.experiments import EXPERIMENTS
-    from sandbox.runtime import using_simulator
-    from sandbox.sweep import SweepSpec, run_sweep, sweep_paths
+    from sandbox.lab.experiments import EXPERIMENTS
+    from sandbox.vocabulary.runtime import using_simulator
+    from sandbox.lab.sweep import SweepSpec, run_sweep, sweep_paths
 
     if a.time and using_simulator():
         print("error: --time needs a GPU: the CUDA simulator's timings mean nothing (leave --time out)",
@@ -199,7 +199,7 @@ def cmd_sweep(a):
 
 
 def cmd_plot(a):
-    from sandbox.plots import PLOTS, load_sweep
+    from sandbox.lab.plots import PLOTS, load_sweep
 
     prov, rows = load_sweep(a.data)
     rows = [r for r in rows if not r.get("infeasible")]  # points a sweep recorded as unable to run
@@ -213,8 +213,8 @@ def cmd_plot(a):
 def cmd_demo(a):
     import time
 
-    from sandbox.demo import run_demo
-    from sandbox.runtime import using_simulator
+    from sandbox.lab.demo import run_demo
+    from sandbox.vocabulary.runtime import using_simulator
 
     start = time.perf_counter()
     backend = "the Numba CUDA simulator (no GPU)" if using_simulator() else "the GPU"
@@ -245,7 +245,7 @@ def _bench_progress(tasks):
 
 
 def cmd_bench(a):
-    from sandbox.bench import BenchSpec, GPURequired, format_table, run_bench
+    from sandbox.lab.bench import BenchSpec, GPURequired, format_table, run_bench
 
     spec = BenchSpec(
         n=tuple(a.n), head_dim=tuple(a.d), batch=a.batch, heads=a.heads, dtype=tuple(a.dtype),
@@ -271,8 +271,8 @@ def cmd_bench(a):
 
 
 def cmd_tune(a):
-    from sandbox.autotune import cache_path, tune
-    from sandbox.runtime import using_simulator
+    from sandbox.lab.autotune import cache_path, tune
+    from sandbox.vocabulary.runtime import using_simulator
 
     if using_simulator():
         print("tune needs a GPU: the CUDA simulator's timings mean nothing", file=sys.stderr)
@@ -309,8 +309,8 @@ def _masks(a):
 
 def build_parser(prog=None):
     """The CLI's parser; ``prog``: the name its usage and errors give the command (default: the console script's)."""
-    from sandbox.bench_impls import IMPL_NAMES
-    from sandbox.experiments import EXPERIMENTS
+    from sandbox.lab.peers import impl_names
+    from sandbox.lab.experiments import EXPERIMENTS
 
     parser = _Parser(prog=prog or PROG, description="Attention IO sandbox.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -369,8 +369,8 @@ def build_parser(prog=None):
     p.add_argument("--heads", type=int, default=16, help="H, the number of heads (default %(default)s)")
     p.add_argument("--dtype", nargs="+", default=["float32"], choices=SUPPORTED, help="dtypes (default float32)")
     _add_mask_args(p, "rows")
-    p.add_argument("--impl", nargs="+", choices=IMPL_NAMES, type=_one_of("implementation", IMPL_NAMES), metavar="IMPL",
-                   help="implementations (default: all): " + " ".join(IMPL_NAMES))
+    p.add_argument("--impl", nargs="+", choices=impl_names(), type=_one_of("implementation", impl_names()), metavar="IMPL",
+                   help="implementations (default: all): " + " ".join(impl_names()))
     p.add_argument("--backward", action="store_true",
                    help="also backward rows: sdpa-* through autograd (only the backward timed), our standard and flash2")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per row, median reported (default 10)")
@@ -395,7 +395,7 @@ def build_parser(prog=None):
     _add_mask_args(p, "kernels")
     p.set_defaults(func=cmd_tune)
 
-    # the ncu check parses its own arguments (sandbox/ncu.py); main() hands them over before parsing
+    # the ncu check parses its own arguments (sandbox/lab/ncu.py); main() hands them over before parsing
     sub.add_parser("ncu", add_help=False, help="Nsight Compute's counters against the simulator and its L2 model "
                                                "(GPU with ncu) -> CSV + JSON + figure; ncu --help for its arguments")
 
@@ -416,12 +416,12 @@ def main(argv=None, prog=None):
     Bad input, the library's ValueError, TypeError or MemoryError included, is one line on stderr
     and exit code 2, whatever the subcommand.
     """
-    from sandbox.runtime import ensure_backend
+    from sandbox.vocabulary.runtime import ensure_backend
 
     ensure_backend()  # the CUDA simulator when there is no GPU, before numba.cuda is imported
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["ncu"]:
-        from sandbox.ncu import main as ncu_main
+        from sandbox.lab.ncu import main as ncu_main
 
         try:
             return ncu_main(argv[1:], prog=f"{prog or PROG} ncu")

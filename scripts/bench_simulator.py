@@ -6,8 +6,8 @@
 import statistics
 import time
 
-from sandbox import Problem, Schedule
-from sandbox.lab import simulate
+from sandbox import Problem, Schedule, simulate
+from sandbox import simulate
 
 # (label, schedule, problem): the benchmark is data
 CASES = [

@@ -1,6 +1,6 @@
 """Nsight Compute check: the kernels' measured global, L2 and DRAM bytes against the simulator's.
 
-The same as ``python -m sandbox ncu``; what it measures and how: ``sandbox/ncu.py``.
+The same as ``python -m sandbox ncu``; what it measures and how: ``sandbox/lab/ncu.py``.
 
     python scripts/ncu_check.py --out results/ncu
     python scripts/ncu_check.py --kinds flash2 --n 4096 --d 64 128 --causal both --out results/ncu
@@ -9,7 +9,7 @@ The same as ``python -m sandbox ncu``; what it measures and how: ``sandbox/ncu.p
 
 import sys
 
-from sandbox.ncu import main
+from sandbox.lab.ncu import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="python scripts/ncu_check.py"))

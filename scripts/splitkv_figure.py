@@ -6,11 +6,11 @@
 import argparse
 import sys
 
-from sandbox.runtime import ensure_backend
+from sandbox.vocabulary.runtime import ensure_backend
 
 ensure_backend()
 
-from sandbox.decoding import N_KV, N_Q, SPLITS, run_study  # noqa: E402
+from sandbox.lab.decoding import N_KV, N_Q, SPLITS, run_study  # noqa: E402
 
 
 def main(argv=None):

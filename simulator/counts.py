@@ -18,15 +18,16 @@ mask these sums have closed forms (:class:`TileSums`: the Q blocks fall into thr
 the causal staircase is a floor sum), so the cost does not grow with N and the counts are exact
 Python integers at any size (N = 2⁴⁰ included; int64 would wrap from N ≈ 2³²).
 
-With a mask predicate (``sandbox.masks``) a tile is visited where it holds at least one allowed
+With a mask predicate (``sandbox.vocabulary.masks``) a tile is visited where it holds at least one allowed
 entry, as the kernels decide it; the predicate is evaluated over every entry of every (b, h)
-(``sandbox.masks.tile_allowed``, compiled with Numba), so that path costs O(B·H·Nq·Nk) and is
+(``sandbox.vocabulary.masks.tile_allowed``, compiled with Numba), so that path costs O(B·H·Nq·Nk) and is
 refused above :data:`MAX_MASK_ENTRIES` entries.
 """
 
 import numpy as np
 
-from sandbox.ioreport import IOReport, itemsizes
+from sandbox.vocabulary.ioreport import IOReport, itemsizes
+from simulator import table
 
 #: The most (b, h, query, key) entries a mask is evaluated over (2^36: minutes of compiled code).
 MAX_MASK_ENTRIES = 2**36
@@ -140,7 +141,7 @@ def _add(d, tensor, n):
 
 
 def simulate_counts(schedule, problem, mask=None):
-    """Element counts and FLOPs of ``schedule`` on ``problem`` (under ``mask``, a sandbox.masks predicate).
+    """Element counts and FLOPs of ``schedule`` on ``problem`` (under ``mask``, a sandbox.vocabulary.masks predicate).
 
     Returns:
         IOReport with Q/K/V/O counted in the problem's dtype and the rest in fp32; every count
@@ -155,7 +156,7 @@ def simulate_counts(schedule, problem, mask=None):
         counts = [{k: v * problem.bh for k, v in c.items()} for c in counts]
         area *= problem.bh
     else:
-        from sandbox.masks import tile_allowed
+        from sandbox.vocabulary.masks import tile_allowed
 
         check_mask_affordable(problem)
         allowed = tile_allowed(mask, problem, schedule.block_q, schedule.block_kv)
@@ -183,9 +184,7 @@ def check_mask_affordable(problem):
 
 def _forward_counts(schedule, problem, t, masked):
     """([hbm_r, hbm_w, sram_r, sram_w] of one (b, h), Σ visited tile areas): the kind's own counter."""
-    from sandbox import kinds
-
-    return kinds.get(schedule.kind).count(schedule, problem, t, masked), t.area
+    return table.get(schedule.kind).counts(schedule, problem, t, masked), t.area
 
 
 def new_counts():
@@ -325,7 +324,7 @@ def simulate_backward_counts(schedule, problem):
     _add(hw, "dK", n_kv * d)
     _add(hw, "dV", n_kv * d)
     _add(hw, "dQ", n_q * d)
-    from sandbox import kinds
+    from sandbox.vocabulary import kinds
 
     if kinds.get(schedule.kind).backward == "flash":
         # dkdv: K_j, V_j once per K/V block some query sees; Q_i, dO_i, L_i, D_i per visited tile

@@ -64,7 +64,7 @@ Cache model
 
 Write-back while resident (``dirty_limit_bytes``)
     A GPU does not keep a whole L2 of dirty data: on an H100 (50 MiB of L2) a 64 or 128 MiB write
-    stream (``kernels/l2probe.py``, ``sandbox.ncu``'s probes) ends with about 21-23 MiB of it
+    stream (``kernels/l2probe.py``, ``sandbox.lab.ncu``'s probes) ends with about 21-23 MiB of it
     still in L2, the rest written to DRAM while the kernel runs, though reads of the same sizes stay
     cached as a 50 MiB LRU predicts. With a limit, the model keeps the lines in the order they became dirty; when a write
     takes the dirty sectors past the limit, the lines dirtied longest ago are written back
@@ -86,8 +86,8 @@ Complexity
     and share the L2). The split of the writes between eviction and flush is that of one slice
     times B·H; their sum is the robust number.
 
-The machine is always named: ``gpu`` (a :class:`sandbox.gpus.DeviceFacts`, as the lab reads it
-from the device, or a name in ``sandbox.gpus.KNOWN_GPUS``) gives the L2 size, the SMs and their
+The machine is always named: ``gpu`` (a :class:`sandbox.vocabulary.gpus.DeviceFacts`, as the lab reads it
+from the device, or a name in ``sandbox.vocabulary.gpus.KNOWN_GPUS``) gives the L2 size, the SMs and their
 limits, or ``l2_bytes`` and ``resident_blocks`` are given explicitly. This module never reads a
 device itself.
 
@@ -104,8 +104,9 @@ from types import MappingProxyType
 import numpy as np
 from numba import njit
 
-from sandbox.gpus import known_gpu
-from sandbox.schedule import sram_buffers, sram_offsets
+from sandbox.vocabulary.gpus import known_gpu
+from simulator import table
+from sandbox.vocabulary.schedule import sram_buffers, sram_offsets
 
 #: Tensors of the forward kinds, in allocation order (kernels/launch.py): inputs, outputs, scratch.
 TENSORS = ("Q", "K", "V", "O", "L", "l", "m", "S", "P", "Opart", "Lpart")
@@ -435,14 +436,27 @@ def _grid_partial(s, pr):
     return (-(-pr.n_q // s.block_q), pr.bh, s.kv_splits)
 
 
-#: kind -> launches in order: (phase, request generator, grid(schedule, problem)). A new kind
-#: adds its generators here (its tensors must be in TENSORS).
-LAUNCHES = {
-    "flash2": (("main", _gen_flash2, _grid_flash2),),
-    "flash1": (("main", _gen_flash1, _grid_flash1),),
-    "standard": (("qk", _gen_qk, _grid_qk), ("softmax", _gen_softmax, _grid_softmax), ("pv", _gen_pv, _grid_flash2)),
-    "splitkv": (("partial", _gen_partial, _grid_partial), ("combine", _gen_combine, _grid_flash2)),
-}
+#: The built-in kinds' launches in order: (phase, request generator, grid(schedule, problem)),
+#: entered in the simulator's table (simulator/table.py; their tensors must be in TENSORS).
+FLASH2_LAUNCHES = (("main", _gen_flash2, _grid_flash2),)
+FLASH1_LAUNCHES = (("main", _gen_flash1, _grid_flash1),)
+STANDARD_LAUNCHES = (("qk", _gen_qk, _grid_qk), ("softmax", _gen_softmax, _grid_softmax), ("pv", _gen_pv, _grid_flash2))
+SPLITKV_LAUNCHES = (("partial", _gen_partial, _grid_partial), ("combine", _gen_combine, _grid_flash2))
+
+
+def launches(schedule):
+    """The kind's launches for the L2 model (simulator/table.py).
+
+    Raises:
+        NotImplementedError: the kind has no request stream in the table.
+    """
+    stream = table.get(schedule.kind).l2
+    if stream is None:
+        with_stream = tuple(k for k in table.names() if table.get(k).l2 is not None)
+        raise NotImplementedError(
+            f"simulate_dram: no request stream for kind {schedule.kind!r}; the L2 model knows {with_stream} "
+            f"(register the kind with l2=((phase, generator, grid), ...), simulator/table.py)")
+    return stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -491,26 +505,18 @@ def tensor_bases(problem, kv_splits=1):
     return bases
 
 
-def _check_kind(schedule):
-    if schedule.kind not in LAUNCHES:
-        raise NotImplementedError(
-            f"simulate_dram: no request stream for kind {schedule.kind!r} yet; the L2 model knows "
-            f"{tuple(LAUNCHES)} (add its generators to simulator.l2.LAUNCHES)")
-
-
 def tile_requests(schedule, problem):
     """The tile-level global-memory requests of ``schedule`` on ``problem``, per kernel launch.
 
     Returns:
         list of :class:`Launch`, in launch order.
     """
-    _check_kind(schedule)
     p = np.array([problem.bh, problem.n_q, problem.n_kv, problem.head_dim, schedule.block_q,
                   schedule.block_kv, problem.dtype.itemsize, int(problem.causal), problem.heads,
                   getattr(schedule, "kv_splits", 1)], dtype=np.int64)
     bases = tensor_bases(problem, getattr(schedule, "kv_splits", 1))
     out = []
-    for phase, gen, grid in LAUNCHES[schedule.kind]:
+    for phase, gen, grid in launches(schedule):
         empty2, empty1 = np.zeros((0, _NCOLS), dtype=np.int64), np.zeros(0, dtype=np.int64)
         nb, ns, nr = gen(p, bases, empty2, empty1, empty1, False)
         req = np.empty((nr, _NCOLS), dtype=np.int64)
@@ -869,7 +875,7 @@ def _report(stats, launches, residency, sector, flush_at_end, scale, config):
 # -- entry points -----------------------------------------------------------------------------
 def blocks_per_sm(schedule, problem, phase, gpu):
     """Thread blocks of ``phase`` an SM of ``gpu`` holds at once: shared memory, warps, the block limit
-    (not registers). ``gpu``: a DeviceFacts or a name in ``sandbox.gpus.KNOWN_GPUS``."""
+    (not registers). ``gpu``: a DeviceFacts or a name in ``sandbox.vocabulary.gpus.KNOWN_GPUS``."""
     gpu = known_gpu(gpu)
     smem = sram_offsets(sram_buffers(schedule, problem.head_dim, problem.dtype)[phase])[1]
     warps = -(-schedule.threads // 32)
@@ -879,18 +885,17 @@ def blocks_per_sm(schedule, problem, phase, gpu):
 
 def default_resident_blocks(schedule, problem, gpu):
     """phase -> blocks in flight on ``gpu``: its SMs × :func:`blocks_per_sm`."""
-    _check_kind(schedule)
     gpu = known_gpu(gpu)
-    return {phase: gpu.sms * blocks_per_sm(schedule, problem, phase, gpu) for phase, _, _ in LAUNCHES[schedule.kind]}
+    return {phase: gpu.sms * blocks_per_sm(schedule, problem, phase, gpu) for phase, _, _ in launches(schedule)}
 
 
-_NAME_THE_MACHINE = ("say which machine the L2 model describes: gpu= a name in sandbox.gpus.KNOWN_GPUS or the "
-                     "device's facts (sandbox.info.device_facts()), or {}")
+_NAME_THE_MACHINE = ("say which machine the L2 model describes: gpu= a name in sandbox.vocabulary.gpus.KNOWN_GPUS or the "
+                     "device's facts (sandbox.lab.info.device_facts()), or {}")
 
 
 def _residency(schedule, problem, resident_blocks, gpu):
     """phase -> blocks in flight: ``resident_blocks`` (an int, or a dict for some phases) over ``gpu``'s default."""
-    phases = [phase for phase, _, _ in LAUNCHES[schedule.kind]]
+    phases = [phase for phase, _, _ in launches(schedule)]
     if resident_blocks is not None and not isinstance(resident_blocks, dict):
         return {phase: int(resident_blocks) for phase in phases}
     given = dict(resident_blocks or {})
@@ -918,8 +923,8 @@ def simulate_dram(schedule, problem, l2_bytes=None, sector=32, line=128, ways=16
         resident_blocks: thread blocks in flight, an int for every launch or a dict phase -> int;
             phases not given: :func:`default_resident_blocks` on ``gpu``.
         policy: "lru" or "fifo".
-        gpu: the machine modelled: a :class:`sandbox.gpus.DeviceFacts` (``sandbox.info.device_facts()``
-            reads the current device's) or a name in ``sandbox.gpus.KNOWN_GPUS`` ("h100", "h200").
+        gpu: the machine modelled: a :class:`sandbox.vocabulary.gpus.DeviceFacts` (``sandbox.lab.info.device_facts()``
+            reads the current device's) or a name in ``sandbox.vocabulary.gpus.KNOWN_GPUS`` ("h100", "h200").
             Needed unless ``l2_bytes`` and ``resident_blocks`` (every phase) are given.
         cold_launches: empty the cache (counting its dirty sectors as flushed) after every launch,
             as Nsight Compute does between profiled kernels; else the L2 carries over between
@@ -938,7 +943,6 @@ def simulate_dram(schedule, problem, l2_bytes=None, sector=32, line=128, ways=16
         ValueError: bad cache parameters, an unknown ``gpu`` name. TypeError: neither ``gpu`` nor
         ``l2_bytes`` (or ``resident_blocks``) given. NotImplementedError: a kind without a request stream.
     """
-    _check_kind(schedule)
     if slices not in ("all", "one"):
         raise ValueError(f"slices: expected 'all' or 'one', got {slices!r}")
     gpu = None if gpu is None else known_gpu(gpu)

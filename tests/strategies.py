@@ -2,7 +2,7 @@
 
 Shapes stay small where kernels run under Numba's CUDA simulator, which executes every
 CUDA thread as a Python thread (a 16-thread block over a 24x24 problem takes about a
-second); on a real GPU (``sandbox.runtime``) they grow.
+second); on a real GPU (``sandbox.vocabulary.runtime``) they grow.
 """
 
 import math
@@ -10,9 +10,11 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from sandbox import Problem, Schedule, kinds
-from sandbox.kinds import get as registered_kind
-from sandbox.runtime import using_simulator
+from sandbox import Problem, Schedule
+
+from sandbox.vocabulary import kinds
+from sandbox.vocabulary.kinds import get as registered_kind
+from sandbox.vocabulary.runtime import using_simulator
 
 SIMULATED = using_simulator()
 
@@ -30,7 +32,7 @@ LOGIT_MAGNITUDES = (1.0, 10.0, 80.0)
 
 DTYPES = ("float32", "float16", "bfloat16")
 
-#: Every registered schedule kind (sandbox/kinds.py): the kernel and agreement properties run
+#: Every registered schedule kind (sandbox/vocabulary/kinds.py): the kernel and agreement properties run
 #: over all of them, so a newly registered kind is tested without touching the tests.
 KINDS = kinds.names()
 BACKWARD_KINDS = tuple(k for k in KINDS if kinds.get(k).backward)

@@ -3,7 +3,7 @@
 import pathlib
 import re
 
-from sandbox import kinds
+from sandbox.vocabulary import kinds
 
 
 def test_tutorial_runs(monkeypatch, tmp_path, capsys):

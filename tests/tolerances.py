@@ -47,7 +47,7 @@ def naive_fp32(q, k, v, causal, scale, rows=None, allowed=None, in_order=False):
 
     ``in_order``: S summed in order (:func:`scores_fp32`). ``rows``: absolute indices of q's rows
     (q may hold a selection of them), for the causal mask.
-    ``allowed``: a dense boolean mask (B, H, Nq, Nk) (sandbox.masks.dense) on top of it. Rows that
+    ``allowed``: a dense boolean mask (B, H, Nq, Nk) (sandbox.vocabulary.masks.dense) on top of it. Rows that
     see no key give O = 0 and L = -inf, as the reference has them.
     """
     q, k, v = (x.astype(np.float32) for x in (q, k, v))

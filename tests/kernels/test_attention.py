@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule, reference_attention
-from sandbox.lab import attention
+from sandbox import attention
 from tests.strategies import KINDS, SIMULATED, magnitudes, make_inputs, problems, schedules, seeds
 from tests.tolerances import tolerances
 

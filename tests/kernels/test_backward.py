@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule, reference_attention, reference_attention_backward
-from sandbox.lab import attention, attention_backward
+from sandbox import attention, attention_backward
 from tests.strategies import BACKWARD_KINDS, magnitudes, make_inputs, problems, schedules, seeds
 from tests.tolerances import gradient_tolerances
 

@@ -7,7 +7,7 @@ the libdevice bit casts.
 import ml_dtypes
 import numpy as np
 
-from sandbox.runtime import ensure_backend
+from sandbox.vocabulary.runtime import ensure_backend
 
 ensure_backend()
 

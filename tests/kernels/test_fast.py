@@ -14,8 +14,8 @@ from numba import cuda
 from kernels.flash2_fast import eligible, lane_layout, layout, smem_bytes, thread_coords
 from kernels.launch import use_fast
 from sandbox import Problem, Schedule, reference_attention
-from sandbox.lab import attention
-from sandbox.masks import causal as causal_mask
+from sandbox import attention
+from sandbox.vocabulary.masks import causal as causal_mask
 from tests.strategies import SIMULATED, magnitudes, make_inputs, seeds
 from tests.tolerances import tolerances
 
@@ -225,7 +225,7 @@ def test_shared_memory_layout():
 def test_the_tuner_refuses_candidates_that_spill(head_dim, tmp_path):
     """The tuner compiles each candidate and refuses any that uses local memory (register spills),
     even one it would time fastest; its choice runs without local memory."""
-    from sandbox import autotune
+    from sandbox.lab import autotune
 
     dtype = "float32"
     spilling = [s for s in autotune.candidates(head_dim) if autotune._local_memory(s, head_dim, dtype)]

@@ -5,8 +5,10 @@ import re
 import numpy as np
 import pytest
 
-from sandbox import Problem, Schedule, kinds
-from sandbox.lab import attention
+from sandbox import Problem, Schedule
+
+from sandbox.vocabulary import kinds
+from sandbox import attention
 from tests.strategies import KINDS, make_inputs
 from tests.tolerances import tolerances
 
@@ -122,7 +124,7 @@ def test_fp16_long(kind, dtype):
 def test_torch_bfloat16_tensors(kind):
     """PyTorch bfloat16 tensors (no __cuda_array_interface__) give bfloat16 tensors, bit-identical to the NumPy path."""
     torch = pytest.importorskip("torch")
-    from sandbox.lab import attention_backward
+    from sandbox import attention_backward
 
     problem = Problem(batch=1, heads=2, n_q=70, n_kv=90, head_dim=48, dtype="bfloat16", causal=True)
     q, k, v = make_inputs(problem, seed=5)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sandbox.runtime import ensure_backend
+from sandbox.vocabulary.runtime import ensure_backend
 
 ensure_backend()
 

@@ -15,7 +15,7 @@ from numba import cuda, float32, int64
 
 from kernels.tiles import make_tile_ops
 from sandbox import Problem, Schedule, masks, reference_attention
-from sandbox.lab import attention, simulate
+from sandbox import attention, simulate
 from tests.strategies import MASK_KINDS, SIMULATED, make_inputs, problems, schedules, seeds
 from tests.tolerances import tolerances
 

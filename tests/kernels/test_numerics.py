@@ -15,7 +15,7 @@ import pytest
 
 from kernels.flash2_tc import tc_schedule
 from sandbox import Schedule, masks, reference_attention, reference_attention_backward
-from sandbox.lab import attention, attention_backward
+from sandbox import attention, attention_backward
 from tests.strategies import BACKWARD_KINDS, KINDS, MASK_KINDS
 
 # NaN and inf are the point here: the simulator's NumPy scalars warn where they arise

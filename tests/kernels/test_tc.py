@@ -15,7 +15,7 @@ from kernels.flash2_tc import eligible, smem_bytes, tc_schedule
 from kernels.launch import use_fast
 from kernels.mma import XCH_PER_THREAD, mma, split
 from sandbox import Problem, Schedule, reference_attention
-from sandbox.lab import attention
+from sandbox import attention
 from tests.strategies import SIMULATED, make_inputs
 from tests.tolerances import tolerances
 

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sandbox import Problem, Schedule
-from sandbox.ioreport import IOReport
-from sandbox.lab import attention, attention_backward, simulate
-from sandbox.reference import reference_attention, reference_attention_backward
+from sandbox.vocabulary.ioreport import IOReport
+from sandbox import attention, attention_backward, simulate
+from sandbox.vocabulary.reference import reference_attention, reference_attention_backward
 from simulator import theory
 from tests.tolerances import gradient_tolerances, tolerances
 

@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from sandbox import Schedule, autotune
+from sandbox import Schedule
+
+from sandbox.lab import autotune
 
 
 def fake_timer(ms_by_tile, calls):
@@ -151,13 +153,13 @@ def test_tuned_schedule_without_a_gpu_says_it_needs_one(tmp_path):
     import subprocess
     import sys
 
-    from sandbox.runtime import gpu_present
+    from sandbox.vocabulary.runtime import gpu_present
 
     if gpu_present():
         pytest.skip("a GPU is present")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["ATTN_SANDBOX_CACHE"] = str(tmp_path)
-    code = ("from sandbox.autotune import tuned_schedule\n"
+    code = ("from sandbox.lab.autotune import tuned_schedule\n"
             "try:\n    tuned_schedule(64)\nexcept RuntimeError as e:\n    print('RuntimeError:', e)\n")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
@@ -171,7 +173,7 @@ def test_cache_path_follows_the_environment(monkeypatch, tmp_path):
 
 
 def test_timing_needs_a_gpu():
-    from sandbox.runtime import using_simulator
+    from sandbox.vocabulary.runtime import using_simulator
 
     if not using_simulator():
         pytest.skip("a GPU is present")
@@ -182,7 +184,7 @@ def test_timing_needs_a_gpu():
 def test_tune_command_tunes_each_mask(monkeypatch, capsys):
     """``python -m sandbox tune --both-masks`` tunes the causal kernels too (the bench runs them)."""
     import sandbox.cli as cli
-    import sandbox.runtime as runtime
+    import sandbox.vocabulary.runtime as runtime
 
     calls = []
 

@@ -13,21 +13,23 @@ import os
 import numpy as np
 import pytest
 
-from sandbox import Problem, Schedule, bench, bench_check, info, reference_attention, reference_attention_backward
-from sandbox.bench import (
+from sandbox import Problem, Schedule, reference_attention, reference_attention_backward
+
+from sandbox.lab import bench, bench_check, info
+from sandbox.lab.bench import (
     BenchSpec, add_ratios, attention_flops, attention_pairs, format_table, is_oom, rotation_sets, run_bench,
     short_message, time_back_to_back, time_calls,
 )
-from sandbox.bench_check import Reference, sample_pairs, sample_rows, tolerance
-from sandbox.bench_impls import (
+from sandbox.lab.bench_check import Reference, sample_pairs, sample_rows, tolerance
+from sandbox.lab.peers import (
     Impl, Ours, Sdpa, blockwise_attention, default_schedules, implementations, make_input_sets, naive_attention,
     peak_extra_bytes, sdpa_unavailable_reason,
 )
 from sandbox.cli import main
-from sandbox.gpus import KNOWN_GPUS
-from sandbox.reference import causal_mask
-from sandbox.runtime import using_simulator
-from sandbox.sweep import extra_hbm_bytes
+from sandbox.vocabulary.gpus import KNOWN_GPUS
+from sandbox.vocabulary.reference import causal_mask
+from sandbox.vocabulary.runtime import using_simulator
+from sandbox.lab.sweep import extra_hbm_bytes
 
 MiB = 2**20
 
@@ -266,12 +268,12 @@ def test_registry_and_schedules(monkeypatch):
     s = default_schedules(block_q=32, thread_kv=2)["standard"]
     assert (s.block_q, s.block_kv, s.thread_q, s.thread_kv) == (32, 64, 4, 2)
     fp32, fp16 = Problem(1, 1, 64, 64, 64), Problem(1, 1, 64, 64, 64, dtype="float16")
-    monkeypatch.setattr("sandbox.bench_impls.torch_cuda", lambda: (True, ""))  # as on a GPU machine
-    monkeypatch.setattr("sandbox.bench_impls.installed", lambda module: True)
+    monkeypatch.setattr("sandbox.lab.peers.torch_cuda", lambda: (True, ""))  # as on a GPU machine
+    monkeypatch.setattr("sandbox.lab.peers.installed", lambda module: True)
     for name in ("sdpa-flash", "sdpa-cudnn"):
         assert Sdpa(name).available(fp32) == (False, f"{name} takes fp16/bf16 only")
         assert Sdpa(name).available(fp16) == (True, "")
-    monkeypatch.setattr("sandbox.bench_impls.torch_cuda", lambda: (False, "torch is not installed"))
+    monkeypatch.setattr("sandbox.lab.peers.torch_cuda", lambda: (False, "torch is not installed"))
     assert Sdpa("sdpa-math").available(fp32) == (False, "torch is not installed")
     ok, why = Ours("flash2", "fwd", Schedule("flash2", block_q=64, block_kv=64)).available(Problem(1, 1, 64, 64, 300))
     assert not ok and "head_dim=300 exceeds" in why

@@ -71,12 +71,12 @@ def test_tf32x3_takes_its_tile_by_default(capsys):
 
 def test_library_memory_error_is_one_line(monkeypatch, capsys):
     """A problem too large for this machine (the library's MemoryError) is one line, exit 2."""
-    import sandbox.lab
+    import sandbox.api
 
     def too_big(*args, **kwargs):
         return np.zeros(2**50, dtype=np.int64)  # 8 PiB: numpy's MemoryError, "Unable to allocate ..."
 
-    monkeypatch.setattr(sandbox.lab, "simulate", too_big)
+    monkeypatch.setattr(sandbox.api, "simulate", too_big)
     assert main(["simulate", "--n", "1099511627776", "--d", "64"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: not enough memory (Unable to allocate") and err.count("\n") == 1
@@ -89,7 +89,7 @@ def _sweep_file(tmp_path):
 
 
 def test_sweep_provenance_holds_the_command_as_typed(tmp_path):
-    from sandbox.sweep import load
+    from sandbox.lab.sweep import load
 
     prov, _ = load(str(_sweep_file(tmp_path)))
     assert prov["command"] == ("attention-sandbox sweep --kind flash1 flash2 --n 64 128 --d 16 --sram-bytes 8192 16384 "
@@ -150,12 +150,12 @@ def test_every_option_has_help():
 def test_choices_come_from_the_library():
     import argparse
 
-    from sandbox.bench_impls import IMPL_NAMES
+    from sandbox.lab.peers import impl_names
     from sandbox.cli import build_parser
-    from sandbox.dtypes import SUPPORTED
-    from sandbox.experiments import EXPERIMENTS
-    from sandbox.kinds import names
-    from sandbox.schedule import MATHS
+    from sandbox.vocabulary.dtypes import SUPPORTED
+    from sandbox.lab.experiments import EXPERIMENTS
+    from sandbox.vocabulary.kinds import names
+    from sandbox.vocabulary.schedule import MATHS
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
     opt = {(cmd, o): a.choices for cmd, p in sub.items() for a in p._actions for o in a.option_strings or [a.dest]}
@@ -166,7 +166,7 @@ def test_choices_come_from_the_library():
     for cmd in ("simulate", "run", "bench"):
         assert tuple(opt[cmd, "--math"]) == MATHS
     assert tuple(opt["sweep", "--experiment"]) == tuple(EXPERIMENTS) == tuple(opt["plot", "figure"])
-    assert tuple(opt["bench", "--impl"]) == IMPL_NAMES
+    assert tuple(opt["bench", "--impl"]) == impl_names()
 
 
 def test_usage_names_the_command_as_it_was_run():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from sandbox import Problem, Schedule
-from sandbox.lab import attention, attention_backward, simulate
-from sandbox.reference import reference_attention, reference_attention_backward
+from sandbox import attention, attention_backward, simulate
+from sandbox.vocabulary.reference import reference_attention, reference_attention_backward
 
 SCHEDULE = Schedule("flash2", block_q=4, block_kv=4)
 X = np.random.default_rng(0).standard_normal((1, 1, 4, 4)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Mask predicates (sandbox/masks.py): the built-ins' semantics, combinators, errors, tile classes."""
+"""Mask predicates (sandbox/vocabulary/masks.py): the built-ins' semantics, combinators, errors, tile classes."""
 
 import random
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sandbox import Problem, Schedule, masks
-from sandbox.reference import causal_mask
+from sandbox.vocabulary.reference import causal_mask
 
 
 def dense(m, n_q=12, n_kv=10, batch=1, heads=2, causal=False):
@@ -78,7 +78,7 @@ def test_bad_builtin_arguments(make, match):
 
 
 def test_simulate_and_reference_reject_what_the_kernels_would():
-    from sandbox.lab import simulate
+    from sandbox import simulate
 
     s = Schedule("flash2", block_q=4, block_kv=4)
     with pytest.raises(TypeError, match="must return a bool"):
@@ -126,7 +126,7 @@ def test_predicate_is_checked_over_the_whole_box(fn, match):
     (raises_at_row_3, r"mask raises_at_row_3 raised ZeroDivisionError at \(b=0, h=0, q_idx=3"),
 ])
 def test_simulator_and_reference_name_a_predicate_that_raises(fn, match):
-    from sandbox.lab import simulate
+    from sandbox import simulate
 
     with pytest.raises(ValueError, match=match):
         masks.dense(fn, 1, 1, 10, 10)
@@ -151,7 +151,7 @@ def test_large_boxes_are_sampled(monkeypatch):
 
 
 def test_check_simulator_and_reference_share_one_evaluation(monkeypatch):
-    from sandbox.lab import simulate
+    from sandbox import simulate
 
     calls = []
     evaluate_box = masks.Mask._evaluate_box

@@ -1,4 +1,4 @@
-"""The ncu check (sandbox.ncu) without a GPU: ncu's CSV, units, kernels summed per config, no-ncu exit, dry run,
+"""The ncu check (sandbox.lab.ncu) without a GPU: ncu's CSV, units, kernels summed per config, no-ncu exit, dry run,
 exit statuses, config checks, the machine modelled, and the whole parent pipeline against a stand-in ncu that
 writes what a real one would."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ncu, ncu_results
+from sandbox.lab import ncu, ncu_results
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_dry_run_prints_the_command(ncu_check, monkeypatch, capsys, tmp_path):
         assert m in metrics
     assert cmd[cmd.index("--log-file") + 1] == str(out / "ncu_raw.csv")
     child = cmd[cmd.index("--log-file") + 2:]
-    assert child[1:4] == ["-m", "sandbox.ncu", "--child"]
+    assert child[1:4] == ["-m", "sandbox.lab.ncu", "--child"]
     specs = child[child.index("--specs") + 1:]
     # the calibration probes, then cheapest first (flash1 last); the CSV keeps the order asked for
     assert specs == ["probe:spin:10000000", "probe:spin:40000000", "probe:stream:64", "probe:stream:128",
@@ -166,10 +166,10 @@ FAKE_NCU = '''#!{python}
 with measured = simulated x 1.01 (global) and x 0.9 (DRAM) on each config's first kernel; the
 probes see 20 MB/s of background DRAM writes, and a write stream leaves 24 MiB dirty in L2."""
 import json, sys
-from sandbox import ncu as nc, ncu_results  # the child's PYTHONPATH has the package
+from sandbox.lab import ncu as nc, ncu_results  # the child's PYTHONPATH has the package
 argv = sys.argv[1:]
 log = argv[argv.index("--log-file") + 1]
-module = argv.index("sandbox.ncu")
+module = argv.index("sandbox.lab.ncu")
 args = nc.parse_args(argv[module + 1:])
 head = '"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"'
 rows, kid = ["==PROF== Connected to process 1 (python)", head], 0
@@ -426,8 +426,8 @@ def test_dry_run_validates_the_configs(ncu_check, tmp_path, capsys, bad, message
 
 def test_the_l2_model_is_the_devices(ncu_check, tmp_path, capsys, monkeypatch):
     """The device query's facts (an H200: 60 MiB of L2) reach the model, not an H100's 50 MiB."""
-    from sandbox import info
-    from sandbox.gpus import KNOWN_GPUS
+    from sandbox.lab import info
+    from sandbox.vocabulary.gpus import KNOWN_GPUS
 
     device = dataclasses.replace(KNOWN_GPUS["h200"], name="NVIDIA H200", sms=100, source="read from the device")
     monkeypatch.setattr(info, "device_facts", lambda: device)
@@ -442,7 +442,7 @@ def test_the_l2_model_is_the_devices(ncu_check, tmp_path, capsys, monkeypatch):
 
 
 def test_without_a_device_the_machine_must_be_named(ncu_check, tmp_path, capsys, monkeypatch):
-    from sandbox import info
+    from sandbox.lab import info
 
     monkeypatch.setattr(info, "device_facts", lambda: None)  # the CUDA simulator: nothing to read
     out = tmp_path / "out"

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from sandbox import Schedule, attention, attention_backward, reference_attention
-from sandbox.runtime import SIM_ENV, gpu_present, using_simulator
+from sandbox.vocabulary.runtime import SIM_ENV, gpu_present, using_simulator
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DISTRIBUTION = "attention-io-sandbox"

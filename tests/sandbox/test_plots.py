@@ -6,9 +6,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from sandbox import plots
-from sandbox.experiments import EXPERIMENTS
-from sandbox.sweep import SweepSpec, load, run_sweep
+from sandbox.lab import plots
+from sandbox.lab.experiments import EXPERIMENTS
+from sandbox.lab.sweep import SweepSpec, load, run_sweep
 
 
 def sweep(tmp_path, name="s", **axes):

@@ -104,7 +104,7 @@ def test_returns_float64(dtype):
 
 
 def test_weighted_sum_skips_zero_weights_and_keeps_plain_arithmetic_elsewhere():
-    from sandbox.reference import weighted_sum
+    from sandbox.vocabulary.reference import weighted_sum
 
     w = np.array([[0.0, 0.5, 0.5, 0.0], [0.25, 0.25, 0.0, 0.5], [0.0, -1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     x = np.array([[np.nan, 1.0], [2.0, np.inf], [4.0, -np.inf], [np.inf, 3.0]])

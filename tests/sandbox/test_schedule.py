@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule
-from sandbox.schedule import MAX_HEAD_DIM, sram_buffers
+from sandbox.vocabulary.schedule import MAX_HEAD_DIM, sram_buffers
 
 
 def test_defaults_make_a_complete_schedule():

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from sandbox import sweep as sweep_mod
+from sandbox.lab import sweep as sweep_mod
 from sandbox.cli import main
-from sandbox.sweep import SweepSpec, load, run_sweep
+from sandbox.lab.sweep import SweepSpec, load, run_sweep
 
 SPEC = SweepSpec(kinds=("flash1", "flash2"), n=(128, 256, 512), head_dim=(16,), blocks=((16, 16), (32, 16)))
 
@@ -26,7 +26,7 @@ def test_sweep_writes_csv_and_json_with_provenance(tmp_path):
     assert prov["backend"] and json_rows == rows == load(path)[1]
     # each row is the simulator's count for its point
     from sandbox import Problem, Schedule
-    from sandbox.lab import simulate
+    from sandbox import simulate
 
     r = rows[0]
     rep = simulate(Schedule(r["kind"], block_q=r["block_q"], block_kv=r["block_kv"]), Problem(1, 1, r["n_q"], r["n_kv"], 16))
@@ -98,7 +98,7 @@ def test_cli_sweep_then_plot(tmp_path, capsys):
 
 def test_demo_writes_every_figure_and_the_kernel_check(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
-    from sandbox.plots import PLOTS
+    from sandbox.lab.plots import PLOTS
 
     for name in PLOTS:
         assert os.path.getsize(tmp_path / "figures" / f"{name}.png") > 1000
@@ -110,8 +110,8 @@ def test_demo_writes_every_figure_and_the_kernel_check(tmp_path, capsys):
 
 def test_timing_is_refused_under_the_simulator_and_skipped_in_sweeps(tmp_path):
     from sandbox import Problem, Schedule
-    from sandbox.bench import time_attention
-    from sandbox.runtime import using_simulator
+    from sandbox.lab.bench import time_attention
+    from sandbox.vocabulary.runtime import using_simulator
 
     if not using_simulator():
         pytest.skip("checks the simulator's behaviour")
@@ -140,7 +140,7 @@ def test_cli_sweep_creates_the_output_folder(tmp_path, capsys):
 
 
 def test_the_destination_is_named_when_its_folder_is_missing(tmp_path):
-    from sandbox.files import atomic_write
+    from sandbox.lab.records import atomic_write
 
     with pytest.raises(FileNotFoundError) as e:
         atomic_write(tmp_path / "missing" / "x.csv", "x")
@@ -152,7 +152,7 @@ def test_the_destination_is_named_when_its_folder_is_missing(tmp_path):
     (["--time"], "--time needs a GPU"),
 ])
 def test_cli_sweep_refuses_arguments_it_would_ignore(argv, message, tmp_path, capsys):
-    from sandbox.runtime import using_simulator
+    from sandbox.vocabulary.runtime import using_simulator
 
     if "--time" in argv and not using_simulator():
         pytest.skip("a GPU is present: --time times the kernels")
@@ -310,9 +310,9 @@ def test_json_rows_hold_typed_values(tmp_path):
 
 SLOW_SWEEP = """
 import sys, time
-from sandbox.runtime import ensure_backend
+from sandbox.vocabulary.runtime import ensure_backend
 ensure_backend()
-from sandbox.sweep import SweepSpec, run_sweep
+from sandbox.lab.sweep import SweepSpec, run_sweep
 
 def slow(points):
     for i, p in enumerate(points):

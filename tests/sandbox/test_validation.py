@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sandbox import reference_attention
-from sandbox.validation import check_qkv
+from sandbox.vocabulary.validation import check_qkv
 
 Q = np.zeros((1, 2, 5, 4), np.float32)
 KV = np.zeros((1, 2, 7, 4), np.float32)

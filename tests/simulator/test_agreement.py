@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule
-from sandbox.lab import attention, simulate
+from sandbox import attention, simulate
 from tests.strategies import BACKWARD_KINDS, KINDS, SIMULATED, make_inputs, problems, schedules
 
 
@@ -43,7 +43,7 @@ def test_backward_simulator_equals_kernel_counters(kind, data):
 
 
 def assert_agree_backward(schedule, problem):
-    from sandbox.lab import attention_backward
+    from sandbox import attention_backward
 
     q, k, v = make_inputs(problem, seed=0)
     kw = dict(schedule=schedule, causal=problem.causal, scale=problem.scale)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sandbox import Problem, Schedule, masks
-from sandbox.lab import attention, simulate
+from sandbox import attention, simulate
 from tests.strategies import SIMULATED, make_inputs
 
 DENSITIES = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule
-from sandbox.ioreport import IOReport, itemsizes
-from sandbox.lab import simulate
+from sandbox.vocabulary.ioreport import IOReport, itemsizes
+from sandbox import simulate
 from simulator import theory
 from simulator.counts import MAX_MASK_ENTRIES, TileSums, floor_sum
 

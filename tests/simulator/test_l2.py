@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule
-from sandbox.gpus import KNOWN_GPUS
+from sandbox.vocabulary.gpus import KNOWN_GPUS
 from simulator.counts import simulate_counts
 from simulator.l2 import (
     TENSORS,

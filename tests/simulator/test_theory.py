@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule
-from sandbox.lab import simulate
+from sandbox import simulate
 from simulator import theory
 
 

@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-from sandbox.experiments import PAPER_GPT2_MEDIUM_GB, PAPER_GPT2_MEDIUM_SETTING  # noqa: E402
-from sandbox.sweep import POINT_COLUMNS, load  # noqa: E402
+from sandbox.lab.experiments import PAPER_GPT2_MEDIUM_GB, PAPER_GPT2_MEDIUM_SETTING  # noqa: E402
+from sandbox.lab.sweep import POINT_COLUMNS, load  # noqa: E402
 from simulator import theory  # noqa: E402
 
 #: Colors of the built-in kinds; other registered kinds take the next of :data:`OTHER_COLORS`.
@@ -361,6 +361,6 @@ def sram_vs_tile(rows, prov, out_dir):
     return _save(fig, out_dir, "sram_vs_tile", prov)
 
 
-#: The figures by name: the experiments' (sandbox/experiments.py), each drawn from any sweep it fits.
+#: The figures by name: the experiments' (sandbox/lab/experiments.py), each drawn from any sweep it fits.
 PLOTS = {"hbm_vs_sram": hbm_vs_sram, "hbm_vs_n": hbm_vs_n, "block_size": block_size,
          "gpt2_medium": gpt2_medium, "sram_vs_tile": sram_vs_tile}

@@ -1,7 +1,7 @@
 """Device facts: what the L2 model, the bench and the ncu check need to know about a GPU.
 
 A :class:`DeviceFacts` record holds them. On a GPU the lab reads it from the device
-(``sandbox.info.device_facts()``); where there is no device to read (Numba's CUDA simulator, a
+(``sandbox.lab.info.device_facts()``); where there is no device to read (Numba's CUDA simulator, a
 machine without a GPU) the caller names the machine it models, one of :data:`KNOWN_GPUS`. Nothing
 assumes a GPU silently.
 

@@ -14,8 +14,8 @@ def environment():
     """dict of printable facts: package versions, backend, and for a GPU its name, SMs, shared memory, L2."""
     import platform
 
-    from sandbox import __version__
-    from sandbox.runtime import ensure_backend
+    from sandbox.vocabulary.runtime import __version__
+    from sandbox.vocabulary.runtime import ensure_backend
 
     backend = ensure_backend()
     facts = {"sandbox": __version__, "python": platform.python_version()}
@@ -35,14 +35,14 @@ def environment():
 
 
 def device_facts():
-    """The current GPU's :class:`~sandbox.gpus.DeviceFacts`, read from the device; None without a GPU.
+    """The current GPU's :class:`~sandbox.vocabulary.gpus.DeviceFacts`, read from the device; None without a GPU.
 
     Read: L2 size, SMs, shared memory (opt-in per block, per SM, reserved per block), the SM's warp
     and block limits. Peak bandwidth and FLOP/s are not device attributes: they come from
-    :data:`~sandbox.gpus.KNOWN_GPUS` when the device's name is one of them, else stay None.
+    :data:`~sandbox.vocabulary.gpus.KNOWN_GPUS` when the device's name is one of them, else stay None.
     """
-    from sandbox.gpus import KNOWN_GPUS, DeviceFacts
-    from sandbox.runtime import ensure_backend
+    from sandbox.vocabulary.gpus import KNOWN_GPUS, DeviceFacts
+    from sandbox.vocabulary.runtime import ensure_backend
 
     if ensure_backend() != "gpu":
         return None
@@ -77,7 +77,7 @@ def resolve_gpu(gpu=None):
         ValueError: ``gpu`` is None and there is no device to read (the CUDA simulator, no GPU): the
             caller must say which machine it models. TypeError: ``gpu`` of another type.
     """
-    from sandbox.gpus import KNOWN_GPUS, known_gpu
+    from sandbox.vocabulary.gpus import KNOWN_GPUS, known_gpu
 
     if gpu is not None:
         return known_gpu(gpu)

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from sandbox.problem import resolve_scale
-from sandbox.validation import REFERENCE_DTYPES, check_flags, check_qkv, check_same_shape
+from sandbox.vocabulary.problem import resolve_scale
+from sandbox.vocabulary.validation import REFERENCE_DTYPES, check_flags, check_qkv, check_same_shape
 
 
 def causal_mask(n_q, n_kv):
@@ -56,7 +56,7 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
         causal: top-left causal mask (query i sees keys j <= i), as PyTorch SDPA's ``is_causal``.
         scale: softmax scale, default 1/sqrt(d).
         return_lse: also return L = log Σ_j exp(S_ij), shape (B, H, Nq).
-        mask: a predicate ``mask(b, h, q_idx, kv_idx) -> bool`` (see :mod:`sandbox.masks`);
+        mask: a predicate ``mask(b, h, q_idx, kv_idx) -> bool`` (see :mod:`sandbox.vocabulary.masks`);
             entries where it is False are excluded, as are causal ones.
 
     Returns:
@@ -67,7 +67,7 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
         adds nothing to it even where K or V hold NaN or inf; one it sees passes its NaN or inf on.
 
     Raises:
-        TypeError, ValueError: see :func:`sandbox.validation.check_qkv`.
+        TypeError, ValueError: see :func:`sandbox.vocabulary.validation.check_qkv`.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -83,7 +83,7 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
     if causal:
         s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf)
     if mask is not None:
-        from sandbox.masks import dense
+        from sandbox.vocabulary.masks import dense
 
         s = np.where(dense(mask, *s.shape), s, -np.inf)
     m = s.max(axis=-1, keepdims=True)
@@ -114,7 +114,7 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
     from the rounding of the forward it was handed). By default both are exact.
 
     Raises:
-        TypeError, ValueError: see :func:`sandbox.validation.check_qkv`; a ``dout`` or ``out``
+        TypeError, ValueError: see :func:`sandbox.vocabulary.validation.check_qkv`; a ``dout`` or ``out``
             not of q's shape, an ``lse`` not of shape (B, H, Nq), or any of them not a NumPy array.
     """
     _check_inputs(q, k, v, causal, scale)

@@ -43,7 +43,7 @@ Build (``--build``)
 How it measures
     The check runs this module as one child process under
     ``ncu --clock-control none --cache-control all --profile-from-start off --csv
-    --print-units base --metrics ... --log-file ncu_raw.csv python -m sandbox.ncu --child SPEC...``.
+    --print-units base --metrics ... --log-file ncu_raw.csv python -m sandbox.lab.ncu --child SPEC...``.
     The GPU's clocks and settings are never changed (``--clock-control none``). The child, per
     config: compiles and runs the kernels on a small problem of the same (schedule, d, dtype,
     causal) (``kernels.launch.build`` caches on exactly that, so the measured call does not
@@ -83,8 +83,8 @@ What the 2% target means here
 
 The machine modelled
     The L2 model takes the GPU's L2 size, SMs and shared memory from the device
-    (``sandbox.info.device_facts``). Where the device cannot be read, ``--gpu h100|h200`` names
-    the machine (``sandbox.gpus.KNOWN_GPUS``); ``--l2-bytes`` and ``--sms`` override single facts.
+    (``sandbox.lab.info.device_facts``). Where the device cannot be read, ``--gpu h100|h200`` names
+    the machine (``sandbox.vocabulary.gpus.KNOWN_GPUS``); ``--l2-bytes`` and ``--sms`` override single facts.
     Without a device and without ``--gpu`` the check refuses to guess and exits with status 2.
 
 Exit status
@@ -112,8 +112,8 @@ import sys
 import threading
 import time
 
-from sandbox.files import atomic_write_json
-from sandbox.ncu_results import (
+from sandbox.lab.records import atomic_write_json
+from sandbox.lab.ncu_results import (
     DRAM_TOLERANCE,
     ESSENTIAL,
     GLOBAL_TOLERANCE,
@@ -133,7 +133,7 @@ from sandbox.ncu_results import (
 )
 
 #: The folder that holds the ``sandbox`` package: on the child's PYTHONPATH, and the git checkout's root.
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 #: Where Nsight Compute lives when it is not on the PATH.
@@ -233,13 +233,13 @@ def measure_order(configs):
 
 def expected_grids(cfg, args):
     """The grid of each kernel the config (or probe) launches, as (x, y, z), in launch order."""
-    from simulator.l2 import LAUNCHES
+    from simulator.l2 import launches
 
     if isinstance(cfg, Probe):
         return [cfg.grid()]
     schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
     return [tuple(grid(schedule, problem)) + (1,) * (3 - len(grid(schedule, problem)))
-            for _, _, grid in LAUNCHES[cfg.kind]]
+            for _, _, grid in launches(schedule)]
 
 
 def model_gpu(args):
@@ -249,8 +249,8 @@ def model_gpu(args):
     Raises:
         ValueError: no ``--gpu`` and no device to read (the message says what to pass).
     """
-    from sandbox.gpus import KNOWN_GPUS, known_gpu
-    from sandbox.info import device_facts
+    from sandbox.vocabulary.gpus import KNOWN_GPUS, known_gpu
+    from sandbox.lab.info import device_facts
 
     facts = known_gpu(args.gpu) if args.gpu else device_facts()
     if facts is None:
@@ -271,8 +271,8 @@ def validate(configs, args):
     Raises:
         ValueError: the first problem found, naming the argument or the config.
     """
-    from sandbox import kinds
-    from simulator.l2 import LAUNCHES
+    from kernels import registry
+    from simulator import table
 
     for name in ("batch", "heads", "kv_splits", "block_q", "block_kv", "thread_q", "thread_kv", "l2_bytes", "sms",
                  "dirty_limit_bytes"):
@@ -289,16 +289,17 @@ def validate(configs, args):
         where = f"config {cfg.label()}"
         if cfg.n < 1 or cfg.d < 1:
             raise ValueError(f"{where}: --n and --d must be positive")
-        if cfg.kind not in LAUNCHES:
+        if cfg.kind not in table.names() or table.get(cfg.kind).l2 is None:
+            with_stream = [k for k in table.names() if table.get(k).l2 is not None]
             raise ValueError(f"{where}: the L2 model has no request stream for kind {cfg.kind!r} "
-                             f"(it has: {', '.join(LAUNCHES)})")
+                             f"(it has: {', '.join(with_stream)})")
         try:
             schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
             schedule.check_fits(problem.head_dim, problem.dtype)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{where}: {e}") from None
         if args.build == "fast":
-            module = kinds.get(cfg.kind).fast_module()
+            module = registry.get(cfg.kind).fast.get(schedule.math)
             why = (f"kind {cfg.kind!r} has no fast build" if module is None
                    else module.eligible(schedule, cfg.d, False, None))
             if why:
@@ -333,7 +334,7 @@ def ncu_command(ncu, metrics, log_path, child_argv, cache_control="all"):
 
 def child_argv(configs, args, manifest_path):
     """This module as the child: the same model parameters, the configs as specs."""
-    return [sys.executable, "-m", "sandbox.ncu", "--child", "--manifest", manifest_path,
+    return [sys.executable, "-m", "sandbox.lab.ncu", "--child", "--manifest", manifest_path,
             "--batch", str(args.batch), "--heads", str(args.heads), "--dtype", args.dtype,
             "--block-q", str(args.block_q), "--block-kv", str(args.block_kv),
             "--thread-q", str(args.thread_q), "--thread-kv", str(args.thread_kv), "--seed", str(args.seed),
@@ -342,7 +343,7 @@ def child_argv(configs, args, manifest_path):
 
 def child_main(args):
     """Run each config's kernels once inside cuProfilerStart/Stop; append one manifest line per config."""
-    from sandbox.runtime import ensure_backend
+    from sandbox.vocabulary.runtime import ensure_backend
 
     if ensure_backend() != "gpu":
         print("ncu check child: no CUDA GPU (Numba's CUDA simulator cannot be profiled)", file=sys.stderr)
@@ -351,9 +352,9 @@ def child_main(args):
     from numba import cuda
 
     from kernels.launch import run
-    from sandbox import Problem
-    from sandbox.dtypes import storage_dtype
-    from sandbox.info import environment
+    from sandbox.vocabulary.problem import Problem
+    from sandbox.vocabulary.dtypes import storage_dtype
+    from sandbox.lab.info import environment
 
     env = {k: str(v) for k, v in environment().items()}
     rng = np.random.default_rng(args.seed)
@@ -428,7 +429,7 @@ def _run_probe(probe, manifest):
 
 def _compile_model(args):
     """Run the L2 model once on a tiny problem of each kind: Numba compiles (and caches) its loops."""
-    from sandbox import Problem
+    from sandbox.vocabulary.problem import Problem
     from simulator.l2 import simulate_dram
 
     for kind in DEFAULT_KINDS:
@@ -551,7 +552,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None, prog=None):
     """The check's arguments (``prog``: the name its usage and errors give; default ``python -m sandbox ncu``)."""
-    from sandbox.gpus import KNOWN_GPUS
+    from sandbox.vocabulary.gpus import KNOWN_GPUS
 
     p = _Parser(prog=prog or "python -m sandbox ncu", description=__doc__.split("\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -28,8 +28,8 @@ import time
 import warnings
 from pathlib import Path
 
-from sandbox.files import atomic_write
-from sandbox.schedule import Schedule
+from sandbox.lab.records import atomic_write
+from sandbox.vocabulary.schedule import Schedule
 
 #: (Br, Bc, thread_q, thread_kv) tried per (head_dim, dtype); those the fast build or the GPU's
 #: shared memory cannot take are left out (kernels.launch.use_fast). Each thread's work per step of
@@ -194,7 +194,7 @@ def _time_schedule(schedule, problem):
     between close candidates (H100: a median of 5 waited-for calls put 64×64 8×4 1.5%
     ahead of 128×64 8×8 for causal d = 64, N = 4096; in a later run, medians of 10 each, the
     latter was 4% faster there and 5% at 16K)."""
-    from sandbox.bench import time_attention
+    from sandbox.lab.bench import time_attention
 
     return time_attention(schedule, problem, repeats=5, back_to_back=True)
 
@@ -221,8 +221,8 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
         RuntimeError: without a GPU (under the CUDA simulator, or no CUDA device at all) and no
             ``timer`` and ``device_name``, or no candidate ran.
     """
-    from sandbox.problem import Problem
-    from sandbox.runtime import gpu_present, using_simulator
+    from sandbox.vocabulary.problem import Problem
+    from sandbox.vocabulary.runtime import gpu_present, using_simulator
 
     if timer is None and using_simulator():
         raise RuntimeError("autotuning needs a GPU: the CUDA simulator's timings mean nothing")

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from sandbox.dtypes import as_dtype
+from sandbox.vocabulary.dtypes import as_dtype
 
 
 @dataclasses.dataclass(frozen=True)

@@ -104,7 +104,7 @@ class Reference:
     """Float64 values of one problem on one input set, on sampled rows, and the check against them.
 
     Args:
-        inputs: an :class:`sandbox.bench_impls.InputSet` (its arrays in ``inputs.lib``).
+        inputs: an :class:`sandbox.lab.peers.InputSet` (its arrays in ``inputs.lib``).
         problem: the :class:`Problem` (Nq = Nk).
         direction: "fwd" (O) or "bwd" (dQ, dK, dV for upstream gradient dO = ``inputs``' dout).
     """

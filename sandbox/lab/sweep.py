@@ -24,10 +24,14 @@ import sys
 import threading
 import time
 
-from sandbox.files import atomic_write
-from sandbox.problem import Problem
-from sandbox.kinds import names as registered_kinds
-from sandbox.schedule import KINDS, Schedule
+from sandbox.lab.records import atomic_write
+from sandbox.vocabulary.problem import Problem
+from sandbox.vocabulary.kinds import names as registered_kinds
+from sandbox.vocabulary.schedule import Schedule
+
+#: The kinds the FlashAttention paper compares (Algorithm 0, Algorithm 1 and FlashAttention-2's
+#: order): a sweep's default.
+PAPER_KINDS = ("standard", "flash1", "flash2")
 
 #: Columns of a sweep row, in order: the grid point, then what was counted or measured, then why
 #: a point could not run (empty for a point that ran; see ``skip_infeasible``).
@@ -70,7 +74,7 @@ class SweepSpec:
         time_kernels: also time the kernels (only on a GPU).
     """
 
-    kinds: tuple = KINDS
+    kinds: tuple = PAPER_KINDS
     n: tuple = (1024,)
     head_dim: tuple = (64,)
     causal: tuple = (False,)
@@ -159,12 +163,12 @@ def extra_hbm_bytes(schedule, problem):
     """Device memory one forward call allocates beyond q, k, v and O: L, and whatever the kind's
     ``launch`` allocates (S and P for standard, ℓ and m for flash1, the partials for splitkv).
 
-    Read off the kind's own launch function (sandbox/kinds.py), run with a recording allocator
+    Read off the kind's own launch function (sandbox/vocabulary/kinds.py), run with a recording allocator
     and no kernels, so that it cannot drift from what the kernels really allocate.
     """
     import numpy as np
 
-    from sandbox import kinds
+    from kernels import registry
 
     sizes = [problem.bh * problem.n_q * 4]  # L, fp32
 
@@ -172,14 +176,14 @@ def extra_hbm_bytes(schedule, problem):
         sizes.append(int(np.prod(shape)) * np.dtype(dtype).itemsize)
 
     no_arrays = (None,) * 7  # q, k, v, out, lse, scale, counters: never touched without kernels
-    kinds.get(schedule.kind).kernel_module().launch(lambda *args: None, schedule, problem, *no_arrays, empty)
+    registry.get(schedule.kind).kernels.launch(lambda *args: None, schedule, problem, *no_arrays, empty)
     return sum(sizes)
 
 
 def measure_point(schedule, problem, time_kernels=False):
     """One row: the simulator's counts (forward; the backward's HBM bytes where its tiles fit), footprints,
     and (on a GPU, if asked) the kernel's median time."""
-    from sandbox.lab import simulate
+    from simulator.entry import simulate
 
     report = simulate(schedule, problem)
     row = dict(zip(POINT_COLUMNS, point_key(schedule, problem)))
@@ -202,10 +206,10 @@ def measure_point(schedule, problem, time_kernels=False):
     except ValueError:  # the backward's tiles (dO, L, D too) may not fit where the forward's do
         pass
     if time_kernels:
-        from sandbox.runtime import using_simulator
+        from sandbox.vocabulary.runtime import using_simulator
 
         if not using_simulator():
-            from sandbox.bench import time_attention
+            from sandbox.lab.bench import time_attention
 
             try:
                 row["runtime_ms"] = time_attention(schedule, problem)
@@ -229,7 +233,7 @@ def command_line(argv=None):
 
 def provenance(argv=None):
     """Package versions, device, command line and time, for the header of result files."""
-    from sandbox.info import environment
+    from sandbox.lab.info import environment
 
     facts = {k: str(v) for k, v in environment().items()}
     facts["command"] = command_line(argv)

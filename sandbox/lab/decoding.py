@@ -1,7 +1,7 @@
 """Where split-KV beats flash2: few queries against a long K/V range (decoding).
 
 For each (Nq, Nk) the study times flash2 and split-KV with several split counts on the GPU
-(``sandbox.bench.time_attention``: CUDA events, median of 10, inputs rotated out of L2) and
+(``sandbox.lab.bench.time_attention``: CUDA events, median of 10, inputs rotated out of L2) and
 records both schedules' simulated HBM bytes, which hold on any machine. Without a GPU only the
 IO columns are filled. ``python scripts/splitkv_figure.py --out DIR`` writes the CSV, a JSON
 with provenance and the figure.
@@ -10,9 +10,9 @@ with provenance and the figure.
 import csv
 import os
 
-from sandbox.files import atomic_write, atomic_write_json, text_of
-from sandbox.problem import Problem
-from sandbox.schedule import Schedule
+from sandbox.lab.records import atomic_write, atomic_write_json, text_of
+from sandbox.vocabulary.problem import Problem
+from sandbox.vocabulary.schedule import Schedule
 
 #: Decoding-shaped problems: B = 1, H = 16, d = 64, fp32.
 N_Q = (1, 16, 256)
@@ -36,10 +36,10 @@ def run_study(out_dir, n_q=N_Q, n_kv=N_KV, splits=SPLITS, progress=print):
     Returns:
         list of row dicts (label, n_q, n_kv, kv_splits, hbm_bytes, ms or None).
     """
-    from sandbox.bench import time_attention
-    from sandbox.info import environment
-    from sandbox.lab import simulate
-    from sandbox.runtime import using_simulator
+    from sandbox.lab.bench import time_attention
+    from sandbox.lab.info import environment
+    from simulator.entry import simulate
+    from sandbox.vocabulary.runtime import using_simulator
 
     gpu = not using_simulator()
     rows = []

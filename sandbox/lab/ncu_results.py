@@ -1,4 +1,4 @@
-"""Nsight Compute's results for the ncu check (``sandbox.ncu``): its CSV read back in base units, the
+"""Nsight Compute's results for the ncu check (``sandbox.lab.ncu``): its CSV read back in base units, the
 profiled kernels matched to configs and summed, the calibration, the simulator's predictions beside
 the measurements (one row per config), and the check's own files (CSV, probes, figure, summary).
 
@@ -14,7 +14,7 @@ import json
 import re
 import time
 
-from sandbox.files import atomic_write, text_of
+from sandbox.lab.records import atomic_write, text_of
 
 #: column name -> ncu metric. ESSENTIAL is retried alone if ncu refuses a metric of the full list.
 METRICS = {
@@ -182,14 +182,14 @@ def measured_residency(kernels, phases):
 
 
 def make_schedule(kind, args):
-    from sandbox import Schedule
+    from sandbox.vocabulary.schedule import Schedule
 
     return Schedule(kind, block_q=args.block_q, block_kv=args.block_kv, thread_q=args.thread_q, thread_kv=args.thread_kv,
                     kv_splits=args.kv_splits if kind == "splitkv" else 1)
 
 
 def make_problem(cfg, args):
-    from sandbox import Problem
+    from sandbox.vocabulary.problem import Problem
 
     return Problem(args.batch, args.heads, cfg.n, cfg.n, cfg.d, dtype=args.dtype, causal=cfg.causal)
 

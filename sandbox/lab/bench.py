@@ -1,9 +1,9 @@
 """Timing on a GPU: our kernels against every peer in the same process (``python -m sandbox bench``).
 
-How each implementation (``sandbox.bench_impls``) is measured, on each problem:
+How each implementation (``sandbox.lab.peers``) is measured, on each problem:
 
 1. its output on the first input set is checked against float64 attention on sampled rows
-   (``sandbox.bench_check``); a wrong implementation is reported "WRONG (...)" and not timed;
+   (``sandbox.lab.bench_check``); a wrong implementation is reported "WRONG (...)" and not timed;
 2. ``warmup`` calls (which also compile our kernels), then one call whose peak extra device
    memory is measured;
 3. ``repeats`` calls, each timed alone by a pair of CUDA events on the default stream, and the
@@ -12,7 +12,7 @@ How each implementation (``sandbox.bench_impls``) is measured, on each problem:
 4. calls rotate through several input sets so that no call finds its inputs in L2, left there by
    the call before: as many sets as make 2× the L2 size, at most 8, and never more than a quarter
    of the free device memory holds (:func:`rotation_sets`). The L2 size is the device's, read from
-   it (``sandbox.info.device_facts``; the machines' sizes side by side: ``sandbox.gpus``).
+   it (``sandbox.lab.info.device_facts``; the machines' sizes side by side: ``sandbox.vocabulary.gpus``).
 
 FLOPs (for TFLOP/s): the forward is two matmuls, QKᵀ and PV, 4·B·H·d FLOPs per (query, key)
 pair; a causal mask counts only the allowed pairs, exactly: Σ_i min(i + 1, Nk). The backward is
@@ -150,8 +150,8 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=Fals
     """
 
     from kernels.launch import _to_device, run
-    from sandbox.info import resolve_gpu
-    from sandbox.runtime import using_simulator
+    from sandbox.lab.info import resolve_gpu
+    from sandbox.vocabulary.runtime import using_simulator
 
     if using_simulator():
         raise RuntimeError("kernel timing needs a GPU; the CUDA simulator's timings mean nothing")
@@ -202,13 +202,13 @@ class BenchSpec:
 
     Args:
         n, head_dim, dtype, causal: problem axes; batch, heads: B and H.
-        impls: implementation names (``sandbox.bench_impls.IMPL_NAMES``); None: all.
+        impls: implementation names (``sandbox.lab.peers.IMPL_NAMES``); None: all.
         backward: also backward rows (sdpa-* through autograd, our standard and flash2).
         repeats: timed calls per row (≥ 1; 10 by default, the median reported).
         warmup: untimed calls before them.
         block_q, block_kv, thread_q, thread_kv: our schedules' overrides; math: flash2's arithmetic
             (Schedule.math: "tf32x3" is its tensor-core build), None for the default.
-        tune: "flash2" runs the autotuned schedule of each (head_dim, dtype, causal) (sandbox/autotune.py),
+        tune: "flash2" runs the autotuned schedule of each (head_dim, dtype, causal) (sandbox/lab/autotune.py),
             unless a schedule override is given.
 
     Raises:
@@ -245,19 +245,19 @@ class BenchSpec:
         self.problems()
 
     def schedules(self):
-        from sandbox.bench_impls import default_schedules
+        from sandbox.lab.peers import default_schedules
 
         return default_schedules(self.block_q, self.block_kv, self.thread_q, self.thread_kv, tune=self.tune,
                                  math=self.math)
 
     def implementations(self):
-        from sandbox.bench_impls import implementations
+        from sandbox.lab.peers import implementations
 
         return implementations(self.impls, self.backward, self.schedules())
 
     def problems(self):
         """Problems in run order: grouped by inputs (dtype, d, n), then mask."""
-        from sandbox.problem import Problem
+        from sandbox.vocabulary.problem import Problem
 
         return [
             Problem(self.batch, self.heads, n, n, d, dtype=dt, causal=c)
@@ -312,7 +312,7 @@ def measure(task, spec, sets, reference, timer=time_calls):
         reference: a zero-argument callable returning the problem's ``bench_check.Reference``.
         timer: ``time_calls`` or a stand-in with its signature (tests).
     """
-    from sandbox.bench_impls import free_device_memory, peak_extra_bytes, recording_warnings, sdpa_unavailable_reason
+    from sandbox.lab.peers import free_device_memory, peak_extra_bytes, recording_warnings, sdpa_unavailable_reason
 
     row = base_row(task, spec)
     impl, problem = task.impl, task.problem
@@ -370,7 +370,7 @@ def run_bench(spec, csv_path, progress=None, argv=None, rows=None, timer=time_ca
         progress: an iterable wrapper over the tasks (each has a ``label``), e.g. a tqdm bar.
         rows: a list to append rows to as they complete (the caller keeps them on an interrupt).
         timer, require_gpu: for the tests, which run the whole path under the CUDA simulator.
-        gpu: the machine whose L2 the input rotation covers (a name in ``sandbox.gpus.KNOWN_GPUS`` or
+        gpu: the machine whose L2 the input rotation covers (a name in ``sandbox.vocabulary.gpus.KNOWN_GPUS`` or
             a DeviceFacts); default the device's, read from it. Without a GPU to read it must be given.
 
     Returns:
@@ -381,10 +381,10 @@ def run_bench(spec, csv_path, progress=None, argv=None, rows=None, timer=time_ca
         ValueError: no ``gpu`` and no device to read its facts from.
         OSError: the output files cannot be written.
     """
-    from sandbox.bench_check import Reference
-    from sandbox.bench_impls import array_library, free_device_memory, make_input_sets
-    from sandbox.info import resolve_gpu
-    from sandbox.runtime import ensure_backend, using_simulator
+    from sandbox.lab.bench_check import Reference
+    from sandbox.lab.peers import array_library, free_device_memory, make_input_sets
+    from sandbox.lab.info import resolve_gpu
+    from sandbox.vocabulary.runtime import ensure_backend, using_simulator
 
     ensure_backend()
     if require_gpu and using_simulator():
@@ -483,8 +483,8 @@ def format_table(rows):
 
 def save(rows, prov, csv_path, json_path):
     """Write the CSV (provenance and column notes as '# key: value' lines first) and the JSON, each atomically."""
-    from sandbox.files import atomic_write
-    from sandbox.sweep import write_commented_csv
+    from sandbox.lab.records import atomic_write
+    from sandbox.lab.sweep import write_commented_csv
 
     notes = {f"column {key}": value for key, value in COLUMN_NOTES.items()}
     write_commented_csv(csv_path, {**prov, **notes}, COLUMNS, rows)
@@ -496,7 +496,7 @@ def save(rows, prov, csv_path, json_path):
 
 def load(csv_path):
     """(provenance, rows) from a bench CSV, values as strings (numbers and booleans left to the reader)."""
-    from sandbox.sweep import read_commented_csv
+    from sandbox.lab.sweep import read_commented_csv
 
     return read_commented_csv(csv_path)
 
@@ -504,7 +504,7 @@ def load(csv_path):
 def bench_provenance(argv=None):
     """The sweep's provenance (package versions, device, command, date) plus what a timing depends on:
     driver and CUDA versions, the PyTorch and CuPy actually imported, the git commit."""
-    from sandbox.sweep import provenance
+    from sandbox.lab.sweep import provenance
 
     prov = provenance(argv)
     prov.update(_cuda_versions())
@@ -525,7 +525,7 @@ def _cuda_versions():
         out["nvidia driver"] = found.group(1) if found else "unknown"
     except OSError:
         out["nvidia driver"] = "unknown"
-    from sandbox.runtime import using_simulator
+    from sandbox.vocabulary.runtime import using_simulator
 
     if not using_simulator():
         try:
@@ -550,7 +550,7 @@ def _cuda_versions():
 
 def _git_commit():
     """HEAD's commit of the checkout this file is in, "+dirty" if tracked files differ; "unknown" outside git."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()

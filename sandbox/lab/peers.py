@@ -11,7 +11,7 @@ Every implementation is an object with
 - ``context()``: a context manager entered around all of its calls (PyTorch's backend choice,
   ``no_grad``), so that entering it is not part of any timed call;
 - ``tolerance(problem, scale)``: the absolute error allowed against the float64 reference
-  (:func:`sandbox.bench_check.tolerance`).
+  (:func:`sandbox.lab.bench_check.tolerance`).
 
 Everything runs on the CUDA default (legacy) stream: PyTorch's, CuPy's and Numba's default
 streams are all that null stream, so one pair of CUDA events times any of them. Inputs are made
@@ -28,8 +28,10 @@ import warnings
 
 import numpy as np
 
-from sandbox.bench_check import tolerance as default_tolerance
-from sandbox.schedule import Schedule
+from sandbox.lab.bench_check import tolerance as default_tolerance
+from kernels import registry
+from sandbox.vocabulary import kinds
+from sandbox.vocabulary.schedule import Schedule
 
 #: Our kernels' default schedule, per kind: 64×64 blocks, 4×4 register tiles (256 threads).
 DEFAULT_BLOCK, DEFAULT_TILE = 64, 4
@@ -40,15 +42,42 @@ SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-cudnn": "CUDNN_ATTENTION
                  "sdpa-efficient": "EFFICIENT_ATTENTION", "sdpa-math": "MATH"}
 #: SDPA backends that take fp16/bf16 inputs only.
 SDPA_16BIT_ONLY = ("sdpa-flash", "sdpa-cudnn")
-#: Every implementation name, in the order rows are produced (peers first, then ours).
-IMPL_NAMES = (*SDPA_BACKENDS, "cupy-naive", "torch-blockwise", "standard", "flash1", "flash2", "flash2-plain")
-#: Our rows by name: (kind, build). "flash2" is flash2's fast build (kernels/flash2_fast.py) on
-#: the autotuned schedule (sandbox/autotune.py) unless a schedule is given; "flash2-plain" is the
-#: counting build's source with its counters compiled out, on the default schedule.
-OURS = {"standard": ("standard", None), "flash1": ("flash1", None), "flash2": ("flash2", None),
-        "flash2-plain": ("flash2", False)}
-#: Names that have a backward row (our flash1 backward is flash2's kernels: not repeated).
-BACKWARD_NAMES = (*SDPA_BACKENDS, "standard", "flash2")
+#: Peers' rows, in the order they are produced (ours follow: :func:`impl_names`).
+PEER_NAMES = (*SDPA_BACKENDS, "cupy-naive", "torch-blockwise")
+#: The suffix of a row that runs a kind's counting-build source with its counters compiled out,
+#: for kinds that have a fast build (whose own row is named after the kind).
+PLAIN = "-plain"
+
+
+def ours():
+    """Our forward rows by name, from the kernels' registry (kernels/registry.py): ``{name: (kind, fast)}``.
+
+    Every kind's row runs its default build (``fast=None``: the fast build where one can run; for
+    flash2 on the autotuned schedule, sandbox/lab/autotune.py); a kind with a fast build also has a
+    ``<kind>-plain`` row, its counting build's source without counters (``fast=False``).
+    """
+    out = {}
+    for kind in registry.names():
+        out[kind] = (kind, None)
+        if registry.get(kind).fast:
+            out[kind + PLAIN] = (kind, False)
+    return out
+
+
+def backward_names():
+    """Names with a backward row: the peers' SDPA backends and every kind with a backward pass."""
+    return (*SDPA_BACKENDS, *(k for k in registry.names() if kinds.get(k).backward is not None))
+
+
+def impl_names():
+    """Every implementation name, in the order rows are produced (peers first, then ours)."""
+    return (*PEER_NAMES, *ours())
+
+
+def rows_of_kind(kind):
+    """The bench's rows that run ``kind``'s kernels: forward names, then "<name> (bwd)" for backward ones."""
+    fwd = tuple(name for name, (k, _) in ours().items() if k == kind)
+    return fwd + tuple(f"{name} (bwd)" for name in backward_names() if name == kind)
 
 
 def installed(module):
@@ -151,7 +180,7 @@ def free_device_memory():
     cupy = sys.modules.get("cupy")
     if cupy is not None:
         cupy.get_default_memory_pool().free_all_blocks()
-    from sandbox.runtime import using_simulator
+    from sandbox.vocabulary.runtime import using_simulator
 
     if not using_simulator():
         from numba import cuda
@@ -316,7 +345,7 @@ class CupyNaive(Impl):
 class Ours(Impl):
     """Our Numba kernels through ``kernels.launch``: ``run`` (forward) or ``run_backward``.
 
-    ``schedule`` None: the autotuned one for the problem's (head_dim, dtype) (sandbox/autotune.py).
+    ``schedule`` None: the autotuned one for the problem's (head_dim, dtype) (sandbox/lab/autotune.py).
     ``fast``: ``kernels.launch.use_fast``'s choice of build (None: the fast one where it can run).
     The backward's ``prepare`` runs the same kind's forward once for O and L.
     """
@@ -331,7 +360,7 @@ class Ours(Impl):
     def schedule_for(self, problem):
         if self.schedule is not None:
             return self.schedule
-        from sandbox.autotune import tuned_schedule
+        from sandbox.lab.autotune import tuned_schedule
 
         return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal)
 
@@ -376,7 +405,7 @@ class Ours(Impl):
 
 
 def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None, tune=False, math=None):
-    """Our rows' schedules (by name, see :data:`OURS`): 64×64 blocks and 4×4 register tiles unless
+    """Our rows' schedules (by name, see :func:`ours`): 64×64 blocks and 4×4 register tiles unless
     overridden (all alike). ``tune``: "flash2" gets None, i.e. the autotuned schedule, unless
     something is overridden. ``math`` (Schedule.math) applies to the flash2 rows only.
 
@@ -393,7 +422,7 @@ def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None
         return Schedule(kind, block_q=pick(block_q, b), block_kv=pick(block_kv, b), thread_q=pick(thread_q, t),
                         thread_kv=pick(thread_kv, t), **({"math": math} if math and kind == "flash2" else {}))
 
-    out = {name: schedule(kind) for name, (kind, _) in OURS.items()}
+    out = {name: schedule(kind) for name, (kind, _) in ours().items()}
     if tune and (block_q, block_kv, thread_q, thread_kv, math) == (None,) * 5:
         out["flash2"] = None
     return out
@@ -405,10 +434,11 @@ def implementations(names=None, backward=False, schedules=None):
     Raises:
         ValueError: an unknown name.
     """
-    names = IMPL_NAMES if names is None else tuple(names)
+    all_names, our_rows = impl_names(), ours()
+    names = all_names if names is None else tuple(names)
     for name in names:
-        if name not in IMPL_NAMES:
-            raise ValueError(f"unknown implementation {name!r}; expected one of {', '.join(IMPL_NAMES)}")
+        if name not in all_names:
+            raise ValueError(f"unknown implementation {name!r}; expected one of {', '.join(all_names)}")
     schedules = schedules or default_schedules()
 
     def make(name, direction):
@@ -418,13 +448,13 @@ def implementations(names=None, backward=False, schedules=None):
             return TorchBlockwise(name)
         if name == "cupy-naive":
             return CupyNaive(name)
-        return Ours(name, direction, schedules[name], fast=OURS[name][1])
+        return Ours(name, direction, schedules[name], fast=our_rows[name][1])
 
-    out = [make(n, "fwd") for n in IMPL_NAMES if n in names]
+    out = [make(n, "fwd") for n in all_names if n in names]
     if backward:
         untuned = default_schedules()  # the backward is not the fast build's: no tuned schedule
-        out += [Ours(n, "bwd", schedules[n] or untuned[n]) if n in OURS else make(n, "bwd")
-                for n in BACKWARD_NAMES if n in names]
+        out += [Ours(n, "bwd", schedules[n] or untuned[n]) if n in our_rows else make(n, "bwd")
+                for n in backward_names() if n in names]
     return out
 
 

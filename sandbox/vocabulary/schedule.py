@@ -15,21 +15,14 @@ also use to lay out their dynamic shared memory: one formula for both.
 
 import dataclasses
 import math
-from collections import namedtuple
 
 import numpy as np
 
-from sandbox.dtypes import ACC, as_dtype
+from sandbox.vocabulary import kinds
+from sandbox.vocabulary.kinds import MATHS
+from sandbox.vocabulary.dtypes import as_dtype
+from sandbox.vocabulary.footprints import BACKWARD_SRAM, Buffer, sram_offsets  # noqa: F401 (Buffer: the type of sram_buffers' values)
 
-#: The built-in schedule kinds. "standard": Algorithm 0 (S and P in HBM); "flash1": Algorithm 1
-#: (outer loop over K/V blocks, O/ℓ/m back to HBM every inner step); "flash2": FlashAttention-2
-#: order (outer loop over Q blocks, O and L written once). Every kind, these and any added
-#: later, is registered in :mod:`sandbox.kinds` (``sandbox.kinds.names()``).
-KINDS = ("standard", "flash1", "flash2")
-
-#: The fast build's arithmetic (Schedule.math): fp32 FMAs, or three TF32 tensor-core products per
-#: fp32 product (kernels/mma.py).
-MATHS = ("fma", "tf32x3")
 
 #: The tensor-core build's tiles (kernels/flash2_tc.py): a warp per 16 rows of Q, mma fragments
 #: of 8 columns of S, and each thread a thread_q × Bc/4 register tile of S.
@@ -50,9 +43,6 @@ MAX_THREADS = 1024
 #: The largest register tile edge the default layout picks.
 _THREAD_TILE_CHOICES = (1, 2, 4, 8, 16)
 
-Buffer = namedtuple("Buffer", "name count itemsize")
-Buffer.__doc__ = "One shared-memory buffer: tensor name, elements, bytes per element."
-
 
 def _positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -64,8 +54,6 @@ def _positive_int(value, name):
 
 def _registered_kind(kind):
     """The registered kind called ``kind``; TypeError for a non-str, ValueError naming the known kinds."""
-    from sandbox import kinds
-
     if not isinstance(kind, str):
         raise TypeError(f"kind: expected a kind name, one of {kinds.names()}, got {kind!r} ({type(kind).__name__})")
     return kinds.get(kind)
@@ -85,7 +73,7 @@ class Schedule:
     """How one attention call is tiled; immutable, hashable, validated.
 
     Args:
-        kind: a registered kind (``sandbox.kinds.names()``: the built-in :data:`KINDS` and any added).
+        kind: a registered kind (``sandbox.vocabulary.kinds.names()``).
         block_q: Br, rows of a Q block.
         block_kv: Bc, rows of a K/V block.
         thread_q, thread_kv: each thread's register tile of S (rows, columns); default: the
@@ -123,13 +111,13 @@ class Schedule:
     math: str = "fma"
 
     def __post_init__(self):
-        from sandbox import kinds
-
         kind = _registered_kind(self.kind)
         if not isinstance(self.math, str) or self.math not in MATHS:
             raise ValueError(f"math: expected one of {MATHS}, got {self.math!r}")
-        if self.math != "fma" and self.kind != "flash2":
-            raise ValueError(f"math={self.math!r}: only flash2 has a tensor-core build, not kind {self.kind!r}")
+        if self.math not in kind.maths:
+            offer = ", ".join(f"{k} ({'/'.join(kinds.get(k).maths)})" for k in kinds.names() if self.math in kinds.get(k).maths)
+            raise ValueError(f"math={self.math!r}: kind {self.kind!r} has no build with that arithmetic "
+                             f"(kinds that have one: {offer})")
         object.__setattr__(self, "kv_splits", _positive_int(self.kv_splits, "kv_splits"))
         if self.kv_splits != 1 and not kind.kv_splits:
             with_splits = ", ".join(k for k in kinds.names() if kinds.get(k).kv_splits)
@@ -263,90 +251,21 @@ def sram_buffers(schedule, head_dim, dtype, backward=False):
     registers (each thread's tile of the Br×d output), never in SRAM.
 
     Returns:
-        dict phase name → tuple of :class:`Buffer`. flash1 and flash2 have one phase, "main";
-        standard has three kernels: "qk" (S = QKᵀ), "softmax" (P = softmax(S)) and "pv" (O = PV).
-        With ``backward``: the flash kinds' "dkdv" and "dq" kernels (FlashAttention-2 backward),
-        standard's "p" (P = exp(S - L)), "ds" (dS = P ∘ (dO Vᵀ - D)), "tn" (Mᵀ X for dV, dK) and
-        "nn" (dS K for dQ).
-    """
-    it = np.dtype(dtype).itemsize
-    acc = ACC.itemsize
-    br, bc, d = schedule.block_q, schedule.block_kv, head_dim
-    from sandbox import kinds
+        dict phase name → tuple of :class:`Buffer`: the kind's own (its ``sram`` trait,
+        :mod:`sandbox.vocabulary.kinds`), or with ``backward`` its backward's
+        (:data:`sandbox.vocabulary.footprints.BACKWARD_SRAM`).
 
-    backward_kind = kinds.get(schedule.kind).backward
-    if backward and backward_kind is None:
+    Raises:
+        ValueError: ``backward`` for a kind that has no backward pass.
+    """
+    kind = kinds.get(schedule.kind)
+    if not backward:
+        return kind.sram(schedule, head_dim, dtype)
+    if kind.backward is None:
         raise ValueError(f"schedule kind {schedule.kind!r} has no backward pass (kinds with one: "
                          f"{', '.join(k for k in kinds.names() if kinds.get(k).backward)})")
-    if backward:
-        rows = (Buffer("L", br, acc), Buffer("D", br, acc))
-        if backward_kind == "standard":
-            return {
-                "p": (Buffer("Q", br * d, it), Buffer("K", bc * d, it), Buffer("L", br, acc)),
-                "ds": (Buffer("dO", br * d, it), Buffer("V", bc * d, it), Buffer("D", br, acc)),
-                "tn": (Buffer("M", br * bc, acc), Buffer("X", br * d, it)),
-                "nn": (Buffer("M", br * bc, acc), Buffer("X", bc * d, it)),
-            }
-        # P, then dS, share one Br×Bc fp32 tile
-        tiles = (Buffer("Q", br * d, it), Buffer("dO", br * d, it), Buffer("K", bc * d, it),
-                 Buffer("V", bc * d, it), Buffer("dS", br * bc, acc))
-        return {"dkdv": tiles + rows, "dq": tiles + rows}
-    return kinds.get(schedule.kind).sram_buffers(schedule, head_dim, dtype)
+    return BACKWARD_SRAM[kind.backward](schedule, head_dim, dtype)
 
 
-def standard_sram(schedule, head_dim, dtype):
-    """standard's kernels: qk (Q, K tiles), softmax (per-thread row statistics), pv (P tile, V tile)."""
-    it, acc = np.dtype(dtype).itemsize, ACC.itemsize
-    br, bc, d = schedule.block_q, schedule.block_kv, head_dim
-    return {
-        "qk": (Buffer("Q", br * d, it), Buffer("K", bc * d, it)),
-        # per-thread partial (m, l) and the combined row (m, l) in the last slot
-        "softmax": (Buffer("m", schedule.threads + 1, acc), Buffer("l", schedule.threads + 1, acc)),
-        "pv": (Buffer("M", br * bc, acc), Buffer("X", bc * d, it)),  # kernels/matmul.py: M = P, X = V
-    }
-
-
-def flash_tiles(schedule, head_dim, dtype):
-    """Q_i, K_j, V_j in the input dtype and the Br×Bc fp32 S/P tile: the flash kinds' common buffers."""
-    it, acc = np.dtype(dtype).itemsize, ACC.itemsize
-    br, bc, d = schedule.block_q, schedule.block_kv, head_dim
-    return (Buffer("Q", br * d, it), Buffer("K", bc * d, it), Buffer("V", bc * d, it), Buffer("S", br * bc, acc))
-
-
-def flash2_sram(schedule, head_dim, dtype):
-    """flash2: the tiles, and the running m_i, l_i and the rescale factor alpha = exp(m_old - m_new)."""
-    br, acc = schedule.block_q, ACC.itemsize
-    stats = (Buffer("m", br, acc), Buffer("l", br, acc), Buffer("alpha", br, acc))
-    return {"main": flash_tiles(schedule, head_dim, dtype) + stats}
-
-
-def splitkv_sram(schedule, head_dim, dtype):
-    """splitkv: flash2's buffers for the partial phase; the combine phase's weights w (Br × splits)."""
-    return {"partial": flash2_sram(schedule, head_dim, dtype)["main"],
-            "combine": (Buffer("w", schedule.block_q * schedule.kv_splits, ACC.itemsize),)}
-
-
-def flash1_sram(schedule, head_dim, dtype):
-    """flash1 keeps m_i, l_i in HBM; SRAM holds the two factors of the O update
-    O_new = alpha·O_old + beta·(P~ V), alpha = l_i e^(m_i-m_new)/l_new, beta = e^(m~_ij-m_new)/l_new."""
-    br, acc = schedule.block_q, ACC.itemsize
-    stats = (Buffer("alpha", br, acc), Buffer("beta", br, acc))
-    return {"main": flash_tiles(schedule, head_dim, dtype) + stats}
-
-
-#: Alignment of each shared-memory buffer, in bytes.
-SRAM_ALIGN = 16
-
-
-def sram_offsets(buffers, align=SRAM_ALIGN):
-    """Element offsets of each buffer in a kernel's dynamic shared memory, and its total bytes.
-
-    Buffers start at ``align``-byte boundaries; each offset is in units of that buffer's own
-    element size (a kernel indexes one typed view of the shared memory per element size).
-    """
-    offsets, nbytes = {}, 0
-    for buf in buffers:
-        nbytes = -(-nbytes // align) * align
-        offsets[buf.name] = nbytes // buf.itemsize
-        nbytes += buf.count * buf.itemsize
-    return offsets, nbytes
+#: The schedule ``attention`` and ``simulate`` use when none is given.
+DEFAULT_SCHEDULE = Schedule("flash2", block_q=64, block_kv=64)

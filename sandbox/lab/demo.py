@@ -2,8 +2,8 @@
 
 import os
 
-from sandbox.experiments import EXPERIMENTS
-from sandbox.files import atomic_write_json
+from sandbox.lab.experiments import EXPERIMENTS
+from sandbox.lab.records import atomic_write_json
 
 
 def run_demo(out_dir, progress=None, argv=None):
@@ -17,11 +17,12 @@ def run_demo(out_dir, progress=None, argv=None):
     Returns:
         dict: "data" and "figures" (paths), "kernel_check" (per kind: errors, agreement).
     """
-    from sandbox.lab import check_against_reference
-    from sandbox.plots import PLOTS
-    from sandbox.problem import Problem
-    from sandbox.schedule import KINDS, Schedule
-    from sandbox.sweep import load, run_sweep
+    from sandbox.lab.verify import check_against_reference
+    from sandbox.lab.plots import PLOTS
+    from sandbox.vocabulary.problem import Problem
+    from sandbox.vocabulary.schedule import Schedule
+    from sandbox.lab.sweep import PAPER_KINDS
+    from sandbox.lab.sweep import load, run_sweep
 
     data_dir, fig_dir = os.path.join(out_dir, "data"), os.path.join(out_dir, "figures")
     os.makedirs(data_dir, exist_ok=True)
@@ -36,7 +37,7 @@ def run_demo(out_dir, progress=None, argv=None):
         result["figures"] += PLOTS[name](rows, prov, fig_dir)
     # a small problem through all three kernels (the CUDA simulator without a GPU), against NumPy
     problem = Problem(batch=1, heads=2, n_q=19, n_kv=23, head_dim=8, causal=True)
-    for kind in KINDS:
+    for kind in PAPER_KINDS:
         res = check_against_reference(Schedule(kind, block_q=8, block_kv=8, thread_q=2, thread_kv=2), problem)
         result["kernel_check"][kind] = {
             "max_abs_error": res["max_abs_error"],

@@ -6,9 +6,7 @@
 
 import dataclasses
 
-from sandbox.sweep import SweepSpec
-
-KINDS = ("standard", "flash1", "flash2")
+from sandbox.lab.sweep import PAPER_KINDS as KINDS, SweepSpec
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,11 @@
 
 import numpy as np
 
-from sandbox.dtypes import BFLOAT16, SUPPORTED
-from sandbox.problem import Problem, as_bool, resolve_scale
+from sandbox.vocabulary import kinds
+from sandbox.vocabulary.dtypes import BFLOAT16, SUPPORTED
+from sandbox.vocabulary.masks import as_mask
+from sandbox.vocabulary.problem import Problem, as_bool, resolve_scale
+from sandbox.vocabulary.schedule import Schedule
 
 #: Dtypes the float64 NumPy reference accepts.
 REFERENCE_DTYPES = ("bfloat16", "float16", "float32", "float64")
@@ -92,3 +95,29 @@ def check_same_shape(x, name, shape, like="q"):
     if x.dtype.name not in REFERENCE_DTYPES:
         raise TypeError(f"{name}: unsupported dtype {x.dtype.name}; expected one of {', '.join(REFERENCE_DTYPES)}")
     return x
+
+
+def check_schedule(schedule):
+    """``schedule`` itself, or TypeError if it is not a :class:`~sandbox.vocabulary.schedule.Schedule`."""
+    if not isinstance(schedule, Schedule):
+        raise TypeError(
+            f"schedule: expected a sandbox.Schedule, e.g. Schedule('flash2', block_q=64, block_kv=64), "
+            f"got {type(schedule).__name__}"
+        )
+    return schedule
+
+
+def check_mask(mask, problem, schedule):
+    """The :class:`~sandbox.vocabulary.masks.Mask` for ``mask`` (None stays None), checked over ``problem``
+    (:meth:`Mask.check`) for a kind that takes masks.
+
+    Raises:
+        TypeError, ValueError: not a mask; a kind without masks; the mask fails its check.
+    """
+    mask = as_mask(mask)
+    if mask is None:
+        return None
+    if not kinds.get(schedule.kind).masks:
+        raise ValueError(f"schedule kind {schedule.kind!r} does not take a mask "
+                         f"(kinds that do: {', '.join(kinds.with_trait('masks'))})")
+    return mask.check(problem)

@@ -7,6 +7,9 @@ import importlib.util
 import os
 import sys
 
+#: The installed version (setup.cfg reads it from here).
+__version__ = "0.1.0"
+
 SIM_ENV = "NUMBA_ENABLE_CUDASIM"
 
 #: The distribution that installs ``sandbox``, ``kernels`` and ``simulator`` (setup.cfg).
@@ -89,7 +92,7 @@ def check_backend():
 
 def _package_root():
     """The folder that holds this ``sandbox`` package, where its sibling packages are installed too."""
-    return os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
 def _found_at(name):
@@ -151,3 +154,9 @@ def check_packages(names=SIBLING_PACKAGES):
         raise ImportError(
             f"{name!r} resolves to {found}, not to {DISTRIBUTION}'s {os.path.join(expected, '__init__.py')}: {fix}"
         )
+
+
+def prepare():
+    """What ``import sandbox`` does first: :func:`ensure_backend`, then :func:`check_packages`."""
+    ensure_backend()
+    check_packages()

@@ -1,0 +1,104 @@
+"""The kernels' entry points: check the arguments (with the vocabulary's checks), then compile and launch.
+
+``sandbox.attention`` and ``sandbox.attention_backward`` are these functions.
+"""
+
+import numpy as np
+
+from kernels.launch import attention_any, attention_backward_any
+from sandbox.vocabulary.schedule import DEFAULT_SCHEDULE
+from sandbox.vocabulary.validation import array_meta, check_flags, check_mask, check_qkv, check_schedule
+
+
+def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, return_lse=False, count_io=False,
+              mask=None, fast=None):
+    """softmax(scale·QKᵀ)V with the Numba CUDA kernel of ``schedule`` (on the GPU, or Numba's CUDA simulator).
+
+    Args:
+        q: (B, H, Nq, d); k, v: (B, H, Nk, d); float32, float16 or bfloat16. NumPy arrays are copied to
+            the device and results back; CUDA arrays (CuPy, PyTorch, Numba: anything with
+            ``__cuda_array_interface__``, C-contiguous) stay on the GPU and results come back
+            as the same kind of array. Under the CUDA simulator: NumPy arrays and Numba's
+            (simulated) device arrays.
+        schedule: a :class:`Schedule`; its kind picks the kernel.
+        causal: top-left causal mask (query i sees keys j <= i).
+        scale: softmax scale, default 1/sqrt(d).
+        return_lse: also return L, the log-sum-exp per row, (B, H, Nq) fp32.
+        count_io: also return the :class:`IOReport` counted by the kernel itself (slower build).
+        mask: a predicate ``mask(b, h, q_idx, kv_idx) -> bool`` or a :class:`sandbox.vocabulary.masks.Mask`
+            (combined with ``causal`` if both are given). It is compiled into the kernel: tiles
+            with no allowed entry are skipped, the rest are masked entry by entry. Checked
+            before launch by :meth:`sandbox.vocabulary.masks.Mask.check`: it compiles for the CPU and for
+            CUDA, returns a bool, its captured arrays fit constant memory, and over this
+            problem's indices (sampled above ``masks.DENSE_CHECK_ENTRIES``) it neither raises
+            nor reads past an array, and gives the same answer twice.
+        fast: run the kind's fast build of the same schedule (flash2's: ``kernels/flash2_fast.py``;
+            same tiles and HBM traffic, S in registers). None (default): whenever it can run this
+            (no ``count_io``, no mask, a thread layout it takes, and NumPy inputs free of NaN and
+            inf: see kernels/limits.py); False: the counting kernel's source without counters;
+            True: the fast build or a ValueError saying why not.
+
+    Returns:
+        ``out``; ``(out, lse)``; with ``count_io`` the report is appended last. ``out`` has the
+        input dtype; accumulation is fp32.
+
+    Raises:
+        TypeError, ValueError: bad inputs (see :func:`sandbox.vocabulary.validation.check_qkv`), a schedule
+            whose tiles overflow its SRAM or the GPU's shared memory, a mask that fails its check.
+        MemoryError: the GPU cannot hold the buffers (standard attention's S and P grow as Nq·Nk).
+    """
+    problem = check_qkv(q, k, v, causal=causal, scale=scale)
+    check_flags(return_lse=return_lse, count_io=count_io)
+    if fast is not None:
+        check_flags(fast=fast)
+    check_schedule(schedule).check_fits(problem.head_dim, problem.dtype)
+    mask = check_mask(mask, problem, schedule)
+    out, lse, report = attention_any(schedule, problem, q, k, v, count_io=count_io, mask=mask, fast=fast)
+    result = (out, lse) if return_lse else (out,)
+    if count_io:
+        result += (report,)
+    return result[0] if len(result) == 1 else result
+
+
+def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, count_io=False):
+    """Gradients dQ, dK, dV of ``attention`` for the upstream gradient ``dout``.
+
+    flash1 and flash2 schedules run FlashAttention-2's backward with recomputation (S and P
+    rebuilt per tile from Q, K and the saved log-sum-exp; nothing Nq×Nk in HBM); the standard
+    schedule materializes P and dS in HBM. Deterministic: no floating-point atomics, so the same
+    inputs give bit-identical gradients.
+
+    Args:
+        q, k, v: as for :func:`attention`.
+        out, lse: ``attention``'s output (B, H, Nq, d) and log-sum-exp (B, H, Nq) for these inputs.
+        dout: gradient of the loss with respect to ``out``, (B, H, Nq, d), the dtype of q.
+        schedule, causal, scale: as for the forward call that produced ``out`` and ``lse``.
+        count_io: also return the measured :class:`IOReport` last.
+
+    Returns:
+        ``(dq, dk, dv)`` in the input dtype (fp32 accumulation), plus the report with ``count_io``.
+
+    Raises:
+        TypeError, ValueError: bad inputs, or a schedule whose backward tiles overflow its SRAM.
+    """
+    problem = check_qkv(q, k, v, causal=causal, scale=scale)
+    check_flags(count_io=count_io)
+    check_schedule(schedule).check_fits(problem.head_dim, problem.dtype, backward=True)
+    q_shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
+    on_host = isinstance(q, np.ndarray)
+    for name, x, shape, dtype in (
+        ("out", out, q_shape, problem.dtype), ("dout", dout, q_shape, problem.dtype), ("lse", lse, q_shape[:3], None)
+    ):
+        got_shape, got_dtype, on_device = array_meta(x, name)
+        if tuple(got_shape) != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {tuple(got_shape)}")
+        if on_device == on_host:
+            raise TypeError(f"{name}: expected it on the same side as q (NumPy arrays or GPU arrays, like q)")
+        if dtype is not None and got_dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype.name} (that of q), got {got_dtype.name}")
+        if dtype is None and got_dtype != np.float32 and not (on_host and got_dtype.name in ("float32", "float64")):
+            raise TypeError(f"lse: expected float32 (as attention(return_lse=True) gives), got {got_dtype.name}")
+    if on_host:
+        lse = np.asarray(lse, dtype=np.float32)
+    dq, dk, dv, report = attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=count_io)
+    return (dq, dk, dv, report) if count_io else (dq, dk, dv)

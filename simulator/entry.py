@@ -1,0 +1,46 @@
+"""The simulator's entry point: check the arguments (with the vocabulary's checks), then count.
+
+``sandbox.simulate`` is this function.
+"""
+
+from sandbox.vocabulary.problem import Problem
+from sandbox.vocabulary.validation import check_flags, check_mask, check_schedule
+from simulator.counts import check_mask_affordable, simulate_backward_counts, simulate_counts
+
+
+def simulate(schedule, problem, backward=False, mask=None):
+    """Count what ``schedule`` moves between HBM and SRAM on ``problem``, with the IO model.
+
+    Args:
+        schedule: the :class:`Schedule` the kernels would be specialized from.
+        problem: a :class:`Problem`.
+        backward: count the backward pass (``attention_backward``) instead of the forward.
+        mask: a mask predicate, as for :func:`attention` (forward only) and checked the same
+            way; the simulator evaluates it over every entry, O(B·H·Nq·Nk), to find the tiles
+            the kernel skips (one evaluation with the check's, up to ``masks.DENSE_CHECK_ENTRIES``).
+
+    Returns:
+        IOReport: elements per level and tensor (the very counts ``attention(..., count_io=True)``
+        measures), and the matmul FLOPs.
+
+    Raises:
+        TypeError: arguments of the wrong type.
+        ValueError: a run the schedule cannot do (tiles over its SRAM, head_dim over 256).
+
+    Example:
+        >>> from sandbox import Problem, Schedule, simulate
+        >>> r = simulate(Schedule("flash2", block_q=64, block_kv=64), Problem(1, 1, 1024, 1024, 64))
+        >>> r.hbm_reads["Q"] == 1024 * 64
+        True
+    """
+    check_schedule(schedule)
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem: expected a sandbox.Problem, got {type(problem).__name__}")
+    check_flags(backward=backward)
+    schedule.check_fits(problem.head_dim, problem.dtype, backward=backward)
+    if mask is not None:
+        if backward:
+            raise NotImplementedError("masks: the backward pass takes causal=True only, not mask= (yet)")
+        check_mask_affordable(problem)  # before the mask is checked over the problem
+        return simulate_counts(schedule, problem, mask=check_mask(mask, problem, schedule))
+    return (simulate_backward_counts if backward else simulate_counts)(schedule, problem)
