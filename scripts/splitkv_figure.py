@@ -6,11 +6,7 @@
 import argparse
 import sys
 
-from sandbox.vocabulary.runtime import ensure_backend
-
-ensure_backend()
-
-from sandbox.lab.decoding import N_KV, N_Q, SPLITS, run_study  # noqa: E402
+from sandbox.lab.decoding import N_KV, N_Q, SPLITS, run_study
 
 
 def main(argv=None):

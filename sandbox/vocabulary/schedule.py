@@ -19,10 +19,10 @@ import math
 import numpy as np
 
 from sandbox.vocabulary import kinds
-from sandbox.vocabulary.kinds import MATHS
 from sandbox.vocabulary.dtypes import as_dtype
 from sandbox.vocabulary.footprints import BACKWARD_SRAM, Buffer, sram_offsets  # noqa: F401 (Buffer: the type of sram_buffers' values)
-
+from sandbox.vocabulary.gpus import KNOWN_GPUS
+from sandbox.vocabulary.kinds import MATHS
 
 #: The tensor-core build's tiles (kernels/flash2_tc.py): a warp per 16 rows of Q, mma fragments
 #: of 8 columns of S, and each thread a thread_q × Bc/4 register tile of S.
@@ -30,8 +30,9 @@ TF32X3_BLOCK_Q_MULTIPLE = 16
 TF32X3_BLOCK_KV_MULTIPLE = 8
 TF32X3_THREAD_Q = 2
 
-#: Default SRAM capacity: the H100's opt-in shared memory per thread block (227 KiB).
-H100_SRAM_BYTES = 227 * 1024
+#: Default SRAM capacity M: the opt-in shared memory per thread block of the Hopper GPUs in
+#: sandbox/vocabulary/gpus.py (227 KiB on the H100 and the H200 alike).
+DEFAULT_SRAM_BYTES = KNOWN_GPUS["h200"].smem_per_block_optin
 
 #: Largest head dimension the kernels are built for.
 MAX_HEAD_DIM = 256
@@ -79,8 +80,8 @@ class Schedule:
         thread_q, thread_kv: each thread's register tile of S (rows, columns); default: the
             smallest square tile that keeps the block at ≤ 256 threads (with ``math="tf32x3"``:
             2 × Bc/4, the only tile the tensor-core build takes).
-        sram_bytes: M, the SRAM capacity the schedule assumes (default: 227 KiB, an H100's
-            opt-in shared memory per block).
+        sram_bytes: M, the SRAM capacity the schedule assumes (default: 227 KiB, the H100's and
+            H200's opt-in shared memory per block).
         kv_splits: how many thread blocks share one Q block's K/V range (kinds registered with
             ``kv_splits=True``, i.e. "splitkv"; 1 for the others).
         math: the fast build's arithmetic (:data:`MATHS`): "fma", fp32 FMAs on the CUDA cores;
@@ -106,7 +107,7 @@ class Schedule:
     block_kv: int
     thread_q: int = None
     thread_kv: int = None
-    sram_bytes: int = H100_SRAM_BYTES
+    sram_bytes: int = DEFAULT_SRAM_BYTES
     kv_splits: int = 1
     math: str = "fma"
 

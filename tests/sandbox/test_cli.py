@@ -39,7 +39,7 @@ def test_simulate_prints_counts(capsys):
         (["simulate", "--math", "tf32x3", "--thread-q", "4", "--thread-kv", "4"],
          "math='tf32x3' needs the thread tile 2x16 (thread_q=2, thread_kv=block_kv/4)"),
         (["run", "--kind", "flash2", "--math", "tf32x3"], "math='tf32x3' needs block_q a multiple of 16"),
-        (["simulate", "--math", "tf32x3", "--kind", "flash1"], "only flash2 has a tensor-core build"),
+        (["simulate", "--math", "tf32x3", "--kind", "flash1"], "kind 'flash1' has no build with that arithmetic (kinds that have one: flash2"),
         (["simulate", "--block-q", "1024"], "needs 274432 bytes of SRAM"),
         (["simulate", "--n", "0"], "n_q: expected a positive int, got 0"),
         (["simulate", "--d", "300"], "head_dim=300 exceeds"),
