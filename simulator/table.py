@@ -8,7 +8,8 @@ A kind's traits are in ``sandbox/vocabulary/kinds.py`` and its kernels in ``kern
   ``simulator.tile_sums.TileSums``; ``simulator/counts.py`` holds the built-in kinds' counters),
   which must equal the kernels' own counters;
 - ``l2``: optionally, its kernel launches in order for the L2 model (``simulator/l2.py``):
-  ``((phase, request generator, grid(schedule, problem)), ...)``. A kind without one has no DRAM
+  ``((phase, request generator, grid(schedule, problem)), ...)``, as ``simulator/streams.py``
+  describes them (the built-in kinds' are there). A kind without one has no DRAM
   estimate (``simulate_dram`` says so).
 
 The built-in kinds are entered by ``simulator/__init__.py``.
