@@ -378,9 +378,9 @@ def launches(schedule):
     """The kind's launches for the L2 model (simulator/table.py).
 
     Raises:
-        NotImplementedError: the kind has no request stream in the table.
+        NotImplementedError: the kind has no request stream in the table (or is not in it).
     """
-    stream = table.get(schedule.kind).l2
+    stream = table.get(schedule.kind).l2 if schedule.kind in table.names() else None
     if stream is None:
         with_stream = tuple(k for k in table.names() if table.get(k).l2 is not None)
         raise NotImplementedError(
