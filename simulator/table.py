@@ -4,10 +4,12 @@ A kind's traits are in ``sandbox/vocabulary/kinds.py`` and its kernels in ``kern
 ``sandbox.register_kind`` registers all three. Here a kind has:
 
 - ``counts``: ``(schedule, problem, tiles, masked) -> [hbm_reads, hbm_writes, sram_reads,
-  sram_writes]``, the exact element counts of one (b, h) (``simulator/counts.py`` holds the
-  built-in kinds'), which must equal the kernels' own counters;
+  sram_writes]``, the exact element counts of one (b, h) from its tile sums (``tiles``, a
+  ``simulator.tile_sums.TileSums``; ``simulator/counts.py`` holds the built-in kinds' counters),
+  which must equal the kernels' own counters;
 - ``l2``: optionally, its kernel launches in order for the L2 model (``simulator/l2.py``):
-  ``((phase, request generator, grid(schedule, problem)), ...)``. A kind without one has no DRAM
+  ``((phase, request generator, grid(schedule, problem)), ...)``, as ``simulator/streams.py``
+  describes them (the built-in kinds' are there). A kind without one has no DRAM
   estimate (``simulate_dram`` says so).
 
 The built-in kinds are entered by ``simulator/__init__.py``.

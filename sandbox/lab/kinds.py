@@ -29,7 +29,7 @@ def register_kind(name, summary, *, sram, kernels, counts, backward=None, masks=
         kv_splits: it reads ``Schedule.kv_splits``.
         maths: the ``Schedule.math`` values its builds offer.
         fast: ``{math: build}``, faster builds without counters (``kernels/registry.py``).
-        l2: its launches for the L2 model, ``((phase, generator, grid), ...)`` (``simulator/l2.py``).
+        l2: its launches for the L2 model, ``((phase, generator, grid), ...)`` (``simulator/streams.py``).
 
     Returns:
         The vocabulary's :class:`~sandbox.vocabulary.kinds.Kind`.

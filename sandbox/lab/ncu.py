@@ -233,7 +233,7 @@ def measure_order(configs):
 
 def expected_grids(cfg, args):
     """The grid of each kernel the config (or probe) launches, as (x, y, z), in launch order."""
-    from simulator.l2 import launches
+    from simulator.streams import launches
 
     if isinstance(cfg, Probe):
         return [cfg.grid()]

@@ -234,9 +234,9 @@ def calibrate(probe_kernels, args):
 
 
 def launches(kind):
-    from simulator.l2 import LAUNCHES
+    from simulator import table
 
-    return LAUNCHES[kind]
+    return table.get(kind).l2
 
 
 def predict(cfg, args, gpu, residency=None, dirty_limit_bytes=None):

@@ -13,7 +13,7 @@ from sandbox.lab.kinds import capabilities
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.footprints import flash2_sram
 from simulator import counts as sim_counts
-from simulator import l2, table
+from simulator import streams, table
 from tests.strategies import BACKWARD_KINDS, KINDS, MASK_KINDS
 
 BUILT_IN = ("standard", "flash1", "flash2", "splitkv")
@@ -79,7 +79,7 @@ def test_unknown_kind_names_the_registered_ones():
 def test_a_registered_kind_is_usable_by_name(isolated_kinds):
     """A new kind that reuses flash2's parts is a valid Schedule kind, simulated like flash2, and a bench row."""
     register_kind("flash2copy", "flash2 under another name", sram=flash2_sram, kernels=flash2_kernels,
-                  counts=sim_counts.flash2_counts, l2=l2.FLASH2_LAUNCHES)
+                  counts=sim_counts.flash2_counts, l2=streams.FLASH2_LAUNCHES)
     assert "flash2copy" in kind_names() and "flash2copy" in peers.impl_names()
     p = Problem(1, 2, 100, 70, 16, causal=True)
     copy = simulate(Schedule("flash2copy", block_q=16, block_kv=8), p)

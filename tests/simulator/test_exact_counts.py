@@ -10,7 +10,8 @@ from sandbox import Problem, Schedule
 from sandbox.vocabulary.ioreport import IOReport, itemsizes
 from sandbox import simulate
 from simulator import theory
-from simulator.counts import MAX_MASK_ENTRIES, TileSums, floor_sum
+from simulator.counts import MAX_MASK_ENTRIES
+from simulator.tile_sums import TileSums, floor_sum
 
 BIG_N = (2**33, 2**40)  # 64x64 tiles: int64 counts wrap from N ≈ 2^32
 EXACT = {"standard": theory.standard_hbm_exact, "flash1": theory.flash1_hbm_exact, "flash2": theory.flash2_hbm_exact}

@@ -13,14 +13,8 @@ from hypothesis import strategies as st
 from sandbox import Problem, Schedule
 from sandbox.vocabulary.gpus import KNOWN_GPUS
 from simulator.counts import simulate_counts
-from simulator.l2 import (
-    TENSORS,
-    blocks_per_sm,
-    default_resident_blocks,
-    simulate_dram,
-    simulate_requests,
-    tile_requests,
-)
+from simulator.l2 import blocks_per_sm, default_resident_blocks, simulate_dram, simulate_requests
+from simulator.streams import TENSORS, tile_requests
 
 KINDS = ("standard", "flash1", "flash2", "splitkv")
 HUGE = 64 * 2**20  # far larger than any working set below
