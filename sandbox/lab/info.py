@@ -1,6 +1,12 @@
 """What this machine runs the sandbox on: versions, GPU or simulator, device properties."""
 
+import platform
 from importlib import metadata
+
+from numba import cuda
+
+from sandbox.vocabulary.gpus import KNOWN_GPUS, DeviceFacts, known_gpu
+from sandbox.vocabulary.runtime import __version__, ensure_backend
 
 
 def _version(dist):
@@ -12,19 +18,12 @@ def _version(dist):
 
 def environment():
     """dict of printable facts: package versions, backend, and for a GPU its name, SMs, shared memory, L2."""
-    import platform
-
-    from sandbox.vocabulary.runtime import __version__
-    from sandbox.vocabulary.runtime import ensure_backend
-
     backend = ensure_backend()
     facts = {"sandbox": __version__, "python": platform.python_version()}
     for dist in ("numpy", "numba", "numba-cuda", "cuda-bindings", "matplotlib", "hypothesis", "cupy-cuda12x", "torch"):
         facts[dist] = _version(dist)
     facts["backend"] = "GPU" if backend == "gpu" else "Numba CUDA simulator (no CUDA GPU found)"
     if backend == "gpu":
-        from numba import cuda
-
         dev = cuda.get_current_device()
         facts["device"] = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
         facts["compute capability"] = ".".join(map(str, dev.compute_capability))
@@ -41,13 +40,8 @@ def device_facts():
     and block limits. Peak bandwidth and FLOP/s are not device attributes: they come from
     :data:`~sandbox.vocabulary.gpus.KNOWN_GPUS` when the device's name is one of them, else stay None.
     """
-    from sandbox.vocabulary.gpus import KNOWN_GPUS, DeviceFacts
-    from sandbox.vocabulary.runtime import ensure_backend
-
     if ensure_backend() != "gpu":
         return None
-    from numba import cuda
-
     dev = cuda.get_current_device()
     name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
     known = next((g for key, g in KNOWN_GPUS.items() if key.upper() in name.upper().split()), None)
@@ -77,8 +71,6 @@ def resolve_gpu(gpu=None):
         ValueError: ``gpu`` is None and there is no device to read (the CUDA simulator, no GPU): the
             caller must say which machine it models. TypeError: ``gpu`` of another type.
     """
-    from sandbox.vocabulary.gpus import KNOWN_GPUS, known_gpu
-
     if gpu is not None:
         return known_gpu(gpu)
     facts = device_facts()
