@@ -1,16 +1,14 @@
 """Split-KV vs flash2 for decoding shapes: runtime (GPU) and simulated HBM bytes -> CSV, JSON, figure.
 
     python scripts/splitkv_figure.py --out docs/splitkv
+
+The study: ``sandbox/lab/decoding.py``.
 """
 
 import argparse
 import sys
 
-from sandbox.vocabulary.runtime import ensure_backend
-
-ensure_backend()
-
-from sandbox.lab.decoding import N_KV, N_Q, SPLITS, run_study  # noqa: E402
+from sandbox.lab.decoding import N_KV, N_Q, SPLITS, run_study
 
 
 def main(argv=None):
