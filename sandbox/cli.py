@@ -16,6 +16,7 @@ Installed, the same commands run as ``attention-sandbox info``, ``attention-sand
 import argparse
 import itertools
 import os
+import shlex
 import sys
 
 from sandbox import __version__
@@ -24,6 +25,8 @@ from sandbox.vocabulary.kinds import names as kind_names
 from sandbox.vocabulary.schedule import MATHS
 
 EXIT_USAGE = 2
+#: --causal of the sweep and the ncu check: the masks each value asks for.
+CAUSAL = {"no": (False,), "yes": (True,), "both": (False, True)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -179,10 +182,10 @@ def cmd_sweep(a):
         if a.block is not None and a.sram_bytes:
             raise ValueError("--block and --sram-bytes both set the blocks: give one (--sram-bytes picks them "
                              "by the paper's rule, Schedule.from_sram)")
-        causal = {"no": (False,), "yes": (True,), "both": (False, True)}[a.causal]
+        causal = CAUSAL[a.causal]
         spec = SweepSpec(
             kinds=tuple(a.kind), n=tuple(a.n), head_dim=tuple(a.d), causal=causal, dtype=tuple(a.dtype),
-            batch=(a.batch,), heads=(a.heads,), blocks=tuple(a.block or [(64, 64)]),
+            batch=(a.batch,), heads=(a.heads,), blocks=tuple(a.block or SweepSpec.blocks),
             sram=tuple(a.sram_bytes or ()), thread_tiles=tuple(a.thread_tile) if a.thread_tile else (None,),
             time_kernels=a.time,
         )
@@ -295,6 +298,89 @@ def cmd_tune(a):
     return 1 if failed else 0
 
 
+def _add_ncu_args(p):
+    """The ncu check's arguments (``sandbox/lab/ncu.py`` says what each one does to the measurement)."""
+    from sandbox.lab.ncu import CACHE_CONTROLS
+    from sandbox.lab.ncu_child import BUILDS
+    from sandbox.lab.ncu_specs import DEFAULT_D, DEFAULT_N, l2_kinds
+    from sandbox.vocabulary.gpus import KNOWN_GPUS
+
+    p.add_argument("--out", default="results/ncu", help="directory for the CSV, JSON, figure and ncu's log")
+    p.add_argument("--kinds", nargs="+", default=list(l2_kinds()), choices=kind_names(),
+                   help="schedule kinds (default: those with an L2 request stream, %(default)s)")
+    p.add_argument("--n", nargs="+", type=int, default=list(DEFAULT_N), help="sequence lengths (Nq = Nk)")
+    p.add_argument("--d", nargs="+", type=int, default=list(DEFAULT_D), help="head dims")
+    p.add_argument("--causal", choices=tuple(CAUSAL), default="no", help="causal mask (default %(default)s)")
+    p.add_argument("--batch", type=int, default=1, help="B, the batch size (default %(default)s)")
+    p.add_argument("--heads", type=int, default=1, help="H, the number of heads (default %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=SUPPORTED, help="Q, K, V dtype (default %(default)s)")
+    p.add_argument("--kv-splits", type=int, default=4, help="kv_splits of the kinds that read it (splitkv)")
+    p.add_argument("--build", choices=BUILDS, default="plain",
+                   help="which build of a kind to measure: 'plain' (the kernels whose counters the simulator "
+                        "mirrors; default) or 'fast' (flash2's fast build, an error for kinds without one)")
+    p.add_argument("--no-probes", dest="probes", action="store_false",
+                   help="skip the calibration probes; the model then takes --dirty-limit-bytes and "
+                        "--background-write-rate (default: neither)")
+    p.add_argument("--dirty-limit-bytes", type=int, default=None, help="the L2 model's dirty limit without probes")
+    p.add_argument("--background-write-rate", type=float, default=None,
+                   help="background DRAM writes (bytes/s) without probes")
+    p.add_argument("--block-q", type=int, default=64, help="Br (default %(default)s)")
+    p.add_argument("--block-kv", type=int, default=64, help="Bc (default %(default)s)")
+    p.add_argument("--thread-q", type=int, default=4, help="rows of each thread's register tile (default %(default)s)")
+    p.add_argument("--thread-kv", type=int, default=4,
+                   help="columns of each thread's register tile (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
+    p.add_argument("--gpu", choices=sorted(KNOWN_GPUS), default=None,
+                   help="the machine the L2 model describes, where the device cannot be read (default: the "
+                        "device's own L2 size, SMs and shared memory)")
+    p.add_argument("--l2-bytes", type=int, default=None, help="the model's L2 size (default: the GPU's)")
+    p.add_argument("--sms", type=int, default=None,
+                   help="SMs, for the default residency where ncu reports none (default: the GPU's)")
+    p.add_argument("--cache-control", choices=CACHE_CONTROLS, default="all",
+                   help="ncu's --cache-control: 'all' flushes the caches before each kernel (the model then "
+                        "starts each launch cold)")
+    p.add_argument("--ncu", default=None, help="path of ncu (default: the PATH, then standard install places)")
+    p.add_argument("--timeout", type=float, default=400.0, help="seconds the profiled child may run")
+    p.add_argument("--dry-run", action="store_true", help="print the ncu command line and exit")
+    p.add_argument("--strict", action="store_true", help="exit 1 if a measured config misses a target")
+
+
+def _ncu_description():
+    from sandbox.lab import ncu
+
+    return ncu.__doc__.split("\n")[0]
+
+
+def cmd_ncu(a):
+    from sandbox.lab.ncu import check
+
+    return check(a, command=shlex.join(a.command_line))
+
+
+def ncu_parser(prog=None):
+    """The ncu check's parser on its own (``scripts/ncu_check.py``), the ``ncu`` subcommand's arguments."""
+    p = _Parser(prog=prog or f"{PROG} ncu", description=_ncu_description(),
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_ncu_args(p)
+    return p
+
+
+def ncu_main(argv=None, prog=None):
+    """The ncu check as a command of its own (``python scripts/ncu_check.py``): parse ``argv``, run it,
+    return the exit status (bad arguments: one line on stderr, 2)."""
+    from sandbox.vocabulary.runtime import ensure_backend
+
+    ensure_backend()
+    parser = ncu_parser(prog)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help or a usage error (printed, one line)
+        return e.code
+    args.command_line = [*parser.prog.split(), *argv]
+    return cmd_ncu(args)
+
+
 def _add_mask_args(p, what):
     """--causal / --both-masks (bench, tune); :func:`_masks` reads them."""
     mask = p.add_mutually_exclusive_group()
@@ -309,8 +395,10 @@ def _masks(a):
 
 def build_parser(prog=None):
     """The CLI's parser; ``prog``: the name its usage and errors give the command (default: the console script's)."""
-    from sandbox.lab.peers import impl_names
+    from sandbox.lab.bench import BENCH_DTYPES, BenchSpec
     from sandbox.lab.experiments import EXPERIMENTS
+    from sandbox.lab.peers import DEFAULT_BLOCK, DEFAULT_TILE, impl_names
+    from sandbox.lab.sweep import SweepSpec
 
     parser = _Parser(prog=prog or PROG, description="Attention IO sandbox.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -334,10 +422,10 @@ def build_parser(prog=None):
     p.add_argument("--kind", nargs="+", default=list(kind_names()), choices=kind_names(),
                    type=_one_of("schedule kind", kind_names()), metavar="KIND",
                    help=f"schedule kinds: {', '.join(kind_names())} (default: all)")
-    p.add_argument("--n", nargs="+", type=int, default=[1024], help="Nq = Nk values (default 1024)")
-    p.add_argument("--d", nargs="+", type=int, default=[64], help="head dims (default 64)")
-    p.add_argument("--causal", choices=("no", "yes", "both"), default="no", help="causal mask (default no)")
-    p.add_argument("--dtype", nargs="+", default=["float32"], choices=SUPPORTED, metavar="DTYPE",
+    p.add_argument("--n", nargs="+", type=int, default=list(SweepSpec.n), help="Nq = Nk values (default %(default)s)")
+    p.add_argument("--d", nargs="+", type=int, default=list(SweepSpec.head_dim), help="head dims (default %(default)s)")
+    p.add_argument("--causal", choices=tuple(CAUSAL), default="no", help="causal mask (default no)")
+    p.add_argument("--dtype", nargs="+", default=list(SweepSpec.dtype), choices=SUPPORTED, metavar="DTYPE",
                    help=f"dtypes: {', '.join(SUPPORTED)} (default float32)")
     p.add_argument("--batch", type=int, default=1, help="B, the batch size (default %(default)s)")
     p.add_argument("--heads", type=int, default=1, help="H, the number of heads (default %(default)s)")
@@ -363,22 +451,25 @@ def build_parser(prog=None):
 
     p = sub.add_parser("bench", help="time our kernels against PyTorch SDPA, CuPy and the blog post's blockwise "
                                     "PyTorch (GPU only) -> table + CSV + JSON")
-    p.add_argument("--n", nargs="+", type=int, default=[1024, 4096, 16384], help="Nq = Nk values")
-    p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims")
-    p.add_argument("--batch", type=int, default=2, help="B, the batch size (default %(default)s)")
-    p.add_argument("--heads", type=int, default=16, help="H, the number of heads (default %(default)s)")
-    p.add_argument("--dtype", nargs="+", default=["float32"], choices=SUPPORTED, help="dtypes (default float32)")
+    p.add_argument("--n", nargs="+", type=int, default=list(BenchSpec.n), help="Nq = Nk values (default %(default)s)")
+    p.add_argument("--d", nargs="+", type=int, default=list(BenchSpec.head_dim), help="head dims (default %(default)s)")
+    p.add_argument("--batch", type=int, default=BenchSpec.batch, help="B, the batch size (default %(default)s)")
+    p.add_argument("--heads", type=int, default=BenchSpec.heads, help="H, the number of heads (default %(default)s)")
+    p.add_argument("--dtype", nargs="+", default=list(BenchSpec.dtype), choices=BENCH_DTYPES,
+                   help="dtypes (default %(default)s)")
     _add_mask_args(p, "rows")
     p.add_argument("--impl", nargs="+", choices=impl_names(), type=_one_of("implementation", impl_names()), metavar="IMPL",
                    help="implementations (default: all): " + " ".join(impl_names()))
     p.add_argument("--backward", action="store_true",
                    help="also backward rows: sdpa-* through autograd (only the backward timed), our standard and flash2")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per row, median reported (default 10)")
+    p.add_argument("--repeats", type=int, default=BenchSpec.repeats,
+                   help="timed calls per row, median reported (default %(default)s)")
     p.add_argument("--out", default="bench.csv", help="CSV path (default bench.csv); the JSON goes beside it")
-    p.add_argument("--block-q", type=int, default=None, help="Br of our kernels (default 64)")
-    p.add_argument("--block-kv", type=int, default=None, help="Bc of our kernels (default 64)")
-    p.add_argument("--thread-q", type=int, default=None, help="rows of our register tiles (default 4)")
-    p.add_argument("--thread-kv", type=int, default=None, help="columns of our register tiles (default 4)")
+    p.add_argument("--block-q", type=int, default=None, help=f"Br of our kernels (default {DEFAULT_BLOCK})")
+    p.add_argument("--block-kv", type=int, default=None, help=f"Bc of our kernels (default {DEFAULT_BLOCK})")
+    p.add_argument("--thread-q", type=int, default=None, help=f"rows of our register tiles (default {DEFAULT_TILE})")
+    p.add_argument("--thread-kv", type=int, default=None,
+                   help=f"columns of our register tiles (default {DEFAULT_TILE})")
     p.add_argument("--math", choices=MATHS, default=None,
                    help="flash2's arithmetic: fma (CUDA cores) or tf32x3 (its tensor-core build, 3xTF32; needs "
                         "--thread-q 2 --thread-kv Bc/4); default: the tuned schedule's")
@@ -389,20 +480,26 @@ def build_parser(prog=None):
 
     p = sub.add_parser("tune", help="time flash2's fast-build schedules per (head_dim, dtype) on this GPU "
                                    "and cache the fastest (GPU only)")
-    p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims")
-    p.add_argument("--dtype", nargs="+", default=["float32"], choices=SUPPORTED, help="dtypes (default float32)")
+    p.add_argument("--d", nargs="+", type=int, default=list(BenchSpec.head_dim),
+                   help="head dims (default: the bench's, %(default)s)")
+    p.add_argument("--dtype", nargs="+", default=list(BenchSpec.dtype), choices=SUPPORTED,
+                   help="dtypes (default %(default)s)")
     p.add_argument("--refresh", action="store_true", help="time again even where the cache has a choice")
     _add_mask_args(p, "kernels")
     p.set_defaults(func=cmd_tune)
 
-    # the ncu check parses its own arguments (sandbox/lab/ncu.py); main() hands them over before parsing
-    sub.add_parser("ncu", add_help=False, help="Nsight Compute's counters against the simulator and its L2 model "
-                                               "(GPU with ncu) -> CSV + JSON + figure; ncu --help for its arguments")
+    p = sub.add_parser("ncu", help="Nsight Compute's counters against the simulator and its L2 model "
+                                   "(GPU with ncu) -> CSV + JSON + figure", description=_ncu_description(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_ncu_args(p)
+    p.set_defaults(func=cmd_ncu)
 
     p = sub.add_parser("demo", help="the main job: sweeps, figures and a kernel check into --out")
     p.add_argument("--out", default="results",
                    help="folder for data/, figures/ and kernel_check.json (default %(default)s)")
     p.set_defaults(func=cmd_demo)
+    for p in sub.choices.values():  # a subcommand's errors carry its name (see main)
+        p.set_defaults(subparser=p)
     return parser
 
 
@@ -420,16 +517,11 @@ def main(argv=None, prog=None):
 
     ensure_backend()  # the CUDA simulator when there is no GPU, before numba.cuda is imported
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["ncu"]:
-        from sandbox.lab.ncu import main as ncu_main
-
-        try:
-            return ncu_main(argv[1:], prog=f"{prog or PROG} ncu")
-        except SystemExit as e:  # --help or a usage error (printed, one line)
-            return e.code
     parser = build_parser(prog)
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # the subcommand's parser says so, under its own name
+            args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as e:  # --help, --version, or a usage error (printed, one line)
         return e.code
     args.command_line = [*parser.prog.split(), *argv]  # for result files' provenance, as the user typed it

@@ -9,7 +9,7 @@ The same as ``python -m sandbox ncu``; what it measures and how: ``sandbox/lab/n
 
 import sys
 
-from sandbox.lab.ncu import main
+from sandbox.cli import ncu_main
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python scripts/ncu_check.py"))
+    sys.exit(ncu_main(prog="python scripts/ncu_check.py"))

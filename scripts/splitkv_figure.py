@@ -1,6 +1,8 @@
 """Split-KV vs flash2 for decoding shapes: runtime (GPU) and simulated HBM bytes -> CSV, JSON, figure.
 
     python scripts/splitkv_figure.py --out docs/splitkv
+
+The study: ``sandbox/lab/decoding.py``.
 """
 
 import argparse

@@ -16,8 +16,11 @@ it and the results stay in memory for the rest of the process.
     python -m sandbox tune --d 64 128 --dtype float32 --both-masks    # time, cache, print the table
 """
 
+import ast
 import dataclasses
 import hashlib
+import importlib
+import inspect
 import json
 import numbers
 import os
@@ -28,8 +31,19 @@ import time
 import warnings
 from pathlib import Path
 
+from numba import cuda
+from numba_cuda import __version__ as numba_cuda_version
+
+from kernels import registry
+from kernels.launch import build, use_fast
 from sandbox.lab.records import atomic_write
+from sandbox.lab.timing import time_attention
+from sandbox.vocabulary.problem import Problem
+from sandbox.vocabulary.runtime import gpu_present, using_simulator
 from sandbox.vocabulary.schedule import Schedule
+
+#: The kind the autotuner picks schedules for: the one whose fast builds have schedules to choose among.
+KIND = "flash2"
 
 #: (Br, Bc, thread_q, thread_kv) tried per (head_dim, dtype); those the fast build or the GPU's
 #: shared memory cannot take are left out (kernels.launch.use_fast). Each thread's work per step of
@@ -51,32 +65,62 @@ def cache_path():
     return Path(root) / "autotune.json"
 
 
-def kernel_hash():
-    """A hash of the fast build's source and of the tiles it builds on: a changed kernel is tuned again."""
-    import kernels.flash2_fast
-    import kernels.flash2_tc
-    import kernels.mma
-    import kernels.tiles
+def _imported_modules(module):
+    """The modules of ``module``'s own package that its source imports, at module level or in a function
+    (``from package import submodule``: the submodule)."""
+    package = module.__name__.split(".")[0]
 
+    def load(name):
+        try:
+            return importlib.import_module(name) if name.split(".")[0] == package else None
+        except ImportError:  # a name imported from a module, not a module
+            return None
+
+    found = set()
+    for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+        if isinstance(node, ast.Import):
+            found.update(load(a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            subs = [load(f"{node.module}.{a.name}") for a in node.names]
+            found.update(subs)
+            if None in subs:  # names from the module itself
+                found.add(load(node.module))
+    return found - {None}
+
+
+def fast_build_modules(kind=KIND):
+    """The modules of ``kind``'s fast builds (``kernels.registry.get(kind).fast``) and, transitively, the
+    modules of their package that they import: the source a tuned choice depends on, by module name."""
+    todo = [b if inspect.ismodule(b) else inspect.getmodule(b.eligible) for b in registry.get(kind).fast.values()]
+    seen = {}
+    while todo:
+        module = todo.pop()
+        if module.__name__ not in seen:
+            seen[module.__name__] = module
+            todo += _imported_modules(module)
+    return [seen[name] for name in sorted(seen)]
+
+
+def kernel_hash():
+    """A hash of the source of the fast builds and of what they build on (:func:`fast_build_modules`): a
+    changed kernel is tuned again."""
     h = hashlib.sha256()
-    for module in (kernels.flash2_fast, kernels.flash2_tc, kernels.mma, kernels.tiles):
-        h.update(Path(module.__file__).read_bytes())
+    for module in fast_build_modules():
+        h.update(module.__name__.encode() + b"\0" + Path(module.__file__).read_bytes())
     return h.hexdigest()[:16]
 
 
 def cache_key(device_name, head_dim, dtype, causal):
-    from numba_cuda import __version__ as numba_cuda_version
-
+    """The cache entry's key: the GPU, the problem's (head_dim, dtype, causality), numba-cuda's version and
+    the fast builds' source hash."""
     return f"{device_name}|d={head_dim}|{dtype}|causal={bool(causal)}|numba-cuda {numba_cuda_version}|kernel {kernel_hash()}"
 
 
 def candidates(head_dim):
     """The schedules of :data:`CANDIDATES` (FMA) and :data:`TC_CANDIDATES` (tensor cores) the fast
     build can run at ``head_dim`` on this device."""
-    from kernels.launch import use_fast
-
-    fma = [Schedule("flash2", block_q=br, block_kv=bc, thread_q=tq, thread_kv=tkv) for br, bc, tq, tkv in CANDIDATES]
-    tc = [Schedule("flash2", block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math="tf32x3")
+    fma = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=tq, thread_kv=tkv) for br, bc, tq, tkv in CANDIDATES]
+    tc = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math="tf32x3")
           for br, bc in TC_CANDIDATES]
     return [s for s in fma + tc if use_fast(s, head_dim)]
 
@@ -95,15 +139,15 @@ def _warn(message):
 
 def entry_problem(key, entry):
     """Why ``entry`` (under ``key``) is not a usable cache entry, or None if it is: it must hold a
-    flash2 schedule that the fast build runs at the key's head_dim, and its candidates' times."""
+    flash2 (:data:`KIND`) schedule that the fast build runs at the key's head_dim, and its candidates' times."""
     if not isinstance(entry, dict) or not isinstance(entry.get("schedule"), dict):
         return "no schedule"
     try:
         schedule = Schedule(**entry["schedule"])
     except (TypeError, ValueError) as e:
         return f"not a schedule: {e}"
-    if schedule.kind != "flash2":
-        return f"a {schedule.kind!r} schedule, not flash2's"
+    if schedule.kind != KIND:
+        return f"a {schedule.kind!r} schedule, not {KIND}'s"
     times = entry.get("ms")
     if not isinstance(times, dict) or not all(isinstance(v, numbers.Real) for v in times.values()):
         return "no candidate times"
@@ -112,8 +156,6 @@ def entry_problem(key, entry):
     head_dim = re.search(r"\|d=([0-9]+)\|", key)
     if head_dim is None:
         return "a key without d=<head_dim>"
-    from kernels.launch import use_fast
-
     if not use_fast(schedule, int(head_dim.group(1))):
         return f"{schedule.describe()} is not one the fast build runs at d={head_dim.group(1)}"
     return None
@@ -176,8 +218,6 @@ def _save_cache(cache, path):
 
 def _local_memory(schedule, head_dim, dtype):
     """Bytes of local memory per thread (register spills) of the fast build, causal or not, compiled here."""
-    from kernels.launch import build
-
     worst = 0
     for causal in (False, True):
         (compiled,) = build(schedule, head_dim, dtype, causal, False, fast=True)["main"][0].overloads.values()
@@ -194,8 +234,6 @@ def _time_schedule(schedule, problem):
     between close candidates (H100: a median of 5 waited-for calls put 64×64 8×4 1.5%
     ahead of 128×64 8×8 for causal d = 64, N = 4096; in a later run, medians of 10 each, the
     latter was 4% faster there and 5% at 16K)."""
-    from sandbox.lab.bench import time_attention
-
     return time_attention(schedule, problem, repeats=5, back_to_back=True)
 
 
@@ -221,17 +259,12 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
         RuntimeError: without a GPU (under the CUDA simulator, or no CUDA device at all) and no
             ``timer`` and ``device_name``, or no candidate ran.
     """
-    from sandbox.vocabulary.problem import Problem
-    from sandbox.vocabulary.runtime import gpu_present, using_simulator
-
     if timer is None and using_simulator():
         raise RuntimeError("autotuning needs a GPU: the CUDA simulator's timings mean nothing")
     if (timer is None or device_name is None) and not using_simulator() and not gpu_present():
         raise RuntimeError("autotuning needs a GPU: no CUDA device found (give the kernels a Schedule "
                            "instead of the tuned one)")
     if device_name is None:
-        from numba import cuda
-
         device_name = cuda.get_current_device().name
         device_name = device_name.decode() if isinstance(device_name, bytes) else str(device_name)
     path = Path(path or cache_path())

@@ -8,11 +8,12 @@ How each implementation (``sandbox.lab.peers``) is measured, on each problem:
    memory is measured;
 3. ``repeats`` calls, each timed alone by a pair of CUDA events on the default stream, and the
    median reported (with the minimum): the median ignores the odd call slowed by a clock change or
-   another process, where a mean would not;
+   another process, where a mean would not (``sandbox.lab.timing.time_calls``);
 4. calls rotate through several input sets so that no call finds its inputs in L2, left there by
    the call before: as many sets as make 2× the L2 size, at most 8, and never more than a quarter
-   of the free device memory holds (:func:`rotation_sets`). The L2 size is the device's, read from
-   it (``sandbox.lab.info.device_facts``; the machines' sizes side by side: ``sandbox.vocabulary.gpus``).
+   of the free device memory holds (``sandbox.lab.timing.rotation_sets``). The L2 size is the
+   device's, read from it (``sandbox.lab.info.device_facts``; the machines' sizes side by side:
+   ``sandbox.vocabulary.gpus``).
 
 FLOPs (for TFLOP/s): the forward is two matmuls, QKᵀ and PV, 4·B·H·d FLOPs per (query, key)
 pair; a causal mask counts only the allowed pairs, exactly: Σ_i min(i + 1, Nk). The backward is
@@ -27,18 +28,18 @@ import itertools
 import json
 import math
 import os
-import re
 import statistics
-import subprocess
-import sys
 
-import numpy as np
+from sandbox.lab import info, records
+from sandbox.lab.bench_check import Reference
+from sandbox.lab.peers import (
+    array_library, default_schedules, free_device_memory, implementations, make_input_sets, peak_extra_bytes,
+    recording_warnings, sdpa_unavailable_reason,
+)
+from sandbox.lab.timing import REPEATS, WARMUP, device_free_bytes, rotation_sets, time_calls
+from sandbox.vocabulary.problem import Problem
+from sandbox.vocabulary.runtime import ensure_backend, using_simulator
 
-#: Repeats timed after warm-up; the median is reported.
-REPEATS = 10
-WARMUP = 2
-#: Most input sets rotated through.
-MAX_SETS = 8
 #: Input dtypes benched (bfloat16 inputs are made in PyTorch, the one library here that has them).
 BENCH_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -79,105 +80,6 @@ def attention_flops(problem, direction="fwd"):
     """Matmul FLOPs of one call: 4·B·H·d per allowed pair forward (QKᵀ and PV), 2.5x that backward."""
     fwd = 4 * problem.bh * problem.head_dim * attention_pairs(problem.n_q, problem.n_kv, problem.causal)
     return fwd if direction == "fwd" else fwd * 5 // 2
-
-
-# -- timing -----------------------------------------------------------------------------------
-
-def rotation_sets(bytes_per_set, l2_bytes, free_bytes=None, lo=1, hi=MAX_SETS):
-    """How many input sets to cycle through: ⌈2·L2 / bytes_per_set⌉ clamped to [lo, hi], and no more
-    than a quarter of ``free_bytes`` (device memory free) holds, but at least one."""
-    n = min(hi, max(lo, -(-2 * int(l2_bytes) // int(bytes_per_set))))
-    if free_bytes is not None and math.isfinite(free_bytes):
-        n = min(n, max(1, int(free_bytes // 4 // bytes_per_set)))
-    return int(n)
-
-
-def _warm_up(calls, warmup):
-    from numba import cuda
-
-    for i in range(warmup):
-        calls[i % len(calls)]()
-    cuda.synchronize()
-
-
-def _event_ms(work):
-    """Milliseconds between two CUDA events on the default stream around ``work()``, waited for."""
-    from numba import cuda
-
-    start, end = cuda.event(), cuda.event()
-    start.record()
-    work()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
-
-
-def time_calls(calls, repeats=REPEATS, warmup=0):
-    """Milliseconds of each of ``repeats`` calls; call i runs ``calls[i % len(calls)]`` (input rotation).
-
-    Each call is bracketed by two CUDA events on the default stream and waited for, so that one
-    call's time holds only its own work (and the host's launch overhead, as for any library).
-    """
-    _warm_up(calls, warmup)
-    return [_event_ms(calls[i % len(calls)]) for i in range(repeats)]
-
-
-def time_back_to_back(calls, repeats=REPEATS, batches=3, warmup=0):
-    """Milliseconds per call of ``batches`` batches, each of ``repeats`` calls enqueued back to back
-    between two CUDA events (call i runs ``calls[i % len(calls)]``).
-
-    While the GPU works on one call the host prepares the next, so a batch measures the kernels'
-    throughput without the host's launch work, which :func:`time_calls` keeps in: the way to rank
-    schedules of one kernel, whose launch work is the same (on the H100 it moved waited-for calls
-    by up to 0.3 ms at N = 4096, more than the gaps between close schedules).
-    """
-
-    def batch():
-        for i in range(repeats):
-            calls[i % len(calls)]()
-
-    _warm_up(calls, warmup)
-    return [_event_ms(batch) / repeats for _ in range(batches)]
-
-
-def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=False):
-    """Median milliseconds of one forward call of ``schedule`` on ``problem`` (device arrays, fast build):
-    each call waited for (:func:`time_calls`, the bench's way), or, with ``back_to_back``, the median
-    of 3 batches of ``repeats`` calls (:func:`time_back_to_back`).
-
-    Raises:
-        RuntimeError: under the CUDA simulator, where timings mean nothing.
-    """
-
-    from kernels.launch import _to_device, run
-    from sandbox.lab.info import resolve_gpu
-    from sandbox.vocabulary.runtime import using_simulator
-
-    if using_simulator():
-        raise RuntimeError("kernel timing needs a GPU; the CUDA simulator's timings mean nothing")
-    rng = np.random.default_rng(seed)
-    shape_q = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
-    shape_kv = (problem.batch, problem.heads, problem.n_kv, problem.head_dim)
-    per_set = (np.prod(shape_q) + 2 * np.prod(shape_kv)) * problem.dtype.itemsize
-    n_sets = rotation_sets(per_set, resolve_gpu().l2_bytes, lo=2)
-    sets = [  # through the launcher's copy: bfloat16 travels as its uint16 bits
-        tuple(_to_device([rng.standard_normal(s).astype(problem.dtype) for s in (shape_q, shape_kv, shape_kv)], "qkv"))
-        for _ in range(n_sets)
-    ]
-    calls = [lambda s=s: run(schedule, problem, *s) for s in sets]
-    if back_to_back:
-        return statistics.median(time_back_to_back(calls, repeats, warmup=WARMUP))
-    return statistics.median(time_calls(calls, repeats, warmup=WARMUP))
-
-
-def device_free_bytes():
-    """Free device memory in bytes (after caches are emptied), or None where it cannot be read."""
-    from numba import cuda
-
-    try:
-        return cuda.current_context().get_memory_info()[0]
-    except Exception:
-        return None
 
 
 # -- the grid ---------------------------------------------------------------------------------
@@ -245,20 +147,14 @@ class BenchSpec:
         self.problems()
 
     def schedules(self):
-        from sandbox.lab.peers import default_schedules
-
         return default_schedules(self.block_q, self.block_kv, self.thread_q, self.thread_kv, tune=self.tune,
                                  math=self.math)
 
     def implementations(self):
-        from sandbox.lab.peers import implementations
-
         return implementations(self.impls, self.backward, self.schedules())
 
     def problems(self):
         """Problems in run order: grouped by inputs (dtype, d, n), then mask."""
-        from sandbox.vocabulary.problem import Problem
-
         return [
             Problem(self.batch, self.heads, n, n, d, dtype=dt, causal=c)
             for dt, d, n, c in itertools.product(self.dtype, self.head_dim, self.n, self.causal)
@@ -312,8 +208,6 @@ def measure(task, spec, sets, reference, timer=time_calls):
         reference: a zero-argument callable returning the problem's ``bench_check.Reference``.
         timer: ``time_calls`` or a stand-in with its signature (tests).
     """
-    from sandbox.lab.peers import free_device_memory, peak_extra_bytes, recording_warnings, sdpa_unavailable_reason
-
     row = base_row(task, spec)
     impl, problem = task.impl, task.problem
     ok, why = impl.available(problem)
@@ -381,18 +275,13 @@ def run_bench(spec, csv_path, progress=None, argv=None, rows=None, timer=time_ca
         ValueError: no ``gpu`` and no device to read its facts from.
         OSError: the output files cannot be written.
     """
-    from sandbox.lab.bench_check import Reference
-    from sandbox.lab.peers import array_library, free_device_memory, make_input_sets
-    from sandbox.lab.info import resolve_gpu
-    from sandbox.vocabulary.runtime import ensure_backend, using_simulator
-
     ensure_backend()
     if require_gpu and using_simulator():
         raise GPURequired("bench needs a CUDA GPU: none was found, so Numba's CUDA simulator is active "
                           "and its timings would mean nothing")
     json_path = os.path.splitext(csv_path)[0] + ".json"
     rows = [] if rows is None else rows
-    facts = resolve_gpu(gpu)
+    facts = info.resolve_gpu(gpu)
     prov = bench_provenance(argv)
     prov["device facts"] = dataclasses.asdict(facts)
     save(rows, prov, csv_path, json_path)  # fail now, not after the first row, if the folder is unwritable
@@ -483,79 +372,28 @@ def format_table(rows):
 
 def save(rows, prov, csv_path, json_path):
     """Write the CSV (provenance and column notes as '# key: value' lines first) and the JSON, each atomically."""
-    from sandbox.lab.records import atomic_write
-    from sandbox.lab.sweep import write_commented_csv
-
     notes = {f"column {key}": value for key, value in COLUMN_NOTES.items()}
-    write_commented_csv(csv_path, {**prov, **notes}, COLUMNS, rows)
+    records.write_commented_csv(csv_path, {**prov, **notes}, COLUMNS, rows)
     finite = lambda x: None if isinstance(x, float) and not math.isfinite(x) else x  # noqa: E731  (strict JSON)
     doc = {"provenance": prov, "columns": COLUMNS, "column_notes": COLUMN_NOTES,
            "rows": [{k: finite(v) for k, v in r.items()} for r in rows]}
-    atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
+    records.atomic_write(json_path, json.dumps(doc, indent=1) + "\n")
 
 
 def load(csv_path):
     """(provenance, rows) from a bench CSV, values as strings (numbers and booleans left to the reader)."""
-    from sandbox.lab.sweep import read_commented_csv
-
-    return read_commented_csv(csv_path)
+    return records.read_commented_csv(csv_path)
 
 
 def bench_provenance(argv=None):
-    """The sweep's provenance (package versions, device, command, date) plus what a timing depends on:
-    driver and CUDA versions, the PyTorch and CuPy actually imported, the git commit."""
-    from sandbox.lab.sweep import provenance
-
-    prov = provenance(argv)
-    prov.update(_cuda_versions())
+    """The result files' provenance (package versions, device, command, date) plus what a timing depends
+    on: driver and CUDA versions, the PyTorch and CuPy actually imported, the git commit."""
+    prov = records.provenance(argv)
+    prov.update(records.cuda_versions())
     for module in ("torch", "cupy"):
         try:
             prov[f"{module} (imported)"] = __import__(module).__version__
         except ImportError:
             prov[f"{module} (imported)"] = "not installed"
-    prov["git commit"] = _git_commit()
+    prov["git commit"] = records.git_commit()
     return prov
-
-
-def _cuda_versions():
-    out = {}
-    try:  # "NVRM version: NVIDIA UNIX [Open ]Kernel Module [for x86_64]  580.159.04  Release Build ..."
-        with open("/proc/driver/nvidia/version") as f:
-            found = re.search(r"\s(\d+\.\d+(?:\.\d+)?)\s", f.readline())
-        out["nvidia driver"] = found.group(1) if found else "unknown"
-    except OSError:
-        out["nvidia driver"] = "unknown"
-    from sandbox.vocabulary.runtime import using_simulator
-
-    if not using_simulator():
-        try:
-            from numba.cuda.cudadrv import driver, runtime
-
-            out["cuda driver api"] = ".".join(map(str, driver.get_version()))
-            out["cuda toolkit (numba, nvrtc)"] = ".".join(map(str, runtime.get_version()))
-        except Exception:
-            pass
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        out["cuda runtime (torch)"] = str(torch.version.cuda)
-    cupy = sys.modules.get("cupy")
-    if cupy is not None:
-        try:
-            v = cupy.cuda.runtime.runtimeGetVersion()
-            out["cuda runtime (cupy)"] = f"{v // 1000}.{v % 1000 // 10}"
-        except Exception:
-            pass
-    return out
-
-
-def _git_commit():
-    """HEAD's commit of the checkout this file is in, "+dirty" if tracked files differ; "unknown" outside git."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "--no-optional-locks", "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")

@@ -1,7 +1,7 @@
 """Where split-KV beats flash2: few queries against a long K/V range (decoding).
 
 For each (Nq, Nk) the study times flash2 and split-KV with several split counts on the GPU
-(``sandbox.lab.bench.time_attention``: CUDA events, median of 10, inputs rotated out of L2) and
+(``sandbox.lab.timing.time_attention``: CUDA events, median of 10, inputs rotated out of L2) and
 records both schedules' simulated HBM bytes, which hold on any machine. Without a GPU only the
 IO columns are filled. ``python scripts/splitkv_figure.py --out DIR`` writes the CSV, a JSON
 with provenance and the figure.
@@ -10,9 +10,13 @@ with provenance and the figure.
 import csv
 import os
 
+from sandbox.lab.info import environment
 from sandbox.lab.records import atomic_write, atomic_write_json, text_of
+from sandbox.lab.timing import time_attention
 from sandbox.vocabulary.problem import Problem
+from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import Schedule
+from simulator.entry import simulate
 
 #: Decoding-shaped problems: B = 1, H = 16, d = 64, fp32.
 N_Q = (1, 16, 256)
@@ -36,11 +40,6 @@ def run_study(out_dir, n_q=N_Q, n_kv=N_KV, splits=SPLITS, progress=print):
     Returns:
         list of row dicts (label, n_q, n_kv, kv_splits, hbm_bytes, ms or None).
     """
-    from sandbox.lab.bench import time_attention
-    from sandbox.lab.info import environment
-    from simulator.entry import simulate
-    from sandbox.vocabulary.runtime import using_simulator
-
     gpu = not using_simulator()
     rows = []
     for nq in n_q:
@@ -52,6 +51,7 @@ def run_study(out_dir, n_q=N_Q, n_kv=N_KV, splits=SPLITS, progress=print):
                                  hbm_bytes=simulate(schedule, problem).hbm_bytes, ms=ms))
                 progress(f"Nq={nq} Nk={nk} {label}: " + (f"{ms:.3f} ms" if ms is not None else "no GPU, IO only"))
     os.makedirs(out_dir, exist_ok=True)
+
     def write_csv(f):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

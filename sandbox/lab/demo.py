@@ -3,7 +3,12 @@
 import os
 
 from sandbox.lab.experiments import EXPERIMENTS
+from sandbox.lab.plots import PLOTS
 from sandbox.lab.records import atomic_write_json
+from sandbox.lab.sweep import PAPER_KINDS, load, run_sweep
+from sandbox.lab.verify import check_against_reference
+from sandbox.vocabulary.problem import Problem
+from sandbox.vocabulary.schedule import Schedule
 
 
 def run_demo(out_dir, progress=None, argv=None):
@@ -17,13 +22,6 @@ def run_demo(out_dir, progress=None, argv=None):
     Returns:
         dict: "data" and "figures" (paths), "kernel_check" (per kind: errors, agreement).
     """
-    from sandbox.lab.verify import check_against_reference
-    from sandbox.lab.plots import PLOTS
-    from sandbox.vocabulary.problem import Problem
-    from sandbox.vocabulary.schedule import Schedule
-    from sandbox.lab.sweep import PAPER_KINDS
-    from sandbox.lab.sweep import load, run_sweep
-
     data_dir, fig_dir = os.path.join(out_dir, "data"), os.path.join(out_dir, "figures")
     os.makedirs(data_dir, exist_ok=True)
     os.makedirs(fig_dir, exist_ok=True)

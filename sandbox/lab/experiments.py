@@ -14,40 +14,39 @@ class Experiment:
     """A sweep and the figure that shows it."""
 
     name: str
-    title: str
     spec: SweepSpec
 
 
 EXPERIMENTS = {
     e.name: e
     for e in [
+        # HBM accesses vs SRAM size M (paper's block rule), N = 4096, d = 64
         Experiment(
             "hbm_vs_sram",
-            "HBM accesses vs SRAM size M (paper's block rule), N = 4096, d = 64",
             SweepSpec(kinds=KINDS, n=(4096,), head_dim=(64,), sram=tuple(2**k for k in range(11, 22))),
         ),
+        # HBM accesses and extra memory vs N, Br = Bc = 64, d = 64
         Experiment(
             "hbm_vs_n",
-            "HBM accesses and extra memory vs N, Br = Bc = 64, d = 64",
             SweepSpec(kinds=KINDS, n=tuple(2**k for k in range(8, 16)), head_dim=(64,), blocks=((64, 64),)),
         ),
+        # FlashAttention paper Fig. 2 (middle): flash1, N = 1024, d = 64, Br = 64, fp16
         Experiment(
             "block_size",
-            "FlashAttention paper Fig. 2 (middle): flash1, N = 1024, d = 64, Br = 64, fp16",
             SweepSpec(
                 kinds=("flash1",), n=(1024,), head_dim=(64,), dtype=("float16",), batch=(8,), heads=(16,),
                 blocks=tuple((64, bc) for bc in (64, 128, 256, 512)), sram_bytes=2**20, time_kernels=True,
             ),
         ),
+        # GPT-2 medium attention (N = 1024, d = 64, 16 heads, batch 64), fp16, Br = Bc = 64
         Experiment(
             "gpt2_medium",
-            "GPT-2 medium attention (N = 1024, d = 64, 16 heads, batch 64), fp16, Br = Bc = 64",
             SweepSpec(kinds=KINDS, n=(1024,), head_dim=(64,), dtype=("float16",), batch=(64,), heads=(16,),
                       causal=(False, True), blocks=((64, 64),)),
         ),
+        # SRAM reads vs the thread register tile t×t, flash2, Br = Bc = 64, N = 4096, d = 64
         Experiment(
             "sram_vs_tile",
-            "SRAM reads vs the thread register tile t×t, flash2, Br = Bc = 64, N = 4096, d = 64",
             SweepSpec(kinds=("flash2",), n=(4096,), head_dim=(64,), blocks=((64, 64),), thread_tiles=(2, 4, 8, 16, 32)),
         ),
     ]

@@ -1,10 +1,11 @@
 """Nsight Compute check: the kernels' measured global, L2 and DRAM bytes against the simulator's.
 
-    python -m sandbox ncu --out results/ncu               # 4 kinds × N ∈ {1K, 4K, 16K} × d ∈ {64, 128}
+    python -m sandbox ncu --out results/ncu               # kinds with an L2 stream × N ∈ {1K, 4K, 16K} × d ∈ {64, 128}
     python -m sandbox ncu --kinds flash2 --n 4096 --d 64 128 --causal both --out results/ncu
     python -m sandbox ncu --dry-run                        # check the configs, print the ncu command, run nothing
 
-(``python scripts/ncu_check.py`` takes the same arguments.) For every config (kind, N, d, causal;
+(``python scripts/ncu_check.py`` takes the same arguments; they are parsed by the CLI, ``sandbox/cli.py``,
+which calls :func:`check`.) For every config (kind, N, d, causal;
 B = H = 1 by default, Br = Bc = 64, 4×4 register tiles, fp32) the check runs our kernels once
 under Nsight Compute and compares:
 
@@ -41,9 +42,10 @@ Build (``--build``)
     across the warp, so L1 sends each O sector to L2 four times.
 
 How it measures
-    The check runs this module as one child process under
+    The check runs one child process under
     ``ncu --clock-control none --cache-control all --profile-from-start off --csv
-    --print-units base --metrics ... --log-file ncu_raw.csv python -m sandbox.lab.ncu --child SPEC...``.
+    --print-units base --metrics ... --log-file ncu_raw.csv python -m sandbox.lab.ncu_child ... --specs SPEC...``
+    (``sandbox/lab/ncu_child.py``; the configs and probes: ``sandbox/lab/ncu_specs.py``).
     The GPU's clocks and settings are never changed (``--clock-control none``). The child, per
     config: compiles and runs the kernels on a small problem of the same (schedule, d, dtype,
     causal) (``kernels.launch.build`` caches on exactly that, so the measured call does not
@@ -97,7 +99,6 @@ Exit status
     read the GPU's counters, or the child found no GPU. ``--dry-run`` prints the command only.
 """
 
-import argparse
 import dataclasses
 import datetime
 import glob
@@ -112,116 +113,47 @@ import sys
 import threading
 import time
 
-from sandbox.lab.records import atomic_write_json
+from kernels import registry
+from sandbox.lab import info
+from sandbox.lab.ncu_child import child_argv
 from sandbox.lab.ncu_results import (
     DRAM_TOLERANCE,
     ESSENTIAL,
     GLOBAL_TOLERANCE,
     METRICS,
-    calibration_summary,
-    launches,
-    row_or_error,
-    summary,
     assign_kernels,
     calibrate,
-    make_problem,
-    make_schedule,
+    calibration_summary,
     parse_ncu_csv,
     plot,
+    row_or_error,
+    summary,
     write_csv,
     write_probes_csv,
 )
-
-#: The folder that holds the ``sandbox`` package: on the child's PYTHONPATH, and the git checkout's root.
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from sandbox.lab.ncu_specs import Config, calibration_probes, expected_grids, l2_kinds, make_problem, make_schedule, parse_spec
+from sandbox.lab.records import PACKAGE_ROOT, atomic_write_json, git_commit
+from sandbox.vocabulary.gpus import KNOWN_GPUS, known_gpu
+from sandbox.vocabulary.problem import Problem
+from simulator import table
+from simulator.l2 import simulate_dram
 
 #: Where Nsight Compute lives when it is not on the PATH.
 NCU_SEARCH_GLOBS = ("/opt/nvidia/nsight-compute/*/ncu", "/usr/local/cuda*/bin/ncu", "/usr/local/cuda*/nsight-compute*/ncu")
-DEFAULT_KINDS = ("standard", "flash1", "flash2", "splitkv")
-#: Calibration probes (kernels/l2probe.py), measured before the configs in the same profiled run:
-#: a spin (one block writes 4 bytes, then only computes, for about 0.1 and 0.4 s on an H100): any
-#: DRAM writes during it are not its own data, and give the background write rate; a write stream
-#: (X MiB written once by a full grid): what does not reach DRAM during it stayed dirty in L2,
-#: which gives the most dirty data the L2 holds (the model's dirty limit).
-PROBE_SPINS = (10**7, 4 * 10**7)
-#: a check, not a calibration: one block rewriting 1 MiB (flash1's O pattern: the same lines
-#: dirtied again and again) this many passes: its DRAM writes should be the background's alone
-PROBE_REWRITE_PASSES = 2000
-PROBE_REWRITE_MIB = 1
-PROBE_STREAMS_MIB = (64, 128)
-PROBE_STREAM_BLOCKS = 528
-PROBE_THREADS = 256
-DEFAULT_N = (1024, 4096, 16384)
-DEFAULT_D = (64, 128)
 NOT_FOUND = ("ncu not found: install Nsight Compute (ncu on the PATH, or --ncu PATH) to measure; "
              "nothing was measured")
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """One measured point: the schedule kind, N (= Nq = Nk), d, causal."""
-
-    kind: str
-    n: int
-    d: int
-    causal: bool
-
-    def spec(self):
-        """"kind:N:d:causal", the child's command-line form."""
-        return f"{self.kind}:{self.n}:{self.d}:{int(self.causal)}"
-
-    @classmethod
-    def parse(cls, spec):
-        kind, n, d, causal = spec.split(":")
-        return cls(kind, int(n), int(d), causal in ("1", "true", "True"))
-
-    def label(self):
-        return f"{self.kind} N={self.n} d={self.d}" + (" causal" if self.causal else "")
-
-
-@dataclasses.dataclass(frozen=True)
-class Probe:
-    """One calibration probe: "spin" (``arg`` iterations), "stream" (``arg`` MiB written) or "rewrite"
-    (``arg`` passes over PROBE_REWRITE_MIB by one block)."""
-
-    name: str
-    arg: int
-    kind = "probe"
-
-    def spec(self):
-        return f"probe:{self.name}:{self.arg}"
-
-    def label(self):
-        return f"probe {self.name} {self.arg}" + {"stream": " MiB", "spin": " iterations", "rewrite": " passes"}[self.name]
-
-    def grid(self):
-        return (PROBE_STREAM_BLOCKS, 1, 1) if self.name == "stream" else (1, 1, 1)
-
-    def buffer_elements(self):
-        mib = {"spin": 0, "stream": self.arg, "rewrite": PROBE_REWRITE_MIB}[self.name]
-        return max(1, mib * 2**20 // 4)
-
-
-def parse_spec(spec):
-    """A child spec: a :class:`Probe` ("probe:name:arg") or a :class:`Config`."""
-    if spec.startswith("probe:"):
-        _, name, arg = spec.split(":")
-        if name not in ("spin", "stream", "rewrite"):
-            raise ValueError(f"unknown probe {name!r}")
-        return Probe(name, int(arg))
-    return Config.parse(spec)
+#: ncu's --cache-control values: "all" flushes the caches before each profiled kernel.
+CACHE_CONTROLS = ("all", "none")
+#: --causal: the masks measured.
+CAUSAL = {"no": (False,), "yes": (True,), "both": (False, True)}
 
 
 def probes_from_args(args):
-    if not args.probes:
-        return []
-    return ([Probe("spin", n) for n in PROBE_SPINS] + [Probe("stream", m) for m in PROBE_STREAMS_MIB]
-            + [Probe("rewrite", PROBE_REWRITE_PASSES)])
+    return calibration_probes() if args.probes else []
 
 
 def configs_from_args(args):
-    causal = {"no": (False,), "yes": (True,), "both": (False, True)}[args.causal]
+    causal = CAUSAL[args.causal]
     return [Config(k, n, d, c) for k in args.kinds for n in args.n for d in args.d for c in causal]
 
 
@@ -231,17 +163,6 @@ def measure_order(configs):
     return sorted(configs, key=lambda c: (c.kind == "flash1", c.n, c.d, c.causal))
 
 
-def expected_grids(cfg, args):
-    """The grid of each kernel the config (or probe) launches, as (x, y, z), in launch order."""
-    from simulator.streams import launches
-
-    if isinstance(cfg, Probe):
-        return [cfg.grid()]
-    schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
-    return [tuple(grid(schedule, problem)) + (1,) * (3 - len(grid(schedule, problem)))
-            for _, _, grid in launches(schedule)]
-
-
 def model_gpu(args):
     """The machine the L2 model describes: ``--gpu``'s facts, else the device's, with ``--l2-bytes`` and
     ``--sms`` over them.
@@ -249,10 +170,7 @@ def model_gpu(args):
     Raises:
         ValueError: no ``--gpu`` and no device to read (the message says what to pass).
     """
-    from sandbox.vocabulary.gpus import KNOWN_GPUS, known_gpu
-    from sandbox.lab.info import device_facts
-
-    facts = known_gpu(args.gpu) if args.gpu else device_facts()
+    facts = known_gpu(args.gpu) if args.gpu else info.device_facts()
     if facts is None:
         raise ValueError("cannot read the GPU's L2 size, SMs and shared memory (no GPU: Numba's CUDA simulator is "
                          f"active); say which machine the model describes: --gpu {'|'.join(sorted(KNOWN_GPUS))}")
@@ -271,9 +189,6 @@ def validate(configs, args):
     Raises:
         ValueError: the first problem found, naming the argument or the config.
     """
-    from kernels import registry
-    from simulator import table
-
     for name in ("batch", "heads", "kv_splits", "block_q", "block_kv", "thread_q", "thread_kv", "l2_bytes", "sms",
                  "dirty_limit_bytes"):
         value = getattr(args, name)
@@ -325,114 +240,16 @@ def find_ncu(explicit=None):
     return None
 
 
-def ncu_command(ncu, metrics, log_path, child_argv, cache_control="all"):
-    """The profiler's command line around ``child_argv``."""
+def ncu_command(ncu, metrics, log_path, child, cache_control="all"):
+    """The profiler's command line around ``child`` (the child's command line)."""
     return [ncu, "--clock-control", "none", "--cache-control", cache_control, "--target-processes", "all",
             "--profile-from-start", "off", "--metrics", ",".join(metrics), "--csv", "--print-units", "base",
-            "--log-file", log_path, *child_argv]
-
-
-def child_argv(configs, args, manifest_path):
-    """This module as the child: the same model parameters, the configs as specs."""
-    return [sys.executable, "-m", "sandbox.lab.ncu", "--child", "--manifest", manifest_path,
-            "--batch", str(args.batch), "--heads", str(args.heads), "--dtype", args.dtype,
-            "--block-q", str(args.block_q), "--block-kv", str(args.block_kv),
-            "--thread-q", str(args.thread_q), "--thread-kv", str(args.thread_kv), "--seed", str(args.seed),
-            "--kv-splits", str(args.kv_splits), "--build", args.build, "--specs", *[c.spec() for c in configs]]
-
-
-def child_main(args):
-    """Run each config's kernels once inside cuProfilerStart/Stop; append one manifest line per config."""
-    from sandbox.vocabulary.runtime import ensure_backend
-
-    if ensure_backend() != "gpu":
-        print("ncu check child: no CUDA GPU (Numba's CUDA simulator cannot be profiled)", file=sys.stderr)
-        return 3
-    import numpy as np
-    from numba import cuda
-
-    from kernels.launch import run
-    from sandbox.vocabulary.problem import Problem
-    from sandbox.vocabulary.dtypes import storage_dtype
-    from sandbox.lab.info import environment
-
-    env = {k: str(v) for k, v in environment().items()}
-    rng = np.random.default_rng(args.seed)
-    with open(args.manifest, "a") as manifest:
-        manifest.write(json.dumps({"environment": env}) + "\n")
-        manifest.flush()
-        for cfg in [parse_spec(s) for s in args.specs]:
-            if isinstance(cfg, Probe):
-                _run_probe(cfg, manifest)
-                continue
-            schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
-
-            def device_inputs(p):
-                shape = (p.batch, p.heads, p.n_q, p.head_dim)
-                host = [rng.standard_normal(shape, dtype=np.float32).astype(p.dtype) for _ in range(3)]
-                return [cuda.to_device(x.view(storage_dtype(x.dtype))) for x in host]
-
-            # -- compile: a small problem with the same (schedule, d, dtype, causal), not profiled
-            small = Problem(1, 1, 2 * args.block_q, 2 * args.block_kv, cfg.d, dtype=args.dtype, causal=cfg.causal)
-            run(schedule, small, *device_inputs(small), fast=args.build == "fast")
-            q, k, v = device_inputs(problem)
-            cuda.synchronize()
-            # -- the measured call: the only kernels ncu profiles (--profile-from-start off)
-            start = time.perf_counter()
-            cuda.profile_start()
-            out, lse, _ = run(schedule, problem, q, k, v, fast=args.build == "fast")
-            cuda.synchronize()
-            cuda.profile_stop()
-            seconds = time.perf_counter() - start
-            phases = [p for p, _, _ in launches(cfg.kind)]
-            build = "fast" if args.build == "fast" else "plain"
-            manifest.write(json.dumps({"spec": cfg.spec(), "phases": phases, "kernels": len(phases),
-                                       "wall_s": seconds, "schedule": schedule.describe(), "build": build}) + "\n")
-            manifest.flush()
-            print(f"measured {cfg.label()} ({len(phases)} kernel(s), {seconds:.2f} s under ncu)", flush=True)
-            del out, lse, q, k, v
-            try:
-                cuda.current_context().deallocations.clear()
-            except Exception:  # numba internals: freeing early is only an optimization
-                pass
-    return 0
-
-
-def _run_probe(probe, manifest):
-    """One calibration probe (kernels/l2probe.py), compiled outside and run inside the profiled range."""
-    import numpy as np
-    from numba import cuda
-
-    from kernels.l2probe import rewrite, write_spin
-
-    sink = cuda.to_device(np.zeros(1, np.float32))
-    buf = cuda.to_device(np.zeros(probe.buffer_elements(), np.float32))
-    blocks = probe.grid()[0]
-    if probe.name == "rewrite":
-        rewrite[blocks, PROBE_THREADS](buf, 1)  # compile (same types), not profiled
-        call = lambda: rewrite[blocks, PROBE_THREADS](buf, probe.arg)  # noqa: E731
-    else:
-        spin = probe.arg if probe.name == "spin" else 0
-        write_spin[blocks, PROBE_THREADS](buf, np.float32(1), 1, sink)
-        call = lambda: write_spin[blocks, PROBE_THREADS](buf, np.float32(2), spin, sink)  # noqa: E731
-    cuda.synchronize()
-    start = time.perf_counter()
-    cuda.profile_start()
-    call()
-    cuda.synchronize()
-    cuda.profile_stop()
-    seconds = time.perf_counter() - start
-    manifest.write(json.dumps({"spec": probe.spec(), "phases": ["probe"], "kernels": 1, "wall_s": seconds}) + "\n")
-    manifest.flush()
-    print(f"measured {probe.label()} ({seconds:.2f} s under ncu)", flush=True)
+            "--log-file", log_path, *child]
 
 
 def _compile_model(args):
     """Run the L2 model once on a tiny problem of each kind: Numba compiles (and caches) its loops."""
-    from sandbox.vocabulary.problem import Problem
-    from simulator.l2 import simulate_dram
-
-    for kind in DEFAULT_KINDS:
+    for kind in l2_kinds():
         simulate_dram(make_schedule(kind, args), Problem(1, 1, 8, 8, 4, causal=True), l2_bytes=4096,
                       resident_blocks=1, dirty_limit_bytes=256)
 
@@ -469,13 +286,6 @@ def gpu_facts():
         return {"nvidia-smi": "not available"}
     names = ("gpu", "driver", "memory", "sm clock at start", "max sm clock")
     return [dict(zip(names, (x.strip() for x in line.split(",")))) for line in out.splitlines()]
-
-
-def git_commit():
-    head = _run_quiet(["git", "-C", PACKAGE_ROOT, "rev-parse", "HEAD"], timeout=10)
-    dirty = _run_quiet(["git", "-C", PACKAGE_ROOT, "--no-optional-locks", "status", "--porcelain",
-                        "--untracked-files=no"], 10)
-    return (head or "unknown") + ("+dirty" if dirty else "")
 
 
 def run_profiler(cmd, timeout, log_path, echo=True):
@@ -543,67 +353,9 @@ def _failure(text):
     return None
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments: one line on stderr, exit status 2 (argparse's usage block left out)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def parse_args(argv=None, prog=None):
-    """The check's arguments (``prog``: the name its usage and errors give; default ``python -m sandbox ncu``)."""
-    from sandbox.vocabulary.gpus import KNOWN_GPUS
-
-    p = _Parser(prog=prog or "python -m sandbox ncu", description=__doc__.split("\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="results/ncu", help="directory for the CSV, JSON, figure and ncu's log")
-    p.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=DEFAULT_KINDS)
-    p.add_argument("--n", nargs="+", type=int, default=list(DEFAULT_N), help="sequence lengths (Nq = Nk)")
-    p.add_argument("--d", nargs="+", type=int, default=list(DEFAULT_D), help="head dims")
-    p.add_argument("--causal", choices=("no", "yes", "both"), default="no")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=1)
-    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    p.add_argument("--kv-splits", type=int, default=4, help="splitkv's kv_splits")
-    p.add_argument("--build", choices=("plain", "fast"), default="plain",
-                   help="which build of a kind to measure: 'plain' (the kernels whose counters the simulator "
-                        "mirrors; default) or 'fast' (flash2's fast build, an error for kinds without one)")
-    p.add_argument("--no-probes", dest="probes", action="store_false",
-                   help="skip the calibration probes; the model then takes --dirty-limit-bytes and "
-                        "--background-write-rate (default: neither)")
-    p.add_argument("--dirty-limit-bytes", type=int, default=None, help="the L2 model's dirty limit without probes")
-    p.add_argument("--background-write-rate", type=float, default=None,
-                   help="background DRAM writes (bytes/s) without probes")
-    p.add_argument("--block-q", type=int, default=64)
-    p.add_argument("--block-kv", type=int, default=64)
-    p.add_argument("--thread-q", type=int, default=4)
-    p.add_argument("--thread-kv", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gpu", choices=sorted(KNOWN_GPUS), default=None,
-                   help="the machine the L2 model describes, where the device cannot be read (default: the "
-                        "device's own L2 size, SMs and shared memory)")
-    p.add_argument("--l2-bytes", type=int, default=None, help="the model's L2 size (default: the GPU's)")
-    p.add_argument("--sms", type=int, default=None,
-                   help="SMs, for the default residency where ncu reports none (default: the GPU's)")
-    p.add_argument("--cache-control", choices=("all", "none"), default="all",
-                   help="ncu's --cache-control: 'all' flushes the caches before each kernel (the model then "
-                        "starts each launch cold)")
-    p.add_argument("--ncu", default=None, help="path of ncu (default: the PATH, then standard install places)")
-    p.add_argument("--timeout", type=float, default=400.0, help="seconds the profiled child may run")
-    p.add_argument("--dry-run", action="store_true", help="print the ncu command line and exit")
-    p.add_argument("--strict", action="store_true", help="exit 1 if a measured config misses a target")
-    # the child's own arguments
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--manifest", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--specs", nargs="*", default=[], help=argparse.SUPPRESS)
-    return p.parse_args(argv)
-
-
-def main(argv=None, prog=None):
-    """Run the check (module docstring) with command-line arguments ``argv``; returns the exit status."""
-    args = parse_args(argv, prog)
-    if args.child:
-        return child_main(args)
+def check(args, command=None):
+    """Run the check (module docstring) with the CLI's parsed arguments (``python -m sandbox ncu``,
+    ``sandbox/cli.py``); ``command``: the command line as typed, for the provenance. Returns the exit status."""
     configs = configs_from_args(args)
     try:
         validate(configs, args)
@@ -684,7 +436,7 @@ def main(argv=None, prog=None):
     write_csv(rows, paths["ncu_check.csv"])
     write_probes_csv(calibration, paths["ncu_probes.csv"])
     prov = {
-        "command": shlex.join([*(prog or "python -m sandbox ncu").split(), *(sys.argv[1:] if argv is None else argv)]),
+        "command": command or shlex.join(sys.argv),
         "ncu_command": shlex.join(cmd),
         "ncu_version": _run_quiet([ncu, "--version"]),
         "status": status,
@@ -725,6 +477,3 @@ def main(argv=None, prog=None):
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,12 @@ import json
 import re
 import time
 
+from sandbox.lab.colors import kind_color
+from sandbox.lab.ncu_specs import launches, make_problem, make_schedule
 from sandbox.lab.records import atomic_write, text_of
+from sandbox.vocabulary import kinds
+from simulator.counts import simulate_counts
+from simulator.l2 import simulate_dram
 
 #: column name -> ncu metric. ESSENTIAL is retried alone if ncu refuses a metric of the full list.
 METRICS = {
@@ -56,7 +61,10 @@ _BASE_UNITS = {"byte": "byte", "bytes": "byte", "B": "byte", "inst": "inst", "se
                "register/thread": "register/thread", "SM": "SM"}
 _TIME_UNITS = {"nsecond": 1e-9, "ns": 1e-9, "usecond": 1e-6, "us": 1e-6, "msecond": 1e-3, "ms": 1e-3,
                "second": 1.0, "s": 1.0}
-#: the L2 model's DRAM target covers these kinds; splitkv's DRAM is reported beside them
+#: The kinds whose DRAM bytes the check holds within DRAM_TOLERANCE of the L2 model: a judgement of
+#: the model's accuracy, not a list of kinds. Measured on an H100, the model follows these kinds'
+#: request streams closely enough; for splitkv's (and a newly registered kind's) it has not been
+#: shown to, so their DRAM ratio is reported beside the others (``dram_target`` 0), not held to it.
 DRAM_TARGET_KINDS = ("standard", "flash1", "flash2")
 
 
@@ -181,19 +189,6 @@ def measured_residency(kernels, phases):
     return out
 
 
-def make_schedule(kind, args):
-    from sandbox.vocabulary.schedule import Schedule
-
-    return Schedule(kind, block_q=args.block_q, block_kv=args.block_kv, thread_q=args.thread_q, thread_kv=args.thread_kv,
-                    kv_splits=args.kv_splits if kind == "splitkv" else 1)
-
-
-def make_problem(cfg, args):
-    from sandbox.vocabulary.problem import Problem
-
-    return Problem(args.batch, args.heads, cfg.n, cfg.n, cfg.d, dtype=args.dtype, causal=cfg.causal)
-
-
 def calibrate(probe_kernels, args):
     """The L2 model's two fitted parameters, from the probes' measurements on this GPU (or from the
     arguments without probes).
@@ -233,18 +228,9 @@ def calibrate(probe_kernels, args):
     return out
 
 
-def launches(kind):
-    from simulator import table
-
-    return table.get(kind).l2
-
-
 def predict(cfg, args, gpu, residency=None, dirty_limit_bytes=None):
     """The simulator's numbers for one config: HBM bytes (counts.py) and DRAM bytes (the L2 model of
     ``gpu``, a DeviceFacts or a name in KNOWN_GPUS, with the dirty limit, and the plain LRU without it)."""
-    from simulator.counts import simulate_counts
-    from simulator.l2 import simulate_dram
-
     schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
     counts = simulate_counts(schedule, problem)
     kw = dict(gpu=gpu, resident_blocks=residency or None, cold_launches=args.cache_control == "all")
@@ -286,7 +272,7 @@ def _dram_measured(row):
 def _config_fields(cfg, args):
     return {"kind": cfg.kind, "n": cfg.n, "d": cfg.d, "causal": int(cfg.causal), "batch": args.batch,
             "heads": args.heads, "dtype": args.dtype, "block_q": args.block_q, "block_kv": args.block_kv,
-            "kv_splits": args.kv_splits if cfg.kind == "splitkv" else 1}
+            "kv_splits": args.kv_splits if kinds.get(cfg.kind).kv_splits else 1}
 
 
 def make_row(cfg, args, gpu, kernels, calibration=None, build=None):
@@ -385,7 +371,6 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     labels = [f"{r['kind']}\nN={r['n']}\nd={r['d']}" + ("\ncausal" if r["causal"] else "") for r in rows]
-    colors = {"standard": "tab:red", "flash1": "tab:orange", "flash2": "tab:blue", "splitkv": "tab:purple"}
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.7 * len(rows) + 2), 7.5), sharex=True)
     panels = [("global_ratio", GLOBAL_TOLERANCE, "global ld+st bytes (ncu L1)\n/ simulator HBM bytes"),
               ("dram_ratio", DRAM_TOLERANCE, "DRAM bytes (ncu)\n/ L2-model prediction")]
@@ -397,7 +382,7 @@ def plot(rows, path):
             if r.get(key) is None:
                 ax.annotate("not\nmeasured", (i, 1.0), ha="center", va="center", fontsize=7, color="gray")
             else:
-                ax.plot(i, r[key], "o", color=colors.get(r["kind"], "k"))
+                ax.plot(i, r[key], "o", color=kind_color(r["kind"]))
         if key == "dram_ratio":  # the same measurement against the plain LRU (no dirty limit, no background)
             pts = [(i, r.get("dram_ratio_plain")) for i, r in enumerate(rows)]
             pts = [(i, y) for i, y in pts if y is not None]

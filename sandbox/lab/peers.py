@@ -27,10 +27,16 @@ import sys
 import warnings
 
 import numpy as np
+from numba import cuda
 
+from kernels import launch, registry
+# the launcher's device copies (bfloat16 as its uint16 bits), under their present private names
+from kernels.launch import _from_device as from_device, _to_device as to_device, run, run_backward, use_fast
+from kernels.smem import check_device_limit
+from sandbox.lab.autotune import tuned_schedule
 from sandbox.lab.bench_check import tolerance as default_tolerance
-from kernels import registry
 from sandbox.vocabulary import kinds
+from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import Schedule
 
 #: Our kernels' default schedule, per kind: 64×64 blocks, 4×4 register tiles (256 threads).
@@ -120,8 +126,6 @@ def convert(x, lib):
         import cupy
 
         return cupy.asarray(x)
-    from numba import cuda
-
     return cuda.as_cuda_array(x, sync=False)  # sync=False: everything is on the one default stream
 
 
@@ -160,8 +164,6 @@ def make_input_sets(problem, n_sets, backward, seed=0, lib=None):
             arrays = [rng.standard_normal(shape, dtype=cupy.float32).astype(problem.dtype, copy=False)
                       for _ in range(count)]
         else:
-            from numba import cuda
-
             rng = np.random.default_rng(seed * 1000 + i)
             arrays = [cuda.to_device(rng.standard_normal(shape).astype(problem.dtype)) for _ in range(count)]
         sets.append(InputSet(lib, *arrays))
@@ -180,22 +182,17 @@ def free_device_memory():
     cupy = sys.modules.get("cupy")
     if cupy is not None:
         cupy.get_default_memory_pool().free_all_blocks()
-    from sandbox.vocabulary.runtime import using_simulator
-
     if not using_simulator():
-        from numba import cuda
-
         cuda.current_context().deallocations.clear()
 
 
 @contextlib.contextmanager
 def counting_kernel_allocations():
-    """Sum the bytes our launcher allocates while inside (it allocates only in ``kernels.launch._device_empty``).
+    """Sum the bytes our launcher allocates while inside (it allocates only in ``kernels.launch._device_empty``,
+    which is replaced meanwhile: the launcher has no public hook for its allocations).
 
     Yields a one-element list holding the running total.
     """
-    import kernels.launch as launch
-
     real, total = launch._device_empty, [0]
 
     def counting(shape, dtype, what):
@@ -360,23 +357,16 @@ class Ours(Impl):
     def schedule_for(self, problem):
         if self.schedule is not None:
             return self.schedule
-        from sandbox.lab.autotune import tuned_schedule
-
         return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal)
 
     def describe(self, problem):
         """The schedule and, for a forward, which build runs it."""
-        from kernels.launch import use_fast
-
         s = self.schedule_for(problem)
         if self.direction == "bwd":
             return s.describe()
         return f"{s.describe()} ({'fast' if use_fast(s, problem.head_dim, fast=self.fast) else 'plain'} build)"
 
     def available(self, problem):
-        from kernels.launch import use_fast
-        from kernels.smem import check_device_limit
-
         backward = self.direction == "bwd"
         try:
             s = self.schedule_for(problem)
@@ -388,19 +378,17 @@ class Ours(Impl):
         return True, ""
 
     def prepare(self, inputs, problem):
-        from kernels.launch import _from_device, _to_device, run, run_backward
-
         wrap = lambda x: x  # noqa: E731
         if problem.dtype.name == "bfloat16":  # PyTorch's tensors, as their uint16 bits (kernels/launch.py)
             tensors = inputs.view("torch")
-            q, k, v, dout = (None if x is None else _to_device([x], "x")[0] for x in tensors)
-            wrap = lambda x: _from_device([x], tensors[0], [problem.dtype])[0]  # noqa: E731  (bits -> bf16 tensor)
+            q, k, v, dout = (None if x is None else to_device([x], "x")[0] for x in tensors)
+            wrap = lambda x: from_device([x], tensors[0], [problem.dtype])[0]  # noqa: E731  (bits -> bf16 tensor)
         else:
             q, k, v, dout = inputs.view("numba")
         s, fast = self.schedule_for(problem), self.fast
         if self.direction == "fwd":
             return lambda: wrap(run(s, problem, q, k, v, fast=fast)[0])
-        out, lse, _ = run(s, problem, q, k, v, fast=fast)
+        out, lse = run(s, problem, q, k, v, fast=fast)[:2]
         return lambda: tuple(wrap(x) for x in run_backward(s, problem, q, k, v, out, lse, dout)[:3])
 
 

@@ -15,13 +15,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
+from sandbox.lab.colors import kind_color  # noqa: E402
 from sandbox.lab.experiments import PAPER_GPT2_MEDIUM_GB, PAPER_GPT2_MEDIUM_SETTING  # noqa: E402
 from sandbox.lab.sweep import POINT_COLUMNS, load  # noqa: E402
 from simulator import theory  # noqa: E402
 
-#: Colors of the built-in kinds; other registered kinds take the next of :data:`OTHER_COLORS`.
-COLORS = {"standard": "tab:red", "flash1": "tab:blue", "flash2": "tab:green"}
-OTHER_COLORS = ("tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 #: Line styles of the lines of one kind (one per combination of the other varying columns).
 STYLES = ("o-", "s--", "^:", "D-.", "v-", "P--", "X:", "*-.")
 
@@ -183,14 +181,12 @@ class Lines:
         return text
 
     def styles(self, rows):
-        """(color, line style) of each line: color by kind, style by the other columns."""
-        extra = iter(OTHER_COLORS)
-        colors = {kind: COLORS.get(kind) or next(extra, "black") for kind in dict.fromkeys(r["kind"] for r in rows)}
+        """(color, line style) of each line: color by kind (``sandbox.lab.colors``), style by the other columns."""
         count, out = {}, []
         for _, rs in self.lines:
             kind = rs[0]["kind"]
             i = count[kind] = count.get(kind, -1) + 1
-            out.append((colors[kind], STYLES[i % len(STYLES)]))
+            out.append((kind_color(kind), STYLES[i % len(STYLES)]))
         return out
 
 
@@ -315,7 +311,7 @@ def gpt2_medium(rows, prov, out_dir):
     labels = [describe(r, split).replace(", ", "\n") or r["kind"] for r in rows]
     fwd = [r["hbm_bytes"] / 1e9 for r in rows]
     bwd = [(r.get("hbm_bytes_backward") or 0) / 1e9 for r in rows]
-    colors = [COLORS.get(r["kind"], "tab:purple") for r in rows]
+    colors = [kind_color(r["kind"]) for r in rows]
     fig, ax = plt.subplots(figsize=(8, 4.2))
     ax.bar(labels, fwd, color=colors)
     top = ax.bar(labels, bwd, bottom=fwd, color=colors, alpha=0.45, hatch="//")

@@ -1,6 +1,6 @@
 """Sweeps: a grid of (schedule, problem) points, counted by the simulator (and timed on a GPU), saved as CSV + JSON.
 
-Files are written atomically (temporary file, then rename) as points complete, so an
+Files are written atomically (temporary file, then rename: ``sandbox.lab.records``) as points complete, so an
 interrupted sweep (Ctrl-C, SIGTERM) leaves valid partial files; running the same sweep again
 skips the points already in them, after checking each row (a damaged one is computed again).
 One process writes a sweep's files at a time: a lock file beside them names the holder.
@@ -10,24 +10,27 @@ Each file carries its provenance: package versions, device, the grids and comman
 import csv
 import dataclasses
 import datetime
-import io
 import itertools
 import json
 import math
 import numbers
 import os
 import re
-import shlex
 import signal
 import socket
-import sys
 import threading
 import time
 
-from sandbox.lab.records import atomic_write
-from sandbox.vocabulary.problem import Problem
+import numpy as np
+
+from kernels import registry
+from sandbox.lab.records import atomic_write, command_line, provenance, write_commented_csv
+from sandbox.lab.timing import time_attention
 from sandbox.vocabulary.kinds import names as registered_kinds
+from sandbox.vocabulary.problem import Problem
+from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import Schedule
+from simulator.entry import simulate
 
 #: The kinds the FlashAttention paper compares (Algorithm 0, Algorithm 1 and FlashAttention-2's
 #: order): a sweep's default.
@@ -166,10 +169,6 @@ def extra_hbm_bytes(schedule, problem):
     Read off the kind's own launch function (sandbox/vocabulary/kinds.py), run with a recording allocator
     and no kernels, so that it cannot drift from what the kernels really allocate.
     """
-    import numpy as np
-
-    from kernels import registry
-
     sizes = [problem.bh * problem.n_q * 4]  # L, fp32
 
     def empty(shape, dtype, name):
@@ -183,8 +182,6 @@ def extra_hbm_bytes(schedule, problem):
 def measure_point(schedule, problem, time_kernels=False):
     """One row: the simulator's counts (forward; the backward's HBM bytes where its tiles fit), footprints,
     and (on a GPU, if asked) the kernel's median time."""
-    from simulator.entry import simulate
-
     report = simulate(schedule, problem)
     row = dict(zip(POINT_COLUMNS, point_key(schedule, problem)))
     row.update(
@@ -205,40 +202,12 @@ def measure_point(schedule, problem, time_kernels=False):
         row["hbm_bytes_backward"] = simulate(schedule, problem, backward=True).hbm_bytes
     except ValueError:  # the backward's tiles (dO, L, D too) may not fit where the forward's do
         pass
-    if time_kernels:
-        from sandbox.vocabulary.runtime import using_simulator
-
-        if not using_simulator():
-            from sandbox.lab.bench import time_attention
-
-            try:
-                row["runtime_ms"] = time_attention(schedule, problem)
-            except ValueError:  # e.g. tiles over this GPU's shared memory: counted, not timed
-                pass
+    if time_kernels and not using_simulator():
+        try:
+            row["runtime_ms"] = time_attention(schedule, problem)
+        except ValueError:  # e.g. tiles over this GPU's shared memory: counted, not timed
+            pass
     return row
-
-
-def command_line(argv=None):
-    """The command as the user typed it: ``python -m sandbox sweep ...`` rather than the path of
-    ``sandbox/__main__.py``; ``attention-sandbox sweep ...`` for the console script."""
-    argv = list(sys.argv if argv is None else argv)
-    if argv:
-        head = os.path.normpath(argv[0])
-        if head.endswith(os.path.join("sandbox", "__main__.py")):
-            argv[:1] = ["python", "-m", "sandbox"]
-        elif os.path.basename(head) == "attention-sandbox":
-            argv[0] = "attention-sandbox"
-    return shlex.join(str(a) for a in argv)
-
-
-def provenance(argv=None):
-    """Package versions, device, command line and time, for the header of result files."""
-    from sandbox.lab.info import environment
-
-    facts = {k: str(v) for k, v in environment().items()}
-    facts["command"] = command_line(argv)
-    facts["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return facts
 
 
 def sweep_paths(out):
@@ -282,30 +251,6 @@ def load(path):
         return data["provenance"], [_typed(r) for r in data["rows"]]
     prov, rows, _ = read_sweep_csv(path)
     return prov, rows
-
-
-def write_commented_csv(path, header, columns, rows):
-    """Write ``rows`` as CSV, atomically, after ``# key: value`` lines for each item of ``header``."""
-    buf = io.StringIO()
-    for key, value in header.items():
-        buf.write(f"# {key}: {value}\n")
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, buf.getvalue())
-
-
-def read_commented_csv(path):
-    """(provenance, rows as string dicts) from a CSV whose leading ``# key: value`` lines are its provenance."""
-    prov, lines = {}, []
-    with open(path, newline="") as f:
-        for line in f:
-            if line.startswith("# "):
-                key, _, value = line[2:].rstrip("\n").partition(": ")
-                prov[key] = value
-            else:
-                lines.append(line)
-    return prov, list(csv.DictReader(lines))
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.+-]+\Z")

@@ -17,8 +17,7 @@ from sandbox import Problem, Schedule, reference_attention, reference_attention_
 
 from sandbox.lab import bench, bench_check, info
 from sandbox.lab.bench import (
-    BenchSpec, add_ratios, attention_flops, attention_pairs, format_table, is_oom, rotation_sets, run_bench,
-    short_message, time_back_to_back, time_calls,
+    BenchSpec, add_ratios, attention_flops, attention_pairs, format_table, is_oom, run_bench, short_message,
 )
 from sandbox.lab.bench_check import Reference, sample_pairs, sample_rows, tolerance
 from sandbox.lab.peers import (
@@ -30,6 +29,7 @@ from sandbox.vocabulary.gpus import KNOWN_GPUS
 from sandbox.vocabulary.reference import causal_mask
 from sandbox.vocabulary.runtime import using_simulator
 from sandbox.lab.sweep import extra_hbm_bytes
+from sandbox.lab.timing import rotation_sets, time_back_to_back, time_calls
 
 MiB = 2**20
 
@@ -249,8 +249,8 @@ def test_registry_and_schedules(monkeypatch):
     assert [(i.name, i.direction) for i in impls] == [
         ("sdpa-flash", "fwd"), ("sdpa-cudnn", "fwd"), ("sdpa-efficient", "fwd"), ("sdpa-math", "fwd"),
         ("cupy-naive", "fwd"), ("torch-blockwise", "fwd"), ("standard", "fwd"), ("flash1", "fwd"), ("flash2", "fwd"),
-        ("flash2-plain", "fwd"), ("sdpa-flash", "bwd"), ("sdpa-cudnn", "bwd"), ("sdpa-efficient", "bwd"),
-        ("sdpa-math", "bwd"), ("standard", "bwd"), ("flash2", "bwd"),
+        ("flash2-plain", "fwd"), ("splitkv", "fwd"), ("sdpa-flash", "bwd"), ("sdpa-cudnn", "bwd"),
+        ("sdpa-efficient", "bwd"), ("sdpa-math", "bwd"), ("standard", "bwd"), ("flash1", "bwd"), ("flash2", "bwd"),
     ]
     assert [i.ours for i in impls[6:10]] == [True] * 4 and not any(i.ours for i in impls[:6])
     assert impls[8].schedule == impls[9].schedule == Schedule("flash2", block_q=64, block_kv=64, thread_q=4, thread_kv=4)

@@ -1,4 +1,4 @@
-"""The ncu check (sandbox.lab.ncu) without a GPU: ncu's CSV, units, kernels summed per config, no-ncu exit, dry run,
+"""The ncu check (sandbox.lab.ncu, its child and specs, and its way in, ``python -m sandbox ncu``) without a GPU: ncu's CSV, units, kernels summed per config, no-ncu exit, dry run,
 exit statuses, config checks, the machine modelled, and the whole parent pipeline against a stand-in ncu that
 writes what a real one would."""
 
@@ -8,20 +8,23 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
-from sandbox.lab import ncu, ncu_results
+from sandbox.cli import ncu_main, ncu_parser
+from sandbox.lab import ncu, ncu_results, ncu_specs
 
 
 @pytest.fixture
 def ncu_check():
     return ncu
+
+
+def parse_args(argv):
+    return ncu_parser().parse_args(argv)
 
 
 # A details page as `ncu --csv` prints it: ncu's own lines first, quoted fields, kernel names with
@@ -126,7 +129,7 @@ def test_kernels_of_a_failed_config_are_not_used(ncu_check):
 def test_exit_2_without_ncu(ncu_check, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     monkeypatch.setattr(ncu_check, "NCU_SEARCH_GLOBS", ())
-    assert ncu_check.main(["--out", str(tmp_path / "out")]) == 2
+    assert ncu_main(["--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ncu not found")
     assert not (tmp_path / "out").exists()
@@ -136,7 +139,7 @@ def test_dry_run_prints_the_command(ncu_check, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     monkeypatch.setattr(ncu_check, "NCU_SEARCH_GLOBS", ())
     out = tmp_path / "out"
-    assert ncu_check.main(["--dry-run", "--kinds", "flash2", "standard", "--n", "1024", "--d", "64",
+    assert ncu_main(["--dry-run", "--kinds", "flash2", "standard", "--n", "1024", "--d", "64",
                            "--causal", "both", "--out", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
@@ -152,7 +155,7 @@ def test_dry_run_prints_the_command(ncu_check, monkeypatch, capsys, tmp_path):
         assert m in metrics
     assert cmd[cmd.index("--log-file") + 1] == str(out / "ncu_raw.csv")
     child = cmd[cmd.index("--log-file") + 2:]
-    assert child[1:4] == ["-m", "sandbox.lab.ncu", "--child"]
+    assert child[1:3] == ["-m", "sandbox.lab.ncu_child"]
     specs = child[child.index("--specs") + 1:]
     # the calibration probes, then cheapest first (flash1 last); the CSV keeps the order asked for
     assert specs == ["probe:spin:10000000", "probe:spin:40000000", "probe:stream:64", "probe:stream:128",
@@ -166,11 +169,12 @@ FAKE_NCU = '''#!{python}
 with measured = simulated x 1.01 (global) and x 0.9 (DRAM) on each config's first kernel; the
 probes see 20 MB/s of background DRAM writes, and a write stream leaves 24 MiB dirty in L2."""
 import json, sys
-from sandbox.lab import ncu as nc, ncu_results  # the child's PYTHONPATH has the package
+from sandbox.lab import ncu_child, ncu_results, ncu_specs as nc  # the child's PYTHONPATH has the package
 argv = sys.argv[1:]
 log = argv[argv.index("--log-file") + 1]
-module = argv.index("sandbox.lab.ncu")
-args = nc.parse_args(argv[module + 1:])
+module = argv.index("sandbox.lab.ncu_child")
+args = ncu_child.parse_args(argv[module + 1:])
+args.cache_control = argv[argv.index("--cache-control") + 1]  # ncu's own, which the model follows
 head = '"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"'
 rows, kid = ["==PROF== Connected to process 1 (python)", head], 0
 with open(args.manifest, "w") as man:
@@ -217,7 +221,7 @@ def test_end_to_end_with_a_stand_in_ncu(ncu_check, tmp_path, capsys):
     fake.write_text(FAKE_NCU.format(python=sys.executable))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     out = tmp_path / "out"
-    rc = ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "standard", "--n", "128", "--d", "16",
+    rc = ncu_main(["--ncu", str(fake), "--kinds", "flash2", "standard", "--n", "128", "--d", "16",
                          "--causal", "both", "--gpu", "h200", "--out", str(out)])
     stdout = capsys.readouterr().out
     assert rc == 0, stdout
@@ -278,7 +282,7 @@ def test_a_hung_profiler_is_stopped_with_its_children(ncu_check, tmp_path):
     pid_file = tmp_path / "child.pid"
     fake = _script(tmp_path / "ncu", f'[ "$1" = "--version" ] && exit 0\nsleep 60 &\necho $! > {pid_file}\nwait\n')
     out = tmp_path / "out"
-    rc = ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--timeout", "1",
+    rc = ncu_main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--timeout", "1",
                          "--gpu", "h200", "--out", str(out)])
     assert rc == 1
     pid = int(pid_file.read_text())
@@ -303,7 +307,7 @@ case "$*" in *launch__sm_count*) echo "==ERROR== Failed to find metric launch__s
 exec {real} "$@"
 ''')
     out = tmp_path / "out"
-    assert ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--gpu", "h200",
+    assert ncu_main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--gpu", "h200",
                            "--out", str(out)]) == 0
     assert "retrying with the essential metrics" in capsys.readouterr().out
     log = (out / "ncu_child.log").read_text()
@@ -317,7 +321,7 @@ def test_a_failing_config_does_not_lose_the_others(ncu_check, monkeypatch):
         raise RuntimeError("model failed")
 
     monkeypatch.setattr(ncu_results, "make_row", broken)
-    args = ncu_check.parse_args(["--kinds", "flash2", "--n", "128", "--d", "16"])
+    args = parse_args(["--kinds", "flash2", "--n", "128", "--d", "16"])
     (cfg,) = ncu_check.configs_from_args(args)
     row = ncu_check.row_or_error(cfg, args, "h200", None)
     assert row["status"] == "error: RuntimeError: model failed" and row["kind"] == "flash2"
@@ -326,16 +330,16 @@ def test_a_failing_config_does_not_lose_the_others(ncu_check, monkeypatch):
 
 def test_calibration_from_probes(ncu_check):
     """Background rate = spin writes / spin time (pooled); dirty limit = stream size - its writes net of background."""
-    args = ncu_check.parse_args([])
+    args = parse_args([])
     k = lambda wr, t: [ncu_results.KernelResult(0, "write_spin", (1, 1, 1), (256, 1, 1),  # noqa: E731
                                               {"dram_wr_bytes": wr, "time": t}, {})]
     mib = 2**20
     cal = ncu_results.calibrate({
-        ncu_check.Probe("spin", 10**7): k(2e6, 0.1),
-        ncu_check.Probe("spin", 4 * 10**7): k(6e6, 0.3),
-        ncu_check.Probe("stream", 64): k(40 * mib + 2e7 * 1e-4, 1e-4),
-        ncu_check.Probe("stream", 128): k(106 * mib + 2e7 * 1e-5, 1e-5),
-        ncu_check.Probe("rewrite", 5): k(9e9, 1.0),  # a check of the model, not part of the fit
+        ncu_specs.Probe("spin", 10**7): k(2e6, 0.1),
+        ncu_specs.Probe("spin", 4 * 10**7): k(6e6, 0.3),
+        ncu_specs.Probe("stream", 64): k(40 * mib + 2e7 * 1e-4, 1e-4),
+        ncu_specs.Probe("stream", 128): k(106 * mib + 2e7 * 1e-5, 1e-5),
+        ncu_specs.Probe("rewrite", 5): k(9e9, 1.0),  # a check of the model, not part of the fit
     }, args)
     assert cal["source"] == "probes"
     assert cal["background_write_bytes_per_s"] == pytest.approx(8e6 / 0.4)
@@ -344,12 +348,12 @@ def test_calibration_from_probes(ncu_check):
                                                    "probe:stream:128", "probe:rewrite:5"]
     assert cal["probes"][-1]["write_rate_bytes_per_s"] == 9e9
     # without probe results the arguments stand (both None by default: the plain model)
-    none = ncu_results.calibrate({ncu_check.Probe("spin", 10): None}, args)
+    none = ncu_results.calibrate({ncu_specs.Probe("spin", 10): None}, args)
     assert none["source"] == "arguments" and none["dirty_limit_bytes"] is None
     assert none["background_write_bytes_per_s"] is None
-    assert ncu_check.parse_spec("probe:stream:64") == ncu_check.Probe("stream", 64)
+    assert ncu_specs.parse_spec("probe:stream:64") == ncu_specs.Probe("stream", 64)
     with pytest.raises(ValueError, match="unknown probe"):
-        ncu_check.parse_spec("probe:nap:3")
+        ncu_specs.parse_spec("probe:nap:3")
 
 
 # -- configs not measured, bad configs, the machine modelled -------------------------------------
@@ -370,7 +374,7 @@ def test_nothing_measured_fails(ncu_check, tmp_path, capsys, strict):
     """ncu ran and exited 0 but profiled no kernel: every config unmeasured is a failure, never "(ok)"."""
     fake = _script(tmp_path / "ncu", 'echo "==PROF== Disconnected"\n')
     out = tmp_path / "out"
-    rc = ncu_check.main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--gpu", "h200",
+    rc = ncu_main(["--ncu", str(fake), "--kinds", "flash2", "--n", "128", "--d", "16", "--gpu", "h200",
                          "--no-probes", "--out", str(out)] + (["--strict"] if strict else []))
     stdout = capsys.readouterr().out
     assert rc == 1
@@ -386,7 +390,7 @@ def test_a_config_not_measured_is_reported(ncu_check, tmp_path, capsys, monkeypa
     parse = ncu_results.parse_ncu_csv
     monkeypatch.setattr(ncu_check, "parse_ncu_csv", lambda text: parse(text)[:-1])  # the last kernel is lost
     out = tmp_path / "out"
-    rc = ncu_check.main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
+    rc = ncu_main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
                          "--causal", "both", "--gpu", "h200", "--no-probes", "--out", str(out)]
                         + (["--strict"] if strict else []))
     stdout = capsys.readouterr().out
@@ -414,7 +418,7 @@ def test_dry_run_validates_the_configs(ncu_check, tmp_path, capsys, bad, message
     out = tmp_path / "out"
     argv = ["--dry-run", "--kinds", "flash2", "--n", "1024", "--d", "64", "--out", str(out)] + bad
     try:
-        code = ncu_check.main(argv)
+        code = ncu_main(argv)
     except SystemExit as e:  # argparse's own checks
         code = e.code
     captured = capsys.readouterr()
@@ -432,12 +436,12 @@ def test_the_l2_model_is_the_devices(ncu_check, tmp_path, capsys, monkeypatch):
     device = dataclasses.replace(KNOWN_GPUS["h200"], name="NVIDIA H200", sms=100, source="read from the device")
     monkeypatch.setattr(info, "device_facts", lambda: device)
     out = tmp_path / "out"
-    assert ncu_check.main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
+    assert ncu_main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
                            "--no-probes", "--out", str(out)]) == 0, capsys.readouterr()
     model = json.loads((out / "ncu_check.json").read_text())["model"]
     assert model["l2_bytes"] == 62_914_560 and model["sms_default"] == 100
     assert model["gpu"]["name"] == "NVIDIA H200" and model["gpu"]["source"] == "read from the device"
-    args = ncu_check.parse_args(["--l2-bytes", "4096"])
+    args = parse_args(["--l2-bytes", "4096"])
     assert ncu_check.model_gpu(args).l2_bytes == 4096 and ncu_check.model_gpu(args).sms == 100
 
 
@@ -446,16 +450,16 @@ def test_without_a_device_the_machine_must_be_named(ncu_check, tmp_path, capsys,
 
     monkeypatch.setattr(info, "device_facts", lambda: None)  # the CUDA simulator: nothing to read
     out = tmp_path / "out"
-    rc = ncu_check.main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
+    rc = ncu_main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "128", "--d", "16",
                          "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--gpu h100|h200" in err[0]
     assert not out.exists()
-    assert ncu_check.model_gpu(ncu_check.parse_args(["--gpu", "h100"])).l2_bytes == 50 * 2**20
+    assert ncu_check.model_gpu(parse_args(["--gpu", "h100"])).l2_bytes == 50 * 2**20
 
 
 def test_the_cli_and_the_script_are_ways_in(tmp_path, capsys):
-    """``python -m sandbox ncu`` hands its arguments to the check; scripts/ncu_check.py is the same call."""
+    """``python -m sandbox ncu`` hands its arguments to the check; scripts/ncu_check.py calls ncu_main."""
     from sandbox.cli import main as cli_main
 
     out = tmp_path / "out"
@@ -465,12 +469,11 @@ def test_the_cli_and_the_script_are_ways_in(tmp_path, capsys):
     assert line.startswith("ncu ") and line.endswith("--specs flash2:128:16:0")
     assert cli_main(["ncu", "--dry-run", "--n", "0"]) == 2
     assert capsys.readouterr().err.strip() == "ncu check: config standard N=0 d=64: --n and --d must be positive"
-    script = Path(__file__).resolve().parents[2] / "scripts" / "ncu_check.py"
-    env = {**os.environ, "PYTHONPATH": str(script.parents[1])}
-    done = subprocess.run([sys.executable, str(script), "--dry-run", "--block-kv", "0"], capture_output=True,
-                          text=True, env=env, cwd=tmp_path, timeout=120)
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip() == "ncu check: --block-kv: expected a positive number, got 0"
+    assert ncu_main(["--dry-run", "--block-kv", "0"], prog="python scripts/ncu_check.py") == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip() == "ncu check: --block-kv: expected a positive number, got 0"
+    assert ncu_main(["--bogus"], prog="python scripts/ncu_check.py") == 2
+    assert capsys.readouterr().err.startswith("python scripts/ncu_check.py: error:")
 
 
 def test_the_ncu_subcommand_speaks_with_the_clis_name(capsys):

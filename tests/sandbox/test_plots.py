@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sandbox.lab import plots
+from sandbox.lab.colors import kind_colors
 from sandbox.lab.experiments import EXPERIMENTS
 from sandbox.lab.sweep import SweepSpec, load, run_sweep
 
@@ -92,9 +93,9 @@ def test_gpt2_medium_legend_shows_forward_and_backward_not_a_kind(tmp_path, draw
     plots.gpt2_medium(rows, prov, str(tmp_path))
     ax = drawn[0].axes[0]
     handles = ax.get_legend().legend_handles
-    kind_colors = {plt.matplotlib.colors.to_rgba(c)[:3] for c in plots.COLORS.values()}
+    colors = {plt.matplotlib.colors.to_rgba(c)[:3] for c in kind_colors().values()}
     assert [h.get_label() for h in handles] == ["forward (ours, simulated)", "backward (ours, simulated)"]
-    assert not {tuple(h.get_facecolor()[:3]) for h in handles} & kind_colors
+    assert not {tuple(h.get_facecolor()[:3]) for h in handles} & colors
     assert handles[1].get_hatch() == "//" and handles[0].get_hatch() is None
     # not the paper's setting: no paper bars, and the title says the sweep's own
     labels = [t.get_text() for t in ax.get_xticklabels()]

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from sandbox.lab import sweep as sweep_mod
+from sandbox.lab import records, sweep as sweep_mod
 from sandbox.cli import main
 from sandbox.lab.sweep import SweepSpec, load, run_sweep
 
@@ -110,7 +110,7 @@ def test_demo_writes_every_figure_and_the_kernel_check(tmp_path, capsys):
 
 def test_timing_is_refused_under_the_simulator_and_skipped_in_sweeps(tmp_path):
     from sandbox import Problem, Schedule
-    from sandbox.lab.bench import time_attention
+    from sandbox.lab.timing import time_attention
     from sandbox.vocabulary.runtime import using_simulator
 
     if not using_simulator():
@@ -295,7 +295,7 @@ def test_files_get_the_umask_mode(tmp_path):
 ])
 def test_provenance_records_the_command_as_typed(argv0, typed, tmp_path):
     argv = [argv0, "sweep", "--n", "64", "128", "--out", "my results.csv"]
-    assert sweep_mod.command_line(argv) == f"{typed} sweep --n 64 128 --out 'my results.csv'"
+    assert records.command_line(argv) == f"{typed} sweep --n 64 128 --out 'my results.csv'"
     run_sweep(SMALL, str(tmp_path / "s.csv"), argv=argv)
     assert load(str(tmp_path / "s.json"))[0]["command"] == f"{typed} sweep --n 64 128 --out 'my results.csv'"
 
