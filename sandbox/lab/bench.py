@@ -149,7 +149,7 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=Fals
         RuntimeError: under the CUDA simulator, where timings mean nothing.
     """
 
-    from kernels.launch import _to_device, run
+    from kernels.launch import run, to_device
     from sandbox.lab.info import resolve_gpu
     from sandbox.vocabulary.runtime import using_simulator
 
@@ -161,7 +161,7 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=Fals
     per_set = (np.prod(shape_q) + 2 * np.prod(shape_kv)) * problem.dtype.itemsize
     n_sets = rotation_sets(per_set, resolve_gpu().l2_bytes, lo=2)
     sets = [  # through the launcher's copy: bfloat16 travels as its uint16 bits
-        tuple(_to_device([rng.standard_normal(s).astype(problem.dtype) for s in (shape_q, shape_kv, shape_kv)], "qkv"))
+        tuple(to_device([rng.standard_normal(s).astype(problem.dtype) for s in (shape_q, shape_kv, shape_kv)], "qkv"))
         for _ in range(n_sets)
     ]
     calls = [lambda s=s: run(schedule, problem, *s) for s in sets]

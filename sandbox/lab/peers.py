@@ -388,13 +388,13 @@ class Ours(Impl):
         return True, ""
 
     def prepare(self, inputs, problem):
-        from kernels.launch import _from_device, _to_device, run, run_backward
+        from kernels.launch import from_device, run, run_backward, to_device
 
         wrap = lambda x: x  # noqa: E731
         if problem.dtype.name == "bfloat16":  # PyTorch's tensors, as their uint16 bits (kernels/launch.py)
             tensors = inputs.view("torch")
-            q, k, v, dout = (None if x is None else _to_device([x], "x")[0] for x in tensors)
-            wrap = lambda x: _from_device([x], tensors[0], [problem.dtype])[0]  # noqa: E731  (bits -> bf16 tensor)
+            q, k, v, dout = (None if x is None else to_device([x], "x")[0] for x in tensors)
+            wrap = lambda x: from_device([x], tensors[0], [problem.dtype])[0]  # noqa: E731  (bits -> bf16 tensor)
         else:
             q, k, v, dout = inputs.view("numba")
         s, fast = self.schedule_for(problem), self.fast
