@@ -25,27 +25,23 @@ import math
 
 from numba import cuda, float32, int64
 
-from kernels.counters import slots
+from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
 from kernels.matmul import make_nn, make_tn
-from kernels.tiles import ZERO, make_tile_ops
-from sandbox.vocabulary.schedule import sram_buffers, sram_offsets
-
-HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
+from kernels.tiles import ZERO, inline_ir, make_tile_ops
+from sandbox.vocabulary.footprints import sram_offsets
+from sandbox.vocabulary.schedule import sram_buffers
 
 
 def make_d(schedule, head_dim, dtype, count_io, causal):
     """D = rowsum(dO ∘ O), fp32: kernel(o, do, dvec, counters), one thread per row."""
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
-    CNT_LEN, zero_counter, flush, inc, to_f32 = t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.to_f32
+    CNT_LEN, zero_counter, flush, inc, to_f32, batch_head = t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.to_f32, t.batch_head
     BR, NT, D = t.BR, t.NT, t.D
     O_, dO_, D_ = slots("O"), slots("dO"), slots("D")
 
     def kernel(o, do, dvec, counters):
         tid = cuda.threadIdx.x
-        bh = cuda.blockIdx.y
-        n_heads = o.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
+        b, h = batch_head(cuda.blockIdx.y, o.shape[1])
         q0 = cuda.blockIdx.x * BR
         q_len = min(BR, o.shape[2] - q0)
         cnt = cuda.local.array(CNT_LEN, int64)
@@ -72,13 +68,32 @@ def _common(schedule, head_dim, dtype, count_io, causal, phase):
     return t, off, smem_bytes
 
 
+def _load_l_d(t, off):
+    """load(lse, dvec, b, h, q0, q_len, sm_f, tid, cnt): L_i and D_i, HBM -> SRAM (at off["L"], off["D"]), all threads."""
+    NT, inc, OL, OD = t.NT, t.inc, off["L"], off["D"]
+    L_, D_ = slots("L"), slots("D")
+
+    @inline_ir
+    def load(lse, dvec, b, h, q0, q_len, sm_f, tid, cnt):
+        for r in range(tid, q_len, NT):
+            sm_f[OL + r] = lse[b, h, q0 + r]
+            sm_f[OD + r] = dvec[b, h, q0 + r]
+            inc(cnt, L_[HBM_R], 1)
+            inc(cnt, L_[SRAM_W], 1)
+            inc(cnt, D_[HBM_R], 1)
+            inc(cnt, D_[SRAM_W], 1)
+
+    return load
+
+
 def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
     """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H)."""
     t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dkdv")
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, ptx_tile = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.ptx_tile)
-    BR, BC, TM, TN, TY, TX, NT, D, DCQ, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DCQ, t.CAUSAL
+    thread_yx, batch_head, load_l_d = t.thread_yx, t.batch_head, _load_l_d(t, off)
+    BR, BC, TM, TN, TY, TX, D, DCQ, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.D, t.DCQ, t.CAUSAL
     OQ, OdO, OK, OV, OS, OL, OD = (off[n] for n in ("Q", "dO", "K", "V", "dS", "L", "D"))
     Q_, K_, V_, P_, dO_, dS_, L_, D_, dK_, dV_ = (
         slots(n) for n in ("Q", "K", "V", "P", "dO", "dS", "L", "D", "dK", "dV"))
@@ -86,13 +101,9 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
 
     def kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters):
         tid = cuda.threadIdx.x
-        ty = tid // TX
-        tx = tid - ty * TX
+        ty, tx = thread_yx(tid)
         j = cuda.blockIdx.x
-        bh = cuda.blockIdx.y
-        n_heads = q.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
+        b, h = batch_head(cuda.blockIdx.y, q.shape[1])
         n_q = q.shape[2]
         k0 = j * BC
         kv_len = min(BC, k.shape[2] - k0)
@@ -125,13 +136,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
             cuda.syncthreads()
             load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
             load_rows(do, b, h, q0, q_len, sm_in, OdO, tid, cnt, dO_[HBM_R], dO_[SRAM_W])
-            for r in range(tid, q_len, NT):
-                sm_f[OL + r] = lse[b, h, q0 + r]
-                sm_f[OD + r] = dvec[b, h, q0 + r]
-                inc(cnt, L_[HBM_R], 1)
-                inc(cnt, L_[SRAM_W], 1)
-                inc(cnt, D_[HBM_R], 1)
-                inc(cnt, D_[SRAM_W], 1)
+            load_l_d(lse, dvec, b, h, q0, q_len, sm_f, tid, cnt)
             # barrier: Q_i, dO_i, L_i, D_i (and K_j, V_j) are in SRAM
             cuda.syncthreads()
 
@@ -197,19 +202,16 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal):
     t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dq")
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, pv_tile = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.pv_tile)
-    BR, BC, TM, TN, TY, TX, NT, D, DC, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC, t.CAUSAL
+    thread_yx, batch_head, load_l_d, store_rows = t.thread_yx, t.batch_head, _load_l_d(t, off), t.store_rows
+    BR, BC, TM, TN, TY, TX, DC, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.DC, t.CAUSAL
     OQ, OdO, OK, OV, OS, OL, OD = (off[n] for n in ("Q", "dO", "K", "V", "dS", "L", "D"))
     Q_, K_, V_, dO_, dS_, L_, D_, dQ_ = (slots(n) for n in ("Q", "K", "V", "dO", "dS", "L", "D", "dQ"))
-    IN, from_f32 = t.IN, t.from_f32
+    IN = t.IN
 
     def kernel(q, k, v, do, lse, dvec, dq, scale, counters):
         tid = cuda.threadIdx.x
-        ty = tid // TX
-        tx = tid - ty * TX
-        bh = cuda.blockIdx.y
-        n_heads = q.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
+        ty, tx = thread_yx(tid)
+        b, h = batch_head(cuda.blockIdx.y, q.shape[1])
         n_kv = k.shape[2]
         q0 = cuda.blockIdx.x * BR
         q_len = min(BR, q.shape[2] - q0)
@@ -220,13 +222,7 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal):
         # -- Q_i, dO_i, L_i, D_i: they stay in SRAM for the whole K/V loop
         load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
         load_rows(do, b, h, q0, q_len, sm_in, OdO, tid, cnt, dO_[HBM_R], dO_[SRAM_W])
-        for r in range(tid, q_len, NT):
-            sm_f[OL + r] = lse[b, h, q0 + r]
-            sm_f[OD + r] = dvec[b, h, q0 + r]
-            inc(cnt, L_[HBM_R], 1)
-            inc(cnt, L_[SRAM_W], 1)
-            inc(cnt, D_[HBM_R], 1)
-            inc(cnt, D_[SRAM_W], 1)
+        load_l_d(lse, dvec, b, h, q0, q_len, sm_f, tid, cnt)
         acc = cuda.local.array((TM, DC), float32)  # this thread's tile of dQ_i, in registers
         for a in range(TM):
             for c in range(DC):
@@ -266,15 +262,7 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal):
             # -- dQ_i += dS K_j
             pv_tile(sm_f, OS, sm_in, OK, ty, tx, b, h, q0, k0, q_len, kv_len, acc, cnt, dS_[SRAM_R], K_[SRAM_R])
         # -- dQ_i = scale · dQ_i -> HBM
-        if ty < q_len and tx < D:
-            for a in range(TM):
-                r = ty + a * TY
-                if r < q_len:
-                    for c in range(DC):
-                        col = tx + c * TX
-                        if col < D:
-                            dq[b, h, q0 + r, col] = from_f32(scale * acc[a, c])
-                            inc(cnt, dQ_[HBM_W], 1)
+        store_rows(dq, b, h, q0, q_len, ty, tx, acc, scale, cnt, dQ_[HBM_W])
         flush(cnt, counters)
 
     def grid(problem):
@@ -303,6 +291,7 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
     """
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile)
+    thread_yx, batch_head = t.thread_yx, t.batch_head
     BR, BC, TM, TN, TY, TX, NT, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.CAUSAL
     IS_P = which == "p"
     a_name, b_name, row_name, out_name = ("Q", "K", "L", "P") if IS_P else ("dO", "V", "D", "dS")
@@ -312,14 +301,10 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
 
     def kernel(a_in, b_in, rowvec, p_in, out, scale, counters):
         tid = cuda.threadIdx.x
-        ty = tid // TX
-        tx = tid - ty * TX
+        ty, tx = thread_yx(tid)
         j = cuda.blockIdx.x
         i = cuda.blockIdx.y
-        bh = cuda.blockIdx.z
-        n_heads = a_in.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
+        b, h = batch_head(cuda.blockIdx.z, a_in.shape[1])
         q0 = i * BR
         k0 = j * BC
         q_len = min(BR, a_in.shape[2] - q0)

@@ -11,6 +11,8 @@ from sandbox.vocabulary.ioreport import TENSORS, IOReport, itemsizes
 
 FIELDS = ("hbm_reads", "hbm_writes", "sram_reads", "sram_writes")
 N_SLOTS = len(FIELDS) * len(TENSORS)
+#: Positions in a :func:`slots` tuple: ``slots("Q")[HBM_R]`` is Q's HBM-read counter.
+HBM_R, HBM_W, SRAM_R, SRAM_W = range(len(FIELDS))
 
 
 def slot(field, tensor):

@@ -11,7 +11,7 @@ from sandbox.vocabulary.validation import array_meta, check_flags, check_mask, c
 
 
 def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, return_lse=False, count_io=False,
-              mask=None, fast=None):
+              mask=None, fast=None, return_build=False):
     """softmax(scale·QKᵀ)V with the Numba CUDA kernel of ``schedule`` (on the GPU, or Numba's CUDA simulator).
 
     Args:
@@ -36,11 +36,15 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
             same tiles and HBM traffic, S in registers). None (default): whenever it can run this
             (no ``count_io``, no mask, a thread layout it takes, and NumPy inputs free of NaN and
             inf: see kernels/limits.py); False: the counting kernel's source without counters;
-            True: the fast build or a ValueError saying why not.
+            True: the fast build or a ValueError saying why not. Chosen by
+            :func:`kernels.builds.choose_build`.
+        return_build: also return the :class:`kernels.builds.Build` that ran: its ``name``
+            (``"counting"``, ``"plain"``, ``"fast-fma"``, ``"fast-tf32x3"``) and, for a plain or
+            counting run, the ``reason`` the fast build was not taken (None when it was).
 
     Returns:
-        ``out``; ``(out, lse)``; with ``count_io`` the report is appended last. ``out`` has the
-        input dtype; accumulation is fp32.
+        ``out``; ``(out, lse)``; with ``count_io`` the report is appended, and with
+        ``return_build`` the Build after it, last. ``out`` has the input dtype; accumulation is fp32.
 
     Raises:
         TypeError, ValueError: bad inputs (see :func:`sandbox.vocabulary.validation.check_qkv`), a schedule
@@ -48,15 +52,17 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
         MemoryError: the GPU cannot hold the buffers (standard attention's S and P grow as Nq·Nk).
     """
     problem = check_qkv(q, k, v, causal=causal, scale=scale)
-    check_flags(return_lse=return_lse, count_io=count_io)
+    check_flags(return_lse=return_lse, count_io=count_io, return_build=return_build)
     if fast is not None:
         check_flags(fast=fast)
     check_schedule(schedule).check_fits(problem.head_dim, problem.dtype)
     mask = check_mask(mask, problem, schedule)
-    out, lse, report = attention_any(schedule, problem, q, k, v, count_io=count_io, mask=mask, fast=fast)
+    out, lse, report, chosen = attention_any(schedule, problem, q, k, v, count_io=count_io, mask=mask, fast=fast)
     result = (out, lse) if return_lse else (out,)
     if count_io:
         result += (report,)
+    if return_build:
+        result += (chosen,)
     return result[0] if len(result) == 1 else result
 
 

@@ -23,9 +23,10 @@ import numpy as np
 
 from numba import cuda, float32, int32, int64
 
-from kernels.counters import slots
+from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
 from kernels.tiles import COUNTERS, NEG_INF, ONE, ZERO, array_type, make_tile_ops
-from sandbox.vocabulary.schedule import sram_buffers, sram_offsets
+from sandbox.vocabulary.footprints import sram_offsets
+from sandbox.vocabulary.schedule import sram_buffers
 
 
 def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
@@ -34,26 +35,22 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
+    thread_yx, batch_head, store_s, s_row_max, s_row_exp = t.thread_yx, t.batch_head, t.store_s, t.s_row_max, t.s_row_exp
     off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["main"])
     OQ, OK, OV, OS, OA, OB = (off[n] for n in ("Q", "K", "V", "S", "alpha", "beta"))
     BR, BC, TM, TN, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC
     CAUSAL = t.CAUSAL
-    inc, allowed, n_allowed, mask_ok, tile_visited = t.inc, t.allowed, t.n_allowed, t.mask_ok, t.tile_visited
+    inc, n_allowed, tile_visited = t.inc, t.n_allowed, t.tile_visited
     HAS_MASK = t.HAS_MASK
     Q_, K_, V_, O_, S_, P_, M_, L_, l_, A_, B_ = (
         slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l", "alpha", "beta")
     )
-    HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
     IN, to_f32, from_f32 = t.IN, t.to_f32, t.from_f32
 
     def kernel(q, k, v, o, lse, l_hbm, m_hbm, scale, counters):
         tid = cuda.threadIdx.x
-        ty = tid // TX
-        tx = tid - ty * TX
-        bh = cuda.blockIdx.x
-        n_heads = q.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
+        ty, tx = thread_yx(tid)
+        b, h = batch_head(cuda.blockIdx.x, q.shape[1])
         n_q = q.shape[2]
         n_kv = k.shape[2]
         sm_in = cuda.shared.array(0, IN)  # Q, K, V tiles in the input dtype
@@ -112,13 +109,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
 
                 # -- compute S = scale · Q_i K_j^T; write the allowed entries to SRAM
                 if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt, Q_[SRAM_R], K_[SRAM_R]):
-                    for a in range(TM):
-                        r = ty + a * TY
-                        for bb in range(TN):
-                            c = tx + bb * TX
-                            if r < q_len and c < kv_len and allowed(b, h, q0 + r, k0 + c):
-                                sm_f[OS + r * BC + c] = scale * sacc[a, bb]
-                                inc(cnt, S_[SRAM_W], 1)
+                    store_s(sacc, scale, ty, tx, b, h, q0, k0, q_len, kv_len, sm_f, OS, cnt, S_[SRAM_W])
                 # barrier: the whole S tile is in SRAM
                 cuda.syncthreads()
 
@@ -126,20 +117,10 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
                 for r in range(tid, q_len, NT):
                     row = q0 + r
                     jn = n_allowed(row, k0, kv_len)
-                    m_ij = NEG_INF
-                    for c in range(jn):
-                        if mask_ok(b, h, row, k0 + c):
-                            m_ij = nan_max(m_ij, sm_f[OS + r * BC + c])
-                            inc(cnt, S_[SRAM_R], 1)
+                    m_ij = s_row_max(sm_f, OS, r, row, b, h, k0, jn, cnt, S_[SRAM_R])
                     l_ij = ZERO
                     if m_ij != NEG_INF:
-                        for c in range(jn):
-                            if mask_ok(b, h, row, k0 + c):
-                                p = math.exp(sm_f[OS + r * BC + c] - m_ij)
-                                inc(cnt, S_[SRAM_R], 1)
-                                sm_f[OS + r * BC + c] = p
-                                inc(cnt, P_[SRAM_W], 1)
-                                l_ij += p
+                        l_ij = s_row_exp(sm_f, OS, r, row, b, h, k0, jn, m_ij, cnt, S_[SRAM_R], P_[SRAM_W])
                     m_old = m_hbm[b, h, row]
                     l_old = l_hbm[b, h, row]
                     inc(cnt, M_[HBM_R], 1)

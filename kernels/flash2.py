@@ -14,9 +14,10 @@ import math
 
 from numba import cuda, float32, int32, int64
 
-from kernels.counters import slots
+from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
 from kernels.tiles import COUNTERS, NEG_INF, ONE, ZERO, array_type, make_tile_ops
-from sandbox.vocabulary.schedule import sram_buffers, sram_offsets
+from sandbox.vocabulary.footprints import sram_offsets
+from sandbox.vocabulary.schedule import sram_buffers
 
 
 def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=False):
@@ -32,28 +33,24 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
     NSPLIT = schedule.kv_splits if SPLIT else 1
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
-    TN, flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.TN, t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
+    TN, flush, load_rows, zero_counter, pv_tile, s_tile = (t.TN, t.flush, t.load_rows, t.zero_counter, t.pv_tile, t.s_tile)
+    thread_yx, batch_head, store_s, s_row_max, s_row_exp = t.thread_yx, t.batch_head, t.store_s, t.s_row_max, t.s_row_exp
     off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["partial" if SPLIT else "main"])
     OQ, OK, OV, OS, OM, OL, OA = (off[n] for n in ("Q", "K", "V", "S", "m", "l", "alpha"))
     BR, BC, TM, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC
     CAUSAL = t.CAUSAL
-    inc, allowed, n_allowed, mask_ok, tile_visited = t.inc, t.allowed, t.n_allowed, t.mask_ok, t.tile_visited
+    inc, n_allowed, nan_max, tile_visited = t.inc, t.n_allowed, t.nan_max, t.tile_visited
     K_, S_, P_, M_, l_, A_, V_ = (slots(n) for n in ("K", "S", "P", "m", "l", "alpha", "V"))
     O_, L_ = (slots("Opart"), slots("Lpart")) if SPLIT else (slots("O"), slots("L"))
     Q_ = slots("Q")
-    HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
     IN = t.IN
     store = _keep_f32 if SPLIT else t.from_f32  # split partials stay fp32
 
     def kernel(q, k, v, o, lse, scale, counters):
         tid = cuda.threadIdx.x
-        ty = tid // TX
-        tx = tid - ty * TX
+        ty, tx = thread_yx(tid)
         i_blk = cuda.blockIdx.x
-        bh = cuda.blockIdx.y
-        n_heads = q.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
+        b, h = batch_head(cuda.blockIdx.y, q.shape[1])
         n_q = q.shape[2]
         n_kv = k.shape[2]
         q0 = i_blk * BR
@@ -102,13 +99,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
 
             # -- compute S = scale · Q_i K_j^T; write the allowed entries to SRAM
             if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt, Q_[SRAM_R], K_[SRAM_R]):
-                for a in range(TM):
-                    r = ty + a * TY
-                    for bb in range(TN):
-                        c = tx + bb * TX
-                        if r < q_len and c < kv_len and allowed(b, h, q0 + r, k0 + c):
-                            sm_f[OS + r * BC + c] = scale * sacc[a, bb]
-                            inc(cnt, S_[SRAM_W], 1)
+                store_s(sacc, scale, ty, tx, b, h, q0, k0, q_len, kv_len, sm_f, OS, cnt, S_[SRAM_W])
             # barrier: the whole S tile is in SRAM
             cuda.syncthreads()
 
@@ -119,23 +110,13 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
                 l_old = sm_f[OL + r]
                 inc(cnt, M_[SRAM_R], 1)
                 inc(cnt, l_[SRAM_R], 1)
-                m_ij = NEG_INF
-                for c in range(jn):
-                    if mask_ok(b, h, q0 + r, k0 + c):
-                        m_ij = nan_max(m_ij, sm_f[OS + r * BC + c])
-                        inc(cnt, S_[SRAM_R], 1)
+                m_ij = s_row_max(sm_f, OS, r, q0 + r, b, h, k0, jn, cnt, S_[SRAM_R])
                 m_new = nan_max(m_old, m_ij)
                 alpha = ONE
                 l_ij = ZERO
                 if m_new != NEG_INF:  # else nothing seen yet: keep alpha = 1, P empty
                     alpha = math.exp(m_old - m_new)
-                    for c in range(jn):
-                        if mask_ok(b, h, q0 + r, k0 + c):
-                            p = math.exp(sm_f[OS + r * BC + c] - m_new)
-                            inc(cnt, S_[SRAM_R], 1)
-                            sm_f[OS + r * BC + c] = p
-                            inc(cnt, P_[SRAM_W], 1)
-                            l_ij += p
+                    l_ij = s_row_exp(sm_f, OS, r, q0 + r, b, h, k0, jn, m_new, cnt, S_[SRAM_R], P_[SRAM_W])
                 sm_f[OM + r] = m_new
                 sm_f[OL + r] = alpha * l_old + l_ij
                 sm_f[OA + r] = alpha

@@ -42,50 +42,22 @@ Indices are unsigned (Numba adds a negative-index wraparound to signed ones, whi
 alignment from the vectorizer) and the shared array is declared 16-byte aligned, so NVVM emits
 ``ld.shared.v4.f32``.
 
-This module is the one place that chooses the CUDA simulator's fallbacks: the simulator has no
-warp shuffles (a row's reduction goes through a small shared array instead) and no aligned
-shared arrays.
+The CUDA simulator's fallbacks are chosen in one place each: the row reductions' and fmax's in
+``kernels/flash2_common.py`` (no warp shuffles there: a small shared array instead), the shared
+array's alignment here (the simulator has no aligned shared arrays).
 """
 
 import math
 
-import numpy as np
 from numba import cuda, float32, uint64
 
-from kernels import flash2
-from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
+from kernels.flash2_common import fmax, group_reductions, refusal
+from kernels.flash2_common import phases as fast_phases
+from kernels.smem import smem_per_sm
+from kernels.tiles import LN2, LOG2E, NEG_INF, ONE, ZERO, inline_device, make_tile_ops
 from sandbox.vocabulary.runtime import using_simulator
 
-#: Device functions inlined into the kernel (at the NVVM IR level: local arrays passed to a called
-#: function would live in local memory); the simulator has no forceinline.
-inline_device = cuda.jit(device=True) if using_simulator() else cuda.jit(device=True, forceinline=True)
-
-
-if using_simulator():
-
-    def fmax(a, b):
-        """IEEE maxNum, as the GPU's ``max.f32``: a NaN operand is dropped (Python's max keeps or
-        drops it depending on the order)."""
-        if a != a:
-            return b
-        if b != b:
-            return a
-        return max(a, b)
-
-else:
-
-    @inline_device
-    def fmax(a, b):
-        """IEEE maxNum: ``max.f32``, one FMNMX (a NaN operand is dropped)."""
-        return cuda.libdevice.fmaxf(a, b)
-
-
-LOG2E = np.float32(1.4426950408889634)
-LN2 = np.float32(0.6931471805599453)
 PAD = 4  # floats of padding per row of the transposed tiles
-#: Shared memory per SM and the driver's reservation per block (an H100; sm_80 has 164 KiB): the
-#: register cap lets as many blocks reside as shared memory does, up to MAX_BLOCKS_PER_SM.
-SMEM_PER_SM, SMEM_RESERVED = 228 * 1024, 1024
 #: With one block of 8 warps an SM waits on shared-memory latency (ncu, H100): the register
 #: cap makes room for up to MAX_BLOCKS_PER_SM blocks, but never below MIN_REGISTERS per thread.
 MAX_BLOCKS_PER_SM, MIN_REGISTERS = 4, 128
@@ -102,16 +74,9 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
     head_dim that threads_kv divides (each thread's O columns).
     """
     s = schedule
-    if s.math == "tf32x3":
-        from kernels import flash2_tc
-
-        return flash2_tc.eligible(schedule, head_dim, count_io, mask)
-    if s.kind != "flash2":
-        return f"kind {s.kind!r} (the fast build is flash2's)"
-    if count_io:
-        return "count_io (the counting build is kernels/flash2.py)"
-    if mask is not None:
-        return "a mask"
+    why = refusal(s, count_io, mask, "fast", "fma")
+    if why is not None:
+        return why
     if s.block_q != s.threads_q * s.thread_q or s.block_kv != s.threads_kv * s.thread_kv:
         return "thread tiles that do not divide the blocks"
     tx = s.threads_kv
@@ -123,11 +88,7 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
 
 
 def smem_bytes(schedule, head_dim):
-    """Dynamic shared memory of the fast build (or, for ``math="tf32x3"``, the tensor-core build), in bytes."""
-    if schedule.math == "tf32x3":
-        from kernels import flash2_tc
-
-        return flash2_tc.smem_bytes(schedule, head_dim)
+    """Dynamic shared memory of the fast build, in bytes."""
     return layout(schedule, head_dim)[1]
 
 
@@ -161,14 +122,11 @@ def layout(schedule, head_dim):
 
 
 def min_blocks_per_sm(schedule, head_dim):
-    """Blocks per SM the register cap makes room for (kernels/launch.py): as many as the shared
-    memory lets reside, at most MAX_BLOCKS_PER_SM, and no more than leave MIN_REGISTERS per
-    thread; at least 1. The tensor-core build (``math="tf32x3"``): 1, all 255 registers (H100,
-    N = 4096: capped at 128 for two blocks, 128×32 at d = 64 spilled and ran 3.22 ms against 3.01,
-    128×16 at d = 128 7.04 against 6.80)."""
-    if schedule.math == "tf32x3":
-        return 1
-    fit = SMEM_PER_SM // (smem_bytes(schedule, head_dim) + SMEM_RESERVED)
+    """Blocks per SM the register cap makes room for (kernels/launch.py): as many as the SM's shared
+    memory lets reside (the device's, kernels/smem.py; an H100's under the simulator), at most
+    MAX_BLOCKS_PER_SM, and no more than leave MIN_REGISTERS per thread; at least 1."""
+    per_sm, reserved = smem_per_sm()
+    fit = per_sm // (smem_bytes(schedule, head_dim) + reserved)
     by_registers = 65536 // (schedule.threads * MIN_REGISTERS)
     return max(1, min(MAX_BLOCKS_PER_SM, fit, by_registers))
 
@@ -206,59 +164,6 @@ def thread_coords(tid, TX, paired):
     return ty, tid - ty * TX
 
 
-def _group_reductions(offsets):
-    """(row_max(v, red, tid), row_sum(v, red, tid)) over the threads of a row: the xor butterfly
-    over ``offsets`` (:func:`lane_layout`).
-
-    On the GPU: xor shuffles inside the warp (``red`` unused). Under the simulator, which has no
-    shuffles: the same butterfly through the shared array ``red`` (one float per thread), with a
-    barrier per step; every thread calls it, so the barriers are uniform.
-    """
-    FULL = 0xFFFFFFFF
-    N = len(offsets)
-    O0, O1, O2, O3, O4 = (offsets + (0,) * 5)[:5]  # (constants: a tuple cannot be indexed in the kernel)
-
-    @cuda.jit(device=True)
-    def offset(i):
-        return O0 if i == 0 else O1 if i == 1 else O2 if i == 2 else O3 if i == 3 else O4
-
-    if using_simulator():
-
-        def butterfly(v, red, tid, op):
-            for i in range(N):
-                red[tid] = v
-                cuda.syncthreads()
-                v = op(v, red[tid ^ offset(i)])
-                cuda.syncthreads()
-            return v
-
-        # (jitted: the simulator gives a jitted function's module its fake ``cuda`` while it runs,
-        # which the barriers need when the kernel is another module's, kernels/flash2_tc.py)
-        @cuda.jit(device=True)
-        def row_max(v, red, tid):
-            return butterfly(v, red, tid, fmax)
-
-        @cuda.jit(device=True)
-        def row_sum(v, red, tid):
-            return butterfly(v, red, tid, lambda a, b: a + b)
-
-        return row_max, row_sum
-
-    @cuda.jit(device=True)
-    def row_max(v, red, tid):
-        for i in range(N):
-            v = fmax(v, cuda.shfl_xor_sync(FULL, v, offset(i)))
-        return v
-
-    @cuda.jit(device=True)
-    def row_sum(v, red, tid):
-        for i in range(N):
-            v += cuda.shfl_xor_sync(FULL, v, offset(i))
-        return v
-
-    return row_max, row_sum
-
-
 def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     """Build the fast flash2 kernel (see the module docstring). Returns (kernel, smem_bytes, grid(problem))."""
     why = eligible(schedule, head_dim, count_io, mask)
@@ -276,7 +181,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     ALIGN = None if using_simulator() else 16
     NRED = NT if using_simulator() else 1  # the simulator's row reductions (one float per thread)
     PAIRED, OFFSETS = lane_layout(schedule)
-    row_max, row_sum = _group_reductions(OFFSETS)
+    row_max, row_sum = group_reductions(OFFSETS)
     coords = cuda.jit(device=True)(thread_coords)
 
     # -- loaders: each has a fetch (HBM -> registers), a put (registers -> SRAM) and a load (both).
@@ -598,16 +503,6 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
     return kernel, smem_bytes, grid
 
 
-def make_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """The FMA build, or for ``Schedule.math == "tf32x3"`` the tensor-core one (kernels/flash2_tc.py)."""
-    if schedule.math == "tf32x3":
-        from kernels import flash2_tc
-
-        return flash2_tc.make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask)
-    return make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask)
-
-
 def phases(dtype):
     """The fast build's kernels (sandbox/vocabulary/kinds.py): flash2's one "main" phase, its arguments unchanged."""
-    (_, sig), = flash2.phases(dtype).values()
-    return {"main": (make_fast, sig)}
+    return fast_phases(make_flash2_fast, dtype)

@@ -48,13 +48,11 @@ import math
 import numpy as np
 from numba import cuda, float32, int32, uint64
 
-from kernels.flash2_fast import _group_reductions, fmax
+from kernels.flash2_common import fmax, group_reductions, refusal
+from kernels.flash2_common import phases as fast_phases
 from kernels.mma import XCH_PER_THREAD, exp2, mma, split
-from kernels.tiles import NEG_INF, ONE, ZERO, make_tile_ops
+from kernels.tiles import LN2, LOG2E, NEG_INF, ONE, ZERO, inline_device, make_tile_ops
 from sandbox.vocabulary.runtime import using_simulator
-
-LOG2E = np.float32(1.4426950408889634)
-LN2 = np.float32(0.6931471805599453)
 
 
 def eligible(schedule, head_dim, count_io=False, mask=None):
@@ -64,12 +62,9 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
     thread tile that matches the tensor cores' fragments: thread_q = 2, thread_kv = Bc / 4.
     """
     s = schedule
-    if s.kind != "flash2":
-        return f"kind {s.kind!r} (the tensor-core build is flash2's)"
-    if count_io:
-        return "count_io (the counting build is kernels/flash2.py)"
-    if mask is not None:
-        return "a mask"
+    why = refusal(s, count_io, mask, "tensor-core", "tf32x3")
+    if why is not None:
+        return why
     if s.block_q % 16 or s.block_kv % 8:
         return f"Br={s.block_q}, Bc={s.block_kv} (needs Br a multiple of 16 and Bc of 8)"
     if s.thread_q != 2 or s.thread_kv * 4 != s.block_kv:
@@ -100,6 +95,18 @@ def smem_bytes(schedule, head_dim):
     return 16 * schedule.block_kv * head_dim + q
 
 
+def min_blocks_per_sm(schedule, head_dim):
+    """Blocks per SM the register cap makes room for (kernels/launch.py): 1, all 255 registers
+    (H100, N = 4096: capped at 128 for two blocks, 128×32 at d = 64 spilled and ran 3.22 ms
+    against 3.01, 128×16 at d = 128 7.04 against 6.80)."""
+    return 1
+
+
+def phases(dtype):
+    """The tensor-core build's kernels (sandbox/vocabulary/kinds.py): flash2's one "main" phase, its arguments unchanged."""
+    return fast_phases(make_flash2_tc, dtype)
+
+
 def tc_schedule(block_q, block_kv, **kwargs):
     """The tensor-core build's Schedule for Br × Bc blocks (its thread tile is fixed: 2 × Bc/4)."""
     from sandbox.vocabulary.schedule import Schedule
@@ -126,7 +133,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
     ALIGN = None if using_simulator() else 16
     NX = NT * XCH_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
     NRED = NT if using_simulator() else 1  # the simulator's row reductions
-    row_max, row_sum = _group_reductions((2, 1))  # a row's 4 lanes: xor 2, xor 1
+    row_max, row_sum = group_reductions((2, 1))  # a row's 4 lanes: xor 2, xor 1
     ITEMS = BC * D // 2  # 16-byte vectors of K (and of V) per block
     IT = -(-ITEMS // NT)
     FULL = ITEMS % NT == 0
@@ -136,9 +143,8 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
     # hide the tensor cores' latency (kernels/mma.py), and the small products take a second one
     TWO = NS < TWO_ACCUMULATORS_BELOW
     KU = S_UNROLL if KD % S_UNROLL == 0 else 1
-    inline = cuda.jit(device=True) if using_simulator() else cuda.jit(device=True, forceinline=True)
 
-    @inline
+    @inline_device
     def put(sm, at, x0, x1):
         """The vector (big x0, big x1, small x0, small x1) at sm[at]: converted first, then stored
         together (one 16-byte store)."""
@@ -149,7 +155,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
         sm[at + uint64(2)] = s0
         sm[at + uint64(3)] = s1
 
-    @inline
+    @inline_device
     def mma3(xch, tid, ab0, ab1, ab2, ab3, as0, as1, as2, as3, bb0, bb1, bs0, bs1, c0, c1, c2, c3):
         """C + A·B in fp32 precision, three TF32 products on one accumulator: A_small·B_big,
         A_big·B_small (skipped for fp16/bf16 inputs: B_small = 0), A_big·B_big."""
@@ -164,7 +170,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
         t4 = tid >> 2, written so that each item adds only compile-time constants: its loads and
         stores share one address and take constant offsets."""
 
-        @inline
+        @inline_device
         def item(t4, it):
             if S4 % m == 0:
                 return t4 % uint64(m), t4 // uint64(m) + uint64(it * (S4 // m))
@@ -177,7 +183,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
 
     k_item, v_item = item_of(BC), item_of(D)
 
-    @inline
+    @inline_device
     def fetch_k(k, b, h, k0, kv_len, buf, tid):
         """K_j: HBM -> registers, the thread's items (module docstring), unconverted (a conversion
         here would wait for the load); zeros past the last key."""
@@ -198,7 +204,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
             buf[2 * it] = x0
             buf[2 * it + 1] = x1
 
-    @inline
+    @inline_device
     def fetch_v(v, b, h, k0, kv_len, buf, tid):
         """V_j: HBM -> registers, as fetch_k."""
         u0 = uint64(k0)
@@ -220,7 +226,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
             buf[2 * it] = x0
             buf[2 * it + 1] = x1
 
-    @inline
+    @inline_device
     def store_k(buf, sm, tid):
         """The fetched K items: split into (big, small) and stored, one 16-byte vector each."""
         tt = uint64(tid) & uint64(3)
@@ -231,7 +237,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
                 put(sm, (c * uint64(BC) + key) * uint64(16) + tt * uint64(4), to_f32(buf[2 * it]),
                     to_f32(buf[2 * it + 1]))
 
-    @inline
+    @inline_device
     def store_v(buf, sm, tid):
         """The fetched V items, as store_k."""
         tt = uint64(tid) & uint64(3)

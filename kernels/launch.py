@@ -7,34 +7,29 @@ argument); the host waits only where the caller needs data: copies back to NumPy
 IO counters.
 """
 
+import contextlib
 import functools
 
 import numpy as np
 from numba import cuda, float32, void
 
 from kernels import backward as backward_kernels
-from kernels.counters import new_counters, to_report
-from kernels.limits import check_fp32_range, fast_build_refusal, host_facts
-from kernels.smem import allow_dynamic_smem, check_device_limit, device_smem_optin
 from kernels import registry
+from kernels.builds import backward_build, choose_build
+from kernels.counters import new_counters, to_report
+from kernels.limits import check_fp32_range, host_facts
+from kernels.smem import allow_dynamic_smem, check_device_limit
 from kernels.tiles import COUNTERS, array_type
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.dtypes import BFLOAT16, storage_dtype
 from sandbox.vocabulary.runtime import using_simulator
 
 
-def fast_build(schedule):
-    """The fast build registered for the schedule's kind and arithmetic (kernels/registry.py), or None."""
-    return registry.get(schedule.kind).fast.get(schedule.math)
-
-
-def _phases(schedule, dtype, backward, fast=False):
-    """phase -> (maker, argument types), in launch order: the kind's own (kernels/registry.py), its fast build's, or the backward's."""
+def _phases(schedule, dtype, backward, chosen):
+    """phase -> (maker, argument types), in launch order: the chosen build's (kernels/builds.py) or the backward's."""
     kind = schedule.kind
-    if fast:
-        return fast_build(schedule).phases(dtype)
     if not backward:
-        return registry.get(kind).kernels.phases(dtype)
+        return chosen.module.phases(dtype)
     IN4, F3, F4, C = array_type(dtype, 4), array_type(np.float32, 3), array_type(np.float32, 4), COUNTERS
     d = {"d": (backward_kernels.make_d, (IN4, IN4, F3, C))}
     if kinds.get(kind).backward == "flash":
@@ -67,66 +62,43 @@ def max_registers(threads, blocks=1, per_sm=65536, partitions=4):
     return max(8, min(255, per_sm // partitions // (32 * per_partition_warps) // 8 * 8))
 
 
-def _jit_options(schedule, head_dim, fast):
-    """A register cap that lets the block launch, or for the fast build that lets as many blocks
-    reside as its shared memory does (the build's ``min_blocks_per_sm``, like CUDA's
-    __launch_bounds__), with all of the SM's L1/shared carveout as shared memory; nothing under
-    the simulator.
+def _jit_options(schedule, head_dim, chosen):
+    """A register cap that lets the block launch, or for a fast build (``chosen``, a
+    kernels/builds.py Build) that lets as many blocks reside as its shared memory does (the build's
+    ``min_blocks_per_sm``, like CUDA's __launch_bounds__), with all of the SM's L1/shared carveout
+    as shared memory; nothing under the simulator.
 
     (On an H100: plain flash2 on 64×64 blocks compiled with an explicit cap of 255 ran
     1.4× slower than without one; the cap is now passed only where it is below 255.)"""
     if using_simulator():
         return {}
     opts = {}
-    if fast:
+    if chosen.fast:
         opts["shared_memory_carveout"] = "MaxShared"
-    cap = max_registers(schedule.threads, fast_build(schedule).min_blocks_per_sm(schedule, head_dim) if fast else 1)
+    cap = max_registers(schedule.threads, chosen.module.min_blocks_per_sm(schedule, head_dim) if chosen.fast else 1)
     if cap < 255:  # only where it binds: 255 is the default, and naming it changed plain flash2's code
         opts["max_registers"] = cap
     return opts
 
 
-def use_fast(schedule, head_dim, count_io=False, mask=None, fast=None):
-    """Whether a forward run takes the kind's fast build (kernels/registry.py).
-
-    ``fast``: None takes it whenever it can run the schedule (no counters, no mask, the layout it
-    needs, shared memory the device has); False never; True always, or raises.
-
-    Raises:
-        ValueError: ``fast=True`` and the fast build cannot run this, with the reason.
-    """
-    if fast is False:
-        return False
-    if fast not in (None, True):
-        raise TypeError(f"fast: expected None, True or False, got {fast!r}")
-    module = fast_build(schedule)
-    why = f"kind {schedule.kind!r} has no fast build" if module is None else module.eligible(
-        schedule, head_dim, count_io, mask)
-    limit = device_smem_optin()
-    if why is None and limit is not None and module.smem_bytes(schedule, head_dim) > limit:
-        why = f"it needs {module.smem_bytes(schedule, head_dim)} bytes of shared memory, this GPU has {limit}"
-    if why is not None and fast:
-        raise ValueError(f"fast=True, but the fast build cannot run {schedule} at head_dim={head_dim}: {why}")
-    return why is None
-
-
 @functools.lru_cache(maxsize=256)
-def build(schedule, head_dim, dtype_name, causal, count_io, backward=False, mask=None, fast=False):
-    """Compiled kernels for one (schedule, head_dim, dtype, causal, count_io, direction, mask, build).
+def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=None):
+    """Compiled kernels for one (schedule, head_dim, dtype, causal, build, direction, mask).
 
+    ``chosen``: the :class:`kernels.builds.Build` (forward: :func:`kernels.builds.choose_build`'s;
+    backward: :func:`kernels.builds.backward_build`'s), which says whether the kernels count.
     ``mask``: a sandbox.vocabulary.masks.Mask (forward only), compiled into the kernels; cached per Mask object.
-    ``fast``: the kind's fast build instead (see :func:`use_fast`).
 
     Returns:
         dict phase -> (kernel, smem_bytes, grid(problem)), in launch order.
     """
     dtype = np.dtype(dtype_name)
     out = {}
-    for phase, (maker, sig) in _phases(schedule, dtype, backward, fast).items():
+    for phase, (maker, sig) in _phases(schedule, dtype, backward, chosen).items():
         extra = {} if mask is None else {"mask": mask}
-        py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, count_io, causal, **extra)
+        py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, chosen.count_io, causal, **extra)
         signature = void(*sig)
-        kernel = cuda.jit(signature, **_jit_options(schedule, head_dim, fast))(py_func)
+        kernel = cuda.jit(signature, **_jit_options(schedule, head_dim, chosen))(py_func)
         if not using_simulator():
             allow_dynamic_smem(kernel.overloads[signature.args], smem_bytes)
         out[phase] = (kernel, smem_bytes, grid)
@@ -160,7 +132,23 @@ def check_grids(kernels, problem):
             )
 
 
-def _device_empty(shape, dtype, what):
+#: Running totals that :func:`counting_allocations` holds open: each allocation adds its bytes.
+_ALLOCATION_TOTALS = []
+
+
+@contextlib.contextmanager
+def counting_allocations():
+    """Sum the bytes the launcher allocates while inside (outputs and scratch, all through
+    :func:`device_empty`). Yields a one-element list holding the running total."""
+    total = [0]
+    _ALLOCATION_TOTALS.append(total)
+    try:
+        yield total
+    finally:
+        _ALLOCATION_TOTALS.remove(total)
+
+
+def device_empty(shape, dtype, what):
     """An uninitialised device array for a kernel's output or scratch.
 
     On a GPU with CuPy, from CuPy's memory pool (a Numba view of a CuPy array, which keeps it
@@ -172,6 +160,8 @@ def _device_empty(shape, dtype, what):
         MemoryError: the GPU cannot hold it, with the array's name, shape and size.
     """
     storage = storage_dtype(dtype)
+    for total in _ALLOCATION_TOTALS:
+        total[0] += int(np.prod(shape)) * np.dtype(dtype).itemsize
     try:
         cupy = _cupy()
         if cupy is not None and cupy.cuda.runtime.getDevice() == cuda.get_current_device().id:
@@ -215,32 +205,34 @@ def _counters(count_io):
     return held[1]
 
 
-def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None):
+def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen=None):
     """Run ``schedule`` on device arrays q, k, v (Numba device arrays, C-contiguous).
 
-    ``fast``: take the kind's fast build (None: whenever it can; see :func:`use_fast`).
+    ``chosen``: the :class:`kernels.builds.Build` to run; None: :func:`kernels.builds.choose_build`'s
+    for ``count_io``, ``mask`` and ``fast`` (None: the fast build whenever it can run this).
 
     Returns:
-        (out, lse, report): device arrays (B, H, Nq, d) in the input dtype and (B, H, Nq)
-        fp32, and the measured IOReport (None unless ``count_io``).
+        (out, lse, report, build): device arrays (B, H, Nq, d) in the input dtype and (B, H, Nq)
+        fp32, the measured IOReport (None unless ``count_io``), and the Build that ran.
     """
-    fast = use_fast(schedule, problem.head_dim, count_io, mask, fast)
-    if not fast:  # (the fast build's own need was checked by use_fast)
+    if chosen is None:
+        chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast)
+    if not chosen.fast:  # (a fast build's own need was checked by choose_build)
         check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype))  # before any attribute or launch
-    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io), mask=mask, fast=fast)
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, mask=mask)
     check_grids(ks, problem)
     stream = cuda.default_stream()
     b, h, n_q, d = problem.batch, problem.heads, problem.n_q, problem.head_dim
-    out = _device_empty((b, h, n_q, d), problem.dtype, "O")
-    lse = _device_empty((b, h, n_q), np.float32, "L")
-    counters = _counters(count_io)
+    out = device_empty((b, h, n_q, d), problem.dtype, "O")
+    lse = device_empty((b, h, n_q), np.float32, "L")
+    counters = _counters(chosen.count_io)
     scale = np.float32(problem.scale)
     launch = _launcher(ks, problem, schedule, stream)
-    # the kind launches its phases (and allocates its scratch through _device_empty)
+    # the kind launches its phases (and allocates its scratch through device_empty)
     registry.get(schedule.kind).kernels.launch(
-        launch, schedule, problem, q, k, v, out, lse, scale, counters, lambda shape, dt, name: _device_empty(shape, dt, name))
-    report = to_report(counters.copy_to_host(stream=stream), problem.dtype) if count_io else None
-    return out, lse, report
+        launch, schedule, problem, q, k, v, out, lse, scale, counters, lambda shape, dt, name: device_empty(shape, dt, name))
+    report = to_report(counters.copy_to_host(stream=stream), problem.dtype) if chosen.count_io else None
+    return out, lse, report, chosen
 
 
 def _launcher(kernels, problem, schedule, stream):
@@ -262,14 +254,14 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False):
         unless ``count_io``).
     """
     check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True))
-    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, bool(count_io), backward=True)
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, backward_build(bool(count_io)), backward=True)
     check_grids(ks, problem)
     stream = cuda.default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
-    dq = _device_empty((b, h, n_q, d), problem.dtype, "dQ")
-    dk = _device_empty((b, h, n_kv, d), problem.dtype, "dK")
-    dv = _device_empty((b, h, n_kv, d), problem.dtype, "dV")
-    dvec = _device_empty((b, h, n_q), np.float32, "D")
+    dq = device_empty((b, h, n_q, d), problem.dtype, "dQ")
+    dk = device_empty((b, h, n_kv, d), problem.dtype, "dK")
+    dv = device_empty((b, h, n_kv, d), problem.dtype, "dV")
+    dvec = device_empty((b, h, n_q), np.float32, "D")
     counters = _counters(count_io)
     scale = np.float32(problem.scale)
     launch = _launcher(ks, problem, schedule, stream)
@@ -278,8 +270,8 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False):
         launch("dkdv", q, k, v, dout, lse, dvec, dk, dv, scale, counters)
         launch("dq", q, k, v, dout, lse, dvec, dq, scale, counters)
     else:
-        p = _device_empty((b, h, n_q, n_kv), np.float32, "P")
-        ds = _device_empty((b, h, n_q, n_kv), np.float32, "dS")
+        p = device_empty((b, h, n_q, n_kv), np.float32, "P")
+        ds = device_empty((b, h, n_q, n_kv), np.float32, "dS")
         launch("p", q, k, lse, p, p, scale, counters)
         launch("ds", dout, v, dvec, p, ds, scale, counters)
         launch("dv", p, dout, dv, np.float32(1.0), counters)
@@ -289,7 +281,7 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False):
     return dq, dk, dv, report
 
 
-def _to_device(arrays, names):
+def to_device(arrays, names):
     """Device views of the caller's arrays: NumPy copied over, Numba device arrays taken as they are,
     other CUDA arrays wrapped without a sync.
 
@@ -334,7 +326,7 @@ def _is_torch_bfloat16(x):
     return type(x).__module__.split(".")[0] == "torch" and x.dtype == _torch().bfloat16
 
 
-def _from_device(arrays, like, dtypes):
+def from_device(arrays, like, dtypes):
     """Results as the caller's kind of array; ``dtypes``: their dtypes (bfloat16 ones arrive as uint16 bits)."""
     out = []
     for x, dt in zip(arrays, dtypes):
@@ -367,7 +359,8 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
     """:func:`run` for NumPy inputs (copied over and back) or CUDA-array-interface inputs (left on the GPU).
 
     Returns:
-        (out, lse, report) on the side the inputs came from.
+        (out, lse, report, build) on the side the inputs came from; ``build``: the
+        :class:`kernels.builds.Build` that ran.
 
     NumPy inputs holding NaN or inf (or, for the tensor-core build, tiny V values) run the plain
     build of the schedule instead of the fast one (:func:`kernels.limits.fast_build_refusal`).
@@ -378,19 +371,14 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
     """
     facts = host_facts(q, k, v)
     check_fp32_range(problem, q, k, v, facts)
-    if fast is not False and not count_io and mask is None and fast_build(schedule) is not None:
-        why = fast_build_refusal(schedule, q, k, v, facts)
-        if why is not None:
-            if fast:
-                raise ValueError(f"fast=True, but {why}; leave fast unset to run the plain build")
-            fast = False
-    out, lse, report = run(schedule, problem, *_to_device((q, k, v), "qkv"), count_io=count_io, mask=mask, fast=fast)
-    return (*_from_device((out, lse), q, (problem.dtype, np.float32)), report)
+    chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast, facts=facts)
+    out, lse, report, chosen = run(schedule, problem, *to_device((q, k, v), "qkv"), mask=mask, chosen=chosen)
+    return (*from_device((out, lse), q, (problem.dtype, np.float32)), report, chosen)
 
 
 def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=False):
     """:func:`run_backward` for NumPy or CUDA-array-interface inputs; results on the same side."""
     check_fp32_range(problem, q, k, v)
-    dev = _to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
+    dev = to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
     dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io)
-    return (*_from_device((dq, dk, dv), q, (problem.dtype,) * 3), report)
+    return (*from_device((dq, dk, dv), q, (problem.dtype,) * 3), report)

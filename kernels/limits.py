@@ -20,17 +20,35 @@ to the device; CUDA arrays stay on the device unread (no host synchronization is
 only the scale alone is checked for them.
 """
 
+import functools
+
 import numpy as np
 
+from kernels.tiles import LOG2E
+
 FP32_MAX = float(np.finfo(np.float32).max)
-LOG2E = 1.4426950408889634
 #: The largest max |v| · Nk the P·V sum takes: 2^127, half of fp32's range.
 PV_LIMIT = 2.0**127
 
 
+class HostFacts(dict):
+    """NumPy inputs' facts, ``{name: (all finite, max |x| over the finite entries)}`` for q, k and v
+    (one pass over each), and :meth:`v_has_tiny`, read only when asked (the tensor-core build)."""
+
+    def __init__(self, facts, v):
+        super().__init__(facts)
+        self._v = v
+
+    @functools.cached_property
+    def v_has_tiny(self):
+        """Whether V holds a nonzero value below :data:`TC_TINY` in magnitude."""
+        a = np.abs(self._v.astype(np.float32, copy=False))
+        return bool(((a < TC_TINY) & (a > 0)).any())
+
+
 def host_facts(q, k, v):
-    """For NumPy inputs, the per-input facts the checks below read, in one pass each: ``{name:
-    (all finite, max |x| over the finite entries)}``; None for CUDA arrays (left unread)."""
+    """For NumPy inputs, the facts the checks below read (:class:`HostFacts`); None for CUDA
+    arrays (left unread)."""
     if not all(isinstance(x, np.ndarray) for x in (q, k, v)):
         return None
     facts = {}
@@ -42,7 +60,7 @@ def host_facts(q, k, v):
             a = np.abs(x)
             peak = float(np.max(a, where=np.isfinite(a), initial=0.0))
         facts[name] = (finite, peak)
-    return facts
+    return HostFacts(facts, v)
 
 
 def check_fp32_range(problem, q, k, v, facts=None):
@@ -56,7 +74,7 @@ def check_fp32_range(problem, q, k, v, facts=None):
     Raises:
         ValueError: naming ``scale`` (logits) or ``v`` (the P·V sum), and what to do instead.
     """
-    s2 = abs(problem.scale) * LOG2E
+    s2 = abs(problem.scale) * float(LOG2E)
     if s2 >= FP32_MAX:
         raise ValueError(f"scale: {problem.scale!r} times log2 e overflows fp32, in which the kernels compute "
                          f"the logits; use a smaller scale (and scale q or k up)")
@@ -86,7 +104,7 @@ def check_fp32_range(problem, q, k, v, facts=None):
 TC_TINY = 2.0**-100
 
 
-def fast_build_refusal(schedule, q, k, v, facts=None):
+def fast_build_refusal(schedule, facts):
     """Why NumPy inputs must not take flash2's fast builds, or None.
 
     The fast builds keep their inner loops free of per-entry tests, so a NaN or ±inf in Q, K or V
@@ -97,16 +115,13 @@ def fast_build_refusal(schedule, q, k, v, facts=None):
     unread on the device, so they are not checked (README, Numerics at the edges).
 
     Args:
-        facts: :func:`host_facts` of the inputs, if the caller has them.
+        facts: :func:`host_facts` of the inputs; None (CUDA arrays) refuses nothing.
     """
-    facts = host_facts(q, k, v) if facts is None else facts
     if facts is None:
         return None
     for name in ("q", "k", "v"):
         if not facts[name][0]:
             return f"{name} holds NaN or inf, which the fast builds would let reach rows that do not see it"
-    if schedule.math == "tf32x3":
-        a = np.abs(v.astype(np.float32, copy=False))
-        if ((a < TC_TINY) & (a > 0)).any():
-            return f"v holds values below {TC_TINY:.3g} in magnitude, which the tensor-core split cannot hold"
+    if schedule.math == "tf32x3" and facts.v_has_tiny:
+        return f"v holds values below {TC_TINY:.3g} in magnitude, which the tensor-core split cannot hold"
     return None

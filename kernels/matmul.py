@@ -11,11 +11,9 @@ M's tiles move HBM -> SRAM for allowed entries only; fully masked causal tiles a
 
 from numba import cuda, float32, int32, int64
 
-from kernels.counters import slots
+from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
 from kernels.tiles import ZERO, make_tile_ops
-from sandbox.vocabulary.schedule import Buffer, sram_offsets
-
-HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
+from sandbox.vocabulary.footprints import Buffer, sram_offsets
 
 
 def _layout(schedule, head_dim, dtype, x_rows):
@@ -27,22 +25,19 @@ def _layout(schedule, head_dim, dtype, x_rows):
 def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name, mask=None):
     """out = scale · M X. Returns (kernel(m, x, out, scale, counters), smem_bytes, grid(problem))."""
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
-    CNT_LEN, zero_counter, flush, load_rows, pv_tile, allowed, inc, tile_visited = (
-        t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.pv_tile, t.allowed, t.inc, t.tile_visited)
-    BR, BC, TM, TY, TX, NT, D, DC, CAUSAL = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC, t.CAUSAL
+    CNT_LEN, zero_counter, flush, load_rows, pv_tile, tile_visited = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.pv_tile, t.tile_visited)
+    thread_yx, batch_head, load_allowed, store_rows = t.thread_yx, t.batch_head, t.load_allowed, t.store_rows
+    BR, BC, TM, DC, CAUSAL = t.BR, t.BC, t.TM, t.DC, t.CAUSAL
     M_, X_, OUT_ = slots(m_name), slots(x_name), slots(out_name)
     OM, OX, smem_bytes = _layout(schedule, head_dim, dtype, schedule.block_kv)
-    IN, from_f32 = t.IN, t.from_f32
+    IN = t.IN
 
     def kernel(m, x, out, scale, counters):
         tid = cuda.threadIdx.x
-        ty = tid // TX
-        tx = tid - ty * TX
+        ty, tx = thread_yx(tid)
         i = cuda.blockIdx.x
-        bh = cuda.blockIdx.y
-        n_heads = x.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
+        b, h = batch_head(cuda.blockIdx.y, x.shape[1])
         n_q = m.shape[2]
         n_kv = x.shape[2]
         q0 = i * BR
@@ -67,28 +62,14 @@ def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
             # barrier: every thread is done with the previous M and X tiles
             cuda.syncthreads()
             # -- M_ij (allowed entries), X_j: HBM -> SRAM
-            for e in range(tid, q_len * kv_len, NT):
-                r = e // kv_len
-                c = e - r * kv_len
-                if allowed(b, h, q0 + r, k0 + c):
-                    sm_f[OM + r * BC + c] = m[b, h, q0 + r, k0 + c]
-                    inc(cnt, M_[HBM_R], 1)
-                    inc(cnt, M_[SRAM_W], 1)
+            load_allowed(m, b, h, q0, q_len, k0, kv_len, sm_f, OM, tid, cnt, M_[HBM_R], M_[SRAM_W])
             load_rows(x, b, h, k0, kv_len, sm_in, OX, tid, cnt, X_[HBM_R], X_[SRAM_W])
             # barrier: M_ij and X_j are in SRAM
             cuda.syncthreads()
             # -- acc += M_ij X_j on this thread's register tile
             pv_tile(sm_f, OM, sm_in, OX, ty, tx, b, h, q0, k0, q_len, kv_len, acc, cnt, M_[SRAM_R], X_[SRAM_R])
         # -- out_i = scale · acc -> HBM
-        if ty < q_len and tx < D:
-            for a in range(TM):
-                r = ty + a * TY
-                if r < q_len:
-                    for c in range(DC):
-                        col = tx + c * TX
-                        if col < D:
-                            out[b, h, q0 + r, col] = from_f32(scale * acc[a, c])
-                            inc(cnt, OUT_[HBM_W], 1)
+        store_rows(out, b, h, q0, q_len, ty, tx, acc, scale, cnt, OUT_[HBM_W])
         flush(cnt, counters)
 
     def grid(problem):
@@ -100,22 +81,19 @@ def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
 def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name):
     """out = scale · Mᵀ X. Returns (kernel(m, x, out, scale, counters), smem_bytes, grid(problem))."""
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
-    CNT_LEN, zero_counter, flush, load_rows, ptx_tile, allowed, inc = (
-        t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.ptx_tile, t.allowed, t.inc)
-    BR, BC, TN, TY, TX, NT, D, DCQ, CAUSAL = t.BR, t.BC, t.TN, t.TY, t.TX, t.NT, t.D, t.DCQ, t.CAUSAL
+    CNT_LEN, zero_counter, flush, load_rows, ptx_tile, inc = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.ptx_tile, t.inc)
+    thread_yx, batch_head, load_allowed = t.thread_yx, t.batch_head, t.load_allowed
+    BR, BC, TN, TY, TX, D, DCQ, CAUSAL = t.BR, t.BC, t.TN, t.TY, t.TX, t.D, t.DCQ, t.CAUSAL
     M_, X_, OUT_ = slots(m_name), slots(x_name), slots(out_name)
     OM, OX, smem_bytes = _layout(schedule, head_dim, dtype, schedule.block_q)
     IN, from_f32 = t.IN, t.from_f32
 
     def kernel(m, x, out, scale, counters):
         tid = cuda.threadIdx.x
-        ty = tid // TX
-        tx = tid - ty * TX
+        ty, tx = thread_yx(tid)
         j = cuda.blockIdx.x
-        bh = cuda.blockIdx.y
-        n_heads = x.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
+        b, h = batch_head(cuda.blockIdx.y, x.shape[1])
         n_q = m.shape[2]
         n_kv = m.shape[3]
         k0 = j * BC
@@ -140,13 +118,7 @@ def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
             # barrier: every thread is done with the previous M and X tiles
             cuda.syncthreads()
             # -- M_ij (allowed entries), X_i: HBM -> SRAM
-            for e in range(tid, q_len * kv_len, NT):
-                r = e // kv_len
-                c = e - r * kv_len
-                if allowed(b, h, q0 + r, k0 + c):
-                    sm_f[OM + r * BC + c] = m[b, h, q0 + r, k0 + c]
-                    inc(cnt, M_[HBM_R], 1)
-                    inc(cnt, M_[SRAM_W], 1)
+            load_allowed(m, b, h, q0, q_len, k0, kv_len, sm_f, OM, tid, cnt, M_[HBM_R], M_[SRAM_W])
             load_rows(x, b, h, q0, q_len, sm_in, OX, tid, cnt, X_[HBM_R], X_[SRAM_W])
             # barrier: M_ij and X_i are in SRAM
             cuda.syncthreads()

@@ -43,6 +43,7 @@ import math
 import numpy as np
 from numba import cuda
 
+from kernels.tiles import inline_device
 from sandbox.vocabulary.runtime import using_simulator
 
 #: Floats of the simulator's exchange array per thread (unused on the GPU): a lane's A and B fragments.
@@ -131,12 +132,12 @@ else:
 
         return types.float32(types.float32), codegen
 
-    @cuda.jit(device=True, forceinline=True)
+    @inline_device
     def exp2(x):
         """2^x in fp32: ``ex2.approx.ftz.f32`` (the module docstring)."""
         return _ex2(x)
 
-    @cuda.jit(device=True, forceinline=True)
+    @inline_device
     def split(x):
         """(big, small): big = x rounded to TF32, small = x - big (the module docstring)."""
         big = _tf32_big(x)
@@ -162,7 +163,7 @@ else:
 
         return sig, codegen
 
-    @cuda.jit(device=True, forceinline=True)
+    @inline_device
     def mma(xch, tid, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
         """D = C + A·B, one m16n8k8 TF32 warp product (the module docstring's fragments): float32
         values, A and B read as TF32 (their low 13 bits ignored); ``xch`` and ``tid`` are the

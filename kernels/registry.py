@@ -20,7 +20,7 @@ Which build runs is decided in one place, ``kernels/builds.py``.
 import dataclasses
 import types
 
-from kernels import flash1, flash2, flash2_fast, splitkv, standard
+from kernels import flash1, flash2, flash2_fast, flash2_tc, splitkv, standard
 from sandbox.vocabulary import kinds
 
 
@@ -81,5 +81,5 @@ def names():
 
 register("standard", standard)
 register("flash1", flash1)
-register("flash2", flash2, fast={"fma": flash2_fast, "tf32x3": flash2_fast})
+register("flash2", flash2, fast={"fma": flash2_fast, "tf32x3": flash2_tc})
 register("splitkv", splitkv)

@@ -9,21 +9,36 @@ import functools
 
 from numba import cuda
 
+from sandbox.vocabulary.gpus import known_gpu
 from sandbox.vocabulary.runtime import using_simulator
 
 DEFAULT_LIMIT = 48 * 1024
+#: The machine (sandbox.vocabulary.gpus.KNOWN_GPUS) whose shared-memory facts stand in where there
+#: is no device to read (the simulator): the H100, on which the fast build's occupancy was tuned.
+MODELLED_GPU = "h100"
 
 
 def device_smem_optin():
     """Opt-in shared memory per block of the current device, in bytes (None under the simulator)."""
     if using_simulator():
         return None
-    return _optin(cuda.get_current_device().id)
+    return _attribute(cuda.get_current_device().id, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN")
+
+
+def smem_per_sm():
+    """Shared memory of one SM and the driver's reservation per resident block, in bytes: the
+    current device's, or under the simulator :data:`MODELLED_GPU`'s."""
+    if using_simulator():
+        gpu = known_gpu(MODELLED_GPU)
+        return gpu.smem_per_sm, gpu.smem_reserved_per_block
+    device = cuda.get_current_device().id
+    return (_attribute(device, "MAX_SHARED_MEMORY_PER_MULTIPROCESSOR"),
+            _attribute(device, "RESERVED_SHARED_MEMORY_PER_BLOCK"))
 
 
 @functools.lru_cache(maxsize=None)
-def _optin(device_id):
-    return int(cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+def _attribute(device_id, name):
+    return int(getattr(cuda.get_current_device(), name))
 
 
 def check_device_limit(nbytes):

@@ -19,10 +19,11 @@ import math
 import numpy as np
 from numba import cuda, float32, int64
 
-from kernels.counters import slots
+from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
 from kernels.flash2 import make_flash2
 from kernels.tiles import COUNTERS, NEG_INF, ZERO, array_type, make_tile_ops
-from sandbox.vocabulary.schedule import sram_buffers, sram_offsets
+from sandbox.vocabulary.footprints import sram_offsets
+from sandbox.vocabulary.schedule import sram_buffers
 
 
 def make_partial(schedule, head_dim, dtype, count_io, causal, mask=None):
@@ -34,19 +35,15 @@ def make_combine(schedule, head_dim, dtype, count_io, causal, mask=None):
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
     CNT_LEN, zero_counter, flush, inc, nan_max, from_f32 = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.nan_max, t.from_f32)
-    BR, NT, D = t.BR, t.NT, t.D
+    BR, NT, D, batch_head = t.BR, t.NT, t.D, t.batch_head
     NS = schedule.kv_splits
     off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["combine"])
     OW = off["w"]
     OP_, LP_, W_, O_, L_ = (slots(n) for n in ("Opart", "Lpart", "w", "O", "L"))
-    HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
 
     def kernel(o_part, lse_part, o, lse, counters):
         tid = cuda.threadIdx.x
-        bh = cuda.blockIdx.y
-        n_heads = o.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
+        b, h = batch_head(cuda.blockIdx.y, o.shape[1])
         q0 = cuda.blockIdx.x * BR
         q_len = min(BR, o.shape[2] - q0)
         sm_f = cuda.shared.array(0, float32)

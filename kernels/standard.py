@@ -16,10 +16,11 @@ import numpy as np
 
 from numba import cuda, float32, int32, int64
 
-from kernels.counters import slots
+from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
 from kernels.matmul import make_nn
 from kernels.tiles import COUNTERS, NEG_INF, ZERO, array_type, make_tile_ops
-from sandbox.vocabulary.schedule import sram_buffers, sram_offsets
+from sandbox.vocabulary.footprints import sram_offsets
+from sandbox.vocabulary.schedule import sram_buffers
 
 
 def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
@@ -28,26 +29,22 @@ def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     flush, load_rows, nan_max, zero_counter, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.s_tile)
+    thread_yx, batch_head = t.thread_yx, t.batch_head
     bufs = sram_buffers(schedule, head_dim, dtype)
     (off_qk, smem_qk), (off_sm, smem_sm) = (sram_offsets(bufs[p]) for p in ("qk", "softmax"))
     BR, BC, TM, TN, TY, TX, NT = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT
     inc, allowed, n_allowed, mask_ok, tile_visited = t.inc, t.allowed, t.n_allowed, t.mask_ok, t.tile_visited
     Q_, K_, V_, O_, S_, P_, M_, L_, l_ = (slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l"))
-    HBM_R, HBM_W, SRAM_R, SRAM_W = 0, 1, 2, 3
     IN = t.IN
     OQ, OK = off_qk["Q"], off_qk["K"]
     OMS, OLS = off_sm["m"], off_sm["l"]
 
     def qk(q, k, s, scale, counters):
         tid = cuda.threadIdx.x
-        ty = tid // TX
-        tx = tid - ty * TX
+        ty, tx = thread_yx(tid)
         j = cuda.blockIdx.x
         i = cuda.blockIdx.y
-        bh = cuda.blockIdx.z
-        n_heads = q.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
+        b, h = batch_head(cuda.blockIdx.z, q.shape[1])
         q0 = i * BR
         k0 = j * BC
         q_len = min(BR, q.shape[2] - q0)
@@ -77,10 +74,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
     def softmax(s, p, lse, counters):
         tid = cuda.threadIdx.x
         row = cuda.blockIdx.x
-        bh = cuda.blockIdx.y
-        n_heads = s.shape[1]
-        b = bh // n_heads
-        h = bh - b * n_heads
+        b, h = batch_head(cuda.blockIdx.y, s.shape[1])
         jn = n_allowed(row, 0, s.shape[3])
         sm_f = cuda.shared.array(0, float32)
         cnt = cuda.local.array(CNT_LEN, int64)  # this thread's IO counters (count build only)

@@ -22,6 +22,7 @@ Counting rules (the simulator models exactly these):
   reads, for each of the tile's q_len rows, its allowed entries of P (or dS) and its columns of X.
 """
 
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -30,10 +31,22 @@ from numba import cuda, float32, from_dtype, int64
 from kernels.convert import make_convert
 from kernels.counters import N_SLOTS
 from sandbox.vocabulary.dtypes import storage_dtype
+from sandbox.vocabulary.runtime import using_simulator
 
 NEG_INF = np.float32(-np.inf)
 ZERO = np.float32(0.0)
 ONE = np.float32(1.0)
+#: log2 e and ln 2 in fp32: the fast builds compute S in log2 units (exp(x) = exp2(x·log2 e)) and
+#: turn their row maxima back into natural-log units for L (m·ln 2).
+LOG2E = np.float32(1.4426950408889634)
+LN2 = np.float32(0.6931471805599453)
+
+#: The decorator of device functions inlined into their kernel (at the NVVM IR level: local arrays
+#: passed to a called function would otherwise live in local memory); the simulator has no forceinline.
+inline_device = cuda.jit(device=True) if using_simulator() else cuda.jit(device=True, forceinline=True)
+#: The decorator of code the counting kernels share (folded from several kernels): Numba inlines
+#: it into the caller's IR before typing, so a kernel compiles as if the code were written out in it.
+inline_ir = cuda.jit(device=True, inline="always")
 
 
 def array_type(dtype, ndim):
@@ -221,6 +234,81 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
                             # an explicit FMA: every build of this source rounds alike (bit-identical outputs)
                             acc[a, c] = cuda.fma(preg[a], vv, acc[a, c])
 
+    @inline_ir
+    def thread_yx(tid):
+        """(ty, tx) of thread ``tid``: (tid // TX, tid % TX) (the module docstring's layout)."""
+        ty = tid // TX
+        return ty, tid - ty * TX
+
+    @inline_ir
+    def batch_head(bh, n_heads):
+        """(b, h) of the grid's batch·head index ``bh``."""
+        b = bh // n_heads
+        return b, bh - b * n_heads
+
+    @inline_ir
+    def store_s(sacc, factor, ty, tx, b, h, q0, k0, q_len, kv_len, dst, off, cnt, s_w):
+        """dst[off + r·BC + c] = factor · sacc[a, bb] for this thread's allowed entries (r = ty + a·TY,
+        c = tx + bb·TX) of an S tile in SRAM (row stride Bc). ``s_w``: the counter slot of the SRAM write."""
+        for a in range(TM):
+            r = ty + a * TY
+            for bb in range(TN):
+                c = tx + bb * TX
+                if r < q_len and c < kv_len and allowed(b, h, q0 + r, k0 + c):
+                    dst[off + r * BC + c] = factor * sacc[a, bb]
+                    inc(cnt, s_w, 1)
+
+    @inline_ir
+    def s_row_max(sm, off, r, row, b, h, k0, jn, cnt, s_r):
+        """The largest (NaN kept) of the first ``jn`` entries of row ``r`` of an S tile in SRAM (row
+        stride Bc) that the user mask allows; query ``row``, keys from ``k0``. -inf if none."""
+        m = NEG_INF
+        for c in range(jn):
+            if mask_ok(b, h, row, k0 + c):
+                m = nan_max(m, sm[off + r * BC + c])
+                inc(cnt, s_r, 1)
+        return m
+
+    @inline_ir
+    def s_row_exp(sm, off, r, row, b, h, k0, jn, m, cnt, s_r, s_w):
+        """P = exp(S - m) in place over the entries :func:`s_row_max` reads; returns their sum.
+        ``s_r``, ``s_w``: the counter slots of the SRAM read (S) and write (P)."""
+        total = ZERO
+        for c in range(jn):
+            if mask_ok(b, h, row, k0 + c):
+                p = math.exp(sm[off + r * BC + c] - m)
+                inc(cnt, s_r, 1)
+                sm[off + r * BC + c] = p
+                inc(cnt, s_w, 1)
+                total += p
+        return total
+
+    @inline_ir
+    def load_allowed(src, b, h, q0, q_len, k0, kv_len, dst, off, tid, cnt, s_hbm_r, s_sram_w):
+        """dst[off + r·BC + c] = src[b, h, q0 + r, k0 + c] where allowed: a tile of an Nq×Nk matrix,
+        HBM → SRAM (row stride Bc), all threads."""
+        for e in range(tid, q_len * kv_len, NT):
+            r = e // kv_len
+            c = e - r * kv_len
+            if allowed(b, h, q0 + r, k0 + c):
+                dst[off + r * BC + c] = src[b, h, q0 + r, k0 + c]
+                inc(cnt, s_hbm_r, 1)
+                inc(cnt, s_sram_w, 1)
+
+    @inline_ir
+    def store_rows(out, b, h, q0, q_len, ty, tx, acc, factor, cnt, s_w):
+        """out[b, h, q0 + r, col] = factor · acc[a, c] for this thread's rows r = ty + a·TY and
+        columns col = tx + c·TX in range (``pv_tile``'s tile), rounded to the output dtype."""
+        if ty < q_len and tx < D:
+            for a in range(TM):
+                r = ty + a * TY
+                if r < q_len:
+                    for c in range(DC):
+                        col = tx + c * TX
+                        if col < D:
+                            out[b, h, q0 + r, col] = from_f32(factor * acc[a, c])
+                            inc(cnt, s_w, 1)
+
     DCQ = -(-D // TY)  # dK/dV columns per thread (at most)
 
     @cuda.jit(device=True)
@@ -257,5 +345,6 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
         BR=BR, BC=BC, TM=TM, TN=TN, TY=TY, TX=TX, NT=NT, D=D, DC=DC,
         COUNT_IO=COUNT_IO, CAUSAL=CAUSAL, HAS_MASK=HAS_MASK, mask_ok=mask_ok, tile_visited=tile_visited,
         CNT_LEN=CNT_LEN, inc=inc, zero_counter=zero_counter, flush=flush, nan_max=nan_max, allowed=allowed, n_allowed=n_allowed,
-        load_rows=load_rows, s_tile=s_tile, pv_tile=pv_tile,
+        load_rows=load_rows, s_tile=s_tile, pv_tile=pv_tile, thread_yx=thread_yx, batch_head=batch_head,
+        store_s=store_s, s_row_max=s_row_max, s_row_exp=s_row_exp, load_allowed=load_allowed, store_rows=store_rows,
     )

@@ -85,7 +85,8 @@ import numpy as np
 from numba import njit
 
 from sandbox.vocabulary.gpus import known_gpu
-from sandbox.vocabulary.schedule import sram_buffers, sram_offsets
+from sandbox.vocabulary.footprints import sram_offsets
+from sandbox.vocabulary.schedule import sram_buffers
 from simulator.streams import NCOLS, TENSORS, Launch, launches, tile_requests
 from simulator.streams import NO_TRI as _NO_TRI  # as the compiled cache loop reads it
 

@@ -35,7 +35,8 @@ from numba import cuda
 from numba_cuda import __version__ as numba_cuda_version
 
 from kernels import registry
-from kernels.launch import build, use_fast
+from kernels.builds import choose_build
+from kernels.launch import build
 from sandbox.lab.records import atomic_write
 from sandbox.lab.timing import time_attention
 from sandbox.vocabulary.problem import Problem
@@ -46,7 +47,7 @@ from sandbox.vocabulary.schedule import Schedule
 KIND = "flash2"
 
 #: (Br, Bc, thread_q, thread_kv) tried per (head_dim, dtype); those the fast build or the GPU's
-#: shared memory cannot take are left out (kernels.launch.use_fast). Each thread's work per step of
+#: shared memory cannot take are left out (kernels.builds.choose_build). Each thread's work per step of
 #: the two products is a thread_q × thread_kv (S) or thread_q × d/threads_kv (O) outer product.
 CANDIDATES = (
     (128, 64, 8, 4), (64, 64, 8, 4), (128, 128, 8, 8), (128, 32, 4, 4), (64, 64, 4, 4), (128, 64, 4, 4),
@@ -122,7 +123,7 @@ def candidates(head_dim):
     fma = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=tq, thread_kv=tkv) for br, bc, tq, tkv in CANDIDATES]
     tc = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math="tf32x3")
           for br, bc in TC_CANDIDATES]
-    return [s for s in fma + tc if use_fast(s, head_dim)]
+    return [s for s in fma + tc if choose_build(s, head_dim).fast]
 
 
 class CacheWarning(UserWarning):
@@ -156,7 +157,7 @@ def entry_problem(key, entry):
     head_dim = re.search(r"\|d=([0-9]+)\|", key)
     if head_dim is None:
         return "a key without d=<head_dim>"
-    if not use_fast(schedule, int(head_dim.group(1))):
+    if not choose_build(schedule, int(head_dim.group(1))).fast:
         return f"{schedule.describe()} is not one the fast build runs at d={head_dim.group(1)}"
     return None
 
@@ -220,7 +221,7 @@ def _local_memory(schedule, head_dim, dtype):
     """Bytes of local memory per thread (register spills) of the fast build, causal or not, compiled here."""
     worst = 0
     for causal in (False, True):
-        (compiled,) = build(schedule, head_dim, dtype, causal, False, fast=True)["main"][0].overloads.values()
+        (compiled,) = build(schedule, head_dim, dtype, causal, choose_build(schedule, head_dim, fast=True))["main"][0].overloads.values()
         worst = max(worst, compiled.local_mem_per_thread)
     return worst
 

@@ -29,9 +29,9 @@ import warnings
 import numpy as np
 from numba import cuda
 
-from kernels import launch, registry
-# the launcher's device copies (bfloat16 as its uint16 bits), under their present private names
-from kernels.launch import _from_device as from_device, _to_device as to_device, run, run_backward, use_fast
+from kernels import registry
+from kernels.builds import choose_build
+from kernels.launch import counting_allocations, from_device, run, run_backward, to_device
 from kernels.smem import check_device_limit
 from sandbox.lab.autotune import tuned_schedule
 from sandbox.lab.bench_check import tolerance as default_tolerance
@@ -186,27 +186,6 @@ def free_device_memory():
         cuda.current_context().deallocations.clear()
 
 
-@contextlib.contextmanager
-def counting_kernel_allocations():
-    """Sum the bytes our launcher allocates while inside (it allocates only in ``kernels.launch._device_empty``,
-    which is replaced meanwhile: the launcher has no public hook for its allocations).
-
-    Yields a one-element list holding the running total.
-    """
-    real, total = launch._device_empty, [0]
-
-    def counting(shape, dtype, what):
-        arr = real(shape, dtype, what)
-        total[0] += int(np.prod(shape)) * np.dtype(dtype).itemsize
-        return arr
-
-    launch._device_empty = counting
-    try:
-        yield total
-    finally:
-        launch._device_empty = real
-
-
 def peak_extra_bytes(memory, call):
     """Device memory one ``call()`` needs beyond what is allocated before it (its inputs), output included.
 
@@ -235,7 +214,7 @@ def peak_extra_bytes(memory, call):
         cupy.cuda.Device().synchronize()
         del result
         return pool.total_bytes() - base
-    with counting_kernel_allocations() as total:
+    with counting_allocations() as total:
         result = call()
     del result
     return total[0]
@@ -343,7 +322,7 @@ class Ours(Impl):
     """Our Numba kernels through ``kernels.launch``: ``run`` (forward) or ``run_backward``.
 
     ``schedule`` None: the autotuned one for the problem's (head_dim, dtype) (sandbox/lab/autotune.py).
-    ``fast``: ``kernels.launch.use_fast``'s choice of build (None: the fast one where it can run).
+    ``fast``: as for :func:`kernels.builds.choose_build` (None: the fast build where it can run).
     The backward's ``prepare`` runs the same kind's forward once for O and L.
     """
 
@@ -364,14 +343,14 @@ class Ours(Impl):
         s = self.schedule_for(problem)
         if self.direction == "bwd":
             return s.describe()
-        return f"{s.describe()} ({'fast' if use_fast(s, problem.head_dim, fast=self.fast) else 'plain'} build)"
+        return f"{s.describe()} ({choose_build(s, problem.head_dim, fast=self.fast).name} build)"
 
     def available(self, problem):
         backward = self.direction == "bwd"
         try:
             s = self.schedule_for(problem)
             s.check_fits(problem.head_dim, problem.dtype, backward=backward)
-            if backward or not use_fast(s, problem.head_dim, fast=self.fast):
+            if backward or not choose_build(s, problem.head_dim, fast=self.fast).fast:
                 check_device_limit(s.sram_footprint(problem.head_dim, problem.dtype, backward=backward))
         except ValueError as e:
             return False, str(e)

@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda
 
 # the launcher's device copy (bfloat16 as its uint16 bits), under its present private name
-from kernels.launch import _to_device as to_device, run
+from kernels.launch import run, to_device
 from sandbox.lab import info
 from sandbox.vocabulary.runtime import using_simulator
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.dtypes import as_dtype
-from sandbox.vocabulary.footprints import BACKWARD_SRAM, Buffer, sram_offsets  # noqa: F401 (Buffer: the type of sram_buffers' values)
+from sandbox.vocabulary.footprints import BACKWARD_SRAM, sram_offsets
 from sandbox.vocabulary.gpus import KNOWN_GPUS
 from sandbox.vocabulary.kinds import MATHS
 
@@ -252,7 +252,7 @@ def sram_buffers(schedule, head_dim, dtype, backward=False):
     registers (each thread's tile of the Br×d output), never in SRAM.
 
     Returns:
-        dict phase name → tuple of :class:`Buffer`: the kind's own (its ``sram`` trait,
+        dict phase name → tuple of :class:`~sandbox.vocabulary.footprints.Buffer`: the kind's own (its ``sram`` trait,
         :mod:`sandbox.vocabulary.kinds`), or with ``backward`` its backward's
         (:data:`sandbox.vocabulary.footprints.BACKWARD_SRAM`).
 

@@ -110,7 +110,7 @@ def test_every_output_element_is_written(kind, causal, monkeypatch):
     def poisoned(shape, dtype, what):
         return cuda.to_device(np.full(shape, np.nan, dtype=dtype))
 
-    monkeypatch.setattr(launch, "_device_empty", poisoned)
+    monkeypatch.setattr(launch, "device_empty", poisoned)
     problem = Problem(batch=2, heads=1, n_q=11, n_kv=9, head_dim=5, causal=causal)
     out, lse = check_against_reference(
         Schedule(kind, block_q=4, block_kv=8, thread_q=2, thread_kv=4), problem, *make_inputs(problem, 5)

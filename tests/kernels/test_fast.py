@@ -11,8 +11,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numba import cuda
 
+from kernels.builds import choose_build
 from kernels.flash2_fast import eligible, lane_layout, layout, smem_bytes, thread_coords
-from kernels.launch import use_fast
 from sandbox import Problem, Schedule, reference_attention
 from sandbox import attention
 from sandbox.vocabulary.masks import causal as causal_mask
@@ -45,9 +45,10 @@ def fast_cases(draw, max_n):
 
 
 def check(schedule, problem, q, k, v):
-    assert use_fast(schedule, problem.head_dim), eligible(schedule, problem.head_dim)
-    out, lse = attention(q, k, v, schedule=schedule, causal=problem.causal, scale=problem.scale, return_lse=True,
-                         fast=True)
+    assert choose_build(schedule, problem.head_dim).fast, eligible(schedule, problem.head_dim)
+    out, lse, build = attention(q, k, v, schedule=schedule, causal=problem.causal, scale=problem.scale,
+                                return_lse=True, fast=True, return_build=True)
+    assert build.name == "fast-fma" and build.reason is None
     assert out.dtype == problem.dtype and out.shape == q.shape and lse.shape == q.shape[:3]
     ref_out, ref_lse = reference_attention(q, k, v, causal=problem.causal, scale=problem.scale, return_lse=True)
     atol_out, atol_lse = tolerances(q, k, v, ref_out, ref_lse, problem.causal, problem.scale, problem.dtype)
@@ -64,7 +65,7 @@ SIZES = [pytest.param(20, id="small"), pytest.param(700, id="large", marks=pytes
 @given(data=st.data(), seed=seeds, magnitude=magnitudes)
 def test_fast_build_matches_reference(max_n, data, seed, magnitude):
     schedule, problem = data.draw(fast_cases(max_n))
-    assume(use_fast(schedule, problem.head_dim))  # the GPU's shared memory takes it
+    assume(choose_build(schedule, problem.head_dim).fast)  # the GPU's shared memory takes it
     check(schedule, problem, *make_inputs(problem, seed, magnitude))
 
 
@@ -167,7 +168,7 @@ def test_every_output_element_is_written(causal, monkeypatch):
     import kernels.launch as launch
     from numba import cuda
 
-    monkeypatch.setattr(launch, "_device_empty", lambda shape, dtype, what: cuda.to_device(np.full(shape, np.nan, dtype)))
+    monkeypatch.setattr(launch, "device_empty", lambda shape, dtype, what: cuda.to_device(np.full(shape, np.nan, dtype)))
     problem = Problem(batch=2, heads=1, n_q=11, n_kv=9, head_dim=16, causal=causal)
     out, lse = check(Schedule("flash2", block_q=4, block_kv=8, thread_q=2, thread_kv=2), problem,
                      *make_inputs(problem, 5))
@@ -186,19 +187,39 @@ def test_fast_and_plain_builds_agree():
 
 def test_which_build_runs():
     s = Schedule("flash2", block_q=64, block_kv=64)  # 16x16 threads of 4x4
-    assert use_fast(s, 64) and use_fast(s, 128)
-    assert not use_fast(s, 64, count_io=True)  # counters come from the counting build
-    assert not use_fast(s, 64, mask=causal_mask())
-    assert not use_fast(s, 24)  # 16 threads per row need head_dim % 16 == 0
-    assert not use_fast(s, 64, fast=False)
-    assert not use_fast(Schedule("flash1", block_q=64, block_kv=64), 64)
-    assert not use_fast(Schedule("flash2", block_q=60, block_kv=64, thread_q=8, thread_kv=4), 64)  # 8 rows don't tile 60
+    name = lambda *a, **kw: choose_build(*a, **kw).name  # noqa: E731
+    reason = lambda *a, **kw: choose_build(*a, **kw).reason  # noqa: E731
+    assert name(s, 64) == name(s, 128) == "fast-fma" and reason(s, 64) is None
+    assert name(s, 64, count_io=True) == "counting"  # counters come from the counting build
+    assert reason(s, 64, count_io=True).startswith("count_io")
+    assert name(s, 64, mask=causal_mask()) == "plain" and reason(s, 64, mask=causal_mask()) == "a mask"
+    assert name(s, 24) == "plain" and "threads_kv=16" in reason(s, 24)  # 16 threads per row need head_dim % 16 == 0
+    assert name(s, 64, fast=False) == "plain" and reason(s, 64, fast=False) == "fast=False"
+    assert name(s, 64, count_io=True, fast=False) == "counting"
+    assert reason(Schedule("flash1", block_q=64, block_kv=64), 64) == "kind 'flash1' has no fast build"
+    assert name(Schedule("flash2", block_q=60, block_kv=64, thread_q=8, thread_kv=4), 64) == "plain"  # 8 rows don't tile 60
+    # the launcher's compile cache keys on the build, not on why it was chosen
+    assert choose_build(s, 64, fast=False) == choose_build(s, 24)
     with pytest.raises(ValueError, match=r"fast=True, but the fast build cannot run .* head_dim=24 \(needs a multiple of threads_kv=16\)"):
-        use_fast(s, 24, fast=True)
+        choose_build(s, 24, fast=True)
     with pytest.raises(ValueError, match="count_io"):
-        use_fast(s, 64, count_io=True, fast=True)
+        choose_build(s, 64, count_io=True, fast=True)
     with pytest.raises(TypeError, match="fast: expected None, True or False"):
-        use_fast(s, 64, fast="yes")
+        choose_build(s, 64, fast="yes")
+
+
+def test_the_caller_sees_the_build_that_ran():
+    """attention(return_build=True) appends the Build last, after lse and the IO report."""
+    s = Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2)
+    x = np.random.default_rng(0).standard_normal((1, 1, 4, 4)).astype(np.float32)
+    out, build = attention(x, x, x, schedule=s, return_build=True)
+    assert out.shape == x.shape and build.name == "fast-fma" and build.reason is None
+    out, lse, report, build = attention(x, x, x, schedule=s, return_lse=True, count_io=True, return_build=True)
+    assert report.hbm_reads and build.name == "counting" and build.reason.startswith("count_io")
+    _, build = attention(x, x, x, schedule=s, mask=causal_mask(), return_build=True)
+    assert (build.name, build.reason) == ("plain", "a mask")
+    with pytest.raises(TypeError, match="return_build"):
+        attention(x, x, x, schedule=s, return_build="yes")
 
 
 def test_fast_true_with_a_mask_is_refused():

@@ -72,11 +72,13 @@ def test_schedule_over_the_device_limit_is_refused():
 
 
 def test_fast_build_compiles_the_counters_away():
+    from kernels.builds import choose_build
     from kernels.launch import build
 
     schedule = Schedule("flash2", block_q=32, block_kv=32)
-    fast, _, _ = build(schedule, 64, "float32", False, False)["main"]
-    counting, _, _ = build(schedule, 64, "float32", False, True)["main"]
+    plain, counting = (choose_build(schedule, 64, count_io=c, fast=False) for c in (False, True))
+    fast, _, _ = build(schedule, 64, "float32", False, plain)["main"]
+    counting, _, _ = build(schedule, 64, "float32", False, counting)["main"]
     fast_ptx = next(iter(fast.inspect_asm().values()))
     counting_ptx = next(iter(counting.inspect_asm().values()))
     atomics = re.compile(r"^\s*(@%p\d+\s+)?(atom|red)\.", re.MULTILINE)  # PTX atomic/reduction instructions

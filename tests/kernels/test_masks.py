@@ -162,3 +162,23 @@ def test_ptx_tile_passes_the_batch_index_to_the_mask(batch_index):
     mt_x[1, NT](m, x, out, batch_index)
     allowed = masks.dense(mask, 2, 1, 4, 4)[batch_index, 0]
     np.testing.assert_allclose(out, np.where(allowed, m, 0).T @ x, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["standard", "flash2"])
+def test_a_mask_that_depends_on_the_batch_index_sees_each_batch_index(kind):
+    """B = 2 under a mask that differs between the two batch indices, against the float64 reference:
+    every device function that passes b on to the mask (the S-tile stores, the softmax, the P·V
+    tiles; standard's pv phase is kernels/matmul.py's product) must pass the batch index itself, not
+    a loop variable that shadows it. (ptx_tile, the backward's Mᵀ·X tile, takes no user mask on any
+    public path: test_ptx_tile_passes_the_batch_index_to_the_mask runs it directly.)"""
+    mask = masks.Mask(lambda b, h, q, k: (q + k + b) % 3 != 0, name="by_batch")
+    problem = Problem(2, 1, 8, 8, 4)
+    q, k, v = make_inputs(problem, seed=3)
+    schedule = Schedule(kind, block_q=4, block_kv=4, thread_q=2, thread_kv=2)
+    out, lse = attention(q, k, v, schedule=schedule, mask=mask, return_lse=True)
+    ref_out, ref_lse = reference_attention(q, k, v, return_lse=True, mask=mask)
+    allowed = masks.dense(mask, 2, 1, 8, 8)
+    assert (allowed[0] != allowed[1]).any()
+    atol_out, atol_lse = tolerances(q, k, v, ref_out, ref_lse, False, problem.scale, problem.dtype, allowed=allowed)
+    np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
+    np.testing.assert_allclose(lse, ref_lse, rtol=0, atol=atol_lse)

@@ -11,18 +11,18 @@ import pytest
 from numba import cuda, float32
 
 from kernels import flash2_tc
+from kernels.builds import choose_build
 from kernels.flash2_tc import eligible, smem_bytes, tc_schedule
-from kernels.launch import use_fast
 from kernels.mma import XCH_PER_THREAD, mma, split
 from sandbox import Problem, Schedule, reference_attention
 from sandbox import attention
-from tests.strategies import SIMULATED, make_inputs
+from tests.strategies import make_inputs
 from tests.tolerances import tolerances
 
 
 def check(schedule, problem, seed=0, magnitude=1.0):
     q, k, v = make_inputs(problem, seed=seed, magnitude=magnitude)
-    assert use_fast(schedule, problem.head_dim), eligible(schedule, problem.head_dim)
+    assert choose_build(schedule, problem.head_dim).name == "fast-tf32x3", eligible(schedule, problem.head_dim)
     out, lse = attention(q, k, v, schedule=schedule, causal=problem.causal, scale=problem.scale, return_lse=True,
                          fast=True)
     assert out.dtype == problem.dtype and out.shape == q.shape
@@ -95,7 +95,8 @@ def test_eligibility_and_schedule_checks():
     assert "multiple of 8" in eligible(tc_schedule(64, 32), 12)
     assert eligible(tc_schedule(64, 32), 64, count_io=True).startswith("count_io")
     with pytest.raises(ValueError, match="fast=True"):
-        use_fast(tc_schedule(64, 32), 12, fast=True)
+        choose_build(tc_schedule(64, 32), 12, fast=True)
+    assert "math='fma'" in eligible(Schedule("flash2", 64, 32, thread_q=2, thread_kv=8), 64)  # the FMA build's schedule
     # tiles the tensor cores cannot take are refused by the Schedule itself (tests/sandbox/test_schedule.py)
     with pytest.raises(ValueError, match="thread tile 2x8"):
         Schedule("flash2", 64, 32, thread_q=4, thread_kv=8, math="tf32x3")
@@ -103,7 +104,7 @@ def test_eligibility_and_schedule_checks():
         Schedule("flash2", 24, 16, thread_q=2, thread_kv=4, math="tf32x3")
     with pytest.raises(ValueError, match="math"):
         Schedule("flash2", 64, 64, math="tf32")
-    with pytest.raises(ValueError, match="only flash2"):
+    with pytest.raises(ValueError, match="kind .flash1. has no build with that arithmetic"):
         Schedule("flash1", 64, 64, math="tf32x3")
     assert "math=tf32x3" in tc_schedule(64, 32).describe()
 

@@ -56,11 +56,11 @@ def test_key_names_what_the_choice_depends_on(monkeypatch):
 
 
 def test_candidates_are_ones_the_fast_build_takes():
-    from kernels.launch import use_fast
+    from kernels.builds import choose_build
 
     for d in (64, 128):
         cands = autotune.candidates(d)
-        assert cands and all(use_fast(s, d) for s in cands)
+        assert cands and all(choose_build(s, d).fast for s in cands)
     assert Schedule("flash2", block_q=64, block_kv=64) in autotune.candidates(64)  # the default is one
     fma8 = [s for s in autotune.candidates(8) if s.math == "fma"]
     assert fma8 and all(s.threads_kv == 8 for s in fma8)  # 8 divides d = 8

@@ -1,0 +1,103 @@
+"""Which build of a schedule's kernels runs a forward call: chosen here, once, by :func:`choose_build`.
+
+A kind has its counting kernels (kernels/registry.py's ``kernels``) and, optionally, fast builds of
+the same schedule by arithmetic (``fast``: flash2's ``"fma"``, kernels/flash2_fast.py, and
+``"tf32x3"``, kernels/flash2_tc.py). A forward call runs one of:
+
+- ``"counting"``: the counting kernels with their IO counters (``count_io``);
+- ``"plain"``: the same source with the counters compiled out: with a mask, with ``fast=False``,
+  or where no fast build can run the call;
+- ``"fast-<math>"``: the fast build for ``Schedule.math`` (``"fast-fma"``, ``"fast-tf32x3"``).
+
+The launcher (kernels/launch.py) compiles and launches the chosen :class:`Build` without deciding
+again; ``kernels.entry.attention(..., return_build=True)`` hands it to the caller.
+"""
+
+import dataclasses
+
+from kernels import registry
+from kernels.limits import fast_build_refusal
+from kernels.smem import device_smem_optin
+
+COUNTING, PLAIN = "counting", "plain"
+
+
+@dataclasses.dataclass(frozen=True)
+class Build:
+    """The build a call runs.
+
+    Attributes:
+        name: ``"counting"``, ``"plain"`` or ``"fast-<math>"`` (the module docstring).
+        module: what compiles it: a module with ``phases(dtype)`` (the kind's kernels, or the fast
+            build's; None for the backward, whose phases kernels/launch.py lists).
+        reason: why the kind's fast build was not taken (None when it was). Not part of the
+            build's identity: two plain builds compare equal whatever their reasons.
+    """
+
+    name: str
+    module: object = None
+    reason: str = dataclasses.field(default=None, compare=False)
+
+    @property
+    def count_io(self):
+        """Whether its kernels count their IO."""
+        return self.name == COUNTING
+
+    @property
+    def fast(self):
+        """Whether it is a fast build (its own module, no counters)."""
+        return self.name.startswith("fast-")
+
+
+def fast_build(schedule):
+    """The fast build registered for the schedule's kind and arithmetic (kernels/registry.py), or None."""
+    return registry.get(schedule.kind).fast.get(schedule.math)
+
+
+def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None):
+    """The build a forward call of ``schedule`` at ``head_dim`` runs.
+
+    Args:
+        count_io: the call counts its IO: the counting build.
+        mask: a :class:`sandbox.vocabulary.masks.Mask` or None; the fast builds take none.
+        fast: None takes the kind's fast build whenever it can run the call (no counters, no mask,
+            a thread layout it takes, shared memory the device has, and inputs it may take);
+            False never; True always, or raises.
+        facts: :func:`kernels.limits.host_facts` of NumPy inputs (None: CUDA arrays, unread, or no
+            inputs at hand); inputs :func:`kernels.limits.fast_build_refusal` refuses (NaN, inf,
+            tiny V for the tensor cores) run the plain build.
+
+    Returns:
+        a :class:`Build`.
+
+    Raises:
+        TypeError: ``fast`` is not None, True or False.
+        ValueError: ``fast=True`` and the fast build cannot run this, with the reason.
+    """
+    if fast is not False and fast not in (None, True):
+        raise TypeError(f"fast: expected None, True or False, got {fast!r}")
+    kernels = registry.get(schedule.kind).kernels
+    module = fast_build(schedule)
+    if fast is False:
+        return Build(COUNTING if count_io else PLAIN, kernels, "fast=False")
+    why = f"kind {schedule.kind!r} has no fast build" if module is None else module.eligible(
+        schedule, head_dim, count_io, mask)
+    limit = device_smem_optin()
+    if why is None and limit is not None and module.smem_bytes(schedule, head_dim) > limit:
+        why = f"it needs {module.smem_bytes(schedule, head_dim)} bytes of shared memory, this GPU has {limit}"
+    if why is not None and fast:
+        raise ValueError(f"fast=True, but the fast build cannot run {schedule} at head_dim={head_dim}: {why}")
+    if why is None:
+        refused = fast_build_refusal(schedule, facts)
+        if refused is not None:
+            if fast:
+                raise ValueError(f"fast=True, but {refused}; leave fast unset to run the plain build")
+            why = refused
+    if why is not None:
+        return Build(COUNTING if count_io else PLAIN, kernels, why)
+    return Build(f"fast-{schedule.math}", module)
+
+
+def backward_build(count_io):
+    """The backward's build: counting or plain (it has no fast build)."""
+    return Build(COUNTING if count_io else PLAIN, None, "the backward has no fast build")
