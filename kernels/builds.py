@@ -29,13 +29,15 @@ class Build:
     Attributes:
         name: ``"counting"``, ``"plain"`` or ``"fast-<math>"`` (the module docstring).
         module: what compiles it: a module with ``phases(dtype)`` (the kind's kernels, or the fast
-            build's; None for the backward, whose phases kernels/launch.py lists).
+            build's; None for the backward, whose phases kernels/launch.py lists). Not part of the
+            build's identity either: for one schedule the name says which module it is (and a
+            kind's kernels may be an unhashable namespace, as in docs/tutorial.md).
         reason: why the kind's fast build was not taken (None when it was). Not part of the
             build's identity: two plain builds compare equal whatever their reasons.
     """
 
     name: str
-    module: object = None
+    module: object = dataclasses.field(default=None, compare=False)
     reason: str = dataclasses.field(default=None, compare=False)
 
     @property
