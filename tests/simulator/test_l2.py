@@ -14,9 +14,11 @@ from sandbox import Problem, Schedule
 from sandbox.vocabulary.gpus import KNOWN_GPUS
 from simulator.counts import simulate_counts
 from simulator.l2 import blocks_per_sm, default_resident_blocks, simulate_dram, simulate_requests
+from simulator import table
 from simulator.streams import TENSORS, tile_requests
 
-KINDS = ("standard", "flash1", "flash2", "splitkv")
+#: Every kind with a request stream in the simulator's table.
+KINDS = tuple(k for k in table.names() if table.get(k).l2 is not None)
 HUGE = 64 * 2**20  # far larger than any working set below
 
 # (schedule blocks, problem): ragged lengths, Nq != Nk, fp16, B·H > 1
