@@ -23,7 +23,7 @@ same inputs give bit-identical gradients.
 
 import math
 
-from numba import cuda, float32, int64
+from numba import cuda, float32, int32, int64
 
 from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
 from kernels.matmul import make_nn, make_tn
@@ -32,8 +32,8 @@ from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_d(schedule, head_dim, dtype, count_io, causal):
-    """D = rowsum(dO ∘ O), fp32: kernel(o, do, dvec, counters), one thread per row."""
+def make_d(schedule, head_dim, dtype, count_io, causal, mask=None):
+    """D = rowsum(dO ∘ O), fp32: kernel(o, do, dvec, counters), one thread per row (every row, whatever the mask)."""
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
     CNT_LEN, zero_counter, flush, inc, to_f32, batch_head = t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.to_f32, t.batch_head
     BR, NT, D = t.BR, t.NT, t.D
@@ -62,8 +62,8 @@ def make_d(schedule, head_dim, dtype, count_io, causal):
     return kernel, 0, grid
 
 
-def _common(schedule, head_dim, dtype, count_io, causal, phase):
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
+def _common(schedule, head_dim, dtype, count_io, causal, phase, mask):
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
     off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype, backward=True)[phase])
     return t, off, smem_bytes
 
@@ -86,14 +86,14 @@ def _load_l_d(t, off):
     return load
 
 
-def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
+def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None):
     """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H)."""
-    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dkdv")
+    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dkdv", mask)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, ptx_tile = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.ptx_tile)
-    thread_yx, batch_head, load_l_d = t.thread_yx, t.batch_head, _load_l_d(t, off)
-    BR, BC, TM, TN, TY, TX, D, DCQ, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.D, t.DCQ, t.CAUSAL
+    thread_yx, batch_head, load_l_d, tile_visited = t.thread_yx, t.batch_head, _load_l_d(t, off), t.tile_visited
+    BR, BC, TM, TN, TY, TX, D, DCQ, CAUSAL, HAS_MASK = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.D, t.DCQ, t.CAUSAL, t.HAS_MASK
     OQ, OdO, OK, OV, OS, OL, OD = (off[n] for n in ("Q", "dO", "K", "V", "dS", "L", "D"))
     Q_, K_, V_, P_, dO_, dS_, L_, D_, dK_, dV_ = (
         slots(n) for n in ("Q", "K", "V", "P", "dO", "dS", "L", "D", "dK", "dV"))
@@ -125,13 +125,23 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
             i_start = k0 // BR  # earlier Q blocks hold only rows < k0: fully masked, skipped
             if k0 >= n_q:
                 i_end = i_start  # no query sees this block
-        if i_end > i_start:
+        flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
+        seen = i_end > i_start
+        if HAS_MASK:  # K_j and V_j are loaded only if some Q block sees this block
+            seen = False
+            for i in range(i_start, i_end):
+                if tile_visited(b, h, i * BR, min(BR, n_q - i * BR), k0, kv_len, tid, flag):
+                    seen = True
+                    break
+        if seen:
             # -- load K_j, V_j: they stay in SRAM for the whole Q loop
             load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
             load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
         for i in range(i_start, i_end):
             q0 = i * BR
             q_len = min(BR, n_q - q0)
+            if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+                continue  # a mask's empty tile: skipped
             # barrier: every thread is done with the previous Q_i, dO_i and dS
             cuda.syncthreads()
             load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
@@ -197,11 +207,11 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal):
     return kernel, smem_bytes, grid
 
 
-def make_flash_dq(schedule, head_dim, dtype, count_io, causal):
+def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None):
     """kernel(q, k, v, do, lse, dvec, dq, scale, counters); grid (Tr, B·H)."""
-    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dq")
-    CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, pv_tile = (
-        t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.pv_tile)
+    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dq", mask)
+    CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, pv_tile, tile_visited = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.pv_tile, t.tile_visited)
     thread_yx, batch_head, load_l_d, store_rows = t.thread_yx, t.batch_head, _load_l_d(t, off), t.store_rows
     BR, BC, TM, TN, TY, TX, DC, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.DC, t.CAUSAL
     OQ, OdO, OK, OV, OS, OL, OD = (off[n] for n in ("Q", "dO", "K", "V", "dS", "L", "D"))
@@ -232,9 +242,12 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal):
         kv_end = n_kv
         if CAUSAL:
             kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped
+        flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
         for j in range(0, (kv_end + BC - 1) // BC):
             k0 = j * BC
             kv_len = min(BC, n_kv - k0)
+            if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+                continue  # a mask's empty tile: skipped
             # barrier: every thread is done with the previous K_j, V_j and dS
             cuda.syncthreads()
             load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
@@ -271,15 +284,15 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal):
     return kernel, smem_bytes, grid
 
 
-def make_standard_p(schedule, head_dim, dtype, count_io, causal):
+def make_standard_p(schedule, head_dim, dtype, count_io, causal, mask=None):
     """P = exp(scale·QKᵀ - L) -> HBM: kernel(q, k, lse, p, scale, counters); grid (Tc, Tr, B·H)."""
-    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "p")
+    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "p", mask)
     return _make_rowwise(t, off, smem_bytes, dtype, "p")
 
 
-def make_standard_ds(schedule, head_dim, dtype, count_io, causal):
+def make_standard_ds(schedule, head_dim, dtype, count_io, causal, mask=None):
     """dS = P ∘ (dO Vᵀ - D) -> HBM: kernel(do, v, dvec, p, ds, counters); grid (Tc, Tr, B·H)."""
-    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "ds")
+    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "ds", mask)
     return _make_rowwise(t, off, smem_bytes, dtype, "ds")
 
 
@@ -289,10 +302,10 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
     "p":  A = Q, B = K, row value L:  out = P = exp(scale·A Bᵀ - L)
     "ds": A = dO, B = V, row value D: out = dS = P ∘ (A Bᵀ - D), P read from HBM
     """
-    CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile = (
-        t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile)
+    CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, tile_visited = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.tile_visited)
     thread_yx, batch_head = t.thread_yx, t.batch_head
-    BR, BC, TM, TN, TY, TX, NT, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.CAUSAL
+    BR, BC, TM, TN, TY, TX, NT = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT
     IS_P = which == "p"
     a_name, b_name, row_name, out_name = ("Q", "K", "L", "P") if IS_P else ("dO", "V", "D", "dS")
     OA, OB, OR = off[a_name], off[b_name], off[row_name]
@@ -309,8 +322,9 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
         k0 = j * BC
         q_len = min(BR, a_in.shape[2] - q0)
         kv_len = min(BC, b_in.shape[2] - k0)
-        if CAUSAL and k0 > q0 + q_len - 1:
-            return  # fully masked tile: no loads, no math
+        flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
+        if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+            return  # an empty tile (causal, or a mask's): no loads, no math
         sm_in = cuda.shared.array(0, IN)
         sm_f = cuda.shared.array(0, float32)
         cnt = cuda.local.array(CNT_LEN, int64)
@@ -348,11 +362,11 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
     return kernel, smem_bytes, grid
 
 
-def make_standard_products(schedule, head_dim, dtype, count_io, causal):
+def make_standard_products(schedule, head_dim, dtype, count_io, causal, mask=None):
     """dV = Pᵀ dO, dK = scale·dSᵀ Q, dQ = scale·dS K (kernels/matmul.py)."""
     args = (schedule, head_dim, dtype, count_io, causal)
     return {
-        "dv": make_tn(*args, "P", "dO", "dV"),
-        "dk": make_tn(*args, "dS", "Q", "dK"),
-        "dq": make_nn(*args, "dS", "K", "dQ"),
+        "dv": make_tn(*args, "P", "dO", "dV", mask=mask),
+        "dk": make_tn(*args, "dS", "Q", "dK", mask=mask),
+        "dq": make_nn(*args, "dS", "K", "dQ", mask=mask),
     }

@@ -66,7 +66,8 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
     return result[0] if len(result) == 1 else result
 
 
-def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, count_io=False):
+def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, count_io=False,
+                       mask=None):
     """Gradients dQ, dK, dV of ``attention`` for the upstream gradient ``dout``.
 
     flash1 and flash2 schedules run FlashAttention-2's backward with recomputation (S and P
@@ -80,16 +81,22 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
         dout: gradient of the loss with respect to ``out``, (B, H, Nq, d), the dtype of q.
         schedule, causal, scale: as for the forward call that produced ``out`` and ``lse``.
         count_io: also return the measured :class:`IOReport` last.
+        mask: the forward call's mask (a predicate or :class:`sandbox.vocabulary.masks.Mask`),
+            checked the same way and compiled into every backward kernel: tiles with no allowed
+            entry are skipped, the rest masked entry by entry, so that an entry the forward did
+            not see gets no gradient.
 
     Returns:
         ``(dq, dk, dv)`` in the input dtype (fp32 accumulation), plus the report with ``count_io``.
 
     Raises:
-        TypeError, ValueError: bad inputs, or a schedule whose backward tiles overflow its SRAM.
+        TypeError, ValueError: bad inputs, a schedule whose backward tiles overflow its SRAM, or a
+            mask that fails its check.
     """
     problem = check_qkv(q, k, v, causal=causal, scale=scale)
     check_flags(count_io=count_io)
     check_schedule(schedule).check_fits(problem.head_dim, problem.dtype, backward=True)
+    mask = check_mask(mask, problem, schedule)
     q_shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
     on_host = isinstance(q, np.ndarray)
     for name, x, shape, dtype in (
@@ -106,5 +113,5 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
             raise TypeError(f"lse: expected float32 (as attention(return_lse=True) gives), got {got_dtype.name}")
     if on_host:
         lse = np.asarray(lse, dtype=np.float32)
-    dq, dk, dv, report = attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=count_io)
+    dq, dk, dv, report = attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=count_io, mask=mask)
     return (dq, dk, dv, report) if count_io else (dq, dk, dv)

@@ -38,7 +38,7 @@ def _phases(schedule, dtype, backward, chosen):
             "dkdv": (backward_kernels.make_flash_dkdv, (IN4, IN4, IN4, IN4, F3, F3, IN4, IN4, float32, C)),
             "dq": (backward_kernels.make_flash_dq, (IN4, IN4, IN4, IN4, F3, F3, IN4, float32, C)),
         }
-    prod = lambda phase: lambda *a: backward_kernels.make_standard_products(*a)[phase]  # noqa: E731
+    prod = lambda phase: lambda *a, **kw: backward_kernels.make_standard_products(*a, **kw)[phase]  # noqa: E731
     return {
         **d,
         "p": (backward_kernels.make_standard_p, (IN4, IN4, F3, F4, F4, float32, C)),
@@ -87,7 +87,7 @@ def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=N
 
     ``chosen``: the :class:`kernels.builds.Build` (forward: :func:`kernels.builds.choose_build`'s;
     backward: :func:`kernels.builds.backward_build`'s), which says whether the kernels count.
-    ``mask``: a sandbox.vocabulary.masks.Mask (forward only), compiled into the kernels; cached per Mask object.
+    ``mask``: a sandbox.vocabulary.masks.Mask, compiled into the kernels (forward or backward); cached per Mask object.
 
     Returns:
         dict phase -> (kernel, smem_bytes, grid(problem)), in launch order.
@@ -246,15 +246,19 @@ def _launcher(kernels, problem, schedule, stream):
     return launch
 
 
-def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False):
+def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None):
     """dQ, dK, dV for device arrays (C-contiguous): see kernels/backward.py.
+
+    ``mask``: the forward's :class:`sandbox.vocabulary.masks.Mask` (or None), compiled into every
+    phase: its empty tiles are skipped, the rest masked entry by entry.
 
     Returns:
         (dq, dk, dv, report): device arrays in the input dtype, and the measured IOReport (None
         unless ``count_io``).
     """
     check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True))
-    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, backward_build(bool(count_io)), backward=True)
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, backward_build(bool(count_io)), backward=True,
+               mask=mask)
     check_grids(ks, problem)
     stream = cuda.default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
@@ -376,9 +380,9 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
     return (*from_device((out, lse), q, (problem.dtype, np.float32)), report, chosen)
 
 
-def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=False):
+def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None):
     """:func:`run_backward` for NumPy or CUDA-array-interface inputs; results on the same side."""
     check_fp32_range(problem, q, k, v)
     dev = to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
-    dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io)
+    dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io, mask=mask)
     return (*from_device((dq, dk, dv), q, (problem.dtype,) * 3), report)

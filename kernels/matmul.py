@@ -78,11 +78,11 @@ def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
     return kernel, smem_bytes, grid
 
 
-def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name):
+def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name, mask=None):
     """out = scale · Mᵀ X. Returns (kernel(m, x, out, scale, counters), smem_bytes, grid(problem))."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
-    CNT_LEN, zero_counter, flush, load_rows, ptx_tile, inc = (
-        t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.ptx_tile, t.inc)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
+    CNT_LEN, zero_counter, flush, load_rows, ptx_tile, inc, tile_visited = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.ptx_tile, t.inc, t.tile_visited)
     thread_yx, batch_head, load_allowed = t.thread_yx, t.batch_head, t.load_allowed
     BR, BC, TN, TY, TX, D, DCQ, CAUSAL = t.BR, t.BC, t.TN, t.TY, t.TX, t.D, t.DCQ, t.CAUSAL
     M_, X_, OUT_ = slots(m_name), slots(x_name), slots(out_name)
@@ -112,9 +112,12 @@ def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
             i_start = k0 // BR  # earlier Q blocks hold only rows < k0: fully masked, skipped
             if k0 >= n_q:
                 i_end = i_start  # no query sees this block at all
+        flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
         for i in range(i_start, i_end):
             q0 = i * BR
             q_len = min(BR, n_q - q0)
+            if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+                continue  # a mask's empty tile: skipped
             # barrier: every thread is done with the previous M and X tiles
             cuda.syncthreads()
             # -- M_ij (allowed entries), X_i: HBM -> SRAM

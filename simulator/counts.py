@@ -198,14 +198,39 @@ def standard_counts(schedule, problem, t, masked):
     return counts
 
 
-def simulate_backward_counts(schedule, problem):
+def simulate_backward_counts(schedule, problem, mask=None):
     """Element counts and FLOPs of the backward pass of ``schedule`` (see kernels/backward.py's algorithm).
 
     Same counting rules as the forward; PᵀX tiles (dV += Pᵀ dO, dK += dSᵀ Q) read their allowed
     M entries once per d-column group, min(TY, d), and q_len·d X elements per K/V-row group
-    with a valid row, min(TX, kv_len).
+    with a valid row, min(TX, kv_len). Under ``mask`` (the forward's predicate) every backward
+    kernel visits the tiles the forward visits, evaluated as for :func:`simulate_counts`.
+
+    Raises:
+        ValueError: a mask on a problem of more than :data:`MAX_MASK_ENTRIES` entries.
     """
-    t = TileSums(schedule, problem)
+    if mask is None:
+        counts, area = _backward_counts(schedule, problem, TileSums(schedule, problem))
+        counts = [{k: v * problem.bh for k, v in c.items()} for c in counts]
+        area *= problem.bh
+    else:
+        check_mask_affordable(problem)
+        allowed = tile_allowed(mask, problem, schedule.block_q, schedule.block_kv)
+        counts, area = [{}, {}, {}, {}], 0
+        for b in range(problem.batch):
+            for h in range(problem.heads):
+                c, a = _backward_counts(schedule, problem, TileSums(schedule, problem, allowed[b, h]))
+                for total, part in zip(counts, c):
+                    for k, v in part.items():
+                        _add(total, k, v)
+                area += a
+    matmuls = 7 if kinds.get(schedule.kind).backward == "flash" else 5
+    flops = matmuls * 2 * problem.head_dim * area + 2 * problem.bh * problem.n_q * problem.head_dim
+    return IOReport(*counts, itemsize=itemsizes(problem.dtype), flops=flops)
+
+
+def _backward_counts(schedule, problem, t):
+    """The backward's four count dicts for one (b, h) with tile sums ``t``, and the visited area."""
     d = problem.head_dim
     n_q, n_kv = problem.n_q, problem.n_kv
     ty_groups, tx_groups = min(schedule.threads_q, d), min(schedule.threads_kv, d)
@@ -255,7 +280,6 @@ def simulate_backward_counts(schedule, problem):
         _add(sr, "D", 2 * qcg)
         _add(sr, "P", allowed * ty_groups)
         _add(sr, "dS", allowed * (ty_groups + tx_groups))
-        matmuls = 7
     else:  # standard: p, ds, dv (tn), dk (tn), dq (nn)
         _add(hr, "Q", 2 * d * qrv)
         _add(sw, "Q", 2 * d * qrv)
@@ -282,11 +306,7 @@ def simulate_backward_counts(schedule, problem):
         _add(sr, "D", qcg)
         _add(sr, "P", allowed * ty_groups)
         _add(sr, "dS", allowed * (ty_groups + tx_groups))
-        matmuls = 5
-    bh = problem.bh
-    scaled = [{k: v * bh for k, v in c.items()} for c in (hr, hw, sr, sw)]
-    flops = bh * (matmuls * 2 * d * t.area + 2 * n_q * d)
-    return IOReport(*scaled, itemsize=itemsizes(problem.dtype), flops=flops)
+    return [hr, hw, sr, sw], t.area
 
 
 def splitkv_counts(schedule, problem, t, masked):

@@ -15,7 +15,7 @@ def simulate(schedule, problem, backward=False, mask=None):
         schedule: the :class:`Schedule` the kernels would be specialized from.
         problem: a :class:`Problem`.
         backward: count the backward pass (``attention_backward``) instead of the forward.
-        mask: a mask predicate, as for :func:`attention` (forward only) and checked the same
+        mask: a mask predicate, as for :func:`attention` (forward or backward) and checked the same
             way; the simulator evaluates it over every entry, O(B·H·Nq·Nk), to find the tiles
             the kernel skips (one evaluation with the check's, up to ``masks.DENSE_CHECK_ENTRIES``).
 
@@ -38,9 +38,8 @@ def simulate(schedule, problem, backward=False, mask=None):
         raise TypeError(f"problem: expected a sandbox.Problem, got {type(problem).__name__}")
     check_flags(backward=backward)
     schedule.check_fits(problem.head_dim, problem.dtype, backward=backward)
+    count = simulate_backward_counts if backward else simulate_counts
     if mask is not None:
-        if backward:
-            raise NotImplementedError("masks: the backward pass takes causal=True only, not mask= (yet)")
         check_mask_affordable(problem)  # before the mask is checked over the problem
-        return simulate_counts(schedule, problem, mask=check_mask(mask, problem, schedule))
-    return (simulate_backward_counts if backward else simulate_counts)(schedule, problem)
+        return count(schedule, problem, mask=check_mask(mask, problem, schedule))
+    return count(schedule, problem)

@@ -83,22 +83,28 @@ def tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, o_stores=1, rows
     return atol_out, atol_lse
 
 
-def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False):
+def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False, allowed=None):
     """Plain fp32 gradients from a saved forward's ``out`` and ``lse``: the accuracy any fp32
-    backward can be held to. ``in_order``: S summed in order (:func:`scores_fp32`)."""
+    backward can be held to. ``in_order``: S summed in order (:func:`scores_fp32`). ``allowed``:
+    a mask's dense (B, H, Nq, Nk) bool array; an entry it excludes (or a row that sees nothing,
+    L = -inf) has P = 0."""
     q, k, v, dout, out = (x.astype(np.float32) for x in (q, k, v, dout, out))
     s = scores_fp32(q, k, scale, in_order)
     if causal:
         s = np.where(np.arange(k.shape[2])[None, :] <= np.arange(q.shape[2])[:, None], s, -np.inf)
-    p = np.exp(s - lse.astype(np.float32)[..., None])
-    ds = p * (np.einsum("bhid,bhjd->bhij", dout, v) - (dout * out).sum(-1, keepdims=True))
+    if allowed is not None:
+        s = np.where(allowed, s, -np.inf)
+    with np.errstate(invalid="ignore"):
+        p = np.where(np.isneginf(s), np.float32(0), np.exp(s - lse.astype(np.float32)[..., None]))
+        ds = p * (np.einsum("bhid,bhjd->bhij", dout, v) - (dout * out).sum(-1, keepdims=True))
+    ds = np.where(p == 0, np.float32(0), ds)
     dq = np.float32(scale) * np.einsum("bhij,bhjd->bhid", ds, k)
     dk = np.float32(scale) * np.einsum("bhij,bhid->bhjd", ds, q)
     dv = np.einsum("bhij,bhid->bhjd", p, dout)
     return dq, dk, dv
 
 
-def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse):
+def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse, allowed=None):
     """atol for (dq, dk, dv), given the saved forward (out, lse) that the backward and the reference share:
     4x the naive fp32 error (the larger of S summed by einsum and in order, as for the forward),
     plus (d + Nq + Nk + 8) fp32 rounding units and one rounding to the output dtype, both of the
@@ -106,7 +112,7 @@ def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse):
     n_q, n_kv, d = q.shape[2], k.shape[2], q.shape[3]
     depth = (d + n_q + n_kv + 8) * U32
     atols = []
-    naives = [naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order) for in_order in (False, True)]
+    naives = [naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order, allowed) for in_order in (False, True)]
     for i, ref in enumerate(refs):
         gmax = float(np.abs(ref).max())
         err32 = max(float(np.abs(n[i] - ref).max()) for n in naives)

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from sandbox.vocabulary.masks import dense
 from sandbox.vocabulary.problem import resolve_scale
 from sandbox.vocabulary.validation import REFERENCE_DTYPES, check_flags, check_qkv, check_same_shape
 
@@ -83,8 +84,6 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
     if causal:
         s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf)
     if mask is not None:
-        from sandbox.vocabulary.masks import dense
-
         s = np.where(dense(mask, *s.shape), s, -np.inf)
     m = s.max(axis=-1, keepdims=True)
     empty = ~np.isfinite(m) & (m < 0)  # rows where every key is masked
@@ -100,7 +99,7 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
     return out, lse
 
 
-def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=None, lse=None):
+def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=None, lse=None, mask=None):
     """Analytic float64 gradients (dq, dk, dv) of ``reference_attention`` for upstream gradient ``dout``.
 
     With S = scale·QKᵀ (masked entries -inf), P = softmax(S), O = PV:
@@ -112,6 +111,9 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
     ``out`` and ``lse``, if given, are a saved forward's O and L, used as a backward kernel uses
     them: P = exp(S - L) and D = rowsum(dO ∘ O) (so that a kernel's backward can be checked apart
     from the rounding of the forward it was handed). By default both are exact.
+
+    ``mask``: the forward's predicate (as for :func:`reference_attention`); an entry it excludes
+    has P = 0 and so no gradient, and a row it excludes entirely (L = -inf) contributes nothing.
 
     Raises:
         TypeError, ValueError: see :func:`sandbox.vocabulary.validation.check_qkv`; a ``dout`` or ``out``
@@ -128,6 +130,8 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
     s = scale * np.einsum("bhid,bhjd->bhij", q, k)
     if causal:
         s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf)
+    if mask is not None:
+        s = np.where(dense(mask, *s.shape), s, -np.inf)
     if lse is None:
         m = s.max(axis=-1, keepdims=True)
         m = np.where(np.isfinite(m), m, 0.0)
@@ -135,7 +139,9 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
         l = p.sum(axis=-1, keepdims=True)
         p = p / np.where(l == 0, 1.0, l)
     else:
-        p = np.exp(s - np.asarray(lse, dtype=np.float64)[..., None])
+        with np.errstate(invalid="ignore"):  # -inf - (-inf) in a row that sees nothing: weight 0 below
+            p = np.exp(s - np.asarray(lse, dtype=np.float64)[..., None])
+        p = np.where(np.isneginf(s), 0.0, p)
     out = weighted_sum(p, v) if out is None else np.asarray(out, dtype=np.float64)
     dv = weighted_sum(np.swapaxes(p, -1, -2), dout)
     with np.errstate(invalid="ignore"):

@@ -83,8 +83,10 @@ def test_simulate_and_reference_reject_what_the_kernels_would():
     s = Schedule("flash2", block_q=4, block_kv=4)
     with pytest.raises(TypeError, match="must return a bool"):
         simulate(s, Problem(1, 1, 8, 8, 4), mask=lambda b, h, q, k: q)
-    with pytest.raises(NotImplementedError, match="backward"):
-        simulate(s, Problem(1, 1, 8, 8, 4), mask=masks.causal(), backward=True)
+    with pytest.raises(TypeError, match="must return a bool"):
+        simulate(s, Problem(1, 1, 8, 8, 4), mask=lambda b, h, q, k: q, backward=True)
+    with pytest.raises(ValueError, match="has no backward pass"):
+        simulate(Schedule("splitkv", block_q=4, block_kv=4), Problem(1, 1, 8, 8, 4), mask=masks.causal(), backward=True)
 
 
 @pytest.mark.parametrize("value", [True, False])

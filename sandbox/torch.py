@@ -1,0 +1,65 @@
+"""PyTorch autograd for the sandbox's kernels: ``attention`` on CUDA tensors, whose ``.backward()``
+runs our backward kernels.
+
+    from sandbox.torch import attention
+    o = attention(q, k, v, causal=True, mask=m)   # q, k, v: (B, H, N, d) CUDA tensors
+    o.sum().backward()                             # q.grad, k.grad, v.grad from kernels/backward.py
+
+The forward runs :func:`kernels.entry.attention` (the schedule's fast build where it can run,
+else its counting source without counters) and saves O and L; the backward runs
+:func:`kernels.entry.attention_backward` with the same schedule, causal flag, scale and mask:
+FlashAttention-2's backward with recomputation for the flash kinds, P and dS in HBM for standard.
+Deterministic: the same inputs give bit-identical gradients. PyTorch is imported on first use,
+not by ``import sandbox``.
+"""
+
+from kernels.entry import attention as _attention_kernels
+from kernels.entry import attention_backward
+from sandbox.vocabulary.schedule import DEFAULT_SCHEDULE
+
+
+def _function():
+    """The autograd Function, built once PyTorch is imported."""
+    global _FUNCTION
+    if _FUNCTION is None:
+        import torch
+
+        class Attention(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, q, k, v, schedule, causal, scale, mask):
+                q, k, v = (x.detach() for x in (q, k, v))  # (a tensor that requires grad exports no CUDA array)
+                out, lse = _attention_kernels(q, k, v, schedule=schedule, causal=causal, scale=scale,
+                                              return_lse=True, mask=mask)
+                ctx.save_for_backward(q, k, v, out, lse)
+                ctx.options = dict(schedule=schedule, causal=causal, scale=scale, mask=mask)
+                return out
+
+            @staticmethod
+            def backward(ctx, dout):
+                q, k, v, out, lse = ctx.saved_tensors
+                dq, dk, dv = attention_backward(q, k, v, out, lse, dout.contiguous(), **ctx.options)
+                return dq, dk, dv, None, None, None, None
+
+        _FUNCTION = Attention
+    return _FUNCTION
+
+
+_FUNCTION = None
+
+
+def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask=None):
+    """softmax(scale·QKᵀ)V on CUDA tensors with gradients through our backward kernels.
+
+    Args:
+        q: (B, H, Nq, d); k, v: (B, H, Nk, d): C-contiguous CUDA tensors of one dtype (float32,
+            float16 or bfloat16), as for :func:`sandbox.attention`.
+        schedule, causal, scale, mask: as for :func:`sandbox.attention`; the backward uses the same.
+
+    Returns:
+        O, (B, H, Nq, d), in the input dtype, part of the autograd graph of q, k and v.
+
+    Raises:
+        TypeError, ValueError: as :func:`sandbox.attention` and :func:`sandbox.attention_backward`
+            (the latter when ``.backward()`` runs).
+    """
+    return _function().apply(q, k, v, schedule, causal, scale, mask)

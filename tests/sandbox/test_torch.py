@@ -1,0 +1,118 @@
+"""sandbox.torch: our kernels as a PyTorch autograd function, against SDPA's float64 gradients."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sandbox import Schedule, masks
+from tests.tolerances import gradient_tolerances
+
+gpu = pytest.mark.gpu
+
+
+def test_importing_it_does_not_import_torch():
+    code = "import sys, sandbox.torch; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _torch_cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA device")
+    return torch
+
+
+def _sdpa_float64(torch, q, k, v, dout, causal, scale, allowed):
+    """SDPA's gradients of sum(O ∘ dout) in float64 (the math backend: float64 runs nowhere else)."""
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    mask = None if allowed is None else torch.as_tensor(allowed, device=q.device)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        out = torch.nn.functional.scaled_dot_product_attention(q64, k64, v64, attn_mask=mask, is_causal=causal,
+                                                               scale=scale)
+    (out * dout.double()).sum().backward()
+    return [x.grad.cpu().numpy() for x in (q64, k64, v64)]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("kind, causal, mask", [
+    ("flash2", False, None), ("flash2", True, None), ("flash1", True, None), ("standard", False, None),
+    ("flash2", False, "window"), ("standard", True, "window"),
+])
+def test_gradients_match_sdpa_in_float64(dtype, kind, causal, mask):
+    torch = _torch_cuda()
+    from sandbox.torch import attention
+
+    b, h, n_q, n_kv, d = 2, 3, 200, 170, 64
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    tdtype = getattr(torch, dtype)
+    q = torch.randn(b, h, n_q, d, device="cuda", generator=gen).to(tdtype).requires_grad_()
+    k, v = (torch.randn(b, h, n_kv, d, device="cuda", generator=gen).to(tdtype).requires_grad_() for _ in range(2))
+    dout = torch.randn(b, h, n_q, d, device="cuda", generator=gen).to(tdtype)
+    m = masks.sliding_window(40) if mask else None
+    allowed = None if m is None else masks.dense(m, b, h, n_q, n_kv, causal=causal)
+    schedule = Schedule(kind, block_q=64, block_kv=64, thread_q=4, thread_kv=4)
+    out = attention(q, k, v, schedule=schedule, causal=causal, mask=m)
+    out.backward(dout)
+    refs = _sdpa_float64(torch, q, k, v, dout, causal and m is None, None, allowed)
+    # the tolerance of a backward handed this forward's O and L (tests/tolerances.py; fp32 host copies,
+    # the dtype's rounding enters by name)
+    from sandbox import attention as attention_any
+
+    _, lse = attention_any(q.detach(), k.detach(), v.detach(), schedule=schedule, causal=causal, mask=m,
+                           return_lse=True)
+    host = [x.detach().float().cpu().numpy() for x in (q, k, v, dout, out)]
+    atols = gradient_tolerances(*host[:4], refs, causal, 1 / np.sqrt(d), dtype, host[4], lse.cpu().numpy(),
+                                allowed=allowed)
+    for name, x, ref, atol in zip(("dq", "dk", "dv"), (q, k, v), refs, atols):
+        got = x.grad.double().cpu().numpy()
+        assert x.grad.dtype == tdtype
+        np.testing.assert_allclose(got, ref, rtol=0, atol=atol, err_msg=name)
+
+
+@gpu
+def test_gradients_are_bit_identical_across_runs():
+    torch = _torch_cuda()
+    from sandbox.torch import attention
+
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    q, k, v = (torch.randn(2, 4, 300, 64, device="cuda", generator=gen).requires_grad_() for _ in range(3))
+    grads = []
+    for _ in range(2):
+        for x in (q, k, v):
+            x.grad = None
+        attention(q, k, v, causal=True).square().sum().backward()
+        grads.append([x.grad.clone() for x in (q, k, v)])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+@gpu
+def test_a_training_step_lowers_the_loss():
+    """A toy model, one attention layer with learned Q, K, V projections, fits a fixed target."""
+    torch = _torch_cuda()
+    from sandbox.torch import attention
+
+    torch.manual_seed(0)
+    b, h, n, d, width = 2, 2, 64, 16, 32
+    x = torch.randn(b, n, width, device="cuda")
+    target = torch.randn(b, h, n, d, device="cuda")
+    proj = torch.nn.Linear(width, 3 * h * d, device="cuda")
+    opt = torch.optim.SGD(proj.parameters(), lr=0.5)
+
+    def loss_now():
+        qkv = proj(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+        q, k, v = (t.contiguous() for t in qkv)
+        out = attention(q, k, v, schedule=Schedule("flash2", block_q=16, block_kv=16), causal=True)
+        return torch.nn.functional.mse_loss(out, target)
+
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = loss_now()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] and all(np.isfinite(losses)), losses
