@@ -36,8 +36,8 @@ def _function():
 
             @staticmethod
             def backward(ctx, dout):
-                q, k, v, out, lse = ctx.saved_tensors
-                dq, dk, dv = attention_backward(q, k, v, out, lse, dout.contiguous(), **ctx.options)
+                q, k, v, out, lse = (x.detach() for x in ctx.saved_tensors)  # (the saved O is part of the graph)
+                dq, dk, dv = attention_backward(q, k, v, out, lse, dout.detach().contiguous(), **ctx.options)
                 return dq, dk, dv, None, None, None, None
 
         _FUNCTION = Attention
