@@ -16,6 +16,11 @@ standard (P and dS materialized in HBM, like the forward's S and P):
 An entry with P = 0 (masked, or exp underflowed) contributes nothing to dV, dS, dQ or dK, even
 where V, K or Q hold NaN or inf (no 0·NaN).
 
+Under a mask (the forward's predicate, compiled in through ``make_tile_ops``) every kernel but
+``d`` skips the tiles with no allowed entry, as the forward does, and masks the rest entry by
+entry; dkdv loads K_j and V_j only if some Q block sees block j. ``simulate(..., backward=True,
+mask=m)`` counts the same tiles.
+
 Deterministic: every output element is written by one thread, which sums in a fixed order; no
 floating-point atomics anywhere (the counters' integer atomics do not touch the results), so the
 same inputs give bit-identical gradients.

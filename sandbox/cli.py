@@ -461,7 +461,7 @@ def build_parser(prog=None):
     p.add_argument("--impl", nargs="+", choices=impl_names(), type=_one_of("implementation", impl_names()), metavar="IMPL",
                    help="implementations (default: all): " + " ".join(impl_names()))
     p.add_argument("--backward", action="store_true",
-                   help="also backward rows: sdpa-* through autograd (only the backward timed), our standard and flash2")
+                   help="also backward rows: sdpa-* through autograd (only the backward timed), and each of our kinds with a backward pass")
     p.add_argument("--repeats", type=int, default=BenchSpec.repeats,
                    help="timed calls per row, median reported (default %(default)s)")
     p.add_argument("--out", default="bench.csv", help="CSV path (default bench.csv); the JSON goes beside it")
