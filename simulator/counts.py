@@ -51,23 +51,29 @@ def simulate_counts(schedule, problem, mask=None):
         ValueError: a mask on a problem of more than :data:`MAX_MASK_ENTRIES` entries (it is
             evaluated densely).
     """
-    if mask is None:
-        counts, area = _forward_counts(schedule, problem, TileSums(schedule, problem), masked=False)
-        counts = [{k: v * problem.bh for k, v in c.items()} for c in counts]
-        area *= problem.bh
-    else:
-        check_mask_affordable(problem)
-        allowed = tile_allowed(mask, problem, schedule.block_q, schedule.block_kv)
-        counts, area = [{}, {}, {}, {}], 0
-        for b in range(problem.batch):
-            for h in range(problem.heads):
-                c, a = _forward_counts(schedule, problem, TileSums(schedule, problem, allowed[b, h]), masked=True)
-                for total, part in zip(counts, c):
-                    for k, v in part.items():
-                        _add(total, k, v)
-                area += a
+    counts, area = _over_heads(schedule, problem, mask,
+                               lambda t: _forward_counts(schedule, problem, t, masked=mask is not None))
     flops = 4 * problem.head_dim * area  # S and PV over visited tiles, 2 FLOPs per multiply-add
     return IOReport(*counts, itemsize=itemsizes(problem.dtype), flops=flops)
+
+
+def _over_heads(schedule, problem, mask, count_one):
+    """``count_one(tile_sums) -> (four count dicts, visited area)`` of one (b, h), summed over every
+    (b, h): without a mask one closed form times B·H; with one, each (b, h) from its own tiles."""
+    if mask is None:
+        counts, area = count_one(TileSums(schedule, problem))
+        return [{k: v * problem.bh for k, v in c.items()} for c in counts], area * problem.bh
+    check_mask_affordable(problem)
+    allowed = tile_allowed(mask, problem, schedule.block_q, schedule.block_kv)
+    counts, area = [{}, {}, {}, {}], 0
+    for b in range(problem.batch):
+        for h in range(problem.heads):
+            c, a = count_one(TileSums(schedule, problem, allowed[b, h]))
+            for total, part in zip(counts, c):
+                for k, v in part.items():
+                    _add(total, k, v)
+            area += a
+    return counts, area
 
 
 def check_mask_affordable(problem):
@@ -209,21 +215,7 @@ def simulate_backward_counts(schedule, problem, mask=None):
     Raises:
         ValueError: a mask on a problem of more than :data:`MAX_MASK_ENTRIES` entries.
     """
-    if mask is None:
-        counts, area = _backward_counts(schedule, problem, TileSums(schedule, problem))
-        counts = [{k: v * problem.bh for k, v in c.items()} for c in counts]
-        area *= problem.bh
-    else:
-        check_mask_affordable(problem)
-        allowed = tile_allowed(mask, problem, schedule.block_q, schedule.block_kv)
-        counts, area = [{}, {}, {}, {}], 0
-        for b in range(problem.batch):
-            for h in range(problem.heads):
-                c, a = _backward_counts(schedule, problem, TileSums(schedule, problem, allowed[b, h]))
-                for total, part in zip(counts, c):
-                    for k, v in part.items():
-                        _add(total, k, v)
-                area += a
+    counts, area = _over_heads(schedule, problem, mask, lambda t: _backward_counts(schedule, problem, t))
     matmuls = 7 if kinds.get(schedule.kind).backward == "flash" else 5
     flops = matmuls * 2 * problem.head_dim * area + 2 * problem.bh * problem.n_q * problem.head_dim
     return IOReport(*counts, itemsize=itemsizes(problem.dtype), flops=flops)
