@@ -11,6 +11,9 @@ bytes with :func:`sram_elements`.
 - Saha & Ye (arXiv 2402.07443, Theorem 3.1): the optimal IO is Θ(min(N²d/√M, N²d²/M)); the
   two terms cross at M = d², and FlashAttention's bound is tight only for M ≥ d².
 - Proposition 4 (block-sparse FlashAttention with nonzero-block fraction s): Θ(Nd + N²d²M⁻¹s).
+- The backward (Li, Liang, Shi, Song et al., "On Fine-Grained I/O Complexity of Attention
+  Backward Passes", arXiv 2410.09397, extending Saha & Ye): the optimal IO of the gradients is
+  Θ(min((N²d² + Nd³)/M, (N²d + Nd²)/√M)); its terms also cross at M = d².
 
 The Θ forms carry no constants: compare ratios simulated / closed form over a sweep, which
 stay between constant bounds when the analysis holds (tests/simulator/test_theory.py).
@@ -100,6 +103,14 @@ def saha_ye_bound(n, d, m_elements):
 def saha_ye_crossover(d):
     """The M (elements) where N²d/√M = N²d²/M: M = d². Below it, FlashAttention is not optimal."""
     return d * d
+
+
+def backward_lower_bound(n, d, m_elements):
+    """Li, Liang, Shi, Song et al. (arXiv 2410.09397): the backward pass's optimal IO,
+    Θ(min((N²d² + Nd³)/M, (N²d + Nd²)/√M)) (no constants). Both terms are Nd(N + d) times the
+    forward's factors d/M and 1/√M, so they cross where Saha & Ye's do, at M = d²
+    (:func:`saha_ye_crossover`)."""
+    return min((n * n * d * d + n * d**3) / m_elements, (n * n * d + n * d * d) / math.sqrt(m_elements))
 
 
 def block_sparse_hbm_theta(n, d, m_elements, s):

@@ -130,3 +130,32 @@ def test_flash_backward_hbm_falls_as_one_over_m():
         ms.append(m)
         traffic.append(hbm(schedule, Problem(1, 1, n, n, d), backward=True))
     assert abs(theory.loglog_slope(ms, traffic) - (-1)) < 0.1
+
+
+def test_backward_lower_bound_terms_and_crossover():
+    n, d = 4096, 64
+    m = theory.saha_ye_crossover(d)
+    both = n * d * (n + d)  # Nd(N + d): the two terms meet at M = d²
+    assert theory.backward_lower_bound(n, d, m) == pytest.approx(both / d)
+    assert theory.backward_lower_bound(n, d, m // 4) == pytest.approx((n * n * d + n * d * d) / (m // 4) ** 0.5)
+    assert theory.backward_lower_bound(n, d, m * 4) == pytest.approx((n * n * d * d + n * d**3) / (m * 4))
+
+
+def test_flash_backward_meets_the_backward_lower_bound_for_m_at_least_d_squared():
+    """Our FlashAttention-2 backward never beats the bound, and where FlashAttention's term is the
+    bound's (M >= d²) it stays within a constant factor of it (here 17-25x, within 1.5x of each
+    other), for square blocks up to 2d, where the Q, dO, K and V tiles dominate the footprint M
+    (the Br×Bc dS tile grows as B² and would take over past that)."""
+    n, d = 2**14, 64
+    ratios = []
+    for b in (8, 16, 32, 64, 128):
+        probe = Schedule("flash2", block_q=b, block_kv=b, sram_bytes=2**24)
+        m_bytes = probe.sram_footprint(d, "float32", backward=True)
+        schedule = Schedule("flash2", block_q=b, block_kv=b, sram_bytes=m_bytes)
+        m = theory.sram_elements(m_bytes, "float32")
+        traffic = hbm(schedule, Problem(1, 1, n, n, d), backward=True)
+        bound = theory.backward_lower_bound(n, d, m)
+        assert traffic >= bound, (b, traffic, bound)
+        if m >= theory.saha_ye_crossover(d):
+            ratios.append(traffic / bound)
+    assert len(ratios) >= 3 and max(ratios) / min(ratios) < 1.5, ratios
