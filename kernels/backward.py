@@ -18,7 +18,7 @@ where V, K or Q hold NaN or inf (no 0·NaN).
 
 Under a mask (the forward's predicate, compiled in through ``make_tile_ops``) every kernel but
 ``d`` skips the tiles with no allowed entry, as the forward does, and masks the rest entry by
-entry; dkdv loads K_j and V_j only if some Q block sees block j. ``simulate(..., backward=True,
+entry; dkdv loads K_j and V_j at the first tile of block j a Q block sees (none if no block does). ``simulate(..., backward=True,
 mask=m)`` counts the same tiles.
 
 Deterministic: every output element is written by one thread, which sums in a fixed order; no
@@ -98,7 +98,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None):
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, ptx_tile = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.ptx_tile)
     thread_yx, batch_head, load_l_d, tile_visited = t.thread_yx, t.batch_head, _load_l_d(t, off), t.tile_visited
-    BR, BC, TM, TN, TY, TX, D, DCQ, CAUSAL, HAS_MASK = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.D, t.DCQ, t.CAUSAL, t.HAS_MASK
+    BR, BC, TM, TN, TY, TX, D, DCQ, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.D, t.DCQ, t.CAUSAL
     OQ, OdO, OK, OV, OS, OL, OD = (off[n] for n in ("Q", "dO", "K", "V", "dS", "L", "D"))
     Q_, K_, V_, P_, dO_, dS_, L_, D_, dK_, dV_ = (
         slots(n) for n in ("Q", "K", "V", "P", "dO", "dS", "L", "D", "dK", "dV"))
@@ -131,17 +131,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None):
             if k0 >= n_q:
                 i_end = i_start  # no query sees this block
         flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
-        seen = i_end > i_start
-        if HAS_MASK:  # K_j and V_j are loaded only if some Q block sees this block
-            seen = False
-            for i in range(i_start, i_end):
-                if tile_visited(b, h, i * BR, min(BR, n_q - i * BR), k0, kv_len, tid, flag):
-                    seen = True
-                    break
-        if seen:
-            # -- load K_j, V_j: they stay in SRAM for the whole Q loop
-            load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
-            load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+        kv_loaded = False
         for i in range(i_start, i_end):
             q0 = i * BR
             q_len = min(BR, n_q - q0)
@@ -149,6 +139,10 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None):
                 continue  # a mask's empty tile: skipped
             # barrier: every thread is done with the previous Q_i, dO_i and dS
             cuda.syncthreads()
+            if not kv_loaded:  # K_j, V_j at the first tile a Q block sees, then kept for the whole Q loop
+                load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+                load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+                kv_loaded = True
             load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
             load_rows(do, b, h, q0, q_len, sm_in, OdO, tid, cnt, dO_[HBM_R], dO_[SRAM_W])
             load_l_d(lse, dvec, b, h, q0, q_len, sm_f, tid, cnt)

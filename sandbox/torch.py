@@ -13,38 +13,36 @@ Deterministic: the same inputs give bit-identical gradients. PyTorch is imported
 not by ``import sandbox``.
 """
 
+import functools
+
 from kernels.entry import attention as _attention_kernels
 from kernels.entry import attention_backward
+from sandbox.vocabulary.masks import as_mask
 from sandbox.vocabulary.schedule import DEFAULT_SCHEDULE
 
 
+@functools.cache
 def _function():
-    """The autograd Function, built once PyTorch is imported."""
-    global _FUNCTION
-    if _FUNCTION is None:
-        import torch
+    """The autograd Function, built once, on first use (when PyTorch is imported)."""
+    import torch
 
-        class Attention(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, q, k, v, schedule, causal, scale, mask):
-                q, k, v = (x.detach() for x in (q, k, v))  # (a tensor that requires grad exports no CUDA array)
-                out, lse = _attention_kernels(q, k, v, schedule=schedule, causal=causal, scale=scale,
-                                              return_lse=True, mask=mask)
-                ctx.save_for_backward(q, k, v, out, lse)
-                ctx.options = dict(schedule=schedule, causal=causal, scale=scale, mask=mask)
-                return out
+    class Attention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, schedule, causal, scale, mask):
+            q, k, v = (x.detach() for x in (q, k, v))  # (a tensor that requires grad exports no CUDA array)
+            out, lse = _attention_kernels(q, k, v, schedule=schedule, causal=causal, scale=scale,
+                                          return_lse=True, mask=mask)
+            ctx.save_for_backward(q, k, v, out, lse)
+            ctx.options = dict(schedule=schedule, causal=causal, scale=scale, mask=mask)
+            return out
 
-            @staticmethod
-            def backward(ctx, dout):
-                q, k, v, out, lse = (x.detach() for x in ctx.saved_tensors)  # (the saved O is part of the graph)
-                dq, dk, dv = attention_backward(q, k, v, out, lse, dout.detach().contiguous(), **ctx.options)
-                return dq, dk, dv, None, None, None, None
+        @staticmethod
+        def backward(ctx, dout):
+            q, k, v, out, lse = (x.detach() for x in ctx.saved_tensors)  # (the saved O is part of the graph)
+            dq, dk, dv = attention_backward(q, k, v, out, lse, dout.detach().contiguous(), **ctx.options)
+            return dq, dk, dv, None, None, None, None
 
-        _FUNCTION = Attention
-    return _FUNCTION
-
-
-_FUNCTION = None
+    return Attention
 
 
 def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask=None):
@@ -62,4 +60,5 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask
         TypeError, ValueError: as :func:`sandbox.attention` and :func:`sandbox.attention_backward`
             (the latter when ``.backward()`` runs).
     """
-    return _function().apply(q, k, v, schedule, causal, scale, mask)
+    # one Mask object for both passes: its check over this problem and its compiled kernels are reused
+    return _function().apply(q, k, v, schedule, causal, scale, as_mask(mask))

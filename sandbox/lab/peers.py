@@ -83,7 +83,7 @@ def impl_names():
 def rows_of_kind(kind):
     """The bench's rows that run ``kind``'s kernels: forward names, then "<name> (bwd)" for backward ones."""
     fwd = tuple(name for name, (k, _) in ours().items() if k == kind)
-    return fwd + tuple(f"{name} (bwd)" for name in backward_names() if name == kind)
+    return fwd + ((f"{kind} (bwd)",) if kind in backward_names() else ())
 
 
 def installed(module):
