@@ -51,9 +51,11 @@ class Build:
         return self.name.startswith("fast-")
 
 
-def fast_build(schedule):
-    """The fast build registered for the schedule's kind and arithmetic (kernels/registry.py), or None."""
-    return registry.get(schedule.kind).fast.get(schedule.math)
+def fast_build(schedule, backward=False):
+    """The fast build (``backward``: of the backward) registered for the schedule's kind and
+    arithmetic (kernels/registry.py), or None."""
+    entry = registry.get(schedule.kind)
+    return (entry.fast_backward if backward else entry.fast).get(schedule.math)
 
 
 def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None):
@@ -76,19 +78,33 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
         TypeError: ``fast`` is not None, True or False.
         ValueError: ``fast=True`` and the fast build cannot run this, with the reason.
     """
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, backward=False)
+
+
+def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None):
+    """The build a backward call of ``schedule`` at ``head_dim`` runs: as :func:`choose_build`,
+    from the kind's fast backward builds (flash2's ``"tf32x3"``: kernels/backward_tc.py). A
+    counting or plain Build has ``module`` None (kernels/launch.py lists the counting backward's
+    phases)."""
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, backward=True)
+
+
+def _choose(schedule, head_dim, count_io, mask, fast, facts, backward):
     if fast is not False and fast not in (None, True):
         raise TypeError(f"fast: expected None, True or False, got {fast!r}")
-    kernels = registry.get(schedule.kind).kernels
-    module = fast_build(schedule)
+    kernels = None if backward else registry.get(schedule.kind).kernels
+    module = fast_build(schedule, backward)
+    what = "fast backward" if backward else "fast build"
     if fast is False:
         return Build(COUNTING if count_io else PLAIN, kernels, "fast=False")
-    why = f"kind {schedule.kind!r} has no fast build" if module is None else module.eligible(
-        schedule, head_dim, count_io, mask)
+    why = module.eligible(schedule, head_dim, count_io, mask) if module is not None else (
+        f"kind {schedule.kind!r} has no fast backward for math={schedule.math!r}" if backward
+        else f"kind {schedule.kind!r} has no fast build")
     limit = device_smem_optin()
     if why is None and limit is not None and module.smem_bytes(schedule, head_dim) > limit:
         why = f"it needs {module.smem_bytes(schedule, head_dim)} bytes of shared memory, this GPU has {limit}"
     if why is not None and fast:
-        raise ValueError(f"fast=True, but the fast build cannot run {schedule} at head_dim={head_dim}: {why}")
+        raise ValueError(f"fast=True, but the {what} cannot run {schedule} at head_dim={head_dim}: {why}")
     if why is None:
         refused = fast_build_refusal(schedule, facts)
         if refused is not None:
@@ -98,8 +114,3 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
     if why is not None:
         return Build(COUNTING if count_io else PLAIN, kernels, why)
     return Build(f"fast-{schedule.math}", module)
-
-
-def backward_build(count_io):
-    """The backward's build: counting or plain (it has no fast build)."""
-    return Build(COUNTING if count_io else PLAIN, None, "the backward has no fast build")

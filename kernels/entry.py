@@ -67,7 +67,7 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
 
 
 def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, count_io=False,
-                       mask=None):
+                       mask=None, fast=None, return_build=False):
     """Gradients dQ, dK, dV of ``attention`` for the upstream gradient ``dout``.
 
     flash1 and flash2 schedules run FlashAttention-2's backward with recomputation (S and P
@@ -94,7 +94,9 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
             mask that fails its check.
     """
     problem = check_qkv(q, k, v, causal=causal, scale=scale)
-    check_flags(count_io=count_io)
+    check_flags(count_io=count_io, return_build=return_build)
+    if fast is not None:
+        check_flags(fast=fast)
     check_schedule(schedule).check_fits(problem.head_dim, problem.dtype, backward=True)
     mask = check_mask(mask, problem, schedule)
     q_shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
@@ -113,5 +115,11 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
             raise TypeError(f"lse: expected float32 (as attention(return_lse=True) gives), got {got_dtype.name}")
     if on_host:
         lse = np.asarray(lse, dtype=np.float32)
-    dq, dk, dv, report = attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=count_io, mask=mask)
-    return (dq, dk, dv, report) if count_io else (dq, dk, dv)
+    dq, dk, dv, report, chosen = attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=count_io,
+                                                        mask=mask, fast=fast)
+    result = (dq, dk, dv)
+    if count_io:
+        result += (report,)
+    if return_build:
+        result += (chosen,)
+    return result

@@ -15,7 +15,7 @@ from numba import cuda, float32, void
 
 from kernels import backward as backward_kernels
 from kernels import registry
-from kernels.builds import backward_build, choose_build
+from kernels.builds import choose_backward_build, choose_build
 from kernels.counters import new_counters, to_report
 from kernels.limits import check_fp32_range, host_facts
 from kernels.smem import allow_dynamic_smem, check_device_limit
@@ -28,7 +28,7 @@ from sandbox.vocabulary.runtime import using_simulator
 def _phases(schedule, dtype, backward, chosen):
     """phase -> (maker, argument types), in launch order: the chosen build's (kernels/builds.py) or the backward's."""
     kind = schedule.kind
-    if not backward:
+    if not backward or chosen.fast:
         return chosen.module.phases(dtype)
     IN4, F3, F4, C = array_type(dtype, 4), array_type(np.float32, 3), array_type(np.float32, 4), COUNTERS
     d = {"d": (backward_kernels.make_d, (IN4, IN4, F3, C))}
@@ -62,7 +62,13 @@ def max_registers(threads, blocks=1, per_sm=65536, partitions=4):
     return max(8, min(255, per_sm // partitions // (32 * per_partition_warps) // 8 * 8))
 
 
-def _jit_options(schedule, head_dim, chosen):
+def _threads(schedule, chosen, phase):
+    """Threads per block of ``phase``: the schedule's, or the fast build's own where it has them."""
+    own = getattr(chosen.module, "threads", None) if chosen.fast else None
+    return schedule.threads if own is None else own(schedule, phase)
+
+
+def _jit_options(schedule, head_dim, chosen, threads):
     """A register cap that lets the block launch, or for a fast build (``chosen``, a
     kernels/builds.py Build) that lets as many blocks reside as its shared memory does (the build's
     ``min_blocks_per_sm``, like CUDA's __launch_bounds__), with all of the SM's L1/shared carveout
@@ -75,7 +81,7 @@ def _jit_options(schedule, head_dim, chosen):
     opts = {}
     if chosen.fast:
         opts["shared_memory_carveout"] = "MaxShared"
-    cap = max_registers(schedule.threads, chosen.module.min_blocks_per_sm(schedule, head_dim) if chosen.fast else 1)
+    cap = max_registers(threads, chosen.module.min_blocks_per_sm(schedule, head_dim) if chosen.fast else 1)
     if cap < 255:  # only where it binds: 255 is the default, and naming it changed plain flash2's code
         opts["max_registers"] = cap
     return opts
@@ -86,7 +92,7 @@ def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=N
     """Compiled kernels for one (schedule, head_dim, dtype, causal, build, direction, mask).
 
     ``chosen``: the :class:`kernels.builds.Build` (forward: :func:`kernels.builds.choose_build`'s;
-    backward: :func:`kernels.builds.backward_build`'s), which says whether the kernels count.
+    backward: :func:`kernels.builds.choose_backward_build`'s), which says whether the kernels count.
     ``mask``: a sandbox.vocabulary.masks.Mask, compiled into the kernels (forward or backward); cached per Mask object.
 
     Returns:
@@ -98,7 +104,7 @@ def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=N
         extra = {} if mask is None else {"mask": mask}
         py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, chosen.count_io, causal, **extra)
         signature = void(*sig)
-        kernel = cuda.jit(signature, **_jit_options(schedule, head_dim, chosen))(py_func)
+        kernel = cuda.jit(signature, **_jit_options(schedule, head_dim, chosen, _threads(schedule, chosen, phase)))(py_func)
         if not using_simulator():
             allow_dynamic_smem(kernel.overloads[signature.args], smem_bytes)
         out[phase] = (kernel, smem_bytes, grid)
@@ -227,7 +233,7 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
     lse = device_empty((b, h, n_q), np.float32, "L")
     counters = _counters(chosen.count_io)
     scale = np.float32(problem.scale)
-    launch = _launcher(ks, problem, schedule, stream)
+    launch = _launcher(ks, problem, schedule, stream, chosen)
     # the kind launches its phases (and allocates its scratch through device_empty)
     registry.get(schedule.kind).kernels.launch(
         launch, schedule, problem, q, k, v, out, lse, scale, counters, lambda shape, dt, name: device_empty(shape, dt, name))
@@ -235,30 +241,33 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
     return out, lse, report, chosen
 
 
-def _launcher(kernels, problem, schedule, stream):
-    """launch(phase, *args): one kernel of ``kernels`` on its grid, the schedule's block, ``stream``."""
-    block = (schedule.threads,)
+def _launcher(kernels, problem, schedule, stream, chosen):
+    """launch(phase, *args): one kernel of ``kernels`` on its grid, its block (:func:`_threads`), ``stream``."""
 
     def launch(phase, *args):
         kernel, smem, grid = kernels[phase]
-        kernel[grid(problem), block, stream, smem](*args)
+        kernel[grid(problem), (_threads(schedule, chosen, phase),), stream, smem](*args)
 
     return launch
 
 
-def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None):
-    """dQ, dK, dV for device arrays (C-contiguous): see kernels/backward.py.
+def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None, fast=None, chosen=None):
+    """dQ, dK, dV for device arrays (C-contiguous): see kernels/backward.py (and kernels/backward_tc.py).
 
     ``mask``: the forward's :class:`sandbox.vocabulary.masks.Mask` (or None), compiled into every
-    phase: its empty tiles are skipped, the rest masked entry by entry.
+    phase: its empty tiles are skipped, the rest masked entry by entry. ``chosen``: the
+    :class:`kernels.builds.Build` to run; None: :func:`kernels.builds.choose_backward_build`'s for
+    ``count_io``, ``mask`` and ``fast``.
 
     Returns:
         (dq, dk, dv, report): device arrays in the input dtype, and the measured IOReport (None
         unless ``count_io``).
     """
-    check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True))
-    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, backward_build(bool(count_io)), backward=True,
-               mask=mask)
+    if chosen is None:
+        chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast)
+    if not chosen.fast:
+        check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True))
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, backward=True, mask=mask)
     check_grids(ks, problem)
     stream = cuda.default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
@@ -268,9 +277,9 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     dvec = device_empty((b, h, n_q), np.float32, "D")
     counters = _counters(count_io)
     scale = np.float32(problem.scale)
-    launch = _launcher(ks, problem, schedule, stream)
+    launch = _launcher(ks, problem, schedule, stream, chosen)
     launch("d", out, dout, dvec, counters)
-    if kinds.get(schedule.kind).backward == "flash":
+    if chosen.fast or kinds.get(schedule.kind).backward == "flash":
         launch("dkdv", q, k, v, dout, lse, dvec, dk, dv, scale, counters)
         launch("dq", q, k, v, dout, lse, dvec, dq, scale, counters)
     else:
@@ -380,9 +389,20 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
     return (*from_device((out, lse), q, (problem.dtype, np.float32)), report, chosen)
 
 
-def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None):
-    """:func:`run_backward` for NumPy or CUDA-array-interface inputs; results on the same side."""
-    check_fp32_range(problem, q, k, v)
+def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None, fast=None):
+    """:func:`run_backward` for NumPy or CUDA-array-interface inputs; results on the same side.
+
+    Returns:
+        (dq, dk, dv, report, build), ``build`` the :class:`kernels.builds.Build` that ran. NumPy
+        inputs (q, k, v, out, dout) holding NaN or inf run the plain build, as in the forward.
+    """
+    facts = host_facts(q, k, v)
+    check_fp32_range(problem, q, k, v, facts)
+    if facts is not None:  # the backward reads O and dO too
+        for name, x in (("out", out), ("dout", dout)):
+            facts[name] = (bool(np.isfinite(x.astype(np.float32, copy=False)).all()), None)
+    chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast,
+                                   facts=facts)
     dev = to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
-    dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io, mask=mask)
-    return (*from_device((dq, dk, dv), q, (problem.dtype,) * 3), report)
+    dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io, mask=mask, chosen=chosen)
+    return (*from_device((dq, dk, dv), q, (problem.dtype,) * 3), report, chosen)

@@ -119,8 +119,8 @@ def fast_build_refusal(schedule, facts):
     """
     if facts is None:
         return None
-    for name in ("q", "k", "v"):
-        if not facts[name][0]:
+    for name, (finite, _) in facts.items():  # q, k, v (and the backward's out, dout)
+        if not finite:
             return f"{name} holds NaN or inf, which the fast builds would let reach rows that do not see it"
     if schedule.math == "tf32x3" and facts.v_has_tiny:
         return f"v holds values below {TC_TINY:.3g} in magnitude, which the tensor-core split cannot hold"

@@ -13,6 +13,9 @@ in ``simulator/table.py``; ``sandbox.register_kind`` registers all three. Here a
   without counters or masks (same tiles, same loop order, same HBM traffic). A build has
   ``eligible(schedule, head_dim, count_io, mask) -> None or the reason it cannot run``,
   ``smem_bytes(schedule, head_dim)``, ``min_blocks_per_sm(schedule, head_dim)`` and ``phases(dtype)``.
+- ``fast_backward``: optionally, ``{Schedule.math: build}``, fast builds of the kind's backward (same
+  tiles and HBM traffic as its counting backward), with the same functions, ``phases`` giving the
+  counting backward's phases and arguments, plus ``threads(schedule, phase)``, each phase's block size.
 
 Which build runs is decided in one place, ``kernels/builds.py``.
 """
@@ -20,7 +23,7 @@ Which build runs is decided in one place, ``kernels/builds.py``.
 import dataclasses
 import types
 
-from kernels import flash1, flash2, flash2_fast, flash2_tc, splitkv, standard
+from kernels import backward_tc, flash1, flash2, flash2_fast, flash2_tc, splitkv, standard
 from sandbox.vocabulary import kinds
 
 
@@ -31,6 +34,7 @@ class KernelSet:
     name: str
     kernels: object
     fast: dict = dataclasses.field(default_factory=dict)
+    fast_backward: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         for attr in ("phases", "launch"):
@@ -41,13 +45,19 @@ class KernelSet:
                 if not callable(getattr(build, attr, None)):
                     raise TypeError(f"kind {self.name!r}: its fast build for math={math!r} needs a {attr}() "
                                     f"(see kernels/registry.py)")
+        for math, build in self.fast_backward.items():
+            for attr in ("eligible", "smem_bytes", "min_blocks_per_sm", "phases", "threads"):
+                if not callable(getattr(build, attr, None)):
+                    raise TypeError(f"kind {self.name!r}: its fast backward for math={math!r} needs a {attr}() "
+                                    f"(see kernels/registry.py)")
         object.__setattr__(self, "fast", types.MappingProxyType(dict(self.fast)))
+        object.__setattr__(self, "fast_backward", types.MappingProxyType(dict(self.fast_backward)))
 
 
 _REGISTRY = {}
 
 
-def register(name, kernels, fast=None):
+def register(name, kernels, fast=None, fast_backward=None):
     """Register the kernels of kind ``name`` (its traits must be registered in the vocabulary first).
 
     Raises:
@@ -57,7 +67,7 @@ def register(name, kernels, fast=None):
     kinds.get(name)  # declared in the vocabulary: ValueError naming the kinds if not
     if name in _REGISTRY:
         raise ValueError(f"kind {name!r} already has kernels registered")
-    entry = KernelSet(name, kernels, dict(fast or {}))
+    entry = KernelSet(name, kernels, dict(fast or {}), dict(fast_backward or {}))
     _REGISTRY[name] = entry
     return entry
 
@@ -81,5 +91,5 @@ def names():
 
 register("standard", standard)
 register("flash1", flash1)
-register("flash2", flash2, fast={"fma": flash2_fast, "tf32x3": flash2_tc})
+register("flash2", flash2, fast={"fma": flash2_fast, "tf32x3": flash2_tc}, fast_backward={"tf32x3": backward_tc})
 register("splitkv", splitkv)

@@ -1,0 +1,385 @@
+"""flash2's fast backward (``Schedule(math="tf32x3")``): FlashAttention-2's backward with every
+product on the tensor cores, in fp32 precision by the 3xTF32 split (kernels/mma.py).
+
+Same schedule, same kernels and the same HBM traffic as the counting backward
+(kernels/backward.py, ``make_flash_dkdv`` and ``make_flash_dq``): D = rowsum(dO ∘ O) first (the
+counting build's ``d`` kernel), then
+
+    dkdv: one thread block per (K/V block j, batch·head), a warp per 16 keys (Bc / 16 warps);
+          K_j, V_j -> SRAM once; for each Q block i (causal: from the first with a query >= the
+          block's first key): Q_i, dO_i, L_i, D_i -> SRAM, and per chunk of up to 32 queries
+              Sᵀ = K_j Q_iᵀ and dPᵀ = V_j dO_iᵀ         (interleaved: independent accumulators)
+              Pᵀ = exp2(Sᵀ·scale·log2 e - L·log2 e),  dSᵀ = Pᵀ ∘ (dPᵀ - D)
+              dV_j += Pᵀ dO_i,  dK_j += dSᵀ Q_i          (Pᵀ, dSᵀ stay in registers)
+          dK_j = scale·dK_j, dV_j -> HBM
+    dq:   one thread block per (Q block i, batch·head), a warp per 16 queries (Br / 16 warps);
+          Q_i, dO_i -> SRAM once, L_i, D_i in registers; for each K/V block j (causal: up to the
+          block's last query): K_j, V_j -> SRAM, and per chunk of up to 32 keys
+              S = Q_i K_jᵀ and dP = dO_i V_jᵀ,  P = exp2(S·scale·log2 e - L·log2 e),
+              dS = P ∘ (dP - D),  dQ_i += dS K_j
+          dQ_i = scale·dQ_i -> HBM
+
+Both kernels are one source (``_make``): a *resident* pair of tiles (rows owned by the block's
+warps, 16 each) and a *streamed* pair (the other side's blocks, loaded in turn), with the
+statistics L, D per query: per streamed row in dkdv, per resident row in dq.
+
+**Shared layout.** Every tile is raw fp32 (inputs widened on load), row-major with a row stride of
+d + 4 floats, and split into TF32 parts where a product reads it. With that stride the three
+fragment reads the products make are free of bank conflicts: an A fragment or a "row" B fragment
+(X[8n + g, 8c + t]: bank 4g + t, the stride being 4 mod 32) and a "column" B fragment
+(X[8c + 2t, 8n + g]: bank 8t + g). Raw tiles take half the bytes of pre-split ones and serve both
+orientations, so Q and dO (dkdv) and K (dq), each read both ways, are stored once.
+
+**The accumulator is the next A fragment.** As in the forward's tensor-core build
+(kernels/flash2_tc.py), Pᵀ's (and dSᵀ's) accumulator of lane (g, t) holds columns 2t and 2t + 1
+of each 8, and the next product takes column 2t as its k-index t and 2t + 1 as t + 4, reading
+its B fragment in the same order (b0 = Y[8n + 2t, col], b1 = Y[8n + 2t + 1, col]).
+
+**Exact operands.** fp16 and bf16 values are TF32 already: a product of two inputs (Sᵀ, dPᵀ)
+is one tensor-core product, and one of an fp32 value (P, dS) and an input is two.
+
+**Deterministic.** Every output element is written once, by one thread, summing in a fixed order;
+no atomics: the same inputs give bit-identical gradients.
+
+The thread layout is fixed by the blocks (``threads``): 2·Bc threads for dkdv, 2·Br for dq (and
+the schedule's for ``d``); the schedule's thread tile is the forward's (``tc_schedule``).
+"""
+
+import numpy as np
+from numba import cuda, float32
+
+from kernels import backward as counting_backward
+from kernels.flash2_common import refusal
+from kernels.mma import XCH_PER_THREAD, exp2, mma, split
+from kernels.tiles import LOG2E, ZERO, array_type, inline_device, make_tile_ops, COUNTERS
+from sandbox.vocabulary.runtime import using_simulator
+
+#: Keys (dkdv: queries) a warp's S accumulators cover at once: 8 accumulators of Sᵀ and 8 of dPᵀ
+#: per thread beside dK's and dV's (d/2 each), under the 255-register cap at d = 128.
+CHUNK = 32
+
+
+def eligible(schedule, head_dim, count_io=False, mask=None):
+    """Why the fast backward cannot run this (a string), or None when it can: flash2 with
+    ``math="tf32x3"``, no counters, no mask, Br and Bc multiples of 16 (a warp per 16 rows on
+    both sides), d a multiple of 8."""
+    s = schedule
+    why = refusal(s, count_io, mask, "fast backward", "tf32x3")
+    if why is not None:
+        return why
+    if s.block_q % 16 or s.block_kv % 16:
+        return f"Br={s.block_q}, Bc={s.block_kv} (the fast backward needs both multiples of 16)"
+    if head_dim % 8:
+        return f"head_dim={head_dim} (needs a multiple of 8)"
+    return None
+
+
+def _stride(head_dim):
+    return head_dim + 4
+
+
+def smem_bytes(schedule, head_dim, phase=None):
+    """Dynamic shared memory of ``phase`` ("dkdv", "dq"; None: the larger): two resident and two
+    streamed tiles of d + 4 floats per row, and dkdv's L and D per streamed row."""
+    rows = 2 * (schedule.block_q + schedule.block_kv) * _stride(head_dim) * 4
+    sizes = {"d": 0, "dkdv": rows + 8 * schedule.block_q, "dq": rows}
+    return max(sizes.values()) if phase is None else sizes[phase]
+
+
+def threads(schedule, phase):
+    """Threads per block of ``phase``: a warp per 16 resident rows."""
+    if phase == "dkdv":
+        return 2 * schedule.block_kv
+    if phase == "dq":
+        return 2 * schedule.block_q
+    return schedule.threads
+
+
+def min_blocks_per_sm(schedule, head_dim):
+    """1: each thread may use all 255 registers (dK and dV take d of them in dkdv)."""
+    return 1
+
+
+def phases(dtype):
+    """The fast backward's kernels, in launch order, with the counting backward's arguments."""
+    IN4, F3, C = array_type(dtype, 4), array_type(np.float32, 3), COUNTERS
+    return {
+        "d": (counting_backward.make_d, (IN4, IN4, F3, C)),
+        "dkdv": (make_dkdv, (IN4, IN4, IN4, IN4, F3, F3, IN4, IN4, float32, C)),
+        "dq": (make_dq, (IN4, IN4, IN4, IN4, F3, F3, IN4, float32, C)),
+    }
+
+
+def make_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None):
+    """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H)."""
+    return _make(schedule, head_dim, dtype, count_io, causal, mask, "dkdv")
+
+
+def make_dq(schedule, head_dim, dtype, count_io, causal, mask=None):
+    """kernel(q, k, v, do, lse, dvec, dq, scale, counters); grid (Tr, B·H)."""
+    return _make(schedule, head_dim, dtype, count_io, causal, mask, "dq")
+
+
+def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
+    why = eligible(schedule, head_dim, count_io, mask)
+    if why is not None:
+        raise ValueError(f"the fast backward cannot run {schedule} at d={head_dim}: {why}")
+    t = make_tile_ops(schedule, head_dim, False, causal, dtype)
+    to_f32, from_f32 = t.to_f32, t.from_f32
+    DKDV = phase == "dkdv"
+    D, CAUSAL = head_dim, bool(causal)
+    R = schedule.block_kv if DKDV else schedule.block_q  # resident rows (a warp per 16)
+    C = schedule.block_q if DKDV else schedule.block_kv  # streamed rows per block
+    CH = CHUNK if C % CHUNK == 0 else 16  # streamed rows per chunk of the products
+    NS, KD = CH // 8, D // 8  # 8-row groups of a chunk; 8-column groups of d
+    NT = 2 * R
+    P_ = _stride(D)
+    X1, X2 = 0, R * P_  # resident: dkdv K, V; dq Q, dO
+    Y1, Y2 = 2 * R * P_, (2 * R + C) * P_  # streamed: dkdv Q, dO; dq K, V
+    OL, OD = (2 * R + 2 * C) * P_, (2 * R + 2 * C) * P_ + C  # dkdv: L·log2 e, D per streamed row
+    n_smem = smem_bytes(schedule, head_dim, phase)
+    EXACT = np.dtype(dtype).itemsize == 2  # fp16/bf16 inputs are TF32 already
+    ALIGN = None if using_simulator() else 16
+    NX = NT * XCH_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
+
+    @inline_device
+    def parts(x, exact):
+        """(big, small) TF32 parts of x; (x, 0) for an operand that is TF32 already (no instructions)."""
+        if exact:
+            return x, ZERO
+        return split(x)
+
+    @inline_device
+    def mma3(xch, tid, ab0, ab1, ab2, ab3, as0, as1, as2, as3, bb0, bb1, bs0, bs1, c0, c1, c2, c3, a_exact, b_exact):
+        """C + A·B in fp32 precision from the operands' TF32 parts: A_small·B_big, A_big·B_small,
+        A_big·B_big, leaving out the products of a part that is zero (an operand that is TF32 already)."""
+        if not a_exact:
+            c0, c1, c2, c3 = mma(xch, tid, as0, as1, as2, as3, bb0, bb1, c0, c1, c2, c3)
+        if not b_exact:
+            c0, c1, c2, c3 = mma(xch, tid, ab0, ab1, ab2, ab3, bs0, bs1, c0, c1, c2, c3)
+        return mma(xch, tid, ab0, ab1, ab2, ab3, bb0, bb1, c0, c1, c2, c3)
+
+    def loader(rows):
+        LIT = -(-rows * D // NT)
+        FULL = (rows * D) % NT == 0
+
+        @inline_device
+        def load(x, b, h, row0, n_valid, sm, base, tid):
+            """rows × d of x from row row0 on: HBM -> SRAM at base, fp32, zeros past n_valid rows."""
+            for it in range(LIT):
+                e = tid + it * NT
+                if FULL or e < rows * D:
+                    r = e // D
+                    c = e - r * D
+                    val = ZERO
+                    if r < n_valid:
+                        val = to_f32(x[b, h, row0 + r, c])
+                    sm[base + r * P_ + c] = val
+
+        return load
+
+    load_resident, load_streamed = loader(R), loader(C)
+
+    @inline_device
+    def products(sm, xch, tid, ra, cq, s, dp):
+        """s = X1 Y1ᵀ and dp = X2 Y2ᵀ over the chunk's rows cq .. cq + CH of the streamed tiles,
+        for the warp's resident rows ra and ra + 8 (the module docstring's fragments)."""
+        g = (tid % 32) // 4
+        tq = tid % 4
+        for n in range(NS):
+            for i in range(4):
+                s[n, i] = ZERO
+                dp[n, i] = ZERO
+        for kk in range(KD):
+            at = (ra + g) * P_ + 8 * kk + tq
+            kb0, ks0 = parts(sm[X1 + at], EXACT)
+            kb1, ks1 = parts(sm[X1 + at + 8 * P_], EXACT)
+            kb2, ks2 = parts(sm[X1 + at + 4], EXACT)
+            kb3, ks3 = parts(sm[X1 + at + 8 * P_ + 4], EXACT)
+            vb0, vs0 = parts(sm[X2 + at], EXACT)
+            vb1, vs1 = parts(sm[X2 + at + 8 * P_], EXACT)
+            vb2, vs2 = parts(sm[X2 + at + 4], EXACT)
+            vb3, vs3 = parts(sm[X2 + at + 8 * P_ + 4], EXACT)
+            for n in range(NS):
+                bt = (cq + 8 * n + g) * P_ + 8 * kk + tq
+                bb0, bs0 = parts(sm[Y1 + bt], EXACT)
+                bb1, bs1 = parts(sm[Y1 + bt + 4], EXACT)
+                s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma3(
+                    xch, tid, kb0, kb1, kb2, kb3, ks0, ks1, ks2, ks3, bb0, bb1, bs0, bs1,
+                    s[n, 0], s[n, 1], s[n, 2], s[n, 3], EXACT, EXACT)
+                bb0, bs0 = parts(sm[Y2 + bt], EXACT)
+                bb1, bs1 = parts(sm[Y2 + bt + 4], EXACT)
+                dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3] = mma3(
+                    xch, tid, vb0, vb1, vb2, vb3, vs0, vs1, vs2, vs3, bb0, bb1, bs0, bs1,
+                    dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3], EXACT, EXACT)
+
+    @inline_device
+    def accumulate(sm, xch, tid, cq, a, base, acc):
+        """acc += A Y, A the chunk's accumulator ``a`` (rows: the warp's; k: the chunk's streamed
+        rows, 2t as t and 2t + 1 as t + 4), Y the streamed tile at ``base``."""
+        g = (tid % 32) // 4
+        tq = tid % 4
+        for n in range(NS):
+            pb0, ps0 = split(a[n, 0])
+            pb1, ps1 = split(a[n, 2])
+            pb2, ps2 = split(a[n, 1])
+            pb3, ps3 = split(a[n, 3])
+            for kk in range(KD):
+                bt = base + (cq + 8 * n + 2 * tq) * P_ + 8 * kk + g
+                bb0, bs0 = parts(sm[bt], EXACT)
+                bb1, bs1 = parts(sm[bt + P_], EXACT)
+                acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3] = mma3(
+                    xch, tid, pb0, pb1, pb2, pb3, ps0, ps1, ps2, ps3, bb0, bb1, bs0, bs1,
+                    acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3], False, EXACT)
+
+    @inline_device
+    def store(x, b, h, row0, n_valid, ra, acc, factor, tid):
+        """The warp's rows of acc·factor -> x (rows below n_valid)."""
+        g = (tid % 32) // 4
+        tq = tid % 4
+        for i in range(2):
+            r = ra + g + 8 * i
+            if r < n_valid:
+                for kk in range(KD):
+                    col = 8 * kk + 2 * tq
+                    x[b, h, row0 + r, col] = from_f32(acc[kk, 2 * i] * factor)
+                    x[b, h, row0 + r, col + 1] = from_f32(acc[kk, 2 * i + 1] * factor)
+
+    if DKDV:
+
+        def kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters):
+            if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or do.shape[3] != D:
+                return  # (never: the launcher checks; this tells the compiler the row length is D)
+            tid = cuda.threadIdx.x
+            ra = 16 * (tid // 32)  # the warp's first key in the block
+            g = (tid % 32) // 4
+            tq = tid % 4
+            bh = cuda.blockIdx.y
+            n_heads = q.shape[1]
+            b = bh // n_heads
+            h = bh - b * n_heads
+            n_q = q.shape[2]
+            n_kv = k.shape[2]
+            k0 = cuda.blockIdx.x * R
+            kv_len = min(R, n_kv - k0)
+            sm = cuda.shared.array(0, float32, alignment=ALIGN)
+            xch = cuda.shared.array(NX, float32)
+            s2 = scale * LOG2E
+            acc_v = cuda.local.array((KD, 4), float32)
+            acc_k = cuda.local.array((KD, 4), float32)
+            s = cuda.local.array((NS, 4), float32)
+            dp = cuda.local.array((NS, 4), float32)
+            for kk in range(KD):
+                for i in range(4):
+                    acc_v[kk, i] = ZERO
+                    acc_k[kk, i] = ZERO
+            load_resident(k, b, h, k0, kv_len, sm, X1, tid)
+            load_resident(v, b, h, k0, kv_len, sm, X2, tid)
+            i0 = 0
+            if CAUSAL:  # earlier Q blocks see none of these keys
+                i0 = k0 // C
+            n_blocks = (n_q + C - 1) // C
+            for i in range(i0, n_blocks):
+                q0 = i * C
+                q_len = min(C, n_q - q0)
+                cuda.syncthreads()  # every thread is done reading the previous Q_i, dO_i
+                load_streamed(q, b, h, q0, q_len, sm, Y1, tid)
+                load_streamed(do, b, h, q0, q_len, sm, Y2, tid)
+                for r in range(tid, C, NT):
+                    lv = ZERO
+                    dv_ = ZERO
+                    if r < q_len:
+                        lv = lse[b, h, q0 + r] * LOG2E
+                        dv_ = dvec[b, h, q0 + r]
+                    sm[OL + r] = lv
+                    sm[OD + r] = dv_
+                cuda.syncthreads()
+                edge = q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform)
+                for cq in range(0, C, CH):
+                    products(sm, xch, tid, ra, cq, s, dp)
+                    for n in range(NS):
+                        for e in range(4):
+                            col = cq + 8 * n + 2 * tq + (e % 2)  # the query, in the block
+                            p = exp2(s[n, e] * s2 - sm[OL + col])
+                            if edge:
+                                if col >= q_len or (CAUSAL and k0 + ra + g + 8 * (e // 2) > q0 + col):
+                                    p = ZERO
+                            s[n, e] = p
+                            dp[n, e] = p * (dp[n, e] - sm[OD + col])
+                    accumulate(sm, xch, tid, cq, s, Y2, acc_v)  # dV_j += Pᵀ dO_i
+                    accumulate(sm, xch, tid, cq, dp, Y1, acc_k)  # dK_j += dSᵀ Q_i
+            store(dv, b, h, k0, kv_len, ra, acc_v, float32(1.0), tid)
+            store(dk, b, h, k0, kv_len, ra, acc_k, scale, tid)
+
+        def grid(problem):
+            return ((problem.n_kv + R - 1) // R, problem.bh)
+
+    else:
+
+        def kernel(q, k, v, do, lse, dvec, dq, scale, counters):
+            if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or do.shape[3] != D:
+                return
+            tid = cuda.threadIdx.x
+            ra = 16 * (tid // 32)  # the warp's first query in the block
+            g = (tid % 32) // 4
+            tq = tid % 4
+            bh = cuda.blockIdx.y
+            n_heads = q.shape[1]
+            b = bh // n_heads
+            h = bh - b * n_heads
+            n_q = q.shape[2]
+            n_kv = k.shape[2]
+            qb = cuda.blockIdx.x
+            if CAUSAL:  # the longest blocks (most keys) first
+                qb = cuda.gridDim.x - 1 - qb
+            q0 = qb * R
+            q_len = min(R, n_q - q0)
+            sm = cuda.shared.array(0, float32, alignment=ALIGN)
+            xch = cuda.shared.array(NX, float32)
+            s2 = scale * LOG2E
+            acc = cuda.local.array((KD, 4), float32)
+            s = cuda.local.array((NS, 4), float32)
+            dp = cuda.local.array((NS, 4), float32)
+            l2 = cuda.local.array(2, float32)
+            dd = cuda.local.array(2, float32)
+            for kk in range(KD):
+                for i in range(4):
+                    acc[kk, i] = ZERO
+            for i in range(2):
+                r = ra + g + 8 * i
+                l2[i] = ZERO
+                dd[i] = ZERO
+                if r < q_len:
+                    l2[i] = lse[b, h, q0 + r] * LOG2E
+                    dd[i] = dvec[b, h, q0 + r]
+            load_resident(q, b, h, q0, q_len, sm, X1, tid)
+            load_resident(do, b, h, q0, q_len, sm, X2, tid)
+            kv_end = n_kv
+            if CAUSAL:  # later blocks are fully masked: skipped
+                kv_end = min(n_kv, q0 + q_len)
+            n_blocks = (kv_end + C - 1) // C
+            for j in range(n_blocks):
+                k0 = j * C
+                kv_len = min(C, n_kv - k0)
+                cuda.syncthreads()  # every thread is done reading the previous K_j, V_j
+                load_streamed(k, b, h, k0, kv_len, sm, Y1, tid)
+                load_streamed(v, b, h, k0, kv_len, sm, Y2, tid)
+                cuda.syncthreads()
+                edge = kv_len < C or (CAUSAL and k0 + C - 1 > q0)  # entries to mask (block-uniform)
+                for cq in range(0, C, CH):
+                    products(sm, xch, tid, ra, cq, s, dp)
+                    for n in range(NS):
+                        for e in range(4):
+                            col = cq + 8 * n + 2 * tq + (e % 2)  # the key, in the block
+                            p = exp2(s[n, e] * s2 - l2[e // 2])
+                            if edge:
+                                if col >= kv_len or (CAUSAL and k0 + col > q0 + ra + g + 8 * (e // 2)):
+                                    p = ZERO
+                            dp[n, e] = p * (dp[n, e] - dd[e // 2])
+                    accumulate(sm, xch, tid, cq, dp, Y1, acc)  # dQ_i += dS K_j
+            store(dq, b, h, q0, q_len, ra, acc, scale, tid)
+
+        def grid(problem):
+            return ((problem.n_q + R - 1) // R, problem.bh)
+
+    return kernel, n_smem, grid
