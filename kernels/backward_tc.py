@@ -54,9 +54,9 @@ from kernels.mma import XCH_PER_THREAD, exp2, mma, split
 from kernels.tiles import LOG2E, ZERO, array_type, inline_device, make_tile_ops, COUNTERS
 from sandbox.vocabulary.runtime import using_simulator
 
-#: Keys (dkdv: queries) a warp's S accumulators cover at once: 8 accumulators of Sᵀ and 8 of dPᵀ
-#: per thread beside dK's and dV's (d/2 each), under the 255-register cap at d = 128.
-CHUNK = 32
+#: Streamed rows (dkdv: queries, dq: keys) a warp's S and dP accumulators cover at once: at 32,
+#: 16 accumulators per thread beside dK's and dV's (d/2 each), under the 255-register cap at d = 128.
+CHUNK = {"dkdv": 32, "dq": 32}
 
 
 def eligible(schedule, head_dim, count_io=False, mask=None):
@@ -74,15 +74,29 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
     return None
 
 
+#: Streamed tiles stored as TF32 (big, small) pairs, split once on load (else raw, split per read).
+PRESPLIT = True
+
+
 def _stride(head_dim):
+    """Row stride of a raw tile, in floats."""
     return head_dim + 4
 
 
+def _pair_stride(head_dim):
+    """Row stride of a split tile, in (big, small) pairs."""
+    return -(-head_dim // 16) * 16
+
+
 def smem_bytes(schedule, head_dim, phase=None):
-    """Dynamic shared memory of ``phase`` ("dkdv", "dq"; None: the larger): two resident and two
-    streamed tiles of d + 4 floats per row, and dkdv's L and D per streamed row."""
-    rows = 2 * (schedule.block_q + schedule.block_kv) * _stride(head_dim) * 4
-    sizes = {"d": 0, "dkdv": rows + 8 * schedule.block_q, "dq": rows}
+    """Dynamic shared memory of ``phase`` ("dkdv", "dq"; None: the larger): two resident tiles of
+    d + 4 floats per row, two streamed tiles (split: 8 bytes per element), and dkdv's L and D per
+    streamed row."""
+    def size(resident, streamed, stats):
+        per_row = 8 * _pair_stride(head_dim) if PRESPLIT else 4 * _stride(head_dim)
+        return 2 * resident * _stride(head_dim) * 4 + 2 * streamed * per_row + 8 * stats
+    sizes = {"d": 0, "dkdv": size(schedule.block_kv, schedule.block_q, schedule.block_q),
+             "dq": size(schedule.block_q, schedule.block_kv, 0)}
     return max(sizes.values()) if phase is None else sizes[phase]
 
 
@@ -130,13 +144,17 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
     D, CAUSAL = head_dim, bool(causal)
     R = schedule.block_kv if DKDV else schedule.block_q  # resident rows (a warp per 16)
     C = schedule.block_q if DKDV else schedule.block_kv  # streamed rows per block
-    CH = CHUNK if C % CHUNK == 0 else 16  # streamed rows per chunk of the products
+    CH = next(c for c in (CHUNK[phase], 32, 16) if C % c == 0 and c <= CHUNK[phase])  # streamed rows per chunk of the products
     NS, KD = CH // 8, D // 8  # 8-row groups of a chunk; 8-column groups of d
     NT = 2 * R
     P_ = _stride(D)
+    SPLIT = PRESPLIT
+    P2 = _pair_stride(D)
+    YROW = 2 * P2 if SPLIT else P_  # floats per streamed row
     X1, X2 = 0, R * P_  # resident: dkdv K, V; dq Q, dO
-    Y1, Y2 = 2 * R * P_, (2 * R + C) * P_  # streamed: dkdv Q, dO; dq K, V
-    OL, OD = (2 * R + 2 * C) * P_, (2 * R + 2 * C) * P_ + C  # dkdv: L·log2 e, D per streamed row
+    Y1, Y2 = 2 * R * P_, 2 * R * P_ + C * YROW  # streamed: dkdv Q, dO; dq K, V
+    OL = 2 * R * P_ + 2 * C * YROW  # dkdv: L·log2 e, then D, per streamed row
+    OD = OL + C
     n_smem = smem_bytes(schedule, head_dim, phase)
     EXACT = np.dtype(dtype).itemsize == 2  # fp16/bf16 inputs are TF32 already
     ALIGN = None if using_simulator() else 16
@@ -178,7 +196,42 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
 
         return load
 
-    load_resident, load_streamed = loader(R), loader(C)
+    @inline_device
+    def swz(r):
+        """The XOR on a split tile's column bits 2-3 for row r: (0, 4, 8, 12, 4, 0, 12, 8)[r % 8],
+        which makes both the row and the column fragment reads free of bank conflicts."""
+        return 4 * ((r & 3) ^ ((r >> 2) & 1))
+
+    LITC = -(-C * D // NT)
+    FULLC = (C * D) % NT == 0
+
+    @inline_device
+    def load_split(x, b, h, row0, n_valid, sm, base, tid):
+        """C × d of x from row row0 on: HBM -> SRAM at base as (big, small) pairs, row r's
+        column c at pair r·P2 + (c ^ swz(r)); zeros past n_valid rows."""
+        for it in range(LITC):
+            e = tid + it * NT
+            if FULLC or e < C * D:
+                r = e // D
+                c = e - r * D
+                val = ZERO
+                if r < n_valid:
+                    val = to_f32(x[b, h, row0 + r, c])
+                big, small = split(val)
+                at = base + 2 * (r * P2 + (c ^ swz(r)))
+                sm[at] = big
+                sm[at + 1] = small
+
+    @inline_device
+    def row_pair(sm, base, r, c):
+        """(big, small) of the streamed tile's (r, c)."""
+        if SPLIT:
+            at = base + 2 * (r * P2 + (c ^ swz(r)))
+            return sm[at], sm[at + 1]
+        return parts(sm[base + r * P_ + c], EXACT)
+
+    load_resident = loader(R)
+    load_streamed = load_split if SPLIT else loader(C)
 
     @inline_device
     def products(sm, xch, tid, ra, cq, s, dp):
@@ -201,14 +254,14 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
             vb2, vs2 = parts(sm[X2 + at + 4], EXACT)
             vb3, vs3 = parts(sm[X2 + at + 8 * P_ + 4], EXACT)
             for n in range(NS):
-                bt = (cq + 8 * n + g) * P_ + 8 * kk + tq
-                bb0, bs0 = parts(sm[Y1 + bt], EXACT)
-                bb1, bs1 = parts(sm[Y1 + bt + 4], EXACT)
+                r = cq + 8 * n + g
+                bb0, bs0 = row_pair(sm, Y1, r, 8 * kk + tq)
+                bb1, bs1 = row_pair(sm, Y1, r, 8 * kk + tq + 4)
                 s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma3(
                     xch, tid, kb0, kb1, kb2, kb3, ks0, ks1, ks2, ks3, bb0, bb1, bs0, bs1,
                     s[n, 0], s[n, 1], s[n, 2], s[n, 3], EXACT, EXACT)
-                bb0, bs0 = parts(sm[Y2 + bt], EXACT)
-                bb1, bs1 = parts(sm[Y2 + bt + 4], EXACT)
+                bb0, bs0 = row_pair(sm, Y2, r, 8 * kk + tq)
+                bb1, bs1 = row_pair(sm, Y2, r, 8 * kk + tq + 4)
                 dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3] = mma3(
                     xch, tid, vb0, vb1, vb2, vb3, vs0, vs1, vs2, vs3, bb0, bb1, bs0, bs1,
                     dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3], EXACT, EXACT)
@@ -224,10 +277,10 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
             pb1, ps1 = split(a[n, 2])
             pb2, ps2 = split(a[n, 1])
             pb3, ps3 = split(a[n, 3])
+            r = cq + 8 * n + 2 * tq
             for kk in range(KD):
-                bt = base + (cq + 8 * n + 2 * tq) * P_ + 8 * kk + g
-                bb0, bs0 = parts(sm[bt], EXACT)
-                bb1, bs1 = parts(sm[bt + P_], EXACT)
+                bb0, bs0 = row_pair(sm, base, r, 8 * kk + g)
+                bb1, bs1 = row_pair(sm, base, r + 1, 8 * kk + g)
                 acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3] = mma3(
                     xch, tid, pb0, pb1, pb2, pb3, ps0, ps1, ps2, ps3, bb0, bb1, bs0, bs1,
                     acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3], False, EXACT)
