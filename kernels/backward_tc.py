@@ -28,7 +28,9 @@ d + 4 floats, and split into TF32 parts where a product reads it. With that stri
 fragment reads the products make are free of bank conflicts: an A fragment or a "row" B fragment
 (X[8n + g, 8c + t]: bank 4g + t, the stride being 4 mod 32) and a "column" B fragment
 (X[8c + 2t, 8n + g]: bank 8t + g). Raw tiles take half the bytes of pre-split ones and serve both
-orientations, so Q and dO (dkdv) and K (dq), each read both ways, are stored once.
+orientations, so Q and dO (dkdv) and K (dq), each read both ways, are stored once. (Splitting
+the streamed tiles once on load into swizzled (big, small) pairs measured slower on the H200:
+twice the bytes, and dkdv spilled; BENCHMARKS.md, "Fast backward".)
 
 **The accumulator is the next A fragment.** As in the forward's tensor-core build
 (kernels/flash2_tc.py), Pᵀ's (and dSᵀ's) accumulator of lane (g, t) holds columns 2t and 2t + 1
@@ -74,29 +76,16 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
     return None
 
 
-#: Streamed tiles stored as TF32 (big, small) pairs, split once on load (else raw, split per read).
-PRESPLIT = True
-
-
 def _stride(head_dim):
     """Row stride of a raw tile, in floats."""
     return head_dim + 4
 
 
-def _pair_stride(head_dim):
-    """Row stride of a split tile, in (big, small) pairs."""
-    return -(-head_dim // 16) * 16
-
-
 def smem_bytes(schedule, head_dim, phase=None):
-    """Dynamic shared memory of ``phase`` ("dkdv", "dq"; None: the larger): two resident tiles of
-    d + 4 floats per row, two streamed tiles (split: 8 bytes per element), and dkdv's L and D per
-    streamed row."""
-    def size(resident, streamed, stats):
-        per_row = 8 * _pair_stride(head_dim) if PRESPLIT else 4 * _stride(head_dim)
-        return 2 * resident * _stride(head_dim) * 4 + 2 * streamed * per_row + 8 * stats
-    sizes = {"d": 0, "dkdv": size(schedule.block_kv, schedule.block_q, schedule.block_q),
-             "dq": size(schedule.block_q, schedule.block_kv, 0)}
+    """Dynamic shared memory of ``phase`` ("dkdv", "dq"; None: the larger): two resident and two
+    streamed tiles of d + 4 floats per row, and dkdv's L and D per streamed row."""
+    rows = 2 * (schedule.block_q + schedule.block_kv) * _stride(head_dim) * 4
+    sizes = {"d": 0, "dkdv": rows + 8 * schedule.block_q, "dq": rows}
     return max(sizes.values()) if phase is None else sizes[phase]
 
 
@@ -148,13 +137,9 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
     NS, KD = CH // 8, D // 8  # 8-row groups of a chunk; 8-column groups of d
     NT = 2 * R
     P_ = _stride(D)
-    SPLIT = PRESPLIT
-    P2 = _pair_stride(D)
-    YROW = 2 * P2 if SPLIT else P_  # floats per streamed row
     X1, X2 = 0, R * P_  # resident: dkdv K, V; dq Q, dO
-    Y1, Y2 = 2 * R * P_, 2 * R * P_ + C * YROW  # streamed: dkdv Q, dO; dq K, V
-    OL = 2 * R * P_ + 2 * C * YROW  # dkdv: L·log2 e, then D, per streamed row
-    OD = OL + C
+    Y1, Y2 = 2 * R * P_, (2 * R + C) * P_  # streamed: dkdv Q, dO; dq K, V
+    OL, OD = (2 * R + 2 * C) * P_, (2 * R + 2 * C) * P_ + C  # dkdv: L·log2 e, D per streamed row
     n_smem = smem_bytes(schedule, head_dim, phase)
     EXACT = np.dtype(dtype).itemsize == 2  # fp16/bf16 inputs are TF32 already
     ALIGN = None if using_simulator() else 16
@@ -197,41 +182,11 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
         return load
 
     @inline_device
-    def swz(r):
-        """The XOR on a split tile's column bits 2-3 for row r: (0, 4, 8, 12, 4, 0, 12, 8)[r % 8],
-        which makes both the row and the column fragment reads free of bank conflicts."""
-        return 4 * ((r & 3) ^ ((r >> 2) & 1))
-
-    LITC = -(-C * D // NT)
-    FULLC = (C * D) % NT == 0
-
-    @inline_device
-    def load_split(x, b, h, row0, n_valid, sm, base, tid):
-        """C × d of x from row row0 on: HBM -> SRAM at base as (big, small) pairs, row r's
-        column c at pair r·P2 + (c ^ swz(r)); zeros past n_valid rows."""
-        for it in range(LITC):
-            e = tid + it * NT
-            if FULLC or e < C * D:
-                r = e // D
-                c = e - r * D
-                val = ZERO
-                if r < n_valid:
-                    val = to_f32(x[b, h, row0 + r, c])
-                big, small = split(val)
-                at = base + 2 * (r * P2 + (c ^ swz(r)))
-                sm[at] = big
-                sm[at + 1] = small
-
-    @inline_device
     def row_pair(sm, base, r, c):
-        """(big, small) of the streamed tile's (r, c)."""
-        if SPLIT:
-            at = base + 2 * (r * P2 + (c ^ swz(r)))
-            return sm[at], sm[at + 1]
+        """(big, small) TF32 parts of the streamed tile's (r, c)."""
         return parts(sm[base + r * P_ + c], EXACT)
 
-    load_resident = loader(R)
-    load_streamed = load_split if SPLIT else loader(C)
+    load_resident, load_streamed = loader(R), loader(C)
 
     @inline_device
     def products(sm, xch, tid, ra, cq, s, dp):

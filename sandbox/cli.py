@@ -282,9 +282,9 @@ def cmd_tune(a):
         return EXIT_USAGE
     failed = 0
     for d, dt, causal in itertools.product(a.d, a.dtype, _masks(a)):
-        what = f"d={d} {dt}{' causal' if causal else ''}"
+        what = f"{'backward ' if a.backward else ''}d={d} {dt}{' causal' if causal else ''}"
         try:
-            best, entry = tune(d, dt, causal, refresh=a.refresh)
+            best, entry = tune(d, dt, causal, refresh=a.refresh, backward=a.backward)
         except RuntimeError as e:  # no candidate ran: say so, go on with the others
             print(f"{what}: error: {e}", file=sys.stderr)
             failed += 1
@@ -485,6 +485,8 @@ def build_parser(prog=None):
     p.add_argument("--dtype", nargs="+", default=list(BenchSpec.dtype), choices=SUPPORTED,
                    help="dtypes (default %(default)s)")
     p.add_argument("--refresh", action="store_true", help="time again even where the cache has a choice")
+    p.add_argument("--backward", action="store_true",
+                   help="tune flash2's fast backward (kernels/backward_tc.py) instead of the forward")
     _add_mask_args(p, "kernels")
     p.set_defaults(func=cmd_tune)
 

@@ -14,6 +14,11 @@ is dropped and tuned again. It is written atomically; where it cannot be written
 it and the results stay in memory for the rest of the process.
 
     python -m sandbox tune --d 64 128 --dtype float32 --both-masks    # time, cache, print the table
+
+The backward is tuned the same way (``tune(..., backward=True)``, ``python -m sandbox tune
+--backward``): flash2's fast backward (kernels/backward_tc.py, deterministic, the only mode it has)
+over :data:`BACKWARD_CANDIDATES`, under its own keys (``|backward`` and the fast backward's source
+hash), refusing candidates that spill.
 """
 
 import ast
@@ -35,7 +40,7 @@ from numba import cuda
 from numba_cuda import __version__ as numba_cuda_version
 
 from kernels import registry
-from kernels.builds import choose_build
+from kernels.builds import choose_backward_build, choose_build
 from kernels.launch import build
 from sandbox.lab.records import atomic_write
 from sandbox.lab.timing import time_attention
@@ -56,6 +61,9 @@ CANDIDATES = (
 #: (Br, Bc) of the tensor-core build's candidates (``math="tf32x3"``, thread tile 2 × Bc/4;
 #: kernels/flash2_tc.py), tried beside the FMA ones.
 TC_CANDIDATES = ((128, 64), (128, 32), (128, 16), (64, 64), (64, 32))
+#: (Br, Bc) of the fast backward's candidates (kernels/backward_tc.py: dkdv a warp per 16 keys of Bc,
+#: dq a warp per 16 queries of Br); those over the GPU's shared memory are left out.
+BACKWARD_CANDIDATES = ((128, 128), (128, 64), (64, 128), (64, 64), (128, 256), (256, 128), (64, 256), (256, 64))
 #: The problem a candidate is timed on: B·H = 32 heads of N = 4096 (BENCHMARKS.md's main tables).
 TUNE_BATCH, TUNE_HEADS, TUNE_N = 2, 16, 4096
 
@@ -89,10 +97,13 @@ def _imported_modules(module):
     return found - {None}
 
 
-def fast_build_modules(kind=KIND):
-    """The modules of ``kind``'s fast builds (``kernels.registry.get(kind).fast``) and, transitively, the
-    modules of their package that they import: the source a tuned choice depends on, by module name."""
-    todo = [b if inspect.ismodule(b) else inspect.getmodule(b.eligible) for b in registry.get(kind).fast.values()]
+def fast_build_modules(kind=KIND, backward=False):
+    """The modules of ``kind``'s fast builds (``kernels.registry.get(kind).fast``, or ``.fast_backward``)
+    and, transitively, the modules of their package that they import: the source a tuned choice
+    depends on, by module name."""
+    entry = registry.get(kind)
+    builds = (entry.fast_backward if backward else entry.fast).values()
+    todo = [b if inspect.ismodule(b) else inspect.getmodule(b.eligible) for b in builds]
     seen = {}
     while todo:
         module = todo.pop()
@@ -102,19 +113,26 @@ def fast_build_modules(kind=KIND):
     return [seen[name] for name in sorted(seen)]
 
 
-def kernel_hash():
-    """A hash of the source of the fast builds and of what they build on (:func:`fast_build_modules`): a
-    changed kernel is tuned again."""
+def kernel_hash(backward=False):
+    """A hash of the source of the fast builds (``backward``: of the backward) and of what they build
+    on (:func:`fast_build_modules`): a changed kernel is tuned again."""
     h = hashlib.sha256()
-    for module in fast_build_modules():
+    for module in fast_build_modules(backward=backward):
         h.update(module.__name__.encode() + b"\0" + Path(module.__file__).read_bytes())
     return h.hexdigest()[:16]
 
 
-def cache_key(device_name, head_dim, dtype, causal):
-    """The cache entry's key: the GPU, the problem's (head_dim, dtype, causality), numba-cuda's version and
-    the fast builds' source hash."""
-    return f"{device_name}|d={head_dim}|{dtype}|causal={bool(causal)}|numba-cuda {numba_cuda_version}|kernel {kernel_hash()}"
+def cache_key(device_name, head_dim, dtype, causal, backward=False):
+    """The cache entry's key: the GPU, the problem's (head_dim, dtype, causality), the direction,
+    numba-cuda's version and the fast builds' source hash."""
+    way = "|backward deterministic" if backward else ""
+    return (f"{device_name}|d={head_dim}|{dtype}|causal={bool(causal)}{way}|numba-cuda {numba_cuda_version}"
+            f"|kernel {kernel_hash(backward)}")
+
+
+def _runs_fast(schedule, head_dim, backward):
+    chooser = choose_backward_build if backward else choose_build
+    return chooser(schedule, head_dim).fast
 
 
 def candidates(head_dim):
@@ -124,6 +142,13 @@ def candidates(head_dim):
     tc = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math="tf32x3")
           for br, bc in TC_CANDIDATES]
     return [s for s in fma + tc if choose_build(s, head_dim).fast]
+
+
+def backward_candidates(head_dim):
+    """The schedules of :data:`BACKWARD_CANDIDATES` the fast backward can run at ``head_dim`` on this device."""
+    todo = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math="tf32x3")
+            for br, bc in BACKWARD_CANDIDATES]
+    return [s for s in todo if choose_backward_build(s, head_dim).fast]
 
 
 class CacheWarning(UserWarning):
@@ -157,7 +182,7 @@ def entry_problem(key, entry):
     head_dim = re.search(r"\|d=([0-9]+)\|", key)
     if head_dim is None:
         return "a key without d=<head_dim>"
-    if not choose_build(schedule, int(head_dim.group(1))).fast:
+    if not _runs_fast(schedule, int(head_dim.group(1)), "|backward" in key):
         return f"{schedule.describe()} is not one the fast build runs at d={head_dim.group(1)}"
     return None
 
@@ -217,29 +242,33 @@ def _save_cache(cache, path):
               "results in memory only (set ATTN_SANDBOX_CACHE to a writable folder to keep them)")
 
 
-def _local_memory(schedule, head_dim, dtype):
-    """Bytes of local memory per thread (register spills) of the fast build, causal or not, compiled here."""
+def _local_memory(schedule, head_dim, dtype, backward=False):
+    """Bytes of local memory per thread (register spills) of the fast build's kernels (``backward``:
+    the fast backward's), causal or not, compiled here: the worst."""
     worst = 0
+    chooser = choose_backward_build if backward else choose_build
     for causal in (False, True):
-        (compiled,) = build(schedule, head_dim, dtype, causal, choose_build(schedule, head_dim, fast=True))["main"][0].overloads.values()
-        worst = max(worst, compiled.local_mem_per_thread)
+        kernels = build(schedule, head_dim, dtype, causal, chooser(schedule, head_dim, fast=True), backward=backward)
+        for kernel, _, _ in kernels.values():
+            (compiled,) = kernel.overloads.values()
+            worst = max(worst, compiled.local_mem_per_thread)
     return worst
 
 
 TIMING = "CUDA events: the median of 3 batches of 5 back-to-back calls, ms per call"
 
 
-def _time_schedule(schedule, problem):
+def _time_schedule(schedule, problem, backward=False):
     """Median of 3 batches of 5 calls back to back: the kernels' times without the host's launch
     work, which is the same for every candidate and, waited for per call, noisier than the gaps
     between close candidates (H100: a median of 5 waited-for calls put 64×64 8×4 1.5%
     ahead of 128×64 8×8 for causal d = 64, N = 4096; in a later run, medians of 10 each, the
     latter was 4% faster there and 5% at 16K)."""
-    return time_attention(schedule, problem, repeats=5, back_to_back=True)
+    return time_attention(schedule, problem, repeats=5, back_to_back=True, backward=backward)
 
 
 def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, timer=None, device_name=None,
-         progress=sys.stderr, check_spills=None):
+         progress=sys.stderr, check_spills=None, backward=False):
     """The fastest candidate schedule for (head_dim, dtype, causal) on this GPU; cached (see the module docstring).
 
     Args:
@@ -252,6 +281,7 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
         progress: a stream for one line per candidate, or None.
         check_spills: refuse candidates whose compiled kernel uses local memory (default: on a
             GPU; the simulator compiles nothing).
+        backward: tune the fast backward (:func:`backward_candidates`) instead of the forward.
 
     Returns:
         (schedule, entry): the chosen :class:`Schedule` and its cache entry (every candidate's ms).
@@ -260,6 +290,7 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
         RuntimeError: without a GPU (under the CUDA simulator, or no CUDA device at all) and no
             ``timer`` and ``device_name``, or no candidate ran.
     """
+    timer_given = timer
     if timer is None and using_simulator():
         raise RuntimeError("autotuning needs a GPU: the CUDA simulator's timings mean nothing")
     if (timer is None or device_name is None) and not using_simulator() and not gpu_present():
@@ -269,33 +300,34 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
         device_name = cuda.get_current_device().name
         device_name = device_name.decode() if isinstance(device_name, bytes) else str(device_name)
     path = Path(path or cache_path())
-    key = cache_key(device_name, head_dim, dtype, causal)
+    key = cache_key(device_name, head_dim, dtype, causal, backward)
     cache = load_cache(path)
     if not refresh:
         entry = cache.get(key) or _TUNED_HERE.get((str(path), key))
         if entry is not None:
             return Schedule(**entry["schedule"]), entry
     problem = Problem(TUNE_BATCH, TUNE_HEADS, TUNE_N, TUNE_N, head_dim, dtype=dtype, causal=causal)
-    timer = timer or _time_schedule
+    timer = timer or (lambda s, p: _time_schedule(s, p, backward))
     check_spills = not using_simulator() if check_spills is None else check_spills
     times, errors = {}, {}
-    todo = candidates(head_dim)
+    todo = backward_candidates(head_dim) if backward else candidates(head_dim)
+    what = "backward " if backward else ""
     for i, s in enumerate(todo):
         label = s.describe()
         try:
-            spill = _local_memory(s, head_dim, dtype) if check_spills else 0
+            spill = _local_memory(s, head_dim, dtype, backward) if check_spills else 0
             if spill:
                 raise RuntimeError(f"spills: {spill} bytes of local memory per thread")
             ms = float(timer(s, problem))
         except Exception as e:  # a launch the GPU refuses (registers, shared memory): not a candidate
             errors[label] = f"{type(e).__name__}: {e}"
             if progress:
-                print(f"autotune d={head_dim} {dtype}: [{i + 1}/{len(todo)}] {label}: failed ({errors[label][:80]})",
+                print(f"autotune {what}d={head_dim} {dtype}: [{i + 1}/{len(todo)}] {label}: failed ({errors[label][:80]})",
                       file=progress, flush=True)
             continue
         times[label] = ms
         if progress:
-            print(f"autotune d={head_dim} {dtype}: [{i + 1}/{len(todo)}] {label}: {ms:.3f} ms", file=progress,
+            print(f"autotune {what}d={head_dim} {dtype}: [{i + 1}/{len(todo)}] {label}: {ms:.3f} ms", file=progress,
                   flush=True)
     if not times:
         raise RuntimeError(f"autotune: no candidate ran at head_dim={head_dim}, {dtype}: {errors or 'none eligible'}")
@@ -303,7 +335,7 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
     fields = {f.name: getattr(best, f.name) for f in dataclasses.fields(best)}
     entry = {"schedule": fields, "ms": times, "errors": errors,
              "problem": dict(batch=TUNE_BATCH, heads=TUNE_HEADS, n=TUNE_N),
-             "timing": TIMING if timer is _time_schedule else "a caller's timer", "spread": _spread(times)}
+             "timing": TIMING if timer_given is None else "a caller's timer", "spread": _spread(times)}
     _TUNED_HERE[(str(path), key)] = entry
     cache = load_cache(path)  # re-read: another process may have tuned meanwhile
     cache[key] = entry
@@ -316,6 +348,7 @@ def _spread(times):
     return {"best_ms": values[0], "median_ms": statistics.median(values), "worst_ms": values[-1]}
 
 
-def tuned_schedule(head_dim, dtype="float32", causal=False):
-    """The cached (or freshly tuned) fastest flash2 schedule: :func:`tune`'s first result."""
-    return tune(head_dim, dtype, causal)[0]
+def tuned_schedule(head_dim, dtype="float32", causal=False, backward=False):
+    """The cached (or freshly tuned) fastest flash2 schedule (``backward``: for the fast backward):
+    :func:`tune`'s first result."""
+    return tune(head_dim, dtype, causal, backward=backward)[0]

@@ -30,7 +30,7 @@ import numpy as np
 from numba import cuda
 
 from kernels import registry
-from kernels.builds import choose_build
+from kernels.builds import choose_backward_build, choose_build
 from kernels.launch import counting_allocations, from_device, run, run_backward, to_device
 from kernels.smem import check_device_limit
 from sandbox.lab.autotune import tuned_schedule
@@ -71,8 +71,15 @@ def ours():
 
 
 def backward_names():
-    """Names with a backward row: the peers' SDPA backends and every kind with a backward pass."""
-    return (*SDPA_BACKENDS, *(k for k in registry.names() if kinds.get(k).backward is not None))
+    """Names with a backward row: the peers' SDPA backends, every kind with a backward pass, and a
+    ``<kind>-plain`` row for a kind with a fast backward (its counting backward without counters)."""
+    ours_bwd = []
+    for k in registry.names():
+        if kinds.get(k).backward is not None:
+            ours_bwd.append(k)
+            if registry.get(k).fast_backward:
+                ours_bwd.append(k + PLAIN)
+    return (*SDPA_BACKENDS, *ours_bwd)
 
 
 def impl_names():
@@ -82,8 +89,8 @@ def impl_names():
 
 def rows_of_kind(kind):
     """The bench's rows that run ``kind``'s kernels: forward names, then "<name> (bwd)" for backward ones."""
-    fwd = tuple(name for name, (k, _) in ours().items() if k == kind)
-    return fwd + ((f"{kind} (bwd)",) if kind in backward_names() else ())
+    names = tuple(name for name, (k, _) in ours().items() if k == kind)
+    return names + tuple(f"{name} (bwd)" for name in names if name in backward_names())
 
 
 def installed(module):
@@ -336,21 +343,23 @@ class Ours(Impl):
     def schedule_for(self, problem):
         if self.schedule is not None:
             return self.schedule
-        return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal)
+        return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal, backward=self.direction == "bwd")
+
+    def chosen(self, problem):
+        """The :class:`kernels.builds.Build` this row runs."""
+        chooser = choose_backward_build if self.direction == "bwd" else choose_build
+        return chooser(self.schedule_for(problem), problem.head_dim, fast=self.fast)
 
     def describe(self, problem):
-        """The schedule and, for a forward, which build runs it."""
-        s = self.schedule_for(problem)
-        if self.direction == "bwd":
-            return s.describe()
-        return f"{s.describe()} ({choose_build(s, problem.head_dim, fast=self.fast).name} build)"
+        """The schedule and which build runs it."""
+        return f"{self.schedule_for(problem).describe()} ({self.chosen(problem).name} build)"
 
     def available(self, problem):
         backward = self.direction == "bwd"
         try:
             s = self.schedule_for(problem)
             s.check_fits(problem.head_dim, problem.dtype, backward=backward)
-            if backward or not choose_build(s, problem.head_dim, fast=self.fast).fast:
+            if not self.chosen(problem).fast:
                 check_device_limit(s.sram_footprint(problem.head_dim, problem.dtype, backward=backward))
         except ValueError as e:
             return False, str(e)
@@ -368,7 +377,7 @@ class Ours(Impl):
         if self.direction == "fwd":
             return lambda: wrap(run(s, problem, q, k, v, fast=fast)[0])
         out, lse = run(s, problem, q, k, v, fast=fast)[:2]
-        return lambda: tuple(wrap(x) for x in run_backward(s, problem, q, k, v, out, lse, dout)[:3])
+        return lambda: tuple(wrap(x) for x in run_backward(s, problem, q, k, v, out, lse, dout, fast=fast)[:3])
 
 
 def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None, tune=False, math=None):
@@ -418,9 +427,8 @@ def implementations(names=None, backward=False, schedules=None):
         return Ours(name, direction, schedules[name], fast=our_rows[name][1])
 
     out = [make(n, "fwd") for n in all_names if n in names]
-    if backward:
-        untuned = default_schedules()  # the backward is not the fast build's: no tuned schedule
-        out += [Ours(n, "bwd", schedules[n] or untuned[n]) if n in our_rows else make(n, "bwd")
+    if backward:  # (a schedule of None: the tuned one for the backward, sandbox/lab/autotune.py)
+        out += [Ours(n, "bwd", schedules[n], fast=our_rows[n][1]) if n in our_rows else make(n, "bwd")
                 for n in backward_names() if n in names]
     return out
 

@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda
 
 # the launcher's device copy (bfloat16 as its uint16 bits), under its present private name
-from kernels.launch import run, to_device
+from kernels.launch import run, run_backward, to_device
 from sandbox.lab import info
 from sandbox.vocabulary.runtime import using_simulator
 
@@ -93,10 +93,12 @@ def time_back_to_back(calls, repeats=REPEATS, batches=3, warmup=0):
     return [event_ms(batch) / repeats for _ in range(batches)]
 
 
-def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=False):
+def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=False, backward=False):
     """Median milliseconds of one forward call of ``schedule`` on ``problem`` (device arrays, fast build):
     each call waited for (:func:`time_calls`, the bench's way), or, with ``back_to_back``, the median
-    of 3 batches of ``repeats`` calls (:func:`time_back_to_back`).
+    of 3 batches of ``repeats`` calls (:func:`time_back_to_back`). With ``backward``: one backward
+    call (:func:`kernels.launch.run_backward`, its fast build where it has one) from a forward run
+    once per input set.
 
     Raises:
         RuntimeError: under the CUDA simulator, where timings mean nothing.
@@ -113,6 +115,13 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=Fals
         for _ in range(n_sets)
     ]
     calls = [lambda s=s: run(schedule, problem, *s) for s in sets]
+    if backward:
+        saved = []
+        for q, k, v in sets:
+            out, lse, _, _ = run(schedule, problem, q, k, v)
+            dout = to_device([rng.standard_normal(shape_q).astype(problem.dtype)], "d")[0]
+            saved.append((q, k, v, out, lse, dout))
+        calls = [lambda s=s: run_backward(schedule, problem, *s) for s in saved]
     if back_to_back:
         return statistics.median(time_back_to_back(calls, repeats, warmup=WARMUP))
     return statistics.median(time_calls(calls, repeats, warmup=WARMUP))

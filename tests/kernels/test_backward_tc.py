@@ -1,0 +1,103 @@
+"""flash2's fast backward (kernels/backward_tc.py) against float64 analytic gradients, its
+determinism, and which calls it takes or leaves to the plain backward.
+
+Tolerances are :func:`tests.tolerances.gradient_tolerances`, the counting backward's: the 3xTF32
+products are fp32-accurate (kernels/mma.py: each product within 2^-21 of its operands'
+magnitudes before accumulation in fp32) and P = exp2(·) is ``ex2.approx`` (2 ulp), both inside
+the fp32 rounding budget of (d + Nq + Nk + 8) units per gradient. fp16/bf16 inputs are TF32
+already, so only P, dS and the fp32 accumulators round, plus the one rounding of each gradient to
+the input dtype (the tolerance's last term).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels.flash2_tc import tc_schedule
+from sandbox import Problem, attention, attention_backward, reference_attention_backward
+from sandbox.vocabulary import masks
+from sandbox.vocabulary.runtime import using_simulator
+from tests.strategies import make_inputs, seeds
+from tests.tolerances import gradient_tolerances
+
+SIMULATED = using_simulator()
+SIZES = [pytest.param(dict(n=(1, 40), d=(8, 16), blocks=(16, 32)), id="small"),
+         pytest.param(dict(n=(1, 700), d=(64, 128), blocks=(64, 128)), id="large", marks=pytest.mark.gpu)]
+
+
+def gradients(schedule, problem, seed, fast=None, mask=None, dout=None):
+    q, k, v = make_inputs(problem, seed)
+    if dout is None:
+        dout = np.random.default_rng(seed + 1).standard_normal(q.shape).astype(problem.dtype)
+    kw = dict(schedule=schedule, causal=problem.causal, scale=problem.scale, mask=mask)
+    out, lse = attention(q, k, v, return_lse=True, **kw)
+    *grads, build = attention_backward(q, k, v, out, lse, dout, fast=fast, return_build=True, **kw)
+    return (q, k, v, dout, out, lse), grads, build
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@settings(max_examples=1 if SIMULATED else 4, deadline=None)
+@given(data=st.data(), seed=seeds)
+def test_fast_backward_matches_float64_gradients(causal, dtype, size, data, seed):
+    n_q, n_kv = (data.draw(st.integers(*size["n"]), label=name) for name in ("n_q", "n_kv"))
+    d = data.draw(st.sampled_from(size["d"]), label="d")
+    br, bc = (data.draw(st.sampled_from(size["blocks"]), label=name) for name in ("Br", "Bc"))
+    problem = Problem(batch=data.draw(st.integers(1, 2)), heads=data.draw(st.integers(1, 2)), n_q=n_q, n_kv=n_kv,
+                      head_dim=d, dtype=dtype, causal=causal)
+    (q, k, v, dout, out, lse), grads, build = gradients(tc_schedule(br, bc), problem, seed)
+    assert build.name == "fast-tf32x3", build.reason
+    refs = reference_attention_backward(q, k, v, dout, causal=causal, scale=problem.scale, out=out, lse=lse)
+    atols = gradient_tolerances(q, k, v, dout, refs, causal, problem.scale, dtype, out, lse)
+    for name, g, ref, atol, like in zip(("dq", "dk", "dv"), grads, refs, atols, (q, k, v)):
+        assert g.dtype == like.dtype and g.shape == like.shape, name
+        np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
+
+
+@pytest.mark.parametrize("shape", [pytest.param((37, 21, 16, 16, 32), id="small"),
+                                   pytest.param((1000, 777, 128, 64, 128), id="large", marks=pytest.mark.gpu)])
+def test_fast_backward_is_bit_identical_across_runs(shape):
+    n_q, n_kv, d, br, bc = shape
+    problem = Problem(batch=2, heads=2, n_q=n_q, n_kv=n_kv, head_dim=d, causal=True)
+    _, first, build = gradients(tc_schedule(br, bc), problem, seed=9)
+    _, second, _ = gradients(tc_schedule(br, bc), problem, seed=9)
+    assert build.name == "fast-tf32x3"
+    for a, b in zip(first, second):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_fast_backward_agrees_with_the_plain_backward_of_its_schedule():
+    problem = Problem(batch=1, heads=2, n_q=24, n_kv=40, head_dim=8, causal=True)
+    schedule = tc_schedule(16, 32)
+    (q, k, v, dout, out, lse), fast, build = gradients(schedule, problem, seed=4)
+    _, plain, plain_build = gradients(schedule, problem, seed=4, fast=False)
+    assert (build.name, plain_build.name) == ("fast-tf32x3", "plain")
+    refs = reference_attention_backward(q, k, v, dout, causal=True, scale=problem.scale, out=out, lse=lse)
+    for f, p, ref in zip(fast, plain, refs):
+        scale = np.abs(ref).max()
+        assert np.abs(f - p).max() <= 1e-5 * scale  # both fp32-accurate (the tolerances above)
+        assert not np.array_equal(f, p)  # and not the same arithmetic: the fast one ran
+
+
+def test_what_the_fast_backward_leaves_to_the_plain_one():
+    problem = Problem(batch=1, heads=1, n_q=16, n_kv=16, head_dim=8)
+    schedule = tc_schedule(16, 16)
+    _, _, build = gradients(schedule, problem, seed=1, mask=masks.sliding_window(4))
+    assert (build.name, build.reason) == ("plain", "a mask")
+    dout = np.full((1, 1, 16, 8), np.nan, np.float32)
+    _, _, build = gradients(schedule, problem, seed=1, dout=dout)
+    assert build.name == "plain" and "dout holds NaN or inf" in build.reason
+    _, _, build = gradients(tc_schedule(16, 8), problem, seed=1)
+    assert build.name == "plain" and "multiples of 16" in build.reason
+    _, _, build = gradients(schedule.__class__("flash2", block_q=16, block_kv=16), problem, seed=1)
+    assert build.name == "plain" and "no fast backward for math='fma'" in build.reason
+
+
+def test_fast_true_says_why_the_fast_backward_cannot_run():
+    problem = Problem(batch=1, heads=1, n_q=16, n_kv=16, head_dim=8)
+    with pytest.raises(ValueError, match="fast backward cannot run .* a mask"):
+        gradients(tc_schedule(16, 16), problem, seed=1, fast=True, mask=masks.sliding_window(4))
+    with pytest.raises(ValueError, match="dout holds NaN or inf"):
+        gradients(tc_schedule(16, 16), problem, seed=1, fast=True, dout=np.full((1, 1, 16, 8), np.inf, np.float32))
