@@ -240,3 +240,16 @@ def test_cli_roofline_maps_its_arguments(monkeypatch, capsys, tmp_path):
     assert problems == {Problem(2, 16, 4096, 4096, 64, causal=True)}
     assert {e.direction for e in seen["todo"]} == {"fwd", "bwd"}
     assert "+20%" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_ceilings_on_the_gpu_are_near_the_datasheet():
+    """The measured ceilings are what the kernels claim to reach: within reach of the datasheet's peaks
+    (where the GPU is in the table of sandbox.vocabulary.gpus), and the tensor cores above the FMAs."""
+    facts = info.device_facts()
+    found, details = measure_ceilings(facts.sms, repeats=3)
+    if facts.fp32_fma_flops:
+        assert 0.5 * facts.fp32_fma_flops < found.fma_flops_per_s < 1.1 * facts.fp32_fma_flops, details
+    if facts.hbm_bytes_per_s:
+        assert 0.5 * facts.hbm_bytes_per_s < found.hbm_bytes_per_s < 1.05 * facts.hbm_bytes_per_s, details
+    assert found.tf32_mma_flops_per_s > 2 * found.fma_flops_per_s, details
