@@ -7,7 +7,8 @@ runtime predicted from those counts and the GPU's measured ceilings.
 The rows (:func:`entries`): every registered kind's forward at the bench's default schedule and
 build (``sandbox.lab.peers.ours``: flash2 runs its fast FMA build, ``flash2-plain`` the same
 schedule's plain build), flash2's tensor-core build (``math="tf32x3"``) at :data:`TC_BLOCKS`,
-with ``tune`` flash2's tuned schedule, and with ``backward`` every kind's backward pass. For each:
+with ``tune`` flash2's tuned schedule, and with ``backward`` every kind's backward pass at the
+default schedule and flash2's tensor-core backward. For each:
 
 - **HBM bytes**: the simulator's count (``simulate``), the algorithm's global-memory traffic. Part
   of it may be served by the L2 (K and V re-read by every Q block of a head), so a row whose
@@ -32,7 +33,7 @@ import json
 import math
 import os
 
-from kernels.builds import choose_build
+from kernels.builds import choose_backward_build, choose_build
 from kernels.flash2_tc import tc_schedule
 from sandbox.lab import info, records
 from sandbox.lab.bench import GPURequired, BenchSpec, Task, attention_flops, bench_provenance, measure
@@ -108,13 +109,15 @@ def entries(problems, backward=False, tune=False):
     out = []
     for p in problems:
         out += [Entry(name, "fwd", schedules[name], p, fast) for name, (_, fast) in ours().items()]
-        out.append(Entry(TC_ROW, "fwd", tc_schedule(*TC_BLOCKS.get(p.head_dim, TC_DEFAULT_BLOCKS)), p, True))
+        tc = tc_schedule(*TC_BLOCKS.get(p.head_dim, TC_DEFAULT_BLOCKS))
+        out.append(Entry(TC_ROW, "fwd", tc, p, True))
         if tune:
             from sandbox.lab.autotune import tuned_schedule
 
             out.append(Entry(TUNED_ROW, "fwd", tuned_schedule(p.head_dim, p.dtype.name, p.causal), p))
         if backward:
             out += [Entry(name, "bwd", schedules[name], p) for name in backward_names() if name in schedules]
+            out.append(Entry(TC_ROW, "bwd", tc, p, True))
     return out
 
 
@@ -130,13 +133,13 @@ def counted(entry):
                batch=p.batch, heads=p.heads, n=p.n_q, d=p.head_dim, schedule=s.describe(), status="")
     backward = entry.direction == "bwd"
     try:
-        build = None if backward else choose_build(s, p.head_dim, fast=entry.fast)
+        build = (choose_backward_build if backward else choose_build)(s, p.head_dim, fast=entry.fast)
         report = simulate(s, p, backward=backward)
     except ValueError as e:
         row["status"] = f"n/a: {' '.join(str(e).split())}"
         return row
-    row["build"] = "plain" if build is None else build.name
-    row["arithmetic"] = build.name[len("fast-"):] if build is not None and build.fast else "fma"
+    row["build"] = build.name
+    row["arithmetic"] = build.name[len("fast-"):] if build.fast else "fma"
     row.update(hbm_bytes=report.hbm_bytes, flops=report.flops, flops_convention=attention_flops(p, entry.direction))
     return row
 

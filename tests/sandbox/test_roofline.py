@@ -72,11 +72,12 @@ def test_entries_cover_every_kind_and_flash2s_builds():
     tc = forward[roofline.TC_ROW]
     assert (tc.schedule.math, tc.schedule.block_q, tc.schedule.block_kv, tc.fast) == ("tf32x3", 128, 32, True)
     assert forward["flash2"].schedule.math == "fma" and forward["flash2-plain"].fast is False
-    assert {e.name for e in rows if e.direction == "bwd"} == {"standard", "flash1", "flash2"}
+    assert {e.name for e in rows if e.direction == "bwd"} == {"standard", "flash1", "flash2", roofline.TC_ROW}
     counted = {(e.name, e.direction): roofline.counted(e) for e in rows}
     assert counted["flash2", "fwd"]["build"] == "fast-fma" and counted["flash2", "fwd"]["arithmetic"] == "fma"
-    assert counted[roofline.TC_ROW, "fwd"]["arithmetic"] == "tf32x3"
-    assert counted["flash2-plain", "fwd"]["build"] == "plain"
+    assert counted[roofline.TC_ROW, "fwd"]["arithmetic"] == counted[roofline.TC_ROW, "bwd"]["arithmetic"] == "tf32x3"
+    assert counted["flash2-plain", "fwd"]["build"] == counted["flash2", "bwd"]["build"] == "plain"
+    assert counted["flash2", "bwd"]["arithmetic"] == "fma"
     assert counted["flash2", "bwd"]["flops"] == 7 * 2 * 128 * 4096 * 4096 * 32 + 2 * 32 * 4096 * 128
     assert counted["flash2", "bwd"]["flops_convention"] == 10 * 32 * 128 * 4096 * 4096
 
