@@ -9,6 +9,7 @@
     python -m sandbox demo     --out results
     python -m sandbox bench    --n 1024 --d 64 --repeats 10 --out bench.csv   (GPU only)
     python -m sandbox ncu      --out results/ncu      (GPU with Nsight Compute; --help: its own arguments)
+    python -m sandbox roofline --out results/roofline (GPU; --from-csv FILE draws a saved run without one)
 
 Installed, the same commands run as ``attention-sandbox info``, ``attention-sandbox simulate ...``.
 """
@@ -231,8 +232,8 @@ def cmd_demo(a):
     return 0 if all(r["counts_agree"] for r in res["kernel_check"].values()) else 1
 
 
-def _bench_progress(tasks):
-    """tqdm on a terminal; otherwise one line per task on stderr (logs of a remote run)."""
+def _bench_progress(tasks, command="bench"):
+    """tqdm on a terminal; otherwise one line per task (anything with a ``label``) on stderr (logs of a remote run)."""
     from tqdm import tqdm
 
     tasks = list(tasks)
@@ -243,7 +244,7 @@ def _bench_progress(tasks):
             yield task
     else:
         for i, task in enumerate(tasks, 1):
-            print(f"bench [{i}/{len(tasks)}] {task.label}", file=sys.stderr, flush=True)
+            print(f"{command} [{i}/{len(tasks)}] {task.label}", file=sys.stderr, flush=True)
             yield task
 
 
@@ -271,6 +272,36 @@ def cmd_bench(a):
     print(f"{len(rows)} rows in {a.out} and {os.path.splitext(a.out)[0]}.json")
     failed = any(r["status"].startswith(("WRONG", "error")) for r in rows)
     return 1 if failed else 0
+
+
+def cmd_roofline(a):
+    from sandbox.lab import roofline
+    from sandbox.vocabulary.problem import Problem
+    from sandbox.vocabulary.runtime import using_simulator
+
+    if a.from_csv:
+        rows, ceilings, paths = roofline.from_csv(a.from_csv, a.out, argv=a.command_line)
+        print(roofline.format_table(rows, ceilings))
+        print("\n".join(paths))
+        return 0
+    if using_simulator():
+        print("roofline needs a GPU to measure its ceilings and runtimes: the CUDA simulator's timings mean "
+              "nothing (--from-csv FILE draws a saved run without one)", file=sys.stderr)
+        return EXIT_USAGE
+    problems = [Problem(a.batch, a.heads, n, n, d, dtype=dt, causal=c)
+                for dt, d, n, c in itertools.product(a.dtype, a.d, a.n, _masks(a))]
+    rows = []
+    try:
+        rows, ceilings, paths = roofline.run_roofline(
+            a.out, roofline.entries(problems, backward=a.backward, tune=a.tune), repeats=a.repeats, seed=a.seed,
+            copy_bytes=a.copy_bytes, argv=a.command_line, rows=rows,
+            progress=lambda entries: _bench_progress(entries, "roofline"))
+    except KeyboardInterrupt:
+        print(f"interrupted: {len(rows)} rows kept in {a.out}", file=sys.stderr)
+        return 130
+    print(roofline.format_table(rows, ceilings))
+    print("\n".join(paths))
+    return 1 if any((r["status"] or "").startswith(("WRONG", "error")) for r in rows) else 0
 
 
 def cmd_tune(a):
@@ -396,6 +427,7 @@ def _masks(a):
 def build_parser(prog=None):
     """The CLI's parser; ``prog``: the name its usage and errors give the command (default: the console script's)."""
     from sandbox.lab.bench import BENCH_DTYPES, BenchSpec
+    from sandbox.lab.ceilings import COPY_BYTES
     from sandbox.lab.experiments import EXPERIMENTS
     from sandbox.lab.peers import DEFAULT_BLOCK, DEFAULT_TILE, impl_names
     from sandbox.lab.sweep import SweepSpec
@@ -489,6 +521,30 @@ def build_parser(prog=None):
                    help="tune flash2's fast backward (kernels/backward_tc.py) instead of the forward")
     _add_mask_args(p, "kernels")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("roofline", help="every schedule's runtime against the GPU's measured ceilings and the "
+                                        "simulator's counts, and runtime predicted from them (GPU, or --from-csv) "
+                                        "-> CSV + JSON + figure")
+    p.add_argument("--out", default="results/roofline",
+                   help="folder for roofline.csv, roofline.json and roofline.png (default %(default)s)")
+    p.add_argument("--from-csv", metavar="FILE", default=None,
+                   help="draw a saved roofline (its CSV or JSON) again, without a GPU: predictions recomputed "
+                        "from its runtimes, counts and ceilings")
+    p.add_argument("--n", nargs="+", type=int, default=[4096], help="Nq = Nk values (default %(default)s)")
+    p.add_argument("--d", nargs="+", type=int, default=[64, 128], help="head dims (default %(default)s)")
+    p.add_argument("--batch", type=int, default=BenchSpec.batch, help="B, the batch size (default %(default)s)")
+    p.add_argument("--heads", type=int, default=BenchSpec.heads, help="H, the number of heads (default %(default)s)")
+    p.add_argument("--dtype", nargs="+", default=["float32"], choices=BENCH_DTYPES, help="dtypes (default %(default)s)")
+    _add_mask_args(p, "rows")
+    p.add_argument("--backward", action="store_true", help="also the backward pass of every kind that has one")
+    p.add_argument("--tune", action="store_true",
+                   help="also flash2's tuned schedule (python -m sandbox tune; timed on this GPU the first time)")
+    p.add_argument("--repeats", type=int, default=BenchSpec.repeats,
+                   help="timed calls per row and per ceiling, median reported (default %(default)s)")
+    p.add_argument("--copy-bytes", type=int, default=COPY_BYTES,
+                   help="bytes of the array the bandwidth ceiling copies (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
+    p.set_defaults(func=cmd_roofline)
 
     p = sub.add_parser("ncu", help="Nsight Compute's counters against the simulator and its L2 model "
                                    "(GPU with ncu) -> CSV + JSON + figure", description=_ncu_description(),

@@ -7,23 +7,48 @@
 import dataclasses
 
 from sandbox.lab.sweep import PAPER_KINDS as KINDS, SweepSpec
+from sandbox.vocabulary import kinds
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """A sweep and the figure that shows it."""
+    """A sweep and the figure that shows it.
+
+    Attributes:
+        name: the experiment's name, and its figure's (``sandbox.lab.plots.PLOTS``).
+        grid: its :class:`SweepSpec`, or a function returning one, called each time the grid is
+            asked for: a grid that reads the registries sees the kinds registered by then.
+    """
 
     name: str
-    spec: SweepSpec
+    grid: object
+
+    @property
+    def spec(self):
+        """The experiment's :class:`SweepSpec`."""
+        return self.grid() if callable(self.grid) else self.grid
+
+
+def flash_backward_kinds():
+    """The registered kinds whose backward pass is FlashAttention-2's (recomputation from O and L)."""
+    return tuple(k for k in kinds.with_trait("backward") if kinds.get(k).backward == "flash")
+
+
+#: SRAM sizes M of the HBM-against-M experiments, in bytes: 2 KiB to 2 MiB.
+SRAM_SIZES = tuple(2**k for k in range(11, 22))
 
 
 EXPERIMENTS = {
     e.name: e
     for e in [
         # HBM accesses vs SRAM size M (paper's block rule), N = 4096, d = 64
+        Experiment("hbm_vs_sram", SweepSpec(kinds=KINDS, n=(4096,), head_dim=(64,), sram=SRAM_SIZES)),
+        # the backward's HBM accesses vs M, beside the forward's, for the kinds with FlashAttention-2's
+        # backward; blocks by the paper's rule, lowered until the backward's tiles fit M too
         Experiment(
-            "hbm_vs_sram",
-            SweepSpec(kinds=KINDS, n=(4096,), head_dim=(64,), sram=tuple(2**k for k in range(11, 22))),
+            "backward_hbm_vs_sram",
+            lambda: SweepSpec(kinds=flash_backward_kinds(), n=(4096,), head_dim=(64,), sram=SRAM_SIZES,
+                              fit_backward=True),
         ),
         # HBM accesses and extra memory vs N, Br = Bc = 64, d = 64
         Experiment(

@@ -221,14 +221,7 @@ def hbm_vs_sram(rows, prov, out_dir):
     with Θ(N²d²/M), Proposition 3, Saha & Ye and 4Nd for the sweep's one N and d."""
     rows = _require("hbm_vs_sram", rows, ("hbm_reads", "hbm_writes"))
     lines = Lines("hbm_vs_sram", rows, x=("sram_bytes",))
-    shapes = sorted({(r["n_q"], r["n_kv"], r["head_dim"]) for r in rows})
-    if len(shapes) > 1:
-        raise ValueError("hbm_vs_sram draws the bounds for one N and d, and this sweep has "
-                         + "; ".join(describe(dict(zip(("n_q", "n_kv", "head_dim"), s)), ("n_q", "n_kv", "head_dim"))
-                                     for s in shapes) + ": sweep one N and d (or plot hbm_vs_n)")
-    (n, n_kv, d), = shapes
-    if n != n_kv:
-        raise ValueError(f"hbm_vs_sram draws the bounds for Nq = Nk, and this sweep has Nq = {n}, Nk = {n_kv}")
+    n, d = _one_square_shape("hbm_vs_sram", rows)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (label, rs), (color, style) in zip(lines.lines, lines.styles(rows)):
         m = [theory.sram_elements(r["sram_bytes"], r["dtype"]) for r in rs]
@@ -247,6 +240,52 @@ def hbm_vs_sram(rows, prov, out_dir):
     _title(ax, "HBM accesses vs SRAM size M", lines.setting(rows, "M"))
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out_dir, "hbm_vs_sram", prov)
+
+
+def backward_hbm_vs_sram(rows, prov, out_dir):
+    """Log-log HBM bytes per head of the backward pass vs M (solid), the same schedules' forward
+    (dashed) for contrast, and the backward's lower bound of Li, Liang, Shi, Song et al.,
+    Θ(min((N²d² + Nd³)/M, (N²d + Nd²)/√M)), scaled by the constant that makes it meet the data
+    (the smallest ratio of a point to the bound), for the sweep's one N and d."""
+    rows = _require("backward_hbm_vs_sram", rows, ("hbm_bytes", "hbm_bytes_backward"))
+    lines = Lines("backward_hbm_vs_sram", rows, x=("sram_bytes",))
+    n, d = _one_square_shape("backward_hbm_vs_sram", rows)
+    m_of = lambda r: theory.sram_elements(r["sram_bytes"], r["dtype"])  # noqa: E731
+    ratio = min(r["hbm_bytes_backward"] / _per_head(r) / theory.backward_lower_bound(n, d, m_of(r)) for r in rows)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, ((label, rs), (color, style)) in enumerate(zip(lines.lines, lines.styles(rows))):
+        m = [m_of(r) for r in rs]
+        label = label or rs[0]["kind"]
+        # kinds that share a backward draw the same points: a smaller marker for each later line shows them all
+        ax.plot(m, [r["hbm_bytes_backward"] / _per_head(r) for r in rs], style[0] + "-", color=color,
+                ms=max(2.5, 7 - 2 * i), label=f"{label}: backward (simulated)")
+        ax.plot(m, [r["hbm_bytes"] / _per_head(r) for r in rs], style[0] + "--", color=color, lw=0.8, ms=3,
+                mfc="none", label=f"{label}: forward (simulated)")
+    ms = sorted({m_of(r) for r in rows})
+    ax.plot(ms, [ratio * theory.backward_lower_bound(n, d, m) for m in ms], "k:", lw=1.5,
+            label=f"{ratio:.3g} × min((N²d² + Nd³)/M, (N²d + Nd²)/√M)\n"
+                  "(Θ, Li, Liang, Shi, Song et al.; scaled to meet the data)")
+    if ms[0] <= theory.saha_ye_crossover(d) <= ms[-1]:
+        ax.axvline(theory.saha_ye_crossover(d), color="gray", lw=0.8, ls="-.")
+        ax.annotate(" M = d²", (theory.saha_ye_crossover(d), 0.02), xycoords=("data", "axes fraction"),
+                    fontsize=8, color="gray")
+    ax.set(xscale="log", yscale="log", xlabel="SRAM size M (elements)", ylabel="HBM bytes per head")
+    _title(ax, "Backward HBM traffic vs SRAM size M", lines.setting(rows, "M"))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, out_dir, "backward_hbm_vs_sram", prov)
+
+
+def _one_square_shape(figure, rows):
+    """(N, d) of a sweep with one Nq = Nk and one d: the bounds a figure draws are for one shape."""
+    shapes = sorted({(r["n_q"], r["n_kv"], r["head_dim"]) for r in rows})
+    if len(shapes) > 1:
+        raise ValueError(f"{figure} draws the bounds for one N and d, and this sweep has "
+                         + "; ".join(describe(dict(zip(("n_q", "n_kv", "head_dim"), s)), ("n_q", "n_kv", "head_dim"))
+                                     for s in shapes) + ": sweep one N and d (or plot hbm_vs_n)")
+    (n, n_kv, d), = shapes
+    if n != n_kv:
+        raise ValueError(f"{figure} draws the bounds for Nq = Nk, and this sweep has Nq = {n}, Nk = {n_kv}")
+    return n, d
 
 
 def hbm_vs_n(rows, prov, out_dir):
@@ -358,5 +397,5 @@ def sram_vs_tile(rows, prov, out_dir):
 
 
 #: The figures by name: the experiments' (sandbox/lab/experiments.py), each drawn from any sweep it fits.
-PLOTS = {"hbm_vs_sram": hbm_vs_sram, "hbm_vs_n": hbm_vs_n, "block_size": block_size,
-         "gpt2_medium": gpt2_medium, "sram_vs_tile": sram_vs_tile}
+PLOTS = {"hbm_vs_sram": hbm_vs_sram, "backward_hbm_vs_sram": backward_hbm_vs_sram, "hbm_vs_n": hbm_vs_n,
+         "block_size": block_size, "gpt2_medium": gpt2_medium, "sram_vs_tile": sram_vs_tile}

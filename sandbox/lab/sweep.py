@@ -74,6 +74,9 @@ class SweepSpec:
         sram: SRAM sizes M in bytes; each point's blocks follow Bc = ⌈M/4d⌉, Br = min(Bc, d).
         thread_tiles: register tiles (t, t); ``None`` means the schedule's default.
         sram_bytes: capacity M assumed by ``blocks`` schedules (default: the Schedule's, 227 KiB).
+        fit_backward: ``sram`` points lower Bc until the backward's tiles fit M too
+            (``Schedule.from_sram(..., backward=True)``), so that each row's forward and backward
+            counts are of one schedule in M; for kinds with a backward pass.
         time_kernels: also time the kernels (only on a GPU).
     """
 
@@ -88,6 +91,7 @@ class SweepSpec:
     sram: tuple = ()
     thread_tiles: tuple = (None,)
     sram_bytes: int = None
+    fit_backward: bool = False
     time_kernels: bool = False
 
     def grid(self):
@@ -108,7 +112,8 @@ class SweepSpec:
             tiles = {} if tile is None else {"thread_q": tile, "thread_kv": tile}
             if self.sram:
                 trials = [(f"M={m} d={d} {dt} {kind}", (None, None, m),
-                           lambda m=m: Schedule.from_sram(m, head_dim=d, kind=kind, dtype=dt, **tiles))
+                           lambda m=m: Schedule.from_sram(m, head_dim=d, kind=kind, dtype=dt,
+                                                          backward=self.fit_backward, **tiles))
                           for m in self.sram]
             else:
                 extra = {} if self.sram_bytes is None else {"sram_bytes": self.sram_bytes}
@@ -143,8 +148,13 @@ class SweepSpec:
         return out
 
     def axes(self):
-        """The grid's axes as JSON holds them (lists, null): what identifies it in a file's provenance."""
-        axes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "time_kernels"}
+        """The grid's axes as JSON holds them (lists, null): what identifies it in a file's provenance.
+
+        ``fit_backward`` appears only when set, so that grids that leave it off keep the identity
+        their files record.
+        """
+        axes = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "time_kernels" and not (f.name == "fit_backward" and not self.fit_backward)}
         return json.loads(json.dumps(axes))
 
 

@@ -204,17 +204,19 @@ class Schedule:
             )
 
     @classmethod
-    def from_sram(cls, sram_bytes, *, head_dim, kind="flash2", dtype="float32", **kwargs):
+    def from_sram(cls, sram_bytes, *, head_dim, kind="flash2", dtype="float32", backward=False, **kwargs):
         """The paper's block rule for SRAM of ``sram_bytes`` bytes.
 
         Bc = ⌈M/4d⌉, Br = min(⌈M/4d⌉, d) with M = ``sram_bytes // itemsize(dtype)`` elements.
         The rule is asymptotic: it budgets Q, K, V and O tiles of d columns and nothing else,
         while our kernels also keep the Br×Bc fp32 S/P tile and fp32 row statistics in SRAM
         (:func:`sram_buffers`). Where the rule's blocks overflow ``sram_bytes``, Bc is lowered
-        (and Br = min(Bc, d) with it) until the footprint fits.
+        (and Br = min(Bc, d) with it) until the footprint fits; with ``backward``, until the
+        backward's footprint fits too, so that one schedule runs both passes in ``sram_bytes``.
 
         Raises:
-            ValueError: an unknown ``kind``, or not even Br = Bc = 1 fits.
+            ValueError: an unknown ``kind``, ``backward`` for a kind without a backward pass, or not
+                even Br = Bc = 1 fits.
             TypeError: a ``sram_bytes`` or ``head_dim`` that is not an int, an unsupported ``dtype``.
         """
         _registered_kind(kind)  # an unknown kind is named as such, not taken for a lack of SRAM
@@ -222,13 +224,14 @@ class Schedule:
         head_dim = _positive_int(head_dim, "head_dim")
         m_elems = _positive_int(sram_bytes, "sram_bytes") // dt.itemsize
         bc = max(1, -(-m_elems // (4 * head_dim)))
+        passes = (False, True) if backward else (False,)
         while bc >= 1:
             br = min(bc, head_dim)
             try:
                 sched = cls(kind, block_q=br, block_kv=bc, sram_bytes=sram_bytes, **kwargs)
             except ValueError:
                 sched = None
-            if sched is not None and sched.sram_footprint(head_dim, dt) <= sram_bytes:
+            if sched is not None and all(sched.sram_footprint(head_dim, dt, backward=b) <= sram_bytes for b in passes):
                 return sched
             bc = bc - max(1, bc // 16)
         raise ValueError(

@@ -1,0 +1,104 @@
+"""Ceiling kernels: the arithmetic throughput a roofline holds the attention kernels against.
+
+- :func:`fma_chains`: every thread advances :data:`CHAINS` independent chains x ← a·x + b, one
+  fp32 FMA per step (``cuda.fma``), :data:`UNROLL` steps of each chain per loop trip. Independent
+  chains hide the FMA's latency; several steps per trip keep the loop's own instructions few
+  against the FMAs. 2 FLOPs per FMA: :data:`FMA_FLOPS_PER_TRIP` per thread and trip.
+- :func:`make_mma_chains`: every warp advances :data:`CHAINS` independent accumulators
+  C_k ← C_k + A·B, one m16n8k8 TF32 ``mma.sync`` each (``kernels.mma.mma``, the warp product of
+  flash2's tensor-core build, with its simulator fallback): 2·16·8·8 = :data:`MMA_FLOPS` FLOPs per
+  product.
+
+Both start from and write back their chains' values, so the compiler keeps every step, and both
+have closed forms the simulator checks them against: after T steps x = aᵀ·x₀ + b·(aᵀ - 1)/(a - 1)
+(x₀ + T·b for a = 1), and C_k + T·A·B.
+
+The chains live in local arrays indexed only by loops of constant trip count, which NVVM unrolls
+and keeps in registers (as flash2_tc.py's accumulators).
+"""
+
+import functools
+
+from sandbox.vocabulary.runtime import ensure_backend, using_simulator
+
+ensure_backend()
+
+from numba import cuda, float32  # noqa: E402
+
+from kernels.mma import XCH_PER_THREAD, mma  # noqa: E402
+
+#: Independent chains per thread (FMA) or per warp (mma).
+CHAINS = 8
+#: Steps of every chain per loop trip of :func:`fma_chains`.
+UNROLL = 4
+#: FLOPs of one thread's loop trip in :func:`fma_chains`: CHAINS·UNROLL FMAs of 2 FLOPs.
+FMA_FLOPS_PER_TRIP = 2 * CHAINS * UNROLL
+#: FLOPs of one m16n8k8 product: 16·8 outputs, 8 multiply-adds each, 2 FLOPs per multiply-add.
+MMA_FLOPS = 2 * 16 * 8 * 8
+
+
+@cuda.jit
+def fma_chains(x, a, b, trips):
+    """Thread i: x[i, k] ← a·x[i, k] + b, UNROLL·``trips`` times for each of the CHAINS chains k.
+
+    Args:
+        x: (threads of the grid, CHAINS) float32, the chains' start values, overwritten by their ends.
+        a, b: float32 scalars.
+        trips: loop trips (each UNROLL steps of every chain).
+    """
+    i = cuda.grid(1)
+    if i >= x.shape[0]:
+        return
+    c = cuda.local.array(CHAINS, float32)
+    for k in range(CHAINS):
+        c[k] = x[i, k]
+    for _ in range(trips):
+        for u in range(UNROLL):
+            for k in range(CHAINS):
+                c[k] = cuda.fma(c[k], a, b)
+    for k in range(CHAINS):
+        x[i, k] = c[k]
+
+
+@functools.cache
+def make_mma_chains(threads):
+    """The mma ceiling kernel for blocks of ``threads`` threads (a multiple of 32).
+
+    Returns:
+        a kernel ``(a, b, c, trips)``: every warp w, for each chain k, ``trips`` times
+        C[w, k] ← C[w, k] + A·B, with a (16, 8) and b (8, 8) float32 (read as TF32: their low 13
+        bits ignored) and c (warps of the grid, CHAINS, 16, 8) float32, the accumulators' start
+        values, overwritten by their ends. Every thread of a block must run it (the simulator's
+        warp exchange has barriers): launch whole blocks of ``threads``.
+
+    Raises:
+        ValueError: ``threads`` is not a positive multiple of 32.
+    """
+    if threads <= 0 or threads % 32:
+        raise ValueError(f"threads: expected a positive multiple of 32 (whole warps), got {threads}")
+    NX = threads * XCH_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
+
+    @cuda.jit
+    def mma_chains(a, b, c, trips):
+        xch = cuda.shared.array(NX, float32)
+        tid = cuda.threadIdx.x
+        w = (cuda.blockIdx.x * threads + tid) // 32
+        lane = tid % 32
+        g, t = lane // 4, lane % 4
+        # the lane's fragments (kernels/mma.py): A[g, t], A[g + 8, t], A[g, t + 4], A[g + 8, t + 4];
+        # B[t, g], B[t + 4, g]; C[g, 2t], C[g, 2t + 1], C[g + 8, 2t], C[g + 8, 2t + 1]
+        a0, a1, a2, a3 = a[g, t], a[g + 8, t], a[g, t + 4], a[g + 8, t + 4]
+        b0, b1 = b[t, g], b[t + 4, g]
+        acc = cuda.local.array((CHAINS, 4), float32)
+        for k in range(CHAINS):
+            acc[k, 0], acc[k, 1] = c[w, k, g, 2 * t], c[w, k, g, 2 * t + 1]
+            acc[k, 2], acc[k, 3] = c[w, k, g + 8, 2 * t], c[w, k, g + 8, 2 * t + 1]
+        for _ in range(trips):
+            for k in range(CHAINS):  # CHAINS products in flight: none waits on another
+                acc[k, 0], acc[k, 1], acc[k, 2], acc[k, 3] = mma(
+                    xch, tid, a0, a1, a2, a3, b0, b1, acc[k, 0], acc[k, 1], acc[k, 2], acc[k, 3])
+        for k in range(CHAINS):
+            c[w, k, g, 2 * t], c[w, k, g, 2 * t + 1] = acc[k, 0], acc[k, 1]
+            c[w, k, g + 8, 2 * t], c[w, k, g + 8, 2 * t + 1] = acc[k, 2], acc[k, 3]
+
+    return mma_chains

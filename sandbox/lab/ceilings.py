@@ -1,0 +1,142 @@
+"""The roofline's ceilings, measured on the current GPU: HBM copy bandwidth, fp32 FMA and TF32 mma.sync throughput.
+
+- **HBM bandwidth**: a device-to-device copy of a :data:`COPY_BYTES` array (far beyond the L2),
+  counted as its bytes read plus its bytes written, the way the simulator counts HBM traffic.
+- **fp32 FMA**: ``kernels.ceilings.fma_chains``, launched as :data:`RUNS` says (every thread
+  8 independent chains).
+- **TF32 tensor cores**: ``kernels.ceilings.make_mma_chains``, m16n8k8 ``mma.sync`` (the
+  instruction flash2's tensor-core build issues), 8 independent accumulators per warp. A build
+  that makes each fp32 product of three TF32 products (``math="tf32x3"``) has a third of it.
+
+Each is the median of ``repeats`` calls timed with CUDA events (``sandbox.lab.timing.time_calls``)
+after warm-up calls, which also compile the kernels.
+"""
+
+import dataclasses
+import math
+import numbers
+import statistics
+
+import numpy as np
+from numba import cuda
+
+from kernels.ceilings import CHAINS, FMA_FLOPS_PER_TRIP, MMA_FLOPS, fma_chains, make_mma_chains
+from sandbox.lab.timing import REPEATS, WARMUP, time_calls
+
+#: Bytes of the array the bandwidth copy reads (and of the one it writes): 1 GiB.
+COPY_BYTES = 2**30
+#: The launch of each arithmetic kernel: blocks of 256 threads (8 warps), 8 per SM for the FMA
+#: kernel (64 warps: every SM full) and 4 for the mma kernel (32 warps, 8 products in flight
+#: each); loop trips for about 10 ms (FMA) and a few ms (mma) per call on an H200.
+RUNS = {"fma": {"blocks_per_sm": 8, "threads": 256, "trips": 2**15},
+        "mma": {"blocks_per_sm": 4, "threads": 256, "trips": 2**14}}
+#: The FMA chains' factor and term: x stays near 1, far from overflow and subnormals.
+FMA_A, FMA_B = np.float32(0.999999), np.float32(1e-6)
+
+#: The arithmetic of a build (``Schedule.math``) → (the ceiling it runs on, products per fp32 product).
+ARITHMETIC = {"fma": ("fma_flops_per_s", 1), "tf32x3": ("tf32_mma_flops_per_s", 3)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Ceilings:
+    """A GPU's measured ceilings.
+
+    Attributes:
+        hbm_bytes_per_s: copy bandwidth, bytes read + written per second.
+        fma_flops_per_s: fp32 FMA throughput, FLOP/s (2 per FMA).
+        tf32_mma_flops_per_s: TF32 ``mma.sync`` throughput, FLOP/s (2 per multiply-add).
+    """
+
+    hbm_bytes_per_s: float
+    fma_flops_per_s: float
+    tf32_mma_flops_per_s: float
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+                raise ValueError(f"{f.name}: expected a positive finite number, got {value!r}")
+
+    def flops_per_s(self, arithmetic):
+        """The FLOP/s ceiling of fp32 products made with ``arithmetic`` ("fma" or "tf32x3": a third of TF32's).
+
+        Raises:
+            ValueError: an arithmetic not in :data:`ARITHMETIC`.
+        """
+        try:
+            ceiling, products = ARITHMETIC[arithmetic]
+        except KeyError:
+            raise ValueError(f"arithmetic: expected one of {', '.join(ARITHMETIC)}, got {arithmetic!r}") from None
+        return getattr(self, ceiling) / products
+
+
+def _median_seconds(calls, repeats, timer):
+    return statistics.median(timer(calls, repeats, warmup=WARMUP)) * 1e-3
+
+
+def copy_bandwidth(nbytes=COPY_BYTES, repeats=REPEATS, timer=time_calls):
+    """Bytes read + written per second of a device-to-device copy of ``nbytes`` (float32 elements).
+
+    Returns:
+        (bytes per second, details): details holds the array's bytes and the median ms.
+    """
+    n = nbytes // 4
+    src = cuda.to_device(np.arange(n, dtype=np.float32))
+    dst = cuda.device_array(n, np.float32)
+    seconds = _median_seconds([lambda: dst.copy_to_device(src)], repeats, timer)
+    return 2 * n * 4 / seconds, {"copy_bytes": n * 4, "ms": seconds * 1e3}
+
+
+def fma_throughput(sms, blocks_per_sm, threads, trips, repeats=REPEATS, timer=time_calls):
+    """fp32 FLOP/s of :func:`kernels.ceilings.fma_chains`: ``blocks_per_sm`` blocks of ``threads`` per SM,
+    ``trips`` loop trips (:data:`RUNS` has the ceiling's).
+
+    Returns:
+        (FLOP/s, details): the grid, the trips, the FLOPs of one call and its median ms.
+    """
+    blocks = sms * blocks_per_sm
+    x = cuda.to_device(np.ones((blocks * threads, CHAINS), np.float32))
+    seconds = _median_seconds([lambda: fma_chains[blocks, threads](x, FMA_A, FMA_B, trips)], repeats, timer)
+    flops = blocks * threads * trips * FMA_FLOPS_PER_TRIP
+    return flops / seconds, {"blocks": blocks, "threads": threads, "trips": trips, "flops": flops,
+                             "ms": seconds * 1e3}
+
+
+def mma_throughput(sms, blocks_per_sm, threads, trips, repeats=REPEATS, timer=time_calls, seed=0):
+    """TF32 FLOP/s of :func:`kernels.ceilings.make_mma_chains`: ``blocks_per_sm`` blocks of ``threads`` per
+    SM, ``trips`` loop trips (:data:`RUNS` has the ceiling's).
+
+    A and B hold multiples of 1/8 in [-1, 1] (exact in TF32), so the accumulators grow by at most
+    8 per product: far from overflow over any run.
+
+    Returns:
+        (FLOP/s, details): the grid, the trips, the FLOPs of one call and its median ms.
+    """
+    rng = np.random.default_rng(seed)
+    blocks = sms * blocks_per_sm
+    warps = blocks * threads // 32
+    a = cuda.to_device(rng.integers(-8, 9, (16, 8)).astype(np.float32) / 8)
+    b = cuda.to_device(rng.integers(-8, 9, (8, 8)).astype(np.float32) / 8)
+    c = cuda.to_device(np.zeros((warps, CHAINS, 16, 8), np.float32))
+    kernel = make_mma_chains(threads)
+    seconds = _median_seconds([lambda: kernel[blocks, threads](a, b, c, trips)], repeats, timer)
+    flops = warps * trips * CHAINS * MMA_FLOPS
+    return flops / seconds, {"blocks": blocks, "threads": threads, "trips": trips, "flops": flops,
+                             "ms": seconds * 1e3}
+
+
+def measure_ceilings(sms, copy_bytes=COPY_BYTES, repeats=REPEATS, timer=time_calls, runs=None):
+    """All three ceilings on the current GPU (``sms``: its SMs, ``sandbox.lab.info.device_facts().sms``).
+
+    Args:
+        copy_bytes: bytes of the copied array.
+        runs: ``{"fma": {...}, "mma": {...}}``, launch settings overriding :data:`RUNS`'s (small runs).
+
+    Returns:
+        (:class:`Ceilings`, details): details per ceiling, for the result files' provenance.
+    """
+    runs = {k: {**v, **(runs or {}).get(k, {})} for k, v in RUNS.items()}
+    bandwidth, copy = copy_bandwidth(copy_bytes, repeats, timer)
+    fma, fma_run = fma_throughput(sms, **runs["fma"], repeats=repeats, timer=timer)
+    tf32, mma_run = mma_throughput(sms, **runs["mma"], repeats=repeats, timer=timer)
+    return Ceilings(bandwidth, fma, tf32), {"copy": copy, "fma": fma_run, "mma": mma_run}
