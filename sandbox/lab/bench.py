@@ -106,6 +106,7 @@ class BenchSpec:
         n, head_dim, dtype, causal: problem axes; batch, heads: B and H.
         impls: implementation names (``sandbox.lab.peers.IMPL_NAMES``); None: all.
         backward: also backward rows (sdpa-* through autograd, our standard and flash2).
+        backward_only: backward rows alone (implies ``backward``).
         repeats: timed calls per row (≥ 1; 10 by default, the median reported).
         warmup: untimed calls before them.
         block_q, block_kv, thread_q, thread_kv: our schedules' overrides; math: flash2's arithmetic
@@ -125,6 +126,7 @@ class BenchSpec:
     causal: tuple = (False,)
     impls: tuple = None
     backward: bool = False
+    backward_only: bool = False
     repeats: int = REPEATS
     warmup: int = WARMUP
     block_q: int = None
@@ -151,7 +153,8 @@ class BenchSpec:
                                  math=self.math)
 
     def implementations(self):
-        return implementations(self.impls, self.backward, self.schedules())
+        impls = implementations(self.impls, self.backward or self.backward_only, self.schedules())
+        return [i for i in impls if i.direction == "bwd"] if self.backward_only else impls
 
     def problems(self):
         """Problems in run order: grouped by inputs (dtype, d, n), then mask."""
