@@ -58,7 +58,7 @@ from sandbox.vocabulary.runtime import using_simulator
 
 #: Streamed rows (dkdv: queries, dq: keys) a warp's S and dP accumulators cover at once: at 32,
 #: 16 accumulators per thread beside dK's and dV's (d/2 each), under the 255-register cap at d = 128.
-CHUNK = {"dkdv": 32, "dq": 32}
+CHUNK = 32
 
 
 def eligible(schedule, head_dim, count_io=False, mask=None):
@@ -133,7 +133,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
     D, CAUSAL = head_dim, bool(causal)
     R = schedule.block_kv if DKDV else schedule.block_q  # resident rows (a warp per 16)
     C = schedule.block_q if DKDV else schedule.block_kv  # streamed rows per block
-    CH = next(c for c in (CHUNK[phase], 32, 16) if C % c == 0 and c <= CHUNK[phase])  # streamed rows per chunk of the products
+    CH = CHUNK if C % CHUNK == 0 else 16  # streamed rows per chunk of the products
     NS, KD = CH // 8, D // 8  # 8-row groups of a chunk; 8-column groups of d
     NT = 2 * R
     P_ = _stride(D)
@@ -181,11 +181,6 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
 
         return load
 
-    @inline_device
-    def row_pair(sm, base, r, c):
-        """(big, small) TF32 parts of the streamed tile's (r, c)."""
-        return parts(sm[base + r * P_ + c], EXACT)
-
     load_resident, load_streamed = loader(R), loader(C)
 
     @inline_device
@@ -209,14 +204,14 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
             vb2, vs2 = parts(sm[X2 + at + 4], EXACT)
             vb3, vs3 = parts(sm[X2 + at + 8 * P_ + 4], EXACT)
             for n in range(NS):
-                r = cq + 8 * n + g
-                bb0, bs0 = row_pair(sm, Y1, r, 8 * kk + tq)
-                bb1, bs1 = row_pair(sm, Y1, r, 8 * kk + tq + 4)
+                bt = (cq + 8 * n + g) * P_ + 8 * kk + tq
+                bb0, bs0 = parts(sm[Y1 + bt], EXACT)
+                bb1, bs1 = parts(sm[Y1 + bt + 4], EXACT)
                 s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma3(
                     xch, tid, kb0, kb1, kb2, kb3, ks0, ks1, ks2, ks3, bb0, bb1, bs0, bs1,
                     s[n, 0], s[n, 1], s[n, 2], s[n, 3], EXACT, EXACT)
-                bb0, bs0 = row_pair(sm, Y2, r, 8 * kk + tq)
-                bb1, bs1 = row_pair(sm, Y2, r, 8 * kk + tq + 4)
+                bb0, bs0 = parts(sm[Y2 + bt], EXACT)
+                bb1, bs1 = parts(sm[Y2 + bt + 4], EXACT)
                 dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3] = mma3(
                     xch, tid, vb0, vb1, vb2, vb3, vs0, vs1, vs2, vs3, bb0, bb1, bs0, bs1,
                     dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3], EXACT, EXACT)
@@ -232,10 +227,10 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
             pb1, ps1 = split(a[n, 2])
             pb2, ps2 = split(a[n, 1])
             pb3, ps3 = split(a[n, 3])
-            r = cq + 8 * n + 2 * tq
             for kk in range(KD):
-                bb0, bs0 = row_pair(sm, base, r, 8 * kk + g)
-                bb1, bs1 = row_pair(sm, base, r + 1, 8 * kk + g)
+                bt = base + (cq + 8 * n + 2 * tq) * P_ + 8 * kk + g
+                bb0, bs0 = parts(sm[bt], EXACT)
+                bb1, bs1 = parts(sm[bt + P_], EXACT)
                 acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3] = mma3(
                     xch, tid, pb0, pb1, pb2, pb3, ps0, ps1, ps2, ps3, bb0, bb1, bs0, bs1,
                     acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3], False, EXACT)

@@ -63,7 +63,7 @@ CANDIDATES = (
 TC_CANDIDATES = ((128, 64), (128, 32), (128, 16), (64, 64), (64, 32))
 #: (Br, Bc) of the fast backward's candidates (kernels/backward_tc.py: dkdv a warp per 16 keys of Bc,
 #: dq a warp per 16 queries of Br); those over the GPU's shared memory are left out.
-BACKWARD_CANDIDATES = ((128, 128), (128, 64), (64, 128), (64, 64), (128, 256), (256, 128))
+BACKWARD_CANDIDATES = ((256, 128), (128, 128), (128, 64), (64, 128), (64, 64))
 #: The problem a candidate is timed on: B·H = 32 heads of N = 4096 (BENCHMARKS.md's main tables).
 TUNE_BATCH, TUNE_HEADS, TUNE_N = 2, 16, 4096
 

@@ -138,6 +138,8 @@ class BenchSpec:
     tune: bool = False
 
     def __post_init__(self):
+        if self.backward_only:
+            object.__setattr__(self, "backward", True)
         if self.repeats < 1:
             raise ValueError(f"repeats: expected at least 1, got {self.repeats}")
         if self.warmup < 0:
@@ -153,7 +155,7 @@ class BenchSpec:
                                  math=self.math)
 
     def implementations(self):
-        impls = implementations(self.impls, self.backward or self.backward_only, self.schedules())
+        impls = implementations(self.impls, self.backward, self.schedules())
         return [i for i in impls if i.direction == "bwd"] if self.backward_only else impls
 
     def problems(self):
