@@ -81,11 +81,20 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
     return _choose(schedule, head_dim, count_io, mask, fast, facts, backward=False)
 
 
+#: Why ``fast=None`` leaves the backward to the plain build: the fast backward is taken only when asked for.
+BACKWARD_OPT_IN = ("the fast backward runs only with fast=True: on the H200 its dK at N = 16384, d = 128 was "
+                   "1.3e-4 of the gradient's scale off float64, above the fp32 standard of 1e-4 "
+                   "(BENCHMARKS.md, \"Fast backward\")")
+
+
 def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None):
     """The build a backward call of ``schedule`` at ``head_dim`` runs: as :func:`choose_build`,
-    from the kind's fast backward builds (flash2's ``"tf32x3"``: kernels/backward_tc.py). A
-    counting or plain Build has ``module`` None (kernels/launch.py lists the counting backward's
-    phases)."""
+    from the kind's fast backward builds (flash2's ``"tf32x3"``: kernels/backward_tc.py), except
+    that ``fast=None`` does not take them (:data:`BACKWARD_OPT_IN`): ``fast=True`` does, or raises
+    why it cannot. A counting or plain Build has ``module`` None (kernels/launch.py lists the
+    counting backward's phases)."""
+    if fast is None:
+        return Build(COUNTING if count_io else PLAIN, None, BACKWARD_OPT_IN)
     return _choose(schedule, head_dim, count_io, mask, fast, facts, backward=True)
 
 

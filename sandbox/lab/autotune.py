@@ -131,8 +131,13 @@ def cache_key(device_name, head_dim, dtype, causal, backward=False):
 
 
 def _runs_fast(schedule, head_dim, backward):
-    chooser = choose_backward_build if backward else choose_build
-    return chooser(schedule, head_dim).fast
+    """Whether the fast build (``backward``: the fast backward, asked for) runs ``schedule`` at ``head_dim``."""
+    if not backward:
+        return choose_build(schedule, head_dim).fast
+    try:
+        return choose_backward_build(schedule, head_dim, fast=True).fast
+    except ValueError:
+        return False
 
 
 def candidates(head_dim):
@@ -148,7 +153,7 @@ def backward_candidates(head_dim):
     """The schedules of :data:`BACKWARD_CANDIDATES` the fast backward can run at ``head_dim`` on this device."""
     todo = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math="tf32x3")
             for br, bc in BACKWARD_CANDIDATES]
-    return [s for s in todo if choose_backward_build(s, head_dim).fast]
+    return [s for s in todo if _runs_fast(s, head_dim, backward=True)]
 
 
 class CacheWarning(UserWarning):

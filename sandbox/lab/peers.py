@@ -345,10 +345,21 @@ class Ours(Impl):
             return self.schedule
         return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal, backward=self.direction == "bwd")
 
+    def fast_for(self, problem):
+        """``fast`` as this row passes it: a backward row whose ``fast`` is None asks for the fast
+        backward (opt-in, kernels/builds.py) where its schedule has one, and takes the plain one elsewhere."""
+        if self.direction != "bwd" or self.fast is not None:
+            return self.fast
+        try:
+            choose_backward_build(self.schedule_for(problem), problem.head_dim, fast=True)
+        except ValueError:
+            return None
+        return True
+
     def chosen(self, problem):
         """The :class:`kernels.builds.Build` this row runs."""
         chooser = choose_backward_build if self.direction == "bwd" else choose_build
-        return chooser(self.schedule_for(problem), problem.head_dim, fast=self.fast)
+        return chooser(self.schedule_for(problem), problem.head_dim, fast=self.fast_for(problem))
 
     def describe(self, problem):
         """The schedule and which build runs it."""
@@ -358,8 +369,8 @@ class Ours(Impl):
         backward = self.direction == "bwd"
         try:
             s = self.schedule_for(problem)
-            s.check_fits(problem.head_dim, problem.dtype, backward=backward)
-            if not self.chosen(problem).fast:
+            if not self.chosen(problem).fast:  # (a fast build's own tiles were checked when it was chosen)
+                s.check_fits(problem.head_dim, problem.dtype, backward=backward)
                 check_device_limit(s.sram_footprint(problem.head_dim, problem.dtype, backward=backward))
         except ValueError as e:
             return False, str(e)
@@ -377,7 +388,8 @@ class Ours(Impl):
         if self.direction == "fwd":
             return lambda: wrap(run(s, problem, q, k, v, fast=fast)[0])
         out, lse = run(s, problem, q, k, v, fast=fast)[:2]
-        return lambda: tuple(wrap(x) for x in run_backward(s, problem, q, k, v, out, lse, dout, fast=fast)[:3])
+        bwd_fast = self.fast_for(problem)
+        return lambda: tuple(wrap(x) for x in run_backward(s, problem, q, k, v, out, lse, dout, fast=bwd_fast)[:3])
 
 
 def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None, tune=False, math=None):

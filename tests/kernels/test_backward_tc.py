@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernels.builds import BACKWARD_OPT_IN
 from kernels.flash2_tc import tc_schedule
-from sandbox import Problem, attention, attention_backward, reference_attention_backward
+from sandbox import Problem, Schedule, attention, attention_backward, reference_attention_backward
 from sandbox.vocabulary import masks
 from sandbox.vocabulary.runtime import using_simulator
 from tests.strategies import make_inputs, seeds
@@ -26,7 +27,7 @@ SIZES = [pytest.param(dict(n=(1, 40), d=(8, 16), blocks=(16, 32)), id="small"),
          pytest.param(dict(n=(1, 700), d=(64, 128), blocks=(64, 128)), id="large", marks=pytest.mark.gpu)]
 
 
-def gradients(schedule, problem, seed, fast=None, mask=None, dout=None):
+def gradients(schedule, problem, seed, fast=True, mask=None, dout=None):
     q, k, v = make_inputs(problem, seed)
     if dout is None:
         dout = np.random.default_rng(seed + 1).standard_normal(q.shape).astype(problem.dtype)
@@ -72,7 +73,7 @@ def test_fast_backward_agrees_with_the_plain_backward_of_its_schedule():
     problem = Problem(batch=1, heads=2, n_q=24, n_kv=40, head_dim=8, causal=True)
     schedule = tc_schedule(16, 32)
     (q, k, v, dout, out, lse), fast, build = gradients(schedule, problem, seed=4)
-    _, plain, plain_build = gradients(schedule, problem, seed=4, fast=False)
+    _, plain, plain_build = gradients(schedule, problem, seed=4, fast=None)
     assert (build.name, plain_build.name) == ("fast-tf32x3", "plain")
     refs = reference_attention_backward(q, k, v, dout, causal=True, scale=problem.scale, out=out, lse=lse)
     for f, p, ref in zip(fast, plain, refs):
@@ -81,23 +82,28 @@ def test_fast_backward_agrees_with_the_plain_backward_of_its_schedule():
         assert not np.array_equal(f, p)  # and not the same arithmetic: the fast one ran
 
 
-def test_what_the_fast_backward_leaves_to_the_plain_one():
+def test_the_fast_backward_is_opt_in():
     problem = Problem(batch=1, heads=1, n_q=16, n_kv=16, head_dim=8)
-    schedule = tc_schedule(16, 16)
-    _, _, build = gradients(schedule, problem, seed=1, mask=masks.sliding_window(4))
-    assert (build.name, build.reason) == ("plain", "a mask")
-    dout = np.full((1, 1, 16, 8), np.nan, np.float32)
-    _, _, build = gradients(schedule, problem, seed=1, dout=dout)
-    assert build.name == "plain" and "dout holds NaN or inf" in build.reason
-    _, _, build = gradients(tc_schedule(16, 8), problem, seed=1)
-    assert build.name == "plain" and "multiples of 16" in build.reason
-    _, _, build = gradients(schedule.__class__("flash2", block_q=16, block_kv=16), problem, seed=1)
-    assert build.name == "plain" and "no fast backward for math='fma'" in build.reason
+    _, _, build = gradients(tc_schedule(16, 16), problem, seed=1, fast=None)
+    assert (build.name, build.reason) == ("plain", BACKWARD_OPT_IN)
 
 
-def test_fast_true_says_why_the_fast_backward_cannot_run():
+@pytest.mark.parametrize("case, why", [
+    ("mask", "fast backward cannot run .*: a mask"),
+    ("nan dout", "dout holds NaN or inf"),
+    ("blocks", "needs both multiples of 16"),
+    ("fma", "has no fast backward for math='fma'"),
+])
+def test_fast_true_says_why_the_fast_backward_cannot_run(case, why):
     problem = Problem(batch=1, heads=1, n_q=16, n_kv=16, head_dim=8)
-    with pytest.raises(ValueError, match="fast backward cannot run .* a mask"):
-        gradients(tc_schedule(16, 16), problem, seed=1, fast=True, mask=masks.sliding_window(4))
-    with pytest.raises(ValueError, match="dout holds NaN or inf"):
-        gradients(tc_schedule(16, 16), problem, seed=1, fast=True, dout=np.full((1, 1, 16, 8), np.inf, np.float32))
+    schedule, kw = tc_schedule(16, 16), {}
+    if case == "mask":
+        kw["mask"] = masks.sliding_window(4)
+    elif case == "nan dout":
+        kw["dout"] = np.full((1, 1, 16, 8), np.nan, np.float32)
+    elif case == "blocks":
+        schedule = tc_schedule(16, 8)
+    else:
+        schedule = Schedule("flash2", block_q=16, block_kv=16)
+    with pytest.raises(ValueError, match=why):
+        gradients(schedule, problem, seed=1, **kw)
