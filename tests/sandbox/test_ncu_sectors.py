@@ -18,7 +18,8 @@ from sandbox.vocabulary import kinds
 from sandbox.vocabulary.runtime import using_simulator
 from simulator.l2 import simulate_dram
 
-pytestmark = pytest.mark.skipif(not using_simulator(), reason="traces the kernels under Numba's CUDA simulator")
+#: The tests that trace the kernels: they run them under Numba's CUDA simulator.
+traces = pytest.mark.skipif(not using_simulator(), reason="traces the kernels under Numba's CUDA simulator")
 
 
 @contextlib.contextmanager
@@ -140,6 +141,7 @@ def assert_model_matches_trace(schedule, problem, backward, module, run_traced):
 SMALL = dict(block_q=16, block_kv=32, thread_q=4, thread_kv=2)
 
 
+@traces
 @pytest.mark.parametrize("kind", kinds.names())
 def test_plain_forward(kind):
     """The counting kernels' forward (counters compiled out): whole sectors, but for standard's L."""
@@ -154,6 +156,7 @@ def test_plain_forward(kind):
     assert_model_matches_trace(schedule, problem, False, None, run)
 
 
+@traces
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("kind", ["flash2", "standard"])
 def test_plain_backward(kind, dtype):
@@ -170,6 +173,7 @@ def test_plain_backward(kind, dtype):
     assert_model_matches_trace(schedule, problem, True, None, run)
 
 
+@traces
 @pytest.mark.parametrize("schedule, d", [(Schedule("flash2", 32, 32, 4, 4), 32), (tc_schedule(16, 8), 16)],
                          ids=["fast-fma", "fast-tf32x3"])
 def test_fast_forward(schedule, d):
@@ -218,3 +222,25 @@ def test_whole_sector_caveats():
     assert len(causal) == 1 and causal[0].startswith("causal")
     odd = ncu_sectors.whole_sector_caveats(Schedule("flash2", 16, 16, 4, 4), Problem(1, 1, 100, 100, 6))
     assert [c.split(" ")[0].split("=")[0] for c in odd] == ["TX", "d·itemsize", "Bc·4", "ragged"]
+
+
+@pytest.mark.parametrize("name, build", [("ncu_check.csv", "plain"), ("ncu_check_fast.csv", "fast-fma")])
+def test_the_h100s_measured_bytes(name, build):
+    """The sector model gives, byte for byte, the L1 global load and store bytes Nsight Compute measured on
+    the H100 (docs/results/h100-2026-11-24, N up to 4096): standard's L and the FMA build's O and L included."""
+    import csv
+    import pathlib
+
+    from sandbox.cli import ncu_parser
+    from sandbox.lab import ncu_results, ncu_specs
+
+    args = ncu_parser().parse_args(["--no-probes"])
+    path = pathlib.Path(__file__).resolve().parents[2] / "docs" / "results" / "h100-2026-11-24" / name
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if int(r["n"]) <= 4096]
+    assert len(rows) == (16 if build == "plain" else 4)
+    for r in rows:
+        cfg = ncu_specs.Config(r["kind"], int(r["n"]), int(r["d"]), bool(int(r["causal"])), "fwd", build)
+        pred = ncu_results.predict(cfg, args, "h100")
+        assert (pred["sim_l1_ld_bytes"], pred["sim_l1_st_bytes"]) == (
+            float(r["ncu_global_ld_bytes"]), float(r["ncu_global_st_bytes"])), cfg.label()
