@@ -472,8 +472,13 @@ def check(args, command=None):
     order = probes + measure_order([c for c in configs if c not in skipped])
     cmd = ncu_command(ncu or "ncu", metrics, paths["ncu_raw.csv"],
                       child_argv(order, args, paths["manifest.jsonl"]), args.cache_control)
+    by_reason = {}
     for cfg, why in skipped.items():
-        print(f"skipped: {cfg.label()}: {why}", file=sys.stderr if args.dry_run else sys.stdout)
+        by_reason.setdefault(why, {}).setdefault(f"{cfg.kind} {cfg.direction} {cfg.build}", 0)
+        by_reason[why][f"{cfg.kind} {cfg.direction} {cfg.build}"] += 1
+    for why, which in by_reason.items():
+        print(f"skipped {sum(which.values())} config(s) ({', '.join(which)}): {why}",
+              file=sys.stderr if args.dry_run else sys.stdout)
     if args.dry_run:
         print(shlex.join(cmd))
         return 0

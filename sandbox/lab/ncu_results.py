@@ -487,16 +487,19 @@ def write_probes_csv(calibration, path):
 
 
 def plot(rows, path):
-    """Two panels, one point per config: measured/simulated global bytes (2% band), DRAM (15% band)."""
+    """Two panels, one point per config (the skipped ones left out): measured/simulated global bytes (2%
+    band; open diamonds: over the sector model, where it differs), DRAM (15% band)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if not str(r.get("status")).startswith("skipped")]
+
     labels = [f"{r['kind']}" + ("\nbwd" if r.get("direction") == "bwd" else "")
               + ("" if r.get("build", PLAIN) == PLAIN else f"\n{r['build']}")
               + f"\nN={r['n']}\nd={r['d']}" + ("\ncausal" if r["causal"] else "") for r in rows]
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.7 * len(rows) + 2), 7.5), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(min(48, max(8, 0.5 * len(rows) + 2)), 7.5), sharex=True)
     panels = [("global_ratio", GLOBAL_TOLERANCE, "global ld+st bytes (ncu L1)\n/ simulator HBM bytes"),
               ("dram_ratio", DRAM_TOLERANCE, "DRAM bytes (ncu)\n/ L2-model prediction")]
     x = list(range(len(rows)))

@@ -309,7 +309,8 @@ def test_end_to_end_backward_and_fast_builds(ncu_check, tmp_path, capsys):
     skipped = by[("flash2", "bwd", "fast-fma")]
     assert skipped["verdict"] == skipped["status"] == ("skipped: no fast backward build is registered (kernels/builds.py "
                                                        "has no choose_backward_build)")
-    assert "skipped: flash2 backward fast-fma N=128 d=64: no fast backward build" in stdout
+    assert ("skipped 4 config(s) (flash2 bwd fast-fma, flash2 bwd fast-tf32x3, standard bwd fast-fma, standard bwd "
+            "fast-tf32x3): no fast backward build") in stdout
     assert "sectors: ncu's global bytes / the sector model" in stdout
     specs = json.loads((out / "ncu_check.json").read_text())["ncu_command"].split("--specs ")[1].split()
     assert "flash2:128:64:0:bwd:plain" in specs and "flash2:128:64:0:fwd:fast-tf32x3" in specs
@@ -603,7 +604,7 @@ def test_dry_run_of_the_backward(ncu_check, monkeypatch, capsys, tmp_path):
     captured = capsys.readouterr()
     (line,) = captured.out.strip().splitlines()
     assert line.endswith("--specs flash2:1024:64:0 flash2:1024:64:0:fwd:fast-fma flash2:1024:64:0:bwd:plain")
-    assert captured.err.strip() == ("skipped: flash2 backward fast-fma N=1024 d=64: no fast backward build is "
+    assert captured.err.strip() == ("skipped 1 config(s) (flash2 bwd fast-fma): no fast backward build is "
                                     "registered (kernels/builds.py has no choose_backward_build)")
 
 
