@@ -288,8 +288,8 @@ def validate(configs, args):
             if all(not_offered(k, direction, b) for k in args.kinds):
                 why = "; ".join(dict.fromkeys(not_offered(k, direction, b) for k in args.kinds))
                 flag = "--backward" if direction == "bwd" and b == PLAIN else "--builds" if args.builds else "--build"
-                raise ValueError(f"{flag}: no kind of --kinds offers the {'backward' if direction == 'bwd' else 'forward'} "
-                                 f"{b} build ({why})")
+                which = "backward" if direction == "bwd" else "forward"
+                raise ValueError(f"{flag}: no kind of --kinds offers the {which} {b} build ({why})")
     if not configs:
         raise ValueError("no configs: --kinds, --n and --d each need at least one value")
     skipped = {}
@@ -350,8 +350,9 @@ def _compile_model(args):
     for kind in l2_kinds():
         for direction in DIRECTIONS:
             if not not_offered(kind, direction, PLAIN):
-                simulate_dram(make_schedule(Config(kind, 8, 4, True, direction), args), Problem(1, 1, 8, 8, 4, causal=True),
-                              l2_bytes=4096, resident_blocks=1, dirty_limit_bytes=256, backward=direction == "bwd")
+                schedule = make_schedule(Config(kind, 8, 4, True, direction), args)
+                simulate_dram(schedule, Problem(1, 1, 8, 8, 4, causal=True), l2_bytes=4096, resident_blocks=1,
+                              dirty_limit_bytes=256, backward=direction == "bwd")
 
 
 def read_manifest(path):
@@ -571,7 +572,8 @@ def check(args, command=None):
         "command": prov["command"], "date": prov["date"], "git commit": prov["git_commit"], "status": status,
         "gpu": gpu.name, "ncu": prov["ncu_version"],
         "targets": f"global bytes within {GLOBAL_TOLERANCE:.0%} of sim_hbm_bytes (or, explained, of sim_l1_bytes: "
-                   f"the same in whole sectors per warp instruction); DRAM within {DRAM_TOLERANCE:.0%} of pred_dram_bytes",
+                   f"the same in whole sectors per warp instruction); DRAM within {DRAM_TOLERANCE:.0%} of "
+                   f"pred_dram_bytes",
         "files": "ncu_check.csv and ncu_check.json hold every column, and each row's kernels one by one"})
     try:
         plot(rows, paths["ncu_check.png"])

@@ -131,7 +131,8 @@ def fma_o_store(schedule, head_dim):
     for lanes in _fma_lanes(schedule):
         for a in range(tm):
             for c in range(do):
-                insts.append([(_fma_row(schedule, ty, a), vo * tx + (c // vo) * vo * tx_n + c % vo) for ty, tx in lanes])
+                col0 = (c // vo) * vo * tx_n + c % vo
+                insts.append([(_fma_row(schedule, ty, a), vo * tx + col0) for ty, tx in lanes])
     return head_dim, insts
 
 
@@ -227,7 +228,8 @@ _TN = "rows tx + bb·TX, columns ty + c·TY per thread"
 #: kind's backward trait; phase -> accesses.
 PLAIN_FORWARD = {"standard": {"softmax": (Access("L", "st", one_thread_per_row, "thread 0 writes the row's L"),)}}
 PLAIN_BACKWARD = {
-    "flash": dict([_D, ("dkdv", (Access("dK", "st", transposed_store, _TN), Access("dV", "st", transposed_store, _TN)))]),
+    "flash": dict([_D, ("dkdv", (Access("dK", "st", transposed_store, _TN),
+                                 Access("dV", "st", transposed_store, _TN)))]),
     "standard": dict([_D, ("dv", (Access("dV", "st", transposed_store, _TN),)),
                       ("dk", (Access("dK", "st", transposed_store, _TN),))]),
 }

@@ -174,7 +174,8 @@ def resolve_build(cfg, schedule):
     else:
         chooser = getattr(builds, BACKWARD_CHOOSER, None)
         if chooser is None:
-            raise BuildUnavailable(f"no fast backward build is registered (kernels/builds.py has no {BACKWARD_CHOOSER})")
+            raise BuildUnavailable(
+                f"no fast backward build is registered (kernels/builds.py has no {BACKWARD_CHOOSER})")
         try:
             chosen = chooser(schedule, cfg.d, fast=True)
         except ValueError as e:

@@ -185,7 +185,8 @@ with open(args.manifest, "w") as man:
     for s in args.specs:
         cfg = nc.parse_spec(s)
         grids = nc.expected_grids(cfg, args)
-        man.write(json.dumps({{"spec": s, "phases": [], "kernels": len(grids), "build": getattr(cfg, "build", None)}}) + "\\n")
+        entry = {{"spec": s, "phases": [], "kernels": len(grids), "build": getattr(cfg, "build", None)}}
+        man.write(json.dumps(entry) + "\\n")
         if isinstance(cfg, nc.Probe):
             t = 1e-8 * cfg.arg if cfg.name != "stream" else 1e-5
             wr = 2e7 * t + (cfg.arg * 2**20 - 24 * 2**20 if cfg.name == "stream" else 0)
@@ -301,10 +302,12 @@ def test_end_to_end_backward_and_fast_builds(ncu_check, tmp_path, capsys):
                 ("standard", "bwd", "plain")]:
         r = by[key]  # ncu's bytes are the sector model's, well above the bytes moved: explained, not missed
         assert r["verdict"] == "explained" and r["global_within_2pct"] == "0" and r["l1_within_2pct"] == "1", key
-        assert r["sim_hbm_bytes"] == by[(key[0], key[1], "plain")]["sim_hbm_bytes"]  # a fast build's tiles are the plain one's
+        # a fast build's tiles are the plain build's
+        assert r["sim_hbm_bytes"] == by[(key[0], key[1], "plain")]["sim_hbm_bytes"]
     assert "main: O st ×4.00, L st ×4.00" == by[("flash2", "fwd", "fast-fma")]["sector_note"]
     assert "main: Q ld ×2.00, K ld ×2.00, O st ×2.00" == by[("flash2", "fwd", "fast-tf32x3")]["sector_note"]
-    assert by[("standard", "bwd", "plain")]["sector_note"] == "d: O ld ×8.00, dO ld ×8.00; dv: dV st ×4.00; dk: dK st ×4.00"
+    assert by[("standard", "bwd", "plain")]["sector_note"] == ("d: O ld ×8.00, dO ld ×8.00; dv: dV st ×4.00; "
+                                                               "dk: dK st ×4.00")
     assert by[("flash2", "bwd", "plain")]["kernels"] == "3" and by[("standard", "bwd", "plain")]["kernels"] == "6"
     skipped = by[("flash2", "bwd", "fast-fma")]
     assert skipped["verdict"] == skipped["status"] == ("skipped: no fast backward build is registered (kernels/builds.py "
