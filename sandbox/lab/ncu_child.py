@@ -93,7 +93,8 @@ def run_config(cfg, settings, rng, measured=contextlib.nullcontext):
     """
     schedule, problem = make_schedule(cfg, settings), make_problem(cfg, settings)
     chosen = resolve_build(cfg, schedule)
-    small = Problem(1, 1, 2 * schedule.block_q, 2 * schedule.block_kv, cfg.d, dtype=problem.dtype, causal=cfg.causal)
+    m = 2 * max(schedule.block_q, schedule.block_kv)  # Nq = Nk, as device_inputs makes them
+    small = Problem(1, 1, m, m, cfg.d, dtype=problem.dtype, causal=cfg.causal)
     step = _backward if cfg.backward else _forward
     step(schedule, small, chosen, rng, contextlib.nullcontext)
     return step(schedule, problem, chosen, rng, measured), chosen
