@@ -171,6 +171,7 @@ from sandbox.lab.ncu_results import (
 from sandbox.lab.ncu_specs import (
     BUILD_NAMES,
     DIRECTIONS,
+    FAST_PREFIX,
     PLAIN,
     BuildUnavailable,
     Config,
@@ -200,7 +201,7 @@ CAUSAL = {"no": (False,), "yes": (True,), "both": (False, True)}
 #: --backward: the passes measured.
 PASSES = {"no": ("fwd",), "yes": ("bwd",), "both": DIRECTIONS}
 #: --build (kept beside --builds): its values' build names.
-BUILD_FLAG = {"plain": PLAIN, "fast": "fast-fma"}
+BUILD_FLAG = {"plain": PLAIN, "fast": FAST_PREFIX + "fma"}
 
 
 def probes_from_args(args):
@@ -218,7 +219,7 @@ def not_offered(kind, direction, build):
     fast build its kernels' registry does not list."""
     if direction == "bwd" and kinds.get(kind).backward is None:
         return f"kind {kind!r} has no backward pass"
-    if direction == "fwd" and build != PLAIN and registry.get(kind).fast.get(build[len("fast-"):]) is None:
+    if direction == "fwd" and build != PLAIN and registry.get(kind).fast.get(build[len(FAST_PREFIX):]) is None:
         return f"kind {kind!r} has no {build} build"
     return None
 

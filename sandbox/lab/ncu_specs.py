@@ -46,8 +46,8 @@ DIRECTIONS = ("fwd", "bwd")
 #: The builds a row can name (kernels/builds.py's names): the plain kernels, or a fast build by its
 #: arithmetic (sandbox.vocabulary.kinds.MATHS).
 PLAIN = builds.PLAIN
-FAST = "fast-"
-BUILD_NAMES = (PLAIN,) + tuple(FAST + math for math in kinds.MATHS)
+FAST_PREFIX = "fast-"
+BUILD_NAMES = (PLAIN,) + tuple(FAST_PREFIX + math for math in kinds.MATHS)
 #: The function of kernels/builds.py that will choose the backward's build, ``(schedule, head_dim, *,
 #: fast) -> Build`` as ``choose_build`` does the forward's; kernels.launch.run_backward then takes it as
 #: ``chosen=``. Until kernels/builds.py has it, the backward's fast rows are skipped, with that reason.
@@ -83,7 +83,7 @@ class Config:
     @property
     def math(self):
         """The fast build's ``Schedule.math``, None for the plain kernels."""
-        return self.build[len(FAST):] if self.build.startswith(FAST) else None
+        return self.build[len(FAST_PREFIX):] if self.build.startswith(FAST_PREFIX) else None
 
     def spec(self):
         """"kind:N:d:causal[:direction:build]", the child's command-line form (the short one for the plain forward)."""
