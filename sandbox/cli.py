@@ -331,9 +331,8 @@ def cmd_tune(a):
 
 def _add_ncu_args(p):
     """The ncu check's arguments (``sandbox/lab/ncu.py`` says what each one does to the measurement)."""
-    from sandbox.lab.ncu import CACHE_CONTROLS
-    from sandbox.lab.ncu_child import BUILDS
-    from sandbox.lab.ncu_specs import DEFAULT_D, DEFAULT_N, l2_kinds
+    from sandbox.lab.ncu import BUILD_FLAG, CACHE_CONTROLS, PASSES
+    from sandbox.lab.ncu_specs import BUILD_NAMES, DEFAULT_D, DEFAULT_N, l2_kinds
     from sandbox.vocabulary.gpus import KNOWN_GPUS
 
     p.add_argument("--out", default="results/ncu", help="directory for the CSV, JSON, figure and ncu's log")
@@ -346,9 +345,16 @@ def _add_ncu_args(p):
     p.add_argument("--heads", type=int, default=1, help="H, the number of heads (default %(default)s)")
     p.add_argument("--dtype", default="float32", choices=SUPPORTED, help="Q, K, V dtype (default %(default)s)")
     p.add_argument("--kv-splits", type=int, default=4, help="kv_splits of the kinds that read it (splitkv)")
-    p.add_argument("--build", choices=BUILDS, default="plain",
-                   help="which build of a kind to measure: 'plain' (the kernels whose counters the simulator "
-                        "mirrors; default) or 'fast' (flash2's fast build, an error for kinds without one)")
+    p.add_argument("--backward", choices=tuple(PASSES), default="no",
+                   help="measure the backward pass (kernels.launch.run_backward): 'no' (the forward only; default), "
+                        "'yes' (the backward only) or 'both'; kinds without a backward have forward rows only")
+    p.add_argument("--builds", nargs="+", default=None, metavar="BUILD",
+                   help=f"builds to measure, by spaces or commas: {', '.join(BUILD_NAMES)} ('plain': the kernels "
+                        "whose counters the simulator mirrors; 'fast-<math>': the fast build of Schedule(math=<math>), "
+                        "for the kinds that have one; a backward fast build is skipped until kernels/builds.py "
+                        "offers one). Default: --build's")
+    p.add_argument("--build", choices=tuple(BUILD_FLAG), default="plain",
+                   help="without --builds: 'plain' (default) or 'fast' (flash2's FMA build, fast-fma)")
     p.add_argument("--no-probes", dest="probes", action="store_false",
                    help="skip the calibration probes; the model then takes --dirty-limit-bytes and "
                         "--background-write-rate (default: neither)")

@@ -5,7 +5,8 @@ those accesses goes to the L2 cache first, and only its misses and write-backs r
 module replays the same accesses, the tile-level request stream of ``simulator/streams.py`` in the
 order the GPU issues thread blocks, through a sector-level model of the L2, and reports the DRAM
 bytes. The total it requests is, byte for byte, ``simulate_counts(schedule, problem).hbm_bytes``
-(tested per tensor), so the L2 sits on top of the same algorithm.
+(tested per tensor), or with ``backward=True`` ``simulate_backward_counts``', so the L2 sits on
+top of the same algorithm.
 
 Residency and interleaving (the approximation)
     ``resident_blocks`` blocks are in flight at once (default: SMs × blocks per SM, the latter
@@ -87,7 +88,7 @@ from numba import njit
 from sandbox.vocabulary.gpus import known_gpu
 from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
-from simulator.streams import NCOLS, TENSORS, Launch, launches, tile_requests
+from simulator.streams import BACKWARD_FOOTPRINTS, NCOLS, TENSORS, Launch, backward_trait, launches, tile_requests
 from simulator.streams import NO_TRI as _NO_TRI  # as the compiled cache loop reads it
 
 # statistics columns, per (launch, tensor)
@@ -373,8 +374,10 @@ class DramReport:
             sectors per row range (what a load/store unit sends to L2 without L1 hits).
         l2_read_hit_rate: read sectors found in L2 / read sectors requested.
         per_tensor: tensor -> dict of the fields above that apply (requested_read_bytes,
-            requested_write_bytes, read_bytes, write_evicted_bytes, write_flush_bytes).
-        per_launch: one dict per launch: phase, grid, resident_blocks and the totals above.
+            requested_write_bytes, read_bytes, write_evicted_bytes, write_cleaned_bytes,
+            write_flush_bytes).
+        per_launch: one dict per launch: phase, grid, resident_blocks, the totals above, and its
+            own per_tensor.
         config: the model's parameters (l2_bytes, capacity, sets, ways, line, sector, policy, ...).
     """
 
@@ -407,7 +410,8 @@ class DramReport:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["per_tensor"] = {k: dict(v) for k, v in self.per_tensor.items()}
         d["config"] = dict(self.config)
-        d["per_launch"] = [dict(x) for x in self.per_launch]
+        d["per_launch"] = [{**x, "per_tensor": {k: dict(v) for k, v in x["per_tensor"].items()}}
+                           for x in self.per_launch]
         d["dram_bytes"] = self.dram_bytes
         return d
 
@@ -436,45 +440,62 @@ _TENSOR_FIELDS = ("requested_read_bytes", "requested_write_bytes", "read_bytes",
                   "write_cleaned_bytes", "write_flush_bytes")
 
 
+def _per_tensor(stats, sector, flush_at_end):
+    """tensor -> its _TENSOR_FIELDS, for the tensors with any, from a (tensors, stats) or (launches, tensors,
+    stats) block."""
+    out = {}
+    for t, name in enumerate(TENSORS):
+        tot = _totals(stats[..., t, :], sector, flush_at_end)
+        if any(tot[k] for k in _TENSOR_FIELDS):
+            out[name] = MappingProxyType({k: tot[k] for k in _TENSOR_FIELDS})
+    return MappingProxyType(out)
+
+
 def _report(stats, launches, residency, sector, flush_at_end, scale, config):
     stats = stats * scale
-    per_tensor = {}
-    for t, name in enumerate(TENSORS):
-        tot = _totals(stats[:, t, :], sector, flush_at_end)
-        if any(tot[k] for k in _TENSOR_FIELDS):
-            per_tensor[name] = MappingProxyType({k: tot[k] for k in _TENSOR_FIELDS})
     per_launch = tuple(
         MappingProxyType({"phase": ln.phase, "grid": ln.grid, "resident_blocks": residency[ln.phase],
-                          **_totals(stats[i], sector, flush_at_end)})
+                          **_totals(stats[i], sector, flush_at_end),
+                          "per_tensor": _per_tensor(stats[i], sector, flush_at_end)})
         for i, ln in enumerate(launches))
-    return DramReport(**_totals(stats.sum(axis=0), sector, flush_at_end), per_tensor=MappingProxyType(per_tensor),
-                      per_launch=per_launch, config=MappingProxyType(config))
+    return DramReport(**_totals(stats.sum(axis=0), sector, flush_at_end),
+                      per_tensor=_per_tensor(stats, sector, flush_at_end), per_launch=per_launch,
+                      config=MappingProxyType(config))
 
 
 # -- entry points -----------------------------------------------------------------------------
-def blocks_per_sm(schedule, problem, phase, gpu):
-    """Thread blocks of ``phase`` an SM of ``gpu`` holds at once: shared memory, warps, the block limit
-    (not registers). ``gpu``: a DeviceFacts or a name in ``sandbox.vocabulary.gpus.KNOWN_GPUS``."""
+def _smem_bytes(schedule, problem, phase, backward):
+    """Shared memory of one block of ``phase`` (its footprint, sandbox/vocabulary/footprints.py)."""
+    buffers = sram_buffers(schedule, problem.head_dim, problem.dtype, backward=backward)
+    name = BACKWARD_FOOTPRINTS[backward_trait(schedule)].get(phase, phase) if backward else phase
+    return 0 if name is None else sram_offsets(buffers[name])[1]
+
+
+def blocks_per_sm(schedule, problem, phase, gpu, backward=False):
+    """Thread blocks of ``phase`` (of the backward pass with ``backward``) an SM of ``gpu`` holds at
+    once: shared memory, warps, the block limit (not registers). ``gpu``: a DeviceFacts or a name in
+    ``sandbox.vocabulary.gpus.KNOWN_GPUS``."""
     gpu = known_gpu(gpu)
-    smem = sram_offsets(sram_buffers(schedule, problem.head_dim, problem.dtype)[phase])[1]
+    smem = _smem_bytes(schedule, problem, phase, backward)
     warps = -(-schedule.threads // 32)
     return max(1, min(gpu.max_blocks_per_sm, gpu.max_warps_per_sm // warps,
                       gpu.smem_per_sm // (smem + gpu.smem_reserved_per_block)))
 
 
-def default_resident_blocks(schedule, problem, gpu):
+def default_resident_blocks(schedule, problem, gpu, backward=False):
     """phase -> blocks in flight on ``gpu``: its SMs × :func:`blocks_per_sm`."""
     gpu = known_gpu(gpu)
-    return {phase: gpu.sms * blocks_per_sm(schedule, problem, phase, gpu) for phase, _, _ in launches(schedule)}
+    return {phase: gpu.sms * blocks_per_sm(schedule, problem, phase, gpu, backward)
+            for phase, _, _ in launches(schedule, backward)}
 
 
 _NAME_THE_MACHINE = ("say which machine the L2 model describes: gpu= a name in sandbox.vocabulary.gpus.KNOWN_GPUS or the "
                      "device's facts (sandbox.lab.info.device_facts()), or {}")
 
 
-def _residency(schedule, problem, resident_blocks, gpu):
+def _residency(schedule, problem, resident_blocks, gpu, backward=False):
     """phase -> blocks in flight: ``resident_blocks`` (an int, or a dict for some phases) over ``gpu``'s default."""
-    phases = [phase for phase, _, _ in launches(schedule)]
+    phases = [phase for phase, _, _ in launches(schedule, backward)]
     if resident_blocks is not None and not isinstance(resident_blocks, dict):
         return {phase: int(resident_blocks) for phase in phases}
     given = dict(resident_blocks or {})
@@ -484,17 +505,19 @@ def _residency(schedule, problem, resident_blocks, gpu):
     if set(given) != set(phases):
         if gpu is None:
             raise TypeError("resident_blocks: " + _NAME_THE_MACHINE.format("resident_blocks= for every phase"))
-        given = {**default_resident_blocks(schedule, problem, gpu), **given}
+        given = {**default_resident_blocks(schedule, problem, gpu, backward), **given}
     return {phase: int(given[phase]) for phase in phases}
 
 
 def simulate_dram(schedule, problem, l2_bytes=None, sector=32, line=128, ways=16, resident_blocks=None,
                   policy="lru", *, gpu=None, cold_launches=False, flush_at_end=True, slices="all",
-                  set_index="hash", dirty_limit_bytes=None):
+                  set_index="hash", dirty_limit_bytes=None, backward=False):
     """DRAM traffic of ``schedule`` on ``problem`` behind an L2 cache (model: the module docstring).
 
     Args:
         schedule, problem: as for ``simulate_counts`` (a kind with a request stream in the table; no mask).
+        backward: the backward pass's launches (``simulate_backward_counts``' traffic) instead of
+            the forward's.
         l2_bytes: L2 capacity, default ``gpu``'s. Rounded down to whole sets.
         sector: bytes per sector, the unit of DRAM reads and write-backs (32).
         line: bytes per line, the unit of allocation and replacement (128).
@@ -520,7 +543,8 @@ def simulate_dram(schedule, problem, l2_bytes=None, sector=32, line=128, ways=16
 
     Raises:
         ValueError: bad cache parameters, an unknown ``gpu`` name. TypeError: neither ``gpu`` nor
-        ``l2_bytes`` (or ``resident_blocks``) given. NotImplementedError: a kind without a request stream.
+        ``l2_bytes`` (or ``resident_blocks``) given. NotImplementedError: a kind without a request stream
+        (or, with ``backward``, without a backward pass).
     """
     if slices not in ("all", "one"):
         raise ValueError(f"slices: expected 'all' or 'one', got {slices!r}")
@@ -533,8 +557,8 @@ def simulate_dram(schedule, problem, l2_bytes=None, sector=32, line=128, ways=16
     sim_problem = problem
     if slices == "one" and problem.bh > 1:
         sim_problem = dataclasses.replace(problem, batch=1, heads=1)
-    residency = _residency(schedule, problem, resident_blocks, gpu)
-    launches = tile_requests(schedule, sim_problem)
+    residency = _residency(schedule, problem, resident_blocks, gpu, backward)
+    launches = tile_requests(schedule, sim_problem, backward)
     stats = np.zeros((len(launches), len(TENSORS), _NSTATS), dtype=np.int64)
     for i, ln in enumerate(launches):
         cache.run(ln, residency[ln.phase], stats, i)
@@ -546,7 +570,8 @@ def simulate_dram(schedule, problem, l2_bytes=None, sector=32, line=128, ways=16
               "line": line, "sector": sector, "policy": policy, "set_index": set_index,
               "gpu": None if gpu is None else gpu.name, "sms": None if gpu is None else gpu.sms,
               "resident_blocks": dict(residency), "cold_launches": cold_launches, "flush_at_end": flush_at_end,
-              "slices": slices, "slice_scale": problem.bh // sim_problem.bh, "dirty_limit_bytes": dirty_limit_bytes}
+              "slices": slices, "slice_scale": problem.bh // sim_problem.bh, "dirty_limit_bytes": dirty_limit_bytes,
+              "backward": bool(backward)}
     return _report(stats, launches, residency, sector, flush_at_end, problem.bh // sim_problem.bh, config)
 
 

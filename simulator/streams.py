@@ -3,7 +3,8 @@
 ``simulator/counts.py`` counts what the algorithm moves between HBM and SRAM; this module lists the
 same accesses, tile by tile and in the order the GPU issues thread blocks, for the cache model
 (``simulator/l2.py``). The bytes they request are, byte for byte, ``simulate_counts(schedule,
-problem).hbm_bytes`` (tested per tensor).
+problem).hbm_bytes`` (tested per tensor), and for the backward pass (``backward=True``)
+``simulate_backward_counts(schedule, problem).hbm_bytes``.
 
 Request stream (:func:`tile_requests`)
     One entry per kernel launch, in launch order: flash2 "main" (grid (Tr, B·H)), flash1 "main"
@@ -30,6 +31,23 @@ Request stream (:func:`tile_requests`)
     rows; combine block (i, bh): [every split's Lpart rows, L_i written] [every split's Opart rows,
     O_i written].
 
+The backward pass (``kernels/backward.py``; one stream per backward, the kind's ``backward`` trait)
+    Every backward starts with "d" (grid (Tr, B·H)): block (i, bh): [dO_i, O_i read, D_i written].
+    Tensors dO, dQ, dK, dV (B, H, N, d) in the input dtype, D (B, H, Nq) and dS (B, H, Nq, Nk) in
+    fp32, allocated after the forward's Q, K, V, O, L in ``kernels/launch.py``'s order: dO, dQ, dK,
+    dV, D, then standard's P and dS. A tile is visited where the forward visits it (causal: a key
+    ≤ the tile's last query).
+
+    flash (FlashAttention-2's backward): "dkdv" (grid (Tc, B·H)): block (j, bh): for each visited
+    Q block i: [K_j, V_j at the first, Q_i, dO_i, L_i, D_i], then [dV_j, dK_j written] (also for a
+    block no query sees). "dq" (grid (Tr, B·H)): block (i, bh): [Q_i, dO_i, L_i, D_i] [K_j, V_j]
+    for each visited j, [dQ_i written].
+    standard: "p" (grid (Tc, Tr, B·H)): block (j, i, bh): [Q_i, K_j, L_i] [P_ij written]; "ds" (same
+    grid): [dO_i, V_j, D_i] [P_ij read, dS_ij written] (the allowed entries; a fully masked tile
+    has no steps); "dv" and "dk" (grid (Tc, B·H), kernels/matmul.py's tn): block (j, bh): [P_ij,
+    dO_i] (dk: [dS_ij, Q_i]) for each visited i, [dV_j (dK_j) written]; "dq" (grid (Tr, B·H),
+    nn): block (i, bh): [dS_ij, K_j] for each visited j, [dQ_i written].
+
 A kind's launches
     The simulator's table (``simulator/table.py``) holds each kind's ``((phase, generator, grid),
     ...)``; the built-in kinds' are :data:`FLASH2_LAUNCHES` and its siblings. A generator is a
@@ -39,8 +57,8 @@ A kind's launches
     again to fill arrays of those sizes. ``grid(schedule, problem)`` is the launch's grid.
 
 Complexity
-    O(number of tile requests): O(Tr·Tc) for all kinds, plus O(Nq) for standard's softmax, in
-    compiled loops.
+    O(number of tile requests): O(Tr·Tc) for all kinds and both passes, plus O(Nq) for standard's
+    softmax and every backward's "d", in compiled loops.
 """
 
 import dataclasses
@@ -48,11 +66,16 @@ import dataclasses
 import numpy as np
 from numba import njit
 
+from sandbox.vocabulary import kinds
 from simulator import table
 
-#: Tensors of the forward kinds, in allocation order (kernels/launch.py): inputs, outputs, scratch.
-TENSORS = ("Q", "K", "V", "O", "L", "l", "m", "S", "P", "Opart", "Lpart")
-_Q, _K, _V, _O, _L, _LL, _M, _S, _P, _OP, _LP = range(len(TENSORS))
+#: Every tensor a request names: the forward kinds' in allocation order (kernels/launch.py: inputs,
+#: outputs, scratch), then the backward's own.
+TENSORS = ("Q", "K", "V", "O", "L", "l", "m", "S", "P", "Opart", "Lpart", "dO", "D", "dQ", "dK", "dV", "dS")
+_Q, _K, _V, _O, _L, _LL, _M, _S, _P, _OP, _LP, _DO, _DD, _DQ, _DK, _DV, _DS = range(len(TENSORS))
+#: The order the tensors are allocated in (kernels/launch.py): forward, backward.
+FORWARD_ALLOCATION = TENSORS[:11]
+BACKWARD_ALLOCATION = ("Q", "K", "V", "O", "L", "dO", "dQ", "dK", "dV", "D", "P", "dS")
 #: Base addresses are aligned like large cudaMalloc allocations.
 BASE_ALIGN = 2 * 2**20
 
@@ -318,16 +341,17 @@ def _gen_softmax(p, bases, req, step_ptr, block_ptr, fill):
 
 
 @njit(cache=True)
-def _gen_pv(p, bases, req, step_ptr, block_ptr, fill):
-    """kernels/matmul.py nn (O = P V), grid (Tr, B·H): P_ij (allowed entries) and V_j per visited tile."""
+def _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, m_t, x_t, out_t):
+    """kernels/matmul.py nn (out = M X, M an Nq×Nk fp32 matrix), grid (Tr, B·H): M_ij (allowed entries)
+    and X_j per visited tile, then out_i."""
     n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
     row = d * it
     tr = (n_q + br - 1) // br
     nb = ns = nr = 0
     for bh in range(n_bh):
-        p_base = bases[_P] + bh * n_q * n_kv * 4
-        v_base = bases[_V] + bh * n_kv * row
-        o_base = bases[_O] + bh * n_q * row
+        m_base = bases[m_t] + bh * n_q * n_kv * 4
+        x_base = bases[x_t] + bh * n_kv * row
+        out_base = bases[out_t] + bh * n_q * row
         for i in range(tr):
             nb = _mark(block_ptr, nb, fill, ns)
             q0 = i * br
@@ -338,12 +362,218 @@ def _gen_pv(p, bases, req, step_ptr, block_ptr, fill):
                 kv_len = min(bc, n_kv - k0)
                 ns = _mark(step_ptr, ns, fill, nr)
                 tri = q0 - k0 + 1 if causal else _NO_TRI
-                nr = _emit(req, nr, fill, p_base + (q0 * n_kv + k0) * 4, q_len, kv_len * 4, n_kv * 4, tri, 4, _P, 0)
-                nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
+                nr = _emit(req, nr, fill, m_base + (q0 * n_kv + k0) * 4, q_len, kv_len * 4, n_kv * 4, tri, 4, m_t, 0)
+                nr = _emit(req, nr, fill, x_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, x_t, 0)
             ns = _mark(step_ptr, ns, fill, nr)
-            nr = _emit(req, nr, fill, o_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, _O, 1)
+            nr = _emit(req, nr, fill, out_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, out_t, 1)
     _close(block_ptr, step_ptr, nb, ns, nr, fill)
     return nb, ns, nr
+
+
+@njit(cache=True)
+def _gen_pv(p, bases, req, step_ptr, block_ptr, fill):
+    """standard's pv (kernels/matmul.py nn: O = P V), grid (Tr, B·H)."""
+    return _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, _P, _V, _O)
+
+
+# -- the backward (kernels/backward.py) ------------------------------------------------------------
+@njit(cache=True)
+def _q_blocks_of(k0, br, n_q, causal):
+    """The Q blocks [i_start, i_end) a K/V block starting at key k0 visits (causal: those with a query
+    >= k0; none when no query is)."""
+    tr = (n_q + br - 1) // br
+    if not causal:
+        return 0, tr
+    if k0 >= n_q:
+        return k0 // br, k0 // br
+    return k0 // br, tr
+
+
+@njit(cache=True)
+def _gen_bwd_d(p, bases, req, step_ptr, block_ptr, fill):
+    """kernels/backward.py d, grid (Tr, B·H): D_i = rowsum(dO_i ∘ O_i), one thread per row."""
+    n_bh, n_q, d, br, it = p[0], p[1], p[3], p[4], p[6]
+    row = d * it
+    tr = (n_q + br - 1) // br
+    nb = ns = nr = 0
+    for bh in range(n_bh):
+        do_base = bases[_DO] + bh * n_q * row
+        o_base = bases[_O] + bh * n_q * row
+        dd_base = bases[_DD] + bh * n_q * 4
+        for i in range(tr):
+            nb = _mark(block_ptr, nb, fill, ns)
+            q0 = i * br
+            q_len = min(br, n_q - q0)
+            ns = _mark(step_ptr, ns, fill, nr)
+            nr = _emit(req, nr, fill, do_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, _DO, 0)
+            nr = _emit(req, nr, fill, o_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, _O, 0)
+            nr = _emit(req, nr, fill, dd_base + q0 * 4, 1, q_len * 4, 0, _NO_TRI, 4, _DD, 1)
+    _close(block_ptr, step_ptr, nb, ns, nr, fill)
+    return nb, ns, nr
+
+
+@njit(cache=True)
+def _emit_q_rows(req, nr, fill, bases, bh, n_q, row, it, q0, q_len):
+    """Q_i, dO_i, L_i, D_i read: the per-Q-block inputs of the flash backward's kernels."""
+    nr = _emit(req, nr, fill, bases[_Q] + (bh * n_q + q0) * row, 1, q_len * row, 0, _NO_TRI, it, _Q, 0)
+    nr = _emit(req, nr, fill, bases[_DO] + (bh * n_q + q0) * row, 1, q_len * row, 0, _NO_TRI, it, _DO, 0)
+    nr = _emit(req, nr, fill, bases[_L] + (bh * n_q + q0) * 4, 1, q_len * 4, 0, _NO_TRI, 4, _L, 0)
+    nr = _emit(req, nr, fill, bases[_DD] + (bh * n_q + q0) * 4, 1, q_len * 4, 0, _NO_TRI, 4, _DD, 0)
+    return nr
+
+
+@njit(cache=True)
+def _gen_dkdv(p, bases, req, step_ptr, block_ptr, fill):
+    """kernels/backward.py dkdv, grid (Tc, B·H): K_j, V_j at the first visited tile, then kept; Q_i, dO_i,
+    L_i, D_i per visited tile; dV_j, dK_j written once."""
+    n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+    row = d * it
+    tc = (n_kv + bc - 1) // bc
+    nb = ns = nr = 0
+    for bh in range(n_bh):
+        k_base = bases[_K] + bh * n_kv * row
+        v_base = bases[_V] + bh * n_kv * row
+        for j in range(tc):
+            nb = _mark(block_ptr, nb, fill, ns)
+            k0 = j * bc
+            kv_len = min(bc, n_kv - k0)
+            i_start, i_end = _q_blocks_of(k0, br, n_q, causal)
+            for i in range(i_start, i_end):
+                q0 = i * br
+                ns = _mark(step_ptr, ns, fill, nr)
+                if i == i_start:
+                    nr = _emit(req, nr, fill, k_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _K, 0)
+                    nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
+                nr = _emit_q_rows(req, nr, fill, bases, bh, n_q, row, it, q0, min(br, n_q - q0))
+            # -- dV_j, dK_j -> HBM
+            ns = _mark(step_ptr, ns, fill, nr)
+            nr = _emit(req, nr, fill, bases[_DV] + (bh * n_kv + k0) * row, 1, kv_len * row, 0, _NO_TRI, it, _DV, 1)
+            nr = _emit(req, nr, fill, bases[_DK] + (bh * n_kv + k0) * row, 1, kv_len * row, 0, _NO_TRI, it, _DK, 1)
+    _close(block_ptr, step_ptr, nb, ns, nr, fill)
+    return nb, ns, nr
+
+
+@njit(cache=True)
+def _gen_flash_dq(p, bases, req, step_ptr, block_ptr, fill):
+    """kernels/backward.py dq, grid (Tr, B·H): Q_i, dO_i, L_i, D_i once; K_j, V_j per visited tile; dQ_i once."""
+    n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+    row = d * it
+    tr = (n_q + br - 1) // br
+    nb = ns = nr = 0
+    for bh in range(n_bh):
+        k_base = bases[_K] + bh * n_kv * row
+        v_base = bases[_V] + bh * n_kv * row
+        for i in range(tr):
+            nb = _mark(block_ptr, nb, fill, ns)
+            q0 = i * br
+            q_len = min(br, n_q - q0)
+            ns = _mark(step_ptr, ns, fill, nr)
+            nr = _emit_q_rows(req, nr, fill, bases, bh, n_q, row, it, q0, q_len)
+            kv_end = min(n_kv, q0 + q_len) if causal else n_kv
+            for j in range((kv_end + bc - 1) // bc):
+                k0 = j * bc
+                kv_len = min(bc, n_kv - k0)
+                ns = _mark(step_ptr, ns, fill, nr)
+                nr = _emit(req, nr, fill, k_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _K, 0)
+                nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
+            ns = _mark(step_ptr, ns, fill, nr)
+            nr = _emit(req, nr, fill, bases[_DQ] + (bh * n_q + q0) * row, 1, q_len * row, 0, _NO_TRI, it, _DQ, 1)
+    _close(block_ptr, step_ptr, nb, ns, nr, fill)
+    return nb, ns, nr
+
+
+@njit(cache=True)
+def _rowwise_blocks(p, bases, req, step_ptr, block_ptr, fill, a_t, b_t, r_t, out_t, reads_p):
+    """kernels/backward.py p and ds, grid (Tc, Tr, B·H): block (j, i, bh) reads A_i, B_j and a row value per
+    query, then writes the allowed entries of out_ij (ds reads P_ij's first). A fully masked tile: no steps."""
+    n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+    row = d * it
+    tr = (n_q + br - 1) // br
+    tc = (n_kv + bc - 1) // bc
+    nb = ns = nr = 0
+    for bh in range(n_bh):
+        m_off = bh * n_q * n_kv * 4
+        for i in range(tr):
+            for j in range(tc):
+                nb = _mark(block_ptr, nb, fill, ns)
+                q0 = i * br
+                q_len = min(br, n_q - q0)
+                k0 = j * bc
+                kv_len = min(bc, n_kv - k0)
+                if causal and k0 > q0 + q_len - 1:
+                    continue  # fully masked tile: the block returns at once
+                ns = _mark(step_ptr, ns, fill, nr)
+                nr = _emit(req, nr, fill, bases[a_t] + (bh * n_q + q0) * row, 1, q_len * row, 0, _NO_TRI, it, a_t, 0)
+                nr = _emit(req, nr, fill, bases[b_t] + (bh * n_kv + k0) * row, 1, kv_len * row, 0, _NO_TRI, it, b_t, 0)
+                nr = _emit(req, nr, fill, bases[r_t] + (bh * n_q + q0) * 4, 1, q_len * 4, 0, _NO_TRI, 4, r_t, 0)
+                ns = _mark(step_ptr, ns, fill, nr)
+                tri = q0 - k0 + 1 if causal else _NO_TRI
+                at = m_off + (q0 * n_kv + k0) * 4
+                if reads_p:
+                    nr = _emit(req, nr, fill, bases[_P] + at, q_len, kv_len * 4, n_kv * 4, tri, 4, _P, 0)
+                nr = _emit(req, nr, fill, bases[out_t] + at, q_len, kv_len * 4, n_kv * 4, tri, 4, out_t, 1)
+    _close(block_ptr, step_ptr, nb, ns, nr, fill)
+    return nb, ns, nr
+
+
+@njit(cache=True)
+def _gen_bwd_p(p, bases, req, step_ptr, block_ptr, fill):
+    """standard's p: P = exp(scale·Q_i K_jᵀ - L_i) -> HBM."""
+    return _rowwise_blocks(p, bases, req, step_ptr, block_ptr, fill, _Q, _K, _L, _P, False)
+
+
+@njit(cache=True)
+def _gen_bwd_ds(p, bases, req, step_ptr, block_ptr, fill):
+    """standard's ds: dS = P ∘ (dO_i V_jᵀ - D_i) -> HBM."""
+    return _rowwise_blocks(p, bases, req, step_ptr, block_ptr, fill, _DO, _V, _DD, _DS, True)
+
+
+@njit(cache=True)
+def _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, m_t, x_t, out_t):
+    """kernels/matmul.py tn (out = Mᵀ X), grid (Tc, B·H): M_ij (allowed entries) and X_i per visited tile,
+    then out_j (also for a block no query sees)."""
+    n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+    row = d * it
+    tc = (n_kv + bc - 1) // bc
+    nb = ns = nr = 0
+    for bh in range(n_bh):
+        m_base = bases[m_t] + bh * n_q * n_kv * 4
+        x_base = bases[x_t] + bh * n_q * row
+        out_base = bases[out_t] + bh * n_kv * row
+        for j in range(tc):
+            nb = _mark(block_ptr, nb, fill, ns)
+            k0 = j * bc
+            kv_len = min(bc, n_kv - k0)
+            i_start, i_end = _q_blocks_of(k0, br, n_q, causal)
+            for i in range(i_start, i_end):
+                q0 = i * br
+                q_len = min(br, n_q - q0)
+                ns = _mark(step_ptr, ns, fill, nr)
+                tri = q0 - k0 + 1 if causal else _NO_TRI
+                nr = _emit(req, nr, fill, m_base + (q0 * n_kv + k0) * 4, q_len, kv_len * 4, n_kv * 4, tri, 4, m_t, 0)
+                nr = _emit(req, nr, fill, x_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, x_t, 0)
+            ns = _mark(step_ptr, ns, fill, nr)
+            nr = _emit(req, nr, fill, out_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, out_t, 1)
+    _close(block_ptr, step_ptr, nb, ns, nr, fill)
+    return nb, ns, nr
+
+
+@njit(cache=True)
+def _gen_bwd_dv(p, bases, req, step_ptr, block_ptr, fill):
+    """standard's dv (tn): dV = Pᵀ dO."""
+    return _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, _P, _DO, _DV)
+
+
+@njit(cache=True)
+def _gen_bwd_dk(p, bases, req, step_ptr, block_ptr, fill):
+    """standard's dk (tn): dK = scale·dSᵀ Q."""
+    return _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, _DS, _Q, _DK)
+
+
+@njit(cache=True)
+def _gen_bwd_dq(p, bases, req, step_ptr, block_ptr, fill):
+    """standard's dq (nn): dQ = scale·dS K."""
+    return _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, _DS, _K, _DQ)
 
 
 def _grid_flash2(s, pr):
@@ -366,20 +596,49 @@ def _grid_partial(s, pr):
     return (-(-pr.n_q // s.block_q), pr.bh, s.kv_splits)
 
 
+def _grid_kv(s, pr):
+    return (-(-pr.n_kv // s.block_kv), pr.bh)
+
+
 #: The built-in kinds' launches in order: (phase, request generator, grid(schedule, problem)),
 #: entered in the simulator's table (simulator/table.py; their tensors must be in TENSORS).
 FLASH2_LAUNCHES = (("main", _gen_flash2, _grid_flash2),)
 FLASH1_LAUNCHES = (("main", _gen_flash1, _grid_flash1),)
 STANDARD_LAUNCHES = (("qk", _gen_qk, _grid_qk), ("softmax", _gen_softmax, _grid_softmax), ("pv", _gen_pv, _grid_flash2))
 SPLITKV_LAUNCHES = (("partial", _gen_partial, _grid_partial), ("combine", _gen_combine, _grid_flash2))
+#: The backward passes' launches, by the kind's ``backward`` trait (sandbox/vocabulary/kinds.py), as
+#: kernels/launch.py's run_backward launches them.
+BACKWARD_LAUNCHES = {
+    "flash": (("d", _gen_bwd_d, _grid_flash2), ("dkdv", _gen_dkdv, _grid_kv), ("dq", _gen_flash_dq, _grid_flash2)),
+    "standard": (("d", _gen_bwd_d, _grid_flash2), ("p", _gen_bwd_p, _grid_qk), ("ds", _gen_bwd_ds, _grid_qk),
+                 ("dv", _gen_bwd_dv, _grid_kv), ("dk", _gen_bwd_dk, _grid_kv), ("dq", _gen_bwd_dq, _grid_flash2)),
+}
+#: The shared-memory footprint (sandbox/vocabulary/footprints.py's backward phases) of each backward
+#: launch whose name differs from it; "d" uses none.
+BACKWARD_FOOTPRINTS = {"flash": {"d": None}, "standard": {"d": None, "dv": "tn", "dk": "tn", "dq": "nn"}}
 
 
-def launches(schedule):
-    """The kind's launches for the L2 model (simulator/table.py).
+def backward_trait(schedule):
+    """The kind's backward pass ("flash" or "standard", sandbox/vocabulary/kinds.py).
 
     Raises:
-        NotImplementedError: the kind has no request stream in the table (or is not in it).
+        NotImplementedError: the kind has no backward pass.
     """
+    trait = kinds.get(schedule.kind).backward
+    if trait is None:
+        with_one = tuple(k for k in kinds.names() if kinds.get(k).backward)
+        raise NotImplementedError(f"kind {schedule.kind!r} has no backward pass (kinds with one: {with_one})")
+    return trait
+
+
+def launches(schedule, backward=False):
+    """The kind's launches for the L2 model (simulator/table.py), or its backward's (:data:`BACKWARD_LAUNCHES`).
+
+    Raises:
+        NotImplementedError: the kind has no request stream in the table (or is not in it), or no backward.
+    """
+    if backward:
+        return BACKWARD_LAUNCHES[backward_trait(schedule)]
     stream = table.get(schedule.kind).l2 if schedule.kind in table.names() else None
     if stream is None:
         with_stream = tuple(k for k in table.names() if table.get(k).l2 is not None)
@@ -394,7 +653,8 @@ class Launch:
     """One kernel launch's request stream (see the module docstring).
 
     Attributes:
-        phase: the kernel's phase name ("main", "qk", "softmax", "pv", "partial", "combine").
+        phase: the kernel's phase name ("main", "qk", "softmax", "pv", "partial", "combine"; the
+            backward's "d", "dkdv", "dq", "p", "ds", "dv", "dk").
         grid: its grid, blockIdx.x first.
         requests: (R, 8) int64: address of row 0, rows, bytes per row, row stride, triangle,
             element size, tensor index into :data:`TENSORS`, write flag.
@@ -420,23 +680,28 @@ class Launch:
         return tuple(np.asarray(x, dtype=np.int64) for x in out)
 
 
-def tensor_bases(problem, kv_splits=1):
-    """Base address of each tensor of :data:`TENSORS` (int64 array): allocation order, 2 MiB-aligned."""
+def tensor_bases(problem, kv_splits=1, backward=False):
+    """Base address of each tensor of :data:`TENSORS` (int64 array), 2 MiB-aligned: the pass's tensors in
+    their allocation order (:data:`FORWARD_ALLOCATION`, :data:`BACKWARD_ALLOCATION`), then the others."""
     it = problem.dtype.itemsize
-    sizes = {"Q": problem.n_q * problem.head_dim * it, "K": problem.n_kv * problem.head_dim * it,
-             "V": problem.n_kv * problem.head_dim * it, "O": problem.n_q * problem.head_dim * it,
+    q_rows, kv_rows = problem.n_q * problem.head_dim * it, problem.n_kv * problem.head_dim * it
+    sizes = {"Q": q_rows, "K": kv_rows, "V": kv_rows, "O": q_rows,
              "L": problem.n_q * 4, "l": problem.n_q * 4, "m": problem.n_q * 4,
              "S": problem.n_q * problem.n_kv * 4, "P": problem.n_q * problem.n_kv * 4,
-             "Opart": kv_splits * problem.n_q * problem.head_dim * 4, "Lpart": kv_splits * problem.n_q * 4}
+             "Opart": kv_splits * problem.n_q * problem.head_dim * 4, "Lpart": kv_splits * problem.n_q * 4,
+             "dO": q_rows, "D": problem.n_q * 4, "dQ": q_rows, "dK": kv_rows, "dV": kv_rows,
+             "dS": problem.n_q * problem.n_kv * 4}
+    first = BACKWARD_ALLOCATION if backward else FORWARD_ALLOCATION
     bases, at = np.zeros(len(TENSORS), dtype=np.int64), BASE_ALIGN
-    for t, name in enumerate(TENSORS):
-        bases[t] = at
+    for name in first + tuple(t for t in TENSORS if t not in first):
+        bases[TENSORS.index(name)] = at
         at += -(-sizes[name] * problem.bh // BASE_ALIGN) * BASE_ALIGN
     return bases
 
 
-def tile_requests(schedule, problem):
-    """The tile-level global-memory requests of ``schedule`` on ``problem``, per kernel launch.
+def tile_requests(schedule, problem, backward=False):
+    """The tile-level global-memory requests of ``schedule`` on ``problem``, per kernel launch, of the
+    forward pass or (``backward``) of the backward pass.
 
     Returns:
         list of :class:`Launch`, in launch order.
@@ -444,9 +709,9 @@ def tile_requests(schedule, problem):
     p = np.array([problem.bh, problem.n_q, problem.n_kv, problem.head_dim, schedule.block_q,
                   schedule.block_kv, problem.dtype.itemsize, int(problem.causal), problem.heads,
                   getattr(schedule, "kv_splits", 1)], dtype=np.int64)
-    bases = tensor_bases(problem, getattr(schedule, "kv_splits", 1))
+    bases = tensor_bases(problem, getattr(schedule, "kv_splits", 1), backward)
     out = []
-    for phase, gen, grid in launches(schedule):
+    for phase, gen, grid in launches(schedule, backward):
         empty2, empty1 = np.zeros((0, NCOLS), dtype=np.int64), np.zeros(0, dtype=np.int64)
         nb, ns, nr = gen(p, bases, empty2, empty1, empty1, False)
         req = np.empty((nr, NCOLS), dtype=np.int64)

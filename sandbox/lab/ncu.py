@@ -2,26 +2,57 @@
 
     python -m sandbox ncu --out results/ncu               # kinds with an L2 stream × N ∈ {1K, 4K, 16K} × d ∈ {64, 128}
     python -m sandbox ncu --kinds flash2 --n 4096 --d 64 128 --causal both --out results/ncu
+    python -m sandbox ncu --backward both --builds plain,fast-fma,fast-tf32x3 --out results/ncu   # every kernel
     python -m sandbox ncu --dry-run                        # check the configs, print the ncu command, run nothing
 
 (``python scripts/ncu_check.py`` takes the same arguments; they are parsed by the CLI, ``sandbox/cli.py``,
-which calls :func:`check`.) For every config (kind, N, d, causal;
-B = H = 1 by default, Br = Bc = 64, 4×4 register tiles, fp32) the check runs our kernels once
-under Nsight Compute and compares:
+which calls :func:`check`.) For every config (kind, N, d, causal, direction, build; B = H = 1 by
+default, Br = Bc = 64, 4×4 register tiles, fp32) the check runs the config's kernels once under
+Nsight Compute and compares, summed over them and kernel by kernel:
 
 - global-memory bytes at L1 (``l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum`` + ``..._op_st.sum``)
-  with ``simulate_counts(schedule, problem).hbm_bytes`` (target: within 2%);
+  with ``simulate_counts(schedule, problem).hbm_bytes`` (``simulate_backward_counts`` for the
+  backward), and with the same bytes in the sectors each warp instruction touches
+  (``sim_l1_bytes``, ``sandbox/lab/ncu_sectors.py``; target: within 2%);
 - DRAM bytes (``dram__bytes_read.sum`` + ``dram__bytes_write.sum``) with the L2 model,
-  ``simulator.l2.simulate_dram`` with a dirty limit, plus background writes (target: within 15%,
-  for standard, flash1 and flash2; splitkv is reported beside them);
+  ``simulator.l2.simulate_dram`` (the forward's request stream or the backward's) with a dirty
+  limit, plus background writes (target: within 15%, for standard, flash1 and flash2, forward and
+  backward, every build; splitkv is reported beside them);
 
 and records L2 traffic (``lts__t_bytes.sum``), shared-memory load/store instructions and
 wavefronts, local-memory bytes, kernel time and occupancy limits. Outputs in ``--out``:
-``ncu_check.csv`` (one row per config), ``ncu_check.json`` (provenance: GPU, driver, ncu version,
-commands, model parameters, per-kernel metrics), ``ncu_check.png`` (two panels: measured /
-simulated global bytes, with the 2% band; measured / predicted DRAM bytes, with the 15% band),
-``ncu_raw.csv`` (ncu's own output), ``manifest.jsonl``, ``ncu_child.log`` (the child's) and
-``ncu_probes.csv`` (the calibration probes).
+``ncu_check.csv`` (one row per config), ``ncu_summary.csv`` (the summary printed last: kind,
+direction, build, N, d, causal, the simulator's HBM bytes, ncu's global bytes and their ratio,
+ncu's over the sector model, the predicted and measured DRAM bytes and their ratio, the verdict),
+``ncu_check.json`` (provenance: GPU, driver, ncu version, commands, model parameters, per-kernel
+metrics; each row's kernels one by one under ``launches``; the summary), ``ncu_check.png`` (two
+panels: measured / simulated global bytes, with the 2% band and the sector model's ratio where it
+differs; measured / predicted DRAM bytes, with the 15% band), ``ncu_raw.csv`` (ncu's own output),
+``manifest.jsonl``, ``ncu_child.log`` (the child's) and ``ncu_probes.csv`` (the calibration probes).
+
+Rows (``--backward``, ``--builds``)
+    ``--backward no|yes|both``: the forward (``kernels.launch.run``), the backward
+    (``kernels.launch.run_backward``: flash1 and flash2 launch d, dkdv, dq; standard d, p, ds, dv,
+    dk, dq), or both; a kind without a backward has forward rows only. ``--builds``: ``plain``
+    (each kind's kernels with the counters compiled out: the source the simulator mirrors) and
+    ``fast-<math>``, the fast build of ``Schedule(math=<math>)`` as ``kernels.builds.choose_build(...,
+    fast=True)`` takes it (flash2's ``fast-fma``, kernels/flash2_fast.py, and ``fast-tf32x3``,
+    kernels/flash2_tc.py, at ``tc_schedule(Br, Bc)``), for the kinds that have one. A fast build
+    moves its counting build's HBM tiles, so the simulator's bytes are its reference too. A backward
+    fast row runs ``kernels.builds.choose_backward_build(..., fast=True)``'s build (flash2's
+    ``fast-tf32x3``, kernels/backward_tc.py), handed to ``run_backward(..., chosen=)``; a row the kind
+    has no fast backward for is skipped and says so.
+    ``--build plain|fast`` (without ``--builds``) is ``--builds plain`` or ``--builds fast-fma``.
+
+Verdicts (``ncu_results.verdicts``)
+    ``ok``: global bytes within 2% of the simulator's (and of the sector model's) and DRAM within
+    15%. ``explained``: the global bytes are within 2% of the sector model only: the kernels move the
+    simulator's bytes but their warp instructions touch more sectors than those bytes fill (the FMA
+    build's O stores, 4 scalar stores per thread 16 bytes apart: 4×; the backward's d kernel, one
+    thread per row: 8×; ``ncu_sectors``' docstring lists every pattern). ``miss (global)``,
+    ``miss (DRAM)``: a target missed (DRAM only for the kinds held to it; ``reported`` in
+    ``dram_verdict`` otherwise). Else the row's status: ``not measured``, ``skipped: <why>``,
+    ``error: ...``. ``--strict`` exits 1 on a miss.
 
 Calibration (``--no-probes`` skips it)
     Before the configs, the child runs probe kernels (``kernels/l2probe.py``) in the same profiled
@@ -35,12 +66,6 @@ Calibration (``--no-probes`` skips it)
     be the background's alone. The plain LRU (no limit, no background) is reported beside
     (``sim_dram_plain_bytes``, ``dram_ratio_plain``, the grey crosses of the figure).
 
-Build (``--build``)
-    ``plain`` (default) measures each kind's plain kernels, whose counters the simulator mirrors.
-    ``fast`` measures flash2's fast build, an error for kinds without one. It moves the same HBM
-    bytes, but it stores O from its register tile as 4 scalar stores per thread, 16 bytes apart
-    across the warp, so L1 sends each O sector to L2 four times.
-
 How it measures
     The check runs one child process under
     ``ncu --clock-control none --cache-control all --profile-from-start off --csv
@@ -50,12 +75,14 @@ How it measures
     config: compiles and runs the kernels on a small problem of the same (schedule, d, dtype,
     causal) (``kernels.launch.build`` caches on exactly that, so the measured call does not
     compile), copies random inputs to the device, synchronizes, then brackets the one measured
-    ``kernels.launch.run`` call with ``cuProfilerStart``/``cuProfilerStop`` (``numba.cuda.
+    ``kernels.launch.run`` call (``run_backward`` for the backward, after an unmeasured plain
+    forward for O and L) with ``cuProfilerStart``/``cuProfilerStop`` (``numba.cuda.
     profile_start``/``profile_stop``) and synchronizes again. With ``--profile-from-start off``
-    ncu profiles only the kernels launched in those brackets: 1 per config for flash1/flash2, 3
-    for standard (qk, softmax, pv), whose metrics are summed. The child writes one manifest line
-    per measured config; the parent assigns ncu's results to configs in launch order and checks
-    each kernel's grid size against the config's.
+    ncu profiles only the kernels launched in those brackets: 1 per config for flash1/flash2 and
+    their fast builds, 2 for splitkv, 3 for standard (qk, softmax, pv); 3 for the flash backward,
+    6 for standard's; their metrics are summed, and kept kernel by kernel. The child writes one
+    manifest line per measured config; the parent assigns ncu's results to configs in launch order
+    and checks each kernel's grid size against the config's.
 
     ``--cache-control all`` (ncu's default) flushes and invalidates the caches before every
     profiled kernel, so each kernel starts with a cold L2: the prediction uses
@@ -73,13 +100,19 @@ What the 2% target means here
     consecutive columns in each of 2 rows of an S or O tile (TX = 16 threads along a row with
     64×64 blocks and 4×4 register tiles). When such a slice starts on a 32-byte boundary and is a
     whole number of sectors, measured = simulated exactly, which is the case for the default
-    configs without a causal mask (N a multiple of 64, d·4 a multiple of 32). Otherwise each
+    configs without a causal mask (N a multiple of 64, d·4 a multiple of 32), but for the
+    accesses whose lanes do not fill their sectors: those the sector model counts
+    (``sandbox/lab/ncu_sectors.py``: the forward's standard L, the backward's d kernel and dK, dV
+    stores, the fast builds' O, L and Q, K), giving ``sim_l1_bytes``; on the H100 it equals ncu's
+    L1 load and store bytes to the byte for every plain and FMA configuration up to N = 4K
+    (tests/sandbox/test_ncu_sectors.py). The row's ``sector_caveats`` say when a schedule breaks
+    the whole-sector assumptions below. Otherwise each
     instruction rounds up to whole sectors, and a sector split between two instructions is
     counted by both: at the causal diagonal (the masked tail of a row of S or P, under 32 bytes
     per row and pass: a fraction of a percent at N = 1K), and everywhere when d·itemsize or
     Nk·4 is not a multiple of 32 (then up to one sector per instruction, which can exceed 2%).
     Global memory the model does not count would also show: none is expected (the kernels'
-    counters are the simulator's, and the fast build touches no counters); a register spill or
+    counters are the simulator's, and the fast builds touch no counters); a register spill or
     a local array goes to *local* memory, reported apart (``ncu_local_ld_bytes``,
     ``ncu_local_st_bytes``).
 
@@ -90,13 +123,15 @@ The machine modelled
     Without a device and without ``--gpu`` the check refuses to guess and exits with status 2.
 
 Exit status
-    0: every config measured (and, with ``--strict``, within its targets). 1: the profiled run
-    failed or timed out, nothing was measured at all, or (with ``--strict``) a config was not
-    measured or missed a target; without ``--strict`` a config not measured is reported on a line
-    of its own, and the final line says how many. 2: bad arguments or configs (one line; ``--dry-run``
-    checks them too: kinds, sizes, schedules that fit), ncu not found (not on the PATH, nor in
+    0: every config measured but the skipped ones (and, with ``--strict``, none missed: ``ok`` or
+    ``explained``). 1: the profiled run failed or timed out, nothing was measured at all, or (with
+    ``--strict``) a config was not measured or missed a target; without ``--strict`` a config not
+    measured is reported on a line of its own, with how many. 2: bad arguments or configs (one line;
+    ``--dry-run`` checks them too: kinds, passes and builds they offer, sizes, schedules that fit,
+    fast builds that can run them; every config skipped), ncu not found (not on the PATH, nor in
     /opt/nvidia/nsight-compute or /usr/local/cuda*/bin), or no machine to model. 3: ncu may not
-    read the GPU's counters, or the child found no GPU. ``--dry-run`` prints the command only.
+    read the GPU's counters, or the child found no GPU. ``--dry-run`` prints the command only (and
+    the skipped rows, on stderr).
 """
 
 import dataclasses
@@ -127,12 +162,30 @@ from sandbox.lab.ncu_results import (
     parse_ncu_csv,
     plot,
     row_or_error,
+    skipped_row,
     summary,
+    summary_rows,
     write_csv,
     write_probes_csv,
+    write_summary_csv,
 )
-from sandbox.lab.ncu_specs import Config, calibration_probes, expected_grids, l2_kinds, make_problem, make_schedule, parse_spec
+from sandbox.lab.ncu_specs import (
+    BUILD_NAMES,
+    DIRECTIONS,
+    FAST_PREFIX,
+    PLAIN,
+    BuildUnavailable,
+    Config,
+    calibration_probes,
+    expected_grids,
+    l2_kinds,
+    make_problem,
+    make_schedule,
+    parse_spec,
+    resolve_build,
+)
 from sandbox.lab.records import PACKAGE_ROOT, atomic_write_json, git_commit
+from sandbox.vocabulary import kinds
 from sandbox.vocabulary.gpus import KNOWN_GPUS, known_gpu
 from sandbox.vocabulary.problem import Problem
 from simulator import table
@@ -146,21 +199,49 @@ NOT_FOUND = ("ncu not found: install Nsight Compute (ncu on the PATH, or --ncu P
 CACHE_CONTROLS = ("all", "none")
 #: --causal: the masks measured.
 CAUSAL = {"no": (False,), "yes": (True,), "both": (False, True)}
+#: --backward: the passes measured.
+PASSES = {"no": ("fwd",), "yes": ("bwd",), "both": DIRECTIONS}
+#: --build (kept beside --builds): its values' build names.
+BUILD_FLAG = {"plain": PLAIN, "fast": FAST_PREFIX + "fma"}
 
 
 def probes_from_args(args):
     return calibration_probes() if args.probes else []
 
 
+def builds_from_args(args):
+    """The builds asked for: ``--builds`` (names, by spaces or commas), else ``--build``'s, in order, once each."""
+    names = [b for item in args.builds for b in item.split(",") if b] if args.builds else [BUILD_FLAG[args.build]]
+    return list(dict.fromkeys(names))
+
+
+def not_offered(kind, direction, build):
+    """Why a kind has no such row (a string), or None: the backward of a kind without one, a fast
+    build (forward or backward) its kernels' registry does not list."""
+    if direction == "bwd" and kinds.get(kind).backward is None:
+        return f"kind {kind!r} has no backward pass"
+    if build != PLAIN:
+        entry = registry.get(kind)
+        listed = entry.fast if direction == "fwd" else entry.fast_backward
+        if listed.get(build[len(FAST_PREFIX):]) is None:
+            return f"kind {kind!r} has no {build} {'build' if direction == 'fwd' else 'backward'}"
+    return None
+
+
 def configs_from_args(args):
+    """The rows asked for, in order: kind, direction, build, N, d, causal; the (kind, direction, build)
+    combinations the kinds do not offer are left out (:func:`validate` refuses a direction or build that
+    no kind asked for offers)."""
     causal = CAUSAL[args.causal]
-    return [Config(k, n, d, c) for k in args.kinds for n in args.n for d in args.d for c in causal]
+    return [Config(k, n, d, c, direction, b) for k in args.kinds for direction in PASSES[args.backward]
+            for b in builds_from_args(args) if b in BUILD_NAMES and not not_offered(k, direction, b)
+            for n in args.n for d in args.d for c in causal]
 
 
 def measure_order(configs):
-    """The child's order: cheap configs first, so that a timeout loses the slowest (flash1 runs its whole
-    problem in one thread block per (b, h): at N = 16K it takes seconds per replay pass)."""
-    return sorted(configs, key=lambda c: (c.kind == "flash1", c.n, c.d, c.causal))
+    """The child's order: cheap configs first, so that a timeout loses the slowest (flash1's forward runs its
+    whole problem in one thread block per (b, h): at N = 16K it takes seconds per replay pass)."""
+    return sorted(configs, key=lambda c: (c.kind == "flash1" and not c.backward, c.n, c.d, c.causal))
 
 
 def model_gpu(args):
@@ -183,8 +264,13 @@ MAX_GRID_YZ = 65535
 
 
 def validate(configs, args):
-    """Check the arguments and every config before anything runs: sizes, kinds with an L2 request
-    stream, schedules that fit their SRAM, the fast build where asked for.
+    """Check the arguments and every config before anything runs: sizes, builds and passes the kinds
+    offer, kinds with an L2 request stream, schedules that fit their SRAM (the backward's for the
+    backward), the fast builds where asked for.
+
+    Returns:
+        {config: why it is skipped} for the configs whose build is not there to run (a fast backward
+        build kernels/builds.py does not offer): their rows say so, and nothing runs for them.
 
     Raises:
         ValueError: the first problem found, naming the argument or the config.
@@ -198,8 +284,22 @@ def validate(configs, args):
         raise ValueError(f"--timeout: expected a positive number of seconds, got {args.timeout}")
     if args.batch * args.heads > MAX_GRID_YZ:
         raise ValueError(f"--batch x --heads = {args.batch * args.heads}: a grid dimension holds at most {MAX_GRID_YZ}")
+    asked = builds_from_args(args)
+    for b in asked:
+        if b not in BUILD_NAMES:
+            raise ValueError(f"--builds: unknown build {b!r} (the builds: {', '.join(BUILD_NAMES)})")
+    directions = PASSES[args.backward]
+    for b in asked:  # the plain build in each direction asked for; a fast build in at least one
+        for direction in directions if b == PLAIN else [directions]:
+            ways = [direction] if b == PLAIN else direction
+            if all(not_offered(k, way, b) for k in args.kinds for way in ways):
+                why = "; ".join(dict.fromkeys(not_offered(k, way, b) for k in args.kinds for way in ways))
+                flag = "--backward" if b == PLAIN and ways == ["bwd"] else "--builds" if args.builds else "--build"
+                which = {"fwd": "forward", "bwd": "backward"}[ways[0]] if len(ways) == 1 else "forward or backward"
+                raise ValueError(f"{flag}: no kind of --kinds offers the {which} {b} build ({why})")
     if not configs:
         raise ValueError("no configs: --kinds, --n and --d each need at least one value")
+    skipped = {}
     for cfg in configs:
         where = f"config {cfg.label()}"
         if cfg.n < 1 or cfg.d < 1:
@@ -209,21 +309,26 @@ def validate(configs, args):
             raise ValueError(f"{where}: the L2 model has no request stream for kind {cfg.kind!r} "
                              f"(it has: {', '.join(with_stream)})")
         try:
-            schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
-            schedule.check_fits(problem.head_dim, problem.dtype)
+            schedule, problem = make_schedule(cfg, args), make_problem(cfg, args)
+            schedule.check_fits(problem.head_dim, problem.dtype, backward=cfg.backward)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{where}: {e}") from None
-        if args.build == "fast":
-            module = registry.get(cfg.kind).fast.get(schedule.math)
-            why = (f"kind {cfg.kind!r} has no fast build" if module is None
-                   else module.eligible(schedule, cfg.d, False, None))
-            if why:
-                raise ValueError(f"{where}: --build fast cannot run it: {why}")
+        try:
+            resolve_build(cfg, schedule)
+        except BuildUnavailable as e:
+            skipped[cfg] = str(e)
+        except ValueError as e:
+            raise ValueError(f"{where}: the build cannot run it: {e}") from None
+    if len(skipped) == len(configs):
+        raise ValueError(f"nothing to measure: every config is skipped ({next(iter(skipped.values()))})")
+    return skipped
 
 
 def unmeasured(rows):
-    """The rows of configs that were not measured: no kernels matched, an error, or no global bytes from ncu."""
-    return [r for r in rows if r.get("status") != "ok" or r.get("global_ratio") is None]
+    """The rows of configs that were not measured: no kernels matched, an error, or no global bytes from ncu
+    (not the skipped ones, which were not run)."""
+    return [r for r in rows if not str(r.get("status")).startswith("skipped")
+            and (r.get("status") != "ok" or r.get("global_ratio") is None)]
 
 
 def find_ncu(explicit=None):
@@ -248,10 +353,13 @@ def ncu_command(ncu, metrics, log_path, child, cache_control="all"):
 
 
 def _compile_model(args):
-    """Run the L2 model once on a tiny problem of each kind: Numba compiles (and caches) its loops."""
+    """Run the L2 model once on a tiny problem of each kind and pass: Numba compiles (and caches) its loops."""
     for kind in l2_kinds():
-        simulate_dram(make_schedule(kind, args), Problem(1, 1, 8, 8, 4, causal=True), l2_bytes=4096,
-                      resident_blocks=1, dirty_limit_bytes=256)
+        for direction in DIRECTIONS:
+            if not not_offered(kind, direction, PLAIN):
+                schedule = make_schedule(Config(kind, 8, 4, True, direction), args)
+                simulate_dram(schedule, Problem(1, 1, 8, 8, 4, causal=True), l2_bytes=4096, resident_blocks=1,
+                              dirty_limit_bytes=256, backward=direction == "bwd")
 
 
 def read_manifest(path):
@@ -358,20 +466,27 @@ def check(args, command=None):
     ``sandbox/cli.py``); ``command``: the command line as typed, for the provenance. Returns the exit status."""
     configs = configs_from_args(args)
     try:
-        validate(configs, args)
+        skipped = validate(configs, args)
     except ValueError as e:
         print(f"ncu check: {e}", file=sys.stderr)
         return 2
     out_dir = os.path.abspath(args.out)
     paths = {name: os.path.join(out_dir, name) for name in
-             ("ncu_check.csv", "ncu_check.json", "ncu_check.png", "ncu_raw.csv", "manifest.jsonl", "ncu_child.log",
-              "ncu_probes.csv")}
+             ("ncu_check.csv", "ncu_summary.csv", "ncu_check.json", "ncu_check.png", "ncu_raw.csv", "manifest.jsonl",
+              "ncu_child.log", "ncu_probes.csv")}
     ncu = find_ncu(args.ncu)
     metrics = list(METRICS.values())
     probes = probes_from_args(args)
-    order = probes + measure_order(configs)
+    order = probes + measure_order([c for c in configs if c not in skipped])
     cmd = ncu_command(ncu or "ncu", metrics, paths["ncu_raw.csv"],
                       child_argv(order, args, paths["manifest.jsonl"]), args.cache_control)
+    by_reason = {}
+    for cfg, why in skipped.items():
+        by_reason.setdefault(why, {}).setdefault(f"{cfg.kind} {cfg.direction} {cfg.build}", 0)
+        by_reason[why][f"{cfg.kind} {cfg.direction} {cfg.build}"] += 1
+    for why, which in by_reason.items():
+        print(f"skipped {sum(which.values())} config(s) ({', '.join(which)}): {why}",
+              file=sys.stderr if args.dry_run else sys.stdout)
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
@@ -428,11 +543,12 @@ def check(args, command=None):
     matched = dict(zip(measured, assign_kernels(kernels, entries, [expected_grids(c, args) for c in measured])))
     builds = {parse_spec(e["spec"]): e.get("build") for e in entries}
     calibration = calibrate({p: matched.get(p) for p in probes}, args)
-    rows = [row_or_error(cfg, args, gpu, matched.get(cfg), calibration, builds.get(cfg)) for cfg in configs]
+    rows = [skipped_row(cfg, args, skipped[cfg]) if cfg in skipped
+            else row_or_error(cfg, args, gpu, matched.get(cfg), calibration, builds.get(cfg)) for cfg in configs]
     missing = unmeasured(rows)
     run_failed = status != "ok"
     if missing and not run_failed:
-        status = f"{len(missing)} of {len(rows)} configs not measured"
+        status = f"{len(missing)} of {len(rows) - len(skipped)} configs not measured"
     write_csv(rows, paths["ncu_check.csv"])
     write_probes_csv(calibration, paths["ncu_probes.csv"])
     prov = {
@@ -456,24 +572,32 @@ def check(args, command=None):
         "metrics": METRICS,
         "kernels": [dataclasses.asdict(k) for k in kernels],
         "rows": rows,
+        "summary": summary_rows(rows),
     }
     atomic_write_json(paths["ncu_check.json"], prov, indent=1, default=str)
+    write_summary_csv(rows, paths["ncu_summary.csv"], {
+        "command": prov["command"], "date": prov["date"], "git commit": prov["git_commit"], "status": status,
+        "gpu": gpu.name, "ncu": prov["ncu_version"],
+        "targets": f"global bytes within {GLOBAL_TOLERANCE:.0%} of sim_hbm_bytes (or, explained, of sim_l1_bytes: "
+                   f"the same in whole sectors per warp instruction); DRAM within {DRAM_TOLERANCE:.0%} of "
+                   f"pred_dram_bytes",
+        "files": "ncu_check.csv and ncu_check.json hold every column, and each row's kernels one by one"})
     try:
         plot(rows, paths["ncu_check.png"])
     except ImportError as e:  # the CSV and JSON are written: say so and go on
         print(f"no figure: {e}")
     print(calibration_summary(calibration))
-    print(summary(rows))
     for r in missing:
-        label = f"{r['kind']} N={r['n']} d={r['d']}" + (" causal" if r["causal"] else "")
-        print(f"not measured: {label} ({r.get('status')})")
+        cfg = Config(r["kind"], r["n"], r["d"], bool(r["causal"]), r["direction"], r["build"])
+        print(f"not measured: {cfg.label()} ({r.get('status')})")
     if missing:
-        print(f"{len(missing)} of {len(rows)} configs were not measured")
-    print(f"wrote {paths['ncu_check.csv']}, {paths['ncu_check.json']}, {paths['ncu_check.png']} ({status})")
-    if run_failed or len(missing) == len(rows) or (missing and args.strict):
+        print(f"{len(missing)} of {len(rows) - len(skipped)} configs were not measured")
+    print(f"wrote {paths['ncu_check.csv']}, {paths['ncu_summary.csv']}, {paths['ncu_check.json']}, "
+          f"{paths['ncu_check.png']} ({status})")
+    print(summary(rows))
+    if run_failed or len(missing) == len(rows) - len(skipped) or (missing and args.strict):
         return 1
-    if args.strict and any(r.get("global_within_2pct") == 0 or (r.get("dram_target") and r.get("dram_within_15pct") == 0)
-                           for r in rows):
+    if args.strict and any(str(r.get("verdict")).startswith("miss") for r in rows):
         return 1
     return 0
 

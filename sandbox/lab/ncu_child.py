@@ -1,5 +1,8 @@
 """The ncu check's profiled child: runs each config's kernels (and the calibration probes) once, inside
-``cuProfilerStart``/``cuProfilerStop``, and appends one manifest line per measured item.
+``cuProfilerStart``/``cuProfilerStop``, and appends one manifest line per measured item. A config
+runs its build's kernels (``sandbox.lab.ncu_specs``: the forward through ``kernels.launch.run``, the
+backward through ``kernels.launch.run_backward``); :func:`run_config` is the same run without a
+profiler (the tests run it under Numba's CUDA simulator).
 
 The parent (``sandbox.lab.ncu``) starts it under Nsight Compute as
 
@@ -10,6 +13,8 @@ with the model's settings and the configs as specs (``sandbox.lab.ncu_specs``). 
 """
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 import time
@@ -18,15 +23,14 @@ import numpy as np
 from numba import cuda
 
 from kernels.l2probe import rewrite, write_spin
-from kernels.launch import run
+from kernels.launch import run, run_backward
 from sandbox.lab import info
-from sandbox.lab.ncu_specs import PROBE_THREADS, Probe, launches, make_problem, make_schedule, parse_spec
+from sandbox.lab.ncu_specs import (PLAIN, PROBE_THREADS, BuildUnavailable, Probe, launches, make_problem, make_schedule,
+                                   parse_spec, resolve_build)
 from sandbox.vocabulary.dtypes import SUPPORTED, storage_dtype
 from sandbox.vocabulary.problem import Problem
 from sandbox.vocabulary.runtime import ensure_backend
 
-#: The builds the check can measure: the plain kernels (whose counters the simulator mirrors) or a fast build.
-BUILDS = ("plain", "fast")
 #: This module, as `python -m` runs it.
 MODULE = "sandbox.lab.ncu_child"
 
@@ -37,7 +41,7 @@ def child_argv(specs, settings, manifest_path):
             "--batch", str(settings.batch), "--heads", str(settings.heads), "--dtype", settings.dtype,
             "--block-q", str(settings.block_q), "--block-kv", str(settings.block_kv),
             "--thread-q", str(settings.thread_q), "--thread-kv", str(settings.thread_kv), "--seed", str(settings.seed),
-            "--kv-splits", str(settings.kv_splits), "--build", settings.build, "--specs", *[c.spec() for c in specs]]
+            "--kv-splits", str(settings.kv_splits), "--specs", *[c.spec() for c in specs]]
 
 
 def parse_args(argv=None):
@@ -50,9 +54,68 @@ def parse_args(argv=None):
     for name in ("--block-q", "--block-kv", "--thread-q", "--thread-kv", "--kv-splits"):
         p.add_argument(name, type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--build", choices=BUILDS, default="plain")
     p.add_argument("--specs", nargs="*", default=[])
     return p.parse_args(argv)
+
+
+@contextlib.contextmanager
+def profiled(took=None):
+    """The measured call: with ``--profile-from-start off`` the only kernels ncu profiles. Appends the
+    seconds it took (under ncu: every replay) to the list ``took``."""
+    start = time.perf_counter()
+    cuda.profile_start()
+    try:
+        yield
+    finally:
+        cuda.synchronize()
+        cuda.profile_stop()
+        if took is not None:
+            took.append(time.perf_counter() - start)
+
+
+def device_inputs(problem, rng, count):
+    """``count`` random (B, H, N, d) device arrays in the problem's dtype (Nq = Nk)."""
+    shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
+    host = [rng.standard_normal(shape, dtype=np.float32).astype(problem.dtype) for _ in range(count)]
+    return [cuda.to_device(x.view(storage_dtype(x.dtype))) for x in host]
+
+
+def run_config(cfg, settings, rng, measured=contextlib.nullcontext):
+    """Run one config's kernels: first on a small problem of the same (schedule, d, dtype, causal), which
+    compiles them (``kernels.launch.build`` caches on exactly that), then on the config's problem, inside
+    ``measured()`` (:func:`profiled` in the check). A backward config runs the plain forward first, outside.
+
+    Returns:
+        (device arrays, the kernels.builds.Build that ran): the forward's (O, L), the backward's (dQ, dK, dV).
+
+    Raises:
+        BuildUnavailable: the config's build is not there to run.
+    """
+    schedule, problem = make_schedule(cfg, settings), make_problem(cfg, settings)
+    chosen = resolve_build(cfg, schedule)
+    m = 2 * max(schedule.block_q, schedule.block_kv)  # Nq = Nk, as device_inputs makes them
+    small = Problem(1, 1, m, m, cfg.d, dtype=problem.dtype, causal=cfg.causal)
+    step = _backward if cfg.backward else _forward
+    step(schedule, small, chosen, rng, contextlib.nullcontext)
+    return step(schedule, problem, chosen, rng, measured), chosen
+
+
+def _forward(schedule, problem, chosen, rng, measured):
+    q, k, v = device_inputs(problem, rng, 3)
+    cuda.synchronize()
+    with measured():
+        out, lse = run(schedule, problem, q, k, v, chosen=chosen)[:2]
+    return out, lse
+
+
+def _backward(schedule, problem, chosen, rng, measured):
+    q, k, v, dout = device_inputs(problem, rng, 4)
+    out, lse = run(schedule, problem, q, k, v, fast=False)[:2]  # O and L: the plain forward, not measured
+    extra = {} if chosen.name == PLAIN else {"chosen": chosen}  # a fast backward build: kernels/builds.py's choice
+    cuda.synchronize()
+    with measured():
+        dq, dk, dv = run_backward(schedule, problem, q, k, v, out, lse, dout, **extra)[:3]
+    return dq, dk, dv
 
 
 def main(argv=None):
@@ -67,7 +130,6 @@ def main(argv=None):
         return 3
     env = {k: str(v) for k, v in info.environment().items()}
     rng = np.random.default_rng(args.seed)
-    fast = args.build == "fast"
     with open(args.manifest, "a") as manifest:
         manifest.write(json.dumps({"environment": env}) + "\n")
         manifest.flush()
@@ -75,31 +137,21 @@ def main(argv=None):
             if isinstance(cfg, Probe):
                 run_probe(cfg, manifest)
                 continue
-            schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
-
-            def device_inputs(p):
-                shape = (p.batch, p.heads, p.n_q, p.head_dim)
-                host = [rng.standard_normal(shape, dtype=np.float32).astype(p.dtype) for _ in range(3)]
-                return [cuda.to_device(x.view(storage_dtype(x.dtype))) for x in host]
-
-            # -- compile: a small problem with the same (schedule, d, dtype, causal), not profiled
-            small = Problem(1, 1, 2 * args.block_q, 2 * args.block_kv, cfg.d, dtype=args.dtype, causal=cfg.causal)
-            run(schedule, small, *device_inputs(small), fast=fast)
-            q, k, v = device_inputs(problem)
-            cuda.synchronize()
-            # -- the measured call: the only kernels ncu profiles (--profile-from-start off)
-            start = time.perf_counter()
-            cuda.profile_start()
-            out, lse = run(schedule, problem, q, k, v, fast=fast)[:2]
-            cuda.synchronize()
-            cuda.profile_stop()
-            seconds = time.perf_counter() - start
-            phases = [p for p, _, _ in launches(cfg.kind)]
+            took = []
+            try:
+                arrays, chosen = run_config(cfg, args, rng, functools.partial(profiled, took))
+            except BuildUnavailable as e:  # (the parent sends none of these; a hand-made spec may)
+                manifest.write(json.dumps({"spec": cfg.spec(), "skipped": str(e), "kernels": 0}) + "\n")
+                print(f"skipped {cfg.label()}: {e}", flush=True)
+                continue
+            seconds = took[0]
+            phases = [p for p, _, _ in launches(cfg, args)]
             manifest.write(json.dumps({"spec": cfg.spec(), "phases": phases, "kernels": len(phases),
-                                       "wall_s": seconds, "schedule": schedule.describe(), "build": args.build}) + "\n")
+                                       "wall_s": seconds, "schedule": make_schedule(cfg, args).describe(),
+                                       "build": chosen.name}) + "\n")
             manifest.flush()
             print(f"measured {cfg.label()} ({len(phases)} kernel(s), {seconds:.2f} s under ncu)", flush=True)
-            del out, lse, q, k, v
+            del arrays
             try:
                 cuda.current_context().deallocations.clear()
             except Exception:  # numba internals: freeing early is only an optimization
@@ -120,12 +172,10 @@ def run_probe(probe, manifest):
         write_spin[blocks, PROBE_THREADS](buf, np.float32(1), 1, sink)
         call = lambda: write_spin[blocks, PROBE_THREADS](buf, np.float32(2), spin, sink)  # noqa: E731
     cuda.synchronize()
-    start = time.perf_counter()
-    cuda.profile_start()
-    call()
-    cuda.synchronize()
-    cuda.profile_stop()
-    seconds = time.perf_counter() - start
+    took = []
+    with profiled(took):
+        call()
+    seconds = took[0]
     manifest.write(json.dumps({"spec": probe.spec(), "phases": ["probe"], "kernels": 1, "wall_s": seconds}) + "\n")
     manifest.flush()
     print(f"measured {probe.label()} ({seconds:.2f} s under ncu)", flush=True)

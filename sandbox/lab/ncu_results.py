@@ -1,6 +1,7 @@
 """Nsight Compute's results for the ncu check (``sandbox.lab.ncu``): its CSV read back in base units, the
 profiled kernels matched to configs and summed, the calibration, the simulator's predictions beside
-the measurements (one row per config), and the check's own files (CSV, probes, figure, summary).
+the measurements (one row per config, and per kernel), the verdicts, and the check's own files (CSV,
+summary, probes, figure, the printed table).
 
 Example:
     >>> to_base_units("1,234.5", "Kbyte")
@@ -14,11 +15,13 @@ import json
 import re
 import time
 
+from kernels import builds
+from sandbox.lab import ncu_sectors
 from sandbox.lab.colors import kind_color
-from sandbox.lab.ncu_specs import launches, make_problem, make_schedule
-from sandbox.lab.records import atomic_write, text_of
+from sandbox.lab.ncu_specs import PLAIN, launches, make_problem, make_schedule
+from sandbox.lab.records import atomic_write, text_of, write_commented_csv
 from sandbox.vocabulary import kinds
-from simulator.counts import simulate_counts
+from simulator.counts import simulate_backward_counts, simulate_counts
 from simulator.l2 import simulate_dram
 
 #: column name -> ncu metric. ESSENTIAL is retried alone if ncu refuses a metric of the full list.
@@ -63,8 +66,9 @@ _TIME_UNITS = {"nsecond": 1e-9, "ns": 1e-9, "usecond": 1e-6, "us": 1e-6, "msecon
                "second": 1.0, "s": 1.0}
 #: The kinds whose DRAM bytes the check holds within DRAM_TOLERANCE of the L2 model: a judgement of
 #: the model's accuracy, not a list of kinds. Measured on an H100, the model follows these kinds'
-#: request streams closely enough; for splitkv's (and a newly registered kind's) it has not been
-#: shown to, so their DRAM ratio is reported beside the others (``dram_target`` 0), not held to it.
+#: forward request streams closely enough; for splitkv's (and a newly registered kind's) it has not
+#: been shown to, so their DRAM ratio is reported beside the others (``dram_target`` 0), not held to
+#: it. Their backward passes and fast builds are held to the same target.
 DRAM_TARGET_KINDS = ("standard", "flash1", "flash2")
 
 
@@ -228,20 +232,42 @@ def calibrate(probe_kernels, args):
     return out
 
 
+def sector_accesses(cfg, schedule):
+    """phase -> the accesses of the config's kernels that are not whole sectors (``ncu_sectors.accesses``):
+    the plain kernels', or the forward fast build's (its module, kernels/builds.py's ``fast_build``)."""
+    if cfg.build == PLAIN:
+        return ncu_sectors.accesses(cfg.kind, cfg.backward)
+    module = None if cfg.backward else builds.fast_build(schedule)
+    return ncu_sectors.FAST.get(module, {})
+
+
 def predict(cfg, args, gpu, residency=None, dirty_limit_bytes=None):
-    """The simulator's numbers for one config: HBM bytes (counts.py) and DRAM bytes (the L2 model of
-    ``gpu``, a DeviceFacts or a name in KNOWN_GPUS, with the dirty limit, and the plain LRU without it)."""
-    schedule, problem = make_schedule(cfg.kind, args), make_problem(cfg, args)
-    counts = simulate_counts(schedule, problem)
-    kw = dict(gpu=gpu, resident_blocks=residency or None, cold_launches=args.cache_control == "all")
+    """The simulator's numbers for one config: HBM bytes (counts.py, the forward's or the backward's), the
+    global bytes in the sectors each warp instruction touches (``ncu_sectors``), and DRAM bytes (the L2
+    model of ``gpu``, a DeviceFacts or a name in KNOWN_GPUS, with the dirty limit, and the plain LRU
+    without it). ``launches``: per kernel, the simulator's bytes and sectors and the model's DRAM bytes."""
+    schedule, problem = make_schedule(cfg, args), make_problem(cfg, args)
+    counts = (simulate_backward_counts if cfg.backward else simulate_counts)(schedule, problem)
+    kw = dict(gpu=gpu, resident_blocks=residency or None, cold_launches=args.cache_control == "all",
+              backward=cfg.backward)
     t0 = time.perf_counter()
     dram = simulate_dram(schedule, problem, dirty_limit_bytes=dirty_limit_bytes, **kw)
     seconds = time.perf_counter() - t0
     plain = simulate_dram(schedule, problem, **kw) if dirty_limit_bytes is not None else dram
+    l1 = ncu_sectors.l1_bytes(dram.per_launch, sector_accesses(cfg, schedule), schedule, cfg.d, problem.dtype)
+    per_launch = [{"phase": x["phase"], "sim_hbm_bytes": x["hbm_ld_bytes"] + x["hbm_st_bytes"],
+                   "sim_l1_ld_bytes": x["ld_bytes"], "sim_l1_st_bytes": x["st_bytes"],
+                   "sim_dram_bytes": ln["read_bytes"] + ln["write_evicted_bytes"] + ln["write_cleaned_bytes"],
+                   "sectors": x["factors"]} for x, ln in zip(l1, dram.per_launch)]
     return {
         "sim_hbm_bytes": counts.hbm_bytes,
         "sim_hbm_read_bytes": counts.bytes("hbm_reads"),
         "sim_hbm_write_bytes": counts.bytes("hbm_writes"),
+        "sim_l1_ld_bytes": round(sum(x["ld_bytes"] for x in l1)),
+        "sim_l1_st_bytes": round(sum(x["st_bytes"] for x in l1)),
+        "sim_l1_bytes": round(sum(x["ld_bytes"] + x["st_bytes"] for x in l1)),
+        "sector_note": ncu_sectors.describe(l1),
+        "sector_caveats": "; ".join(ncu_sectors.whole_sector_caveats(schedule, problem)),
         "sim_l2_request_bytes": dram.requested_read_sector_bytes + dram.requested_write_sector_bytes,
         "sim_l2_read_hit_rate": dram.l2_read_hit_rate,
         "sim_dram_rd_bytes": dram.read_bytes,
@@ -257,6 +283,7 @@ def predict(cfg, args, gpu, residency=None, dirty_limit_bytes=None):
         "sim_sram_write_bytes": counts.bytes("sram_writes"),
         "sim_seconds": seconds,
         "resident_blocks": json.dumps(dram.config["resident_blocks"], sort_keys=True),
+        "launches": per_launch,
     }
 
 
@@ -270,21 +297,28 @@ def _dram_measured(row):
 
 
 def _config_fields(cfg, args):
-    return {"kind": cfg.kind, "n": cfg.n, "d": cfg.d, "causal": int(cfg.causal), "batch": args.batch,
-            "heads": args.heads, "dtype": args.dtype, "block_q": args.block_q, "block_kv": args.block_kv,
+    return {"kind": cfg.kind, "direction": cfg.direction, "build": cfg.build, "n": cfg.n, "d": cfg.d,
+            "causal": int(cfg.causal), "batch": args.batch, "heads": args.heads, "dtype": args.dtype,
+            "block_q": args.block_q, "block_kv": args.block_kv,
             "kv_splits": args.kv_splits if kinds.get(cfg.kind).kv_splits else 1}
 
 
 def make_row(cfg, args, gpu, kernels, calibration=None, build=None):
-    """One CSV row: the config, the simulator's numbers, and ncu's sums over the config's kernels (or blanks).
+    """One CSV row: the config, the simulator's numbers, ncu's sums over the config's kernels (or blanks),
+    and the verdicts (:func:`verdicts`); ``row["launches"]`` holds the same kernel by kernel.
 
-    The DRAM prediction is the L2 model's reads and writes during the kernels (with the calibrated
-    dirty limit) plus the background writes: the calibrated rate × the kernels' measured time."""
+    ``build``: the name of the build the child ran (the manifest's); a row whose build differs
+    from its config's is an error. The DRAM prediction is the L2 model's reads and writes during
+    the kernels (with the calibrated dirty limit) plus the background writes: the calibrated rate
+    × the kernels' measured time."""
     calibration = calibration or {}
-    phases = [p for p, _, _ in launches(cfg.kind)]
+    phases = [p for p, _, _ in launches(cfg, args)]
     residency = measured_residency(kernels, phases) if kernels else {}
-    row = {**_config_fields(cfg, args), "build": build, "kernels": len(phases),
-           "status": "ok" if kernels else "not measured", "dram_target": int(cfg.kind in DRAM_TARGET_KINDS)}
+    status = "ok" if kernels else "not measured"
+    if kernels and build is not None and build != cfg.build:
+        status = f"error: the child ran build {build!r}"
+    row = {**_config_fields(cfg, args), "kernels": len(phases), "status": status,
+           "dram_target": int(cfg.kind in DRAM_TARGET_KINDS)}
     row.update(predict(cfg, args, gpu, residency, calibration.get("dirty_limit_bytes")))
     m = sum_metrics(kernels) if kernels else {}
     for key in ("global_ld_bytes", "global_st_bytes", "l2_bytes", "dram_rd_bytes", "dram_wr_bytes",
@@ -295,9 +329,11 @@ def make_row(cfg, args, gpu, kernels, calibration=None, build=None):
     reads, hits = m.get("l2_read_sectors"), m.get("l2_read_hit_sectors")
     row["ncu_l2_read_hit_rate"] = hits / reads if reads and hits is not None else None
     ld, st = row["ncu_global_ld_bytes"], row["ncu_global_st_bytes"]
-    glob_bytes = ld + st if ld is not None and st is not None else None
+    row["ncu_global_bytes"] = glob_bytes = ld + st if ld is not None and st is not None else None
     row["global_ratio"] = _ratio(glob_bytes, row["sim_hbm_bytes"])
+    row["l1_ratio"] = _ratio(glob_bytes, row["sim_l1_bytes"])
     rd, dram = row["ncu_dram_rd_bytes"], _dram_measured(row)
+    row["ncu_dram_bytes"] = dram
     rate = calibration.get("background_write_bytes_per_s")
     row["background_dram_wr_bytes"] = rate * m["time"] if rate is not None and m.get("time") is not None else None
     row["pred_dram_bytes"] = row["sim_dram_bytes"] + (row["background_dram_wr_bytes"] or 0)
@@ -305,10 +341,71 @@ def make_row(cfg, args, gpu, kernels, calibration=None, build=None):
     row["dram_ratio_plain"] = _ratio(dram, row["sim_dram_plain_bytes"])
     row["dram_rd_ratio"] = _ratio(rd, row["sim_dram_rd_bytes"])
     row["dram_ratio_with_flush"] = _ratio(dram, row["sim_dram_with_flush_bytes"])
-    within = lambda r, tol: None if r is None else int(abs(r - 1) <= tol)  # noqa: E731
-    row["global_within_2pct"] = within(row["global_ratio"], GLOBAL_TOLERANCE)
-    row["dram_within_15pct"] = within(row["dram_ratio"], DRAM_TOLERANCE)
+    row["global_within_2pct"] = _within(row["global_ratio"], GLOBAL_TOLERANCE)
+    row["l1_within_2pct"] = _within(row["l1_ratio"], GLOBAL_TOLERANCE)
+    row["dram_within_15pct"] = _within(row["dram_ratio"], DRAM_TOLERANCE)
+    for launch, kr in zip(row["launches"], kernels or ()):
+        _measured_launch(launch, kr.metrics, rate)
+    row.update(verdicts(row))
     return row
+
+
+def _within(ratio, tolerance):
+    return None if ratio is None else int(abs(ratio - 1) <= tolerance)
+
+
+def _measured_launch(launch, metrics, rate):
+    """One kernel's measurements beside its simulated numbers (a row's ``launches`` entry), in place."""
+    ld, st = metrics.get("global_ld_bytes"), metrics.get("global_st_bytes")
+    rd, wr, t = metrics.get("dram_rd_bytes"), metrics.get("dram_wr_bytes"), metrics.get("time")
+    launch["ncu_global_ld_bytes"], launch["ncu_global_st_bytes"] = ld, st
+    glob = ld + st if ld is not None and st is not None else None
+    launch["global_ratio"] = _ratio(glob, launch["sim_hbm_bytes"])
+    launch["l1_ratio"] = _ratio(glob, launch["sim_l1_ld_bytes"] + launch["sim_l1_st_bytes"])
+    launch["l1_ld_ratio"] = _ratio(ld, launch["sim_l1_ld_bytes"])
+    launch["l1_st_ratio"] = _ratio(st, launch["sim_l1_st_bytes"])
+    launch["ncu_dram_bytes"] = rd + wr if rd is not None and wr is not None else None
+    launch["ncu_time_ms"] = None if t is None else t * 1e3
+    launch["pred_dram_bytes"] = launch["sim_dram_bytes"] + (rate * t if rate is not None and t is not None else 0)
+    launch["dram_ratio"] = _ratio(launch["ncu_dram_bytes"], launch["pred_dram_bytes"])
+
+
+#: A row's verdict: the targets met ("ok"), met only once the warp instructions' sectors are counted
+#: ("explained": ncu's global bytes are the sector model's, not the bytes moved), missed, or why
+#: there is no measurement (the row's status).
+VERDICTS = ("ok", "explained", "miss")
+
+
+def verdicts(row):
+    """The row's ``global_verdict``, ``dram_verdict`` and ``verdict``, from its measured ratios.
+
+    global: "ok" within GLOBAL_TOLERANCE of both the simulator's bytes and the sector model
+    (``sim_l1_bytes``; they are the same where every access is whole sectors); "explained" within it of
+    the sector model only; "miss" otherwise (also when the bytes match but the sector model predicted
+    more: the model of the access pattern is then wrong). DRAM: "ok" within DRAM_TOLERANCE of the
+    prediction, "miss" outside it for a kind held to it (``dram_target``), "reported" outside it for one
+    that is not. "-" where ncu gave no number. The verdict: the status when not measured, else "miss"
+    if either missed, else "explained" if the global bytes needed the sector model, else "ok".
+    """
+    if row.get("status") != "ok":
+        return {"global_verdict": "-", "dram_verdict": "-", "verdict": row.get("status")}
+    g_hbm, g_l1 = _within(row.get("global_ratio"), GLOBAL_TOLERANCE), _within(row.get("l1_ratio"), GLOBAL_TOLERANCE)
+    if g_hbm is None:
+        glob = "-"
+    elif g_l1 is None:  # (no sector model: the simulator's bytes alone)
+        glob = "ok" if g_hbm else "miss"
+    else:
+        glob = "ok" if g_hbm and g_l1 else "explained" if g_l1 else "miss"
+    within = _within(row.get("dram_ratio"), DRAM_TOLERANCE)
+    dram = "-" if within is None else "ok" if within else "miss" if row.get("dram_target") else "reported"
+    missed = [what for what, v in (("global", glob), ("DRAM", dram)) if v == "miss"]
+    if missed:
+        verdict = "miss (" + ", ".join(missed) + ")"
+    elif glob == "-":
+        verdict = "not measured"
+    else:
+        verdict = "explained" if glob == "explained" else "ok"
+    return {"global_verdict": glob, "dram_verdict": dram, "verdict": verdict}
 
 
 def row_or_error(cfg, args, gpu, kernels, calibration=None, build=None):
@@ -317,15 +414,25 @@ def row_or_error(cfg, args, gpu, kernels, calibration=None, build=None):
         return make_row(cfg, args, gpu, kernels, calibration, build)
     except Exception as e:  # noqa: BLE001 -- reported in the row and on stdout
         print(f"{cfg.label()}: {type(e).__name__}: {e}", flush=True)
-        return {**_config_fields(cfg, args), "status": f"error: {type(e).__name__}: {e}"}
+        status = f"error: {type(e).__name__}: {e}"
+        return {**_config_fields(cfg, args), "status": status, "verdict": status}
+
+
+def skipped_row(cfg, args, reason):
+    """The row of a config whose build is not there to run: nothing measured, nothing simulated."""
+    status = f"skipped: {reason}"
+    return {**_config_fields(cfg, args), "status": status, "verdict": status}
 
 
 COLUMNS = [
-    "kind", "n", "d", "causal", "batch", "heads", "dtype", "block_q", "block_kv", "kv_splits", "build", "kernels",
-    "status", "sim_hbm_bytes", "ncu_global_ld_bytes", "ncu_global_st_bytes", "global_ratio", "global_within_2pct",
-    "sim_hbm_read_bytes", "sim_hbm_write_bytes",
+    "kind", "direction", "build", "n", "d", "causal", "batch", "heads", "dtype", "block_q", "block_kv", "kv_splits",
+    "kernels", "status", "verdict", "global_verdict", "dram_verdict",
+    "sim_hbm_bytes", "ncu_global_bytes", "ncu_global_ld_bytes", "ncu_global_st_bytes", "global_ratio",
+    "global_within_2pct", "sim_l1_bytes", "sim_l1_ld_bytes", "sim_l1_st_bytes", "l1_ratio", "l1_within_2pct",
+    "sector_note", "sector_caveats", "sim_hbm_read_bytes", "sim_hbm_write_bytes",
     "ncu_l2_bytes", "sim_l2_request_bytes", "ncu_l2_read_hit_rate", "sim_l2_read_hit_rate",
-    "pred_dram_bytes", "sim_dram_bytes", "background_dram_wr_bytes", "ncu_dram_rd_bytes", "ncu_dram_wr_bytes",
+    "pred_dram_bytes", "sim_dram_bytes", "background_dram_wr_bytes", "ncu_dram_bytes", "ncu_dram_rd_bytes",
+    "ncu_dram_wr_bytes",
     "dram_ratio", "dram_within_15pct", "dram_target",
     "sim_dram_rd_bytes", "dram_rd_ratio", "sim_dram_wr_evicted_bytes", "sim_dram_wr_cleaned_bytes",
     "sim_dram_wr_flush_bytes", "sim_dram_with_flush_bytes", "dram_ratio_with_flush", "sim_dram_plain_bytes",
@@ -346,6 +453,22 @@ def write_csv(rows, path):
     atomic_write(path, text_of(write))
 
 
+#: The summary's columns (printed last, and ncu_summary.csv): one row per config.
+SUMMARY_COLUMNS = ("kind", "direction", "build", "n", "d", "causal", "sim_hbm_bytes", "ncu_global_bytes",
+                   "global_ratio", "sim_l1_bytes", "l1_ratio", "pred_dram_bytes", "ncu_dram_bytes", "dram_ratio",
+                   "verdict", "sector_note")
+
+
+def summary_rows(rows):
+    """The summary's rows: :data:`SUMMARY_COLUMNS` of each row, blanks where it has none."""
+    return [{k: ("" if r.get(k) is None else r.get(k)) for k in SUMMARY_COLUMNS} for r in rows]
+
+
+def write_summary_csv(rows, path, header):
+    """The summary as CSV, after ``# key: value`` lines of ``header`` (the provenance)."""
+    write_commented_csv(path, header, SUMMARY_COLUMNS, summary_rows(rows))
+
+
 PROBE_COLUMNS = ("probe", "time_s", "dram_wr_bytes", "dram_rd_bytes", "global_st_bytes", "write_rate_bytes_per_s",
                  "dirty_held_bytes")
 
@@ -364,14 +487,19 @@ def write_probes_csv(calibration, path):
 
 
 def plot(rows, path):
-    """Two panels, one point per config: measured/simulated global bytes (2% band), DRAM (15% band)."""
+    """Two panels, one point per config (the skipped ones left out): measured/simulated global bytes (2%
+    band; open diamonds: over the sector model, where it differs), DRAM (15% band)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['kind']}\nN={r['n']}\nd={r['d']}" + ("\ncausal" if r["causal"] else "") for r in rows]
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.7 * len(rows) + 2), 7.5), sharex=True)
+    rows = [r for r in rows if not str(r.get("status")).startswith("skipped")]
+
+    labels = [f"{r['kind']}" + ("\nbwd" if r.get("direction") == "bwd" else "")
+              + ("" if r.get("build", PLAIN) == PLAIN else f"\n{r['build']}")
+              + f"\nN={r['n']}\nd={r['d']}" + ("\ncausal" if r["causal"] else "") for r in rows]
+    fig, axes = plt.subplots(2, 1, figsize=(min(48, max(8, 0.5 * len(rows) + 2)), 7.5), sharex=True)
     panels = [("global_ratio", GLOBAL_TOLERANCE, "global ld+st bytes (ncu L1)\n/ simulator HBM bytes"),
               ("dram_ratio", DRAM_TOLERANCE, "DRAM bytes (ncu)\n/ L2-model prediction")]
     x = list(range(len(rows)))
@@ -383,6 +511,12 @@ def plot(rows, path):
                 ax.annotate("not\nmeasured", (i, 1.0), ha="center", va="center", fontsize=7, color="gray")
             else:
                 ax.plot(i, r[key], "o", color=kind_color(r["kind"]))
+        if key == "global_ratio":  # against the sector model, where it differs from the bytes moved
+            pts = [(i, r.get("l1_ratio")) for i, r in enumerate(rows)
+                   if r.get("l1_ratio") is not None and r.get("sim_l1_bytes") != r.get("sim_hbm_bytes")]
+            if pts:
+                ax.plot(*zip(*pts), "D", mfc="none", color="k", label="vs the sector model (ncu_sectors)")
+                ax.set_yscale("log")
         if key == "dram_ratio":  # the same measurement against the plain LRU (no dirty limit, no background)
             pts = [(i, r.get("dram_ratio_plain")) for i, r in enumerate(rows)]
             pts = [(i, y) for i, y in pts if y is not None]
@@ -403,20 +537,51 @@ def plot(rows, path):
 
 
 def summary(rows):
-    """The table printed at the end: measured / simulated per config."""
-    head = ("config", "global", "DRAM", "plain LRU", "DRAM rd", "ms", "status")
-    lines = ["{:<30} {:>8} {:>7} {:>10} {:>8} {:>9}  {}".format(*head)]
-    fmt = lambda v, p: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    """The table printed at the end, one line per config: the simulator's bytes and ncu's, their ratio (and
+    ncu's over the sector model where that differs), the DRAM prediction and ncu's, their ratio, the
+    verdict; then the sector model's notes and the reasons rows were skipped, once each, and the counts."""
+    labels = [f"{r['kind']} N={r['n']} d={r['d']}" + (" causal" if r["causal"] else "") for r in rows]
+    width = max([len("config")] + [len(x) for x in labels])
+    fmt_line = "{:<%d} {:>3} {:<11} {:>9} {:>10} {:>7} {:>7} {:>9} {:>9} {:>6}  {}" % width
+    lines = [fmt_line.format("config", "dir", "build", "sim HBM", "ncu global", "global", "sectors", "pred DRAM",
+                             "ncu DRAM", "DRAM", "verdict")]
+    ratio = lambda v, p: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    notes, skips = {}, {}
+    for label, r in zip(labels, rows):
+        has_model = r.get("sim_l1_bytes") is not None and r.get("sim_l1_bytes") != r.get("sim_hbm_bytes")
+        verdict = str(r.get("verdict") or r.get("status") or "")
+        what = f"{r['kind']} {r.get('direction', 'fwd')} {r.get('build', PLAIN)}"
+        if verdict.startswith("skipped: "):
+            skips.setdefault(verdict[len("skipped: "):], []).append(what)
+            verdict = "skipped"
+        lines.append(fmt_line.format(
+            label, r.get("direction", "fwd"), r.get("build", PLAIN), _mb(r.get("sim_hbm_bytes")),
+            _mb(r.get("ncu_global_bytes")), ratio(r.get("global_ratio"), 4),
+            ratio(r.get("l1_ratio"), 4) if has_model else "", _mb(r.get("pred_dram_bytes")),
+            _mb(r.get("ncu_dram_bytes")), ratio(r.get("dram_ratio"), 3), verdict))
+        if has_model and r.get("sector_note"):
+            notes.setdefault(f"{what}: {r['sector_note']}", None)
+    if notes:
+        lines.append("sectors: ncu's global bytes / the sector model (the simulator's bytes in the 32-byte sectors "
+                     "each warp instruction touches, sandbox/lab/ncu_sectors.py), where it differs:")
+        lines += [f"  {note}" for note in notes]
+    for why, which in skips.items():
+        lines.append(f"skipped ({', '.join(dict.fromkeys(which))}): {why}")
+    counts = {}
     for r in rows:
-        label = f"{r['kind']} N={r['n']} d={r['d']}" + (" causal" if r["causal"] else "")
-        lines.append(f"{label:<30} {fmt(r.get('global_ratio'), 4):>8} {fmt(r.get('dram_ratio'), 3):>7} "
-                     f"{fmt(r.get('dram_ratio_plain'), 3):>10} {fmt(r.get('dram_rd_ratio'), 3):>8} "
-                     f"{fmt(r.get('ncu_time_ms'), 2):>9}  {r.get('status', '')}")
+        key = str(r.get("verdict") or r.get("status") or "").split(":")[0].split(" (")[0]
+        counts[key] = counts.get(key, 0) + 1
     ok = [r for r in rows if r.get("global_ratio") is not None]
     target = [r for r in ok if r.get("dram_target") and r.get("dram_ratio") is not None]
-    lines.append(f"global within 2%: {sum(r['global_within_2pct'] for r in ok)}/{len(ok)}; DRAM within 15% "
+    lines.append(f"global within 2%: {sum(r['global_within_2pct'] for r in ok)}/{len(ok)} of the simulator's bytes, "
+                 f"{sum(r.get('l1_within_2pct') or 0 for r in ok)}/{len(ok)} of the sector model; DRAM within 15% "
                  f"({'/'.join(DRAM_TARGET_KINDS)}): {sum(r['dram_within_15pct'] for r in target)}/{len(target)}")
+    lines.append("verdicts: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return "\n".join(lines)
+
+
+def _mb(v):
+    return "-" if v is None else f"{v / 1e6:.2f}M"
 
 
 def calibration_summary(cal):

@@ -1,6 +1,12 @@
 """What the ncu check measures (``sandbox.lab.ncu``): its configs and calibration probes, their
 command-line form between the parent and the profiled child (``sandbox.lab.ncu_child``), and the
-schedule, problem and kernel launches of each.
+schedule, problem, build and kernel launches of each.
+
+A config is one row of the check: a kind, N (= Nq = Nk), d, causal, the direction ("fwd": the
+forward; "bwd": the backward, ``kernels.launch.run_backward``) and the build: "plain" (the
+counting kernels' source without counters: what the simulator mirrors) or "fast-<math>" (the fast
+build of ``Schedule(math=<math>)``, chosen by ``kernels.builds.choose_build(..., fast=True)``; for
+the backward by ``kernels.builds.choose_backward_build(..., fast=True)``).
 
 ``settings`` below is the check's parsed arguments (``python -m sandbox ncu``; the child gets the
 model's share of them): ``batch``, ``heads``, ``dtype``, ``block_q``, ``block_kv``, ``thread_q``,
@@ -9,7 +15,9 @@ model's share of them): ``batch``, ``heads``, ``dtype``, ``block_q``, ``block_kv
 
 import dataclasses
 
-from simulator import table
+from kernels import builds
+from kernels.flash2_tc import tc_schedule
+from simulator import streams, table
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.problem import Problem
 from sandbox.vocabulary.schedule import Schedule
@@ -33,31 +41,66 @@ PROBE_THREADS = 256
 PROBE_NAMES = ("spin", "stream", "rewrite")
 
 
+#: A row's direction: the forward pass or the backward pass.
+DIRECTIONS = ("fwd", "bwd")
+#: The builds a row can name (kernels/builds.py's names): the plain kernels, or a fast build by its
+#: arithmetic (sandbox.vocabulary.kinds.MATHS).
+PLAIN = builds.PLAIN
+FAST_PREFIX = "fast-"
+BUILD_NAMES = (PLAIN,) + tuple(FAST_PREFIX + math for math in kinds.MATHS)
+#: Arithmetic whose builds fix the thread tile: the schedule for Br × Bc blocks.
+FIXED_TILE_SCHEDULES = {"tf32x3": tc_schedule}
+
+
 def l2_kinds():
     """The registered kinds the check can measure: those with an L2 request stream (``simulator/table.py``)."""
     return tuple(k for k in table.names() if table.get(k).l2 is not None)
 
 
+class BuildUnavailable(Exception):
+    """The build a row names is not there to run (the message says why): the row is skipped."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One measured point: the schedule kind, N (= Nq = Nk), d, causal."""
+    """One measured row: the schedule kind, N (= Nq = Nk), d, causal, direction, build (module docstring)."""
 
     kind: str
     n: int
     d: int
     causal: bool
+    direction: str = "fwd"
+    build: str = PLAIN
+
+    @property
+    def backward(self):
+        return self.direction == "bwd"
+
+    @property
+    def math(self):
+        """The fast build's ``Schedule.math``, None for the plain kernels."""
+        return self.build[len(FAST_PREFIX):] if self.build.startswith(FAST_PREFIX) else None
 
     def spec(self):
-        """"kind:N:d:causal", the child's command-line form."""
-        return f"{self.kind}:{self.n}:{self.d}:{int(self.causal)}"
+        """"kind:N:d:causal[:direction:build]", the child's command-line form (the short one for the plain forward)."""
+        base = f"{self.kind}:{self.n}:{self.d}:{int(self.causal)}"
+        return base if (self.direction, self.build) == ("fwd", PLAIN) else f"{base}:{self.direction}:{self.build}"
 
     @classmethod
     def parse(cls, spec):
-        kind, n, d, causal = spec.split(":")
-        return cls(kind, int(n), int(d), causal in ("1", "true", "True"))
+        """A :meth:`spec` back; ValueError for a direction or build it does not know."""
+        fields = spec.split(":")
+        if len(fields) == 4:
+            fields += ["fwd", PLAIN]
+        if len(fields) != 6 or fields[4] not in DIRECTIONS or fields[5] not in BUILD_NAMES:
+            raise ValueError(f"config spec {spec!r}: expected kind:N:d:causal[:{'|'.join(DIRECTIONS)}:"
+                             f"{'|'.join(BUILD_NAMES)}]")
+        kind, n, d, causal, direction, build = fields
+        return cls(kind, int(n), int(d), causal in ("1", "true", "True"), direction, build)
 
     def label(self):
-        return f"{self.kind} N={self.n} d={self.d}" + (" causal" if self.causal else "")
+        what = self.kind + (" backward" if self.backward else "") + ("" if self.build == PLAIN else f" {self.build}")
+        return f"{what} N={self.n} d={self.d}" + (" causal" if self.causal else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,26 +142,52 @@ def parse_spec(spec):
     return Config.parse(spec)
 
 
-def make_schedule(kind, settings):
-    """The config's schedule: the settings' blocks and register tile; ``kv_splits`` for kinds that read it."""
-    return Schedule(kind, block_q=settings.block_q, block_kv=settings.block_kv, thread_q=settings.thread_q,
-                    thread_kv=settings.thread_kv, kv_splits=settings.kv_splits if kinds.get(kind).kv_splits else 1)
+def make_schedule(cfg, settings):
+    """The config's schedule: the settings' blocks and register tile (or the one its build's arithmetic
+    fixes, :data:`FIXED_TILE_SCHEDULES`), ``kv_splits`` for kinds that read it, the fast build's math."""
+    if cfg.math in FIXED_TILE_SCHEDULES:
+        return FIXED_TILE_SCHEDULES[cfg.math](settings.block_q, settings.block_kv)
+    return Schedule(cfg.kind, block_q=settings.block_q, block_kv=settings.block_kv, thread_q=settings.thread_q,
+                    thread_kv=settings.thread_kv, kv_splits=settings.kv_splits if kinds.get(cfg.kind).kv_splits else 1,
+                    math=cfg.math or "fma")
 
 
 def make_problem(cfg, settings):
     return Problem(settings.batch, settings.heads, cfg.n, cfg.n, cfg.d, dtype=settings.dtype, causal=cfg.causal)
 
 
-def launches(kind):
-    """The kind's kernel launches, ``(phase, generator, grid)`` in launch order: its L2 request stream in the
-    simulator's table (``simulator.table.get(kind).l2``)."""
-    return table.get(kind).l2
+def resolve_build(cfg, schedule):
+    """The :class:`kernels.builds.Build` the config runs (its name is the config's build).
+
+    Raises:
+        ValueError: a forward fast build that cannot run the config (the reason is choose_build's).
+        BuildUnavailable: a backward fast build the kind does not have, or that cannot run the config.
+    """
+    if not cfg.backward:
+        chosen = builds.choose_build(schedule, cfg.d, fast=cfg.build != PLAIN)
+    elif cfg.build == PLAIN:
+        chosen = builds.choose_backward_build(schedule, cfg.d, fast=False)
+    else:
+        try:
+            chosen = builds.choose_backward_build(schedule, cfg.d, fast=True)
+        except ValueError as e:
+            raise BuildUnavailable(str(e)) from None
+    if chosen.name != cfg.build:
+        raise BuildUnavailable(f"kernels/builds.py chose {chosen.name!r}, not {cfg.build!r}")
+    return chosen
+
+
+def launches(cfg, settings):
+    """The config's kernel launches, ``(phase, generator, grid)`` in launch order: its L2 request stream
+    (the kind's in the simulator's table, or its backward's, ``simulator.streams.launches``). A fast build
+    launches the plain build's kernels' grids: it moves the same tiles."""
+    return streams.launches(make_schedule(cfg, settings), cfg.backward)
 
 
 def expected_grids(cfg, settings):
     """The grid of each kernel the config (or probe) launches, as (x, y, z), in launch order."""
     if isinstance(cfg, Probe):
         return [cfg.grid()]
-    schedule, problem = make_schedule(cfg.kind, settings), make_problem(cfg, settings)
-    return [tuple(grid(schedule, problem)) + (1,) * (3 - len(grid(schedule, problem)))
-            for _, _, grid in launches(cfg.kind)]
+    schedule, problem = make_schedule(cfg, settings), make_problem(cfg, settings)
+    grids = [tuple(grid(schedule, problem)) for _, _, grid in launches(cfg, settings)]
+    return [g + (1,) * (3 - len(g)) for g in grids]

@@ -60,3 +60,24 @@ def test_backward_agreement_at_gpu_sizes(kind, causal):
     for n_q, n_kv, d, br, bc, tq, tk in [(1000, 1500, 64, 64, 32, 4, 2), (333, 777, 80, 48, 40, 3, 5)]:
         problem = Problem(batch=2, heads=2, n_q=n_q, n_kv=n_kv, head_dim=d, causal=causal)
         assert_agree_backward(Schedule(kind, block_q=br, block_kv=bc, thread_q=tq, thread_kv=tk), problem)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", BACKWARD_KINDS)
+def test_backward_stream_equals_the_counting_build(kind, causal):
+    """The L2 model's backward stream requests, tensor by tensor, the HBM bytes the counting build counts."""
+    from sandbox import attention_backward
+    from simulator.l2 import simulate_dram
+
+    schedule = Schedule(kind, block_q=8, block_kv=16, thread_q=2, thread_kv=4)
+    problem = Problem(batch=1, heads=2, n_q=21, n_kv=35, head_dim=6, causal=causal)
+    q, k, v = make_inputs(problem, seed=1)
+    kw = dict(schedule=schedule, causal=causal, scale=problem.scale)
+    out, lse = attention(q, k, v, return_lse=True, **kw)
+    *_, measured = attention_backward(q, k, v, out, lse, q, count_io=True, **kw)
+    streamed = simulate_dram(schedule, problem, gpu="h200", backward=True)
+    assert streamed.requested_bytes == measured.hbm_bytes
+    for t in set(measured.hbm_reads) | set(measured.hbm_writes):
+        got = streamed.per_tensor[t]
+        assert got["requested_read_bytes"] == measured.hbm_reads.get(t, 0) * measured.itemsize[t], t
+        assert got["requested_write_bytes"] == measured.hbm_writes.get(t, 0) * measured.itemsize[t], t

@@ -12,13 +12,16 @@ from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule
 from sandbox.vocabulary.gpus import KNOWN_GPUS
-from simulator.counts import simulate_counts
+from sandbox.vocabulary import kinds
+from simulator.counts import simulate_backward_counts, simulate_counts
 from simulator.l2 import blocks_per_sm, default_resident_blocks, simulate_dram, simulate_requests
 from simulator import table
-from simulator.streams import TENSORS, tile_requests
+from simulator.streams import BACKWARD_LAUNCHES, TENSORS, tile_requests
 
 #: Every kind with a request stream in the simulator's table.
 KINDS = tuple(k for k in table.names() if table.get(k).l2 is not None)
+#: Every kind with a backward pass (each has its backward's request stream).
+BACKWARD_KINDS = tuple(k for k in kinds.names() if kinds.get(k).backward)
 HUGE = 64 * 2**20  # far larger than any working set below
 
 # (schedule blocks, problem): ragged lengths, Nq != Nk, fp16, B·H > 1
@@ -34,9 +37,9 @@ def _schedule(kind, blocks, splits=3):
     return Schedule(kind, block_q=blocks[0], block_kv=blocks[1], kv_splits=splits if kind == "splitkv" else 1)
 
 
-def assert_requests_equal_counts(schedule, problem):
-    counts = simulate_counts(schedule, problem)
-    r = simulate_dram(schedule, problem, gpu="h200")
+def assert_requests_equal_counts(schedule, problem, backward=False):
+    counts = (simulate_backward_counts if backward else simulate_counts)(schedule, problem)
+    r = simulate_dram(schedule, problem, gpu="h200", backward=backward)
     assert r.requested_bytes == counts.hbm_bytes
     assert r.requested_read_bytes == counts.bytes("hbm_reads")
     assert r.requested_write_bytes == counts.bytes("hbm_writes")
@@ -44,6 +47,12 @@ def assert_requests_equal_counts(schedule, problem):
         got = r.per_tensor.get(t, {})
         assert got.get("requested_read_bytes", 0) == counts.hbm_reads.get(t, 0) * counts.itemsize[t], t
         assert got.get("requested_write_bytes", 0) == counts.hbm_writes.get(t, 0) * counts.itemsize[t], t
+    for t in set(counts.hbm_reads) | set(counts.hbm_writes):  # every tensor the counts have is in the stream
+        assert t in TENSORS, t
+    # the launches' own per-tensor bytes add up to the whole's
+    for t, whole in r.per_tensor.items():
+        for field, value in whole.items():
+            assert sum(ln["per_tensor"].get(t, {}).get(field, 0) for ln in r.per_launch) == value, (t, field)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -63,10 +72,39 @@ def test_requested_bytes_equal_simulate_counts_property(kind, br, bc, b, h, n_q,
                                  Problem(b, h, n_q, n_kv, d, dtype=dtype, causal=causal))
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", BACKWARD_KINDS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_backward_requested_bytes_equal_simulate_backward_counts(kind, causal, case):
+    blocks, shape = CASES[case]
+    assert_requests_equal_counts(_schedule(kind, blocks), Problem(**shape, causal=causal), backward=True)
+
+
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(BACKWARD_KINDS), br=st.integers(1, 12), bc=st.integers(1, 12), b=st.integers(1, 2),
+       h=st.integers(1, 2), n_q=st.integers(1, 40), n_kv=st.integers(1, 40), d=st.integers(1, 20),
+       dtype=st.sampled_from(["float32", "float16"]), causal=st.booleans())
+def test_backward_requested_bytes_property(kind, br, bc, b, h, n_q, n_kv, d, dtype, causal):
+    assert_requests_equal_counts(_schedule(kind, (br, bc)), Problem(b, h, n_q, n_kv, d, dtype=dtype, causal=causal),
+                                 backward=True)
+
+
+def test_the_backward_launches_are_the_backwards():
+    """One stream per backward pass (the kinds' trait), launched in kernels/launch.py's order."""
+    assert {kinds.get(k).backward for k in BACKWARD_KINDS} == set(BACKWARD_LAUNCHES)
+    assert [p for p, _, _ in BACKWARD_LAUNCHES["flash"]] == ["d", "dkdv", "dq"]
+    assert [p for p, _, _ in BACKWARD_LAUNCHES["standard"]] == ["d", "p", "ds", "dv", "dk", "dq"]
+    with pytest.raises(NotImplementedError, match="no backward pass"):
+        simulate_dram(_schedule("splitkv", (8, 8)), Problem(1, 1, 16, 16, 4), gpu="h200", backward=True)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_blocks_follow_the_grid(kind):
+def test_blocks_follow_the_grid(kind, backward):
+    if backward and kind not in BACKWARD_KINDS:
+        pytest.skip(f"{kind} has no backward pass")
     schedule, problem = _schedule(kind, (8, 16)), Problem(2, 3, 37, 53, 5, causal=True)
-    for launch in tile_requests(schedule, problem):
+    for launch in tile_requests(schedule, problem, backward):
         assert len(launch.block_ptr) - 1 == math.prod(launch.grid)
         assert launch.step_ptr[-1] == len(launch.requests)
 
@@ -114,10 +152,10 @@ def reference_cache(ranges, lines, line=128, sector=32, dirty_limit=None, cleane
     return read * sector, evicted * sector, flushed * sector
 
 
-def stream(schedule, problem):
+def stream(schedule, problem, backward=False):
     """Every byte range of every launch, blocks one after another (resident_blocks=1)."""
     out = []
-    for launch in tile_requests(schedule, problem):
+    for launch in tile_requests(schedule, problem, backward):
         addr, nbytes, write, _ = launch.rows()
         out += list(zip(addr.tolist(), nbytes.tolist(), write.tolist()))
     return out
@@ -134,6 +172,32 @@ def test_cache_equals_reference_lru(kind, causal, lines):
     read, evicted, flushed = reference_cache(stream(schedule, problem), lines)
     assert (r.read_bytes, r.write_evicted_bytes, r.write_flush_bytes) == (read, evicted, flushed)
     assert r.write_bytes == evicted + flushed
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("kind", BACKWARD_KINDS)
+def test_backward_cache_equals_reference_lru(kind, causal):
+    """The backward's stream through one 16-way set, and through a dirty limit: the Python reference."""
+    schedule, problem = _schedule(kind, (8, 16)), Problem(2, 1, 37, 29, 5, causal=causal)
+    r = simulate_dram(schedule, problem, l2_bytes=16 * 128, ways=16, resident_blocks=1, backward=True,
+                      dirty_limit_bytes=5 * 32)
+    cleaned = []
+    read, evicted, flushed = reference_cache(stream(schedule, problem, backward=True), 16, dirty_limit=5,
+                                             cleaned_out=cleaned)
+    assert (r.read_bytes, r.write_evicted_bytes, r.write_cleaned_bytes, r.write_flush_bytes) == (
+        read, evicted, cleaned[0], flushed)
+
+
+@pytest.mark.parametrize("kind", BACKWARD_KINDS)
+def test_backward_residency_from_its_footprints(kind):
+    """The backward's launches hold the blocks their own shared memory allows ("d" uses none)."""
+    schedule, problem = _schedule(kind, (64, 64)), Problem(1, 1, 256, 256, 128)
+    blocks = default_resident_blocks(schedule, problem, "h200", backward=True)
+    assert list(blocks) == [p for p, _, _ in BACKWARD_LAUNCHES[kinds.get(kind).backward]]
+    h200 = KNOWN_GPUS["h200"]
+    assert blocks["d"] == h200.sms * min(h200.max_blocks_per_sm, h200.max_warps_per_sm // (schedule.threads // 32))
+    big = "dkdv" if kind != "standard" else "p"
+    assert blocks_per_sm(schedule, problem, big, "h200", backward=True) < blocks["d"] // h200.sms
 
 
 @pytest.mark.parametrize("limit", [0, 5, 40])

@@ -1,0 +1,319 @@
+"""The global bytes Nsight Compute counts at L1: the simulator's bytes, rounded to the 32-byte sectors
+each warp instruction touches.
+
+ncu's ``l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum`` and ``..._op_st.sum`` add, for every warp-level
+global load or store, 32 bytes for each sector its lanes touch (hit or miss). The simulator counts
+the bytes the algorithm moves. The two agree where a warp's lanes cover whole sectors, which is how
+every tile load and store of the counting kernels is written (``sandbox/lab/ncu.py``, "What the 2%
+target means here"), with the exceptions below. For each one, the lanes of every warp of one block
+are laid out as the kernel lays them out, instruction by instruction; sectors × 32 over the bytes
+they ask for is the access's *factor*, and the expected L1 bytes of a launch are Σ over its
+(tensor, load or store) of the simulator's bytes times that factor (1 where no pattern is listed).
+
+- Every backward's ``d`` (kernels/backward.py, make_d): one thread per row of O and dO, reading
+  its row element by element: a warp instruction reads one element from each of 32 rows, a whole
+  sector each (8× in fp32).
+- The flash backward's ``dkdv`` and the standard backward's ``dv`` and ``dk`` (kernels/matmul.py,
+  make_tn): thread (ty, tx) stores rows tx + bb·TX and columns ty + c·TY of dK_j and dV_j, so a
+  warp's lanes cover TX rows × 32/TX columns (4× in fp32 with TX = 16).
+- standard's ``softmax`` (kernels/standard.py): thread 0 writes each row's L, one sector for 4 bytes.
+- flash2's FMA build (kernels/flash2_fast.py): each thread stores its VO consecutive O columns as VO
+  scalar stores, VO·4 bytes apart across the warp (4× with VO = 4); L from the lanes with tx = 0.
+- flash2's tensor-core build (kernels/flash2_tc.py): Q_i and K_j read as pairs of scalars 16 bytes
+  apart (columns t and t + 4 of each 8), O_i stored as pairs 4 bytes apart (columns 2t, 2t + 1),
+  four lanes to a row: 2× each.
+
+Scalar accesses are assumed, one instruction per element as the source is written; a compiler
+that merged a thread's neighbouring elements into a vector access would send fewer sectors. Each
+pattern is held to the kernel's own accesses, traced under Numba's CUDA simulator
+(tests/sandbox/test_ncu_sectors.py).
+
+Example:
+    >>> from sandbox import Schedule
+    >>> round(factor(backward_d_rows, Schedule("flash2", 64, 64, 4, 4), 64, 4), 3)
+    8.0
+"""
+
+import dataclasses
+
+from kernels import flash2_fast, flash2_tc
+from sandbox.vocabulary import kinds
+from sandbox.vocabulary.ioreport import itemsizes
+
+#: Bytes of an L1/L2 sector: the unit ncu's L1 byte counts come in.
+SECTOR = 32
+#: Threads of a warp.
+WARP = 32
+
+
+def _warps(threads):
+    """The thread ids of each warp of a block of ``threads``."""
+    return [range(w, min(w + WARP, threads)) for w in range(0, threads, WARP)]
+
+
+def factor(instructions, schedule, head_dim, itemsize):
+    """Sector bytes over requested bytes of one pattern for one block.
+
+    Args:
+        instructions: ``(schedule, head_dim) -> (columns, [[(row, col) of each active lane], ...])``,
+            one list per warp instruction, ``columns`` the tensor's row length (head_dim, or 1 for L and D).
+        itemsize: bytes of one element.
+
+    Returns:
+        float, at least 1 when no element straddles a sector (its tile starts on one).
+    """
+    columns, insts = instructions(schedule, head_dim)
+    sectors = lanes = 0
+    for inst in insts:
+        sectors += len({(r * columns + c) * itemsize // SECTOR for r, c in inst})
+        lanes += len(inst)
+    return sectors * SECTOR / (lanes * itemsize) if lanes else 1.0
+
+
+# -- the patterns: each a function (schedule, head_dim) -> (columns, instructions) -----------------
+def backward_d_rows(schedule, head_dim):
+    """kernels/backward.py make_d: thread r of the block reads row r of O (and of dO), column by column."""
+    br, nt = schedule.block_q, schedule.threads
+    insts = []
+    for warp in _warps(nt):
+        for r0 in range(0, br, nt):
+            rows = [r0 + t for t in warp if r0 + t < br]
+            insts += [[(r, c) for r in rows] for c in range(head_dim)] if rows else []
+    return head_dim, insts
+
+
+def transposed_store(schedule, head_dim):
+    """kernels/matmul.py make_tn (and backward.py's dkdv): thread (ty, tx) = (tid // TX, tid % TX) stores
+    rows tx + bb·TX and columns ty + c·TY of its Bc×d output tile."""
+    tx_n, ty_n, tn = schedule.threads_kv, schedule.threads_q, schedule.thread_kv
+    dcq = -(-head_dim // ty_n)
+    insts = []
+    for warp in _warps(schedule.threads):
+        lanes = [divmod(t, tx_n) for t in warp]  # (ty, tx)
+        for bb in range(tn):
+            for c in range(dcq):
+                inst = [(tx + bb * tx_n, ty + c * ty_n) for ty, tx in lanes
+                        if tx + bb * tx_n < schedule.block_kv and ty + c * ty_n < head_dim]
+                if inst:
+                    insts.append(inst)
+    return head_dim, insts
+
+
+def one_thread_per_row(schedule, head_dim):
+    """kernels/standard.py softmax: thread 0 alone writes the row's L (one block per row)."""
+    return 1, [[(0, 0)]]
+
+
+def _vec(n):
+    """The widest vector (4, 2 or 1 floats) that tiles n, as kernels/flash2_fast.py groups a thread's
+    rows and O columns."""
+    return 4 if n % 4 == 0 else 2 if n % 2 == 0 else 1
+
+
+def _fma_lanes(schedule):
+    """Per warp, each lane's (ty, tx) in kernels/flash2_fast.py's lane layout."""
+    paired, _ = flash2_fast.lane_layout(schedule)
+    tx_n = schedule.threads_kv
+    return [[flash2_fast.thread_coords(t, tx_n, paired) for t in warp] for warp in _warps(schedule.threads)]
+
+
+def _fma_row(schedule, ty, a):
+    vm = _vec(schedule.thread_q)
+    return vm * ty + (a // vm) * vm * schedule.threads_q + a % vm
+
+
+def fma_o_store(schedule, head_dim):
+    """kernels/flash2_fast.py: O[row(ty, a), VO·tx + (c // VO)·VO·TX + c % VO] = ..., a scalar store per (a, c)."""
+    tx_n, tm = schedule.threads_kv, schedule.thread_q
+    do = head_dim // tx_n
+    vo = _vec(do)
+    insts = []
+    for lanes in _fma_lanes(schedule):
+        for a in range(tm):
+            for c in range(do):
+                col0 = (c // vo) * vo * tx_n + c % vo
+                insts.append([(_fma_row(schedule, ty, a), vo * tx + col0) for ty, tx in lanes])
+    return head_dim, insts
+
+
+def fma_l_store(schedule, head_dim):
+    """kernels/flash2_fast.py: the lanes with tx = 0 store L of their rows, one store per row a."""
+    insts = []
+    for lanes in _fma_lanes(schedule):
+        for a in range(schedule.thread_q):
+            inst = [(_fma_row(schedule, ty, a), 0) for ty, tx in lanes if tx == 0]
+            if inst:
+                insts.append(inst)
+    return 1, insts
+
+
+def _tc_lanes(schedule):
+    """Per warp, each lane's (tid, g, t) in kernels/flash2_tc.py: row g (and g + 8) of the warp's 16, t = lane % 4."""
+    return [[(tid, (tid % WARP) // 4, tid % 4) for tid in warp] for warp in _warps(schedule.threads)]
+
+
+def tc_q_load(schedule, head_dim):
+    """kernels/flash2_tc.py: Q[16w + g (+ 8), 8kk + t (+ 4)]: four scalar loads per 8 columns of d."""
+    insts = []
+    for lanes in _tc_lanes(schedule):
+        for kk in range(head_dim // 8):
+            for hi, plus in ((0, 0), (0, 4), (8, 0), (8, 4)):  # x0, x2, x1, x3 in the source's order
+                insts.append([(16 * (tid // WARP) + g + hi, 8 * kk + t + plus) for tid, g, t in lanes])
+    return head_dim, insts
+
+
+def _tc_items(schedule, head_dim):
+    """kernels/flash2_tc.py's K/V items: per item index it, each lane's (e4 = tid >> 2 + it·NT/4, t = tid & 3)."""
+    nt = schedule.threads
+    items = schedule.block_kv * head_dim // 2
+    for it in range(-(-items // nt)):
+        for warp in _warps(nt):
+            yield [((tid >> 2) + it * (nt // 4), tid & 3) for tid in warp if tid + it * nt < items]
+
+
+def tc_k_load(schedule, head_dim):
+    """kernels/flash2_tc.py fetch_k: item (key, c) reads K[key, 8c + t] and K[key, 8c + t + 4]."""
+    bc = schedule.block_kv
+    insts = []
+    for lanes in _tc_items(schedule, head_dim):
+        for plus in (0, 4):
+            insts.append([(e4 % bc, 8 * (e4 // bc) + t + plus) for e4, t in lanes])
+    return head_dim, insts
+
+
+def tc_v_load(schedule, head_dim):
+    """kernels/flash2_tc.py fetch_v: item (col, c) reads V[8c + 2t, col] and V[8c + 2t + 1, col]."""
+    insts = []
+    for lanes in _tc_items(schedule, head_dim):
+        for plus in (0, 1):
+            insts.append([(8 * (e4 // head_dim) + 2 * t + plus, e4 % head_dim) for e4, t in lanes])
+    return head_dim, insts
+
+
+def tc_o_store(schedule, head_dim):
+    """kernels/flash2_tc.py: O[16w + g + 8i, 8kk + 2t] and [..., 8kk + 2t + 1], a scalar store each."""
+    insts = []
+    for lanes in _tc_lanes(schedule):
+        for i in range(2):
+            for kk in range(head_dim // 8):
+                for plus in (0, 1):
+                    insts.append([(16 * (tid // WARP) + g + 8 * i, 8 * kk + 2 * t + plus) for tid, g, t in lanes])
+    return head_dim, insts
+
+
+def tc_l_store(schedule, head_dim):
+    """kernels/flash2_tc.py: the lanes with t = 0 store L of rows 16w + g and 16w + g + 8."""
+    insts = []
+    for lanes in _tc_lanes(schedule):
+        for i in range(2):
+            insts.append([(16 * (tid // WARP) + g + 8 * i, 0) for tid, g, t in lanes if t == 0])
+    return 1, insts
+
+
+@dataclasses.dataclass(frozen=True)
+class Access:
+    """One access of a launch whose warps do not cover whole sectors: a tensor's loads ("ld") or
+    stores ("st"), the pattern that lays out its lanes, and what the pattern is, in words."""
+
+    tensor: str
+    op: str
+    pattern: object
+    what: str
+
+
+_D = ("d", (Access("O", "ld", backward_d_rows, "one thread per row"),
+            Access("dO", "ld", backward_d_rows, "one thread per row")))
+_TN = "rows tx + bb·TX, columns ty + c·TY per thread"
+#: The counting kernels' accesses that are not whole sectors: forward by kind, backward by the
+#: kind's backward trait; phase -> accesses.
+PLAIN_FORWARD = {"standard": {"softmax": (Access("L", "st", one_thread_per_row, "thread 0 writes the row's L"),)}}
+PLAIN_BACKWARD = {
+    "flash": dict([_D, ("dkdv", (Access("dK", "st", transposed_store, _TN),
+                                 Access("dV", "st", transposed_store, _TN)))]),
+    "standard": dict([_D, ("dv", (Access("dV", "st", transposed_store, _TN),)),
+                      ("dk", (Access("dK", "st", transposed_store, _TN),))]),
+}
+#: The fast builds' (kernels/registry.py's ``fast`` entries, by module), phase -> accesses.
+FAST = {
+    flash2_fast: {"main": (Access("O", "st", fma_o_store, "a thread's VO consecutive columns as VO scalar stores"),
+                           Access("L", "st", fma_l_store, "the lanes with tx = 0"))},
+    flash2_tc: {"main": (Access("Q", "ld", tc_q_load, "scalar pairs 16 bytes apart, 4 lanes per row"),
+                         Access("K", "ld", tc_k_load, "scalar pairs 16 bytes apart, 4 lanes per row"),
+                         Access("V", "ld", tc_v_load, "8 columns × 4 rows per instruction"),
+                         Access("O", "st", tc_o_store, "scalar pairs 4 bytes apart, 4 lanes per row"),
+                         Access("L", "st", tc_l_store, "the lanes with t = 0"))},
+}
+
+
+def accesses(kind, backward, module=None):
+    """phase -> the :class:`Access` tuple of the kernels a run executes: the counting kernels' (``module``
+    None: the plain build) or a fast build's (its module, ``kernels.builds.Build.module``). A build
+    not listed here has none: every access is taken as whole sectors."""
+    if module is not None:
+        return FAST.get(module, {})
+    if backward:
+        return PLAIN_BACKWARD.get(kinds.get(kind).backward, {})
+    return PLAIN_FORWARD.get(kind, {})
+
+
+def l1_bytes(per_launch, phase_accesses, schedule, head_dim, dtype):
+    """The global bytes ncu should count at L1, per launch: the simulator's bytes times each access's factor.
+
+    Args:
+        per_launch: ``simulator.l2.simulate_dram(...).per_launch`` (each launch's per-tensor requested bytes).
+        phase_accesses: :func:`accesses`' phase -> accesses.
+
+    Returns:
+        list, per launch, of dicts: phase, ld_bytes, st_bytes (expected at L1), hbm_ld_bytes,
+        hbm_st_bytes (the simulator's), and factors {"<tensor> <ld|st>": factor} of the accesses
+        that are not whole sectors.
+    """
+    sizes = itemsizes(dtype)
+    out = []
+    for launch in per_launch:
+        row = {"phase": launch["phase"], "ld_bytes": 0.0, "st_bytes": 0.0, "hbm_ld_bytes": 0, "hbm_st_bytes": 0,
+               "factors": {}}
+        by_tensor = {(a.tensor, a.op): a for a in phase_accesses.get(launch["phase"], ())}
+        for tensor, fields in launch["per_tensor"].items():
+            for op, field in (("ld", "requested_read_bytes"), ("st", "requested_write_bytes")):
+                n = fields.get(field, 0)
+                if not n:
+                    continue
+                access = by_tensor.get((tensor, op))
+                f = 1.0 if access is None else factor(access.pattern, schedule, head_dim, sizes[tensor])
+                if f != 1.0:
+                    row["factors"][f"{tensor} {op}"] = f
+                row[f"{op}_bytes"] += n * f
+                row[f"hbm_{op}_bytes"] += n
+        out.append(row)
+    return out
+
+
+def whole_sector_caveats(schedule, problem):
+    """Why accesses taken as whole sectors may not be, for this schedule and problem (empty when they are).
+
+    Tile loads have consecutive threads on consecutive elements, register tiles TX threads along a
+    row: whole sectors when every tile starts on a sector and each lane group spans whole sectors.
+    """
+    it = problem.dtype.itemsize
+    out = []
+    if (schedule.threads_kv * it) % SECTOR or (schedule.threads_kv * 4) % SECTOR:
+        out.append(f"TX={schedule.threads_kv}: a register tile's row segments are under whole sectors")
+    if (problem.head_dim * it) % SECTOR:
+        out.append(f"d·itemsize={problem.head_dim * it} bytes: rows of Q, K, V, O end mid-sector")
+    if (schedule.block_kv * 4) % SECTOR or (problem.n_kv * 4) % SECTOR:
+        out.append("Bc·4 or Nk·4 not a multiple of 32: S, P, dS tile rows end mid-sector")
+    if problem.n_q % schedule.block_q or problem.n_kv % schedule.block_kv:
+        out.append("ragged last blocks")
+    if problem.causal:
+        out.append("causal: the diagonal tiles' rows end mid-sector")
+    return out
+
+
+def describe(per_launch_l1):
+    """One line naming every access that is not whole sectors: "phase: tensor op ×factor, ..."; "" if none."""
+    parts = []
+    for launch in per_launch_l1:
+        if launch["factors"]:
+            parts.append(f"{launch['phase']}: " + ", ".join(f"{k} ×{v:.2f}" for k, v in launch["factors"].items()))
+    return "; ".join(parts)
