@@ -51,8 +51,34 @@ def test_key_names_what_the_choice_depends_on(monkeypatch):
     key = autotune.cache_key("NVIDIA H100 80GB HBM3", 64, "float16", False)
     assert key.startswith("NVIDIA H100 80GB HBM3|d=64|float16|causal=False|numba-cuda ")
     assert key.endswith(f"|kernel {autotune.kernel_hash()}")
-    monkeypatch.setattr(autotune, "kernel_hash", lambda: "changed")
+    backward = autotune.cache_key("NVIDIA H100 80GB HBM3", 64, "float16", False, backward=True)
+    assert "|causal=False|backward deterministic|" in backward and backward.endswith(
+        f"|kernel {autotune.kernel_hash(backward=True)}")
+    assert autotune.kernel_hash(backward=True) != autotune.kernel_hash()  # the fast backward's own source
+    assert "kernels.backward_tc" in [m.__name__ for m in autotune.fast_build_modules(backward=True)]
+    monkeypatch.setattr(autotune, "kernel_hash", lambda backward=False: "changed")
     assert autotune.cache_key("NVIDIA H100 80GB HBM3", 64, "float16", False) != key  # a changed kernel is tuned again
+
+
+def test_the_backward_is_tuned_over_its_own_candidates(tmp_path):
+    from kernels.builds import choose_backward_build
+
+    for d in (64, 128):
+        cands = autotune.backward_candidates(d)
+        assert cands and all(choose_backward_build(s, d, fast=True).fast for s in cands)
+    assert autotune.backward_candidates(60) == []  # d not a multiple of 8
+    times = {(s.block_q, s.block_kv): 10.0 + i for i, s in enumerate(autotune.backward_candidates(64))}
+    best_key = max(times, key=times.get)
+    times[best_key] = 1.0
+    timer = lambda s, p: times[(s.block_q, s.block_kv)]  # noqa: E731
+    best, entry = autotune.tune(64, path=tmp_path / "a.json", timer=timer, device_name="G", progress=None,
+                                backward=True)
+    assert (best.block_q, best.block_kv) == best_key and best.math == "tf32x3"
+    cache = json.loads((tmp_path / "a.json").read_text())
+    (key,) = cache
+    assert "|backward deterministic|" in key and autotune.entry_problem(key, cache[key]) is None
+    forward, _ = autotune.tune(64, path=tmp_path / "a.json", timer=lambda s, p: 1.0, device_name="G", progress=None)
+    assert len(json.loads((tmp_path / "a.json").read_text())) == 2  # the forward's entry beside it
 
 
 def test_candidates_are_ones_the_fast_build_takes():
@@ -188,8 +214,8 @@ def test_tune_command_tunes_each_mask(monkeypatch, capsys):
 
     calls = []
 
-    def fake_tune(d, dtype, causal=False, refresh=False):
-        calls.append((d, dtype, causal))
+    def fake_tune(d, dtype, causal=False, refresh=False, backward=False):
+        calls.append((d, dtype, causal) + (("backward",) if backward else ()))
         return Schedule("flash2", block_q=64, block_kv=64, thread_q=4, thread_kv=4), {"ms": {"x": 1.0}, "errors": {}}
 
     monkeypatch.setattr(autotune, "tune", fake_tune)
@@ -201,3 +227,7 @@ def test_tune_command_tunes_each_mask(monkeypatch, capsys):
     calls.clear()
     args = cli.build_parser().parse_args(["tune", "--d", "128", "--dtype", "float16", "--causal"])
     assert args.func(args) == 0 and calls == [(128, "float16", True)]
+    calls.clear()
+    args = cli.build_parser().parse_args(["tune", "--d", "64", "--backward"])
+    assert args.func(args) == 0 and calls == [(64, "float32", False, "backward")]
+    assert "backward d=64 float32: " in capsys.readouterr().out

@@ -248,13 +248,15 @@ def test_registry_and_schedules(monkeypatch):
         ("cupy-naive", "fwd"), ("torch-blockwise", "fwd"), ("standard", "fwd"), ("flash1", "fwd"), ("flash2", "fwd"),
         ("flash2-plain", "fwd"), ("splitkv", "fwd"), ("sdpa-flash", "bwd"), ("sdpa-cudnn", "bwd"),
         ("sdpa-efficient", "bwd"), ("sdpa-math", "bwd"), ("standard", "bwd"), ("flash1", "bwd"), ("flash2", "bwd"),
+        ("flash2-plain", "bwd"),
     ]
     assert [i.ours for i in impls[6:10]] == [True] * 4 and not any(i.ours for i in impls[:6])
     assert impls[8].schedule == impls[9].schedule == Schedule("flash2", block_q=64, block_kv=64, thread_q=4, thread_kv=4)
     assert (impls[8].fast, impls[9].fast) == (None, False)  # flash2: the fast build where it runs; -plain: never
     tuned = implementations(["flash2"], backward=True, schedules=default_schedules(tune=True))
     assert tuned[0].schedule is None  # the autotuned one, per (head_dim, dtype)
-    assert tuned[1].schedule == impls[8].schedule  # the backward is not the fast build's: the default
+    assert tuned[1].direction == "bwd" and tuned[1].schedule is None  # the backward's own tuned one
+    assert impls[-1].fast is False and impls[-2].fast is None  # flash2-plain (bwd): the counting source
     assert default_schedules(block_q=32, tune=True)["flash2"].block_q == 32  # an override is not tuned away
     assert [i.name for i in implementations(["flash2", "sdpa-math"])] == ["sdpa-math", "flash2"]
     with pytest.raises(ValueError, match="unknown implementation 'flash3'"):
