@@ -26,8 +26,8 @@ statistics L, D per query: per streamed row in dkdv, per resident row in dq.
 **Shared layout.** Every tile is raw fp32 (inputs widened on load), row-major with a row stride of
 d + 4 floats, and split into TF32 parts where a product reads it. With that stride the three
 fragment reads the products make are free of bank conflicts: an A fragment or a "row" B fragment
-(X[8n + g, 8c + t]: bank 4g + t, the stride being 4 mod 32) and a "column" B fragment
-(X[8c + 2t, 8n + g]: bank 8t + g). Raw tiles take half the bytes of pre-split ones and serve both
+(X[8n + g, 8c + t]: bank 4g + t + const for d a multiple of 32, and distinct banks for any d
+a multiple of 8) and a "column" B fragment (X[8c + 2t, 8n + g]: bank 8t + g + const). Raw tiles take half the bytes of pre-split ones and serve both
 orientations, so Q and dO (dkdv) and K (dq), each read both ways, are stored once. (Splitting
 the streamed tiles once on load into swizzled (big, small) pairs measured slower on the H200:
 twice the bytes, and dkdv spilled; BENCHMARKS.md, "Fast backward".)
@@ -55,6 +55,7 @@ from kernels.flash2_common import refusal
 from kernels.mma import XCH_PER_THREAD, exp2, mma, split
 from kernels.tiles import LOG2E, ZERO, array_type, inline_device, make_tile_ops, COUNTERS
 from sandbox.vocabulary.runtime import using_simulator
+from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
 
 #: Streamed rows (dkdv: queries, dq: keys) a warp's S and dP accumulators cover at once: at 32,
 #: 16 accumulators per thread beside dK's and dV's (d/2 each), under the 255-register cap at d = 128.
@@ -71,8 +72,15 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
         return why
     if s.block_q % 16 or s.block_kv % 16:
         return f"Br={s.block_q}, Bc={s.block_kv} (the fast backward needs both multiples of 16)"
+    if 2 * max(s.block_q, s.block_kv) > MAX_THREADS:
+        return (f"Br={s.block_q}, Bc={s.block_kv} (a warp per 16 rows: {2 * max(s.block_q, s.block_kv)} threads, "
+                f"over CUDA's {MAX_THREADS} per block)")
     if head_dim % 8:
         return f"head_dim={head_dim} (needs a multiple of 8)"
+    if head_dim > MAX_HEAD_DIM:
+        return f"head_dim={head_dim} (the largest supported is {MAX_HEAD_DIM})"
+    if smem_bytes(s, head_dim) > s.sram_bytes:
+        return f"it needs {smem_bytes(s, head_dim)} bytes of SRAM at d={head_dim}, the schedule's sram_bytes={s.sram_bytes}"
     return None
 
 
@@ -99,7 +107,8 @@ def threads(schedule, phase):
 
 
 def min_blocks_per_sm(schedule, head_dim):
-    """1: each thread may use all 255 registers (dK and dV take d of them in dkdv)."""
+    """1: a block's threads share the whole register file, up to 255 each (dK and dV take d of
+    them in dkdv); blocks of more than 256 threads get fewer (kernels/launch.py's cap)."""
     return 1
 
 

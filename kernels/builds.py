@@ -1,4 +1,5 @@
-"""Which build of a schedule's kernels runs a forward call: chosen here, once, by :func:`choose_build`.
+"""Which build of a schedule's kernels runs a call: chosen here, once, by :func:`choose_build`
+(forward) and :func:`choose_backward_build` (backward; its fast build is opt-in).
 
 A kind has its counting kernels (kernels/registry.py's ``kernels``) and, optionally, fast builds of
 the same schedule by arithmetic (``fast``: flash2's ``"fma"``, kernels/flash2_fast.py, and
@@ -29,7 +30,8 @@ class Build:
     Attributes:
         name: ``"counting"``, ``"plain"`` or ``"fast-<math>"`` (the module docstring).
         module: what compiles it: a module with ``phases(dtype)`` (the kind's kernels, or the fast
-            build's; None for the backward, whose phases kernels/launch.py lists). Not part of the
+            build's, forward or backward; None for the counting backward, whose phases
+            kernels/launch.py lists). Not part of the
             build's identity either: for one schedule the name says which module it is (and a
             kind's kernels may be an unhashable namespace, as in docs/tutorial.md).
         reason: why the kind's fast build was not taken (None when it was). Not part of the
@@ -83,7 +85,7 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
 
 #: Why ``fast=None`` leaves the backward to the plain build: the fast backward is taken only when asked for.
 BACKWARD_OPT_IN = ("the fast backward runs only with fast=True: on the H200 its dK at N = 16384, d = 128 was "
-                   "1.3e-4 of the gradient's scale off float64, above the fp32 standard of 1e-4 "
+                   "1.2e-4 (causal 1.3e-4) of the gradient's scale off float64, above the fp32 standard of 1e-4 "
                    "(BENCHMARKS.md, \"Fast backward\")")
 
 

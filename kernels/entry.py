@@ -98,7 +98,7 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
     if fast is not None:
         check_flags(fast=fast)
     check_schedule(schedule)
-    if fast is not True:  # (the fast backward's own tiles are checked when it is chosen)
+    if fast is not True:  # (the fast backward's own tiles, head_dim and SRAM are checked when it is chosen)
         schedule.check_fits(problem.head_dim, problem.dtype, backward=True)
     mask = check_mask(mask, problem, schedule)
     q_shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim)

@@ -398,7 +398,7 @@ def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=
     """
     facts = host_facts(q, k, v)
     check_fp32_range(problem, q, k, v, facts)
-    if facts is not None:  # the backward reads O and dO too
+    if facts is not None and fast is True:  # the fast backward reads O and dO too
         for name, x in (("out", out), ("dout", dout)):
             facts[name] = (bool(np.isfinite(x.astype(np.float32, copy=False)).all()), None)
     chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast,

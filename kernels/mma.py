@@ -38,8 +38,6 @@ split is the GPU's bit for bit and it truncates the operands as the tensor cores
 are fp64 rounded once to fp32 per product, which the tensor cores need not match bit for bit.
 """
 
-import math
-
 import numpy as np
 from numba import cuda
 
@@ -66,8 +64,10 @@ if using_simulator():
             return big, np.float32(x - big)
 
     def exp2(x):
-        """2^x in fp32 (the GPU's is ex2.approx.ftz.f32)."""
-        return np.float32(math.exp2(x))
+        """2^x in fp32 (the GPU's is ex2.approx.ftz.f32): inf above fp32's range, as on the GPU
+        (Python's ``math.exp2`` would raise there)."""
+        with np.errstate(over="ignore"):
+            return np.float32(np.exp2(np.float64(x)))
 
     def _truncated(x):
         """x as the tensor cores read a TF32 operand: its low 13 bits ignored."""

@@ -351,8 +351,8 @@ def _add_ncu_args(p):
     p.add_argument("--builds", nargs="+", default=None, metavar="BUILD",
                    help=f"builds to measure, by spaces or commas: {', '.join(BUILD_NAMES)} ('plain': the kernels "
                         "whose counters the simulator mirrors; 'fast-<math>': the fast build of Schedule(math=<math>), "
-                        "for the kinds that have one; a backward fast build is skipped until kernels/builds.py "
-                        "offers one). Default: --build's")
+                        "for the kinds that have one, forward or backward: flash2's backward has fast-tf32x3). "
+                        "Default: --build's")
     p.add_argument("--build", choices=tuple(BUILD_FLAG), default="plain",
                    help="without --builds: 'plain' (default) or 'fast' (flash2's FMA build, fast-fma)")
     p.add_argument("--no-probes", dest="probes", action="store_false",

@@ -343,7 +343,12 @@ class Ours(Impl):
     def schedule_for(self, problem):
         if self.schedule is not None:
             return self.schedule
-        return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal, backward=self.direction == "bwd")
+        if self.direction == "bwd":  # the fast backward's tuned blocks; where none can run, the default
+            try:
+                return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal, backward=True)
+            except RuntimeError:
+                return default_schedules()[self.name]
+        return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal)
 
     def fast_for(self, problem):
         """``fast`` as this row passes it: a backward row whose ``fast`` is None asks for the fast

@@ -27,12 +27,13 @@ SIZES = [pytest.param(dict(n=(1, 40), d=(8, 16), blocks=(16, 32)), id="small"),
          pytest.param(dict(n=(1, 700), d=(64, 128), blocks=(64, 128)), id="large", marks=pytest.mark.gpu)]
 
 
-def gradients(schedule, problem, seed, fast=True, mask=None, dout=None):
+def gradients(schedule, problem, seed, fast=True, mask=None, dout=None, out=None):
     q, k, v = make_inputs(problem, seed)
     if dout is None:
         dout = np.random.default_rng(seed + 1).standard_normal(q.shape).astype(problem.dtype)
     kw = dict(schedule=schedule, causal=problem.causal, scale=problem.scale, mask=mask)
-    out, lse = attention(q, k, v, return_lse=True, **kw)
+    forward_out, lse = attention(q, k, v, return_lse=True, **kw)
+    out = forward_out if out is None else out
     *grads, build = attention_backward(q, k, v, out, lse, dout, fast=fast, return_build=True, **kw)
     return (q, k, v, dout, out, lse), grads, build
 
@@ -69,6 +70,20 @@ def test_fast_backward_is_bit_identical_across_runs(shape):
         assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("blocks, n_q, n_kv", [((16, 64), 20, 70), ((48, 48), 50, 13)],
+                         ids=["two key chunks, keys past every query", "three chunks of 16"])
+def test_fast_backward_over_several_chunks(blocks, n_q, n_kv):
+    """Streamed blocks of more than one chunk (dq: Bc = 64 in two chunks of 32; Br = Bc = 48 in three
+    of 16), causal, with K/V blocks no query sees (Nk > Nq + Bc: dkdv stores zeros there)."""
+    problem = Problem(batch=1, heads=1, n_q=n_q, n_kv=n_kv, head_dim=8, causal=True)
+    (q, k, v, dout, out, lse), grads, build = gradients(tc_schedule(*blocks), problem, seed=6)
+    assert build.name == "fast-tf32x3"
+    refs = reference_attention_backward(q, k, v, dout, causal=True, scale=problem.scale, out=out, lse=lse)
+    atols = gradient_tolerances(q, k, v, dout, refs, True, problem.scale, "float32", out, lse)
+    for name, g, ref, atol in zip(("dq", "dk", "dv"), grads, refs, atols):
+        np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
+
+
 def test_fast_backward_agrees_with_the_plain_backward_of_its_schedule():
     problem = Problem(batch=1, heads=2, n_q=24, n_kv=40, head_dim=8, causal=True)
     schedule = tc_schedule(16, 32)
@@ -91,7 +106,10 @@ def test_the_fast_backward_is_opt_in():
 @pytest.mark.parametrize("case, why", [
     ("mask", "fast backward cannot run .*: a mask"),
     ("nan dout", "dout holds NaN or inf"),
+    ("inf out", "out holds NaN or inf"),
     ("blocks", "needs both multiples of 16"),
+    ("threads", "1056 threads, over CUDA's 1024 per block"),
+    ("sram", "3200 bytes of SRAM at d=8, the schedule.s sram_bytes=3000"),
     ("fma", "has no fast backward for math='fma'"),
 ])
 def test_fast_true_says_why_the_fast_backward_cannot_run(case, why):
@@ -101,8 +119,14 @@ def test_fast_true_says_why_the_fast_backward_cannot_run(case, why):
         kw["mask"] = masks.sliding_window(4)
     elif case == "nan dout":
         kw["dout"] = np.full((1, 1, 16, 8), np.nan, np.float32)
+    elif case == "inf out":
+        kw["out"] = np.full((1, 1, 16, 8), np.inf, np.float32)
     elif case == "blocks":
         schedule = tc_schedule(16, 8)
+    elif case == "threads":
+        schedule = tc_schedule(16, 528)
+    elif case == "sram":
+        schedule = tc_schedule(16, 16, sram_bytes=3000)
     else:
         schedule = Schedule("flash2", block_q=16, block_kv=16)
     with pytest.raises(ValueError, match=why):

@@ -60,13 +60,15 @@ def test_key_names_what_the_choice_depends_on(monkeypatch):
     assert autotune.cache_key("NVIDIA H100 80GB HBM3", 64, "float16", False) != key  # a changed kernel is tuned again
 
 
-def test_the_backward_is_tuned_over_its_own_candidates(tmp_path):
-    from kernels.builds import choose_backward_build
-
-    for d in (64, 128):
-        cands = autotune.backward_candidates(d)
-        assert cands and all(choose_backward_build(s, d, fast=True).fast for s in cands)
+def test_the_backward_is_tuned_over_its_own_candidates(tmp_path, monkeypatch):
+    monkeypatch.setattr("kernels.builds.device_smem_optin", lambda: 232448)  # an H200's opt-in shared memory
+    blocks = {d: [(s.block_q, s.block_kv) for s in autotune.backward_candidates(d)] for d in (64, 128)}
+    assert blocks[64] == list(autotune.BACKWARD_CANDIDATES)  # every one fits at d = 64
+    assert blocks[128] == [(128, 64), (64, 128), (64, 64)]  # 256×128 and 128×128 need over 227 KB at d = 128
     assert autotune.backward_candidates(60) == []  # d not a multiple of 8
+    fma = {"schedule": {"kind": "flash2", "block_q": 64, "block_kv": 64}, "ms": {"x": 1.0}}
+    assert "not one the fast build runs" in autotune.entry_problem("G|d=64|float32|causal=False|backward deterministic|x",
+                                                                   fma)
     times = {(s.block_q, s.block_kv): 10.0 + i for i, s in enumerate(autotune.backward_candidates(64))}
     best_key = max(times, key=times.get)
     times[best_key] = 1.0
@@ -77,6 +79,7 @@ def test_the_backward_is_tuned_over_its_own_candidates(tmp_path):
     cache = json.loads((tmp_path / "a.json").read_text())
     (key,) = cache
     assert "|backward deterministic|" in key and autotune.entry_problem(key, cache[key]) is None
+    assert cache[key]["timing"] == "a caller's timer"
     forward, _ = autotune.tune(64, path=tmp_path / "a.json", timer=lambda s, p: 1.0, device_name="G", progress=None)
     assert len(json.loads((tmp_path / "a.json").read_text())) == 2  # the forward's entry beside it
 

@@ -502,3 +502,29 @@ def test_cli_bench_interrupt_prints_rows_done_and_exits_130(monkeypatch, capsys)
     assert main(["bench", "--n", "64", "--d", "16"]) == 130
     captured = capsys.readouterr()
     assert "sdpa-math" in captured.out and "interrupted: 1 rows kept in bench.csv" in captured.err
+
+
+def test_our_backward_rows_ask_for_the_fast_backward_where_it_runs(monkeypatch):
+    """flash2's backward row asks for the (opt-in) fast backward where its schedule has one, the
+    plain row never; a tuned backward schedule that cannot be had (no GPU here, or no candidate
+    runs) leaves the row on the default schedule and the plain backward."""
+    from kernels.flash2_tc import tc_schedule
+    from sandbox.lab.peers import Ours
+
+    p = Problem(1, 1, 64, 64, 64)
+    assert Ours("flash2", "bwd", tc_schedule(64, 64)).fast_for(p) is True
+    assert Ours("flash2", "bwd", tc_schedule(64, 64)).chosen(p).name == "fast-tf32x3"
+    assert Ours("flash2-plain", "bwd", tc_schedule(64, 64), fast=False).chosen(p).name == "plain"
+    assert Ours("flash2", "bwd", Schedule("flash2", block_q=64, block_kv=64)).fast_for(p) is None
+    assert Ours("flash2", "fwd", tc_schedule(64, 64)).fast_for(p) is None  # the forward's own default
+    untuned = Ours("flash2", "bwd", None)
+
+    def no_candidate(*args, **kwargs):
+        raise RuntimeError("autotune: no candidate ran")
+
+    monkeypatch.setattr("sandbox.lab.peers.tuned_schedule", no_candidate)
+    assert untuned.schedule_for(p) == default_schedules()["flash2"]
+    assert untuned.chosen(p).name == "plain" and untuned.available(p) == (True, "")
+    spec = bench.BenchSpec(n=(64,), head_dim=(64,), impls=("flash2", "sdpa-efficient"), backward_only=True)
+    assert spec.backward and [(i.name, i.direction) for i in spec.implementations()] == [
+        ("sdpa-efficient", "bwd"), ("flash2", "bwd")]
