@@ -560,7 +560,7 @@ def simulate_dram(schedule, problem, l2_bytes=None, sector=32, line=128, ways=16
     cache = _Cache(l2_bytes, sector, line, ways, policy, set_index, dirty_limit_bytes)
     sim_problem = problem
     if slices == "one" and problem.bh > 1:
-        sim_problem = dataclasses.replace(problem, batch=1, heads=1)
+        sim_problem = dataclasses.replace(problem, batch=1, heads=1, heads_kv=1)
     residency = _residency(schedule, problem, resident_blocks, gpu, backward)
     launches = tile_requests(schedule, sim_problem, backward)
     stats = np.zeros((len(launches), len(TENSORS), _NSTATS), dtype=np.int64)

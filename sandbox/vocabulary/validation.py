@@ -60,10 +60,11 @@ def check_qkv(q, k, v, *, dtypes=SUPPORTED, causal=False, scale=None):
     (qs, qdt, qdev), (ks, kdt, kdev), (vs, vdt, vdev) = metas.values()
     b, h, n_q, d = qs
     if ks[0] != b or ks[3] != d:
-        raise ValueError(f"k: expected shape ({b}, H_kv, Nk, {d}) to match q {qs}, got {ks}")
+        raise ValueError(f"k: expected shape ({b}, {h}, Nk, {d}) to match q {qs} (or H_kv heads dividing {h}), got {ks}")
     if h % ks[1]:
-        raise ValueError(f"k: {ks[1]} heads do not divide q's {h} heads; give k and v H_kv heads with H_kv "
-                         f"dividing {h} (query head h reads K/V head h // (H / H_kv))")
+        raise ValueError(f"k: expected shape ({b}, {h}, Nk, {d}) or ({b}, H_kv, Nk, {d}) with H_kv dividing {h}, "
+                         f"got {ks} (k: {ks[1]} heads do not divide q's {h} heads; query head h reads K/V head "
+                         f"h // (H / H_kv))")
     if vs != ks:
         raise ValueError(f"v: expected shape {ks} (the shape of k), got {vs}")
     for name, dt in (("q", qdt), ("k", kdt), ("v", vdt)):
