@@ -13,6 +13,14 @@ standard (P and dS materialized in HBM, like the forward's S and P):
     p:  P = exp(scale·QKᵀ - L) -> HBM       ds: dS = P ∘ (dO Vᵀ - D) -> HBM
     tn: dV = Pᵀ dO, dK = scale·dSᵀ Q         nn: dQ = scale·dS K          (kernels/matmul.py)
 
+Grouped K/V heads (k, v of H_kv < H heads; query head h reads K/V head h // (H / H_kv)): every
+load of K or V reads the query head's K/V head, and dK, dV of a K/V head sum its group's query
+heads, deterministically: dkdv (standard: dv, dk) writes each query head's dK_j, dV_j in fp32 to
+the partials dKpart, dVpart (B, H, Nk, d), then
+    group_sum: one thread per element of dK, dV (B, H_kv, Nk, d): the sum of the group's H / H_kv
+               partials, in head order, rounded to the input dtype
+Without grouping dkdv writes dK, dV directly and there is no group_sum.
+
 An entry with P = 0 (masked, or exp underflowed) contributes nothing to dV, dS, dQ or dK, even
 where V, K or Q hold NaN or inf (no 0·NaN).
 
@@ -32,7 +40,7 @@ from numba import cuda, float32, int32, int64
 
 from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
 from kernels.matmul import make_nn, make_tn
-from kernels.tiles import ZERO, inline_ir, make_tile_ops
+from kernels.tiles import ZERO, inline_ir, keep_f32, make_tile_ops
 from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
@@ -91,24 +99,30 @@ def _load_l_d(t, off):
     return load
 
 
-def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H)."""
+def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grouped=False):
+    """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H).
+
+    ``grouped``: k, v have fewer heads than q; dk, dv are then the fp32 partials (B, H, Nk, d)
+    that :func:`make_group_sum` adds up."""
     t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dkdv", mask)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, ptx_tile = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.ptx_tile)
     thread_yx, batch_head, load_l_d, tile_visited = t.thread_yx, t.batch_head, _load_l_d(t, off), t.tile_visited
+    kv_head = t.kv_head
     BR, BC, TM, TN, TY, TX, D, DCQ, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.D, t.DCQ, t.CAUSAL
     OQ, OdO, OK, OV, OS, OL, OD = (off[n] for n in ("Q", "dO", "K", "V", "dS", "L", "D"))
-    Q_, K_, V_, P_, dO_, dS_, L_, D_, dK_, dV_ = (
-        slots(n) for n in ("Q", "K", "V", "P", "dO", "dS", "L", "D", "dK", "dV"))
-    IN, from_f32 = t.IN, t.from_f32
+    Q_, K_, V_, P_, dO_, dS_, L_, D_ = (slots(n) for n in ("Q", "K", "V", "P", "dO", "dS", "L", "D"))
+    dK_, dV_ = (slots("dKpart"), slots("dVpart")) if grouped else (slots("dK"), slots("dV"))
+    IN = t.IN
+    store = keep_f32 if grouped else t.from_f32  # partials stay fp32
 
     def kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters):
         tid = cuda.threadIdx.x
         ty, tx = thread_yx(tid)
         j = cuda.blockIdx.x
         b, h = batch_head(cuda.blockIdx.y, q.shape[1])
+        hk = kv_head(h, q.shape[1], k.shape[1])  # the K/V head this query head reads
         n_q = q.shape[2]
         k0 = j * BC
         kv_len = min(BC, k.shape[2] - k0)
@@ -140,8 +154,8 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None):
             # barrier: every thread is done with the previous Q_i, dO_i and dS
             cuda.syncthreads()
             if not kv_loaded:  # K_j, V_j at the first tile a Q block sees, then kept for the whole Q loop
-                load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
-                load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+                load_rows(k, b, hk, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+                load_rows(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
                 kv_loaded = True
             load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
             load_rows(do, b, h, q0, q_len, sm_in, OdO, tid, cnt, dO_[HBM_R], dO_[SRAM_W])
@@ -186,7 +200,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None):
             # -- dK_j += dS^T Q_i
             ptx_tile(sm_f, OS, sm_in, OQ, ty, tx, b, h, q0, k0, q_len, kv_len, acc_k, cnt, dS_[SRAM_R], Q_[SRAM_R])
 
-        # -- dK_j = scale · dK_j, dV_j -> HBM (zeros for a block no query sees)
+        # -- dK_j = scale · dK_j, dV_j -> HBM (zeros for a block no query sees; grouped: this query head's partials)
         if tx < kv_len and ty < D:
             for bb in range(TN):
                 kv = tx + bb * TX
@@ -194,8 +208,8 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None):
                     for c in range(DCQ):
                         col = ty + c * TY
                         if col < D:
-                            dv[b, h, k0 + kv, col] = from_f32(acc_v[bb, c])
-                            dk[b, h, k0 + kv, col] = from_f32(scale * acc_k[bb, c])
+                            dv[b, h, k0 + kv, col] = store(acc_v[bb, c])
+                            dk[b, h, k0 + kv, col] = store(scale * acc_k[bb, c])
                             inc(cnt, dV_[HBM_W], 1)
                             inc(cnt, dK_[HBM_W], 1)
         flush(cnt, counters)
@@ -212,6 +226,7 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None):
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, pv_tile, tile_visited = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.pv_tile, t.tile_visited)
     thread_yx, batch_head, load_l_d, store_rows = t.thread_yx, t.batch_head, _load_l_d(t, off), t.store_rows
+    kv_head = t.kv_head
     BR, BC, TM, TN, TY, TX, DC, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.DC, t.CAUSAL
     OQ, OdO, OK, OV, OS, OL, OD = (off[n] for n in ("Q", "dO", "K", "V", "dS", "L", "D"))
     Q_, K_, V_, dO_, dS_, L_, D_, dQ_ = (slots(n) for n in ("Q", "K", "V", "dO", "dS", "L", "D", "dQ"))
@@ -221,6 +236,7 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None):
         tid = cuda.threadIdx.x
         ty, tx = thread_yx(tid)
         b, h = batch_head(cuda.blockIdx.y, q.shape[1])
+        hk = kv_head(h, q.shape[1], k.shape[1])  # the K/V head this query head reads
         n_kv = k.shape[2]
         q0 = cuda.blockIdx.x * BR
         q_len = min(BR, q.shape[2] - q0)
@@ -249,8 +265,8 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None):
                 continue  # a mask's empty tile: skipped
             # barrier: every thread is done with the previous K_j, V_j and dS
             cuda.syncthreads()
-            load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
-            load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            load_rows(k, b, hk, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+            load_rows(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
             # barrier: K_j, V_j (and, first time round, Q_i, dO_i, L_i, D_i) are in SRAM
             cuda.syncthreads()
             # -- dS = P ∘ (dO_i V_j^T - D) on register tiles -> SRAM
@@ -303,7 +319,7 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
     """
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, tile_visited = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.tile_visited)
-    thread_yx, batch_head = t.thread_yx, t.batch_head
+    thread_yx, batch_head, kv_head = t.thread_yx, t.batch_head, t.kv_head
     BR, BC, TM, TN, TY, TX, NT = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT
     IS_P = which == "p"
     a_name, b_name, row_name, out_name = ("Q", "K", "L", "P") if IS_P else ("dO", "V", "D", "dS")
@@ -329,7 +345,8 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
         cnt = cuda.local.array(CNT_LEN, int64)
         zero_counter(cnt)
         load_rows(a_in, b, h, q0, q_len, sm_in, OA, tid, cnt, A_[HBM_R], A_[SRAM_W])
-        load_rows(b_in, b, h, k0, kv_len, sm_in, OB, tid, cnt, B_[HBM_R], B_[SRAM_W])
+        hb = kv_head(h, a_in.shape[1], b_in.shape[1])  # B (K or V): the query head's K/V head
+        load_rows(b_in, b, hb, k0, kv_len, sm_in, OB, tid, cnt, B_[HBM_R], B_[SRAM_W])
         for r in range(tid, q_len, NT):
             sm_f[OR + r] = rowvec[b, h, q0 + r]
             inc(cnt, R_[HBM_R], 1)
@@ -361,11 +378,54 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
     return kernel, smem_bytes, grid
 
 
-def make_standard_products(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """dV = Pᵀ dO, dK = scale·dSᵀ Q, dQ = scale·dS K (kernels/matmul.py)."""
+def make_standard_products(schedule, head_dim, dtype, count_io, causal, mask=None, grouped=False):
+    """dV = Pᵀ dO, dK = scale·dSᵀ Q, dQ = scale·dS K (kernels/matmul.py); ``grouped``: dV, dK as
+    each query head's fp32 partials (B, H, Nk, d), for :func:`make_group_sum`."""
     args = (schedule, head_dim, dtype, count_io, causal)
+    dk, dv = ("dKpart", "dVpart") if grouped else ("dK", "dV")
     return {
-        "dv": make_tn(*args, "P", "dO", "dV", mask=mask),
-        "dk": make_tn(*args, "dS", "Q", "dK", mask=mask),
+        "dv": make_tn(*args, "P", "dO", dv, mask=mask, out_f32=grouped),
+        "dk": make_tn(*args, "dS", "Q", dk, mask=mask, out_f32=grouped),
         "dq": make_nn(*args, "dS", "K", "dQ", mask=mask),
     }
+
+
+def make_group_sum(schedule, head_dim, dtype, count_io, causal, mask=None):
+    """dK, dV of each K/V head = the sum of its group's fp32 partials, in head order, in the input dtype.
+
+    kernel(dk_part, dv_part, dk, dv, counters): partials (B, H, Nk, d), outputs (B, H_kv, Nk, d);
+    one thread per (K/V row, column) of one (batch, K/V head), grid (⌈Nk·d / threads⌉, B·H_kv).
+    Registers only: no shared memory.
+    """
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
+    CNT_LEN, zero_counter, flush, inc, from_f32, batch_head = (
+        t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.from_f32, t.batch_head)
+    NT, D = t.NT, t.D
+    dKp_, dVp_, dK_, dV_ = (slots(n) for n in ("dKpart", "dVpart", "dK", "dV"))
+
+    def kernel(dk_part, dv_part, dk, dv, counters):
+        b, hk = batch_head(cuda.blockIdx.y, dk.shape[1])
+        group = dk_part.shape[1] // dk.shape[1]
+        e = cuda.blockIdx.x * NT + cuda.threadIdx.x
+        cnt = cuda.local.array(CNT_LEN, int64)
+        zero_counter(cnt)
+        if e < dk.shape[2] * D:
+            row = e // D
+            col = e - row * D
+            acc_k = ZERO
+            acc_v = ZERO
+            for g in range(group):  # a fixed order: bit-identical sums
+                acc_k += dk_part[b, hk * group + g, row, col]
+                acc_v += dv_part[b, hk * group + g, row, col]
+                inc(cnt, dKp_[HBM_R], 1)
+                inc(cnt, dVp_[HBM_R], 1)
+            dk[b, hk, row, col] = from_f32(acc_k)
+            dv[b, hk, row, col] = from_f32(acc_v)
+            inc(cnt, dK_[HBM_W], 1)
+            inc(cnt, dV_[HBM_W], 1)
+        flush(cnt, counters)
+
+    def grid(problem):
+        return (-(-problem.n_kv * problem.head_dim // NT), problem.bh_kv)
+
+    return kernel, 0, grid

@@ -60,7 +60,11 @@ def fast_build(schedule, backward=False):
     return (entry.fast_backward if backward else entry.fast).get(schedule.math)
 
 
-def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None):
+#: Why grouped K/V heads run the plain build: the fast builds read K and V at the query head.
+GROUPED_REFUSAL = "grouped K/V heads (heads_kv < heads): the fast builds read K and V at the query head"
+
+
+def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False):
     """The build a forward call of ``schedule`` at ``head_dim`` runs.
 
     Args:
@@ -72,6 +76,8 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
         facts: :func:`kernels.limits.host_facts` of NumPy inputs (None: CUDA arrays, unread, or no
             inputs at hand); inputs :func:`kernels.limits.fast_build_refusal` refuses (NaN, inf,
             tiny V for the tensor cores) run the plain build.
+        grouped: k and v have fewer heads than q (H_kv < H), which the fast builds do not take
+            (:data:`GROUPED_REFUSAL`).
 
     Returns:
         a :class:`Build`.
@@ -80,7 +86,7 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
         TypeError: ``fast`` is not None, True or False.
         ValueError: ``fast=True`` and the fast build cannot run this, with the reason.
     """
-    return _choose(schedule, head_dim, count_io, mask, fast, facts, backward=False)
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=False)
 
 
 #: Why ``fast=None`` leaves the backward to the plain build: the fast backward is taken only when asked for.
@@ -89,7 +95,7 @@ BACKWARD_OPT_IN = ("the fast backward runs only with fast=True: on the H200 its 
                    "(BENCHMARKS.md, \"Fast backward\")")
 
 
-def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None):
+def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False):
     """The build a backward call of ``schedule`` at ``head_dim`` runs: as :func:`choose_build`,
     from the kind's fast backward builds (flash2's ``"tf32x3"``: kernels/backward_tc.py), except
     that ``fast=None`` does not take them (:data:`BACKWARD_OPT_IN`): ``fast=True`` does, or raises
@@ -97,10 +103,10 @@ def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast
     counting backward's phases)."""
     if fast is None:
         return Build(COUNTING if count_io else PLAIN, None, BACKWARD_OPT_IN)
-    return _choose(schedule, head_dim, count_io, mask, fast, facts, backward=True)
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True)
 
 
-def _choose(schedule, head_dim, count_io, mask, fast, facts, backward):
+def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward):
     if fast is not False and fast not in (None, True):
         raise TypeError(f"fast: expected None, True or False, got {fast!r}")
     kernels = None if backward else registry.get(schedule.kind).kernels
@@ -111,6 +117,8 @@ def _choose(schedule, head_dim, count_io, mask, fast, facts, backward):
     why = module.eligible(schedule, head_dim, count_io, mask) if module is not None else (
         f"kind {schedule.kind!r} has no fast backward for math={schedule.math!r}" if backward
         else f"kind {schedule.kind!r} has no fast build")
+    if why is None and grouped:
+        why = GROUPED_REFUSAL
     limit = device_smem_optin()
     if why is None and limit is not None and module.smem_bytes(schedule, head_dim) > limit:
         why = f"it needs {module.smem_bytes(schedule, head_dim)} bytes of shared memory, this GPU has {limit}"

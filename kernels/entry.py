@@ -15,7 +15,9 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
     """softmax(scale·QKᵀ)V with the Numba CUDA kernel of ``schedule`` (on the GPU, or Numba's CUDA simulator).
 
     Args:
-        q: (B, H, Nq, d); k, v: (B, H, Nk, d); float32, float16 or bfloat16. NumPy arrays are copied to
+        q: (B, H, Nq, d); k, v: (B, H_kv, Nk, d) with H_kv dividing H (grouped K/V heads: query
+            head h reads K/V head h // (H / H_kv); H_kv = 1 is multi-query attention, H_kv = H
+            the usual); float32, float16 or bfloat16. NumPy arrays are copied to
             the device and results back; CUDA arrays (CuPy, PyTorch, Numba: anything with
             ``__cuda_array_interface__``, C-contiguous) stay on the GPU and results come back
             as the same kind of array. Under the CUDA simulator: NumPy arrays and Numba's
@@ -35,7 +37,8 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
         fast: run the kind's fast build of the same schedule (flash2's: ``kernels/flash2_fast.py``;
             same tiles and HBM traffic, S in registers). None (default): whenever it can run this
             (no ``count_io``, no mask, a thread layout it takes, and NumPy inputs free of NaN and
-            inf: see kernels/limits.py); False: the counting kernel's source without counters;
+            inf: see kernels/limits.py; and K/V heads not grouped); False: the counting kernel's
+            source without counters;
             True: the fast build or a ValueError saying why not. Chosen by
             :func:`kernels.builds.choose_build`.
         return_build: also return the :class:`kernels.builds.Build` that ran: its ``name``
@@ -88,6 +91,8 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
 
     Returns:
         ``(dq, dk, dv)`` in the input dtype (fp32 accumulation), plus the report with ``count_io``.
+        With grouped K/V heads dk and dv are (B, H_kv, Nk, d): each sums the gradients of its
+        group's H / H_kv query heads (in a fixed order, through fp32 partials).
 
     Raises:
         TypeError, ValueError: bad inputs, a schedule whose backward tiles overflow its SRAM, or a

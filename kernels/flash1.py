@@ -36,6 +36,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
     CNT_LEN = t.CNT_LEN
     flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
     thread_yx, batch_head, store_s, s_row_max, s_row_exp = t.thread_yx, t.batch_head, t.store_s, t.s_row_max, t.s_row_exp
+    kv_head = t.kv_head
     off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["main"])
     OQ, OK, OV, OS, OA, OB = (off[n] for n in ("Q", "K", "V", "S", "alpha", "beta"))
     BR, BC, TM, TN, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC
@@ -51,6 +52,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
         tid = cuda.threadIdx.x
         ty, tx = thread_yx(tid)
         b, h = batch_head(cuda.blockIdx.x, q.shape[1])
+        hk = kv_head(h, q.shape[1], k.shape[1])  # the K/V head this query head reads
         n_q = q.shape[2]
         n_kv = k.shape[2]
         sm_in = cuda.shared.array(0, IN)  # Q, K, V tiles in the input dtype
@@ -87,8 +89,8 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
                 continue  # no query may see block j (a mask's empty column): not loaded
             # barrier: the previous inner loop is done with K_j, V_j (and the HBM init is visible)
             cuda.syncthreads()
-            load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
-            load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            load_rows(k, b, hk, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+            load_rows(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
             i_start = 0
             if CAUSAL:
                 i_start = k0 // BR  # blocks before hold only rows < k0: fully masked, skipped

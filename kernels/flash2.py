@@ -1,6 +1,6 @@
 """FlashAttention-2 order: one thread block per (Q block, batch·head); Q_i stays in SRAM; O and L written once.
 
-    for each K/V block j (causal: only blocks with a key <= the block's last query;
+    for each K/V block j of the query head's K/V head (causal: only blocks with a key <= the block's last query;
                           mask: only blocks with an allowed entry):
         K_j, V_j: HBM -> SRAM
         S = scale · Q_i K_jᵀ                       (register tiles -> SRAM, allowed entries only)
@@ -35,6 +35,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
     CNT_LEN = t.CNT_LEN
     TN, flush, load_rows, zero_counter, pv_tile, s_tile = (t.TN, t.flush, t.load_rows, t.zero_counter, t.pv_tile, t.s_tile)
     thread_yx, batch_head, store_s, s_row_max, s_row_exp = t.thread_yx, t.batch_head, t.store_s, t.s_row_max, t.s_row_exp
+    kv_head = t.kv_head
     off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["partial" if SPLIT else "main"])
     OQ, OK, OV, OS, OM, OL, OA = (off[n] for n in ("Q", "K", "V", "S", "m", "l", "alpha"))
     BR, BC, TM, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC
@@ -51,6 +52,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
         ty, tx = thread_yx(tid)
         i_blk = cuda.blockIdx.x
         b, h = batch_head(cuda.blockIdx.y, q.shape[1])
+        hk = kv_head(h, q.shape[1], k.shape[1])  # the K/V head this query head reads
         n_q = q.shape[2]
         n_kv = k.shape[2]
         q0 = i_blk * BR
@@ -92,8 +94,8 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
                 continue  # no allowed entry (a mask's empty tile): no loads, no math
             # barrier: every thread is done reading the previous K_j, V_j and P
             cuda.syncthreads()
-            load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
-            load_rows(v, b, h, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            load_rows(k, b, hk, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+            load_rows(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
             # barrier: K_j, V_j (and, first time round, Q_i, m_i, l_i) are in SRAM
             cuda.syncthreads()
 

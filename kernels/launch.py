@@ -25,27 +25,35 @@ from sandbox.vocabulary.dtypes import BFLOAT16, storage_dtype
 from sandbox.vocabulary.runtime import using_simulator
 
 
-def _phases(schedule, dtype, backward, chosen):
-    """phase -> (maker, argument types), in launch order: the chosen build's (kernels/builds.py) or the backward's."""
+def _phases(schedule, dtype, backward, chosen, grouped=False):
+    """phase -> (maker, argument types), in launch order: the chosen build's (kernels/builds.py) or the backward's.
+
+    ``grouped`` (the backward, K/V heads H_kv < H): dK and dV go through fp32 partials, and a
+    "group_sum" phase adds each group of them up (kernels/backward.py)."""
     kind = schedule.kind
     if not backward or chosen.fast:
         return chosen.module.phases(dtype)
     IN4, F3, F4, C = array_type(dtype, 4), array_type(np.float32, 3), array_type(np.float32, 4), COUNTERS
+    DKV = F4 if grouped else IN4  # what dkdv (standard: dv, dk) writes: partials or dK, dV themselves
     d = {"d": (backward_kernels.make_d, (IN4, IN4, F3, C))}
+    tail = {"group_sum": (backward_kernels.make_group_sum, (F4, F4, IN4, IN4, C))} if grouped else {}
     if kinds.get(kind).backward == "flash":
+        dkdv = functools.partial(backward_kernels.make_flash_dkdv, grouped=grouped)
         return {
             **d,
-            "dkdv": (backward_kernels.make_flash_dkdv, (IN4, IN4, IN4, IN4, F3, F3, IN4, IN4, float32, C)),
+            "dkdv": (dkdv, (IN4, IN4, IN4, IN4, F3, F3, DKV, DKV, float32, C)),
             "dq": (backward_kernels.make_flash_dq, (IN4, IN4, IN4, IN4, F3, F3, IN4, float32, C)),
+            **tail,
         }
-    prod = lambda phase: lambda *a, **kw: backward_kernels.make_standard_products(*a, **kw)[phase]  # noqa: E731
+    prod = lambda phase: lambda *a, **kw: backward_kernels.make_standard_products(*a, **kw, grouped=grouped)[phase]  # noqa: E731
     return {
         **d,
         "p": (backward_kernels.make_standard_p, (IN4, IN4, F3, F4, F4, float32, C)),
         "ds": (backward_kernels.make_standard_ds, (IN4, IN4, F3, F4, F4, float32, C)),
-        "dv": (prod("dv"), (F4, IN4, IN4, float32, C)),
-        "dk": (prod("dk"), (F4, IN4, IN4, float32, C)),
+        "dv": (prod("dv"), (F4, IN4, DKV, float32, C)),
+        "dk": (prod("dk"), (F4, IN4, DKV, float32, C)),
         "dq": (prod("dq"), (F4, IN4, IN4, float32, C)),
+        **tail,
     }
 
 
@@ -88,19 +96,21 @@ def _jit_options(schedule, head_dim, chosen, threads):
 
 
 @functools.lru_cache(maxsize=256)
-def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=None):
-    """Compiled kernels for one (schedule, head_dim, dtype, causal, build, direction, mask).
+def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=None, grouped=False):
+    """Compiled kernels for one (schedule, head_dim, dtype, causal, build, direction, mask, grouping).
 
     ``chosen``: the :class:`kernels.builds.Build` (forward: :func:`kernels.builds.choose_build`'s;
     backward: :func:`kernels.builds.choose_backward_build`'s), which says whether the kernels count.
     ``mask``: a sandbox.vocabulary.masks.Mask, compiled into the kernels (forward or backward); cached per Mask object.
+    ``grouped``: the backward of grouped K/V heads (H_kv < H; :func:`_phases`). The forward's kernels
+    take either (a query head's K/V head is read from the arrays' shapes).
 
     Returns:
         dict phase -> (kernel, smem_bytes, grid(problem)), in launch order.
     """
     dtype = np.dtype(dtype_name)
     out = {}
-    for phase, (maker, sig) in _phases(schedule, dtype, backward, chosen).items():
+    for phase, (maker, sig) in _phases(schedule, dtype, backward, chosen, grouped).items():
         extra = {} if mask is None else {"mask": mask}
         py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, chosen.count_io, causal, **extra)
         signature = void(*sig)
@@ -218,11 +228,13 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
     for ``count_io``, ``mask`` and ``fast`` (None: the fast build whenever it can run this).
 
     Returns:
-        (out, lse, report, build): device arrays (B, H, Nq, d) in the input dtype and (B, H, Nq)
+        (out, lse, report, build): device arrays (B, H, Nq, d) in the input dtype (k, v may have
+        H_kv heads: query head h reads K/V head h // (H / H_kv)) and (B, H, Nq)
         fp32, the measured IOReport (None unless ``count_io``), and the Build that ran.
     """
     if chosen is None:
-        chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast)
+        chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast,
+                              grouped=problem.group > 1)
     if not chosen.fast:  # (a fast build's own need was checked by choose_build)
         check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype))  # before any attribute or launch
     ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, mask=mask)
@@ -259,37 +271,50 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     :class:`kernels.builds.Build` to run; None: :func:`kernels.builds.choose_backward_build`'s for
     ``count_io``, ``mask`` and ``fast``.
 
+    With grouped K/V heads (``problem.heads_kv`` < ``problem.heads``) dK and dV, (B, H_kv, Nk, d),
+    sum each group's query heads: the kernels write fp32 partials (B, H, Nk, d) to scratch and a
+    last "group_sum" launch adds them up in a fixed order (kernels/backward.py).
+
     Returns:
         (dq, dk, dv, report): device arrays in the input dtype, and the measured IOReport (None
         unless ``count_io``).
     """
+    grouped = problem.group > 1
     if chosen is None:
-        chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast)
+        chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast,
+                                       grouped=grouped)
     if not chosen.fast:
         check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True))
-    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, backward=True, mask=mask)
+    extra = {"grouped": True} if grouped else {}  # (today's calls keep their cache key)
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, backward=True, mask=mask, **extra)
     check_grids(ks, problem)
     stream = cuda.default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
     dq = device_empty((b, h, n_q, d), problem.dtype, "dQ")
-    dk = device_empty((b, h, n_kv, d), problem.dtype, "dK")
-    dv = device_empty((b, h, n_kv, d), problem.dtype, "dV")
+    dk = device_empty((b, problem.heads_kv, n_kv, d), problem.dtype, "dK")
+    dv = device_empty((b, problem.heads_kv, n_kv, d), problem.dtype, "dV")
     dvec = device_empty((b, h, n_q), np.float32, "D")
     counters = _counters(count_io)
     scale = np.float32(problem.scale)
     launch = _launcher(ks, problem, schedule, stream, chosen)
     launch("d", out, dout, dvec, counters)
+    dk_out, dv_out = dk, dv
+    if grouped:  # each query head's dK, dV partials, summed per group by the last launch
+        dk_out = device_empty((b, h, n_kv, d), np.float32, "dK partials")
+        dv_out = device_empty((b, h, n_kv, d), np.float32, "dV partials")
     if chosen.fast or kinds.get(schedule.kind).backward == "flash":
-        launch("dkdv", q, k, v, dout, lse, dvec, dk, dv, scale, counters)
+        launch("dkdv", q, k, v, dout, lse, dvec, dk_out, dv_out, scale, counters)
         launch("dq", q, k, v, dout, lse, dvec, dq, scale, counters)
     else:
         p = device_empty((b, h, n_q, n_kv), np.float32, "P")
         ds = device_empty((b, h, n_q, n_kv), np.float32, "dS")
         launch("p", q, k, lse, p, p, scale, counters)
         launch("ds", dout, v, dvec, p, ds, scale, counters)
-        launch("dv", p, dout, dv, np.float32(1.0), counters)
-        launch("dk", ds, q, dk, scale, counters)
+        launch("dv", p, dout, dv_out, np.float32(1.0), counters)
+        launch("dk", ds, q, dk_out, scale, counters)
         launch("dq", ds, k, dq, scale, counters)
+    if grouped:
+        launch("group_sum", dk_out, dv_out, dk, dv, counters)
     report = to_report(counters.copy_to_host(stream=stream), problem.dtype) if count_io else None
     return dq, dk, dv, report
 
@@ -384,7 +409,8 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
     """
     facts = host_facts(q, k, v)
     check_fp32_range(problem, q, k, v, facts)
-    chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast, facts=facts)
+    chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast, facts=facts,
+                          grouped=problem.group > 1)
     out, lse, report, chosen = run(schedule, problem, *to_device((q, k, v), "qkv"), mask=mask, chosen=chosen)
     return (*from_device((out, lse), q, (problem.dtype, np.float32)), report, chosen)
 
@@ -402,7 +428,7 @@ def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=
         for name, x in (("out", out), ("dout", dout)):
             facts[name] = (bool(np.isfinite(x.astype(np.float32, copy=False)).all()), None)
     chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast,
-                                   facts=facts)
+                                   facts=facts, grouped=problem.group > 1)
     dev = to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
     dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io, mask=mask, chosen=chosen)
     return (*from_device((dq, dk, dv), q, (problem.dtype,) * 3), report, chosen)

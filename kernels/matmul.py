@@ -5,6 +5,10 @@
     tn: out = scale · Mᵀ X       M: (Nq, Nk), X: (Nq, d)  (dV = Pᵀ dO; dK = scale · dSᵀ Q)
         one thread block per (K/V block, batch·head); loop over Q blocks
 
+With grouped K/V heads (H_kv < H) nn's X (V or K) is read at the K/V head of the block's query
+head, and tn writes each query head's product in fp32 (``out_f32``: the partials "dKpart",
+"dVpart", which kernels/backward.py's group sum adds up).
+
 M's tiles move HBM -> SRAM for allowed entries only; fully masked causal tiles are skipped.
 ``m_name``, ``x_name``, ``out_name`` name the tensors for the IO counters.
 """
@@ -12,7 +16,7 @@ M's tiles move HBM -> SRAM for allowed entries only; fully masked causal tiles a
 from numba import cuda, float32, int32, int64
 
 from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
-from kernels.tiles import ZERO, make_tile_ops
+from kernels.tiles import ZERO, keep_f32, make_tile_ops
 from sandbox.vocabulary.footprints import Buffer, sram_offsets
 
 
@@ -28,6 +32,7 @@ def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
     CNT_LEN, zero_counter, flush, load_rows, pv_tile, tile_visited = (
         t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.pv_tile, t.tile_visited)
     thread_yx, batch_head, load_allowed, store_rows = t.thread_yx, t.batch_head, t.load_allowed, t.store_rows
+    kv_head = t.kv_head
     BR, BC, TM, DC, CAUSAL = t.BR, t.BC, t.TM, t.DC, t.CAUSAL
     M_, X_, OUT_ = slots(m_name), slots(x_name), slots(out_name)
     OM, OX, smem_bytes = _layout(schedule, head_dim, dtype, schedule.block_kv)
@@ -37,7 +42,8 @@ def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
         tid = cuda.threadIdx.x
         ty, tx = thread_yx(tid)
         i = cuda.blockIdx.x
-        b, h = batch_head(cuda.blockIdx.y, x.shape[1])
+        b, h = batch_head(cuda.blockIdx.y, m.shape[1])
+        hx = kv_head(h, m.shape[1], x.shape[1])  # X's head: the K/V head of query head h (V or K)
         n_q = m.shape[2]
         n_kv = x.shape[2]
         q0 = i * BR
@@ -63,7 +69,7 @@ def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
             cuda.syncthreads()
             # -- M_ij (allowed entries), X_j: HBM -> SRAM
             load_allowed(m, b, h, q0, q_len, k0, kv_len, sm_f, OM, tid, cnt, M_[HBM_R], M_[SRAM_W])
-            load_rows(x, b, h, k0, kv_len, sm_in, OX, tid, cnt, X_[HBM_R], X_[SRAM_W])
+            load_rows(x, b, hx, k0, kv_len, sm_in, OX, tid, cnt, X_[HBM_R], X_[SRAM_W])
             # barrier: M_ij and X_j are in SRAM
             cuda.syncthreads()
             # -- acc += M_ij X_j on this thread's register tile
@@ -78,8 +84,10 @@ def make_nn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
     return kernel, smem_bytes, grid
 
 
-def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name, mask=None):
-    """out = scale · Mᵀ X. Returns (kernel(m, x, out, scale, counters), smem_bytes, grid(problem))."""
+def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_name, mask=None, out_f32=False):
+    """out = scale · Mᵀ X. Returns (kernel(m, x, out, scale, counters), smem_bytes, grid(problem)).
+
+    ``out_f32``: out is fp32 (a grouped backward's partials), else the input dtype."""
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
     CNT_LEN, zero_counter, flush, load_rows, ptx_tile, inc, tile_visited = (
         t.CNT_LEN, t.zero_counter, t.flush, t.load_rows, t.ptx_tile, t.inc, t.tile_visited)
@@ -87,7 +95,8 @@ def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
     BR, BC, TN, TY, TX, D, DCQ, CAUSAL = t.BR, t.BC, t.TN, t.TY, t.TX, t.D, t.DCQ, t.CAUSAL
     M_, X_, OUT_ = slots(m_name), slots(x_name), slots(out_name)
     OM, OX, smem_bytes = _layout(schedule, head_dim, dtype, schedule.block_q)
-    IN, from_f32 = t.IN, t.from_f32
+    IN = t.IN
+    store = keep_f32 if out_f32 else t.from_f32
 
     def kernel(m, x, out, scale, counters):
         tid = cuda.threadIdx.x
@@ -135,7 +144,7 @@ def make_tn(schedule, head_dim, dtype, count_io, causal, m_name, x_name, out_nam
                     for c in range(DCQ):
                         col = ty + c * TY
                         if col < D:
-                            out[b, h, k0 + kv, col] = from_f32(scale * acc[bb, c])
+                            out[b, h, k0 + kv, col] = store(scale * acc[bb, c])
                             inc(cnt, OUT_[HBM_W], 1)
         flush(cnt, counters)
 

@@ -29,7 +29,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     flush, load_rows, nan_max, zero_counter, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.s_tile)
-    thread_yx, batch_head = t.thread_yx, t.batch_head
+    thread_yx, batch_head, kv_head = t.thread_yx, t.batch_head, t.kv_head
     bufs = sram_buffers(schedule, head_dim, dtype)
     (off_qk, smem_qk), (off_sm, smem_sm) = (sram_offsets(bufs[p]) for p in ("qk", "softmax"))
     BR, BC, TM, TN, TY, TX, NT = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT
@@ -56,7 +56,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
         cnt = cuda.local.array(CNT_LEN, int64)  # this thread's IO counters (count build only)
         zero_counter(cnt)
         load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
-        load_rows(k, b, h, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
+        load_rows(k, b, kv_head(h, q.shape[1], k.shape[1]), k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
         # barrier: Q_i and K_j are in SRAM
         cuda.syncthreads()
         sacc = cuda.local.array((TM, TN), float32)

@@ -63,6 +63,12 @@ def _no_mask(b, h, q_idx, kv_idx):
     return True
 
 
+@cuda.jit(device=True)
+def keep_f32(x):
+    """An fp32 value stored as it is: the store of an fp32 scratch tensor (a grouped backward's dK, dV partials)."""
+    return x
+
+
 def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
     """Device functions for one (schedule, head_dim, count_io, causal, input dtype, mask); see the module docstring.
 
@@ -247,6 +253,11 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
         return b, bh - b * n_heads
 
     @inline_ir
+    def kv_head(h, n_heads, n_heads_kv):
+        """The K/V head query head ``h`` reads: h // (H / H_kv) (h itself without grouped K/V heads)."""
+        return h // (n_heads // n_heads_kv)
+
+    @inline_ir
     def store_s(sacc, factor, ty, tx, b, h, q0, k0, q_len, kv_len, dst, off, cnt, s_w):
         """dst[off + r·BC + c] = factor · sacc[a, bb] for this thread's allowed entries (r = ty + a·TY,
         c = tx + bb·TX) of an S tile in SRAM (row stride Bc). ``s_w``: the counter slot of the SRAM write."""
@@ -346,5 +357,5 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
         COUNT_IO=COUNT_IO, CAUSAL=CAUSAL, HAS_MASK=HAS_MASK, mask_ok=mask_ok, tile_visited=tile_visited,
         CNT_LEN=CNT_LEN, inc=inc, zero_counter=zero_counter, flush=flush, nan_max=nan_max, allowed=allowed, n_allowed=n_allowed,
         load_rows=load_rows, s_tile=s_tile, pv_tile=pv_tile, thread_yx=thread_yx, batch_head=batch_head,
-        store_s=store_s, s_row_max=s_row_max, s_row_exp=s_row_exp, load_allowed=load_allowed, store_rows=store_rows,
+        kv_head=kv_head, store_s=store_s, s_row_max=s_row_max, s_row_exp=s_row_exp, load_allowed=load_allowed, store_rows=store_rows,
     )

@@ -20,7 +20,9 @@ Br, Bc     ``block_q``,          rows of a Q block, rows of a K/V block
            ``block_kv``
 Tr, Tc     ``n_q_blocks``,       ⌈Nq/Br⌉, ⌈Nk/Bc⌉
            ``n_kv_blocks``
-Q, K, V    ``q``, ``k``, ``v``   inputs, (B, H, N, d)
+Q, K, V    ``q``, ``k``, ``v``   inputs, (B, H, N, d); K, V (B, H_kv, N, d)
+H, H_kv    ``heads``,            query heads, K/V heads (H_kv divides H: query head
+           ``heads_kv``          h reads K/V head h // (H / H_kv))
 S          "S"                   scale·QKᵀ
 P          "P"                   softmax(S) (or exp(S - m) inside a tile)
 O          ``out``, "O"          PV, the output

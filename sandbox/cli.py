@@ -65,6 +65,9 @@ def _report_rows(report):
 def _add_problem_args(p, n_default, d_default):
     p.add_argument("--batch", type=int, default=1, help="B, the batch size (default %(default)s)")
     p.add_argument("--heads", type=int, default=1, help="H, the number of heads (default %(default)s)")
+    p.add_argument("--heads-kv", type=int, default=None,
+                   help="H_kv, the K/V heads, a divisor of H: query head h reads K/V head h // (H / H_kv) "
+                        "(1: multi-query; default H)")
     p.add_argument("--n", type=int, default=n_default, help="Nq = Nk (default %(default)s)")
     p.add_argument("--n-q", type=int, default=None, help="Nq, if it differs from --n")
     p.add_argument("--n-kv", type=int, default=None, help="Nk, if it differs from --n")
@@ -93,8 +96,13 @@ def _problem(a):
 
     return Problem(
         batch=a.batch, heads=a.heads, n_q=a.n_q or a.n, n_kv=a.n_kv or a.n, head_dim=a.d,
-        dtype=a.dtype, causal=a.causal, scale=a.scale,
+        dtype=a.dtype, causal=a.causal, scale=a.scale, heads_kv=a.heads_kv,
     )
+
+
+def _kv_heads(problem):
+    """The header's "H_kv=…" where K/V heads are grouped; empty without grouping."""
+    return f" H_kv={problem.heads_kv}" if problem.group > 1 else ""
 
 
 def _schedule(a, kind):
@@ -120,7 +128,7 @@ def cmd_simulate(a):
     problem = _problem(a)
     schedule = _schedule(a, a.kind)
     report = simulate(schedule, problem)
-    print(f"{schedule.describe()}  |  B={problem.batch} H={problem.heads} Nq={problem.n_q} Nk={problem.n_kv} "
+    print(f"{schedule.describe()}  |  B={problem.batch} H={problem.heads}{_kv_heads(problem)} Nq={problem.n_q} Nk={problem.n_kv} "
           f"d={problem.head_dim} {problem.dtype.name} causal={problem.causal}")
     print(_fmt_table(["tensor", "hbm_reads", "hbm_writes", "sram_reads", "sram_writes"], _report_rows(report)))
     print(f"HBM total: {report.hbm_bytes} bytes   SRAM total: {report.sram_bytes} bytes   matmul FLOPs: {report.flops}")
@@ -134,8 +142,8 @@ def cmd_run(a):
     problem = _problem(a)
     kinds = kind_names() if a.kind == "all" else (a.kind,)
     backend = "Numba CUDA simulator" if using_simulator() else "GPU"
-    print(f"B={problem.batch} H={problem.heads} Nq={problem.n_q} Nk={problem.n_kv} d={problem.head_dim} "
-          f"{problem.dtype.name} causal={problem.causal} on the {backend}")
+    print(f"B={problem.batch} H={problem.heads}{_kv_heads(problem)} Nq={problem.n_q} Nk={problem.n_kv} "
+          f"d={problem.head_dim} {problem.dtype.name} causal={problem.causal} on the {backend}")
     failed = False
     for kind in kinds:
         schedule = _schedule(a, kind)

@@ -43,6 +43,9 @@ def _add(d, tensor, n):
 def simulate_counts(schedule, problem, mask=None):
     """Element counts and FLOPs of ``schedule`` on ``problem`` (under ``mask``, a sandbox.vocabulary.masks predicate).
 
+    With grouped K/V heads (``problem.heads_kv`` < ``problem.heads``) the kernels read K and V per
+    query head, each from its K/V head: the counts are those of H K/V heads.
+
     Returns:
         IOReport with Q/K/V/O counted in the problem's dtype and the rest in fp32; every count
         an exact Python int.
@@ -210,15 +213,30 @@ def simulate_backward_counts(schedule, problem, mask=None):
     Same counting rules as the forward; PᵀX tiles (dV += Pᵀ dO, dK += dSᵀ Q) read their allowed
     M entries once per d-column group, min(TY, d), and q_len·d X elements per K/V-row group
     with a valid row, min(TX, kv_len). Under ``mask`` (the forward's predicate) every backward
-    kernel visits the tiles the forward visits, evaluated as for :func:`simulate_counts`.
+    kernel visits the tiles the forward visits, evaluated as for :func:`simulate_counts`. With
+    grouped K/V heads every query head's blocks read its K/V head's tiles, as without grouping, and
+    dK, dV pass through fp32 partials (:func:`_group_sum_counts`).
 
     Raises:
         ValueError: a mask on a problem of more than :data:`MAX_MASK_ENTRIES` entries.
     """
     counts, area = _over_heads(schedule, problem, mask, lambda t: _backward_counts(schedule, problem, t))
+    if problem.group > 1:
+        _group_sum_counts(problem, counts)
     matmuls = 7 if kinds.get(schedule.kind).backward == "flash" else 5
     flops = matmuls * 2 * problem.head_dim * area + 2 * problem.bh * problem.n_q * problem.head_dim
     return IOReport(*counts, itemsize=itemsizes(problem.dtype), flops=flops)
+
+
+def _group_sum_counts(problem, counts):
+    """Grouped K/V heads (H_kv < H): each query head's dK, dV go to HBM as fp32 partials (B, H, Nk, d),
+    which the group sum reads once and adds up into dK, dV (B, H_kv, Nk, d), in registers."""
+    hr, hw = counts[0], counts[1]
+    for x in ("dK", "dV"):
+        part = hw.pop(x)
+        _add(hw, x + "part", part)
+        _add(hr, x + "part", part)
+        _add(hw, x, problem.bh_kv * problem.n_kv * problem.head_dim)
 
 
 def _backward_counts(schedule, problem, t):

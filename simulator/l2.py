@@ -486,7 +486,7 @@ def default_resident_blocks(schedule, problem, gpu, backward=False):
     """phase -> blocks in flight on ``gpu``: its SMs × :func:`blocks_per_sm`."""
     gpu = known_gpu(gpu)
     return {phase: gpu.sms * blocks_per_sm(schedule, problem, phase, gpu, backward)
-            for phase, _, _ in launches(schedule, backward)}
+            for phase, _, _ in launches(schedule, backward, grouped=backward and problem.group > 1)}
 
 
 _NAME_THE_MACHINE = ("say which machine the L2 model describes: gpu= a name in sandbox.vocabulary.gpus.KNOWN_GPUS or the "
@@ -495,7 +495,7 @@ _NAME_THE_MACHINE = ("say which machine the L2 model describes: gpu= a name in s
 
 def _residency(schedule, problem, resident_blocks, gpu, backward=False):
     """phase -> blocks in flight: ``resident_blocks`` (an int, or a dict for some phases) over ``gpu``'s default."""
-    phases = [phase for phase, _, _ in launches(schedule, backward)]
+    phases = [phase for phase, _, _ in launches(schedule, backward, grouped=backward and problem.group > 1)]
     if resident_blocks is not None and not isinstance(resident_blocks, dict):
         return {phase: int(resident_blocks) for phase in phases}
     given = dict(resident_blocks or {})
@@ -548,6 +548,10 @@ def simulate_dram(schedule, problem, l2_bytes=None, sector=32, line=128, ways=16
     """
     if slices not in ("all", "one"):
         raise ValueError(f"slices: expected 'all' or 'one', got {slices!r}")
+    if slices == "one" and problem.group > 1:
+        raise ValueError("slices='one' scales one (b, h) slice by B·H, but with grouped K/V heads "
+                         f"({problem.heads_kv} K/V heads for {problem.heads} query heads) the slices share "
+                         "K and V in the L2; use slices='all'")
     gpu = None if gpu is None else known_gpu(gpu)
     if l2_bytes is None:
         if gpu is None:
@@ -556,7 +560,7 @@ def simulate_dram(schedule, problem, l2_bytes=None, sector=32, line=128, ways=16
     cache = _Cache(l2_bytes, sector, line, ways, policy, set_index, dirty_limit_bytes)
     sim_problem = problem
     if slices == "one" and problem.bh > 1:
-        sim_problem = dataclasses.replace(problem, batch=1, heads=1)
+        sim_problem = dataclasses.replace(problem, batch=1, heads=1, heads_kv=1)
     residency = _residency(schedule, problem, resident_blocks, gpu, backward)
     launches = tile_requests(schedule, sim_problem, backward)
     stats = np.zeros((len(launches), len(TENSORS), _NSTATS), dtype=np.int64)

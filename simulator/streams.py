@@ -48,11 +48,20 @@ The backward pass (``kernels/backward.py``; one stream per backward, the kind's 
     dO_i] (dk: [dS_ij, Q_i]) for each visited i, [dV_j (dK_j) written]; "dq" (grid (Tr, B·H),
     nn): block (i, bh): [dS_ij, K_j] for each visited j, [dQ_i written].
 
+Grouped K/V heads (H_kv < H; query head h reads K/V head h // (H / H_kv))
+    K, V, dK, dV are (B, H_kv, Nk, d); every request for K or V of slice bh goes to its K/V head's
+    slice, so the blocks of a group's query heads request the same addresses (the L2 model sees
+    that reuse). The backward's dkdv (standard: dv, dk) writes fp32 partials dKpart, dVpart
+    (B, H, Nk, d), allocated after D, and ends with "group_sum" (grid (⌈Nk·d / threads⌉, B·H_kv)):
+    block (x, bkv): [its range of each of the group's dK, dV partials, in head order] [that range
+    of dK, dV written].
+
 A kind's launches
     The simulator's table (``simulator/table.py``) holds each kind's ``((phase, generator, grid),
     ...)``; the built-in kinds' are :data:`FLASH2_LAUNCHES` and its siblings. A generator is a
     compiled function ``(p, bases, req, step_ptr, block_ptr, fill) -> (blocks, steps, requests)``,
-    ``p`` the int64 parameters (B·H, Nq, Nk, d, Br, Bc, itemsize, causal, H, splits) and ``bases``
+    ``p`` the int64 parameters (B·H, Nq, Nk, d, Br, Bc, itemsize, causal, H, splits, H / H_kv,
+    threads per block) and ``bases``
     :func:`tensor_bases`; :func:`tile_requests` calls it once with ``fill`` false to count, then
     again to fill arrays of those sizes. ``grid(schedule, problem)`` is the launch's grid.
 
@@ -71,11 +80,14 @@ from simulator import table
 
 #: Every tensor a request names: the forward kinds' in allocation order (kernels/launch.py: inputs,
 #: outputs, scratch), then the backward's own.
-TENSORS = ("Q", "K", "V", "O", "L", "l", "m", "S", "P", "Opart", "Lpart", "dO", "D", "dQ", "dK", "dV", "dS")
-_Q, _K, _V, _O, _L, _LL, _M, _S, _P, _OP, _LP, _DO, _DD, _DQ, _DK, _DV, _DS = range(len(TENSORS))
+TENSORS = ("Q", "K", "V", "O", "L", "l", "m", "S", "P", "Opart", "Lpart", "dO", "D", "dQ", "dK", "dV", "dS",
+           "dKpart", "dVpart")
+_Q, _K, _V, _O, _L, _LL, _M, _S, _P, _OP, _LP, _DO, _DD, _DQ, _DK, _DV, _DS, _DKP, _DVP = range(len(TENSORS))
 #: The order the tensors are allocated in (kernels/launch.py): forward, backward.
 FORWARD_ALLOCATION = TENSORS[:11]
 BACKWARD_ALLOCATION = ("Q", "K", "V", "O", "L", "dO", "dQ", "dK", "dV", "D", "P", "dS")
+#: With grouped K/V heads the backward allocates the dK, dV partials after D.
+GROUPED_BACKWARD_ALLOCATION = ("Q", "K", "V", "O", "L", "dO", "dQ", "dK", "dV", "D", "dKpart", "dVpart", "P", "dS")
 #: Base addresses are aligned like large cudaMalloc allocations.
 BASE_ALIGN = 2 * 2**20
 
@@ -101,6 +113,14 @@ def _emit(req, n, fill, addr, rows, row_bytes, stride, tri, elem, tensor, write)
         req[n, 6] = tensor
         req[n, 7] = write
     return n + 1
+
+
+@njit(cache=True)
+def _kv_slice(p, bh):
+    """The (batch, K/V head) slice query slice ``bh`` reads K and V from: K/V head h // (H / H_kv)."""
+    heads, group = p[8], p[10]
+    b = bh // heads
+    return b * (heads // group) + (bh - b * heads) // group
 
 
 @njit(cache=True)
@@ -149,8 +169,8 @@ def _gen_flash2(p, bases, req, step_ptr, block_ptr, fill):
     nb = ns = nr = 0
     for bh in range(n_bh):
         q_base = bases[_Q] + bh * n_q * row
-        k_base = bases[_K] + bh * n_kv * row
-        v_base = bases[_V] + bh * n_kv * row
+        k_base = bases[_K] + _kv_slice(p, bh) * n_kv * row
+        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * row
         o_base = bases[_O] + bh * n_q * row
         l_base = bases[_L] + bh * n_q * 4
         for i in range(tr):
@@ -175,8 +195,8 @@ def _gen_flash1(p, bases, req, step_ptr, block_ptr, fill):
     nb = ns = nr = 0
     for bh in range(n_bh):
         q_base = bases[_Q] + bh * n_q * row
-        k_base = bases[_K] + bh * n_kv * row
-        v_base = bases[_V] + bh * n_kv * row
+        k_base = bases[_K] + _kv_slice(p, bh) * n_kv * row
+        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * row
         o_base = bases[_O] + bh * n_q * row
         lse_base = bases[_L] + bh * n_q * 4
         l_base = bases[_LL] + bh * n_q * 4
@@ -234,8 +254,8 @@ def _gen_partial(p, bases, req, step_ptr, block_ptr, fill):
             b = bh // heads
             part = (b * n_split + s) * heads + (bh - b * heads)
             q_base = bases[_Q] + bh * n_q * row
-            k_base = bases[_K] + bh * n_kv * row
-            v_base = bases[_V] + bh * n_kv * row
+            k_base = bases[_K] + _kv_slice(p, bh) * n_kv * row
+            v_base = bases[_V] + _kv_slice(p, bh) * n_kv * row
             op_base = bases[_OP] + part * n_q * row32
             lp_base = bases[_LP] + part * n_q * 4
             for i in range(tr):
@@ -295,7 +315,7 @@ def _gen_qk(p, bases, req, step_ptr, block_ptr, fill):
     nb = ns = nr = 0
     for bh in range(n_bh):
         q_base = bases[_Q] + bh * n_q * row
-        k_base = bases[_K] + bh * n_kv * row
+        k_base = bases[_K] + _kv_slice(p, bh) * n_kv * row
         s_base = bases[_S] + bh * n_q * n_kv * 4
         for i in range(tr):
             for j in range(tc):
@@ -350,7 +370,7 @@ def _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, m_t, x_t, out_t):
     nb = ns = nr = 0
     for bh in range(n_bh):
         m_base = bases[m_t] + bh * n_q * n_kv * 4
-        x_base = bases[x_t] + bh * n_kv * row
+        x_base = bases[x_t] + _kv_slice(p, bh) * n_kv * row  # X: V or K, the query head's K/V head
         out_base = bases[out_t] + bh * n_q * row
         for i in range(tr):
             nb = _mark(block_ptr, nb, fill, ns)
@@ -431,8 +451,8 @@ def _gen_dkdv(p, bases, req, step_ptr, block_ptr, fill):
     tc = (n_kv + bc - 1) // bc
     nb = ns = nr = 0
     for bh in range(n_bh):
-        k_base = bases[_K] + bh * n_kv * row
-        v_base = bases[_V] + bh * n_kv * row
+        k_base = bases[_K] + _kv_slice(p, bh) * n_kv * row
+        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * row
         for j in range(tc):
             nb = _mark(block_ptr, nb, fill, ns)
             k0 = j * bc
@@ -445,10 +465,13 @@ def _gen_dkdv(p, bases, req, step_ptr, block_ptr, fill):
                     nr = _emit(req, nr, fill, k_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _K, 0)
                     nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
                 nr = _emit_q_rows(req, nr, fill, bases, bh, n_q, row, it, q0, min(br, n_q - q0))
-            # -- dV_j, dK_j -> HBM
+            # -- dV_j, dK_j -> HBM (grouped K/V heads: this query head's fp32 partials)
             ns = _mark(step_ptr, ns, fill, nr)
-            nr = _emit(req, nr, fill, bases[_DV] + (bh * n_kv + k0) * row, 1, kv_len * row, 0, _NO_TRI, it, _DV, 1)
-            nr = _emit(req, nr, fill, bases[_DK] + (bh * n_kv + k0) * row, 1, kv_len * row, 0, _NO_TRI, it, _DK, 1)
+            dv_t, dk_t, orow, oit = _DV, _DK, row, it
+            if p[10] > 1:
+                dv_t, dk_t, orow, oit = _DVP, _DKP, d * 4, 4
+            nr = _emit(req, nr, fill, bases[dv_t] + (bh * n_kv + k0) * orow, 1, kv_len * orow, 0, _NO_TRI, oit, dv_t, 1)
+            nr = _emit(req, nr, fill, bases[dk_t] + (bh * n_kv + k0) * orow, 1, kv_len * orow, 0, _NO_TRI, oit, dk_t, 1)
     _close(block_ptr, step_ptr, nb, ns, nr, fill)
     return nb, ns, nr
 
@@ -461,8 +484,8 @@ def _gen_flash_dq(p, bases, req, step_ptr, block_ptr, fill):
     tr = (n_q + br - 1) // br
     nb = ns = nr = 0
     for bh in range(n_bh):
-        k_base = bases[_K] + bh * n_kv * row
-        v_base = bases[_V] + bh * n_kv * row
+        k_base = bases[_K] + _kv_slice(p, bh) * n_kv * row
+        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * row
         for i in range(tr):
             nb = _mark(block_ptr, nb, fill, ns)
             q0 = i * br
@@ -504,7 +527,8 @@ def _rowwise_blocks(p, bases, req, step_ptr, block_ptr, fill, a_t, b_t, r_t, out
                     continue  # fully masked tile: the block returns at once
                 ns = _mark(step_ptr, ns, fill, nr)
                 nr = _emit(req, nr, fill, bases[a_t] + (bh * n_q + q0) * row, 1, q_len * row, 0, _NO_TRI, it, a_t, 0)
-                nr = _emit(req, nr, fill, bases[b_t] + (bh * n_kv + k0) * row, 1, kv_len * row, 0, _NO_TRI, it, b_t, 0)
+                nr = _emit(req, nr, fill, bases[b_t] + (_kv_slice(p, bh) * n_kv + k0) * row, 1, kv_len * row, 0, _NO_TRI,
+                           it, b_t, 0)
                 nr = _emit(req, nr, fill, bases[r_t] + (bh * n_q + q0) * 4, 1, q_len * 4, 0, _NO_TRI, 4, r_t, 0)
                 ns = _mark(step_ptr, ns, fill, nr)
                 tri = q0 - k0 + 1 if causal else _NO_TRI
@@ -531,15 +555,19 @@ def _gen_bwd_ds(p, bases, req, step_ptr, block_ptr, fill):
 @njit(cache=True)
 def _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, m_t, x_t, out_t):
     """kernels/matmul.py tn (out = Mᵀ X), grid (Tc, B·H): M_ij (allowed entries) and X_i per visited tile,
-    then out_j (also for a block no query sees)."""
+    then out_j (also for a block no query sees; grouped K/V heads: out's fp32 partial)."""
     n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
     row = d * it
+    orow, oit = row, it
+    if p[10] > 1:
+        out_t = _DKP if out_t == _DK else _DVP
+        orow, oit = d * 4, 4
     tc = (n_kv + bc - 1) // bc
     nb = ns = nr = 0
     for bh in range(n_bh):
         m_base = bases[m_t] + bh * n_q * n_kv * 4
         x_base = bases[x_t] + bh * n_q * row
-        out_base = bases[out_t] + bh * n_kv * row
+        out_base = bases[out_t] + bh * n_kv * orow
         for j in range(tc):
             nb = _mark(block_ptr, nb, fill, ns)
             k0 = j * bc
@@ -553,7 +581,7 @@ def _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, m_t, x_t, out_t):
                 nr = _emit(req, nr, fill, m_base + (q0 * n_kv + k0) * 4, q_len, kv_len * 4, n_kv * 4, tri, 4, m_t, 0)
                 nr = _emit(req, nr, fill, x_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, x_t, 0)
             ns = _mark(step_ptr, ns, fill, nr)
-            nr = _emit(req, nr, fill, out_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, out_t, 1)
+            nr = _emit(req, nr, fill, out_base + k0 * orow, 1, kv_len * orow, 0, _NO_TRI, oit, out_t, 1)
     _close(block_ptr, step_ptr, nb, ns, nr, fill)
     return nb, ns, nr
 
@@ -574,6 +602,38 @@ def _gen_bwd_dk(p, bases, req, step_ptr, block_ptr, fill):
 def _gen_bwd_dq(p, bases, req, step_ptr, block_ptr, fill):
     """standard's dq (nn): dQ = scale·dS K."""
     return _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, _DS, _K, _DQ)
+
+
+@njit(cache=True)
+def _gen_group_sum(p, bases, req, step_ptr, block_ptr, fill):
+    """kernels/backward.py group_sum (grouped K/V heads), grid (⌈Nk·d / threads⌉, B·H_kv): block (x, bkv)
+    reads its range of the flattened (Nk, d) slice from each of the group's dK and dV partials, in head
+    order, then writes that range of dK and dV."""
+    n_bh, n_kv, d, it, heads, group, nt = p[0], p[2], p[3], p[6], p[8], p[10], p[11]
+    n_el = n_kv * d
+    n_x = (n_el + nt - 1) // nt
+    nb = ns = nr = 0
+    for bkv in range(n_bh // group):
+        b = bkv // (heads // group)
+        hk = bkv - b * (heads // group)
+        for x in range(n_x):
+            nb = _mark(block_ptr, nb, fill, ns)
+            e0 = x * nt
+            n = min(nt, n_el - e0)
+            ns = _mark(step_ptr, ns, fill, nr)
+            for g in range(group):
+                part = (b * heads + hk * group + g) * n_el + e0
+                nr = _emit(req, nr, fill, bases[_DKP] + part * 4, 1, n * 4, 0, _NO_TRI, 4, _DKP, 0)
+                nr = _emit(req, nr, fill, bases[_DVP] + part * 4, 1, n * 4, 0, _NO_TRI, 4, _DVP, 0)
+            ns = _mark(step_ptr, ns, fill, nr)
+            nr = _emit(req, nr, fill, bases[_DK] + (bkv * n_el + e0) * it, 1, n * it, 0, _NO_TRI, it, _DK, 1)
+            nr = _emit(req, nr, fill, bases[_DV] + (bkv * n_el + e0) * it, 1, n * it, 0, _NO_TRI, it, _DV, 1)
+    _close(block_ptr, step_ptr, nb, ns, nr, fill)
+    return nb, ns, nr
+
+
+def _grid_group_sum(s, pr):
+    return (-(-pr.n_kv * pr.head_dim // s.threads), pr.bh_kv)
 
 
 def _grid_flash2(s, pr):
@@ -613,9 +673,12 @@ BACKWARD_LAUNCHES = {
     "standard": (("d", _gen_bwd_d, _grid_flash2), ("p", _gen_bwd_p, _grid_qk), ("ds", _gen_bwd_ds, _grid_qk),
                  ("dv", _gen_bwd_dv, _grid_kv), ("dk", _gen_bwd_dk, _grid_kv), ("dq", _gen_bwd_dq, _grid_flash2)),
 }
+#: The launch that ends a backward of grouped K/V heads (H_kv < H): dK, dV summed from their partials.
+GROUP_SUM_LAUNCH = ("group_sum", _gen_group_sum, _grid_group_sum)
 #: The shared-memory footprint (sandbox/vocabulary/footprints.py's backward phases) of each backward
-#: launch whose name differs from it; "d" uses none.
-BACKWARD_FOOTPRINTS = {"flash": {"d": None}, "standard": {"d": None, "dv": "tn", "dk": "tn", "dq": "nn"}}
+#: launch whose name differs from it; "d" and "group_sum" use none.
+BACKWARD_FOOTPRINTS = {"flash": {"d": None, "group_sum": None},
+                       "standard": {"d": None, "dv": "tn", "dk": "tn", "dq": "nn", "group_sum": None}}
 
 
 def backward_trait(schedule):
@@ -631,14 +694,15 @@ def backward_trait(schedule):
     return trait
 
 
-def launches(schedule, backward=False):
-    """The kind's launches for the L2 model (simulator/table.py), or its backward's (:data:`BACKWARD_LAUNCHES`).
+def launches(schedule, backward=False, grouped=False):
+    """The kind's launches for the L2 model (simulator/table.py), or its backward's (:data:`BACKWARD_LAUNCHES`;
+    ``grouped``: K/V heads H_kv < H, and :data:`GROUP_SUM_LAUNCH` last).
 
     Raises:
         NotImplementedError: the kind has no request stream in the table (or is not in it), or no backward.
     """
     if backward:
-        return BACKWARD_LAUNCHES[backward_trait(schedule)]
+        return BACKWARD_LAUNCHES[backward_trait(schedule)] + ((GROUP_SUM_LAUNCH,) if grouped else ())
     stream = table.get(schedule.kind).l2 if schedule.kind in table.names() else None
     if stream is None:
         with_stream = tuple(k for k in table.names() if table.get(k).l2 is not None)
@@ -690,12 +754,15 @@ def tensor_bases(problem, kv_splits=1, backward=False):
              "S": problem.n_q * problem.n_kv * 4, "P": problem.n_q * problem.n_kv * 4,
              "Opart": kv_splits * problem.n_q * problem.head_dim * 4, "Lpart": kv_splits * problem.n_q * 4,
              "dO": q_rows, "D": problem.n_q * 4, "dQ": q_rows, "dK": kv_rows, "dV": kv_rows,
-             "dS": problem.n_q * problem.n_kv * 4}
-    first = BACKWARD_ALLOCATION if backward else FORWARD_ALLOCATION
+             "dS": problem.n_q * problem.n_kv * 4,
+             "dKpart": problem.n_kv * problem.head_dim * 4, "dVpart": problem.n_kv * problem.head_dim * 4}
+    grouped = problem.group > 1
+    first = (GROUPED_BACKWARD_ALLOCATION if grouped else BACKWARD_ALLOCATION) if backward else FORWARD_ALLOCATION
     bases, at = np.zeros(len(TENSORS), dtype=np.int64), BASE_ALIGN
     for name in first + tuple(t for t in TENSORS if t not in first):
         bases[TENSORS.index(name)] = at
-        at += -(-sizes[name] * problem.bh // BASE_ALIGN) * BASE_ALIGN
+        slices = problem.bh_kv if name in ("K", "V", "dK", "dV") else problem.bh  # K/V and their gradients: H_kv heads
+        at += -(-sizes[name] * slices // BASE_ALIGN) * BASE_ALIGN
     return bases
 
 
@@ -708,10 +775,10 @@ def tile_requests(schedule, problem, backward=False):
     """
     p = np.array([problem.bh, problem.n_q, problem.n_kv, problem.head_dim, schedule.block_q,
                   schedule.block_kv, problem.dtype.itemsize, int(problem.causal), problem.heads,
-                  getattr(schedule, "kv_splits", 1)], dtype=np.int64)
+                  getattr(schedule, "kv_splits", 1), problem.group, schedule.threads], dtype=np.int64)
     bases = tensor_bases(problem, getattr(schedule, "kv_splits", 1), backward)
     out = []
-    for phase, gen, grid in launches(schedule, backward):
+    for phase, gen, grid in launches(schedule, backward, grouped=backward and problem.group > 1):
         empty2, empty1 = np.zeros((0, NCOLS), dtype=np.int64), np.zeros(0, dtype=np.int64)
         nb, ns, nr = gen(p, bases, empty2, empty1, empty1, False)
         req = np.empty((nr, NCOLS), dtype=np.int64)

@@ -62,6 +62,15 @@ def problems(draw, max_n=MAX_N, max_d=MAX_D, dtypes=DTYPES, batch=(1, 2), heads=
 
 
 @st.composite
+def grouped_problems(draw, heads=(2, 4), **kwargs):
+    """:func:`problems` with grouped K/V heads: H from ``heads``, H_kv a proper divisor of H (1: MQA)."""
+    problem = draw(problems(heads=(1, 1), **kwargs))
+    h = draw(st.sampled_from(heads))
+    heads_kv = draw(st.sampled_from([x for x in range(1, h) if h % x == 0]))
+    return Problem(**{**problem.__dict__, "heads": h, "heads_kv": heads_kv})
+
+
+@st.composite
 def schedules(draw, kinds=KINDS, max_block=MAX_BLOCK):
     """Schedules with blocks that rarely divide the lengths, and register tiles that may not divide the blocks."""
     kind = draw(st.sampled_from(kinds))
@@ -89,7 +98,7 @@ def make_inputs(problem, seed, magnitude=1.0):
     # q·k of two N(0, s²) vectors has std s²·sqrt(d): pick s for the target logit size.
     s = math.sqrt(magnitude / (abs(problem.scale) * math.sqrt(problem.head_dim)))
     shape_q = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
-    shape_kv = (problem.batch, problem.heads, problem.n_kv, problem.head_dim)
+    shape_kv = (problem.batch, problem.heads_kv, problem.n_kv, problem.head_dim)
     q = (s * rng.standard_normal(shape_q)).astype(problem.dtype)
     k = (s * rng.standard_normal(shape_kv)).astype(problem.dtype)
     v = rng.standard_normal(shape_kv).astype(problem.dtype)

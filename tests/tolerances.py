@@ -21,6 +21,8 @@ The kernels compute in fp32 whatever the input dtype, and the reference sees the
 
 import numpy as np
 
+from sandbox.vocabulary.reference import expand_heads, sum_groups
+
 U32 = 2.0**-24
 UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
@@ -48,9 +50,11 @@ def naive_fp32(q, k, v, causal, scale, rows=None, allowed=None, in_order=False):
     ``in_order``: S summed in order (:func:`scores_fp32`). ``rows``: absolute indices of q's rows
     (q may hold a selection of them), for the causal mask.
     ``allowed``: a dense boolean mask (B, H, Nq, Nk) (sandbox.vocabulary.masks.dense) on top of it. Rows that
-    see no key give O = 0 and L = -inf, as the reference has them.
+    see no key give O = 0 and L = -inf, as the reference has them. k, v may have H_kv heads
+    (grouped: query head h reads K/V head h // (H / H_kv)).
     """
     q, k, v = (x.astype(np.float32) for x in (q, k, v))
+    k, v = expand_heads(k, q.shape[1]), expand_heads(v, q.shape[1])
     rows = np.arange(q.shape[2]) if rows is None else np.asarray(rows)
     s = scores_fp32(q, k, scale, in_order)
     if causal:
@@ -87,8 +91,10 @@ def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False, 
     """Plain fp32 gradients from a saved forward's ``out`` and ``lse``: the accuracy any fp32
     backward can be held to. ``in_order``: S summed in order (:func:`scores_fp32`). ``allowed``:
     a mask's dense (B, H, Nq, Nk) bool array; an entry it excludes (or a row that sees nothing,
-    L = -inf) has P = 0."""
+    L = -inf) has P = 0. Grouped K/V heads: dK, dV summed over each group."""
     q, k, v, dout, out = (x.astype(np.float32) for x in (q, k, v, dout, out))
+    heads_kv = k.shape[1]
+    k, v = expand_heads(k, q.shape[1]), expand_heads(v, q.shape[1])
     s = scores_fp32(q, k, scale, in_order)
     if causal:
         s = np.where(np.arange(k.shape[2])[None, :] <= np.arange(q.shape[2])[:, None], s, -np.inf)
@@ -101,7 +107,7 @@ def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False, 
     dq = np.float32(scale) * np.einsum("bhij,bhjd->bhid", ds, k)
     dk = np.float32(scale) * np.einsum("bhij,bhid->bhjd", ds, q)
     dv = np.einsum("bhij,bhid->bhjd", p, dout)
-    return dq, dk, dv
+    return dq, sum_groups(dk, heads_kv), sum_groups(dv, heads_kv)
 
 
 def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse, allowed=None):

@@ -14,8 +14,10 @@ LEVELS = ("hbm", "sram")
 #: rescale factors the flash kernels keep in SRAM beside m and ℓ. The backward pass adds the
 #: gradients dO, dQ, dK, dV, D = rowsum(dO ∘ O), and dS = P ∘ (dP - D).
 #: Split-KV (kernels/splitkv.py) adds its partial outputs "Opart", "Lpart" and the combine weights "w".
+#: With grouped K/V heads (H_kv < H) the backward writes each query head's dK and dV as fp32 partials,
+#: "dKpart" and "dVpart" (B, H, Nk, d), and sums each group of them into dK and dV.
 TENSORS = ("Q", "K", "V", "O", "S", "P", "l", "m", "L", "alpha", "beta", "dO", "dQ", "dK", "dV", "D", "dS",
-           "Opart", "Lpart", "w")
+           "Opart", "Lpart", "w", "dKpart", "dVpart")
 #: Tensors stored in the input dtype; everything else is fp32.
 INPUT_DTYPE_TENSORS = ("Q", "K", "V", "O", "dO", "dQ", "dK", "dV")
 

@@ -11,7 +11,7 @@ from sandbox.vocabulary.dtypes import as_dtype
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """Shape of one attention call: q is (batch, heads, n_q, head_dim), k and v (batch, heads, n_kv, head_dim).
+    """Shape of one attention call: q is (batch, heads, n_q, head_dim), k and v (batch, heads_kv, n_kv, head_dim).
 
     Args:
         batch, heads: B, H.
@@ -20,10 +20,13 @@ class Problem:
         dtype: input dtype, a NumPy dtype or its name ("float32", "float16").
         causal: top-left causal mask (query i sees keys j <= i), as PyTorch SDPA's ``is_causal``.
         scale: softmax scale; ``None`` means 1/sqrt(d).
+        heads_kv: H_kv, the K/V heads (grouped-query attention: H_kv divides H, and query head h
+            reads K/V head h // (H / H_kv); H_kv = 1 is multi-query attention). ``None`` means H.
 
     Raises:
-        ValueError, TypeError: non-positive sizes, unsupported dtype, a ``causal`` that is not a
-            bool, a ``scale`` that is not a finite real number.
+        ValueError, TypeError: non-positive sizes, a ``heads_kv`` that does not divide ``heads``,
+            unsupported dtype, a ``causal`` that is not a bool, a ``scale`` that is not a finite
+            real number.
     """
 
     batch: int
@@ -34,13 +37,19 @@ class Problem:
     dtype: object = "float32"
     causal: bool = False
     scale: float = None
+    heads_kv: int = None
 
     def __post_init__(self):
-        for name in ("batch", "heads", "n_q", "n_kv", "head_dim"):
+        if self.heads_kv is None:
+            object.__setattr__(self, "heads_kv", self.heads)
+        for name in ("batch", "heads", "n_q", "n_kv", "head_dim", "heads_kv"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
             object.__setattr__(self, name, int(value))
+        if self.heads % self.heads_kv:
+            raise ValueError(f"heads_kv: {self.heads_kv} K/V heads do not divide the {self.heads} query heads; "
+                             f"pick a divisor of heads (heads_kv=1 shares one K/V head among all)")
         object.__setattr__(self, "dtype", as_dtype(self.dtype))
         object.__setattr__(self, "causal", as_bool(self.causal, "causal"))
         object.__setattr__(self, "scale", resolve_scale(self.scale, self.head_dim))
@@ -49,6 +58,16 @@ class Problem:
     def bh(self):
         """B·H, the number of independent (batch, head) slices."""
         return self.batch * self.heads
+
+    @property
+    def group(self):
+        """H / H_kv, the query heads that share one K/V head (1 without grouping)."""
+        return self.heads // self.heads_kv
+
+    @property
+    def bh_kv(self):
+        """B·H_kv, the number of (batch, K/V head) slices."""
+        return self.batch * self.heads_kv
 
 
 def as_bool(value, name):

@@ -49,11 +49,23 @@ def _check_inputs(q, k, v, causal, scale):
     check_qkv(q, k, v, dtypes=REFERENCE_DTYPES, causal=causal, scale=scale)
 
 
+def expand_heads(x, heads):
+    """K or V (B, H_kv, Nk, d) as (B, H, Nk, d): query head h reads K/V head h // (H / H_kv)."""
+    return np.repeat(x, heads // x.shape[1], axis=1)
+
+
+def sum_groups(dx, heads_kv):
+    """dK or dV (B, H, Nk, d) of the expanded K/V summed over each group of H / H_kv query heads: (B, H_kv, Nk, d)."""
+    b, h, n, d = dx.shape
+    return dx.reshape(b, heads_kv, h // heads_kv, n, d).sum(axis=2)
+
+
 def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mask=None):
     """softmax(scale·QKᵀ)V in float64.
 
     Args:
-        q: (B, H, Nq, d) NumPy array. k, v: (B, H, Nk, d); Nq != Nk is allowed.
+        q: (B, H, Nq, d) NumPy array. k, v: (B, H_kv, Nk, d), H_kv dividing H (query head h reads
+            K/V head h // (H / H_kv)); Nq != Nk is allowed.
         causal: top-left causal mask (query i sees keys j <= i), as PyTorch SDPA's ``is_causal``.
         scale: softmax scale, default 1/sqrt(d).
         return_lse: also return L = log Σ_j exp(S_ij), shape (B, H, Nq).
@@ -80,6 +92,7 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
     check_flags(return_lse=return_lse)
     scale = resolve_scale(scale, q.shape[-1])
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
+    k, v = expand_heads(k, q.shape[1]), expand_heads(v, q.shape[1])
     s = scale * np.einsum("bhid,bhjd->bhij", q, k)
     if causal:
         s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf)
@@ -104,7 +117,8 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
 
     With S = scale·QKᵀ (masked entries -inf), P = softmax(S), O = PV:
     dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP - rowsum(dO ∘ O)), dQ = scale·dS K, dK = scale·dSᵀ Q.
-    Rows that attend to nothing contribute nothing, and an entry with P_ij = 0 (masked, or of
+    With grouped K/V heads (k, v of H_kv heads) dK and dV of a K/V head sum the gradients of its
+    H / H_kv query heads: shapes (B, H_kv, Nk, d). Rows that attend to nothing contribute nothing, and an entry with P_ij = 0 (masked, or of
     weight 0) contributes nothing to any gradient, even where Q, K or V hold NaN or inf
     (:func:`weighted_sum`; dS_ij = 0 there).
 
@@ -127,6 +141,8 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
         check_same_shape(lse, "lse", q.shape[:3])
     scale = resolve_scale(scale, q.shape[-1])
     q, k, v, dout = (np.asarray(x, dtype=np.float64) for x in (q, k, v, dout))
+    heads_kv = k.shape[1]
+    k, v = expand_heads(k, q.shape[1]), expand_heads(v, q.shape[1])
     s = scale * np.einsum("bhid,bhjd->bhij", q, k)
     if causal:
         s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf)
@@ -149,4 +165,4 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
         ds = np.where(p == 0, 0.0, p * (dp - (dout * out).sum(-1, keepdims=True)))
     dq = scale * weighted_sum(ds, k)
     dk = scale * weighted_sum(np.swapaxes(ds, -1, -2), q)
-    return dq, dk, dv
+    return dq, sum_groups(dk, heads_kv), sum_groups(dv, heads_kv)

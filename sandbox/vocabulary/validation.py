@@ -38,14 +38,16 @@ def check_qkv(q, k, v, *, dtypes=SUPPORTED, causal=False, scale=None):
     """Validate q, k, v and return the :class:`Problem` they pose.
 
     Args:
-        q: (B, H, Nq, d). k, v: (B, H, Nk, d). All of one dtype from ``dtypes``, all on the
+        q: (B, H, Nq, d). k, v: (B, H_kv, Nk, d), H_kv dividing H (grouped K/V heads; H_kv = H
+            without grouping). All of one dtype from ``dtypes``, all on the
             host or all on the device.
         causal, scale: as in :class:`Problem`.
 
     Raises:
         TypeError: non-array input, mixed host/device inputs, unsupported or mixed dtypes, a
             ``causal`` that is not a bool.
-        ValueError: wrong ndim, empty dimensions, mismatched B/H/d/Nk, a ``scale`` that is not
+        ValueError: wrong ndim, empty dimensions, mismatched B/d/Nk, K/V heads that do not divide
+            q's heads, a ``scale`` that is not
             a finite real number.
     """
     metas = {name: array_meta(x, name) for name, x in (("q", q), ("k", k), ("v", v))}
@@ -57,8 +59,12 @@ def check_qkv(q, k, v, *, dtypes=SUPPORTED, causal=False, scale=None):
             raise ValueError(f"{name}: every dimension must be non-empty, got shape {shape}")
     (qs, qdt, qdev), (ks, kdt, kdev), (vs, vdt, vdev) = metas.values()
     b, h, n_q, d = qs
-    if ks[0] != b or ks[1] != h or ks[3] != d:
-        raise ValueError(f"k: expected shape ({b}, {h}, Nk, {d}) to match q {qs}, got {ks}")
+    if ks[0] != b or ks[3] != d:
+        raise ValueError(f"k: expected shape ({b}, {h}, Nk, {d}) to match q {qs} (or H_kv heads dividing {h}), got {ks}")
+    if h % ks[1]:
+        raise ValueError(f"k: expected shape ({b}, {h}, Nk, {d}) or ({b}, H_kv, Nk, {d}) with H_kv dividing {h}, "
+                         f"got {ks} (k: {ks[1]} heads do not divide q's {h} heads; query head h reads K/V head "
+                         f"h // (H / H_kv))")
     if vs != ks:
         raise ValueError(f"v: expected shape {ks} (the shape of k), got {vs}")
     for name, dt in (("q", qdt), ("k", kdt), ("v", vdt)):
@@ -72,7 +78,8 @@ def check_qkv(q, k, v, *, dtypes=SUPPORTED, causal=False, scale=None):
     scale = resolve_scale(scale, d)
     if qdt.name not in SUPPORTED:  # reference-only dtypes (float64): a Problem needs a kernel dtype
         return None
-    return Problem(batch=b, heads=h, n_q=n_q, n_kv=ks[2], head_dim=d, dtype=qdt, causal=causal, scale=scale)
+    return Problem(batch=b, heads=h, n_q=n_q, n_kv=ks[2], head_dim=d, dtype=qdt, causal=causal, scale=scale,
+                   heads_kv=ks[1])
 
 
 def check_flags(**flags):

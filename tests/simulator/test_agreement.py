@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from sandbox import Problem, Schedule
 from sandbox import attention, simulate
-from tests.strategies import BACKWARD_KINDS, KINDS, SIMULATED, make_inputs, problems, schedules
+from tests.strategies import BACKWARD_KINDS, KINDS, SIMULATED, grouped_problems, make_inputs, problems, schedules
 
 
 
@@ -40,6 +40,22 @@ def test_agreement_at_gpu_sizes(kind, dtype, causal):
 @given(data=st.data())
 def test_backward_simulator_equals_kernel_counters(kind, data):
     assert_agree_backward(data.draw(schedules(kinds=(kind,))), data.draw(problems(max_n=16, max_d=10)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=3 if SIMULATED else 10)
+@given(data=st.data())
+def test_grouped_simulator_equals_kernel_counters(kind, data):
+    """Grouped K/V heads (H_kv < H): each query head's blocks read its K/V head's tiles."""
+    assert_agree(data.draw(schedules(kinds=(kind,))), data.draw(grouped_problems(max_n=16, max_d=8)))
+
+
+@pytest.mark.parametrize("kind", BACKWARD_KINDS)
+@settings(max_examples=3 if SIMULATED else 10)
+@given(data=st.data())
+def test_grouped_backward_simulator_equals_kernel_counters(kind, data):
+    """Grouped K/V heads: the dK, dV partials and their group sum are counted too."""
+    assert_agree_backward(data.draw(schedules(kinds=(kind,))), data.draw(grouped_problems(max_n=12, max_d=8)))
 
 
 def assert_agree_backward(schedule, problem):

@@ -89,6 +89,40 @@ def test_backward_requested_bytes_property(kind, br, bc, b, h, n_q, n_kv, d, dty
                                  backward=True)
 
 
+@settings(max_examples=25, deadline=None)
+@given(kind=st.sampled_from(KINDS), br=st.integers(1, 12), bc=st.integers(1, 12), b=st.integers(1, 2),
+       hk=st.sampled_from([(2, 1), (4, 1), (4, 2), (6, 3)]), n_q=st.integers(1, 40), n_kv=st.integers(1, 40),
+       d=st.integers(1, 20), dtype=st.sampled_from(["float32", "float16"]), causal=st.booleans(),
+       splits=st.integers(1, 5))
+def test_grouped_requested_bytes_equal_simulate_counts(kind, br, bc, b, hk, n_q, n_kv, d, dtype, causal, splits):
+    """Grouped K/V heads, forward and (kinds with one) backward, its partials and group sum included."""
+    problem = Problem(b, hk[0], n_q, n_kv, d, dtype=dtype, causal=causal, heads_kv=hk[1])
+    assert_requests_equal_counts(_schedule(kind, (br, bc), splits), problem)
+    if kind in BACKWARD_KINDS:
+        assert_requests_equal_counts(_schedule(kind, (br, bc)), problem, backward=True)
+
+
+def test_grouped_heads_share_k_and_v_in_the_l2():
+    """At fixed H the requests stay the same, but a group's query heads request one K/V head's
+    addresses: the DRAM bytes of K and V, and of the whole forward, fall as the group grows."""
+    s = _schedule("flash2", (64, 64))
+    reports = [simulate_dram(s, Problem(1, 8, 512, 512, 64, heads_kv=hk), gpu="h200") for hk in (8, 4, 2, 1)]
+    assert len({r.requested_bytes for r in reports}) == 1
+    dram = [r.dram_bytes for r in reports]
+    kv = [r.per_tensor["K"]["read_bytes"] + r.per_tensor["V"]["read_bytes"] for r in reports]
+    assert dram == sorted(dram, reverse=True) and len(set(dram)) == 4
+    assert kv == [2 * 512 * 64 * 4 * hk for hk in (8, 4, 2, 1)]  # each K/V head read from DRAM once
+    with pytest.raises(ValueError, match="slices='all'"):
+        simulate_dram(s, Problem(1, 8, 512, 512, 64, heads_kv=2), gpu="h200", slices="one")
+
+
+def test_grouped_backward_ends_with_the_group_sum():
+    s = _schedule("flash2", (8, 8))
+    phases = [ln.phase for ln in tile_requests(s, Problem(1, 4, 16, 16, 4, heads_kv=2), backward=True)]
+    assert phases == ["d", "dkdv", "dq", "group_sum"]
+    assert [ln.phase for ln in tile_requests(s, Problem(1, 4, 16, 16, 4), backward=True)] == ["d", "dkdv", "dq"]
+
+
 def test_the_backward_launches_are_the_backwards():
     """One stream per backward pass (the kinds' trait), launched in kernels/launch.py's order."""
     assert {kinds.get(k).backward for k in BACKWARD_KINDS} == set(BACKWARD_LAUNCHES)

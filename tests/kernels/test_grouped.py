@@ -1,0 +1,146 @@
+"""Grouped K/V heads (GQA, and MQA at H_kv = 1): every kind against the float64 reference, forward and backward.
+
+Query head h reads K/V head h // (H / H_kv); dK and dV of a K/V head sum its group's query heads.
+"""
+
+import numpy as np
+import pytest
+
+from kernels.builds import GROUPED_REFUSAL, choose_backward_build, choose_build
+from sandbox import Problem, Schedule, attention, attention_backward
+from sandbox.vocabulary.reference import (expand_heads, reference_attention, reference_attention_backward,
+                                          sum_groups)
+from sandbox.vocabulary.validation import check_qkv
+from tests.strategies import BACKWARD_KINDS, KINDS, make_inputs
+from tests.tolerances import gradient_tolerances, tolerances
+
+HEADS = 4
+SHAPE = dict(batch=1, heads=HEADS, n_q=7, n_kv=9, head_dim=4)
+
+
+def schedule_of(kind):
+    splits = {"kv_splits": 2} if kind == "splitkv" else {}
+    return Schedule(kind, block_q=4, block_kv=4, thread_q=2, thread_kv=2, **splits)
+
+
+def grouped_inputs(problem, seed=0):
+    """q (B, H, Nq, d), k and v (B, H_kv, Nk, d) for ``problem``, and dout like q."""
+    full = Problem(**{**problem.__dict__, "heads": problem.heads_kv})
+    _, k, v = make_inputs(full, seed)
+    q, _, _ = make_inputs(Problem(**{**problem.__dict__, "heads_kv": None}), seed + 1)
+    dout = np.random.default_rng(seed + 2).standard_normal(q.shape).astype(problem.dtype)
+    return q, k, v, dout
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("heads_kv", [1, 2], ids=["mqa", "gqa"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_forward_matches_reference(kind, heads_kv, causal, dtype):
+    problem = Problem(**SHAPE, heads_kv=heads_kv, causal=causal, dtype=dtype)
+    q, k, v, _ = grouped_inputs(problem)
+    out, lse = attention(q, k, v, schedule=schedule_of(kind), causal=causal, return_lse=True)
+    ref_out, ref_lse = reference_attention(q, k, v, causal=causal, return_lse=True)
+    # the tolerances of the same call on K/V expanded to H heads (the very same arithmetic per query head)
+    kx, vx = expand_heads(k, HEADS), expand_heads(v, HEADS)
+    stores = -(-problem.n_kv // 4) if kind == "flash1" else 1
+    atol_out, atol_lse = tolerances(q, kx, vx, ref_out, ref_lse, causal, problem.scale, dtype, o_stores=stores)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
+    np.testing.assert_allclose(lse, ref_lse, rtol=0, atol=atol_lse)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("heads_kv", [1, 2], ids=["mqa", "gqa"])
+@pytest.mark.parametrize("kind", BACKWARD_KINDS)
+def test_backward_matches_reference(kind, heads_kv, causal, dtype):
+    problem = Problem(**SHAPE, heads_kv=heads_kv, causal=causal, dtype=dtype)
+    q, k, v, dout = grouped_inputs(problem)
+    kw = dict(schedule=schedule_of(kind), causal=causal)
+    out, lse = attention(q, k, v, return_lse=True, **kw)
+    grads = attention_backward(q, k, v, out, lse, dout, **kw)
+    refs = reference_attention_backward(q, k, v, dout, causal=causal, out=out, lse=lse)
+    # per query head as on K/V expanded to H heads; dK, dV sum H / H_kv of those
+    kx, vx = expand_heads(k, HEADS), expand_heads(v, HEADS)
+    refs_x = reference_attention_backward(q, kx, vx, dout, causal=causal, out=out, lse=lse)
+    atols = gradient_tolerances(q, kx, vx, dout, refs_x, causal, problem.scale, dtype, out, lse)
+    group = problem.group
+    for name, g, ref, atol, like, summed in zip(("dq", "dk", "dv"), grads, refs, atols, (q, k, v), (1, group, group)):
+        assert g.dtype == problem.dtype and g.shape == like.shape, name
+        np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=summed * atol, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", BACKWARD_KINDS)
+def test_grouped_gradients_are_bit_identical_across_runs(kind):
+    problem = Problem(**SHAPE, heads_kv=2, causal=True)
+    q, k, v, dout = grouped_inputs(problem, seed=5)
+    kw = dict(schedule=schedule_of(kind), causal=True)
+    out, lse = attention(q, k, v, return_lse=True, **kw)
+    first = attention_backward(q, k, v, out, lse, dout, **kw)
+    second = attention_backward(q, k, v, out, lse, dout, **kw)
+    for a, b in zip(first, second):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_ungrouped_heads_kv_is_the_usual_call():
+    """heads_kv = H is today's call: the same Problem, and the same bits."""
+    assert Problem(**SHAPE, heads_kv=HEADS) == Problem(**SHAPE)
+    problem = Problem(**SHAPE, causal=True)
+    q, k, v = make_inputs(problem, 3)
+    s = schedule_of("flash2")
+    out, lse = attention(q, k, v, schedule=s, causal=True, return_lse=True, fast=False)
+    assert check_qkv(q, k, v, causal=True).heads_kv == HEADS
+    ref = reference_attention(q, k, v, causal=True)
+    assert np.abs(out - ref).max() < 1e-5
+
+
+def test_the_fast_builds_refuse_grouped_heads():
+    s = Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2)
+    assert choose_build(s, 4).fast  # the fast build takes this schedule ...
+    chosen = choose_build(s, 4, grouped=True)  # ... but not grouped K/V heads
+    assert chosen.name == "plain" and chosen.reason == GROUPED_REFUSAL
+    with pytest.raises(ValueError, match="grouped K/V heads"):
+        choose_build(s, 4, fast=True, grouped=True)
+    tc = Schedule("flash2", block_q=16, block_kv=16, thread_q=2, thread_kv=4, math="tf32x3")
+    with pytest.raises(ValueError, match="grouped K/V heads"):
+        choose_backward_build(tc, 16, fast=True, grouped=True)
+    # through the public call: the plain build runs, with the reason
+    problem = Problem(**SHAPE, heads_kv=2)
+    q, k, v, _ = grouped_inputs(problem)
+    out, ran = attention(q, k, v, schedule=s, return_build=True)
+    assert ran.name == "plain" and ran.reason == GROUPED_REFUSAL
+    with pytest.raises(ValueError, match="grouped K/V heads"):
+        attention(q, k, v, schedule=s, fast=True)
+
+
+def test_validation_names_the_heads():
+    q = np.zeros((1, 8, 4, 4), np.float32)
+    k = np.zeros((1, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="k: 3 heads do not divide q's 8 heads"):
+        attention(q, k, k)
+    with pytest.raises(ValueError, match="k: expected shape"):
+        attention(q, np.zeros((2, 2, 4, 4), np.float32), np.zeros((2, 2, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="v: expected shape"):
+        attention(q, np.zeros((1, 2, 4, 4), np.float32), np.zeros((1, 4, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="heads_kv: 3 K/V heads do not divide the 8 query heads"):
+        Problem(1, 8, 4, 4, 4, heads_kv=3)
+    for bad in (0, -2, 2.0, True):
+        with pytest.raises(ValueError, match="heads_kv: expected a positive int"):
+            Problem(1, 8, 4, 4, 4, heads_kv=bad)
+    assert Problem(1, 8, 4, 4, 4, heads_kv=2).group == 4
+
+
+def test_reference_sums_the_group():
+    """The reference's grouped call is the ungrouped call on expanded K/V, dK and dV summed per group."""
+    rng = np.random.default_rng(0)
+    q, dout = rng.standard_normal((2, 6, 5, 3)), rng.standard_normal((2, 6, 5, 3))
+    k, v = rng.standard_normal((2, 3, 4, 3)), rng.standard_normal((2, 3, 4, 3))
+    kx, vx = expand_heads(k, 6), expand_heads(v, 6)
+    assert np.array_equal(reference_attention(q, k, v, causal=True), reference_attention(q, kx, vx, causal=True))
+    dq, dk, dv = reference_attention_backward(q, k, v, dout)
+    dqx, dkx, dvx = reference_attention_backward(q, kx, vx, dout)
+    assert np.array_equal(dq, dqx)
+    np.testing.assert_allclose(dk, sum_groups(dkx, 3), rtol=1e-13)
+    np.testing.assert_allclose(dv, sum_groups(dvx, 3), rtol=1e-13)
+    assert dk.shape == k.shape and dv.shape == v.shape
