@@ -40,18 +40,15 @@ class KernelSet:
         for attr in ("phases", "launch"):
             if not callable(getattr(self.kernels, attr, None)):
                 raise TypeError(f"kind {self.name!r}: its kernels need a {attr}() (see kernels/registry.py)")
-        for math, build in self.fast.items():
-            for attr in ("eligible", "smem_bytes", "min_blocks_per_sm", "phases"):
-                if not callable(getattr(build, attr, None)):
-                    raise TypeError(f"kind {self.name!r}: its fast build for math={math!r} needs a {attr}() "
-                                    f"(see kernels/registry.py)")
-        for math, build in self.fast_backward.items():
-            for attr in ("eligible", "smem_bytes", "min_blocks_per_sm", "phases", "threads"):
-                if not callable(getattr(build, attr, None)):
-                    raise TypeError(f"kind {self.name!r}: its fast backward for math={math!r} needs a {attr}() "
-                                    f"(see kernels/registry.py)")
-        object.__setattr__(self, "fast", types.MappingProxyType(dict(self.fast)))
-        object.__setattr__(self, "fast_backward", types.MappingProxyType(dict(self.fast_backward)))
+        build_attrs = ("eligible", "smem_bytes", "min_blocks_per_sm", "phases")
+        for field, what, attrs in (("fast", "fast build", build_attrs),
+                                   ("fast_backward", "fast backward", build_attrs + ("threads",))):
+            for math, build in getattr(self, field).items():
+                for attr in attrs:
+                    if not callable(getattr(build, attr, None)):
+                        raise TypeError(f"kind {self.name!r}: its {what} for math={math!r} needs a {attr}() "
+                                        f"(see kernels/registry.py)")
+            object.__setattr__(self, field, types.MappingProxyType(dict(getattr(self, field))))
 
 
 _REGISTRY = {}

@@ -114,7 +114,6 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=Fals
         tuple(to_device([rng.standard_normal(s).astype(problem.dtype) for s in (shape_q, shape_kv, shape_kv)], "qkv"))
         for _ in range(n_sets)
     ]
-    calls = [lambda s=s: run(schedule, problem, *s) for s in sets]
     if backward:
         saved = []
         for q, k, v in sets:
@@ -122,6 +121,8 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=Fals
             dout = to_device([rng.standard_normal(shape_q).astype(problem.dtype)], "d")[0]
             saved.append((q, k, v, out, lse, dout))
         calls = [lambda s=s: run_backward(schedule, problem, *s, fast=True) for s in saved]
+    else:
+        calls = [lambda s=s: run(schedule, problem, *s) for s in sets]
     if back_to_back:
         return statistics.median(time_back_to_back(calls, repeats, warmup=WARMUP))
     return statistics.median(time_calls(calls, repeats, warmup=WARMUP))
