@@ -387,6 +387,10 @@ def _add_ncu_args(p):
     p.add_argument("--ncu", default=None, help="path of ncu (default: the PATH, then standard install places)")
     p.add_argument("--timeout", type=float, default=400.0, help="seconds the profiled child may run")
     p.add_argument("--dry-run", action="store_true", help="print the ncu command line and exit")
+    p.add_argument("--from-raw", metavar="DIR", default=None,
+                   help="analyse a saved check again without a GPU: DIR's ncu_raw.csv and manifest.jsonl (ncu's "
+                        "measurements) against the current model, with the same --n, --d, ... as measured; the "
+                        "machine's facts come from DIR's ncu_check.json (else --gpu)")
     p.add_argument("--strict", action="store_true", help="exit 1 if a measured config misses a target")
 
 

@@ -186,7 +186,7 @@ from sandbox.lab.ncu_specs import (
 )
 from sandbox.lab.records import PACKAGE_ROOT, atomic_write_json, git_commit
 from sandbox.vocabulary import kinds
-from sandbox.vocabulary.gpus import KNOWN_GPUS, known_gpu
+from sandbox.vocabulary.gpus import KNOWN_GPUS, DeviceFacts, known_gpu
 from sandbox.vocabulary.problem import Problem
 from simulator import table
 from simulator.l2 import simulate_dram
@@ -490,6 +490,13 @@ def check(args, command=None):
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
+    if getattr(args, "from_raw", None):
+        try:
+            gpu, saved = _saved_run(args.from_raw, paths)
+        except ValueError as e:
+            print(f"ncu check: {e}", file=sys.stderr)
+            return 2
+        return _analyse(args, configs, skipped, paths, probes, command, gpu, saved)
     if ncu is None:
         print(NOT_FOUND, file=sys.stderr)
         return 2
@@ -534,11 +541,44 @@ def check(args, command=None):
         elif why or rc != 0:
             status = f"profiled child exited with {rc}{' (' + why + ')' if why else ''}; see ncu_child.log"
         break
-    profile_seconds = time.time() - started
+    measured_run = {"status": status, "log_text": log_text, "child_out": child_out, "ncu_command": shlex.join(cmd),
+                    "ncu_version": _run_quiet([ncu, "--version"]), "gpu_facts": gpu_facts(),
+                    "profile_seconds": round(time.time() - started, 1), "manifest": paths["manifest.jsonl"],
+                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return _analyse(args, configs, skipped, paths, probes, command, gpu, measured_run)
+
+
+def _saved_run(raw_dir, paths):
+    """(the model's GPU, the measured run) of a saved check's folder: its ``ncu_raw.csv`` and
+    ``manifest.jsonl`` (the measurements) and, where present, its ``ncu_check.json`` (the machine's
+    facts, ncu's version and command, the date measured), for :func:`check`'s ``--from-raw``."""
+    raw_dir = os.path.abspath(raw_dir)
+    log_text = _read(os.path.join(raw_dir, "ncu_raw.csv"))
+    if not log_text or not os.path.exists(os.path.join(raw_dir, "manifest.jsonl")):
+        raise ValueError(f"{raw_dir} holds no ncu_raw.csv and manifest.jsonl of a measured run")
+    saved = {}
+    if os.path.exists(os.path.join(raw_dir, "ncu_check.json")):
+        with open(os.path.join(raw_dir, "ncu_check.json")) as f:
+            saved = json.load(f)
+    model = saved.get("model", {}).get("gpu")
+    gpu = DeviceFacts(**model) if model else None
+    return gpu, {"status": saved.get("status", "ok"), "log_text": log_text, "child_out": "",
+                 "ncu_command": saved.get("ncu_command", ""), "ncu_version": saved.get("ncu_version", ""),
+                 "gpu_facts": saved.get("gpu"), "profile_seconds": saved.get("profile_seconds"),
+                 "manifest": os.path.join(raw_dir, "manifest.jsonl"), "date": saved.get("date"),
+                 "reanalysed_from": raw_dir}
+
+
+def _analyse(args, configs, skipped, paths, probes, command, gpu, run):
+    """The check's second half: the measured kernels assigned to configs, predicted, compared, written."""
+    if gpu is None:
+        gpu = model_gpu(args)
+    status, log_text, child_out = run["status"], run["log_text"], run["child_out"]
+    os.makedirs(os.path.dirname(paths["ncu_check.csv"]), exist_ok=True)
 
     # -- assign kernels to configs, predict, compare
     kernels = parse_ncu_csv(log_text) or parse_ncu_csv(child_out)
-    env, entries = read_manifest(paths["manifest.jsonl"])
+    env, entries = read_manifest(run["manifest"])
     measured = [parse_spec(e["spec"]) for e in entries]  # in the child's launch order
     matched = dict(zip(measured, assign_kernels(kernels, entries, [expected_grids(c, args) for c in measured])))
     builds = {parse_spec(e["spec"]): e.get("build") for e in entries}
@@ -553,12 +593,15 @@ def check(args, command=None):
     write_probes_csv(calibration, paths["ncu_probes.csv"])
     prov = {
         "command": command or shlex.join(sys.argv),
-        "ncu_command": shlex.join(cmd),
-        "ncu_version": _run_quiet([ncu, "--version"]),
+        "ncu_command": run["ncu_command"],
+        "ncu_version": run["ncu_version"],
         "status": status,
-        "profile_seconds": round(profile_seconds, 1),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "gpu": gpu_facts(),
+        "profile_seconds": run["profile_seconds"],
+        "date": run["date"],
+        **({"reanalysed_from": run["reanalysed_from"],
+            "reanalysed": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+           if "reanalysed_from" in run else {}),
+        "gpu": run["gpu_facts"],
         "git_commit": git_commit(),
         "child_environment": env,
         "model": {"l2_bytes": gpu.l2_bytes, "sms_default": gpu.sms, "gpu": dataclasses.asdict(gpu),

@@ -234,11 +234,10 @@ def calibrate(probe_kernels, args):
 
 def sector_accesses(cfg, schedule):
     """phase -> the accesses of the config's kernels that are not whole sectors (``ncu_sectors.accesses``):
-    the plain kernels', or the forward fast build's (its module, kernels/builds.py's ``fast_build``)."""
+    the plain kernels', or the fast build's, forward or backward (its module, kernels/builds.py's ``fast_build``)."""
     if cfg.build == PLAIN:
         return ncu_sectors.accesses(cfg.kind, cfg.backward)
-    module = None if cfg.backward else builds.fast_build(schedule)
-    return ncu_sectors.FAST.get(module, {})
+    return ncu_sectors.accesses(cfg.kind, cfg.backward, builds.fast_build(schedule, backward=cfg.backward))
 
 
 def predict(cfg, args, gpu, residency=None, dirty_limit_bytes=None):

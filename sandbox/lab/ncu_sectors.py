@@ -22,6 +22,9 @@ they ask for is the access's *factor*, and the expected L1 bytes of a launch are
 - flash2's tensor-core build (kernels/flash2_tc.py): Q_i and K_j read as pairs of scalars 16 bytes
   apart (columns t and t + 4 of each 8), O_i stored as pairs 4 bytes apart (columns 2t, 2t + 1),
   four lanes to a row: 2× each.
+- flash2's fast backward (kernels/backward_tc.py): its ``d`` is the counting backward's (one thread
+  per row); dkdv stores dK_j and dV_j, and dq stores dQ_i, from the mma accumulators as the forward's
+  tensor-core build stores O_i (2× in fp32); its loads are whole sectors.
 
 Scalar accesses are assumed, one instruction per element as the source is written; a compiler
 that merged a thread's neighbouring elements into a vector access would send fewer sectors. Each
@@ -36,7 +39,7 @@ Example:
 
 import dataclasses
 
-from kernels import flash2_fast, flash2_tc
+from kernels import backward_tc, flash2_fast, flash2_tc
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.ioreport import itemsizes
 
@@ -190,15 +193,32 @@ def tc_v_load(schedule, head_dim):
     return head_dim, insts
 
 
-def tc_o_store(schedule, head_dim):
-    """kernels/flash2_tc.py: O[16w + g + 8i, 8kk + 2t] and [..., 8kk + 2t + 1], a scalar store each."""
+def _fragment_store(threads, head_dim):
+    """A warp per 16 rows stores its m16n8 accumulators: row 16w + g + 8i, columns 8kk + 2t and
+    8kk + 2t + 1, a scalar store each."""
     insts = []
-    for lanes in _tc_lanes(schedule):
+    for warp in _warps(threads):
+        lanes = [(tid, (tid % WARP) // 4, tid % 4) for tid in warp]
         for i in range(2):
             for kk in range(head_dim // 8):
                 for plus in (0, 1):
                     insts.append([(16 * (tid // WARP) + g + 8 * i, 8 * kk + 2 * t + plus) for tid, g, t in lanes])
     return head_dim, insts
+
+
+def tc_o_store(schedule, head_dim):
+    """kernels/flash2_tc.py: O[16w + g + 8i, 8kk + 2t] and [..., 8kk + 2t + 1], a scalar store each."""
+    return _fragment_store(schedule.threads, head_dim)
+
+
+def tc_dkdv_store(schedule, head_dim):
+    """kernels/backward_tc.py dkdv: dK_j and dV_j from a warp per 16 keys, stored as the forward's O."""
+    return _fragment_store(backward_tc.threads(schedule, "dkdv"), head_dim)
+
+
+def tc_dq_store(schedule, head_dim):
+    """kernels/backward_tc.py dq: dQ_i from a warp per 16 queries, stored as the forward's O."""
+    return _fragment_store(backward_tc.threads(schedule, "dq"), head_dim)
 
 
 def tc_l_store(schedule, head_dim):
@@ -224,6 +244,7 @@ class Access:
 _D = ("d", (Access("O", "ld", backward_d_rows, "one thread per row"),
             Access("dO", "ld", backward_d_rows, "one thread per row")))
 _TN = "rows tx + bb·TX, columns ty + c·TY per thread"
+_PAIRS = "scalar pairs 4 bytes apart, 4 lanes per row"
 #: The counting kernels' accesses that are not whole sectors: forward by kind, backward by the
 #: kind's backward trait; phase -> accesses.
 PLAIN_FORWARD = {"standard": {"softmax": (Access("L", "st", one_thread_per_row, "thread 0 writes the row's L"),)}}
@@ -242,6 +263,9 @@ FAST = {
                          Access("V", "ld", tc_v_load, "8 columns × 4 rows per instruction"),
                          Access("O", "st", tc_o_store, "scalar pairs 4 bytes apart, 4 lanes per row"),
                          Access("L", "st", tc_l_store, "the lanes with t = 0"))},
+    backward_tc: dict([_D, ("dkdv", (Access("dK", "st", tc_dkdv_store, _PAIRS),
+                                     Access("dV", "st", tc_dkdv_store, _PAIRS))),
+                       ("dq", (Access("dQ", "st", tc_dq_store, _PAIRS),))]),
 }
 
 

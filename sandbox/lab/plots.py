@@ -16,7 +16,12 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
 from sandbox.lab.colors import kind_color  # noqa: E402
-from sandbox.lab.experiments import PAPER_GPT2_MEDIUM_GB, PAPER_GPT2_MEDIUM_SETTING  # noqa: E402
+from sandbox.lab.experiments import (  # noqa: E402
+    PAPER_GPT2_MEDIUM_GB,
+    PAPER_GPT2_MEDIUM_GFLOPS,
+    PAPER_GPT2_MEDIUM_MS,
+    PAPER_GPT2_MEDIUM_SETTING,
+)
 from sandbox.lab.sweep import POINT_COLUMNS, load  # noqa: E402
 from simulator import theory  # noqa: E402
 
@@ -336,8 +341,9 @@ def block_size(rows, prov, out_dir):
 
 
 def gpt2_medium(rows, prov, out_dir):
-    """Forward and backward HBM traffic, one bar per point, beside the FlashAttention paper's
-    GPT-2 medium figures when the sweep is in the paper's setting."""
+    """The FlashAttention paper's Figure 2 (left) for a sweep: GFLOPs, HBM reads + writes and runtime,
+    forward and backward stacked, one bar per point, beside the paper's A100 figures when the sweep
+    is in the paper's setting. The runtime panel is filled where the sweep was timed on a GPU."""
     rows = _require("gpt2_medium", rows, ("hbm_bytes",))
     if len(rows) > MAX_BARS:
         raise ValueError(f"gpt2_medium draws one bar per point, at most {MAX_BARS}, and this sweep has {len(rows)}")
@@ -348,30 +354,46 @@ def gpt2_medium(rows, prov, out_dir):
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["causal"], i))  # full, then causal
     rows = [rows[i] for i in order]
     labels = [describe(r, split).replace(", ", "\n") or r["kind"] for r in rows]
-    fwd = [r["hbm_bytes"] / 1e9 for r in rows]
-    bwd = [(r.get("hbm_bytes_backward") or 0) / 1e9 for r in rows]
     colors = [kind_color(r["kind"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    ax.bar(labels, fwd, color=colors)
-    top = ax.bar(labels, bwd, bottom=fwd, color=colors, alpha=0.45, hatch="//")
-    ax.bar_label(top, labels=[f"{f + b:.1f}" for f, b in zip(fwd, bwd)], fontsize=7)
-    handles = [Patch(facecolor="dimgray", label="forward (ours, simulated)"),
-               Patch(facecolor="dimgray", alpha=0.45, hatch="//", label="backward (ours, simulated)")]
     paper = PAPER_GPT2_MEDIUM_SETTING
     in_paper_setting = all(c in fixed and rows[0][c] == v for c, v in paper.items())
+    timed = any(r.get("runtime_ms") is not None for r in rows)
+    panels = [  # (what, unit, forward column, backward column, scale, the paper's figures)
+        ("GFLOPs (matmul, simulated)", "GFLOPs", "flops", "flops_backward", 1e-9, PAPER_GPT2_MEDIUM_GFLOPS),
+        ("HBM reads + writes (simulated)", "GB", "hbm_bytes", "hbm_bytes_backward", 1e-9, PAPER_GPT2_MEDIUM_GB),
+        ("runtime (measured)", "ms", "runtime_ms", "runtime_ms_backward", 1.0, PAPER_GPT2_MEDIUM_MS),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    for ax, (what, unit, fwd_col, bwd_col, scale, paper_values) in zip(axes, panels):
+        fwd = [(r.get(fwd_col) or 0) * scale for r in rows]
+        bwd = [(r.get(bwd_col) or 0) * scale for r in rows]
+        ax.bar(labels, fwd, color=colors)
+        top = ax.bar(labels, bwd, bottom=fwd, color=colors, alpha=0.45, hatch="//")
+        shown = fwd_col != "runtime_ms" or timed
+        ax.bar_label(top, labels=[f"{f + b:.4g}" if shown and f + b else "" for f, b in zip(fwd, bwd)], fontsize=6)
+        tops = [f + b for f, b in zip(fwd, bwd)]
+        if in_paper_setting:
+            bars = ax.bar(["paper\nstandard", "paper\nflash"], [paper_values["standard"], paper_values["flash"]],
+                          color=["gray", "lightgray"])
+            ax.bar_label(bars, fmt="%.1f", fontsize=6)
+            tops += list(paper_values.values())
+        if not shown:
+            ax.text(0.5, 0.9, "runtime: not timed in this sweep (a GPU fills it)", transform=ax.transAxes,
+                    ha="center", fontsize=7, color="gray")
+        ax.set_ylim(0, max(tops) * 1.2 or 1)
+        ax.set_ylabel(unit)
+        ax.set_title(what, fontsize=9)
+        ax.tick_params(axis="x", labelsize=6)
+    handles = [Patch(facecolor="dimgray", label="forward (ours)"),
+               Patch(facecolor="dimgray", alpha=0.45, hatch="//", label="backward (ours)")]
     if in_paper_setting:
-        bars = ax.bar(["paper\nstandard", "paper\nflash"],
-                      [PAPER_GPT2_MEDIUM_GB["standard"], PAPER_GPT2_MEDIUM_GB["flash"]], color=["gray", "lightgray"])
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
         handles += [Patch(facecolor="gray", label="paper: standard, forward + backward, A100 (Fig. 2 left)"),
                     Patch(facecolor="lightgray", label="paper: FlashAttention, forward + backward, A100")]
-    tops = [f + b for f, b in zip(fwd, bwd)] + (list(PAPER_GPT2_MEDIUM_GB.values()) if in_paper_setting else [])
-    ax.set_ylim(0, max(tops) * 1.2 or 1)
-    ax.set(ylabel="HBM reads + writes (GB)")
-    what = "HBM traffic, forward and backward" + (" (the paper's GPT-2 medium setting)" if in_paper_setting else "")
-    _title(ax, what, describe(rows[0], fixed))
-    ax.legend(handles=handles, fontsize=7, loc="upper right")
-    ax.tick_params(axis="x", labelsize=7)
+    fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=4)
+    what = "Forward and backward: GFLOPs, HBM traffic, runtime" + (
+        " (the paper's GPT-2 medium setting)" if in_paper_setting else "")
+    fig.suptitle(f"{what}\n{describe(rows[0], fixed)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, out_dir, "gpt2_medium", prov)
 
 

@@ -44,11 +44,18 @@ POINT_COLUMNS = (
 )
 RESULT_COLUMNS = (
     "hbm_reads", "hbm_writes", "hbm_bytes", "sram_reads", "sram_writes", "sram_bytes_moved", "flops",
-    "sram_footprint", "extra_hbm_bytes", "runtime_ms", "hbm_bytes_backward", "infeasible",
+    "sram_footprint", "extra_hbm_bytes", "runtime_ms", "hbm_bytes_backward", "flops_backward",
+    "runtime_ms_backward", "infeasible",
 )
 COLUMNS = POINT_COLUMNS + RESULT_COLUMNS
 #: Result columns a point that ran always has (the others may be empty: not timed, backward too big).
 COUNT_COLUMNS = RESULT_COLUMNS[:9]
+#: Result columns that may be empty in a point that ran (not timed; no backward, or its tiles too big).
+MAYBE_EMPTY = ("runtime_ms", "hbm_bytes_backward", "flops_backward", "runtime_ms_backward")
+#: Columns a sweep file written before them lacks: read as empty.
+LATER_COLUMNS = ("flops_backward", "runtime_ms_backward")
+#: Columns of milliseconds (floats); the other counts are ints.
+MS_COLUMNS = ("runtime_ms", "runtime_ms_backward")
 #: Provenance entries that are lists (one item per sweep that wrote to the file); JSON text in the CSV.
 PROVENANCE_LISTS = ("grids", "commands")
 
@@ -206,15 +213,20 @@ def measure_point(schedule, problem, time_kernels=False):
         extra_hbm_bytes=extra_hbm_bytes(schedule, problem),
         runtime_ms=None,
         hbm_bytes_backward=None,
+        flops_backward=None,
+        runtime_ms_backward=None,
         infeasible=None,
     )
     try:
-        row["hbm_bytes_backward"] = simulate(schedule, problem, backward=True).hbm_bytes
-    except ValueError:  # the backward's tiles (dO, L, D too) may not fit where the forward's do
-        pass
+        backward = simulate(schedule, problem, backward=True)
+        row["hbm_bytes_backward"], row["flops_backward"] = backward.hbm_bytes, backward.flops
+    except ValueError:  # no backward, or its tiles (dO, L, D too) do not fit where the forward's do
+        backward = None
     if time_kernels and not using_simulator():
         try:
             row["runtime_ms"] = time_attention(schedule, problem)
+            if backward is not None:  # the backward a default call runs (the fast one is opt-in)
+                row["runtime_ms_backward"] = time_attention(schedule, problem, backward=True, fast=None)
         except ValueError:  # e.g. tiles over this GPU's shared memory: counted, not timed
             pass
     return row
@@ -276,7 +288,7 @@ def _parse_row(values):
     row = {}
     infeasible = values.get("infeasible") or None
     for col in COLUMNS:
-        text = values.get(col, "")
+        text = values.get(col, "")  # (a column the file predates: empty)
         if col in ("kind", "dtype"):
             ok = bool(_NAME.match(text))
             row[col] = text
@@ -286,10 +298,10 @@ def _parse_row(values):
         elif col == "infeasible":
             ok, row[col] = True, infeasible
         elif text == "":
-            ok = col in ("runtime_ms", "hbm_bytes_backward") or (
+            ok = col in MAYBE_EMPTY or (
                 infeasible is not None and (col in _OPTIONAL_POINT or col in RESULT_COLUMNS))
             row[col] = None
-        elif col == "runtime_ms":
+        elif col in MS_COLUMNS:
             ok = bool(_FLOAT.match(text)) and infeasible is None
             row[col] = float(text) if ok else None
         else:
@@ -324,7 +336,7 @@ def read_sweep_csv(path):
             continue
         if header is None:
             header = next(csv.reader([line]), [])
-            missing = [c for c in COLUMNS if c not in header and c != "infeasible"]
+            missing = [c for c in COLUMNS if c not in header and c != "infeasible" and c not in LATER_COLUMNS]
             if missing or "\x00" in line:
                 raise ValueError(f"{path} is not a sweep's CSV (no columns {', '.join(missing) or 'header'})")
             continue
@@ -353,7 +365,7 @@ def _typed(row):
         elif key == "infeasible":
             out[key] = str(value)
         else:
-            out[key] = float(value) if key == "runtime_ms" else int(value)
+            out[key] = float(value) if key in MS_COLUMNS else int(value)
     return out
 
 

@@ -333,6 +333,24 @@ def _script(path, body):
     return path
 
 
+def test_a_saved_run_is_analysed_again_without_ncu(ncu_check, tmp_path, capsys, monkeypatch):
+    """--from-raw: a measured run's ncu_raw.csv and manifest.jsonl give the same rows, with no profiler."""
+    args = ["--kinds", "flash2", "--n", "128", "--d", "16", "--backward", "both", "--gpu", "h200"]
+    assert ncu_main(["--ncu", str(_fake_ncu(tmp_path)), *args, "--out", str(tmp_path / "run")]) == 0
+    monkeypatch.setattr(ncu_check, "NCU_SEARCH_GLOBS", ())
+    monkeypatch.setenv("PATH", "")
+    capsys.readouterr()
+    assert ncu_main([*args, "--from-raw", str(tmp_path / "run"), "--out", str(tmp_path / "again")]) == 0
+    assert "verdicts: " in capsys.readouterr().out
+    first, again = _csv_rows(tmp_path / "run"), _csv_rows(tmp_path / "again")
+    # the same rows, but for the seconds the simulator took
+    assert len(first) == 2 and {k for a, b in zip(first, again) for k in a if a[k] != b[k]} <= {"sim_seconds"}
+    saved, prov = (json.loads((tmp_path / d / "ncu_check.json").read_text()) for d in ("run", "again"))
+    assert prov["reanalysed_from"] == str(tmp_path / "run") and prov["date"] == saved["date"]
+    assert prov["ncu_command"] == saved["ncu_command"] and prov["model"]["gpu"] == saved["model"]["gpu"]
+    assert ncu_main([*args, "--from-raw", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+
+
 def test_a_hung_profiler_is_stopped_with_its_children(ncu_check, tmp_path):
     """After --timeout the whole process group goes (ncu and the child it started); results say so."""
     pid_file = tmp_path / "child.pid"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kernels import launch as kernel_launch
-from kernels.builds import choose_build
+from kernels.builds import choose_backward_build, choose_build
 from kernels.flash2_tc import tc_schedule
 from sandbox import Problem, Schedule
 from sandbox.lab import ncu_sectors
@@ -81,24 +81,25 @@ def region(device_array):
 def sectors_by_access(accesses, regions):
     """(launch, tensor, "ld"|"st") -> (sector bytes, bytes). A warp instruction is the k-th access of a
     tensor by each lane of a warp (lanes run the same code: tiles are full); addresses are taken
-    from the tensor's start, which cudaMalloc aligns to far more than a sector."""
+    from the tensor's start, which cudaMalloc aligns to far more than a sector. An element several
+    lanes of one instruction read (the four lanes of a row reading its L) is asked for once."""
     def where(addr):
         for name, (start, nbytes) in regions.items():
             if start <= addr < start + nbytes:
                 return name, addr - start
         raise AssertionError(f"an access outside every known array: {addr:#x}")
 
-    ordinal, groups, nbytes = collections.Counter(), collections.defaultdict(set), collections.Counter()
+    ordinal, groups = collections.Counter(), collections.defaultdict(set)
     for launch, block, tid, addr, itemsize, store in accesses:
         tensor, offset = where(addr)
         op = "st" if store else "ld"
         k = ordinal[launch, block, tid, tensor, op]
         ordinal[launch, block, tid, tensor, op] += 1
-        groups[launch, block, tid // ncu_sectors.WARP, tensor, op, k].add(offset // ncu_sectors.SECTOR)
-        nbytes[launch, tensor, op] += itemsize
-    sector_bytes = collections.Counter()
-    for (launch, _, _, tensor, op, _), sectors in groups.items():
-        sector_bytes[launch, tensor, op] += len(sectors) * ncu_sectors.SECTOR
+        groups[launch, block, tid // ncu_sectors.WARP, tensor, op, k].add((offset, itemsize))
+    sector_bytes, nbytes = collections.Counter(), collections.Counter()
+    for (launch, _, _, tensor, op, _), elements in groups.items():
+        sector_bytes[launch, tensor, op] += len({o // ncu_sectors.SECTOR for o, _ in elements}) * ncu_sectors.SECTOR
+        nbytes[launch, tensor, op] += sum(size for _, size in elements)
     return {key: (sector_bytes[key], nbytes[key]) for key in nbytes}
 
 
@@ -189,6 +190,24 @@ def test_fast_forward(schedule, d):
     assert_model_matches_trace(schedule, problem, False, chosen.module, run)
 
 
+@traces
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_fast_backward(dtype):
+    """flash2's fast backward: d reads a row per thread; dK, dV and dQ leave the mma accumulators in pairs."""
+    schedule = tc_schedule(16, 16)
+    problem = Problem(1, 1, 32, 48, 16, dtype=dtype)
+    chosen = choose_backward_build(schedule, problem.head_dim, fast=True)
+    x = inputs(problem, ("Q", "K", "V", "dO"))
+    out, lse = kernel_launch.run(schedule, problem, x["Q"], x["K"], x["V"], fast=False)[:2]
+
+    def run():
+        kernel_launch.run_backward(schedule, problem, x["Q"], x["K"], x["V"], out, lse, x["dO"], chosen=chosen)
+        return {**x, "O": out, "L": lse}
+
+    assert chosen.fast
+    assert_model_matches_trace(schedule, problem, True, chosen.module, run)
+
+
 def test_production_factors():
     """At the check's own schedules the factors are the ones the README's numbers rest on."""
     s, f = Schedule("flash2", 64, 64, 4, 4), ncu_sectors.factor
@@ -199,6 +218,7 @@ def test_production_factors():
     assert [f(p, tc, 128, 4) for p in (ncu_sectors.tc_q_load, ncu_sectors.tc_k_load, ncu_sectors.tc_v_load,
                                        ncu_sectors.tc_o_store)] == [2, 2, 1, 2]
     assert f(ncu_sectors.one_thread_per_row, s, 64, 4) == 8
+    assert [f(p, tc, 128, 4) for p in (ncu_sectors.tc_dkdv_store, ncu_sectors.tc_dq_store)] == [2, 2]
 
 
 def test_l1_bytes_and_its_note():

@@ -35,10 +35,11 @@ def drawn(monkeypatch):
 
 
 def texts(fig):
-    """Every title and legend label of a figure."""
+    """Every title, legend label and note of a figure."""
     out = [fig._suptitle.get_text()] if fig._suptitle else []
     for ax in fig.axes:
         out.append(ax.get_title())
+        out += [t.get_text() for t in ax.texts]
         if ax.get_legend():
             out += [t.get_text() for t in ax.get_legend().get_texts()]
     return " | ".join(out)
@@ -92,15 +93,33 @@ def test_gpt2_medium_legend_shows_forward_and_backward_not_a_kind(tmp_path, draw
     prov, rows = sweep(tmp_path, n=(64,), causal=(False, True), dtype=("float16",))
     plots.gpt2_medium(rows, prov, str(tmp_path))
     ax = drawn[0].axes[0]
-    handles = ax.get_legend().legend_handles
+    handles = drawn[0].legends[0].legend_handles
     colors = {plt.matplotlib.colors.to_rgba(c)[:3] for c in kind_colors().values()}
-    assert [h.get_label() for h in handles] == ["forward (ours, simulated)", "backward (ours, simulated)"]
+    assert [h.get_label() for h in handles] == ["forward (ours)", "backward (ours)"]
     assert not {tuple(h.get_facecolor()[:3]) for h in handles} & colors
     assert handles[1].get_hatch() == "//" and handles[0].get_hatch() is None
     # not the paper's setting: no paper bars, and the title says the sweep's own
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert not any("paper" in label for label in labels) and len(labels) == 6
     assert "N = 64, d = 16, float16" in texts(drawn[0]) and "batch 64" not in texts(drawn[0])
+    # three panels: GFLOPs, HBM bytes, runtime; the simulator's sweep is not timed, and says so
+    assert [a.get_ylabel() for a in drawn[0].axes] == ["GFLOPs", "GB", "ms"]
+    assert "not timed in this sweep" in texts(drawn[0])
+    fwd_flops = [p.get_height() for p in ax.patches[:6]]
+    assert fwd_flops == pytest.approx([r["flops"] * 1e-9 for r in sorted(rows, key=lambda r: r["causal"])])
+
+
+def test_gpt2_medium_draws_the_timed_runtimes_forward_and_backward(tmp_path, drawn):
+    prov, rows = sweep(tmp_path, kinds=("standard", "flash2"), n=(64,), dtype=("float16",))
+    for i, r in enumerate(rows):
+        r["runtime_ms"], r["runtime_ms_backward"] = 1.0 + i, 3.0 + i
+    plots.gpt2_medium(rows, prov, str(tmp_path))
+    ax = drawn[0].axes[2]
+    assert "not timed" not in texts(drawn[0])
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == [1.0, 2.0, 3.0, 4.0]  # forward bars, then the backward's stacked on them
+    assert [p.get_y() for p in ax.patches[2:]] == [1.0, 2.0]
+    assert all(r["flops_backward"] > r["flops"] for r in rows)  # the backward's five products to two
 
 
 @pytest.mark.parametrize(
