@@ -153,3 +153,18 @@ def test_gqa_l2_refuses_data_it_cannot_draw(tmp_path):
         load_grouped(str(tmp_path / "x.json"))
     with pytest.raises(ValueError, match="gqa_l2 experiment"):
         plots.gqa_l2([{"kind": "flash2"}], {}, str(tmp_path))
+
+
+def test_gqa_l2_through_the_commands(tmp_path, monkeypatch, capsys):
+    """sweep --experiment gqa_l2 writes its CSV and JSON, and plot gqa_l2 draws from either."""
+    from sandbox.cli import main
+
+    experiment = EXPERIMENTS["gqa_l2"]
+    tiny = dataclasses.replace(experiment.spec, kinds=("flash2",), backward=False, **TINY_GROUPED)
+    monkeypatch.setitem(EXPERIMENTS, "gqa_l2", dataclasses.replace(experiment, grid=tiny))
+    out = tmp_path / "data" / "g.csv"
+    assert main(["sweep", "--experiment", "gqa_l2", "--out", str(out)]) == 0
+    assert "4 points in" in capsys.readouterr().out and out.exists() and (tmp_path / "data" / "g.json").exists()
+    for data in ("g.csv", "g.json"):
+        assert main(["plot", "gqa_l2", "--data", str(tmp_path / "data" / data), "--out", str(tmp_path / data)]) == 0
+        assert os.path.getsize(tmp_path / data / "gqa_l2.png") > 1000
