@@ -26,9 +26,11 @@ from sandbox.vocabulary.schedule import Schedule
 from simulator import table
 from simulator.l2 import simulate_dram
 
-#: Tensors whose requests change with grouping: K and V (read), and the backward's dK, dV (written
-#: per K/V head, or with grouping as fp32 partials per query head and summed per group).
+#: The tensors a group shares: its query heads request the same K and V addresses (as many bytes
+#: as without grouping).
 KV_TENSORS = ("K", "V")
+#: The backward's tensors whose requests change with grouping: dK, dV, written per K/V head, and
+#: with grouping first as fp32 partials per query head, summed per group.
 GRADIENT_KV_TENSORS = ("dK", "dV", "dKpart", "dVpart")
 
 #: Columns of a row: the point, then bytes (requested: the simulator's counts; dram: the L2 model's).
