@@ -185,6 +185,11 @@ def cmd_sweep(a):
         print("error: --time needs a GPU: the CUDA simulator's timings mean nothing (leave --time out)",
               file=sys.stderr)
         return EXIT_USAGE
+    if a.experiment and not isinstance(EXPERIMENTS[a.experiment].spec, SweepSpec):  # its own data (e.g. gqa_l2)
+        csv_path, json_path = sweep_paths(a.out)
+        rows = EXPERIMENTS[a.experiment].run(csv_path, json_path, progress=_progress(), argv=a.command_line)
+        print(f"{len(rows)} points in {csv_path} and {json_path}")
+        return 0
     if a.experiment:
         spec = EXPERIMENTS[a.experiment].spec
     else:
@@ -211,9 +216,12 @@ def cmd_sweep(a):
 
 
 def cmd_plot(a):
+    from sandbox.lab.experiments import EXPERIMENTS
     from sandbox.lab.plots import PLOTS, load_sweep
+    from sandbox.lab.sweep import SweepSpec
 
-    prov, rows = load_sweep(a.data)
+    experiment = EXPERIMENTS[a.figure]
+    prov, rows = load_sweep(a.data) if isinstance(experiment.spec, SweepSpec) else experiment.load(a.data)
     rows = [r for r in rows if not r.get("infeasible")]  # points a sweep recorded as unable to run
     if not rows:
         raise ValueError(f"{a.data} has no rows")
@@ -260,7 +268,7 @@ def cmd_bench(a):
     from sandbox.lab.bench import BenchSpec, GPURequired, format_table, run_bench
 
     spec = BenchSpec(
-        n=tuple(a.n), head_dim=tuple(a.d), batch=a.batch, heads=a.heads, dtype=tuple(a.dtype),
+        n=tuple(a.n), head_dim=tuple(a.d), batch=a.batch, heads=a.heads, heads_kv=a.heads_kv, dtype=tuple(a.dtype),
         causal=_masks(a), impls=tuple(a.impl) if a.impl else None,
         backward=a.backward, backward_only=a.backward_only, repeats=a.repeats, block_q=a.block_q, block_kv=a.block_kv, thread_q=a.thread_q,
         thread_kv=a.thread_kv, math=a.math, seed=a.seed, tune=not a.no_tune,
@@ -505,6 +513,9 @@ def build_parser(prog=None):
     p.add_argument("--d", nargs="+", type=int, default=list(BenchSpec.head_dim), help="head dims (default %(default)s)")
     p.add_argument("--batch", type=int, default=BenchSpec.batch, help="B, the batch size (default %(default)s)")
     p.add_argument("--heads", type=int, default=BenchSpec.heads, help="H, the number of heads (default %(default)s)")
+    p.add_argument("--heads-kv", type=int, default=None,
+                   help="H_kv, K/V heads dividing H (default: H): every row grouped, SDPA with enable_gqa=True, "
+                        "our kinds on their plain builds")
     p.add_argument("--dtype", nargs="+", default=list(BenchSpec.dtype), choices=BENCH_DTYPES,
                    help="dtypes (default %(default)s)")
     _add_mask_args(p, "rows")

@@ -2,15 +2,17 @@
 runs our backward kernels.
 
     from sandbox.torch import attention
-    o = attention(q, k, v, causal=True, mask=m)   # q, k, v: (B, H, N, d) CUDA tensors
+    o = attention(q, k, v, causal=True, mask=m)   # q: (B, H, N, d), k, v: (B, H_kv, N, d) CUDA tensors
     o.sum().backward()                             # q.grad, k.grad, v.grad from kernels/backward.py
 
 The forward runs :func:`kernels.entry.attention` (the schedule's fast build where it can run,
 else its counting source without counters) and saves O and L; the backward runs
 :func:`kernels.entry.attention_backward` with the same schedule, causal flag, scale and mask:
 FlashAttention-2's backward with recomputation for the flash kinds, P and dS in HBM for standard.
-Deterministic: the same inputs give bit-identical gradients. PyTorch is imported on first use,
-not by ``import sandbox``.
+Deterministic: the same inputs give bit-identical gradients. K and V may have fewer heads than Q
+(grouped K/V heads, H_kv dividing H: query head h reads K/V head h // (H / H_kv), as SDPA's
+``enable_gqa=True``); their gradients then sum each group's query heads and have K's and V's
+shapes. PyTorch is imported on first use, not by ``import sandbox``.
 """
 
 import functools
@@ -49,8 +51,9 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask
     """softmax(scale·QKᵀ)V on CUDA tensors with gradients through our backward kernels.
 
     Args:
-        q: (B, H, Nq, d); k, v: (B, H, Nk, d): C-contiguous CUDA tensors of one dtype (float32,
-            float16 or bfloat16), as for :func:`sandbox.attention`.
+        q: (B, H, Nq, d); k, v: (B, H_kv, Nk, d), H_kv dividing H (H_kv = H without grouping):
+            C-contiguous CUDA tensors of one dtype (float32, float16 or bfloat16), as for
+            :func:`sandbox.attention`.
         schedule, causal, scale, mask: as for :func:`sandbox.attention`; the backward uses the same.
 
     Returns:

@@ -50,14 +50,15 @@ COLUMN_NOTES = {
     "ms": "median of the timed calls (CUDA events on the default stream), milliseconds",
     "ms_min": "fastest timed call, milliseconds",
     "tflops": FLOPS_NOTE,
-    "x_best_peer": "tflops / the best peer's (an implementation not ours) in the same (dir, dtype, causal, d, n, batch, heads)",
+    "x_best_peer": "tflops / the best peer's (an implementation not ours) in the same (dir, dtype, causal, d, n, batch, heads, heads_kv)",
+    "heads_kv": "H_kv, the K/V heads (fewer than heads: grouped, query head h reads K/V head h // (heads / heads_kv))",
     "peak_extra_mib": "device memory one call allocates beyond its inputs (its output included), MiB",
     "max_err": "max |result - float64 reference| on sampled rows (for bwd: of the gradient furthest off)",
     "tol": "the absolute tolerance max_err was held to",
     "status": "ok, n/a: why, WRONG (max err ...), OOM: ..., error: ...",
 }
 COLUMNS = (
-    "impl", "ours", "dir", "dtype", "causal", "batch", "heads", "n", "d", "ms", "ms_min", "tflops", "x_best_peer",
+    "impl", "ours", "dir", "dtype", "causal", "batch", "heads", "heads_kv", "n", "d", "ms", "ms_min", "tflops", "x_best_peer",
     "peak_extra_mib", "max_err", "tol", "status", "repeats", "n_sets", "flops", "schedule",
 )
 
@@ -95,7 +96,8 @@ class Task:
     def label(self):
         p = self.problem
         mask = " causal" if p.causal else ""
-        return f"{self.impl.name} {self.impl.direction} {p.dtype.name}{mask} N={p.n_q} d={p.head_dim}"
+        grouped = f" H_kv={p.heads_kv}" if p.group > 1 else ""
+        return f"{self.impl.name} {self.impl.direction} {p.dtype.name}{mask} N={p.n_q} d={p.head_dim}{grouped}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +106,10 @@ class BenchSpec:
 
     Args:
         n, head_dim, dtype, causal: problem axes; batch, heads: B and H.
+        heads_kv: H_kv, the K/V heads (dividing H; None: H). With fewer, every row runs grouped: the
+            SDPA peers with ``enable_gqa=True`` (a backend that refuses is n/a, with its reason), our
+            kinds on their plain builds (the fast builds take no grouped heads; the row's schedule
+            column says so), the peers without grouped heads n/a.
         impls: implementation names (``sandbox.lab.peers.IMPL_NAMES``); None: all.
         backward: also backward rows (sdpa-* through autograd, our standard and flash2).
         backward_only: backward rows alone (implies ``backward``).
@@ -122,6 +128,7 @@ class BenchSpec:
     head_dim: tuple = (64, 128)
     batch: int = 2
     heads: int = 16
+    heads_kv: int = None
     dtype: tuple = ("float32",)
     causal: tuple = (False,)
     impls: tuple = None
@@ -161,7 +168,7 @@ class BenchSpec:
     def problems(self):
         """Problems in run order: grouped by inputs (dtype, d, n), then mask."""
         return [
-            Problem(self.batch, self.heads, n, n, d, dtype=dt, causal=c)
+            Problem(self.batch, self.heads, n, n, d, dtype=dt, causal=c, heads_kv=self.heads_kv)
             for dt, d, n, c in itertools.product(self.dtype, self.head_dim, self.n, self.causal)
         ]
 
@@ -179,7 +186,7 @@ def base_row(task, spec):
     row = dict.fromkeys(COLUMNS, "")
     row.update(
         impl=impl.name, ours=impl.ours, dir=impl.direction, dtype=p.dtype.name, causal=p.causal, batch=p.batch,
-        heads=p.heads, n=p.n_q, d=p.head_dim, repeats=spec.repeats, flops=attention_flops(p, impl.direction),
+        heads=p.heads, heads_kv=p.heads_kv, n=p.n_q, d=p.head_dim, repeats=spec.repeats, flops=attention_flops(p, impl.direction),
         schedule=impl.describe(p) if impl.ours else "",
     )
     return row
@@ -302,7 +309,7 @@ def run_bench(spec, csv_path, progress=None, argv=None, rows=None, timer=time_ca
         if key != inputs_key:  # a new (dtype, d, n): new input sets, shared by masks and directions
             sets = references = None
             free_device_memory()
-            per_set = (4 if spec.backward else 3) * p.bh * p.n_q * p.head_dim * p.dtype.itemsize
+            per_set = ((2 if spec.backward else 1) * p.bh + 2 * p.batch * p.heads_kv) * p.n_q * p.head_dim * p.dtype.itemsize
             n_sets = rotation_sets(per_set, facts.l2_bytes, device_free_bytes())
             inputs_key, references = key, {}
             try:
@@ -333,7 +340,7 @@ def _lazy(make):
 
 def add_ratios(rows):
     """Fill each timed row's ``x_best_peer``: its TFLOP/s over the best peer's (not ours) in its group."""
-    group = lambda r: (r["dir"], r["dtype"], r["causal"], r["d"], r["n"], r["batch"], r["heads"])  # noqa: E731
+    group = lambda r: (r["dir"], r["dtype"], r["causal"], r["d"], r["n"], r["batch"], r["heads"], r["heads_kv"])  # noqa: E731
     best = {}
     for r in rows:
         if not r["ours"] and r["status"] == "ok" and r["tflops"] != "":

@@ -105,7 +105,8 @@ class Reference:
 
     Args:
         inputs: an :class:`sandbox.lab.peers.InputSet` (its arrays in ``inputs.lib``).
-        problem: the :class:`Problem` (Nq = Nk).
+        problem: the :class:`Problem` (Nq = Nk; K and V may have H_kv < H heads: query head h
+            reads K/V head h // (H / H_kv), and dK, dV of a K/V head sum its group's query heads).
         direction: "fwd" (O) or "bwd" (dQ, dK, dV for upstream gradient dO = ``inputs``' dout).
     """
 
@@ -116,14 +117,26 @@ class Reference:
         self.pairs = sample_pairs(problem.batch, problem.heads, limits[direction])
         self.rows = sample_rows(problem.n_q)
         q, k, v, dout = inputs.arrays
-        self.expected = {}  # tensor name -> list over pairs of float64 arrays (rows, d)
+        group = problem.group
+        # K/V heads of the sampled query heads: dK and dV are checked there
+        self.kv_pairs = list(dict.fromkeys((b, h // group) for b, h in self.pairs))
+        self.pairs_of = {"O": self.pairs, "dQ": self.pairs, "dK": self.kv_pairs, "dV": self.kv_pairs}
+        self.expected = {}  # tensor name -> list over its pairs of float64 arrays (rows, d)
         self.scale = {}  # tensor name -> max |value| over the sampled slices
         for b, h in self.pairs:
             if direction == "fwd":
-                self._add("O", self._forward(q[b, h], k[b, h], v[b, h], problem), v[b, h])
+                self._add("O", self._forward(q[b, h], k[b, h // group], v[b, h // group], problem), v[b, h // group])
             else:
-                for name, x in zip(("dQ", "dK", "dV"), self._backward(q[b, h], k[b, h], v[b, h], dout[b, h], problem)):
-                    self._add(name, x, None)
+                hk = h // group
+                self._add("dQ", self._backward(q[b, h], k[b, hk], v[b, hk], dout[b, h], problem, dkdv=False)[0], None)
+        if direction == "bwd":
+            for b, hk in self.kv_pairs:  # dK, dV: the sum over the group's query heads
+                dk = dv = 0.0
+                for h in range(hk * group, (hk + 1) * group):
+                    _, dk_h, dv_h = self._backward(q[b, h], k[b, hk], v[b, hk], dout[b, h], problem, dq=False)
+                    dk, dv = dk + dk_h, dv + dv_h
+                self._add("dK", dk, None)
+                self._add("dV", dv, None)
 
     def _add(self, name, value, scale_from):
         self.expected.setdefault(name, []).append(value)
@@ -136,14 +149,20 @@ class Reference:
         rows = bk.index(self.rows)
         return bk.softmax_rows(q[rows], k, rows, problem.causal, problem.scale) @ v
 
-    def _backward(self, q, k, v, dout, problem):
+    def _backward(self, q, k, v, dout, problem, dq=True, dkdv=True):
+        """(dQ, dK, dV) of one (query head, K/V head) slice on the sampled rows; dQ None unless ``dq``,
+        dK and dV None unless ``dkdv``."""
         bk, scale, causal = self.bk, problem.scale, problem.causal
         q, k, v, dout = bk.to64(q), bk.to64(k), bk.to64(v), bk.to64(dout)
         rows = bk.index(self.rows)
-        # dQ on the sampled query rows: dS = P ∘ (dO Vᵀ - D), D = rowsum(dO ∘ O), dQ = scale · dS K
-        p = bk.softmax_rows(q[rows], k, rows, causal, scale)
-        d_r = bk.rowsum(dout[rows] * (p @ v))
-        dq = scale * ((p * (dout[rows] @ v.T - d_r)) @ k)
+        if dq:  # dQ on the sampled query rows: dS = P ∘ (dO Vᵀ - D), D = rowsum(dO ∘ O), dQ = scale · dS K
+            p = bk.softmax_rows(q[rows], k, rows, causal, scale)
+            d_r = bk.rowsum(dout[rows] * (p @ v))
+            dq = scale * ((p * (dout[rows] @ v.T - d_r)) @ k)
+        else:
+            dq = None
+        if not dkdv:
+            return dq, None, None
         # dK, dV on the same indices as key rows: every query row contributes, chunk by chunk
         dk = dv = 0.0
         n = q.shape[0]
@@ -174,7 +193,7 @@ class Reference:
         for name, got in results.items():
             atol = tol(self.scale[name])
             err = 0.0
-            for (b, h), want in zip(self.pairs, self.expected[name]):
+            for (b, h), want in zip(self.pairs_of[name], self.expected[name]):
                 e = self.bk.absmax(self.bk.to64(got[b, h])[self.bk.index(self.rows)] - want)
                 err = math.nan if math.isnan(e) or math.isnan(err) else max(err, e)
             bad = math.inf if math.isnan(err) else err / atol

@@ -5,7 +5,7 @@ import os
 from sandbox.lab.experiments import EXPERIMENTS
 from sandbox.lab.plots import PLOTS
 from sandbox.lab.records import atomic_write_json
-from sandbox.lab.sweep import PAPER_KINDS, load, run_sweep
+from sandbox.lab.sweep import PAPER_KINDS
 from sandbox.lab.verify import check_against_reference
 from sandbox.vocabulary.problem import Problem
 from sandbox.vocabulary.schedule import Schedule
@@ -28,9 +28,9 @@ def run_demo(out_dir, progress=None, argv=None):
     result = {"data": [], "figures": [], "kernel_check": {}}
     for name, exp in EXPERIMENTS.items():
         csv_path = os.path.join(data_dir, f"{name}.csv")
-        run_sweep(exp.spec, csv_path, progress=progress, argv=argv)
+        exp.run(csv_path, progress=progress, argv=argv)
         json_path = os.path.splitext(csv_path)[0] + ".json"
-        prov, rows = load(json_path)
+        prov, rows = exp.load(json_path)
         result["data"] += [csv_path, json_path]
         result["figures"] += PLOTS[name](rows, prov, fig_dir)
     # a small problem through all three kernels (the CUDA simulator without a GPU), against NumPy

@@ -6,7 +6,8 @@
 
 import dataclasses
 
-from sandbox.lab.sweep import PAPER_KINDS as KINDS, SweepSpec
+from sandbox.lab.grouping import GroupedSpec, load_grouped, run_grouped
+from sandbox.lab.sweep import PAPER_KINDS as KINDS, SweepSpec, load, run_sweep
 from sandbox.vocabulary import kinds
 
 
@@ -18,15 +19,29 @@ class Experiment:
         name: the experiment's name, and its figure's (``sandbox.lab.plots.PLOTS``).
         grid: its :class:`SweepSpec`, or a function returning one, called each time the grid is
             asked for: a grid that reads the registries sees the kinds registered by then.
+        runner: ``runner(spec, csv_path, json_path, progress=, argv=)`` writes the data and returns
+            its rows (default :func:`sandbox.lab.sweep.run_sweep`, for a SweepSpec).
+        loader: ``loader(path)`` -> (provenance, rows) of the files it writes (default
+            :func:`sandbox.lab.sweep.load`).
     """
 
     name: str
     grid: object
+    runner: object = run_sweep
+    loader: object = load
 
     @property
     def spec(self):
         """The experiment's :class:`SweepSpec`."""
         return self.grid() if callable(self.grid) else self.grid
+
+    def run(self, csv_path, json_path=None, progress=None, argv=None):
+        """Write the experiment's data to ``csv_path`` and its JSON beside it (or ``json_path``); the rows."""
+        return self.runner(self.spec, csv_path, json_path, progress=progress, argv=argv)
+
+    def load(self, path):
+        """(provenance, rows) of the experiment's data file (JSON or CSV)."""
+        return self.loader(path)
 
 
 def flash_backward_kinds():
@@ -74,6 +89,9 @@ EXPERIMENTS = {
             "sram_vs_tile",
             SweepSpec(kinds=("flash2",), n=(4096,), head_dim=(64,), blocks=((64, 64),), thread_tiles=(2, 4, 8, 16, 32)),
         ),
+        # grouped K/V heads: the L2 model's DRAM bytes and the bytes requested vs the group size H / H_kv,
+        # B = 1, H = 32, N = 4096, d = 128, fp32, Br = Bc = 64, the H200's L2; forward and backward
+        Experiment("gqa_l2", GroupedSpec(), runner=run_grouped, loader=load_grouped),
     ]
 }
 

@@ -30,7 +30,7 @@ import numpy as np
 from numba import cuda
 
 from kernels import registry
-from kernels.builds import choose_backward_build, choose_build
+from kernels.builds import GROUPED_REFUSAL, choose_backward_build, choose_build
 from kernels.launch import counting_allocations, from_device, run, run_backward, to_device
 from kernels.smem import check_device_limit
 from sandbox.lab.autotune import tuned_schedule
@@ -137,7 +137,8 @@ def convert(x, lib):
 
 
 class InputSet:
-    """One set of inputs on the GPU: q, k, v (B, H, N, d) and, for a backward, dO; views in any library."""
+    """One set of inputs on the GPU: q (B, H, N, d), k, v (B, H_kv, N, d) and, for a backward, dO
+    (B, H, N, d); views in any library."""
 
     def __init__(self, lib, q, k, v, dout=None):
         self.lib, self.arrays, self._views = lib, (q, k, v, dout), {}
@@ -152,10 +153,12 @@ class InputSet:
 
 
 def make_input_sets(problem, n_sets, backward, seed=0, lib=None):
-    """``n_sets`` independent standard-normal input sets for ``problem``, made on the GPU in ``lib``."""
+    """``n_sets`` independent standard-normal input sets for ``problem``, made on the GPU in ``lib``
+    (k and v with ``problem.heads_kv`` heads)."""
     lib = lib or array_library()
-    shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
-    count = 4 if backward else 3
+    q_shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
+    kv_shape = (problem.batch, problem.heads_kv, problem.n_kv, problem.head_dim)
+    shapes = (q_shape, kv_shape, kv_shape, q_shape)[:4 if backward else 3]
     sets = []
     for i in range(n_sets):
         if lib == "torch":
@@ -163,16 +166,16 @@ def make_input_sets(problem, n_sets, backward, seed=0, lib=None):
 
             gen = torch.Generator(device="cuda").manual_seed(seed * 1000 + i)
             dt = getattr(torch, problem.dtype.name)
-            arrays = [torch.randn(shape, generator=gen, device="cuda", dtype=dt) for _ in range(count)]
+            arrays = [torch.randn(shape, generator=gen, device="cuda", dtype=dt) for shape in shapes]
         elif lib == "cupy":
             import cupy
 
             rng = cupy.random.default_rng(seed * 1000 + i)
             arrays = [rng.standard_normal(shape, dtype=cupy.float32).astype(problem.dtype, copy=False)
-                      for _ in range(count)]
+                      for shape in shapes]
         else:
             rng = np.random.default_rng(seed * 1000 + i)
-            arrays = [cuda.to_device(rng.standard_normal(shape).astype(problem.dtype)) for _ in range(count)]
+            arrays = [cuda.to_device(rng.standard_normal(shape).astype(problem.dtype)) for shape in shapes]
         sets.append(InputSet(lib, *arrays))
     return sets
 
@@ -229,6 +232,10 @@ def peak_extra_bytes(memory, call):
 
 # -- the implementations --------------------------------------------------------------------
 
+#: Why a peer without grouped K/V heads has no row for them.
+NO_GROUPED_HEADS = "takes K, V with as many heads as Q (no grouped K/V heads)"
+
+
 class Impl:
     """Base adapter: see the module docstring."""
 
@@ -254,7 +261,9 @@ class Impl:
 class Sdpa(Impl):
     """``torch.nn.functional.scaled_dot_product_attention`` with one backend forced by ``sdpa_kernel``.
 
-    The backward is autograd through it; only ``torch.autograd.grad`` is timed.
+    The backward is autograd through it; only ``torch.autograd.grad`` is timed. With grouped K/V
+    heads (H_kv < H) k and v have H_kv heads and the call passes ``enable_gqa=True`` (PyTorch >= 2.5);
+    a backend that refuses them says so in its "No available kernel" warnings, and the row is n/a.
     """
 
     def available(self, problem):
@@ -265,6 +274,11 @@ class Sdpa(Impl):
             return False, "this torch has no torch.nn.attention.sdpa_kernel (PyTorch >= 2.3)"
         if self.name in SDPA_16BIT_ONLY and problem.dtype.name == "float32":
             return False, f"{self.name} takes fp16/bf16 only"
+        if problem.group > 1:
+            import torch.nn.functional as F
+
+            if "enable_gqa" not in (F.scaled_dot_product_attention.__doc__ or ""):
+                return False, "this torch's SDPA has no enable_gqa for grouped K/V heads (PyTorch >= 2.5)"
         return True, ""
 
     def context(self):
@@ -282,7 +296,7 @@ class Sdpa(Impl):
         import torch.nn.functional as F
 
         q, k, v, dout = inputs.view("torch")
-        kw = dict(is_causal=problem.causal, scale=problem.scale)
+        kw = sdpa_arguments(problem)
         if self.direction == "fwd":
             return lambda: F.scaled_dot_product_attention(q, k, v, **kw)
         leaves = tuple(x.detach().requires_grad_() for x in (q, k, v))
@@ -290,10 +304,21 @@ class Sdpa(Impl):
         return lambda: torch.autograd.grad(out, leaves, dout, retain_graph=True)
 
 
+def sdpa_arguments(problem):
+    """The keyword arguments of SDPA's call for ``problem``: the mask, the scale, and ``enable_gqa``
+    where K and V have fewer heads than Q."""
+    kw = dict(is_causal=problem.causal, scale=problem.scale)
+    if problem.group > 1:
+        kw["enable_gqa"] = True
+    return kw
+
+
 class TorchBlockwise(Impl):
     """The blog post's blockwise PyTorch attention (:func:`blockwise_attention`), K/V blocks of ``BLOCKWISE_BLOCK``."""
 
     def available(self, problem):
+        if problem.group > 1:
+            return False, NO_GROUPED_HEADS
         return torch_cuda()
 
     def context(self):
@@ -314,6 +339,8 @@ class CupyNaive(Impl):
     memory = "cupy"
 
     def available(self, problem):
+        if problem.group > 1:
+            return False, NO_GROUPED_HEADS
         if problem.dtype.name == "bfloat16":
             return False, "CuPy has no bfloat16"
         return (True, "") if installed("cupy") else (False, "cupy is not installed")
@@ -356,7 +383,7 @@ class Ours(Impl):
         if self.direction != "bwd" or self.fast is not None:
             return self.fast
         try:
-            choose_backward_build(self.schedule_for(problem), problem.head_dim, fast=True)
+            choose_backward_build(self.schedule_for(problem), problem.head_dim, fast=True, grouped=problem.group > 1)
         except ValueError:
             return None
         return True
@@ -364,11 +391,13 @@ class Ours(Impl):
     def chosen(self, problem):
         """The :class:`kernels.builds.Build` this row runs."""
         chooser = choose_backward_build if self.direction == "bwd" else choose_build
-        return chooser(self.schedule_for(problem), problem.head_dim, fast=self.fast_for(problem))
+        return chooser(self.schedule_for(problem), problem.head_dim, fast=self.fast_for(problem),
+                       grouped=problem.group > 1)
 
     def describe(self, problem):
-        """The schedule and which build runs it."""
-        return f"{self.schedule_for(problem).describe()} ({self.chosen(problem).name} build)"
+        """The schedule and which build runs it (and, with grouped K/V heads, why not a fast one)."""
+        grouped = f"; {GROUPED_REFUSAL}" if problem.group > 1 else ""
+        return f"{self.schedule_for(problem).describe()} ({self.chosen(problem).name} build{grouped})"
 
     def available(self, problem):
         backward = self.direction == "bwd"

@@ -9,6 +9,7 @@ few points along its axis, ...) is refused with a ValueError saying why.
 import os
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,6 +23,7 @@ from sandbox.lab.experiments import (  # noqa: E402
     PAPER_GPT2_MEDIUM_MS,
     PAPER_GPT2_MEDIUM_SETTING,
 )
+from sandbox.lab.grouping import COLUMNS as GROUPED_COLUMNS  # noqa: E402
 from sandbox.lab.sweep import POINT_COLUMNS, load  # noqa: E402
 from simulator import theory  # noqa: E402
 
@@ -418,6 +420,58 @@ def sram_vs_tile(rows, prov, out_dir):
     return _save(fig, out_dir, "sram_vs_tile", prov)
 
 
+def gqa_l2(rows, prov, out_dir):
+    """Bytes against the group size H / H_kv (log-log), forward and backward side by side: on top all
+    tensors, below K and V alone; per kind the L2 model's DRAM bytes (solid) and the bytes requested
+    (dashed, the simulator's tile counts), and below the floor of K and V read once per K/V head."""
+    if any(c not in r for r in rows for c in GROUPED_COLUMNS):
+        raise ValueError("gqa_l2: the data has no columns of the gqa_l2 experiment; "
+                         "python -m sandbox sweep --experiment gqa_l2 writes them")
+    settings = {(r["batch"], r["heads"], r["n"], r["head_dim"], r["dtype"], r["block_q"], r["block_kv"], r["gpu"])
+                for r in rows}
+    if len(settings) > 1:
+        raise ValueError(f"gqa_l2 draws one problem, and this data has {len(settings)}: run one grid per file")
+    if len({r["group"] for r in rows}) < 2:
+        raise ValueError("gqa_l2 draws lines along H / H_kv and this data has one value of it: sweep at least 2")
+    directions = [d for d in ("fwd", "bwd") if any(r["direction"] == d for r in rows)]
+    fig, axes = plt.subplots(2, len(directions), figsize=(5.5 * len(directions), 7.5), squeeze=False, sharex=True)
+    groups = sorted({r["group"] for r in rows})
+    r0 = rows[0]
+    for col, direction in enumerate(directions):
+        top, bottom = axes[0, col], axes[1, col]
+        kinds_here = list(dict.fromkeys(r["kind"] for r in rows if r["direction"] == direction))
+        for i, kind in enumerate(kinds_here):
+            rs = sorted((r for r in rows if r["direction"] == direction and r["kind"] == kind), key=lambda r: r["group"])
+            g, color = [r["group"] for r in rs], kind_color(kind)
+            ms = max(2.5, 7 - 1.5 * i)  # kinds that share a backward draw the same points: all stay visible
+            top.plot(g, [r["dram_bytes"] for r in rs], "o-", color=color, ms=ms, label=f"{kind}: DRAM (L2 model)")
+            top.plot(g, [r["requested_bytes"] for r in rs], "s--", color=color, lw=0.8, ms=3, mfc="none",
+                     label=f"{kind}: requested (tile counts)")
+            bottom.plot(g, [r["dram_kv_read_bytes"] for r in rs], "o-", color=color, ms=ms,
+                        label=f"{kind}: K, V from DRAM (L2 model)")
+            bottom.plot(g, [r["requested_kv_bytes"] for r in rs], "s--", color=color, lw=0.8, ms=3, mfc="none",
+                        label=f"{kind}: K, V requested")
+        itemsize = np.dtype(r0["dtype"]).itemsize
+        once = [2 * r0["batch"] * (r0["heads"] // grp) * r0["n"] * r0["head_dim"] * itemsize for grp in groups]
+        bottom.plot(groups, once, "k:", lw=1.5, label="K, V read once per K/V head (2·B·H_kv·N·d elements)")
+        name = "forward" if direction == "fwd" else "backward"
+        top.set(xscale="log", yscale="log", ylabel="bytes, all tensors")
+        top.set_title(f"{name}: DRAM bytes and bytes requested", fontsize=9)
+        bottom.set(xscale="log", yscale="log", xlabel="group size H / H_kv (query heads per K/V head)",
+                   ylabel="bytes, K and V reads")
+        bottom.set_title(f"{name}: K and V", fontsize=9)
+        bottom.set_xticks(groups, [str(grp) for grp in groups])
+        bottom.xaxis.set_minor_locator(NullLocator())
+        for ax in (top, bottom):
+            ax.legend(fontsize=6)
+    l2 = _bytes(r0["l2_bytes"])
+    setting = (f"B = {r0['batch']}, H = {r0['heads']}, N = {r0['n']}, d = {r0['head_dim']}, {r0['dtype']}, "
+               f"Br = {r0['block_q']}, Bc = {r0['block_kv']}; {r0['gpu']}'s L2 ({l2})")
+    fig.suptitle(f"Grouped K/V heads: reuse across a group's query heads in L2\n{setting}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_dir, "gqa_l2", prov)
+
+
 #: The figures by name: the experiments' (sandbox/lab/experiments.py), each drawn from any sweep it fits.
 PLOTS = {"hbm_vs_sram": hbm_vs_sram, "backward_hbm_vs_sram": backward_hbm_vs_sram, "hbm_vs_n": hbm_vs_n,
-         "block_size": block_size, "gpt2_medium": gpt2_medium, "sram_vs_tile": sram_vs_tile}
+         "block_size": block_size, "gpt2_medium": gpt2_medium, "sram_vs_tile": sram_vs_tile, "gqa_l2": gqa_l2}

@@ -5,13 +5,15 @@ Query head h reads K/V head h // (H / H_kv); dK and dV of a K/V head sum its gro
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kernels.builds import GROUPED_REFUSAL, choose_backward_build, choose_build
-from sandbox import Problem, Schedule, attention, attention_backward
+from sandbox import Problem, Schedule, attention, attention_backward, masks, simulate
 from sandbox.vocabulary.reference import (expand_heads, reference_attention, reference_attention_backward,
                                           sum_groups)
 from sandbox.vocabulary.validation import check_qkv
-from tests.strategies import BACKWARD_KINDS, KINDS, make_inputs
+from tests.strategies import BACKWARD_KINDS, KINDS, MASK_KINDS, make_inputs
 from tests.tolerances import gradient_tolerances, tolerances
 
 HEADS = 4
@@ -144,3 +146,85 @@ def test_reference_sums_the_group():
     np.testing.assert_allclose(dk, sum_groups(dkx, 3), rtol=1e-13)
     np.testing.assert_allclose(dv, sum_groups(dvx, 3), rtol=1e-13)
     assert dk.shape == k.shape and dv.shape == v.shape
+
+
+# -- masks with grouped heads: the predicate sees the query head h ----------------------------
+
+def head_mask():
+    """A user predicate of the query head: heads of one group see different keys."""
+    return masks.Mask(lambda b, h, q, k: (q + 2 * k + 3 * h) % 4 != 0, name="by_head")
+
+
+GROUPED_MASKS = {
+    "sliding_window": lambda: masks.sliding_window(2),
+    "document": lambda: masks.document([3, 4]),
+    "by_head": head_mask,
+}
+
+
+def check_grouped_masked(kind, problem, mask, seed=0, backward=False):
+    """Forward (and with ``backward`` the gradients) under ``mask`` with grouped K/V heads, against
+    float64 attention on K/V expanded to H heads, masked per query head; the kernels' counters
+    equal the simulator's for the same mask."""
+    q, k, v, dout = grouped_inputs(problem, seed)
+    s = schedule_of(kind)
+    kw = dict(schedule=s, causal=problem.causal, mask=mask)
+    out, lse, measured = attention(q, k, v, return_lse=True, count_io=True, **kw)
+    assert measured == simulate(s, problem, mask=mask), measured.diff(simulate(s, problem, mask=mask))
+    kx, vx = expand_heads(k, problem.heads), expand_heads(v, problem.heads)
+    allowed = masks.dense(mask, problem.batch, problem.heads, problem.n_q, problem.n_kv)
+    ref_out, ref_lse = reference_attention(q, k, v, causal=problem.causal, return_lse=True, mask=mask)
+    ref_x = reference_attention(q, kx, vx, causal=problem.causal, mask=mask)
+    np.testing.assert_array_equal(ref_out, ref_x)  # the reference masks each query head as the expanded call
+    empty = ~np.isfinite(ref_lse)  # rows that see no key: O = 0 and L = -inf
+    assert (lse[empty] == -np.inf).all() and (out[empty] == 0).all()
+    stores = -(-problem.n_kv // s.block_kv) + 1 if kind == "flash1" else 1
+    atol_out, atol_lse = tolerances(q, kx, vx, ref_out, ref_lse, problem.causal, problem.scale, problem.dtype,
+                                    o_stores=stores, allowed=allowed)
+    np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
+    np.testing.assert_allclose(lse[~empty], ref_lse[~empty], rtol=0, atol=atol_lse)
+    if not backward:
+        return
+    *grads, measured = attention_backward(q, k, v, out, lse, dout, count_io=True, **kw)
+    assert measured == simulate(s, problem, mask=mask, backward=True)
+    refs = reference_attention_backward(q, k, v, dout, causal=problem.causal, out=out, lse=lse, mask=mask)
+    refs_x = reference_attention_backward(q, kx, vx, dout, causal=problem.causal, out=out, lse=lse, mask=mask)
+    atols = gradient_tolerances(q, kx, vx, dout, refs_x, problem.causal, problem.scale, problem.dtype, out, lse,
+                                allowed=allowed)
+    group = problem.group
+    for name, g, ref, atol, like, summed in zip(("dq", "dk", "dv"), grads, refs, atols, (q, k, v), (1, group, group)):
+        assert g.shape == like.shape and np.isfinite(g.astype(np.float64)).all(), name
+        np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=summed * atol, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("mask", list(GROUPED_MASKS))
+@pytest.mark.parametrize("heads_kv", [1, 2], ids=["mqa", "gqa"])
+@pytest.mark.parametrize("kind", MASK_KINDS)
+def test_masked_forward_with_grouped_heads(kind, heads_kv, mask, dtype):
+    problem = Problem(**SHAPE, heads_kv=heads_kv, dtype=dtype)
+    check_grouped_masked(kind, problem, GROUPED_MASKS[mask]())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("mask", list(GROUPED_MASKS))
+@pytest.mark.parametrize("heads_kv", [1, 2], ids=["mqa", "gqa"])
+@pytest.mark.parametrize("kind", [k for k in BACKWARD_KINDS if k in MASK_KINDS])
+def test_masked_backward_with_grouped_heads(kind, heads_kv, mask, dtype):
+    problem = Problem(**SHAPE, heads_kv=heads_kv, dtype=dtype, causal=mask == "document")
+    check_grouped_masked(kind, problem, GROUPED_MASKS[mask](), seed=1, backward=True)
+
+
+@pytest.mark.parametrize("kind", [k for k in BACKWARD_KINDS if k in MASK_KINDS])
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_masked_grouped_heads_property(kind, data):
+    """Random grouping, shape, mask (built-in or of the query head) and dtype, forward and backward."""
+    heads_kv = data.draw(st.sampled_from([1, 2, 4]))
+    problem = Problem(batch=1, heads=4, n_q=data.draw(st.integers(1, 12)), n_kv=data.draw(st.integers(1, 12)),
+                      head_dim=4, heads_kv=heads_kv, dtype=data.draw(st.sampled_from(["float32", "float16"])),
+                      causal=data.draw(st.booleans()))
+    mask = data.draw(st.sampled_from([masks.sliding_window(data.draw(st.integers(0, 6))),
+                                      masks.document(data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=3))),
+                                      head_mask()]))
+    check_grouped_masked(kind, problem, mask, seed=data.draw(st.integers(0, 99)), backward=True)

@@ -528,3 +528,150 @@ def test_our_backward_rows_ask_for_the_fast_backward_where_it_runs(monkeypatch):
     spec = bench.BenchSpec(n=(64,), head_dim=(64,), impls=("flash2", "sdpa-efficient"), backward_only=True)
     assert spec.backward and [(i.name, i.direction) for i in spec.implementations()] == [
         ("sdpa-efficient", "bwd"), ("flash2", "bwd")]
+
+
+# -- grouped K/V heads (--heads-kv) ----------------------------------------------------------
+
+def test_grouped_spec_rows_inputs_and_our_builds():
+    """With H_kv < H every problem is grouped, k and v have H_kv heads, our kinds run their plain
+    builds (the row's schedule says why), and the peers without grouped heads are n/a."""
+    from kernels.builds import GROUPED_REFUSAL
+    from sandbox.lab.peers import NO_GROUPED_HEADS, CupyNaive, TorchBlockwise
+
+    spec = BenchSpec(n=(16,), head_dim=(8,), batch=1, heads=4, heads_kv=2, backward=True)
+    p, = spec.problems()
+    assert (p.heads, p.heads_kv, p.group) == (4, 2, 2)
+    q, k, v, dout = make_input_sets(p, 1, True, lib="numba")[0].arrays
+    assert q.shape == dout.shape == (1, 4, 16, 8) and k.shape == v.shape == (1, 2, 16, 8)
+    fast = Ours("flash2", "fwd", Schedule("flash2", block_q=64, block_kv=64))
+    assert fast.chosen(p).name == "plain" and fast.chosen(p).reason == GROUPED_REFUSAL or using_simulator()
+    assert fast.describe(p).endswith(f"(plain build; {GROUPED_REFUSAL})")
+    assert GROUPED_REFUSAL not in fast.describe(Problem(1, 4, 16, 16, 8))
+    # a schedule whose fast backward runs ungrouped: grouped, the row asks for none
+    from kernels.flash2_tc import tc_schedule
+
+    bwd = Ours("flash2", "bwd", tc_schedule(64, 64))
+    grouped64 = Problem(1, 4, 64, 64, 64, heads_kv=1)
+    assert bwd.fast_for(Problem(1, 4, 64, 64, 64)) is True and bwd.fast_for(grouped64) is None
+    assert bwd.chosen(grouped64).name == "plain" and GROUPED_REFUSAL in bwd.describe(grouped64)
+    assert TorchBlockwise("torch-blockwise").available(p) == (False, NO_GROUPED_HEADS)
+    assert CupyNaive("cupy-naive").available(p) == (False, NO_GROUPED_HEADS)
+    label = bench.Task(p, fast).label
+    assert label.endswith("H_kv=2") and "H_kv" not in bench.Task(Problem(1, 4, 16, 16, 8), fast).label
+
+
+class _GroupedPeer(Impl):
+    """A stand-in peer for grouped heads: float64 attention with K/V head h // (H / H_kv), its inputs'
+    shapes recorded; "refuse" raises SDPA's "No available kernel" after warning why, as PyTorch does."""
+
+    memory = "numba"
+
+    def __init__(self, name, direction="fwd", behaviour="ok"):
+        super().__init__(name, direction)
+        self.behaviour, self.seen = behaviour, []
+
+    def prepare(self, inputs, problem):
+        import warnings
+
+        from numba import cuda
+
+        q, k, v, dout = (None if x is None else x.copy_to_host() for x in inputs.view("numba"))
+        self.seen.append((q.shape, k.shape, v.shape))
+        if self.behaviour == "refuse":
+            def refuse():
+                warnings.warn("Efficient attention not used because: enable_gqa is not supported")
+                raise RuntimeError("No available kernel. Aborting execution.")
+            return refuse
+        k_q, v_q = (np.repeat(x, problem.group, axis=1) for x in (k, v))
+        if self.direction == "fwd":
+            out = reference_attention(q, k_q, v_q, causal=problem.causal).astype(problem.dtype)
+            return lambda: cuda.to_device(out)
+        dq, dk, dv = reference_attention_backward(q, k_q, v_q, dout, causal=problem.causal)[:3]
+        grads = [dq] + [x.reshape(x.shape[0], -1, problem.group, *x.shape[2:]).sum(axis=2) for x in (dk, dv)]
+        return lambda: tuple(cuda.to_device(x.astype(problem.dtype)) for x in grads)
+
+
+def test_run_bench_grouped_forward_and_backward(tmp_path, fake_timer):
+    """The whole path with H = 4, H_kv = 2: our flash2's forward and backward (plain builds) and a
+    grouped peer are checked against float64 (dK, dV summed over each group) and timed; a peer that
+    refuses grouped heads is n/a with its reason; the rows and files carry H_kv."""
+    peers = [_GroupedPeer("gqa-peer"), _GroupedPeer("gqa-peer", "bwd"), _GroupedPeer("gqa-refuses", behaviour="refuse")]
+    schedule = Schedule("flash2", block_q=8, block_kv=8, thread_q=4, thread_kv=4)
+
+    class Spec(BenchSpec):
+        def implementations(self):
+            return [peers[0], peers[2], Ours("flash2", "fwd", schedule), peers[1], Ours("flash2", "bwd", schedule)]
+
+    spec = Spec(n=(16,), head_dim=(8,), batch=1, heads=4, heads_kv=2, repeats=2, warmup=0, backward=True)
+    path = str(tmp_path / "g.csv")
+    rows = run_bench(spec, path, timer=fake_timer, require_gpu=False)
+    got = {(r["impl"], r["dir"]): r for r in rows}
+    assert [r["status"] for r in rows] == ["ok", "n/a: Efficient attention not used because: enable_gqa is not supported",
+                                           "ok", "ok", "ok"]
+    assert all(r["heads"] == 4 and r["heads_kv"] == 2 for r in rows)
+    for key in (("flash2", "fwd"), ("flash2", "bwd"), ("gqa-peer", "bwd")):
+        assert got[key]["max_err"] <= got[key]["tol"], key
+    assert "(plain build" in got["flash2", "fwd"]["schedule"] and "(plain build" in got["flash2", "bwd"]["schedule"]
+    assert peers[0].seen[0] == ((1, 4, 16, 8), (1, 2, 16, 8), (1, 2, 16, 8))
+    assert got["flash2", "fwd"]["x_best_peer"] == pytest.approx(1.0)  # the grouped peer is its group's best
+    _, on_disk = bench.load(path)
+    assert [r["heads_kv"] for r in on_disk] == ["2"] * 5
+
+
+def test_a_wrong_grouped_gradient_is_caught():
+    """dK of a K/V head is the sum over its group's query heads: one query head's share is WRONG."""
+    p = Problem(1, 4, 16, 16, 8, heads_kv=2)
+    inputs = make_input_sets(p, 1, True, lib="numba")[0]
+    ref = Reference(inputs, p, "bwd")
+    assert ref.kv_pairs == list(dict.fromkeys((b, h // 2) for b, h in ref.pairs)) == ref.pairs_of["dK"]
+    q, k, v, dout = (x.copy_to_host() for x in inputs.arrays)
+    k_q, v_q = (np.repeat(x, 2, axis=1) for x in (k, v))
+    dq, dk, dv = reference_attention_backward(q, k_q, v_q, dout)[:3]
+    summed = [x.reshape(1, 2, 2, 16, 8).sum(axis=2) for x in (dk, dv)]
+    tol = lambda scale: tolerance(np.dtype("float32"), scale)  # noqa: E731
+    assert ref.check((dq, *summed), tol)[0]
+    ok, _, _, tensor = ref.check((dq, dk[:, ::2], summed[1]), tol)
+    assert not ok and tensor == "dK"
+
+
+def test_sdpa_is_called_with_enable_gqa(monkeypatch):
+    """Sdpa's call for a grouped problem: q with H heads, k and v with H_kv, ``enable_gqa=True``;
+    ungrouped, no ``enable_gqa`` (a torch before 2.5 takes none). PyTorch is replaced by a recorder."""
+    import sys
+    import types
+
+    calls = []
+    F = types.ModuleType("torch.nn.functional")
+    F.scaled_dot_product_attention = lambda q, k, v, **kw: calls.append((q.shape, k.shape, v.shape, kw)) or q
+    torch = types.ModuleType("torch")
+    torch.nn = types.ModuleType("torch.nn")
+    torch.nn.functional = F
+    for name, module in (("torch", torch), ("torch.nn", torch.nn), ("torch.nn.functional", F)):
+        monkeypatch.setitem(sys.modules, name, module)
+    from sandbox.lab.peers import InputSet, sdpa_arguments
+
+    p = Problem(1, 8, 16, 16, 8, heads_kv=2, causal=True)
+    rng = np.random.default_rng(0)
+    inputs = InputSet("torch", rng.standard_normal((1, 8, 16, 8)), *(rng.standard_normal((1, 2, 16, 8)),) * 2)
+    Sdpa("sdpa-flash").prepare(inputs, p)()
+    assert calls == [((1, 8, 16, 8), (1, 2, 16, 8), (1, 2, 16, 8),
+                      {"is_causal": True, "scale": p.scale, "enable_gqa": True})]
+    assert "enable_gqa" not in sdpa_arguments(Problem(1, 8, 16, 16, 8))
+
+
+def test_cli_bench_heads_kv(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run_bench(spec, csv_path, progress=None, argv=None, rows=None):
+        seen["spec"] = spec
+        return rows
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    assert main(["bench", "--heads", "8", "--heads-kv", "2", "--out", str(tmp_path / "x.csv")]) == 0
+    assert seen["spec"].heads_kv == 2 and {p.heads_kv for p in seen["spec"].problems()} == {2}
+
+
+def test_cli_bench_heads_kv_that_does_not_divide_is_one_line(capsys):
+    assert main(["bench", "--heads", "8", "--heads-kv", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "do not divide the 8 query heads" in err and err.count("\n") == 1

@@ -24,13 +24,14 @@ def _torch_cuda():
     return torch
 
 
-def _sdpa_float64(torch, q, k, v, dout, causal, scale, allowed):
-    """SDPA's gradients of sum(O ∘ dout) in float64 (the math backend: float64 runs nowhere else)."""
+def _sdpa_float64(torch, q, k, v, dout, causal, scale, allowed, **gqa):
+    """SDPA's gradients of sum(O ∘ dout) in float64 (the math backend: float64 runs nowhere else);
+    ``gqa``: ``enable_gqa=True`` for k, v with fewer heads than q."""
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
     mask = None if allowed is None else torch.as_tensor(allowed, device=q.device)
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
         out = torch.nn.functional.scaled_dot_product_attention(q64, k64, v64, attn_mask=mask, is_causal=causal,
-                                                               scale=scale)
+                                                               scale=scale, **gqa)
     (out * dout.double()).sum().backward()
     return [x.grad.cpu().numpy() for x in (q64, k64, v64)]
 
@@ -116,3 +117,48 @@ def test_a_training_step_lowers_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] and all(np.isfinite(losses)), losses
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("heads_kv", [1, 2], ids=["mqa", "gqa"])
+@pytest.mark.parametrize("kind, causal, mask", [
+    ("flash2", False, None), ("flash2", True, None), ("flash1", True, None), ("standard", False, None),
+    ("flash2", False, "window"),
+])
+def test_grouped_heads_match_sdpa_with_enable_gqa_in_float64(dtype, heads_kv, kind, causal, mask):
+    """k, v with H_kv < H heads: O and the gradients (dK, dV of K's and V's shapes, each group's
+    query heads summed) against SDPA's with ``enable_gqa=True`` in float64."""
+    torch = _torch_cuda()
+    from sandbox.torch import attention
+
+    b, h, n_q, n_kv, d = 2, 4, 200, 170, 64
+    group = h // heads_kv
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    tdtype = getattr(torch, dtype)
+    q = torch.randn(b, h, n_q, d, device="cuda", generator=gen).to(tdtype).requires_grad_()
+    k, v = (torch.randn(b, heads_kv, n_kv, d, device="cuda", generator=gen).to(tdtype).requires_grad_()
+            for _ in range(2))
+    dout = torch.randn(b, h, n_q, d, device="cuda", generator=gen).to(tdtype)
+    m = masks.sliding_window(40) if mask else None
+    allowed = None if m is None else masks.dense(m, b, h, n_q, n_kv, causal=causal)
+    schedule = Schedule(kind, block_q=64, block_kv=64, thread_q=4, thread_kv=4)
+    out = attention(q, k, v, schedule=schedule, causal=causal, mask=m)
+    out.backward(dout)
+    assert out.shape == q.shape and k.grad.shape == k.shape and v.grad.shape == v.shape
+    refs = _sdpa_float64(torch, q, k, v, dout, causal and m is None, None, allowed, enable_gqa=True)
+    # per query head, the tolerances of the same call on K, V expanded to H heads; dK, dV sum `group` of them
+    kx, vx = (x.detach().repeat_interleave(group, dim=1) for x in (k, v))
+    refs_x = _sdpa_float64(torch, q, kx, vx, dout, causal and m is None, None, allowed)
+    for ref, ref_x in zip(refs[1:], refs_x[1:]):  # SDPA's enable_gqa sums the group as the expanded call does
+        np.testing.assert_allclose(ref, ref_x.reshape(b, heads_kv, group, n_kv, d).sum(axis=2), rtol=1e-10, atol=1e-10)
+    from sandbox import attention as attention_any
+
+    _, lse = attention_any(q.detach(), k.detach(), v.detach(), schedule=schedule, causal=causal, mask=m,
+                           return_lse=True)
+    host = [x.detach().float().cpu().numpy() for x in (q, kx, vx, dout, out)]
+    atols = gradient_tolerances(*host[:4], refs_x, causal, 1 / np.sqrt(d), dtype, host[4], lse.cpu().numpy(),
+                                allowed=allowed)
+    for name, x, ref, atol, summed in zip(("dq", "dk", "dv"), (q, k, v), refs, atols, (1, group, group)):
+        assert x.grad.dtype == tdtype
+        np.testing.assert_allclose(x.grad.double().cpu().numpy(), ref, rtol=0, atol=summed * atol, err_msg=name)
