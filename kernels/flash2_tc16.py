@@ -54,7 +54,7 @@ conflict, while each V load reads 16 rows × 16 bytes.
 import math
 
 import numpy as np
-from numba import cuda, float32, uint32
+from numba import cuda, float32, uint32, uint64
 
 from kernels.flash2_common import fmax, group_reductions, refusal
 from kernels.flash2_common import phases as fast_phases
@@ -151,54 +151,67 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
     K_ITEMS = BC * DP  # words of K_j: item (key, word)
     V_ITEMS = (BC // 2) * DP  # (key pair, word) items of V_j, two words each
     IK, IV = -(-K_ITEMS // NT), -(-V_ITEMS // NT)
+    NVB = 2 * IV  # (a constant: local array sizes must be literal)
     K_FULL, V_FULL = K_ITEMS % NT == 0, V_ITEMS % NT == 0
     LO, HI = 0xFFFF, 0xFFFF0000
 
-    @inline_device
-    def k_item(tid, it):
-        """Item it of the thread: (key, word) of K_j, consecutive threads consecutive words."""
-        if NT % DP == 0:  # (the word a per-thread constant, the key a per-item one)
-            return tid // DP + it * (NT // DP), tid % DP
-        e = tid + it * NT
-        return e // DP, e % DP
+    # Indices are uint64 throughout (every constant too: uint64 with int64 is float64 in Numba):
+    # a signed index gets a negative-index fix-up per access, which keeps the compiler from
+    # folding a thread's shared loads into one base address plus constant offsets.
 
     @inline_device
-    def v_item(tid, it):
-        """Item it of the thread: (key pair, word) of V_j, a warp's 32 lanes 8 pairs × 4 words."""
-        e = tid + it * NT
-        return (e // (8 * DP)) * 8 + e % 8, (e // 8) % DP
+    def k_item(t, it):
+        """Item it of thread t: (key, word) of K_j, consecutive threads consecutive words."""
+        if NT % DP == 0:  # (the word a per-thread constant, the key a per-item one)
+            return t // uint64(DP) + uint64(it * (NT // DP)), t % uint64(DP)
+        e = t + uint64(it * NT)
+        return e // uint64(DP), e % uint64(DP)
+
+    @inline_device
+    def v_item(t, it):
+        """Item it of thread t: (key pair, word) of V_j, a warp's 32 lanes 8 pairs × 4 words."""
+        e = t + uint64(it * NT)
+        return (e // uint64(8 * DP)) * uint64(8) + e % uint64(8), (e // uint64(8)) % uint64(DP)
 
     @inline_device
     def fetch_k(kh, k0, kv_len, buf, tid):
         """K_j: HBM -> registers, the thread's items; zeros past the last key."""
+        t = uint64(tid)
+        u0 = uint64(k0)
+        n = uint64(kv_len)
         for it in range(IK):
             x = uint32(0)
-            if K_FULL or tid + it * NT < K_ITEMS:
-                key, w = k_item(tid, it)
-                if key < kv_len:
-                    x = kh[k0 + key, w]
+            if K_FULL or t + uint64(it * NT) < uint64(K_ITEMS):
+                key, w = k_item(t, it)
+                if key < n:
+                    x = kh[u0 + key, w]
             buf[it] = x
 
     @inline_device
     def store_k(buf, sm, tid):
         """The fetched K items -> SRAM, row key, word w."""
+        t = uint64(tid)
         for it in range(IK):
-            if K_FULL or tid + it * NT < K_ITEMS:
-                key, w = k_item(tid, it)
-                sm[key * KS + w] = buf[it]
+            if K_FULL or t + uint64(it * NT) < uint64(K_ITEMS):
+                key, w = k_item(t, it)
+                sm[key * uint64(KS) + w] = buf[it]
 
     @inline_device
     def fetch_v(vh, k0, kv_len, buf, tid):
         """V_j: HBM -> registers, word w of rows 2p and 2p + 1 per item; zeros past the last key."""
+        t = uint64(tid)
+        u0 = uint64(k0)
+        n = uint64(kv_len)
         for it in range(IV):
             x0 = uint32(0)
             x1 = uint32(0)
-            if V_FULL or tid + it * NT < V_ITEMS:
-                p, w = v_item(tid, it)
-                if 2 * p < kv_len:
-                    x0 = vh[k0 + 2 * p, w]
-                if 2 * p + 1 < kv_len:
-                    x1 = vh[k0 + 2 * p + 1, w]
+            if V_FULL or t + uint64(it * NT) < uint64(V_ITEMS):
+                p, w = v_item(t, it)
+                r = uint64(2) * p
+                if r < n:
+                    x0 = vh[u0 + r, w]
+                if r + uint64(1) < n:
+                    x1 = vh[u0 + r + uint64(1), w]
             buf[2 * it] = x0
             buf[2 * it + 1] = x1
 
@@ -206,13 +219,15 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
     def store_v(buf, sm, tid):
         """The fetched V items, transposed -> Vt: column 2w gets the low halves (V[2p, 2w],
         V[2p + 1, 2w]), column 2w + 1 the high halves."""
+        t = uint64(tid)
         for it in range(IV):
-            if V_FULL or tid + it * NT < V_ITEMS:
-                p, w = v_item(tid, it)
+            if V_FULL or t + uint64(it * NT) < uint64(V_ITEMS):
+                p, w = v_item(t, it)
                 x0 = buf[2 * it]
                 x1 = buf[2 * it + 1]
-                sm[OV + 2 * w * VS + p] = (x0 & LO) | ((x1 & LO) << 16)
-                sm[OV + (2 * w + 1) * VS + p] = (x0 >> 16) | (x1 & HI)
+                at = uint64(OV) + uint64(2) * w * uint64(VS) + p
+                sm[at] = (x0 & LO) | ((x1 & LO) << 16)
+                sm[at + uint64(VS)] = (x0 >> 16) | (x1 & HI)
 
     def kernel(q, k, v, o, lse, scale, counters):
         if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or o.shape[3] != D:
@@ -245,6 +260,11 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
         r_hi = r_lo + 8
         kh = ku[b, h]
         vh = vu[b, h]
+        qh = qu[b, h]
+        oh = ou[b, h]
+        ut = uint64(tq)
+        k_lane = uint64(g * KS + tq)  # the lane's word of a K_j fragment: row g, word t
+        v_lane = uint64(OV + g * VS + tq)  # ... and of a Vt fragment
 
         qf = cuda.local.array((KD, 4), uint32)  # Q's A fragments, for the whole K/V loop
         acc = cuda.local.array((ND, 4), float32)  # O's accumulators, 8 columns of d per group
@@ -252,7 +272,7 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
         m = cuda.local.array(2, float32)
         l = cuda.local.array(2, float32)
         kb = cuda.local.array(IK, uint32)  # the thread's items of K_{j+1}
-        vb = cuda.local.array(2 * IV, uint32)  # ... and of V_{j+1}
+        vb = cuda.local.array(NVB, uint32)  # ... and of V_{j+1}
         for i in range(2):
             m[i] = NEG_INF
             l[i] = ZERO
@@ -262,12 +282,13 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
         for kk in range(KD):  # a0 = Q[g, 16kk + 2t : +2], a1 its row g + 8, a2, a3 eight columns on
             for i in range(4):
                 qf[kk, i] = uint32(0)
+            col = uint64(8 * kk) + ut
             if r_lo < q_len:
-                qf[kk, 0] = qu[b, h, q0 + r_lo, 8 * kk + tq]
-                qf[kk, 2] = qu[b, h, q0 + r_lo, 8 * kk + tq + 4]
+                qf[kk, 0] = qh[uint64(q0 + r_lo), col]
+                qf[kk, 2] = qh[uint64(q0 + r_lo), col + uint64(4)]
             if r_hi < q_len:
-                qf[kk, 1] = qu[b, h, q0 + r_hi, 8 * kk + tq]
-                qf[kk, 3] = qu[b, h, q0 + r_hi, 8 * kk + tq + 4]
+                qf[kk, 1] = qh[uint64(q0 + r_hi), col]
+                qf[kk, 3] = qh[uint64(q0 + r_hi), col + uint64(4)]
 
         kv_end = n_kv
         if CAUSAL:
@@ -293,9 +314,9 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
                     s[n, i] = ZERO
             for kk in range(KD):
                 for n in range(NS):
-                    at = (8 * n + g) * KS + 8 * kk + tq
+                    at = k_lane + uint64(8 * n * KS + 8 * kk)
                     s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma(
-                        xch, tid, qf[kk, 0], qf[kk, 1], qf[kk, 2], qf[kk, 3], sm[at], sm[at + 4],
+                        xch, tid, qf[kk, 0], qf[kk, 1], qf[kk, 2], qf[kk, 3], sm[at], sm[at + uint64(4)],
                         s[n, 0], s[n, 1], s[n, 2], s[n, 3])
             for n in range(NS):
                 for i in range(4):
@@ -347,9 +368,10 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
                 a2 = pack(s[2 * c + 1, 0], s[2 * c + 1, 1])
                 a3 = pack(s[2 * c + 1, 2], s[2 * c + 1, 3])
                 for nn in range(ND):
-                    at = OV + (8 * nn + g) * VS + 8 * c + tq
+                    at = v_lane + uint64(8 * nn * VS + 8 * c)
                     acc[nn, 0], acc[nn, 1], acc[nn, 2], acc[nn, 3] = mma(
-                        xch, tid, a0, a1, a2, a3, sm[at], sm[at + 4], acc[nn, 0], acc[nn, 1], acc[nn, 2], acc[nn, 3])
+                        xch, tid, a0, a1, a2, a3, sm[at], sm[at + uint64(4)], acc[nn, 0], acc[nn, 1], acc[nn, 2],
+                        acc[nn, 3])
 
             # barrier: every thread is done reading V_j (and K_{j+1} is in SRAM)
             cuda.syncthreads()
@@ -367,7 +389,7 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
                 if l[i] != ZERO:  # NaN passes through
                     inv = ONE / l[i]
                 for nn in range(ND):
-                    ou[b, h, q0 + rr, 4 * nn + tq] = pack(acc[nn, 2 * i] * inv, acc[nn, 2 * i + 1] * inv)
+                    oh[uint64(q0 + rr), uint64(4 * nn) + ut] = pack(acc[nn, 2 * i] * inv, acc[nn, 2 * i + 1] * inv)
                 if tq == 0:
                     lse[b, h, q0 + rr] = m[i] * LN2 + math.log(l[i]) if l[i] != ZERO else NEG_INF
 
