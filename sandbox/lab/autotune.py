@@ -62,7 +62,8 @@ CANDIDATES = (
 #: kernels/flash2_tc.py), tried beside the FMA ones.
 TC_CANDIDATES = ((128, 64), (128, 32), (128, 16), (64, 64), (64, 32))
 #: (Br, Bc) of the 16-bit tensor-core build's candidates (``math="f16"``, fp16 and bf16 inputs only;
-#: kernels/flash2_tc16.py): Br/16 warps, 8 or 4; tried beside the others for those dtypes.
+#: kernels/flash2_tc16.py): Br/16 warps, 8 or 4; tried beside the others for those dtypes. (ptxas for
+#: sm_90 spills some of them at d = 128, where 128 × 64 compiles clean; the tuner refuses spills.)
 TC16_CANDIDATES = ((128, 64), (128, 128), (64, 64), (64, 128))
 #: (Br, Bc) of the fast backward's candidates (kernels/backward_tc.py: dkdv a warp per 16 keys of Bc,
 #: dq a warp per 16 queries of Br); those over the GPU's shared memory are left out.

@@ -224,3 +224,15 @@ def test_pack_rounds_to_nearest_even_on_the_gpu(dtype):
 def test_products_refuse_other_dtypes():
     with pytest.raises(ValueError, match="float16 or bfloat16"):
         products(np.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES16)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_a_candidate_compiles_without_spills(head_dim, dtype):
+    """The tuner's 16-bit tensor-core candidates include one whose kernels (causal or not) use no
+    local memory at this head_dim: the tuner, which refuses candidates that spill, has one to time."""
+    from sandbox.lab import autotune
+
+    f16 = [s for s in autotune.candidates(head_dim, dtype) if s.math == "f16"]
+    assert f16 and any(autotune._local_memory(s, head_dim, dtype) == 0 for s in f16)
