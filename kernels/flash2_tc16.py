@@ -47,8 +47,8 @@ bank, 8-way). With s = d/2 + 4 (or Bc/2 + 4), s ≡ 4 mod 8, so s/4 is odd, g·s
 8 values, g·s mod 32 is 0, 4, ..., 28 once each, and + t fills the 32 banks: no conflict. The
 loaders give consecutive lanes consecutive words of a K row (conflict-free while d/2 ≥ 32;
 2-way at d = 16, 32), and for Vt 8 consecutive key pairs × 4 words of d per warp: the stores
-(2·cp·s + p) mod 32 then land 8 lanes on each of 4 bank groups 8 apart (2·s ≡ 8 mod 16), no
-conflict, while each V load reads 16 rows × 16 bytes.
+(2·w·s + p) mod 32 then land 8 lanes on each of 4 bank groups 8 apart (2·s ≡ 8 mod 16), no
+conflict, while each of an item's two V loads reads 8 rows × 16 bytes (half a 32-byte sector each).
 """
 
 import math

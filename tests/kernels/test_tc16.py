@@ -86,6 +86,19 @@ def test_fixed_shapes(case, causal, dtype):
     check(tc16_schedule(br, bc), problem, *make_inputs(problem, seed=nq * 100 + nk, magnitude=10.0))
 
 
+# (Br, Bc, Nq, Nk, d, dtype): the loaders' general cases: d/2 = 24 words a row, which 32 threads'
+# items do not divide into per-thread constants (Bc = 48: 6 key groups, 3 k16 steps of P·V); and
+# 96 threads with d = 80, whose items of K and V leave the last round partial
+LAYOUTS = {"d48-Bc48": (16, 48, 20, 53, 48, "float16"), "partial-items": (48, 16, 50, 37, 80, "bfloat16")}
+
+
+@pytest.mark.parametrize("case", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_loader_layouts(case):
+    br, bc, nq, nk, d, dtype = case
+    problem = Problem(1, 1, nq, nk, d, dtype=dtype, causal=True)
+    check(tc16_schedule(br, bc), problem, *make_inputs(problem, seed=7, magnitude=10.0))
+
+
 def test_fp32_inputs_take_another_build():
     """fp32 inputs are refused with the reason: the plain build runs them, fast=True raises."""
     s = tc16_schedule(16, 16)
