@@ -127,7 +127,14 @@ def tc16_schedule(block_q, block_kv, **kwargs):
 
 
 def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """Build the 16-bit tensor-core flash2 kernel (see the module docstring). Returns (kernel, smem_bytes, grid(problem))."""
+    """Build the 16-bit tensor-core flash2 kernel (see the module docstring).
+
+    Returns:
+        (kernel, smem_bytes, grid(problem)).
+
+    Raises:
+        ValueError: a schedule, head_dim or dtype it cannot run (``eligible``, ``dtype_refusal``).
+    """
     why = eligible(schedule, head_dim, count_io, mask) or dtype_refusal(dtype)
     if why is not None:
         raise ValueError(f"the 16-bit tensor-core flash2 build cannot run {schedule} at d={head_dim}: {why}")

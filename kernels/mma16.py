@@ -41,12 +41,14 @@ XCH16_PER_THREAD = 6
 if using_simulator():
 
     def _halves_f16(x):
+        """The two fp16 values of a register (low half first)."""
         x = int(x)
-        return (float(np.uint16(x & 0xFFFF).view(np.float16)), float(np.uint16((x >> 16) & 0xFFFF).view(np.float16)))
+        return float(np.uint16(x & 0xFFFF).view(np.float16)), float(np.uint16((x >> 16) & 0xFFFF).view(np.float16))
 
     def _halves_bf16(x):
+        """The two bf16 values of a register (low half first), as fp32 (a bf16 is fp32's high half)."""
         x = int(x)
-        return (float(np.uint32((x & 0xFFFF) << 16).view(np.float32)), float(np.uint32(x & 0xFFFF0000).view(np.float32)))
+        return float(np.uint32((x & 0xFFFF) << 16).view(np.float32)), float(np.uint32(x & 0xFFFF0000).view(np.float32))
 
     def _pack_with(t):
         def pack(lo, hi):
@@ -64,6 +66,8 @@ if using_simulator():
     def _make_mma(halves):
         @cuda.jit(device=True)  # (the simulator gives a jitted function's module its fake ``cuda`` while it runs)
         def mma(xch, tid, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+            """D = C + A·B, one m16n8k16 warp product (the module docstring's fragments): the lanes
+            swap fragments through ``xch``; every thread of the block must call it."""
             base = tid * XCH16_PER_THREAD
             for i, x in enumerate((a0, a1, a2, a3, b0, b1)):
                 xch[base + i] = x

@@ -96,8 +96,9 @@ class Schedule:
             three TF32 tensor-core products, the arithmetic of PyTorch SDPA's memory-efficient
             fp32 kernel; "f16", flash2's 16-bit tensor-core build for fp16/bf16 inputs
             (kernels/flash2_tc16.py): one m16n8k16 product with fp32 accumulation, as in
-            FlashAttention-2 (other dtypes take another build). Counting runs (``count_io``) and masks take the counting build, whose
-            arithmetic is FMA either way; the HBM traffic is the same.
+            FlashAttention-2 (other dtypes take another build). Counting runs (``count_io``) and
+            masks take the counting build, whose arithmetic is FMA either way; the HBM traffic is
+            the same.
 
     Raises:
         ValueError: unknown kind, non-positive sizes, a thread block over 1024 threads,
