@@ -25,8 +25,8 @@ The thread layout is the schedule's: thread_q = 2 (rows g and g + 8 of the warp'
 threads_kv = 4; ``eligible`` says so.
 
 **Packed operands.** q, k, v and o are viewed as uint32 arrays (two 16-bit values along d per
-element, d even): a fragment register is one 32-bit load, Q's from HBM, K's and V's from SRAM,
-and SRAM holds uint32 too. K is the S product's B operand as it is: B[k, n] = K[n, k], two
+element, d even): a fragment register is one 32-bit word, Q's loaded from HBM, K's and V's from
+SRAM (b0 and b1 in one 8-byte load, below), and SRAM holds uint32 too. K is the S product's B operand as it is: B[k, n] = K[n, k], two
 consecutive columns of d, adjacent in K's row. V is the P·V product's B operand with B[k, n] =
 V[k, n], two consecutive *keys* of one column: the loader transposes V into Vt[col][key pair]
 (each uint32 holds V[2p, col] in its low half and V[2p + 1, col] in its high half), from two
@@ -38,17 +38,20 @@ fragment of the P·V product's 16-key step c, once each pair is packed into one 
 (``pack``: two fp32 rounded to nearest even, one ``cvt`` instruction). l_i sums P in fp32
 before that rounding, as FlashAttention-2 does.
 
-**Shared layouts and bank conflicts.** K_j as uint32 [Bc][d/2 + 4] and Vt as uint32 [d][Bc/2 + 4].
-A B-fragment load has lane (g, t) read row 8n + g (K: the key; Vt: the column of d), word w + t,
-so the 32 lanes touch 8 rows × 4 consecutive words. With a row stride of s words the banks are
-(g·s + t + const) mod 32. Unpadded, s = d/2 or Bc/2 is a multiple of 8 (d and Bc multiples of
-16), and g·s mod 32 takes at most 4 values: up to 8 lanes on a bank (d/2 = 32: all 8 rows on one
-bank, 8-way). With s = d/2 + 4 (or Bc/2 + 4), s ≡ 4 mod 8, so s/4 is odd, g·s/4 mod 8 takes all
-8 values, g·s mod 32 is 0, 4, ..., 28 once each, and + t fills the 32 banks: no conflict. The
-loaders give consecutive lanes consecutive words of a K row (conflict-free while d/2 ≥ 32;
-2-way at d = 16, 32), and for Vt 8 consecutive key pairs × 4 words of d per warp: the stores
-(2·w·s + p) mod 32 then land 8 lanes on each of 4 bank groups 8 apart (2·s ≡ 8 mod 16), no
-conflict, while each of an item's two V loads reads 8 rows × 16 bytes (half a 32-byte sector each).
+**Shared layouts and bank conflicts.** K_j as uint32 [Bc][s_K] and Vt as uint32 [d][s_V] (row
+strides s_K ≥ d/2 and s_V ≥ Bc/2 words, ``row_stride``). A lane's B fragment is words t and t + 4
+of an 8-word group of row 8n + g (K: the key; Vt: the column of d). Each row stores, in every group
+of 8, words j and j + 4 side by side (``slot``: slots 2j, 2j + 1), so the fragment is one 8-byte
+load of slots 2t, 2t + 1, and a warp's load is 8 rows × 8 words. The 8-byte loads are served a
+half-warp at a time: rows g = 0..3 (or 4..7), 8 consecutive words each, on banks (g·s + 0..7 +
+const) mod 32, which are distinct when g·s mod 32 takes the values 0, 8, 16, 24: s ≡ 8 mod 16.
+Unpadded, s = d/2 or Bc/2 is a multiple of 8 (d and Bc multiples of 16), and a multiple of 16
+(d/2 = 32, 64) puts rows g and g + 2 on the same banks (2-way; 4-way at s ≡ 0 mod 32): such
+rows get 8 words of padding. The loaders give consecutive lanes consecutive words of a K row
+(one row per warp from d/2 = 32 on: its 32 slots, 32 banks), and for Vt 8 consecutive key pairs
+× 4 words of d per warp: each of an item's two V loads reads 8 rows × 16 bytes (half a 32-byte
+sector each) and the stores (2·w·s + slot(p)) mod 32 land on 16 banks twice (2·s ≡ 16 mod 32),
+a 2-way conflict, once per item per K/V block.
 """
 
 import math
@@ -67,9 +70,13 @@ from sandbox.vocabulary.runtime import using_simulator
 #: The input dtypes this build takes; others run another build (kernels/builds.py).
 DTYPES = ("float16", "bfloat16")
 
-#: Words (uint32) added to each SRAM row of K_j and Vt: rows s ≡ 4 mod 8 words apart put a
-#: fragment load's 8 rows × 4 words on 32 distinct banks (the module docstring).
-ROW_PAD = 4
+
+
+def row_stride(words):
+    """The SRAM row stride (uint32 words) of a K_j or Vt row of ``words`` words (a multiple of 8):
+    padded by 8 where needed to make it ≡ 8 mod 16, which puts a half-warp's 8-byte fragment
+    loads on distinct banks (the module docstring)."""
+    return words + (8 if words % 16 == 0 else 0)
 
 
 def eligible(schedule, head_dim, count_io=False, mask=None):
@@ -102,9 +109,9 @@ def dtype_refusal(dtype):
 
 
 def smem_bytes(schedule, head_dim):
-    """Dynamic shared memory: K_j as [Bc][d/2 + ROW_PAD] and Vt as [d][Bc/2 + ROW_PAD] uint32."""
+    """Dynamic shared memory: K_j as [Bc][row_stride(d/2)] and Vt as [d][row_stride(Bc/2)] uint32."""
     bc = schedule.block_kv
-    return 4 * (bc * (head_dim // 2 + ROW_PAD) + head_dim * (bc // 2 + ROW_PAD))
+    return 4 * (bc * row_stride(head_dim // 2) + head_dim * row_stride(bc // 2))
 
 
 def min_blocks_per_sm(schedule, head_dim):
@@ -146,8 +153,8 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
     NS = BC // 8  # 8-key groups of S
     KC = BC // 16  # k16 steps of P V
     ND = D // 8  # 8-column groups of O
-    KS = DP + ROW_PAD  # K_j's SRAM row stride (words)
-    VS = BC // 2 + ROW_PAD  # Vt's SRAM row stride (words)
+    KS = row_stride(DP)  # K_j's SRAM row stride (words)
+    VS = row_stride(BC // 2)  # Vt's SRAM row stride (words)
     OV = BC * KS  # Vt's offset
     CAUSAL = bool(causal)
     n_smem = smem_bytes(schedule, head_dim)
@@ -165,6 +172,12 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
     # Indices are uint64 throughout (every constant too: uint64 with int64 is float64 in Numba):
     # a signed index gets a negative-index fix-up per access, which keeps the compiler from
     # folding a thread's shared loads into one base address plus constant offsets.
+
+    @inline_device
+    def slot(w):
+        """Where word w of a row is stored: in each group of 8, words j and j + 4 side by side at
+        2j, 2j + 1 (j < 4), so that a lane's b0 and b1 are one 8-byte load."""
+        return (w // uint64(8)) * uint64(8) + (w % uint64(4)) * uint64(2) + (w // uint64(4)) % uint64(2)
 
     @inline_device
     def k_item(t, it):
@@ -201,7 +214,7 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
         for it in range(IK):
             if K_FULL or t + uint64(it * NT) < uint64(K_ITEMS):
                 key, w = k_item(t, it)
-                sm[key * uint64(KS) + w] = buf[it]
+                sm[key * uint64(KS) + slot(w)] = buf[it]
 
     @inline_device
     def fetch_v(vh, k0, kv_len, buf, tid):
@@ -232,7 +245,7 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
                 p, w = v_item(t, it)
                 x0 = buf[2 * it]
                 x1 = buf[2 * it + 1]
-                at = uint64(OV) + uint64(2) * w * uint64(VS) + p
+                at = uint64(OV) + uint64(2) * w * uint64(VS) + slot(p)
                 sm[at] = (x0 & LO) | ((x1 & LO) << 16)
                 sm[at + uint64(VS)] = (x0 >> 16) | (x1 & HI)
 
@@ -270,8 +283,8 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
         qh = qu[b, h]
         oh = ou[b, h]
         ut = uint64(tq)
-        k_lane = uint64(g * KS + tq)  # the lane's word of a K_j fragment: row g, word t
-        v_lane = uint64(OV + g * VS + tq)  # ... and of a Vt fragment
+        k_lane = uint64(g * KS + 2 * tq)  # the lane's slot of a K_j fragment: row g, words t, t + 4
+        v_lane = uint64(OV + g * VS + 2 * tq)  # ... and of a Vt fragment
 
         qf = cuda.local.array((KD, 4), uint32)  # Q's A fragments, for the whole K/V loop
         acc = cuda.local.array((ND, 4), float32)  # O's accumulators, 8 columns of d per group
@@ -315,7 +328,7 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
             if more:  # K_{j+1}: HBM -> registers, while S_j is computed
                 fetch_k(kh, k1, min(BC, n_kv - k1), kb, tid)
 
-            # -- S = Q_i K_jᵀ: b0 = K[8n + g, 16kk + 2t : +2], b1 eight columns on
+            # -- S = Q_i K_jᵀ: b0 = K[8n + g, 16kk + 2t : +2], b1 eight columns on (one 8-byte load)
             for n in range(NS):
                 for i in range(4):
                     s[n, i] = ZERO
@@ -323,7 +336,7 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
                 for n in range(NS):
                     at = k_lane + uint64(8 * n * KS + 8 * kk)
                     s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma(
-                        xch, tid, qf[kk, 0], qf[kk, 1], qf[kk, 2], qf[kk, 3], sm[at], sm[at + uint64(4)],
+                        xch, tid, qf[kk, 0], qf[kk, 1], qf[kk, 2], qf[kk, 3], sm[at], sm[at + uint64(1)],
                         s[n, 0], s[n, 1], s[n, 2], s[n, 3])
             for n in range(NS):
                 for i in range(4):
@@ -368,7 +381,8 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
                 fetch_v(vh, k1, min(BC, n_kv - k1), vb, tid)
 
             # -- O_i += P V_j: the S accumulators of groups 2c, 2c + 1, packed, are the A fragment;
-            # b0 = Vt[8nn + g, 8c + t] (keys 16c + 2t, +1), b1 = Vt[8nn + g, 8c + t + 4] (8 keys on)
+            # b0 = Vt[8nn + g, 8c + t] (keys 16c + 2t, +1), b1 = Vt[8nn + g, 8c + t + 4] (8 keys on),
+            # side by side in slots 8c + 2t, 8c + 2t + 1
             for c in range(KC):
                 a0 = pack(s[2 * c, 0], s[2 * c, 1])
                 a1 = pack(s[2 * c, 2], s[2 * c, 3])
@@ -377,7 +391,7 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
                 for nn in range(ND):
                     at = v_lane + uint64(8 * nn * VS + 8 * c)
                     acc[nn, 0], acc[nn, 1], acc[nn, 2], acc[nn, 3] = mma(
-                        xch, tid, a0, a1, a2, a3, sm[at], sm[at + uint64(4)], acc[nn, 0], acc[nn, 1], acc[nn, 2],
+                        xch, tid, a0, a1, a2, a3, sm[at], sm[at + uint64(1)], acc[nn, 0], acc[nn, 1], acc[nn, 2],
                         acc[nn, 3])
 
             # barrier: every thread is done reading V_j (and K_{j+1} is in SRAM)
