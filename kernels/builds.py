@@ -2,13 +2,15 @@
 (forward) and :func:`choose_backward_build` (backward; its fast build is opt-in).
 
 A kind has its counting kernels (kernels/registry.py's ``kernels``) and, optionally, fast builds of
-the same schedule by arithmetic (``fast``: flash2's ``"fma"``, kernels/flash2_fast.py, and
-``"tf32x3"``, kernels/flash2_tc.py). A forward call runs one of:
+the same schedule by arithmetic (``fast``: flash2's ``"fma"``, kernels/flash2_fast.py,
+``"tf32x3"``, kernels/flash2_tc.py, and ``"f16"``, kernels/flash2_tc16.py, for fp16/bf16 inputs only).
+A forward call runs one of:
 
 - ``"counting"``: the counting kernels with their IO counters (``count_io``);
 - ``"plain"``: the same source with the counters compiled out: with a mask, with ``fast=False``,
   or where no fast build can run the call;
-- ``"fast-<math>"``: the fast build for ``Schedule.math`` (``"fast-fma"``, ``"fast-tf32x3"``).
+- ``"fast-<math>"``: the fast build for ``Schedule.math`` (``"fast-fma"``, ``"fast-tf32x3"``,
+  ``"fast-f16"``).
 
 The launcher (kernels/launch.py) compiles and launches the chosen :class:`Build` without deciding
 again; ``kernels.entry.attention(..., return_build=True)`` hands it to the caller.
@@ -64,7 +66,8 @@ def fast_build(schedule, backward=False):
 GROUPED_REFUSAL = "grouped K/V heads (heads_kv < heads): the fast builds read K and V at the query head"
 
 
-def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False):
+def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,
+                 dtype=None):
     """The build a forward call of ``schedule`` at ``head_dim`` runs.
 
     Args:
@@ -78,6 +81,9 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
             tiny V for the tensor cores) run the plain build.
         grouped: k and v have fewer heads than q (H_kv < H), which the fast builds do not take
             (:data:`GROUPED_REFUSAL`).
+        dtype: the inputs' dtype, for a fast build that takes only some (its ``dtype_refusal``:
+            the 16-bit tensor-core build refuses fp32, which then runs the plain build); None
+            (not known) refuses nothing.
 
     Returns:
         a :class:`Build`.
@@ -86,7 +92,7 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
         TypeError: ``fast`` is not None, True or False.
         ValueError: ``fast=True`` and the fast build cannot run this, with the reason.
     """
-    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=False)
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=False, dtype=dtype)
 
 
 #: Why ``fast=None`` leaves the backward to the plain build: the fast backward is taken only when asked for.
@@ -106,7 +112,7 @@ def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast
     return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True)
 
 
-def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward):
+def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, dtype=None):
     if fast is not False and fast not in (None, True):
         raise TypeError(f"fast: expected None, True or False, got {fast!r}")
     kernels = None if backward else registry.get(schedule.kind).kernels
@@ -117,6 +123,8 @@ def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward):
     why = module.eligible(schedule, head_dim, count_io, mask) if module is not None else (
         f"kind {schedule.kind!r} has no fast backward for math={schedule.math!r}" if backward
         else f"kind {schedule.kind!r} has no fast build")
+    if why is None and dtype is not None and hasattr(module, "dtype_refusal"):
+        why = module.dtype_refusal(dtype)
     if why is None and grouped:
         why = GROUPED_REFUSAL
     limit = device_smem_optin()

@@ -234,7 +234,7 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
     """
     if chosen is None:
         chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast,
-                              grouped=problem.group > 1)
+                              grouped=problem.group > 1, dtype=problem.dtype)
     if not chosen.fast:  # (a fast build's own need was checked by choose_build)
         check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype))  # before any attribute or launch
     ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, mask=mask)
@@ -410,7 +410,7 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
     facts = host_facts(q, k, v)
     check_fp32_range(problem, q, k, v, facts)
     chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast, facts=facts,
-                          grouped=problem.group > 1)
+                          grouped=problem.group > 1, dtype=problem.dtype)
     out, lse, report, chosen = run(schedule, problem, *to_device((q, k, v), "qkv"), mask=mask, chosen=chosen)
     return (*from_device((out, lse), q, (problem.dtype, np.float32)), report, chosen)
 

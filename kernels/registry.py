@@ -12,7 +12,9 @@ in ``simulator/table.py``; ``sandbox.register_kind`` registers all three. Here a
 - ``fast``: optionally, ``{Schedule.math: build}``, faster builds of the same schedule for runs
   without counters or masks (same tiles, same loop order, same HBM traffic). A build has
   ``eligible(schedule, head_dim, count_io, mask) -> None or the reason it cannot run``,
-  ``smem_bytes(schedule, head_dim)``, ``min_blocks_per_sm(schedule, head_dim)`` and ``phases(dtype)``.
+  ``smem_bytes(schedule, head_dim)``, ``min_blocks_per_sm(schedule, head_dim)`` and ``phases(dtype)``,
+  and optionally ``dtype_refusal(dtype) -> None or the reason`` for a build that takes only some
+  input dtypes (kernels/builds.py asks it when the dtype is known).
 - ``fast_backward``: optionally, ``{Schedule.math: build}``, fast builds of the kind's backward (same
   tiles and HBM traffic as its counting backward), with the same functions, ``phases`` giving the
   counting backward's phases and arguments, plus ``threads(schedule, phase)``, each phase's block size.
@@ -23,7 +25,7 @@ Which build runs is decided in one place, ``kernels/builds.py``.
 import dataclasses
 import types
 
-from kernels import backward_tc, flash1, flash2, flash2_fast, flash2_tc, splitkv, standard
+from kernels import backward_tc, flash1, flash2, flash2_fast, flash2_tc, flash2_tc16, splitkv, standard
 from sandbox.vocabulary import kinds
 
 
@@ -88,5 +90,5 @@ def names():
 
 register("standard", standard)
 register("flash1", flash1)
-register("flash2", flash2, fast={"fma": flash2_fast, "tf32x3": flash2_tc}, fast_backward={"tf32x3": backward_tc})
+register("flash2", flash2, fast={"fma": flash2_fast, "tf32x3": flash2_tc, "f16": flash2_tc16}, fast_backward={"tf32x3": backward_tc})
 register("splitkv", splitkv)

@@ -87,8 +87,9 @@ def _add_schedule_args(p, block_default, kind_default, tile_default=None):
     p.add_argument("--thread-kv", type=int, default=tile_default, help="columns of each thread's register tile")
     p.add_argument("--sram-bytes", type=int, default=None, help="M, the SRAM capacity assumed (default 227 KiB)")
     p.add_argument("--math", choices=MATHS, default="fma",
-                   help="flash2's fast-build arithmetic: fma (CUDA cores) or tf32x3 (tensor cores, 3xTF32; "
-                        "needs Br a multiple of 16, Bc of 8 and the thread tile 2 x Bc/4, its default)")
+                   help="flash2's fast-build arithmetic: fma (CUDA cores), tf32x3 (tensor cores, 3xTF32; "
+                        "needs Br a multiple of 16, Bc of 8 and the thread tile 2 x Bc/4, its default) or f16 "
+                        "(16-bit tensor cores, fp16/bf16 inputs only; Br, Bc and d multiples of 16, tile 2 x Bc/4)")
 
 
 def _problem(a):
@@ -533,8 +534,9 @@ def build_parser(prog=None):
     p.add_argument("--thread-kv", type=int, default=None,
                    help=f"columns of our register tiles (default {DEFAULT_TILE})")
     p.add_argument("--math", choices=MATHS, default=None,
-                   help="flash2's arithmetic: fma (CUDA cores) or tf32x3 (its tensor-core build, 3xTF32; needs "
-                        "--thread-q 2 --thread-kv Bc/4); default: the tuned schedule's")
+                   help="flash2's arithmetic: fma (CUDA cores), tf32x3 (its tensor-core build, 3xTF32; needs "
+                        "--thread-q 2 --thread-kv Bc/4) or f16 (its 16-bit tensor-core build, fp16/bf16 only; "
+                        "the same tile); default: the tuned schedule's")
     p.add_argument("--no-tune", action="store_true",
                    help="flash2 on the default schedule instead of the autotuned one (python -m sandbox tune)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")

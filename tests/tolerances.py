@@ -124,3 +124,40 @@ def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse, all
         err32 = max(float(np.abs(n[i] - ref).max()) for n in naives)
         atols.append(4 * err32 + depth * gmax + UNIT_ROUNDOFF[np.dtype(dtype).name] * gmax)
     return atols
+
+
+#: The 16-bit tensor cores' sums, in fp32 units of rounding per k16 step: an m16n8k16 product
+#: computes its 16 fp16/bf16 products exactly but adds them and C aligned to the largest and cut
+#: short (truncation, not rounding to nearest: Fasi, Higham, Mikaitis and Pranesh, "Numerical
+#: behavior of NVIDIA tensor cores", PeerJ Computer Science, 2021), which errs by a unit or two of
+#: the largest magnitude per step; 4 units leave a margin.
+TC16_STEP_UNITS = 4
+#: Half the smallest subnormal of each 16-bit type: the absolute error of rounding a P entry that
+#: small (fp16's subnormals start at 2⁻¹⁴, so P < 2⁻¹⁴ loses relative accuracy; bf16 has fp32's range).
+P_UNDERFLOW = {"float16": 2.0**-25, "bfloat16": 2.0**-134}
+
+
+def tolerances_tc16(q, k, v, ref_out, ref_lse, causal, scale, dtype, rows=None):
+    """(atol for O, atol for L) of flash2's 16-bit tensor-core build (kernels/flash2_tc16.py, fp16
+    or bf16 inputs): :func:`tolerances` plus what its arithmetic adds.
+
+    - the inputs' rounding: none. Q, K and V are 16-bit already and the reference sees the same
+      values; the scale is applied to S in fp32, not to Q in 16 bits.
+    - P's rounding to the input type for P·V: |P̃_j - P_j| ≤ u P_j + η (u = 2⁻¹¹ fp16, 2⁻⁸ bf16;
+      η = :data:`P_UNDERFLOW`, for P below the type's normal range), while l_i ≥ 1 sums the
+      unrounded P_j, so the output moves by at most Σ_j |P̃_j - P_j| |V_j| / l_i ≤ (u + Nk·η) ·
+      max |v|. L does not see it.
+    - S's sums on the tensor cores (:data:`TC16_STEP_UNITS` per k16 step, d/16 steps, of
+      S_abs = |scale| · max_i Σ_c |q_ic| · max |k|, the largest any partial sum can be): S errs by
+      at most δS = (d/16) · TC16_STEP_UNITS · 2⁻²⁴ · S_abs. L moves by at most δS and O, whose
+      derivative in S_ij is P_ij (V_j - O_i) / l_i, by at most δS · 2 max |v|.
+    """
+    atol_out, atol_lse = tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, rows=rows)
+    d = q.shape[3]
+    q64, k64 = (np.abs(x.astype(np.float64)) for x in (q, k))
+    vmax = float(np.abs(v.astype(np.float64)).max())
+    s_abs = abs(scale) * float(q64.sum(-1).max(initial=0.0)) * float(k64.max(initial=0.0))
+    delta_s = (d // 16) * TC16_STEP_UNITS * U32 * s_abs
+    name = np.dtype(dtype).name
+    p_rounding = UNIT_ROUNDOFF[name] + k.shape[2] * P_UNDERFLOW[name]
+    return atol_out + p_rounding * vmax + 2 * delta_s * vmax, atol_lse + delta_s

@@ -61,6 +61,10 @@ CANDIDATES = (
 #: (Br, Bc) of the tensor-core build's candidates (``math="tf32x3"``, thread tile 2 × Bc/4;
 #: kernels/flash2_tc.py), tried beside the FMA ones.
 TC_CANDIDATES = ((128, 64), (128, 32), (128, 16), (64, 64), (64, 32))
+#: (Br, Bc) of the 16-bit tensor-core build's candidates (``math="f16"``, fp16 and bf16 inputs only;
+#: kernels/flash2_tc16.py): Br/16 warps, 8 or 4; tried beside the others for those dtypes. (ptxas for
+#: sm_90 spills some of them at d = 128, where 128 × 64 compiles clean; the tuner refuses spills.)
+TC16_CANDIDATES = ((128, 64), (128, 128), (64, 64), (64, 128))
 #: (Br, Bc) of the fast backward's candidates (kernels/backward_tc.py: dkdv a warp per 16 keys of Bc,
 #: dq a warp per 16 queries of Br); those over the GPU's shared memory are left out.
 BACKWARD_CANDIDATES = ((256, 128), (128, 128), (128, 64), (64, 128), (64, 64))
@@ -130,23 +134,25 @@ def cache_key(device_name, head_dim, dtype, causal, backward=False):
             f"|kernel {kernel_hash(backward)}")
 
 
-def _runs_fast(schedule, head_dim, backward):
-    """Whether the fast build (``backward``: the fast backward, asked for) runs ``schedule`` at ``head_dim``."""
+def _runs_fast(schedule, head_dim, backward, dtype=None):
+    """Whether the fast build (``backward``: the fast backward, asked for) runs ``schedule`` at ``head_dim``
+    (and, where given, for inputs of ``dtype``)."""
     if not backward:
-        return choose_build(schedule, head_dim).fast
+        return choose_build(schedule, head_dim, dtype=dtype).fast
     try:
         return choose_backward_build(schedule, head_dim, fast=True).fast
     except ValueError:
         return False
 
 
-def candidates(head_dim):
-    """The schedules of :data:`CANDIDATES` (FMA) and :data:`TC_CANDIDATES` (tensor cores) the fast
-    build can run at ``head_dim`` on this device."""
+def candidates(head_dim, dtype="float32"):
+    """The schedules of :data:`CANDIDATES` (FMA), :data:`TC_CANDIDATES` (tensor cores, 3xTF32) and,
+    for fp16 and bf16 inputs, :data:`TC16_CANDIDATES` (16-bit tensor cores) the fast build can run
+    at ``head_dim`` for inputs of ``dtype`` on this device."""
     fma = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=tq, thread_kv=tkv) for br, bc, tq, tkv in CANDIDATES]
-    tc = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math="tf32x3")
-          for br, bc in TC_CANDIDATES]
-    return [s for s in fma + tc if choose_build(s, head_dim).fast]
+    tc = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math=math)
+          for math, blocks in (("tf32x3", TC_CANDIDATES), ("f16", TC16_CANDIDATES)) for br, bc in blocks]
+    return [s for s in fma + tc if choose_build(s, head_dim, dtype=dtype).fast]
 
 
 def backward_candidates(head_dim):
@@ -187,8 +193,11 @@ def entry_problem(key, entry):
     head_dim = re.search(r"\|d=([0-9]+)\|", key)
     if head_dim is None:
         return "a key without d=<head_dim>"
-    if not _runs_fast(schedule, int(head_dim.group(1)), "|backward" in key):
-        return f"{schedule.describe()} is not one the fast build runs at d={head_dim.group(1)}"
+    dtype = re.search(r"\|d=[0-9]+\|([a-z0-9]+)\|", key)
+    dtype = dtype.group(1) if dtype else None
+    if not _runs_fast(schedule, int(head_dim.group(1)), "|backward" in key, dtype):
+        return f"{schedule.describe()} is not one the fast build runs at d={head_dim.group(1)}" + (
+            f", {dtype}" if dtype else "")
     return None
 
 
@@ -315,7 +324,7 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
     timer = timer or (lambda s, p: _time_schedule(s, p, backward))
     check_spills = not using_simulator() if check_spills is None else check_spills
     times, errors = {}, {}
-    todo = backward_candidates(head_dim) if backward else candidates(head_dim)
+    todo = backward_candidates(head_dim) if backward else candidates(head_dim, dtype)
     what = "backward " if backward else ""
     for i, s in enumerate(todo):
         label = s.describe()

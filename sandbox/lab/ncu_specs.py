@@ -17,6 +17,7 @@ import dataclasses
 
 from kernels import builds
 from kernels.flash2_tc import tc_schedule
+from kernels.flash2_tc16 import tc16_schedule
 from simulator import streams, table
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.problem import Problem
@@ -49,7 +50,7 @@ PLAIN = builds.PLAIN
 FAST_PREFIX = "fast-"
 BUILD_NAMES = (PLAIN,) + tuple(FAST_PREFIX + math for math in kinds.MATHS)
 #: Arithmetic whose builds fix the thread tile: the schedule for Br × Bc blocks.
-FIXED_TILE_SCHEDULES = {"tf32x3": tc_schedule}
+FIXED_TILE_SCHEDULES = {"tf32x3": tc_schedule, "f16": tc16_schedule}
 
 
 def l2_kinds():

@@ -11,9 +11,10 @@ import dataclasses
 
 from sandbox.vocabulary.footprints import BACKWARD_SRAM, flash1_sram, flash2_sram, splitkv_sram, standard_sram
 
-#: The arithmetic a kind's builds may offer (``Schedule.math``): fp32 FMAs, or three TF32
-#: tensor-core products per fp32 product (kernels/mma.py).
-MATHS = ("fma", "tf32x3")
+#: The arithmetic a kind's builds may offer (``Schedule.math``): fp32 FMAs, three TF32
+#: tensor-core products per fp32 product (kernels/mma.py), or, for fp16/bf16 inputs, one 16-bit
+#: tensor-core product with fp32 accumulation (kernels/mma16.py).
+MATHS = ("fma", "tf32x3", "f16")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,13 @@ from sandbox.vocabulary.kinds import MATHS
 TF32X3_BLOCK_Q_MULTIPLE = 16
 TF32X3_BLOCK_KV_MULTIPLE = 8
 TF32X3_THREAD_Q = 2
+#: The 16-bit tensor-core build's tiles (kernels/flash2_tc16.py): a warp per 16 rows of Q, and
+#: Bc a multiple of 16, the k16 step of the P·V product (16 keys); thread tile 2 × Bc/4 as above.
+F16_BLOCK_Q_MULTIPLE = 16
+F16_BLOCK_KV_MULTIPLE = 16
+#: (Br multiple, Bc multiple) of each tensor-core arithmetic: their thread tile is 2 × Bc/4.
+TENSOR_CORE_TILES = {"tf32x3": (TF32X3_BLOCK_Q_MULTIPLE, TF32X3_BLOCK_KV_MULTIPLE),
+                     "f16": (F16_BLOCK_Q_MULTIPLE, F16_BLOCK_KV_MULTIPLE)}
 
 #: Default SRAM capacity M: the opt-in shared memory per thread block of the Hopper GPUs in
 #: sandbox/vocabulary/gpus.py (227 KiB on the H100 and the H200 alike).
@@ -78,8 +85,8 @@ class Schedule:
         block_q: Br, rows of a Q block.
         block_kv: Bc, rows of a K/V block.
         thread_q, thread_kv: each thread's register tile of S (rows, columns); default: the
-            smallest square tile that keeps the block at ≤ 256 threads (with ``math="tf32x3"``:
-            2 × Bc/4, the only tile the tensor-core build takes).
+            smallest square tile that keeps the block at ≤ 256 threads (with ``math="tf32x3"``
+            or ``"f16"``: 2 × Bc/4, the only tile the tensor-core builds take).
         sram_bytes: M, the SRAM capacity the schedule assumes (default: 227 KiB, the H100's and
             H200's opt-in shared memory per block).
         kv_splits: how many thread blocks share one Q block's K/V range (kinds registered with
@@ -87,13 +94,17 @@ class Schedule:
         math: the fast build's arithmetic (:data:`MATHS`): "fma", fp32 FMAs on the CUDA cores;
             "tf32x3", flash2's tensor-core build (kernels/flash2_tc.py): each fp32 product as
             three TF32 tensor-core products, the arithmetic of PyTorch SDPA's memory-efficient
-            fp32 kernel. Counting runs (``count_io``) and masks take the counting build, whose
-            arithmetic is FMA either way; the HBM traffic is the same.
+            fp32 kernel; "f16", flash2's 16-bit tensor-core build for fp16/bf16 inputs
+            (kernels/flash2_tc16.py): one m16n8k16 product with fp32 accumulation, as in
+            FlashAttention-2 (other dtypes take another build). Counting runs (``count_io``) and
+            masks take the counting build, whose arithmetic is FMA either way; the HBM traffic is
+            the same.
 
     Raises:
         ValueError: unknown kind, non-positive sizes, a thread block over 1024 threads,
             ``math="tf32x3"`` with blocks or a thread tile the tensor cores cannot take (Br a
-            multiple of 16, Bc of 8, tile 2 × Bc/4), or tiles whose head_dim-independent part
+            multiple of 16, Bc of 8, tile 2 × Bc/4), likewise ``math="f16"`` (Br and Bc
+            multiples of 16, tile 2 × Bc/4), or tiles whose head_dim-independent part
             already exceeds ``sram_bytes``.
 
     Example:
@@ -127,7 +138,7 @@ class Schedule:
         for name in ("block_q", "block_kv", "sram_bytes"):
             object.__setattr__(self, name, _positive_int(getattr(self, name), name))
         tq, tkv = default_thread_tile(self.block_q, self.block_kv)
-        if self.math == "tf32x3":  # the one tile the tensor cores' fragments take
+        if self.math in TENSOR_CORE_TILES:  # the one tile the tensor cores' fragments take
             tq, tkv = TF32X3_THREAD_Q, max(1, self.block_kv // 4)
         if self.thread_q is None:
             object.__setattr__(self, "thread_q", min(tq, self.block_q))
@@ -138,7 +149,7 @@ class Schedule:
             object.__setattr__(self, name, value)
             if value > getattr(self, block):
                 raise ValueError(f"{name}={value} is larger than its block ({block}={getattr(self, block)})")
-        if self.math == "tf32x3":
+        if self.math in TENSOR_CORE_TILES:
             self._check_tensor_core_tiles()
         if self.threads > MAX_THREADS:
             raise ValueError(
@@ -154,16 +165,18 @@ class Schedule:
             )
 
     def _check_tensor_core_tiles(self):
-        """math="tf32x3": a warp per 16 rows of Q, mma fragments of 8 columns, thread tile 2 × Bc/4."""
+        """math="tf32x3" or "f16": a warp per 16 rows of Q, mma fragments of 8 columns (Bc a
+        multiple of :data:`TENSOR_CORE_TILES`'s), thread tile 2 × Bc/4."""
         br, bc = self.block_q, self.block_kv
-        if br % TF32X3_BLOCK_Q_MULTIPLE or bc % TF32X3_BLOCK_KV_MULTIPLE:
+        q_multiple, kv_multiple = TENSOR_CORE_TILES[self.math]
+        if br % q_multiple or bc % kv_multiple:
             raise ValueError(
-                f"math='tf32x3' needs block_q a multiple of {TF32X3_BLOCK_Q_MULTIPLE} and block_kv a multiple "
-                f"of {TF32X3_BLOCK_KV_MULTIPLE}, got block_q={br}, block_kv={bc}; e.g. block_q=64, block_kv=32"
+                f"math={self.math!r} needs block_q a multiple of {q_multiple} and block_kv a multiple "
+                f"of {kv_multiple}, got block_q={br}, block_kv={bc}; e.g. block_q=64, block_kv=32"
             )
         if (self.thread_q, self.thread_kv) != (TF32X3_THREAD_Q, bc // 4):
             raise ValueError(
-                f"math='tf32x3' needs the thread tile {TF32X3_THREAD_Q}x{bc // 4} (thread_q={TF32X3_THREAD_Q}, "
+                f"math={self.math!r} needs the thread tile {TF32X3_THREAD_Q}x{bc // 4} (thread_q={TF32X3_THREAD_Q}, "
                 f"thread_kv=block_kv/4), got thread_q={self.thread_q}, thread_kv={self.thread_kv}; "
                 f"leave them unset to get it"
             )

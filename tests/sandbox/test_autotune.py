@@ -97,6 +97,26 @@ def test_candidates_are_ones_the_fast_build_takes():
     assert autotune.candidates(12) == []  # no FMA candidate's 16 or 8 threads per row divides d = 12, nor 8
 
 
+def test_16_bit_inputs_are_also_tuned_over_the_16_bit_tensor_core_build(tmp_path):
+    """fp16 and bf16 candidates include TC16_CANDIDATES (math="f16"); fp32's do not, and a cached
+    f16 choice under an fp32 key is dropped."""
+    for dtype in ("float16", "bfloat16"):
+        f16 = [(s.block_q, s.block_kv) for s in autotune.candidates(64, dtype) if s.math == "f16"]
+        assert f16 == list(autotune.TC16_CANDIDATES)
+    assert all(s.math != "f16" for s in autotune.candidates(64))  # fp32
+    assert [s.math for s in autotune.candidates(24, "float16")].count("f16") == 0  # d not a multiple of 16
+    times = {s.describe(): 5.0 for s in autotune.candidates(64, "bfloat16")}
+    chosen = autotune.candidates(64, "bfloat16")[-1]
+    times[chosen.describe()] = 1.0
+    best, entry = autotune.tune(64, "bfloat16", path=tmp_path / "a.json", timer=lambda s, p: times[s.describe()],
+                                device_name="G", progress=None)
+    assert best == chosen and best.math == "f16" and len(entry["ms"]) == len(times)
+    (key,) = json.loads((tmp_path / "a.json").read_text())
+    assert autotune.entry_problem(key, entry) is None
+    fp32_key = key.replace("|bfloat16|", "|float32|")
+    assert "is not one the fast build runs at d=64, float32" in autotune.entry_problem(fp32_key, entry)
+
+
 def test_no_candidate_ran(tmp_path):
     every = {(s.block_q, s.block_kv, s.thread_q, s.thread_kv): "fail" for s in autotune.candidates(64)}
     with pytest.raises(RuntimeError, match="no candidate ran at head_dim=64"):

@@ -33,7 +33,7 @@ def test_every_registered_kind_is_complete(capsys):
         assert (f"{r['kind']} (bwd)" in r["bench"]) == (r["backward"] is not None), r
     by_kind = {r["kind"]: r for r in rows}
     assert set(BUILT_IN) <= set(by_kind) and all(by_kind[k]["l2"] for k in BUILT_IN)
-    assert by_kind["flash2"]["fast"] == ("fma", "tf32x3") and "flash2-plain" in by_kind["flash2"]["bench"]
+    assert by_kind["flash2"]["fast"] == ("fma", "tf32x3", "f16") and "flash2-plain" in by_kind["flash2"]["bench"]
 
 
 def test_builtins_and_splitkv_are_registered_and_tested():

@@ -486,7 +486,7 @@ def test_a_config_not_measured_is_reported(ncu_check, tmp_path, capsys, monkeypa
                                                "(kind 'flash1' has no fast-fma build)"),
     (["--kinds", "flash2", "standard", "--builds", "plain,fast-tf32x3", "--d", "60"],
      "config flash2 fast-tf32x3 N=1024 d=60: the build cannot run it: fast=True, but the fast build cannot run"),
-    (["--builds", "fast-avx"], "--builds: unknown build 'fast-avx' (the builds: plain, fast-fma, fast-tf32x3)"),
+    (["--builds", "fast-avx"], "--builds: unknown build 'fast-avx' (the builds: plain, fast-fma, fast-tf32x3, fast-f16)"),
     (["--kinds", "splitkv", "--backward", "yes"], "--backward: no kind of --kinds offers the backward plain build "
                                                   "(kind 'splitkv' has no backward pass)"),
     (["--backward", "yes", "--builds", "fast-fma"], "--builds: no kind of --kinds offers the backward fast-fma build "
