@@ -9,7 +9,11 @@
   flash2's tensor-core build, with its simulator fallback): 2·16·8·8 = :data:`MMA_FLOPS` FLOPs per
   product.
 
-Both start from and write back their chains' values, so the compiler keeps every step, and both
+- :func:`make_mma16_chains`: the same with the m16n8k16 fp16 ``mma.sync`` (``kernels.mma16.mma_f16``,
+  the warp product of flash2's 16-bit tensor-core build): 2·16·8·16 = :data:`MMA16_FLOPS` FLOPs
+  per product. bf16's product runs on the same tensor cores at the same rate.
+
+All start from and write back their chains' values, so the compiler keeps every step, and both
 have closed forms the simulator checks them against: after T steps x = aᵀ·x₀ + b·(aᵀ - 1)/(a - 1)
 (x₀ + T·b for a = 1), and C_k + T·A·B.
 
@@ -23,9 +27,10 @@ from sandbox.vocabulary.runtime import ensure_backend, using_simulator
 
 ensure_backend()
 
-from numba import cuda, float32  # noqa: E402
+from numba import cuda, float32, uint32  # noqa: E402
 
 from kernels.mma import XCH_PER_THREAD, mma  # noqa: E402
+from kernels.mma16 import XCH16_PER_THREAD, mma_f16  # noqa: E402
 
 #: Independent chains per thread (FMA) or per warp (mma).
 CHAINS = 8
@@ -35,6 +40,8 @@ UNROLL = 4
 FMA_FLOPS_PER_TRIP = 2 * CHAINS * UNROLL
 #: FLOPs of one m16n8k8 product: 16·8 outputs, 8 multiply-adds each, 2 FLOPs per multiply-add.
 MMA_FLOPS = 2 * 16 * 8 * 8
+#: FLOPs of one m16n8k16 product: 16·8 outputs, 16 multiply-adds each.
+MMA16_FLOPS = 2 * 16 * 8 * 16
 
 
 @cuda.jit
@@ -102,3 +109,48 @@ def make_mma_chains(threads):
             c[w, k, g + 8, 2 * t], c[w, k, g + 8, 2 * t + 1] = acc[k, 2], acc[k, 3]
 
     return mma_chains
+
+
+@functools.cache
+def make_mma16_chains(threads):
+    """The 16-bit mma ceiling kernel for blocks of ``threads`` threads (a multiple of 32).
+
+    Returns:
+        a kernel ``(a, b, c, trips)``: every warp w, for each chain k, ``trips`` times
+        C[w, k] ← C[w, k] + A·B, with A 16×16 and B 16×8 in fp16 as ``kernels.mma16``'s registers
+        hold them: a (16, 8) uint32, a[m, j] = A[m, 2j] (low half) and A[m, 2j + 1]; b (8, 8)
+        uint32, b[n, j] = B[2j, n] (low half) and B[2j + 1, n]; and c (warps of the grid, CHAINS, 16, 8) float32, the accumulators' start
+        values, overwritten by their ends. Every thread of a block must run it (the simulator's
+        warp exchange has barriers): launch whole blocks of ``threads``.
+
+    Raises:
+        ValueError: ``threads`` is not a positive multiple of 32.
+    """
+    if threads <= 0 or threads % 32:
+        raise ValueError(f"threads: expected a positive multiple of 32 (whole warps), got {threads}")
+    NX = threads * XCH16_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
+
+    @cuda.jit
+    def mma16_chains(a, b, c, trips):
+        xch = cuda.shared.array(NX, uint32)
+        tid = cuda.threadIdx.x
+        w = (cuda.blockIdx.x * threads + tid) // 32
+        lane = tid % 32
+        g, t = lane // 4, lane % 4
+        # the lane's registers (kernels/mma16.py): A[g, 2t:2t+2], A[g + 8, 2t:2t+2], A[g, 2t+8:2t+10],
+        # A[g + 8, 2t+8:2t+10] (word t and t + 4 of A's row); B[2t:2t+2, g], B[2t+8:2t+10, g]
+        a0, a1, a2, a3 = a[g, t], a[g + 8, t], a[g, t + 4], a[g + 8, t + 4]
+        b0, b1 = b[g, t], b[g, t + 4]
+        acc = cuda.local.array((CHAINS, 4), float32)
+        for k in range(CHAINS):
+            acc[k, 0], acc[k, 1] = c[w, k, g, 2 * t], c[w, k, g, 2 * t + 1]
+            acc[k, 2], acc[k, 3] = c[w, k, g + 8, 2 * t], c[w, k, g + 8, 2 * t + 1]
+        for _ in range(trips):
+            for k in range(CHAINS):  # CHAINS products in flight: none waits on another
+                acc[k, 0], acc[k, 1], acc[k, 2], acc[k, 3] = mma_f16(
+                    xch, tid, a0, a1, a2, a3, b0, b1, acc[k, 0], acc[k, 1], acc[k, 2], acc[k, 3])
+        for k in range(CHAINS):
+            c[w, k, g, 2 * t], c[w, k, g, 2 * t + 1] = acc[k, 0], acc[k, 1]
+            c[w, k, g + 8, 2 * t], c[w, k, g + 8, 2 * t + 1] = acc[k, 2], acc[k, 3]
+
+    return mma16_chains

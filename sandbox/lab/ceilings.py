@@ -1,4 +1,4 @@
-"""The roofline's ceilings, measured on the current GPU: HBM copy bandwidth, fp32 FMA and TF32 mma.sync throughput.
+"""The roofline's ceilings, measured on the current GPU: HBM copy bandwidth, fp32 FMA, TF32 and fp16 mma.sync throughput.
 
 - **HBM bandwidth**: a device-to-device copy of a :data:`COPY_BYTES` array (far beyond the L2),
   counted as its bytes read plus its bytes written, the way the simulator counts HBM traffic.
@@ -7,6 +7,9 @@
 - **TF32 tensor cores**: ``kernels.ceilings.make_mma_chains``, m16n8k8 ``mma.sync`` (the
   instruction flash2's tensor-core build issues), 8 independent accumulators per warp. A build
   that makes each fp32 product of three TF32 products (``math="tf32x3"``) has a third of it.
+- **16-bit tensor cores**: ``kernels.ceilings.make_mma16_chains``, m16n8k16 fp16 ``mma.sync`` with
+  fp32 accumulation (the instruction flash2's 16-bit build issues, ``math="f16"``; bf16's runs at
+  the same rate), launched as the TF32 one.
 
 Each is the median of ``repeats`` calls timed with CUDA events (``sandbox.lab.timing.time_calls``)
 after warm-up calls, which also compile the kernels.
@@ -20,7 +23,15 @@ import statistics
 import numpy as np
 from numba import cuda
 
-from kernels.ceilings import CHAINS, FMA_FLOPS_PER_TRIP, MMA_FLOPS, fma_chains, make_mma_chains
+from kernels.ceilings import (
+    CHAINS,
+    FMA_FLOPS_PER_TRIP,
+    MMA16_FLOPS,
+    MMA_FLOPS,
+    fma_chains,
+    make_mma16_chains,
+    make_mma_chains,
+)
 from sandbox.lab.timing import REPEATS, WARMUP, time_calls
 
 #: Bytes of the array the bandwidth copy reads (and of the one it writes): 1 GiB.
@@ -34,7 +45,11 @@ RUNS = {"fma": {"blocks_per_sm": 8, "threads": 256, "trips": 2**15},
 FMA_A, FMA_B = np.float32(0.999999), np.float32(1e-6)
 
 #: The arithmetic of a build (``Schedule.math``) → (the ceiling it runs on, products per fp32 product).
-ARITHMETIC = {"fma": ("fma_flops_per_s", 1), "tf32x3": ("tf32_mma_flops_per_s", 3)}
+ARITHMETIC = {"fma": ("fma_flops_per_s", 1), "tf32x3": ("tf32_mma_flops_per_s", 3), "f16": ("f16_mma_flops_per_s", 1)}
+
+
+#: Ceilings a file may lack (written before they were measured).
+OPTIONAL = ("f16_mma_flops_per_s",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,28 +60,36 @@ class Ceilings:
         hbm_bytes_per_s: copy bandwidth, bytes read + written per second.
         fma_flops_per_s: fp32 FMA throughput, FLOP/s (2 per FMA).
         tf32_mma_flops_per_s: TF32 ``mma.sync`` throughput, FLOP/s (2 per multiply-add).
+        f16_mma_flops_per_s: fp16 ``mma.sync`` throughput with fp32 accumulation, FLOP/s; None
+            where it was not measured (files written before it was).
     """
 
     hbm_bytes_per_s: float
     fma_flops_per_s: float
     tf32_mma_flops_per_s: float
+    f16_mma_flops_per_s: float = None
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if value is None and f.name in OPTIONAL:
+                continue
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
                 raise ValueError(f"{f.name}: expected a positive finite number, got {value!r}")
 
     def flops_per_s(self, arithmetic):
-        """The FLOP/s ceiling of fp32 products made with ``arithmetic`` ("fma" or "tf32x3": a third of TF32's).
+        """The FLOP/s ceiling of the products made with ``arithmetic`` ("fma"; "tf32x3": a third of
+        TF32's; "f16": the 16-bit tensor cores').
 
         Raises:
-            ValueError: an arithmetic not in :data:`ARITHMETIC`.
+            ValueError: an arithmetic not in :data:`ARITHMETIC`, or one whose ceiling was not measured.
         """
         try:
             ceiling, products = ARITHMETIC[arithmetic]
         except KeyError:
             raise ValueError(f"arithmetic: expected one of {', '.join(ARITHMETIC)}, got {arithmetic!r}") from None
+        if getattr(self, ceiling) is None:
+            raise ValueError(f"arithmetic {arithmetic!r}: its ceiling ({ceiling}) was not measured in this run")
         return getattr(self, ceiling) / products
 
 
@@ -125,12 +148,41 @@ def mma_throughput(sms, blocks_per_sm, threads, trips, repeats=REPEATS, timer=ti
                              "ms": seconds * 1e3}
 
 
+def mma16_throughput(sms, blocks_per_sm, threads, trips, repeats=REPEATS, timer=time_calls, seed=0):
+    """fp16 FLOP/s of :func:`kernels.ceilings.make_mma16_chains`, launched as :func:`mma_throughput`.
+
+    A and B hold multiples of 1/8 in [-1, 1] (exact in fp16), so the accumulators grow by at most
+    16 per product: far from overflow over any run.
+
+    Returns:
+        (FLOP/s, details): the grid, the trips, the FLOPs of one call and its median ms.
+    """
+    rng = np.random.default_rng(seed)
+    blocks = sms * blocks_per_sm
+    warps = blocks * threads // 32
+    a = cuda.to_device(pairs(rng.integers(-8, 9, (16, 16)).astype(np.float16) / np.float16(8)))
+    b = cuda.to_device(pairs(rng.integers(-8, 9, (8, 16)).astype(np.float16) / np.float16(8)))
+    c = cuda.to_device(np.zeros((warps, CHAINS, 16, 8), np.float32))
+    kernel = make_mma16_chains(threads)
+    seconds = _median_seconds([lambda: kernel[blocks, threads](a, b, c, trips)], repeats, timer)
+    flops = warps * trips * CHAINS * MMA16_FLOPS
+    return flops / seconds, {"blocks": blocks, "threads": threads, "trips": trips, "flops": flops,
+                             "ms": seconds * 1e3}
+
+
+def pairs(x):
+    """An fp16 matrix's rows as uint32 words of two neighbours, the lower column in the low half
+    (``kernels.mma16``'s registers): (rows, 2·words) float16 -> (rows, words) uint32."""
+    return np.ascontiguousarray(x, np.float16).view(np.uint32)
+
+
 def measure_ceilings(sms, copy_bytes=COPY_BYTES, repeats=REPEATS, timer=time_calls, runs=None):
-    """All three ceilings on the current GPU (``sms``: its SMs, ``sandbox.lab.info.device_facts().sms``).
+    """All four ceilings on the current GPU (``sms``: its SMs, ``sandbox.lab.info.device_facts().sms``).
 
     Args:
         copy_bytes: bytes of the copied array.
-        runs: ``{"fma": {...}, "mma": {...}}``, launch settings overriding :data:`RUNS`'s (small runs).
+        runs: ``{"fma": {...}, "mma": {...}}``, launch settings overriding :data:`RUNS`'s (small
+            runs); the 16-bit mma runs as the TF32 one.
 
     Returns:
         (:class:`Ceilings`, details): details per ceiling, for the result files' provenance.
@@ -139,4 +191,5 @@ def measure_ceilings(sms, copy_bytes=COPY_BYTES, repeats=REPEATS, timer=time_cal
     bandwidth, copy = copy_bandwidth(copy_bytes, repeats, timer)
     fma, fma_run = fma_throughput(sms, **runs["fma"], repeats=repeats, timer=timer)
     tf32, mma_run = mma_throughput(sms, **runs["mma"], repeats=repeats, timer=timer)
-    return Ceilings(bandwidth, fma, tf32), {"copy": copy, "fma": fma_run, "mma": mma_run}
+    f16, mma16_run = mma16_throughput(sms, **runs["mma"], repeats=repeats, timer=timer)
+    return Ceilings(bandwidth, fma, tf32, f16), {"copy": copy, "fma": fma_run, "mma": mma_run, "mma16": mma16_run}

@@ -35,10 +35,11 @@ import os
 
 from kernels.builds import choose_backward_build, choose_build
 from kernels.flash2_tc import tc_schedule
+from kernels.flash2_tc16 import tc16_schedule
 from sandbox.lab import info, records
 from sandbox.lab.bench import GPURequired, BenchSpec, Task, attention_flops, bench_provenance, measure
 from sandbox.lab.bench_check import Reference
-from sandbox.lab.ceilings import COPY_BYTES, Ceilings, measure_ceilings
+from sandbox.lab.ceilings import COPY_BYTES, OPTIONAL, Ceilings, measure_ceilings
 from sandbox.lab.colors import kind_color
 from sandbox.lab.peers import (
     Ours, backward_names, default_schedules, free_device_memory, make_input_sets, array_library, ours,
@@ -53,6 +54,9 @@ TC_BLOCKS = {64: (64, 64), 128: (128, 32)}
 TC_DEFAULT_BLOCKS = (64, 64)
 #: The rows' names beyond the bench's: flash2's tensor-core build, and its tuned schedule.
 TC_ROW, TUNED_ROW = "flash2-tf32x3", "flash2-tuned"
+#: flash2's 16-bit tensor-core build, a forward row of 16-bit problems, at (Br, Bc) :data:`TC16_BLOCKS`
+#: (a block the build compiles without spills at d = 64 and 128).
+TC16_ROW, TC16_BLOCKS = "flash2-f16", (128, 64)
 
 #: Columns of a row: what ran, what was counted, what was measured, what follows from them.
 COLUMNS = (
@@ -78,7 +82,7 @@ COLUMN_NOTES = {
     "rel_error": "(ms - predicted_ms) / ms",
 }
 #: Marker of each build in the figure.
-BUILD_MARKERS = {"plain": "o", "counting": "o", "fast-fma": "s", "fast-tf32x3": "^"}
+BUILD_MARKERS = {"plain": "o", "counting": "o", "fast-fma": "s", "fast-tf32x3": "^", "fast-f16": "D"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +115,8 @@ def entries(problems, backward=False, tune=False):
         out += [Entry(name, "fwd", schedules[name], p, fast) for name, (_, fast) in ours().items()]
         tc = tc_schedule(*TC_BLOCKS.get(p.head_dim, TC_DEFAULT_BLOCKS))
         out.append(Entry(TC_ROW, "fwd", tc, p, True))
+        if p.dtype.itemsize == 2:
+            out.append(Entry(TC16_ROW, "fwd", tc16_schedule(*TC16_BLOCKS), p, True))
         if tune:
             from sandbox.lab.autotune import tuned_schedule
 
@@ -260,7 +266,7 @@ def _finite(value):
 def save(rows, ceilings, prov, csv_path, json_path):
     """The CSV (provenance, ceilings and column notes as ``# key: value`` lines first) and the JSON, atomically."""
     header = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in prov.items()}
-    header.update({f"ceiling {k}": v for k, v in dataclasses.asdict(ceilings).items()})
+    header.update({f"ceiling {k}": v for k, v in dataclasses.asdict(ceilings).items() if v is not None})
     header.update({f"column {k}": v for k, v in COLUMN_NOTES.items()})
     records.write_commented_csv(csv_path, header, COLUMNS, [{k: "" if r.get(k) is None else r[k] for k in COLUMNS}
                                                            for r in rows])
@@ -300,12 +306,12 @@ def load(path):
         prov = {k: v for k, v in header.items() if k == "ceiling runs" or not k.startswith(("ceiling ", "column "))}
         values = {k[len("ceiling "):]: v for k, v in header.items() if k.startswith("ceiling ")}
     fields = [f.name for f in dataclasses.fields(Ceilings)]
-    missing = [f for f in fields if f not in values]
+    missing = [f for f in fields if f not in values and f not in OPTIONAL]
     if missing:
         raise ValueError(f"{path} is not a roofline's file: it has no ceiling {', '.join(missing)} "
                          "(files are written by python -m sandbox roofline)")
     try:
-        ceilings = Ceilings(**{f: float(values[f]) for f in fields})
+        ceilings = Ceilings(**{f: float(values[f]) for f in fields if values.get(f) not in (None, "")})
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: {e}") from None
     columns = set().union(*(r.keys() for r in raw)) if raw else set()
@@ -356,7 +362,8 @@ def format_table(rows, ceilings):
     c = ceilings
     lines = [f"ceilings: HBM copy {c.hbm_bytes_per_s / 1e9:.0f} GB/s, fp32 FMA {c.fma_flops_per_s / 1e12:.1f} "
              f"TFLOP/s, TF32 mma.sync {c.tf32_mma_flops_per_s / 1e12:.1f} TFLOP/s "
-             f"(3xTF32: {c.flops_per_s('tf32x3') / 1e12:.1f})"]
+             f"(3xTF32: {c.flops_per_s('tf32x3') / 1e12:.1f})"
+             + (f", fp16 mma.sync {c.f16_mma_flops_per_s / 1e12:.1f} TFLOP/s" if c.f16_mma_flops_per_s else "")]
     header = ["name", "dir", "d", "N", "causal", "build", "ms", "predicted", "error", "bound", "FLOP/B", "TFLOP/s",
               "GB/s", "status"]
     body = [[r["name"], r["dir"] or "", _fmt(r["d"], "d"), _fmt(r["n"], "d"), "yes" if r["causal"] else "no",
@@ -400,6 +407,9 @@ def figure(rows, ceilings, prov, path):
               ceilings.flops_per_s("tf32x3"), "--", "black"),
              (f"TF32 mma.sync {ceilings.tf32_mma_flops_per_s / 1e12:.1f} TFLOP/s", ceilings.tf32_mma_flops_per_s,
               "-.", "gray")]
+    if ceilings.f16_mma_flops_per_s:
+        roofs.append((f"fp16 mma.sync {ceilings.f16_mma_flops_per_s / 1e12:.1f} TFLOP/s",
+                      ceilings.f16_mma_flops_per_s, ":", "gray"))
     intensities = [r["intensity"] for r in timed]
     lo = min(intensities) / 4
     hi = max(max(intensities) * 4, max(roof[1] for roof in roofs) / bw * 4)

@@ -57,6 +57,10 @@ def test_bad_ceilings_and_arithmetic_are_refused():
         CEILINGS.flops_per_s("tf32")
     with pytest.raises(ValueError, match="hbm_bytes"):
         predict(0, 1e12, "fma", CEILINGS)
+    # a file written before the 16-bit ceiling was measured has none: a 16-bit row cannot be predicted
+    with pytest.raises(ValueError, match="'f16': its ceiling .* was not measured"):
+        CEILINGS.flops_per_s("f16")
+    assert dataclasses.replace(CEILINGS, f16_mma_flops_per_s=5e14).flops_per_s("f16") == 5e14
 
 
 # -- the rows -------------------------------------------------------------------------------
@@ -80,6 +84,16 @@ def test_entries_cover_every_kind_and_flash2s_builds():
     assert counted["flash2", "bwd"]["arithmetic"] == "fma"
     assert counted["flash2", "bwd"]["flops"] == 7 * 2 * 128 * 4096 * 4096 * 32 + 2 * 32 * 4096 * 128
     assert counted["flash2", "bwd"]["flops_convention"] == 10 * 32 * 128 * 4096 * 4096
+
+
+def test_entries_of_16_bit_problems_add_the_16_bit_tensor_core_build():
+    rows = entries([Problem(2, 16, 4096, 4096, 64, dtype="float16")])
+    f16 = [e for e in rows if e.name == roofline.TC16_ROW]
+    assert len(f16) == 1 and f16[0].direction == "fwd" and f16[0].fast is True
+    assert (f16[0].schedule.math, f16[0].schedule.block_q, f16[0].schedule.block_kv) == ("f16", 128, 64)
+    row = roofline.counted(f16[0])
+    assert (row["build"], row["arithmetic"]) == ("fast-f16", "f16")
+    assert not [e for e in entries([Problem(2, 16, 4096, 4096, 64)]) if e.name == roofline.TC16_ROW]
 
 
 # -- the ceilings' accounting ---------------------------------------------------------------
@@ -112,8 +126,8 @@ def test_ceilings_count_the_flops_and_bytes_they_time():
 def test_measure_ceilings_with_small_runs():
     small = {k: {"blocks_per_sm": 1, "threads": 32, "trips": 1} for k in ("fma", "mma")}
     found, details = measure_ceilings(sms=1, copy_bytes=1024, repeats=1, timer=_timer(1.0), runs=small)
-    assert found == Ceilings(2 * 1024 / 1e-3, 32 * 2 * CHAINS * 4 / 1e-3, CHAINS * 2048 / 1e-3)
-    assert set(details) == {"copy", "fma", "mma"} and details["mma"]["threads"] == 32
+    assert found == Ceilings(2 * 1024 / 1e-3, 32 * 2 * CHAINS * 4 / 1e-3, CHAINS * 2048 / 1e-3, CHAINS * 4096 / 1e-3)
+    assert set(details) == {"copy", "fma", "mma", "mma16"} and details["mma16"]["threads"] == 32
 
 
 # -- the whole path under the simulator, and drawing it again -------------------------------
