@@ -63,8 +63,12 @@ def fast_build(schedule, backward=False):
 #: Why grouped K/V heads run the plain build: the fast builds read K and V at the query head.
 GROUPED_REFUSAL = "grouped K/V heads (heads_kv < heads): the fast builds read K and V at the query head"
 
+#: Why a V head dim of its own runs the plain build: the fast builds' V and O tiles are d wide.
+HEAD_DIM_V_REFUSAL = "head_dim_v != head_dim (d_v != d): the fast builds' V and O tiles are head_dim wide"
 
-def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False):
+
+def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,
+                 head_dim_v=None):
     """The build a forward call of ``schedule`` at ``head_dim`` runs.
 
     Args:
@@ -78,6 +82,8 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
             tiny V for the tensor cores) run the plain build.
         grouped: k and v have fewer heads than q (H_kv < H), which the fast builds do not take
             (:data:`GROUPED_REFUSAL`).
+        head_dim_v: V's head dim d_v (None: ``head_dim``); the fast builds take only d_v = d
+            (:data:`HEAD_DIM_V_REFUSAL`).
 
     Returns:
         a :class:`Build`.
@@ -86,7 +92,7 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
         TypeError: ``fast`` is not None, True or False.
         ValueError: ``fast=True`` and the fast build cannot run this, with the reason.
     """
-    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=False)
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=False, head_dim_v=head_dim_v)
 
 
 #: Why ``fast=None`` leaves the backward to the plain build: the fast backward is taken only when asked for.
@@ -95,7 +101,8 @@ BACKWARD_OPT_IN = ("the fast backward runs only with fast=True: on the H200 its 
                    "(BENCHMARKS.md, \"Fast backward\")")
 
 
-def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False):
+def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,
+                          head_dim_v=None):
     """The build a backward call of ``schedule`` at ``head_dim`` runs: as :func:`choose_build`,
     from the kind's fast backward builds (flash2's ``"tf32x3"``: kernels/backward_tc.py), except
     that ``fast=None`` does not take them (:data:`BACKWARD_OPT_IN`): ``fast=True`` does, or raises
@@ -103,10 +110,10 @@ def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast
     counting backward's phases)."""
     if fast is None:
         return Build(COUNTING if count_io else PLAIN, None, BACKWARD_OPT_IN)
-    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True)
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True, head_dim_v=head_dim_v)
 
 
-def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward):
+def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, head_dim_v=None):
     if fast is not False and fast not in (None, True):
         raise TypeError(f"fast: expected None, True or False, got {fast!r}")
     kernels = None if backward else registry.get(schedule.kind).kernels
@@ -119,6 +126,8 @@ def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward):
         else f"kind {schedule.kind!r} has no fast build")
     if why is None and grouped:
         why = GROUPED_REFUSAL
+    if why is None and head_dim_v is not None and head_dim_v != head_dim:
+        why = HEAD_DIM_V_REFUSAL
     limit = device_smem_optin()
     if why is None and limit is not None and module.smem_bytes(schedule, head_dim) > limit:
         why = f"it needs {module.smem_bytes(schedule, head_dim)} bytes of shared memory, this GPU has {limit}"
