@@ -14,6 +14,7 @@ also use to lay out their dynamic shared memory: one formula for both.
 """
 
 import dataclasses
+import inspect
 import math
 
 import numpy as np
@@ -273,11 +274,16 @@ def sram_buffers(schedule, head_dim, dtype, backward=False, head_dim_v=None):
         (:data:`sandbox.vocabulary.footprints.BACKWARD_SRAM`).
 
     Raises:
-        ValueError: ``backward`` for a kind that has no backward pass.
+        ValueError: ``backward`` for a kind that has no backward pass; a ``head_dim_v`` other than
+            ``head_dim`` for a kind whose footprint takes none.
     """
     kind = kinds.get(schedule.kind)
     extra = {} if head_dim_v is None or head_dim_v == head_dim else {"head_dim_v": head_dim_v}
     if not backward:
+        if extra and "head_dim_v" not in inspect.signature(kind.sram).parameters:
+            raise ValueError(f"head_dim_v={head_dim_v}: kind {schedule.kind!r} takes no V head dim of its own "
+                             f"(its sram footprint has no head_dim_v argument); pass v with head_dim={head_dim} "
+                             f"columns, or give the kind's footprint, kernels and counts a head_dim_v")
         return kind.sram(schedule, head_dim, dtype, **extra)
     if kind.backward is None:
         raise ValueError(f"schedule kind {schedule.kind!r} has no backward pass (kinds with one: "

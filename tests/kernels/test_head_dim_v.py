@@ -13,13 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernels import flash2 as flash2_kernels
 from kernels.builds import HEAD_DIM_V_REFUSAL, choose_backward_build, choose_build
 from kernels.tiles import make_tile_ops, value_ops
-from sandbox import Problem, Schedule, attention, attention_backward, masks, simulate
+from sandbox import Problem, Schedule, attention, attention_backward, masks, register_kind, simulate
 from sandbox.cli import main
+from sandbox.vocabulary.footprints import flash2_sram
 from sandbox.vocabulary.reference import expand_heads, reference_attention, reference_attention_backward
 from sandbox.vocabulary.validation import check_qkv
-from simulator.counts import simulate_backward_counts, simulate_counts
+from simulator.counts import flash2_counts, simulate_backward_counts, simulate_counts
 from simulator.l2 import simulate_dram
 from simulator.streams import tile_requests
 from tests.strategies import BACKWARD_KINDS, KINDS, MASK_KINDS, SIMULATED, make_inputs, problems, schedules, seeds
@@ -273,6 +275,24 @@ def test_d_v_equal_to_d_takes_the_tile_ops_of_d():
     assert value_ops(t, s, 8, False, False, np.dtype(np.float32)) is t
     tv = value_ops(t, s, 3, False, False, np.dtype(np.float32))
     assert (tv.D, tv.DC, tv.DCQ) == (3, 2, 2) and t.D == 8
+
+
+def test_a_registered_kind_takes_d_v_where_its_footprint_does(isolated_kinds):
+    """A kind says it takes d_v != d by a head_dim_v argument of its footprint; one without is refused
+    with the reason before anything runs, and still takes d_v = d."""
+    register_kind("flash2dv", "flash2 under another name", sram=flash2_sram, kernels=flash2_kernels,
+                  counts=flash2_counts)
+    register_kind("flash2d", "flash2 without d_v", sram=lambda s, d, dtype: flash2_sram(s, d, dtype),
+                  kernels=flash2_kernels, counts=flash2_counts)
+    problem = Problem(1, 2, 20, 30, 8, causal=True, head_dim_v=4)
+    assert simulate(Schedule("flash2dv", block_q=8, block_kv=8), problem) == simulate(
+        Schedule("flash2", block_q=8, block_kv=8), problem)
+    with pytest.raises(ValueError, match="head_dim_v=4: kind 'flash2d' takes no V head dim of its own"):
+        simulate(Schedule("flash2d", block_q=8, block_kv=8), problem)
+    q, k, v = make_inputs(problem, 0)
+    with pytest.raises(ValueError, match="takes no V head dim of its own"):
+        attention(q, k, v, schedule=Schedule("flash2d", block_q=8, block_kv=8))
+    assert simulate(Schedule("flash2d", block_q=8, block_kv=8), Problem(1, 2, 20, 30, 8)).hbm_writes["O"] == 2 * 20 * 8
 
 
 # -- the simulator: counts and the L2 model's request stream -------------------------------------
