@@ -116,7 +116,9 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
     ):
         got_shape, got_dtype, on_device = array_meta(x, name)
         if tuple(got_shape) != shape:
-            raise ValueError(f"{name}: expected shape {shape}, got {tuple(got_shape)}")
+            own_dv = len(shape) == 4 and problem.head_dim_v != problem.head_dim
+            whence = " (B, H, Nq of q, the head dim d_v of v)" if own_dv else ""
+            raise ValueError(f"{name}: expected shape {shape}, got {tuple(got_shape)}{whence}")
         if on_device == on_host:
             raise TypeError(f"{name}: expected it on the same side as q (NumPy arrays or GPU arrays, like q)")
         if dtype is not None and got_dtype != dtype:
