@@ -63,8 +63,9 @@ def fast_build(schedule, backward=False):
 #: Why grouped K/V heads run the plain build: the fast builds read K and V at the query head.
 GROUPED_REFUSAL = "grouped K/V heads (heads_kv < heads): the fast builds read K and V at the query head"
 
-#: Why a V head dim of its own runs the plain build: the fast builds' V and O tiles are d wide.
-HEAD_DIM_V_REFUSAL = "head_dim_v != head_dim (d_v != d): the fast builds' V and O tiles are head_dim wide"
+#: Why a V head dim of its own runs the plain build: the fast builds' V and O tiles are d wide (all
+#: but flash2's tensor-core forward, kernels/flash2_tc.py, whose TAKES_HEAD_DIM_V says it takes d_v).
+HEAD_DIM_V_REFUSAL = "head_dim_v != head_dim (d_v != d): this fast build's V and O tiles are head_dim wide"
 
 
 def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,
@@ -82,7 +83,8 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
             tiny V for the tensor cores) run the plain build.
         grouped: k and v have fewer heads than q (H_kv < H), which the fast builds do not take
             (:data:`GROUPED_REFUSAL`).
-        head_dim_v: V's head dim d_v (None: ``head_dim``); the fast builds take only d_v = d
+        head_dim_v: V's head dim d_v (None: ``head_dim``); a fast build takes d_v ≠ d only where
+            its module says so (``TAKES_HEAD_DIM_V``: the tensor-core forward), others refuse it
             (:data:`HEAD_DIM_V_REFUSAL`).
 
     Returns:
@@ -121,16 +123,19 @@ def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, 
     what = "fast backward" if backward else "fast build"
     if fast is False:
         return Build(COUNTING if count_io else PLAIN, kernels, "fast=False")
-    why = module.eligible(schedule, head_dim, count_io, mask) if module is not None else (
+    own_dv = head_dim_v is not None and head_dim_v != head_dim
+    # a build that takes d_v != d says so (TAKES_HEAD_DIM_V); its eligible and smem_bytes then take it
+    dv = {"head_dim_v": head_dim_v} if own_dv and getattr(module, "TAKES_HEAD_DIM_V", False) else {}
+    why = module.eligible(schedule, head_dim, count_io, mask, **dv) if module is not None else (
         f"kind {schedule.kind!r} has no fast backward for math={schedule.math!r}" if backward
         else f"kind {schedule.kind!r} has no fast build")
     if why is None and grouped:
         why = GROUPED_REFUSAL
-    if why is None and head_dim_v is not None and head_dim_v != head_dim:
+    if why is None and own_dv and not dv:
         why = HEAD_DIM_V_REFUSAL
     limit = device_smem_optin()
-    if why is None and limit is not None and module.smem_bytes(schedule, head_dim) > limit:
-        why = f"it needs {module.smem_bytes(schedule, head_dim)} bytes of shared memory, this GPU has {limit}"
+    if why is None and limit is not None and module.smem_bytes(schedule, head_dim, **dv) > limit:
+        why = f"it needs {module.smem_bytes(schedule, head_dim, **dv)} bytes of shared memory, this GPU has {limit}"
     if why is not None and fast:
         raise ValueError(f"fast=True, but the {what} cannot run {schedule} at head_dim={head_dim}: {why}")
     if why is None:

@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import flash2 as flash2_kernels
+from kernels import flash2_tc
 from kernels.builds import HEAD_DIM_V_REFUSAL, choose_backward_build, choose_build
+from kernels.flash2_tc import smem_bytes, tc_schedule
 from kernels.tiles import make_tile_ops, value_ops
 from sandbox import Problem, Schedule, attention, attention_backward, masks, register_kind, simulate
 from sandbox.cli import main
@@ -160,7 +162,7 @@ def test_head_dims_of_deepseek_and_friends_on_the_gpu(kind, d, d_v):
         check_backward(schedule, problem, None, seed=4)
 
 
-# -- the fast builds refuse d_v != d -----------------------------------------------------------
+# -- the fast builds: the FMA build and the backward refuse d_v != d, the tensor-core forward takes it--------------------------------------------------------
 def test_the_fast_builds_refuse_a_head_dim_v_of_its_own():
     s = Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2)
     assert choose_build(s, 4).fast and choose_build(s, 4, head_dim_v=4).fast  # d_v = d: taken
@@ -170,8 +172,9 @@ def test_the_fast_builds_refuse_a_head_dim_v_of_its_own():
         choose_build(s, 4, fast=True, head_dim_v=2)
     tc = Schedule("flash2", block_q=16, block_kv=16, thread_q=2, thread_kv=4, math="tf32x3")
     assert choose_build(tc, 16).fast
-    assert choose_build(tc, 16, head_dim_v=8).reason == HEAD_DIM_V_REFUSAL
-    with pytest.raises(ValueError, match="head_dim_v != head_dim"):
+    assert choose_build(tc, 16, head_dim_v=8).name == "fast-tf32x3"  # the tensor-core forward takes d_v ...
+    assert choose_build(tc, 16, head_dim_v=12).reason == "head_dim_v=12 (needs a multiple of 8)"
+    with pytest.raises(ValueError, match="head_dim_v != head_dim"):  # ... its backward does not
         choose_backward_build(tc, 16, fast=True, head_dim_v=32)
     # through the public calls: the plain build runs, with the reason; fast=True says why not
     problem = Problem(1, 1, 6, 6, 4, head_dim_v=8)
@@ -185,6 +188,50 @@ def test_the_fast_builds_refuse_a_head_dim_v_of_its_own():
     out8, lse16 = np.zeros((1, 1, 16, 8), np.float32), np.zeros((1, 1, 16), np.float32)
     with pytest.raises(ValueError, match="head_dim_v != head_dim"):
         attention_backward(q16, k16, v8, out8, lse16, out8, schedule=tc, fast=True)
+
+
+TC_CASES = {
+    "d16-dv8-causal": (16, 8, 19, 21, 16, 8, "float32", True),
+    "d8-dv24-ragged": (32, 16, 37, 45, 8, 24, "float32", False),
+    "d8-dv16-bf16-causal": (16, 16, 18, 30, 8, 16, "bfloat16", True),
+}
+
+
+def check_tc(schedule, problem, seed=0, magnitude=1.0):
+    """The tensor-core forward at d_v != d against the float64 reference (tests/kernels/test_tc.py's check)."""
+    q, k, v = make_inputs(problem, seed=seed, magnitude=magnitude)
+    out, lse, ran = attention(q, k, v, schedule=schedule, causal=problem.causal, scale=problem.scale, return_lse=True,
+                              fast=True, return_build=True)
+    assert ran.name == "fast-tf32x3" and out.shape == q.shape[:3] + (problem.head_dim_v,)
+    ref_out, ref_lse = reference_attention(q, k, v, causal=problem.causal, scale=problem.scale, return_lse=True)
+    atol_out, atol_lse = tolerances(q, k, v, ref_out, ref_lse, problem.causal, problem.scale, problem.dtype)
+    np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
+    np.testing.assert_allclose(lse, ref_lse, rtol=0, atol=atol_lse)
+
+
+@pytest.mark.parametrize("case", TC_CASES.values(), ids=TC_CASES.keys())
+def test_tensor_core_forward_takes_d_v(case):
+    br, bc, nq, nk, d, d_v, dtype, causal = case
+    check_tc(tc_schedule(br, bc), Problem(1, 2, nq, nk, d, dtype=dtype, causal=causal, head_dim_v=d_v), seed=nq)
+    assert smem_bytes(tc_schedule(br, bc), d, d_v) == 8 * bc * (d + d_v)
+
+
+@pytest.mark.parametrize("d, d_v", [(16, 8), (8, 24)])
+def test_tensor_core_forward_takes_d_v_with_q_in_shared_memory(monkeypatch, d, d_v):
+    """Above Q_REGISTERS_MAX_D Q's fragments live in SRAM after K_j and V_j (d = 128 on the GPU)."""
+    monkeypatch.setattr(flash2_tc, "Q_REGISTERS_MAX_D", 4)
+    s = tc_schedule(16, 8)
+    assert smem_bytes(s, d, d_v) == 8 * 8 * (d + d_v) + 4 * 16 * d
+    check_tc(s, Problem(1, 1, 21, 27, d, causal=True, head_dim_v=d_v), seed=5, magnitude=4.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d, d_v", [(64, 128), (128, 64), (192, 128)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_tensor_core_forward_takes_d_v_on_the_gpu(d, d_v, dtype, causal):
+    check_tc(tc_schedule(64, 32), Problem(2, 3, 301, 333, d, dtype=dtype, causal=causal, head_dim_v=d_v), seed=d,
+             magnitude=4.0)
 
 
 # -- the vocabulary: Problem, validation, footprints, the reference -----------------------------
