@@ -118,6 +118,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
     load_v, s_tile_v, ptx_tile_v = tv.load_rows, tv.s_tile, tv.ptx_tile  # V_j, dO_i, dV_j: d_v wide
     DV, DCQV = tv.D, tv.DCQ
     DM, DCQM = max(t.D, DV), max(t.DCQ, DCQV)  # the wider of dK_j and dV_j
+    SAME = DV == t.D  # d_v = d: the loops without d_v (a compile-time constant: one branch is compiled)
     thread_yx, batch_head, load_l_d, tile_visited = t.thread_yx, t.batch_head, _load_l_d(t, off), t.tile_visited
     kv_head = t.kv_head
     BR, BC, TM, TN, TY, TX, D, DCQ, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.D, t.DCQ, t.CAUSAL
@@ -143,10 +144,15 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
         acc_v = cuda.local.array((TN, DCQV), float32)  # this thread's tile of dV_j, in registers
         acc_k = cuda.local.array((TN, DCQ), float32)  # and of dK_j
         for bb in range(TN):
-            for c in range(DCQV):
-                acc_v[bb, c] = ZERO
-            for c in range(DCQ):
-                acc_k[bb, c] = ZERO
+            if SAME:
+                for c in range(DCQ):
+                    acc_v[bb, c] = ZERO
+                    acc_k[bb, c] = ZERO
+            else:
+                for c in range(DCQV):
+                    acc_v[bb, c] = ZERO
+                for c in range(DCQ):
+                    acc_k[bb, c] = ZERO
         p_t = cuda.local.array((TM, TN), float32)  # S, then P, on the register tile
         ds_t = cuda.local.array((TM, TN), float32)  # dP, then dS
         i_start = 0
@@ -212,19 +218,25 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
             ptx_tile(sm_f, OS, sm_in, OQ, ty, tx, b, h, q0, k0, q_len, kv_len, acc_k, cnt, dS_[SRAM_R], Q_[SRAM_R])
 
         # -- dK_j = scale · dK_j, dV_j -> HBM (zeros for a block no query sees; grouped: this query head's partials)
-        # (d_v = d: DM = D = DV, and the two column tests are one)
         if tx < kv_len and ty < DM:
             for bb in range(TN):
                 kv = tx + bb * TX
                 if kv < kv_len:
                     for c in range(DCQM):
                         col = ty + c * TY
-                        if col < DV:
-                            dv[b, h, k0 + kv, col] = store(acc_v[bb, c])
-                            inc(cnt, dV_[HBM_W], 1)
-                        if col < D:
-                            dk[b, h, k0 + kv, col] = store(scale * acc_k[bb, c])
-                            inc(cnt, dK_[HBM_W], 1)
+                        if SAME:
+                            if col < D:
+                                dv[b, h, k0 + kv, col] = store(acc_v[bb, c])
+                                dk[b, h, k0 + kv, col] = store(scale * acc_k[bb, c])
+                                inc(cnt, dV_[HBM_W], 1)
+                                inc(cnt, dK_[HBM_W], 1)
+                        else:  # dV_j and dK_j of their own widths
+                            if col < DV:
+                                dv[b, h, k0 + kv, col] = store(acc_v[bb, c])
+                                inc(cnt, dV_[HBM_W], 1)
+                            if col < D:
+                                dk[b, h, k0 + kv, col] = store(scale * acc_k[bb, c])
+                                inc(cnt, dK_[HBM_W], 1)
         flush(cnt, counters)
 
     def grid(problem):

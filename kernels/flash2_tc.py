@@ -138,6 +138,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None, head_
     to_f32, from_f32, IN = t.to_f32, t.from_f32, t.IN
     BR, BC, NT, D, CAUSAL = t.BR, t.BC, t.NT, t.D, t.CAUSAL
     DV = D if head_dim_v is None else head_dim_v  # V's and O's columns
+    SAME = DV == D  # d_v = d: the code without d_v (a compile-time constant: one branch is compiled)
     NS, KD, KDV = BC // 8, D // 8, DV // 8  # 8-key groups of a K/V block; 8-column groups of d, of d_v
     RK, RV = uint64(BC * 16), uint64(DV * 16)  # floats per 8-column group of K, per 8-key group of V
     OV = uint64(KD * BC * 16)  # V's offset
@@ -305,10 +306,14 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None, head_
         for i in range(2):
             m[i] = NEG_INF
             l[i] = ZERO
-        for kk in range(KDV):
-            for i in range(4):
-                acc[kk, i] = ZERO
+        if not SAME:
+            for kk in range(KDV):
+                for i in range(4):
+                    acc[kk, i] = ZERO
         for kk in range(KD):
+            if SAME:
+                for i in range(4):
+                    acc[kk, i] = ZERO
             col = 8 * kk + tq
             x0 = ZERO
             x1 = ZERO
