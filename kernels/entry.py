@@ -18,7 +18,8 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
         q: (B, H, Nq, d); k: (B, H_kv, Nk, d), v: (B, H_kv, Nk, d_v) with H_kv dividing H (grouped
             K/V heads: query head h reads K/V head h // (H / H_kv); H_kv = 1 is multi-query
             attention, H_kv = H the usual) and d_v V's own head dim (the output's; d_v = d the
-            usual; the fast builds take only d_v = d); float32, float16 or bfloat16. NumPy arrays are copied to
+            usual; of the fast builds only flash2's tensor-core forward takes d_v ≠ d); float32,
+            float16 or bfloat16. NumPy arrays are copied to
             the device and results back; CUDA arrays (CuPy, PyTorch, Numba: anything with
             ``__cuda_array_interface__``, C-contiguous) stay on the GPU and results come back
             as the same kind of array. Under the CUDA simulator: NumPy arrays and Numba's

@@ -105,7 +105,7 @@ def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=N
     ``grouped``: the backward of grouped K/V heads (H_kv < H; :func:`_phases`). The forward's kernels
     take either (a query head's K/V head is read from the arrays' shapes).
     ``head_dim_v``: V's head dim d_v, passed to every maker where it is not None or ``head_dim``
-    (the fast builds refuse d_v ≠ d: kernels/builds.py).
+    (a fast build gets it only where kernels/builds.py chose it for d_v ≠ d).
 
     Returns:
         dict phase -> (kernel, smem_bytes, grid(problem)), in launch order.

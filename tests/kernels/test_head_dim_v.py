@@ -152,8 +152,8 @@ def test_fixed_shapes_causal_grouped(kind, d_v):
 @pytest.mark.gpu
 @pytest.mark.parametrize("d, d_v", [(64, 128), (128, 64), (192, 128)])
 @pytest.mark.parametrize("kind", KINDS)
-def test_head_dims_of_deepseek_and_friends_on_the_gpu(kind, d, d_v):
-    """Head dims of models that use d_v != d (d = 192, d_v = 128 as in MLA's prefill), in fp16, causal."""
+def test_large_head_dims_on_the_gpu(kind, d, d_v):
+    """d_v != d at head dims of models (d = 192, d_v = 128: MLA's prefill), fp16, causal, ragged N = 300."""
     problem = Problem(1, 2, 300, 300, d, dtype="float16", causal=True, head_dim_v=d_v)
     splits = {"kv_splits": 3} if kind == "splitkv" else {}
     schedule = Schedule(kind, block_q=32, block_kv=32, **splits)
