@@ -29,6 +29,10 @@ Under a mask (the forward's predicate, compiled in through ``make_tile_ops``) ev
 entry; dkdv loads K_j and V_j at the first tile of block j a Q block sees (none if no block does). ``simulate(..., backward=True,
 mask=m)`` counts the same tiles.
 
+V's own head dim d_v (``head_dim_v``; d_v = d unless given): V, O, dO and dV are d_v wide, Q, K,
+dQ and dK d wide; dP = dO Vᵀ contracts over d_v, S = QKᵀ over d. Each kernel loads, multiplies
+and stores a tile with the tile ops of its width (kernels/tiles.py's ``value_ops``).
+
 Deterministic: every output element is written by one thread, which sums in a fixed order; no
 floating-point atomics anywhere (the counters' integer atomics do not touch the results), so the
 same inputs give bit-identical gradients.
@@ -40,14 +44,15 @@ from numba import cuda, float32, int32, int64
 
 from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
 from kernels.matmul import make_nn, make_tn
-from kernels.tiles import ZERO, inline_ir, keep_f32, make_tile_ops
+from kernels.tiles import ZERO, inline_ir, keep_f32, make_tile_ops, value_ops
 from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_d(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """D = rowsum(dO ∘ O), fp32: kernel(o, do, dvec, counters), one thread per row (every row, whatever the mask)."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
+def make_d(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+    """D = rowsum(dO ∘ O), fp32: kernel(o, do, dvec, counters), one thread per row (every row, whatever the mask);
+    O and dO are ``head_dim_v`` wide (None: ``head_dim``)."""
+    t = make_tile_ops(schedule, head_dim if head_dim_v is None else head_dim_v, count_io, causal, dtype)
     CNT_LEN, zero_counter, flush, inc, to_f32, batch_head = t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.to_f32, t.batch_head
     BR, NT, D = t.BR, t.NT, t.D
     O_, dO_, D_ = slots("O"), slots("dO"), slots("D")
@@ -75,10 +80,12 @@ def make_d(schedule, head_dim, dtype, count_io, causal, mask=None):
     return kernel, 0, grid
 
 
-def _common(schedule, head_dim, dtype, count_io, causal, phase, mask):
+def _common(schedule, head_dim, dtype, count_io, causal, phase, mask, head_dim_v=None):
+    """(tile ops of d, tile ops of d_v, buffer offsets, shared-memory bytes) of ``phase``."""
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
-    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype, backward=True)[phase])
-    return t, off, smem_bytes
+    tv = value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask)
+    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype, backward=True, head_dim_v=head_dim_v)[phase])
+    return t, tv, off, smem_bytes
 
 
 def _load_l_d(t, off):
@@ -99,15 +106,19 @@ def _load_l_d(t, off):
     return load
 
 
-def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grouped=False):
+def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grouped=False, head_dim_v=None):
     """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H).
 
     ``grouped``: k, v have fewer heads than q; dk, dv are then the fp32 partials (B, H, Nk, d)
-    that :func:`make_group_sum` adds up."""
-    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dkdv", mask)
+    and (B, H, Nk, d_v) that :func:`make_group_sum` adds up."""
+    t, tv, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dkdv", mask, head_dim_v)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, ptx_tile = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.ptx_tile)
+    load_v, s_tile_v, ptx_tile_v = tv.load_rows, tv.s_tile, tv.ptx_tile  # V_j, dO_i, dV_j: d_v wide
+    DV, DCQV = tv.D, tv.DCQ
+    DM, DCQM = max(t.D, DV), max(t.DCQ, DCQV)  # the wider of dK_j and dV_j
+    SAME = DV == t.D  # d_v = d: the loops without d_v (a compile-time constant: one branch is compiled)
     thread_yx, batch_head, load_l_d, tile_visited = t.thread_yx, t.batch_head, _load_l_d(t, off), t.tile_visited
     kv_head = t.kv_head
     BR, BC, TM, TN, TY, TX, D, DCQ, CAUSAL = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.D, t.DCQ, t.CAUSAL
@@ -130,12 +141,18 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
         sm_f = cuda.shared.array(0, float32)
         cnt = cuda.local.array(CNT_LEN, int64)
         zero_counter(cnt)
-        acc_v = cuda.local.array((TN, DCQ), float32)  # this thread's tile of dV_j, in registers
+        acc_v = cuda.local.array((TN, DCQV), float32)  # this thread's tile of dV_j, in registers
         acc_k = cuda.local.array((TN, DCQ), float32)  # and of dK_j
         for bb in range(TN):
-            for c in range(DCQ):
-                acc_v[bb, c] = ZERO
-                acc_k[bb, c] = ZERO
+            if SAME:
+                for c in range(DCQ):
+                    acc_v[bb, c] = ZERO
+                    acc_k[bb, c] = ZERO
+            else:
+                for c in range(DCQV):
+                    acc_v[bb, c] = ZERO
+                for c in range(DCQ):
+                    acc_k[bb, c] = ZERO
         p_t = cuda.local.array((TM, TN), float32)  # S, then P, on the register tile
         ds_t = cuda.local.array((TM, TN), float32)  # dP, then dS
         i_start = 0
@@ -155,10 +172,10 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
             cuda.syncthreads()
             if not kv_loaded:  # K_j, V_j at the first tile a Q block sees, then kept for the whole Q loop
                 load_rows(k, b, hk, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
-                load_rows(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+                load_v(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
                 kv_loaded = True
             load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
-            load_rows(do, b, h, q0, q_len, sm_in, OdO, tid, cnt, dO_[HBM_R], dO_[SRAM_W])
+            load_v(do, b, h, q0, q_len, sm_in, OdO, tid, cnt, dO_[HBM_R], dO_[SRAM_W])
             load_l_d(lse, dvec, b, h, q0, q_len, sm_f, tid, cnt)
             # barrier: Q_i, dO_i, L_i, D_i (and K_j, V_j) are in SRAM
             cuda.syncthreads()
@@ -166,7 +183,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
             # -- P = exp(scale · Q_i K_j^T - L), dP = dO_i V_j^T, dS = P ∘ (dP - D) on register tiles
             work = s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, p_t, cnt, Q_[SRAM_R], K_[SRAM_R])
             if work:
-                s_tile(sm_in, OdO, sm_in, OV, ty, tx, q_len, kv_len, ds_t, cnt, dO_[SRAM_R], V_[SRAM_R])
+                s_tile_v(sm_in, OdO, sm_in, OV, ty, tx, q_len, kv_len, ds_t, cnt, dO_[SRAM_R], V_[SRAM_R])
                 for a in range(TM):
                     r = ty + a * TY
                     if r < q_len:
@@ -184,7 +201,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
             # barrier: P is in SRAM
             cuda.syncthreads()
             # -- dV_j += P^T dO_i
-            ptx_tile(sm_f, OS, sm_in, OdO, ty, tx, b, h, q0, k0, q_len, kv_len, acc_v, cnt, P_[SRAM_R], dO_[SRAM_R])
+            ptx_tile_v(sm_f, OS, sm_in, OdO, ty, tx, b, h, q0, k0, q_len, kv_len, acc_v, cnt, P_[SRAM_R], dO_[SRAM_R])
             # barrier: every thread is done reading P before dS overwrites it
             cuda.syncthreads()
             if work:
@@ -201,17 +218,25 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
             ptx_tile(sm_f, OS, sm_in, OQ, ty, tx, b, h, q0, k0, q_len, kv_len, acc_k, cnt, dS_[SRAM_R], Q_[SRAM_R])
 
         # -- dK_j = scale · dK_j, dV_j -> HBM (zeros for a block no query sees; grouped: this query head's partials)
-        if tx < kv_len and ty < D:
+        if tx < kv_len and ty < DM:
             for bb in range(TN):
                 kv = tx + bb * TX
                 if kv < kv_len:
-                    for c in range(DCQ):
+                    for c in range(DCQM):
                         col = ty + c * TY
-                        if col < D:
-                            dv[b, h, k0 + kv, col] = store(acc_v[bb, c])
-                            dk[b, h, k0 + kv, col] = store(scale * acc_k[bb, c])
-                            inc(cnt, dV_[HBM_W], 1)
-                            inc(cnt, dK_[HBM_W], 1)
+                        if SAME:
+                            if col < D:
+                                dv[b, h, k0 + kv, col] = store(acc_v[bb, c])
+                                dk[b, h, k0 + kv, col] = store(scale * acc_k[bb, c])
+                                inc(cnt, dV_[HBM_W], 1)
+                                inc(cnt, dK_[HBM_W], 1)
+                        else:  # dV_j and dK_j of their own widths
+                            if col < DV:
+                                dv[b, h, k0 + kv, col] = store(acc_v[bb, c])
+                                inc(cnt, dV_[HBM_W], 1)
+                            if col < D:
+                                dk[b, h, k0 + kv, col] = store(scale * acc_k[bb, c])
+                                inc(cnt, dK_[HBM_W], 1)
         flush(cnt, counters)
 
     def grid(problem):
@@ -220,9 +245,10 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
     return kernel, smem_bytes, grid
 
 
-def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None):
+def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
     """kernel(q, k, v, do, lse, dvec, dq, scale, counters); grid (Tr, B·H)."""
-    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dq", mask)
+    t, tv, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dq", mask, head_dim_v)
+    load_v, s_tile_v = tv.load_rows, tv.s_tile  # dO_i, V_j: d_v wide
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, pv_tile, tile_visited = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.pv_tile, t.tile_visited)
     thread_yx, batch_head, load_l_d, store_rows = t.thread_yx, t.batch_head, _load_l_d(t, off), t.store_rows
@@ -246,7 +272,7 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None):
         zero_counter(cnt)
         # -- Q_i, dO_i, L_i, D_i: they stay in SRAM for the whole K/V loop
         load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
-        load_rows(do, b, h, q0, q_len, sm_in, OdO, tid, cnt, dO_[HBM_R], dO_[SRAM_W])
+        load_v(do, b, h, q0, q_len, sm_in, OdO, tid, cnt, dO_[HBM_R], dO_[SRAM_W])
         load_l_d(lse, dvec, b, h, q0, q_len, sm_f, tid, cnt)
         acc = cuda.local.array((TM, DC), float32)  # this thread's tile of dQ_i, in registers
         for a in range(TM):
@@ -266,12 +292,12 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None):
             # barrier: every thread is done with the previous K_j, V_j and dS
             cuda.syncthreads()
             load_rows(k, b, hk, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
-            load_rows(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            load_v(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
             # barrier: K_j, V_j (and, first time round, Q_i, dO_i, L_i, D_i) are in SRAM
             cuda.syncthreads()
             # -- dS = P ∘ (dO_i V_j^T - D) on register tiles -> SRAM
             if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, p_t, cnt, Q_[SRAM_R], K_[SRAM_R]):
-                s_tile(sm_in, OdO, sm_in, OV, ty, tx, q_len, kv_len, ds_t, cnt, dO_[SRAM_R], V_[SRAM_R])
+                s_tile_v(sm_in, OdO, sm_in, OV, ty, tx, q_len, kv_len, ds_t, cnt, dO_[SRAM_R], V_[SRAM_R])
                 for a in range(TM):
                     r = ty + a * TY
                     if r < q_len:
@@ -299,16 +325,17 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None):
     return kernel, smem_bytes, grid
 
 
-def make_standard_p(schedule, head_dim, dtype, count_io, causal, mask=None):
+def make_standard_p(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
     """P = exp(scale·QKᵀ - L) -> HBM: kernel(q, k, lse, p, scale, counters); grid (Tc, Tr, B·H)."""
-    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "p", mask)
+    t, _, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "p", mask, head_dim_v)
     return _make_rowwise(t, off, smem_bytes, dtype, "p")
 
 
-def make_standard_ds(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """dS = P ∘ (dO Vᵀ - D) -> HBM: kernel(do, v, dvec, p, ds, counters); grid (Tc, Tr, B·H)."""
-    t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "ds", mask)
-    return _make_rowwise(t, off, smem_bytes, dtype, "ds")
+def make_standard_ds(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+    """dS = P ∘ (dO Vᵀ - D) -> HBM: kernel(do, v, dvec, p, ds, counters); grid (Tc, Tr, B·H); dO
+    and V are ``head_dim_v`` wide (None: ``head_dim``)."""
+    _, tv, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "ds", mask, head_dim_v)
+    return _make_rowwise(tv, off, smem_bytes, dtype, "ds")
 
 
 def _make_rowwise(t, off, smem_bytes, dtype, which):
@@ -378,29 +405,35 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
     return kernel, smem_bytes, grid
 
 
-def make_standard_products(schedule, head_dim, dtype, count_io, causal, mask=None, grouped=False):
+def make_standard_products(schedule, head_dim, dtype, count_io, causal, mask=None, grouped=False, head_dim_v=None):
     """dV = Pᵀ dO, dK = scale·dSᵀ Q, dQ = scale·dS K (kernels/matmul.py); ``grouped``: dV, dK as
-    each query head's fp32 partials (B, H, Nk, d), for :func:`make_group_sum`."""
+    each query head's fp32 partials (B, H, Nk, d_v) and (B, H, Nk, d), for :func:`make_group_sum`.
+    dV and dO are ``head_dim_v`` wide (None: ``head_dim``)."""
     args = (schedule, head_dim, dtype, count_io, causal)
+    args_v = (schedule, head_dim if head_dim_v is None else head_dim_v, dtype, count_io, causal)
     dk, dv = ("dKpart", "dVpart") if grouped else ("dK", "dV")
     return {
-        "dv": make_tn(*args, "P", "dO", dv, mask=mask, out_f32=grouped),
+        "dv": make_tn(*args_v, "P", "dO", dv, mask=mask, out_f32=grouped),
         "dk": make_tn(*args, "dS", "Q", dk, mask=mask, out_f32=grouped),
         "dq": make_nn(*args, "dS", "K", "dQ", mask=mask),
     }
 
 
-def make_group_sum(schedule, head_dim, dtype, count_io, causal, mask=None):
+def make_group_sum(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
     """dK, dV of each K/V head = the sum of its group's fp32 partials, in head order, in the input dtype.
 
-    kernel(dk_part, dv_part, dk, dv, counters): partials (B, H, Nk, d), outputs (B, H_kv, Nk, d);
-    one thread per (K/V row, column) of one (batch, K/V head), grid (⌈Nk·d / threads⌉, B·H_kv).
-    Registers only: no shared memory.
+    kernel(dk_part, dv_part, dk, dv, counters): partials (B, H, Nk, d) and (B, H, Nk, d_v), outputs
+    (B, H_kv, Nk, d) and (B, H_kv, Nk, d_v) (d_v: ``head_dim_v``, None: d); one thread per
+    (K/V row, column) of one (batch, K/V head) over max(d, d_v) columns, grid
+    (⌈Nk·max(d, d_v) / threads⌉, B·H_kv). Registers only: no shared memory.
     """
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
     CNT_LEN, zero_counter, flush, inc, from_f32, batch_head = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.from_f32, t.batch_head)
     NT, D = t.NT, t.D
+    DV = D if head_dim_v is None else head_dim_v
+    DM = max(D, DV)  # columns a row's threads cover
+    SAME = DV == D  # (compiles to the one-width loop)
     dKp_, dVp_, dK_, dV_ = (slots(n) for n in ("dKpart", "dVpart", "dK", "dV"))
 
     def kernel(dk_part, dv_part, dk, dv, counters):
@@ -409,23 +442,41 @@ def make_group_sum(schedule, head_dim, dtype, count_io, causal, mask=None):
         e = cuda.blockIdx.x * NT + cuda.threadIdx.x
         cnt = cuda.local.array(CNT_LEN, int64)
         zero_counter(cnt)
-        if e < dk.shape[2] * D:
-            row = e // D
-            col = e - row * D
-            acc_k = ZERO
-            acc_v = ZERO
-            for g in range(group):  # a fixed order: bit-identical sums
-                acc_k += dk_part[b, hk * group + g, row, col]
-                acc_v += dv_part[b, hk * group + g, row, col]
-                inc(cnt, dKp_[HBM_R], 1)
-                inc(cnt, dVp_[HBM_R], 1)
-            dk[b, hk, row, col] = from_f32(acc_k)
-            dv[b, hk, row, col] = from_f32(acc_v)
-            inc(cnt, dK_[HBM_W], 1)
-            inc(cnt, dV_[HBM_W], 1)
+        if SAME:
+            if e < dk.shape[2] * D:
+                row = e // D
+                col = e - row * D
+                acc_k = ZERO
+                acc_v = ZERO
+                for g in range(group):  # a fixed order: bit-identical sums
+                    acc_k += dk_part[b, hk * group + g, row, col]
+                    acc_v += dv_part[b, hk * group + g, row, col]
+                    inc(cnt, dKp_[HBM_R], 1)
+                    inc(cnt, dVp_[HBM_R], 1)
+                dk[b, hk, row, col] = from_f32(acc_k)
+                dv[b, hk, row, col] = from_f32(acc_v)
+                inc(cnt, dK_[HBM_W], 1)
+                inc(cnt, dV_[HBM_W], 1)
+        elif e < dk.shape[2] * DM:
+            row = e // DM
+            col = e - row * DM
+            if col < D:
+                acc_k = ZERO
+                for g in range(group):  # a fixed order: bit-identical sums
+                    acc_k += dk_part[b, hk * group + g, row, col]
+                    inc(cnt, dKp_[HBM_R], 1)
+                dk[b, hk, row, col] = from_f32(acc_k)
+                inc(cnt, dK_[HBM_W], 1)
+            if col < DV:
+                acc_v = ZERO
+                for g in range(group):
+                    acc_v += dv_part[b, hk * group + g, row, col]
+                    inc(cnt, dVp_[HBM_R], 1)
+                dv[b, hk, row, col] = from_f32(acc_v)
+                inc(cnt, dV_[HBM_W], 1)
         flush(cnt, counters)
 
     def grid(problem):
-        return (-(-problem.n_kv * problem.head_dim // NT), problem.bh_kv)
+        return (-(-problem.n_kv * DM // NT), problem.bh_kv)
 
     return kernel, 0, grid

@@ -65,9 +65,13 @@ def fast_build(schedule, backward=False):
 #: Why grouped K/V heads run the plain build: the fast builds read K and V at the query head.
 GROUPED_REFUSAL = "grouped K/V heads (heads_kv < heads): the fast builds read K and V at the query head"
 
+#: Why a V head dim of its own runs the plain build: the fast builds' V and O tiles are d wide (all
+#: but flash2's tensor-core forward, kernels/flash2_tc.py, whose TAKES_HEAD_DIM_V says it takes d_v).
+HEAD_DIM_V_REFUSAL = "head_dim_v != head_dim (d_v != d): this fast build's V and O tiles are head_dim wide"
+
 
 def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,
-                 dtype=None):
+                 dtype=None, head_dim_v=None):
     """The build a forward call of ``schedule`` at ``head_dim`` runs.
 
     Args:
@@ -84,6 +88,9 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
         dtype: the inputs' dtype, for a fast build that takes only some (its ``dtype_refusal``:
             the 16-bit tensor-core build refuses fp32, which then runs the plain build); None
             (not known) refuses nothing.
+        head_dim_v: V's head dim d_v (None: ``head_dim``); a fast build takes d_v ≠ d only where
+            its module says so (``TAKES_HEAD_DIM_V``: the tensor-core forward), others refuse it
+            (:data:`HEAD_DIM_V_REFUSAL`).
 
     Returns:
         a :class:`Build`.
@@ -92,7 +99,8 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
         TypeError: ``fast`` is not None, True or False.
         ValueError: ``fast=True`` and the fast build cannot run this, with the reason.
     """
-    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=False, dtype=dtype)
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=False, dtype=dtype,
+                   head_dim_v=head_dim_v)
 
 
 #: Why ``fast=None`` leaves the backward to the plain build: the fast backward is taken only when asked for.
@@ -101,7 +109,8 @@ BACKWARD_OPT_IN = ("the fast backward runs only with fast=True: on the H200 its 
                    "(BENCHMARKS.md, \"Fast backward\")")
 
 
-def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False):
+def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,
+                          head_dim_v=None):
     """The build a backward call of ``schedule`` at ``head_dim`` runs: as :func:`choose_build`,
     from the kind's fast backward builds (flash2's ``"tf32x3"``: kernels/backward_tc.py), except
     that ``fast=None`` does not take them (:data:`BACKWARD_OPT_IN`): ``fast=True`` does, or raises
@@ -109,10 +118,10 @@ def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast
     counting backward's phases)."""
     if fast is None:
         return Build(COUNTING if count_io else PLAIN, None, BACKWARD_OPT_IN)
-    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True)
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True, head_dim_v=head_dim_v)
 
 
-def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, dtype=None):
+def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, dtype=None, head_dim_v=None):
     if fast is not False and fast not in (None, True):
         raise TypeError(f"fast: expected None, True or False, got {fast!r}")
     kernels = None if backward else registry.get(schedule.kind).kernels
@@ -120,16 +129,21 @@ def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, 
     what = "fast backward" if backward else "fast build"
     if fast is False:
         return Build(COUNTING if count_io else PLAIN, kernels, "fast=False")
-    why = module.eligible(schedule, head_dim, count_io, mask) if module is not None else (
+    own_dv = head_dim_v is not None and head_dim_v != head_dim
+    # a build that takes d_v != d says so (TAKES_HEAD_DIM_V); its eligible and smem_bytes then take it
+    dv = {"head_dim_v": head_dim_v} if own_dv and getattr(module, "TAKES_HEAD_DIM_V", False) else {}
+    why = module.eligible(schedule, head_dim, count_io, mask, **dv) if module is not None else (
         f"kind {schedule.kind!r} has no fast backward for math={schedule.math!r}" if backward
         else f"kind {schedule.kind!r} has no fast build")
     if why is None and dtype is not None and hasattr(module, "dtype_refusal"):
         why = module.dtype_refusal(dtype)
     if why is None and grouped:
         why = GROUPED_REFUSAL
+    if why is None and own_dv and not dv:
+        why = HEAD_DIM_V_REFUSAL
     limit = device_smem_optin()
-    if why is None and limit is not None and module.smem_bytes(schedule, head_dim) > limit:
-        why = f"it needs {module.smem_bytes(schedule, head_dim)} bytes of shared memory, this GPU has {limit}"
+    if why is None and limit is not None and module.smem_bytes(schedule, head_dim, **dv) > limit:
+        why = f"it needs {module.smem_bytes(schedule, head_dim, **dv)} bytes of shared memory, this GPU has {limit}"
     if why is not None and fast:
         raise ValueError(f"fast=True, but the {what} cannot run {schedule} at head_dim={head_dim}: {why}")
     if why is None:

@@ -15,9 +15,11 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
     """softmax(scale·QKᵀ)V with the Numba CUDA kernel of ``schedule`` (on the GPU, or Numba's CUDA simulator).
 
     Args:
-        q: (B, H, Nq, d); k, v: (B, H_kv, Nk, d) with H_kv dividing H (grouped K/V heads: query
-            head h reads K/V head h // (H / H_kv); H_kv = 1 is multi-query attention, H_kv = H
-            the usual); float32, float16 or bfloat16. NumPy arrays are copied to
+        q: (B, H, Nq, d); k: (B, H_kv, Nk, d), v: (B, H_kv, Nk, d_v) with H_kv dividing H (grouped
+            K/V heads: query head h reads K/V head h // (H / H_kv); H_kv = 1 is multi-query
+            attention, H_kv = H the usual) and d_v V's own head dim (the output's; d_v = d the
+            usual; of the fast builds only flash2's tensor-core forward takes d_v ≠ d); float32,
+            float16 or bfloat16. NumPy arrays are copied to
             the device and results back; CUDA arrays (CuPy, PyTorch, Numba: anything with
             ``__cuda_array_interface__``, C-contiguous) stay on the GPU and results come back
             as the same kind of array. Under the CUDA simulator: NumPy arrays and Numba's
@@ -47,7 +49,8 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
 
     Returns:
         ``out``; ``(out, lse)``; with ``count_io`` the report is appended, and with
-        ``return_build`` the Build after it, last. ``out`` has the input dtype; accumulation is fp32.
+        ``return_build`` the Build after it, last. ``out`` (B, H, Nq, d_v) has the input dtype;
+        accumulation is fp32.
 
     Raises:
         TypeError, ValueError: bad inputs (see :func:`sandbox.vocabulary.validation.check_qkv`), a schedule
@@ -58,7 +61,7 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
     check_flags(return_lse=return_lse, count_io=count_io, return_build=return_build)
     if fast is not None:
         check_flags(fast=fast)
-    check_schedule(schedule).check_fits(problem.head_dim, problem.dtype)
+    check_schedule(schedule).check_fits(problem.head_dim, problem.dtype, head_dim_v=problem.head_dim_v)
     mask = check_mask(mask, problem, schedule)
     out, lse, report, chosen = attention_any(schedule, problem, q, k, v, count_io=count_io, mask=mask, fast=fast)
     result = (out, lse) if return_lse else (out,)
@@ -80,8 +83,8 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
 
     Args:
         q, k, v: as for :func:`attention`.
-        out, lse: ``attention``'s output (B, H, Nq, d) and log-sum-exp (B, H, Nq) for these inputs.
-        dout: gradient of the loss with respect to ``out``, (B, H, Nq, d), the dtype of q.
+        out, lse: ``attention``'s output (B, H, Nq, d_v) and log-sum-exp (B, H, Nq) for these inputs.
+        dout: gradient of the loss with respect to ``out``, (B, H, Nq, d_v), the dtype of q.
         schedule, causal, scale: as for the forward call that produced ``out`` and ``lse``.
         count_io: also return the measured :class:`IOReport` last.
         mask: the forward call's mask (a predicate or :class:`sandbox.vocabulary.masks.Mask`),
@@ -91,7 +94,8 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
 
     Returns:
         ``(dq, dk, dv)`` in the input dtype (fp32 accumulation), plus the report with ``count_io``.
-        With grouped K/V heads dk and dv are (B, H_kv, Nk, d): each sums the gradients of its
+        dq is (B, H, Nq, d), dk (B, H_kv, Nk, d) and dv (B, H_kv, Nk, d_v), like q, k and v.
+        With grouped K/V heads (H_kv < H) dk and dv each sum the gradients of its
         group's H / H_kv query heads (in a fixed order, through fp32 partials).
 
     Raises:
@@ -104,16 +108,18 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
         check_flags(fast=fast)
     check_schedule(schedule)
     if fast is not True:  # (the fast backward's own tiles, head_dim and SRAM are checked when it is chosen)
-        schedule.check_fits(problem.head_dim, problem.dtype, backward=True)
+        schedule.check_fits(problem.head_dim, problem.dtype, backward=True, head_dim_v=problem.head_dim_v)
     mask = check_mask(mask, problem, schedule)
-    q_shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim)
+    o_shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim_v)  # O's and dO's: d_v columns
     on_host = isinstance(q, np.ndarray)
     for name, x, shape, dtype in (
-        ("out", out, q_shape, problem.dtype), ("dout", dout, q_shape, problem.dtype), ("lse", lse, q_shape[:3], None)
+        ("out", out, o_shape, problem.dtype), ("dout", dout, o_shape, problem.dtype), ("lse", lse, o_shape[:3], None)
     ):
         got_shape, got_dtype, on_device = array_meta(x, name)
         if tuple(got_shape) != shape:
-            raise ValueError(f"{name}: expected shape {shape}, got {tuple(got_shape)}")
+            own_dv = len(shape) == 4 and problem.head_dim_v != problem.head_dim
+            whence = " (B, H, Nq of q, the head dim d_v of v)" if own_dv else ""
+            raise ValueError(f"{name}: expected shape {shape}, got {tuple(got_shape)}{whence}")
         if on_device == on_host:
             raise TypeError(f"{name}: expected it on the same side as q (NumPy arrays or GPU arrays, like q)")
         if dtype is not None and got_dtype != dtype:

@@ -13,6 +13,8 @@
 With a mask, blocks j no query may see are not loaded, empty tiles (i, j) are skipped, and L_i is
 initialized to -inf and written at every visited tile (the last one is not known in advance).
 
+Q_i and K_j are d wide, V_j and O_i d_v wide (``head_dim_v``; d_v = d unless given).
+
 O stays in HBM in the output dtype between steps, as the algorithm has it: with fp16 inputs it is
 rounded once per K/V block (the tests' fp16 tolerance for flash1 grows with Tc for that reason).
 """
@@ -24,22 +26,24 @@ import numpy as np
 from numba import cuda, float32, int32, int64
 
 from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
-from kernels.tiles import COUNTERS, NEG_INF, ONE, ZERO, array_type, make_tile_ops
+from kernels.tiles import COUNTERS, NEG_INF, ONE, ZERO, array_type, make_tile_ops, value_ops
 from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """Build the flash1 kernel. Returns (kernel, smem_bytes, grid(problem))."""
+def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+    """Build the flash1 kernel (V_j, O_i ``head_dim_v`` wide; None: ``head_dim``). Returns (kernel, smem_bytes, grid(problem))."""
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
+    tv = value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask)  # V_j, O_i: d_v wide
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
-    flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
+    flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, tv.pv_tile, t.s_tile)
+    load_v = tv.load_rows
     thread_yx, batch_head, store_s, s_row_max, s_row_exp = t.thread_yx, t.batch_head, t.store_s, t.s_row_max, t.s_row_exp
     kv_head = t.kv_head
-    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["main"])
+    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype, head_dim_v=head_dim_v)["main"])
     OQ, OK, OV, OS, OA, OB = (off[n] for n in ("Q", "K", "V", "S", "alpha", "beta"))
-    BR, BC, TM, TN, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC
+    BR, BC, TM, TN, TY, TX, NT, DV, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, tv.D, tv.DC
     CAUSAL = t.CAUSAL
     inc, n_allowed, tile_visited = t.inc, t.n_allowed, t.tile_visited
     HAS_MASK = t.HAS_MASK
@@ -61,9 +65,9 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
         zero_counter(cnt)
 
         # -- initialize O = 0, l = 0, m = -inf in HBM
-        for e in range(tid, n_q * D, NT):
-            r = e // D
-            o[b, h, r, e - r * D] = from_f32(ZERO)
+        for e in range(tid, n_q * DV, NT):
+            r = e // DV
+            o[b, h, r, e - r * DV] = from_f32(ZERO)
             inc(cnt, O_[HBM_W], 1)
         for r in range(tid, n_q, NT):
             l_hbm[b, h, r] = ZERO
@@ -90,7 +94,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
             # barrier: the previous inner loop is done with K_j, V_j (and the HBM init is visible)
             cuda.syncthreads()
             load_rows(k, b, hk, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
-            load_rows(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            load_v(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
             i_start = 0
             if CAUSAL:
                 i_start = k0 // BR  # blocks before hold only rows < k0: fully masked, skipped
@@ -152,7 +156,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
                 cuda.syncthreads()
 
                 # -- O_i = alpha · O_i + beta · P~ V_j: read O_i from HBM, write it back
-                if ty < q_len and tx < D:
+                if ty < q_len and tx < DV:
                     for a in range(TM):
                         for c in range(DC):
                             acc[a, c] = ZERO
@@ -166,7 +170,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
                             inc(cnt, B_[SRAM_R], 1)
                             for c in range(DC):
                                 col = tx + c * TX
-                                if col < D:
+                                if col < DV:
                                     o_old = to_f32(o[b, h, q0 + r, col])
                                     inc(cnt, O_[HBM_R], 1)
                                     o[b, h, q0 + r, col] = from_f32(alpha * o_old + beta * acc[a, c])

@@ -8,6 +8,8 @@
         l_i = alpha · l_i + rowsum(P); m_i = m_new  (one thread per row, in SRAM)
         O_i = diag(alpha) O_i + P V_j              (O_i in registers)
     O_i = diag(l_i)⁻¹ O_i -> HBM;  L_i = m_i + log l_i -> HBM
+
+Q_i and K_j are d wide, V_j and O_i d_v wide (``head_dim_v``; d_v = d unless given).
 """
 
 import math
@@ -15,30 +17,34 @@ import math
 from numba import cuda, float32, int32, int64
 
 from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
-from kernels.tiles import COUNTERS, NEG_INF, ONE, ZERO, array_type, make_tile_ops
+from kernels.tiles import COUNTERS, NEG_INF, ONE, ZERO, array_type, make_tile_ops, value_ops
 from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=False):
+def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=False, head_dim_v=None):
     """Build the flash2 kernel. Returns (kernel, smem_bytes, grid(problem)).
 
     ``split``: the split-KV kind's first phase (kernels/splitkv.py). Thread block (i, bh, s)
     runs this loop over the s-th of ``schedule.kv_splits`` equal ranges of K/V blocks and
     writes its normalized partial O and its L, in fp32, to ``o[b·splits + s]`` and
     ``lse[b·splits + s]`` (counted as the tensors "Opart" and "Lpart").
+    ``head_dim_v``: d_v, the width of V_j and O_i (None: ``head_dim``).
     """
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
+    tv = value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask)  # V_j, O_i: d_v wide
     SPLIT = bool(split)
     NSPLIT = schedule.kv_splits if SPLIT else 1
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
-    TN, flush, load_rows, zero_counter, pv_tile, s_tile = (t.TN, t.flush, t.load_rows, t.zero_counter, t.pv_tile, t.s_tile)
+    TN, flush, load_rows, zero_counter, pv_tile, s_tile = (t.TN, t.flush, t.load_rows, t.zero_counter, tv.pv_tile, t.s_tile)
+    load_v = tv.load_rows
     thread_yx, batch_head, store_s, s_row_max, s_row_exp = t.thread_yx, t.batch_head, t.store_s, t.s_row_max, t.s_row_exp
     kv_head = t.kv_head
-    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["partial" if SPLIT else "main"])
+    off, smem_bytes = sram_offsets(
+        sram_buffers(schedule, head_dim, dtype, head_dim_v=head_dim_v)["partial" if SPLIT else "main"])
     OQ, OK, OV, OS, OM, OL, OA = (off[n] for n in ("Q", "K", "V", "S", "m", "l", "alpha"))
-    BR, BC, TM, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC
+    BR, BC, TM, TY, TX, NT, DV, DC = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, tv.D, tv.DC
     CAUSAL = t.CAUSAL
     inc, n_allowed, nan_max, tile_visited = t.inc, t.n_allowed, t.nan_max, t.tile_visited
     K_, S_, P_, M_, l_, A_, V_ = (slots(n) for n in ("K", "S", "P", "m", "l", "alpha", "V"))
@@ -95,7 +101,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
             # barrier: every thread is done reading the previous K_j, V_j and P
             cuda.syncthreads()
             load_rows(k, b, hk, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
-            load_rows(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            load_v(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
             # barrier: K_j, V_j (and, first time round, Q_i, m_i, l_i) are in SRAM
             cuda.syncthreads()
 
@@ -129,7 +135,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
             cuda.syncthreads()
 
             # -- O_i = diag(alpha) O_i + P V_j on this thread's register tile
-            if ty < q_len and tx < D:
+            if ty < q_len and tx < DV:
                 for a in range(TM):
                     r = ty + a * TY
                     if r < q_len:
@@ -142,7 +148,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
         # barrier: the last row statistics are in SRAM
         cuda.syncthreads()
         # -- O_i = diag(l_i)^-1 O_i -> HBM (a row that saw no key: O = 0)
-        if ty < q_len and tx < D:
+        if ty < q_len and tx < DV:
             for a in range(TM):
                 r = ty + a * TY
                 if r < q_len:
@@ -153,7 +159,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
                         inv = ONE / l_r
                     for c in range(DC):
                         col = tx + c * TX
-                        if col < D:
+                        if col < DV:
                             o[bo, h, q0 + r, col] = store(acc[a, c] * inv)
                             inc(cnt, O_[HBM_W], 1)
         # -- L_i = m_i + log l_i -> HBM (-inf where l_i = 0)

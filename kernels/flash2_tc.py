@@ -38,6 +38,9 @@ warp read 512 consecutive bytes (no bank conflicts). V likewise with (big V[8c +
 big V[8c + 2t + 1, col], small, small). The loaders write one vector per item, consecutive lanes
 consecutive vectors.
 
+V's own head dim d_v (``head_dim_v``, a multiple of 8; d_v = d unless given): V's layout is
+[Bc/8][d_v][4][4] and O's accumulators cover d_v columns; Q and K stay d wide.
+
 fp16 and bf16 values are TF32 already: their K and V small parts are zero, and the A_big·B_small
 products are skipped (two products per step instead of three). Q (scaled) and P are fp32 and
 are split.
@@ -55,11 +58,16 @@ from kernels.tiles import LN2, LOG2E, NEG_INF, ONE, ZERO, inline_device, make_ti
 from sandbox.vocabulary.runtime import using_simulator
 
 
-def eligible(schedule, head_dim, count_io=False, mask=None):
+#: It takes V's own head dim d_v: ``eligible`` and ``smem_bytes`` take ``head_dim_v`` (kernels/builds.py).
+TAKES_HEAD_DIM_V = True
+
+
+def eligible(schedule, head_dim, count_io=False, mask=None, head_dim_v=None):
     """Why the tensor-core build cannot run this (a string), or None when it can.
 
-    It needs Br a multiple of 16 (a warp per 16 rows), Bc and head_dim multiples of 8, and the
-    thread tile that matches the tensor cores' fragments: thread_q = 2, thread_kv = Bc / 4.
+    It needs Br a multiple of 16 (a warp per 16 rows), Bc, head_dim and head_dim_v (None: head_dim)
+    multiples of 8, and the thread tile that matches the tensor cores' fragments: thread_q = 2,
+    thread_kv = Bc / 4.
     """
     s = schedule
     why = refusal(s, count_io, mask, "tensor-core", "tf32x3")
@@ -72,6 +80,8 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
                 f"2x{s.block_kv // 4}: thread_q=2, thread_kv=Bc/4)")
     if head_dim % 8:
         return f"head_dim={head_dim} (needs a multiple of 8)"
+    if head_dim_v is not None and head_dim_v % 8:
+        return f"head_dim_v={head_dim_v} (needs a multiple of 8)"
     return None
 
 
@@ -88,11 +98,14 @@ TWO_ACCUMULATORS_BELOW = 8
 S_UNROLL = 2
 
 
-def smem_bytes(schedule, head_dim):
-    """Dynamic shared memory: K_j and V_j, each split into big and small parts (16 bytes per
-    element), and above Q_REGISTERS_MAX_D Q_i's fragments (4 bytes per element)."""
+def smem_bytes(schedule, head_dim, head_dim_v=None):
+    """Dynamic shared memory: K_j (Bc×d) and V_j (Bc×d_v; ``head_dim_v``, None: d), each split into
+    big and small parts (8 bytes per element), and above Q_REGISTERS_MAX_D Q_i's fragments (4 bytes
+    per element)."""
     q = 4 * schedule.block_q * head_dim if head_dim > Q_REGISTERS_MAX_D else 0
-    return 16 * schedule.block_kv * head_dim + q
+    if head_dim_v is None or head_dim_v == head_dim:
+        return 16 * schedule.block_kv * head_dim + q
+    return 8 * schedule.block_kv * (head_dim + head_dim_v) + q
 
 
 def min_blocks_per_sm(schedule, head_dim):
@@ -115,29 +128,36 @@ def tc_schedule(block_q, block_kv, **kwargs):
                     math="tf32x3", **kwargs)
 
 
-def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """Build the tensor-core flash2 kernel (see the module docstring). Returns (kernel, smem_bytes, grid(problem))."""
-    why = eligible(schedule, head_dim, count_io, mask)
+def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+    """Build the tensor-core flash2 kernel (see the module docstring; V and O ``head_dim_v`` wide,
+    None: ``head_dim``). Returns (kernel, smem_bytes, grid(problem))."""
+    why = eligible(schedule, head_dim, count_io, mask, head_dim_v)
     if why is not None:
         raise ValueError(f"the tensor-core flash2 build cannot run {schedule} at d={head_dim}: {why}")
     t = make_tile_ops(schedule, head_dim, False, causal, dtype)
     to_f32, from_f32, IN = t.to_f32, t.from_f32, t.IN
     BR, BC, NT, D, CAUSAL = t.BR, t.BC, t.NT, t.D, t.CAUSAL
-    NS, KD = BC // 8, D // 8  # 8-key groups of a K/V block; 8-column groups of d
-    RK, RV = uint64(BC * 16), uint64(D * 16)  # floats per 8-column group of K, per 8-key group of V
+    DV = D if head_dim_v is None else head_dim_v  # V's and O's columns
+    SAME = DV == D  # d_v = d: the code without d_v (a compile-time constant: one branch is compiled)
+    NS, KD, KDV = BC // 8, D // 8, DV // 8  # 8-key groups of a K/V block; 8-column groups of d, of d_v
+    RK, RV = uint64(BC * 16), uint64(DV * 16)  # floats per 8-column group of K, per 8-key group of V
     OV = uint64(KD * BC * 16)  # V's offset
     QS = D > Q_REGISTERS_MAX_D  # Q's fragments in SRAM (else in registers)
-    OQ = uint64(OV + NS * D * 16)  # Q's offset: [warp][KD][lane][4], each lane its own vectors
-    n_smem = smem_bytes(schedule, head_dim)
+    OQ = uint64(OV + NS * DV * 16)  # Q's offset: [warp][KD][lane][4], each lane its own vectors
+    n_smem = smem_bytes(schedule, head_dim, head_dim_v)
     EXACT = np.dtype(dtype).itemsize == 2  # fp16/bf16: K and V are TF32 already (small parts zero)
     ALIGN = None if using_simulator() else 16
     NX = NT * XCH_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
     NRED = NT if using_simulator() else 1  # the simulator's row reductions
     row_max, row_sum = group_reductions((2, 1))  # a row's 4 lanes: xor 2, xor 1
-    ITEMS = BC * D // 2  # 16-byte vectors of K (and of V) per block
+    ITEMS = BC * D // 2  # 16-byte vectors of K per block
     IT = -(-ITEMS // NT)
     FULL = ITEMS % NT == 0
     NBUF = 2 * IT
+    ITEMS_V = BC * DV // 2  # ... and of V (ITEMS at d_v = d)
+    IT_V = -(-ITEMS_V // NT)
+    FULL_V = ITEMS_V % NT == 0
+    NBUF_V = 2 * IT_V
     S4 = NT // 4  # e >> 2 grows by this from one item to the next
     # S's accumulators: below 8 key groups a warp's independent chains of products are too few to
     # hide the tensor cores' latency (kernels/mma.py), and the small products take a second one
@@ -181,7 +201,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
 
         return item
 
-    k_item, v_item = item_of(BC), item_of(D)
+    k_item, v_item = item_of(BC), item_of(DV)
 
     @inline_device
     def fetch_k(k, b, h, k0, kv_len, buf, tid):
@@ -212,10 +232,10 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
         tt = uint64(tid) & uint64(3)
         t4 = uint64(tid) >> uint64(2)
         vh = v[b, h]
-        for it in range(IT):
+        for it in range(IT_V):
             x0 = IN(0)
             x1 = IN(0)
-            if FULL or uint64(tid) + uint64(it * NT) < ITEMS:
+            if FULL_V or uint64(tid) + uint64(it * NT) < ITEMS_V:
                 # vector (c, col, tt): V[8c + 2tt, col] and V[8c + 2tt + 1, col]
                 col, c = v_item(t4, it)
                 r = uint64(8) * c + uint64(2) * tt
@@ -242,15 +262,15 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
         """The fetched V items, as store_k."""
         tt = uint64(tid) & uint64(3)
         t4 = uint64(tid) >> uint64(2)
-        for it in range(IT):
-            if FULL or uint64(tid) + uint64(it * NT) < ITEMS:
+        for it in range(IT_V):
+            if FULL_V or uint64(tid) + uint64(it * NT) < ITEMS_V:
                 col, c = v_item(t4, it)
-                put(sm, OV + (c * uint64(D) + col) * uint64(16) + tt * uint64(4), to_f32(buf[2 * it]),
+                put(sm, OV + (c * uint64(DV) + col) * uint64(16) + tt * uint64(4), to_f32(buf[2 * it]),
                     to_f32(buf[2 * it + 1]))
 
     def kernel(q, k, v, o, lse, scale, counters):
-        if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or o.shape[3] != D:
-            return  # (never: the launcher checks; this tells the compiler the row length is D)
+        if q.shape[3] != D or k.shape[3] != D or v.shape[3] != DV or o.shape[3] != DV:
+            return  # (never: the launcher checks; this tells the compiler the row lengths are D, DV)
         tid = cuda.threadIdx.x
         w = tid // 32
         lane = tid - 32 * w
@@ -276,19 +296,24 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
 
         qf = cuda.local.array((KD if not QS else 1, 4), float32)  # Q's A fragments, raw fp32 (split per use)
         qv = OQ + uint64(w * KD * 128 + 4 * lane)  # ... or in SRAM: the lane's vector of group 0
-        acc = cuda.local.array((KD, 4), float32)  # O's accumulators, 8 columns of d per group
+        acc = cuda.local.array((KDV, 4), float32)  # O's accumulators, 8 columns of d_v per group
         s = cuda.local.array((NS, 4), float32)  # S (then P): 8 keys per group; Q_big·K_big
         sx = cuda.local.array((NS if TWO else 1, 4), float32)  # Q_small·K_big + Q_big·K_small (TWO)
         m = cuda.local.array(2, float32)
         l = cuda.local.array(2, float32)
         kb = cuda.local.array(NBUF, IN)  # the thread's items of K_{j+1}
-        vb = cuda.local.array(NBUF, IN)  # ... and of V_{j+1}
+        vb = cuda.local.array(NBUF_V, IN)  # ... and of V_{j+1}
         for i in range(2):
             m[i] = NEG_INF
             l[i] = ZERO
+        if not SAME:
+            for kk in range(KDV):
+                for i in range(4):
+                    acc[kk, i] = ZERO
         for kk in range(KD):
-            for i in range(4):
-                acc[kk, i] = ZERO
+            if SAME:
+                for i in range(4):
+                    acc[kk, i] = ZERO
             col = 8 * kk + tq
             x0 = ZERO
             x1 = ZERO
@@ -407,7 +432,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
                         rs += p
                 l[i] = alpha * l[i] + rs  # this thread's part of the row sum (alpha is the row's)
                 m[i] = m_new
-                for kk in range(KD):
+                for kk in range(KDV):
                     acc[kk, 2 * i] *= alpha
                     acc[kk, 2 * i + 1] *= alpha
 
@@ -423,7 +448,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
                 pb1, ps1 = split(s[n, 2])
                 pb2, ps2 = split(s[n, 1])
                 pb3, ps3 = split(s[n, 3])
-                for kk in range(KD):
+                for kk in range(KDV):
                     at = OV + uint64(n) * RV + uint64(kk * 128) + vk
                     acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3] = mma3(
                         xch, tid, pb0, pb1, pb2, pb3, ps0, ps1, ps2, ps3,
@@ -444,7 +469,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None):
                 inv = ZERO
                 if l[i] != ZERO:  # NaN passes through
                     inv = ONE / l[i]
-                for kk in range(KD):
+                for kk in range(KDV):
                     col = 8 * kk + 2 * tq
                     o[b, h, q0 + rr, col] = from_f32(acc[kk, 2 * i] * inv)
                     o[b, h, q0 + rr, col + 1] = from_f32(acc[kk, 2 * i + 1] * inv)

@@ -96,14 +96,16 @@ def _jit_options(schedule, head_dim, chosen, threads):
 
 
 @functools.lru_cache(maxsize=256)
-def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=None, grouped=False):
-    """Compiled kernels for one (schedule, head_dim, dtype, causal, build, direction, mask, grouping).
+def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=None, grouped=False, head_dim_v=None):
+    """Compiled kernels for one (schedule, head_dim, dtype, causal, build, direction, mask, grouping, d_v).
 
     ``chosen``: the :class:`kernels.builds.Build` (forward: :func:`kernels.builds.choose_build`'s;
     backward: :func:`kernels.builds.choose_backward_build`'s), which says whether the kernels count.
     ``mask``: a sandbox.vocabulary.masks.Mask, compiled into the kernels (forward or backward); cached per Mask object.
     ``grouped``: the backward of grouped K/V heads (H_kv < H; :func:`_phases`). The forward's kernels
     take either (a query head's K/V head is read from the arrays' shapes).
+    ``head_dim_v``: V's head dim d_v, passed to every maker where it is not None or ``head_dim``
+    (a fast build gets it only where kernels/builds.py chose it for d_v ≠ d).
 
     Returns:
         dict phase -> (kernel, smem_bytes, grid(problem)), in launch order.
@@ -112,6 +114,8 @@ def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=N
     out = {}
     for phase, (maker, sig) in _phases(schedule, dtype, backward, chosen, grouped).items():
         extra = {} if mask is None else {"mask": mask}
+        if head_dim_v is not None and head_dim_v != head_dim:
+            extra["head_dim_v"] = head_dim_v
         py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, chosen.count_io, causal, **extra)
         signature = void(*sig)
         kernel = cuda.jit(signature, **_jit_options(schedule, head_dim, chosen, _threads(schedule, chosen, phase)))(py_func)
@@ -228,20 +232,21 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
     for ``count_io``, ``mask`` and ``fast`` (None: the fast build whenever it can run this).
 
     Returns:
-        (out, lse, report, build): device arrays (B, H, Nq, d) in the input dtype (k, v may have
+        (out, lse, report, build): device arrays (B, H, Nq, d_v) in the input dtype (k, v may have
         H_kv heads: query head h reads K/V head h // (H / H_kv)) and (B, H, Nq)
         fp32, the measured IOReport (None unless ``count_io``), and the Build that ran.
     """
     if chosen is None:
         chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast,
-                              grouped=problem.group > 1, dtype=problem.dtype)
+                              grouped=problem.group > 1, dtype=problem.dtype, head_dim_v=problem.head_dim_v)
     if not chosen.fast:  # (a fast build's own need was checked by choose_build)
-        check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype))  # before any attribute or launch
-    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, mask=mask)
+        # before any attribute or launch
+        check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, head_dim_v=problem.head_dim_v))
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, mask=mask, **_dv(problem))
     check_grids(ks, problem)
     stream = cuda.default_stream()
-    b, h, n_q, d = problem.batch, problem.heads, problem.n_q, problem.head_dim
-    out = device_empty((b, h, n_q, d), problem.dtype, "O")
+    b, h, n_q, d_v = problem.batch, problem.heads, problem.n_q, problem.head_dim_v
+    out = device_empty((b, h, n_q, d_v), problem.dtype, "O")
     lse = device_empty((b, h, n_q), np.float32, "L")
     counters = _counters(chosen.count_io)
     scale = np.float32(problem.scale)
@@ -251,6 +256,11 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
         launch, schedule, problem, q, k, v, out, lse, scale, counters, lambda shape, dt, name: device_empty(shape, dt, name))
     report = to_report(counters.copy_to_host(stream=stream), problem.dtype) if chosen.count_io else None
     return out, lse, report, chosen
+
+
+def _dv(problem):
+    """``build``'s head_dim_v argument for ``problem``: none when d_v = d (the cache key it always had)."""
+    return {} if problem.head_dim_v == problem.head_dim else {"head_dim_v": problem.head_dim_v}
 
 
 def _launcher(kernels, problem, schedule, stream, chosen):
@@ -271,7 +281,8 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     :class:`kernels.builds.Build` to run; None: :func:`kernels.builds.choose_backward_build`'s for
     ``count_io``, ``mask`` and ``fast``.
 
-    With grouped K/V heads (``problem.heads_kv`` < ``problem.heads``) dK and dV, (B, H_kv, Nk, d),
+    With grouped K/V heads (``problem.heads_kv`` < ``problem.heads``) dK and dV, (B, H_kv, Nk, d) and
+    (B, H_kv, Nk, d_v),
     sum each group's query heads: the kernels write fp32 partials (B, H, Nk, d) to scratch and a
     last "group_sum" launch adds them up in a fixed order (kernels/backward.py).
 
@@ -282,17 +293,20 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     grouped = problem.group > 1
     if chosen is None:
         chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast,
-                                       grouped=grouped)
+                                       grouped=grouped, head_dim_v=problem.head_dim_v)
     if not chosen.fast:
-        check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True))
+        check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True,
+                                                   head_dim_v=problem.head_dim_v))
     extra = {"grouped": True} if grouped else {}  # (today's calls keep their cache key)
-    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, backward=True, mask=mask, **extra)
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, backward=True, mask=mask,
+               **extra, **_dv(problem))
     check_grids(ks, problem)
     stream = cuda.default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
+    d_v = problem.head_dim_v
     dq = device_empty((b, h, n_q, d), problem.dtype, "dQ")
     dk = device_empty((b, problem.heads_kv, n_kv, d), problem.dtype, "dK")
-    dv = device_empty((b, problem.heads_kv, n_kv, d), problem.dtype, "dV")
+    dv = device_empty((b, problem.heads_kv, n_kv, d_v), problem.dtype, "dV")
     dvec = device_empty((b, h, n_q), np.float32, "D")
     counters = _counters(count_io)
     scale = np.float32(problem.scale)
@@ -301,7 +315,7 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     dk_out, dv_out = dk, dv
     if grouped:  # each query head's dK, dV partials, summed per group by the last launch
         dk_out = device_empty((b, h, n_kv, d), np.float32, "dK partials")
-        dv_out = device_empty((b, h, n_kv, d), np.float32, "dV partials")
+        dv_out = device_empty((b, h, n_kv, d_v), np.float32, "dV partials")
     if chosen.fast or kinds.get(schedule.kind).backward == "flash":
         launch("dkdv", q, k, v, dout, lse, dvec, dk_out, dv_out, scale, counters)
         launch("dq", q, k, v, dout, lse, dvec, dq, scale, counters)
@@ -410,7 +424,7 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
     facts = host_facts(q, k, v)
     check_fp32_range(problem, q, k, v, facts)
     chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast, facts=facts,
-                          grouped=problem.group > 1, dtype=problem.dtype)
+                          grouped=problem.group > 1, dtype=problem.dtype, head_dim_v=problem.head_dim_v)
     out, lse, report, chosen = run(schedule, problem, *to_device((q, k, v), "qkv"), mask=mask, chosen=chosen)
     return (*from_device((out, lse), q, (problem.dtype, np.float32)), report, chosen)
 
@@ -428,7 +442,7 @@ def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=
         for name, x in (("out", out), ("dout", dout)):
             facts[name] = (bool(np.isfinite(x.astype(np.float32, copy=False)).all()), None)
     chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast,
-                                   facts=facts, grouped=problem.group > 1)
+                                   facts=facts, grouped=problem.group > 1, head_dim_v=problem.head_dim_v)
     dev = to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
     dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io, mask=mask, chosen=chosen)
     return (*from_device((dq, dk, dv), q, (problem.dtype,) * 3), report, chosen)

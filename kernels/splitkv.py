@@ -26,18 +26,19 @@ from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_partial(schedule, head_dim, dtype, count_io, causal, mask=None):
-    return make_flash2(schedule, head_dim, dtype, count_io, causal, mask=mask, split=True)
+def make_partial(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+    return make_flash2(schedule, head_dim, dtype, count_io, causal, mask=mask, split=True, head_dim_v=head_dim_v)
 
 
-def make_combine(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """kernel(o_part, lse_part, o, lse, counters): one thread block per (Q block, batch·head)."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
+def make_combine(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+    """kernel(o_part, lse_part, o, lse, counters): one thread block per (Q block, batch·head); O and
+    the partials O_s are ``head_dim_v`` wide (None: ``head_dim``)."""
+    t = make_tile_ops(schedule, head_dim if head_dim_v is None else head_dim_v, count_io, causal, dtype)
     CNT_LEN, zero_counter, flush, inc, nan_max, from_f32 = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.nan_max, t.from_f32)
     BR, NT, D, batch_head = t.BR, t.NT, t.D, t.batch_head
     NS = schedule.kv_splits
-    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["combine"])
+    off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype, head_dim_v=head_dim_v)["combine"])
     OW = off["w"]
     OP_, LP_, W_, O_, L_ = (slots(n) for n in ("Opart", "Lpart", "w", "O", "L"))
 
@@ -109,8 +110,8 @@ def phases(dtype):
 
 def launch(launch, schedule, problem, q, k, v, out, lse, scale, counters, empty):
     ns = schedule.kv_splits
-    b, h, n_q, d = problem.batch, problem.heads, problem.n_q, problem.head_dim
-    o_part = empty((b * ns, h, n_q, d), np.float32, "Opart")  # splits stacked along the batch axis
+    b, h, n_q, d = problem.batch, problem.heads, problem.n_q, problem.head_dim_v
+    o_part = empty((b * ns, h, n_q, d), np.float32, "Opart")  # O's width: d_v  # splits stacked along the batch axis
     lse_part = empty((b * ns, h, n_q), np.float32, "Lpart")
     launch("partial", q, k, v, o_part, lse_part, scale, counters)
     launch("combine", o_part, lse_part, out, lse, counters)

@@ -7,7 +7,8 @@
     pv:      O = P V                   P_i,j (allowed entries), V_j: HBM -> SRAM; O_i -> HBM
                                        (kernels/matmul.py's nn product)
 
-Causal tiles that are fully masked are skipped by qk and pv: no loads, no math.
+Causal tiles that are fully masked are skipped by qk and pv: no loads, no math. Q and K are d
+wide, V and O d_v wide (``head_dim_v``; d_v = d unless given).
 """
 
 import math
@@ -23,8 +24,9 @@ from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """Build the three kernels. Returns a dict phase -> (kernel, smem_bytes, grid(problem), block)."""
+def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+    """Build the three kernels (V, O ``head_dim_v`` wide; None: ``head_dim``).
+    Returns a dict phase -> (kernel, smem_bytes, grid(problem), block)."""
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
@@ -138,7 +140,8 @@ def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None):
     return {
         "qk": (qk, smem_qk, grid_qk),
         "softmax": (softmax, smem_sm, grid_softmax),
-        "pv": make_nn(schedule, head_dim, dtype, count_io, causal, "P", "V", "O", mask=mask),
+        "pv": make_nn(schedule, head_dim if head_dim_v is None else head_dim_v, dtype, count_io, causal,
+                      "P", "V", "O", mask=mask),
     }
 
 

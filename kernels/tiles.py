@@ -69,6 +69,19 @@ def keep_f32(x):
     return x
 
 
+def value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask=None):
+    """The tile ops of V's head dim d_v: ``t`` itself (the ops of d) when ``head_dim_v`` is None or d,
+    else :func:`make_tile_ops` at width d_v.
+
+    A kernel loads, multiplies and stores its d_v-wide tiles (V, dO, O, dV) with these and its
+    d-wide ones (Q, K, dQ, dK) with ``t``; when d_v = d both are the same functions, so the kernel
+    compiles to the code it has without d_v.
+    """
+    if head_dim_v is None or head_dim_v == t.D:
+        return t
+    return make_tile_ops(schedule, head_dim_v, count_io, causal, dtype, mask)
+
+
 def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
     """Device functions for one (schedule, head_dim, count_io, causal, input dtype, mask); see the module docstring.
 

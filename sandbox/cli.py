@@ -72,6 +72,8 @@ def _add_problem_args(p, n_default, d_default):
     p.add_argument("--n-q", type=int, default=None, help="Nq, if it differs from --n")
     p.add_argument("--n-kv", type=int, default=None, help="Nk, if it differs from --n")
     p.add_argument("--d", type=int, default=d_default, help="head dim (default %(default)s)")
+    p.add_argument("--d-v", type=int, default=None,
+                   help="d_v, V's and O's head dim (S = QKᵀ contracts over d, O = PV has d_v columns; default d)")
     p.add_argument("--dtype", default="float32", choices=SUPPORTED, help="Q, K, V dtype (default %(default)s)")
     p.add_argument("--causal", action="store_true", help="causal mask (query i sees keys <= i)")
     p.add_argument("--scale", type=float, default=None, help="the factor of QKᵀ in S (default 1/sqrt(d))")
@@ -97,13 +99,18 @@ def _problem(a):
 
     return Problem(
         batch=a.batch, heads=a.heads, n_q=a.n_q or a.n, n_kv=a.n_kv or a.n, head_dim=a.d,
-        dtype=a.dtype, causal=a.causal, scale=a.scale, heads_kv=a.heads_kv,
+        dtype=a.dtype, causal=a.causal, scale=a.scale, heads_kv=a.heads_kv, head_dim_v=a.d_v,
     )
 
 
 def _kv_heads(problem):
     """The header's "H_kv=…" where K/V heads are grouped; empty without grouping."""
     return f" H_kv={problem.heads_kv}" if problem.group > 1 else ""
+
+
+def _d_v(problem):
+    """The header's " d_v=…" where V's head dim differs from d; empty otherwise."""
+    return f" d_v={problem.head_dim_v}" if problem.head_dim_v != problem.head_dim else ""
 
 
 def _schedule(a, kind):
@@ -130,7 +137,7 @@ def cmd_simulate(a):
     schedule = _schedule(a, a.kind)
     report = simulate(schedule, problem)
     print(f"{schedule.describe()}  |  B={problem.batch} H={problem.heads}{_kv_heads(problem)} Nq={problem.n_q} Nk={problem.n_kv} "
-          f"d={problem.head_dim} {problem.dtype.name} causal={problem.causal}")
+          f"d={problem.head_dim}{_d_v(problem)} {problem.dtype.name} causal={problem.causal}")
     print(_fmt_table(["tensor", "hbm_reads", "hbm_writes", "sram_reads", "sram_writes"], _report_rows(report)))
     print(f"HBM total: {report.hbm_bytes} bytes   SRAM total: {report.sram_bytes} bytes   matmul FLOPs: {report.flops}")
     return 0
@@ -144,7 +151,7 @@ def cmd_run(a):
     kinds = kind_names() if a.kind == "all" else (a.kind,)
     backend = "Numba CUDA simulator" if using_simulator() else "GPU"
     print(f"B={problem.batch} H={problem.heads}{_kv_heads(problem)} Nq={problem.n_q} Nk={problem.n_kv} "
-          f"d={problem.head_dim} {problem.dtype.name} causal={problem.causal} on the {backend}")
+          f"d={problem.head_dim}{_d_v(problem)} {problem.dtype.name} causal={problem.causal} on the {backend}")
     failed = False
     for kind in kinds:
         schedule = _schedule(a, kind)

@@ -10,7 +10,9 @@ The counting rules it applies are the ones stated in ``kernels/tiles.py``'s docs
   rows of Q and valid columns of K: d·q_len·min(TX, kv_len) Q reads, d·kv_len·min(TY, q_len) K reads;
 - S and P entries move only where the mask allows;
 - PV tile: threads with a valid row and an O column read their allowed P entries and their V
-  columns at each of kv_len steps: A·min(TX, d) P reads, kv_len·d·min(TY, q_len) V reads.
+  columns at each of kv_len steps: A·min(TX, d_v) P reads, kv_len·d_v·min(TY, q_len) V reads.
+
+V and O (and the backward's dO and dV) are d_v wide (``problem.head_dim_v``), Q and K d wide.
 
 Every count is a sum over visited tiles of a product of per-block factors, read from the tile
 sums of ``simulator/tile_sums.py``: without a mask those have closed forms, so the cost does not
@@ -56,7 +58,8 @@ def simulate_counts(schedule, problem, mask=None):
     """
     counts, area = _over_heads(schedule, problem, mask,
                                lambda t: _forward_counts(schedule, problem, t, masked=mask is not None))
-    flops = 4 * problem.head_dim * area  # S and PV over visited tiles, 2 FLOPs per multiply-add
+    # S (d) and PV (d_v) over visited tiles, 2 FLOPs per multiply-add
+    flops = 2 * (problem.head_dim + problem.head_dim_v) * area
     return IOReport(*counts, itemsize=itemsizes(problem.dtype), flops=flops)
 
 
@@ -105,23 +108,24 @@ def add(counts, tensor, n):
 
 
 def tile_math(schedule, problem, t, counts):
-    """The SRAM reads of S = Q Kᵀ and O += P V on every visited tile (kernels/tiles.py's rules)."""
-    d = problem.head_dim
+    """The SRAM reads of S = Q Kᵀ (d steps) and O += P V (d_v columns) on every visited tile
+    (kernels/tiles.py's rules)."""
+    d, dv = problem.head_dim, problem.head_dim_v
     sr = counts[2]
-    o_groups = min(schedule.threads_kv, d)
+    o_groups = min(schedule.threads_kv, dv)
     _add(sr, "Q", d * t.q_col_groups)
     _add(sr, "K", d * t.kv_row_groups)
     _add(sr, "P", t.allowed * o_groups)
-    _add(sr, "V", d * t.kv_row_groups)
+    _add(sr, "V", dv * t.kv_row_groups)
 
 
 def _start(schedule, problem, t):
     """A kind counter's start: the counts with the tile math in, and its shorthands (d, the O column
-    groups min(TX, d), Σ q_len, the allowed entries, Σ over visited tiles of q_len)."""
+    groups min(TX, d_v), Σ q_len, the allowed entries, Σ over visited tiles of q_len)."""
     counts = new_counts()
     tile_math(schedule, problem, t, counts)
     d = problem.head_dim
-    sums = (d, min(schedule.threads_kv, d), t.q_rows, t.allowed, t.q_rows_visits)
+    sums = (d, min(schedule.threads_kv, problem.head_dim_v), t.q_rows, t.allowed, t.q_rows_visits)
     return counts, sums
 
 
@@ -129,11 +133,12 @@ def flash2_counts(schedule, problem, t, masked):
     """kernels/flash2.py: Q_i once, K_j and V_j per visited tile, O and L once; statistics in SRAM."""
     counts, (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
     hr, hw, sr, sw = counts
+    dv = problem.head_dim_v
     _add(hr, "Q", q_rows * d)
     _add(sw, "Q", q_rows * d)
-    for x in ("K", "V"):
-        _add(hr, x, d * t.kv_rows)
-        _add(sw, x, d * t.kv_rows)
+    for x, w in (("K", d), ("V", dv)):
+        _add(hr, x, w * t.kv_rows)
+        _add(sw, x, w * t.kv_rows)
     _add(sw, "S", allowed)
     _add(sr, "S", 2 * allowed)
     _add(sw, "P", allowed)
@@ -144,7 +149,7 @@ def flash2_counts(schedule, problem, t, masked):
     _add(sr, "l", q_rows_visits + q_rows + q_rows * o_groups)
     _add(sw, "alpha", q_rows_visits)
     _add(sr, "alpha", q_rows_visits * o_groups)
-    _add(hw, "O", q_rows * d)
+    _add(hw, "O", q_rows * dv)
     _add(hw, "L", q_rows)
     return counts
 
@@ -153,13 +158,14 @@ def flash1_counts(schedule, problem, t, masked):
     """kernels/flash1.py (Algorithm 1): K_j, V_j once; Q_i, O_i, l_i, m_i through HBM per visited tile."""
     counts, (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
     hr, hw, sr, sw = counts
+    dv = problem.head_dim_v
     # init O = 0, l = 0, m = -inf in HBM
-    _add(hw, "O", q_rows * d)
+    _add(hw, "O", q_rows * dv)
     _add(hw, "l", q_rows)
     _add(hw, "m", q_rows)
-    for x in ("K", "V"):
-        _add(hr, x, d * t.kv_rows_loaded)
-        _add(sw, x, d * t.kv_rows_loaded)
+    for x, w in (("K", d), ("V", dv)):
+        _add(hr, x, w * t.kv_rows_loaded)
+        _add(sw, x, w * t.kv_rows_loaded)
     _add(hr, "Q", q_rows_visits * d)
     _add(sw, "Q", q_rows_visits * d)
     _add(sw, "S", allowed)
@@ -171,8 +177,8 @@ def flash1_counts(schedule, problem, t, masked):
     for x in ("alpha", "beta"):
         _add(sw, x, q_rows_visits)
         _add(sr, x, q_rows_visits * o_groups)
-    _add(hr, "O", q_rows_visits * d)
-    _add(hw, "O", q_rows_visits * d)
+    _add(hr, "O", q_rows_visits * dv)
+    _add(hw, "O", q_rows_visits * dv)
     # L: once per row at its last K/V block; under a mask, initialized to -inf and
     # rewritten at every visited tile (a row's last block is not known in advance)
     _add(hw, "L", q_rows + q_rows_visits if masked else q_rows)
@@ -183,6 +189,7 @@ def standard_counts(schedule, problem, t, masked):
     """kernels/standard.py: S and P through HBM (qk, softmax, pv kernels)."""
     counts, (d, o_groups, q_rows, allowed, q_rows_visits) = _start(schedule, problem, t)
     hr, hw, sr, sw = counts
+    dv = problem.head_dim_v
     nt = schedule.threads
     _add(hr, "Q", q_rows_visits * d)
     _add(sw, "Q", q_rows_visits * d)
@@ -201,9 +208,9 @@ def standard_counts(schedule, problem, t, masked):
     # pv
     _add(hr, "P", allowed)
     _add(sw, "P", allowed)
-    _add(hr, "V", d * t.kv_rows)
-    _add(sw, "V", d * t.kv_rows)
-    _add(hw, "O", q_rows * d)
+    _add(hr, "V", dv * t.kv_rows)
+    _add(sw, "V", dv * t.kv_rows)
+    _add(hw, "O", q_rows * dv)
     return counts
 
 
@@ -223,27 +230,32 @@ def simulate_backward_counts(schedule, problem, mask=None):
     counts, area = _over_heads(schedule, problem, mask, lambda t: _backward_counts(schedule, problem, t))
     if problem.group > 1:
         _group_sum_counts(problem, counts)
-    matmuls = 7 if kinds.get(schedule.kind).backward == "flash" else 5
-    flops = matmuls * 2 * problem.head_dim * area + 2 * problem.bh * problem.n_q * problem.head_dim
+    # matmuls over d (S = QKᵀ, dK, dQ) and over d_v (dP = dO Vᵀ, dV): flash recomputes S and dP in
+    # both of its kernels (4 + 3), standard computes each once (3 + 2); then D = rowsum(dO ∘ O)
+    d, dv = problem.head_dim, problem.head_dim_v
+    per_entry = 4 * d + 3 * dv if kinds.get(schedule.kind).backward == "flash" else 3 * d + 2 * dv
+    flops = 2 * per_entry * area + 2 * problem.bh * problem.n_q * dv
     return IOReport(*counts, itemsize=itemsizes(problem.dtype), flops=flops)
 
 
 def _group_sum_counts(problem, counts):
-    """Grouped K/V heads (H_kv < H): each query head's dK, dV go to HBM as fp32 partials (B, H, Nk, d),
-    which the group sum reads once and adds up into dK, dV (B, H_kv, Nk, d), in registers."""
+    """Grouped K/V heads (H_kv < H): each query head's dK, dV go to HBM as fp32 partials (B, H, Nk, d)
+    and (B, H, Nk, d_v), which the group sum reads once and adds up into dK, dV (B, H_kv, Nk, ·), in
+    registers."""
     hr, hw = counts[0], counts[1]
-    for x in ("dK", "dV"):
+    for x, w in (("dK", problem.head_dim), ("dV", problem.head_dim_v)):
         part = hw.pop(x)
         _add(hw, x + "part", part)
         _add(hr, x + "part", part)
-        _add(hw, x, problem.bh_kv * problem.n_kv * problem.head_dim)
+        _add(hw, x, problem.bh_kv * problem.n_kv * w)
 
 
 def _backward_counts(schedule, problem, t):
     """The backward's four count dicts for one (b, h) with tile sums ``t``, and the visited area."""
-    d = problem.head_dim
+    d, dv = problem.head_dim, problem.head_dim_v
     n_q, n_kv = problem.n_q, problem.n_kv
     ty_groups, tx_groups = min(schedule.threads_q, d), min(schedule.threads_kv, d)
+    ty_groups_v = min(schedule.threads_q, dv)  # dV's d_v-column groups (dV += Pᵀ dO)
     allowed = t.allowed
     qrv = t.q_rows_visits  # Σ over visited tiles of q_len
     kvr = t.kv_rows  # Σ over visited tiles of kv_len
@@ -251,54 +263,54 @@ def _backward_counts(schedule, problem, t):
     krg = t.kv_row_groups  # Σ kv_len·min(TY, q_len): S-tile columns read
     hr, hw, sr, sw = {}, {}, {}, {}
     # -- D = rowsum(dO ∘ O)
-    _add(hr, "dO", n_q * d)
-    _add(hr, "O", n_q * d)
+    _add(hr, "dO", n_q * dv)
+    _add(hr, "O", n_q * dv)
     _add(hw, "D", n_q)
     _add(hw, "dK", n_kv * d)
-    _add(hw, "dV", n_kv * d)
+    _add(hw, "dV", n_kv * dv)
     _add(hw, "dQ", n_q * d)
     if kinds.get(schedule.kind).backward == "flash":
         # dkdv: K_j, V_j once per K/V block some query sees; Q_i, dO_i, L_i, D_i per visited tile
-        for x in ("K", "V"):
-            _add(hr, x, d * t.kv_rows_loaded)
-            _add(sw, x, d * t.kv_rows_loaded)
-        for x in ("Q", "dO"):
-            _add(hr, x, d * qrv)
-            _add(sw, x, d * qrv)
+        for x, w in (("K", d), ("V", dv)):
+            _add(hr, x, w * t.kv_rows_loaded)
+            _add(sw, x, w * t.kv_rows_loaded)
+        for x, w in (("Q", d), ("dO", dv)):
+            _add(hr, x, w * qrv)
+            _add(sw, x, w * qrv)
         for x in ("L", "D"):
             _add(hr, x, qrv)
             _add(sw, x, qrv)
         _add(sw, "P", allowed)
         _add(sw, "dS", allowed)
         # dq: Q_i, dO_i, L_i, D_i once per Q block; K_j, V_j per visited tile
-        for x in ("Q", "dO"):
-            _add(hr, x, d * n_q)
-            _add(sw, x, d * n_q)
+        for x, w in (("Q", d), ("dO", dv)):
+            _add(hr, x, w * n_q)
+            _add(sw, x, w * n_q)
         for x in ("L", "D"):
             _add(hr, x, n_q)
             _add(sw, x, n_q)
-        for x in ("K", "V"):
-            _add(hr, x, d * kvr)
-            _add(sw, x, d * kvr)
+        for x, w in (("K", d), ("V", dv)):
+            _add(hr, x, w * kvr)
+            _add(sw, x, w * kvr)
         _add(sw, "dS", allowed)
         # SRAM reads: S and dP tiles in both kernels, dV/dK PᵀX tiles, dQ's dS K tile
         _add(sr, "Q", 3 * d * qcg)
-        _add(sr, "dO", 3 * d * qcg)
+        _add(sr, "dO", 3 * dv * qcg)
         _add(sr, "K", 3 * d * krg)
-        _add(sr, "V", 2 * d * krg)
+        _add(sr, "V", 2 * dv * krg)
         _add(sr, "L", 2 * qcg)
         _add(sr, "D", 2 * qcg)
-        _add(sr, "P", allowed * ty_groups)
+        _add(sr, "P", allowed * ty_groups_v)
         _add(sr, "dS", allowed * (ty_groups + tx_groups))
     else:  # standard: p, ds, dv (tn), dk (tn), dq (nn)
         _add(hr, "Q", 2 * d * qrv)
         _add(sw, "Q", 2 * d * qrv)
-        _add(hr, "dO", 2 * d * qrv)
-        _add(sw, "dO", 2 * d * qrv)
+        _add(hr, "dO", 2 * dv * qrv)
+        _add(sw, "dO", 2 * dv * qrv)
         _add(hr, "K", 2 * d * kvr)
         _add(sw, "K", 2 * d * kvr)
-        _add(hr, "V", d * kvr)
-        _add(sw, "V", d * kvr)
+        _add(hr, "V", dv * kvr)
+        _add(sw, "V", dv * kvr)
         for x in ("L", "D"):
             _add(hr, x, qrv)
             _add(sw, x, qrv)
@@ -309,12 +321,12 @@ def _backward_counts(schedule, problem, t):
         _add(sw, "P", allowed)
         _add(sw, "dS", 2 * allowed)
         _add(sr, "Q", 2 * d * qcg)
-        _add(sr, "dO", 2 * d * qcg)
+        _add(sr, "dO", 2 * dv * qcg)
         _add(sr, "K", 2 * d * krg)
-        _add(sr, "V", d * krg)
+        _add(sr, "V", dv * krg)
         _add(sr, "L", qcg)
         _add(sr, "D", qcg)
-        _add(sr, "P", allowed * ty_groups)
+        _add(sr, "P", allowed * ty_groups_v)
         _add(sr, "dS", allowed * (ty_groups + tx_groups))
     return [hr, hw, sr, sw], t.area
 
@@ -329,8 +341,8 @@ def splitkv_counts(schedule, problem, t, masked):
     ns = schedule.kv_splits
     counts = flash2_counts(schedule, problem, t, masked)
     hr, hw, sr, sw = counts
-    d = problem.head_dim
-    o_groups = min(schedule.threads_kv, d)
+    d, dv = problem.head_dim, problem.head_dim_v
+    o_groups = min(schedule.threads_kv, dv)
     q_rows = t.q_rows
     extra = (ns - 1) * q_rows  # rows handled again by the other splits' prologue and epilogue
     _add(hr, "Q", extra * d)
@@ -345,8 +357,8 @@ def splitkv_counts(schedule, problem, t, masked):
     # combine
     _add(hr, "Lpart", ns * q_rows)
     _add(sw, "w", 2 * ns * q_rows)
-    _add(sr, "w", 2 * ns * q_rows + ns * q_rows * d)
-    _add(hr, "Opart", ns * q_rows * d)
-    _add(hw, "O", q_rows * d)
+    _add(sr, "w", 2 * ns * q_rows + ns * q_rows * dv)
+    _add(hr, "Opart", ns * q_rows * dv)
+    _add(hw, "O", q_rows * dv)
     _add(hw, "L", q_rows)
     return counts

@@ -25,7 +25,7 @@ def simulate(schedule, problem, backward=False, mask=None):
 
     Raises:
         TypeError: arguments of the wrong type.
-        ValueError: a run the schedule cannot do (tiles over its SRAM, head_dim over 256).
+        ValueError: a run the schedule cannot do (tiles over its SRAM, head_dim or head_dim_v over 256).
 
     Example:
         >>> from sandbox import Problem, Schedule, simulate
@@ -37,7 +37,7 @@ def simulate(schedule, problem, backward=False, mask=None):
     if not isinstance(problem, Problem):
         raise TypeError(f"problem: expected a sandbox.Problem, got {type(problem).__name__}")
     check_flags(backward=backward)
-    schedule.check_fits(problem.head_dim, problem.dtype, backward=backward)
+    schedule.check_fits(problem.head_dim, problem.dtype, backward=backward, head_dim_v=problem.head_dim_v)
     count = simulate_backward_counts if backward else simulate_counts
     if mask is not None:
         check_mask_affordable(problem)  # before the mask is checked over the problem

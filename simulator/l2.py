@@ -466,7 +466,7 @@ def _report(stats, launches, residency, sector, flush_at_end, scale, config):
 # -- entry points -----------------------------------------------------------------------------
 def _smem_bytes(schedule, problem, phase, backward):
     """Shared memory of one block of ``phase`` (its footprint, sandbox/vocabulary/footprints.py)."""
-    buffers = sram_buffers(schedule, problem.head_dim, problem.dtype, backward=backward)
+    buffers = sram_buffers(schedule, problem.head_dim, problem.dtype, backward=backward, head_dim_v=problem.head_dim_v)
     name = BACKWARD_FOOTPRINTS[backward_trait(schedule)].get(phase, phase) if backward else phase
     return 0 if name is None else sram_offsets(buffers[name])[1]
 

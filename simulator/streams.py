@@ -56,12 +56,17 @@ Grouped K/V heads (H_kv < H; query head h reads K/V head h // (H / H_kv))
     block (x, bkv): [its range of each of the group's dK, dV partials, in head order] [that range
     of dK, dV written].
 
+V's head dim d_v (``problem.head_dim_v``)
+    V, O, dO, dV (and Opart, dVpart) rows are d_v wide, Q, K, dQ, dK (dKpart) rows d wide. With
+    d_v ≠ d the group sum covers max(d, d_v) columns per row (grid (⌈Nk·max(d, d_v) / threads⌉,
+    B·H_kv)), and a block reads and writes each tensor's part of its range row by row.
+
 A kind's launches
     The simulator's table (``simulator/table.py``) holds each kind's ``((phase, generator, grid),
     ...)``; the built-in kinds' are :data:`FLASH2_LAUNCHES` and its siblings. A generator is a
     compiled function ``(p, bases, req, step_ptr, block_ptr, fill) -> (blocks, steps, requests)``,
     ``p`` the int64 parameters (B·H, Nq, Nk, d, Br, Bc, itemsize, causal, H, splits, H / H_kv,
-    threads per block) and ``bases``
+    threads per block, d_v) and ``bases``
     :func:`tensor_bases`; :func:`tile_requests` calls it once with ``fill`` false to count, then
     again to fill arrays of those sizes. ``grid(schedule, problem)`` is the launch's grid.
 
@@ -139,10 +144,11 @@ def _close(block_ptr, step_ptr, nb, ns, nr, fill):
 
 
 @njit(cache=True)
-def _flash2_row_block(req, nr, ns, step_ptr, fill, q_addr, q_bytes, k_base, v_base, row, it, bc, n_kv, j0, j1,
-                      o_addr, o_bytes, o_elem, o_t, l_addr, l_bytes, l_t):
+def _flash2_row_block(req, nr, ns, step_ptr, fill, q_addr, q_bytes, k_base, v_base, row, vrow, it, bc, n_kv, j0,
+                      j1, o_addr, o_bytes, o_elem, o_t, l_addr, l_bytes, l_t):
     """One flash2 row block's steps (kernels/flash2.py): Q_i once, K_j and V_j for j in [j0, j1), then
-    its O and L (flash2's O_i, L_i; split-KV's fp32 partials). Returns (ns, nr)."""
+    its O and L (flash2's O_i, L_i; split-KV's fp32 partials). ``row``, ``vrow``: bytes of a K and
+    of a V row. Returns (ns, nr)."""
     # -- Q_i: HBM -> SRAM, it stays there for the whole K/V loop
     ns = _mark(step_ptr, ns, fill, nr)
     nr = _emit(req, nr, fill, q_addr, 1, q_bytes, 0, _NO_TRI, it, _Q, 0)
@@ -152,7 +158,7 @@ def _flash2_row_block(req, nr, ns, step_ptr, fill, q_addr, q_bytes, k_base, v_ba
         # -- K_j, V_j: HBM -> SRAM
         ns = _mark(step_ptr, ns, fill, nr)
         nr = _emit(req, nr, fill, k_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _K, 0)
-        nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
+        nr = _emit(req, nr, fill, v_base + k0 * vrow, 1, kv_len * vrow, 0, _NO_TRI, it, _V, 0)
     # -- O_i, L_i -> HBM
     ns = _mark(step_ptr, ns, fill, nr)
     nr = _emit(req, nr, fill, o_addr, 1, o_bytes, 0, _NO_TRI, o_elem, o_t, 1)
@@ -165,13 +171,14 @@ def _gen_flash2(p, bases, req, step_ptr, block_ptr, fill):
     """kernels/flash2.py, grid (Tr, B·H): Q_i once, K_j and V_j per visited tile, O_i and L_i once."""
     n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
     row = d * it
+    vrow = p[12] * it  # a row of V or O: d_v wide
     tr = (n_q + br - 1) // br
     nb = ns = nr = 0
     for bh in range(n_bh):
         q_base = bases[_Q] + bh * n_q * row
         k_base = bases[_K] + _kv_slice(p, bh) * n_kv * row
-        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * row
-        o_base = bases[_O] + bh * n_q * row
+        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * vrow
+        o_base = bases[_O] + bh * n_q * vrow
         l_base = bases[_L] + bh * n_q * 4
         for i in range(tr):
             nb = _mark(block_ptr, nb, fill, ns)
@@ -179,8 +186,8 @@ def _gen_flash2(p, bases, req, step_ptr, block_ptr, fill):
             q_len = min(br, n_q - q0)
             kv_end = min(n_kv, q0 + q_len) if causal else n_kv
             ns, nr = _flash2_row_block(req, nr, ns, step_ptr, fill, q_base + q0 * row, q_len * row, k_base, v_base,
-                                       row, it, bc, n_kv, 0, (kv_end + bc - 1) // bc,
-                                       o_base + q0 * row, q_len * row, it, _O, l_base + q0 * 4, q_len * 4, _L)
+                                       row, vrow, it, bc, n_kv, 0, (kv_end + bc - 1) // bc,
+                                       o_base + q0 * vrow, q_len * vrow, it, _O, l_base + q0 * 4, q_len * 4, _L)
     _close(block_ptr, step_ptr, nb, ns, nr, fill)
     return nb, ns, nr
 
@@ -190,21 +197,22 @@ def _gen_flash1(p, bases, req, step_ptr, block_ptr, fill):
     """kernels/flash1.py, grid (B·H,): one block walks every tile; O, ℓ, m go through HBM."""
     n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
     row = d * it
+    vrow = p[12] * it  # a row of V or O: d_v wide
     tr = (n_q + br - 1) // br
     tc = (n_kv + bc - 1) // bc
     nb = ns = nr = 0
     for bh in range(n_bh):
         q_base = bases[_Q] + bh * n_q * row
         k_base = bases[_K] + _kv_slice(p, bh) * n_kv * row
-        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * row
-        o_base = bases[_O] + bh * n_q * row
+        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * vrow
+        o_base = bases[_O] + bh * n_q * vrow
         lse_base = bases[_L] + bh * n_q * 4
         l_base = bases[_LL] + bh * n_q * 4
         m_base = bases[_M] + bh * n_q * 4
         nb = _mark(block_ptr, nb, fill, ns)
         # -- O = 0, l = 0, m = -inf in HBM
         ns = _mark(step_ptr, ns, fill, nr)
-        nr = _emit(req, nr, fill, o_base, 1, n_q * row, 0, _NO_TRI, it, _O, 1)
+        nr = _emit(req, nr, fill, o_base, 1, n_q * vrow, 0, _NO_TRI, it, _O, 1)
         nr = _emit(req, nr, fill, l_base, 1, n_q * 4, 0, _NO_TRI, 4, _LL, 1)
         nr = _emit(req, nr, fill, m_base, 1, n_q * 4, 0, _NO_TRI, 4, _M, 1)
         kv_end = min(n_kv, n_q) if causal else n_kv
@@ -214,7 +222,7 @@ def _gen_flash1(p, bases, req, step_ptr, block_ptr, fill):
             # -- K_j, V_j: HBM -> SRAM, kept for the inner loop
             ns = _mark(step_ptr, ns, fill, nr)
             nr = _emit(req, nr, fill, k_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _K, 0)
-            nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
+            nr = _emit(req, nr, fill, v_base + k0 * vrow, 1, kv_len * vrow, 0, _NO_TRI, it, _V, 0)
             i_start = k0 // br if causal else 0
             for i in range(i_start, tr):
                 q0 = i * br
@@ -232,8 +240,8 @@ def _gen_flash1(p, bases, req, step_ptr, block_ptr, fill):
                 if j == j_last:  # L_i at the row block's last K/V block
                     nr = _emit(req, nr, fill, lse_base + q0 * 4, 1, q_len * 4, 0, _NO_TRI, 4, _L, 1)
                 # -- O_i = alpha·O_i + beta·P~ V_j: read from HBM, written back
-                nr = _emit(req, nr, fill, o_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, _O, 0)
-                nr = _emit(req, nr, fill, o_base + q0 * row, 1, q_len * row, 0, _NO_TRI, it, _O, 1)
+                nr = _emit(req, nr, fill, o_base + q0 * vrow, 1, q_len * vrow, 0, _NO_TRI, it, _O, 0)
+                nr = _emit(req, nr, fill, o_base + q0 * vrow, 1, q_len * vrow, 0, _NO_TRI, it, _O, 1)
     _close(block_ptr, step_ptr, nb, ns, nr, fill)
     return nb, ns, nr
 
@@ -245,7 +253,8 @@ def _gen_partial(p, bases, req, step_ptr, block_ptr, fill):
     n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
     heads, n_split = p[8], p[9]
     row = d * it
-    row32 = d * 4
+    vrow = p[12] * it  # a row of V: d_v wide
+    row32 = p[12] * 4  # a row of Opart: d_v wide, fp32
     tr = (n_q + br - 1) // br
     per_split = ((n_kv + bc - 1) // bc + n_split - 1) // n_split
     nb = ns = nr = 0
@@ -255,7 +264,7 @@ def _gen_partial(p, bases, req, step_ptr, block_ptr, fill):
             part = (b * n_split + s) * heads + (bh - b * heads)
             q_base = bases[_Q] + bh * n_q * row
             k_base = bases[_K] + _kv_slice(p, bh) * n_kv * row
-            v_base = bases[_V] + _kv_slice(p, bh) * n_kv * row
+            v_base = bases[_V] + _kv_slice(p, bh) * n_kv * vrow
             op_base = bases[_OP] + part * n_q * row32
             lp_base = bases[_LP] + part * n_q * 4
             for i in range(tr):
@@ -264,7 +273,7 @@ def _gen_partial(p, bases, req, step_ptr, block_ptr, fill):
                 q_len = min(br, n_q - q0)
                 kv_end = min(n_kv, q0 + q_len) if causal else n_kv
                 ns, nr = _flash2_row_block(req, nr, ns, step_ptr, fill, q_base + q0 * row, q_len * row, k_base,
-                                           v_base, row, it, bc, n_kv, s * per_split,
+                                           v_base, row, vrow, it, bc, n_kv, s * per_split,
                                            min((kv_end + bc - 1) // bc, (s + 1) * per_split),
                                            op_base + q0 * row32, q_len * row32, 4, _OP, lp_base + q0 * 4, q_len * 4,
                                            _LP)
@@ -275,7 +284,7 @@ def _gen_partial(p, bases, req, step_ptr, block_ptr, fill):
 @njit(cache=True)
 def _gen_combine(p, bases, req, step_ptr, block_ptr, fill):
     """kernels/splitkv.py combine, grid (Tr, B·H): every split's L_s rows, then L; its O_s rows, then O."""
-    n_bh, n_q, d, br, it = p[0], p[1], p[3], p[4], p[6]
+    n_bh, n_q, d, br, it = p[0], p[1], p[12], p[4], p[6]  # (O's rows: d_v wide)
     heads, n_split = p[8], p[9]
     row = d * it
     row32 = d * 4
@@ -361,10 +370,10 @@ def _gen_softmax(p, bases, req, step_ptr, block_ptr, fill):
 
 
 @njit(cache=True)
-def _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, m_t, x_t, out_t):
-    """kernels/matmul.py nn (out = M X, M an Nq×Nk fp32 matrix), grid (Tr, B·H): M_ij (allowed entries)
-    and X_j per visited tile, then out_i."""
-    n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+def _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, m_t, x_t, out_t, d):
+    """kernels/matmul.py nn (out = M X, M an Nq×Nk fp32 matrix, X and out ``d`` columns wide), grid
+    (Tr, B·H): M_ij (allowed entries) and X_j per visited tile, then out_i."""
+    n_bh, n_q, n_kv, br, bc, it, causal = p[0], p[1], p[2], p[4], p[5], p[6], p[7]
     row = d * it
     tr = (n_q + br - 1) // br
     nb = ns = nr = 0
@@ -393,7 +402,7 @@ def _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, m_t, x_t, out_t):
 @njit(cache=True)
 def _gen_pv(p, bases, req, step_ptr, block_ptr, fill):
     """standard's pv (kernels/matmul.py nn: O = P V), grid (Tr, B·H)."""
-    return _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, _P, _V, _O)
+    return _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, _P, _V, _O, p[12])
 
 
 # -- the backward (kernels/backward.py) ------------------------------------------------------------
@@ -412,7 +421,7 @@ def _q_blocks_of(k0, br, n_q, causal):
 @njit(cache=True)
 def _gen_bwd_d(p, bases, req, step_ptr, block_ptr, fill):
     """kernels/backward.py d, grid (Tr, B·H): D_i = rowsum(dO_i ∘ O_i), one thread per row."""
-    n_bh, n_q, d, br, it = p[0], p[1], p[3], p[4], p[6]
+    n_bh, n_q, d, br, it = p[0], p[1], p[12], p[4], p[6]  # (dO's and O's rows: d_v wide)
     row = d * it
     tr = (n_q + br - 1) // br
     nb = ns = nr = 0
@@ -433,10 +442,11 @@ def _gen_bwd_d(p, bases, req, step_ptr, block_ptr, fill):
 
 
 @njit(cache=True)
-def _emit_q_rows(req, nr, fill, bases, bh, n_q, row, it, q0, q_len):
-    """Q_i, dO_i, L_i, D_i read: the per-Q-block inputs of the flash backward's kernels."""
+def _emit_q_rows(req, nr, fill, bases, bh, n_q, row, vrow, it, q0, q_len):
+    """Q_i, dO_i, L_i, D_i read: the per-Q-block inputs of the flash backward's kernels (rows of ``row``
+    and ``vrow`` bytes)."""
     nr = _emit(req, nr, fill, bases[_Q] + (bh * n_q + q0) * row, 1, q_len * row, 0, _NO_TRI, it, _Q, 0)
-    nr = _emit(req, nr, fill, bases[_DO] + (bh * n_q + q0) * row, 1, q_len * row, 0, _NO_TRI, it, _DO, 0)
+    nr = _emit(req, nr, fill, bases[_DO] + (bh * n_q + q0) * vrow, 1, q_len * vrow, 0, _NO_TRI, it, _DO, 0)
     nr = _emit(req, nr, fill, bases[_L] + (bh * n_q + q0) * 4, 1, q_len * 4, 0, _NO_TRI, 4, _L, 0)
     nr = _emit(req, nr, fill, bases[_DD] + (bh * n_q + q0) * 4, 1, q_len * 4, 0, _NO_TRI, 4, _DD, 0)
     return nr
@@ -448,11 +458,12 @@ def _gen_dkdv(p, bases, req, step_ptr, block_ptr, fill):
     L_i, D_i per visited tile; dV_j, dK_j written once."""
     n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
     row = d * it
+    vrow = p[12] * it  # a row of V, dO, dV: d_v wide
     tc = (n_kv + bc - 1) // bc
     nb = ns = nr = 0
     for bh in range(n_bh):
         k_base = bases[_K] + _kv_slice(p, bh) * n_kv * row
-        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * row
+        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * vrow
         for j in range(tc):
             nb = _mark(block_ptr, nb, fill, ns)
             k0 = j * bc
@@ -463,14 +474,15 @@ def _gen_dkdv(p, bases, req, step_ptr, block_ptr, fill):
                 ns = _mark(step_ptr, ns, fill, nr)
                 if i == i_start:
                     nr = _emit(req, nr, fill, k_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _K, 0)
-                    nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
-                nr = _emit_q_rows(req, nr, fill, bases, bh, n_q, row, it, q0, min(br, n_q - q0))
+                    nr = _emit(req, nr, fill, v_base + k0 * vrow, 1, kv_len * vrow, 0, _NO_TRI, it, _V, 0)
+                nr = _emit_q_rows(req, nr, fill, bases, bh, n_q, row, vrow, it, q0, min(br, n_q - q0))
             # -- dV_j, dK_j -> HBM (grouped K/V heads: this query head's fp32 partials)
             ns = _mark(step_ptr, ns, fill, nr)
-            dv_t, dk_t, orow, oit = _DV, _DK, row, it
+            dv_t, dk_t, orow, ovrow, oit = _DV, _DK, row, vrow, it
             if p[10] > 1:
-                dv_t, dk_t, orow, oit = _DVP, _DKP, d * 4, 4
-            nr = _emit(req, nr, fill, bases[dv_t] + (bh * n_kv + k0) * orow, 1, kv_len * orow, 0, _NO_TRI, oit, dv_t, 1)
+                dv_t, dk_t, orow, ovrow, oit = _DVP, _DKP, d * 4, p[12] * 4, 4
+            nr = _emit(req, nr, fill, bases[dv_t] + (bh * n_kv + k0) * ovrow, 1, kv_len * ovrow, 0, _NO_TRI, oit, dv_t,
+                       1)
             nr = _emit(req, nr, fill, bases[dk_t] + (bh * n_kv + k0) * orow, 1, kv_len * orow, 0, _NO_TRI, oit, dk_t, 1)
     _close(block_ptr, step_ptr, nb, ns, nr, fill)
     return nb, ns, nr
@@ -481,24 +493,25 @@ def _gen_flash_dq(p, bases, req, step_ptr, block_ptr, fill):
     """kernels/backward.py dq, grid (Tr, B·H): Q_i, dO_i, L_i, D_i once; K_j, V_j per visited tile; dQ_i once."""
     n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
     row = d * it
+    vrow = p[12] * it  # a row of V, dO: d_v wide
     tr = (n_q + br - 1) // br
     nb = ns = nr = 0
     for bh in range(n_bh):
         k_base = bases[_K] + _kv_slice(p, bh) * n_kv * row
-        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * row
+        v_base = bases[_V] + _kv_slice(p, bh) * n_kv * vrow
         for i in range(tr):
             nb = _mark(block_ptr, nb, fill, ns)
             q0 = i * br
             q_len = min(br, n_q - q0)
             ns = _mark(step_ptr, ns, fill, nr)
-            nr = _emit_q_rows(req, nr, fill, bases, bh, n_q, row, it, q0, q_len)
+            nr = _emit_q_rows(req, nr, fill, bases, bh, n_q, row, vrow, it, q0, q_len)
             kv_end = min(n_kv, q0 + q_len) if causal else n_kv
             for j in range((kv_end + bc - 1) // bc):
                 k0 = j * bc
                 kv_len = min(bc, n_kv - k0)
                 ns = _mark(step_ptr, ns, fill, nr)
                 nr = _emit(req, nr, fill, k_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _K, 0)
-                nr = _emit(req, nr, fill, v_base + k0 * row, 1, kv_len * row, 0, _NO_TRI, it, _V, 0)
+                nr = _emit(req, nr, fill, v_base + k0 * vrow, 1, kv_len * vrow, 0, _NO_TRI, it, _V, 0)
             ns = _mark(step_ptr, ns, fill, nr)
             nr = _emit(req, nr, fill, bases[_DQ] + (bh * n_q + q0) * row, 1, q_len * row, 0, _NO_TRI, it, _DQ, 1)
     _close(block_ptr, step_ptr, nb, ns, nr, fill)
@@ -506,10 +519,11 @@ def _gen_flash_dq(p, bases, req, step_ptr, block_ptr, fill):
 
 
 @njit(cache=True)
-def _rowwise_blocks(p, bases, req, step_ptr, block_ptr, fill, a_t, b_t, r_t, out_t, reads_p):
-    """kernels/backward.py p and ds, grid (Tc, Tr, B·H): block (j, i, bh) reads A_i, B_j and a row value per
-    query, then writes the allowed entries of out_ij (ds reads P_ij's first). A fully masked tile: no steps."""
-    n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+def _rowwise_blocks(p, bases, req, step_ptr, block_ptr, fill, a_t, b_t, r_t, out_t, reads_p, d):
+    """kernels/backward.py p and ds, grid (Tc, Tr, B·H): block (j, i, bh) reads A_i, B_j (``d`` columns
+    wide) and a row value per query, then writes the allowed entries of out_ij (ds reads P_ij's
+    first). A fully masked tile: no steps."""
+    n_bh, n_q, n_kv, br, bc, it, causal = p[0], p[1], p[2], p[4], p[5], p[6], p[7]
     row = d * it
     tr = (n_q + br - 1) // br
     tc = (n_kv + bc - 1) // bc
@@ -543,20 +557,21 @@ def _rowwise_blocks(p, bases, req, step_ptr, block_ptr, fill, a_t, b_t, r_t, out
 @njit(cache=True)
 def _gen_bwd_p(p, bases, req, step_ptr, block_ptr, fill):
     """standard's p: P = exp(scale·Q_i K_jᵀ - L_i) -> HBM."""
-    return _rowwise_blocks(p, bases, req, step_ptr, block_ptr, fill, _Q, _K, _L, _P, False)
+    return _rowwise_blocks(p, bases, req, step_ptr, block_ptr, fill, _Q, _K, _L, _P, False, p[3])
 
 
 @njit(cache=True)
 def _gen_bwd_ds(p, bases, req, step_ptr, block_ptr, fill):
     """standard's ds: dS = P ∘ (dO_i V_jᵀ - D_i) -> HBM."""
-    return _rowwise_blocks(p, bases, req, step_ptr, block_ptr, fill, _DO, _V, _DD, _DS, True)
+    return _rowwise_blocks(p, bases, req, step_ptr, block_ptr, fill, _DO, _V, _DD, _DS, True, p[12])
 
 
 @njit(cache=True)
-def _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, m_t, x_t, out_t):
-    """kernels/matmul.py tn (out = Mᵀ X), grid (Tc, B·H): M_ij (allowed entries) and X_i per visited tile,
-    then out_j (also for a block no query sees; grouped K/V heads: out's fp32 partial)."""
-    n_bh, n_q, n_kv, d, br, bc, it, causal = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+def _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, m_t, x_t, out_t, d):
+    """kernels/matmul.py tn (out = Mᵀ X, X and out ``d`` columns wide), grid (Tc, B·H): M_ij (allowed
+    entries) and X_i per visited tile, then out_j (also for a block no query sees; grouped K/V heads:
+    out's fp32 partial)."""
+    n_bh, n_q, n_kv, br, bc, it, causal = p[0], p[1], p[2], p[4], p[5], p[6], p[7]
     row = d * it
     orow, oit = row, it
     if p[10] > 1:
@@ -589,28 +604,31 @@ def _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, m_t, x_t, out_t):
 @njit(cache=True)
 def _gen_bwd_dv(p, bases, req, step_ptr, block_ptr, fill):
     """standard's dv (tn): dV = Pᵀ dO."""
-    return _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, _P, _DO, _DV)
+    return _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, _P, _DO, _DV, p[12])
 
 
 @njit(cache=True)
 def _gen_bwd_dk(p, bases, req, step_ptr, block_ptr, fill):
     """standard's dk (tn): dK = scale·dSᵀ Q."""
-    return _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, _DS, _Q, _DK)
+    return _tn_blocks(p, bases, req, step_ptr, block_ptr, fill, _DS, _Q, _DK, p[3])
 
 
 @njit(cache=True)
 def _gen_bwd_dq(p, bases, req, step_ptr, block_ptr, fill):
     """standard's dq (nn): dQ = scale·dS K."""
-    return _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, _DS, _K, _DQ)
+    return _nn_blocks(p, bases, req, step_ptr, block_ptr, fill, _DS, _K, _DQ, p[3])
 
 
 @njit(cache=True)
 def _gen_group_sum(p, bases, req, step_ptr, block_ptr, fill):
     """kernels/backward.py group_sum (grouped K/V heads), grid (⌈Nk·d / threads⌉, B·H_kv): block (x, bkv)
     reads its range of the flattened (Nk, d) slice from each of the group's dK and dV partials, in head
-    order, then writes that range of dK and dV."""
-    n_bh, n_kv, d, it, heads, group, nt = p[0], p[2], p[3], p[6], p[8], p[10], p[11]
-    n_el = n_kv * d
+    order, then writes that range of dK and dV. With d_v ≠ d the range is one of the flattened
+    (Nk, max(d, d_v)) columns, and each tensor's part of it is read and written row by row
+    (:func:`_group_sum_rows`)."""
+    n_bh, n_kv, d, it, heads, group, nt, dv = p[0], p[2], p[3], p[6], p[8], p[10], p[11], p[12]
+    dm = max(d, dv)
+    n_el = n_kv * dm
     n_x = (n_el + nt - 1) // nt
     nb = ns = nr = 0
     for bkv in range(n_bh // group):
@@ -622,18 +640,38 @@ def _gen_group_sum(p, bases, req, step_ptr, block_ptr, fill):
             n = min(nt, n_el - e0)
             ns = _mark(step_ptr, ns, fill, nr)
             for g in range(group):
-                part = (b * heads + hk * group + g) * n_el + e0
-                nr = _emit(req, nr, fill, bases[_DKP] + part * 4, 1, n * 4, 0, _NO_TRI, 4, _DKP, 0)
-                nr = _emit(req, nr, fill, bases[_DVP] + part * 4, 1, n * 4, 0, _NO_TRI, 4, _DVP, 0)
+                part = (b * heads + hk * group + g) * n_kv
+                if dv == d:
+                    nr = _emit(req, nr, fill, bases[_DKP] + (part * d + e0) * 4, 1, n * 4, 0, _NO_TRI, 4, _DKP, 0)
+                    nr = _emit(req, nr, fill, bases[_DVP] + (part * d + e0) * 4, 1, n * 4, 0, _NO_TRI, 4, _DVP, 0)
+                else:
+                    nr = _group_sum_rows(req, nr, fill, bases[_DKP] + part * d * 4, e0, n, dm, d, 4, _DKP, 0)
+                    nr = _group_sum_rows(req, nr, fill, bases[_DVP] + part * dv * 4, e0, n, dm, dv, 4, _DVP, 0)
             ns = _mark(step_ptr, ns, fill, nr)
-            nr = _emit(req, nr, fill, bases[_DK] + (bkv * n_el + e0) * it, 1, n * it, 0, _NO_TRI, it, _DK, 1)
-            nr = _emit(req, nr, fill, bases[_DV] + (bkv * n_el + e0) * it, 1, n * it, 0, _NO_TRI, it, _DV, 1)
+            if dv == d:
+                nr = _emit(req, nr, fill, bases[_DK] + (bkv * n_el + e0) * it, 1, n * it, 0, _NO_TRI, it, _DK, 1)
+                nr = _emit(req, nr, fill, bases[_DV] + (bkv * n_el + e0) * it, 1, n * it, 0, _NO_TRI, it, _DV, 1)
+            else:
+                nr = _group_sum_rows(req, nr, fill, bases[_DK] + bkv * n_kv * d * it, e0, n, dm, d, it, _DK, 1)
+                nr = _group_sum_rows(req, nr, fill, bases[_DV] + bkv * n_kv * dv * it, e0, n, dm, dv, it, _DV, 1)
     _close(block_ptr, step_ptr, nb, ns, nr, fill)
     return nb, ns, nr
 
 
+@njit(cache=True)
+def _group_sum_rows(req, nr, fill, base, e0, n, dm, w, elem, tensor, write):
+    """The requests of a group-sum block's range [e0, e0 + n) of the flattened (Nk, dm) columns to a
+    tensor of ``w`` ≤ dm columns at ``base``: one per row, its columns below ``w``."""
+    for r in range(e0 // dm, (e0 + n - 1) // dm + 1):
+        c0 = max(e0 - r * dm, 0)
+        c1 = min(e0 + n - r * dm, w)
+        if c1 > c0:
+            nr = _emit(req, nr, fill, base + (r * w + c0) * elem, 1, (c1 - c0) * elem, 0, _NO_TRI, elem, tensor, write)
+    return nr
+
+
 def _grid_group_sum(s, pr):
-    return (-(-pr.n_kv * pr.head_dim // s.threads), pr.bh_kv)
+    return (-(-pr.n_kv * max(pr.head_dim, pr.head_dim_v) // s.threads), pr.bh_kv)
 
 
 def _grid_flash2(s, pr):
@@ -747,15 +785,16 @@ class Launch:
 def tensor_bases(problem, kv_splits=1, backward=False):
     """Base address of each tensor of :data:`TENSORS` (int64 array), 2 MiB-aligned: the pass's tensors in
     their allocation order (:data:`FORWARD_ALLOCATION`, :data:`BACKWARD_ALLOCATION`), then the others."""
-    it = problem.dtype.itemsize
-    q_rows, kv_rows = problem.n_q * problem.head_dim * it, problem.n_kv * problem.head_dim * it
-    sizes = {"Q": q_rows, "K": kv_rows, "V": kv_rows, "O": q_rows,
+    it, d, dv = problem.dtype.itemsize, problem.head_dim, problem.head_dim_v
+    q_rows, kv_rows = problem.n_q * d * it, problem.n_kv * d * it
+    o_rows, v_rows = problem.n_q * dv * it, problem.n_kv * dv * it  # V, O, dO, dV: d_v wide
+    sizes = {"Q": q_rows, "K": kv_rows, "V": v_rows, "O": o_rows,
              "L": problem.n_q * 4, "l": problem.n_q * 4, "m": problem.n_q * 4,
              "S": problem.n_q * problem.n_kv * 4, "P": problem.n_q * problem.n_kv * 4,
-             "Opart": kv_splits * problem.n_q * problem.head_dim * 4, "Lpart": kv_splits * problem.n_q * 4,
-             "dO": q_rows, "D": problem.n_q * 4, "dQ": q_rows, "dK": kv_rows, "dV": kv_rows,
+             "Opart": kv_splits * problem.n_q * dv * 4, "Lpart": kv_splits * problem.n_q * 4,
+             "dO": o_rows, "D": problem.n_q * 4, "dQ": q_rows, "dK": kv_rows, "dV": v_rows,
              "dS": problem.n_q * problem.n_kv * 4,
-             "dKpart": problem.n_kv * problem.head_dim * 4, "dVpart": problem.n_kv * problem.head_dim * 4}
+             "dKpart": problem.n_kv * d * 4, "dVpart": problem.n_kv * dv * 4}
     grouped = problem.group > 1
     first = (GROUPED_BACKWARD_ALLOCATION if grouped else BACKWARD_ALLOCATION) if backward else FORWARD_ALLOCATION
     bases, at = np.zeros(len(TENSORS), dtype=np.int64), BASE_ALIGN
@@ -775,7 +814,8 @@ def tile_requests(schedule, problem, backward=False):
     """
     p = np.array([problem.bh, problem.n_q, problem.n_kv, problem.head_dim, schedule.block_q,
                   schedule.block_kv, problem.dtype.itemsize, int(problem.causal), problem.heads,
-                  getattr(schedule, "kv_splits", 1), problem.group, schedule.threads], dtype=np.int64)
+                  getattr(schedule, "kv_splits", 1), problem.group, schedule.threads, problem.head_dim_v],
+                 dtype=np.int64)
     bases = tensor_bases(problem, getattr(schedule, "kv_splits", 1), backward)
     out = []
     for phase, gen, grid in launches(schedule, backward, grouped=backward and problem.group > 1):

@@ -93,7 +93,8 @@ def schedules(draw, kinds=KINDS, max_block=MAX_BLOCK):
 
 
 def make_inputs(problem, seed, magnitude=1.0):
-    """q, k, v for ``problem`` with logits of about ``magnitude`` (scale·|q·k|), in problem.dtype."""
+    """q, k, v for ``problem`` with logits of about ``magnitude`` (scale·|q·k|), in problem.dtype (v of
+    ``problem.head_dim_v`` columns)."""
     rng = np.random.default_rng(seed)
     # q·k of two N(0, s²) vectors has std s²·sqrt(d): pick s for the target logit size.
     s = math.sqrt(magnitude / (abs(problem.scale) * math.sqrt(problem.head_dim)))
@@ -101,7 +102,7 @@ def make_inputs(problem, seed, magnitude=1.0):
     shape_kv = (problem.batch, problem.heads_kv, problem.n_kv, problem.head_dim)
     q = (s * rng.standard_normal(shape_q)).astype(problem.dtype)
     k = (s * rng.standard_normal(shape_kv)).astype(problem.dtype)
-    v = rng.standard_normal(shape_kv).astype(problem.dtype)
+    v = rng.standard_normal(shape_kv[:3] + (problem.head_dim_v,)).astype(problem.dtype)
     return q, k, v
 
 

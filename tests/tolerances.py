@@ -113,9 +113,11 @@ def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False, 
 def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse, allowed=None):
     """atol for (dq, dk, dv), given the saved forward (out, lse) that the backward and the reference share:
     4x the naive fp32 error (the larger of S summed by einsum and in order, as for the forward),
-    plus (d + Nq + Nk + 8) fp32 rounding units and one rounding to the output dtype, both of the
+    plus (max(d, d_v) + Nq + Nk + 8) fp32 rounding units and one rounding to the output dtype, both of the
     gradient's own scale (max |reference gradient|)."""
-    n_q, n_kv, d = q.shape[2], k.shape[2], q.shape[3]
+    # the deepest dot products: S = QKᵀ over d, and dP = dO Vᵀ and D = rowsum(dO ∘ O) over V's head
+    # dim d_v, which may be the larger
+    n_q, n_kv, d = q.shape[2], k.shape[2], max(q.shape[3], v.shape[3])
     depth = (d + n_q + n_kv + 8) * U32
     atols = []
     naives = [naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order, allowed) for in_order in (False, True)]

@@ -20,7 +20,9 @@ def register_kind(name, summary, *, sram, kernels, counts, backward=None, masks=
         name: an identifier, new to all three.
         summary: one line saying what the kind does.
         sram: ``(schedule, head_dim, dtype) -> {phase: (Buffer, ...)}``, its shared-memory buffers
-            per kernel phase (``sandbox/vocabulary/footprints.py``).
+            per kernel phase (``sandbox/vocabulary/footprints.py``). A kind that takes V's own
+            head dim d_v ≠ d says so with a ``head_dim_v=None`` argument here; its kernels' makers
+            then get ``head_dim_v`` too, and its counts read ``problem.head_dim_v``.
         kernels: a module or namespace with ``phases(dtype)`` and ``launch(...)`` (``kernels/registry.py``).
         counts: ``(schedule, problem, tiles, masked) -> [hbm_reads, hbm_writes, sram_reads,
             sram_writes]``, the exact counts of one (b, h) (``simulator/table.py``).

@@ -21,8 +21,8 @@ def check_against_reference(schedule, problem, seed=0):
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((problem.batch, problem.heads, problem.n_q, problem.head_dim)).astype(problem.dtype)
     k, v = (
-        rng.standard_normal((problem.batch, problem.heads_kv, problem.n_kv, problem.head_dim)).astype(problem.dtype)
-        for _ in range(2)
+        rng.standard_normal((problem.batch, problem.heads_kv, problem.n_kv, dim)).astype(problem.dtype)
+        for dim in (problem.head_dim, problem.head_dim_v)
     )
     kwargs = dict(schedule=schedule, causal=problem.causal, scale=problem.scale, return_lse=True, count_io=True)
     if not using_simulator():

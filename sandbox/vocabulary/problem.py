@@ -11,7 +11,8 @@ from sandbox.vocabulary.dtypes import as_dtype
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """Shape of one attention call: q is (batch, heads, n_q, head_dim), k and v (batch, heads_kv, n_kv, head_dim).
+    """Shape of one attention call: q is (batch, heads, n_q, head_dim), k (batch, heads_kv, n_kv, head_dim),
+    v (batch, heads_kv, n_kv, head_dim_v) and the output O (batch, heads, n_q, head_dim_v).
 
     Args:
         batch, heads: B, H.
@@ -22,6 +23,8 @@ class Problem:
         scale: softmax scale; ``None`` means 1/sqrt(d).
         heads_kv: H_kv, the K/V heads (grouped-query attention: H_kv divides H, and query head h
             reads K/V head h // (H / H_kv); H_kv = 1 is multi-query attention). ``None`` means H.
+        head_dim_v: d_v, V's and O's head dim (S = QKᵀ contracts over d, O = PV has d_v columns).
+            ``None`` means d.
 
     Raises:
         ValueError, TypeError: non-positive sizes, a ``heads_kv`` that does not divide ``heads``,
@@ -38,11 +41,14 @@ class Problem:
     causal: bool = False
     scale: float = None
     heads_kv: int = None
+    head_dim_v: int = None
 
     def __post_init__(self):
         if self.heads_kv is None:
             object.__setattr__(self, "heads_kv", self.heads)
-        for name in ("batch", "heads", "n_q", "n_kv", "head_dim", "heads_kv"):
+        if self.head_dim_v is None:
+            object.__setattr__(self, "head_dim_v", self.head_dim)
+        for name in ("batch", "heads", "n_q", "n_kv", "head_dim", "heads_kv", "head_dim_v"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")

@@ -50,12 +50,12 @@ def _check_inputs(q, k, v, causal, scale):
 
 
 def expand_heads(x, heads):
-    """K or V (B, H_kv, Nk, d) as (B, H, Nk, d): query head h reads K/V head h // (H / H_kv)."""
+    """K (B, H_kv, Nk, d) or V (B, H_kv, Nk, d_v) with H heads: query head h reads K/V head h // (H / H_kv)."""
     return np.repeat(x, heads // x.shape[1], axis=1)
 
 
 def sum_groups(dx, heads_kv):
-    """dK or dV (B, H, Nk, d) of the expanded K/V summed over each group of H / H_kv query heads: (B, H_kv, Nk, d)."""
+    """dK or dV (B, H, Nk, d or d_v) of the expanded K/V summed over each group of H / H_kv query heads: (B, H_kv, Nk, ·)."""
     b, h, n, d = dx.shape
     return dx.reshape(b, heads_kv, h // heads_kv, n, d).sum(axis=2)
 
@@ -64,8 +64,8 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
     """softmax(scale·QKᵀ)V in float64.
 
     Args:
-        q: (B, H, Nq, d) NumPy array. k, v: (B, H_kv, Nk, d), H_kv dividing H (query head h reads
-            K/V head h // (H / H_kv)); Nq != Nk is allowed.
+        q: (B, H, Nq, d) NumPy array. k: (B, H_kv, Nk, d), v: (B, H_kv, Nk, d_v), H_kv dividing H
+            (query head h reads K/V head h // (H / H_kv)); Nq != Nk and d_v != d are allowed.
         causal: top-left causal mask (query i sees keys j <= i), as PyTorch SDPA's ``is_causal``.
         scale: softmax scale, default 1/sqrt(d).
         return_lse: also return L = log Σ_j exp(S_ij), shape (B, H, Nq).
@@ -73,7 +73,7 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
             entries where it is False are excluded, as are causal ones.
 
     Returns:
-        out (B, H, Nq, d) float64, or (out, lse). A row that attends to nothing (no key allowed)
+        out (B, H, Nq, d_v) float64, or (out, lse). A row that attends to nothing (no key allowed)
         gives zeros and lse = -inf. Stable for logits of any size: the row max is subtracted
         before exponentiating. A -inf logit is weight 0. O_i sums P_ij V_j over the keys with
         P_ij > 0 only (:func:`weighted_sum`): a key a row does not see (masked, or of weight 0)
@@ -118,7 +118,8 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
     With S = scale·QKᵀ (masked entries -inf), P = softmax(S), O = PV:
     dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP - rowsum(dO ∘ O)), dQ = scale·dS K, dK = scale·dSᵀ Q.
     With grouped K/V heads (k, v of H_kv heads) dK and dV of a K/V head sum the gradients of its
-    H / H_kv query heads: shapes (B, H_kv, Nk, d). Rows that attend to nothing contribute nothing, and an entry with P_ij = 0 (masked, or of
+    H / H_kv query heads: shapes (B, H_kv, Nk, d) and (B, H_kv, Nk, d_v). dQ is (B, H, Nq, d); dout
+    and out are (B, H, Nq, d_v) (V's head dim). Rows that attend to nothing contribute nothing, and an entry with P_ij = 0 (masked, or of
     weight 0) contributes nothing to any gradient, even where Q, K or V hold NaN or inf
     (:func:`weighted_sum`; dS_ij = 0 there).
 
@@ -131,12 +132,14 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
 
     Raises:
         TypeError, ValueError: see :func:`sandbox.vocabulary.validation.check_qkv`; a ``dout`` or ``out``
-            not of q's shape, an ``lse`` not of shape (B, H, Nq), or any of them not a NumPy array.
+            not of shape (B, H, Nq, d_v), an ``lse`` not of shape (B, H, Nq), or any of them not a NumPy array.
     """
     _check_inputs(q, k, v, causal, scale)
-    check_same_shape(dout, "dout", q.shape)
+    o_shape = q.shape[:3] + v.shape[3:]  # (B, H, Nq, d_v)
+    like = "q and v" if v.shape[3] != q.shape[3] else "q"
+    check_same_shape(dout, "dout", o_shape, like)
     if out is not None:
-        check_same_shape(out, "out", q.shape)
+        check_same_shape(out, "out", o_shape, like)
     if lse is not None:
         check_same_shape(lse, "lse", q.shape[:3])
     scale = resolve_scale(scale, q.shape[-1])

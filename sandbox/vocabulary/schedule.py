@@ -14,6 +14,7 @@ also use to lay out their dynamic shared memory: one formula for both.
 """
 
 import dataclasses
+import inspect
 import math
 
 import numpy as np
@@ -198,29 +199,37 @@ class Schedule:
         return self.threads_q * self.threads_kv
 
     # -- SRAM -----------------------------------------------------------------------------
-    def sram_footprint(self, head_dim, dtype, backward=False):
-        """Bytes of shared memory the largest kernel of this schedule allocates (with alignment)."""
-        bufs = sram_buffers(self, head_dim, dtype, backward=backward)
+    def sram_footprint(self, head_dim, dtype, backward=False, head_dim_v=None):
+        """Bytes of shared memory the largest kernel of this schedule allocates (with alignment);
+        ``head_dim_v``: V's head dim d_v (None: ``head_dim``)."""
+        bufs = sram_buffers(self, head_dim, dtype, backward=backward, head_dim_v=head_dim_v)
         return max(sram_offsets(b)[1] for b in bufs.values())
 
-    def check_fits(self, head_dim, dtype, backward=False):
-        """Raise ValueError if the tiles for ``head_dim`` and ``dtype`` overflow ``sram_bytes``."""
+    def check_fits(self, head_dim, dtype, backward=False, head_dim_v=None):
+        """Raise ValueError if the tiles for ``head_dim`` (and V's ``head_dim_v``, None: the same) and
+        ``dtype`` overflow ``sram_bytes``."""
         if head_dim > MAX_HEAD_DIM:
             raise ValueError(f"head_dim={head_dim} exceeds the largest supported head_dim ({MAX_HEAD_DIM})")
-        need = self.sram_footprint(head_dim, dtype, backward=backward)
+        if head_dim_v is not None and head_dim_v > MAX_HEAD_DIM:
+            raise ValueError(f"head_dim_v={head_dim_v} exceeds the largest supported head_dim ({MAX_HEAD_DIM})")
+        need = self.sram_footprint(head_dim, dtype, backward=backward, head_dim_v=head_dim_v)
+        dims = f"head_dim={head_dim}" + ("" if head_dim_v in (None, head_dim) else f", head_dim_v={head_dim_v}")
         if need > self.sram_bytes:
             raise ValueError(
                 f"schedule {self.kind} Br={self.block_q} Bc={self.block_kv} needs {need} bytes of SRAM "
                 f"{'for the backward pass ' if backward else ''}"
-                f"at head_dim={head_dim}, {np.dtype(dtype).name}, but its capacity is "
+                f"at {dims}, {np.dtype(dtype).name}, but its capacity is "
                 f"sram_bytes={self.sram_bytes}; use smaller blocks or Schedule.from_sram"
             )
 
     @classmethod
-    def from_sram(cls, sram_bytes, *, head_dim, kind="flash2", dtype="float32", backward=False, **kwargs):
+    def from_sram(cls, sram_bytes, *, head_dim, kind="flash2", dtype="float32", backward=False, head_dim_v=None,
+                  **kwargs):
         """The paper's block rule for SRAM of ``sram_bytes`` bytes.
 
-        Bc = ⌈M/4d⌉, Br = min(⌈M/4d⌉, d) with M = ``sram_bytes // itemsize(dtype)`` elements.
+        Bc = ⌈M/4d⌉, Br = min(⌈M/4d⌉, d) with M = ``sram_bytes // itemsize(dtype)`` elements. With V's
+        own head dim d_v (``head_dim_v``; None: d) the rule budgets Q and K tiles of d columns and
+        V and O tiles of d_v: Bc = ⌈M/(2d + 2d_v)⌉, the same rule when d_v = d.
         The rule is asymptotic: it budgets Q, K, V and O tiles of d columns and nothing else,
         while our kernels also keep the Br×Bc fp32 S/P tile and fp32 row statistics in SRAM
         (:func:`sram_buffers`). Where the rule's blocks overflow ``sram_bytes``, Bc is lowered
@@ -235,8 +244,9 @@ class Schedule:
         _registered_kind(kind)  # an unknown kind is named as such, not taken for a lack of SRAM
         dt = as_dtype(dtype)
         head_dim = _positive_int(head_dim, "head_dim")
+        dv = head_dim if head_dim_v is None else _positive_int(head_dim_v, "head_dim_v")
         m_elems = _positive_int(sram_bytes, "sram_bytes") // dt.itemsize
-        bc = max(1, -(-m_elems // (4 * head_dim)))
+        bc = max(1, -(-m_elems // (2 * head_dim + 2 * dv)))
         passes = (False, True) if backward else (False,)
         while bc >= 1:
             br = min(bc, head_dim)
@@ -244,7 +254,8 @@ class Schedule:
                 sched = cls(kind, block_q=br, block_kv=bc, sram_bytes=sram_bytes, **kwargs)
             except ValueError:
                 sched = None
-            if sched is not None and all(sched.sram_footprint(head_dim, dt, backward=b) <= sram_bytes for b in passes):
+            if sched is not None and all(sched.sram_footprint(head_dim, dt, backward=b, head_dim_v=head_dim_v)
+                                         <= sram_bytes for b in passes):
                 return sched
             bc = bc - max(1, bc // 16)
         raise ValueError(
@@ -261,8 +272,11 @@ class Schedule:
         )
 
 
-def sram_buffers(schedule, head_dim, dtype, backward=False):
+def sram_buffers(schedule, head_dim, dtype, backward=False, head_dim_v=None):
     """The shared-memory buffers of each kernel of ``schedule``, in allocation order.
+
+    ``head_dim_v``: V's head dim d_v (None: ``head_dim``); passed on to the footprint only where it
+    differs from ``head_dim``, so a kind's footprint that takes no d_v keeps working for d_v = d.
 
     Q/K/V tiles are kept in the input dtype; S/P and row statistics in fp32. O lives in
     registers (each thread's tile of the Br×d output), never in SRAM.
@@ -273,15 +287,21 @@ def sram_buffers(schedule, head_dim, dtype, backward=False):
         (:data:`sandbox.vocabulary.footprints.BACKWARD_SRAM`).
 
     Raises:
-        ValueError: ``backward`` for a kind that has no backward pass.
+        ValueError: ``backward`` for a kind that has no backward pass; a ``head_dim_v`` other than
+            ``head_dim`` for a kind whose footprint takes none.
     """
     kind = kinds.get(schedule.kind)
+    extra = {} if head_dim_v is None or head_dim_v == head_dim else {"head_dim_v": head_dim_v}
     if not backward:
-        return kind.sram(schedule, head_dim, dtype)
+        if extra and "head_dim_v" not in inspect.signature(kind.sram).parameters:
+            raise ValueError(f"head_dim_v={head_dim_v}: kind {schedule.kind!r} takes no V head dim of its own "
+                             f"(its sram footprint has no head_dim_v argument); pass v with head_dim={head_dim} "
+                             f"columns, or give the kind's footprint, kernels and counts a head_dim_v")
+        return kind.sram(schedule, head_dim, dtype, **extra)
     if kind.backward is None:
         raise ValueError(f"schedule kind {schedule.kind!r} has no backward pass (kinds with one: "
                          f"{', '.join(k for k in kinds.names() if kinds.get(k).backward)})")
-    return BACKWARD_SRAM[kind.backward](schedule, head_dim, dtype)
+    return BACKWARD_SRAM[kind.backward](schedule, head_dim, dtype, **extra)
 
 
 #: The schedule ``attention`` and ``simulate`` use when none is given.

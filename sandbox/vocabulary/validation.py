@@ -38,15 +38,16 @@ def check_qkv(q, k, v, *, dtypes=SUPPORTED, causal=False, scale=None):
     """Validate q, k, v and return the :class:`Problem` they pose.
 
     Args:
-        q: (B, H, Nq, d). k, v: (B, H_kv, Nk, d), H_kv dividing H (grouped K/V heads; H_kv = H
-            without grouping). All of one dtype from ``dtypes``, all on the
-            host or all on the device.
+        q: (B, H, Nq, d). k: (B, H_kv, Nk, d), H_kv dividing H (grouped K/V heads; H_kv = H
+            without grouping). v: (B, H_kv, Nk, d_v), V's own head dim d_v (the output's; d_v = d
+            as usual). All of one dtype from ``dtypes``, all on the host or all on the device.
         causal, scale: as in :class:`Problem`.
 
     Raises:
         TypeError: non-array input, mixed host/device inputs, unsupported or mixed dtypes, a
             ``causal`` that is not a bool.
-        ValueError: wrong ndim, empty dimensions, mismatched B/d/Nk, K/V heads that do not divide
+        ValueError: wrong ndim, empty dimensions, mismatched B/d/Nk, a v whose B, H_kv or Nk is not k's,
+            K/V heads that do not divide
             q's heads, a ``scale`` that is not
             a finite real number.
     """
@@ -54,7 +55,8 @@ def check_qkv(q, k, v, *, dtypes=SUPPORTED, causal=False, scale=None):
     for name, (shape, _, _) in metas.items():
         if len(shape) != 4:
             n = "Nq" if name == "q" else "Nk"
-            raise ValueError(f"{name}: expected shape (B, H, {n}, d), got {shape} ({len(shape)} dims)")
+            dim = "d_v" if name == "v" else "d"
+            raise ValueError(f"{name}: expected shape (B, H, {n}, {dim}), got {shape} ({len(shape)} dims)")
         if 0 in shape:
             raise ValueError(f"{name}: every dimension must be non-empty, got shape {shape}")
     (qs, qdt, qdev), (ks, kdt, kdev), (vs, vdt, vdev) = metas.values()
@@ -65,8 +67,9 @@ def check_qkv(q, k, v, *, dtypes=SUPPORTED, causal=False, scale=None):
         raise ValueError(f"k: expected shape ({b}, {h}, Nk, {d}) or ({b}, H_kv, Nk, {d}) with H_kv dividing {h}, "
                          f"got {ks} (k: {ks[1]} heads do not divide q's {h} heads; query head h reads K/V head "
                          f"h // (H / H_kv))")
-    if vs != ks:
-        raise ValueError(f"v: expected shape {ks} (the shape of k), got {vs}")
+    if len(vs) != 4 or vs[:3] != ks[:3]:
+        raise ValueError(f"v: expected shape {ks} (that of k) or ({ks[0]}, {ks[1]}, {ks[2]}, d_v) with a head dim "
+                         f"d_v of its own (k's batch, heads and length), got {vs}")
     for name, dt in (("q", qdt), ("k", kdt), ("v", vdt)):
         if dt.name not in dtypes:
             raise TypeError(f"{name}: unsupported dtype {dt.name}; expected one of {', '.join(dtypes)}")
@@ -79,7 +82,7 @@ def check_qkv(q, k, v, *, dtypes=SUPPORTED, causal=False, scale=None):
     if qdt.name not in SUPPORTED:  # reference-only dtypes (float64): a Problem needs a kernel dtype
         return None
     return Problem(batch=b, heads=h, n_q=n_q, n_kv=ks[2], head_dim=d, dtype=qdt, causal=causal, scale=scale,
-                   heads_kv=ks[1])
+                   heads_kv=ks[1], head_dim_v=vs[3])
 
 
 def check_flags(**flags):

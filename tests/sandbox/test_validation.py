@@ -15,7 +15,7 @@ KV = np.zeros((1, 2, 7, 4), np.float32)
     [
         (Q[0], KV, KV, ValueError, r"q: expected shape \(B, H, Nq, d\), got \(2, 5, 4\) \(3 dims\)"),
         (Q, KV[0], KV, ValueError, r"k: expected shape \(B, H, Nk, d\), got \(2, 7, 4\)"),
-        (Q, KV, KV[None], ValueError, r"v: expected shape \(B, H, Nk, d\), got \(1, 1, 2, 7, 4\)"),
+        (Q, KV, KV[None], ValueError, r"v: expected shape \(B, H, Nk, d_v\), got \(1, 1, 2, 7, 4\)"),
         (Q, np.zeros((2, 2, 7, 4), np.float32), KV, ValueError, r"k: expected shape \(1, 2, Nk, 4\)"),
         (Q, np.zeros((1, 3, 7, 4), np.float32), KV, ValueError, r"k: expected shape \(1, 2, Nk, 4\)"),
         (Q, np.zeros((1, 2, 7, 3), np.float32), KV, ValueError, r"k: expected shape \(1, 2, Nk, 4\)"),
