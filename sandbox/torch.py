@@ -4,6 +4,7 @@ runs our backward kernels.
     from sandbox.torch import attention
     o = attention(q, k, v, causal=True, mask=m)   # q: (B, H, N, d), k, v: (B, H_kv, N, d) CUDA tensors
     o.sum().backward()                             # q.grad, k.grad, v.grad from kernels/backward.py
+    attention(q, k, v, schedule=tc_schedule(64, 64), fast_backward=True)  # ... from kernels/backward_tc.py
 
 The forward runs :func:`kernels.entry.attention` (the schedule's fast build where it can run,
 else its counting source without counters) and saves O and L; the backward runs
@@ -30,24 +31,24 @@ def _function():
 
     class Attention(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, q, k, v, schedule, causal, scale, mask):
+        def forward(ctx, q, k, v, schedule, causal, scale, mask, fast_backward):
             q, k, v = (x.detach() for x in (q, k, v))  # (a tensor that requires grad exports no CUDA array)
             out, lse = _attention_kernels(q, k, v, schedule=schedule, causal=causal, scale=scale,
                                           return_lse=True, mask=mask)
             ctx.save_for_backward(q, k, v, out, lse)
-            ctx.options = dict(schedule=schedule, causal=causal, scale=scale, mask=mask)
+            ctx.options = dict(schedule=schedule, causal=causal, scale=scale, mask=mask, fast=fast_backward)
             return out
 
         @staticmethod
         def backward(ctx, dout):
             q, k, v, out, lse = (x.detach() for x in ctx.saved_tensors)  # (the saved O is part of the graph)
             dq, dk, dv = attention_backward(q, k, v, out, lse, dout.detach().contiguous(), **ctx.options)
-            return dq, dk, dv, None, None, None, None
+            return dq, dk, dv, None, None, None, None, None
 
     return Attention
 
 
-def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask=None):
+def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask=None, fast_backward=None):
     """softmax(scale·QKᵀ)V on CUDA tensors with gradients through our backward kernels.
 
     Args:
@@ -55,6 +56,10 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask
             C-contiguous CUDA tensors of one dtype (float32, float16 or bfloat16), as for
             :func:`sandbox.attention`.
         schedule, causal, scale, mask: as for :func:`sandbox.attention`; the backward uses the same.
+        fast_backward: the backward's ``fast`` (:func:`sandbox.attention_backward`): None, the
+            plain build (the fast backward is opt-in); True, the schedule's fast backward (flash2's
+            tensor-core backward for ``Schedule(math="tf32x3")``, kernels/backward_tc.py), refused
+            with the reason when ``.backward()`` runs where it cannot; False, never.
 
     Returns:
         O, (B, H, Nq, d), in the input dtype, part of the autograd graph of q, k and v.
@@ -64,4 +69,6 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask
             (the latter when ``.backward()`` runs).
     """
     # one Mask object for both passes: its check over this problem and its compiled kernels are reused
-    return _function().apply(q, k, v, schedule, causal, scale, as_mask(mask))
+    if fast_backward not in (None, True, False):
+        raise TypeError(f"fast_backward: expected None, True or False, got {fast_backward!r}")
+    return _function().apply(q, k, v, schedule, causal, scale, as_mask(mask), fast_backward)

@@ -73,6 +73,39 @@ def test_gradients_match_sdpa_in_float64(dtype, kind, causal, mask):
         np.testing.assert_allclose(got, ref, rtol=0, atol=atol, err_msg=name)
 
 
+def test_fast_backward_takes_none_true_or_false():
+    from sandbox.torch import attention
+
+    with pytest.raises(TypeError, match="fast_backward: expected None, True or False"):
+        attention(None, None, None, fast_backward="yes")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_fast_backward_through_autograd(dtype, causal):
+    """fast_backward=True: flash2's tensor-core backward, against SDPA's float64 gradients."""
+    torch = _torch_cuda()
+    from kernels.flash2_tc import tc_schedule
+    from sandbox import attention as attention_any
+    from sandbox.torch import attention
+
+    b, h, n, d = 2, 3, 256, 64
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    tdtype = getattr(torch, dtype)
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", generator=gen).to(tdtype).requires_grad_() for _ in range(3))
+    dout = torch.randn(b, h, n, d, device="cuda", generator=gen).to(tdtype)
+    schedule = tc_schedule(64, 64)
+    out = attention(q, k, v, schedule=schedule, causal=causal, fast_backward=True)
+    out.backward(dout)
+    refs = _sdpa_float64(torch, q, k, v, dout, causal, None, None)
+    _, lse = attention_any(q.detach(), k.detach(), v.detach(), schedule=schedule, causal=causal, return_lse=True)
+    host = [x.detach().float().cpu().numpy() for x in (q, k, v, dout, out)]
+    atols = gradient_tolerances(*host[:4], refs, causal, 1 / np.sqrt(d), dtype, host[4], lse.cpu().numpy())
+    for name, x, ref, atol in zip(("dq", "dk", "dv"), (q, k, v), refs, atols):
+        np.testing.assert_allclose(x.grad.double().cpu().numpy(), ref, rtol=0, atol=atol, err_msg=name)
+
+
 @gpu
 def test_gradients_are_bit_identical_across_runs():
     torch = _torch_cuda()
