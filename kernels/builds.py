@@ -6,7 +6,7 @@ the same schedule by arithmetic (``fast``: flash2's ``"fma"``, kernels/flash2_fa
 ``"tf32x3"``, kernels/flash2_tc.py). A forward call runs one of:
 
 - ``"counting"``: the counting kernels with their IO counters (``count_io``);
-- ``"plain"``: the same source with the counters compiled out: with a mask, with ``fast=False``,
+- ``"plain"``: the same source with the counters compiled out: with a mask or a score_mod, with ``fast=False``,
   or where no fast build can run the call;
 - ``"fast-<math>"``: the fast build for ``Schedule.math`` (``"fast-fma"``, ``"fast-tf32x3"``).
 
@@ -60,11 +60,16 @@ def fast_build(schedule, backward=False):
     return (entry.fast_backward if backward else entry.fast).get(schedule.math)
 
 
+#: Why a score_mod runs the plain build: the fast builds apply none (S never leaves their registers
+#: through a place that calls one).
+SCORE_MOD_REFUSAL = "a score_mod (the fast builds apply none)"
+
 #: Why grouped K/V heads run the plain build: the fast builds read K and V at the query head.
 GROUPED_REFUSAL = "grouped K/V heads (heads_kv < heads): the fast builds read K and V at the query head"
 
 
-def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False):
+def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,
+                 score_mod=None):
     """The build a forward call of ``schedule`` at ``head_dim`` runs.
 
     Args:
@@ -78,6 +83,8 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
             tiny V for the tensor cores) run the plain build.
         grouped: k and v have fewer heads than q (H_kv < H), which the fast builds do not take
             (:data:`GROUPED_REFUSAL`).
+        score_mod: a :class:`sandbox.vocabulary.score_mods.ScoreMod` or None; the fast builds take
+            none (:data:`SCORE_MOD_REFUSAL`).
 
     Returns:
         a :class:`Build`.
@@ -86,7 +93,7 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
         TypeError: ``fast`` is not None, True or False.
         ValueError: ``fast=True`` and the fast build cannot run this, with the reason.
     """
-    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=False)
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=False, score_mod=score_mod)
 
 
 #: Why ``fast=None`` leaves the backward to the plain build: the fast backward is taken only when asked for.
@@ -95,7 +102,8 @@ BACKWARD_OPT_IN = ("the fast backward runs only with fast=True: on the H200 its 
                    "(BENCHMARKS.md, \"Fast backward\")")
 
 
-def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False):
+def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,
+                          score_mod=None):
     """The build a backward call of ``schedule`` at ``head_dim`` runs: as :func:`choose_build`,
     from the kind's fast backward builds (flash2's ``"tf32x3"``: kernels/backward_tc.py), except
     that ``fast=None`` does not take them (:data:`BACKWARD_OPT_IN`): ``fast=True`` does, or raises
@@ -103,10 +111,10 @@ def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast
     counting backward's phases)."""
     if fast is None:
         return Build(COUNTING if count_io else PLAIN, None, BACKWARD_OPT_IN)
-    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True)
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True, score_mod=score_mod)
 
 
-def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward):
+def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, score_mod=None):
     if fast is not False and fast not in (None, True):
         raise TypeError(f"fast: expected None, True or False, got {fast!r}")
     kernels = None if backward else registry.get(schedule.kind).kernels
@@ -117,6 +125,8 @@ def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward):
     why = module.eligible(schedule, head_dim, count_io, mask) if module is not None else (
         f"kind {schedule.kind!r} has no fast backward for math={schedule.math!r}" if backward
         else f"kind {schedule.kind!r} has no fast build")
+    if why is None and score_mod is not None:
+        why = SCORE_MOD_REFUSAL
     if why is None and grouped:
         why = GROUPED_REFUSAL
     limit = device_smem_optin()

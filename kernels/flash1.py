@@ -29,9 +29,9 @@ from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
+def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
     """Build the flash1 kernel. Returns (kernel, smem_bytes, grid(problem))."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask, score_mod)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     flush, load_rows, nan_max, zero_counter, pv_tile, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.pv_tile, t.s_tile)
@@ -41,7 +41,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
     OQ, OK, OV, OS, OA, OB = (off[n] for n in ("Q", "K", "V", "S", "alpha", "beta"))
     BR, BC, TM, TN, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC
     CAUSAL = t.CAUSAL
-    inc, n_allowed, tile_visited = t.inc, t.n_allowed, t.tile_visited
+    inc, n_allowed, tile_visited, count_mod = t.inc, t.n_allowed, t.tile_visited, t.count_mod
     HAS_MASK = t.HAS_MASK
     Q_, K_, V_, O_, S_, P_, M_, L_, l_, A_, B_ = (
         slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l", "alpha", "beta")
@@ -106,10 +106,11 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None):
                 # barrier: every thread is done with the previous Q_i, P~ and factors
                 cuda.syncthreads()
                 load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
+                count_mod(cnt, tid)  # the score_mod's captured arrays, once for this tile
                 # barrier: Q_i (and K_j, V_j) are in SRAM
                 cuda.syncthreads()
 
-                # -- compute S = scale · Q_i K_j^T; write the allowed entries to SRAM
+                # -- compute S = score_mod(scale · Q_i K_j^T); write the allowed entries to SRAM
                 if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt, Q_[SRAM_R], K_[SRAM_R]):
                     store_s(sacc, scale, ty, tx, b, h, q0, k0, q_len, kv_len, sm_f, OS, cnt, S_[SRAM_W])
                 # barrier: the whole S tile is in SRAM

@@ -26,12 +26,13 @@ from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_partial(schedule, head_dim, dtype, count_io, causal, mask=None):
-    return make_flash2(schedule, head_dim, dtype, count_io, causal, mask=mask, split=True)
+def make_partial(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
+    return make_flash2(schedule, head_dim, dtype, count_io, causal, mask=mask, split=True, score_mod=score_mod)
 
 
-def make_combine(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """kernel(o_part, lse_part, o, lse, counters): one thread block per (Q block, batch·head)."""
+def make_combine(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
+    """kernel(o_part, lse_part, o, lse, counters): one thread block per (Q block, batch·head)
+    (``mask``, ``score_mod``: unused; the partial phase applied them)."""
     t = make_tile_ops(schedule, head_dim, count_io, causal, dtype)
     CNT_LEN, zero_counter, flush, inc, nan_max, from_f32 = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.nan_max, t.from_f32)
