@@ -125,7 +125,7 @@ def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, 
     why = module.eligible(schedule, head_dim, count_io, mask) if module is not None else (
         f"kind {schedule.kind!r} has no fast backward for math={schedule.math!r}" if backward
         else f"kind {schedule.kind!r} has no fast build")
-    if why is None and score_mod is not None:
+    if module is not None and score_mod is not None:  # (named first: it holds whatever else does)
         why = SCORE_MOD_REFUSAL
     if why is None and grouped:
         why = GROUPED_REFUSAL
