@@ -115,7 +115,7 @@ SIZES = [pytest.param(dict(max_n=16, max_d=8), id="small"),
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=5 if SIMULATED else 6, deadline=None)
+@settings(max_examples=5 if SIMULATED else 6)
 @given(data=st.data(), seed=seeds, magnitude=magnitudes)
 def test_score_mod_forward_matches_reference_and_simulator(kind, size, data, seed, magnitude):
     """Every kind, every dtype, causal or not, ragged Nq != Nk, with or without a mask."""
@@ -126,7 +126,7 @@ def test_score_mod_forward_matches_reference_and_simulator(kind, size, data, see
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("kind", MOD_BACKWARD_KINDS)
-@settings(max_examples=4 if SIMULATED else 6, deadline=None)
+@settings(max_examples=4 if SIMULATED else 6)
 @given(data=st.data(), seed=seeds)
 def test_score_mod_backward_matches_reference_and_simulator(kind, size, data, seed):
     """Every kind with a backward, every dtype, causal or not, with or without a mask: dS carries the
