@@ -481,7 +481,7 @@ def _check_small(arr, name):
 
 #: The built-ins the CLI names (``--score-mod alibi``, ``softcap:30``): name -> (make(parameter, heads), parameter help).
 BUILTINS = {
-    "alibi": (lambda param, heads: alibi(alibi_slopes(heads)), "no parameter: the paper's slopes for H heads"),
+    "alibi": (lambda param, heads: alibi(alibi_slopes(heads)), "the paper's slopes for H heads"),
     "softcap": (lambda param, heads: soft_cap(float(param)), "the cap, e.g. softcap:30"),
     "relbias": (lambda param, heads: relative_bias(-0.1 * np.abs(np.arange(-int(param), int(param) + 1))),
                 "R: the table -0.1·|t| for distances t in -R..R, e.g. relbias:8"),
@@ -498,8 +498,10 @@ def parse(text, heads):
     if name not in BUILTINS:
         raise ValueError(f"unknown score_mod {name!r}; expected one of {', '.join(BUILTINS)} (e.g. softcap:30)")
     make, what = BUILTINS[name]
-    if (name == "alibi") != (param == ""):
-        raise ValueError(f"score_mod {name}: {what}")
+    if name == "alibi" and param:
+        raise ValueError(f"score_mod alibi takes no parameter ({what}), got {text!r}")
+    if name != "alibi" and not param:
+        raise ValueError(f"score_mod {name} takes a parameter: {what}")
     try:
         return make(param, heads)
     except ValueError as e:

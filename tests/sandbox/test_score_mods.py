@@ -217,3 +217,31 @@ def test_simulator_backward_counts():
             assert modded.hbm_writes["dmod"] == modded.hbm_reads["dmod"] == problem.bh * 16 * 16
         else:
             assert "dmod" not in modded.hbm_writes
+
+
+def test_cli_simulate_and_run_take_a_builtin(capsys):
+    from sandbox.cli import main
+
+    assert main(["simulate", "--kind", "flash2", "--n", "64", "--d", "16", "--heads", "2", "--block-q", "16",
+                 "--block-kv", "16", "--score-mod", "alibi"]) == 0
+    out = capsys.readouterr().out
+    mod_row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["mod"])
+    assert "score_mod=alibi2" in out and mod_row[1] == str(2 * 2 * 16)  # 2 slopes, 2 heads, 16 tiles each
+    assert main(["run", "--kind", "standard", "--n", "10", "--d", "4", "--causal", "--score-mod", "softcap:3"]) == 0
+    out = capsys.readouterr().out
+    assert "score_mod=softcap3" in out and "measured == simulated" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "--score-mod", "cosine"], "argument --score-mod: unknown score_mod 'cosine'; expected one of alibi"),
+    (["simulate", "--score-mod", "softcap"], "score_mod softcap takes a parameter: the cap"),
+    (["simulate", "--score-mod", "softcap:-1"], "cap: expected a positive finite number"),
+    (["simulate", "--score-mod", "alibi:2"], "score_mod alibi takes no parameter"),
+    (["run", "--kind", "flash2", "--score-mod", "relbias:x"], "score_mod 'relbias:x'"),
+])
+def test_cli_bad_score_mod_is_one_line_and_exit_2(argv, message, capsys):
+    from sandbox.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
