@@ -213,6 +213,10 @@ def test_simulator_backward_counts():
         s = Schedule(kind, block_q=4, block_kv=8)
         plain, modded = simulate(s, problem, backward=True), simulate(s, problem, backward=True, score_mod=mod)
         assert modded.hbm_reads["mod"] == reads * 2 * problem.bh * 4 * 2
+        extra = ("mod", "dmod")  # everything else moves as without a score_mod
+        assert {t: n for t, n in modded.hbm_reads.items() if t not in extra} == dict(plain.hbm_reads)
+        assert {t: n for t, n in modded.hbm_writes.items() if t not in extra} == dict(plain.hbm_writes)
+        assert modded.sram_reads == plain.sram_reads and modded.sram_writes == plain.sram_writes
         if kind == "standard":
             assert modded.hbm_writes["dmod"] == modded.hbm_reads["dmod"] == problem.bh * 16 * 16
         else:
