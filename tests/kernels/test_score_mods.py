@@ -198,3 +198,13 @@ def test_backward_refuses_a_score_mod_without_grad():
     out, lse = attention(q, k, v, schedule=s, score_mod=mod, return_lse=True)
     with pytest.raises(TypeError, match="grad="):
         attention_backward(q, k, v, out, lse, q, schedule=s, score_mod=mod)
+
+
+@pytest.mark.parametrize("kind", MOD_BACKWARD_KINDS)
+def test_grouped_heads_pass_the_query_head(kind):
+    """Grouped K/V heads: the score_mod sees the query head h (ALiBi's slope per query head)."""
+    problem = Problem(batch=1, heads=4, heads_kv=2, n_q=7, n_kv=9, head_dim=4, causal=True)
+    schedule = Schedule(kind, block_q=4, block_kv=4, thread_q=2, thread_kv=2)
+    mod = score_mods.alibi(score_mods.alibi_slopes(4))
+    check_forward(schedule, problem, mod, None, seed=7)
+    check_backward(schedule, problem, mod, None, seed=8)
