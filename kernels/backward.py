@@ -45,7 +45,7 @@ from numba import cuda, float32, int32, int64
 
 from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
 from kernels.matmul import make_nn, make_tn
-from kernels.tiles import ONE, ZERO, inline_ir, keep_f32, make_tile_ops
+from kernels.tiles import NEG_INF, ONE, ZERO, inline_ir, keep_f32, make_tile_ops
 from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
@@ -105,6 +105,20 @@ def _load_l_d(t, off):
     return load
 
 
+def _mod_exp(t):
+    """mod_exp(s, l) = P = exp(s - L) for a rebuilt score s; with a score_mod, 0 where it made s = -inf
+    (a score_mod may exclude an entry, even in a row that sees nothing, L = -inf: no exp(-inf + inf))."""
+    HAS_MOD = t.HAS_MOD
+
+    @inline_ir
+    def mod_exp(s, l_r):
+        if HAS_MOD and s == NEG_INF:
+            return ZERO
+        return math.exp(s - l_r)
+
+    return mod_exp
+
+
 def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grouped=False, score_mod=None):
     """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H).
 
@@ -112,7 +126,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
     that :func:`make_group_sum` adds up."""
     t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dkdv", mask, score_mod)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
-    modded, mod_grad, count_mod = t.modded, t.mod_grad, t.count_mod
+    modded, mod_grad, count_mod, mod_exp = t.modded, t.mod_grad, t.count_mod, _mod_exp(t)
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, ptx_tile = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.ptx_tile)
     thread_yx, batch_head, load_l_d, tile_visited = t.thread_yx, t.batch_head, _load_l_d(t, off), t.tile_visited
@@ -187,7 +201,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
                             c = tx + bb * TX
                             if c < kv_len and allowed(b, h, q0 + r, k0 + c):
                                 s = scale * p_t[a, bb]
-                                p = math.exp(modded(s, b, h, q0 + r, k0 + c) - l_r)
+                                p = mod_exp(modded(s, b, h, q0 + r, k0 + c), l_r)
                                 g = mod_grad(s, b, h, q0 + r, k0 + c)
                                 ds_t[a, bb] = p * (ds_t[a, bb] - d_r) * g if p != ZERO else ZERO  # no 0·NaN
                                 sm_f[OS + r * BC + c] = p
@@ -234,7 +248,7 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
 def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
     """kernel(q, k, v, do, lse, dvec, dq, scale, counters); grid (Tr, B·H)."""
     t, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dq", mask, score_mod)
-    modded, mod_grad, count_mod = t.modded, t.mod_grad, t.count_mod
+    modded, mod_grad, count_mod, mod_exp = t.modded, t.mod_grad, t.count_mod, _mod_exp(t)
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, pv_tile, tile_visited = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.pv_tile, t.tile_visited)
     thread_yx, batch_head, load_l_d, store_rows = t.thread_yx, t.batch_head, _load_l_d(t, off), t.store_rows
@@ -296,7 +310,7 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None, score_
                             c = tx + bb * TX
                             if c < kv_len and allowed(b, h, q0 + r, k0 + c):
                                 s = scale * p_t[a, bb]
-                                p = math.exp(modded(s, b, h, q0 + r, k0 + c) - l_r)
+                                p = mod_exp(modded(s, b, h, q0 + r, k0 + c), l_r)
                                 g = mod_grad(s, b, h, q0 + r, k0 + c)
                                 sm_f[OS + r * BC + c] = p * (ds_t[a, bb] - d_r) * g if p != ZERO else ZERO  # no 0·NaN
                                 inc(cnt, dS_[SRAM_W], 1)
@@ -342,7 +356,7 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
     thread_yx, batch_head, kv_head = t.thread_yx, t.batch_head, t.kv_head
     BR, BC, TM, TN, TY, TX, NT = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT
     IS_P = which == "p"
-    HAS_MOD, modded, mod_grad, count_mod = t.HAS_MOD, t.modded, t.mod_grad, t.count_mod
+    HAS_MOD, modded, mod_grad, count_mod, mod_exp = t.HAS_MOD, t.modded, t.mod_grad, t.count_mod, _mod_exp(t)
     G_ = slots("dmod")
     a_name, b_name, row_name, out_name = ("Q", "K", "L", "P") if IS_P else ("dO", "V", "D", "dS")
     OA, OB, OR = off[a_name], off[b_name], off[row_name]
@@ -389,7 +403,7 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
                         if c < kv_len and allowed(b, h, q0 + r, k0 + c):
                             if IS_P:
                                 s = scale * acc[a, bb]
-                                out[b, h, q0 + r, k0 + c] = math.exp(modded(s, b, h, q0 + r, k0 + c) - x_r)
+                                out[b, h, q0 + r, k0 + c] = mod_exp(modded(s, b, h, q0 + r, k0 + c), x_r)
                                 if HAS_MOD:  # score_mod'(S) -> HBM, for the ds kernel
                                     p_in[b, h, q0 + r, k0 + c] = mod_grad(s, b, h, q0 + r, k0 + c)
                                     inc(cnt, G_[HBM_W], 1)

@@ -42,7 +42,7 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None, score_mo
     BR, BC, TM, TN, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D, t.DC
     CAUSAL = t.CAUSAL
     inc, n_allowed, tile_visited, count_mod = t.inc, t.n_allowed, t.tile_visited, t.count_mod
-    HAS_MASK = t.HAS_MASK
+    HAS_MASK, HAS_MOD = t.HAS_MASK, t.HAS_MOD
     Q_, K_, V_, O_, S_, P_, M_, L_, l_, A_, B_ = (
         slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l", "alpha", "beta")
     )
@@ -124,6 +124,8 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None, score_mo
                     l_ij = ZERO
                     if m_ij != NEG_INF:
                         l_ij = s_row_exp(sm_f, OS, r, row, b, h, k0, jn, m_ij, cnt, S_[SRAM_R], P_[SRAM_W])
+                    elif HAS_MOD:  # a score_mod made every score of the row -inf: P~ = exp(-inf - 0) = 0
+                        l_ij = s_row_exp(sm_f, OS, r, row, b, h, k0, jn, ZERO, cnt, S_[SRAM_R], P_[SRAM_W])
                     m_old = m_hbm[b, h, row]
                     l_old = l_hbm[b, h, row]
                     inc(cnt, M_[HBM_R], 1)

@@ -40,7 +40,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
     off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype)["partial" if SPLIT else "main"])
     OQ, OK, OV, OS, OM, OL, OA = (off[n] for n in ("Q", "K", "V", "S", "m", "l", "alpha"))
     BR, BC, TM, TY, TX, NT, D, DC = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, t.D, t.DC
-    CAUSAL = t.CAUSAL
+    CAUSAL, HAS_MOD = t.CAUSAL, t.HAS_MOD
     inc, n_allowed, nan_max, tile_visited, count_mod = t.inc, t.n_allowed, t.nan_max, t.tile_visited, t.count_mod
     K_, S_, P_, M_, l_, A_, V_ = (slots(n) for n in ("K", "S", "P", "m", "l", "alpha", "V"))
     O_, L_ = (slots("Opart"), slots("Lpart")) if SPLIT else (slots("O"), slots("L"))
@@ -121,6 +121,8 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
                 if m_new != NEG_INF:  # else nothing seen yet: keep alpha = 1, P empty
                     alpha = math.exp(m_old - m_new)
                     l_ij = s_row_exp(sm_f, OS, r, q0 + r, b, h, k0, jn, m_new, cnt, S_[SRAM_R], P_[SRAM_W])
+                elif HAS_MOD:  # a score_mod made every score so far -inf: P = exp(-inf - 0) = 0
+                    l_ij = s_row_exp(sm_f, OS, r, q0 + r, b, h, k0, jn, ZERO, cnt, S_[SRAM_R], P_[SRAM_W])
                 sm_f[OM + r] = m_new
                 sm_f[OL + r] = alpha * l_old + l_ij
                 sm_f[OA + r] = alpha

@@ -208,3 +208,22 @@ def test_grouped_heads_pass_the_query_head(kind):
     mod = score_mods.alibi(score_mods.alibi_slopes(4))
     check_forward(schedule, problem, mod, None, seed=7)
     check_backward(schedule, problem, mod, None, seed=8)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_score_mod_may_exclude_entries_with_minus_inf(kind):
+    """score_mod = -inf removes an entry as a mask does, even every entry of a row (O = 0, L = -inf,
+    no gradient): forward and backward agree with the reference, and the counts with the simulator."""
+    problem = Problem(batch=1, heads=2, n_q=9, n_kv=7, head_dim=4)
+    schedule = Schedule(kind, block_q=4, block_kv=4, thread_q=2, thread_kv=2,
+                        **({"kv_splits": 2} if kinds.get(kind).kv_splits else {}))
+
+    def drop(score, b, h, q_idx, kv_idx):
+        if q_idx == 4 or (q_idx + kv_idx + h) % 3 == 0:
+            return -np.inf
+        return score
+
+    mod = score_mods.ScoreMod(drop, name="drop", grad=lambda score, b, h, q_idx, kv_idx: 1.0)
+    check_forward(schedule, problem, mod, None, seed=9)
+    if kind in MOD_BACKWARD_KINDS:
+        check_backward(schedule, problem, mod, None, seed=10)
