@@ -46,7 +46,7 @@ from sandbox.vocabulary.masks import (CONSTANT_MEMORY_BYTES, DENSE_CHECK_ENTRIES
                                       find_captured)
 
 #: Scores :meth:`ScoreMod.check` evaluates the compiled function at (with every index of the box).
-PROBE_SCORES = (-3.5, 0.0, 0.75, 12.0)
+PROBE_SCORES = (-3.5, 0.75)
 #: :meth:`ScoreMod.derivative` without ``grad``: the central difference's step, relative to 1 + |s|.
 FD_STEP = 1e-5
 #: ... and the most it may differ (relative to 1 + |derivative|) from the difference of twice the step:
@@ -204,7 +204,7 @@ class ScoreMod:
         (on a GPU); the Python function returns a float at the corners of the (b, h, q_idx, kv_idx)
         box; the compiled function runs, twice, at every point of the box (sampled above
         ``masks.DENSE_CHECK_ENTRIES``, as a mask's) for each of :data:`PROBE_SCORES`, bounds-checked,
-        and gives the same answers. ``backward``: it must have a ``grad`` (the kernels' backward uses it).
+        and gives the same answer both times. ``backward``: it must have a ``grad`` (the kernels' backward uses it).
 
         Raises:
             TypeError: not compilable, a non-float result, or no ``grad`` for a backward.
@@ -233,33 +233,28 @@ class ScoreMod:
                 if not isinstance(r, (float, np.floating)):
                     raise TypeError(f"score_mod {self.name}: its {what} must return a float (the modified score), "
                                     f"returned {type(r).__name__} {r!r} at (b={b}, h={h}, q_idx={q}, kv_idx={k})")
-        pts = _points(box)
+        dense = int(np.prod(box, dtype=object)) <= DENSE_CHECK_ENTRIES
+        pts = np.zeros((0, 4), np.int64) if dense else _sampled_points(box)
         for what, f in (("score_mod", self.cpu()), ("grad", self.grad_cpu())):
             if f is None:
                 continue
-            for s in PROBE_SCORES:
-                first, second = self._at_points(f, what, s, pts), self._at_points(f, what, s, pts)
-                differ = np.flatnonzero(~((first == second) | (np.isnan(first) & np.isnan(second))))
-                if differ.size:
-                    i = int(differ[0])
-                    b, h, q, k = (int(x) for x in pts[i])
+            for score in PROBE_SCORES:
+                at = np.zeros(4, np.int64)
+                got = np.zeros(2, np.float64)
+                try:
+                    differs = _kernels()[1](f, float(score), np.array(box, np.int64), dense, pts, at, got)
+                except Exception as e:
+                    b, h, q, k = (int(x) for x in at)
+                    raise ValueError(f"score_mod {self.name}: its {what} raised {type(e).__name__} at (score={score}, "
+                                     f"b={b}, h={h}, q_idx={q}, kv_idx={k}): {e}") from e
+                if differs:
+                    b, h, q, k = (int(x) for x in at)
                     raise ValueError(
-                        f"score_mod {self.name} is not deterministic: its {what} at (score={s}, b={b}, h={h}, "
-                        f"q_idx={q}, kv_idx={k}) returned {first[i]}, then {second[i]}; the kernels and the "
-                        f"reference evaluate it separately, so it must depend on its arguments only")
+                        f"score_mod {self.name} is not deterministic: its {what} at (score={score}, b={b}, h={h}, "
+                        f"q_idx={q}, kv_idx={k}) returned {got[0]}, then {got[1]}; the kernels and the reference "
+                        f"evaluate it separately, so it must depend on its arguments only")
         self._checked.add(box)
         return self
-
-    def _at_points(self, f, what, score, pts):
-        out = np.zeros(len(pts), np.float64)
-        at = np.zeros(1, np.int64)
-        try:
-            _kernels()[1](f, float(score), pts, out, at)
-        except Exception as e:
-            b, h, q, k = (int(x) for x in pts[at[0]])
-            raise ValueError(f"score_mod {self.name}: its {what} raised {type(e).__name__} at (score={score}, b={b}, "
-                             f"h={h}, q_idx={q}, kv_idx={k}): {e}") from e
-        return out
 
     # -- the reference's side -------------------------------------------------------
     def _over(self, f, what, s):
@@ -334,11 +329,8 @@ def _probe_points(box):
     return [(b, h, q, k) for b in bs for h in hs for q in qs for k in ks]
 
 
-def _points(box):
-    """int64 (n, 4): every point of ``box`` up to DENSE_CHECK_ENTRIES, else its corners and SAMPLED_POINTS
-    random points (the same each time)."""
-    if int(np.prod(box, dtype=object)) <= DENSE_CHECK_ENTRIES:
-        return np.stack([g.ravel() for g in np.indices(box, dtype=np.int64)], axis=1)
+def _sampled_points(box):
+    """int64 (n, 4): the corners of ``box`` and SAMPLED_POINTS random points of it (the same each time)."""
     corners = np.array([(b, h, q, k) for b in {0, box[0] - 1} for h in {0, box[1] - 1}
                         for q in {0, box[2] - 1} for k in {0, box[3] - 1}], np.int64)
     rng = np.random.default_rng(0)
@@ -355,8 +347,8 @@ def as_score_mod(score_mod):
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """Numba loops: (apply over an S box, evaluate at points). Each records in ``at`` where it is
-    before calling the function, so that an exception can be placed."""
+    """Numba loops: (apply over an S box, evaluate twice over a box or at points). Each records in ``at``
+    where it is before calling the function, so that an exception can be placed."""
     import numba
 
     @numba.njit(cache=False)
@@ -373,12 +365,39 @@ def _kernels():
                         out[b, h, q, k] = f(s[b, h, q, k], b, h, q, k)
 
     @numba.njit(cache=False)
-    def at_points(f, score, pts, out, at):
-        for i in range(pts.shape[0]):
-            at[0] = i
-            out[i] = f(score, pts[i, 0], pts[i, 1], pts[i, 2], pts[i, 3])
+    def twice(f, score, b, h, q, k, at, got):
+        """f at (score, b, h, q, k), twice: False if the answers agree (NaN agrees with NaN), else
+        True with them in ``got``."""
+        at[0] = b
+        at[1] = h
+        at[2] = q
+        at[3] = k
+        x = f(score, b, h, q, k)
+        y = f(score, b, h, q, k)
+        if x == y or (x != x and y != y):
+            return False
+        got[0] = x
+        got[1] = y
+        return True
 
-    return over_box, at_points
+    @numba.njit(cache=False)
+    def check_twice(f, score, box, dense, pts, at, got):
+        """Evaluate f twice at every point of ``box`` (``dense``) or at ``pts``; True at the first point
+        where the answers differ (``at``, ``got`` say where and what)."""
+        if not dense:
+            for i in range(pts.shape[0]):
+                if twice(f, score, pts[i, 0], pts[i, 1], pts[i, 2], pts[i, 3], at, got):
+                    return True
+            return False
+        for b in range(box[0]):
+            for h in range(box[1]):
+                for q in range(box[2]):
+                    for k in range(box[3]):
+                        if twice(f, score, b, h, q, k, at, got):
+                            return True
+        return False
+
+    return over_box, check_twice
 
 
 # -- built-ins ----------------------------------------------------------------------------
