@@ -6,7 +6,8 @@ the same schedule by arithmetic (``fast``: flash2's ``"fma"``, kernels/flash2_fa
 ``"tf32x3"``, kernels/flash2_tc.py). A forward call runs one of:
 
 - ``"counting"``: the counting kernels with their IO counters (``count_io``);
-- ``"plain"``: the same source with the counters compiled out: with a mask or a score_mod, with ``fast=False``,
+- ``"plain"``: the same source with the counters compiled out: with a mask (or a score_mod the fast build
+  does not apply), with ``fast=False``,
   or where no fast build can run the call;
 - ``"fast-<math>"``: the fast build for ``Schedule.math`` (``"fast-fma"``, ``"fast-tf32x3"``).
 
@@ -60,9 +61,9 @@ def fast_build(schedule, backward=False):
     return (entry.fast_backward if backward else entry.fast).get(schedule.math)
 
 
-#: Why a score_mod runs the plain build: the fast builds apply none (S never leaves their registers
-#: through a place that calls one).
-SCORE_MOD_REFUSAL = "a score_mod (the fast builds apply none)"
+#: Why a score_mod runs the plain build: a fast build applies one only where its module says
+#: ``TAKES_SCORE_MOD = True`` (flash2's tensor-core forward, kernels/flash2_tc.py).
+SCORE_MOD_REFUSAL = "a score_mod (this fast build applies none)"
 
 #: Why grouped K/V heads run the plain build: the fast builds read K and V at the query head.
 GROUPED_REFUSAL = "grouped K/V heads (heads_kv < heads): the fast builds read K and V at the query head"
@@ -83,8 +84,8 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
             tiny V for the tensor cores) run the plain build.
         grouped: k and v have fewer heads than q (H_kv < H), which the fast builds do not take
             (:data:`GROUPED_REFUSAL`).
-        score_mod: a :class:`sandbox.vocabulary.score_mods.ScoreMod` or None; the fast builds take
-            none (:data:`SCORE_MOD_REFUSAL`).
+        score_mod: a :class:`sandbox.vocabulary.score_mods.ScoreMod` or None; only a fast build
+            whose module sets ``TAKES_SCORE_MOD`` takes one (:data:`SCORE_MOD_REFUSAL`).
 
     Returns:
         a :class:`Build`.
@@ -125,8 +126,8 @@ def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, 
     why = module.eligible(schedule, head_dim, count_io, mask) if module is not None else (
         f"kind {schedule.kind!r} has no fast backward for math={schedule.math!r}" if backward
         else f"kind {schedule.kind!r} has no fast build")
-    if module is not None and score_mod is not None:  # (named first: it holds whatever else does)
-        why = SCORE_MOD_REFUSAL
+    if module is not None and score_mod is not None and not getattr(module, "TAKES_SCORE_MOD", False):
+        why = SCORE_MOD_REFUSAL  # (named first: it holds whatever else does)
     if why is None and grouped:
         why = GROUPED_REFUSAL
     limit = device_smem_optin()

@@ -227,3 +227,34 @@ def test_a_score_mod_may_exclude_entries_with_minus_inf(kind):
     check_forward(schedule, problem, mod, None, seed=9)
     if kind in MOD_BACKWARD_KINDS:
         check_backward(schedule, problem, mod, None, seed=10)
+
+
+TC_CASES = [pytest.param((16, 8, 19, 21, 16, "float32", True), id="1warp-causal"),
+            pytest.param((32, 16, 37, 45, 16, "bfloat16", False), id="2warps-bf16"),
+            pytest.param((128, 64, 301, 333, 128, "float32", True), id="gpu-causal", marks=pytest.mark.gpu),
+            pytest.param((64, 16, 301, 333, 64, "bfloat16", False), id="gpu-bf16", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("case", TC_CASES)
+def test_the_tensor_core_forward_applies_a_score_mod(case):
+    """flash2's tensor-core build (math="tf32x3") takes a score_mod: it runs (fast=True), applies it
+    to S, and stays within the fp32 tolerance of the float64 reference; its backward refuses one."""
+    from kernels.flash2_tc import tc_schedule
+
+    br, bc, n_q, n_kv, d, dtype, causal = case
+    schedule = tc_schedule(br, bc)
+    problem = Problem(1, 2, n_q, n_kv, d, dtype=dtype, causal=causal)
+    q, k, v = make_inputs(problem, seed=n_q)
+    for mod in (score_mods.soft_cap(1.5), score_mods.alibi(score_mods.alibi_slopes(2)),
+                score_mods.relative_bias(np.arange(-3.0, 4.0) / 4)):
+        out, lse, chosen = attention(q, k, v, schedule=schedule, causal=causal, score_mod=mod, return_lse=True,
+                                     fast=True, return_build=True)
+        assert chosen.name == "fast-tf32x3"
+        ref_out, ref_lse = reference_attention(q, k, v, causal=causal, return_lse=True, score_mod=mod)
+        atol_out, atol_lse = tolerances(q, k, v, ref_out, ref_lse, causal, problem.scale, problem.dtype,
+                                        score_mod=mod)
+        np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
+        np.testing.assert_allclose(lse, ref_lse, rtol=0, atol=atol_lse)
+    assert choose_backward_build(schedule, d, score_mod=mod, fast=False).name == "plain"
+    with pytest.raises(ValueError, match="score_mod"):
+        choose_backward_build(schedule, d, score_mod=mod, fast=True)
