@@ -414,7 +414,8 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
                                 if HAS_MOD:  # score_mod'(S), where the p kernel wrote it
                                     g = out[b, h, q0 + r, k0 + c]
                                     inc(cnt, G_[HBM_R], 1)
-                                out[b, h, q0 + r, k0 + c] = p * (acc[a, bb] - x_r) * g if p != ZERO else ZERO  # no 0·NaN
+                                ds = p * (acc[a, bb] - x_r) * g if p != ZERO else ZERO  # no 0·NaN
+                                out[b, h, q0 + r, k0 + c] = ds
                             inc(cnt, OUT_[HBM_W], 1)
         flush(cnt, counters)
 

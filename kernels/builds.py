@@ -127,7 +127,7 @@ def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, 
         f"kind {schedule.kind!r} has no fast backward for math={schedule.math!r}" if backward
         else f"kind {schedule.kind!r} has no fast build")
     if module is not None and score_mod is not None and not getattr(module, "TAKES_SCORE_MOD", False):
-        why = SCORE_MOD_REFUSAL  # (named first: it holds whatever else does)
+        why = SCORE_MOD_REFUSAL  # (this reason over any other: it holds whatever else does)
     if why is None and grouped:
         why = GROUPED_REFUSAL
     limit = device_smem_optin()

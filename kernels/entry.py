@@ -7,7 +7,8 @@ import numpy as np
 
 from kernels.launch import attention_any, attention_backward_any
 from sandbox.vocabulary.schedule import DEFAULT_SCHEDULE
-from sandbox.vocabulary.validation import array_meta, check_flags, check_mask, check_qkv, check_schedule, check_score_mod
+from sandbox.vocabulary.validation import (array_meta, check_flags, check_mask, check_qkv, check_schedule,
+                                          check_score_mod)
 
 
 def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, return_lse=False, count_io=False,

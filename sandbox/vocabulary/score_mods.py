@@ -498,7 +498,8 @@ def _check_small(arr, name):
                          f"so they are limited to {MAX_CAPTURED_BYTES} bytes")
 
 
-#: The built-ins the CLI names (``--score-mod alibi``, ``softcap:30``): name -> (make(parameter, heads), parameter help).
+#: The built-ins the CLI names (``--score-mod alibi``, ``softcap:30``):
+#: name -> (make(parameter, heads), what the parameter is).
 BUILTINS = {
     "alibi": (lambda param, heads: alibi(alibi_slopes(heads)), "the paper's slopes for H heads"),
     "softcap": (lambda param, heads: soft_cap(float(param)), "the cap, e.g. softcap:30"),
