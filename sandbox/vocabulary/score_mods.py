@@ -33,7 +33,7 @@ Built-ins: :func:`alibi`, :func:`relative_bias`, :func:`soft_cap`.
     >>> from sandbox.vocabulary import score_mods
     >>> m = score_mods.soft_cap(30.0)
     >>> round(m(100.0, 0, 0, 0, 0), 3)
-    29.85
+    29.924
 """
 
 import functools
