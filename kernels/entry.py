@@ -41,8 +41,8 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
             softmax, before the mask and the causal cut. Compiled into the kernel; checked before
             launch by :meth:`sandbox.vocabulary.score_mods.ScoreMod.check` (it compiles, returns
             a float, its captured arrays fit constant memory, and it neither raises nor reads past
-            an array over this problem's indices). Of the fast builds only flash2's tensor-core
-            forward (``math="tf32x3"``) applies one; with the others the plain build runs.
+            an array over this problem's indices). Of the fast builds flash2's tensor-core ones
+            (``math="tf32x3"``) apply it; with the FMA build the plain build runs.
         fast: run the kind's fast build of the same schedule (flash2's: ``kernels/flash2_fast.py``;
             same tiles and HBM traffic, S in registers). None (default): whenever it can run this
             (no ``count_io``, no mask, a thread layout it takes, and NumPy inputs free of NaN and
@@ -101,7 +101,7 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
             not see gets no gradient.
         score_mod: the forward call's score_mod, which must carry its derivative
             (``ScoreMod(fn, grad=...)``; the built-ins do): P is rebuilt with it and
-            dS = P ∘ (dP - D) ∘ score_mod'(S).
+            dS = P ∘ (dP - D) ∘ score_mod'(S) (the fast backward, ``fast=True``, too).
 
     Returns:
         ``(dq, dk, dv)`` in the input dtype (fp32 accumulation), plus the report with ``count_io``.

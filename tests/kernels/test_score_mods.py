@@ -176,8 +176,9 @@ def test_an_identity_score_mod_changes_nothing_but_the_count():
     assert plain_report == modded_report
 
 
-def test_the_fast_builds_refuse_a_score_mod():
-    """The chooser runs the plain build with a score_mod, and says why; fast=True raises it."""
+def test_the_fma_fast_build_refuses_a_score_mod():
+    """flash2's FMA build applies no score_mod: the chooser runs the plain build and says why;
+    fast=True raises it."""
     s = Schedule("flash2", block_q=16, block_kv=16, thread_q=1, thread_kv=1)
     mod = score_mods.soft_cap(5.0)
     for choose in (choose_build, choose_backward_build):
@@ -229,7 +230,7 @@ def test_a_score_mod_may_exclude_entries_with_minus_inf(kind):
         check_backward(schedule, problem, mod, None, seed=10)
 
 
-TC_CASES = [pytest.param((16, 8, 19, 21, 16, "float32", True), id="1warp-causal"),
+TC_CASES = [pytest.param((16, 16, 19, 21, 16, "float32", True), id="1warp-causal"),
             pytest.param((32, 16, 37, 45, 16, "bfloat16", False), id="2warps-bf16"),
             pytest.param((128, 64, 301, 333, 128, "float32", True), id="gpu-causal", marks=pytest.mark.gpu),
             pytest.param((64, 16, 301, 333, 64, "bfloat16", False), id="gpu-bf16", marks=pytest.mark.gpu)]
@@ -238,7 +239,7 @@ TC_CASES = [pytest.param((16, 8, 19, 21, 16, "float32", True), id="1warp-causal"
 @pytest.mark.parametrize("case", TC_CASES)
 def test_the_tensor_core_forward_applies_a_score_mod(case):
     """flash2's tensor-core build (math="tf32x3") takes a score_mod: it runs (fast=True), applies it
-    to S, and stays within the fp32 tolerance of the float64 reference; its backward refuses one."""
+    to S, and stays within the fp32 tolerance of the float64 reference; so does its fast backward."""
     from kernels.flash2_tc import tc_schedule
 
     br, bc, n_q, n_kv, d, dtype, causal = case
@@ -255,6 +256,11 @@ def test_the_tensor_core_forward_applies_a_score_mod(case):
                                         score_mod=mod)
         np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
         np.testing.assert_allclose(lse, ref_lse, rtol=0, atol=atol_lse)
-    assert choose_backward_build(schedule, d, score_mod=mod, fast=False).name == "plain"
-    with pytest.raises(ValueError, match="score_mod"):
-        choose_backward_build(schedule, d, score_mod=mod, fast=True)
+        dout = np.random.default_rng(n_kv).standard_normal(q.shape).astype(dtype)
+        *grads, chosen = attention_backward(q, k, v, out, lse, dout, schedule=schedule, causal=causal, score_mod=mod,
+                                            fast=True, return_build=True)
+        assert chosen.name == "fast-tf32x3"
+        refs = reference_attention_backward(q, k, v, dout, causal=causal, out=out, lse=lse, score_mod=mod)
+        atols = gradient_tolerances(q, k, v, dout, refs, causal, problem.scale, dtype, out, lse, score_mod=mod)
+        for name, g, ref, atol in zip(("dq", "dk", "dv"), grads, refs, atols):
+            np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
