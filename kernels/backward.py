@@ -33,6 +33,11 @@ V's own head dim d_v (``head_dim_v``; d_v = d unless given): V, O, dO and dV are
 dQ and dK d wide; dP = dO Vᵀ contracts over d_v, S = QKᵀ over d. Each kernel loads, multiplies
 and stores a tile with the tile ops of its width (kernels/tiles.py's ``value_ops``).
 
+With a score_mod (sandbox/vocabulary/score_mods.py) S is score_mod(scale·QKᵀ) wherever P is
+rebuilt, and dS = P ∘ (dP - D) ∘ score_mod'(scale·QKᵀ), its derivative (the ScoreMod's ``grad``)
+evaluated beside P. The standard backward's p kernel writes that derivative to HBM (the tensor
+"dmod", in the buffer ds later overwrites), and its ds kernel reads it back entry by entry.
+
 Deterministic: every output element is written by one thread, which sums in a fixed order; no
 floating-point atomics anywhere (the counters' integer atomics do not touch the results), so the
 same inputs give bit-identical gradients.
@@ -44,14 +49,14 @@ from numba import cuda, float32, int32, int64
 
 from kernels.counters import HBM_R, HBM_W, SRAM_R, SRAM_W, slots
 from kernels.matmul import make_nn, make_tn
-from kernels.tiles import ZERO, inline_ir, keep_f32, make_tile_ops, value_ops
+from kernels.tiles import NEG_INF, ONE, ZERO, inline_ir, keep_f32, make_tile_ops, value_ops
 from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_d(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
-    """D = rowsum(dO ∘ O), fp32: kernel(o, do, dvec, counters), one thread per row (every row, whatever the mask);
-    O and dO are ``head_dim_v`` wide (None: ``head_dim``)."""
+def make_d(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None, score_mod=None):
+    """D = rowsum(dO ∘ O), fp32: kernel(o, do, dvec, counters), one thread per row (every row, whatever the mask
+    and the score_mod); O and dO are ``head_dim_v`` wide (None: ``head_dim``)."""
     t = make_tile_ops(schedule, head_dim if head_dim_v is None else head_dim_v, count_io, causal, dtype)
     CNT_LEN, zero_counter, flush, inc, to_f32, batch_head = t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.to_f32, t.batch_head
     BR, NT, D = t.BR, t.NT, t.D
@@ -80,10 +85,10 @@ def make_d(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=No
     return kernel, 0, grid
 
 
-def _common(schedule, head_dim, dtype, count_io, causal, phase, mask, head_dim_v=None):
+def _common(schedule, head_dim, dtype, count_io, causal, phase, mask, head_dim_v=None, score_mod=None):
     """(tile ops of d, tile ops of d_v, buffer offsets, shared-memory bytes) of ``phase``."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
-    tv = value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask, score_mod)
+    tv = value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask, score_mod)
     off, smem_bytes = sram_offsets(sram_buffers(schedule, head_dim, dtype, backward=True, head_dim_v=head_dim_v)[phase])
     return t, tv, off, smem_bytes
 
@@ -106,13 +111,29 @@ def _load_l_d(t, off):
     return load
 
 
-def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grouped=False, head_dim_v=None):
+def _mod_exp(t):
+    """mod_exp(s, l) = P = exp(s - L) for a rebuilt score s; with a score_mod, 0 where it made s = -inf
+    (a score_mod may exclude an entry, even in a row that sees nothing, L = -inf: no exp(-inf + inf))."""
+    HAS_MOD = t.HAS_MOD
+
+    @inline_ir
+    def mod_exp(s, l_r):
+        if HAS_MOD and s == NEG_INF:
+            return ZERO
+        return math.exp(s - l_r)
+
+    return mod_exp
+
+
+def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grouped=False, head_dim_v=None,
+                    score_mod=None):
     """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H).
 
     ``grouped``: k, v have fewer heads than q; dk, dv are then the fp32 partials (B, H, Nk, d)
     and (B, H, Nk, d_v) that :func:`make_group_sum` adds up."""
-    t, tv, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dkdv", mask, head_dim_v)
+    t, tv, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dkdv", mask, head_dim_v, score_mod)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
+    modded, mod_grad, count_mod, mod_exp = t.modded, t.mod_grad, t.count_mod, _mod_exp(t)
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, ptx_tile = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.ptx_tile)
     load_v, s_tile_v, ptx_tile_v = tv.load_rows, tv.s_tile, tv.ptx_tile  # V_j, dO_i, dV_j: d_v wide
@@ -177,10 +198,12 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
             load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
             load_v(do, b, h, q0, q_len, sm_in, OdO, tid, cnt, dO_[HBM_R], dO_[SRAM_W])
             load_l_d(lse, dvec, b, h, q0, q_len, sm_f, tid, cnt)
+            count_mod(cnt, tid)  # the score_mod's captured arrays, once for this tile
             # barrier: Q_i, dO_i, L_i, D_i (and K_j, V_j) are in SRAM
             cuda.syncthreads()
 
-            # -- P = exp(scale · Q_i K_j^T - L), dP = dO_i V_j^T, dS = P ∘ (dP - D) on register tiles
+            # -- P = exp(S - L), S = score_mod(scale · Q_i K_j^T), dP = dO_i V_j^T, dS = P ∘ (dP - D) ∘ score_mod'
+            # on register tiles
             work = s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, p_t, cnt, Q_[SRAM_R], K_[SRAM_R])
             if work:
                 s_tile_v(sm_in, OdO, sm_in, OV, ty, tx, q_len, kv_len, ds_t, cnt, dO_[SRAM_R], V_[SRAM_R])
@@ -194,8 +217,10 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
                         for bb in range(TN):
                             c = tx + bb * TX
                             if c < kv_len and allowed(b, h, q0 + r, k0 + c):
-                                p = math.exp(scale * p_t[a, bb] - l_r)
-                                ds_t[a, bb] = p * (ds_t[a, bb] - d_r) if p != ZERO else ZERO  # no 0·NaN
+                                s = scale * p_t[a, bb]
+                                p = mod_exp(modded(s, b, h, q0 + r, k0 + c), l_r)
+                                g = mod_grad(s, b, h, q0 + r, k0 + c)
+                                ds_t[a, bb] = p * (ds_t[a, bb] - d_r) * g if p != ZERO else ZERO  # no 0·NaN
                                 sm_f[OS + r * BC + c] = p
                                 inc(cnt, P_[SRAM_W], 1)
             # barrier: P is in SRAM
@@ -245,10 +270,11 @@ def make_flash_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, grou
     return kernel, smem_bytes, grid
 
 
-def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None, score_mod=None):
     """kernel(q, k, v, do, lse, dvec, dq, scale, counters); grid (Tr, B·H)."""
-    t, tv, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dq", mask, head_dim_v)
+    t, tv, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "dq", mask, head_dim_v, score_mod)
     load_v, s_tile_v = tv.load_rows, tv.s_tile  # dO_i, V_j: d_v wide
+    modded, mod_grad, count_mod, mod_exp = t.modded, t.mod_grad, t.count_mod, _mod_exp(t)
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, pv_tile, tile_visited = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.pv_tile, t.tile_visited)
     thread_yx, batch_head, load_l_d, store_rows = t.thread_yx, t.batch_head, _load_l_d(t, off), t.store_rows
@@ -293,9 +319,10 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None, head_d
             cuda.syncthreads()
             load_rows(k, b, hk, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
             load_v(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            count_mod(cnt, tid)  # the score_mod's captured arrays, once for this tile
             # barrier: K_j, V_j (and, first time round, Q_i, dO_i, L_i, D_i) are in SRAM
             cuda.syncthreads()
-            # -- dS = P ∘ (dO_i V_j^T - D) on register tiles -> SRAM
+            # -- dS = P ∘ (dO_i V_j^T - D) ∘ score_mod' on register tiles -> SRAM
             if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, p_t, cnt, Q_[SRAM_R], K_[SRAM_R]):
                 s_tile_v(sm_in, OdO, sm_in, OV, ty, tx, q_len, kv_len, ds_t, cnt, dO_[SRAM_R], V_[SRAM_R])
                 for a in range(TM):
@@ -308,8 +335,10 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None, head_d
                         for bb in range(TN):
                             c = tx + bb * TX
                             if c < kv_len and allowed(b, h, q0 + r, k0 + c):
-                                p = math.exp(scale * p_t[a, bb] - l_r)
-                                sm_f[OS + r * BC + c] = p * (ds_t[a, bb] - d_r) if p != ZERO else ZERO  # no 0·NaN
+                                s = scale * p_t[a, bb]
+                                p = mod_exp(modded(s, b, h, q0 + r, k0 + c), l_r)
+                                g = mod_grad(s, b, h, q0 + r, k0 + c)
+                                sm_f[OS + r * BC + c] = p * (ds_t[a, bb] - d_r) * g if p != ZERO else ZERO  # no 0·NaN
                                 inc(cnt, dS_[SRAM_W], 1)
             # barrier: dS is in SRAM
             cuda.syncthreads()
@@ -325,16 +354,18 @@ def make_flash_dq(schedule, head_dim, dtype, count_io, causal, mask=None, head_d
     return kernel, smem_bytes, grid
 
 
-def make_standard_p(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
-    """P = exp(scale·QKᵀ - L) -> HBM: kernel(q, k, lse, p, scale, counters); grid (Tc, Tr, B·H)."""
-    t, _, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "p", mask, head_dim_v)
+def make_standard_p(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None, score_mod=None):
+    """P = exp(scale·QKᵀ - L) -> HBM: kernel(q, k, lse, dmod, p, scale, counters); grid (Tc, Tr, B·H).
+    With a score_mod, P = exp(score_mod(scale·QKᵀ) - L), and score_mod'(scale·QKᵀ) -> ``dmod``."""
+    t, _, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "p", mask, head_dim_v, score_mod)
     return _make_rowwise(t, off, smem_bytes, dtype, "p")
 
 
-def make_standard_ds(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+def make_standard_ds(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None, score_mod=None):
     """dS = P ∘ (dO Vᵀ - D) -> HBM: kernel(do, v, dvec, p, ds, counters); grid (Tc, Tr, B·H); dO
-    and V are ``head_dim_v`` wide (None: ``head_dim``)."""
-    _, tv, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "ds", mask, head_dim_v)
+    and V are ``head_dim_v`` wide (None: ``head_dim``). With a score_mod, dS = P ∘ (dO Vᵀ - D) ∘ dmod,
+    ``dmod`` read from ``ds`` where the p kernel put it."""
+    _, tv, off, smem_bytes = _common(schedule, head_dim, dtype, count_io, causal, "ds", mask, head_dim_v, score_mod)
     return _make_rowwise(tv, off, smem_bytes, dtype, "ds")
 
 
@@ -343,12 +374,17 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
 
     "p":  A = Q, B = K, row value L:  out = P = exp(scale·A Bᵀ - L)
     "ds": A = dO, B = V, row value D: out = dS = P ∘ (A Bᵀ - D), P read from HBM
+
+    With a score_mod: "p" applies it (P = exp(score_mod(scale·A Bᵀ) - L)) and writes its derivative
+    to ``p_in`` (the dmod buffer); "ds" reads that derivative from ``out`` before writing dS there.
     """
     CNT_LEN, zero_counter, flush, inc, allowed, load_rows, s_tile, tile_visited = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.allowed, t.load_rows, t.s_tile, t.tile_visited)
     thread_yx, batch_head, kv_head = t.thread_yx, t.batch_head, t.kv_head
     BR, BC, TM, TN, TY, TX, NT = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT
     IS_P = which == "p"
+    HAS_MOD, modded, mod_grad, count_mod, mod_exp = t.HAS_MOD, t.modded, t.mod_grad, t.count_mod, _mod_exp(t)
+    G_ = slots("dmod")
     a_name, b_name, row_name, out_name = ("Q", "K", "L", "P") if IS_P else ("dO", "V", "D", "dS")
     OA, OB, OR = off[a_name], off[b_name], off[row_name]
     A_, B_, R_, OUT_, P_ = slots(a_name), slots(b_name), slots(row_name), slots(out_name), slots("P")
@@ -371,6 +407,8 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
         sm_f = cuda.shared.array(0, float32)
         cnt = cuda.local.array(CNT_LEN, int64)
         zero_counter(cnt)
+        if IS_P:
+            count_mod(cnt, tid)  # the score_mod's captured arrays, once for this tile
         load_rows(a_in, b, h, q0, q_len, sm_in, OA, tid, cnt, A_[HBM_R], A_[SRAM_W])
         hb = kv_head(h, a_in.shape[1], b_in.shape[1])  # B (K or V): the query head's K/V head
         load_rows(b_in, b, hb, k0, kv_len, sm_in, OB, tid, cnt, B_[HBM_R], B_[SRAM_W])
@@ -391,11 +429,20 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
                         c = tx + bb * TX
                         if c < kv_len and allowed(b, h, q0 + r, k0 + c):
                             if IS_P:
-                                out[b, h, q0 + r, k0 + c] = math.exp(scale * acc[a, bb] - x_r)
+                                s = scale * acc[a, bb]
+                                out[b, h, q0 + r, k0 + c] = mod_exp(modded(s, b, h, q0 + r, k0 + c), x_r)
+                                if HAS_MOD:  # score_mod'(S) -> HBM, for the ds kernel
+                                    p_in[b, h, q0 + r, k0 + c] = mod_grad(s, b, h, q0 + r, k0 + c)
+                                    inc(cnt, G_[HBM_W], 1)
                             else:
                                 p = p_in[b, h, q0 + r, k0 + c]
                                 inc(cnt, P_[HBM_R], 1)
-                                out[b, h, q0 + r, k0 + c] = p * (acc[a, bb] - x_r) if p != ZERO else ZERO  # no 0·NaN
+                                g = ONE
+                                if HAS_MOD:  # score_mod'(S), where the p kernel wrote it
+                                    g = out[b, h, q0 + r, k0 + c]
+                                    inc(cnt, G_[HBM_R], 1)
+                                ds = p * (acc[a, bb] - x_r) * g if p != ZERO else ZERO  # no 0·NaN
+                                out[b, h, q0 + r, k0 + c] = ds
                             inc(cnt, OUT_[HBM_W], 1)
         flush(cnt, counters)
 
@@ -405,10 +452,11 @@ def _make_rowwise(t, off, smem_bytes, dtype, which):
     return kernel, smem_bytes, grid
 
 
-def make_standard_products(schedule, head_dim, dtype, count_io, causal, mask=None, grouped=False, head_dim_v=None):
+def make_standard_products(schedule, head_dim, dtype, count_io, causal, mask=None, grouped=False, head_dim_v=None,
+                           score_mod=None):
     """dV = Pᵀ dO, dK = scale·dSᵀ Q, dQ = scale·dS K (kernels/matmul.py); ``grouped``: dV, dK as
     each query head's fp32 partials (B, H, Nk, d_v) and (B, H, Nk, d), for :func:`make_group_sum`.
-    dV and dO are ``head_dim_v`` wide (None: ``head_dim``)."""
+    dV and dO are ``head_dim_v`` wide (None: ``head_dim``). ``score_mod``: unused (dS has it)."""
     args = (schedule, head_dim, dtype, count_io, causal)
     args_v = (schedule, head_dim if head_dim_v is None else head_dim_v, dtype, count_io, causal)
     dk, dv = ("dKpart", "dVpart") if grouped else ("dK", "dV")
@@ -419,7 +467,7 @@ def make_standard_products(schedule, head_dim, dtype, count_io, causal, mask=Non
     }
 
 
-def make_group_sum(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+def make_group_sum(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None, score_mod=None):
     """dK, dV of each K/V head = the sum of its group's fp32 partials, in head order, in the input dtype.
 
     kernel(dk_part, dv_part, dk, dv, counters): partials (B, H, Nk, d) and (B, H, Nk, d_v), outputs

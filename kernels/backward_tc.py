@@ -19,6 +19,10 @@ counting build's ``d`` kernel), then
               dS = P ∘ (dP - D),  dQ_i += dS K_j
           dQ_i = scale·dQ_i -> HBM
 
+With a score_mod (sandbox/vocabulary/score_mods.py) each in-range entry of S is taken back to
+natural units, S' = score_mod(S) replaces it in P (P = 0 where S' = -inf), and dS is multiplied by
+score_mod'(S), as in the counting backward.
+
 Both kernels are one source (``_make``): a *resident* pair of tiles (rows owned by the block's
 warps, 16 each) and a *streamed* pair (the other side's blocks, loaded in turn), with the
 statistics L, D per query: per streamed row in dkdv, per resident row in dq.
@@ -53,7 +57,7 @@ from numba import cuda, float32
 from kernels import backward as counting_backward
 from kernels.flash2_common import refusal
 from kernels.mma import XCH_PER_THREAD, exp2, mma, split
-from kernels.tiles import LOG2E, ZERO, array_type, inline_device, make_tile_ops, COUNTERS
+from kernels.tiles import LOG2E, NEG_INF, ONE, ZERO, array_type, inline_device, make_tile_ops, COUNTERS
 from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
 
@@ -122,21 +126,37 @@ def phases(dtype):
     }
 
 
-def make_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None):
+#: It applies a score_mod and its derivative (kernels/builds.py asks).
+TAKES_SCORE_MOD = True
+
+
+def make_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
     """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H)."""
-    return _make(schedule, head_dim, dtype, count_io, causal, mask, "dkdv")
+    return _make(schedule, head_dim, dtype, count_io, causal, mask, "dkdv", score_mod)
 
 
-def make_dq(schedule, head_dim, dtype, count_io, causal, mask=None):
+def make_dq(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
     """kernel(q, k, v, do, lse, dvec, dq, scale, counters); grid (Tr, B·H)."""
-    return _make(schedule, head_dim, dtype, count_io, causal, mask, "dq")
+    return _make(schedule, head_dim, dtype, count_io, causal, mask, "dq", score_mod)
 
 
-def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
+def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=None):
     why = eligible(schedule, head_dim, count_io, mask)
     if why is not None:
         raise ValueError(f"the fast backward cannot run {schedule} at d={head_dim}: {why}")
-    t = make_tile_ops(schedule, head_dim, False, causal, dtype)
+    t = make_tile_ops(schedule, head_dim, False, causal, dtype, score_mod=score_mod)
+    HAS_MOD, modded, mod_grad = t.HAS_MOD, t.modded, t.mod_grad
+
+    @inline_device
+    def mod_p(x, l2, b, h, q_idx, kv_idx):
+        """(P, score_mod'(S)) of the raw score x = S (natural units) against L·log2 e = ``l2``:
+        P = exp2(score_mod(x)·log2 e - l2), 0 where score_mod(x) = -inf."""
+        sx = modded(x, b, h, q_idx, kv_idx)
+        p = ZERO
+        if sx != NEG_INF:
+            p = exp2(sx * LOG2E - l2)
+        return p, mod_grad(x, b, h, q_idx, kv_idx)
+
     to_f32, from_f32 = t.to_f32, t.from_f32
     DKDV = phase == "dkdv"
     D, CAUSAL = head_dim, bool(causal)
@@ -312,12 +332,17 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
                     for n in range(NS):
                         for e in range(4):
                             col = cq + 8 * n + 2 * tq + (e % 2)  # the query, in the block
-                            p = exp2(s[n, e] * s2 - sm[OL + col])
+                            gm = ONE
+                            kv_i = k0 + ra + g + 8 * (e // 2)
+                            if HAS_MOD and col < q_len and kv_i < n_kv:
+                                p, gm = mod_p(s[n, e] * scale, sm[OL + col], b, h, q0 + col, kv_i)
+                            else:
+                                p = exp2(s[n, e] * s2 - sm[OL + col])
                             if edge:
                                 if col >= q_len or (CAUSAL and k0 + ra + g + 8 * (e // 2) > q0 + col):
                                     p = ZERO
                             s[n, e] = p
-                            dp[n, e] = p * (dp[n, e] - sm[OD + col])
+                            dp[n, e] = p * (dp[n, e] - sm[OD + col]) * gm
                     accumulate(sm, xch, tid, cq, s, Y2, acc_v)  # dV_j += Pᵀ dO_i
                     accumulate(sm, xch, tid, cq, dp, Y1, acc_k)  # dK_j += dSᵀ Q_i
             store(dv, b, h, k0, kv_len, ra, acc_v, float32(1.0), tid)
@@ -383,11 +408,16 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
                     for n in range(NS):
                         for e in range(4):
                             col = cq + 8 * n + 2 * tq + (e % 2)  # the key, in the block
-                            p = exp2(s[n, e] * s2 - l2[e // 2])
+                            gm = ONE
+                            q_i = q0 + ra + g + 8 * (e // 2)
+                            if HAS_MOD and col < kv_len and q_i < n_q:
+                                p, gm = mod_p(s[n, e] * scale, l2[e // 2], b, h, q_i, k0 + col)
+                            else:
+                                p = exp2(s[n, e] * s2 - l2[e // 2])
                             if edge:
                                 if col >= kv_len or (CAUSAL and k0 + col > q0 + ra + g + 8 * (e // 2)):
                                     p = ZERO
-                            dp[n, e] = p * (dp[n, e] - dd[e // 2])
+                            dp[n, e] = p * (dp[n, e] - dd[e // 2]) * gm
                     accumulate(sm, xch, tid, cq, dp, Y1, acc)  # dQ_i += dS K_j
             store(dq, b, h, q0, q_len, ra, acc, scale, tid)
 

@@ -7,7 +7,8 @@ the same schedule by arithmetic (``fast``: flash2's ``"fma"``, kernels/flash2_fa
 A forward call runs one of:
 
 - ``"counting"``: the counting kernels with their IO counters (``count_io``);
-- ``"plain"``: the same source with the counters compiled out: with a mask, with ``fast=False``,
+- ``"plain"``: the same source with the counters compiled out: with a mask (or a score_mod the fast build
+  does not apply), with ``fast=False``,
   or where no fast build can run the call;
 - ``"fast-<math>"``: the fast build for ``Schedule.math`` (``"fast-fma"``, ``"fast-tf32x3"``,
   ``"fast-f16"``).
@@ -62,6 +63,10 @@ def fast_build(schedule, backward=False):
     return (entry.fast_backward if backward else entry.fast).get(schedule.math)
 
 
+#: Why a score_mod runs the plain build: a fast build applies one only where its module says
+#: ``TAKES_SCORE_MOD = True`` (flash2's tensor-core builds, kernels/flash2_tc.py and kernels/backward_tc.py).
+SCORE_MOD_REFUSAL = "a score_mod (this fast build applies none)"
+
 #: Why grouped K/V heads run the plain build: the fast builds read K and V at the query head.
 GROUPED_REFUSAL = "grouped K/V heads (heads_kv < heads): the fast builds read K and V at the query head"
 
@@ -71,7 +76,7 @@ HEAD_DIM_V_REFUSAL = "head_dim_v != head_dim (d_v != d): this fast build's V and
 
 
 def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,
-                 dtype=None, head_dim_v=None):
+                 dtype=None, head_dim_v=None, score_mod=None):
     """The build a forward call of ``schedule`` at ``head_dim`` runs.
 
     Args:
@@ -91,6 +96,8 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
         head_dim_v: V's head dim d_v (None: ``head_dim``); a fast build takes d_v ≠ d only where
             its module says so (``TAKES_HEAD_DIM_V``: the tensor-core forward), others refuse it
             (:data:`HEAD_DIM_V_REFUSAL`).
+        score_mod: a :class:`sandbox.vocabulary.score_mods.ScoreMod` or None; only a fast build
+            whose module sets ``TAKES_SCORE_MOD`` takes one (:data:`SCORE_MOD_REFUSAL`).
 
     Returns:
         a :class:`Build`.
@@ -100,7 +107,7 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
         ValueError: ``fast=True`` and the fast build cannot run this, with the reason.
     """
     return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=False, dtype=dtype,
-                   head_dim_v=head_dim_v)
+                   head_dim_v=head_dim_v, score_mod=score_mod)
 
 
 #: Why ``fast=None`` leaves the backward to the plain build: the fast backward is taken only when asked for.
@@ -110,7 +117,7 @@ BACKWARD_OPT_IN = ("the fast backward runs only with fast=True: on the H200 its 
 
 
 def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,
-                          head_dim_v=None):
+                          head_dim_v=None, score_mod=None):
     """The build a backward call of ``schedule`` at ``head_dim`` runs: as :func:`choose_build`,
     from the kind's fast backward builds (flash2's ``"tf32x3"``: kernels/backward_tc.py), except
     that ``fast=None`` does not take them (:data:`BACKWARD_OPT_IN`): ``fast=True`` does, or raises
@@ -118,10 +125,12 @@ def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast
     counting backward's phases)."""
     if fast is None:
         return Build(COUNTING if count_io else PLAIN, None, BACKWARD_OPT_IN)
-    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True, head_dim_v=head_dim_v)
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True, head_dim_v=head_dim_v,
+                   score_mod=score_mod)
 
 
-def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, dtype=None, head_dim_v=None):
+def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, dtype=None, head_dim_v=None,
+            score_mod=None):
     if fast is not False and fast not in (None, True):
         raise TypeError(f"fast: expected None, True or False, got {fast!r}")
     kernels = None if backward else registry.get(schedule.kind).kernels
@@ -137,6 +146,8 @@ def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, 
         else f"kind {schedule.kind!r} has no fast build")
     if why is None and dtype is not None and hasattr(module, "dtype_refusal"):
         why = module.dtype_refusal(dtype)
+    if module is not None and score_mod is not None and not getattr(module, "TAKES_SCORE_MOD", False):
+        why = SCORE_MOD_REFUSAL  # (this reason over any other: it holds whatever else does)
     if why is None and grouped:
         why = GROUPED_REFUSAL
     if why is None and own_dv and not dv:

@@ -7,11 +7,12 @@ import numpy as np
 
 from kernels.launch import attention_any, attention_backward_any
 from sandbox.vocabulary.schedule import DEFAULT_SCHEDULE
-from sandbox.vocabulary.validation import array_meta, check_flags, check_mask, check_qkv, check_schedule
+from sandbox.vocabulary.validation import (array_meta, check_flags, check_mask, check_qkv, check_schedule,
+                                          check_score_mod)
 
 
 def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, return_lse=False, count_io=False,
-              mask=None, fast=None, return_build=False):
+              mask=None, fast=None, return_build=False, score_mod=None):
     """softmax(scale·QKᵀ)V with the Numba CUDA kernel of ``schedule`` (on the GPU, or Numba's CUDA simulator).
 
     Args:
@@ -36,6 +37,14 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
             CUDA, returns a bool, its captured arrays fit constant memory, and over this
             problem's indices (sampled above ``masks.DENSE_CHECK_ENTRIES``) it neither raises
             nor reads past an array, and gives the same answer twice.
+        score_mod: a function ``score_mod(score, b, h, q_idx, kv_idx) -> float`` or a
+            :class:`sandbox.vocabulary.score_mods.ScoreMod` (FlexAttention's ``score_mod``): it
+            receives each scaled score scale·q·k (fp32) and returns the score that enters the
+            softmax, before the mask and the causal cut. Compiled into the kernel; checked before
+            launch by :meth:`sandbox.vocabulary.score_mods.ScoreMod.check` (it compiles, returns
+            a float, its captured arrays fit constant memory, and it neither raises nor reads past
+            an array over this problem's indices). Of the fast builds flash2's tensor-core ones
+            (``math="tf32x3"``) apply it; with the FMA build the plain build runs.
         fast: run the kind's fast build of the same schedule (flash2's: ``kernels/flash2_fast.py``;
             same tiles and HBM traffic, S in registers). None (default): whenever it can run this
             (no ``count_io``, no mask, a thread layout it takes, and NumPy inputs free of NaN and
@@ -63,7 +72,9 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
         check_flags(fast=fast)
     check_schedule(schedule).check_fits(problem.head_dim, problem.dtype, head_dim_v=problem.head_dim_v)
     mask = check_mask(mask, problem, schedule)
-    out, lse, report, chosen = attention_any(schedule, problem, q, k, v, count_io=count_io, mask=mask, fast=fast)
+    score_mod = check_score_mod(score_mod, problem, schedule)
+    out, lse, report, chosen = attention_any(schedule, problem, q, k, v, count_io=count_io, mask=mask, fast=fast,
+                                             score_mod=score_mod)
     result = (out, lse) if return_lse else (out,)
     if count_io:
         result += (report,)
@@ -73,7 +84,7 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
 
 
 def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, count_io=False,
-                       mask=None, fast=None, return_build=False):
+                       mask=None, fast=None, return_build=False, score_mod=None):
     """Gradients dQ, dK, dV of ``attention`` for the upstream gradient ``dout``.
 
     flash1 and flash2 schedules run FlashAttention-2's backward with recomputation (S and P
@@ -91,6 +102,9 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
             checked the same way and compiled into every backward kernel: tiles with no allowed
             entry are skipped, the rest masked entry by entry, so that an entry the forward did
             not see gets no gradient.
+        score_mod: the forward call's score_mod, which must carry its derivative
+            (``ScoreMod(fn, grad=...)``; the built-ins do): P is rebuilt with it and
+            dS = P ∘ (dP - D) ∘ score_mod'(S) (the fast backward, ``fast=True``, too).
 
     Returns:
         ``(dq, dk, dv)`` in the input dtype (fp32 accumulation), plus the report with ``count_io``.
@@ -110,6 +124,7 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
     if fast is not True:  # (the fast backward's own tiles, head_dim and SRAM are checked when it is chosen)
         schedule.check_fits(problem.head_dim, problem.dtype, backward=True, head_dim_v=problem.head_dim_v)
     mask = check_mask(mask, problem, schedule)
+    score_mod = check_score_mod(score_mod, problem, schedule, backward=True)
     o_shape = (problem.batch, problem.heads, problem.n_q, problem.head_dim_v)  # O's and dO's: d_v columns
     on_host = isinstance(q, np.ndarray)
     for name, x, shape, dtype in (
@@ -129,7 +144,7 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
     if on_host:
         lse = np.asarray(lse, dtype=np.float32)
     dq, dk, dv, report, chosen = attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=count_io,
-                                                        mask=mask, fast=fast)
+                                                        mask=mask, fast=fast, score_mod=score_mod)
     result = (dq, dk, dv)
     if count_io:
         result += (report,)

@@ -31,9 +31,9 @@ from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None, score_mod=None):
     """Build the flash1 kernel (V_j, O_i ``head_dim_v`` wide; None: ``head_dim``). Returns (kernel, smem_bytes, grid(problem))."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask, score_mod)
     tv = value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask)  # V_j, O_i: d_v wide
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
@@ -45,8 +45,8 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim
     OQ, OK, OV, OS, OA, OB = (off[n] for n in ("Q", "K", "V", "S", "alpha", "beta"))
     BR, BC, TM, TN, TY, TX, NT, DV, DC = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, tv.D, tv.DC
     CAUSAL = t.CAUSAL
-    inc, n_allowed, tile_visited = t.inc, t.n_allowed, t.tile_visited
-    HAS_MASK = t.HAS_MASK
+    inc, n_allowed, tile_visited, count_mod = t.inc, t.n_allowed, t.tile_visited, t.count_mod
+    HAS_MASK, HAS_MOD = t.HAS_MASK, t.HAS_MOD
     Q_, K_, V_, O_, S_, P_, M_, L_, l_, A_, B_ = (
         slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l", "alpha", "beta")
     )
@@ -110,10 +110,11 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim
                 # barrier: every thread is done with the previous Q_i, P~ and factors
                 cuda.syncthreads()
                 load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
+                count_mod(cnt, tid)  # the score_mod's captured arrays, once for this tile
                 # barrier: Q_i (and K_j, V_j) are in SRAM
                 cuda.syncthreads()
 
-                # -- compute S = scale · Q_i K_j^T; write the allowed entries to SRAM
+                # -- compute S = score_mod(scale · Q_i K_j^T); write the allowed entries to SRAM
                 if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt, Q_[SRAM_R], K_[SRAM_R]):
                     store_s(sacc, scale, ty, tx, b, h, q0, k0, q_len, kv_len, sm_f, OS, cnt, S_[SRAM_W])
                 # barrier: the whole S tile is in SRAM
@@ -127,6 +128,8 @@ def make_flash1(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim
                     l_ij = ZERO
                     if m_ij != NEG_INF:
                         l_ij = s_row_exp(sm_f, OS, r, row, b, h, k0, jn, m_ij, cnt, S_[SRAM_R], P_[SRAM_W])
+                    elif HAS_MOD:  # a score_mod made every score of the row -inf: P~ = exp(-inf - 0) = 0
+                        l_ij = s_row_exp(sm_f, OS, r, row, b, h, k0, jn, ZERO, cnt, S_[SRAM_R], P_[SRAM_W])
                     m_old = m_hbm[b, h, row]
                     l_old = l_hbm[b, h, row]
                     inc(cnt, M_[HBM_R], 1)

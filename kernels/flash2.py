@@ -3,7 +3,8 @@
     for each K/V block j of the query head's K/V head (causal: only blocks with a key <= the block's last query;
                           mask: only blocks with an allowed entry):
         K_j, V_j: HBM -> SRAM
-        S = scale · Q_i K_jᵀ                       (register tiles -> SRAM, allowed entries only)
+        S = scale · Q_i K_jᵀ                       (register tiles -> SRAM, allowed entries only;
+                                                    score_mod(scale · Q_i K_jᵀ) with a score_mod)
         m_new = max(m_i, rowmax(S)); P = exp(S - m_new); alpha = exp(m_i - m_new)
         l_i = alpha · l_i + rowsum(P); m_i = m_new  (one thread per row, in SRAM)
         O_i = diag(alpha) O_i + P V_j              (O_i in registers)
@@ -22,7 +23,8 @@ from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=False, head_dim_v=None):
+def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=False, head_dim_v=None,
+                score_mod=None):
     """Build the flash2 kernel. Returns (kernel, smem_bytes, grid(problem)).
 
     ``split``: the split-KV kind's first phase (kernels/splitkv.py). Thread block (i, bh, s)
@@ -31,7 +33,7 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
     ``lse[b·splits + s]`` (counted as the tensors "Opart" and "Lpart").
     ``head_dim_v``: d_v, the width of V_j and O_i (None: ``head_dim``).
     """
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask, score_mod)
     tv = value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask)  # V_j, O_i: d_v wide
     SPLIT = bool(split)
     NSPLIT = schedule.kv_splits if SPLIT else 1
@@ -45,8 +47,8 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
         sram_buffers(schedule, head_dim, dtype, head_dim_v=head_dim_v)["partial" if SPLIT else "main"])
     OQ, OK, OV, OS, OM, OL, OA = (off[n] for n in ("Q", "K", "V", "S", "m", "l", "alpha"))
     BR, BC, TM, TY, TX, NT, DV, DC = t.BR, t.BC, t.TM, t.TY, t.TX, t.NT, tv.D, tv.DC
-    CAUSAL = t.CAUSAL
-    inc, n_allowed, nan_max, tile_visited = t.inc, t.n_allowed, t.nan_max, t.tile_visited
+    CAUSAL, HAS_MOD = t.CAUSAL, t.HAS_MOD
+    inc, n_allowed, nan_max, tile_visited, count_mod = t.inc, t.n_allowed, t.nan_max, t.tile_visited, t.count_mod
     K_, S_, P_, M_, l_, A_, V_ = (slots(n) for n in ("K", "S", "P", "m", "l", "alpha", "V"))
     O_, L_ = (slots("Opart"), slots("Lpart")) if SPLIT else (slots("O"), slots("L"))
     Q_ = slots("Q")
@@ -102,10 +104,11 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
             cuda.syncthreads()
             load_rows(k, b, hk, k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
             load_v(v, b, hk, k0, kv_len, sm_in, OV, tid, cnt, V_[HBM_R], V_[SRAM_W])
+            count_mod(cnt, tid)  # the score_mod's captured arrays, once for this tile
             # barrier: K_j, V_j (and, first time round, Q_i, m_i, l_i) are in SRAM
             cuda.syncthreads()
 
-            # -- compute S = scale · Q_i K_j^T; write the allowed entries to SRAM
+            # -- compute S = score_mod(scale · Q_i K_j^T); write the allowed entries to SRAM
             if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt, Q_[SRAM_R], K_[SRAM_R]):
                 store_s(sacc, scale, ty, tx, b, h, q0, k0, q_len, kv_len, sm_f, OS, cnt, S_[SRAM_W])
             # barrier: the whole S tile is in SRAM
@@ -125,6 +128,8 @@ def make_flash2(schedule, head_dim, dtype, count_io, causal, mask=None, split=Fa
                 if m_new != NEG_INF:  # else nothing seen yet: keep alpha = 1, P empty
                     alpha = math.exp(m_old - m_new)
                     l_ij = s_row_exp(sm_f, OS, r, q0 + r, b, h, k0, jn, m_new, cnt, S_[SRAM_R], P_[SRAM_W])
+                elif HAS_MOD:  # a score_mod made every score so far -inf: P = exp(-inf - 0) = 0
+                    l_ij = s_row_exp(sm_f, OS, r, q0 + r, b, h, k0, jn, ZERO, cnt, S_[SRAM_R], P_[SRAM_W])
                 sm_f[OM + r] = m_new
                 sm_f[OL + r] = alpha * l_old + l_ij
                 sm_f[OA + r] = alpha

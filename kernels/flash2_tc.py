@@ -13,6 +13,7 @@ block, O_i and L_i written once. What differs is the arithmetic, and where S and
         S = Q_i K_jᵀ: per warp 16 rows; per 8 columns of d and 8 keys, three m16n8k8 products,
             on one accumulator from TWO_ACCUMULATORS_BELOW key groups on, else the small
             products on a second one (chains of d/8 and 2·d/8 products, not 3·d/8)
+        score_mod (if any): on each lane's in-range entries of the S accumulator, in natural units
         m_ij, P, l_ij: per row, in registers (a row is 4 lanes: two xor shuffles)
         barrier; K_{j+1}: registers -> split -> SRAM; start loading V_{j+1} into registers
         O_i = diag(alpha) O_i + P V_j: P stays in registers (see below), three products per
@@ -128,13 +129,21 @@ def tc_schedule(block_q, block_kv, **kwargs):
                     math="tf32x3", **kwargs)
 
 
-def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+#: It applies a score_mod (kernels/builds.py asks): elementwise on the S accumulator.
+TAKES_SCORE_MOD = True
+
+
+def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None, score_mod=None):
     """Build the tensor-core flash2 kernel (see the module docstring; V and O ``head_dim_v`` wide,
-    None: ``head_dim``). Returns (kernel, smem_bytes, grid(problem))."""
+    None: ``head_dim``). Returns (kernel, smem_bytes, grid(problem)).
+
+    ``score_mod``: a sandbox.vocabulary.score_mods.ScoreMod or None, applied to each in-range entry
+    of S as the counting build applies it (S taken back from log2 units first)."""
     why = eligible(schedule, head_dim, count_io, mask, head_dim_v)
     if why is not None:
         raise ValueError(f"the tensor-core flash2 build cannot run {schedule} at d={head_dim}: {why}")
-    t = make_tile_ops(schedule, head_dim, False, causal, dtype)
+    t = make_tile_ops(schedule, head_dim, False, causal, dtype, score_mod=score_mod)
+    HAS_MOD, modded = t.HAS_MOD, t.modded
     to_f32, from_f32, IN = t.to_f32, t.from_f32, t.IN
     BR, BC, NT, D, CAUSAL = t.BR, t.BC, t.NT, t.D, t.CAUSAL
     DV = D if head_dim_v is None else head_dim_v  # V's and O's columns
@@ -402,6 +411,16 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None, head_
                 for n in range(NS):
                     for i in range(4):
                         s[n, i] += sx[n, i]  # the small terms first, then the big one
+
+            if HAS_MOD:  # S' = score_mod(S) on the in-range entries, S in natural units (the rest is cut below)
+                for i in range(2):
+                    row = q0 + r_lo + 8 * i
+                    if row < n_q:
+                        for n in range(NS):
+                            for e in range(2):
+                                c = 8 * n + 2 * tq + e
+                                if c < kv_len:
+                                    s[n, 2 * i + e] = modded(s[n, 2 * i + e] * LN2, b, h, row, k0 + c) * LOG2E
 
             # -- online softmax per row (the fast build's, NaN semantics included): rows r_lo
             # (s[n, 0], s[n, 1]) and r_hi (s[n, 2], s[n, 3]); keys k0 + 8n + 2t + {0, 1}

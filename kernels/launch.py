@@ -96,12 +96,15 @@ def _jit_options(schedule, head_dim, chosen, threads):
 
 
 @functools.lru_cache(maxsize=256)
-def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=None, grouped=False, head_dim_v=None):
-    """Compiled kernels for one (schedule, head_dim, dtype, causal, build, direction, mask, grouping, d_v).
+def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=None, grouped=False, head_dim_v=None,
+          score_mod=None):
+    """Compiled kernels for one (schedule, head_dim, dtype, causal, build, direction, mask, grouping, d_v,
+    score_mod).
 
     ``chosen``: the :class:`kernels.builds.Build` (forward: :func:`kernels.builds.choose_build`'s;
     backward: :func:`kernels.builds.choose_backward_build`'s), which says whether the kernels count.
     ``mask``: a sandbox.vocabulary.masks.Mask, compiled into the kernels (forward or backward); cached per Mask object.
+    ``score_mod``: a sandbox.vocabulary.score_mods.ScoreMod, compiled in the same way, cached per ScoreMod object.
     ``grouped``: the backward of grouped K/V heads (H_kv < H; :func:`_phases`). The forward's kernels
     take either (a query head's K/V head is read from the arrays' shapes).
     ``head_dim_v``: V's head dim d_v, passed to every maker where it is not None or ``head_dim``
@@ -116,6 +119,8 @@ def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=N
         extra = {} if mask is None else {"mask": mask}
         if head_dim_v is not None and head_dim_v != head_dim:
             extra["head_dim_v"] = head_dim_v
+        if score_mod is not None:
+            extra["score_mod"] = score_mod
         py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, chosen.count_io, causal, **extra)
         signature = void(*sig)
         kernel = cuda.jit(signature, **_jit_options(schedule, head_dim, chosen, _threads(schedule, chosen, phase)))(py_func)
@@ -225,11 +230,12 @@ def _counters(count_io):
     return held[1]
 
 
-def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen=None):
+def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen=None, score_mod=None):
     """Run ``schedule`` on device arrays q, k, v (Numba device arrays, C-contiguous).
 
     ``chosen``: the :class:`kernels.builds.Build` to run; None: :func:`kernels.builds.choose_build`'s
     for ``count_io``, ``mask`` and ``fast`` (None: the fast build whenever it can run this).
+    ``score_mod``: a :class:`sandbox.vocabulary.score_mods.ScoreMod` (or None), compiled into the kernels.
 
     Returns:
         (out, lse, report, build): device arrays (B, H, Nq, d_v) in the input dtype (k, v may have
@@ -238,11 +244,14 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
     """
     if chosen is None:
         chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast,
-                              grouped=problem.group > 1, dtype=problem.dtype, head_dim_v=problem.head_dim_v)
+                              grouped=problem.group > 1, dtype=problem.dtype, head_dim_v=problem.head_dim_v,
+                              score_mod=score_mod)
     if not chosen.fast:  # (a fast build's own need was checked by choose_build)
         # before any attribute or launch
         check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, head_dim_v=problem.head_dim_v))
-    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, mask=mask, **_dv(problem))
+    extra = {} if score_mod is None else {"score_mod": score_mod}  # (calls without one keep their cache key)
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, mask=mask, **extra,
+               **_dv(problem))
     check_grids(ks, problem)
     stream = cuda.default_stream()
     b, h, n_q, d_v = problem.batch, problem.heads, problem.n_q, problem.head_dim_v
@@ -273,13 +282,15 @@ def _launcher(kernels, problem, schedule, stream, chosen):
     return launch
 
 
-def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None, fast=None, chosen=None):
+def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None, fast=None, chosen=None,
+                 score_mod=None):
     """dQ, dK, dV for device arrays (C-contiguous): see kernels/backward.py (and kernels/backward_tc.py).
 
     ``mask``: the forward's :class:`sandbox.vocabulary.masks.Mask` (or None), compiled into every
     phase: its empty tiles are skipped, the rest masked entry by entry. ``chosen``: the
     :class:`kernels.builds.Build` to run; None: :func:`kernels.builds.choose_backward_build`'s for
-    ``count_io``, ``mask`` and ``fast``.
+    ``count_io``, ``mask`` and ``fast``. ``score_mod``: the forward's ScoreMod (or None), with its
+    ``grad``, compiled into every phase that forms P or dS.
 
     With grouped K/V heads (``problem.heads_kv`` < ``problem.heads``) dK and dV, (B, H_kv, Nk, d) and
     (B, H_kv, Nk, d_v),
@@ -293,11 +304,13 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     grouped = problem.group > 1
     if chosen is None:
         chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast,
-                                       grouped=grouped, head_dim_v=problem.head_dim_v)
+                                       grouped=grouped, head_dim_v=problem.head_dim_v, score_mod=score_mod)
     if not chosen.fast:
         check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True,
                                                    head_dim_v=problem.head_dim_v))
     extra = {"grouped": True} if grouped else {}  # (today's calls keep their cache key)
+    if score_mod is not None:
+        extra["score_mod"] = score_mod
     ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, backward=True, mask=mask,
                **extra, **_dv(problem))
     check_grids(ks, problem)
@@ -322,7 +335,8 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     else:
         p = device_empty((b, h, n_q, n_kv), np.float32, "P")
         ds = device_empty((b, h, n_q, n_kv), np.float32, "dS")
-        launch("p", q, k, lse, p, p, scale, counters)
+        # (with a score_mod, p also writes score_mod'(S) into the dS buffer, which ds reads and overwrites)
+        launch("p", q, k, lse, p if score_mod is None else ds, p, scale, counters)
         launch("ds", dout, v, dvec, p, ds, scale, counters)
         launch("dv", p, dout, dv_out, np.float32(1.0), counters)
         launch("dk", ds, q, dk_out, scale, counters)
@@ -407,7 +421,7 @@ def _wrap_like(x, like):
     return x
 
 
-def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=None):
+def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, score_mod=None):
     """:func:`run` for NumPy inputs (copied over and back) or CUDA-array-interface inputs (left on the GPU).
 
     Returns:
@@ -424,12 +438,15 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
     facts = host_facts(q, k, v)
     check_fp32_range(problem, q, k, v, facts)
     chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast, facts=facts,
-                          grouped=problem.group > 1, dtype=problem.dtype, head_dim_v=problem.head_dim_v)
-    out, lse, report, chosen = run(schedule, problem, *to_device((q, k, v), "qkv"), mask=mask, chosen=chosen)
+                          grouped=problem.group > 1, dtype=problem.dtype, head_dim_v=problem.head_dim_v,
+                          score_mod=score_mod)
+    out, lse, report, chosen = run(schedule, problem, *to_device((q, k, v), "qkv"), mask=mask, chosen=chosen,
+                                   score_mod=score_mod)
     return (*from_device((out, lse), q, (problem.dtype, np.float32)), report, chosen)
 
 
-def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None, fast=None):
+def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None, fast=None,
+                           score_mod=None):
     """:func:`run_backward` for NumPy or CUDA-array-interface inputs; results on the same side.
 
     Returns:
@@ -442,7 +459,9 @@ def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=
         for name, x in (("out", out), ("dout", dout)):
             facts[name] = (bool(np.isfinite(x.astype(np.float32, copy=False)).all()), None)
     chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast,
-                                   facts=facts, grouped=problem.group > 1, head_dim_v=problem.head_dim_v)
+                                   facts=facts, grouped=problem.group > 1, head_dim_v=problem.head_dim_v,
+                                   score_mod=score_mod)
     dev = to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
-    dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io, mask=mask, chosen=chosen)
+    dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io, mask=mask, chosen=chosen,
+                                      score_mod=score_mod)
     return (*from_device((dq, dk, dv), q, (problem.dtype,) * 3), report, chosen)

@@ -26,13 +26,15 @@ from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_partial(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
-    return make_flash2(schedule, head_dim, dtype, count_io, causal, mask=mask, split=True, head_dim_v=head_dim_v)
+def make_partial(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None, score_mod=None):
+    return make_flash2(schedule, head_dim, dtype, count_io, causal, mask=mask, split=True, head_dim_v=head_dim_v,
+                       score_mod=score_mod)
 
 
-def make_combine(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+def make_combine(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None, score_mod=None):
     """kernel(o_part, lse_part, o, lse, counters): one thread block per (Q block, batch·head); O and
-    the partials O_s are ``head_dim_v`` wide (None: ``head_dim``)."""
+    the partials O_s are ``head_dim_v`` wide (None: ``head_dim``) (``mask``, ``score_mod``: unused;
+    the partial phase applied them)."""
     t = make_tile_ops(schedule, head_dim if head_dim_v is None else head_dim_v, count_io, causal, dtype)
     CNT_LEN, zero_counter, flush, inc, nan_max, from_f32 = (
         t.CNT_LEN, t.zero_counter, t.flush, t.inc, t.nan_max, t.from_f32)

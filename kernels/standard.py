@@ -1,6 +1,7 @@
 """Algorithm 0, standard attention: S and P materialized in HBM by three kernels.
 
     qk:      S = scale · Q Kᵀ          Q_i, K_j: HBM -> SRAM; S tile -> HBM (allowed entries)
+             (S = score_mod(scale · Q Kᵀ) with a score_mod)
     softmax: P = softmax(S)            one thread block per row; the row is read twice from HBM
                                        (online max and sum, then normalize), because a row of Nk
                                        fp32 values need not fit in SRAM; L = m + log l -> HBM
@@ -24,10 +25,10 @@ from sandbox.vocabulary.footprints import sram_offsets
 from sandbox.vocabulary.schedule import sram_buffers
 
 
-def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None):
+def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None, score_mod=None):
     """Build the three kernels (V, O ``head_dim_v`` wide; None: ``head_dim``).
     Returns a dict phase -> (kernel, smem_bytes, grid(problem), block)."""
-    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask)
+    t = make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask, score_mod)
     # Numba resolves closure variables, not attributes of a namespace: bind them here
     CNT_LEN = t.CNT_LEN
     flush, load_rows, nan_max, zero_counter, s_tile = (t.flush, t.load_rows, t.nan_max, t.zero_counter, t.s_tile)
@@ -36,6 +37,7 @@ def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None, head_d
     (off_qk, smem_qk), (off_sm, smem_sm) = (sram_offsets(bufs[p]) for p in ("qk", "softmax"))
     BR, BC, TM, TN, TY, TX, NT = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT
     inc, allowed, n_allowed, mask_ok, tile_visited = t.inc, t.allowed, t.n_allowed, t.mask_ok, t.tile_visited
+    modded, count_mod = t.modded, t.count_mod
     Q_, K_, V_, O_, S_, P_, M_, L_, l_ = (slots(n) for n in ("Q", "K", "V", "O", "S", "P", "m", "L", "l"))
     IN = t.IN
     OQ, OK = off_qk["Q"], off_qk["K"]
@@ -57,19 +59,20 @@ def make_standard(schedule, head_dim, dtype, count_io, causal, mask=None, head_d
         sm_in = cuda.shared.array(0, IN)
         cnt = cuda.local.array(CNT_LEN, int64)  # this thread's IO counters (count build only)
         zero_counter(cnt)
+        count_mod(cnt, tid)  # the score_mod's captured arrays, once for this tile
         load_rows(q, b, h, q0, q_len, sm_in, OQ, tid, cnt, Q_[HBM_R], Q_[SRAM_W])
         load_rows(k, b, kv_head(h, q.shape[1], k.shape[1]), k0, kv_len, sm_in, OK, tid, cnt, K_[HBM_R], K_[SRAM_W])
         # barrier: Q_i and K_j are in SRAM
         cuda.syncthreads()
         sacc = cuda.local.array((TM, TN), float32)
-        # -- S = scale · Q_i K_j^T -> HBM, allowed entries only
+        # -- S = score_mod(scale · Q_i K_j^T) -> HBM, allowed entries only
         if s_tile(sm_in, OQ, sm_in, OK, ty, tx, q_len, kv_len, sacc, cnt, Q_[SRAM_R], K_[SRAM_R]):
             for a in range(TM):
                 r = ty + a * TY
                 for bb in range(TN):
                     c = tx + bb * TX
                     if r < q_len and c < kv_len and allowed(b, h, q0 + r, k0 + c):
-                        s[b, h, q0 + r, k0 + c] = scale * sacc[a, bb]
+                        s[b, h, q0 + r, k0 + c] = modded(scale * sacc[a, bb], b, h, q0 + r, k0 + c)
                         inc(cnt, S_[HBM_W], 1)
         flush(cnt, counters)
 

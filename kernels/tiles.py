@@ -20,6 +20,9 @@ Counting rules (the simulator models exactly these):
   steps, its allowed P entries and its O columns of V from SRAM.
 - PᵀX tile (backward: dV += Pᵀ dO, dK += dSᵀ Q): a thread with a valid K/V row and a d-column
   reads, for each of the tile's q_len rows, its allowed entries of P (or dS) and its columns of X.
+- score_mod: every tile on which a kernel evaluates it (or its derivative) reads all of its
+  captured arrays once from HBM, counted by thread 0 as the tensor "mod", in 4-byte words
+  (sandbox/vocabulary/score_mods.py).
 """
 
 import math
@@ -29,7 +32,7 @@ import numpy as np
 from numba import cuda, float32, from_dtype, int64
 
 from kernels.convert import make_convert
-from kernels.counters import N_SLOTS
+from kernels.counters import HBM_R, N_SLOTS, slots
 from sandbox.vocabulary.dtypes import storage_dtype
 from sandbox.vocabulary.runtime import using_simulator
 
@@ -64,12 +67,22 @@ def _no_mask(b, h, q_idx, kv_idx):
 
 
 @cuda.jit(device=True)
+def _no_mod(score, b, h, q_idx, kv_idx):
+    return score
+
+
+@cuda.jit(device=True)
+def _unit_mod_grad(score, b, h, q_idx, kv_idx):
+    return ONE
+
+
+@cuda.jit(device=True)
 def keep_f32(x):
     """An fp32 value stored as it is: the store of an fp32 scratch tensor (a grouped backward's dK, dV partials)."""
     return x
 
 
-def value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask=None):
+def value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask=None, score_mod=None):
     """The tile ops of V's head dim d_v: ``t`` itself (the ops of d) when ``head_dim_v`` is None or d,
     else :func:`make_tile_ops` at width d_v.
 
@@ -79,14 +92,19 @@ def value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask=None):
     """
     if head_dim_v is None or head_dim_v == t.D:
         return t
-    return make_tile_ops(schedule, head_dim_v, count_io, causal, dtype, mask)
+    return make_tile_ops(schedule, head_dim_v, count_io, causal, dtype, mask, score_mod)
 
 
-def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
-    """Device functions for one (schedule, head_dim, count_io, causal, input dtype, mask); see the module docstring.
+def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None, score_mod=None):
+    """Device functions for one (schedule, head_dim, count_io, causal, input dtype, mask, score_mod); see the
+    module docstring.
 
     ``mask``: a :class:`sandbox.vocabulary.masks.Mask` or None; its device function is called by
     ``allowed`` and ``mask_ok``, and ``tile_visited`` evaluates it over a tile.
+
+    ``score_mod``: a :class:`sandbox.vocabulary.score_mods.ScoreMod` or None; ``modded`` applies it
+    to a scaled score (``store_s`` calls it), ``mod_grad`` is its derivative (1 without one), and
+    ``count_mod`` counts one tile's read of its captured arrays.
 
     ``IN`` is the Numba type the input dtype is stored as on the device; ``to_f32`` and ``from_f32``
     widen a loaded input value to fp32 and round an fp32 value for a store (kernels/convert.py).
@@ -104,6 +122,11 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
     HAS_MASK = mask is not None
     MASK = mask.device() if HAS_MASK else _no_mask
     CNT_LEN = N_SLOTS if COUNT_IO else 1
+    HAS_MOD = score_mod is not None
+    MOD = score_mod.device() if HAS_MOD else _no_mod
+    MOD_GRAD = score_mod.grad_device() if HAS_MOD and score_mod.grad is not None else _unit_mod_grad
+    MOD_WORDS = score_mod.captured_words() if HAS_MOD else 0
+    MOD_R = slots("mod")[HBM_R]
 
     @cuda.jit(device=True)
     def inc(cnt, s, n):
@@ -131,6 +154,26 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
         if a > b or a != a:
             return a
         return b
+
+    @cuda.jit(device=True)
+    def modded(score, b, h, q_idx, kv_idx):
+        """score_mod(score, ...) as fp32 (the score itself without a score_mod)."""
+        if HAS_MOD:
+            return float32(MOD(score, b, h, q_idx, kv_idx))
+        return score
+
+    @cuda.jit(device=True)
+    def mod_grad(score, b, h, q_idx, kv_idx):
+        """d score_mod / d score at ``score`` as fp32 (1 without a score_mod)."""
+        if HAS_MOD:
+            return float32(MOD_GRAD(score, b, h, q_idx, kv_idx))
+        return ONE
+
+    @cuda.jit(device=True)
+    def count_mod(cnt, tid):
+        """One tile's read of the score_mod's captured arrays (thread 0 counts it; nothing without one)."""
+        if HAS_MOD and tid == 0:
+            inc(cnt, MOD_R, MOD_WORDS)
 
     @cuda.jit(device=True)
     def mask_ok(b, h, q_idx, kv_idx):
@@ -272,14 +315,14 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
 
     @inline_ir
     def store_s(sacc, factor, ty, tx, b, h, q0, k0, q_len, kv_len, dst, off, cnt, s_w):
-        """dst[off + r·BC + c] = factor · sacc[a, bb] for this thread's allowed entries (r = ty + a·TY,
+        """dst[off + r·BC + c] = score_mod(factor · sacc[a, bb]) for this thread's allowed entries (r = ty + a·TY,
         c = tx + bb·TX) of an S tile in SRAM (row stride Bc). ``s_w``: the counter slot of the SRAM write."""
         for a in range(TM):
             r = ty + a * TY
             for bb in range(TN):
                 c = tx + bb * TX
                 if r < q_len and c < kv_len and allowed(b, h, q0 + r, k0 + c):
-                    dst[off + r * BC + c] = factor * sacc[a, bb]
+                    dst[off + r * BC + c] = modded(factor * sacc[a, bb], b, h, q0 + r, k0 + c)
                     inc(cnt, s_w, 1)
 
     @inline_ir
@@ -367,7 +410,8 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None):
 
     return SimpleNamespace(DCQ=DCQ, ptx_tile=ptx_tile, IN=IN, to_f32=to_f32, from_f32=from_f32,
         BR=BR, BC=BC, TM=TM, TN=TN, TY=TY, TX=TX, NT=NT, D=D, DC=DC,
-        COUNT_IO=COUNT_IO, CAUSAL=CAUSAL, HAS_MASK=HAS_MASK, mask_ok=mask_ok, tile_visited=tile_visited,
+        COUNT_IO=COUNT_IO, CAUSAL=CAUSAL, HAS_MASK=HAS_MASK, HAS_MOD=HAS_MOD, modded=modded, mod_grad=mod_grad,
+        count_mod=count_mod, mask_ok=mask_ok, tile_visited=tile_visited,
         CNT_LEN=CNT_LEN, inc=inc, zero_counter=zero_counter, flush=flush, nan_max=nan_max, allowed=allowed, n_allowed=n_allowed,
         load_rows=load_rows, s_tile=s_tile, pv_tile=pv_tile, thread_yx=thread_yx, batch_head=batch_head,
         kv_head=kv_head, store_s=store_s, s_row_max=s_row_max, s_row_exp=s_row_exp, load_allowed=load_allowed, store_rows=store_rows,

@@ -38,7 +38,7 @@ from sandbox.vocabulary.runtime import __version__, prepare
 prepare()  # first: the backend, before anything imports numba.cuda; then the packages' origin
 
 from sandbox.api import attention, attention_backward, kind_names, register_kind, simulate  # noqa: E402
-from sandbox.vocabulary import masks  # noqa: E402
+from sandbox.vocabulary import masks, score_mods  # noqa: E402
 from sandbox.vocabulary.ioreport import IOReport, LEVELS, TENSORS  # noqa: E402
 from sandbox.vocabulary.problem import Problem  # noqa: E402
 from sandbox.vocabulary.reference import reference_attention, reference_attention_backward  # noqa: E402
@@ -58,5 +58,6 @@ __all__ = [
     "reference_attention",
     "reference_attention_backward",
     "register_kind",
+    "score_mods",
     "simulate",
 ]

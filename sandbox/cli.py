@@ -3,6 +3,7 @@
     python -m sandbox info
     python -m sandbox simulate --kind flash2 --block-q 64 --block-kv 64 --n 4096 --d 64 --causal
     python -m sandbox run      [--kind flash2] --n 40 --d 16      (GPU, or Numba's CUDA simulator)
+    python -m sandbox run      --kind flash2 --n 40 --d 16 --causal --score-mod softcap:30
     python -m sandbox sweep    --experiment hbm_vs_sram --out results/data/hbm_vs_sram.csv
     python -m sandbox sweep    --kind flash1 flash2 --n 1024 4096 --sram-bytes 65536 131072 --out my.csv
     python -m sandbox plot     hbm_vs_sram --data results/data/hbm_vs_sram.json --out results/figures
@@ -24,6 +25,7 @@ from sandbox import __version__
 from sandbox.vocabulary.dtypes import SUPPORTED
 from sandbox.vocabulary.kinds import names as kind_names
 from sandbox.vocabulary.schedule import MATHS
+from sandbox.vocabulary.score_mods import BUILTINS as SCORE_MODS
 
 EXIT_USAGE = 2
 #: --causal of the sweep and the ncu check: the masks each value asks for.
@@ -94,6 +96,28 @@ def _add_schedule_args(p, block_default, kind_default, tile_default=None):
                         "(16-bit tensor cores, fp16/bf16 inputs only; Br, Bc and d multiples of 16, tile 2 x Bc/4)")
 
 
+def _add_score_mod_arg(p):
+    names = ", ".join(f"{name} ({what})" for name, (_, what) in SCORE_MODS.items())
+    p.add_argument("--score-mod", type=_score_mod_spec, default=None, metavar="NAME[:PARAM]",
+                   help=f"a built-in score_mod applied to S before the softmax: {names}")
+
+
+def _score_mod_spec(text):
+    """--score-mod's type: a built-in's name, with ``:parameter`` where it takes one (built in :func:`_score_mod`)."""
+    name = text.partition(":")[0]
+    if name not in SCORE_MODS:
+        raise argparse.ArgumentTypeError(f"unknown score_mod {name!r}; expected one of {', '.join(SCORE_MODS)} "
+                                         f"(e.g. softcap:30)")
+    return text
+
+
+def _score_mod(a, problem):
+    """The ScoreMod --score-mod names (None without one); alibi's slopes are the paper's for H heads."""
+    from sandbox.vocabulary.score_mods import parse
+
+    return None if a.score_mod is None else parse(a.score_mod, problem.heads)
+
+
 def _problem(a):
     from sandbox.vocabulary.problem import Problem
 
@@ -135,9 +159,11 @@ def cmd_simulate(a):
 
     problem = _problem(a)
     schedule = _schedule(a, a.kind)
-    report = simulate(schedule, problem)
+    score_mod = _score_mod(a, problem)
+    report = simulate(schedule, problem, score_mod=score_mod)
     print(f"{schedule.describe()}  |  B={problem.batch} H={problem.heads}{_kv_heads(problem)} Nq={problem.n_q} Nk={problem.n_kv} "
-          f"d={problem.head_dim}{_d_v(problem)} {problem.dtype.name} causal={problem.causal}")
+          f"d={problem.head_dim}{_d_v(problem)} {problem.dtype.name} causal={problem.causal}"
+          + (f" score_mod={score_mod.name}" if score_mod else ""))
     print(_fmt_table(["tensor", "hbm_reads", "hbm_writes", "sram_reads", "sram_writes"], _report_rows(report)))
     print(f"HBM total: {report.hbm_bytes} bytes   SRAM total: {report.sram_bytes} bytes   matmul FLOPs: {report.flops}")
     return 0
@@ -149,13 +175,19 @@ def cmd_run(a):
 
     problem = _problem(a)
     kinds = kind_names() if a.kind == "all" else (a.kind,)
+    score_mod = _score_mod(a, problem)
+    if score_mod is not None and a.kind == "all":  # the kinds that take one
+        from sandbox.vocabulary.kinds import with_trait
+
+        kinds = with_trait("score_mods")
     backend = "Numba CUDA simulator" if using_simulator() else "GPU"
     print(f"B={problem.batch} H={problem.heads}{_kv_heads(problem)} Nq={problem.n_q} Nk={problem.n_kv} "
-          f"d={problem.head_dim}{_d_v(problem)} {problem.dtype.name} causal={problem.causal} on the {backend}")
+          f"d={problem.head_dim}{_d_v(problem)} {problem.dtype.name} causal={problem.causal}"
+          + (f" score_mod={score_mod.name}" if score_mod else "") + f" on the {backend}")
     failed = False
     for kind in kinds:
         schedule = _schedule(a, kind)
-        res = check_against_reference(schedule, problem, seed=a.seed)
+        res = check_against_reference(schedule, problem, seed=a.seed, score_mod=score_mod)
         agree = "measured == simulated" if res["counts_agree"] else "MEASURED != SIMULATED"
         print(f"\n{schedule.describe()}")
         print(f"  max |O - O_ref| = {res['max_abs_error']:.3g}   max |L - L_ref| = {res['max_abs_error_lse']:.3g}   "
@@ -474,12 +506,14 @@ def build_parser(prog=None):
     p = sub.add_parser("simulate", help="IO counts of one schedule and problem, from the simulator")
     _add_problem_args(p, 4096, 64)
     _add_schedule_args(p, 64, "flash2")
+    _add_score_mod_arg(p)
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("run", help="run kernels, check against NumPy, compare measured and simulated IO")
     _add_problem_args(p, 40, 16)
     # small defaults: the CUDA simulator runs each of the 4x4 threads as a Python thread
     _add_schedule_args(p, 8, "all", tile_default=2)
     p.add_argument("--seed", type=int, default=0, help="seed of the random Q, K, V (default %(default)s)")
+    _add_score_mod_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="a grid of points counted by the simulator -> CSV + JSON (resumable)")

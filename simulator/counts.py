@@ -26,6 +26,12 @@ With a mask predicate (``sandbox.vocabulary.masks``) a tile is visited where it 
 entry, as the kernels decide it; the predicate is evaluated over every entry of every (b, h)
 (``sandbox.vocabulary.masks.tile_allowed``, compiled with Numba), so that path costs O(B·H·Nq·Nk) and is
 refused above :data:`MAX_MASK_ENTRIES` entries.
+
+With a score_mod (``sandbox.vocabulary.score_mods``) every tile on which a kernel evaluates it
+(or its derivative) reads its captured arrays once from HBM, as the tensor "mod" in 4-byte words
+(:func:`add_score_mod`): the forward's kernels evaluate it once per visited tile, the flash
+backward twice (dkdv and dq), the standard backward once (p, which also writes score_mod'(S),
+"dmod", for ds to read back).
 """
 
 from sandbox.vocabulary import kinds
@@ -42,8 +48,9 @@ def _add(d, tensor, n):
     d[tensor] = d.get(tensor, 0) + int(n)
 
 
-def simulate_counts(schedule, problem, mask=None):
-    """Element counts and FLOPs of ``schedule`` on ``problem`` (under ``mask``, a sandbox.vocabulary.masks predicate).
+def simulate_counts(schedule, problem, mask=None, score_mod=None):
+    """Element counts and FLOPs of ``schedule`` on ``problem`` (under ``mask``, a sandbox.vocabulary.masks predicate,
+    with ``score_mod``, a sandbox.vocabulary.score_mods.ScoreMod).
 
     With grouped K/V heads (``problem.heads_kv`` < ``problem.heads``) the kernels read K and V per
     query head, each from its K/V head: the counts are those of H K/V heads.
@@ -56,8 +63,12 @@ def simulate_counts(schedule, problem, mask=None):
         ValueError: a mask on a problem of more than :data:`MAX_MASK_ENTRIES` entries (it is
             evaluated densely).
     """
-    counts, area = _over_heads(schedule, problem, mask,
-                               lambda t: _forward_counts(schedule, problem, t, masked=mask is not None))
+    def count_one(t):
+        counts, area = _forward_counts(schedule, problem, t, masked=mask is not None)
+        add_score_mod(counts, score_mod, t.visited)
+        return counts, area
+
+    counts, area = _over_heads(schedule, problem, mask, count_one)
     # S (d) and PV (d_v) over visited tiles, 2 FLOPs per multiply-add
     flops = 2 * (problem.head_dim + problem.head_dim_v) * area
     return IOReport(*counts, itemsize=itemsizes(problem.dtype), flops=flops)
@@ -80,6 +91,13 @@ def _over_heads(schedule, problem, mask, count_one):
                     _add(total, k, v)
             area += a
     return counts, area
+
+
+def add_score_mod(counts, score_mod, tiles):
+    """counts' HBM reads of "mod" += the score_mod's captured words (``ScoreMod.captured_words``) for each
+    of ``tiles`` tiles that evaluate it (nothing without a score_mod, or one that captures no array)."""
+    if score_mod is not None and score_mod.captured_words() and tiles:
+        _add(counts[0], "mod", score_mod.captured_words() * tiles)
 
 
 def check_mask_affordable(problem):
@@ -214,7 +232,7 @@ def standard_counts(schedule, problem, t, masked):
     return counts
 
 
-def simulate_backward_counts(schedule, problem, mask=None):
+def simulate_backward_counts(schedule, problem, mask=None, score_mod=None):
     """Element counts and FLOPs of the backward pass of ``schedule`` (see kernels/backward.py's algorithm).
 
     Same counting rules as the forward; PᵀX tiles (dV += Pᵀ dO, dK += dSᵀ Q) read their allowed
@@ -222,12 +240,12 @@ def simulate_backward_counts(schedule, problem, mask=None):
     with a valid row, min(TX, kv_len). Under ``mask`` (the forward's predicate) every backward
     kernel visits the tiles the forward visits, evaluated as for :func:`simulate_counts`. With
     grouped K/V heads every query head's blocks read its K/V head's tiles, as without grouping, and
-    dK, dV pass through fp32 partials (:func:`_group_sum_counts`).
+    dK, dV pass through fp32 partials (:func:`_group_sum_counts`). ``score_mod``: see the module docstring.
 
     Raises:
         ValueError: a mask on a problem of more than :data:`MAX_MASK_ENTRIES` entries.
     """
-    counts, area = _over_heads(schedule, problem, mask, lambda t: _backward_counts(schedule, problem, t))
+    counts, area = _over_heads(schedule, problem, mask, lambda t: _backward_counts(schedule, problem, t, score_mod))
     if problem.group > 1:
         _group_sum_counts(problem, counts)
     # matmuls over d (S = QKᵀ, dK, dQ) and over d_v (dP = dO Vᵀ, dV): flash recomputes S and dP in
@@ -250,7 +268,7 @@ def _group_sum_counts(problem, counts):
         _add(hw, x, problem.bh_kv * problem.n_kv * w)
 
 
-def _backward_counts(schedule, problem, t):
+def _backward_counts(schedule, problem, t, score_mod=None):
     """The backward's four count dicts for one (b, h) with tile sums ``t``, and the visited area."""
     d, dv = problem.head_dim, problem.head_dim_v
     n_q, n_kv = problem.n_q, problem.n_kv
@@ -302,6 +320,7 @@ def _backward_counts(schedule, problem, t):
         _add(sr, "D", 2 * qcg)
         _add(sr, "P", allowed * ty_groups_v)
         _add(sr, "dS", allowed * (ty_groups + tx_groups))
+        add_score_mod([hr], score_mod, 2 * t.visited)  # dkdv and dq each rebuild P on every visited tile
     else:  # standard: p, ds, dv (tn), dk (tn), dq (nn)
         _add(hr, "Q", 2 * d * qrv)
         _add(sw, "Q", 2 * d * qrv)
@@ -328,6 +347,10 @@ def _backward_counts(schedule, problem, t):
         _add(sr, "D", qcg)
         _add(sr, "P", allowed * ty_groups_v)
         _add(sr, "dS", allowed * (ty_groups + tx_groups))
+        if score_mod is not None:  # p evaluates it per visited tile and writes score_mod'(S); ds reads that
+            add_score_mod([hr], score_mod, t.visited)
+            _add(hw, "dmod", allowed)
+            _add(hr, "dmod", allowed)
     return [hr, hw, sr, sw], t.area
 
 

@@ -44,19 +44,22 @@ def scores_fp32(q, k, scale, in_order=False):
     return np.float32(scale) * s
 
 
-def naive_fp32(q, k, v, causal, scale, rows=None, allowed=None, in_order=False):
+def naive_fp32(q, k, v, causal, scale, rows=None, allowed=None, in_order=False, score_mod=None):
     """Plain fp32 attention, the accuracy any fp32 implementation can be held to.
 
     ``in_order``: S summed in order (:func:`scores_fp32`). ``rows``: absolute indices of q's rows
     (q may hold a selection of them), for the causal mask.
     ``allowed``: a dense boolean mask (B, H, Nq, Nk) (sandbox.vocabulary.masks.dense) on top of it. Rows that
     see no key give O = 0 and L = -inf, as the reference has them. k, v may have H_kv heads
-    (grouped: query head h reads K/V head h // (H / H_kv)).
+    (grouped: query head h reads K/V head h // (H / H_kv)). ``score_mod``: applied to the fp32 S
+    (evaluated in float64, rounded to fp32, as the kernels store it).
     """
     q, k, v = (x.astype(np.float32) for x in (q, k, v))
     k, v = expand_heads(k, q.shape[1]), expand_heads(v, q.shape[1])
     rows = np.arange(q.shape[2]) if rows is None else np.asarray(rows)
     s = scores_fp32(q, k, scale, in_order)
+    if score_mod is not None:
+        s = score_mod.apply(s).astype(np.float32)
     if causal:
         s = np.where(np.arange(k.shape[2])[None, :] <= rows[:, None], s, -np.inf)
     if allowed is not None:
@@ -69,15 +72,15 @@ def naive_fp32(q, k, v, causal, scale, rows=None, allowed=None, in_order=False):
         return np.einsum("bhij,bhjd->bhid", p / np.where(empty, 1, l), v), np.where(empty, -np.inf, m + np.log(l))[..., 0]
 
 
-def tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, o_stores=1, rows=None, allowed=None):
-    """(atol for O, atol for L) as described in the module docstring; ``rows``, ``allowed`` as in
+def tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, o_stores=1, rows=None, allowed=None, score_mod=None):
+    """(atol for O, atol for L) as described in the module docstring; ``rows``, ``allowed``, ``score_mod`` as in
     :func:`naive_fp32`. Rows that see no key are left out of L's tolerance (they must be -inf exactly)."""
     n_kv, d = k.shape[2], k.shape[3]
     vmax = float(np.abs(v.astype(np.float64)).max())
     seen = np.isfinite(ref_lse)
     err32 = err32_lse = 0.0
     for in_order in (False, True):
-        out32, lse32 = naive_fp32(q, k, v, causal, scale, rows, allowed, in_order)
+        out32, lse32 = naive_fp32(q, k, v, causal, scale, rows, allowed, in_order, score_mod)
         assert (np.isfinite(lse32) == seen).all(), "the fp32 baseline and the reference disagree on empty rows"
         err32 = max(err32, float(np.abs(out32 - ref_out).max()))
         err32_lse = max(err32_lse, float(np.abs(lse32[seen] - ref_lse[seen]).max(initial=0.0)))
@@ -87,22 +90,27 @@ def tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, o_stores=1, rows
     return atol_out, atol_lse
 
 
-def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False, allowed=None):
+def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False, allowed=None, score_mod=None):
     """Plain fp32 gradients from a saved forward's ``out`` and ``lse``: the accuracy any fp32
     backward can be held to. ``in_order``: S summed in order (:func:`scores_fp32`). ``allowed``:
     a mask's dense (B, H, Nq, Nk) bool array; an entry it excludes (or a row that sees nothing,
-    L = -inf) has P = 0. Grouped K/V heads: dK, dV summed over each group."""
+    L = -inf) has P = 0. Grouped K/V heads: dK, dV summed over each group. ``score_mod``: P from
+    score_mod(S) and dS times its derivative at S, each rounded to fp32, as the kernels have them."""
     q, k, v, dout, out = (x.astype(np.float32) for x in (q, k, v, dout, out))
     heads_kv = k.shape[1]
     k, v = expand_heads(k, q.shape[1]), expand_heads(v, q.shape[1])
     s = scores_fp32(q, k, scale, in_order)
+    grad = np.float32(1)
+    if score_mod is not None:
+        grad = score_mod.derivative(s).astype(np.float32)
+        s = score_mod.apply(s).astype(np.float32)
     if causal:
         s = np.where(np.arange(k.shape[2])[None, :] <= np.arange(q.shape[2])[:, None], s, -np.inf)
     if allowed is not None:
         s = np.where(allowed, s, -np.inf)
     with np.errstate(invalid="ignore"):
         p = np.where(np.isneginf(s), np.float32(0), np.exp(s - lse.astype(np.float32)[..., None]))
-        ds = p * (np.einsum("bhid,bhjd->bhij", dout, v) - (dout * out).sum(-1, keepdims=True))
+        ds = p * (np.einsum("bhid,bhjd->bhij", dout, v) - (dout * out).sum(-1, keepdims=True)) * grad
     ds = np.where(p == 0, np.float32(0), ds)
     dq = np.float32(scale) * np.einsum("bhij,bhjd->bhid", ds, k)
     dk = np.float32(scale) * np.einsum("bhij,bhid->bhjd", ds, q)
@@ -110,7 +118,7 @@ def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False, 
     return dq, sum_groups(dk, heads_kv), sum_groups(dv, heads_kv)
 
 
-def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse, allowed=None):
+def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse, allowed=None, score_mod=None):
     """atol for (dq, dk, dv), given the saved forward (out, lse) that the backward and the reference share:
     4x the naive fp32 error (the larger of S summed by einsum and in order, as for the forward),
     plus (max(d, d_v) + Nq + Nk + 8) fp32 rounding units and one rounding to the output dtype, both of the
@@ -120,7 +128,8 @@ def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse, all
     n_q, n_kv, d = q.shape[2], k.shape[2], max(q.shape[3], v.shape[3])
     depth = (d + n_q + n_kv + 8) * U32
     atols = []
-    naives = [naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order, allowed) for in_order in (False, True)]
+    naives = [naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order, allowed, score_mod)
+              for in_order in (False, True)]
     for i, ref in enumerate(refs):
         gmax = float(np.abs(ref).max())
         err32 = max(float(np.abs(n[i] - ref).max()) for n in naives)

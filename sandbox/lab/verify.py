@@ -10,8 +10,10 @@ from sandbox.vocabulary.runtime import using_simulator
 from simulator.entry import simulate
 
 
-def check_against_reference(schedule, problem, seed=0):
+def check_against_reference(schedule, problem, seed=0, score_mod=None):
     """Run ``schedule`` on random inputs for ``problem``, with counters, and hold it against NumPy and the simulator.
+
+    ``score_mod``: a score_mod (sandbox/vocabulary/score_mods.py) for all three, or None.
 
     Returns:
         dict with ``max_abs_error`` (vs the float64 reference), ``max_abs_error_lse``,
@@ -24,14 +26,16 @@ def check_against_reference(schedule, problem, seed=0):
         rng.standard_normal((problem.batch, problem.heads_kv, problem.n_kv, dim)).astype(problem.dtype)
         for dim in (problem.head_dim, problem.head_dim_v)
     )
-    kwargs = dict(schedule=schedule, causal=problem.causal, scale=problem.scale, return_lse=True, count_io=True)
+    kwargs = dict(schedule=schedule, causal=problem.causal, scale=problem.scale, return_lse=True, count_io=True,
+                  score_mod=score_mod)
     if not using_simulator():
         attention(q, k, v, **kwargs)  # compile first: time the run, not the compilation
     start = time.perf_counter()
     out, lse, measured = attention(q, k, v, **kwargs)
     seconds = time.perf_counter() - start
-    ref_out, ref_lse = reference_attention(q, k, v, causal=problem.causal, scale=problem.scale, return_lse=True)
-    simulated = simulate(schedule, problem)
+    ref_out, ref_lse = reference_attention(q, k, v, causal=problem.causal, scale=problem.scale, return_lse=True,
+                                           score_mod=score_mod)
+    simulated = simulate(schedule, problem, score_mod=score_mod)
     return {
         "max_abs_error": float(np.abs(out.astype(np.float64) - ref_out).max()),
         "max_abs_error_lse": float(np.abs(lse - ref_lse).max()),

@@ -18,6 +18,10 @@ LEVELS = ("hbm", "sram")
 #: "dKpart" and "dVpart" (B, H, Nk, d), and sums each group of them into dK and dV.
 TENSORS = ("Q", "K", "V", "O", "S", "P", "l", "m", "L", "alpha", "beta", "dO", "dQ", "dK", "dV", "D", "dS",
            "Opart", "Lpart", "w", "dKpart", "dVpart")
+#: A score_mod (sandbox/vocabulary/score_mods.py) adds "mod", its captured arrays (in 4-byte words),
+#: read by every tile that evaluates it, and, in the standard backward, "dmod" = score_mod'(S)
+#: (Nq×Nk, fp32), written by the kernel that forms P and read by the one that forms dS.
+TENSORS += ("mod", "dmod")
 #: Tensors stored in the input dtype; everything else is fp32.
 INPUT_DTYPE_TENSORS = ("Q", "K", "V", "O", "dO", "dQ", "dK", "dV")
 

@@ -32,6 +32,8 @@ class Kind:
     backward: str = None
     #: its kernels take a mask predicate
     masks: bool = False
+    #: its kernels take a score_mod (sandbox/vocabulary/score_mods.py)
+    score_mods: bool = False
     #: it reads Schedule.kv_splits (others refuse kv_splits != 1)
     kv_splits: bool = False
     #: the ``Schedule.math`` values its builds offer
@@ -92,11 +94,11 @@ def with_trait(trait):
 
 # -- the built-in kinds -------------------------------------------------------------------
 register(Kind("standard", "Algorithm 0: S and P written to HBM (three kernels: qk, softmax, pv)",
-              sram=standard_sram, backward="standard", masks=True))
+              sram=standard_sram, backward="standard", masks=True, score_mods=True))
 register(Kind("flash1", "Algorithm 1: outer loop over K/V blocks, O/l/m back to HBM every inner step",
-              sram=flash1_sram, backward="flash", masks=True))
+              sram=flash1_sram, backward="flash", masks=True, score_mods=True))
 register(Kind("flash2", "FlashAttention-2 order: outer loop over Q blocks, O and L written once",
-              sram=flash2_sram, backward="flash", masks=True, maths=MATHS))
+              sram=flash2_sram, backward="flash", masks=True, maths=MATHS, score_mods=True))
 register(Kind("splitkv", "split-KV (flash-decoding): K/V range split over thread blocks, partial O and L "
                          "to HBM, then a combine kernel; for Nq << Nk",
-              sram=splitkv_sram, masks=True, kv_splits=True))
+              sram=splitkv_sram, masks=True, kv_splits=True, score_mods=True))

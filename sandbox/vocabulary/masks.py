@@ -326,6 +326,16 @@ def _find_arrays(obj, found, seen):
             _find_arrays(v, found, seen)
 
 
+def find_captured(*fns):
+    """The NumPy arrays the functions ``fns`` read from their closures and globals (and from the masks and
+    Numba-compiled helpers they call), each once: what a mask or a score_mod compiles in as constants."""
+    found, seen = {}, set()
+    for fn in fns:
+        if fn is not None:
+            _find_arrays(fn, found, seen)
+    return list(found.values())
+
+
 def _check_arity(fn):
     try:
         params = [p for p in inspect.signature(fn).parameters.values()

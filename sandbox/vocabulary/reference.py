@@ -4,6 +4,7 @@ import numpy as np
 
 from sandbox.vocabulary.masks import dense
 from sandbox.vocabulary.problem import resolve_scale
+from sandbox.vocabulary.score_mods import as_score_mod
 from sandbox.vocabulary.validation import REFERENCE_DTYPES, check_flags, check_qkv, check_same_shape
 
 
@@ -60,8 +61,8 @@ def sum_groups(dx, heads_kv):
     return dx.reshape(b, heads_kv, h // heads_kv, n, d).sum(axis=2)
 
 
-def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mask=None):
-    """softmax(scale·QKᵀ)V in float64.
+def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mask=None, score_mod=None):
+    """softmax(scale·QKᵀ)V in float64 (softmax(score_mod(scale·QKᵀ))V with a ``score_mod``).
 
     Args:
         q: (B, H, Nq, d) NumPy array. k: (B, H_kv, Nk, d), v: (B, H_kv, Nk, d_v), H_kv dividing H
@@ -71,6 +72,9 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
         return_lse: also return L = log Σ_j exp(S_ij), shape (B, H, Nq).
         mask: a predicate ``mask(b, h, q_idx, kv_idx) -> bool`` (see :mod:`sandbox.vocabulary.masks`);
             entries where it is False are excluded, as are causal ones.
+        score_mod: a function ``score_mod(score, b, h, q_idx, kv_idx) -> float`` or a
+            :class:`sandbox.vocabulary.score_mods.ScoreMod`, applied in float64 to every scaled score
+            before the mask and the causal cut.
 
     Returns:
         out (B, H, Nq, d_v) float64, or (out, lse). A row that attends to nothing (no key allowed)
@@ -94,6 +98,9 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
     k, v = expand_heads(k, q.shape[1]), expand_heads(v, q.shape[1])
     s = scale * np.einsum("bhid,bhjd->bhij", q, k)
+    score_mod = as_score_mod(score_mod)
+    if score_mod is not None:
+        s = score_mod.apply(s)
     if causal:
         s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf)
     if mask is not None:
@@ -112,7 +119,8 @@ def reference_attention(q, k, v, causal=False, scale=None, return_lse=False, mas
     return out, lse
 
 
-def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=None, lse=None, mask=None):
+def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=None, lse=None, mask=None,
+                                 score_mod=None):
     """Analytic float64 gradients (dq, dk, dv) of ``reference_attention`` for upstream gradient ``dout``.
 
     With S = scale·QKᵀ (masked entries -inf), P = softmax(S), O = PV:
@@ -129,6 +137,11 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
 
     ``mask``: the forward's predicate (as for :func:`reference_attention`); an entry it excludes
     has P = 0 and so no gradient, and a row it excludes entirely (L = -inf) contributes nothing.
+
+    ``score_mod``: the forward's (as for :func:`reference_attention`): S' = score_mod(S) takes S's
+    place in P, and dS = P ∘ (dP - D) ∘ score_mod'(S), with the derivative of
+    :meth:`sandbox.vocabulary.score_mods.ScoreMod.derivative` (its ``grad``, or a float64 central
+    difference held exact; else it raises ValueError asking for ``grad=``).
 
     Raises:
         TypeError, ValueError: see :func:`sandbox.vocabulary.validation.check_qkv`; a ``dout`` or ``out``
@@ -147,6 +160,10 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
     heads_kv = k.shape[1]
     k, v = expand_heads(k, q.shape[1]), expand_heads(v, q.shape[1])
     s = scale * np.einsum("bhid,bhjd->bhij", q, k)
+    score_mod = as_score_mod(score_mod)
+    s_raw = s
+    if score_mod is not None:
+        s = score_mod.apply(s)
     if causal:
         s = np.where(causal_mask(q.shape[2], k.shape[2]), s, -np.inf)
     if mask is not None:
@@ -166,6 +183,9 @@ def reference_attention_backward(q, k, v, dout, causal=False, scale=None, out=No
     with np.errstate(invalid="ignore"):
         dp = np.einsum("bhid,bhjd->bhij", dout, v)
         ds = np.where(p == 0, 0.0, p * (dp - (dout * out).sum(-1, keepdims=True)))
+    if score_mod is not None:
+        with np.errstate(invalid="ignore"):
+            ds = np.where(p == 0, 0.0, ds * score_mod.derivative(s_raw, where=(p != 0) & np.isfinite(s_raw)))
     dq = scale * weighted_sum(ds, k)
     dk = scale * weighted_sum(np.swapaxes(ds, -1, -2), q)
     return dq, sum_groups(dk, heads_kv), sum_groups(dv, heads_kv)

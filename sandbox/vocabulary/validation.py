@@ -7,6 +7,7 @@ from sandbox.vocabulary.dtypes import BFLOAT16, SUPPORTED
 from sandbox.vocabulary.masks import as_mask
 from sandbox.vocabulary.problem import Problem, as_bool, resolve_scale
 from sandbox.vocabulary.schedule import Schedule
+from sandbox.vocabulary.score_mods import as_score_mod
 
 #: Dtypes the float64 NumPy reference accepts.
 REFERENCE_DTYPES = ("bfloat16", "float16", "float32", "float64")
@@ -131,3 +132,21 @@ def check_mask(mask, problem, schedule):
         raise ValueError(f"schedule kind {schedule.kind!r} does not take a mask "
                          f"(kinds that do: {', '.join(kinds.with_trait('masks'))})")
     return mask.check(problem)
+
+
+def check_score_mod(score_mod, problem, schedule, backward=False):
+    """The :class:`~sandbox.vocabulary.score_mods.ScoreMod` for ``score_mod`` (None stays None), checked
+    over ``problem`` (:meth:`ScoreMod.check`; ``backward``: it must carry its ``grad``) for a kind
+    that takes score_mods.
+
+    Raises:
+        TypeError, ValueError: not a function of five arguments; a kind without score_mods; it
+            fails its check.
+    """
+    score_mod = as_score_mod(score_mod)
+    if score_mod is None:
+        return None
+    if not kinds.get(schedule.kind).score_mods:
+        raise ValueError(f"schedule kind {schedule.kind!r} does not take a score_mod "
+                         f"(kinds that do: {', '.join(kinds.with_trait('score_mods'))})")
+    return score_mod.check(problem, backward=backward)
