@@ -8,7 +8,7 @@ from sandbox.vocabulary.runtime import ensure_backend
 BACKEND = ensure_backend()
 
 import pytest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 
 # ci: reproducible and bounded (the CUDA simulator runs each thread as a Python thread).
 settings.register_profile(
@@ -18,6 +18,10 @@ settings.register_profile(
 settings.register_profile("dev", deadline=None, max_examples=30, suppress_health_check=[HealthCheck.too_slow])
 # gpu: a real device, so larger shapes (see tests/strategies.py) and more examples.
 settings.register_profile("gpu", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+# gpu-first-failure: as gpu, but the first failing example is reported as found, not shrunk (every
+# shrink step runs the kernels again: minutes on a device whose time is short).
+settings.register_profile("gpu-first-failure", parent=settings.get_profile("gpu"), print_blob=True,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gpu" if BACKEND == "gpu" else "ci"))
 
 

@@ -92,7 +92,10 @@ def tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, o_stores=1, rows
 
 def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False, allowed=None, score_mod=None):
     """Plain fp32 gradients from a saved forward's ``out`` and ``lse``: the accuracy any fp32
-    backward can be held to. ``in_order``: S summed in order (:func:`scores_fp32`). ``allowed``:
+    backward can be held to. ``in_order``: S summed in order (:func:`scores_fp32`), and D =
+    rowsum(dO ∘ O) too, so that D and dP = dO Vᵀ (einsum's order) are sums in different orders, as
+    a kernel's may be: where a row sees one key, dP - D is exactly 0 in exact arithmetic (dQ and dK
+    are 0) and the rounding of that difference is all the gradient has. ``allowed``:
     a mask's dense (B, H, Nq, Nk) bool array; an entry it excludes (or a row that sees nothing,
     L = -inf) has P = 0. Grouped K/V heads: dK, dV summed over each group. ``score_mod``: P from
     score_mod(S) and dS times its derivative at S, each rounded to fp32, as the kernels have them."""
@@ -108,9 +111,15 @@ def naive_fp32_backward(q, k, v, dout, causal, scale, out, lse, in_order=False, 
         s = np.where(np.arange(k.shape[2])[None, :] <= np.arange(q.shape[2])[:, None], s, -np.inf)
     if allowed is not None:
         s = np.where(allowed, s, -np.inf)
+    if in_order:  # D summed element by element, as the kernels' d does; dP by einsum: they cancel unevenly
+        d_row = np.zeros(out.shape[:3] + (1,), np.float32)
+        for c in range(out.shape[3]):
+            d_row += dout[..., c:c + 1] * out[..., c:c + 1]
+    else:
+        d_row = (dout * out).sum(-1, keepdims=True)
     with np.errstate(invalid="ignore"):
         p = np.where(np.isneginf(s), np.float32(0), np.exp(s - lse.astype(np.float32)[..., None]))
-        ds = p * (np.einsum("bhid,bhjd->bhij", dout, v) - (dout * out).sum(-1, keepdims=True)) * grad
+        ds = p * (np.einsum("bhid,bhjd->bhij", dout, v) - d_row) * grad
     ds = np.where(p == 0, np.float32(0), ds)
     dq = np.float32(scale) * np.einsum("bhij,bhjd->bhid", ds, k)
     dk = np.float32(scale) * np.einsum("bhij,bhid->bhjd", ds, q)

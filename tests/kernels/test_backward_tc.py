@@ -84,6 +84,22 @@ def test_fast_backward_over_several_chunks(blocks, n_q, n_kv):
         np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_fast_backward_where_each_row_sees_one_key(dtype):
+    """Nq = Nk = 1: dQ and dK are 0 in exact arithmetic (dP = D; exactly 0 in the reference where O = V
+    held in fp16), and the kernel's dP (tensor cores) and D (FMAs, in order) cancel to a few
+    rounding units, which the tolerance's in-order D accounts for."""
+    problem = Problem(batch=1, heads=2, n_q=1, n_kv=1, head_dim=64, dtype=dtype)
+    (q, k, v, dout, out, lse), grads, build = gradients(tc_schedule(16, 16), problem, seed=0)
+    assert build.name == "fast-tf32x3"
+    refs = reference_attention_backward(q, k, v, dout, scale=problem.scale, out=out, lse=lse)
+    if dtype == "float16":
+        assert not refs[0].any() and not refs[1].any()
+    atols = gradient_tolerances(q, k, v, dout, refs, False, problem.scale, dtype, out, lse)
+    for name, g, ref, atol in zip(("dq", "dk", "dv"), grads, refs, atols):
+        np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
+
+
 def test_fast_backward_agrees_with_the_plain_backward_of_its_schedule():
     problem = Problem(batch=1, heads=2, n_q=24, n_kv=40, head_dim=8, causal=True)
     schedule = tc_schedule(16, 32)
