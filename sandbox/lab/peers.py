@@ -355,7 +355,8 @@ class CupyNaive(Impl):
 class Ours(Impl):
     """Our Numba kernels through ``kernels.launch``: ``run`` (forward) or ``run_backward``.
 
-    ``schedule`` None: the autotuned one for the problem's (head_dim, dtype) (sandbox/lab/autotune.py).
+    ``schedule`` None: the autotuned one for the problem's (head_dim, dtype) (sandbox/lab/autotune.py);
+    with grouped K/V heads, whose calls run the plain build, the default one (nothing to tune).
     ``fast``: as for :func:`kernels.builds.choose_build` (None: the fast build where it can run).
     The backward's ``prepare`` runs the same kind's forward once for O and L.
     """
@@ -370,6 +371,8 @@ class Ours(Impl):
     def schedule_for(self, problem):
         if self.schedule is not None:
             return self.schedule
+        if problem.group > 1:  # grouped K/V heads run the plain build, whose schedule the tuner does not choose
+            return default_schedules()[self.name]
         if self.direction == "bwd":  # the fast backward's tuned blocks; where none can run, the default
             try:
                 return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal, backward=True)

@@ -558,6 +558,11 @@ def test_grouped_spec_rows_inputs_and_our_builds():
     assert CupyNaive("cupy-naive").available(p) == (False, NO_GROUPED_HEADS)
     label = bench.Task(p, fast).label
     assert label.endswith("H_kv=2") and "H_kv" not in bench.Task(Problem(1, 4, 16, 16, 8), fast).label
+    # a row with no schedule of its own takes the default one grouped: the tuner chooses fast builds' blocks
+    from sandbox.lab.peers import default_schedules
+
+    for direction in ("fwd", "bwd"):
+        assert Ours("flash2", direction, None).schedule_for(p) == default_schedules()["flash2"]
 
 
 class _GroupedPeer(Impl):
