@@ -67,6 +67,52 @@ def fma_chains(x, a, b, trips):
         x[i, k] = c[k]
 
 
+@cuda.jit(device=True)
+def _tf32_fragments(a, b, g, t):
+    """Lane (g, t)'s m16n8k8 fragments (kernels/mma.py): A[g, t], A[g + 8, t], A[g, t + 4],
+    A[g + 8, t + 4]; B[t, g], B[t + 4, g]."""
+    return a[g, t], a[g + 8, t], a[g, t + 4], a[g + 8, t + 4], b[t, g], b[t + 4, g]
+
+
+@cuda.jit(device=True)
+def _f16_fragments(a, b, g, t):
+    """Lane (g, t)'s m16n8k16 registers (kernels/mma16.py): words t and t + 4 of A's rows g and g + 8
+    (A[g, 2t:2t+2], ...), and of B's column g (B[2t:2t+2, g], B[2t+8:2t+10, g])."""
+    return a[g, t], a[g + 8, t], a[g, t + 4], a[g + 8, t + 4], b[g, t], b[g, t + 4]
+
+
+def _make_chains(threads, product, fragments, xch_per_thread, xch_type):
+    """The mma ceiling kernel of one warp product: every warp w, for each chain k, ``trips`` times
+    C[w, k] ← C[w, k] + A·B, with ``fragments`` its lane's A and B registers and ``product`` the
+    warp product (its simulator fallback swaps them through ``xch_per_thread`` entries per thread)."""
+    if threads <= 0 or threads % 32:
+        raise ValueError(f"threads: expected a positive multiple of 32 (whole warps), got {threads}")
+    NX = threads * xch_per_thread if using_simulator() else 1  # the simulator's warp exchange
+
+    @cuda.jit
+    def mma_chains(a, b, c, trips):
+        xch = cuda.shared.array(NX, xch_type)
+        tid = cuda.threadIdx.x
+        w = (cuda.blockIdx.x * threads + tid) // 32
+        lane = tid % 32
+        g, t = lane // 4, lane % 4
+        a0, a1, a2, a3, b0, b1 = fragments(a, b, g, t)
+        # C's fragment: C[g, 2t], C[g, 2t + 1], C[g + 8, 2t], C[g + 8, 2t + 1]
+        acc = cuda.local.array((CHAINS, 4), float32)
+        for k in range(CHAINS):
+            acc[k, 0], acc[k, 1] = c[w, k, g, 2 * t], c[w, k, g, 2 * t + 1]
+            acc[k, 2], acc[k, 3] = c[w, k, g + 8, 2 * t], c[w, k, g + 8, 2 * t + 1]
+        for _ in range(trips):
+            for k in range(CHAINS):  # CHAINS products in flight: none waits on another
+                acc[k, 0], acc[k, 1], acc[k, 2], acc[k, 3] = product(
+                    xch, tid, a0, a1, a2, a3, b0, b1, acc[k, 0], acc[k, 1], acc[k, 2], acc[k, 3])
+        for k in range(CHAINS):
+            c[w, k, g, 2 * t], c[w, k, g, 2 * t + 1] = acc[k, 0], acc[k, 1]
+            c[w, k, g + 8, 2 * t], c[w, k, g + 8, 2 * t + 1] = acc[k, 2], acc[k, 3]
+
+    return mma_chains
+
+
 @functools.cache
 def make_mma_chains(threads):
     """The mma ceiling kernel for blocks of ``threads`` threads (a multiple of 32).
@@ -81,34 +127,7 @@ def make_mma_chains(threads):
     Raises:
         ValueError: ``threads`` is not a positive multiple of 32.
     """
-    if threads <= 0 or threads % 32:
-        raise ValueError(f"threads: expected a positive multiple of 32 (whole warps), got {threads}")
-    NX = threads * XCH_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
-
-    @cuda.jit
-    def mma_chains(a, b, c, trips):
-        xch = cuda.shared.array(NX, float32)
-        tid = cuda.threadIdx.x
-        w = (cuda.blockIdx.x * threads + tid) // 32
-        lane = tid % 32
-        g, t = lane // 4, lane % 4
-        # the lane's fragments (kernels/mma.py): A[g, t], A[g + 8, t], A[g, t + 4], A[g + 8, t + 4];
-        # B[t, g], B[t + 4, g]; C[g, 2t], C[g, 2t + 1], C[g + 8, 2t], C[g + 8, 2t + 1]
-        a0, a1, a2, a3 = a[g, t], a[g + 8, t], a[g, t + 4], a[g + 8, t + 4]
-        b0, b1 = b[t, g], b[t + 4, g]
-        acc = cuda.local.array((CHAINS, 4), float32)
-        for k in range(CHAINS):
-            acc[k, 0], acc[k, 1] = c[w, k, g, 2 * t], c[w, k, g, 2 * t + 1]
-            acc[k, 2], acc[k, 3] = c[w, k, g + 8, 2 * t], c[w, k, g + 8, 2 * t + 1]
-        for _ in range(trips):
-            for k in range(CHAINS):  # CHAINS products in flight: none waits on another
-                acc[k, 0], acc[k, 1], acc[k, 2], acc[k, 3] = mma(
-                    xch, tid, a0, a1, a2, a3, b0, b1, acc[k, 0], acc[k, 1], acc[k, 2], acc[k, 3])
-        for k in range(CHAINS):
-            c[w, k, g, 2 * t], c[w, k, g, 2 * t + 1] = acc[k, 0], acc[k, 1]
-            c[w, k, g + 8, 2 * t], c[w, k, g + 8, 2 * t + 1] = acc[k, 2], acc[k, 3]
-
-    return mma_chains
+    return _make_chains(threads, mma, _tf32_fragments, XCH_PER_THREAD, float32)
 
 
 @functools.cache
@@ -119,38 +138,11 @@ def make_mma16_chains(threads):
         a kernel ``(a, b, c, trips)``: every warp w, for each chain k, ``trips`` times
         C[w, k] ← C[w, k] + A·B, with A 16×16 and B 16×8 in fp16 as ``kernels.mma16``'s registers
         hold them: a (16, 8) uint32, a[m, j] = A[m, 2j] (low half) and A[m, 2j + 1]; b (8, 8)
-        uint32, b[n, j] = B[2j, n] (low half) and B[2j + 1, n]; and c (warps of the grid, CHAINS, 16, 8) float32, the accumulators' start
-        values, overwritten by their ends. Every thread of a block must run it (the simulator's
-        warp exchange has barriers): launch whole blocks of ``threads``.
+        uint32, b[n, j] = B[2j, n] (low half) and B[2j + 1, n]; and c (warps of the grid, CHAINS,
+        16, 8) float32, the accumulators' start values, overwritten by their ends. Every thread of
+        a block must run it: launch whole blocks of ``threads``.
 
     Raises:
         ValueError: ``threads`` is not a positive multiple of 32.
     """
-    if threads <= 0 or threads % 32:
-        raise ValueError(f"threads: expected a positive multiple of 32 (whole warps), got {threads}")
-    NX = threads * XCH16_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
-
-    @cuda.jit
-    def mma16_chains(a, b, c, trips):
-        xch = cuda.shared.array(NX, uint32)
-        tid = cuda.threadIdx.x
-        w = (cuda.blockIdx.x * threads + tid) // 32
-        lane = tid % 32
-        g, t = lane // 4, lane % 4
-        # the lane's registers (kernels/mma16.py): A[g, 2t:2t+2], A[g + 8, 2t:2t+2], A[g, 2t+8:2t+10],
-        # A[g + 8, 2t+8:2t+10] (word t and t + 4 of A's row); B[2t:2t+2, g], B[2t+8:2t+10, g]
-        a0, a1, a2, a3 = a[g, t], a[g + 8, t], a[g, t + 4], a[g + 8, t + 4]
-        b0, b1 = b[g, t], b[g, t + 4]
-        acc = cuda.local.array((CHAINS, 4), float32)
-        for k in range(CHAINS):
-            acc[k, 0], acc[k, 1] = c[w, k, g, 2 * t], c[w, k, g, 2 * t + 1]
-            acc[k, 2], acc[k, 3] = c[w, k, g + 8, 2 * t], c[w, k, g + 8, 2 * t + 1]
-        for _ in range(trips):
-            for k in range(CHAINS):  # CHAINS products in flight: none waits on another
-                acc[k, 0], acc[k, 1], acc[k, 2], acc[k, 3] = mma_f16(
-                    xch, tid, a0, a1, a2, a3, b0, b1, acc[k, 0], acc[k, 1], acc[k, 2], acc[k, 3])
-        for k in range(CHAINS):
-            c[w, k, g, 2 * t], c[w, k, g, 2 * t + 1] = acc[k, 0], acc[k, 1]
-            c[w, k, g + 8, 2 * t], c[w, k, g + 8, 2 * t + 1] = acc[k, 2], acc[k, 3]
-
-    return mma16_chains
+    return _make_chains(threads, mma_f16, _f16_fragments, XCH16_PER_THREAD, uint32)

@@ -136,16 +136,10 @@ def mma_throughput(sms, blocks_per_sm, threads, trips, repeats=REPEATS, timer=ti
         (FLOP/s, details): the grid, the trips, the FLOPs of one call and its median ms.
     """
     rng = np.random.default_rng(seed)
-    blocks = sms * blocks_per_sm
-    warps = blocks * threads // 32
-    a = cuda.to_device(rng.integers(-8, 9, (16, 8)).astype(np.float32) / 8)
-    b = cuda.to_device(rng.integers(-8, 9, (8, 8)).astype(np.float32) / 8)
-    c = cuda.to_device(np.zeros((warps, CHAINS, 16, 8), np.float32))
-    kernel = make_mma_chains(threads)
-    seconds = _median_seconds([lambda: kernel[blocks, threads](a, b, c, trips)], repeats, timer)
-    flops = warps * trips * CHAINS * MMA_FLOPS
-    return flops / seconds, {"blocks": blocks, "threads": threads, "trips": trips, "flops": flops,
-                             "ms": seconds * 1e3}
+    a = rng.integers(-8, 9, (16, 8)).astype(np.float32) / 8
+    b = rng.integers(-8, 9, (8, 8)).astype(np.float32) / 8
+    return _chains_throughput(make_mma_chains(threads), a, b, MMA_FLOPS, sms, blocks_per_sm, threads, trips,
+                              repeats, timer)
 
 
 def mma16_throughput(sms, blocks_per_sm, threads, trips, repeats=REPEATS, timer=time_calls, seed=0):
@@ -158,14 +152,20 @@ def mma16_throughput(sms, blocks_per_sm, threads, trips, repeats=REPEATS, timer=
         (FLOP/s, details): the grid, the trips, the FLOPs of one call and its median ms.
     """
     rng = np.random.default_rng(seed)
+    a = pairs(rng.integers(-8, 9, (16, 16)).astype(np.float16) / np.float16(8))
+    b = pairs(rng.integers(-8, 9, (8, 16)).astype(np.float16) / np.float16(8))
+    return _chains_throughput(make_mma16_chains(threads), a, b, MMA16_FLOPS, sms, blocks_per_sm, threads, trips,
+                              repeats, timer)
+
+
+def _chains_throughput(kernel, a, b, flops_per_product, sms, blocks_per_sm, threads, trips, repeats, timer):
+    """FLOP/s of an mma chains kernel of ``kernels.ceilings`` over zeroed accumulators."""
     blocks = sms * blocks_per_sm
     warps = blocks * threads // 32
-    a = cuda.to_device(pairs(rng.integers(-8, 9, (16, 16)).astype(np.float16) / np.float16(8)))
-    b = cuda.to_device(pairs(rng.integers(-8, 9, (8, 16)).astype(np.float16) / np.float16(8)))
+    a, b = cuda.to_device(a), cuda.to_device(b)
     c = cuda.to_device(np.zeros((warps, CHAINS, 16, 8), np.float32))
-    kernel = make_mma16_chains(threads)
     seconds = _median_seconds([lambda: kernel[blocks, threads](a, b, c, trips)], repeats, timer)
-    flops = warps * trips * CHAINS * MMA16_FLOPS
+    flops = warps * trips * CHAINS * flops_per_product
     return flops / seconds, {"blocks": blocks, "threads": threads, "trips": trips, "flops": flops,
                              "ms": seconds * 1e3}
 

@@ -256,7 +256,7 @@ class Mask:
             second = self._evaluate_box(box)
             pts = None
         else:
-            pts = _sampled_points(box)
+            pts = sampled_points(box)
             first, second = self._evaluate_points(pts), self._evaluate_points(pts)
         differ = np.flatnonzero(first != second)
         if differ.size:
@@ -369,7 +369,7 @@ def _probe_points(problem):
     return [(b, h, q, k) for b in bs for h in hs for q in qs for k in ks]
 
 
-def _sampled_points(box):
+def sampled_points(box):
     """int64 (n, 4): the corners of ``box`` and :data:`SAMPLED_POINTS` random points of it (the same each time)."""
     corners = np.array([(b, h, q, k) for b in {0, box[0] - 1} for h in {0, box[1] - 1}
                         for q in {0, box[2] - 1} for k in {0, box[3] - 1}], np.int64)

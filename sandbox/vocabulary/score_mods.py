@@ -42,7 +42,7 @@ import math
 
 import numpy as np
 
-from sandbox.vocabulary.masks import (CONSTANT_MEMORY_BYTES, DENSE_CHECK_ENTRIES, MAX_CAPTURED_BYTES, SAMPLED_POINTS,
+from sandbox.vocabulary.masks import (CONSTANT_MEMORY_BYTES, DENSE_CHECK_ENTRIES, MAX_CAPTURED_BYTES, sampled_points,
                                       find_captured)
 
 #: Scores :meth:`ScoreMod.check` evaluates the compiled function at (with every index of the box).
@@ -234,7 +234,7 @@ class ScoreMod:
                     raise TypeError(f"score_mod {self.name}: its {what} must return a float (the modified score), "
                                     f"returned {type(r).__name__} {r!r} at (b={b}, h={h}, q_idx={q}, kv_idx={k})")
         dense = int(np.prod(box, dtype=object)) <= DENSE_CHECK_ENTRIES
-        pts = np.zeros((0, 4), np.int64) if dense else _sampled_points(box)
+        pts = np.zeros((0, 4), np.int64) if dense else sampled_points(box)
         for what, f in (("score_mod", self.cpu()), ("grad", self.grad_cpu())):
             if f is None:
                 continue
@@ -327,15 +327,6 @@ def _probe_points(box):
     qs = sorted({0, box[2] // 2, box[2] - 1})
     ks = sorted({0, box[3] // 2, box[3] - 1})
     return [(b, h, q, k) for b in bs for h in hs for q in qs for k in ks]
-
-
-def _sampled_points(box):
-    """int64 (n, 4): the corners of ``box`` and SAMPLED_POINTS random points of it (the same each time)."""
-    corners = np.array([(b, h, q, k) for b in {0, box[0] - 1} for h in {0, box[1] - 1}
-                        for q in {0, box[2] - 1} for k in {0, box[3] - 1}], np.int64)
-    rng = np.random.default_rng(0)
-    rand = np.stack([rng.integers(0, n, SAMPLED_POINTS, dtype=np.int64) for n in box], axis=1)
-    return np.concatenate([corners, rand])
 
 
 def as_score_mod(score_mod):
