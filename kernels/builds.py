@@ -64,7 +64,7 @@ def fast_build(schedule, backward=False):
 
 
 #: Why a score_mod runs the plain build: a fast build applies one only where its module says
-#: ``TAKES_SCORE_MOD = True`` (flash2's tensor-core builds, kernels/flash2_tc.py and kernels/backward_tc.py).
+#: ``TAKES_SCORE_MOD = True`` (all of flash2's do; a kind registered without it runs the plain build).
 SCORE_MOD_REFUSAL = "a score_mod (this fast build applies none)"
 
 #: Why grouped K/V heads run the plain build: the fast builds read K and V at the query head.

@@ -14,6 +14,7 @@ how the two products are computed:
               last block or a causal diagonal block
         l_ij: each thread keeps its own part of the row sum (alpha is the row's); the parts
               are reduced once, after the last block
+              (a score_mod, if any, first: S' = score_mod(S) on the in-range entries)
         P -> SRAM (transposed);  K_{j+1}: registers -> SRAM;  start loading V_{j+1}
         O_i = diag(alpha) O_i + P V_j in registers: for each key, one outer product of a column
               of P and a row of V_j
@@ -164,12 +165,20 @@ def thread_coords(tid, TX, paired):
     return ty, tid - ty * TX
 
 
-def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """Build the fast flash2 kernel (see the module docstring). Returns (kernel, smem_bytes, grid(problem))."""
+#: It applies a score_mod (kernels/builds.py asks): elementwise on the thread's S tile.
+TAKES_SCORE_MOD = True
+
+
+def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
+    """Build the fast flash2 kernel (see the module docstring). Returns (kernel, smem_bytes, grid(problem)).
+
+    ``score_mod``: a sandbox.vocabulary.score_mods.ScoreMod or None, applied to each in-range entry
+    of S as the counting build applies it (S taken back from log2 units first)."""
     why = eligible(schedule, head_dim, count_io, mask)
     if why is not None:
         raise ValueError(f"the fast flash2 build cannot run {schedule} at d={head_dim}: {why}")
-    t = make_tile_ops(schedule, head_dim, False, causal, dtype)
+    t = make_tile_ops(schedule, head_dim, False, causal, dtype, score_mod=score_mod)
+    HAS_MOD, modded = t.HAS_MOD, t.modded
     to_f32, from_f32, IN = t.to_f32, t.from_f32, t.IN
     BR, BC, TM, TN, TY, TX, NT, D = t.BR, t.BC, t.TM, t.TN, t.TY, t.TX, t.NT, t.D
     CAUSAL = t.CAUSAL
@@ -440,6 +449,8 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None):
                 for bb in range(TN):
                     c = VN * tx + (bb // VN) * VN * TX + bb % VN
                     x = s[a, bb]
+                    if HAS_MOD and r < n_q and c < kv_len:  # S' = score_mod(S), S in natural units
+                        x = modded(x * LN2, b, h, r, k0 + c) * LOG2E
                     if masked and (c >= kv_len or (CAUSAL and k0 + c > r)):
                         x = NEG_INF
                     s[a, bb] = x

@@ -63,7 +63,7 @@ from kernels.flash2_common import fmax, group_reductions, refusal
 from kernels.flash2_common import phases as fast_phases
 from kernels.mma import exp2
 from kernels.mma16 import XCH16_PER_THREAD, products
-from kernels.tiles import LN2, LOG2E, NEG_INF, ONE, ZERO, inline_device
+from kernels.tiles import LN2, LOG2E, NEG_INF, ONE, ZERO, inline_device, make_tile_ops
 from sandbox.vocabulary.dtypes import as_dtype
 from sandbox.vocabulary.runtime import using_simulator
 
@@ -133,8 +133,14 @@ def tc16_schedule(block_q, block_kv, **kwargs):
                     math="f16", **kwargs)
 
 
-def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
-    """Build the 16-bit tensor-core flash2 kernel (see the module docstring).
+#: It applies a score_mod (kernels/builds.py asks): elementwise on the S accumulator.
+TAKES_SCORE_MOD = True
+
+
+def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
+    """Build the 16-bit tensor-core flash2 kernel (see the module docstring). ``score_mod``: a
+    sandbox.vocabulary.score_mods.ScoreMod or None, applied to each in-range entry of S in fp32 as
+    the counting build applies it (S taken back from log2 units first).
 
     Returns:
         (kernel, smem_bytes, grid(problem)).
@@ -146,6 +152,8 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
     if why is not None:
         raise ValueError(f"the 16-bit tensor-core flash2 build cannot run {schedule} at d={head_dim}: {why}")
     mma, pack = products(dtype)
+    t = make_tile_ops(schedule, head_dim, False, causal, dtype, score_mod=score_mod)
+    HAS_MOD, modded = t.HAS_MOD, t.modded
     BR, BC, NT = schedule.block_q, schedule.block_kv, schedule.threads
     D = head_dim
     DP = D // 2  # uint32 words per row of Q, K, V, O
@@ -341,6 +349,16 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None):
             for n in range(NS):
                 for i in range(4):
                     s[n, i] *= s2
+
+            if HAS_MOD:  # S' = score_mod(S) on the in-range entries, S in natural units (the rest is cut below)
+                for i in range(2):
+                    row = q0 + r_lo + 8 * i
+                    if row < n_q:
+                        for n in range(NS):
+                            for e in range(2):
+                                c = 8 * n + 2 * tq + e
+                                if c < kv_len:
+                                    s[n, 2 * i + e] = modded(s[n, 2 * i + e] * LN2, b, h, row, k0 + c) * LOG2E
 
             # -- online softmax per row (the other fast builds', NaN semantics included): rows
             # r_lo (s[n, 0], s[n, 1]) and r_hi (s[n, 2], s[n, 3]); keys k0 + 8n + 2t + {0, 1}

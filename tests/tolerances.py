@@ -157,7 +157,7 @@ TC16_STEP_UNITS = 4
 P_UNDERFLOW = {"float16": 2.0**-25, "bfloat16": 2.0**-134}
 
 
-def tolerances_tc16(q, k, v, ref_out, ref_lse, causal, scale, dtype, rows=None):
+def tolerances_tc16(q, k, v, ref_out, ref_lse, causal, scale, dtype, rows=None, score_mod=None):
     """(atol for O, atol for L) of flash2's 16-bit tensor-core build (kernels/flash2_tc16.py, fp16
     or bf16 inputs): :func:`tolerances` plus what its arithmetic adds.
 
@@ -171,13 +171,18 @@ def tolerances_tc16(q, k, v, ref_out, ref_lse, causal, scale, dtype, rows=None):
       S_abs = |scale| · max_i Σ_c |q_ic| · max |k|, the largest any partial sum can be): S errs by
       at most δS = (d/16) · TC16_STEP_UNITS · 2⁻²⁴ · S_abs. L moves by at most δS and O, whose
       derivative in S_ij is P_ij (V_j - O_i) / l_i, by at most δS · 2 max |v|.
+    - a score_mod: :func:`tolerances` applies it to its fp32 S, and δS reaches score_mod(S) times
+      at most max |score_mod'(S)| over the problem's scores.
     """
-    atol_out, atol_lse = tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, rows=rows)
+    atol_out, atol_lse = tolerances(q, k, v, ref_out, ref_lse, causal, scale, dtype, rows=rows, score_mod=score_mod)
     d = q.shape[3]
     q64, k64 = (np.abs(x.astype(np.float64)) for x in (q, k))
     vmax = float(np.abs(v.astype(np.float64)).max())
     s_abs = abs(scale) * float(q64.sum(-1).max(initial=0.0)) * float(k64.max(initial=0.0))
     delta_s = (d // 16) * TC16_STEP_UNITS * U32 * s_abs
+    if score_mod is not None:
+        qf, kf = q.astype(np.float32), expand_heads(k.astype(np.float32), q.shape[1])
+        delta_s *= float(np.abs(score_mod.derivative(scores_fp32(qf, kf, scale))).max(initial=0.0))
     name = np.dtype(dtype).name
     p_rounding = UNIT_ROUNDOFF[name] + k.shape[2] * P_UNDERFLOW[name]
     return atol_out + p_rounding * vmax + 2 * delta_s * vmax, atol_lse + delta_s

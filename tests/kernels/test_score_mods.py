@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.builds import SCORE_MOD_REFUSAL, choose_backward_build, choose_build
+from kernels.builds import SCORE_MOD_REFUSAL, choose_build
 from sandbox import Problem, Schedule, masks, reference_attention, reference_attention_backward, score_mods
 from sandbox import attention, attention_backward, simulate
 from sandbox.vocabulary import kinds
@@ -176,19 +176,54 @@ def test_an_identity_score_mod_changes_nothing_but_the_count():
     assert plain_report == modded_report
 
 
-def test_the_fma_fast_build_refuses_a_score_mod():
-    """flash2's FMA build applies no score_mod: the chooser runs the plain build and says why;
-    fast=True raises it."""
+FORWARD_FAST_CASES = [pytest.param(("fma", 16, 16, 19, 21, 16, "float32", True), id="fma-causal"),
+                      pytest.param(("fma", 16, 32, 23, 37, 16, "bfloat16", False), id="fma-bf16"),
+                      pytest.param(("f16", 16, 16, 19, 21, 16, "float16", True), id="f16-causal"),
+                      pytest.param(("f16", 32, 16, 37, 45, 16, "bfloat16", False), id="f16-bf16"),
+                      pytest.param(("fma", 64, 64, 301, 333, 64, "float32", True), id="fma-gpu",
+                                   marks=pytest.mark.gpu),
+                      pytest.param(("f16", 128, 64, 301, 333, 128, "float16", True), id="f16-gpu",
+                                   marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("case", FORWARD_FAST_CASES)
+def test_the_other_fast_forwards_apply_a_score_mod(case):
+    """flash2's FMA build (math="fma") and 16-bit tensor-core build (math="f16") take a score_mod
+    (fast=True runs them) and stay within their tolerances of the float64 reference: the FMA
+    build's is the fp32 one, the 16-bit build's adds P's rounding (tests/tolerances.py)."""
+    from kernels.flash2_tc16 import tc16_schedule
+    from tests.tolerances import tolerances_tc16
+
+    math_, br, bc, n_q, n_kv, d, dtype, causal = case
+    schedule = (tc16_schedule(br, bc) if math_ == "f16"
+                else Schedule("flash2", block_q=br, block_kv=bc, thread_q=2, thread_kv=2))
+    problem = Problem(1, 2, n_q, n_kv, d, dtype=dtype, causal=causal)
+    q, k, v = make_inputs(problem, seed=n_q + d)
+    check = tolerances_tc16 if math_ == "f16" else tolerances
+    for mod in (score_mods.soft_cap(1.5), score_mods.alibi(score_mods.alibi_slopes(2)),
+                score_mods.relative_bias(np.arange(-3.0, 4.0) / 4), _user_mod(3, 1.5)):
+        out, lse, chosen = attention(q, k, v, schedule=schedule, causal=causal, score_mod=mod, return_lse=True,
+                                     fast=True, return_build=True)
+        assert chosen.name == f"fast-{math_}"
+        ref_out, ref_lse = reference_attention(q, k, v, causal=causal, return_lse=True, score_mod=mod)
+        atol_out, atol_lse = check(q, k, v, ref_out, ref_lse, causal, problem.scale, problem.dtype, score_mod=mod)
+        np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=0, atol=atol_out, err_msg=mod.name)
+        np.testing.assert_allclose(lse, ref_lse, rtol=0, atol=atol_lse, err_msg=mod.name)
+
+
+def test_a_fast_build_without_a_score_mod_is_refused(monkeypatch):
+    """A fast build whose module does not say TAKES_SCORE_MOD (a kind's own, registered by a user)
+    applies none: the chooser runs the plain build and says why; fast=True raises it."""
+    from kernels import flash2_fast
+
     s = Schedule("flash2", block_q=16, block_kv=16, thread_q=1, thread_kv=1)
     mod = score_mods.soft_cap(5.0)
-    for choose in (choose_build, choose_backward_build):
-        chosen = choose(s, 16, score_mod=mod, fast=None)
-        assert not chosen.fast
-    assert choose_build(s, 16, score_mod=mod).reason == SCORE_MOD_REFUSAL
-    problem = Problem(batch=1, heads=1, n_q=4, n_kv=4, head_dim=16)
-    q, k, v = make_inputs(problem, 0)
+    monkeypatch.setattr(flash2_fast, "TAKES_SCORE_MOD", False)
+    chosen = choose_build(s, 16, score_mod=mod, fast=None)
+    assert not chosen.fast and chosen.reason == SCORE_MOD_REFUSAL
+    assert choose_build(s, 16, fast=None).name == "fast-fma"
     with pytest.raises(ValueError, match="score_mod"):
-        attention(q, k, v, schedule=s, score_mod=mod, fast=True)
+        choose_build(s, 16, score_mod=mod, fast=True)
 
 
 def test_backward_refuses_a_score_mod_without_grad():
