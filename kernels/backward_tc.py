@@ -61,9 +61,31 @@ from kernels.tiles import LOG2E, NEG_INF, ONE, ZERO, array_type, inline_device, 
 from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
 
-#: Streamed rows (dkdv: queries, dq: keys) a warp's S and dP accumulators cover at once: at 32,
-#: 16 accumulators per thread beside dK's and dV's (d/2 each), under the 255-register cap at d = 128.
-CHUNK = 32
+#: Streamed rows (dkdv: queries, dq: keys) a warp's S and dP accumulators cover at once, by d: 32
+#: (16 accumulators per thread beside dK's and dV's, d/2 each) up to d = 64; 16 above, where dkdv
+#: otherwise spills under the 255-register cap (BENCHMARKS.md, "Fast backward").
+CHUNK = {64: 32, MAX_HEAD_DIM: 16}
+
+#: dQ, dK and dV are sums over the whole sequence. The tensor cores' fp32 accumulation truncates
+#: where an fp32 add rounds to nearest, so a sum carried through N/8 × 3 products on them drifts
+#: toward zero: on the H200, dK at N = 16384, d = 128 was 1.2e-4 of the gradient's scale off
+#: float64 (BENCHMARKS.md, "Fast backward"). Each chunk's product (CHUNK / 8 × 3 of them) is
+#: therefore summed into fresh accumulators, ACC_GROUP 8-column groups at a time (ACC_GROUP
+#: independent chains, 4·ACC_GROUP registers), and added to the running sums with fp32 adds.
+ACC_GROUP = {64: 4, MAX_HEAD_DIM: 2}
+
+
+def by_head_dim(table, head_dim):
+    """``table``'s value for ``head_dim``: that of the smallest key at least ``head_dim``."""
+    return table[min(key for key in table if key >= head_dim)]
+
+
+def chunk_rows(schedule, head_dim, phase):
+    """Streamed rows per chunk of ``phase`` ("dkdv" or "dq"): :data:`CHUNK` where it divides the
+    streamed block, else 16."""
+    streamed = schedule.block_q if phase == "dkdv" else schedule.block_kv
+    ch = by_head_dim(CHUNK, head_dim)
+    return ch if streamed % ch == 0 else 16
 
 
 def eligible(schedule, head_dim, count_io=False, mask=None):
@@ -162,8 +184,10 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     D, CAUSAL = head_dim, bool(causal)
     R = schedule.block_kv if DKDV else schedule.block_q  # resident rows (a warp per 16)
     C = schedule.block_q if DKDV else schedule.block_kv  # streamed rows per block
-    CH = CHUNK if C % CHUNK == 0 else 16  # streamed rows per chunk of the products
+    CH = chunk_rows(schedule, head_dim, phase)  # streamed rows per chunk of the products
     NS, KD = CH // 8, D // 8  # 8-row groups of a chunk; 8-column groups of d
+    AG = by_head_dim(ACC_GROUP, D)  # column groups per fresh accumulator group
+    AG = AG if KD % AG == 0 else 1
     NT = 2 * R
     P_ = _stride(D)
     X1, X2 = 0, R * P_  # resident: dkdv K, V; dq Q, dO
@@ -246,23 +270,32 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3], EXACT, EXACT)
 
     @inline_device
-    def accumulate(sm, xch, tid, cq, a, base, acc):
+    def accumulate(sm, xch, tid, cq, a, small, base, acc, t):
         """acc += A Y, A the chunk's accumulator ``a`` (rows: the warp's; k: the chunk's streamed
-        rows, 2t as t and 2t + 1 as t + 4), Y the streamed tile at ``base``."""
+        rows, 2t as t and 2t + 1 as t + 4), Y the streamed tile at ``base``. The chunk's product is
+        summed on the tensor cores into fresh accumulators ``t`` (AG column groups at a time) and
+        added to ``acc`` in fp32 (:data:`ACC_GROUP`). ``a`` is left holding its TF32 big parts,
+        ``small`` the small ones."""
         g = (tid % 32) // 4
         tq = tid % 4
         for n in range(NS):
-            pb0, ps0 = split(a[n, 0])
-            pb1, ps1 = split(a[n, 2])
-            pb2, ps2 = split(a[n, 1])
-            pb3, ps3 = split(a[n, 3])
-            for kk in range(KD):
-                bt = base + (cq + 8 * n + 2 * tq) * P_ + 8 * kk + g
-                bb0, bs0 = parts(sm[bt], EXACT)
-                bb1, bs1 = parts(sm[bt + P_], EXACT)
-                acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3] = mma3(
-                    xch, tid, pb0, pb1, pb2, pb3, ps0, ps1, ps2, ps3, bb0, bb1, bs0, bs1,
-                    acc[kk, 0], acc[kk, 1], acc[kk, 2], acc[kk, 3], False, EXACT)
+            for e in range(4):
+                a[n, e], small[n, e] = split(a[n, e])
+        for k0 in range(0, KD, AG):
+            for u in range(AG):
+                for i in range(4):
+                    t[u, i] = ZERO
+            for n in range(NS):
+                for u in range(AG):
+                    bt = base + (cq + 8 * n + 2 * tq) * P_ + 8 * (k0 + u) + g
+                    bb0, bs0 = parts(sm[bt], EXACT)
+                    bb1, bs1 = parts(sm[bt + P_], EXACT)
+                    t[u, 0], t[u, 1], t[u, 2], t[u, 3] = mma3(
+                        xch, tid, a[n, 0], a[n, 2], a[n, 1], a[n, 3], small[n, 0], small[n, 2], small[n, 1],
+                        small[n, 3], bb0, bb1, bs0, bs1, t[u, 0], t[u, 1], t[u, 2], t[u, 3], False, EXACT)
+            for u in range(AG):
+                for i in range(4):
+                    acc[k0 + u, i] += t[u, i]
 
     @inline_device
     def store(x, b, h, row0, n_valid, ra, acc, factor, tid):
@@ -301,6 +334,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             acc_k = cuda.local.array((KD, 4), float32)
             s = cuda.local.array((NS, 4), float32)
             dp = cuda.local.array((NS, 4), float32)
+            small = cuda.local.array((NS, 4), float32)
+            t = cuda.local.array((AG, 4), float32)
             for kk in range(KD):
                 for i in range(4):
                     acc_v[kk, i] = ZERO
@@ -343,8 +378,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                                     p = ZERO
                             s[n, e] = p
                             dp[n, e] = p * (dp[n, e] - sm[OD + col]) * gm
-                    accumulate(sm, xch, tid, cq, s, Y2, acc_v)  # dV_j += Pᵀ dO_i
-                    accumulate(sm, xch, tid, cq, dp, Y1, acc_k)  # dK_j += dSᵀ Q_i
+                    accumulate(sm, xch, tid, cq, s, small, Y2, acc_v, t)  # dV_j += Pᵀ dO_i
+                    accumulate(sm, xch, tid, cq, dp, small, Y1, acc_k, t)  # dK_j += dSᵀ Q_i
             store(dv, b, h, k0, kv_len, ra, acc_v, float32(1.0), tid)
             store(dk, b, h, k0, kv_len, ra, acc_k, scale, tid)
 
@@ -377,6 +412,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             acc = cuda.local.array((KD, 4), float32)
             s = cuda.local.array((NS, 4), float32)
             dp = cuda.local.array((NS, 4), float32)
+            small = cuda.local.array((NS, 4), float32)
+            t = cuda.local.array((AG, 4), float32)
             l2 = cuda.local.array(2, float32)
             dd = cuda.local.array(2, float32)
             for kk in range(KD):
@@ -418,7 +455,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                                 if col >= kv_len or (CAUSAL and k0 + col > q0 + ra + g + 8 * (e // 2)):
                                     p = ZERO
                             dp[n, e] = p * (dp[n, e] - dd[e // 2]) * gm
-                    accumulate(sm, xch, tid, cq, dp, Y1, acc)  # dQ_i += dS K_j
+                    accumulate(sm, xch, tid, cq, dp, small, Y1, acc, t)  # dQ_i += dS K_j
             store(dq, b, h, q0, q_len, ra, acc, scale, tid)
 
         def grid(problem):

@@ -25,6 +25,8 @@ from sandbox.vocabulary.reference import expand_heads, sum_groups
 
 U32 = 2.0**-24
 UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+#: Half the smallest subnormal of each dtype: the absolute error of storing a value below its normal range.
+OUTPUT_UNDERFLOW = {"float32": 2.0**-150, "float16": 2.0**-25, "bfloat16": 2.0**-134}
 
 
 def scores_fp32(q, k, scale, in_order=False):
@@ -131,7 +133,9 @@ def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse, all
     """atol for (dq, dk, dv), given the saved forward (out, lse) that the backward and the reference share:
     4x the naive fp32 error (the larger of S summed by einsum and in order, as for the forward),
     plus (max(d, d_v) + Nq + Nk + 8) fp32 rounding units and one rounding to the output dtype, both of the
-    gradient's own scale (max |reference gradient|)."""
+    gradient's own scale (max |reference gradient|), and that rounding's absolute error below the
+    dtype's normal range (:data:`OUTPUT_UNDERFLOW`: a gradient that is 0 in exact arithmetic, where
+    a row sees one key, comes out as fp32 rounding noise, which fp16 stores as a subnormal)."""
     # the deepest dot products: S = QKᵀ over d, and dP = dO Vᵀ and D = rowsum(dO ∘ O) over V's head
     # dim d_v, which may be the larger
     n_q, n_kv, d = q.shape[2], k.shape[2], max(q.shape[3], v.shape[3])
@@ -142,7 +146,8 @@ def gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse, all
     for i, ref in enumerate(refs):
         gmax = float(np.abs(ref).max())
         err32 = max(float(np.abs(n[i] - ref).max()) for n in naives)
-        atols.append(4 * err32 + depth * gmax + UNIT_ROUNDOFF[np.dtype(dtype).name] * gmax)
+        name = np.dtype(dtype).name
+        atols.append(4 * err32 + depth * gmax + UNIT_ROUNDOFF[name] * gmax + OUTPUT_UNDERFLOW[name])
     return atols
 
 
@@ -186,3 +191,57 @@ def tolerances_tc16(q, k, v, ref_out, ref_lse, causal, scale, dtype, rows=None, 
     name = np.dtype(dtype).name
     p_rounding = UNIT_ROUNDOFF[name] + k.shape[2] * P_UNDERFLOW[name]
     return atol_out + p_rounding * vmax + 2 * delta_s * vmax, atol_lse + delta_s
+
+
+def gradient_tolerances_tc(q, k, v, dout, refs, causal, scale, dtype, out, lse, chunk, allowed=None, score_mod=None):
+    """atol for (dq, dk, dv) of flash2's fast backward (kernels/backward_tc.py):
+    :func:`gradient_tolerances` plus what its tensor cores add, each bound taken per entry and
+    summed as the gradient sums it.
+
+    The tensor cores' sums cut short (:data:`TC16_STEP_UNITS` fp32 units of the largest magnitude
+    per product, as for the 16-bit build; a product of fp32 values is three TF32 ones, of 16-bit
+    inputs one, of an fp32 value and a 16-bit input two):
+
+    - S = QKᵀ and dP = dO Vᵀ over d (d_v) in d/8 steps:
+      δS_ij ≤ m·(d/8)·units·2⁻²⁴·scale·Σ_c |q_ic k_jc|, δdP likewise from |dO| and |V|; a score_mod carries δS times |score_mod'(S)|.
+    - P = exp(S - L) moves by P·δS, dS = P ∘ (dP - D) by δP·|dP - D| + P·δdP (times |score_mod'|).
+    - dQ = scale·dS K, dK = scale·dSᵀ Q, dV = Pᵀ dO: the errors above summed through |K|, |Q|, |dO|,
+      plus the sums' own: each chunk of ``chunk`` streamed rows is summed on the tensor cores
+      (chunk/8 steps) and added to the running sum in fp32, so a gradient errs by at most
+      (m·(chunk/8)·units + N/chunk) units of Σ |terms|.
+    """
+    atols = gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse, allowed, score_mod)
+    heads_kv = k.shape[1]
+    q, k, v, dout, out = (x.astype(np.float64) for x in (q, k, v, dout, out))
+    k, v = expand_heads(k, q.shape[1]), expand_heads(v, q.shape[1])
+    n_q, n_kv = q.shape[2], k.shape[2]
+    exact = np.dtype(dtype).itemsize == 2
+    m_in, m_mix = (1, 2) if exact else (3, 3)
+    unit = TC16_STEP_UNITS * U32
+    s = scale * np.einsum("bhid,bhjd->bhij", q, k)
+    delta_s = m_in * (q.shape[3] / 8) * unit * abs(scale) * np.einsum("bhid,bhjd->bhij", np.abs(q), np.abs(k))
+    grad = np.ones_like(s)
+    if score_mod is not None:
+        grad = np.abs(score_mod.derivative(s))
+        s = score_mod.apply(s)
+    keep = np.ones(s.shape, bool) if allowed is None else np.asarray(allowed, bool)
+    if causal:
+        keep = keep & (np.arange(n_kv)[None, :] <= np.arange(n_q)[:, None])
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = np.where(keep & ~np.isneginf(s), np.exp(s - lse.astype(np.float64)[..., None]), 0.0)
+    p = np.nan_to_num(p)
+    dp = np.einsum("bhid,bhjd->bhij", dout, v)
+    delta_dp = m_in * (v.shape[3] / 8) * unit * np.einsum("bhid,bhjd->bhij", np.abs(dout), np.abs(v))
+    d_row = (dout * out).sum(-1, keepdims=True)
+    delta_p = p * grad * delta_s
+    delta_ds = (delta_p * np.abs(dp - d_row) + p * delta_dp) * grad
+    ds_abs = p * np.abs(dp - d_row) * grad
+    sums = lambda n: m_mix * (chunk / 8) * unit + -(-n // chunk) * U32  # noqa: E731
+    dq = abs(scale) * (np.einsum("bhij,bhjd->bhid", delta_ds, np.abs(k))
+                       + sums(n_kv) * np.einsum("bhij,bhjd->bhid", ds_abs, np.abs(k)))
+    dk = abs(scale) * (np.einsum("bhij,bhid->bhjd", delta_ds, np.abs(q))
+                       + sums(n_q) * np.einsum("bhij,bhid->bhjd", ds_abs, np.abs(q)))
+    dv = (np.einsum("bhij,bhid->bhjd", delta_p, np.abs(dout))
+          + sums(n_q) * np.einsum("bhij,bhid->bhjd", p, np.abs(dout)))
+    extra = (dq, sum_groups(dk, heads_kv), sum_groups(dv, heads_kv))
+    return [a + float(e.max(initial=0.0)) for a, e in zip(atols, extra)]

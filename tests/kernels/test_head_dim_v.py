@@ -84,8 +84,13 @@ def check_forward(schedule, problem, mask, seed):
     np.testing.assert_allclose(lse[seen], ref_lse[seen], rtol=0, atol=atol_lse)
     modelled = simulate(schedule, problem, mask=mask)
     assert measured == modelled, f"{schedule.describe()} {problem} {mask}: {measured.diff(modelled)}"
-    plain = attention(q, k, v, **kw)  # the counters compiled away: the same bits
-    np.testing.assert_array_equal(plain[0], out)
+    # the counters compiled away: held to the same tolerance, not to the same bits (the counters'
+    # branches cut the code into other basic blocks, and NVVM fuses a multiply and an add into one
+    # FMA only inside one, so the two builds may round differently: on the H200, flash1's bf16 O
+    # once differed in 1 element of 6880 by one bf16 ulp)
+    plain_out, plain_lse = attention(q, k, v, **kw)
+    np.testing.assert_allclose(plain_out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
+    np.testing.assert_allclose(plain_lse[seen], ref_lse[seen], rtol=0, atol=atol_lse)
 
 
 def check_backward(schedule, problem, mask, seed):

@@ -16,7 +16,8 @@ from sandbox import Problem, Schedule, masks, reference_attention, reference_att
 from sandbox import attention, attention_backward, simulate
 from sandbox.vocabulary import kinds
 from tests.strategies import BACKWARD_KINDS, SIMULATED, make_inputs, magnitudes, problems, schedules, seeds
-from tests.tolerances import gradient_tolerances, tolerances
+from kernels.backward_tc import CHUNK, by_head_dim
+from tests.tolerances import gradient_tolerances, gradient_tolerances_tc, tolerances
 
 KINDS = tuple(k for k in kinds.with_trait("score_mods"))
 MOD_BACKWARD_KINDS = tuple(k for k in BACKWARD_KINDS if k in KINDS)
@@ -81,10 +82,11 @@ def check_forward(schedule, problem, score_mod, mask, seed, magnitude=1.0):
     np.testing.assert_allclose(lse[~empty], ref_lse[~empty], rtol=0, atol=atol_lse)
     modelled = simulate(schedule, problem, mask=mask, score_mod=score_mod)
     assert measured == modelled, f"{schedule.describe()} {problem} {score_mod} {mask}: {measured.diff(modelled)}"
-    if not SIMULATED:  # the plain build (counters compiled away) gives the same output
+    if not SIMULATED:  # the plain build (counters compiled away) holds to the same tolerance (as in
+        # tests/kernels/test_head_dim_v.py: the two builds may fuse multiply-adds differently)
         plain_out, plain_lse = attention(q, k, v, **kw)
-        np.testing.assert_array_equal(plain_out, out)
-        np.testing.assert_array_equal(plain_lse, lse)
+        np.testing.assert_allclose(plain_out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
+        np.testing.assert_allclose(plain_lse[~empty], ref_lse[~empty], rtol=0, atol=atol_lse)
 
 
 def check_backward(schedule, problem, score_mod, mask, seed):
@@ -296,6 +298,7 @@ def test_the_tensor_core_forward_applies_a_score_mod(case):
                                             fast=True, return_build=True)
         assert chosen.name == "fast-tf32x3"
         refs = reference_attention_backward(q, k, v, dout, causal=causal, out=out, lse=lse, score_mod=mod)
-        atols = gradient_tolerances(q, k, v, dout, refs, causal, problem.scale, dtype, out, lse, score_mod=mod)
+        atols = gradient_tolerances_tc(q, k, v, dout, refs, causal, problem.scale, dtype, out, lse,
+                                       by_head_dim(CHUNK, q.shape[3]), score_mod=mod)
         for name, g, ref, atol in zip(("dq", "dk", "dv"), grads, refs, atols):
             np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)

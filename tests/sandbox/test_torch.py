@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from sandbox import Schedule, masks
-from tests.tolerances import gradient_tolerances
+from kernels.backward_tc import CHUNK, by_head_dim
+from tests.tolerances import gradient_tolerances, gradient_tolerances_tc
 
 gpu = pytest.mark.gpu
 
@@ -101,7 +102,8 @@ def test_the_fast_backward_through_autograd(dtype, causal):
     refs = _sdpa_float64(torch, q, k, v, dout, causal, None, None)
     _, lse = attention_any(q.detach(), k.detach(), v.detach(), schedule=schedule, causal=causal, return_lse=True)
     host = [x.detach().float().cpu().numpy() for x in (q, k, v, dout, out)]
-    atols = gradient_tolerances(*host[:4], refs, causal, 1 / np.sqrt(d), dtype, host[4], lse.cpu().numpy())
+    atols = gradient_tolerances_tc(*host[:4], refs, causal, 1 / np.sqrt(d), dtype, host[4], lse.cpu().numpy(),
+                                   by_head_dim(CHUNK, d))
     for name, x, ref, atol in zip(("dq", "dk", "dv"), (q, k, v), refs, atols):
         np.testing.assert_allclose(x.grad.double().cpu().numpy(), ref, rtol=0, atol=atol, err_msg=name)
 
