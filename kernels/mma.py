@@ -73,28 +73,45 @@ if using_simulator():
         """x as the tensor cores read a TF32 operand: its low 13 bits ignored."""
         return float(_float(_bits(x) & 0xFFFFE000))
 
+    def _tf32_values(x):
+        """The one value of a TF32 register, as the tensor cores read it."""
+        return (_truncated(x),)
+
     @cuda.jit(device=True)  # (the simulator gives a jitted function's module its fake ``cuda`` while it runs)
-    def mma(xch, tid, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
-        """D = C + A·B, one m16n8k8 TF32 warp product (the module docstring's fragments): the lanes
-        swap fragments through ``xch``; every thread of the block must call it."""
-        base = tid * XCH_PER_THREAD
+    def simulated_mma(xch, tid, per_thread, k_dim, values, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        """D = C + A·B, one m16n8k``k_dim`` warp product in the simulator, with the fragments of the
+        module docstring (and kernels/mma16.py's for k_dim = 16): a register holds k_dim // 8 values
+        of A's row or B's column, the lower k first, and ``values(x)`` gives them as the tensor cores
+        read them. The lanes swap fragments through ``xch`` (``per_thread`` entries a thread) between
+        two barriers, so every thread of the block must call it; each sums its c0..c3 in fp64 and
+        rounds once to fp32."""
+        base = tid * per_thread
         for i, x in enumerate((a0, a1, a2, a3, b0, b1)):
             xch[base + i] = x
         cuda.syncthreads()
         warp0 = tid - tid % 32
         lane = tid - warp0
         g, t = lane // 4, lane % 4
+        per_register, half = k_dim // 8, k_dim // 2
         out = []
         for c, row, col in ((c0, g, 2 * t), (c1, g, 2 * t + 1), (c2, g + 8, 2 * t), (c3, g + 8, 2 * t + 1)):
             total = float(c)
-            for k in range(8):
-                # A[row, k]: lane (row % 8)·4 + k % 4, register a0..a3; B[k, col]: lane col·4 + k % 4, b0 or b1
-                a = xch[(warp0 + (row % 8) * 4 + k % 4) * XCH_PER_THREAD + (row >= 8) + 2 * (k >= 4)]
-                b = xch[(warp0 + col * 4 + k % 4) * XCH_PER_THREAD + 4 + (k >= 4)]
-                total += _truncated(a) * _truncated(b)
+            for k in range(k_dim):
+                # A[row, k]: lane (row % 8)·4 + q, register a0..a3, value k % per_register;
+                # B[k, col]: lane col·4 + q, register b0 or b1, value k % per_register
+                q = (k % half) // per_register
+                a = xch[(warp0 + (row % 8) * 4 + q) * per_thread + (row >= 8) + 2 * (k >= half)]
+                b = xch[(warp0 + col * 4 + q) * per_thread + 4 + (k >= half)]
+                total += values(a)[k % per_register] * values(b)[k % per_register]
             out.append(np.float32(total))
         cuda.syncthreads()
         return out[0], out[1], out[2], out[3]
+
+    @cuda.jit(device=True)
+    def mma(xch, tid, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+        """D = C + A·B, one m16n8k8 TF32 warp product (the module docstring's fragments): the lanes
+        swap fragments through ``xch``; every thread of the block must call it."""
+        return simulated_mma(xch, tid, XCH_PER_THREAD, 8, _tf32_values, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
 
 else:
     from llvmlite import ir

@@ -21,10 +21,11 @@ them as a register holds them: lo in the low half. On the GPU it is ``cvt.rn.f16
 
 On the GPU these are inline PTX. The simulator has no tensor cores and no cross-lane registers:
 there the lanes swap their fragments through a shared array (``xch``, :data:`XCH16_PER_THREAD`
-uint32 per thread, allocated by the kernel) with a barrier before and after, so every thread of
-the block must make the same calls. Its 16-bit inputs are exact, its products are summed in fp64
-and rounded once to fp32 per product (which the tensor cores need not match bit for bit), and its
-packing rounds with NumPy's float16 and ml_dtypes' bfloat16 (to nearest even).
+uint32 per thread, allocated by the kernel) with a barrier before and after (kernels/mma.py's
+``simulated_mma``, which the TF32 product uses too), so every thread of the block must make the
+same calls. Its 16-bit inputs are exact, its products are summed in fp64 and rounded once to fp32
+per product (which the tensor cores need not match bit for bit), and its packing rounds with NumPy's
+float16 and ml_dtypes' bfloat16 (to nearest even).
 """
 
 import ml_dtypes
@@ -39,6 +40,7 @@ from sandbox.vocabulary.runtime import using_simulator
 XCH16_PER_THREAD = 6
 
 if using_simulator():
+    from kernels.mma import simulated_mma
 
     def _halves_f16(x):
         """The two fp16 values of a register (low half first)."""
@@ -68,26 +70,7 @@ if using_simulator():
         def mma(xch, tid, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
             """D = C + A·B, one m16n8k16 warp product (the module docstring's fragments): the lanes
             swap fragments through ``xch``; every thread of the block must call it."""
-            base = tid * XCH16_PER_THREAD
-            for i, x in enumerate((a0, a1, a2, a3, b0, b1)):
-                xch[base + i] = x
-            cuda.syncthreads()
-            warp0 = tid - tid % 32
-            lane = tid - warp0
-            g, t = lane // 4, lane % 4
-            out = []
-            for c, row, col in ((c0, g, 2 * t), (c1, g, 2 * t + 1), (c2, g + 8, 2 * t), (c3, g + 8, 2 * t + 1)):
-                total = float(c)
-                for k in range(16):
-                    # A[row, k]: lane (row % 8)·4 + (k % 8) // 2, register a0..a3, half k % 2;
-                    # B[k, col]: lane col·4 + (k % 8) // 2, register b0 or b1, half k % 2
-                    q = (k % 8) // 2
-                    a = xch[(warp0 + (row % 8) * 4 + q) * XCH16_PER_THREAD + (row >= 8) + 2 * (k >= 8)]
-                    b = xch[(warp0 + col * 4 + q) * XCH16_PER_THREAD + 4 + (k >= 8)]
-                    total += halves(a)[k % 2] * halves(b)[k % 2]
-                out.append(np.float32(total))
-            cuda.syncthreads()
-            return out[0], out[1], out[2], out[3]
+            return simulated_mma(xch, tid, XCH16_PER_THREAD, 16, halves, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
 
         return mma
 

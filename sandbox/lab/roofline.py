@@ -437,7 +437,7 @@ def figure(rows, ceilings, prov, path):
               title=f"ceilings; HBM copy {bw / 1e12:.2f} TB/s")
     fig.tight_layout()
     fig.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 0.95), title_fontsize=7,
-               title="rows (colour: kind; ■ fast-fma, ▲ fast-tf32x3, ● plain; hollow: backward)")
+               title="rows (colour: kind; ■ fast-fma, ▲ fast-tf32x3, ◆ fast-f16, ● plain; hollow: backward)")
     footer = " | ".join(str(prov[k]) for k in ("device", "date") if prov.get(k))
     fig.text(0.01, -0.02, footer, fontsize=6, color="gray")
     fig.savefig(path, dpi=120, bbox_inches="tight")

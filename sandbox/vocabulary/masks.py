@@ -204,8 +204,9 @@ class Mask:
         out = np.zeros(box, np.bool_)
         at = np.zeros(4, np.int64)
         pred = self.cpu()
-        fill_box = _kernels()[1]
-        self._run(fill_box, pred, out, at, where=lambda: tuple(at))
+        over_box = point_loops()[0]
+        self._run(over_box, pred, _kernels()[1], (out.reshape(-1),), np.array(box, np.int64), at,
+                  where=lambda: tuple(at))
         return out
 
     def _run(self, fn, pred, *args, where):
@@ -273,9 +274,9 @@ class Mask:
 
     def _evaluate_points(self, pts):
         out = np.zeros(len(pts), np.bool_)
-        at = np.zeros(1, np.int64)
-        fill_points = _kernels()[2]
-        self._run(fill_points, self.cpu(), pts, out, at, where=lambda: pts[at[0]])
+        at = np.zeros(4, np.int64)
+        at_points = point_loops()[1]
+        self._run(at_points, self.cpu(), _kernels()[1], (out,), pts, at, where=lambda: tuple(at))
         return out
 
 
@@ -388,9 +389,58 @@ def as_mask(mask):
 # -- evaluation over a problem (the simulator's and the reference's side) ------------------
 
 @functools.lru_cache(maxsize=None)
+def point_loops():
+    """The Numba loops that evaluate a mask or a score_mod over a box or at points: (over_box, at_points).
+
+    ``over_box(f, visit, args, box, at)`` calls ``visit(f, args, i, b, h, q_idx, kv_idx)`` at every
+    point of ``box`` (int64 (4,): B, H, Nq, Nk) in C order, ``i`` the point's flat index;
+    ``at_points(f, visit, args, pts, at)`` calls it at each row ``i`` of ``pts`` (int64 (n, 4)).
+    ``f`` is the Numba CPU function, ``visit`` a Numba function that calls it and keeps or compares
+    the answer, ``args`` a tuple of what ``visit`` reads and writes (arrays, a score; no functions).
+    Both record the point in ``at`` (int64 (4,)) before each call, so that an exception can be
+    placed, and stop at the first call that returns True.
+
+    Returns:
+        The two loops; each returns True if a call returned True, else False.
+    """
+    import numba
+
+    @numba.njit(cache=False)
+    def over_box(f, visit, args, box, at):
+        i = 0
+        for b in range(box[0]):
+            at[0] = b
+            for h in range(box[1]):
+                at[1] = h
+                for q in range(box[2]):
+                    at[2] = q
+                    for k in range(box[3]):
+                        at[3] = k
+                        if visit(f, args, i, b, h, q, k):
+                            return True
+                        i += 1
+        return False
+
+    @numba.njit(cache=False)
+    def at_points(f, visit, args, pts, at):
+        for i in range(pts.shape[0]):
+            b, h, q, k = pts[i, 0], pts[i, 1], pts[i, 2], pts[i, 3]
+            at[0] = b
+            at[1] = h
+            at[2] = q
+            at[3] = k
+            if visit(f, args, i, b, h, q, k):
+                return True
+        return False
+
+    return over_box, at_points
+
+
+@functools.lru_cache(maxsize=None)
 def _kernels():
-    """Numba loops over a box: (classify tiles, fill a dense box, fill at points). Each records in ``at``
-    where it is before calling the predicate, so that an exception can be placed."""
+    """Numba functions of a mask's evaluation: (classify tiles, fill: the visit of :func:`point_loops` that
+    keeps the predicate's answer at the point's index). classify records in ``at`` where it is before
+    calling the predicate, so that an exception can be placed."""
     import numba
 
     @numba.njit(cache=False)
@@ -411,25 +461,11 @@ def _kernels():
                 allowed_out[i, j] = a
 
     @numba.njit(cache=False)
-    def fill_box(pred, out, at):
-        n_b, n_h, n_q, n_kv = out.shape
-        for b in range(n_b):
-            at[0] = b
-            for h in range(n_h):
-                at[1] = h
-                for q in range(n_q):
-                    at[2] = q
-                    for k in range(n_kv):
-                        at[3] = k
-                        out[b, h, q, k] = pred(b, h, q, k)
+    def fill(pred, args, i, b, h, q, k):
+        args[0][i] = pred(b, h, q, k)
+        return False
 
-    @numba.njit(cache=False)
-    def fill_points(pred, pts, out, at):
-        for i in range(pts.shape[0]):
-            at[0] = i
-            out[i] = pred(pts[i, 0], pts[i, 1], pts[i, 2], pts[i, 3])
-
-    return classify, fill_box, fill_points
+    return classify, fill
 
 
 def tile_allowed(mask, problem, block_q, block_kv):

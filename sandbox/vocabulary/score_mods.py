@@ -43,7 +43,7 @@ import math
 import numpy as np
 
 from sandbox.vocabulary.masks import (CONSTANT_MEMORY_BYTES, DENSE_CHECK_ENTRIES, MAX_CAPTURED_BYTES, sampled_points,
-                                      find_captured)
+                                      find_captured, point_loops)
 
 #: Scores :meth:`ScoreMod.check` evaluates the compiled function at (with every index of the box).
 PROBE_SCORES = (-3.5, 0.75)
@@ -233,8 +233,11 @@ class ScoreMod:
                 if not isinstance(r, (float, np.floating)):
                     raise TypeError(f"score_mod {self.name}: its {what} must return a float (the modified score), "
                                     f"returned {type(r).__name__} {r!r} at (b={b}, h={h}, q_idx={q}, kv_idx={k})")
-        dense = int(np.prod(box, dtype=object)) <= DENSE_CHECK_ENTRIES
-        pts = np.zeros((0, 4), np.int64) if dense else sampled_points(box)
+        over_box, at_points = point_loops()
+        if int(np.prod(box, dtype=object)) <= DENSE_CHECK_ENTRIES:
+            loop, over = over_box, np.array(box, np.int64)
+        else:
+            loop, over = at_points, sampled_points(box)
         for what, f in (("score_mod", self.cpu()), ("grad", self.grad_cpu())):
             if f is None:
                 continue
@@ -242,7 +245,7 @@ class ScoreMod:
                 at = np.zeros(4, np.int64)
                 got = np.zeros(2, np.float64)
                 try:
-                    differs = _kernels()[1](f, float(score), np.array(box, np.int64), dense, pts, at, got)
+                    differs = loop(f, _kernels()[1], (float(score), got), over, at)
                 except Exception as e:
                     b, h, q, k = (int(x) for x in at)
                     raise ValueError(f"score_mod {self.name}: its {what} raised {type(e).__name__} at (score={score}, "
@@ -261,7 +264,8 @@ class ScoreMod:
         out = np.empty(s.shape, np.float64)
         at = np.zeros(4, np.int64)
         try:
-            _kernels()[0](f, np.ascontiguousarray(s, dtype=np.float64), out, at)
+            s_flat = np.ascontiguousarray(s, dtype=np.float64).reshape(-1)
+            point_loops()[0](f, _kernels()[0], (s_flat, out.reshape(-1)), np.array(s.shape, np.int64), at)
         except Exception as e:
             b, h, q, k = (int(x) for x in at)
             raise ValueError(f"score_mod {self.name}: its {what} raised {type(e).__name__} at (b={b}, h={h}, "
@@ -338,31 +342,22 @@ def as_score_mod(score_mod):
 
 @functools.lru_cache(maxsize=None)
 def _kernels():
-    """Numba loops: (apply over an S box, evaluate twice over a box or at points). Each records in ``at``
-    where it is before calling the function, so that an exception can be placed."""
+    """The visits of ``masks.point_loops`` a score_mod is evaluated with: (apply at an entry of S, evaluate
+    twice at a score)."""
     import numba
 
     @numba.njit(cache=False)
-    def over_box(f, s, out, at):
-        n_b, n_h, n_q, n_kv = s.shape
-        for b in range(n_b):
-            at[0] = b
-            for h in range(n_h):
-                at[1] = h
-                for q in range(n_q):
-                    at[2] = q
-                    for k in range(n_kv):
-                        at[3] = k
-                        out[b, h, q, k] = f(s[b, h, q, k], b, h, q, k)
+    def apply(f, args, i, b, h, q, k):
+        """out[i] = f(s[i], b, h, q, k) for ``args`` = (s, out), both flat."""
+        s, out = args
+        out[i] = f(s[i], b, h, q, k)
+        return False
 
     @numba.njit(cache=False)
-    def twice(f, score, b, h, q, k, at, got):
-        """f at (score, b, h, q, k), twice: False if the answers agree (NaN agrees with NaN), else
-        True with them in ``got``."""
-        at[0] = b
-        at[1] = h
-        at[2] = q
-        at[3] = k
+    def twice(f, args, i, b, h, q, k):
+        """f at (score, b, h, q, k), twice, for ``args`` = (score, got): False if the answers agree (NaN
+        agrees with NaN), else True with them in ``got``."""
+        score, got = args
         x = f(score, b, h, q, k)
         y = f(score, b, h, q, k)
         if x == y or (x != x and y != y):
@@ -371,24 +366,7 @@ def _kernels():
         got[1] = y
         return True
 
-    @numba.njit(cache=False)
-    def check_twice(f, score, box, dense, pts, at, got):
-        """Evaluate f twice at every point of ``box`` (``dense``) or at ``pts``; True at the first point
-        where the answers differ (``at``, ``got`` say where and what)."""
-        if not dense:
-            for i in range(pts.shape[0]):
-                if twice(f, score, pts[i, 0], pts[i, 1], pts[i, 2], pts[i, 3], at, got):
-                    return True
-            return False
-        for b in range(box[0]):
-            for h in range(box[1]):
-                for q in range(box[2]):
-                    for k in range(box[3]):
-                        if twice(f, score, b, h, q, k, at, got):
-                            return True
-        return False
-
-    return over_box, check_twice
+    return apply, twice
 
 
 # -- built-ins ----------------------------------------------------------------------------
