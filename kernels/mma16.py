@@ -40,15 +40,15 @@ XCH16_PER_THREAD = 6
 
 if using_simulator():
 
-    def _halves_f16(x):
-        """The two fp16 values of a register (low half first)."""
-        x = int(x)
-        return float(np.uint16(x & 0xFFFF).view(np.float16)), float(np.uint16((x >> 16) & 0xFFFF).view(np.float16))
+    def _halves_f16(words):
+        """The fp16 values of uint32 registers, two per register (low half first), as Python floats."""
+        return np.ascontiguousarray(words, np.uint32).ravel().view(np.float16).tolist()
 
-    def _halves_bf16(x):
-        """The two bf16 values of a register (low half first), as fp32 (a bf16 is fp32's high half)."""
-        x = int(x)
-        return float(np.uint32((x & 0xFFFF) << 16).view(np.float32)), float(np.uint32(x & 0xFFFF0000).view(np.float32))
+    def _halves_bf16(words):
+        """The bf16 values of uint32 registers, two per register (low half first), as Python floats
+        (a bf16 is fp32's high half)."""
+        bits = np.ascontiguousarray(words, np.uint32).ravel().view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).tolist()
 
     def _pack_with(t):
         def pack(lo, hi):
@@ -75,16 +75,17 @@ if using_simulator():
             warp0 = tid - tid % 32
             lane = tid - warp0
             g, t = lane // 4, lane % 4
+            regs = np.asarray(xch[warp0 * XCH16_PER_THREAD:(warp0 + 32) * XCH16_PER_THREAD]).reshape(32, -1)
+            # A[row, k] for k = 0..15: lanes (row % 8)·4 + 0..3, register a0 or a1 (row >= 8) for k < 8,
+            # a2 or a3 for k >= 8, half k % 2; B[k, col]: lanes col·4 + 0..3, register b0 (k < 8) or b1
+            a_rows = [halves([regs[(row % 8) * 4:(row % 8) * 4 + 4, (row >= 8) + 2 * hi] for hi in (0, 1)])
+                      for row in (g, g + 8)]
+            b_cols = [halves([regs[col * 4:col * 4 + 4, 4 + hi] for hi in (0, 1)]) for col in (2 * t, 2 * t + 1)]
             out = []
-            for c, row, col in ((c0, g, 2 * t), (c1, g, 2 * t + 1), (c2, g + 8, 2 * t), (c3, g + 8, 2 * t + 1)):
+            for c, i, j in ((c0, 0, 0), (c1, 0, 1), (c2, 1, 0), (c3, 1, 1)):
                 total = float(c)
-                for k in range(16):
-                    # A[row, k]: lane (row % 8)·4 + (k % 8) // 2, register a0..a3, half k % 2;
-                    # B[k, col]: lane col·4 + (k % 8) // 2, register b0 or b1, half k % 2
-                    q = (k % 8) // 2
-                    a = xch[(warp0 + (row % 8) * 4 + q) * XCH16_PER_THREAD + (row >= 8) + 2 * (k >= 8)]
-                    b = xch[(warp0 + col * 4 + q) * XCH16_PER_THREAD + 4 + (k >= 8)]
-                    total += halves(a)[k % 2] * halves(b)[k % 2]
+                for a, b in zip(a_rows[i], b_cols[j]):  # (fp16 and bf16 products are exact in fp64)
+                    total += a * b
                 out.append(np.float32(total))
             cuda.syncthreads()
             return out[0], out[1], out[2], out[3]
