@@ -181,3 +181,58 @@ def tolerances_tc16(q, k, v, ref_out, ref_lse, causal, scale, dtype, rows=None):
     name = np.dtype(dtype).name
     p_rounding = UNIT_ROUNDOFF[name] + k.shape[2] * P_UNDERFLOW[name]
     return atol_out + p_rounding * vmax + 2 * delta_s * vmax, atol_lse + delta_s
+
+
+def gradient_tolerances_tc16(q, k, v, dout, refs, causal, scale, dtype, out, lse):
+    """atol for (dq, dk, dv) of flash2's 16-bit fast backward (kernels/backward_tc16.py, fp16 or
+    bf16 inputs): :func:`gradient_tolerances` (fp32 arithmetic, the gradients' rounding to the
+    input type) plus what its arithmetic adds, bounded entry by entry from the float64 P =
+    exp(S - L) (the saved L), dP = dO Vᵀ and dS = P ∘ (dP - D), D = rowsum(dO ∘ O):
+
+    - the inputs' rounding: none. Q, K, V and dO are 16-bit already and the reference sees the
+      same values; the scale is applied in fp32.
+    - the tensor cores' sums (:data:`TC16_STEP_UNITS` of 2⁻²⁴ per k16 step of the largest partial
+      sum, at most the sum of the magnitudes): S_ij errs by δS_ij = (d/16)·TC16_STEP_UNITS·2⁻²⁴·
+      |scale|·Σ_c |Q_ic||K_jc|, so P by a factor within expm1(δS) of 1, and dP_ij by
+      δdP_ij = (d/16)·TC16_STEP_UNITS·2⁻²⁴·Σ_c |dO_ic||V_jc|. The second products sum over the
+      queries (dV, dK: T_q = ⌈Nq/16⌉·TC16_STEP_UNITS·2⁻²⁴) or the keys (dQ: T_k, over Nk) of
+      magnitudes at most (1 + E)·|P| or |dS| plus E (E: the operand's error below).
+    - P's rounding to the input type for dV += Pᵀ dO: |P̃ - P| ≤ E_P·P + η with E_P = u + (1 + u)·
+      expm1(δS) (u = 2⁻¹¹ fp16, 2⁻⁸ bf16; η = :data:`P_UNDERFLOW`, below the type's normal range,
+      on entries that are not masked: a masked P is 0 exactly), so
+      |δdV_jc| ≤ Σ_i (E_P P_ij + η)|dO_ic| + T_q Σ_i ((1 + E_P) P_ij + η)|dO_ic|.
+    - dS's rounding for dK += dSᵀ Q and dQ += dS K: dS is formed in fp32 from the unrounded P
+      (off by expm1(δS)·|dS| + (1 + expm1(δS))·P·δdP) and rounded once:
+      |dS̃ - dS| ≤ E_dS = (u + (1 + u)·expm1(δS))·|dS| + (1 + u)(1 + expm1(δS))·P·δdP + η, so
+      |δdK_jc| ≤ |scale|·(Σ_i E_dS,ij |Q_ic| + T_q Σ_i (|dS_ij| + E_dS,ij)|Q_ic|), and dQ likewise
+      over the keys with K and T_k.
+    """
+    atols = gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse)
+    name = np.dtype(dtype).name
+    u, eta = UNIT_ROUNDOFF[name], P_UNDERFLOW[name]
+    n_q, n_kv, d = q.shape[2], k.shape[2], q.shape[3]
+    q64, k64, v64, do64, o64 = (x.astype(np.float64) for x in (q, k, v, dout, out))
+    s = scale * np.einsum("bhid,bhjd->bhij", q64, k64)
+    allowed = np.ones(s.shape, bool)
+    if causal:
+        allowed &= np.arange(n_kv)[None, :] <= np.arange(n_q)[:, None]
+    lse64 = lse.astype(np.float64)[..., None]
+    p = np.where(allowed, np.exp(np.where(allowed, s, 0.0) - lse64), 0.0)
+    dp = np.einsum("bhid,bhjd->bhij", do64, v64)
+    ds = p * (dp - (do64 * o64).sum(-1, keepdims=True))
+    step = TC16_STEP_UNITS * U32
+    delta_s = (d // 16) * step * abs(scale) * np.einsum("bhid,bhjd->bhij", np.abs(q64), np.abs(k64))
+    delta_dp = (d // 16) * step * np.einsum("bhid,bhjd->bhij", np.abs(do64), np.abs(v64))
+    grow = np.expm1(delta_s)
+    t_q, t_k = -(-n_q // 16) * step, -(-n_kv // 16) * step
+    e_p = u + (1 + u) * grow
+    err_p = np.where(allowed, e_p * p + eta, 0.0)
+    e_ds = np.where(allowed, (u + (1 + u) * grow) * np.abs(ds) + (1 + u) * (1 + grow) * p * delta_dp + eta, 0.0)
+    mag_p = np.where(allowed, (1 + e_p) * p + eta, 0.0)
+    mag_ds = np.abs(ds) + e_ds
+    over_q, over_k = "bhij,bhic->bhjc", "bhij,bhjc->bhic"  # Σ over the queries, over the keys
+    abs_do, abs_q, abs_k = np.abs(do64), np.abs(q64), np.abs(k64)
+    extra_dv = np.einsum(over_q, err_p + t_q * mag_p, abs_do)
+    extra_dk = abs(scale) * np.einsum(over_q, e_ds + t_q * mag_ds, abs_q)
+    extra_dq = abs(scale) * np.einsum(over_k, e_ds + t_k * mag_ds, abs_k)
+    return [atol + float(extra.max(initial=0.0)) for atol, extra in zip(atols, (extra_dq, extra_dk, extra_dv))]
