@@ -10,7 +10,8 @@ first (the counting build's ``d`` kernel), then
     dkdv: one thread block per (K/V block j, batch·head), a warp per 16 keys (Bc / 16 warps);
           K_j, V_j -> SRAM once; for each Q block i (causal: from the first with a query >= the
           block's first key): Q_i, dO_i -> SRAM twice (rows, and paired along queries: below),
-          L_i, D_i -> SRAM, and per chunk of up to 32 queries
+          L_i, D_i -> SRAM, and per chunk of up to 32 queries (causal: but a chunk wholly before the
+          block's first key, which Br > Bc can give)
               Sᵀ = K_j Q_iᵀ and dPᵀ = V_j dO_iᵀ          (fp32 accumulators, interleaved)
               Pᵀ = exp2(Sᵀ·scale·log2 e - L·log2 e),  dSᵀ = Pᵀ ∘ (dPᵀ - D)       (fp32)
               dV_j += Pᵀ dO_i,  dK_j += dSᵀ Q_i     (Pᵀ, dSᵀ rounded to 16 bits, in registers)
@@ -18,7 +19,8 @@ first (the counting build's ``d`` kernel), then
     dq:   one thread block per (Q block i, batch·head), a warp per 16 queries (Br / 16 warps);
           Q_i, dO_i -> registers once (the A fragments of S and dP), L_i, D_i in registers; for
           each K/V block j (causal: up to the block's last query): K_j -> SRAM twice (rows, and
-          paired along keys), V_j -> SRAM (rows), and per chunk of up to 32 keys
+          paired along keys), V_j -> SRAM (rows), and per chunk of up to 32 keys (causal: but a
+          chunk wholly after the block's last query, which Bc > Br can give)
               S = Q_i K_jᵀ and dP = dO_i V_jᵀ,  P = exp2(S·scale·log2 e - L·log2 e),
               dS = P ∘ (dP - D),  dQ_i += dS K_j     (dS rounded to 16 bits, in registers)
           dQ_i = scale·dQ_i -> HBM in the input dtype
@@ -260,13 +262,13 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
     load_rows, load_paired = loader(C, False), loader(C, True)
 
     @inline_device
-    def second_products(sm, xch, tid, cq, a, tbase, acc):
+    def second_products(sm, xch, tid, ci, a, tbase, acc):
         """acc += A Y over the chunk's k16 steps: A the chunk's fp32 accumulator ``a`` packed to 16
         bits (groups 2c, 2c + 1: step c), Y the streamed tile's pairs at ``tbase``:
-        b0 = Yt[8nn + g, cq/2 + 8c + t], b1 four words on (slots 2t, 2t + 1 of the group)."""
+        b0 = Yt[8nn + g, ci·CH/2 + 8c + t] (chunk ci), b1 four words on (slots 2t, 2t + 1 of the group)."""
         g = (tid % 32) // 4
         tq = tid % 4
-        lane_t = uint64(tbase + g * ST + 2 * tq + cq // 2)
+        lane_t = uint64(tbase + g * ST + 2 * tq) + uint64(ci * (CH // 2))
         for c in range(KC):
             a0 = pack(a[2 * c, 0], a[2 * c, 1])
             a1 = pack(a[2 * c, 2], a[2 * c, 3])
@@ -352,7 +354,10 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
                 # barrier: Q_i, dO_i, L_i, D_i are in SRAM
                 cuda.syncthreads()
                 edge = q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform)
-                for cq in range(0, C, CH):
+                for ci in range(C // CH):
+                    cq = ci * CH  # the chunk's first query in the block
+                    if CAUSAL and q0 + cq + CH - 1 < k0:  # no key of the block sees these queries
+                        continue
                     # -- Sᵀ = K_j Q_iᵀ, dPᵀ = V_j dO_iᵀ: a0 = K[ra + g, 16kk + 2t : +2], a2 eight
                     # columns on (one 8-byte load), a1, a3 row g + 8; b0 = Q[cq + 8n + g, 16kk + 2t : +2], b1
                     for n in range(NS):
@@ -385,8 +390,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
                                     p = ZERO
                             s[n, e] = p
                             dp[n, e] = p * (dp[n, e] - smf[OD + col])
-                    second_products(sm, xch, tid, cq, s, TB, acc_v)  # dV_j += Pᵀ dO_i
-                    second_products(sm, xch, tid, cq, dp, TA, acc_k)  # dK_j += dSᵀ Q_i
+                    second_products(sm, xch, tid, ci, s, TB, acc_v)  # dV_j += Pᵀ dO_i
+                    second_products(sm, xch, tid, ci, dp, TA, acc_k)  # dK_j += dSᵀ Q_i
             store(dv.view(np.uint32)[b, h], k0, kv_len, ra, acc_v, float32(1.0), tid)
             store(dk.view(np.uint32)[b, h], k0, kv_len, ra, acc_k, scale, tid)
 
@@ -470,7 +475,10 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
                 # barrier: K_j, V_j are in SRAM
                 cuda.syncthreads()
                 edge = kv_len < C or (CAUSAL and k0 + C - 1 > q0)  # entries to mask (block-uniform)
-                for cq in range(0, C, CH):
+                for ci in range(C // CH):
+                    cq = ci * CH  # the chunk's first key in the block
+                    if CAUSAL and k0 + cq > q0 + q_len - 1:  # no query of the block sees these keys
+                        continue
                     # -- S = Q_i K_jᵀ, dP = dO_i V_jᵀ: b0 = K[cq + 8n + g, 16kk + 2t : +2], b1 eight columns on
                     for n in range(NS):
                         for e in range(4):
@@ -495,7 +503,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
                                 if col >= kv_len or (CAUSAL and k0 + col > q0 + r_lo + 8 * (e // 2)):
                                     p = ZERO
                             dp[n, e] = p * (dp[n, e] - dd[e // 2])
-                    second_products(sm, xch, tid, cq, dp, TA, acc)  # dQ_i += dS K_j
+                    second_products(sm, xch, tid, ci, dp, TA, acc)  # dQ_i += dS K_j
             store(dq.view(np.uint32)[b, h], q0, q_len, ra, acc, scale, tid)
 
         def grid(problem):
