@@ -49,7 +49,8 @@ forward. P and dS are formed in fp32 (dS from the unrounded P) and rounded once,
 words, pair tiles [d][C/2 words] at ST = row_stride(C/2), both ≡ 8 mod 16 (kernels/
 flash2_tc16.py's ``row_stride``), and in every 8 words of a row words j and j + 4 side by side
 (``slot``): every fragment, A or B, is words t and t + 4 of an 8-word group of rows g (and g + 8),
-one 8-byte load per lane; a half-warp reads rows g = 0..3 (or 4..7), 8 consecutive words each,
+one 8-byte load per lane (``pair``: through a uint64 view of the same memory, so that the load is
+8 bytes wide whatever the compiler can prove of the index's alignment); a half-warp reads rows g = 0..3 (or 4..7), 8 consecutive words each,
 on banks (g·s + 0..7 + const) mod 32, distinct for s ≡ 8 mod 16: no conflicts. The loader
 (``loader``) gives a warp's 32 lanes 64 items (pair p, word w) of an 8-pair × 8-word square in
 two instructions: lane l takes w = l % 8 and p = l // 8 + 4·((w // 4) xor half), so words 0..3
@@ -212,6 +213,13 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
         2j, 2j + 1 (j < 4), so that a fragment's two words are one 8-byte load."""
         return (w // uint64(8)) * uint64(8) + (w % uint64(4)) * uint64(2) + (w // uint64(4)) % uint64(2)
 
+    @inline_device
+    def pair(sm2, at):
+        """Words at and at + 1 of SRAM (at even), a fragment's two registers: one 8-byte load of
+        ``sm2``, the same memory viewed as uint64 (the lower word in the low half)."""
+        x = sm2[at // uint64(2)]
+        return uint32(x & uint64(0xFFFFFFFF)), uint32(x >> uint64(32))
+
     def loader(rows, paired):
         """load(xh, row0, n_valid, sm, base, tbase, tid): rows × d of xh (a head's (N, d/2) uint32
         view) from row row0 on -> SRAM: rows at ``base`` (stride SD), and with ``paired`` the pair
@@ -262,7 +270,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
     load_rows, load_paired = loader(C, False), loader(C, True)
 
     @inline_device
-    def second_products(sm, xch, tid, ci, a, tbase, acc):
+    def second_products(sm2, xch, tid, ci, a, tbase, acc):
         """acc += A Y over the chunk's k16 steps: A the chunk's fp32 accumulator ``a`` packed to 16
         bits (groups 2c, 2c + 1: step c), Y the streamed tile's pairs at ``tbase``:
         b0 = Yt[8nn + g, ci·CH/2 + 8c + t] (chunk ci), b1 four words on (slots 2t, 2t + 1 of the group)."""
@@ -275,10 +283,9 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
             a2 = pack(a[2 * c + 1, 0], a[2 * c + 1, 1])
             a3 = pack(a[2 * c + 1, 2], a[2 * c + 1, 3])
             for nn in range(ND):
-                at = lane_t + uint64(8 * nn * ST + 8 * c)
+                b0, b1 = pair(sm2, lane_t + uint64(8 * nn * ST + 8 * c))
                 acc[nn, 0], acc[nn, 1], acc[nn, 2], acc[nn, 3] = mma(
-                    xch, tid, a0, a1, a2, a3, sm[at], sm[at + uint64(1)], acc[nn, 0], acc[nn, 1], acc[nn, 2],
-                    acc[nn, 3])
+                    xch, tid, a0, a1, a2, a3, b0, b1, acc[nn, 0], acc[nn, 1], acc[nn, 2], acc[nn, 3])
 
     @inline_device
     def store(xh, row0, n_valid, ra, acc, factor, tid):
@@ -316,6 +323,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
             doh = do.view(np.uint32)[b, h]
             sm = cuda.shared.array(0, uint32, alignment=ALIGN)
             smf = cuda.shared.array(0, float32, alignment=ALIGN)  # (the same memory: L_i, D_i at OL, OD)
+            sm2 = cuda.shared.array(0, uint64, alignment=ALIGN)  # (the same memory: fragment pairs)
             xch = cuda.shared.array(NX, uint32)  # the simulator's warp exchange (unused on the GPU)
             s2 = scale * LOG2E
             k_lane = uint64(XA + (ra + g) * SD + 2 * tq)  # the lane's A fragment of K_j: row g, words t, t + 4
@@ -366,20 +374,18 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
                             dp[n, e] = ZERO
                     for kk in range(KD):
                         at = k_lane + uint64(8 * kk)
-                        ka0, ka2 = sm[at], sm[at + uint64(1)]
-                        ka1, ka3 = sm[at + uint64(8 * SD)], sm[at + uint64(8 * SD + 1)]
+                        ka0, ka2 = pair(sm2, at)
+                        ka1, ka3 = pair(sm2, at + uint64(8 * SD))
                         at = v_lane + uint64(8 * kk)
-                        va0, va2 = sm[at], sm[at + uint64(1)]
-                        va1, va3 = sm[at + uint64(8 * SD)], sm[at + uint64(8 * SD + 1)]
+                        va0, va2 = pair(sm2, at)
+                        va1, va3 = pair(sm2, at + uint64(8 * SD))
                         for n in range(NS):
-                            bt = q_lane + uint64((cq + 8 * n) * SD + 8 * kk)
+                            b0, b1 = pair(sm2, q_lane + uint64((cq + 8 * n) * SD + 8 * kk))
                             s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma(
-                                xch, tid, ka0, ka1, ka2, ka3, sm[bt], sm[bt + uint64(1)],
-                                s[n, 0], s[n, 1], s[n, 2], s[n, 3])
-                            bt = o_lane + uint64((cq + 8 * n) * SD + 8 * kk)
+                                xch, tid, ka0, ka1, ka2, ka3, b0, b1, s[n, 0], s[n, 1], s[n, 2], s[n, 3])
+                            b0, b1 = pair(sm2, o_lane + uint64((cq + 8 * n) * SD + 8 * kk))
                             dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3] = mma(
-                                xch, tid, va0, va1, va2, va3, sm[bt], sm[bt + uint64(1)],
-                                dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3])
+                                xch, tid, va0, va1, va2, va3, b0, b1, dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3])
                     # -- Pᵀ, dSᵀ in fp32: key k0 + ra + g (+8 for e >= 2), query q0 + cq + 8n + 2t (+1 for odd e)
                     for n in range(NS):
                         for e in range(4):
@@ -390,8 +396,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
                                     p = ZERO
                             s[n, e] = p
                             dp[n, e] = p * (dp[n, e] - smf[OD + col])
-                    second_products(sm, xch, tid, ci, s, TB, acc_v)  # dV_j += Pᵀ dO_i
-                    second_products(sm, xch, tid, ci, dp, TA, acc_k)  # dK_j += dSᵀ Q_i
+                    second_products(sm2, xch, tid, ci, s, TB, acc_v)  # dV_j += Pᵀ dO_i
+                    second_products(sm2, xch, tid, ci, dp, TA, acc_k)  # dK_j += dSᵀ Q_i
             store(dv.view(np.uint32)[b, h], k0, kv_len, ra, acc_v, float32(1.0), tid)
             store(dk.view(np.uint32)[b, h], k0, kv_len, ra, acc_k, scale, tid)
 
@@ -423,6 +429,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
             vh = v.view(np.uint32)[b, h]
             doh = do.view(np.uint32)[b, h]
             sm = cuda.shared.array(0, uint32, alignment=ALIGN)
+            sm2 = cuda.shared.array(0, uint64, alignment=ALIGN)  # (the same memory: fragment pairs)
             xch = cuda.shared.array(NX, uint32)
             s2 = scale * LOG2E
             k_lane = uint64(YA + g * SD + 2 * tq)  # the lane's B fragment of a K_j row: words t, t + 4
@@ -486,14 +493,14 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
                             dp[n, e] = ZERO
                     for kk in range(KD):
                         for n in range(NS):
-                            bt = k_lane + uint64((cq + 8 * n) * SD + 8 * kk)
+                            b0, b1 = pair(sm2, k_lane + uint64((cq + 8 * n) * SD + 8 * kk))
                             s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma(
-                                xch, tid, qf[kk, 0], qf[kk, 1], qf[kk, 2], qf[kk, 3], sm[bt],
-                                sm[bt + uint64(1)], s[n, 0], s[n, 1], s[n, 2], s[n, 3])
-                            bt = v_lane + uint64((cq + 8 * n) * SD + 8 * kk)
+                                xch, tid, qf[kk, 0], qf[kk, 1], qf[kk, 2], qf[kk, 3], b0, b1,
+                                s[n, 0], s[n, 1], s[n, 2], s[n, 3])
+                            b0, b1 = pair(sm2, v_lane + uint64((cq + 8 * n) * SD + 8 * kk))
                             dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3] = mma(
-                                xch, tid, of[kk, 0], of[kk, 1], of[kk, 2], of[kk, 3], sm[bt],
-                                sm[bt + uint64(1)], dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3])
+                                xch, tid, of[kk, 0], of[kk, 1], of[kk, 2], of[kk, 3], b0, b1,
+                                dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3])
                     # -- P, dS in fp32: query q0 + ra + g (+8 for e >= 2), key k0 + cq + 8n + 2t (+1 for odd e)
                     for n in range(NS):
                         for e in range(4):
@@ -503,7 +510,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
                                 if col >= kv_len or (CAUSAL and k0 + col > q0 + r_lo + 8 * (e // 2)):
                                     p = ZERO
                             dp[n, e] = p * (dp[n, e] - dd[e // 2])
-                    second_products(sm, xch, tid, ci, dp, TA, acc)  # dQ_i += dS K_j
+                    second_products(sm2, xch, tid, ci, dp, TA, acc)  # dQ_i += dS K_j
             store(dq.view(np.uint32)[b, h], q0, q_len, ra, acc, scale, tid)
 
         def grid(problem):
