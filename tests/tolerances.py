@@ -212,17 +212,19 @@ def gradient_tolerances_tc16(q, k, v, dout, refs, causal, scale, dtype, out, lse
     u, eta = UNIT_ROUNDOFF[name], P_UNDERFLOW[name]
     n_q, n_kv, d = q.shape[2], k.shape[2], q.shape[3]
     q64, k64, v64, do64, o64 = (x.astype(np.float64) for x in (q, k, v, dout, out))
-    s = scale * np.einsum("bhid,bhjd->bhij", q64, k64)
+    # (products by matmul, BLAS: N runs to the thousands on a GPU machine)
+    s = scale * (q64 @ k64.swapaxes(-1, -2))
     allowed = np.ones(s.shape, bool)
     if causal:
         allowed &= np.arange(n_kv)[None, :] <= np.arange(n_q)[:, None]
     lse64 = lse.astype(np.float64)[..., None]
     p = np.where(allowed, np.exp(np.where(allowed, s, 0.0) - lse64), 0.0)
-    dp = np.einsum("bhid,bhjd->bhij", do64, v64)
+    dp = do64 @ v64.swapaxes(-1, -2)
     ds = p * (dp - (do64 * o64).sum(-1, keepdims=True))
     step = TC16_STEP_UNITS * U32
-    delta_s = (d // 16) * step * abs(scale) * np.einsum("bhid,bhjd->bhij", np.abs(q64), np.abs(k64))
-    delta_dp = (d // 16) * step * np.einsum("bhid,bhjd->bhij", np.abs(do64), np.abs(v64))
+    abs_q, abs_k, abs_v, abs_do = (np.abs(x) for x in (q64, k64, v64, do64))
+    delta_s = (d // 16) * step * abs(scale) * (abs_q @ abs_k.swapaxes(-1, -2))
+    delta_dp = (d // 16) * step * (abs_do @ abs_v.swapaxes(-1, -2))
     grow = np.expm1(delta_s)
     t_q, t_k = -(-n_q // 16) * step, -(-n_kv // 16) * step
     e_p = u + (1 + u) * grow
@@ -230,9 +232,7 @@ def gradient_tolerances_tc16(q, k, v, dout, refs, causal, scale, dtype, out, lse
     e_ds = np.where(allowed, (u + (1 + u) * grow) * np.abs(ds) + (1 + u) * (1 + grow) * p * delta_dp + eta, 0.0)
     mag_p = np.where(allowed, (1 + e_p) * p + eta, 0.0)
     mag_ds = np.abs(ds) + e_ds
-    over_q, over_k = "bhij,bhic->bhjc", "bhij,bhjc->bhic"  # Σ over the queries, over the keys
-    abs_do, abs_q, abs_k = np.abs(do64), np.abs(q64), np.abs(k64)
-    extra_dv = np.einsum(over_q, err_p + t_q * mag_p, abs_do)
-    extra_dk = abs(scale) * np.einsum(over_q, e_ds + t_q * mag_ds, abs_q)
-    extra_dq = abs(scale) * np.einsum(over_k, e_ds + t_k * mag_ds, abs_k)
+    extra_dv = (err_p + t_q * mag_p).swapaxes(-1, -2) @ abs_do  # Σ over the queries
+    extra_dk = abs(scale) * ((e_ds + t_q * mag_ds).swapaxes(-1, -2) @ abs_q)
+    extra_dq = abs(scale) * ((e_ds + t_k * mag_ds) @ abs_k)  # Σ over the keys
     return [atol + float(extra.max(initial=0.0)) for atol, extra in zip(atols, (extra_dq, extra_dk, extra_dv))]
