@@ -72,7 +72,8 @@ The thread layout is fixed by the blocks (``threads``): 2·Bc threads for dkdv, 
 the schedule's for ``d``). Registers per thread at d = 128: dkdv holds dK_j's and dV_j's
 accumulators (d/2 each) and a chunk's Sᵀ and dPᵀ (16 each), with K_j, V_j read from SRAM per
 chunk; dq holds Q_i's and dO_i's A fragments (d/4 each), dQ_i's accumulators (d/2) and a chunk's
-S and dP (16 each).
+S and dP (16 each): both under the 255-register cap with no local memory (the gpu test
+``test_compiles_without_spills_at_d128`` holds them to it).
 """
 
 import numpy as np
