@@ -305,6 +305,11 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     if chosen is None:
         chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast,
                                        grouped=grouped, head_dim_v=problem.head_dim_v, score_mod=score_mod)
+    refuse_dtype = getattr(chosen.module, "dtype_refusal", None) if chosen.fast else None
+    why = refuse_dtype(problem.dtype) if refuse_dtype is not None else None
+    if why is not None:  # (the backward's chooser is not given the dtype; its fast build runs only with fast=True)
+        raise ValueError(f"fast=True, but the fast backward cannot run {schedule} at head_dim={problem.head_dim}: "
+                         f"{why}")
     if not chosen.fast:
         check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True,
                                                    head_dim_v=problem.head_dim_v))

@@ -21,11 +21,10 @@ them as a register holds them: lo in the low half. On the GPU it is ``cvt.rn.f16
 
 On the GPU these are inline PTX. The simulator has no tensor cores and no cross-lane registers:
 there the lanes swap their fragments through a shared array (``xch``, :data:`XCH16_PER_THREAD`
-uint32 per thread, allocated by the kernel) with a barrier before and after (kernels/mma.py's
-``simulated_mma``, which the TF32 product uses too), so every thread of the block must make the
-same calls. Its 16-bit inputs are exact, its products are summed in fp64 and rounded once to fp32
-per product (which the tensor cores need not match bit for bit), and its packing rounds with NumPy's
-float16 and ml_dtypes' bfloat16 (to nearest even).
+uint32 per thread, allocated by the kernel) with a barrier before and after, so every thread of
+the block must make the same calls. Its 16-bit inputs are exact, its products are summed in fp64
+and rounded once to fp32 per product (which the tensor cores need not match bit for bit), and its
+packing rounds with NumPy's float16 and ml_dtypes' bfloat16 (to nearest even).
 """
 
 import ml_dtypes
@@ -40,17 +39,16 @@ from sandbox.vocabulary.runtime import using_simulator
 XCH16_PER_THREAD = 6
 
 if using_simulator():
-    from kernels.mma import simulated_mma
 
-    def _halves_f16(x):
-        """The two fp16 values of a register (low half first)."""
-        x = int(x)
-        return float(np.uint16(x & 0xFFFF).view(np.float16)), float(np.uint16((x >> 16) & 0xFFFF).view(np.float16))
+    def _halves_f16(words):
+        """The fp16 values of uint32 registers, two per register (low half first), as Python floats."""
+        return np.ascontiguousarray(words, np.uint32).ravel().view(np.float16).tolist()
 
-    def _halves_bf16(x):
-        """The two bf16 values of a register (low half first), as fp32 (a bf16 is fp32's high half)."""
-        x = int(x)
-        return float(np.uint32((x & 0xFFFF) << 16).view(np.float32)), float(np.uint32(x & 0xFFFF0000).view(np.float32))
+    def _halves_bf16(words):
+        """The bf16 values of uint32 registers, two per register (low half first), as Python floats
+        (a bf16 is fp32's high half)."""
+        bits = np.ascontiguousarray(words, np.uint32).ravel().view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).tolist()
 
     def _pack_with(t):
         def pack(lo, hi):
@@ -70,7 +68,27 @@ if using_simulator():
         def mma(xch, tid, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
             """D = C + A·B, one m16n8k16 warp product (the module docstring's fragments): the lanes
             swap fragments through ``xch``; every thread of the block must call it."""
-            return simulated_mma(xch, tid, XCH16_PER_THREAD, 16, halves, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+            base = tid * XCH16_PER_THREAD
+            for i, x in enumerate((a0, a1, a2, a3, b0, b1)):
+                xch[base + i] = x
+            cuda.syncthreads()
+            warp0 = tid - tid % 32
+            lane = tid - warp0
+            g, t = lane // 4, lane % 4
+            regs = np.asarray(xch[warp0 * XCH16_PER_THREAD:(warp0 + 32) * XCH16_PER_THREAD]).reshape(32, -1)
+            # A[row, k] for k = 0..15: lanes (row % 8)·4 + 0..3, register a0 or a1 (row >= 8) for k < 8,
+            # a2 or a3 for k >= 8, half k % 2; B[k, col]: lanes col·4 + 0..3, register b0 (k < 8) or b1
+            a_rows = [halves([regs[(row % 8) * 4:(row % 8) * 4 + 4, (row >= 8) + 2 * hi] for hi in (0, 1)])
+                      for row in (g, g + 8)]
+            b_cols = [halves([regs[col * 4:col * 4 + 4, 4 + hi] for hi in (0, 1)]) for col in (2 * t, 2 * t + 1)]
+            out = []
+            for c, i, j in ((c0, 0, 0), (c1, 0, 1), (c2, 1, 0), (c3, 1, 1)):
+                total = float(c)
+                for a, b in zip(a_rows[i], b_cols[j]):  # (fp16 and bf16 products are exact in fp64)
+                    total += a * b
+                out.append(np.float32(total))
+            cuda.syncthreads()
+            return out[0], out[1], out[2], out[3]
 
         return mma
 

@@ -25,7 +25,7 @@ Which build runs is decided in one place, ``kernels/builds.py``.
 import dataclasses
 import types
 
-from kernels import backward_tc, flash1, flash2, flash2_fast, flash2_tc, flash2_tc16, splitkv, standard
+from kernels import backward_tc, backward_tc16, flash1, flash2, flash2_fast, flash2_tc, flash2_tc16, splitkv, standard
 from sandbox.vocabulary import kinds
 
 
@@ -90,5 +90,5 @@ def names():
 
 register("standard", standard)
 register("flash1", flash1)
-register("flash2", flash2, fast={"fma": flash2_fast, "tf32x3": flash2_tc, "f16": flash2_tc16}, fast_backward={"tf32x3": backward_tc})
+register("flash2", flash2, fast={"fma": flash2_fast, "tf32x3": flash2_tc, "f16": flash2_tc16}, fast_backward={"tf32x3": backward_tc, "f16": backward_tc16})
 register("splitkv", splitkv)

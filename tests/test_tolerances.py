@@ -2,9 +2,10 @@
 
 import numpy as np
 
-from sandbox import Problem, reference_attention
+from sandbox import Problem, reference_attention, reference_attention_backward
 from tests.strategies import make_inputs
-from tests.tolerances import U32, UNIT_ROUNDOFF, naive_fp32, scores_fp32, tolerances, tolerances_tc16
+from tests.tolerances import (U32, UNIT_ROUNDOFF, gradient_tolerances, gradient_tolerances_tc16, naive_fp32,
+                              scores_fp32, tolerances, tolerances_tc16)
 
 
 def test_in_order_scores_are_one_fma_per_k():
@@ -52,3 +53,33 @@ def test_the_16_bit_tolerance_admits_p_rounded_to_the_input_type():
         out = ((p16 @ v.astype(np.float64)) / l).astype(dtype).astype(np.float64)
         atol_out, _ = tolerances_tc16(q, k, v, ref, ref_lse, False, p.scale, dtype)
         assert np.abs(out - ref).max() <= atol_out
+
+
+def test_the_16_bit_gradient_tolerance_admits_p_and_ds_rounded_to_the_input_type():
+    """An emulation of backward_tc16's arithmetic (P, dP and dS in fp32, P and dS rounded to the
+    input type for the second products, exact sums, gradients stored in it) is within
+    gradient_tolerances_tc16, and beyond the fp32 backward's gradient_tolerances for some gradient:
+    the 16-bit rounding of P and dS is what the larger tolerance is for."""
+    beyond_fp32 = []
+    for dtype, n, magnitude in (("float16", 256, 1.0), ("bfloat16", 1024, 10.0)):
+        p = Problem(batch=1, heads=1, n_q=n, n_kv=n, head_dim=16, dtype=dtype, causal=True)
+        q, k, v = make_inputs(p, 5, magnitude)
+        dout = np.random.default_rng(6).standard_normal(q.shape).astype(dtype)
+        out, lse = reference_attention(q, k, v, causal=True, scale=p.scale, return_lse=True)
+        out, lse = out.astype(dtype), lse.astype(np.float32)
+        refs = reference_attention_backward(q, k, v, dout, causal=True, scale=p.scale, out=out, lse=lse)
+        q32, k32, v32, do32, o32 = (x.astype(np.float32) for x in (q, k, v, dout, out))
+        s = scores_fp32(q32, k32, p.scale)
+        pr = np.where(np.tri(n, dtype=bool), np.exp(s - lse[..., None]), np.float32(0))
+        ds = pr * (np.einsum("bhid,bhjd->bhij", do32, v32) - (do32 * o32).sum(-1, keepdims=True))
+        p16, ds16 = (x.astype(dtype).astype(np.float64) for x in (pr, ds))
+        grads = (p.scale * np.einsum("bhij,bhjc->bhic", ds16, k.astype(np.float64)),
+                 p.scale * np.einsum("bhij,bhic->bhjc", ds16, q.astype(np.float64)),
+                 np.einsum("bhij,bhic->bhjc", p16, dout.astype(np.float64)))
+        fp32_atols = gradient_tolerances(q, k, v, dout, refs, True, p.scale, dtype, out, lse)
+        atols = gradient_tolerances_tc16(q, k, v, dout, refs, True, p.scale, dtype, out, lse)
+        for g, ref, fp32_atol, atol in zip(grads, refs, fp32_atols, atols):
+            err = np.abs(g.astype(dtype).astype(np.float64) - ref).max()
+            assert err <= atol
+            beyond_fp32.append(err > fp32_atol)
+    assert any(beyond_fp32)

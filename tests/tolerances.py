@@ -203,7 +203,8 @@ def gradient_tolerances_tc(q, k, v, dout, refs, causal, scale, dtype, out, lse, 
     inputs one, of an fp32 value and a 16-bit input two):
 
     - S = QKᵀ and dP = dO Vᵀ over d (d_v) in d/8 steps:
-      δS_ij ≤ m·(d/8)·units·2⁻²⁴·scale·Σ_c |q_ic k_jc|, δdP likewise from |dO| and |V|; a score_mod carries δS times |score_mod'(S)|.
+      δS_ij ≤ m·(d/8)·units·2⁻²⁴·scale·Σ_c |q_ic k_jc|, δdP likewise from |dO| and |V|; a
+      score_mod carries δS times |score_mod'(S)|.
     - P = exp(S - L) moves by P·δS, dS = P ∘ (dP - D) by δP·|dP - D| + P·δdP (times |score_mod'|).
     - dQ = scale·dS K, dK = scale·dSᵀ Q, dV = Pᵀ dO: the errors above summed through |K|, |Q|, |dO|,
       plus the sums' own: each chunk of ``chunk`` streamed rows is summed on the tensor cores
@@ -245,3 +246,58 @@ def gradient_tolerances_tc(q, k, v, dout, refs, causal, scale, dtype, out, lse, 
           + sums(n_q) * np.einsum("bhij,bhid->bhjd", p, np.abs(dout)))
     extra = (dq, sum_groups(dk, heads_kv), sum_groups(dv, heads_kv))
     return [a + float(e.max(initial=0.0)) for a, e in zip(atols, extra)]
+
+
+def gradient_tolerances_tc16(q, k, v, dout, refs, causal, scale, dtype, out, lse):
+    """atol for (dq, dk, dv) of flash2's 16-bit fast backward (kernels/backward_tc16.py, fp16 or
+    bf16 inputs): :func:`gradient_tolerances` (fp32 arithmetic, the gradients' rounding to the
+    input type) plus what its arithmetic adds, bounded entry by entry from the float64 P =
+    exp(S - L) (the saved L), dP = dO Vᵀ and dS = P ∘ (dP - D), D = rowsum(dO ∘ O):
+
+    - the inputs' rounding: none. Q, K, V and dO are 16-bit already and the reference sees the
+      same values; the scale is applied in fp32.
+    - the tensor cores' sums (:data:`TC16_STEP_UNITS` of 2⁻²⁴ per k16 step of the largest partial
+      sum, at most the sum of the magnitudes): S_ij errs by δS_ij = (d/16)·TC16_STEP_UNITS·2⁻²⁴·
+      |scale|·Σ_c |Q_ic||K_jc|, so P by a factor within expm1(δS) of 1, and dP_ij by
+      δdP_ij = (d/16)·TC16_STEP_UNITS·2⁻²⁴·Σ_c |dO_ic||V_jc|. The second products sum over the
+      queries (dV, dK: T_q = ⌈Nq/16⌉·TC16_STEP_UNITS·2⁻²⁴) or the keys (dQ: T_k, over Nk) of
+      magnitudes at most (1 + E)·|P| or |dS| plus E (E: the operand's error below).
+    - P's rounding to the input type for dV += Pᵀ dO: |P̃ - P| ≤ E_P·P + η with E_P = u + (1 + u)·
+      expm1(δS) (u = 2⁻¹¹ fp16, 2⁻⁸ bf16; η = :data:`P_UNDERFLOW`, below the type's normal range,
+      on entries that are not masked: a masked P is 0 exactly), so
+      |δdV_jc| ≤ Σ_i (E_P P_ij + η)|dO_ic| + T_q Σ_i ((1 + E_P) P_ij + η)|dO_ic|.
+    - dS's rounding for dK += dSᵀ Q and dQ += dS K: dS is formed in fp32 from the unrounded P
+      (off by expm1(δS)·|dS| + (1 + expm1(δS))·P·δdP) and rounded once:
+      |dS̃ - dS| ≤ E_dS = (u + (1 + u)·expm1(δS))·|dS| + (1 + u)(1 + expm1(δS))·P·δdP + η, so
+      |δdK_jc| ≤ |scale|·(Σ_i E_dS,ij |Q_ic| + T_q Σ_i (|dS_ij| + E_dS,ij)|Q_ic|), and dQ likewise
+      over the keys with K and T_k.
+    """
+    atols = gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse)
+    name = np.dtype(dtype).name
+    u, eta = UNIT_ROUNDOFF[name], P_UNDERFLOW[name]
+    n_q, n_kv, d = q.shape[2], k.shape[2], q.shape[3]
+    q64, k64, v64, do64, o64 = (x.astype(np.float64) for x in (q, k, v, dout, out))
+    # (products by matmul, BLAS: N runs to the thousands on a GPU machine)
+    s = scale * (q64 @ k64.swapaxes(-1, -2))
+    allowed = np.ones(s.shape, bool)
+    if causal:
+        allowed &= np.arange(n_kv)[None, :] <= np.arange(n_q)[:, None]
+    lse64 = lse.astype(np.float64)[..., None]
+    p = np.where(allowed, np.exp(np.where(allowed, s, 0.0) - lse64), 0.0)
+    dp = do64 @ v64.swapaxes(-1, -2)
+    ds = p * (dp - (do64 * o64).sum(-1, keepdims=True))
+    step = TC16_STEP_UNITS * U32
+    abs_q, abs_k, abs_v, abs_do = (np.abs(x) for x in (q64, k64, v64, do64))
+    delta_s = (d // 16) * step * abs(scale) * (abs_q @ abs_k.swapaxes(-1, -2))
+    delta_dp = (d // 16) * step * (abs_do @ abs_v.swapaxes(-1, -2))
+    grow = np.expm1(delta_s)
+    t_q, t_k = -(-n_q // 16) * step, -(-n_kv // 16) * step
+    e_p = u + (1 + u) * grow
+    err_p = np.where(allowed, e_p * p + eta, 0.0)
+    e_ds = np.where(allowed, (u + (1 + u) * grow) * np.abs(ds) + (1 + u) * (1 + grow) * p * delta_dp + eta, 0.0)
+    mag_p = np.where(allowed, (1 + e_p) * p + eta, 0.0)
+    mag_ds = np.abs(ds) + e_ds
+    extra_dv = (err_p + t_q * mag_p).swapaxes(-1, -2) @ abs_do  # Σ over the queries
+    extra_dk = abs(scale) * ((e_ds + t_q * mag_ds).swapaxes(-1, -2) @ abs_q)
+    extra_dq = abs(scale) * ((e_ds + t_k * mag_ds) @ abs_k)  # Σ over the keys
+    return [atol + float(extra.max(initial=0.0)) for atol, extra in zip(atols, (extra_dq, extra_dk, extra_dv))]
