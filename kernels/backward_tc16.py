@@ -80,7 +80,6 @@ import numpy as np
 from numba import cuda, float32, uint32, uint64
 
 from kernels import backward as counting_backward
-from kernels.backward_tc import CHUNK
 from kernels.flash2_common import refusal
 from kernels.flash2_tc16 import DTYPES, row_stride
 from kernels.mma import exp2
@@ -89,6 +88,10 @@ from kernels.tiles import LOG2E, ZERO, COUNTERS, array_type, inline_device
 from sandbox.vocabulary.dtypes import as_dtype
 from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
+
+#: Streamed rows a warp's S and dP accumulators cover at once (16 accumulators per thread beside dK's
+#: and dV's; dkdv and dq stay under 255 registers at d = 128).
+CHUNK = 32
 
 
 def eligible(schedule, head_dim, count_io=False, mask=None):
