@@ -21,7 +21,7 @@ from sandbox import Problem, Schedule, attention, attention_backward, reference_
 from sandbox.vocabulary import masks
 from sandbox.vocabulary.runtime import using_simulator
 from tests.strategies import make_inputs, seeds
-from kernels.backward_tc import CHUNK, by_head_dim
+from kernels.backward_tc import CHUNK, by_head_dim, eligible
 from tests.tolerances import gradient_tolerances_tc
 
 SIMULATED = using_simulator()
@@ -48,7 +48,11 @@ def gradients(schedule, problem, seed, fast=True, mask=None, dout=None, out=None
 def test_fast_backward_matches_float64_gradients(causal, dtype, size, data, seed):
     n_q, n_kv = (data.draw(st.integers(*size["n"]), label=name) for name in ("n_q", "n_kv"))
     d = data.draw(st.sampled_from(size["d"]), label="d")
-    br, bc = (data.draw(st.sampled_from(size["blocks"]), label=name) for name in ("Br", "Bc"))
+    br = data.draw(st.sampled_from(size["blocks"]), label="Br")
+    # (Br, Bc) the fast backward takes at this d: 128×128 at d = 128 needs 271 KB of SRAM (refused,
+    # and tested as refused, in test_fast_true_says_why_the_fast_backward_cannot_run)
+    bc = data.draw(st.sampled_from([b for b in size["blocks"] if eligible(tc_schedule(br, b), d) is None]),
+                   label="Bc")
     problem = Problem(batch=data.draw(st.integers(1, 2)), heads=data.draw(st.integers(1, 2)), n_q=n_q, n_kv=n_kv,
                       head_dim=d, dtype=dtype, causal=causal)
     (q, k, v, dout, out, lse), grads, build = gradients(tc_schedule(br, bc), problem, seed)
