@@ -67,8 +67,10 @@ def fast_build(schedule, backward=False):
 #: ``TAKES_SCORE_MOD = True`` (all of flash2's do; a kind registered without it runs the plain build).
 SCORE_MOD_REFUSAL = "a score_mod (this fast build applies none)"
 
-#: Why grouped K/V heads run the plain build: the fast builds read K and V at the query head.
-GROUPED_REFUSAL = "grouped K/V heads (heads_kv < heads): the fast builds read K and V at the query head"
+#: Why grouped K/V heads run the plain build: a fast build takes them only where its module says
+#: ``TAKES_GROUPED = True`` (flash2's fast forwards); the fast backwards read K and V, and write dK
+#: and dV, at the query head.
+GROUPED_REFUSAL = "grouped K/V heads (heads_kv < heads): this fast build reads K and V at the query head"
 
 #: Why a V head dim of its own runs the plain build: the fast builds' V and O tiles are d wide (all
 #: but flash2's tensor-core forward, kernels/flash2_tc.py, whose TAKES_HEAD_DIM_V says it takes d_v).
@@ -88,8 +90,8 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
         facts: :func:`kernels.limits.host_facts` of NumPy inputs (None: CUDA arrays, unread, or no
             inputs at hand); inputs :func:`kernels.limits.fast_build_refusal` refuses (NaN, inf,
             tiny V for the tensor cores) run the plain build.
-        grouped: k and v have fewer heads than q (H_kv < H), which the fast builds do not take
-            (:data:`GROUPED_REFUSAL`).
+        grouped: k and v have fewer heads than q (H_kv < H), which a fast build takes where its
+            module sets ``TAKES_GROUPED`` (else :data:`GROUPED_REFUSAL`).
         dtype: the inputs' dtype, for a fast build that takes only some (its ``dtype_refusal``:
             the 16-bit tensor-core build refuses fp32, which then runs the plain build); None
             (not known) refuses nothing.
@@ -147,7 +149,7 @@ def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, 
         why = module.dtype_refusal(dtype)
     if module is not None and score_mod is not None and not getattr(module, "TAKES_SCORE_MOD", False):
         why = SCORE_MOD_REFUSAL  # (this reason over any other: it holds whatever else does)
-    if why is None and grouped:
+    if why is None and grouped and not getattr(module, "TAKES_GROUPED", False):
         why = GROUPED_REFUSAL
     if why is None and own_dv and not dv:
         why = HEAD_DIM_V_REFUSAL

@@ -48,7 +48,7 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
         fast: run the kind's fast build of the same schedule (flash2's: ``kernels/flash2_fast.py``;
             same tiles and HBM traffic, S in registers). None (default): whenever it can run this
             (no ``count_io``, no mask, a thread layout it takes, and NumPy inputs free of NaN and
-            inf: see kernels/limits.py; and K/V heads not grouped); False: the counting kernel's
+            inf: see kernels/limits.py); False: the counting kernel's
             source without counters;
             True: the fast build or a ValueError saying why not. Chosen by
             :func:`kernels.builds.choose_build`.

@@ -168,6 +168,9 @@ def thread_coords(tid, TX, paired):
 #: It applies a score_mod (kernels/builds.py asks): elementwise on the thread's S tile.
 TAKES_SCORE_MOD = True
 
+#: It takes grouped K/V heads (kernels/builds.py asks): query head h reads K/V head h // (H / H_kv).
+TAKES_GROUPED = True
+
 
 def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
     """Build the fast flash2 kernel (see the module docstring). Returns (kernel, smem_bytes, grid(problem)).
@@ -381,6 +384,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None, sco
         n_heads = q.shape[1]
         b = bh // n_heads
         h = bh - b * n_heads
+        hk = h // (n_heads // k.shape[1])  # the query head's K/V head (grouped: H / H_kv query heads per K/V head)
         n_q = q.shape[2]
         n_kv = k.shape[2]
         qb = cuda.blockIdx.x
@@ -417,8 +421,8 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None, sco
             kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped, no loads
         n_blocks = (kv_end + BC - 1) // BC
         load_q(q, b, h, q0, q_len, sm, OQ, tid, s2)  # Q·scale·log2 e: S comes out in log2 units
-        load_k(k, b, h, 0, min(BC, n_kv), sm, OK, tid, ONE)
-        load_v(v, b, h, 0, min(BC, n_kv), sm, OV, tid, ONE)
+        load_k(k, b, hk, 0, min(BC, n_kv), sm, OK, tid, ONE)
+        load_v(v, b, hk, 0, min(BC, n_kv), sm, OV, tid, ONE)
         # barrier: Q_i, K_0, V_0 are in SRAM
         cuda.syncthreads()
         for j in range(n_blocks):
@@ -427,7 +431,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None, sco
             k1 = k0 + BC
             more = j + 1 < n_blocks
             if more and PREFETCH:  # K_{j+1}: HBM -> registers, while S is computed
-                fetch_k(k, b, h, k1, min(BC, n_kv - k1), buf, tid)
+                fetch_k(k, b, hk, k1, min(BC, n_kv - k1), buf, tid)
 
             # -- S = Q_i K_jᵀ: one outer product per k
             for a in range(TM):
@@ -481,9 +485,9 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None, sco
             cuda.syncthreads()
             if more and PREFETCH:  # K_{j+1}: registers -> SRAM; V_{j+1}: HBM -> registers, while P V_j is computed
                 put_k(buf, sm, OK, tid)
-                fetch_v(v, b, h, k1, min(BC, n_kv - k1), buf, tid)
+                fetch_v(v, b, hk, k1, min(BC, n_kv - k1), buf, tid)
             if more and not PREFETCH:  # K_{j+1}: HBM -> SRAM
-                load_k(k, b, h, k1, min(BC, n_kv - k1), sm, OK, tid, ONE)
+                load_k(k, b, hk, k1, min(BC, n_kv - k1), sm, OK, tid, ONE)
 
             # -- O_i += P V_j: one outer product per key
             pv_product(sm, rq, co, qa, vb, qa2, vb2, acc)
@@ -492,7 +496,7 @@ def make_flash2_fast(schedule, head_dim, dtype, count_io, causal, mask=None, sco
             if more and PREFETCH:  # V_{j+1}: registers -> SRAM (read after the next P barrier)
                 put_v(buf, sm, OV, tid)
             if more and not PREFETCH:  # V_{j+1}: HBM -> SRAM
-                load_v(v, b, h, k1, min(BC, n_kv - k1), sm, OV, tid, ONE)
+                load_v(v, b, hk, k1, min(BC, n_kv - k1), sm, OV, tid, ONE)
 
         # -- O_i = diag(l_i)^-1 O_i -> HBM (a row that saw no key: O = 0); L_i = m_i + log l_i
         for a in range(TM):

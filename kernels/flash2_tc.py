@@ -132,6 +132,9 @@ def tc_schedule(block_q, block_kv, **kwargs):
 #: It applies a score_mod (kernels/builds.py asks): elementwise on the S accumulator.
 TAKES_SCORE_MOD = True
 
+#: It takes grouped K/V heads (kernels/builds.py asks): query head h reads K/V head h // (H / H_kv).
+TAKES_GROUPED = True
+
 
 def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None, head_dim_v=None, score_mod=None):
     """Build the tensor-core flash2 kernel (see the module docstring; V and O ``head_dim_v`` wide,
@@ -289,6 +292,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None, head_
         n_heads = q.shape[1]
         b = bh // n_heads
         h = bh - b * n_heads
+        hk = h // (n_heads // k.shape[1])  # the query head's K/V head (grouped: H / H_kv query heads per K/V head)
         n_q = q.shape[2]
         n_kv = k.shape[2]
         qb = cuda.blockIdx.x
@@ -351,8 +355,8 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None, head_
             kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped, no loads
         n_blocks = (kv_end + BC - 1) // BC
         vk = uint64(16 * g + 4 * tq)  # the lane's vector in a K or V group (key or column g, lane t)
-        fetch_k(k, b, h, 0, min(BC, n_kv), kb, tid)
-        fetch_v(v, b, h, 0, min(BC, n_kv), vb, tid)
+        fetch_k(k, b, hk, 0, min(BC, n_kv), kb, tid)
+        fetch_v(v, b, hk, 0, min(BC, n_kv), vb, tid)
         store_k(kb, sm, tid)
         store_v(vb, sm, tid)
         # barrier: K_0, V_0 are in SRAM (and Q's fragments, where they are there, each lane's own)
@@ -363,7 +367,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None, head_
             k1 = k0 + BC
             more = j + 1 < n_blocks
             if more:  # K_{j+1}: HBM -> registers, while S_j is computed
-                fetch_k(k, b, h, k1, min(BC, n_kv - k1), kb, tid)
+                fetch_k(k, b, hk, k1, min(BC, n_kv - k1), kb, tid)
 
             # -- S = Q_i K_jᵀ
             for n in range(NS):
@@ -459,7 +463,7 @@ def make_flash2_tc(schedule, head_dim, dtype, count_io, causal, mask=None, head_
             cuda.syncthreads()
             if more:  # K_{j+1}: registers -> SRAM; V_{j+1}: HBM -> registers, while P V_j is computed
                 store_k(kb, sm, tid)
-                fetch_v(v, b, h, k1, min(BC, n_kv - k1), vb, tid)
+                fetch_v(v, b, hk, k1, min(BC, n_kv - k1), vb, tid)
 
             # -- O_i += P V_j: the S accumulator is the A fragment (keys 2t, 2t+1 as indices t, t+4)
             for n in range(NS):

@@ -136,6 +136,9 @@ def tc16_schedule(block_q, block_kv, **kwargs):
 #: It applies a score_mod (kernels/builds.py asks): elementwise on the S accumulator.
 TAKES_SCORE_MOD = True
 
+#: It takes grouped K/V heads (kernels/builds.py asks): query head h reads K/V head h // (H / H_kv).
+TAKES_GROUPED = True
+
 
 def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
     """Build the 16-bit tensor-core flash2 kernel (see the module docstring). ``score_mod``: a
@@ -286,8 +289,9 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, sco
         s2 = scale * LOG2E  # S in log2 units: exp(x) = exp2(x·log2 e)
         r_lo = 16 * w + g  # the thread's two rows in the block
         r_hi = r_lo + 8
-        kh = ku[b, h]
-        vh = vu[b, h]
+        hk = h // (n_heads // k.shape[1])  # the query head's K/V head (grouped: H / H_kv query heads per K/V head)
+        kh = ku[b, hk]
+        vh = vu[b, hk]
         qh = qu[b, h]
         oh = ou[b, h]
         ut = uint64(tq)

@@ -557,7 +557,7 @@ def build_parser(prog=None):
     p.add_argument("--heads", type=int, default=BenchSpec.heads, help="H, the number of heads (default %(default)s)")
     p.add_argument("--heads-kv", type=int, default=None,
                    help="H_kv, K/V heads dividing H (default: H): every row grouped, SDPA with enable_gqa=True, "
-                        "our kinds on their plain builds")
+                        "flash2's forward on its fast build, every backward on its plain one")
     p.add_argument("--dtype", nargs="+", default=list(BenchSpec.dtype), choices=BENCH_DTYPES,
                    help="dtypes (default %(default)s)")
     _add_mask_args(p, "rows")

@@ -371,7 +371,7 @@ class Ours(Impl):
     def schedule_for(self, problem):
         if self.schedule is not None:
             return self.schedule
-        if problem.group > 1:  # grouped K/V heads run the plain build, whose schedule the tuner does not choose
+        if problem.group > 1 and self.direction == "bwd":  # grouped K/V heads: the plain backward, untuned
             return default_schedules()[self.name]
         if self.direction == "bwd":  # the fast backward's tuned blocks; where none can run, the default
             try:
@@ -399,8 +399,11 @@ class Ours(Impl):
 
     def describe(self, problem):
         """The schedule and which build runs it (and, with grouped K/V heads, why not a fast one)."""
-        grouped = f"; {GROUPED_REFUSAL}" if problem.group > 1 else ""
-        return f"{self.schedule_for(problem).describe()} ({self.chosen(problem).name} build{grouped})"
+        chosen = self.chosen(problem)
+        # (grouped, a fast backward is not even asked for: fast_for)
+        refused = chosen.reason == GROUPED_REFUSAL or (self.direction == "bwd" and not chosen.fast)
+        grouped = f"; {GROUPED_REFUSAL}" if problem.group > 1 and refused else ""
+        return f"{self.schedule_for(problem).describe()} ({chosen.name} build{grouped})"
 
     def available(self, problem):
         backward = self.direction == "bwd"

@@ -3,6 +3,8 @@
 Query head h reads K/V head h // (H / H_kv); dK and dV of a K/V head sum its group's query heads.
 """
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -97,23 +99,49 @@ def test_ungrouped_heads_kv_is_the_usual_call():
     assert np.abs(out - ref).max() < 1e-5
 
 
-def test_the_fast_builds_refuse_grouped_heads():
+FAST_FORWARDS = [pytest.param(("fma", 8, 8, 8, "float32", True), id="fma"),
+                 pytest.param(("tf32x3", 16, 16, 16, "float32", False), id="tf32x3"),
+                 pytest.param(("f16", 16, 16, 16, "bfloat16", True), id="f16")]
+
+
+@pytest.mark.parametrize("case", FAST_FORWARDS)
+def test_the_fast_forwards_take_grouped_heads(case):
+    """flash2's fast forwards read K/V head h // (H / H_kv) for query head h: within their
+    tolerances of the float64 reference (the 16-bit build's adds P's rounding)."""
+    from kernels.flash2_tc import tc_schedule
+    from kernels.flash2_tc16 import tc16_schedule
+    from tests.tolerances import tolerances_tc16
+
+    math_, br, bc, d, dtype, causal = case
+    s = {"fma": lambda: Schedule("flash2", block_q=br, block_kv=bc, thread_q=2, thread_kv=2),
+         "tf32x3": lambda: tc_schedule(br, bc), "f16": lambda: tc16_schedule(br, bc)}[math_]()
+    problem = Problem(batch=2, heads=HEADS, heads_kv=2, n_q=19, n_kv=21, head_dim=d, dtype=dtype, causal=causal)
+    q, k, v, _ = grouped_inputs(problem, seed=5)
+    out, lse, ran = attention(q, k, v, schedule=s, causal=causal, return_lse=True, return_build=True, fast=True)
+    assert ran.name == f"fast-{math_}"
+    ref_out, ref_lse = reference_attention(q, k, v, causal=causal, return_lse=True)
+    check = tolerances_tc16 if math_ == "f16" else tolerances
+    atol_out, atol_lse = check(q, k, v, ref_out, ref_lse, causal, problem.scale, problem.dtype)
+    np.testing.assert_allclose(out.astype(np.float64), ref_out, rtol=0, atol=atol_out)
+    np.testing.assert_allclose(lse, ref_lse, rtol=0, atol=atol_lse)
+
+
+def test_the_fast_backward_refuses_grouped_heads():
+    """The fast backwards read K and V, and write dK and dV, at the query head: grouped calls run
+    the plain backward, and fast=True says why."""
     s = Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2)
-    assert choose_build(s, 4).fast  # the fast build takes this schedule ...
-    chosen = choose_build(s, 4, grouped=True)  # ... but not grouped K/V heads
-    assert chosen.name == "plain" and chosen.reason == GROUPED_REFUSAL
-    with pytest.raises(ValueError, match="grouped K/V heads"):
-        choose_build(s, 4, fast=True, grouped=True)
+    assert choose_build(s, 4, grouped=True).fast  # the fast forward takes them
     tc = Schedule("flash2", block_q=16, block_kv=16, thread_q=2, thread_kv=4, math="tf32x3")
-    with pytest.raises(ValueError, match="grouped K/V heads"):
+    assert choose_backward_build(tc, 16, fast=True).fast  # the fast backward takes this schedule ...
+    chosen = choose_backward_build(tc, 16, fast=None, grouped=True)  # ... but not grouped K/V heads
+    assert not chosen.fast
+    with pytest.raises(ValueError, match=re.escape(GROUPED_REFUSAL)):
         choose_backward_build(tc, 16, fast=True, grouped=True)
-    # through the public call: the plain build runs, with the reason
-    problem = Problem(**SHAPE, heads_kv=2)
-    q, k, v, _ = grouped_inputs(problem)
-    out, ran = attention(q, k, v, schedule=s, return_build=True)
-    assert ran.name == "plain" and ran.reason == GROUPED_REFUSAL
+    problem = Problem(batch=1, heads=HEADS, heads_kv=2, n_q=7, n_kv=9, head_dim=16)
+    q, k, v, dout = grouped_inputs(problem)
+    out, lse = attention(q, k, v, schedule=tc, return_lse=True)
     with pytest.raises(ValueError, match="grouped K/V heads"):
-        attention(q, k, v, schedule=s, fast=True)
+        attention_backward(q, k, v, out, lse, dout, schedule=tc, fast=True)
 
 
 def test_validation_names_the_heads():
