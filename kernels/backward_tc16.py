@@ -81,11 +81,11 @@ from numba import cuda, float32, uint32, uint64
 
 from kernels import backward as counting_backward
 from kernels.flash2_common import refusal
-from kernels.flash2_tc16 import DTYPES, row_stride
+from kernels.flash2_tc16 import row_stride
+from kernels.flash2_tc16 import dtype_refusal as forward_dtype_refusal
 from kernels.mma import exp2
 from kernels.mma16 import XCH16_PER_THREAD, products
 from kernels.tiles import LOG2E, ZERO, COUNTERS, array_type, inline_device
-from sandbox.vocabulary.dtypes import as_dtype
 from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
 
@@ -97,7 +97,7 @@ CHUNK = 32
 def eligible(schedule, head_dim, count_io=False, mask=None):
     """Why the 16-bit fast backward cannot run this (a string), or None when it can: flash2 with
     ``math="f16"``, no counters, no mask, Br and Bc multiples of 16 (a warp per 16 rows on both
-    sides, the k16 steps over either), d a multiple of 16. Its input dtypes are :data:`DTYPES`
+    sides, the k16 steps over either), d a multiple of 16. Its input dtypes are :data:`kernels.flash2_tc16.DTYPES`
     (``dtype_refusal``)."""
     s = schedule
     why = refusal(s, count_io, mask, "16-bit fast backward", "f16")
@@ -120,10 +120,7 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
 
 def dtype_refusal(dtype):
     """Why inputs of ``dtype`` cannot take this build (a string), or None for fp16 and bf16."""
-    name = as_dtype(dtype).name
-    if name in DTYPES:
-        return None
-    return f"{name} inputs (the 16-bit fast backward takes {' or '.join(DTYPES)}; fp32 has math='tf32x3')"
+    return forward_dtype_refusal(dtype, "the 16-bit fast backward")
 
 
 def _layout(schedule, head_dim, phase):

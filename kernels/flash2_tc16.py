@@ -100,12 +100,12 @@ def eligible(schedule, head_dim, count_io=False, mask=None):
     return None
 
 
-def dtype_refusal(dtype):
-    """Why inputs of ``dtype`` cannot take this build (a string), or None for fp16 and bf16."""
+def dtype_refusal(dtype, what="the 16-bit tensor-core build"):
+    """Why inputs of ``dtype`` cannot take ``what`` (a string), or None for fp16 and bf16."""
     name = as_dtype(dtype).name
     if name in DTYPES:
         return None
-    return f"{name} inputs (the 16-bit tensor-core build takes {' or '.join(DTYPES)}; fp32 has math='tf32x3')"
+    return f"{name} inputs ({what} takes {' or '.join(DTYPES)}; fp32 has math='tf32x3')"
 
 
 def smem_bytes(schedule, head_dim):
