@@ -16,9 +16,10 @@ it and the results stay in memory for the rest of the process.
     python -m sandbox tune --d 64 128 --dtype float32 --both-masks    # time, cache, print the table
 
 The backward is tuned the same way (``tune(..., backward=True)``, ``python -m sandbox tune
---backward``): flash2's fast backward (kernels/backward_tc.py, deterministic, the only mode it has)
-over :data:`BACKWARD_CANDIDATES`, under its own keys (``|backward`` and the fast backward's source
-hash), refusing candidates that spill.
+--backward``): flash2's fast backwards (deterministic, the only mode they have) over
+:data:`BACKWARD_CANDIDATES` (kernels/backward_tc.py) and, for fp16 and bf16 inputs,
+:data:`BACKWARD16_CANDIDATES` (kernels/backward_tc16.py), under its own keys (``|backward`` and the
+fast backwards' source hash), refusing candidates that spill.
 """
 
 import ast
@@ -40,7 +41,7 @@ from numba import cuda
 from numba_cuda import __version__ as numba_cuda_version
 
 from kernels import registry
-from kernels.builds import choose_backward_build, choose_build
+from kernels.builds import choose_backward_build, choose_build, fast_build
 from kernels.launch import build
 from sandbox.lab.records import atomic_write
 from sandbox.lab.timing import time_attention
@@ -68,6 +69,9 @@ TC16_CANDIDATES = ((128, 64), (128, 128), (64, 64), (64, 128))
 #: (Br, Bc) of the fast backward's candidates (kernels/backward_tc.py: dkdv a warp per 16 keys of Bc,
 #: dq a warp per 16 queries of Br); those over the GPU's shared memory are left out.
 BACKWARD_CANDIDATES = ((256, 128), (128, 128), (128, 64), (64, 128), (64, 64))
+#: (Br, Bc) of the 16-bit fast backward's candidates (``math="f16"``, kernels/backward_tc16.py; fp16
+#: and bf16 inputs only), tried beside the others for those dtypes.
+BACKWARD16_CANDIDATES = ((128, 128), (128, 64), (64, 128), (64, 64))
 #: The problem a candidate is timed on: B·H = 32 heads of N = 4096 (BENCHMARKS.md's main tables).
 TUNE_BATCH, TUNE_HEADS, TUNE_N = 2, 16, 4096
 
@@ -155,11 +159,21 @@ def candidates(head_dim, dtype="float32"):
     return [s for s in fma + tc if choose_build(s, head_dim, dtype=dtype).fast]
 
 
-def backward_candidates(head_dim):
-    """The schedules of :data:`BACKWARD_CANDIDATES` the fast backward can run at ``head_dim`` on this device."""
-    todo = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math="tf32x3")
-            for br, bc in BACKWARD_CANDIDATES]
-    return [s for s in todo if _runs_fast(s, head_dim, backward=True)]
+def backward_candidates(head_dim, dtype="float32"):
+    """The schedules of :data:`BACKWARD_CANDIDATES` (3xTF32) and, for fp16 and bf16 inputs,
+    :data:`BACKWARD16_CANDIDATES` (16-bit tensor cores) the fast backward can run at ``head_dim`` for
+    inputs of ``dtype`` on this device."""
+    todo = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math=math)
+            for math, blocks in (("tf32x3", BACKWARD_CANDIDATES), ("f16", BACKWARD16_CANDIDATES)) for br, bc in blocks]
+    return [s for s in todo if _takes_dtype(s, dtype) and _runs_fast(s, head_dim, backward=True)]
+
+
+def _takes_dtype(schedule, dtype):
+    """Whether the fast backward of ``schedule``'s arithmetic takes inputs of ``dtype`` (its
+    ``dtype_refusal``; the backward's chooser is not given the dtype)."""
+    module = fast_build(schedule, backward=True)
+    refusal = getattr(module, "dtype_refusal", None)
+    return refusal is None or refusal(dtype) is None
 
 
 class CacheWarning(UserWarning):
@@ -324,7 +338,7 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
     timer = timer or (lambda s, p: _time_schedule(s, p, backward))
     check_spills = not using_simulator() if check_spills is None else check_spills
     times, errors = {}, {}
-    todo = backward_candidates(head_dim) if backward else candidates(head_dim, dtype)
+    todo = backward_candidates(head_dim, dtype) if backward else candidates(head_dim, dtype)
     what = "backward " if backward else ""
     for i, s in enumerate(todo):
         label = s.describe()

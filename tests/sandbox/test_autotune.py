@@ -66,6 +66,12 @@ def test_the_backward_is_tuned_over_its_own_candidates(tmp_path, monkeypatch):
     assert blocks[64] == list(autotune.BACKWARD_CANDIDATES)  # every one fits at d = 64
     assert blocks[128] == [(128, 64), (64, 128), (64, 64)]  # 256×128 and 128×128 need over 227 KB at d = 128
     assert autotune.backward_candidates(60) == []  # d not a multiple of 8
+    # fp16 and bf16 inputs: the 16-bit fast backward's candidates too (fp32: none of them)
+    for dtype in ("float16", "bfloat16"):
+        maths = [(s.math, s.block_q, s.block_kv) for s in autotune.backward_candidates(64, dtype)]
+        assert maths == ([("tf32x3", *b) for b in autotune.BACKWARD_CANDIDATES]
+                         + [("f16", *b) for b in autotune.BACKWARD16_CANDIDATES])
+    assert {s.math for s in autotune.backward_candidates(64, "float32")} == {"tf32x3"}
     fma = {"schedule": {"kind": "flash2", "block_q": 64, "block_kv": 64}, "ms": {"x": 1.0}}
     assert "not one the fast build runs" in autotune.entry_problem("G|d=64|float32|causal=False|backward deterministic|x",
                                                                    fma)
