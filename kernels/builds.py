@@ -118,16 +118,16 @@ BACKWARD_OPT_IN = ("the fast backward runs only with fast=True: the default stay
 
 
 def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,
-                          head_dim_v=None, score_mod=None):
+                          head_dim_v=None, score_mod=None, dtype=None):
     """The build a backward call of ``schedule`` at ``head_dim`` runs: as :func:`choose_build`,
     from the kind's fast backward builds (flash2's ``"tf32x3"``: kernels/backward_tc.py), except
     that ``fast=None`` does not take them (:data:`BACKWARD_OPT_IN`): ``fast=True`` does, or raises
-    why it cannot. A counting or plain Build has ``module`` None (kernels/launch.py lists the
-    counting backward's phases)."""
+    why it cannot (the 16-bit fast backward, for instance, refuses fp32 ``dtype``). A counting or
+    plain Build has ``module`` None (kernels/launch.py lists the counting backward's phases)."""
     if fast is None:
         return Build(COUNTING if count_io else PLAIN, None, BACKWARD_OPT_IN)
-    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True, head_dim_v=head_dim_v,
-                   score_mod=score_mod)
+    return _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward=True, dtype=dtype,
+                   head_dim_v=head_dim_v, score_mod=score_mod)
 
 
 def _choose(schedule, head_dim, count_io, mask, fast, facts, grouped, backward, dtype=None, head_dim_v=None,

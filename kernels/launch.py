@@ -304,12 +304,8 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     grouped = problem.group > 1
     if chosen is None:
         chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast,
-                                       grouped=grouped, head_dim_v=problem.head_dim_v, score_mod=score_mod)
-    refuse_dtype = getattr(chosen.module, "dtype_refusal", None) if chosen.fast else None
-    why = refuse_dtype(problem.dtype) if refuse_dtype is not None else None
-    if why is not None:  # (the backward's chooser is not given the dtype; its fast build runs only with fast=True)
-        raise ValueError(f"fast=True, but the fast backward cannot run {schedule} at head_dim={problem.head_dim}: "
-                         f"{why}")
+                                       grouped=grouped, head_dim_v=problem.head_dim_v, score_mod=score_mod,
+                                       dtype=problem.dtype)
     if not chosen.fast:
         check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, backward=True,
                                                    head_dim_v=problem.head_dim_v))
@@ -465,7 +461,7 @@ def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=
             facts[name] = (bool(np.isfinite(x.astype(np.float32, copy=False)).all()), None)
     chosen = choose_backward_build(schedule, problem.head_dim, count_io=bool(count_io), mask=mask, fast=fast,
                                    facts=facts, grouped=problem.group > 1, head_dim_v=problem.head_dim_v,
-                                   score_mod=score_mod)
+                                   score_mod=score_mod, dtype=problem.dtype)
     dev = to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
     dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io, mask=mask, chosen=chosen,
                                       score_mod=score_mod)

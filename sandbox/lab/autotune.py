@@ -41,7 +41,7 @@ from numba import cuda
 from numba_cuda import __version__ as numba_cuda_version
 
 from kernels import registry
-from kernels.builds import choose_backward_build, choose_build, fast_build
+from kernels.builds import choose_backward_build, choose_build
 from kernels.launch import build
 from sandbox.lab.records import atomic_write
 from sandbox.lab.timing import time_attention
@@ -144,7 +144,7 @@ def _runs_fast(schedule, head_dim, backward, dtype=None):
     if not backward:
         return choose_build(schedule, head_dim, dtype=dtype).fast
     try:
-        return choose_backward_build(schedule, head_dim, fast=True).fast
+        return choose_backward_build(schedule, head_dim, fast=True, dtype=dtype).fast
     except ValueError:
         return False
 
@@ -165,15 +165,7 @@ def backward_candidates(head_dim, dtype="float32"):
     inputs of ``dtype`` on this device."""
     todo = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math=math)
             for math, blocks in (("tf32x3", BACKWARD_CANDIDATES), ("f16", BACKWARD16_CANDIDATES)) for br, bc in blocks]
-    return [s for s in todo if _takes_dtype(s, dtype) and _runs_fast(s, head_dim, backward=True)]
-
-
-def _takes_dtype(schedule, dtype):
-    """Whether the fast backward of ``schedule``'s arithmetic takes inputs of ``dtype`` (its
-    ``dtype_refusal``; the backward's chooser is not given the dtype)."""
-    module = fast_build(schedule, backward=True)
-    refusal = getattr(module, "dtype_refusal", None)
-    return refusal is None or refusal(dtype) is None
+    return [s for s in todo if _runs_fast(s, head_dim, backward=True, dtype=dtype)]
 
 
 class CacheWarning(UserWarning):

@@ -386,7 +386,8 @@ class Ours(Impl):
         if self.direction != "bwd" or self.fast is not None:
             return self.fast
         try:
-            choose_backward_build(self.schedule_for(problem), problem.head_dim, fast=True, grouped=problem.group > 1)
+            choose_backward_build(self.schedule_for(problem), problem.head_dim, fast=True, grouped=problem.group > 1,
+                                  dtype=problem.dtype)
         except ValueError:
             return None
         return True
@@ -395,7 +396,7 @@ class Ours(Impl):
         """The :class:`kernels.builds.Build` this row runs."""
         chooser = choose_backward_build if self.direction == "bwd" else choose_build
         return chooser(self.schedule_for(problem), problem.head_dim, fast=self.fast_for(problem),
-                       grouped=problem.group > 1)
+                       grouped=problem.group > 1, dtype=problem.dtype)
 
     def describe(self, problem):
         """The schedule and which build runs it (and, with grouped K/V heads, why not a fast one)."""
