@@ -20,9 +20,9 @@ from kernels.flash2_tc16 import tc16_schedule
 from sandbox import Problem, attention, attention_backward, reference_attention_backward, score_mods
 from sandbox.vocabulary import masks
 from tests.strategies import SIMULATED, make_inputs, seeds
+from tests.kernels.test_tc16 import DTYPES16, GPU_BLOCKS, SIM_BLOCKS
+from tests.kernels.test_tc16 import tc16_cases as cases
 from tests.tolerances import gradient_tolerances_tc16
-
-DTYPES16 = ("float16", "bfloat16")
 
 
 def gradients(schedule, problem, seed, fast=True, magnitude=1.0, **kw):
@@ -44,22 +44,6 @@ def check(schedule, problem, seed, magnitude=1.0):
     for name, g, ref, atol, like in zip(("dq", "dk", "dv"), grads, refs, atols, (q, k, v)):
         assert g.dtype == like.dtype and g.shape == like.shape, name
         np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
-
-
-@st.composite
-def cases(draw, blocks, head_dims, max_n, heads):
-    """(schedule, problem): blocks and d the build takes, ragged Nq != Nk, fp16 or bf16, causal or not."""
-    br, bc = draw(st.sampled_from(blocks))
-    problem = Problem(
-        batch=1, heads=draw(st.integers(1, heads)), n_q=draw(st.integers(1, max_n)), n_kv=draw(st.integers(1, max_n)),
-        head_dim=draw(st.sampled_from(head_dims)), dtype=draw(st.sampled_from(DTYPES16)),
-        causal=draw(st.booleans()), scale=draw(st.one_of(st.none(), st.floats(0.05, 2.0))),
-    )
-    return tc16_schedule(br, bc), problem
-
-
-SIM_BLOCKS = ((16, 16), (16, 32), (32, 16), (32, 32))
-GPU_BLOCKS = ((64, 64), (64, 128), (128, 64), (128, 128))
 
 
 @settings(max_examples=5 if SIMULATED else 12, deadline=None)
