@@ -46,8 +46,7 @@ pair is packed into one register (``pack``: two fp32 rounded to nearest even), a
 forward. P and dS are formed in fp32 (dS from the unrounded P) and rounded once, there.
 
 **Shared layouts and bank conflicts.** Rows of d/2 words at a stride of SD = row_stride(d/2)
-words, pair tiles [d][C/2 words] at ST = row_stride(C/2), both ≡ 8 mod 16 (kernels/
-flash2_tc16.py's ``row_stride``), and in every 8 words of a row words j and j + 4 side by side
+words, pair tiles [d][C/2 words] at ST = row_stride(C/2), both ≡ 8 mod 16 (``row_stride``), and in every 8 words of a row words j and j + 4 side by side
 (``slot``): every fragment, A or B, is words t and t + 4 of an 8-word group of rows g (and g + 8),
 one 8-byte load per lane (``pair``: through a uint64 view of the same memory, so that the load is
 8 bytes wide whatever the compiler can prove of the index's alignment); a half-warp reads rows g = 0..3 (or 4..7), 8 consecutive words each,
@@ -81,7 +80,6 @@ from numba import cuda, float32, uint32, uint64
 
 from kernels import backward as counting_backward
 from kernels.flash2_common import refusal
-from kernels.flash2_tc16 import row_stride
 from kernels.flash2_tc16 import dtype_refusal as forward_dtype_refusal
 from kernels.mma import exp2
 from kernels.mma16 import XCH16_PER_THREAD, products
@@ -92,6 +90,13 @@ from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
 #: Streamed rows a warp's S and dP accumulators cover at once (16 accumulators per thread beside dK's
 #: and dV's; dkdv and dq stay under 255 registers at d = 128).
 CHUNK = 32
+
+
+def row_stride(words):
+    """The SRAM row stride (uint32 words) of a row or pair row of ``words`` words (a multiple of 8):
+    padded by 8 where needed to make it ≡ 8 mod 16, which puts a half-warp's 8-byte fragment
+    loads on distinct banks (the module docstring)."""
+    return words + (8 if words % 16 == 0 else 0)
 
 
 def eligible(schedule, head_dim, count_io=False, mask=None):

@@ -7,17 +7,16 @@ build): Q_i is read once, K_j and V_j once per Q block, O_i and L_i written once
 rows of Q_i (Br = 16·warps); d is a multiple of 16, Bc too (the P·V product's k16 step).
 
     Q_i: HBM -> the A fragments of the S product, in registers for the whole K/V loop
-    K_0, V_0: HBM -> SRAM (K as it is, V transposed into key pairs, see below)
+    K_0, V_0: HBM -> SRAM stage 0 (cp.async, started before Q is read)
     for each K/V block j (causal: only blocks with a key <= the block's last query):
-        start loading K_{j+1} into registers (it arrives while S is computed)
+        wait for K_j, V_j; barrier; start K_{j+1}, V_{j+1}: HBM -> the other stage (cp.async,
+            they arrive while block j is computed)
         S = Q_i K_jᵀ: per warp 16 rows; per 16 columns of d and 8 keys one m16n8k16 product, in fp32
         S = S · scale · log2 e (fp32); keys past Nk, and causal keys past the row, -inf
         m_ij = rowmax(S), m_i_new = max(m_i, m_ij), alpha = exp2(m_i - m_i_new),
         P = exp2(S - m_i_new), l_i = alpha l_i + rowsum(P): per row in fp32, in registers
-        barrier; K_{j+1}: registers -> SRAM; start loading V_{j+1} into registers
         O_i = diag(alpha) O_i + P V_j: P rounded to the inputs' 16-bit type, stays in registers
               (see below); one product per 16 keys and 8 columns of d, fp32 accumulators
-        barrier; V_{j+1}: registers -> SRAM (the next block's first barrier comes before its P·V)
     O_i = diag(l_i)⁻¹ O_i -> HBM in the input dtype;  L_i = (m_i + log2 l_i)·ln 2 -> HBM in fp32
 
 The thread layout is the schedule's: thread_q = 2 (rows g and g + 8 of the warp's 16, g = lane
@@ -26,11 +25,13 @@ threads_kv = 4; ``eligible`` says so.
 
 **Packed operands.** q, k, v and o are viewed as uint32 arrays (two 16-bit values along d per
 element, d even): a fragment register is one 32-bit word, Q's loaded from HBM, K's and V's from
-SRAM (b0 and b1 in one 8-byte load, below), and SRAM holds uint32 too. K is the S product's B operand as it is: B[k, n] = K[n, k], two
-consecutive columns of d, adjacent in K's row. V is the P·V product's B operand with B[k, n] =
-V[k, n], two consecutive *keys* of one column: the loader transposes V into Vt[col][key pair]
-(each uint32 holds V[2p, col] in its low half and V[2p + 1, col] in its high half), from two
-uint32 of V's rows 2p and 2p + 1 by 16-bit shifts and masks.
+SRAM by ``ldmatrix`` (kernels/mma16.py). SRAM holds K_j and V_j as they are in HBM, row by row,
+copied by ``cp.async`` 16 bytes at a time without passing through registers (consecutive threads,
+consecutive 16 bytes of a row: whole sectors), in two stages, so that block j + 1 loads while
+block j is computed. K is the S product's B operand as it is (B[k, n] = K[n, k]: a tile's rows
+are B's columns): ``ldmatrix.x4`` gives b0 and b1 of two 8-key groups. V is the P·V product's B
+operand with B[k, n] = V[k, n] (a tile's rows are B's rows): ``ldmatrix.x4.trans`` gives b0 and
+b1 of two 8-column groups, two consecutive keys of one column per register.
 
 **P never goes to SRAM.** The S accumulators of lane (g, t) for the 8-key groups 2c and 2c + 1
 hold P[g, 16c + 2t + {0, 1}], P[g + 8, ...] and P[g, 16c + 8 + 2t + {0, 1}], P[g + 8, ...]: the A
@@ -38,20 +39,12 @@ fragment of the P·V product's 16-key step c, once each pair is packed into one 
 (``pack``: two fp32 rounded to nearest even, one ``cvt`` instruction). l_i sums P in fp32
 before that rounding, as FlashAttention-2 does.
 
-**Shared layouts and bank conflicts.** K_j as uint32 [Bc][s_K] and Vt as uint32 [d][s_V] (row
-strides s_K ≥ d/2 and s_V ≥ Bc/2 words, ``row_stride``). A lane's B fragment is words t and t + 4
-of an 8-word group of row 8n + g (K: the key; Vt: the column of d). Each row stores, in every group
-of 8, words j and j + 4 side by side (``slot``: slots 2j, 2j + 1), so the fragment is one 8-byte
-load of slots 2t, 2t + 1, and a warp's load is 8 rows × 8 words. The 8-byte loads are served a
-half-warp at a time: rows g = 0..3 (or 4..7), 8 consecutive words each, on banks (g·s + 0..7 +
-const) mod 32, which are distinct when g·s mod 32 takes the values 0, 8, 16, 24: s ≡ 8 mod 16.
-Unpadded, s = d/2 or Bc/2 is a multiple of 8 (d and Bc multiples of 16), and a multiple of 16
-(d/2 = 32, 64) puts rows g and g + 2 on the same banks (2-way; 4-way at s ≡ 0 mod 32): such
-rows get 8 words of padding. The loaders give consecutive lanes consecutive words of a K row
-(one row per warp from d/2 = 32 on: its 32 slots, 32 banks), and for Vt 8 consecutive key pairs
-× 4 words of d per warp: each of an item's two V loads reads 8 rows × 16 bytes (half a 32-byte
-sector each) and the stores (2·w·s + slot(p)) mod 32 land on 16 banks twice (2·s ≡ 16 mod 32),
-a 2-way conflict, once per item per K/V block.
+**Shared layout and bank conflicts.** A stage is K_j then V_j, each [Bc][s] uint32 with the row
+stride s = d/2 + 4 words (``tile_stride``): an ldmatrix tile reads 8 rows × 16 bytes, rows r at
+banks 4r·(s/4) + 0..3 mod 32, distinct for s ≡ 4 mod 8 (d a multiple of 16 gives it). On the
+H200 this build ran 1.1–1.5× the speed of the one it replaced, which moved K and V through
+registers with 32-bit loads and stored V transposed (BENCHMARKS.md, "16-bit tensor cores:
+flash2's forward").
 """
 
 import math
@@ -62,7 +55,7 @@ from numba import cuda, float32, uint32, uint64
 from kernels.flash2_common import fmax, group_reductions, refusal
 from kernels.flash2_common import phases as fast_phases
 from kernels.mma import exp2
-from kernels.mma16 import XCH16_PER_THREAD, products
+from kernels.mma16 import XCH16_PER_THREAD, cp_async, cp_async_commit, cp_async_wait, ldsm, ldsm_t, products
 from kernels.tiles import LN2, LOG2E, NEG_INF, ONE, ZERO, inline_device, make_tile_ops
 from sandbox.vocabulary.dtypes import as_dtype
 from sandbox.vocabulary.runtime import using_simulator
@@ -70,13 +63,6 @@ from sandbox.vocabulary.runtime import using_simulator
 #: The input dtypes this build takes; others run another build (kernels/builds.py).
 DTYPES = ("float16", "bfloat16")
 
-
-
-def row_stride(words):
-    """The SRAM row stride (uint32 words) of a K_j or Vt row of ``words`` words (a multiple of 8):
-    padded by 8 where needed to make it ≡ 8 mod 16, which puts a half-warp's 8-byte fragment
-    loads on distinct banks (the module docstring)."""
-    return words + (8 if words % 16 == 0 else 0)
 
 
 def eligible(schedule, head_dim, count_io=False, mask=None):
@@ -108,10 +94,16 @@ def dtype_refusal(dtype, what="the 16-bit tensor-core build"):
     return f"{name} inputs ({what} takes {' or '.join(DTYPES)}; fp32 has math='tf32x3')"
 
 
+def tile_stride(words):
+    """The SRAM row stride (uint32 words) of a K_j or V_j row of ``words`` words (a multiple of 8):
+    4 words (16 bytes) of padding, which puts the 8 rows of an ldmatrix tile on distinct banks (the
+    module docstring)."""
+    return words + 4
+
+
 def smem_bytes(schedule, head_dim):
-    """Dynamic shared memory: K_j as [Bc][row_stride(d/2)] and Vt as [d][row_stride(Bc/2)] uint32."""
-    bc = schedule.block_kv
-    return 4 * (bc * row_stride(head_dim // 2) + head_dim * row_stride(bc // 2))
+    """Dynamic shared memory: two stages of K_j and V_j, each [Bc][tile_stride(d/2)] uint32."""
+    return 4 * 2 * 2 * schedule.block_kv * tile_stride(head_dim // 2)
 
 
 def min_blocks_per_sm(schedule, head_dim):
@@ -164,101 +156,42 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, sco
     NS = BC // 8  # 8-key groups of S
     KC = BC // 16  # k16 steps of P V
     ND = D // 8  # 8-column groups of O
-    KS = row_stride(DP)  # K_j's SRAM row stride (words)
-    VS = row_stride(BC // 2)  # Vt's SRAM row stride (words)
-    OV = BC * KS  # Vt's offset
+    RS = tile_stride(DP)  # the SRAM row stride of K_j and V_j (words)
+    OV = BC * RS  # V_j's offset in a stage
+    STAGE = 2 * BC * RS  # words of one stage (K_j, V_j)
     CAUSAL = bool(causal)
     n_smem = smem_bytes(schedule, head_dim)
     ALIGN = None if using_simulator() else 16
     NX = NT * XCH16_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
     NRED = NT if using_simulator() else 1  # the simulator's row reductions
     row_max, row_sum = group_reductions((2, 1))  # a row's 4 lanes: xor 2, xor 1
-    K_ITEMS = BC * DP  # words of K_j: item (key, word)
-    V_ITEMS = (BC // 2) * DP  # (key pair, word) items of V_j, two words each
-    IK, IV = -(-K_ITEMS // NT), -(-V_ITEMS // NT)
-    NVB = 2 * IV  # (a constant: local array sizes must be literal)
-    K_FULL, V_FULL = K_ITEMS % NT == 0, V_ITEMS % NT == 0
-    LO, HI = 0xFFFF, 0xFFFF0000
+    CPR = DP // 4  # 16-byte chunks per row
+    CHUNKS = BC * CPR  # chunks of K_j (and of V_j)
+    NCH = -(-CHUNKS // NT)
+    CH_FULL = CHUNKS % NT == 0
 
     # Indices are uint64 throughout (every constant too: uint64 with int64 is float64 in Numba):
     # a signed index gets a negative-index fix-up per access, which keeps the compiler from
     # folding a thread's shared loads into one base address plus constant offsets.
 
     @inline_device
-    def slot(w):
-        """Where word w of a row is stored: in each group of 8, words j and j + 4 side by side at
-        2j, 2j + 1 (j < 4), so that a lane's b0 and b1 are one 8-byte load."""
-        return (w // uint64(8)) * uint64(8) + (w % uint64(4)) * uint64(2) + (w // uint64(4)) % uint64(2)
-
-    @inline_device
-    def k_item(t, it):
-        """Item it of thread t: (key, word) of K_j, consecutive threads consecutive words."""
-        if NT % DP == 0:  # (the word a per-thread constant, the key a per-item one)
-            return t // uint64(DP) + uint64(it * (NT // DP)), t % uint64(DP)
-        e = t + uint64(it * NT)
-        return e // uint64(DP), e % uint64(DP)
-
-    @inline_device
-    def v_item(t, it):
-        """Item it of thread t: (key pair, word) of V_j, a warp's 32 lanes 8 pairs × 4 words."""
-        e = t + uint64(it * NT)
-        return (e // uint64(8 * DP)) * uint64(8) + e % uint64(8), (e // uint64(8)) % uint64(DP)
-
-    @inline_device
-    def fetch_k(kh, k0, kv_len, buf, tid):
-        """K_j: HBM -> registers, the thread's items; zeros past the last key."""
+    def issue(kh, vh, k0, kv_len, sm, base, tid):
+        """K_j and V_j: HBM -> the stage at ``base``, 16 bytes per cp.async, consecutive threads
+        consecutive chunks of a row; zeros past the last key. One group, committed."""
         t = uint64(tid)
-        u0 = uint64(k0)
         n = uint64(kv_len)
-        for it in range(IK):
-            x = uint32(0)
-            if K_FULL or t + uint64(it * NT) < uint64(K_ITEMS):
-                key, w = k_item(t, it)
-                if key < n:
-                    x = kh[u0 + key, w]
-            buf[it] = x
-
-    @inline_device
-    def store_k(buf, sm, tid):
-        """The fetched K items -> SRAM, row key, word w."""
-        t = uint64(tid)
-        for it in range(IK):
-            if K_FULL or t + uint64(it * NT) < uint64(K_ITEMS):
-                key, w = k_item(t, it)
-                sm[key * uint64(KS) + slot(w)] = buf[it]
-
-    @inline_device
-    def fetch_v(vh, k0, kv_len, buf, tid):
-        """V_j: HBM -> registers, word w of rows 2p and 2p + 1 per item; zeros past the last key."""
-        t = uint64(tid)
         u0 = uint64(k0)
-        n = uint64(kv_len)
-        for it in range(IV):
-            x0 = uint32(0)
-            x1 = uint32(0)
-            if V_FULL or t + uint64(it * NT) < uint64(V_ITEMS):
-                p, w = v_item(t, it)
-                r = uint64(2) * p
-                if r < n:
-                    x0 = vh[u0 + r, w]
-                if r + uint64(1) < n:
-                    x1 = vh[u0 + r + uint64(1), w]
-            buf[2 * it] = x0
-            buf[2 * it + 1] = x1
-
-    @inline_device
-    def store_v(buf, sm, tid):
-        """The fetched V items, transposed -> Vt: column 2w gets the low halves (V[2p, 2w],
-        V[2p + 1, 2w]), column 2w + 1 the high halves."""
-        t = uint64(tid)
-        for it in range(IV):
-            if V_FULL or t + uint64(it * NT) < uint64(V_ITEMS):
-                p, w = v_item(t, it)
-                x0 = buf[2 * it]
-                x1 = buf[2 * it + 1]
-                at = uint64(OV) + uint64(2) * w * uint64(VS) + slot(p)
-                sm[at] = (x0 & LO) | ((x1 & LO) << 16)
-                sm[at + uint64(VS)] = (x0 >> 16) | (x1 & HI)
+        for it in range(NCH):
+            e = t + uint64(it * NT)
+            if CH_FULL or e < uint64(CHUNKS):
+                r = e // uint64(CPR)
+                w = (e % uint64(CPR)) * uint64(4)
+                ok = r < n
+                src = u0 + r if ok else u0  # (a valid address; nothing is read from it)
+                at = base + r * uint64(RS) + w
+                cp_async(sm, at, kh, src, w, ok)
+                cp_async(sm, at + uint64(OV), vh, src, w, ok)
+        cp_async_commit()
 
     def kernel(q, k, v, o, lse, scale, counters):
         if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or o.shape[3] != D:
@@ -295,22 +228,28 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, sco
         qh = qu[b, h]
         oh = ou[b, h]
         ut = uint64(tq)
-        k_lane = uint64(g * KS + 2 * tq)  # the lane's slot of a K_j fragment: row g, words t, t + 4
-        v_lane = uint64(OV + g * VS + 2 * tq)  # ... and of a Vt fragment
+        # the row this lane addresses in an ldmatrix.x4 (the module docstring): K_j's tile l // 8 is
+        # keys 8·(l // 16) + 0..7, words 4·((l // 8) % 2) on; V_j's is keys 8·((l // 8) % 2) + 0..7,
+        # words 4·(l // 16) on
+        k_lane = uint64((8 * (lane // 16) + lane % 8) * RS + 4 * ((lane // 8) % 2))
+        v_lane = uint64(OV + (8 * ((lane // 8) % 2) + lane % 8) * RS + 4 * (lane // 16))
 
         qf = cuda.local.array((KD, 4), uint32)  # Q's A fragments, for the whole K/V loop
         acc = cuda.local.array((ND, 4), float32)  # O's accumulators, 8 columns of d per group
         s = cuda.local.array((NS, 4), float32)  # S (then P): 8 keys per group
         m = cuda.local.array(2, float32)
         l = cuda.local.array(2, float32)
-        kb = cuda.local.array(IK, uint32)  # the thread's items of K_{j+1}
-        vb = cuda.local.array(NVB, uint32)  # ... and of V_{j+1}
         for i in range(2):
             m[i] = NEG_INF
             l[i] = ZERO
         for nn in range(ND):
             for i in range(4):
                 acc[nn, i] = ZERO
+        kv_end = n_kv
+        if CAUSAL:
+            kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped, no loads
+        n_blocks = (kv_end + BC - 1) // BC
+        issue(kh, vh, 0, min(BC, n_kv), sm, uint64(0), tid)  # K_0, V_0 -> stage 0, while Q is read
         for kk in range(KD):  # a0 = Q[g, 16kk + 2t : +2], a1 its row g + 8, a2, a3 eight columns on
             for i in range(4):
                 qf[kk, i] = uint32(0)
@@ -322,34 +261,31 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, sco
                 qf[kk, 1] = qh[uint64(q0 + r_hi), col]
                 qf[kk, 3] = qh[uint64(q0 + r_hi), col + uint64(4)]
 
-        kv_end = n_kv
-        if CAUSAL:
-            kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped, no loads
-        n_blocks = (kv_end + BC - 1) // BC
-        fetch_k(kh, 0, min(BC, n_kv), kb, tid)
-        fetch_v(vh, 0, min(BC, n_kv), vb, tid)
-        store_k(kb, sm, tid)
-        store_v(vb, sm, tid)
-        # barrier: K_0, V_0 are in SRAM
-        cuda.syncthreads()
         for j in range(n_blocks):
             k0 = j * BC
             kv_len = min(BC, n_kv - k0)
-            k1 = k0 + BC
-            more = j + 1 < n_blocks
-            if more:  # K_{j+1}: HBM -> registers, while S_j is computed
-                fetch_k(kh, k1, min(BC, n_kv - k1), kb, tid)
+            base = uint64((j % 2) * STAGE)
+            # K_j, V_j have landed (this thread's copies), and after the barrier everyone's; every
+            # thread is also done with block j - 1, whose stage K_{j+1}, V_{j+1} now fill
+            cp_async_wait()
+            cuda.syncthreads()
+            if j + 1 < n_blocks:
+                k1 = k0 + BC
+                issue(kh, vh, k1, min(BC, n_kv - k1), sm, uint64(((j + 1) % 2) * STAGE), tid)
 
-            # -- S = Q_i K_jᵀ: b0 = K[8n + g, 16kk + 2t : +2], b1 eight columns on (one 8-byte load)
+            # -- S = Q_i K_jᵀ: one ldmatrix.x4 gives b0, b1 of two 8-key groups
             for n in range(NS):
                 for i in range(4):
                     s[n, i] = ZERO
             for kk in range(KD):
-                for n in range(NS):
-                    at = k_lane + uint64(8 * n * KS + 8 * kk)
-                    s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma(
-                        xch, tid, qf[kk, 0], qf[kk, 1], qf[kk, 2], qf[kk, 3], sm[at], sm[at + uint64(1)],
-                        s[n, 0], s[n, 1], s[n, 2], s[n, 3])
+                for n2 in range(NS // 2):
+                    b0, b1, b2, b3 = ldsm(sm, xch, tid, base + k_lane + uint64(16 * n2 * RS + 8 * kk))
+                    s[2 * n2, 0], s[2 * n2, 1], s[2 * n2, 2], s[2 * n2, 3] = mma(
+                        xch, tid, qf[kk, 0], qf[kk, 1], qf[kk, 2], qf[kk, 3], b0, b1,
+                        s[2 * n2, 0], s[2 * n2, 1], s[2 * n2, 2], s[2 * n2, 3])
+                    s[2 * n2 + 1, 0], s[2 * n2 + 1, 1], s[2 * n2 + 1, 2], s[2 * n2 + 1, 3] = mma(
+                        xch, tid, qf[kk, 0], qf[kk, 1], qf[kk, 2], qf[kk, 3], b2, b3,
+                        s[2 * n2 + 1, 0], s[2 * n2 + 1, 1], s[2 * n2 + 1, 2], s[2 * n2 + 1, 3])
             for n in range(NS):
                 for i in range(4):
                     s[n, i] *= s2
@@ -396,30 +332,21 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, sco
                     acc[nn, 2 * i] *= alpha
                     acc[nn, 2 * i + 1] *= alpha
 
-            # barrier: every thread is done reading K_j
-            cuda.syncthreads()
-            if more:  # K_{j+1}: registers -> SRAM; V_{j+1}: HBM -> registers, while P V_j is computed
-                store_k(kb, sm, tid)
-                fetch_v(vh, k1, min(BC, n_kv - k1), vb, tid)
-
             # -- O_i += P V_j: the S accumulators of groups 2c, 2c + 1, packed, are the A fragment;
-            # b0 = Vt[8nn + g, 8c + t] (keys 16c + 2t, +1), b1 = Vt[8nn + g, 8c + t + 4] (8 keys on),
-            # side by side in slots 8c + 2t, 8c + 2t + 1
+            # one ldmatrix.x4.trans gives b0, b1 (keys 16c + 2t, +1 and 8 on) of two 8-column groups
             for c in range(KC):
                 a0 = pack(s[2 * c, 0], s[2 * c, 1])
                 a1 = pack(s[2 * c, 2], s[2 * c, 3])
                 a2 = pack(s[2 * c + 1, 0], s[2 * c + 1, 1])
                 a3 = pack(s[2 * c + 1, 2], s[2 * c + 1, 3])
-                for nn in range(ND):
-                    at = v_lane + uint64(8 * nn * VS + 8 * c)
-                    acc[nn, 0], acc[nn, 1], acc[nn, 2], acc[nn, 3] = mma(
-                        xch, tid, a0, a1, a2, a3, sm[at], sm[at + uint64(1)], acc[nn, 0], acc[nn, 1], acc[nn, 2],
-                        acc[nn, 3])
-
-            # barrier: every thread is done reading V_j (and K_{j+1} is in SRAM)
-            cuda.syncthreads()
-            if more:  # V_{j+1}: registers -> SRAM (the next block's first barrier precedes its P V)
-                store_v(vb, sm, tid)
+                for n2 in range(ND // 2):
+                    b0, b1, b2, b3 = ldsm_t(sm, xch, tid, base + v_lane + uint64(16 * c * RS + 8 * n2))
+                    acc[2 * n2, 0], acc[2 * n2, 1], acc[2 * n2, 2], acc[2 * n2, 3] = mma(
+                        xch, tid, a0, a1, a2, a3, b0, b1, acc[2 * n2, 0], acc[2 * n2, 1], acc[2 * n2, 2],
+                        acc[2 * n2, 3])
+                    acc[2 * n2 + 1, 0], acc[2 * n2 + 1, 1], acc[2 * n2 + 1, 2], acc[2 * n2 + 1, 3] = mma(
+                        xch, tid, a0, a1, a2, a3, b2, b3, acc[2 * n2 + 1, 0], acc[2 * n2 + 1, 1],
+                        acc[2 * n2 + 1, 2], acc[2 * n2 + 1, 3])
 
         # -- O_i = diag(l_i)^-1 O_i -> HBM, columns 8nn + 2t, +1 packed in one word (a row that saw
         # no key: O = 0); L_i = m_i·ln 2 + log l_i

@@ -19,12 +19,28 @@ FlashAttention-2 uses to feed the S accumulator, as P, straight back into the P�
 them as a register holds them: lo in the low half. On the GPU it is ``cvt.rn.f16x2.f32`` (or
 ``.bf16x2``), one instruction; PTX puts its first source operand in the upper half.
 
+Two data movers serve the products (FlashAttention-2's):
+
+- ``ldsm(sm, xch, tid, at)`` is ``ldmatrix.sync.aligned.m8n8.x4.shared.b16``: four 8×8 tiles of
+  16-bit values from shared memory (``sm``, uint32 words). Lane l gives the address (word index
+  ``at``, a multiple of 4) of row l % 8 of tile l // 8, 16 bytes; its register m comes back holding
+  word l % 4 of row l // 4 of tile m, that is elements 2t, 2t + 1 of row g: a B fragment's b0 or
+  b1 where the tile's rows are B's columns. ``ldsm_t`` (``.trans``) gives the transpose: elements
+  (row 2t, column g) and (row 2t + 1, column g) of tile m, low half first: a B fragment where the
+  tile's rows are B's rows.
+- ``cp_async(sm, at, src, row, word, valid)`` is ``cp.async.cg.shared.global``: 16 bytes (words
+  ``word`` .. ``word`` + 3 of ``src``'s row ``row``) to ``sm[at]`` .. ``sm[at + 3]``, without
+  passing through registers, or 16 zero bytes where ``valid`` is false; ``cp_async_commit`` closes
+  a group of them and ``cp_async_wait`` waits for every group the thread has committed (a barrier
+  must follow before other threads read the words).
+
 On the GPU these are inline PTX. The simulator has no tensor cores and no cross-lane registers:
 there the lanes swap their fragments through a shared array (``xch``, :data:`XCH16_PER_THREAD`
 uint32 per thread, allocated by the kernel) with a barrier before and after, so every thread of
 the block must make the same calls. Its 16-bit inputs are exact, its products are summed in fp64
 and rounded once to fp32 per product (which the tensor cores need not match bit for bit), and its
-packing rounds with NumPy's float16 and ml_dtypes' bfloat16 (to nearest even).
+packing rounds with NumPy's float16 and ml_dtypes' bfloat16 (to nearest even). Its ldmatrix
+swaps the row addresses through the same exchange array; its cp.async copies at once.
 """
 
 import ml_dtypes
@@ -95,6 +111,47 @@ if using_simulator():
     mma_f16 = _make_mma(_halves_f16)
     mma_bf16 = _make_mma(_halves_bf16)
 
+    @cuda.jit(device=True)
+    def _ldsm(sm, xch, tid, at, trans):
+        """ldmatrix.x4 in the simulator: the lanes swap their row addresses through ``xch``."""
+        xch[tid * XCH16_PER_THREAD] = at
+        cuda.syncthreads()
+        warp0 = tid - tid % 32
+        lane = tid - warp0
+        g, t = lane // 4, lane % 4
+        out = []
+        for m in range(4):
+            if trans:
+                lo, hi = (int(xch[(warp0 + 8 * m + 2 * t + e) * XCH16_PER_THREAD]) for e in (0, 1))
+                half = 16 * (g % 2)
+                out.append(np.uint32((((int(sm[lo + g // 2]) >> half) & 0xFFFF)
+                                      | (((int(sm[hi + g // 2]) >> half) & 0xFFFF) << 16))))
+            else:
+                out.append(np.uint32(sm[int(xch[(warp0 + 8 * m + g) * XCH16_PER_THREAD]) + t]))
+        cuda.syncthreads()
+        return out[0], out[1], out[2], out[3]
+
+    def ldsm(sm, xch, tid, at):
+        """Four 8×8 tiles of 16-bit values, ldmatrix.x4 (the module docstring); every thread of the
+        block must call it."""
+        return _ldsm(sm, xch, tid, at, False)
+
+    def ldsm_t(sm, xch, tid, at):
+        """Four 8×8 tiles of 16-bit values, transposed: ldmatrix.x4.trans (the module docstring)."""
+        return _ldsm(sm, xch, tid, at, True)
+
+    def cp_async(sm, at, src, row, word, valid):
+        """16 bytes of ``src``'s row ``row`` from word ``word`` on -> ``sm[at]``..: zeros where not
+        ``valid`` (the module docstring); in the simulator, at once."""
+        for i in range(4):
+            sm[at + i] = src[row, word + i] if valid else 0
+
+    def cp_async_commit():
+        """Close the thread's group of cp_async copies (nothing to do in the simulator)."""
+
+    def cp_async_wait():
+        """Wait for the thread's committed cp_async copies (nothing to do in the simulator)."""
+
 else:
     from llvmlite import ir
     from numba import types
@@ -142,6 +199,101 @@ else:
 
     _mma_f16, _mma_bf16 = _mma_intrinsic("f16"), _mma_intrinsic("bf16")
     _pack_f16, _pack_bf16 = _pack_intrinsic("f16"), _pack_intrinsic("bf16")
+
+    from numba.cuda import cgutils
+
+    def _shared_address(context, builder, aryty, ary, index, index_type):
+        """The 32-bit shared-window address of element ``index`` of a 1-D shared array."""
+        data = context.make_array(aryty)(context, builder, ary).data
+        i = context.cast(builder, index, index_type, types.intp)
+        ptr = builder.gep(data, [i])
+        return builder.ptrtoint(builder.addrspacecast(ptr, ir.PointerType(ptr.type.pointee, 3)), ir.IntType(32))
+
+    def _ldsm_intrinsic(trans):
+        ptx = (f"ldmatrix.sync.aligned.m8n8.x4{'.trans' if trans else ''}.shared.b16 "
+               "{$0, $1, $2, $3}, [$4];")
+
+        @intrinsic
+        def _ld(typingctx, sm, at):
+            if not isinstance(sm, types.Array) or sm.dtype != types.uint32 or not isinstance(at, types.Integer):
+                return None
+            sig = types.UniTuple(types.uint32, 4)(sm, at)
+
+            def codegen(context, builder, signature, args):
+                i32 = ir.IntType(32)
+                addr = _shared_address(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+                asm = ir.InlineAsm(ir.FunctionType(ir.LiteralStructType([i32] * 4), [i32]), ptx,
+                                   "=r,=r,=r,=r,r,~{memory}", side_effect=True)
+                res = builder.call(asm, [addr])
+                return context.make_tuple(builder, signature.return_type,
+                                          [builder.extract_value(res, i) for i in range(4)])
+
+            return sig, codegen
+
+        return _ld
+
+    @intrinsic
+    def _cp_async(typingctx, sm, at, src, row, word, valid):
+        if not isinstance(sm, types.Array) or not isinstance(src, types.Array) or src.ndim != 2:
+            return None
+
+        def codegen(context, builder, signature, args):
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            dst = _shared_address(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+            srcty = signature.args[2]
+            inds = [context.cast(builder, args[i], signature.args[i], types.intp) for i in (3, 4)]
+            ptr = cgutils.get_item_pointer(context, builder, srcty, context.make_array(srcty)(context, builder, args[2]),
+                                           inds, wraparound=False)
+            gaddr = builder.ptrtoint(builder.addrspacecast(ptr, ir.PointerType(ptr.type.pointee, 1)), i64)
+            ok = context.cast(builder, args[5], signature.args[5], types.boolean)
+            size = builder.select(ok, ir.Constant(i32, 16), ir.Constant(i32, 0))
+            asm = ir.InlineAsm(ir.FunctionType(ir.VoidType(), [i32, i64, i32]),
+                               "cp.async.cg.shared.global [$0], [$1], 16, $2;", "r,l,r,~{memory}", side_effect=True)
+            builder.call(asm, [dst, gaddr, size])
+            return context.get_dummy_value()
+
+        return types.void(sm, at, src, row, word, valid), codegen
+
+    def _asm_statement(ptx):
+        @intrinsic
+        def _stmt(typingctx):
+            def codegen(context, builder, signature, args):
+                builder.call(ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), ptx, "~{memory}", side_effect=True), [])
+                return context.get_dummy_value()
+
+            return types.void(), codegen
+
+        return _stmt
+
+    _ldsm, _ldsm_t = _ldsm_intrinsic(False), _ldsm_intrinsic(True)
+    _commit, _wait = _asm_statement("cp.async.commit_group;"), _asm_statement("cp.async.wait_group 0;")
+
+    @inline_device
+    def ldsm(sm, xch, tid, at):
+        """Four 8×8 tiles of 16-bit values: ldmatrix.x4 (the module docstring); ``xch`` and ``tid``
+        are the simulator's."""
+        return _ldsm(sm, at)
+
+    @inline_device
+    def ldsm_t(sm, xch, tid, at):
+        """Four 8×8 tiles of 16-bit values, transposed: ldmatrix.x4.trans (the module docstring)."""
+        return _ldsm_t(sm, at)
+
+    @inline_device
+    def cp_async(sm, at, src, row, word, valid):
+        """16 bytes of ``src``'s row ``row`` from word ``word`` on -> ``sm[at]``..: zeros where not
+        ``valid`` (cp.async.cg, the module docstring)."""
+        _cp_async(sm, at, src, row, word, valid)
+
+    @inline_device
+    def cp_async_commit():
+        """cp.async.commit_group: close the thread's group of copies."""
+        _commit()
+
+    @inline_device
+    def cp_async_wait():
+        """cp.async.wait_group 0: wait for every group the thread has committed."""
+        _wait()
 
     @inline_device
     def mma_f16(xch, tid, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):

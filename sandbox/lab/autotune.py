@@ -63,9 +63,10 @@ CANDIDATES = (
 #: kernels/flash2_tc.py), tried beside the FMA ones.
 TC_CANDIDATES = ((128, 64), (128, 32), (128, 16), (64, 64), (64, 32))
 #: (Br, Bc) of the 16-bit tensor-core build's candidates (``math="f16"``, fp16 and bf16 inputs only;
-#: kernels/flash2_tc16.py): Br/16 warps, 8 or 4; tried beside the others for those dtypes. (ptxas for
-#: sm_90 spills some of them at d = 128, where 128 × 64 compiles clean; the tuner refuses spills.)
-TC16_CANDIDATES = ((128, 64), (128, 128), (64, 64), (64, 128))
+#: kernels/flash2_tc16.py): Br/16 warps, 16, 8 or 4; tried beside the others for those dtypes. On the
+#: H200 the fastest were 128 × 32 at d = 64 and 128 × 128 or 64 × 64 at d = 128 (BENCHMARKS.md,
+#: "16-bit tensor cores: flash2's forward"); the tuner refuses a candidate that spills.
+TC16_CANDIDATES = ((128, 64), (128, 128), (64, 64), (64, 128), (128, 32), (256, 64))
 #: (Br, Bc) of the fast backward's candidates (kernels/backward_tc.py: dkdv a warp per 16 keys of Bc,
 #: dq a warp per 16 queries of Br); those over the GPU's shared memory are left out.
 BACKWARD_CANDIDATES = ((256, 128), (128, 128), (128, 64), (64, 128), (64, 64))

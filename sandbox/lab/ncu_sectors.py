@@ -24,8 +24,8 @@ they ask for is the access's *factor*, and the expected L1 bytes of a launch are
   four lanes to a row: 2× each.
 - flash2's 16-bit tensor-core build (kernels/flash2_tc16.py), whose threads move 32-bit words (two
   16-bit elements): Q_i read and O_i stored as the tensor-core build's, four lanes to a row, 16
-  bytes of a row per instruction (2×); V_j read as words of 8 rows × 4 words per instruction (2×);
-  K_j in whole rows.
+  bytes of a row per instruction (2×); K_j and V_j copied whole (cp.async, 16 bytes a lane,
+  consecutive lanes consecutive bytes of a row).
 - flash2's fast backward (kernels/backward_tc.py): its ``d`` is the counting backward's (one thread
   per row); dkdv stores dK_j and dV_j, and dq stores dQ_i, from the mma accumulators as the forward's
   tensor-core build stores O_i (2× in fp32); its loads are whole sectors.
@@ -249,21 +249,6 @@ def tc16_q_load(schedule, head_dim):
     return head_dim, _words(insts)
 
 
-def tc16_v_load(schedule, head_dim):
-    """kernels/flash2_tc16.py fetch_v: item e of the block reads word (e // 8) % (d/2) of rows 2p and
-    2p + 1, p = 8 (e // 4d) + e % 8: a warp's lanes 8 key pairs × 4 words."""
-    nt, words = schedule.threads, head_dim // 2
-    items = (schedule.block_kv // 2) * words
-    insts = []
-    for it in range(-(-items // nt)):
-        for warp in _warps(nt):
-            lanes = [tid + it * nt for tid in warp if tid + it * nt < items]
-            pw = [((e // (8 * words)) * 8 + e % 8, (e // 8) % words) for e in lanes]
-            for plus in (0, 1):
-                insts.append([(2 * p + plus, w) for p, w in pw])
-    return head_dim, _words(insts)
-
-
 def tc16_o_store(schedule, head_dim):
     """kernels/flash2_tc16.py: O[16w + g + 8i, word 4nn + t], two 16-bit columns per word."""
     insts = []
@@ -308,7 +293,6 @@ FAST = {
                          Access("O", "st", tc_o_store, "scalar pairs 4 bytes apart, 4 lanes per row"),
                          Access("L", "st", tc_l_store, "the lanes with t = 0"))},
     flash2_tc16: {"main": (Access("Q", "ld", tc16_q_load, "words 16 bytes a row, 4 lanes per row"),
-                           Access("V", "ld", tc16_v_load, "8 rows × 4 words per instruction"),
                            Access("O", "st", tc16_o_store, "words 16 bytes a row, 4 lanes per row"),
                            Access("L", "st", tc_l_store, "the lanes with t = 0"))},
     backward_tc: dict([_D, ("dkdv", (Access("dK", "st", tc_dkdv_store, _PAIRS),

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from numba import cuda, uint32
 
 from kernels.builds import choose_build
-from kernels.flash2_tc16 import dtype_refusal, eligible, row_stride, smem_bytes, tc16_schedule
+from kernels.flash2_tc16 import dtype_refusal, eligible, smem_bytes, tc16_schedule, tile_stride
 from kernels.mma16 import XCH16_PER_THREAD, products
 from sandbox import Problem, Schedule, attention, reference_attention
 from sandbox.vocabulary.masks import causal as causal_mask
@@ -146,9 +146,9 @@ def test_eligibility_and_schedule_checks():
     s = Schedule("flash2", 128, 64, math="f16")  # the tile by default
     assert (s.thread_q, s.thread_kv, s.threads) == (2, 16, 256) and s == tc16_schedule(128, 64)
     assert "math=f16" in s.describe()
-    # K_j [Bc][d/2 + 8] and Vt [d][Bc/2 + 8], uint32: strides ≡ 8 mod 16 words (the module docstring)
-    assert smem_bytes(s, 128) == 4 * (64 * (64 + 8) + 128 * (32 + 8))
-    assert [row_stride(w) for w in (8, 16, 24, 32, 64)] == [8, 24, 24, 40, 72]
+    # two stages of K_j and V_j, [Bc][d/2 + 4] uint32: 16 bytes of padding a row (the module docstring)
+    assert smem_bytes(s, 128) == 4 * 2 * 2 * 64 * (64 + 4)
+    assert [tile_stride(w) for w in (8, 16, 24, 32, 64)] == [12, 20, 28, 36, 68]
 
 
 def test_nan_propagates():
