@@ -31,8 +31,9 @@ Two data movers serve the products (FlashAttention-2's):
 - ``cp_async(sm, at, src, row, word, valid)`` is ``cp.async.cg.shared.global``: 16 bytes (words
   ``word`` .. ``word`` + 3 of ``src``'s row ``row``) to ``sm[at]`` .. ``sm[at + 3]``, without
   passing through registers, or 16 zero bytes where ``valid`` is false; ``cp_async_commit`` closes
-  a group of them and ``cp_async_wait`` waits for every group the thread has committed (a barrier
-  must follow before other threads read the words).
+  a group of them and ``cp_async_wait`` waits for every group the thread has committed
+  (``cp_async_wait_but_one``: all but the newest); a barrier must follow before other threads
+  read the words.
 
 On the GPU these are inline PTX. The simulator has no tensor cores and no cross-lane registers:
 there the lanes swap their fragments through a shared array (``xch``, :data:`XCH16_PER_THREAD`
@@ -152,6 +153,9 @@ if using_simulator():
     def cp_async_wait():
         """Wait for the thread's committed cp_async copies (nothing to do in the simulator)."""
 
+    def cp_async_wait_but_one():
+        """Wait for all but the newest of the thread's committed groups (nothing to do in the simulator)."""
+
 else:
     from llvmlite import ir
     from numba import types
@@ -267,6 +271,7 @@ else:
 
     _ldsm, _ldsm_t = _ldsm_intrinsic(False), _ldsm_intrinsic(True)
     _commit, _wait = _asm_statement("cp.async.commit_group;"), _asm_statement("cp.async.wait_group 0;")
+    _wait_but_one = _asm_statement("cp.async.wait_group 1;")
 
     @inline_device
     def ldsm(sm, xch, tid, at):
@@ -294,6 +299,11 @@ else:
     def cp_async_wait():
         """cp.async.wait_group 0: wait for every group the thread has committed."""
         _wait()
+
+    @inline_device
+    def cp_async_wait_but_one():
+        """cp.async.wait_group 1: wait for all but the newest group the thread has committed."""
+        _wait_but_one()
 
     @inline_device
     def mma_f16(xch, tid, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):

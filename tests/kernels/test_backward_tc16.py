@@ -125,10 +125,10 @@ def test_refusals_and_layout():
     assert "float32 inputs" in dtype_refusal("float32")
     assert choose_backward_build(s, 128, fast=True).name == "fast-f16"
     assert (threads(s, "dkdv"), threads(s, "dq")) == (256, 128)
-    # dkdv: K_j, V_j, Q_i, dO_i rows of d/2 + 8 words, Q_i and dO_i pairs [d][Br/2 + 8], L_i and D_i;
-    # dq: K_j, V_j rows, K_j pairs [d][Bc/2 + 8] (strides ≡ 8 mod 16 words: the module docstring)
-    assert smem_bytes(s, 128, "dkdv") == 4 * (2 * (128 + 64) * 72 + 2 * 128 * 40 + 2 * 64)
-    assert smem_bytes(s, 128, "dq") == 4 * (2 * 128 * 72 + 128 * 72)
+    # rows of d/2 + 4 words: dkdv K_j, V_j (Bc rows) and two stages of Q_i, dO_i (Br rows), L_i and
+    # D_i; dq two stages of K_j, V_j (Bc rows)
+    assert smem_bytes(s, 128, "dkdv") == 4 * (2 * 128 * 68 + 2 * (2 * 64 * 68 + 2 * 64))
+    assert smem_bytes(s, 128, "dq") == 4 * 2 * 2 * 128 * 68
     assert smem_bytes(tc16_schedule(128, 128), 128) <= tc16_schedule(128, 128).sram_bytes
     assert "bytes of SRAM" in eligible(tc16_schedule(128, 128), 256)
 
