@@ -42,9 +42,9 @@ before that rounding, as FlashAttention-2 does.
 **Shared layout and bank conflicts.** A stage is K_j then V_j, each [Bc][s] uint32 with the row
 stride s = d/2 + 4 words (``tile_stride``): an ldmatrix tile reads 8 rows × 16 bytes, rows r at
 banks 4r·(s/4) + 0..3 mod 32, distinct for s ≡ 4 mod 8 (d a multiple of 16 gives it). On the
-H200 this build ran 1.1–1.5× the speed of the one it replaced, which moved K and V through
-registers with 32-bit loads and stored V transposed (BENCHMARKS.md, "16-bit tensor cores:
-flash2's forward").
+H200 this build ran 0.96–3.0× the speed of the one it replaced, schedule by schedule, and 1.3–1.9×
+at the fastest schedules of each; that one moved K and V through registers with 32-bit loads and
+stored V transposed (BENCHMARKS.md, "16-bit tensor cores: flash2's forward").
 """
 
 import math
