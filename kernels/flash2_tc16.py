@@ -68,19 +68,19 @@ DTYPES = ("float16", "bfloat16")
 def eligible(schedule, head_dim, count_io=False, mask=None):
     """Why the 16-bit tensor-core build cannot run this (a string), or None when it can.
 
-    It needs Br a multiple of 16 (a warp per 16 rows), Bc and head_dim multiples of 16 (the k16
-    steps of the two products), and the thread tile of the fragments: thread_q = 2,
-    thread_kv = Bc / 4. Its input dtypes are :data:`DTYPES` (checked by kernels/builds.py).
+    It needs the thread tile of the fragments, thread_q = 2 or 4 (a warp per 16 or 32 rows) and
+    thread_kv = Bc / 4, Br a multiple of a warp's rows, Bc and head_dim multiples of 16 (the k16
+    steps of the two products). Its input dtypes are :data:`DTYPES` (checked by kernels/builds.py).
     """
     s = schedule
     why = refusal(s, count_io, mask, "16-bit tensor-core", "f16")
     if why is not None:
         return why
-    if s.block_q % 16 or s.block_kv % 16:
-        return f"Br={s.block_q}, Bc={s.block_kv} (needs Br and Bc multiples of 16)"
-    if s.thread_q != 2 or s.thread_kv * 4 != s.block_kv:
+    if s.thread_q not in THREAD_Q or s.thread_kv * 4 != s.block_kv:
         return (f"thread tile {s.thread_q}x{s.thread_kv} (the tensor cores' fragments need "
-                f"2x{s.block_kv // 4}: thread_q=2, thread_kv=Bc/4)")
+                f"2x{s.block_kv // 4} or 4x{s.block_kv // 4}: thread_q=2 or 4, thread_kv=Bc/4)")
+    if s.block_q % warp_rows(s) or s.block_kv % 16:
+        return f"Br={s.block_q}, Bc={s.block_kv} (needs Br a multiple of {warp_rows(s)}, Bc of 16)"
     if head_dim % 16:
         return f"head_dim={head_dim} (needs a multiple of 16)"
     return None
@@ -94,6 +94,16 @@ def dtype_refusal(dtype, what="the 16-bit tensor-core build"):
     return f"{name} inputs ({what} takes {' or '.join(DTYPES)}; fp32 has math='tf32x3')"
 
 
+#: The thread tiles (thread_q) this build takes: 2, a warp per 16 rows of Q_i with Q's fragments in
+#: registers; 4, a warp per 32 rows with Q_i in SRAM (the module docstring).
+THREAD_Q = (2, 4)
+
+
+def warp_rows(schedule):
+    """Rows of Q_i a warp owns: 8·thread_q, 16 or 32 (two m16 tiles)."""
+    return 8 * schedule.thread_q
+
+
 def tile_stride(words):
     """The SRAM row stride (uint32 words) of a K_j or V_j row of ``words`` words (a multiple of 8):
     4 words (16 bytes) of padding, which puts the 8 rows of an ldmatrix tile on distinct banks (the
@@ -102,8 +112,10 @@ def tile_stride(words):
 
 
 def smem_bytes(schedule, head_dim):
-    """Dynamic shared memory: two stages of K_j and V_j, each [Bc][tile_stride(d/2)] uint32."""
-    return 4 * 2 * 2 * schedule.block_kv * tile_stride(head_dim // 2)
+    """Dynamic shared memory: two stages of K_j and V_j, each [Bc][tile_stride(d/2)] uint32, and with
+    a warp per 32 rows Q_i, [Br][tile_stride(d/2)] uint32."""
+    rows = 2 * 2 * schedule.block_kv + (schedule.block_q if warp_rows(schedule) == 32 else 0)
+    return 4 * rows * tile_stride(head_dim // 2)
 
 
 def min_blocks_per_sm(schedule, head_dim):
@@ -117,11 +129,12 @@ def phases(dtype):
     return fast_phases(make_flash2_tc16, dtype)
 
 
-def tc16_schedule(block_q, block_kv, **kwargs):
-    """The 16-bit tensor-core build's Schedule for Br × Bc blocks (thread tile 2 × Bc/4, Br/16 warps)."""
+def tc16_schedule(block_q, block_kv, rows=16, **kwargs):
+    """The 16-bit tensor-core build's Schedule for Br × Bc blocks, a warp per ``rows`` rows of Q (16 or
+    32: thread tile 2 × Bc/4 or 4 × Bc/4, Br/rows warps)."""
     from sandbox.vocabulary.schedule import Schedule
 
-    return Schedule("flash2", block_q=block_q, block_kv=block_kv, thread_q=2, thread_kv=block_kv // 4,
+    return Schedule("flash2", block_q=block_q, block_kv=block_kv, thread_q=rows // 8, thread_kv=block_kv // 4,
                     math="f16", **kwargs)
 
 
@@ -150,15 +163,20 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, sco
     t = make_tile_ops(schedule, head_dim, False, causal, dtype, score_mod=score_mod)
     HAS_MOD, modded = t.HAS_MOD, t.modded
     BR, BC, NT = schedule.block_q, schedule.block_kv, schedule.threads
+    MT = warp_rows(schedule) // 16  # m16 tiles of a warp's rows: 1 or 2
+    NROW = 2 * MT  # a thread's rows
+    Q_SRAM = MT == 2  # Q_i in SRAM, its fragments read per k16 step (else in registers for the loop)
     D = head_dim
     DP = D // 2  # uint32 words per row of Q, K, V, O
     KD = D // 16  # k16 steps of S = Q Kᵀ
     NS = BC // 8  # 8-key groups of S
     KC = BC // 16  # k16 steps of P V
     ND = D // 8  # 8-column groups of O
-    RS = tile_stride(DP)  # the SRAM row stride of K_j and V_j (words)
+    RS = tile_stride(DP)  # the SRAM row stride of K_j, V_j and Q_i (words)
     OV = BC * RS  # V_j's offset in a stage
     STAGE = 2 * BC * RS  # words of one stage (K_j, V_j)
+    OQ = 2 * STAGE  # Q_i's offset (a warp per 32 rows)
+    QF = KD if not Q_SRAM else 1  # Q's fragments held in registers
     CAUSAL = bool(causal)
     n_smem = smem_bytes(schedule, head_dim)
     ALIGN = None if using_simulator() else 16
@@ -169,6 +187,9 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, sco
     CHUNKS = BC * CPR  # chunks of K_j (and of V_j)
     NCH = -(-CHUNKS // NT)
     CH_FULL = CHUNKS % NT == 0
+    QCHUNKS = BR * CPR  # chunks of Q_i
+    NQCH = -(-QCHUNKS // NT)
+    QCH_FULL = QCHUNKS % NT == 0
 
     # Indices are uint64 throughout (every constant too: uint64 with int64 is float64 in Numba):
     # a signed index gets a negative-index fix-up per access, which keeps the compiler from
@@ -192,6 +213,21 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, sco
                 cp_async(sm, at, kh, src, w, ok)
                 cp_async(sm, at + uint64(OV), vh, src, w, ok)
         cp_async_commit()
+
+    @inline_device
+    def issue_q(qh, q0, q_len, sm, tid):
+        """Q_i: HBM -> SRAM at OQ, as ``issue`` copies K_j (zeros past the last query), not committed:
+        it joins K_0's and V_0's group."""
+        t = uint64(tid)
+        n = uint64(q_len)
+        u0 = uint64(q0)
+        for it in range(NQCH):
+            e = t + uint64(it * NT)
+            if QCH_FULL or e < uint64(QCHUNKS):
+                r = e // uint64(CPR)
+                w = (e % uint64(CPR)) * uint64(4)
+                ok = r < n
+                cp_async(sm, uint64(OQ) + r * uint64(RS) + w, qh, u0 + r if ok else u0, w, ok)
 
     def kernel(q, k, v, o, lse, scale, counters):
         if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or o.shape[3] != D:
@@ -220,8 +256,7 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, sco
         xch = cuda.shared.array(NX, uint32)  # the simulator's warp exchange (unused on the GPU)
         red = cuda.shared.array(NRED, float32)  # the simulator's row reductions (unused on the GPU)
         s2 = scale * LOG2E  # S in log2 units: exp(x) = exp2(x·log2 e)
-        r_lo = 16 * w + g  # the thread's two rows in the block
-        r_hi = r_lo + 8
+        r0 = 16 * MT * w + g  # the thread's rows in the block: r0 + 16·mt + 8·i (row slot 2·mt + i)
         hk = h // (n_heads // k.shape[1])  # the query head's K/V head (grouped: H / H_kv query heads per K/V head)
         kh = ku[b, hk]
         vh = vu[b, hk]
@@ -229,139 +264,168 @@ def make_flash2_tc16(schedule, head_dim, dtype, count_io, causal, mask=None, sco
         oh = ou[b, h]
         ut = uint64(tq)
         # the row this lane addresses in an ldmatrix.x4 (the module docstring): K_j's tile l // 8 is
-        # keys 8·(l // 16) + 0..7, words 4·((l // 8) % 2) on; V_j's is keys 8·((l // 8) % 2) + 0..7,
-        # words 4·(l // 16) on
+        # keys 8·(l // 16) + 0..7, words 4·((l // 8) % 2) on; V_j's and Q_i's are rows
+        # 8·((l // 8) % 2) + 0..7, words 4·(l // 16) on
         k_lane = uint64((8 * (lane // 16) + lane % 8) * RS + 4 * ((lane // 8) % 2))
-        v_lane = uint64(OV + (8 * ((lane // 8) % 2) + lane % 8) * RS + 4 * (lane // 16))
+        t_lane = (8 * ((lane // 8) % 2) + lane % 8) * RS + 4 * (lane // 16)
+        v_lane = uint64(OV + t_lane)
+        q_lane = uint64(OQ + 16 * MT * w * RS + t_lane)
 
-        qf = cuda.local.array((KD, 4), uint32)  # Q's A fragments, for the whole K/V loop
-        acc = cuda.local.array((ND, 4), float32)  # O's accumulators, 8 columns of d per group
-        s = cuda.local.array((NS, 4), float32)  # S (then P): 8 keys per group
-        m = cuda.local.array(2, float32)
-        l = cuda.local.array(2, float32)
-        for i in range(2):
+        qf = cuda.local.array((QF, 4), uint32)  # Q's A fragments, for the whole K/V loop (a warp per 16 rows)
+        qa = cuda.local.array((MT, 4), uint32)  # the A fragments of one k16 step
+        pa = cuda.local.array((MT, 4), uint32)  # P's A fragments of one k16 step
+        acc = cuda.local.array((MT, ND, 4), float32)  # O's accumulators, 8 columns of d per group
+        s = cuda.local.array((MT, NS, 4), float32)  # S (then P): 8 keys per group
+        m = cuda.local.array(NROW, float32)
+        l = cuda.local.array(NROW, float32)
+        for i in range(NROW):
             m[i] = NEG_INF
             l[i] = ZERO
-        for nn in range(ND):
-            for i in range(4):
-                acc[nn, i] = ZERO
+        for mt in range(MT):
+            for nn in range(ND):
+                for i in range(4):
+                    acc[mt, nn, i] = ZERO
         kv_end = n_kv
         if CAUSAL:
             kv_end = min(n_kv, q0 + q_len)  # later blocks are fully masked: skipped, no loads
         n_blocks = (kv_end + BC - 1) // BC
+        if Q_SRAM:
+            issue_q(qh, q0, q_len, sm, tid)  # Q_i -> SRAM, in K_0's and V_0's group
         issue(kh, vh, 0, min(BC, n_kv), sm, uint64(0), tid)  # K_0, V_0 -> stage 0, while Q is read
-        for kk in range(KD):  # a0 = Q[g, 16kk + 2t : +2], a1 its row g + 8, a2, a3 eight columns on
-            for i in range(4):
-                qf[kk, i] = uint32(0)
-            col = uint64(8 * kk) + ut
-            if r_lo < q_len:
-                qf[kk, 0] = qh[uint64(q0 + r_lo), col]
-                qf[kk, 2] = qh[uint64(q0 + r_lo), col + uint64(4)]
-            if r_hi < q_len:
-                qf[kk, 1] = qh[uint64(q0 + r_hi), col]
-                qf[kk, 3] = qh[uint64(q0 + r_hi), col + uint64(4)]
+        if not Q_SRAM:
+            for kk in range(KD):  # a0 = Q[g, 16kk + 2t : +2], a1 its row g + 8, a2, a3 eight columns on
+                for i in range(4):
+                    qf[kk, i] = uint32(0)
+                col = uint64(8 * kk) + ut
+                if r0 < q_len:
+                    qf[kk, 0] = qh[uint64(q0 + r0), col]
+                    qf[kk, 2] = qh[uint64(q0 + r0), col + uint64(4)]
+                if r0 + 8 < q_len:
+                    qf[kk, 1] = qh[uint64(q0 + r0 + 8), col]
+                    qf[kk, 3] = qh[uint64(q0 + r0 + 8), col + uint64(4)]
 
         for j in range(n_blocks):
             k0 = j * BC
             kv_len = min(BC, n_kv - k0)
             base = uint64((j % 2) * STAGE)
-            # K_j, V_j have landed (this thread's copies), and after the barrier everyone's; every
-            # thread is also done with block j - 1, whose stage K_{j+1}, V_{j+1} now fill
+            # K_j, V_j (and Q_i) have landed (this thread's copies), and after the barrier everyone's;
+            # every thread is also done with block j - 1, whose stage K_{j+1}, V_{j+1} now fill
             cp_async_wait()
             cuda.syncthreads()
             if j + 1 < n_blocks:
                 k1 = k0 + BC
                 issue(kh, vh, k1, min(BC, n_kv - k1), sm, uint64(((j + 1) % 2) * STAGE), tid)
 
-            # -- S = Q_i K_jᵀ: one ldmatrix.x4 gives b0, b1 of two 8-key groups
-            for n in range(NS):
-                for i in range(4):
-                    s[n, i] = ZERO
+            # -- S = Q_i K_jᵀ: one ldmatrix.x4 gives b0, b1 of two 8-key groups, for each m16 tile
+            for mt in range(MT):
+                for n in range(NS):
+                    for i in range(4):
+                        s[mt, n, i] = ZERO
             for kk in range(KD):
+                if Q_SRAM:
+                    for mt in range(MT):
+                        qa[mt, 0], qa[mt, 1], qa[mt, 2], qa[mt, 3] = ldsm(sm, xch, tid, q_lane + uint64(16 * mt * RS + 8 * kk))
+                else:
+                    for i in range(4):
+                        qa[0, i] = qf[kk, i]
                 for n2 in range(NS // 2):
                     b0, b1, b2, b3 = ldsm(sm, xch, tid, base + k_lane + uint64(16 * n2 * RS + 8 * kk))
-                    s[2 * n2, 0], s[2 * n2, 1], s[2 * n2, 2], s[2 * n2, 3] = mma(
-                        xch, tid, qf[kk, 0], qf[kk, 1], qf[kk, 2], qf[kk, 3], b0, b1,
-                        s[2 * n2, 0], s[2 * n2, 1], s[2 * n2, 2], s[2 * n2, 3])
-                    s[2 * n2 + 1, 0], s[2 * n2 + 1, 1], s[2 * n2 + 1, 2], s[2 * n2 + 1, 3] = mma(
-                        xch, tid, qf[kk, 0], qf[kk, 1], qf[kk, 2], qf[kk, 3], b2, b3,
-                        s[2 * n2 + 1, 0], s[2 * n2 + 1, 1], s[2 * n2 + 1, 2], s[2 * n2 + 1, 3])
-            for n in range(NS):
-                for i in range(4):
-                    s[n, i] *= s2
+                    for mt in range(MT):
+                        s[mt, 2 * n2, 0], s[mt, 2 * n2, 1], s[mt, 2 * n2, 2], s[mt, 2 * n2, 3] = mma(
+                            xch, tid, qa[mt, 0], qa[mt, 1], qa[mt, 2], qa[mt, 3], b0, b1,
+                            s[mt, 2 * n2, 0], s[mt, 2 * n2, 1], s[mt, 2 * n2, 2], s[mt, 2 * n2, 3])
+                        s[mt, 2 * n2 + 1, 0], s[mt, 2 * n2 + 1, 1], s[mt, 2 * n2 + 1, 2], s[mt, 2 * n2 + 1, 3] = mma(
+                            xch, tid, qa[mt, 0], qa[mt, 1], qa[mt, 2], qa[mt, 3], b2, b3,
+                            s[mt, 2 * n2 + 1, 0], s[mt, 2 * n2 + 1, 1], s[mt, 2 * n2 + 1, 2], s[mt, 2 * n2 + 1, 3])
+            for mt in range(MT):
+                for n in range(NS):
+                    for i in range(4):
+                        s[mt, n, i] *= s2
 
             if HAS_MOD:  # S' = score_mod(S) on the in-range entries, S in natural units (the rest is cut below)
-                for i in range(2):
-                    row = q0 + r_lo + 8 * i
-                    if row < n_q:
-                        for n in range(NS):
-                            for e in range(2):
-                                c = 8 * n + 2 * tq + e
-                                if c < kv_len:
-                                    s[n, 2 * i + e] = modded(s[n, 2 * i + e] * LN2, b, h, row, k0 + c) * LOG2E
+                for mt in range(MT):
+                    for i in range(2):
+                        row = q0 + r0 + 16 * mt + 8 * i
+                        if row < n_q:
+                            for n in range(NS):
+                                for e in range(2):
+                                    c = 8 * n + 2 * tq + e
+                                    if c < kv_len:
+                                        s[mt, n, 2 * i + e] = modded(s[mt, n, 2 * i + e] * LN2, b, h, row, k0 + c) * LOG2E
 
             # -- online softmax per row (the other fast builds', NaN semantics included): rows
-            # r_lo (s[n, 0], s[n, 1]) and r_hi (s[n, 2], s[n, 3]); keys k0 + 8n + 2t + {0, 1}
+            # r0 + 16·mt (s[mt, n, 0], s[mt, n, 1]) and r0 + 16·mt + 8 (s[mt, n, 2], s[mt, n, 3]);
+            # keys k0 + 8n + 2t + {0, 1}
             if kv_len < BC or (CAUSAL and k0 + BC - 1 > q0):  # a block with masked keys (block-uniform)
+                for mt in range(MT):
+                    for i in range(2):
+                        cut = kv_len  # the row's keys from k0 + cut on are masked
+                        if CAUSAL:
+                            cut = min(cut, q0 + r0 + 16 * mt + 8 * i - k0 + 1)
+                        for n in range(NS):
+                            for e in range(2):
+                                if 8 * n + 2 * tq + e >= cut:
+                                    s[mt, n, 2 * i + e] = NEG_INF
+            for mt in range(MT):
                 for i in range(2):
-                    cut = kv_len  # the row's keys from k0 + cut on are masked
-                    if CAUSAL:
-                        cut = min(cut, q0 + r_lo + 8 * i - k0 + 1)
+                    r = 2 * mt + i
+                    mx = NEG_INF
                     for n in range(NS):
                         for e in range(2):
-                            if 8 * n + 2 * tq + e >= cut:
-                                s[n, 2 * i + e] = NEG_INF
-            for i in range(2):
-                mx = NEG_INF
-                for n in range(NS):
-                    for e in range(2):
-                        mx = fmax(mx, s[n, 2 * i + e])
-                mx = row_max(mx, red, tid)
-                m_new = fmax(m[i], mx)
-                m_use = m_new if m_new != NEG_INF else ZERO
-                alpha = exp2(m[i] - m_use)
-                rs = ZERO
-                for n in range(NS):
-                    for e in range(2):
-                        p = exp2(s[n, 2 * i + e] - m_use)
-                        s[n, 2 * i + e] = p
-                        rs += p
-                l[i] = alpha * l[i] + rs  # this thread's part of the row sum (alpha is the row's)
-                m[i] = m_new
-                for nn in range(ND):
-                    acc[nn, 2 * i] *= alpha
-                    acc[nn, 2 * i + 1] *= alpha
+                            mx = fmax(mx, s[mt, n, 2 * i + e])
+                    mx = row_max(mx, red, tid)
+                    m_new = fmax(m[r], mx)
+                    m_use = m_new if m_new != NEG_INF else ZERO
+                    alpha = exp2(m[r] - m_use)
+                    rs = ZERO
+                    for n in range(NS):
+                        for e in range(2):
+                            p = exp2(s[mt, n, 2 * i + e] - m_use)
+                            s[mt, n, 2 * i + e] = p
+                            rs += p
+                    l[r] = alpha * l[r] + rs  # this thread's part of the row sum (alpha is the row's)
+                    m[r] = m_new
+                    for nn in range(ND):
+                        acc[mt, nn, 2 * i] *= alpha
+                        acc[mt, nn, 2 * i + 1] *= alpha
 
             # -- O_i += P V_j: the S accumulators of groups 2c, 2c + 1, packed, are the A fragment;
-            # one ldmatrix.x4.trans gives b0, b1 (keys 16c + 2t, +1 and 8 on) of two 8-column groups
+            # one ldmatrix.x4.trans gives b0, b1 (keys 16c + 2t, +1 and 8 on) of two 8-column groups,
+            # for each m16 tile
             for c in range(KC):
-                a0 = pack(s[2 * c, 0], s[2 * c, 1])
-                a1 = pack(s[2 * c, 2], s[2 * c, 3])
-                a2 = pack(s[2 * c + 1, 0], s[2 * c + 1, 1])
-                a3 = pack(s[2 * c + 1, 2], s[2 * c + 1, 3])
+                for mt in range(MT):
+                    pa[mt, 0] = pack(s[mt, 2 * c, 0], s[mt, 2 * c, 1])
+                    pa[mt, 1] = pack(s[mt, 2 * c, 2], s[mt, 2 * c, 3])
+                    pa[mt, 2] = pack(s[mt, 2 * c + 1, 0], s[mt, 2 * c + 1, 1])
+                    pa[mt, 3] = pack(s[mt, 2 * c + 1, 2], s[mt, 2 * c + 1, 3])
                 for n2 in range(ND // 2):
                     b0, b1, b2, b3 = ldsm_t(sm, xch, tid, base + v_lane + uint64(16 * c * RS + 8 * n2))
-                    acc[2 * n2, 0], acc[2 * n2, 1], acc[2 * n2, 2], acc[2 * n2, 3] = mma(
-                        xch, tid, a0, a1, a2, a3, b0, b1, acc[2 * n2, 0], acc[2 * n2, 1], acc[2 * n2, 2],
-                        acc[2 * n2, 3])
-                    acc[2 * n2 + 1, 0], acc[2 * n2 + 1, 1], acc[2 * n2 + 1, 2], acc[2 * n2 + 1, 3] = mma(
-                        xch, tid, a0, a1, a2, a3, b2, b3, acc[2 * n2 + 1, 0], acc[2 * n2 + 1, 1],
-                        acc[2 * n2 + 1, 2], acc[2 * n2 + 1, 3])
+                    for mt in range(MT):
+                        acc[mt, 2 * n2, 0], acc[mt, 2 * n2, 1], acc[mt, 2 * n2, 2], acc[mt, 2 * n2, 3] = mma(
+                            xch, tid, pa[mt, 0], pa[mt, 1], pa[mt, 2], pa[mt, 3], b0, b1,
+                            acc[mt, 2 * n2, 0], acc[mt, 2 * n2, 1], acc[mt, 2 * n2, 2], acc[mt, 2 * n2, 3])
+                        acc[mt, 2 * n2 + 1, 0], acc[mt, 2 * n2 + 1, 1], acc[mt, 2 * n2 + 1, 2], acc[mt, 2 * n2 + 1, 3] = mma(
+                            xch, tid, pa[mt, 0], pa[mt, 1], pa[mt, 2], pa[mt, 3], b2, b3,
+                            acc[mt, 2 * n2 + 1, 0], acc[mt, 2 * n2 + 1, 1], acc[mt, 2 * n2 + 1, 2],
+                            acc[mt, 2 * n2 + 1, 3])
 
         # -- O_i = diag(l_i)^-1 O_i -> HBM, columns 8nn + 2t, +1 packed in one word (a row that saw
         # no key: O = 0); L_i = m_i·ln 2 + log l_i
-        for i in range(2):
-            l[i] = row_sum(l[i], red, tid)
-        for i in range(2):
-            rr = r_lo + 8 * i
-            if rr < q_len:
-                inv = ZERO
-                if l[i] != ZERO:  # NaN passes through
-                    inv = ONE / l[i]
-                for nn in range(ND):
-                    oh[uint64(q0 + rr), uint64(4 * nn) + ut] = pack(acc[nn, 2 * i] * inv, acc[nn, 2 * i + 1] * inv)
-                if tq == 0:
-                    lse[b, h, q0 + rr] = m[i] * LN2 + math.log(l[i]) if l[i] != ZERO else NEG_INF
+        for r in range(NROW):
+            l[r] = row_sum(l[r], red, tid)
+        for mt in range(MT):
+            for i in range(2):
+                r = 2 * mt + i
+                rr = r0 + 16 * mt + 8 * i
+                if rr < q_len:
+                    inv = ZERO
+                    if l[r] != ZERO:  # NaN passes through
+                        inv = ONE / l[r]
+                    for nn in range(ND):
+                        oh[uint64(q0 + rr), uint64(4 * nn) + ut] = pack(acc[mt, nn, 2 * i] * inv,
+                                                                        acc[mt, nn, 2 * i + 1] * inv)
+                    if tq == 0:
+                        lse[b, h, q0 + rr] = m[r] * LN2 + math.log(l[r]) if l[r] != ZERO else NEG_INF
 
     def grid(problem):
         return ((problem.n_q + BR - 1) // BR, problem.bh)

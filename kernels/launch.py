@@ -242,17 +242,14 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
         H_kv heads: query head h reads K/V head h // (H / H_kv)) and (B, H, Nq)
         fp32, the measured IOReport (None unless ``count_io``), and the Build that ran.
     """
-    if chosen is None:
-        chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast,
-                              grouped=problem.group > 1, dtype=problem.dtype, head_dim_v=problem.head_dim_v,
-                              score_mod=score_mod)
-    if not chosen.fast:  # (a fast build's own need was checked by choose_build)
-        # before any attribute or launch
-        check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, head_dim_v=problem.head_dim_v))
-    extra = {} if score_mod is None else {"score_mod": score_mod}  # (calls without one keep their cache key)
-    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, mask=mask, **extra,
-               **_dv(problem))
-    check_grids(ks, problem)
+    plain = chosen is None and not count_io and mask is None and score_mod is None
+    planned = _PLANS.get((schedule, problem, fast)) if plain else None
+    if planned is not None:
+        chosen, ks = planned
+    else:
+        chosen, ks = _plan(schedule, problem, count_io, mask, fast, chosen, score_mod)
+        if plain:
+            _PLANS[(schedule, problem, fast)] = (chosen, ks)
     stream = cuda.default_stream()
     b, h, n_q, d_v = problem.batch, problem.heads, problem.n_q, problem.head_dim_v
     out = device_empty((b, h, n_q, d_v), problem.dtype, "O")
@@ -267,19 +264,107 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
     return out, lse, report, chosen
 
 
+#: (schedule, problem, fast) -> :func:`_plan`'s (build, kernels) of calls with no mask, score_mod or
+#: counters: a repeated call skips the choice, the compile cache's key and the grid checks.
+_PLANS = {}
+
+
+def _plan(schedule, problem, count_io, mask, fast, chosen, score_mod):
+    """(build, kernels) of a forward call, its device limits and grids checked (raises before any
+    allocation or launch)."""
+    if chosen is None:
+        chosen = choose_build(schedule, problem.head_dim, count_io=count_io, mask=mask, fast=fast,
+                              grouped=problem.group > 1, dtype=problem.dtype, head_dim_v=problem.head_dim_v,
+                              score_mod=score_mod)
+    if not chosen.fast:  # (a fast build's own need was checked by choose_build)
+        # before any attribute or launch
+        check_device_limit(schedule.sram_footprint(problem.head_dim, problem.dtype, head_dim_v=problem.head_dim_v))
+    extra = {} if score_mod is None else {"score_mod": score_mod}  # (calls without one keep their cache key)
+    ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, mask=mask, **extra,
+               **_dv(problem))
+    check_grids(ks, problem)
+    return chosen, ks
+
+
 def _dv(problem):
     """``build``'s head_dim_v argument for ``problem``: none when d_v = d (the cache key it always had)."""
     return {} if problem.head_dim_v == problem.head_dim else {"head_dim_v": problem.head_dim_v}
 
 
 def _launcher(kernels, problem, schedule, stream, chosen):
-    """launch(phase, *args): one kernel of ``kernels`` on its grid, its block (:func:`_threads`), ``stream``."""
+    """launch(phase, *args): one kernel of ``kernels`` on its grid, its block (:func:`_threads`), ``stream``
+    (on a GPU through :func:`launch_lean`)."""
 
     def launch(phase, *args):
         kernel, smem, grid = kernels[phase]
-        kernel[grid(problem), (_threads(schedule, chosen, phase),), stream, smem](*args)
+        launch_lean(kernel, grid(problem), _threads(schedule, chosen, phase), stream, smem, args)
 
     return launch
+
+
+def _lean_parts():
+    """cuda.core's launch and LaunchConfig, Numba's stream conversion and device array class, and
+    whether LaunchConfig names its cooperative flag ``is_cooperative`` (cuda.core 1.0 on); None under
+    the simulator or where this Numba lacks one of them (then every launch takes Numba's own path)."""
+    if using_simulator():
+        return None
+    try:
+        from cuda.core import LaunchConfig
+        from cuda.core import launch as core_launch
+        from numba.cuda._compat import CUDA_CORE_GE_1_0
+        from numba.cuda.cudadrv.devicearray import DeviceNDArray
+        from numba.cuda.cudadrv.driver import _to_core_stream
+    except ImportError:
+        return None
+    return core_launch, LaunchConfig, _to_core_stream, DeviceNDArray, CUDA_CORE_GE_1_0
+
+
+_LEAN = []
+
+
+def lean_args(overload, args, stream, keep):
+    """The kernel parameters Numba's launcher passes for ``args`` (its flattened array ABI: meminfo,
+    parent, size, itemsize, data pointer, shape, byte strides per array), built straight from Numba
+    device arrays; any other argument through the overload's own ``_prepare_args`` (``keep``
+    collects what must outlive the launch)."""
+    device_array = _LEAN[0][3]
+    out = []
+    for ty, val in zip(overload.argument_types, args):
+        if type(val) is device_array:
+            out += (0, 0, val.size, val.dtype.itemsize, val.device_ctypes_pointer.value or 0)
+            out += val.shape
+            out += val.strides
+        else:
+            overload._prepare_args(ty, val, stream, keep, out)
+    return out
+
+
+def launch_lean(kernel, grid, threads, stream, smem, args):
+    """Launch ``kernel`` (a compiled, single-signature cuda.jit kernel) on ``grid`` × ``threads`` with
+    ``smem`` bytes of dynamic shared memory.
+
+    Numba's ``kernel[grid, block, stream, smem](*args)`` spends about 0.1 ms of host time per launch
+    on an H200 in its per-call machinery (launch-configuration bookkeeping, a memory view and context
+    checks per array); a waited-for call pays it before the GPU starts (BENCHMARKS.md, "Host time of
+    a call"). On a GPU this passes the same parameters (:func:`lean_args`) to cuda.core's launch, as
+    Numba's launcher does last; under the simulator, or where this Numba lacks the pieces, Numba's
+    own launch runs.
+    """
+    if not _LEAN:
+        _LEAN.append(_lean_parts())
+    parts = _LEAN[0]
+    if parts is None or len(kernel.overloads) != 1:
+        kernel[grid, (threads,), stream, smem](*args)
+        return
+    core_launch, launch_config, to_core_stream, _, ge_1_0 = parts
+    overload = next(iter(kernel.overloads.values()))
+    keep = []
+    params = lean_args(overload, args, stream, keep)
+    flag = {"is_cooperative" if ge_1_0 else "cooperative_launch": False}
+    config = launch_config(grid=tuple(grid), block=(threads,), shmem_size=smem, **flag)
+    core_launch(to_core_stream(stream), config, overload._codelibrary.get_cufunc().kernel, *params)
+    for writeback in keep:
+        writeback()
 
 
 def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None, fast=None, chosen=None,

@@ -419,9 +419,11 @@ def _add_ncu_args(p):
                    help="background DRAM writes (bytes/s) without probes")
     p.add_argument("--block-q", type=int, default=64, help="Br (default %(default)s)")
     p.add_argument("--block-kv", type=int, default=64, help="Bc (default %(default)s)")
-    p.add_argument("--thread-q", type=int, default=4, help="rows of each thread's register tile (default %(default)s)")
+    p.add_argument("--thread-q", type=int, default=4,
+                   help="rows of each thread's register tile (default %(default)s; the f16 rows take 2 or 4, a "
+                        "warp per 16 or 32 rows, the tf32x3 rows their fixed 2)")
     p.add_argument("--thread-kv", type=int, default=4,
-                   help="columns of each thread's register tile (default %(default)s)")
+                   help="columns of each thread's register tile (default %(default)s; the tensor-core rows: Bc/4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
     p.add_argument("--gpu", choices=sorted(KNOWN_GPUS), default=None,
                    help="the machine the L2 model describes, where the device cannot be read (default: the "

@@ -42,6 +42,7 @@ from numba_cuda import __version__ as numba_cuda_version
 
 from kernels import registry
 from kernels.builds import choose_backward_build, choose_build
+from kernels.flash2_tc16 import tc16_schedule
 from kernels.launch import build
 from sandbox.lab.records import atomic_write
 from sandbox.lab.timing import time_attention
@@ -62,11 +63,12 @@ CANDIDATES = (
 #: (Br, Bc) of the tensor-core build's candidates (``math="tf32x3"``, thread tile 2 × Bc/4;
 #: kernels/flash2_tc.py), tried beside the FMA ones.
 TC_CANDIDATES = ((128, 64), (128, 32), (128, 16), (64, 64), (64, 32))
-#: (Br, Bc) of the 16-bit tensor-core build's candidates (``math="f16"``, fp16 and bf16 inputs only;
-#: kernels/flash2_tc16.py): Br/16 warps, 16, 8 or 4; tried beside the others for those dtypes. On the
-#: H200 the fastest were 128 × 32 at d = 64 and 128 × 128 or 64 × 64 at d = 128 (BENCHMARKS.md,
-#: "16-bit tensor cores: flash2's forward"); the tuner refuses a candidate that spills.
-TC16_CANDIDATES = ((128, 64), (128, 128), (64, 64), (64, 128), (128, 32), (256, 64))
+#: (Br, Bc, a warp's rows) of the 16-bit tensor-core build's candidates (``math="f16"``, fp16 and bf16
+#: inputs only; kernels/flash2_tc16.py): a warp per 16 rows (thread tile 2 × Bc/4) or per 32 rows
+#: (4 × Bc/4, Q_i in SRAM); tried beside the others for those dtypes. The tuner refuses a candidate
+#: that spills.
+TC16_CANDIDATES = ((128, 64, 16), (128, 128, 16), (64, 64, 16), (64, 128, 16), (128, 32, 16), (256, 64, 16),
+                   (128, 64, 32), (128, 128, 32), (128, 32, 32))
 #: (Br, Bc) of the fast backward's candidates (kernels/backward_tc.py: dkdv a warp per 16 keys of Bc,
 #: dq a warp per 16 queries of Br); those over the GPU's shared memory are left out.
 BACKWARD_CANDIDATES = ((256, 128), (128, 128), (128, 64), (64, 128), (64, 64))
@@ -155,8 +157,9 @@ def candidates(head_dim, dtype="float32"):
     for fp16 and bf16 inputs, :data:`TC16_CANDIDATES` (16-bit tensor cores) the fast build can run
     at ``head_dim`` for inputs of ``dtype`` on this device."""
     fma = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=tq, thread_kv=tkv) for br, bc, tq, tkv in CANDIDATES]
-    tc = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math=math)
-          for math, blocks in (("tf32x3", TC_CANDIDATES), ("f16", TC16_CANDIDATES)) for br, bc in blocks]
+    tc = [Schedule(KIND, block_q=br, block_kv=bc, thread_q=2, thread_kv=bc // 4, math="tf32x3")
+          for br, bc in TC_CANDIDATES]
+    tc += [tc16_schedule(br, bc, rows) for br, bc, rows in TC16_CANDIDATES]
     return [s for s in fma + tc if choose_build(s, head_dim, dtype=dtype).fast]
 
 

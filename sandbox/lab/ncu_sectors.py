@@ -23,9 +23,10 @@ they ask for is the access's *factor*, and the expected L1 bytes of a launch are
   apart (columns t and t + 4 of each 8), O_i stored as pairs 4 bytes apart (columns 2t, 2t + 1),
   four lanes to a row: 2× each.
 - flash2's 16-bit tensor-core build (kernels/flash2_tc16.py), whose threads move 32-bit words (two
-  16-bit elements): Q_i read and O_i stored as the tensor-core build's, four lanes to a row, 16
-  bytes of a row per instruction (2×); K_j and V_j copied whole (cp.async, 16 bytes a lane,
-  consecutive lanes consecutive bytes of a row).
+  16-bit elements): O_i stored as the tensor-core build's, four lanes to a row, 16 bytes of a row
+  per instruction (2×), and with a warp per 16 rows Q_i read likewise (2×); K_j and V_j (and with a
+  warp per 32 rows Q_i) copied whole (cp.async, 16 bytes a lane, consecutive lanes consecutive
+  bytes of a row).
 - flash2's fast backward (kernels/backward_tc.py): its ``d`` is the counting backward's (one thread
   per row); dkdv stores dK_j and dV_j, and dq stores dQ_i, from the mma accumulators as the forward's
   tensor-core build stores O_i (2× in fp32); its loads are whole sectors.
@@ -239,8 +240,30 @@ def _words(insts):
     return [[(r, 2 * w + e) for r, w in inst for e in (0, 1)] for inst in insts]
 
 
+def _tc16_rows(schedule):
+    """Per warp, each lane's (tid, row offsets): kernels/flash2_tc16.py's rows of lane (g, t) of warp w,
+    8·thread_q·w + g + 16·mt + 8·i (mt < thread_q / 2, i < 2), and its t."""
+    rows = 8 * schedule.thread_q
+    return [[(tid, [rows * (tid // WARP) + g + hi for hi in range(0, rows, 8)], t) for tid, g, t in lanes]
+            for lanes in _tc_lanes(schedule)]
+
+
 def tc16_q_load(schedule, head_dim):
-    """kernels/flash2_tc16.py: Q[16w + g (+ 8), word 8kk + t (+ 4)]: four word loads per 16 columns of d."""
+    """kernels/flash2_tc16.py, a warp per 16 rows: Q[16w + g (+ 8), word 8kk + t (+ 4)], four word
+    loads per 16 columns of d; a warp per 32 rows: Q_i copied whole by cp.async (16 bytes a lane,
+    consecutive lanes consecutive 16 bytes of a row, as K_j and V_j)."""
+    if 8 * schedule.thread_q == 32:
+        words = head_dim // 2
+        chunks = schedule.block_q * words // 4
+        nt = schedule.threads
+        insts = []
+        for it in range(-(-chunks // nt)):
+            for warp in _warps(nt):
+                inst = [(e // (words // 4), 4 * (e % (words // 4)) + c) for e in (tid + it * nt for tid in warp)
+                        if e < chunks for c in range(4)]
+                if inst:
+                    insts.append(inst)
+        return head_dim, _words(insts)
     insts = []
     for lanes in _tc_lanes(schedule):
         for kk in range(head_dim // 16):
@@ -250,12 +273,12 @@ def tc16_q_load(schedule, head_dim):
 
 
 def tc16_o_store(schedule, head_dim):
-    """kernels/flash2_tc16.py: O[16w + g + 8i, word 4nn + t], two 16-bit columns per word."""
+    """kernels/flash2_tc16.py: O[8·thread_q·w + g + 16mt + 8i, word 4nn + t], two 16-bit columns per word."""
     insts = []
-    for lanes in _tc_lanes(schedule):
-        for i in range(2):
+    for lanes in _tc16_rows(schedule):
+        for x in range(schedule.thread_q):
             for nn in range(head_dim // 8):
-                insts.append([(16 * (tid // WARP) + g + 8 * i, 4 * nn + t) for tid, g, t in lanes])
+                insts.append([(rows[x], 4 * nn + t) for tid, rows, t in lanes])
     return head_dim, _words(insts)
 
 

@@ -21,7 +21,7 @@ from kernels.flash2_tc16 import tc16_schedule
 from simulator import streams, table
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.problem import Problem
-from sandbox.vocabulary.schedule import Schedule
+from sandbox.vocabulary.schedule import F16_THREAD_Q, Schedule
 
 #: Sizes measured by default: N = Nq = Nk, and d.
 DEFAULT_N = (1024, 4096, 16384)
@@ -49,8 +49,10 @@ DIRECTIONS = ("fwd", "bwd")
 PLAIN = builds.PLAIN
 FAST_PREFIX = "fast-"
 BUILD_NAMES = (PLAIN,) + tuple(FAST_PREFIX + math for math in kinds.MATHS)
-#: Arithmetic whose builds fix the thread tile: the schedule for Br × Bc blocks.
-FIXED_TILE_SCHEDULES = {"tf32x3": tc_schedule, "f16": tc16_schedule}
+#: Arithmetic whose builds fix the thread tile: the schedule for Br × Bc blocks and the settings'
+#: thread_q (the 16-bit build takes 2 or 4, a warp per 16 or 32 rows; 3xTF32 has 2 only).
+FIXED_TILE_SCHEDULES = {"tf32x3": lambda br, bc, tq: tc_schedule(br, bc),
+                        "f16": lambda br, bc, tq: tc16_schedule(br, bc, 8 * tq if tq in F16_THREAD_Q else 16)}
 
 
 def l2_kinds():
@@ -145,9 +147,9 @@ def parse_spec(spec):
 
 def make_schedule(cfg, settings):
     """The config's schedule: the settings' blocks and register tile (or the one its build's arithmetic
-    fixes, :data:`FIXED_TILE_SCHEDULES`), ``kv_splits`` for kinds that read it, the fast build's math."""
+    fixes, :data:`FIXED_TILE_SCHEDULES`: the 16-bit build's a warp per 32 rows at thread_q = 4, else 16), ``kv_splits`` for kinds that read it, the fast build's math."""
     if cfg.math in FIXED_TILE_SCHEDULES:
-        return FIXED_TILE_SCHEDULES[cfg.math](settings.block_q, settings.block_kv)
+        return FIXED_TILE_SCHEDULES[cfg.math](settings.block_q, settings.block_kv, settings.thread_q)
     return Schedule(cfg.kind, block_q=settings.block_q, block_kv=settings.block_kv, thread_q=settings.thread_q,
                     thread_kv=settings.thread_kv, kv_splits=settings.kv_splits if kinds.get(cfg.kind).kv_splits else 1,
                     math=cfg.math or "fma")

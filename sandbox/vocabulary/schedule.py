@@ -30,13 +30,17 @@ from sandbox.vocabulary.kinds import MATHS
 TF32X3_BLOCK_Q_MULTIPLE = 16
 TF32X3_BLOCK_KV_MULTIPLE = 8
 TF32X3_THREAD_Q = 2
-#: The 16-bit tensor-core build's tiles (kernels/flash2_tc16.py): a warp per 16 rows of Q, and
-#: Bc a multiple of 16, the k16 step of the P·V product (16 keys); thread tile 2 × Bc/4 as above.
+#: The 16-bit tensor-core build's tiles (kernels/flash2_tc16.py): a warp per 16 rows of Q (thread
+#: tile 2 × Bc/4, as above) or per 32 rows (4 × Bc/4), Br a multiple of a warp's rows, and Bc a
+#: multiple of 16, the k16 step of the P·V product (16 keys).
 F16_BLOCK_Q_MULTIPLE = 16
 F16_BLOCK_KV_MULTIPLE = 16
-#: (Br multiple, Bc multiple) of each tensor-core arithmetic: their thread tile is 2 × Bc/4.
+F16_THREAD_Q = (2, 4)
+#: (Br multiple, Bc multiple) of each tensor-core arithmetic at its default thread tile, 2 × Bc/4.
 TENSOR_CORE_TILES = {"tf32x3": (TF32X3_BLOCK_Q_MULTIPLE, TF32X3_BLOCK_KV_MULTIPLE),
                      "f16": (F16_BLOCK_Q_MULTIPLE, F16_BLOCK_KV_MULTIPLE)}
+#: The thread_q each tensor-core arithmetic takes (a warp per 8·thread_q rows of Q).
+TENSOR_CORE_THREAD_Q = {"tf32x3": (TF32X3_THREAD_Q,), "f16": F16_THREAD_Q}
 
 #: Default SRAM capacity M: the opt-in shared memory per thread block of the Hopper GPUs in
 #: sandbox/vocabulary/gpus.py (227 KiB on the H100 and the H200 alike).
@@ -87,7 +91,8 @@ class Schedule:
         block_kv: Bc, rows of a K/V block.
         thread_q, thread_kv: each thread's register tile of S (rows, columns); default: the
             smallest square tile that keeps the block at ≤ 256 threads (with ``math="tf32x3"``
-            or ``"f16"``: 2 × Bc/4, the only tile the tensor-core builds take).
+            or ``"f16"``: 2 × Bc/4, a warp per 16 rows; ``"f16"`` also takes 4 × Bc/4, a warp
+            per 32 rows).
         sram_bytes: M, the SRAM capacity the schedule assumes (default: 227 KiB, the H100's and
             H200's opt-in shared memory per block).
         kv_splits: how many thread blocks share one Q block's K/V range (kinds registered with
@@ -104,8 +109,8 @@ class Schedule:
     Raises:
         ValueError: unknown kind, non-positive sizes, a thread block over 1024 threads,
             ``math="tf32x3"`` with blocks or a thread tile the tensor cores cannot take (Br a
-            multiple of 16, Bc of 8, tile 2 × Bc/4), likewise ``math="f16"`` (Br and Bc
-            multiples of 16, tile 2 × Bc/4), or tiles whose head_dim-independent part
+            multiple of 16, Bc of 8, tile 2 × Bc/4), likewise ``math="f16"`` (tile 2 × Bc/4 or
+            4 × Bc/4, Br a multiple of 8·thread_q and of 16, Bc of 16), or tiles whose head_dim-independent part
             already exceeds ``sram_bytes``.
 
     Example:
@@ -166,20 +171,24 @@ class Schedule:
             )
 
     def _check_tensor_core_tiles(self):
-        """math="tf32x3" or "f16": a warp per 16 rows of Q, mma fragments of 8 columns (Bc a
-        multiple of :data:`TENSOR_CORE_TILES`'s), thread tile 2 × Bc/4."""
+        """math="tf32x3" or "f16": a warp per 16 rows of Q (f16: or 32), mma fragments of 8 columns
+        (Bc a multiple of :data:`TENSOR_CORE_TILES`'s), thread tile 2 × Bc/4 (f16: or 4 × Bc/4)."""
         br, bc = self.block_q, self.block_kv
         q_multiple, kv_multiple = TENSOR_CORE_TILES[self.math]
+        takes = TENSOR_CORE_THREAD_Q[self.math]
+        if self.thread_q not in takes or self.thread_kv != bc // 4:
+            tiles = " or ".join(f"{tq}x{bc // 4}" for tq in takes)
+            qs = " or ".join(str(tq) for tq in takes)
+            raise ValueError(
+                f"math={self.math!r} needs the thread tile {tiles} (thread_q={qs}, "
+                f"thread_kv=block_kv/4), got thread_q={self.thread_q}, thread_kv={self.thread_kv}; "
+                f"leave them unset to get it"
+            )
+        q_multiple = max(q_multiple, 8 * self.thread_q)  # a warp per 8·thread_q rows
         if br % q_multiple or bc % kv_multiple:
             raise ValueError(
                 f"math={self.math!r} needs block_q a multiple of {q_multiple} and block_kv a multiple "
                 f"of {kv_multiple}, got block_q={br}, block_kv={bc}; e.g. block_q=64, block_kv=32"
-            )
-        if (self.thread_q, self.thread_kv) != (TF32X3_THREAD_Q, bc // 4):
-            raise ValueError(
-                f"math={self.math!r} needs the thread tile {TF32X3_THREAD_Q}x{bc // 4} (thread_q={TF32X3_THREAD_Q}, "
-                f"thread_kv=block_kv/4), got thread_q={self.thread_q}, thread_kv={self.thread_kv}; "
-                f"leave them unset to get it"
             )
 
     # -- thread layout --------------------------------------------------------------------

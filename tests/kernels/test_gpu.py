@@ -159,3 +159,33 @@ def test_static_plus_dynamic_shared_memory_over_48k():
     mask = masks.sliding_window(5)
     out = attention(q, k, v, schedule=schedule, mask=mask)
     np.testing.assert_allclose(out, reference_attention(q, k, v, mask=mask), rtol=0, atol=1e-5)
+
+
+
+def test_lean_launch_passes_numbas_parameters():
+    """kernels/launch.py's lean launch passes, argument by argument, the kernel parameters Numba's own
+    launcher builds (its flattened array ABI; scalars as ctypes values), and the kernel launched
+    Numba's way writes the same outputs, bit for bit."""
+    from numba import cuda
+
+    from kernels import launch
+
+    problem = Problem(batch=2, heads=3, n_q=200, n_kv=130, head_dim=64, dtype="float16", causal=True)
+    schedule = Schedule("flash2", 64, 64, math="f16")
+    q, k, v = launch.to_device(list(make_inputs(problem, seed=3)), "qkv")
+    out, lse, _, chosen = launch.run(schedule, problem, q, k, v, fast=True)
+    (kernel, smem, grid), = launch.build(schedule, 64, "float16", True, chosen).values()
+    overload, = kernel.overloads.values()
+    args = (q, k, v, out, lse, np.float32(problem.scale), launch._counters(False))
+    numbas = []
+    for ty, val in zip(overload.argument_types, args):
+        overload._prepare_args(ty, val, 0, [], numbas)
+
+    def values(params):
+        return [(type(x).__name__, x.value) if hasattr(x, "_type_") else x for x in params]
+
+    assert values(launch.lean_args(overload, args, 0, [])) == values(numbas)
+    o2, l2 = cuda.device_array_like(out), cuda.device_array_like(lse)
+    kernel[grid(problem), (schedule.threads,), 0, smem](q, k, v, o2, l2, *args[5:])
+    np.testing.assert_array_equal(o2.copy_to_host(), out.copy_to_host())
+    np.testing.assert_array_equal(l2.copy_to_host(), lse.copy_to_host())

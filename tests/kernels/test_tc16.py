@@ -41,18 +41,21 @@ def check(schedule, problem, q, k, v):
 
 @st.composite
 def tc16_cases(draw, blocks, head_dims, max_n, heads):
-    """(schedule, problem): blocks and d the build takes, ragged Nq != Nk, fp16 or bf16, causal or not."""
-    br, bc = draw(st.sampled_from(blocks))
+    """(schedule, problem): blocks (Br, Bc, a warp's rows) and d the build takes, ragged Nq != Nk, fp16
+    or bf16, causal or not."""
+    br, bc, rows = draw(st.sampled_from(blocks))
     problem = Problem(
         batch=1, heads=draw(st.integers(1, heads)), n_q=draw(st.integers(1, max_n)), n_kv=draw(st.integers(1, max_n)),
         head_dim=draw(st.sampled_from(head_dims)), dtype=draw(st.sampled_from(DTYPES16)),
         causal=draw(st.booleans()), scale=draw(st.one_of(st.none(), st.floats(0.05, 2.0))),
     )
-    return tc16_schedule(br, bc), problem
+    return tc16_schedule(br, bc, rows), problem
 
 
-SIM_BLOCKS = ((16, 16), (16, 32), (32, 16), (32, 32))
-GPU_BLOCKS = ((64, 64), (64, 128), (128, 64), (128, 128))
+# (Br, Bc, rows per warp): a warp per 16 rows (Q's fragments in registers) or per 32 (Q_i in SRAM)
+SIM_BLOCKS = ((16, 16, 16), (16, 32, 16), (32, 16, 16), (32, 32, 16), (32, 16, 32), (64, 32, 32))
+GPU_BLOCKS = ((64, 64, 16), (64, 128, 16), (128, 64, 16), (128, 128, 16), (128, 32, 16), (64, 64, 32),
+              (128, 64, 32), (128, 128, 32))
 
 
 @settings(max_examples=12, deadline=None)
@@ -71,32 +74,36 @@ def test_matches_reference_at_large_shapes(data, seed, magnitude):
     check(schedule, problem, *make_inputs(problem, seed, magnitude))
 
 
-# (Br, Bc, Nq, Nk, d): one key, one query, a ragged pair count (odd Nk: V's last key pair half
-# empty), Nq > Nk and Nq < Nk (causal: key blocks past a query block's last row skipped)
-FIXED = {"one key": (16, 16, 9, 1, 16), "one query": (16, 16, 1, 9, 16), "odd Nk": (32, 16, 20, 33, 32),
-         "Nq > Nk": (32, 32, 45, 13, 16), "Nq < Nk": (16, 32, 13, 50, 16)}
+# (Br, Bc, Nq, Nk, d, rows per warp): one key, one query, a ragged pair count (odd Nk: V's last key
+# pair half empty), Nq > Nk and Nq < Nk (causal: key blocks past a query block's last row skipped);
+# a warp per 32 rows with Q_i's last rows past Nq, and with both m16 tiles of a warp partly past it
+FIXED = {"one key": (16, 16, 9, 1, 16, 16), "one query": (16, 16, 1, 9, 16, 16), "odd Nk": (32, 16, 20, 33, 32, 16),
+         "Nq > Nk": (32, 32, 45, 13, 16, 16), "Nq < Nk": (16, 32, 13, 50, 16, 16),
+         "32 rows, Nq > Nk": (64, 16, 75, 21, 16, 32), "32 rows, one query": (32, 16, 1, 20, 32, 32)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES16)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("case", FIXED.values(), ids=FIXED.keys())
 def test_fixed_shapes(case, causal, dtype):
-    br, bc, nq, nk, d = case
+    br, bc, nq, nk, d, rows = case
     problem = Problem(1, 1, nq, nk, d, dtype=dtype, causal=causal)
-    check(tc16_schedule(br, bc), problem, *make_inputs(problem, seed=nq * 100 + nk, magnitude=10.0))
+    check(tc16_schedule(br, bc, rows), problem, *make_inputs(problem, seed=nq * 100 + nk, magnitude=10.0))
 
 
-# (Br, Bc, Nq, Nk, d, dtype): the loaders' general cases: d/2 = 24 words a row, which 32 threads'
-# items do not divide into per-thread constants (Bc = 48: 6 key groups, 3 k16 steps of P·V); and
-# 96 threads with d = 80, whose items of K and V leave the last round partial
-LAYOUTS = {"d48-Bc48": (16, 48, 20, 53, 48, "float16"), "partial-items": (48, 16, 50, 37, 80, "bfloat16")}
+# (Br, Bc, Nq, Nk, d, dtype, rows per warp): the loaders' general cases: d/2 = 24 words a row, which
+# 32 threads' items do not divide into per-thread constants (Bc = 48: 6 key groups, 3 k16 steps of
+# P·V); 96 threads with d = 80, whose items of K and V leave the last round partial; and 32 threads
+# a warp per 32 rows, whose copies of Q_i (d = 48) leave the last round partial
+LAYOUTS = {"d48-Bc48": (16, 48, 20, 53, 48, "float16", 16), "partial-items": (48, 16, 50, 37, 80, "bfloat16", 16),
+           "partial-Q-items": (32, 16, 40, 23, 48, "float16", 32)}
 
 
 @pytest.mark.parametrize("case", LAYOUTS.values(), ids=LAYOUTS.keys())
 def test_loader_layouts(case):
-    br, bc, nq, nk, d, dtype = case
+    br, bc, nq, nk, d, dtype, rows = case
     problem = Problem(1, 1, nq, nk, d, dtype=dtype, causal=True)
-    check(tc16_schedule(br, bc), problem, *make_inputs(problem, seed=7, magnitude=10.0))
+    check(tc16_schedule(br, bc, rows), problem, *make_inputs(problem, seed=7, magnitude=10.0))
 
 
 def test_fp32_inputs_take_another_build():
@@ -141,13 +148,19 @@ def test_eligibility_and_schedule_checks():
         choose_build(tc16_schedule(64, 64), 40, fast=True)
     with pytest.raises(ValueError, match="math='f16' needs block_q a multiple of 16 and block_kv a multiple of 16"):
         Schedule("flash2", 64, 24, thread_q=2, thread_kv=6, math="f16")
-    with pytest.raises(ValueError, match="math='f16' needs the thread tile 2x16"):
-        Schedule("flash2", 64, 64, thread_q=4, thread_kv=16, math="f16")
+    with pytest.raises(ValueError, match=r"math='f16' needs the thread tile 2x16 or 4x16 \(thread_q=2 or 4"):
+        Schedule("flash2", 64, 64, thread_q=8, thread_kv=16, math="f16")
+    with pytest.raises(ValueError, match="math='f16' needs block_q a multiple of 32"):
+        Schedule("flash2", 48, 64, thread_q=4, thread_kv=16, math="f16")  # a warp per 32 rows
     s = Schedule("flash2", 128, 64, math="f16")  # the tile by default
     assert (s.thread_q, s.thread_kv, s.threads) == (2, 16, 256) and s == tc16_schedule(128, 64)
     assert "math=f16" in s.describe()
-    # two stages of K_j and V_j, [Bc][d/2 + 4] uint32: 16 bytes of padding a row (the module docstring)
+    s32 = tc16_schedule(128, 64, 32)
+    assert (s32.thread_q, s32.thread_kv, s32.threads) == (4, 16, 128) and eligible(s32, 64) is None
+    # two stages of K_j and V_j, [Bc][d/2 + 4] uint32: 16 bytes of padding a row (the module docstring);
+    # a warp per 32 rows adds Q_i, [Br][d/2 + 4]
     assert smem_bytes(s, 128) == 4 * 2 * 2 * 64 * (64 + 4)
+    assert smem_bytes(s32, 128) == 4 * (2 * 2 * 64 + 128) * (64 + 4)
     assert [tile_stride(w) for w in (8, 16, 24, 32, 64)] == [12, 20, 28, 36, 68]
 
 

@@ -107,7 +107,7 @@ def test_16_bit_inputs_are_also_tuned_over_the_16_bit_tensor_core_build(tmp_path
     """fp16 and bf16 candidates include TC16_CANDIDATES (math="f16"); fp32's do not, and a cached
     f16 choice under an fp32 key is dropped."""
     for dtype in ("float16", "bfloat16"):
-        f16 = [(s.block_q, s.block_kv) for s in autotune.candidates(64, dtype) if s.math == "f16"]
+        f16 = [(s.block_q, s.block_kv, 8 * s.thread_q) for s in autotune.candidates(64, dtype) if s.math == "f16"]
         assert f16 == list(autotune.TC16_CANDIDATES)
     assert all(s.math != "f16" for s in autotune.candidates(64))  # fp32
     assert [s.math for s in autotune.candidates(24, "float16")].count("f16") == 0  # d not a multiple of 16

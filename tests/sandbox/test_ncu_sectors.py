@@ -223,6 +223,9 @@ def test_production_factors():
 
     assert [f(p, f16(64, 64), d, 2) for p in (ncu_sectors.tc16_q_load, ncu_sectors.tc16_o_store)
             for d in (64, 128)] == [2] * 4
+    # a warp per 32 rows: Q_i copied whole by cp.async
+    assert [f(p, f16(128, 64, 32), d, 2) for p in (ncu_sectors.tc16_q_load, ncu_sectors.tc16_o_store)
+            for d in (64, 128)] == [1, 1, 2, 2]
 
 
 def test_l1_bytes_and_its_note():
