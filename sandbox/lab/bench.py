@@ -5,8 +5,7 @@ How each implementation (``sandbox.lab.peers``) is measured, on each problem:
 1. its output on the first input set is checked against float64 attention on sampled rows
    (``sandbox.lab.bench_check``); a wrong implementation is reported "WRONG (...)" and not timed;
 2. ``warmup`` calls (which also compile our kernels), then one call whose peak extra device
-   memory is measured, then untimed calls for ``sandbox.lab.timing.WARMUP_MS`` (the GPU's clocks,
-   left low by the check on the host, come back up);
+   memory is measured;
 3. ``repeats`` calls, each timed alone by a pair of CUDA events on the default stream, and the
    median reported (with the minimum): the median ignores the odd call slowed by a clock change or
    another process, where a mean would not (``sandbox.lab.timing.time_calls``);

@@ -6,8 +6,6 @@ autotuner's candidates and the sweeps' and decoding study's kernel times (:func:
 - a call is timed by a pair of CUDA events on the default stream around it, waited for
   (:func:`time_calls`), or, to rank schedules of one kernel, as a batch of calls enqueued back to
   back (:func:`time_back_to_back`), which leaves the host's launch work out;
-- before the timed calls, untimed ones: a count, then more until :data:`WARMUP_MS` have passed on
-  a GPU (its clocks back up after an idle stretch);
 - calls rotate through several input sets so that no call finds its inputs in L2, left there by
   the call before: as many sets as make 2× the L2 size, at most :data:`MAX_SETS`, and never more
   than a quarter of the free device memory holds (:func:`rotation_sets`). The L2 size is the
@@ -16,7 +14,6 @@ autotuner's candidates and the sweeps' and decoding study's kernel times (:func:
 
 import math
 import statistics
-import time
 
 import numpy as np
 from numba import cuda
@@ -30,11 +27,6 @@ from sandbox.vocabulary.runtime import using_simulator
 REPEATS = 10
 #: Untimed calls before them (which also compile our kernels).
 WARMUP = 2
-#: On a GPU, after those, more untimed calls (each waited for) until this many milliseconds have
-#: passed: a GPU left idle while a kernel compiles or a result is checked on the host runs its first
-#: milliseconds of work at lower clocks, which a fixed count of short calls does not cover
-#: (BENCHMARKS.md, "Host time of a call"); Triton's ``do_bench`` warms up by time likewise.
-WARMUP_MS = 100
 #: Most input sets rotated through.
 MAX_SETS = 8
 
@@ -56,20 +48,10 @@ def device_free_bytes():
         return None
 
 
-def warm_up(calls, warmup, busy_ms=None, clock=time.perf_counter):
-    """``warmup`` untimed calls, rotating through ``calls``, then more, each waited for, until
-    ``busy_ms`` milliseconds (default :data:`WARMUP_MS` on a GPU, none under the simulator, whose
-    timings mean nothing) have passed since the first; then wait for the device."""
-    if busy_ms is None:
-        busy_ms = 0 if using_simulator() else WARMUP_MS
-    start = clock()
+def warm_up(calls, warmup):
+    """``warmup`` untimed calls, rotating through ``calls``, then wait for the device."""
     for i in range(warmup):
         calls[i % len(calls)]()
-    i = warmup
-    while (clock() - start) * 1e3 < busy_ms:
-        calls[i % len(calls)]()
-        cuda.synchronize()
-        i += 1
     cuda.synchronize()
 
 

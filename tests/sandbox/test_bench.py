@@ -76,21 +76,6 @@ def test_time_calls_warms_up_then_rotates_through_the_sets():
     assert len(times) == 7
 
 
-def test_warm_up_goes_on_until_its_time_has_passed():
-    """After the counted calls, warm_up keeps calling (rotating) until busy_ms have passed; under the
-    simulator it adds none by default."""
-    from sandbox.lab.timing import warm_up
-
-    seen = []
-    calls = [lambda i=i: seen.append(i) for i in range(3)]
-    ticks = iter(range(0, 10**6, 30))  # each clock reading 30 ms later
-    warm_up(calls, 2, busy_ms=100, clock=lambda: next(ticks) * 1e-3)
-    assert seen == [0, 1, 2, 0, 1]  # clock read at 0 (start), 30, 60, 90 (a call after each), 120 (done)
-    seen.clear()
-    warm_up(calls, 2)
-    assert seen == [0, 1]
-
-
 def test_time_back_to_back_warms_up_then_times_batches():
     seen = []
     calls = [lambda i=i: seen.append(i) for i in range(2)]
