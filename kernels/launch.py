@@ -176,10 +176,9 @@ def counting_allocations():
 def device_empty(shape, dtype, what):
     """An uninitialised device array for a kernel's output or scratch.
 
-    On a GPU with CuPy, from CuPy's memory pool (a Numba view of a CuPy array, which keeps it
-    alive): a raw cuMemAlloc per call cost about 0.2 ms per array on an H100, 15% of a
-    4 ms attention call. Else, under the simulator, or where CuPy's current device is not Numba's,
-    Numba's ``device_array``.
+    On a GPU with CuPy, from CuPy's memory pool (:func:`_pooled_array`): a raw cuMemAlloc per call
+    cost about 0.2 ms per array on an H100, 15% of a 4 ms attention call. Else, under the
+    simulator, or where CuPy's current device is not Numba's, Numba's ``device_array``.
 
     Raises:
         MemoryError: the GPU cannot hold it, with the array's name, shape and size.
@@ -189,14 +188,30 @@ def device_empty(shape, dtype, what):
         total[0] += int(np.prod(shape)) * np.dtype(dtype).itemsize
     try:
         cupy = _cupy()
-        if cupy is not None and cupy.cuda.runtime.getDevice() == cuda.get_current_device().id:
-            return cuda.as_cuda_array(cupy.empty(shape, dtype=storage), sync=False)
+        if cupy is not None:
+            ctx = cuda.current_context()
+            if cupy.cuda.runtime.getDevice() == ctx.device.id:
+                return _pooled_array(cupy, ctx, shape, np.dtype(storage))
         return cuda.device_array(shape, dtype=storage)
     except Exception as e:  # numba raises CudaAPIError / MemoryError variants for OOM, CuPy OutOfMemoryError
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         raise MemoryError(
             f"cannot allocate {what} {shape} {np.dtype(dtype).name} ({nbytes / 2**30:.2f} GiB) on the GPU: {e}"
         ) from e
+
+
+def _pooled_array(cupy, ctx, shape, dtype):
+    """A C-contiguous Numba device array over a block of CuPy's memory pool, which the array keeps
+    alive. Built directly (the pointer, its owner, the shape): wrapping a CuPy array through the
+    CUDA array interface cost about 40 µs of host time per array on an H200, a tenth of a
+    0.4 ms call (BENCHMARKS.md, "Host time of a call")."""
+    from numba.cuda.cudadrv import devicearray, driver
+
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    block = cupy.cuda.alloc(nbytes)
+    pointer = driver.MemoryPointer(ctx, driver.binding.CUdeviceptr(block.ptr), size=nbytes, owner=block)
+    strides = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * dtype.itemsize for i in range(len(shape)))
+    return devicearray.DeviceNDArray(shape=tuple(shape), strides=strides, dtype=dtype, gpu_data=pointer)
 
 
 @functools.lru_cache(maxsize=1)
