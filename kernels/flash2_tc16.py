@@ -4,14 +4,17 @@ m16n8k16), as FlashAttention-2 computes them.
 
 Same schedule, same loop order and the same HBM traffic as ``kernels/flash2.py`` (the counting
 build): Q_i is read once, K_j and V_j once per Q block, O_i and L_i written once. A warp owns 16
-rows of Q_i (Br = 16·warps); d is a multiple of 16, Bc too (the P·V product's k16 step).
+or 32 rows of Q_i (one or two m16 tiles; Br = 16·warps or 32·warps); d is a multiple of 16, Bc too
+(the P·V product's k16 step).
 
-    Q_i: HBM -> the A fragments of the S product, in registers for the whole K/V loop
+    Q_i: HBM -> the A fragments of the S product, in registers for the whole K/V loop (a warp per
+         16 rows), or -> SRAM (cp.async, in K_0's and V_0's group; a warp per 32 rows)
     K_0, V_0: HBM -> SRAM stage 0 (cp.async, started before Q is read)
     for each K/V block j (causal: only blocks with a key <= the block's last query):
         wait for K_j, V_j; barrier; start K_{j+1}, V_{j+1}: HBM -> the other stage (cp.async,
             they arrive while block j is computed)
-        S = Q_i K_jᵀ: per warp 16 rows; per 16 columns of d and 8 keys one m16n8k16 product, in fp32
+        S = Q_i K_jᵀ: per warp 16 or 32 rows; per m16 tile, 16 columns of d and 8 keys one m16n8k16
+            product, in fp32
         S = S · scale · log2 e (fp32); keys past Nk, and causal keys past the row, -inf
         m_ij = rowmax(S), m_i_new = max(m_i, m_ij), alpha = exp2(m_i - m_i_new),
         P = exp2(S - m_i_new), l_i = alpha l_i + rowsum(P): per row in fp32, in registers
@@ -20,12 +23,19 @@ rows of Q_i (Br = 16·warps); d is a multiple of 16, Bc too (the P·V product's 
     O_i = diag(l_i)⁻¹ O_i -> HBM in the input dtype;  L_i = (m_i + log2 l_i)·ln 2 -> HBM in fp32
 
 The thread layout is the schedule's: thread_q = 2 (rows g and g + 8 of the warp's 16, g = lane
-// 4), thread_kv = Bc / 4 (columns 8n + 2t and 8n + 2t + 1 of every 8-key group n, t = lane % 4),
-threads_kv = 4; ``eligible`` says so.
+// 4) or 4 (rows g, g + 8, g + 16, g + 24 of its 32), thread_kv = Bc / 4 (columns 8n + 2t and
+8n + 2t + 1 of every 8-key group n, t = lane % 4), threads_kv = 4; ``eligible`` says so.
+
+**A warp per 32 rows** (thread_q = 4) is FlashAttention-2's layout: each ``ldmatrix.x4`` of K_j or
+V_j feeds four products (two per m16 tile) instead of two, and Br = 128 takes 4 warps instead of 8.
+Q's fragments for 32 rows would hold d/2 registers a thread through the loop; instead Q_i waits in
+SRAM ([Br][s] uint32 after the two stages, copied like K_j) and ``ldmatrix.x4`` reads the A
+fragment of one m16 tile and k16 step (tile l // 8 is rows 8·((l // 8) % 2) + 0..7, words
+4·(l // 16) on: a0..a3 in order).
 
 **Packed operands.** q, k, v and o are viewed as uint32 arrays (two 16-bit values along d per
-element, d even): a fragment register is one 32-bit word, Q's loaded from HBM, K's and V's from
-SRAM by ``ldmatrix`` (kernels/mma16.py). SRAM holds K_j and V_j as they are in HBM, row by row,
+element, d even): a fragment register is one 32-bit word, Q's loaded from HBM (or from SRAM by
+``ldmatrix``), K's and V's from SRAM by ``ldmatrix`` (kernels/mma16.py). SRAM holds K_j and V_j as they are in HBM, row by row,
 copied by ``cp.async`` 16 bytes at a time without passing through registers (consecutive threads,
 consecutive 16 bytes of a row: whole sectors), in two stages, so that block j + 1 loads while
 block j is computed. K is the S product's B operand as it is (B[k, n] = K[n, k]: a tile's rows
@@ -41,10 +51,10 @@ before that rounding, as FlashAttention-2 does.
 
 **Shared layout and bank conflicts.** A stage is K_j then V_j, each [Bc][s] uint32 with the row
 stride s = d/2 + 4 words (``tile_stride``): an ldmatrix tile reads 8 rows × 16 bytes, rows r at
-banks 4r·(s/4) + 0..3 mod 32, distinct for s ≡ 4 mod 8 (d a multiple of 16 gives it). On the
-H200 this build ran 0.96–3.0× the speed of the one it replaced, schedule by schedule, and 1.3–1.9×
-at the fastest schedules of each; that one moved K and V through registers with 32-bit loads and
-stored V transposed (BENCHMARKS.md, "16-bit tensor cores: flash2's forward").
+banks 4r·(s/4) + 0..3 mod 32, distinct for s ≡ 4 mod 8 (d a multiple of 16 gives it). Q_i's rows
+have the same stride. On the H200 a warp per 32 rows at 128×64 ran 0.88–0.94× FlashAttention-2 at
+N = 16384, and its kernels alone (back to back) 0.90–0.92× at N = 4096 (BENCHMARKS.md, "16-bit
+tensor cores: flash2's forward").
 """
 
 import math
@@ -95,7 +105,7 @@ def dtype_refusal(dtype, what="the 16-bit tensor-core build"):
 
 
 #: The thread tiles (thread_q) this build takes: 2, a warp per 16 rows of Q_i with Q's fragments in
-#: registers; 4, a warp per 32 rows with Q_i in SRAM (the module docstring).
+#: registers; 4, a warp per 32 rows with Q_i in SRAM (the module docstring, "A warp per 32 rows").
 THREAD_Q = (2, 4)
 
 
