@@ -118,6 +118,37 @@ def test_every_output_element_is_written(kind, causal, monkeypatch):
     assert np.isfinite(out).all() and np.isfinite(lse).all()
 
 
+def test_a_repeated_call_reuses_its_plan(monkeypatch):
+    """kernels/launch.py's plan cache: a repeated forward call (no mask, score_mod or counters) reuses
+    its build and kernels without choosing again; another problem, a mask or counting chooses anew,
+    and a refused call is never cached."""
+    import kernels.launch as launch
+    from sandbox.vocabulary.masks import causal as causal_mask
+
+    problem = Problem(batch=1, heads=1, n_q=9, n_kv=7, head_dim=8)
+    schedule = Schedule("flash2", block_q=4, block_kv=4, thread_q=2, thread_kv=2)
+    q, k, v = launch.to_device(list(make_inputs(problem, 2)), "qkv")
+    first = launch.run(schedule, problem, q, k, v)
+    assert launch._PLANS[(schedule, problem, None)][0] == first[3]
+    chosen = []
+    real = launch.choose_build
+    monkeypatch.setattr(launch, "choose_build", lambda *a, **kw: chosen.append(kw) or real(*a, **kw))
+    again = launch.run(schedule, problem, q, k, v)
+    assert chosen == [] and again[3] == first[3]
+    np.testing.assert_array_equal(again[0].copy_to_host(), first[0].copy_to_host())
+    other = Problem(batch=1, heads=1, n_q=9, n_kv=7, head_dim=8, causal=True)
+    launch.run(schedule, other, q, k, v)
+    launch.run(schedule, problem, q, k, v, mask=causal_mask())
+    launch.run(schedule, problem, q, k, v, count_io=True)
+    assert len(chosen) == 3 and (schedule, other, None) in launch._PLANS
+    wide = Problem(batch=1, heads=70000, n_q=1, n_kv=1, head_dim=8)  # B·H over a grid's 65,535
+    x = launch.to_device([np.zeros((1, 70000, 1, 8), np.float32)], "q")[0]
+    for _ in range(2):
+        with pytest.raises(ValueError, match="over CUDA's limit"):
+            launch.run(schedule, wide, x, x, x)
+    assert (schedule, wide, None) not in launch._PLANS
+
+
 def test_oversized_schedule_is_refused_before_launch():
     problem = Problem(batch=1, heads=1, n_q=4, n_kv=4, head_dim=64)
     q, k, v = make_inputs(problem, 0)
