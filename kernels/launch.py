@@ -264,6 +264,8 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
     else:
         chosen, ks = _plan(schedule, problem, count_io, mask, fast, chosen, score_mod)
         if plain:
+            while _PLANS and len(_PLANS) >= MAX_PLANS:  # the oldest go (their kernels stay in build's cache)
+                del _PLANS[next(iter(_PLANS))]
             _PLANS[(schedule, problem, fast)] = (chosen, ks)
     stream = cuda.default_stream()
     b, h, n_q, d_v = problem.batch, problem.heads, problem.n_q, problem.head_dim_v
@@ -282,6 +284,8 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
 #: (schedule, problem, fast) -> :func:`_plan`'s (build, kernels) of calls with no mask, score_mod or
 #: counters: a repeated call skips the choice, the compile cache's key and the grid checks.
 _PLANS = {}
+#: Plans kept at most, the oldest dropped first: as many as :func:`build` keeps compiled kernels.
+MAX_PLANS = 256
 
 
 def _plan(schedule, problem, count_io, mask, fast, chosen, score_mod):
@@ -368,14 +372,16 @@ def launch_lean(kernel, grid, threads, stream, smem, args):
     if not _LEAN:
         _LEAN.append(_lean_parts())
     parts = _LEAN[0]
-    if parts is None or len(kernel.overloads) != 1:
+    overload = None if parts is None or len(kernel.overloads) != 1 else next(iter(kernel.overloads.values()))
+    # Numba's own path where it does more than pass parameters: a debug build's exception check,
+    # argument extensions
+    if overload is None or overload.debug or overload.extensions:
         kernel[grid, (threads,), stream, smem](*args)
         return
     core_launch, launch_config, to_core_stream, _, ge_1_0 = parts
-    overload = next(iter(kernel.overloads.values()))
     keep = []
     params = lean_args(overload, args, stream, keep)
-    flag = {"is_cooperative" if ge_1_0 else "cooperative_launch": False}
+    flag = {"is_cooperative" if ge_1_0 else "cooperative_launch": bool(overload.cooperative)}
     config = launch_config(grid=tuple(grid), block=(threads,), shmem_size=smem, **flag)
     core_launch(to_core_stream(stream), config, overload._codelibrary.get_cufunc().kernel, *params)
     for writeback in keep:

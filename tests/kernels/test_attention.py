@@ -121,7 +121,7 @@ def test_every_output_element_is_written(kind, causal, monkeypatch):
 def test_a_repeated_call_reuses_its_plan(monkeypatch):
     """kernels/launch.py's plan cache: a repeated forward call (no mask, score_mod or counters) reuses
     its build and kernels without choosing again; another problem, a mask or counting chooses anew,
-    and a refused call is never cached."""
+    the oldest plan goes first past MAX_PLANS, and a refused call is never cached."""
     import kernels.launch as launch
     from sandbox.vocabulary.masks import causal as causal_mask
 
@@ -141,6 +141,9 @@ def test_a_repeated_call_reuses_its_plan(monkeypatch):
     launch.run(schedule, problem, q, k, v, mask=causal_mask())
     launch.run(schedule, problem, q, k, v, count_io=True)
     assert len(chosen) == 3 and (schedule, other, None) in launch._PLANS
+    monkeypatch.setattr(launch, "MAX_PLANS", 1)  # the oldest plan goes first
+    launch.run(schedule, problem, q, k, v, fast=False)
+    assert list(launch._PLANS) == [(schedule, problem, False)]
     wide = Problem(batch=1, heads=70000, n_q=1, n_kv=1, head_dim=8)  # B·H over a grid's 65,535
     x = launch.to_device([np.zeros((1, 70000, 1, 8), np.float32)], "q")[0]
     for _ in range(2):
