@@ -54,9 +54,10 @@ TC_BLOCKS = {64: (64, 64), 128: (128, 32)}
 TC_DEFAULT_BLOCKS = (64, 64)
 #: The rows' names beyond the bench's: flash2's tensor-core build, and its tuned schedule.
 TC_ROW, TUNED_ROW = "flash2-tf32x3", "flash2-tuned"
-#: flash2's 16-bit tensor-core build, a forward row of 16-bit problems, at (Br, Bc) :data:`TC16_BLOCKS`
-#: (a block the build compiles without spills at d = 64 and 128).
-TC16_ROW, TC16_BLOCKS = "flash2-f16", (128, 64)
+#: flash2's 16-bit tensor-core build, a forward row of 16-bit problems, at (Br, Bc, a warp's rows)
+#: :data:`TC16_BLOCKS` (no spills at d = 64 and 128 without a mask; the bench's 16-bit schedule: BENCHMARKS.md,
+#: "16-bit tensor cores: flash2's forward").
+TC16_ROW, TC16_BLOCKS = "flash2-f16", (128, 64, 32)
 
 #: Columns of a row: what ran, what was counted, what was measured, what follows from them.
 COLUMNS = (
