@@ -579,7 +579,7 @@ def build_parser(prog=None):
     p.add_argument("--math", choices=MATHS, default=None,
                    help="flash2's arithmetic: fma (CUDA cores), tf32x3 (its tensor-core build, 3xTF32; needs "
                         "--thread-q 2 --thread-kv Bc/4) or f16 (its 16-bit tensor-core build, fp16/bf16 only; "
-                        "the same tile); default: the tuned schedule's")
+                        "the same tile, or --thread-q 4 for a warp per 32 rows); default: the tuned schedule's")
     p.add_argument("--no-tune", action="store_true",
                    help="flash2 on the default schedule instead of the autotuned one (python -m sandbox tune)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default %(default)s)")
