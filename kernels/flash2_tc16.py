@@ -69,6 +69,9 @@ from kernels.mma16 import XCH16_PER_THREAD, cp_async, cp_async_commit, cp_async_
 from kernels.tiles import LN2, LOG2E, NEG_INF, ONE, ZERO, inline_device, make_tile_ops
 from sandbox.vocabulary.dtypes import as_dtype
 from sandbox.vocabulary.runtime import using_simulator
+# the thread tiles this build takes: 2, a warp per 16 rows with Q's fragments in registers; 4, a warp
+# per 32 rows with Q_i in SRAM (the module docstring, "A warp per 32 rows")
+from sandbox.vocabulary.schedule import F16_THREAD_Q as THREAD_Q
 
 #: The input dtypes this build takes; others run another build (kernels/builds.py).
 DTYPES = ("float16", "bfloat16")
@@ -102,11 +105,6 @@ def dtype_refusal(dtype, what="the 16-bit tensor-core build"):
     if name in DTYPES:
         return None
     return f"{name} inputs ({what} takes {' or '.join(DTYPES)}; fp32 has math='tf32x3')"
-
-
-#: The thread tiles (thread_q) this build takes: 2, a warp per 16 rows of Q_i with Q's fragments in
-#: registers; 4, a warp per 32 rows with Q_i in SRAM (the module docstring, "A warp per 32 rows").
-THREAD_Q = (2, 4)
 
 
 def warp_rows(schedule):

@@ -9,9 +9,11 @@ IO counters.
 
 import contextlib
 import functools
+import math
 
 import numpy as np
 from numba import cuda, float32, void
+from numba.cuda.cudadrv.devices import require_context
 
 from kernels import backward as backward_kernels
 from kernels import registry
@@ -184,8 +186,9 @@ def device_empty(shape, dtype, what):
         MemoryError: the GPU cannot hold it, with the array's name, shape and size.
     """
     storage = storage_dtype(dtype)
+    nbytes = int(math.prod(shape)) * np.dtype(dtype).itemsize
     for total in _ALLOCATION_TOTALS:
-        total[0] += int(np.prod(shape)) * np.dtype(dtype).itemsize
+        total[0] += nbytes
     try:
         cupy = _cupy()
         if cupy is not None:
@@ -194,7 +197,6 @@ def device_empty(shape, dtype, what):
                 return _pooled_array(cupy, ctx, shape, np.dtype(storage))
         return cuda.device_array(shape, dtype=storage)
     except Exception as e:  # numba raises CudaAPIError / MemoryError variants for OOM, CuPy OutOfMemoryError
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         raise MemoryError(
             f"cannot allocate {what} {shape} {np.dtype(dtype).name} ({nbytes / 2**30:.2f} GiB) on the GPU: {e}"
         ) from e
@@ -207,11 +209,14 @@ def _pooled_array(cupy, ctx, shape, dtype):
     0.4 ms call (BENCHMARKS.md, "Host time of a call")."""
     from numba.cuda.cudadrv import devicearray, driver
 
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = int(math.prod(shape)) * dtype.itemsize
     block = cupy.cuda.alloc(nbytes)
     pointer = driver.MemoryPointer(ctx, driver.binding.CUdeviceptr(block.ptr), size=nbytes, owner=block)
-    strides = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * dtype.itemsize for i in range(len(shape)))
-    return devicearray.DeviceNDArray(shape=tuple(shape), strides=strides, dtype=dtype, gpu_data=pointer)
+    strides = [dtype.itemsize]
+    for n in reversed(shape[1:]):
+        strides.append(strides[-1] * n)
+    return devicearray.DeviceNDArray(shape=tuple(shape), strides=tuple(reversed(strides)), dtype=dtype,
+                                     gpu_data=pointer)
 
 
 @functools.lru_cache(maxsize=1)
@@ -228,7 +233,25 @@ def _cupy():
         return None
 
 
-_ZERO_COUNTERS = {}
+#: context handle -> (context, its default stream, the shared zero counters): see :func:`_held`.
+_CONTEXTS = {}
+
+
+def _held():
+    """The current context's default stream and shared zero counters (:func:`_counters`), made once
+    per context: Numba builds a new stream object per ``cuda.default_stream()`` call, and its
+    cuda.core twin (:func:`launch_lean`) cost 10 µs more per launch on an H200."""
+    ctx = cuda.current_context()
+    key = int(ctx.handle.value if hasattr(ctx.handle, "value") else ctx.handle)  # (ctypes or cuda-bindings)
+    held = _CONTEXTS.get(key)
+    if held is None or held[0] is not ctx:  # (a context closed and another one given its handle)
+        held = _CONTEXTS[key] = (ctx, cuda.default_stream(), cuda.to_device(new_counters()))
+    return held
+
+
+def _default_stream():
+    """The CUDA default stream of the current context (on a GPU, one object per context)."""
+    return cuda.default_stream() if using_simulator() else _held()[1]
 
 
 def _counters(count_io):
@@ -236,15 +259,13 @@ def _counters(count_io):
     context, which no kernel writes when COUNT_IO is off (kernels/counters.py), so that a plain call
     makes no host-to-device copy (0.2 ms on an H100)."""
     if count_io or using_simulator():
-        return cuda.to_device(new_counters(), stream=cuda.default_stream())
-    ctx = cuda.current_context()
-    key = int(ctx.handle.value if hasattr(ctx.handle, "value") else ctx.handle)  # (ctypes or cuda-bindings)
-    held = _ZERO_COUNTERS.get(key)
-    if held is None or held[0] is not ctx:  # (a context closed and another one given its handle)
-        held = _ZERO_COUNTERS[key] = (ctx, cuda.to_device(new_counters()))
-    return held[1]
+        return cuda.to_device(new_counters(), stream=_default_stream())
+    return _held()[2]
 
 
+# (require_context: the call's CUDA context is looked up once and held for Numba's calls inside,
+# which would each ask the driver again: 8 µs a lookup on an H200)
+@require_context
 def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen=None, score_mod=None):
     """Run ``schedule`` on device arrays q, k, v (Numba device arrays, C-contiguous).
 
@@ -267,7 +288,7 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
             while _PLANS and len(_PLANS) >= MAX_PLANS:  # the oldest go (their kernels stay in build's cache)
                 del _PLANS[next(iter(_PLANS))]
             _PLANS[(schedule, problem, fast)] = (chosen, ks)
-    stream = cuda.default_stream()
+    stream = _default_stream()
     b, h, n_q, d_v = problem.batch, problem.heads, problem.n_q, problem.head_dim_v
     out = device_empty((b, h, n_q, d_v), problem.dtype, "O")
     lse = device_empty((b, h, n_q), np.float32, "L")
@@ -339,6 +360,27 @@ def _lean_parts():
 
 
 _LEAN = []
+#: id(stream) -> (stream, its cuda.core stream), for the streams :func:`_held` keeps (alive, so their
+#: ids are not reused)
+_CORE_STREAMS = {}
+
+
+@functools.lru_cache(maxsize=256)
+def _launch_config(grid, threads, smem, cooperative):
+    launch_config, ge_1_0 = _LEAN[0][1], _LEAN[0][4]
+    flag = {"is_cooperative" if ge_1_0 else "cooperative_launch": cooperative}
+    return launch_config(grid=grid, block=(threads,), shmem_size=smem, **flag)
+
+
+def _core_stream(stream):
+    """cuda.core's view of a Numba stream, kept for the streams :func:`_held` holds."""
+    held = _CORE_STREAMS.get(id(stream))
+    if held is not None and held[0] is stream:
+        return held[1]
+    core = _LEAN[0][2](stream)
+    if any(stream is h[1] for h in _CONTEXTS.values()):
+        _CORE_STREAMS[id(stream)] = (stream, core)
+    return core
 
 
 def lean_args(overload, args, stream, keep):
@@ -378,16 +420,15 @@ def launch_lean(kernel, grid, threads, stream, smem, args):
     if overload is None or overload.debug or overload.extensions:
         kernel[grid, (threads,), stream, smem](*args)
         return
-    core_launch, launch_config, to_core_stream, _, ge_1_0 = parts
     keep = []
     params = lean_args(overload, args, stream, keep)
-    flag = {"is_cooperative" if ge_1_0 else "cooperative_launch": bool(overload.cooperative)}
-    config = launch_config(grid=tuple(grid), block=(threads,), shmem_size=smem, **flag)
-    core_launch(to_core_stream(stream), config, overload._codelibrary.get_cufunc().kernel, *params)
+    config = _launch_config(tuple(grid), threads, smem, bool(overload.cooperative))
+    parts[0](_core_stream(stream), config, overload._codelibrary.get_cufunc().kernel, *params)
     for writeback in keep:
         writeback()
 
 
+@require_context
 def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None, fast=None, chosen=None,
                  score_mod=None):
     """dQ, dK, dV for device arrays (C-contiguous): see kernels/backward.py (and kernels/backward_tc.py).
@@ -421,7 +462,7 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, backward=True, mask=mask,
                **extra, **_dv(problem))
     check_grids(ks, problem)
-    stream = cuda.default_stream()
+    stream = _default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
     d_v = problem.head_dim_v
     dq = device_empty((b, h, n_q, d), problem.dtype, "dQ")
