@@ -26,7 +26,7 @@ they ask for is the access's *factor*, and the expected L1 bytes of a launch are
   16-bit elements): O_i stored as the tensor-core build's, four lanes to a row, 16 bytes of a row
   per instruction (2×), and with a warp per 16 rows Q_i read likewise (2×); K_j and V_j (and with a
   warp per 32 rows Q_i) copied whole (cp.async, 16 bytes a lane, consecutive lanes consecutive
-  bytes of a row).
+  bytes of a row), which ncu counts at :data:`LDGSTS_COUNTED` of the bytes they copy.
 - flash2's fast backward (kernels/backward_tc.py): its ``d`` is the counting backward's (one thread
   per row); dkdv stores dK_j and dV_j, and dq stores dQ_i, from the mma accumulators as the forward's
   tensor-core build stores O_i (2× in fp32); its loads are whole sectors.
@@ -52,6 +52,11 @@ from sandbox.vocabulary.ioreport import itemsizes
 SECTOR = 32
 #: Threads of a warp.
 WARP = 32
+#: ncu's L1 count of a cp.async copy (an LDGSTS.BYPASS instruction, 16 bytes a lane on whole
+#: sectors) over the bytes it copies: 18 sectors counted for each 512-byte warp request, which fills
+#: 16. Measured on an H200 (BENCHMARKS.md, "The ncu check of the 16-bit forward"): 66,560 requests,
+#: 1,198,080 sectors counted, 34,078,720 bytes copied (ncu's own count of them, and the simulator's).
+LDGSTS_COUNTED = 18 / 16
 
 
 def _warps(threads):
@@ -248,28 +253,43 @@ def _tc16_rows(schedule):
             for lanes in _tc_lanes(schedule)]
 
 
+def _copied_rows(rows, head_dim, threads):
+    """kernels/flash2_tc16.py's cp.async copy of ``rows`` rows of 16-bit elements: chunk e of 16 bytes
+    (four words) by thread e mod ``threads``, consecutive chunks along a row, then the next row."""
+    words = head_dim // 2
+    chunks = rows * words // 4
+    insts = []
+    for it in range(-(-chunks // threads)):
+        for warp in _warps(threads):
+            inst = [(e // (words // 4), 4 * (e % (words // 4)) + c) for e in (tid + it * threads for tid in warp)
+                    if e < chunks for c in range(4)]
+            if inst:
+                insts.append(inst)
+    return head_dim, _words(insts)
+
+
+def tc16_copied(schedule):
+    """Whether kernels/flash2_tc16.py copies Q_i by cp.async: with a warp per 32 rows."""
+    return 8 * schedule.thread_q == 32
+
+
 def tc16_q_load(schedule, head_dim):
     """kernels/flash2_tc16.py, a warp per 16 rows: Q[16w + g (+ 8), word 8kk + t (+ 4)], four word
     loads per 16 columns of d; a warp per 32 rows: Q_i copied whole by cp.async (16 bytes a lane,
     consecutive lanes consecutive 16 bytes of a row, as K_j and V_j)."""
-    if 8 * schedule.thread_q == 32:
-        words = head_dim // 2
-        chunks = schedule.block_q * words // 4
-        nt = schedule.threads
-        insts = []
-        for it in range(-(-chunks // nt)):
-            for warp in _warps(nt):
-                inst = [(e // (words // 4), 4 * (e % (words // 4)) + c) for e in (tid + it * nt for tid in warp)
-                        if e < chunks for c in range(4)]
-                if inst:
-                    insts.append(inst)
-        return head_dim, _words(insts)
+    if tc16_copied(schedule):
+        return _copied_rows(schedule.block_q, head_dim, schedule.threads)
     insts = []
     for lanes in _tc_lanes(schedule):
         for kk in range(head_dim // 16):
             for hi, plus in ((0, 0), (0, 4), (8, 0), (8, 4)):
                 insts.append([(16 * (tid // WARP) + g + hi, 8 * kk + t + plus) for tid, g, t in lanes])
     return head_dim, _words(insts)
+
+
+def tc16_kv_copy(schedule, head_dim):
+    """kernels/flash2_tc16.py: K_j and V_j copied whole by cp.async, Bc rows."""
+    return _copied_rows(schedule.block_kv, head_dim, schedule.threads)
 
 
 def tc16_o_store(schedule, head_dim):
@@ -284,13 +304,22 @@ def tc16_o_store(schedule, head_dim):
 
 @dataclasses.dataclass(frozen=True)
 class Access:
-    """One access of a launch whose warps do not cover whole sectors: a tensor's loads ("ld") or
-    stores ("st"), the pattern that lays out its lanes, and what the pattern is, in words."""
+    """One access of a launch that ncu does not count as its bytes: a tensor's loads ("ld") or
+    stores ("st"), the pattern that lays out its lanes, what the pattern is, in words, and
+    ``copied(schedule)``, whether it is a cp.async copy (counted at :data:`LDGSTS_COUNTED` of its
+    sectors; None: never)."""
 
     tensor: str
     op: str
     pattern: object
     what: str
+    copied: object = None
+
+    def counted(self, schedule, head_dim, itemsize):
+        """ncu's count over the access's bytes: its sectors' bytes over its bytes, × :data:`LDGSTS_COUNTED`
+        for a cp.async copy."""
+        f = factor(self.pattern, schedule, head_dim, itemsize)
+        return f * LDGSTS_COUNTED if self.copied is not None and self.copied(schedule) else f
 
 
 _D = ("d", (Access("O", "ld", backward_d_rows, "one thread per row"),
@@ -315,7 +344,10 @@ FAST = {
                          Access("V", "ld", tc_v_load, "8 columns × 4 rows per instruction"),
                          Access("O", "st", tc_o_store, "scalar pairs 4 bytes apart, 4 lanes per row"),
                          Access("L", "st", tc_l_store, "the lanes with t = 0"))},
-    flash2_tc16: {"main": (Access("Q", "ld", tc16_q_load, "words 16 bytes a row, 4 lanes per row"),
+    flash2_tc16: {"main": (Access("Q", "ld", tc16_q_load, "words 16 bytes a row, 4 lanes per row; or cp.async",
+                                  tc16_copied),
+                           Access("K", "ld", tc16_kv_copy, "cp.async, 16 bytes a lane", lambda s: True),
+                           Access("V", "ld", tc16_kv_copy, "cp.async, 16 bytes a lane", lambda s: True),
                            Access("O", "st", tc16_o_store, "words 16 bytes a row, 4 lanes per row"),
                            Access("L", "st", tc_l_store, "the lanes with t = 0"))},
     backward_tc: dict([_D, ("dkdv", (Access("dK", "st", tc_dkdv_store, _PAIRS),
@@ -359,7 +391,7 @@ def l1_bytes(per_launch, phase_accesses, schedule, head_dim, dtype):
                 if not n:
                     continue
                 access = by_tensor.get((tensor, op))
-                f = 1.0 if access is None else factor(access.pattern, schedule, head_dim, sizes[tensor])
+                f = 1.0 if access is None else access.counted(schedule, head_dim, sizes[tensor])
                 if f != 1.0:
                     row["factors"][f"{tensor} {op}"] = f
                 row[f"{op}_bytes"] += n * f

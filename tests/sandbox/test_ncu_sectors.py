@@ -271,3 +271,41 @@ def test_the_h100s_measured_bytes(name, build):
         pred = ncu_results.predict(cfg, args, "h100")
         assert (pred["sim_l1_ld_bytes"], pred["sim_l1_st_bytes"]) == (
             float(r["ncu_global_ld_bytes"]), float(r["ncu_global_st_bytes"])), cfg.label()
+
+
+def test_the_h200s_measured_bytes_of_the_16_bit_forward():
+    """The model gives, byte for byte, the L1 global bytes Nsight Compute measured on the H200 for the
+    16-bit forward with a warp per 32 rows (docs/results/h200-2026-12-01/ncu_check_f16.csv, 128×64): Q_i,
+    K_j and V_j copied by cp.async (counted at 9/8 of their bytes), O_i stored in word pairs (2×)."""
+    import csv
+    import pathlib
+
+    from sandbox.cli import ncu_parser
+    from sandbox.lab import ncu_results, ncu_specs
+
+    args = ncu_parser().parse_args(["--no-probes", "--dtype", "float16", "--block-q", "128", "--block-kv", "64",
+                                    "--thread-q", "4", "--thread-kv", "16"])
+    path = pathlib.Path(__file__).resolve().parents[2] / "docs" / "results" / "h200-2026-12-01" / "ncu_check_f16.csv"
+    with open(path) as f:
+        rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
+    assert len(rows) == 4
+    for r in rows:
+        assert (int(r["block_q"]), int(r["block_kv"])) == (128, 64)
+        cfg = ncu_specs.Config(r["kind"], int(r["n"]), int(r["d"]), bool(int(r["causal"])), "fwd", "fast-f16")
+        pred = ncu_results.predict(cfg, args, "h200")
+        assert (pred["sim_l1_ld_bytes"], pred["sim_l1_st_bytes"]) == (
+            float(r["ncu_global_ld_bytes"]), float(r["ncu_global_st_bytes"])), cfg.label()
+        assert pred["sim_l1_ld_bytes"] == ncu_sectors.LDGSTS_COUNTED * pred["sim_hbm_read_bytes"]
+
+
+def test_a_cp_async_copy_is_counted_at_9_8_of_its_bytes():
+    """The 16-bit build's K_j and V_j copies, and Q_i's with a warp per 32 rows, take LDGSTS_COUNTED;
+    Q's word loads with a warp per 16 rows take their sectors alone."""
+    from kernels import flash2_tc16
+    from kernels.flash2_tc16 import tc16_schedule as f16
+
+    by = {a.tensor: a for a in ncu_sectors.accesses("flash2", False, flash2_tc16)["main"]}
+    wide, narrow = f16(128, 64, 32), f16(64, 64)
+    assert [by[t].counted(wide, 64, 2) for t in "QKV"] == [9 / 8] * 3
+    assert [by[t].counted(narrow, 64, 2) for t in "QKV"] == [2, 9 / 8, 9 / 8]
+    assert by["O"].counted(wide, 64, 2) == 2
