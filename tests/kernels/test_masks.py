@@ -83,6 +83,17 @@ def test_masked_attention_matches_reference_and_simulator(kind, size, data, seed
     check_masked(data.draw(schedules(kinds=(kind,))), problem, data.draw(mask_for(problem)), seed)
 
 
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=4 if SIMULATED else 5)
+@given(data=st.data(), seed=seeds)
+def test_masked_16_bit_attention_matches_reference_and_simulator(kind, size, data, seed):
+    """fp16 and bf16 inputs under a mask (the plain build: the 16-bit tensor-core build takes no
+    mask), held to the 16-bit tolerances (tests/tolerances.py) and the simulator's counts."""
+    problem = data.draw(problems(dtypes=("float16", "bfloat16"), **size))
+    check_masked(data.draw(schedules(kinds=(kind,))), problem, data.draw(mask_for(problem)), seed)
+
+
 def check_masked_backward(schedule, problem, mask, seed):
     """Gradients under ``mask`` against the float64 gradients of the same saved forward (masked
     the same way), and the backward's own counters against the simulator's."""
