@@ -52,7 +52,7 @@ the schedule's for ``d``); the schedule's thread tile is the forward's (``tc_sch
 """
 
 import numpy as np
-from numba import cuda, float32
+from numba import cuda, float32, uint64
 
 from kernels import backward as counting_backward
 from kernels.flash2_common import refusal
@@ -194,6 +194,10 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     Y1, Y2 = 2 * R * P_, (2 * R + C) * P_  # streamed: dkdv Q, dO; dq K, V
     OL, OD = (2 * R + 2 * C) * P_, (2 * R + 2 * C) * P_ + C  # dkdv: L·log2 e, D per streamed row
     n_smem = smem_bytes(schedule, head_dim, phase)
+    # Shared and global indices are cast to uint64: a signed index gets a negative-index fix-up per
+    # access (a compare and a select), which on the H200 doubled the kernels' instructions and kept
+    # the compiler from folding a thread's loads into one base address plus constant offsets
+    # (BENCHMARKS.md, "Fast backward, fp32").
     EXACT = np.dtype(dtype).itemsize == 2  # fp16/bf16 inputs are TF32 already
     ALIGN = None if using_simulator() else 16
     NX = NT * XCH_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
@@ -222,6 +226,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
         @inline_device
         def load(x, b, h, row0, n_valid, sm, base, tid):
             """rows × d of x from row row0 on: HBM -> SRAM at base, fp32, zeros past n_valid rows."""
+            xh = x[b, h]
             for it in range(LIT):
                 e = tid + it * NT
                 if FULL or e < rows * D:
@@ -229,8 +234,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     c = e - r * D
                     val = ZERO
                     if r < n_valid:
-                        val = to_f32(x[b, h, row0 + r, c])
-                    sm[base + r * P_ + c] = val
+                        val = to_f32(xh[uint64(row0 + r), uint64(c)])
+                    sm[uint64(base + r * P_ + c)] = val
 
         return load
 
@@ -248,23 +253,23 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                 dp[n, i] = ZERO
         for kk in range(KD):
             at = (ra + g) * P_ + 8 * kk + tq
-            kb0, ks0 = parts(sm[X1 + at], EXACT)
-            kb1, ks1 = parts(sm[X1 + at + 8 * P_], EXACT)
-            kb2, ks2 = parts(sm[X1 + at + 4], EXACT)
-            kb3, ks3 = parts(sm[X1 + at + 8 * P_ + 4], EXACT)
-            vb0, vs0 = parts(sm[X2 + at], EXACT)
-            vb1, vs1 = parts(sm[X2 + at + 8 * P_], EXACT)
-            vb2, vs2 = parts(sm[X2 + at + 4], EXACT)
-            vb3, vs3 = parts(sm[X2 + at + 8 * P_ + 4], EXACT)
+            kb0, ks0 = parts(sm[uint64(X1 + at)], EXACT)
+            kb1, ks1 = parts(sm[uint64(X1 + at + 8 * P_)], EXACT)
+            kb2, ks2 = parts(sm[uint64(X1 + at + 4)], EXACT)
+            kb3, ks3 = parts(sm[uint64(X1 + at + 8 * P_ + 4)], EXACT)
+            vb0, vs0 = parts(sm[uint64(X2 + at)], EXACT)
+            vb1, vs1 = parts(sm[uint64(X2 + at + 8 * P_)], EXACT)
+            vb2, vs2 = parts(sm[uint64(X2 + at + 4)], EXACT)
+            vb3, vs3 = parts(sm[uint64(X2 + at + 8 * P_ + 4)], EXACT)
             for n in range(NS):
                 bt = (cq + 8 * n + g) * P_ + 8 * kk + tq
-                bb0, bs0 = parts(sm[Y1 + bt], EXACT)
-                bb1, bs1 = parts(sm[Y1 + bt + 4], EXACT)
+                bb0, bs0 = parts(sm[uint64(Y1 + bt)], EXACT)
+                bb1, bs1 = parts(sm[uint64(Y1 + bt + 4)], EXACT)
                 s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma3(
                     xch, tid, kb0, kb1, kb2, kb3, ks0, ks1, ks2, ks3, bb0, bb1, bs0, bs1,
                     s[n, 0], s[n, 1], s[n, 2], s[n, 3], EXACT, EXACT)
-                bb0, bs0 = parts(sm[Y2 + bt], EXACT)
-                bb1, bs1 = parts(sm[Y2 + bt + 4], EXACT)
+                bb0, bs0 = parts(sm[uint64(Y2 + bt)], EXACT)
+                bb1, bs1 = parts(sm[uint64(Y2 + bt + 4)], EXACT)
                 dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3] = mma3(
                     xch, tid, vb0, vb1, vb2, vb3, vs0, vs1, vs2, vs3, bb0, bb1, bs0, bs1,
                     dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3], EXACT, EXACT)
@@ -288,8 +293,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             for n in range(NS):
                 for u in range(AG):
                     bt = base + (cq + 8 * n + 2 * tq) * P_ + 8 * (k0 + u) + g
-                    bb0, bs0 = parts(sm[bt], EXACT)
-                    bb1, bs1 = parts(sm[bt + P_], EXACT)
+                    bb0, bs0 = parts(sm[uint64(bt)], EXACT)
+                    bb1, bs1 = parts(sm[uint64(bt + P_)], EXACT)
                     t[u, 0], t[u, 1], t[u, 2], t[u, 3] = mma3(
                         xch, tid, a[n, 0], a[n, 2], a[n, 1], a[n, 3], small[n, 0], small[n, 2], small[n, 1],
                         small[n, 3], bb0, bb1, bs0, bs1, t[u, 0], t[u, 1], t[u, 2], t[u, 3], False, EXACT)
@@ -307,8 +312,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             if r < n_valid:
                 for kk in range(KD):
                     col = 8 * kk + 2 * tq
-                    x[b, h, row0 + r, col] = from_f32(acc[kk, 2 * i] * factor)
-                    x[b, h, row0 + r, col + 1] = from_f32(acc[kk, 2 * i + 1] * factor)
+                    x[b, h, uint64(row0 + r), uint64(col)] = from_f32(acc[kk, 2 * i] * factor)
+                    x[b, h, uint64(row0 + r), uint64(col + 1)] = from_f32(acc[kk, 2 * i + 1] * factor)
 
     if DKDV:
 
@@ -358,8 +363,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     if r < q_len:
                         lv = lse[b, h, q0 + r] * LOG2E
                         dv_ = dvec[b, h, q0 + r]
-                    sm[OL + r] = lv
-                    sm[OD + r] = dv_
+                    sm[uint64(OL + r)] = lv
+                    sm[uint64(OD + r)] = dv_
                 cuda.syncthreads()
                 edge = q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform)
                 for cq in range(0, C, CH):
@@ -370,14 +375,14 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                             gm = ONE
                             kv_i = k0 + ra + g + 8 * (e // 2)
                             if HAS_MOD and col < q_len and kv_i < n_kv:
-                                p, gm = mod_p(s[n, e] * scale, sm[OL + col], b, h, q0 + col, kv_i)
+                                p, gm = mod_p(s[n, e] * scale, sm[uint64(OL + col)], b, h, q0 + col, kv_i)
                             else:
-                                p = exp2(s[n, e] * s2 - sm[OL + col])
+                                p = exp2(s[n, e] * s2 - sm[uint64(OL + col)])
                             if edge:
                                 if col >= q_len or (CAUSAL and k0 + ra + g + 8 * (e // 2) > q0 + col):
                                     p = ZERO
                             s[n, e] = p
-                            dp[n, e] = p * (dp[n, e] - sm[OD + col]) * gm
+                            dp[n, e] = p * (dp[n, e] - sm[uint64(OD + col)]) * gm
                     accumulate(sm, xch, tid, cq, s, small, Y2, acc_v, t)  # dV_j += Pᵀ dO_i
                     accumulate(sm, xch, tid, cq, dp, small, Y1, acc_k, t)  # dK_j += dSᵀ Q_i
             store(dv, b, h, k0, kv_len, ra, acc_v, float32(1.0), tid)
