@@ -52,7 +52,7 @@ the schedule's for ``d``); the schedule's thread tile is the forward's (``tc_sch
 """
 
 import numpy as np
-from numba import cuda, float32, uint64
+from numba import cuda, float32, int64, uint64
 
 from kernels import backward as counting_backward
 from kernels.flash2_common import refusal
@@ -72,7 +72,13 @@ CHUNK = {64: 32, MAX_HEAD_DIM: 16}
 #: float64 (BENCHMARKS.md, "Fast backward"). Each chunk's product (CHUNK / 8 × 3 of them) is
 #: therefore summed into fresh accumulators, ACC_GROUP 8-column groups at a time (ACC_GROUP
 #: independent chains, 4·ACC_GROUP registers), and added to the running sums with fp32 adds.
-ACC_GROUP = {64: 4, MAX_HEAD_DIM: 2}
+#: By phase: dq takes 2 up to d = 64, where its 512-thread blocks (256×128) have 128 registers a
+#: thread and 4 groups spilled.
+ACC_GROUP = {"dkdv": {64: 4, MAX_HEAD_DIM: 2}, "dq": {MAX_HEAD_DIM: 2}}
+
+
+#: The largest d whose kernels index with uint64 (``_make``): above it, signed indices.
+UNSIGNED_MAX_D = 64
 
 
 def by_head_dim(table, head_dim):
@@ -186,7 +192,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     C = schedule.block_q if DKDV else schedule.block_kv  # streamed rows per block
     CH = chunk_rows(schedule, head_dim, phase)  # streamed rows per chunk of the products
     NS, KD = CH // 8, D // 8  # 8-row groups of a chunk; 8-column groups of d
-    AG = by_head_dim(ACC_GROUP, D)  # column groups per fresh accumulator group
+    AG = by_head_dim(ACC_GROUP[phase], D)  # column groups per fresh accumulator group
     AG = AG if KD % AG == 0 else 1
     NT = 2 * R
     P_ = _stride(D)
@@ -194,10 +200,13 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     Y1, Y2 = 2 * R * P_, (2 * R + C) * P_  # streamed: dkdv Q, dO; dq K, V
     OL, OD = (2 * R + 2 * C) * P_, (2 * R + 2 * C) * P_ + C  # dkdv: L·log2 e, D per streamed row
     n_smem = smem_bytes(schedule, head_dim, phase)
-    # Shared and global indices are cast to uint64: a signed index gets a negative-index fix-up per
-    # access (a compare and a select), which on the H200 doubled the kernels' instructions and kept
-    # the compiler from folding a thread's loads into one base address plus constant offsets
-    # (BENCHMARKS.md, "Fast backward, fp32").
+    # Up to UNSIGNED_MAX_D, shared and global indices are cast to uint64: a signed index gets a
+    # negative-index fix-up per access (a compare and a select), which on the H200 doubled the
+    # kernels' instructions and kept the compiler from folding a thread's loads into one base
+    # address plus constant offsets. Above it they stay signed (int64 is no cast): the folded
+    # addresses take registers that dkdv does not have at d = 128 (BENCHMARKS.md, "Fast backward, fp32").
+    UNSIGNED = D <= UNSIGNED_MAX_D
+    IX = uint64 if UNSIGNED else int64
     EXACT = np.dtype(dtype).itemsize == 2  # fp16/bf16 inputs are TF32 already
     ALIGN = None if using_simulator() else 16
     NX = NT * XCH_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
@@ -234,8 +243,11 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     c = e - r * D
                     val = ZERO
                     if r < n_valid:
-                        val = to_f32(xh[uint64(row0 + r), uint64(c)])
-                    sm[uint64(base + r * P_ + c)] = val
+                        if UNSIGNED:
+                            val = to_f32(xh[IX(row0 + r), IX(c)])
+                        else:
+                            val = to_f32(x[b, h, row0 + r, c])
+                    sm[IX(base + r * P_ + c)] = val
 
         return load
 
@@ -253,23 +265,23 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                 dp[n, i] = ZERO
         for kk in range(KD):
             at = (ra + g) * P_ + 8 * kk + tq
-            kb0, ks0 = parts(sm[uint64(X1 + at)], EXACT)
-            kb1, ks1 = parts(sm[uint64(X1 + at + 8 * P_)], EXACT)
-            kb2, ks2 = parts(sm[uint64(X1 + at + 4)], EXACT)
-            kb3, ks3 = parts(sm[uint64(X1 + at + 8 * P_ + 4)], EXACT)
-            vb0, vs0 = parts(sm[uint64(X2 + at)], EXACT)
-            vb1, vs1 = parts(sm[uint64(X2 + at + 8 * P_)], EXACT)
-            vb2, vs2 = parts(sm[uint64(X2 + at + 4)], EXACT)
-            vb3, vs3 = parts(sm[uint64(X2 + at + 8 * P_ + 4)], EXACT)
+            kb0, ks0 = parts(sm[IX(X1 + at)], EXACT)
+            kb1, ks1 = parts(sm[IX(X1 + at + 8 * P_)], EXACT)
+            kb2, ks2 = parts(sm[IX(X1 + at + 4)], EXACT)
+            kb3, ks3 = parts(sm[IX(X1 + at + 8 * P_ + 4)], EXACT)
+            vb0, vs0 = parts(sm[IX(X2 + at)], EXACT)
+            vb1, vs1 = parts(sm[IX(X2 + at + 8 * P_)], EXACT)
+            vb2, vs2 = parts(sm[IX(X2 + at + 4)], EXACT)
+            vb3, vs3 = parts(sm[IX(X2 + at + 8 * P_ + 4)], EXACT)
             for n in range(NS):
                 bt = (cq + 8 * n + g) * P_ + 8 * kk + tq
-                bb0, bs0 = parts(sm[uint64(Y1 + bt)], EXACT)
-                bb1, bs1 = parts(sm[uint64(Y1 + bt + 4)], EXACT)
+                bb0, bs0 = parts(sm[IX(Y1 + bt)], EXACT)
+                bb1, bs1 = parts(sm[IX(Y1 + bt + 4)], EXACT)
                 s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma3(
                     xch, tid, kb0, kb1, kb2, kb3, ks0, ks1, ks2, ks3, bb0, bb1, bs0, bs1,
                     s[n, 0], s[n, 1], s[n, 2], s[n, 3], EXACT, EXACT)
-                bb0, bs0 = parts(sm[uint64(Y2 + bt)], EXACT)
-                bb1, bs1 = parts(sm[uint64(Y2 + bt + 4)], EXACT)
+                bb0, bs0 = parts(sm[IX(Y2 + bt)], EXACT)
+                bb1, bs1 = parts(sm[IX(Y2 + bt + 4)], EXACT)
                 dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3] = mma3(
                     xch, tid, vb0, vb1, vb2, vb3, vs0, vs1, vs2, vs3, bb0, bb1, bs0, bs1,
                     dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3], EXACT, EXACT)
@@ -293,8 +305,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             for n in range(NS):
                 for u in range(AG):
                     bt = base + (cq + 8 * n + 2 * tq) * P_ + 8 * (k0 + u) + g
-                    bb0, bs0 = parts(sm[uint64(bt)], EXACT)
-                    bb1, bs1 = parts(sm[uint64(bt + P_)], EXACT)
+                    bb0, bs0 = parts(sm[IX(bt)], EXACT)
+                    bb1, bs1 = parts(sm[IX(bt + P_)], EXACT)
                     t[u, 0], t[u, 1], t[u, 2], t[u, 3] = mma3(
                         xch, tid, a[n, 0], a[n, 2], a[n, 1], a[n, 3], small[n, 0], small[n, 2], small[n, 1],
                         small[n, 3], bb0, bb1, bs0, bs1, t[u, 0], t[u, 1], t[u, 2], t[u, 3], False, EXACT)
@@ -312,8 +324,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             if r < n_valid:
                 for kk in range(KD):
                     col = 8 * kk + 2 * tq
-                    x[b, h, uint64(row0 + r), uint64(col)] = from_f32(acc[kk, 2 * i] * factor)
-                    x[b, h, uint64(row0 + r), uint64(col + 1)] = from_f32(acc[kk, 2 * i + 1] * factor)
+                    x[b, h, IX(row0 + r), IX(col)] = from_f32(acc[kk, 2 * i] * factor)
+                    x[b, h, IX(row0 + r), IX(col + 1)] = from_f32(acc[kk, 2 * i + 1] * factor)
 
     if DKDV:
 
@@ -363,8 +375,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     if r < q_len:
                         lv = lse[b, h, q0 + r] * LOG2E
                         dv_ = dvec[b, h, q0 + r]
-                    sm[uint64(OL + r)] = lv
-                    sm[uint64(OD + r)] = dv_
+                    sm[IX(OL + r)] = lv
+                    sm[IX(OD + r)] = dv_
                 cuda.syncthreads()
                 edge = q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform)
                 for cq in range(0, C, CH):
@@ -375,14 +387,14 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                             gm = ONE
                             kv_i = k0 + ra + g + 8 * (e // 2)
                             if HAS_MOD and col < q_len and kv_i < n_kv:
-                                p, gm = mod_p(s[n, e] * scale, sm[uint64(OL + col)], b, h, q0 + col, kv_i)
+                                p, gm = mod_p(s[n, e] * scale, sm[IX(OL + col)], b, h, q0 + col, kv_i)
                             else:
-                                p = exp2(s[n, e] * s2 - sm[uint64(OL + col)])
+                                p = exp2(s[n, e] * s2 - sm[IX(OL + col)])
                             if edge:
                                 if col >= q_len or (CAUSAL and k0 + ra + g + 8 * (e // 2) > q0 + col):
                                     p = ZERO
                             s[n, e] = p
-                            dp[n, e] = p * (dp[n, e] - sm[uint64(OD + col)]) * gm
+                            dp[n, e] = p * (dp[n, e] - sm[IX(OD + col)]) * gm
                     accumulate(sm, xch, tid, cq, s, small, Y2, acc_v, t)  # dV_j += Pᵀ dO_i
                     accumulate(sm, xch, tid, cq, dp, small, Y1, acc_k, t)  # dK_j += dSᵀ Q_i
             store(dv, b, h, k0, kv_len, ra, acc_v, float32(1.0), tid)
