@@ -34,7 +34,7 @@ fragment reads the products make are free of bank conflicts: an A fragment or a 
 a multiple of 8) and a "column" B fragment (X[8c + 2t, 8n + g]: bank 8t + g + const). Raw tiles take half the bytes of pre-split ones and serve both
 orientations, so Q and dO (dkdv) and K (dq), each read both ways, are stored once. (Splitting
 the streamed tiles once on load into swizzled (big, small) pairs measured slower on the H200:
-twice the bytes, and dkdv spilled; BENCHMARKS.md, "Fast backward".)
+twice the bytes, and dkdv spilled; BENCHMARKS.md, "Fast backward, fp32".)
 
 **The accumulator is the next A fragment.** As in the forward's tensor-core build
 (kernels/flash2_tc.py), Pᵀ's (and dSᵀ's) accumulator of lane (g, t) holds columns 2t and 2t + 1
@@ -63,13 +63,13 @@ from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
 
 #: Streamed rows (dkdv: queries, dq: keys) a warp's S and dP accumulators cover at once, by d: 32
 #: (16 accumulators per thread beside dK's and dV's, d/2 each) up to d = 64; 16 above, where dkdv
-#: otherwise spills under the 255-register cap (BENCHMARKS.md, "Fast backward").
+#: otherwise spills under the 255-register cap (BENCHMARKS.md, "Fast backward, fp32").
 CHUNK = {64: 32, MAX_HEAD_DIM: 16}
 
 #: dQ, dK and dV are sums over the whole sequence. The tensor cores' fp32 accumulation truncates
 #: where an fp32 add rounds to nearest, so a sum carried through N/8 × 3 products on them drifts
 #: toward zero: on the H200, dK at N = 16384, d = 128 was 1.2e-4 of the gradient's scale off
-#: float64 (BENCHMARKS.md, "Fast backward"). Each chunk's product (CHUNK / 8 × 3 of them) is
+#: float64 (BENCHMARKS.md, "Fast backward, fp32"). Each chunk's product (CHUNK / 8 × 3 of them) is
 #: therefore summed into fresh accumulators, ACC_GROUP 8-column groups at a time (ACC_GROUP
 #: independent chains, 4·ACC_GROUP registers), and added to the running sums with fp32 adds.
 #: By phase: dq takes 2 up to d = 64, where its 512-thread blocks (256×128) have 128 registers a

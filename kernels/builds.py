@@ -114,7 +114,7 @@ def choose_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, fa
 
 #: Why ``fast=None`` leaves the backward to the plain build: the fast backward is taken only when asked for.
 BACKWARD_OPT_IN = ("the fast backward runs only with fast=True: the default stays the plain backward until the "
-                   "fast one has passed the whole gpu-marked suite in its place (BENCHMARKS.md, \"Fast backward\")")
+                   "fast one has passed the whole gpu-marked suite in its place (BENCHMARKS.md, \"Fast backward, fp32\")")
 
 
 def choose_backward_build(schedule, head_dim, *, count_io=False, mask=None, fast=None, facts=None, grouped=False,

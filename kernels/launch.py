@@ -367,6 +367,8 @@ _CORE_STREAMS = {}
 
 @functools.lru_cache(maxsize=256)
 def _launch_config(grid, threads, smem, cooperative):
+    """cuda.core's LaunchConfig for (grid, block, dynamic shared memory, cooperative), made once per
+    combination (its keyword for a cooperative launch depends on the cuda.core version)."""
     launch_config, ge_1_0 = _LEAN[0][1], _LEAN[0][4]
     flag = {"is_cooperative" if ge_1_0 else "cooperative_launch": cooperative}
     return launch_config(grid=grid, block=(threads,), shmem_size=smem, **flag)
@@ -406,8 +408,8 @@ def launch_lean(kernel, grid, threads, stream, smem, args):
 
     Numba's ``kernel[grid, block, stream, smem](*args)`` goes through its launch-configuration
     bookkeeping and, per array, a memory view and context checks, all on the host before the GPU
-    starts; with :data:`_PLANS` this launch took a forward call's host time from 0.21 to 0.13 ms on
-    an H200 (BENCHMARKS.md, "Host time of a call"). On a GPU this passes the same parameters
+    starts; with :data:`_PLANS` this launch took a forward call's host time from 0.214 to 0.132 ms
+    in a probe on an H200 (BENCHMARKS.md, "Host time of a call", with a later probe's figures). On a GPU this passes the same parameters
     (:func:`lean_args`) to cuda.core's launch, as Numba's launcher does last; under the simulator,
     or where this Numba lacks the pieces, Numba's own launch runs.
     """

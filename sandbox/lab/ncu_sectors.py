@@ -270,7 +270,12 @@ def _copied_rows(rows, head_dim, threads):
 
 def tc16_copied(schedule):
     """Whether kernels/flash2_tc16.py copies Q_i by cp.async: with a warp per 32 rows."""
-    return 8 * schedule.thread_q == 32
+    return flash2_tc16.warp_rows(schedule) == 32
+
+
+def always_copied(schedule):
+    """An access a build copies by cp.async under every schedule (kernels/flash2_tc16.py's K_j, V_j)."""
+    return True
 
 
 def tc16_q_load(schedule, head_dim):
@@ -346,8 +351,8 @@ FAST = {
                          Access("L", "st", tc_l_store, "the lanes with t = 0"))},
     flash2_tc16: {"main": (Access("Q", "ld", tc16_q_load, "words 16 bytes a row, 4 lanes per row; or cp.async",
                                   tc16_copied),
-                           Access("K", "ld", tc16_kv_copy, "cp.async, 16 bytes a lane", lambda s: True),
-                           Access("V", "ld", tc16_kv_copy, "cp.async, 16 bytes a lane", lambda s: True),
+                           Access("K", "ld", tc16_kv_copy, "cp.async, 16 bytes a lane", always_copied),
+                           Access("V", "ld", tc16_kv_copy, "cp.async, 16 bytes a lane", always_copied),
                            Access("O", "st", tc16_o_store, "words 16 bytes a row, 4 lanes per row"),
                            Access("L", "st", tc_l_store, "the lanes with t = 0"))},
     backward_tc: dict([_D, ("dkdv", (Access("dK", "st", tc_dkdv_store, _PAIRS),
