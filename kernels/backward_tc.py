@@ -2,8 +2,8 @@
 product on the tensor cores, in fp32 precision by the 3xTF32 split (kernels/mma.py).
 
 Same schedule, same kernels and the same HBM traffic as the counting backward
-(kernels/backward.py, ``make_flash_dkdv`` and ``make_flash_dq``): D = rowsum(dO ∘ O) first (the
-counting build's ``d`` kernel), then
+(kernels/backward.py, ``make_flash_dkdv`` and ``make_flash_dq``): D = rowsum(dO ∘ O) first
+(``make_d``: the counting build's sum, its loads coalesced), then
 
     dkdv: one thread block per (K/V block j, batch·head), a warp per 16 keys (Bc / 16 warps);
           K_j, V_j -> SRAM once; for each Q block i (causal: from the first with a query >= the
@@ -11,13 +11,13 @@ counting build's ``d`` kernel), then
               Sᵀ = K_j Q_iᵀ and dPᵀ = V_j dO_iᵀ         (interleaved: independent accumulators)
               Pᵀ = exp2(Sᵀ·scale·log2 e - L·log2 e),  dSᵀ = Pᵀ ∘ (dPᵀ - D)
               dV_j += Pᵀ dO_i,  dK_j += dSᵀ Q_i          (Pᵀ, dSᵀ stay in registers)
-          dK_j = scale·dK_j, dV_j -> HBM
+          dK_j = scale·dK_j, dV_j -> SRAM (over K_j, V_j) -> HBM in whole sectors
     dq:   one thread block per (Q block i, batch·head), a warp per 16 queries (Br / 16 warps);
           Q_i, dO_i -> SRAM once, L_i, D_i in registers; for each K/V block j (causal: up to the
           block's last query): K_j, V_j -> SRAM, and per chunk of up to 32 keys
               S = Q_i K_jᵀ and dP = dO_i V_jᵀ,  P = exp2(S·scale·log2 e - L·log2 e),
               dS = P ∘ (dP - D),  dQ_i += dS K_j
-          dQ_i = scale·dQ_i -> HBM
+          dQ_i = scale·dQ_i -> SRAM (over Q_i) -> HBM in whole sectors
 
 With a score_mod (sandbox/vocabulary/score_mods.py) each in-range entry of S is taken back to
 natural units, S' = score_mod(S) replaces it in P (P = 0 where S' = -inf), and dS is multiplied by
@@ -54,7 +54,6 @@ the schedule's for ``d``); the schedule's thread tile is the forward's (``tc_sch
 import numpy as np
 from numba import cuda, float32, int64, uint64
 
-from kernels import backward as counting_backward
 from kernels.flash2_common import refusal
 from kernels.mma import XCH_PER_THREAD, exp2, mma, split
 from kernels.tiles import LOG2E, NEG_INF, ONE, ZERO, array_type, inline_device, make_tile_ops, COUNTERS
@@ -148,7 +147,7 @@ def phases(dtype):
     """The fast backward's kernels, in launch order, with the counting backward's arguments."""
     IN4, F3, C = array_type(dtype, 4), array_type(np.float32, 3), COUNTERS
     return {
-        "d": (counting_backward.make_d, (IN4, IN4, F3, C)),
+        "d": (make_d, (IN4, IN4, F3, C)),
         "dkdv": (make_dkdv, (IN4, IN4, IN4, IN4, F3, F3, IN4, IN4, float32, C)),
         "dq": (make_dq, (IN4, IN4, IN4, IN4, F3, F3, IN4, float32, C)),
     }
@@ -156,6 +155,60 @@ def phases(dtype):
 
 #: It applies a score_mod and its derivative (kernels/builds.py asks).
 TAKES_SCORE_MOD = True
+
+#: Floats of ``make_d``'s staging array: the rows of a pass, d + 1 floats each.
+D_STAGE_FLOATS = 2048
+
+
+def make_d(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
+    """D = rowsum(dO ∘ O), fp32: kernel(o, do, dvec, counters); grid (Tr, B·H), the schedule's threads.
+
+    The counting build's ``d`` (kernels/backward.py) gives each thread a row, so a warp's load takes
+    one element from each of 32 rows: 32 sectors for 128 bytes in fp32. Here the block reads a pass
+    of rows as one run of consecutive elements (consecutive threads, consecutive elements: whole
+    sectors), keeps the products dO·O in SRAM (rows d + 1 floats apart: a thread per row reads a
+    distinct bank), and a thread per row sums its row in column order."""
+    del mask, score_mod  # D is every row's, whatever the mask or the score_mod
+    if count_io:
+        raise ValueError("the fast backward's d kernel does not count (the counting build's is kernels/backward.py)")
+    t = make_tile_ops(schedule, head_dim, False, causal, dtype)
+    to_f32, D, BR, NT = t.to_f32, head_dim, schedule.block_q, schedule.threads
+    S = int(D) + 1
+    RC = int(max(1, min(BR, NT, D_STAGE_FLOATS // S)))  # rows a pass
+    LIT = -(-RC * D // NT)
+    N_SM = RC * S  # a Python int: the shared array's size is a compile-time constant
+
+    def kernel(o, do, dvec, counters):
+        tid = cuda.threadIdx.x
+        bh = cuda.blockIdx.y
+        b = bh // o.shape[1]
+        h = bh - b * o.shape[1]
+        q0 = cuda.blockIdx.x * BR
+        q_len = min(BR, o.shape[2] - q0)
+        sm = cuda.shared.array(N_SM, float32)
+        oh = o[b, h]
+        doh = do[b, h]
+        for p0 in range(0, q_len, RC):
+            n = min(RC, q_len - p0)
+            for it in range(LIT):
+                e = tid + it * NT
+                if e < n * D:
+                    r = e // D
+                    c = e - r * D
+                    row = uint64(q0 + p0 + r)
+                    sm[uint64(r * S + c)] = to_f32(doh[row, uint64(c)]) * to_f32(oh[row, uint64(c)])
+            cuda.syncthreads()
+            if tid < n:
+                acc = ZERO
+                for c in range(D):
+                    acc += sm[uint64(tid * S + c)]
+                dvec[b, h, q0 + p0 + tid] = acc
+            cuda.syncthreads()  # the pass's products are read before the next pass writes
+
+    def grid(problem):
+        return ((problem.n_q + BR - 1) // BR, problem.bh)
+
+    return kernel, 0, grid
 
 
 def make_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
@@ -315,17 +368,32 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     acc[k0 + u, i] += t[u, i]
 
     @inline_device
-    def store(x, b, h, row0, n_valid, ra, acc, factor, tid):
-        """The warp's rows of acc·factor -> x (rows below n_valid)."""
+    def stage(sm, base, ra, acc, factor, tid):
+        """The warp's rows of acc·factor -> the resident tile at ``base``, over its own rows (the
+        products read no other warp's; the caller waits for the tile's loads first)."""
         g = (tid % 32) // 4
         tq = tid % 4
         for i in range(2):
-            r = ra + g + 8 * i
-            if r < n_valid:
-                for kk in range(KD):
-                    col = 8 * kk + 2 * tq
-                    x[b, h, IX(row0 + r), IX(col)] = from_f32(acc[kk, 2 * i] * factor)
-                    x[b, h, IX(row0 + r), IX(col + 1)] = from_f32(acc[kk, 2 * i + 1] * factor)
+            for kk in range(KD):
+                at = base + (ra + g + 8 * i) * P_ + 8 * kk + 2 * tq
+                sm[IX(at)] = acc[kk, 2 * i] * factor
+                sm[IX(at + 1)] = acc[kk, 2 * i + 1] * factor
+
+    RIT = -(-R * D // NT)
+    RFULL = (R * D) % NT == 0
+
+    @inline_device
+    def save(x, b, h, row0, n_valid, sm, base, tid):
+        """The staged tile at ``base`` -> x's rows row0 .. row0 + n_valid, as the loads run: consecutive
+        threads on consecutive elements, whole sectors (a fragment's lanes store pairs 4 bytes apart,
+        half of each sector)."""
+        for it in range(RIT):
+            e = tid + it * NT
+            if RFULL or e < R * D:
+                r = e // D
+                c = e - r * D
+                if r < n_valid:
+                    x[b, h, IX(row0 + r), IX(c)] = from_f32(sm[IX(base + r * P_ + c)])
 
     if DKDV:
 
@@ -397,8 +465,12 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                             dp[n, e] = p * (dp[n, e] - sm[IX(OD + col)]) * gm
                     accumulate(sm, xch, tid, cq, s, small, Y2, acc_v, t)  # dV_j += Pᵀ dO_i
                     accumulate(sm, xch, tid, cq, dp, small, Y1, acc_k, t)  # dK_j += dSᵀ Q_i
-            store(dv, b, h, k0, kv_len, ra, acc_v, float32(1.0), tid)
-            store(dk, b, h, k0, kv_len, ra, acc_k, scale, tid)
+            cuda.syncthreads()  # K_j, V_j are loaded (by every thread) before a warp writes its rows over them
+            stage(sm, X2, ra, acc_v, float32(1.0), tid)
+            stage(sm, X1, ra, acc_k, scale, tid)
+            cuda.syncthreads()
+            save(dv, b, h, k0, kv_len, sm, X2, tid)
+            save(dk, b, h, k0, kv_len, sm, X1, tid)
 
         def grid(problem):
             return ((problem.n_kv + R - 1) // R, problem.bh)
@@ -473,7 +545,10 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                                     p = ZERO
                             dp[n, e] = p * (dp[n, e] - dd[e // 2]) * gm
                     accumulate(sm, xch, tid, cq, dp, small, Y1, acc, t)  # dQ_i += dS K_j
-            store(dq, b, h, q0, q_len, ra, acc, scale, tid)
+            cuda.syncthreads()  # Q_i is loaded (by every thread) before a warp writes its rows over it
+            stage(sm, X1, ra, acc, scale, tid)
+            cuda.syncthreads()
+            save(dq, b, h, q0, q_len, sm, X1, tid)
 
         def grid(problem):
             return ((problem.n_q + R - 1) // R, problem.bh)

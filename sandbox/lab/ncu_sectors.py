@@ -27,9 +27,9 @@ they ask for is the access's *factor*, and the expected L1 bytes of a launch are
   per instruction (2×), and with a warp per 16 rows Q_i read likewise (2×); K_j and V_j (and with a
   warp per 32 rows Q_i) copied whole (cp.async, 16 bytes a lane, consecutive lanes consecutive
   bytes of a row), which ncu counts at :data:`LDGSTS_COUNTED` of the bytes they copy.
-- flash2's fast backward (kernels/backward_tc.py): its ``d`` is the counting backward's (one thread
-  per row); dkdv stores dK_j and dV_j, and dq stores dQ_i, from the mma accumulators as the forward's
-  tensor-core build stores O_i (2× in fp32); its loads are whole sectors.
+- flash2's fast backward (kernels/backward_tc.py) has none: its ``d`` reads O and dO as runs of
+  consecutive elements, and dK_j, dV_j and dQ_i go from the mma accumulators through SRAM to
+  whole-sector stores, so its global bytes are the simulator's.
 
 Scalar accesses are assumed, one instruction per element as the source is written; a compiler
 that merged a thread's neighbouring elements into a vector access would send fewer sectors. Each
@@ -44,7 +44,7 @@ Example:
 
 import dataclasses
 
-from kernels import backward_tc, flash2_fast, flash2_tc, flash2_tc16
+from kernels import flash2_fast, flash2_tc, flash2_tc16
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.ioreport import itemsizes
 
@@ -221,16 +221,6 @@ def tc_o_store(schedule, head_dim):
     return _fragment_store(schedule.threads, head_dim)
 
 
-def tc_dkdv_store(schedule, head_dim):
-    """kernels/backward_tc.py dkdv: dK_j and dV_j from a warp per 16 keys, stored as the forward's O."""
-    return _fragment_store(backward_tc.threads(schedule, "dkdv"), head_dim)
-
-
-def tc_dq_store(schedule, head_dim):
-    """kernels/backward_tc.py dq: dQ_i from a warp per 16 queries, stored as the forward's O."""
-    return _fragment_store(backward_tc.threads(schedule, "dq"), head_dim)
-
-
 def tc_l_store(schedule, head_dim):
     """kernels/flash2_tc.py: the lanes with t = 0 store L of rows 16w + g and 16w + g + 8."""
     insts = []
@@ -330,7 +320,6 @@ class Access:
 _D = ("d", (Access("O", "ld", backward_d_rows, "one thread per row"),
             Access("dO", "ld", backward_d_rows, "one thread per row")))
 _TN = "rows tx + bb·TX, columns ty + c·TY per thread"
-_PAIRS = "scalar pairs 4 bytes apart, 4 lanes per row"
 #: The counting kernels' accesses that are not whole sectors: forward by kind, backward by the
 #: kind's backward trait; phase -> accesses.
 PLAIN_FORWARD = {"standard": {"softmax": (Access("L", "st", one_thread_per_row, "thread 0 writes the row's L"),)}}
@@ -355,9 +344,6 @@ FAST = {
                            Access("V", "ld", tc16_kv_copy, "cp.async, 16 bytes a lane", always_copied),
                            Access("O", "st", tc16_o_store, "words 16 bytes a row, 4 lanes per row"),
                            Access("L", "st", tc_l_store, "the lanes with t = 0"))},
-    backward_tc: dict([_D, ("dkdv", (Access("dK", "st", tc_dkdv_store, _PAIRS),
-                                     Access("dV", "st", tc_dkdv_store, _PAIRS))),
-                       ("dq", (Access("dQ", "st", tc_dq_store, _PAIRS),))]),
 }
 
 

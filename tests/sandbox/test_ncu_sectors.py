@@ -193,7 +193,8 @@ def test_fast_forward(schedule, d):
 @traces
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_fast_backward(dtype):
-    """flash2's fast backward: d reads a row per thread; dK, dV and dQ leave the mma accumulators in pairs."""
+    """flash2's fast backward: every load and store in whole sectors (d's row sums and the gradients
+    staged through SRAM), so the model lists no access and the trace finds none uneven."""
     schedule = tc_schedule(16, 16)
     problem = Problem(1, 1, 32, 48, 16, dtype=dtype)
     chosen = choose_backward_build(schedule, problem.head_dim, fast=True)
@@ -204,7 +205,7 @@ def test_fast_backward(dtype):
         kernel_launch.run_backward(schedule, problem, x["Q"], x["K"], x["V"], out, lse, x["dO"], chosen=chosen)
         return {**x, "O": out, "L": lse}
 
-    assert chosen.fast
+    assert chosen.fast and ncu_sectors.accesses("flash2", True, chosen.module) == {}
     assert_model_matches_trace(schedule, problem, True, chosen.module, run)
 
 
@@ -218,7 +219,6 @@ def test_production_factors():
     assert [f(p, tc, 128, 4) for p in (ncu_sectors.tc_q_load, ncu_sectors.tc_k_load, ncu_sectors.tc_v_load,
                                        ncu_sectors.tc_o_store)] == [2, 2, 1, 2]
     assert f(ncu_sectors.one_thread_per_row, s, 64, 4) == 8
-    assert [f(p, tc, 128, 4) for p in (ncu_sectors.tc_dkdv_store, ncu_sectors.tc_dq_store)] == [2, 2]
     from kernels.flash2_tc16 import tc16_schedule as f16
 
     assert [f(p, f16(64, 64), d, 2) for p in (ncu_sectors.tc16_q_load, ncu_sectors.tc16_o_store)
