@@ -71,8 +71,8 @@ CHUNK = {64: 32, MAX_HEAD_DIM: 16}
 #: float64 (BENCHMARKS.md, "Fast backward, fp32"). Each chunk's product (CHUNK / 8 × 3 of them) is
 #: therefore summed into fresh accumulators, ACC_GROUP 8-column groups at a time (ACC_GROUP
 #: independent chains, 4·ACC_GROUP registers), and added to the running sums with fp32 adds.
-#: By phase: dq takes 2 up to d = 64, where its 512-thread blocks (256×128) have 128 registers a
-#: thread and 4 groups spilled.
+#: By phase: dq takes 2 at every d (at d = 64 its 512-thread blocks, 256×128, have 128 registers a
+#: thread, and 4 groups spilled there).
 ACC_GROUP = {"dkdv": {64: 4, MAX_HEAD_DIM: 2}, "dq": {MAX_HEAD_DIM: 2}}
 
 
@@ -156,7 +156,9 @@ def phases(dtype):
 #: It applies a score_mod and its derivative (kernels/builds.py asks).
 TAKES_SCORE_MOD = True
 
-#: Floats of ``make_d``'s staging array: the rows of a pass, d + 1 floats each.
+#: Floats of ``make_d``'s staging array: the rows of a pass, d + 1 floats each (at most: the rows
+#: are a multiple of 8). More rows a pass took more registers than its one block per row of threads
+#: has at 256×128 (512 threads, 128 registers each).
 D_STAGE_FLOATS = 2048
 
 
@@ -174,7 +176,8 @@ def make_d(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=Non
     t = make_tile_ops(schedule, head_dim, False, causal, dtype)
     to_f32, D, BR, NT = t.to_f32, head_dim, schedule.block_q, schedule.threads
     S = int(D) + 1
-    RC = int(max(1, min(BR, NT, D_STAGE_FLOATS // S)))  # rows a pass
+    # rows a pass: a multiple of 8, so that each pass's D (8 rows: a sector) starts on a sector
+    RC = int(max(8, min(BR, NT, D_STAGE_FLOATS // S) // 8 * 8))
     LIT = -(-RC * D // NT)
     N_SM = RC * S  # a Python int: the shared array's size is a compile-time constant
 

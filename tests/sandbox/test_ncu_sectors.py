@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 
+from kernels import backward_tc
 from kernels import launch as kernel_launch
 from kernels.builds import choose_backward_build, choose_build
 from kernels.flash2_tc import tc_schedule
@@ -192,9 +193,12 @@ def test_fast_forward(schedule, d):
 
 @traces
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_fast_backward(dtype):
+def test_fast_backward(dtype, monkeypatch):
     """flash2's fast backward: every load and store in whole sectors (d's row sums and the gradients
-    staged through SRAM), so the model lists no access and the trace finds none uneven."""
+    staged through SRAM), so the model lists no access and the trace finds none uneven; d's block
+    in two passes of 8 rows, as d = 128 takes them."""
+    monkeypatch.setattr(backward_tc, "D_STAGE_FLOATS", 8 * 17)
+    monkeypatch.setattr(kernel_launch, "build", kernel_launch.build.__wrapped__)  # not the cached kernels
     schedule = tc_schedule(16, 16)
     problem = Problem(1, 1, 32, 48, 16, dtype=dtype)
     chosen = choose_backward_build(schedule, problem.head_dim, fast=True)
