@@ -409,9 +409,10 @@ def launch_lean(kernel, grid, threads, stream, smem, args):
     Numba's ``kernel[grid, block, stream, smem](*args)`` goes through its launch-configuration
     bookkeeping and, per array, a memory view and context checks, all on the host before the GPU
     starts; with :data:`_PLANS` this launch took a forward call's host time from 0.214 to 0.132 ms
-    in a probe on an H200 (BENCHMARKS.md, "Host time of a call", with a later probe's figures). On a GPU this passes the same parameters
-    (:func:`lean_args`) to cuda.core's launch, as Numba's launcher does last; under the simulator,
-    or where this Numba lacks the pieces, Numba's own launch runs.
+    in a probe on an H200 (BENCHMARKS.md, "Host time of a call", with a later probe's figures). On a
+    GPU this passes the same parameters (:func:`lean_args`) to cuda.core's launch, as Numba's
+    launcher does last; under the simulator, or where this Numba lacks the pieces, Numba's own
+    launch runs.
     """
     if not _LEAN:
         _LEAN.append(_lean_parts())
