@@ -79,6 +79,10 @@ from kernels.tiles import LOG2E, ZERO, COUNTERS, array_type, inline_device
 from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
 
+#: Bytes to which an input array's first element must be aligned: its tiles are copied by cp.async
+#: in 16-byte words (kernels/launch.py, ``check_alignment``, refuses others with the reason).
+ALIGNMENT = 16
+
 #: Streamed rows a warp's S and dP accumulators cover at once (16 accumulators per thread beside dK's
 #: and dV's; dkdv and dq stay under 255 registers at d = 128).
 CHUNK = 32

@@ -73,6 +73,10 @@ from sandbox.vocabulary.runtime import using_simulator
 # per 32 rows with Q_i in SRAM (the module docstring, "A warp per 32 rows")
 from sandbox.vocabulary.schedule import F16_THREAD_Q as THREAD_Q
 
+#: Bytes to which an input array's first element must be aligned: its tiles are copied by cp.async
+#: in 16-byte words (kernels/launch.py, ``check_alignment``, refuses others with the reason).
+ALIGNMENT = 16
+
 #: The input dtypes this build takes; others run another build (kernels/builds.py).
 DTYPES = ("float16", "bfloat16")
 

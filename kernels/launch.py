@@ -288,6 +288,7 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
             while _PLANS and len(_PLANS) >= MAX_PLANS:  # the oldest go (their kernels stay in build's cache)
                 del _PLANS[next(iter(_PLANS))]
             _PLANS[(schedule, problem, fast)] = (chosen, ks)
+    check_alignment(chosen, (q, k, v), "qkv")
     stream = _default_stream()
     b, h, n_q, d_v = problem.batch, problem.heads, problem.n_q, problem.head_dim_v
     out = device_empty((b, h, n_q, d_v), problem.dtype, "O")
@@ -324,6 +325,29 @@ def _plan(schedule, problem, count_io, mask, fast, chosen, score_mod):
                **_dv(problem))
     check_grids(ks, problem)
     return chosen, ks
+
+
+def device_address(x):
+    """The device address of ``x``'s first element (under the simulator, its host memory's)."""
+    if using_simulator():
+        return x._ary.__array_interface__["data"][0]
+    return x.device_ctypes_pointer.value or 0
+
+
+def check_alignment(chosen, arrays, names):
+    """Raise ValueError for an array the build cannot read from where it starts: the 16-bit builds
+    (``ALIGNMENT`` in their modules) copy their tiles with ``cp.async``, 16 bytes from a 16-byte
+    aligned address, and a C-contiguous view that starts inside an allocation can be off by a few
+    bytes (the copy would fault on the GPU). Arrays the launcher allocates are aligned."""
+    need = getattr(chosen.module, "ALIGNMENT", None)
+    if need is None:
+        return
+    for x, name in zip(arrays, names):
+        off = device_address(x) % need
+        if off:
+            raise ValueError(
+                f"{name}: its first element is {off} bytes past a {need}-byte boundary; the {chosen.name} "
+                f"build copies whole {need}-byte words with cp.async: pass a copy (allocated aligned)")
 
 
 def _dv(problem):
@@ -465,6 +489,7 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, backward=True, mask=mask,
                **extra, **_dv(problem))
     check_grids(ks, problem)
+    check_alignment(chosen, (q, k, v, dout), ("q", "k", "v", "dout"))
     stream = _default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
     d_v = problem.head_dim_v

@@ -263,3 +263,26 @@ def test_a_candidate_compiles_without_spills(head_dim, dtype):
 
     f16 = [s for s in autotune.candidates(head_dim, dtype) if s.math == "f16"]
     assert f16 and any(autotune._local_memory(s, head_dim, dtype) == 0 for s in f16)
+
+
+def test_an_input_off_a_16_byte_boundary_is_refused():
+    """The 16-bit builds copy their tiles by cp.async in 16-byte words: a C-contiguous device view that
+    starts 2 bytes into its allocation is refused with the reason before any launch (on a GPU the copy
+    would fault), forward and backward; arrays allocated on their own pass the check."""
+    from kernels import launch
+
+    schedule = tc16_schedule(16, 16)
+    problem = Problem(1, 1, 16, 16, 16, dtype="float16")
+    x = np.random.default_rng(0).standard_normal(16 * 16 + 1).astype(np.float16)
+    off = cuda.to_device(x)[1:].reshape(1, 1, 16, 16)
+    good = cuda.to_device(np.ascontiguousarray(x[1:].reshape(1, 1, 16, 16)))
+    lse = cuda.to_device(np.zeros((1, 1, 16), np.float32))
+    assert off.is_c_contiguous() and launch.device_address(off) % 16 == 2
+    with pytest.raises(ValueError, match="k: its first element is 2 bytes past a 16-byte boundary; the fast-f16 "
+                                         "build copies whole 16-byte words with cp.async: pass a copy"):
+        launch.run(schedule, problem, good, off, good, fast=True)
+    with pytest.raises(ValueError, match="dout: its first element is 2 bytes past a 16-byte boundary"):
+        launch.run_backward(schedule, problem, good, good, good, good, lse, off, fast=True)
+    forward = choose_build(schedule, 16, dtype=problem.dtype, fast=True)
+    assert forward.module.ALIGNMENT == 16
+    launch.check_alignment(forward, (good, good, good), "qkv")  # no error
