@@ -19,6 +19,12 @@ Same schedule, same kernels and the same HBM traffic as the counting backward
               dS = P ∘ (dP - D),  dQ_i += dS K_j
           dQ_i = scale·dQ_i -> SRAM (over Q_i) -> HBM in whole sectors
 
+With a mask (sandbox/vocabulary/masks.py: the forward's predicate) both kernels skip the tiles
+that hold no allowed entry (``tile_visited``: the block evaluates the predicate over the tile, as
+the counting backward and the simulator do), load dkdv's K_j, V_j at the first tile it visits, and
+set P = 0 entry by entry where the predicate or the causal mask excludes it: the same HBM tiles as
+the counting backward's.
+
 With a score_mod (sandbox/vocabulary/score_mods.py) each in-range entry of S is taken back to
 natural units, S' = score_mod(S) replaces it in P (P = 0 where S' = -inf), and dS is multiplied by
 score_mod'(S), as in the counting backward.
@@ -52,7 +58,7 @@ the schedule's for ``d``); the schedule's thread tile is the forward's (``tc_sch
 """
 
 import numpy as np
-from numba import cuda, float32, int64, uint64
+from numba import cuda, float32, int32, int64, uint64
 
 from kernels.flash2_common import refusal
 from kernels.mma import XCH_PER_THREAD, exp2, mma, split
@@ -85,20 +91,29 @@ def by_head_dim(table, head_dim):
     return table[min(key for key in table if key >= head_dim)]
 
 
-def chunk_rows(schedule, head_dim, phase):
+def chunk_rows(schedule, head_dim, phase, masked=False):
     """Streamed rows per chunk of ``phase`` ("dkdv" or "dq"): :data:`CHUNK` where it divides the
-    streamed block, else 16."""
+    streamed block, else 16. Under a mask (``masked``), 16 for blocks of more than 256 threads: with
+    128 registers a thread, the predicate's evaluation beside 32 rows' S and dP spilled (dq at
+    256×128, d = 64: 24–32 bytes a thread, ptxas for sm_90; 0 with 16)."""
     streamed = schedule.block_q if phase == "dkdv" else schedule.block_kv
     ch = by_head_dim(CHUNK, head_dim)
+    if masked and threads(schedule, phase) > 256:
+        ch = 16
     return ch if streamed % ch == 0 else 16
+
+
+def chunks(schedule, head_dim, masked=False):
+    """(dq's, dkdv's) :func:`chunk_rows`: the sizes a tolerance for dQ and for dK, dV takes."""
+    return chunk_rows(schedule, head_dim, "dq", masked), chunk_rows(schedule, head_dim, "dkdv", masked)
 
 
 def eligible(schedule, head_dim, count_io=False, mask=None):
     """Why the fast backward cannot run this (a string), or None when it can: flash2 with
-    ``math="tf32x3"``, no counters, no mask, Br and Bc multiples of 16 (a warp per 16 rows on
-    both sides), d a multiple of 8."""
+    ``math="tf32x3"``, no counters, Br and Bc multiples of 16 (a warp per 16 rows on both sides),
+    d a multiple of 8. It takes any mask (``_make``)."""
     s = schedule
-    why = refusal(s, count_io, mask, "fast backward", "tf32x3")
+    why = refusal(s, count_io, None, "fast backward", "tf32x3")
     if why is not None:
         return why
     if s.block_q % 16 or s.block_kv % 16:
@@ -120,12 +135,22 @@ def _stride(head_dim):
     return head_dim + 4
 
 
+#: Static shared memory of dkdv and dq: the tile vote a mask takes (``tile_visited``), one int32.
+VOTE_BYTES = 4
+
+
 def smem_bytes(schedule, head_dim, phase=None):
-    """Dynamic shared memory of ``phase`` ("dkdv", "dq"; None: the larger): two resident and two
-    streamed tiles of d + 4 floats per row, and dkdv's L and D per streamed row."""
-    rows = 2 * (schedule.block_q + schedule.block_kv) * _stride(head_dim) * 4
-    sizes = {"d": 0, "dkdv": rows + 8 * schedule.block_q, "dq": rows}
+    """Shared memory a block of ``phase`` ("dkdv", "dq"; None: the larger) takes: its dynamic tiles
+    (:func:`dynamic_bytes`) and the static tile vote."""
+    sizes = {ph: dynamic_bytes(schedule, head_dim, ph) + (ph != "d") * VOTE_BYTES for ph in ("d", "dkdv", "dq")}
     return max(sizes.values()) if phase is None else sizes[phase]
+
+
+def dynamic_bytes(schedule, head_dim, phase):
+    """Dynamic shared memory of ``phase``: two resident and two streamed tiles of d + 4 floats per
+    row, and dkdv's L and D per streamed row."""
+    rows = 2 * (schedule.block_q + schedule.block_kv) * _stride(head_dim) * 4
+    return {"d": 0, "dkdv": rows + 8 * schedule.block_q, "dq": rows}[phase]
 
 
 def threads(schedule, phase):
@@ -228,8 +253,10 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     why = eligible(schedule, head_dim, count_io, mask)
     if why is not None:
         raise ValueError(f"the fast backward cannot run {schedule} at d={head_dim}: {why}")
-    t = make_tile_ops(schedule, head_dim, False, causal, dtype, score_mod=score_mod)
+    NT = 2 * (schedule.block_kv if phase == "dkdv" else schedule.block_q)  # a warp per 16 resident rows
+    t = make_tile_ops(schedule, head_dim, False, causal, dtype, mask, score_mod, threads=NT)
     HAS_MOD, modded, mod_grad = t.HAS_MOD, t.modded, t.mod_grad
+    HAS_MASK, mask_ok, tile_visited = mask is not None, t.mask_ok, t.tile_visited
 
     @inline_device
     def mod_p(x, l2, b, h, q_idx, kv_idx):
@@ -246,16 +273,15 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     D, CAUSAL = head_dim, bool(causal)
     R = schedule.block_kv if DKDV else schedule.block_q  # resident rows (a warp per 16)
     C = schedule.block_q if DKDV else schedule.block_kv  # streamed rows per block
-    CH = chunk_rows(schedule, head_dim, phase)  # streamed rows per chunk of the products
+    CH = chunk_rows(schedule, head_dim, phase, mask is not None)  # streamed rows per chunk of the products
     NS, KD = CH // 8, D // 8  # 8-row groups of a chunk; 8-column groups of d
     AG = by_head_dim(ACC_GROUP[phase], D)  # column groups per fresh accumulator group
     AG = AG if KD % AG == 0 else 1
-    NT = 2 * R
     P_ = _stride(D)
     X1, X2 = 0, R * P_  # resident: dkdv K, V; dq Q, dO
     Y1, Y2 = 2 * R * P_, (2 * R + C) * P_  # streamed: dkdv Q, dO; dq K, V
     OL, OD = (2 * R + 2 * C) * P_, (2 * R + 2 * C) * P_ + C  # dkdv: L·log2 e, D per streamed row
-    n_smem = smem_bytes(schedule, head_dim, phase)
+    n_smem = dynamic_bytes(schedule, head_dim, phase)
     # Up to UNSIGNED_MAX_D, shared and global indices are cast to uint64: a signed index gets a
     # negative-index fix-up per access (a compare and a select), which on the H200 doubled the
     # kernels' instructions and kept the compiler from folding a thread's loads into one base
@@ -284,9 +310,13 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             c0, c1, c2, c3 = mma(xch, tid, ab0, ab1, ab2, ab3, bs0, bs1, c0, c1, c2, c3)
         return mma(xch, tid, ab0, ab1, ab2, ab3, bb0, bb1, c0, c1, c2, c3)
 
+    def walk(rows):
+        """(passes, whether every pass is whole) of the block's walk over rows × d elements, a thread
+        an element, consecutive threads on consecutive elements: the loads' and the saves' order."""
+        return -(-rows * D // NT), (rows * D) % NT == 0
+
     def loader(rows):
-        LIT = -(-rows * D // NT)
-        FULL = (rows * D) % NT == 0
+        LIT, FULL = walk(rows)
 
         @inline_device
         def load(x, b, h, row0, n_valid, sm, base, tid):
@@ -382,8 +412,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                 sm[IX(at)] = acc[kk, 2 * i] * factor
                 sm[IX(at + 1)] = acc[kk, 2 * i + 1] * factor
 
-    RIT = -(-R * D // NT)
-    RFULL = (R * D) % NT == 0
+    RIT, RFULL = walk(R)
 
     @inline_device
     def save(x, b, h, row0, n_valid, sm, base, tid):
@@ -424,12 +453,15 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             dp = cuda.local.array((NS, 4), float32)
             small = cuda.local.array((NS, 4), float32)
             t = cuda.local.array((AG, 4), float32)
+            flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
             for kk in range(KD):
                 for i in range(4):
                     acc_v[kk, i] = ZERO
                     acc_k[kk, i] = ZERO
-            load_resident(k, b, h, k0, kv_len, sm, X1, tid)
-            load_resident(v, b, h, k0, kv_len, sm, X2, tid)
+            kv_loaded = False
+            if not HAS_MASK:
+                load_resident(k, b, h, k0, kv_len, sm, X1, tid)
+                load_resident(v, b, h, k0, kv_len, sm, X2, tid)
             i0 = 0
             if CAUSAL:  # earlier Q blocks see none of these keys
                 i0 = k0 // C
@@ -437,7 +469,14 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             for i in range(i0, n_blocks):
                 q0 = i * C
                 q_len = min(C, n_q - q0)
+                if HAS_MASK:
+                    if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+                        continue  # a mask's empty tile: skipped, no loads
                 cuda.syncthreads()  # every thread is done reading the previous Q_i, dO_i
+                if HAS_MASK and not kv_loaded:  # K_j, V_j at the first tile a Q block sees (the counting build's order)
+                    load_resident(k, b, h, k0, kv_len, sm, X1, tid)
+                    load_resident(v, b, h, k0, kv_len, sm, X2, tid)
+                    kv_loaded = True
                 load_streamed(q, b, h, q0, q_len, sm, Y1, tid)
                 load_streamed(do, b, h, q0, q_len, sm, Y2, tid)
                 for r in range(tid, C, NT):
@@ -449,7 +488,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     sm[IX(OL + r)] = lv
                     sm[IX(OD + r)] = dv_
                 cuda.syncthreads()
-                edge = q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform)
+                edge = HAS_MASK or q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform)
                 for cq in range(0, C, CH):
                     products(sm, xch, tid, ra, cq, s, dp)
                     for n in range(NS):
@@ -462,7 +501,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                             else:
                                 p = exp2(s[n, e] * s2 - sm[IX(OL + col)])
                             if edge:
-                                if col >= q_len or (CAUSAL and k0 + ra + g + 8 * (e // 2) > q0 + col):
+                                if col >= q_len or (CAUSAL and kv_i > q0 + col) or (
+                                        HAS_MASK and (kv_i >= n_kv or not mask_ok(b, h, q0 + col, kv_i))):
                                     p = ZERO
                             s[n, e] = p
                             dp[n, e] = p * (dp[n, e] - sm[IX(OD + col)]) * gm
@@ -508,6 +548,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             t = cuda.local.array((AG, 4), float32)
             l2 = cuda.local.array(2, float32)
             dd = cuda.local.array(2, float32)
+            flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
             for kk in range(KD):
                 for i in range(4):
                     acc[kk, i] = ZERO
@@ -527,11 +568,14 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             for j in range(n_blocks):
                 k0 = j * C
                 kv_len = min(C, n_kv - k0)
+                if HAS_MASK:
+                    if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+                        continue  # a mask's empty tile: skipped, no loads
                 cuda.syncthreads()  # every thread is done reading the previous K_j, V_j
                 load_streamed(k, b, h, k0, kv_len, sm, Y1, tid)
                 load_streamed(v, b, h, k0, kv_len, sm, Y2, tid)
                 cuda.syncthreads()
-                edge = kv_len < C or (CAUSAL and k0 + C - 1 > q0)  # entries to mask (block-uniform)
+                edge = HAS_MASK or kv_len < C or (CAUSAL and k0 + C - 1 > q0)  # entries to mask (block-uniform)
                 for cq in range(0, C, CH):
                     products(sm, xch, tid, ra, cq, s, dp)
                     for n in range(NS):
@@ -544,7 +588,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                             else:
                                 p = exp2(s[n, e] * s2 - l2[e // 2])
                             if edge:
-                                if col >= kv_len or (CAUSAL and k0 + col > q0 + ra + g + 8 * (e // 2)):
+                                if col >= kv_len or (CAUSAL and k0 + col > q_i) or (
+                                        HAS_MASK and (q_i >= n_q or not mask_ok(b, h, q_i, k0 + col))):
                                     p = ZERO
                             dp[n, e] = p * (dp[n, e] - dd[e // 2]) * gm
                     accumulate(sm, xch, tid, cq, dp, small, Y1, acc, t)  # dQ_i += dS K_j

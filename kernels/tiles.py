@@ -95,9 +95,12 @@ def value_ops(t, schedule, head_dim_v, count_io, causal, dtype, mask=None, score
     return make_tile_ops(schedule, head_dim_v, count_io, causal, dtype, mask, score_mod)
 
 
-def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None, score_mod=None):
+def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None, score_mod=None, threads=None):
     """Device functions for one (schedule, head_dim, count_io, causal, input dtype, mask, score_mod); see the
     module docstring.
+
+    ``threads``: the block's threads, which the functions that split work over the block stride by
+    (``tile_visited``, ``load_rows``, ...); None: the schedule's.
 
     ``mask``: a :class:`sandbox.vocabulary.masks.Mask` or None; its device function is called by
     ``allowed`` and ``mask_ok``, and ``tile_visited`` evaluates it over a tile.
@@ -114,7 +117,7 @@ def make_tile_ops(schedule, head_dim, count_io, causal, dtype, mask=None, score_
     BR, BC = schedule.block_q, schedule.block_kv
     TM, TN = schedule.thread_q, schedule.thread_kv
     TY, TX = schedule.threads_q, schedule.threads_kv
-    NT = schedule.threads
+    NT = schedule.threads if threads is None else int(threads)
     D = head_dim
     DC = -(-D // TX)  # O columns per thread (at most)
     COUNT_IO = bool(count_io)

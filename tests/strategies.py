@@ -10,7 +10,7 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from sandbox import Problem, Schedule
+from sandbox import Problem, Schedule, masks
 
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.kinds import get as registered_kind
@@ -108,3 +108,31 @@ def make_inputs(problem, seed, magnitude=1.0):
 
 seeds = st.integers(0, 2**32 - 1)
 magnitudes = st.sampled_from(LOGIT_MAGNITUDES)
+
+
+@st.composite
+def mask_for(draw, problem):
+    """A mask for ``problem``: a built-in (sliding window, prefix LM, document, block-sparse), a
+    combination (and, not), or a plain function of (b, h, q, k)."""
+    n = max(problem.n_q, problem.n_kv)
+    kind = draw(st.sampled_from(["window", "prefix", "document", "block", "and", "not", "function"]))
+    if kind == "window":
+        return masks.sliding_window(draw(st.integers(0, max(1, n // 3))))
+    if kind == "prefix":
+        return masks.prefix_lm(draw(st.integers(0, n)))
+    if kind == "document":
+        lengths = draw(st.lists(st.integers(1, max(1, n // 2)), min_size=1, max_size=6))
+        return masks.document(lengths)
+    if kind == "block":
+        bq, bk = draw(st.integers(1, max(1, problem.n_q // 2))), draw(st.integers(1, max(1, problem.n_kv // 2)))
+        tq, tk = -(-problem.n_q // bq), -(-problem.n_kv // bk)
+        if tq * tk > 4096:
+            bq, bk, tq, tk = problem.n_q, problem.n_kv, 1, 1
+        layout = masks.random_block_layout(tq, tk, draw(st.sampled_from([0.25, 0.5, 1.0])), seed=draw(seeds))
+        return masks.block_sparse(layout, bq, bk)
+    if kind == "and":
+        return masks.sliding_window(draw(st.integers(0, n))) & masks.prefix_lm(draw(st.integers(0, n)))
+    if kind == "not":
+        return ~masks.sliding_window(draw(st.integers(0, n)))
+    period = draw(st.integers(2, 5))
+    return masks.Mask(lambda b, h, q, k: (3 * q + 7 * k + h + 2 * b) % period != 0, name=f"mod{period}")

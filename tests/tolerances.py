@@ -209,7 +209,8 @@ def gradient_tolerances_tc(q, k, v, dout, refs, causal, scale, dtype, out, lse, 
     - dQ = scale·dS K, dK = scale·dSᵀ Q, dV = Pᵀ dO: the errors above summed through |K|, |Q|, |dO|,
       plus the sums' own: each chunk of ``chunk`` streamed rows is summed on the tensor cores
       (chunk/8 steps) and added to the running sum in fp32, so a gradient errs by at most
-      (m·(chunk/8)·units + N/chunk) units of Σ |terms|.
+      (m·(chunk/8)·units + N/chunk) units of Σ |terms|. ``chunk``: one size, or dq's and dkdv's
+      (``kernels.backward_tc.chunks``).
     """
     atols = gradient_tolerances(q, k, v, dout, refs, causal, scale, dtype, out, lse, allowed, score_mod)
     heads_kv = k.shape[1]
@@ -237,13 +238,14 @@ def gradient_tolerances_tc(q, k, v, dout, refs, causal, scale, dtype, out, lse, 
     delta_p = p * grad * delta_s
     delta_ds = (delta_p * np.abs(dp - d_row) + p * delta_dp) * grad
     ds_abs = p * np.abs(dp - d_row) * grad
-    sums = lambda n: m_mix * (chunk / 8) * unit + -(-n // chunk) * U32  # noqa: E731
+    chunk_dq, chunk_dkdv = (chunk, chunk) if np.isscalar(chunk) else chunk
+    sums = lambda n, ch: m_mix * (ch / 8) * unit + -(-n // ch) * U32  # noqa: E731
     dq = abs(scale) * (np.einsum("bhij,bhjd->bhid", delta_ds, np.abs(k))
-                       + sums(n_kv) * np.einsum("bhij,bhjd->bhid", ds_abs, np.abs(k)))
+                       + sums(n_kv, chunk_dq) * np.einsum("bhij,bhjd->bhid", ds_abs, np.abs(k)))
     dk = abs(scale) * (np.einsum("bhij,bhid->bhjd", delta_ds, np.abs(q))
-                       + sums(n_q) * np.einsum("bhij,bhid->bhjd", ds_abs, np.abs(q)))
+                       + sums(n_q, chunk_dkdv) * np.einsum("bhij,bhid->bhjd", ds_abs, np.abs(q)))
     dv = (np.einsum("bhij,bhid->bhjd", delta_p, np.abs(dout))
-          + sums(n_q) * np.einsum("bhij,bhid->bhjd", p, np.abs(dout)))
+          + sums(n_q, chunk_dkdv) * np.einsum("bhij,bhid->bhjd", p, np.abs(dout)))
     extra = (dq, sum_groups(dk, heads_kv), sum_groups(dv, heads_kv))
     return [a + float(e.max(initial=0.0)) for a, e in zip(atols, extra)]
 

@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from kernels.builds import BACKWARD_OPT_IN
 from kernels.flash2_tc import tc_schedule
-from sandbox import Problem, Schedule, attention, attention_backward, reference_attention_backward
+from sandbox import Problem, Schedule, attention, attention_backward, reference_attention, reference_attention_backward
 from sandbox.vocabulary import masks
 from sandbox.vocabulary.runtime import using_simulator
-from tests.strategies import make_inputs, seeds
-from kernels.backward_tc import CHUNK, by_head_dim, eligible
+from tests.strategies import DTYPES, make_inputs, mask_for, seeds
+from kernels.backward_tc import chunks, eligible
 from tests.tolerances import gradient_tolerances_tc
 
 SIMULATED = using_simulator()
@@ -29,7 +29,9 @@ SIZES = [pytest.param(dict(n=(1, 40), d=(8, 16), blocks=(16, 32)), id="small"),
          pytest.param(dict(n=(1, 700), d=(64, 128), blocks=(64, 128)), id="large", marks=pytest.mark.gpu)]
 
 
-def gradients(schedule, problem, seed, fast=True, mask=None, dout=None, out=None):
+def gradients(schedule, problem, seed, fast=True, mask=None, dout=None, out=None, runs=1):
+    """The saved forward's (q, k, v, dout, out, lse), the gradients and the backward's build; with
+    ``runs`` > 1 the backward runs again on the same inputs and each run's bytes must be the first's."""
     q, k, v = make_inputs(problem, seed)
     if dout is None:
         dout = np.random.default_rng(seed + 1).standard_normal(q.shape).astype(problem.dtype)
@@ -37,7 +39,26 @@ def gradients(schedule, problem, seed, fast=True, mask=None, dout=None, out=None
     forward_out, lse = attention(q, k, v, return_lse=True, **kw)
     out = forward_out if out is None else out
     *grads, build = attention_backward(q, k, v, out, lse, dout, fast=fast, return_build=True, **kw)
+    for _ in range(runs - 1):
+        again = attention_backward(q, k, v, out, lse, dout, fast=fast, **kw)
+        for name, a, b in zip(("dq", "dk", "dv"), grads, again):
+            assert a.tobytes() == b.tobytes(), f"{name} differs between runs"
     return (q, k, v, dout, out, lse), grads, build
+
+
+def check_against_float64(schedule, problem, mask, inputs, grads):
+    """Each gradient within :func:`gradient_tolerances_tc` of the float64 gradients of the same saved
+    forward, under the same mask (and finite: a row or key the mask leaves alone gets zeros)."""
+    q, k, v, dout, out, lse = inputs
+    refs = reference_attention_backward(q, k, v, dout, causal=problem.causal, scale=problem.scale, out=out, lse=lse,
+                                        mask=mask)
+    allowed = None if mask is None else masks.dense(mask, problem.batch, problem.heads, problem.n_q, problem.n_kv)
+    atols = gradient_tolerances_tc(q, k, v, dout, refs, problem.causal, problem.scale, problem.dtype, out, lse,
+                                   chunks(schedule, q.shape[3], mask is not None), allowed=allowed)
+    for name, g, ref, atol, like in zip(("dq", "dk", "dv"), grads, refs, atols, (q, k, v)):
+        assert g.dtype == like.dtype and g.shape == like.shape, name
+        assert np.isfinite(g.astype(np.float64)).all(), name
+        np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -55,26 +76,55 @@ def test_fast_backward_matches_float64_gradients(causal, dtype, size, data, seed
                    label="Bc")
     problem = Problem(batch=data.draw(st.integers(1, 2)), heads=data.draw(st.integers(1, 2)), n_q=n_q, n_kv=n_kv,
                       head_dim=d, dtype=dtype, causal=causal)
-    (q, k, v, dout, out, lse), grads, build = gradients(tc_schedule(br, bc), problem, seed)
+    schedule = tc_schedule(br, bc)
+    inputs, grads, build = gradients(schedule, problem, seed)
     assert build.name == "fast-tf32x3", build.reason
-    refs = reference_attention_backward(q, k, v, dout, causal=causal, scale=problem.scale, out=out, lse=lse)
-    atols = gradient_tolerances_tc(q, k, v, dout, refs, causal, problem.scale, dtype, out, lse,
-                                   by_head_dim(CHUNK, q.shape[3]))
-    for name, g, ref, atol, like in zip(("dq", "dk", "dv"), grads, refs, atols, (q, k, v)):
-        assert g.dtype == like.dtype and g.shape == like.shape, name
-        np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
+    check_against_float64(schedule, problem, None, inputs, grads)
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@settings(max_examples=1 if SIMULATED else 4, deadline=None)
+@given(data=st.data(), seed=seeds)
+def test_masked_fast_backward_matches_float64_gradients(causal, size, data, seed):
+    """Any dtype, ragged Nq != Nk, a mask from the built-ins, their combinations or a plain function
+    of (b, h, q, k) (tests/strategies.py, ``mask_for``), causal or not; the gradients bit-identical
+    across two runs."""
+    n_q, n_kv = (data.draw(st.integers(*size["n"]), label=name) for name in ("n_q", "n_kv"))
+    d = data.draw(st.sampled_from(size["d"]), label="d")
+    br = data.draw(st.sampled_from(size["blocks"]), label="Br")
+    bc = data.draw(st.sampled_from([b for b in size["blocks"] if eligible(tc_schedule(br, b), d) is None]),
+                   label="Bc")
+    problem = Problem(batch=data.draw(st.integers(1, 2)), heads=data.draw(st.integers(1, 2)), n_q=n_q, n_kv=n_kv,
+                      head_dim=d, dtype=data.draw(st.sampled_from(DTYPES), label="dtype"), causal=causal)
+    mask = data.draw(mask_for(problem), label="mask")
+    schedule = tc_schedule(br, bc)
+    inputs, grads, build = gradients(schedule, problem, seed, mask=mask, runs=2)
+    assert build.name == "fast-tf32x3", build.reason
+    check_against_float64(schedule, problem, mask, inputs, grads)
+
+
+def test_masked_fast_backward_with_empty_rows_and_tiles():
+    """A document layout shorter than the sequences and a plain function of (b, h, q, k): rows that see
+    no key (L = -inf) get dQ = 0, keys no row sees dK = dV = 0, and whole tiles are skipped in both
+    kernels (the last K/V block's dkdv visits none and stores zeros)."""
+    problem = Problem(batch=2, heads=1, n_q=40, n_kv=35, head_dim=8)
+    mask = masks.document([6, 11]) & masks.Mask(lambda b, h, q, k: (q + k + b) % 3 != 0, name="mod3b")
+    schedule = tc_schedule(16, 16)
+    assert masks.tile_classes(mask, schedule, problem)[0] > 0
+    inputs, grads, build = gradients(schedule, problem, seed=6, mask=mask)
+    assert build.name == "fast-tf32x3", build.reason
+    check_against_float64(schedule, problem, mask, inputs, grads)
+    assert not grads[0][:, :, 17:].any() and not grads[1][:, :, 17:].any() and not grads[2][:, :, 17:].any()
 
 
 @pytest.mark.parametrize("shape", [pytest.param((37, 21, 16, 16, 32), id="small"),
                                    pytest.param((1000, 777, 128, 64, 128), id="large", marks=pytest.mark.gpu)])
 def test_fast_backward_is_bit_identical_across_runs(shape):
     n_q, n_kv, d, br, bc = shape
-    problem = Problem(batch=2, heads=2, n_q=n_q, n_kv=n_kv, head_dim=d, causal=True)
-    _, first, build = gradients(tc_schedule(br, bc), problem, seed=9)
-    _, second, _ = gradients(tc_schedule(br, bc), problem, seed=9)
+    problem = Problem(batch=1, heads=1, n_q=n_q, n_kv=n_kv, head_dim=d, causal=True)
+    _, _, build = gradients(tc_schedule(br, bc), problem, seed=9, runs=2)  # (it compares the runs' bytes)
     assert build.name == "fast-tf32x3"
-    for a, b in zip(first, second):
-        assert a.tobytes() == b.tobytes()
 
 
 @pytest.mark.parametrize("blocks, n_q, n_kv", [((16, 64), 20, 70), ((48, 48), 50, 13)],
@@ -83,13 +133,10 @@ def test_fast_backward_over_several_chunks(blocks, n_q, n_kv):
     """Streamed blocks of more than one chunk (dq: Bc = 64 in two chunks of 32; Br = Bc = 48 in three
     of 16), causal, with K/V blocks no query sees (Nk > Nq + Bc: dkdv stores zeros there)."""
     problem = Problem(batch=1, heads=1, n_q=n_q, n_kv=n_kv, head_dim=8, causal=True)
-    (q, k, v, dout, out, lse), grads, build = gradients(tc_schedule(*blocks), problem, seed=6)
+    schedule = tc_schedule(*blocks)
+    inputs, grads, build = gradients(schedule, problem, seed=6)
     assert build.name == "fast-tf32x3"
-    refs = reference_attention_backward(q, k, v, dout, causal=True, scale=problem.scale, out=out, lse=lse)
-    atols = gradient_tolerances_tc(q, k, v, dout, refs, True, problem.scale, "float32", out, lse,
-                                   by_head_dim(CHUNK, q.shape[3]))
-    for name, g, ref, atol in zip(("dq", "dk", "dv"), grads, refs, atols):
-        np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
+    check_against_float64(schedule, problem, None, inputs, grads)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -98,15 +145,14 @@ def test_fast_backward_where_each_row_sees_one_key(dtype):
     held in fp16), and the kernel's dP (tensor cores) and D (FMAs, in order) cancel to a few
     rounding units, which the tolerance's in-order D accounts for."""
     problem = Problem(batch=1, heads=2, n_q=1, n_kv=1, head_dim=64, dtype=dtype)
-    (q, k, v, dout, out, lse), grads, build = gradients(tc_schedule(16, 16), problem, seed=0)
+    schedule = tc_schedule(16, 16)
+    inputs, grads, build = gradients(schedule, problem, seed=0)
     assert build.name == "fast-tf32x3"
-    refs = reference_attention_backward(q, k, v, dout, scale=problem.scale, out=out, lse=lse)
     if dtype == "float16":
+        q, k, v, dout, out, lse = inputs
+        refs = reference_attention_backward(q, k, v, dout, scale=problem.scale, out=out, lse=lse)
         assert not refs[0].any() and not refs[1].any()
-    atols = gradient_tolerances_tc(q, k, v, dout, refs, False, problem.scale, dtype, out, lse,
-                                   by_head_dim(CHUNK, q.shape[3]))
-    for name, g, ref, atol in zip(("dq", "dk", "dv"), grads, refs, atols):
-        np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
+    check_against_float64(schedule, problem, None, inputs, grads)
 
 
 def test_fast_backward_agrees_with_the_plain_backward_of_its_schedule():
@@ -129,23 +175,25 @@ def test_the_fast_backward_is_opt_in():
 
 
 @pytest.mark.parametrize("case, why", [
-    ("mask", "fast backward cannot run .*: a mask"),
     ("nan dout", "dout holds NaN or inf"),
     ("inf out", "out holds NaN or inf"),
     ("blocks", "needs both multiples of 16"),
     ("threads", "1056 threads, over CUDA's 1024 per block"),
-    ("sram", "3200 bytes of SRAM at d=8, the schedule.s sram_bytes=3000"),
+    ("sram", "3204 bytes of SRAM at d=8, the schedule.s sram_bytes=3000"),
     ("fma", "has no fast backward for math='fma'"),
 ])
 def test_fast_true_says_why_the_fast_backward_cannot_run(case, why):
+    """Refused before any launch, with the reason (the saved forward is the float64 reference's: no
+    forward kernel runs either)."""
     problem = Problem(batch=1, heads=1, n_q=16, n_kv=16, head_dim=8)
-    schedule, kw = tc_schedule(16, 16), {}
-    if case == "mask":
-        kw["mask"] = masks.sliding_window(4)
-    elif case == "nan dout":
-        kw["dout"] = np.full((1, 1, 16, 8), np.nan, np.float32)
+    q, k, v = make_inputs(problem, 1)
+    out, lse = (x.astype(np.float32) for x in reference_attention(q, k, v, return_lse=True))
+    dout = np.ones_like(q)
+    schedule = tc_schedule(16, 16)
+    if case == "nan dout":
+        dout = np.full((1, 1, 16, 8), np.nan, np.float32)
     elif case == "inf out":
-        kw["out"] = np.full((1, 1, 16, 8), np.inf, np.float32)
+        out = np.full((1, 1, 16, 8), np.inf, np.float32)
     elif case == "blocks":
         schedule = tc_schedule(16, 8)
     elif case == "threads":
@@ -155,4 +203,4 @@ def test_fast_true_says_why_the_fast_backward_cannot_run(case, why):
     else:
         schedule = Schedule("flash2", block_q=16, block_kv=16)
     with pytest.raises(ValueError, match=why):
-        gradients(schedule, problem, seed=1, **kw)
+        attention_backward(q, k, v, out, lse, dout, schedule=schedule, fast=True)

@@ -16,36 +16,10 @@ from numba import cuda, float32, int64
 from kernels.tiles import make_tile_ops
 from sandbox import Problem, Schedule, masks, reference_attention, reference_attention_backward
 from sandbox import attention, attention_backward, simulate
-from tests.strategies import BACKWARD_KINDS, MASK_KINDS, SIMULATED, make_inputs, problems, schedules, seeds
+from tests.strategies import BACKWARD_KINDS, MASK_KINDS, SIMULATED, make_inputs, mask_for, problems, schedules, seeds
 from tests.tolerances import gradient_tolerances, tolerances
 
 KINDS = MASK_KINDS
-
-
-@st.composite
-def mask_for(draw, problem):
-    n = max(problem.n_q, problem.n_kv)
-    kind = draw(st.sampled_from(["window", "prefix", "document", "block", "and", "not", "function"]))
-    if kind == "window":
-        return masks.sliding_window(draw(st.integers(0, max(1, n // 3))))
-    if kind == "prefix":
-        return masks.prefix_lm(draw(st.integers(0, n)))
-    if kind == "document":
-        lengths = draw(st.lists(st.integers(1, max(1, n // 2)), min_size=1, max_size=6))
-        return masks.document(lengths)
-    if kind == "block":
-        bq, bk = draw(st.integers(1, max(1, problem.n_q // 2))), draw(st.integers(1, max(1, problem.n_kv // 2)))
-        tq, tk = -(-problem.n_q // bq), -(-problem.n_kv // bk)
-        if tq * tk > 4096:
-            bq, bk, tq, tk = problem.n_q, problem.n_kv, 1, 1
-        layout = masks.random_block_layout(tq, tk, draw(st.sampled_from([0.25, 0.5, 1.0])), seed=draw(seeds))
-        return masks.block_sparse(layout, bq, bk)
-    if kind == "and":
-        return masks.sliding_window(draw(st.integers(0, n))) & masks.prefix_lm(draw(st.integers(0, n)))
-    if kind == "not":
-        return ~masks.sliding_window(draw(st.integers(0, n)))
-    period = draw(st.integers(2, 5))
-    return masks.Mask(lambda b, h, q, k: (3 * q + 7 * k + h + 2 * b) % period != 0, name=f"mod{period}")
 
 
 def check_masked(schedule, problem, mask, seed):

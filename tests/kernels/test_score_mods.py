@@ -16,7 +16,7 @@ from sandbox import Problem, Schedule, masks, reference_attention, reference_att
 from sandbox import attention, attention_backward, simulate
 from sandbox.vocabulary import kinds
 from tests.strategies import BACKWARD_KINDS, SIMULATED, make_inputs, magnitudes, problems, schedules, seeds
-from kernels.backward_tc import CHUNK, by_head_dim
+from kernels.backward_tc import chunks
 from tests.tolerances import gradient_tolerances, gradient_tolerances_tc, tolerances
 
 KINDS = tuple(k for k in kinds.with_trait("score_mods"))
@@ -299,6 +299,6 @@ def test_the_tensor_core_forward_applies_a_score_mod(case):
         assert chosen.name == "fast-tf32x3"
         refs = reference_attention_backward(q, k, v, dout, causal=causal, out=out, lse=lse, score_mod=mod)
         atols = gradient_tolerances_tc(q, k, v, dout, refs, causal, problem.scale, dtype, out, lse,
-                                       by_head_dim(CHUNK, q.shape[3]), score_mod=mod)
+                                       chunks(schedule, q.shape[3]), score_mod=mod)
         for name, g, ref, atol in zip(("dq", "dk", "dv"), grads, refs, atols):
             np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)

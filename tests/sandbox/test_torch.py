@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sandbox import Schedule, masks
-from kernels.backward_tc import CHUNK, by_head_dim
+from kernels.backward_tc import chunks
 from tests.tolerances import gradient_tolerances, gradient_tolerances_tc
 
 gpu = pytest.mark.gpu
@@ -84,8 +84,10 @@ def test_fast_backward_takes_none_true_or_false():
 @gpu
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_the_fast_backward_through_autograd(dtype, causal):
-    """fast_backward=True: flash2's tensor-core backward, against SDPA's float64 gradients."""
+@pytest.mark.parametrize("mask", [None, "window"])
+def test_the_fast_backward_through_autograd(dtype, causal, mask):
+    """fast_backward=True: flash2's tensor-core backward, against SDPA's float64 gradients (with a
+    mask: SDPA's boolean attn_mask, the mask's dense form, causal included)."""
     torch = _torch_cuda()
     from kernels.flash2_tc import tc_schedule
     from sandbox import attention as attention_any
@@ -97,13 +99,16 @@ def test_the_fast_backward_through_autograd(dtype, causal):
     q, k, v = (torch.randn(b, h, n, d, device="cuda", generator=gen).to(tdtype).requires_grad_() for _ in range(3))
     dout = torch.randn(b, h, n, d, device="cuda", generator=gen).to(tdtype)
     schedule = tc_schedule(64, 64)
-    out = attention(q, k, v, schedule=schedule, causal=causal, fast_backward=True)
+    m = masks.sliding_window(40) if mask else None
+    allowed = None if m is None else masks.dense(m, b, h, n, n, causal=causal)
+    out = attention(q, k, v, schedule=schedule, causal=causal, mask=m, fast_backward=True)
     out.backward(dout)
-    refs = _sdpa_float64(torch, q, k, v, dout, causal, None, None)
-    _, lse = attention_any(q.detach(), k.detach(), v.detach(), schedule=schedule, causal=causal, return_lse=True)
+    refs = _sdpa_float64(torch, q, k, v, dout, causal and m is None, None, allowed)
+    _, lse = attention_any(q.detach(), k.detach(), v.detach(), schedule=schedule, causal=causal, mask=m,
+                           return_lse=True)
     host = [x.detach().float().cpu().numpy() for x in (q, k, v, dout, out)]
     atols = gradient_tolerances_tc(*host[:4], refs, causal, 1 / np.sqrt(d), dtype, host[4], lse.cpu().numpy(),
-                                   by_head_dim(CHUNK, d))
+                                   chunks(schedule, d, m is not None), allowed=allowed)
     for name, x, ref, atol in zip(("dq", "dk", "dv"), (q, k, v), refs, atols):
         np.testing.assert_allclose(x.grad.double().cpu().numpy(), ref, rtol=0, atol=atol, err_msg=name)
 
