@@ -10,6 +10,7 @@
     python -m sandbox demo     --out results
     python -m sandbox bench    --n 1024 --d 64 --repeats 10 --out bench.csv   (GPU only)
     python -m sandbox ncu      --out results/ncu      (GPU with Nsight Compute; --help: its own arguments)
+    python -m sandbox ncu      --backward yes --mask sliding_window:256 --out results/ncu   (a masked backward)
     python -m sandbox roofline --out results/roofline (GPU; --from-csv FILE draws a saved run without one)
 
 Installed, the same commands run as ``attention-sandbox info``, ``attention-sandbox simulate ...``.
@@ -24,6 +25,7 @@ import sys
 from sandbox import __version__
 from sandbox.vocabulary.dtypes import SUPPORTED
 from sandbox.vocabulary.kinds import names as kind_names
+from sandbox.vocabulary.masks import SPECS as MASK_SPECS, parse_spec
 from sandbox.vocabulary.schedule import MATHS
 from sandbox.vocabulary.score_mods import BUILTINS as SCORE_MODS
 
@@ -397,6 +399,11 @@ def _add_ncu_args(p):
     p.add_argument("--n", nargs="+", type=int, default=list(DEFAULT_N), help="sequence lengths (Nq = Nk)")
     p.add_argument("--d", nargs="+", type=int, default=list(DEFAULT_D), help="head dims")
     p.add_argument("--causal", choices=tuple(CAUSAL), default="no", help="causal mask (default %(default)s)")
+    forms = "; ".join(f"{form}: {what}" for form, what in MASK_SPECS.values())
+    p.add_argument("--mask", type=_mask_spec, nargs="+", default=None, metavar="SPEC",
+                   help=f"built-in masks, each on every row, with --causal (causal AND mask); 'none' for rows "
+                        f"without one: {forms}. Masked rows' DRAM bytes are reported, not predicted (the L2 "
+                        "model takes no mask). Default: none")
     p.add_argument("--batch", type=int, default=1, help="B, the batch size (default %(default)s)")
     p.add_argument("--heads", type=int, default=1, help="H, the number of heads (default %(default)s)")
     p.add_argument("--dtype", default="float32", choices=SUPPORTED, help="Q, K, V dtype (default %(default)s)")
@@ -442,6 +449,18 @@ def _add_ncu_args(p):
                         "measurements) against the current model, with the same --n, --d, ... as measured; the "
                         "machine's facts come from DIR's ncu_check.json (else --gpu)")
     p.add_argument("--strict", action="store_true", help="exit 1 if a measured config misses a target")
+
+
+def _mask_spec(text):
+    """--mask's type: a built-in mask's spec, checked by ``sandbox.vocabulary.masks.parse_spec``; "none": no
+    mask ("")."""
+    if text == "none":
+        return ""
+    try:
+        parse_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _ncu_description():

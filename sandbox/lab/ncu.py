@@ -3,26 +3,27 @@
     python -m sandbox ncu --out results/ncu               # kinds with an L2 stream × N ∈ {1K, 4K, 16K} × d ∈ {64, 128}
     python -m sandbox ncu --kinds flash2 --n 4096 --d 64 128 --causal both --out results/ncu
     python -m sandbox ncu --backward both --builds plain,fast-fma,fast-tf32x3 --out results/ncu   # every kernel
+    python -m sandbox ncu --kinds flash2 --n 4096 --backward yes --mask none sliding_window:256 document:1000,3096
     python -m sandbox ncu --dry-run                        # check the configs, print the ncu command, run nothing
 
 (``python scripts/ncu_check.py`` takes the same arguments; they are parsed by the CLI, ``sandbox/cli.py``,
-which calls :func:`check`.) For every config (kind, N, d, causal, direction, build; B = H = 1 by
-default, Br = Bc = 64, 4×4 register tiles, fp32) the check runs the config's kernels once under
-Nsight Compute and compares, summed over them and kernel by kernel:
+which calls :func:`check`.) For every config (kind, N, d, causal, direction, build, mask; B = H = 1
+by default, Br = Bc = 64, 4×4 register tiles, fp32, no mask) the check runs the config's kernels
+once under Nsight Compute and compares, summed over them and kernel by kernel:
 
 - global-memory bytes at L1 (``l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum`` + ``..._op_st.sum``)
   with ``simulate_counts(schedule, problem).hbm_bytes`` (``simulate_backward_counts`` for the
-  backward), and with the same bytes in the sectors each warp instruction touches
+  backward; ``mask=`` the row's mask), and with the same bytes in the sectors each warp instruction touches
   (``sim_l1_bytes``, ``sandbox/lab/ncu_sectors.py``; target: within 2%);
 - DRAM bytes (``dram__bytes_read.sum`` + ``dram__bytes_write.sum``) with the L2 model,
   ``simulator.l2.simulate_dram`` (the forward's request stream or the backward's) with a dirty
   limit, plus background writes (target: within 15%, for standard, flash1 and flash2, forward and
-  backward, every build; splitkv is reported beside them);
+  backward, every build; splitkv, and every row with a mask, reported beside them);
 
 and records L2 traffic (``lts__t_bytes.sum``), shared-memory load/store instructions and
 wavefronts, local-memory bytes, kernel time and occupancy limits. Outputs in ``--out``:
 ``ncu_check.csv`` (one row per config), ``ncu_summary.csv`` (the summary printed last: kind,
-direction, build, N, d, causal, the simulator's HBM bytes, ncu's global bytes and their ratio,
+direction, build, N, d, causal, mask, the simulator's HBM bytes, ncu's global bytes and their ratio,
 ncu's over the sector model, the predicted and measured DRAM bytes and their ratio, the verdict),
 ``ncu_check.json`` (provenance: GPU, driver, ncu version, commands, model parameters, per-kernel
 metrics; each row's kernels one by one under ``launches``; the summary), ``ncu_check.png`` (two
@@ -44,6 +45,27 @@ Rows (``--backward``, ``--builds``)
     has no fast backward for is skipped and says so.
     ``--build plain|fast`` (without ``--builds``) is ``--builds plain`` or ``--builds fast-fma``.
 
+Masks (``--mask SPEC [SPEC ...]``)
+    Every row is measured under each built-in mask a SPEC names ("none": without one) (``sandbox.vocabulary.masks.from_spec``):
+    ``sliding_window:W``, ``prefix_lm:P``, ``document:L1,L2,...`` (lengths) or
+    ``block_sparse:DENSITY[:SEED]`` (``random_block_layout`` over the schedule's Br × Bc blocks), with
+    ``--causal`` as the kernels combine them (causal AND mask). The child builds the Mask from the
+    spec, which travels in the config's own (``kind:N:d:causal:direction:build:SPEC``), and hands it
+    to ``kernels.launch.run`` / ``run_backward`` and to the build's choice (the fast forwards take no
+    mask: a fast forward row with one is refused, exit 2; a fast backward that cannot run it is
+    skipped, with the reason). The simulator's bytes
+    are ``simulate_counts(..., mask=)`` (``simulate_backward_counts``), the very bytes of
+    ``sandbox.simulate(schedule, problem, mask=m)``: the kernels' empty tiles are skipped there too.
+    The sector model is the simulator's bytes under the mask plus the extra sectors of the accesses
+    that are not whole sectors, where each of them moves every row of its tensor whatever the mask
+    (d's O and dO, the dK and dV stores, standard's L; ``ncu_sectors.masked_l1_bytes``); a build
+    with such an access in its tile loop has none under a mask, and its rows are compared with the
+    simulator's bytes only. The partial tiles of standard's S, P and dS move their allowed entries
+    only, which need not fill whole sectors (``sector_caveats`` says so). The L2 model takes no mask
+    (``simulator/streams.py`` models the causal cut only), so a masked row has no DRAM prediction:
+    ncu's DRAM bytes are reported (``dram_verdict`` ``reported``, ``dram_target`` 0), not held to the
+    15% target. Each row's ``mask`` column holds its spec ("" without one).
+
 Verdicts (``ncu_results.verdicts``)
     ``ok``: global bytes within 2% of the simulator's (and of the sector model's) and DRAM within
     15%. ``explained``: the global bytes are within 2% of the sector model only: the kernels move the
@@ -51,8 +73,9 @@ Verdicts (``ncu_results.verdicts``)
     build's O stores, 4 scalar stores per thread 16 bytes apart: 4×; the backward's d kernel, one
     thread per row: 8×; ``ncu_sectors``' docstring lists every pattern). ``miss (global)``,
     ``miss (DRAM)``: a target missed (DRAM only for the kinds held to it; ``reported`` in
-    ``dram_verdict`` otherwise). Else the row's status: ``not measured``, ``skipped: <why>``,
-    ``error: ...``. ``--strict`` exits 1 on a miss.
+    ``dram_verdict`` otherwise, and for a masked row, which has no DRAM prediction). Else the
+    row's status: ``not measured``, ``skipped: <why>``, ``error: ...``. ``--strict`` exits 1 on a
+    miss.
 
 Calibration (``--no-probes`` skips it)
     Before the configs, the child runs probe kernels (``kernels/l2probe.py``) in the same profiled
@@ -179,6 +202,7 @@ from sandbox.lab.ncu_specs import (
     calibration_probes,
     expected_grids,
     l2_kinds,
+    make_mask,
     make_problem,
     make_schedule,
     parse_spec,
@@ -188,7 +212,9 @@ from sandbox.lab.records import PACKAGE_ROOT, atomic_write_json, git_commit
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.gpus import KNOWN_GPUS, DeviceFacts, known_gpu
 from sandbox.vocabulary.problem import Problem
+from sandbox.vocabulary.validation import check_mask
 from simulator import table
+from simulator.counts import check_mask_affordable
 from simulator.l2 import simulate_dram
 
 #: Where Nsight Compute lives when it is not on the PATH.
@@ -229,13 +255,15 @@ def not_offered(kind, direction, build):
 
 
 def configs_from_args(args):
-    """The rows asked for, in order: kind, direction, build, N, d, causal; the (kind, direction, build)
-    combinations the kinds do not offer are left out (:func:`validate` refuses a direction or build that
-    no kind asked for offers)."""
-    causal = CAUSAL[args.causal]
-    return [Config(k, n, d, c, direction, b) for k in args.kinds for direction in PASSES[args.backward]
+    """The rows asked for, in order: kind, direction, build, N, d, causal, mask (``--mask``'s specs, ""
+    for none); the (kind, direction, build) combinations the kinds do not offer are left out
+    (:func:`validate` refuses a direction or build that no kind asked for offers)."""
+    causal, masks = CAUSAL[args.causal], getattr(args, "mask", None) or [""]
+    if isinstance(masks, str):
+        masks = [masks]
+    return [Config(k, n, d, c, direction, b, m) for k in args.kinds for direction in PASSES[args.backward]
             for b in builds_from_args(args) if b in BUILD_NAMES and not not_offered(k, direction, b)
-            for n in args.n for d in args.d for c in causal]
+            for n in args.n for d in args.d for c in causal for m in dict.fromkeys(masks)]
 
 
 def measure_order(configs):
@@ -266,7 +294,8 @@ MAX_GRID_YZ = 65535
 def validate(configs, args):
     """Check the arguments and every config before anything runs: sizes, builds and passes the kinds
     offer, kinds with an L2 request stream, schedules that fit their SRAM (the backward's for the
-    backward), the fast builds where asked for.
+    backward), the mask (its spec, a kind that takes masks, ``Mask.check`` over the problem, a problem
+    the simulator evaluates it over), the fast builds where asked for.
 
     Returns:
         {config: why it is skipped} for the configs whose build is not there to run (a fast backward
@@ -311,10 +340,14 @@ def validate(configs, args):
         try:
             schedule, problem = make_schedule(cfg, args), make_problem(cfg, args)
             schedule.check_fits(problem.head_dim, problem.dtype, backward=cfg.backward)
+            mask = make_mask(cfg, args)
+            if mask is not None:
+                check_mask_affordable(problem)
+                check_mask(mask, problem, schedule)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{where}: {e}") from None
         try:
-            resolve_build(cfg, schedule)
+            resolve_build(cfg, schedule, mask)
         except BuildUnavailable as e:
             skipped[cfg] = str(e)
         except ValueError as e:
@@ -631,7 +664,7 @@ def _analyse(args, configs, skipped, paths, probes, command, gpu, run):
         print(f"no figure: {e}")
     print(calibration_summary(calibration))
     for r in missing:
-        cfg = Config(r["kind"], r["n"], r["d"], bool(r["causal"]), r["direction"], r["build"])
+        cfg = Config(r["kind"], r["n"], r["d"], bool(r["causal"]), r["direction"], r["build"], r.get("mask", ""))
         print(f"not measured: {cfg.label()} ({r.get('status')})")
     if missing:
         print(f"{len(missing)} of {len(rows) - len(skipped)} configs were not measured")

@@ -1,8 +1,9 @@
 """The ncu check's profiled child: runs each config's kernels (and the calibration probes) once, inside
 ``cuProfilerStart``/``cuProfilerStop``, and appends one manifest line per measured item. A config
 runs its build's kernels (``sandbox.lab.ncu_specs``: the forward through ``kernels.launch.run``, the
-backward through ``kernels.launch.run_backward``); :func:`run_config` is the same run without a
-profiler (the tests run it under Numba's CUDA simulator).
+backward through ``kernels.launch.run_backward``), under its mask where it names one (``mask=``, the
+Mask built from the spec's mask spec); :func:`run_config` is the same run without a profiler (the
+tests run it under Numba's CUDA simulator).
 
 The parent (``sandbox.lab.ncu``) starts it under Nsight Compute as
 
@@ -25,8 +26,8 @@ from numba import cuda
 from kernels.l2probe import rewrite, write_spin
 from kernels.launch import run, run_backward
 from sandbox.lab import info
-from sandbox.lab.ncu_specs import (PLAIN, PROBE_THREADS, BuildUnavailable, Probe, launches, make_problem, make_schedule,
-                                   parse_spec, resolve_build)
+from sandbox.lab.ncu_specs import (PLAIN, PROBE_THREADS, BuildUnavailable, Probe, launches, make_mask, make_problem,
+                                   make_schedule, parse_spec, resolve_build)
 from sandbox.vocabulary.dtypes import SUPPORTED, storage_dtype
 from sandbox.vocabulary.problem import Problem
 from sandbox.vocabulary.runtime import ensure_backend
@@ -81,9 +82,11 @@ def device_inputs(problem, rng, count):
 
 
 def run_config(cfg, settings, rng, measured=contextlib.nullcontext):
-    """Run one config's kernels: first on a small problem of the same (schedule, d, dtype, causal), which
-    compiles them (``kernels.launch.build`` caches on exactly that), then on the config's problem, inside
-    ``measured()`` (:func:`profiled` in the check). A backward config runs the plain forward first, outside.
+    """Run one config's kernels: first on a small problem of the same (schedule, d, dtype, causal, mask),
+    which compiles them (``kernels.launch.build`` caches on exactly that, the mask by object: both runs
+    take the one :func:`sandbox.lab.ncu_specs.make_mask` gives), then on the config's problem, inside
+    ``measured()`` (:func:`profiled` in the check). A backward config runs the plain forward (under the
+    same mask) first, outside.
 
     Returns:
         (device arrays, the kernels.builds.Build that ran): the forward's (O, L), the backward's (dQ, dK, dV).
@@ -91,30 +94,30 @@ def run_config(cfg, settings, rng, measured=contextlib.nullcontext):
     Raises:
         BuildUnavailable: the config's build is not there to run.
     """
-    schedule, problem = make_schedule(cfg, settings), make_problem(cfg, settings)
-    chosen = resolve_build(cfg, schedule)
+    schedule, problem, mask = make_schedule(cfg, settings), make_problem(cfg, settings), make_mask(cfg, settings)
+    chosen = resolve_build(cfg, schedule, mask)
     m = 2 * max(schedule.block_q, schedule.block_kv)  # Nq = Nk, as device_inputs makes them
     small = Problem(1, 1, m, m, cfg.d, dtype=problem.dtype, causal=cfg.causal)
     step = _backward if cfg.backward else _forward
-    step(schedule, small, chosen, rng, contextlib.nullcontext)
-    return step(schedule, problem, chosen, rng, measured), chosen
+    step(schedule, small, chosen, mask, rng, contextlib.nullcontext)
+    return step(schedule, problem, chosen, mask, rng, measured), chosen
 
 
-def _forward(schedule, problem, chosen, rng, measured):
+def _forward(schedule, problem, chosen, mask, rng, measured):
     q, k, v = device_inputs(problem, rng, 3)
     cuda.synchronize()
     with measured():
-        out, lse = run(schedule, problem, q, k, v, chosen=chosen)[:2]
+        out, lse = run(schedule, problem, q, k, v, mask=mask, chosen=chosen)[:2]
     return out, lse
 
 
-def _backward(schedule, problem, chosen, rng, measured):
+def _backward(schedule, problem, chosen, mask, rng, measured):
     q, k, v, dout = device_inputs(problem, rng, 4)
-    out, lse = run(schedule, problem, q, k, v, fast=False)[:2]  # O and L: the plain forward, not measured
+    out, lse = run(schedule, problem, q, k, v, mask=mask, fast=False)[:2]  # O and L: the plain forward, not measured
     extra = {} if chosen.name == PLAIN else {"chosen": chosen}  # a fast backward build: kernels/builds.py's choice
     cuda.synchronize()
     with measured():
-        dq, dk, dv = run_backward(schedule, problem, q, k, v, out, lse, dout, **extra)[:3]
+        dq, dk, dv = run_backward(schedule, problem, q, k, v, out, lse, dout, mask=mask, **extra)[:3]
     return dq, dk, dv
 
 

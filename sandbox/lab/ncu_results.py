@@ -18,7 +18,7 @@ import time
 from kernels import builds
 from sandbox.lab import ncu_sectors
 from sandbox.lab.colors import kind_color
-from sandbox.lab.ncu_specs import PLAIN, launches, make_problem, make_schedule
+from sandbox.lab.ncu_specs import PLAIN, launches, make_mask, make_problem, make_schedule
 from sandbox.lab.records import atomic_write, text_of, write_commented_csv
 from sandbox.vocabulary import kinds
 from simulator.counts import simulate_backward_counts, simulate_counts
@@ -68,7 +68,9 @@ _TIME_UNITS = {"nsecond": 1e-9, "ns": 1e-9, "usecond": 1e-6, "us": 1e-6, "msecon
 #: the model's accuracy, not a list of kinds. Measured on an H100, the model follows these kinds'
 #: forward request streams closely enough; for splitkv's (and a newly registered kind's) it has not
 #: been shown to, so their DRAM ratio is reported beside the others (``dram_target`` 0), not held to
-#: it. Their backward passes and fast builds are held to the same target.
+#: it. Their backward passes and fast builds are held to the same target. A row with a mask is
+#: held to none: the L2 model's request stream has no mask (``simulator/streams.py``), so it
+#: predicts nothing for the row and ncu's DRAM bytes are reported alone.
 DRAM_TARGET_KINDS = ("standard", "flash1", "flash2")
 
 
@@ -244,9 +246,15 @@ def predict(cfg, args, gpu, residency=None, dirty_limit_bytes=None):
     """The simulator's numbers for one config: HBM bytes (counts.py, the forward's or the backward's), the
     global bytes in the sectors each warp instruction touches (``ncu_sectors``), and DRAM bytes (the L2
     model of ``gpu``, a DeviceFacts or a name in KNOWN_GPUS, with the dirty limit, and the plain LRU
-    without it). ``launches``: per kernel, the simulator's bytes and sectors and the model's DRAM bytes."""
-    schedule, problem = make_schedule(cfg, args), make_problem(cfg, args)
-    counts = (simulate_backward_counts if cfg.backward else simulate_counts)(schedule, problem)
+    without it). ``launches``: per kernel, the simulator's bytes and sectors and the model's DRAM bytes.
+
+    Under the config's mask the counts take it (``mask=``), the sector model is
+    ``ncu_sectors.masked_l1_bytes`` (None where it has none), and the L2 model, which takes no mask,
+    predicts nothing: the DRAM columns and each kernel's simulated numbers are None (:func:`_masked`)."""
+    schedule, problem, mask = make_schedule(cfg, args), make_problem(cfg, args), make_mask(cfg, args)
+    counts = (simulate_backward_counts if cfg.backward else simulate_counts)(schedule, problem, mask=mask)
+    if mask is not None:
+        return _masked(cfg, schedule, problem, counts)
     kw = dict(gpu=gpu, resident_blocks=residency or None, cold_launches=args.cache_control == "all",
               backward=cfg.backward)
     t0 = time.perf_counter()
@@ -286,6 +294,42 @@ def predict(cfg, args, gpu, residency=None, dirty_limit_bytes=None):
     }
 
 
+#: predict's DRAM columns, None for a masked row (the L2 model takes no mask).
+DRAM_PREDICTIONS = ("sim_l2_request_bytes", "sim_l2_read_hit_rate", "sim_dram_rd_bytes", "sim_dram_wr_evicted_bytes",
+                    "sim_dram_wr_cleaned_bytes", "sim_dram_wr_flush_bytes", "sim_dram_bytes",
+                    "sim_dram_with_flush_bytes", "sim_dram_plain_bytes", "dirty_limit_bytes", "sim_seconds",
+                    "resident_blocks")
+
+
+def _masked(cfg, schedule, problem, counts):
+    """predict's numbers for a masked config: the counts under the mask, the sector model where every access
+    that is not whole sectors moves every row whatever the mask (``ncu_sectors.masked_l1_bytes``, over
+    the mask-free request stream), no DRAM prediction; per kernel only the phase and its sector factors."""
+    accesses = sector_accesses(cfg, schedule)
+    free = ncu_sectors.l1_bytes(ncu_sectors.stream_bytes(schedule, problem, cfg.backward), accesses, schedule,
+                                cfg.d, problem.dtype)
+    reads, writes = counts.bytes("hbm_reads"), counts.bytes("hbm_writes")
+    ld, st, in_loop = ncu_sectors.masked_l1_bytes(free, accesses, reads, writes)
+    note = ncu_sectors.describe(free) if not in_loop else (
+        f"no sector model under a mask ({', '.join(in_loop)}: in the tile loop)")
+    moved = {t for level in (counts.hbm_reads, counts.hbm_writes) for t, n in level.items() if n}
+    return {
+        "sim_hbm_bytes": counts.hbm_bytes,
+        "sim_hbm_read_bytes": reads,
+        "sim_hbm_write_bytes": writes,
+        "sim_l1_ld_bytes": None if ld is None else round(ld),
+        "sim_l1_st_bytes": None if st is None else round(st),
+        "sim_l1_bytes": None if ld is None else round(ld + st),
+        "sector_note": note,
+        "sector_caveats": "; ".join(ncu_sectors.whole_sector_caveats(schedule, problem, moved)),
+        **dict.fromkeys(DRAM_PREDICTIONS),
+        "sim_sram_read_bytes": counts.bytes("sram_reads"),
+        "sim_sram_write_bytes": counts.bytes("sram_writes"),
+        "launches": [{"phase": x["phase"], "sim_hbm_bytes": None, "sim_l1_ld_bytes": None, "sim_l1_st_bytes": None,
+                      "sim_dram_bytes": None, "sectors": x["factors"]} for x in free],
+    }
+
+
 def _ratio(a, b):
     return a / b if a is not None and b else None
 
@@ -297,7 +341,7 @@ def _dram_measured(row):
 
 def _config_fields(cfg, args):
     return {"kind": cfg.kind, "direction": cfg.direction, "build": cfg.build, "n": cfg.n, "d": cfg.d,
-            "causal": int(cfg.causal), "batch": args.batch, "heads": args.heads, "dtype": args.dtype,
+            "causal": int(cfg.causal), "mask": cfg.mask, "batch": args.batch, "heads": args.heads, "dtype": args.dtype,
             "block_q": args.block_q, "block_kv": args.block_kv,
             "kv_splits": args.kv_splits if kinds.get(cfg.kind).kv_splits else 1}
 
@@ -317,7 +361,7 @@ def make_row(cfg, args, gpu, kernels, calibration=None, build=None):
     if kernels and build is not None and build != cfg.build:
         status = f"error: the child ran build {build!r}"
     row = {**_config_fields(cfg, args), "kernels": len(phases), "status": status,
-           "dram_target": int(cfg.kind in DRAM_TARGET_KINDS)}
+           "dram_target": int(cfg.kind in DRAM_TARGET_KINDS and not cfg.mask)}
     row.update(predict(cfg, args, gpu, residency, calibration.get("dirty_limit_bytes")))
     m = sum_metrics(kernels) if kernels else {}
     for key in ("global_ld_bytes", "global_st_bytes", "l2_bytes", "dram_rd_bytes", "dram_wr_bytes",
@@ -335,7 +379,8 @@ def make_row(cfg, args, gpu, kernels, calibration=None, build=None):
     row["ncu_dram_bytes"] = dram
     rate = calibration.get("background_write_bytes_per_s")
     row["background_dram_wr_bytes"] = rate * m["time"] if rate is not None and m.get("time") is not None else None
-    row["pred_dram_bytes"] = row["sim_dram_bytes"] + (row["background_dram_wr_bytes"] or 0)
+    row["pred_dram_bytes"] = (None if row["sim_dram_bytes"] is None  # (a masked row: no L2 model of a mask)
+                              else row["sim_dram_bytes"] + (row["background_dram_wr_bytes"] or 0))
     row["dram_ratio"] = _ratio(dram, row["pred_dram_bytes"])
     row["dram_ratio_plain"] = _ratio(dram, row["sim_dram_plain_bytes"])
     row["dram_rd_ratio"] = _ratio(rd, row["sim_dram_rd_bytes"])
@@ -359,13 +404,15 @@ def _measured_launch(launch, metrics, rate):
     rd, wr, t = metrics.get("dram_rd_bytes"), metrics.get("dram_wr_bytes"), metrics.get("time")
     launch["ncu_global_ld_bytes"], launch["ncu_global_st_bytes"] = ld, st
     glob = ld + st if ld is not None and st is not None else None
+    sim_ld, sim_st, sim_dram = launch["sim_l1_ld_bytes"], launch["sim_l1_st_bytes"], launch["sim_dram_bytes"]
     launch["global_ratio"] = _ratio(glob, launch["sim_hbm_bytes"])
-    launch["l1_ratio"] = _ratio(glob, launch["sim_l1_ld_bytes"] + launch["sim_l1_st_bytes"])
-    launch["l1_ld_ratio"] = _ratio(ld, launch["sim_l1_ld_bytes"])
-    launch["l1_st_ratio"] = _ratio(st, launch["sim_l1_st_bytes"])
+    launch["l1_ratio"] = _ratio(glob, None if sim_ld is None or sim_st is None else sim_ld + sim_st)
+    launch["l1_ld_ratio"] = _ratio(ld, sim_ld)
+    launch["l1_st_ratio"] = _ratio(st, sim_st)
     launch["ncu_dram_bytes"] = rd + wr if rd is not None and wr is not None else None
     launch["ncu_time_ms"] = None if t is None else t * 1e3
-    launch["pred_dram_bytes"] = launch["sim_dram_bytes"] + (rate * t if rate is not None and t is not None else 0)
+    launch["pred_dram_bytes"] = None if sim_dram is None else sim_dram + (
+        rate * t if rate is not None and t is not None else 0)
     launch["dram_ratio"] = _ratio(launch["ncu_dram_bytes"], launch["pred_dram_bytes"])
 
 
@@ -383,8 +430,9 @@ def verdicts(row):
     the sector model only; "miss" otherwise (also when the bytes match but the sector model predicted
     more: the model of the access pattern is then wrong). DRAM: "ok" within DRAM_TOLERANCE of the
     prediction, "miss" outside it for a kind held to it (``dram_target``), "reported" outside it for one
-    that is not. "-" where ncu gave no number. The verdict: the status when not measured, else "miss"
-    if either missed, else "explained" if the global bytes needed the sector model, else "ok".
+    that is not, and for a measurement without a prediction (a masked row). "-" where ncu gave no
+    number. The verdict: the status when not measured, else "miss" if either missed, else
+    "explained" if the global bytes needed the sector model, else "ok".
     """
     if row.get("status") != "ok":
         return {"global_verdict": "-", "dram_verdict": "-", "verdict": row.get("status")}
@@ -396,7 +444,10 @@ def verdicts(row):
     else:
         glob = "ok" if g_hbm and g_l1 else "explained" if g_l1 else "miss"
     within = _within(row.get("dram_ratio"), DRAM_TOLERANCE)
-    dram = "-" if within is None else "ok" if within else "miss" if row.get("dram_target") else "reported"
+    if within is None:
+        dram = "reported" if row.get("ncu_dram_bytes") is not None and row.get("pred_dram_bytes") is None else "-"
+    else:
+        dram = "ok" if within else "miss" if row.get("dram_target") else "reported"
     missed = [what for what, v in (("global", glob), ("DRAM", dram)) if v == "miss"]
     if missed:
         verdict = "miss (" + ", ".join(missed) + ")"
@@ -424,7 +475,8 @@ def skipped_row(cfg, args, reason):
 
 
 COLUMNS = [
-    "kind", "direction", "build", "n", "d", "causal", "batch", "heads", "dtype", "block_q", "block_kv", "kv_splits",
+    "kind", "direction", "build", "n", "d", "causal", "mask", "batch", "heads", "dtype", "block_q", "block_kv",
+    "kv_splits",
     "kernels", "status", "verdict", "global_verdict", "dram_verdict",
     "sim_hbm_bytes", "ncu_global_bytes", "ncu_global_ld_bytes", "ncu_global_st_bytes", "global_ratio",
     "global_within_2pct", "sim_l1_bytes", "sim_l1_ld_bytes", "sim_l1_st_bytes", "l1_ratio", "l1_within_2pct",
@@ -453,7 +505,7 @@ def write_csv(rows, path):
 
 
 #: The summary's columns (printed last, and ncu_summary.csv): one row per config.
-SUMMARY_COLUMNS = ("kind", "direction", "build", "n", "d", "causal", "sim_hbm_bytes", "ncu_global_bytes",
+SUMMARY_COLUMNS = ("kind", "direction", "build", "n", "d", "causal", "mask", "sim_hbm_bytes", "ncu_global_bytes",
                    "global_ratio", "sim_l1_bytes", "l1_ratio", "pred_dram_bytes", "ncu_dram_bytes", "dram_ratio",
                    "verdict", "sector_note")
 
@@ -497,7 +549,8 @@ def plot(rows, path):
 
     labels = [f"{r['kind']}" + ("\nbwd" if r.get("direction") == "bwd" else "")
               + ("" if r.get("build", PLAIN) == PLAIN else f"\n{r['build']}")
-              + f"\nN={r['n']}\nd={r['d']}" + ("\ncausal" if r["causal"] else "") for r in rows]
+              + f"\nN={r['n']}\nd={r['d']}" + ("\ncausal" if r["causal"] else "")
+              + (f"\n{r['mask']}" if r.get("mask") else "") for r in rows]
     fig, axes = plt.subplots(2, 1, figsize=(min(48, max(8, 0.5 * len(rows) + 2)), 7.5), sharex=True)
     panels = [("global_ratio", GLOBAL_TOLERANCE, "global ld+st bytes (ncu L1)\n/ simulator HBM bytes"),
               ("dram_ratio", DRAM_TOLERANCE, "DRAM bytes (ncu)\n/ L2-model prediction")]
@@ -539,7 +592,8 @@ def summary(rows):
     """The table printed at the end, one line per config: the simulator's bytes and ncu's, their ratio (and
     ncu's over the sector model where that differs), the DRAM prediction and ncu's, their ratio, the
     verdict; then the sector model's notes and the reasons rows were skipped, once each, and the counts."""
-    labels = [f"{r['kind']} N={r['n']} d={r['d']}" + (" causal" if r["causal"] else "") for r in rows]
+    labels = [f"{r['kind']} N={r['n']} d={r['d']}" + (" causal" if r["causal"] else "")
+              + (f" mask={r['mask']}" if r.get("mask") else "") for r in rows]
     width = max([len("config")] + [len(x) for x in labels])
     fmt_line = "{:<%d} {:>3} {:<11} {:>9} {:>10} {:>7} {:>7} {:>9} {:>9} {:>6}  {}" % width
     lines = [fmt_line.format("config", "dir", "build", "sim HBM", "ncu global", "global", "sectors", "pred DRAM",
@@ -572,9 +626,12 @@ def summary(rows):
         counts[key] = counts.get(key, 0) + 1
     ok = [r for r in rows if r.get("global_ratio") is not None]
     target = [r for r in ok if r.get("dram_target") and r.get("dram_ratio") is not None]
+    masked = [r for r in ok if r.get("mask")]
     lines.append(f"global within 2%: {sum(r['global_within_2pct'] for r in ok)}/{len(ok)} of the simulator's bytes, "
                  f"{sum(r.get('l1_within_2pct') or 0 for r in ok)}/{len(ok)} of the sector model; DRAM within 15% "
-                 f"({'/'.join(DRAM_TARGET_KINDS)}): {sum(r['dram_within_15pct'] for r in target)}/{len(target)}")
+                 f"({'/'.join(DRAM_TARGET_KINDS)}): {sum(r['dram_within_15pct'] for r in target)}/{len(target)}"
+                 + (f"; DRAM of the {len(masked)} masked row(s) reported, not predicted (the L2 model takes no mask)"
+                    if masked else ""))
     lines.append("verdicts: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return "\n".join(lines)
 

@@ -36,6 +36,15 @@ that merged a thread's neighbouring elements into a vector access would send few
 pattern is held to the kernel's own accesses, traced under Numba's CUDA simulator
 (tests/sandbox/test_ncu_sectors.py).
 
+Under a mask the L2 request stream (``simulator/streams.py``) does not apply: it models the causal
+cut only. The kernels skip the mask's empty tiles, and so do the simulator's counts; an access
+marked :attr:`Access.every_row` moves each row of its tensor once in its launch whatever tiles are
+visited (the counting kernels': d's O and dO, the dK and dV stores, standard's L), so its sectors
+beyond its bytes are those of the mask-free stream. :func:`masked_l1_bytes` adds those to the
+simulator's bytes under the mask. Where an access that is not whole sectors is not so marked (it
+lies in the tile loop, as the tensor-core forward's K_j, or is of a build that takes no mask: the
+fast forwards), a masked row has no sector model and is held to the simulator's bytes alone.
+
 Example:
     >>> from sandbox import Schedule
     >>> round(factor(backward_d_rows, Schedule("flash2", 64, 64, 4, 4), 64, 4), 3)
@@ -44,9 +53,12 @@ Example:
 
 import dataclasses
 
+import numpy as np
+
 from kernels import flash2_fast, flash2_tc, flash2_tc16
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.ioreport import itemsizes
+from simulator import streams
 
 #: Bytes of an L1/L2 sector: the unit ncu's L1 byte counts come in.
 SECTOR = 32
@@ -300,15 +312,18 @@ def tc16_o_store(schedule, head_dim):
 @dataclasses.dataclass(frozen=True)
 class Access:
     """One access of a launch that ncu does not count as its bytes: a tensor's loads ("ld") or
-    stores ("st"), the pattern that lays out its lanes, what the pattern is, in words, and
+    stores ("st"), the pattern that lays out its lanes, what the pattern is, in words,
     ``copied(schedule)``, whether it is a cp.async copy (counted at :data:`LDGSTS_COUNTED` of its
-    sectors; None: never)."""
+    sectors; None: never), and ``every_row``: whether its launch moves every row of the tensor once
+    whatever tiles it visits, so that its bytes do not depend on a mask (False: it lies in the
+    tile loop, or is not known not to)."""
 
     tensor: str
     op: str
     pattern: object
     what: str
     copied: object = None
+    every_row: bool = False
 
     def counted(self, schedule, head_dim, itemsize):
         """ncu's count over the access's bytes: its sectors' bytes over its bytes, × :data:`LDGSTS_COUNTED`
@@ -317,17 +332,18 @@ class Access:
         return f * LDGSTS_COUNTED if self.copied is not None and self.copied(schedule) else f
 
 
-_D = ("d", (Access("O", "ld", backward_d_rows, "one thread per row"),
-            Access("dO", "ld", backward_d_rows, "one thread per row")))
+_D = ("d", (Access("O", "ld", backward_d_rows, "one thread per row", every_row=True),
+            Access("dO", "ld", backward_d_rows, "one thread per row", every_row=True)))
 _TN = "rows tx + bb·TX, columns ty + c·TY per thread"
 #: The counting kernels' accesses that are not whole sectors: forward by kind, backward by the
 #: kind's backward trait; phase -> accesses.
-PLAIN_FORWARD = {"standard": {"softmax": (Access("L", "st", one_thread_per_row, "thread 0 writes the row's L"),)}}
+PLAIN_FORWARD = {"standard": {"softmax": (Access("L", "st", one_thread_per_row, "thread 0 writes the row's L",
+                                                 every_row=True),)}}
 PLAIN_BACKWARD = {
-    "flash": dict([_D, ("dkdv", (Access("dK", "st", transposed_store, _TN),
-                                 Access("dV", "st", transposed_store, _TN)))]),
-    "standard": dict([_D, ("dv", (Access("dV", "st", transposed_store, _TN),)),
-                      ("dk", (Access("dK", "st", transposed_store, _TN),))]),
+    "flash": dict([_D, ("dkdv", (Access("dK", "st", transposed_store, _TN, every_row=True),
+                                 Access("dV", "st", transposed_store, _TN, every_row=True)))]),
+    "standard": dict([_D, ("dv", (Access("dV", "st", transposed_store, _TN, every_row=True),)),
+                      ("dk", (Access("dK", "st", transposed_store, _TN, every_row=True),))]),
 }
 #: The fast builds' (kernels/registry.py's ``fast`` entries, by module), phase -> accesses.
 FAST = {
@@ -391,11 +407,62 @@ def l1_bytes(per_launch, phase_accesses, schedule, head_dim, dtype):
     return out
 
 
-def whole_sector_caveats(schedule, problem):
+def stream_bytes(schedule, problem, backward=False):
+    """The bytes of the request stream (``simulator.streams.tile_requests``), per launch and tensor, as
+    ``simulator.l2.simulate_dram(...).per_launch`` lists them for :func:`l1_bytes` (phase, and per_tensor:
+    requested_read_bytes, requested_write_bytes), without running the cache model."""
+    out = []
+    for launch in streams.tile_requests(schedule, problem, backward):
+        req = launch.requests
+        addr, rows, row_bytes, stride, tri, elem, tensor, write = (req[:, i] for i in range(streams.NCOLS))
+        nbytes = rows * row_bytes
+        sliced = tri != streams.NO_TRI  # row r moves min(row_bytes, max(0, tri + r)·elem) bytes: causal S, P tiles
+        if sliced.any():
+            r = np.arange(int(rows[sliced].max()))
+            per_row = np.clip(tri[sliced, None] + r[None, :], 0, row_bytes[sliced, None] // elem[sliced, None])
+            nbytes[sliced] = ((r[None, :] < rows[sliced, None]) * per_row).sum(axis=1) * elem[sliced]
+        per_tensor = {}
+        for t, w in sorted(set(zip(tensor.tolist(), write.tolist()))):
+            field = "requested_write_bytes" if w else "requested_read_bytes"
+            per_tensor.setdefault(streams.TENSORS[t], {})[field] = int(nbytes[(tensor == t) & (write == w)].sum())
+        out.append({"phase": launch.phase, "per_tensor": per_tensor})
+    return out
+
+
+def masked_l1_bytes(l1, phase_accesses, hbm_ld_bytes, hbm_st_bytes):
+    """The global bytes ncu should count at L1 under a mask: the simulator's bytes under the mask plus
+    the sectors beyond their bytes of the accesses that are not whole sectors, from the mask-free
+    stream (module docstring).
+
+    Args:
+        l1: :func:`l1_bytes` of the mask-free request stream (:func:`stream_bytes`).
+        phase_accesses: :func:`accesses`' phase -> accesses.
+        hbm_ld_bytes, hbm_st_bytes: the simulator's HBM read and write bytes under the mask.
+
+    Returns:
+        (ld_bytes, st_bytes, in_loop): ``in_loop`` lists the accesses ("phase: tensor op") that are not
+        whole sectors and lie in the tile loop; when there are any, ld_bytes and st_bytes are None
+        (no sector model under a mask).
+    """
+    every_row = {(phase, f"{a.tensor} {a.op}"): a.every_row for phase, acc in phase_accesses.items() for a in acc}
+    in_loop = [f"{x['phase']}: {key}" for x in l1 for key in x["factors"] if not every_row[x["phase"], key]]
+    if in_loop:
+        return None, None, in_loop
+    return (hbm_ld_bytes + sum(x["ld_bytes"] - x["hbm_ld_bytes"] for x in l1),
+            hbm_st_bytes + sum(x["st_bytes"] - x["hbm_st_bytes"] for x in l1), [])
+
+
+#: The tensors whose tiles move entry by entry where the mask allows, not row by row (standard's S, P, dS).
+ENTRYWISE = ("S", "P", "dS")
+
+
+def whole_sector_caveats(schedule, problem, masked_tensors=()):
     """Why accesses taken as whole sectors may not be, for this schedule and problem (empty when they are).
 
     Tile loads have consecutive threads on consecutive elements, register tiles TX threads along a
     row: whole sectors when every tile starts on a sector and each lane group spans whole sectors.
+    ``masked_tensors``: under a mask, the tensors that move through HBM (the mask's partial tiles of
+    S, P and dS move their allowed entries only).
     """
     it = problem.dtype.itemsize
     out = []
@@ -409,6 +476,9 @@ def whole_sector_caveats(schedule, problem):
         out.append("ragged last blocks")
     if problem.causal:
         out.append("causal: the diagonal tiles' rows end mid-sector")
+    entrywise = [t for t in ENTRYWISE if t in masked_tensors]
+    if entrywise:
+        out.append(f"mask: the partial tiles' rows of {', '.join(entrywise)} move their allowed entries only")
     return out
 
 

@@ -3,10 +3,12 @@ command-line form between the parent and the profiled child (``sandbox.lab.ncu_c
 schedule, problem, build and kernel launches of each.
 
 A config is one row of the check: a kind, N (= Nq = Nk), d, causal, the direction ("fwd": the
-forward; "bwd": the backward, ``kernels.launch.run_backward``) and the build: "plain" (the
+forward; "bwd": the backward, ``kernels.launch.run_backward``), the build: "plain" (the
 counting kernels' source without counters: what the simulator mirrors) or "fast-<math>" (the fast
 build of ``Schedule(math=<math>)``, chosen by ``kernels.builds.choose_build(..., fast=True)``; for
-the backward by ``kernels.builds.choose_backward_build(..., fast=True)``).
+the backward by ``kernels.builds.choose_backward_build(..., fast=True)``), and a mask: "" (none)
+or a built-in mask's spec (``sandbox.vocabulary.masks.from_spec``: "sliding_window:256", ...),
+which the kernels and the simulator apply with causal (causal AND mask).
 
 ``settings`` below is the check's parsed arguments (``python -m sandbox ncu``; the child gets the
 model's share of them): ``batch``, ``heads``, ``dtype``, ``block_q``, ``block_kv``, ``thread_q``,
@@ -14,12 +16,13 @@ model's share of them): ``batch``, ``heads``, ``dtype``, ``block_q``, ``block_kv
 """
 
 import dataclasses
+import functools
 
 from kernels import builds
 from kernels.flash2_tc import tc_schedule
 from kernels.flash2_tc16 import tc16_schedule
 from simulator import streams, table
-from sandbox.vocabulary import kinds
+from sandbox.vocabulary import kinds, masks
 from sandbox.vocabulary.problem import Problem
 from sandbox.vocabulary.schedule import F16_THREAD_Q, Schedule
 
@@ -66,7 +69,7 @@ class BuildUnavailable(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One measured row: the schedule kind, N (= Nq = Nk), d, causal, direction, build (module docstring)."""
+    """One measured row: the schedule kind, N (= Nq = Nk), d, causal, direction, build, mask spec (module docstring)."""
 
     kind: str
     n: int
@@ -74,6 +77,7 @@ class Config:
     causal: bool
     direction: str = "fwd"
     build: str = PLAIN
+    mask: str = ""
 
     @property
     def backward(self):
@@ -85,25 +89,32 @@ class Config:
         return self.build[len(FAST_PREFIX):] if self.build.startswith(FAST_PREFIX) else None
 
     def spec(self):
-        """"kind:N:d:causal[:direction:build]", the child's command-line form (the short one for the plain forward)."""
+        """"kind:N:d:causal[:direction:build[:mask]]", the child's command-line form (the short one for the
+        plain forward without a mask; the mask's own spec, colons and all, last)."""
         base = f"{self.kind}:{self.n}:{self.d}:{int(self.causal)}"
+        if self.mask:
+            return f"{base}:{self.direction}:{self.build}:{self.mask}"
         return base if (self.direction, self.build) == ("fwd", PLAIN) else f"{base}:{self.direction}:{self.build}"
 
     @classmethod
     def parse(cls, spec):
-        """A :meth:`spec` back; ValueError for a direction or build it does not know."""
+        """A :meth:`spec` back; ValueError for a direction, build or mask spec it does not know."""
         fields = spec.split(":")
         if len(fields) == 4:
             fields += ["fwd", PLAIN]
-        if len(fields) != 6 or fields[4] not in DIRECTIONS or fields[5] not in BUILD_NAMES:
+        if len(fields) < 6 or fields[4] not in DIRECTIONS or fields[5] not in BUILD_NAMES:
             raise ValueError(f"config spec {spec!r}: expected kind:N:d:causal[:{'|'.join(DIRECTIONS)}:"
-                             f"{'|'.join(BUILD_NAMES)}]")
-        kind, n, d, causal, direction, build = fields
-        return cls(kind, int(n), int(d), causal in ("1", "true", "True"), direction, build)
+                             f"{'|'.join(BUILD_NAMES)}[:mask]]")
+        kind, n, d, causal, direction, build = fields[:6]
+        mask = ":".join(fields[6:])
+        if mask:
+            masks.parse_spec(mask)  # (a bad one says which forms it takes)
+        return cls(kind, int(n), int(d), causal in ("1", "true", "True"), direction, build, mask)
 
     def label(self):
         what = self.kind + (" backward" if self.backward else "") + ("" if self.build == PLAIN else f" {self.build}")
-        return f"{what} N={self.n} d={self.d}" + (" causal" if self.causal else "")
+        return (f"{what} N={self.n} d={self.d}" + (" causal" if self.causal else "")
+                + (f" mask={self.mask}" if self.mask else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,20 +170,42 @@ def make_problem(cfg, settings):
     return Problem(settings.batch, settings.heads, cfg.n, cfg.n, cfg.d, dtype=settings.dtype, causal=cfg.causal)
 
 
-def resolve_build(cfg, schedule):
-    """The :class:`kernels.builds.Build` the config runs (its name is the config's build).
+def make_mask(cfg, settings):
+    """The config's :class:`sandbox.vocabulary.masks.Mask` (None without one), over its schedule's blocks.
+
+    One object per (spec, N, Br, Bc): the kernels compile it once (``kernels.launch.build`` caches per
+    Mask object) and the simulator evaluates it once (``Mask.evaluate`` keeps the last box).
 
     Raises:
-        ValueError: a forward fast build that cannot run the config (the reason is choose_build's).
+        ValueError: a bad mask spec, or a block layout over CUDA's constant memory.
+    """
+    if not cfg.mask:
+        return None
+    schedule = make_schedule(cfg, settings)
+    return _mask(cfg.mask, cfg.n, schedule.block_q, schedule.block_kv)
+
+
+@functools.lru_cache(maxsize=16)
+def _mask(spec, n, block_q, block_kv):
+    return masks.from_spec(spec, n, n, block_q, block_kv)
+
+
+def resolve_build(cfg, schedule, mask=None):
+    """The :class:`kernels.builds.Build` the config runs (its name is the config's build), under ``mask``
+    (:func:`make_mask`'s).
+
+    Raises:
+        ValueError: a forward fast build that cannot run the config (the reason is choose_build's: a mask,
+            for one).
         BuildUnavailable: a backward fast build the kind does not have, or that cannot run the config.
     """
     if not cfg.backward:
-        chosen = builds.choose_build(schedule, cfg.d, fast=cfg.build != PLAIN)
+        chosen = builds.choose_build(schedule, cfg.d, fast=cfg.build != PLAIN, mask=mask)
     elif cfg.build == PLAIN:
-        chosen = builds.choose_backward_build(schedule, cfg.d, fast=False)
+        chosen = builds.choose_backward_build(schedule, cfg.d, fast=False, mask=mask)
     else:
         try:
-            chosen = builds.choose_backward_build(schedule, cfg.d, fast=True)
+            chosen = builds.choose_backward_build(schedule, cfg.d, fast=True, mask=mask)
         except ValueError as e:
             raise BuildUnavailable(str(e)) from None
     if chosen.name != cfg.build:

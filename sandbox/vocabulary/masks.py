@@ -20,7 +20,8 @@ its arguments only: the kernels, the simulator and the reference evaluate it sep
 
 Built-ins: :func:`causal`, :func:`sliding_window`, :func:`prefix_lm`, :func:`document`,
 :func:`block_sparse`, and ``&`` / ``|`` / ``~`` to combine them. ``causal=True`` in
-``attention`` is the same predicate as ``mask=causal()``, with a faster tile bound.
+``attention`` is the same predicate as ``mask=causal()``, with a faster tile bound. A command
+line names a built-in by a spec, ``"sliding_window:256"`` (:func:`from_spec`, :data:`SPECS`).
 
     >>> from sandbox import masks
     >>> m = masks.sliding_window(4) & masks.causal()
@@ -642,3 +643,89 @@ def _check_small(arr, name):
             f"{name}: {arr.nbytes} bytes; a mask's captured arrays become CUDA constant memory, "
             f"so they are limited to {MAX_CAPTURED_BYTES} bytes (use coarser blocks)"
         )
+
+
+# -- masks by name, as a command line gives them ---------------------------------------------
+
+#: The built-in masks a spec can name (:func:`from_spec`): name -> (its form, what its arguments are).
+SPECS = {
+    "sliding_window": ("sliding_window:W", "keys within W positions of the query, e.g. sliding_window:256"),
+    "prefix_lm": ("prefix_lm:P", "the first P keys seen by every query, causal after them, e.g. prefix_lm:512"),
+    "document": ("document:L1,L2,...", "packed documents of these lengths, e.g. document:1000,3096"),
+    "block_sparse": ("block_sparse:DENSITY[:SEED]",
+                     "random_block_layout over the schedule's Br × Bc blocks with this density (0 < DENSITY <= 1) "
+                     "and seed (default 0), e.g. block_sparse:0.5:7"),
+}
+
+
+def _spec_error(spec, why):
+    forms = ", ".join(form for form, _ in SPECS.values())
+    return ValueError(f"mask spec {spec!r}: {why}; expected one of {forms}")
+
+
+def _spec_int(spec, text, what, least):
+    try:
+        value = int(text)
+    except ValueError:
+        raise _spec_error(spec, f"{what} {text!r} is not an integer") from None
+    if value < least:
+        raise _spec_error(spec, f"{what} {value} is under {least}")
+    return value
+
+
+def parse_spec(spec):
+    """A mask spec's name and arguments, checked (nothing is built): ``"sliding_window:W"``,
+    ``"prefix_lm:P"``, ``"document:L1,L2,..."``, ``"block_sparse:DENSITY[:SEED]"`` (:data:`SPECS`).
+
+    Returns:
+        (name, arguments): the ints W or P, the tuple of lengths, or (density, seed).
+
+    Raises:
+        ValueError: an unknown name or a bad argument, listing the accepted forms.
+
+    Example:
+        >>> parse_spec("document:1000,3096")
+        ('document', (1000, 3096))
+    """
+    text = "".join(str(spec).split())
+    name, _, rest = text.partition(":")
+    if name not in SPECS:
+        raise _spec_error(spec, f"unknown mask {name!r}")
+    if not rest:
+        raise _spec_error(spec, f"{name} takes arguments")
+    if name in ("sliding_window", "prefix_lm"):
+        return name, _spec_int(spec, rest, "W" if name == "sliding_window" else "P", 0)
+    if name == "document":
+        return name, tuple(_spec_int(spec, x, "a length", 1) for x in rest.split(","))
+    density, _, seed = rest.partition(":")
+    try:
+        value = float(density)
+    except ValueError:
+        raise _spec_error(spec, f"DENSITY {density!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise _spec_error(spec, f"DENSITY {value} is outside 0 < DENSITY <= 1")
+    return name, (value, _spec_int(spec, seed, "SEED", 0) if seed else 0)
+
+
+def from_spec(spec, n_q, n_kv, block_q, block_kv):
+    """The :class:`Mask` a spec names (:func:`parse_spec`), for a problem of ``n_q`` queries and ``n_kv``
+    keys tiled in ``block_q`` × ``block_kv`` blocks (the blocks of block_sparse's random layout).
+
+    Raises:
+        ValueError: a bad spec (listing the accepted forms), or a layout over constant memory.
+
+    Example:
+        >>> m = from_spec("sliding_window:4", 16, 16, 8, 8)
+        >>> m(0, 0, 10, 6), m(0, 0, 10, 5)
+        (True, False)
+    """
+    name, arg = parse_spec(spec)
+    if name == "sliding_window":
+        return sliding_window(arg)
+    if name == "prefix_lm":
+        return prefix_lm(arg)
+    if name == "document":
+        return document(arg)
+    density, seed = arg
+    layout = random_block_layout(-(-n_q // block_q), -(-n_kv // block_kv), density, seed)
+    return block_sparse(layout, block_q, block_kv)

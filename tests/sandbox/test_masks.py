@@ -218,3 +218,37 @@ def test_cuda_only_failure_is_refused_on_a_gpu():
     m.cpu()  # fine for the CPU
     with pytest.raises(TypeError, match="mask allocates: Numba cannot compile it for CUDA"):
         m.check(Problem(1, 1, 4, 4, 4))
+
+
+def test_masks_by_spec():
+    """from_spec builds the built-in each spec names; block_sparse's random layout is over the blocks given."""
+    n = 40
+    entries = lambda m: [[bool(m(0, 0, q, k)) for k in range(n)] for q in range(n)]  # noqa: E731 (Python: no compiling)
+    layout = masks.random_block_layout(5, 3, 0.5, 7)
+    for spec, want in [("sliding_window:3", masks.sliding_window(3)), ("prefix_lm:8", masks.prefix_lm(8)),
+                       ("document:10,25", masks.document([10, 25])), (" document: 10, 25 ", masks.document([10, 25])),
+                       ("block_sparse:0.5:7", masks.block_sparse(layout, 8, 16))]:
+        assert entries(masks.from_spec(spec, n, n, 8, 16)) == entries(want), spec
+    assert masks.parse_spec("block_sparse:0.25") == ("block_sparse", (0.25, 0))
+    assert masks.parse_spec("document:1000,3096") == ("document", (1000, 3096))
+    assert masks.parse_spec("sliding_window:0") == ("sliding_window", 0)
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("", "unknown mask ''"),
+    ("window:3", "unknown mask 'window'"),
+    ("causal", "unknown mask 'causal'"),
+    ("sliding_window", "sliding_window takes arguments"),
+    ("sliding_window:-1", "W -1 is under 0"),
+    ("prefix_lm:1.5", "P '1.5' is not an integer"),
+    ("document:10,,5", "a length '' is not an integer"),
+    ("document:10,0", "a length 0 is under 1"),
+    ("block_sparse:0", "DENSITY 0.0 is outside 0 < DENSITY <= 1"),
+    ("block_sparse:half", "DENSITY 'half' is not a number"),
+    ("block_sparse:0.5:x", "SEED 'x' is not an integer"),
+])
+def test_a_bad_mask_spec_says_which_forms_there_are(spec, why):
+    with pytest.raises(ValueError) as e:
+        masks.from_spec(spec, 64, 64, 16, 16)
+    assert str(e.value) == (f"mask spec {spec!r}: {why}; expected one of sliding_window:W, prefix_lm:P, "
+                            "document:L1,L2,..., block_sparse:DENSITY[:SEED]")

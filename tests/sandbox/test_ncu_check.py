@@ -169,7 +169,8 @@ def test_dry_run_prints_the_command(ncu_check, monkeypatch, capsys, tmp_path):
 # -- the parent end to end, with a stand-in for ncu ---------------------------------------------
 FAKE_NCU = '''#!{python}
 """Stand-in for ncu: writes a manifest and a --csv details log as the real profiled child would,
-with measured = the sector model x 1.01 (global) and the simulator x 0.9 (DRAM) on each config's first kernel; the
+with measured = the sector model x 1.01 (global; the simulator's bytes where a masked row has no sector model) and
+the simulator x 0.9 (DRAM; 1 MB read where a masked row has no prediction) on each config's first kernel; the
 probes see 20 MB/s of background DRAM writes, and a write stream leaves 24 MiB dirty in L2."""
 import json, sys
 from sandbox.lab import ncu_child, ncu_results, ncu_specs as nc  # the child's PYTHONPATH has the package
@@ -199,13 +200,15 @@ with open(args.manifest, "w") as man:
             kid += 1
             continue
         pred = ncu_results.predict(cfg, args, "h200")
+        ld = pred["sim_hbm_read_bytes"] if pred["sim_l1_ld_bytes"] is None else pred["sim_l1_ld_bytes"]
+        st = pred["sim_hbm_write_bytes"] if pred["sim_l1_st_bytes"] is None else pred["sim_l1_st_bytes"]
         for n, g in enumerate(grids):
             first = n == 0
             values = {{
-                "l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum": round(pred["sim_l1_ld_bytes"] * 1.01) if first else 0,
-                "l1tex__t_bytes_pipe_lsu_mem_global_op_st.sum": round(pred["sim_l1_st_bytes"] * 1.01) if first else 0,
-                "dram__bytes_read.sum": round(pred["sim_dram_rd_bytes"] * 0.9) if first else 0,
-                "dram__bytes_write.sum": round(pred["sim_dram_wr_evicted_bytes"] * 0.9) if first else 0,
+                "l1tex__t_bytes_pipe_lsu_mem_global_op_ld.sum": round(ld * 1.01) if first else 0,
+                "l1tex__t_bytes_pipe_lsu_mem_global_op_st.sum": round(st * 1.01) if first else 0,
+                "dram__bytes_read.sum": round((pred["sim_dram_rd_bytes"] or 10**6 / 0.9) * 0.9) if first else 0,
+                "dram__bytes_write.sum": round((pred["sim_dram_wr_evicted_bytes"] or 0) * 0.9) if first else 0,
                 "gpu__time_duration.sum": 1000,
             }}
             for name, v in values.items():
@@ -499,6 +502,12 @@ def test_a_config_not_measured_is_reported(ncu_check, tmp_path, capsys, monkeypa
     (["--batch", "300", "--heads", "300"], "--batch x --heads = 90000: a grid dimension holds at most 65535"),
     (["--timeout", "0"], "--timeout: expected a positive number of seconds"),
     (["--gpu", "a100"], "argument --gpu: invalid choice: 'a100'"),
+    (["--mask", "window:3"], "argument --mask: mask spec 'window:3': unknown mask 'window'; expected one of "
+                             "sliding_window:W, prefix_lm:P, document:L1,L2,..., block_sparse:DENSITY[:SEED]"),
+    (["--mask", "block_sparse:0.5", "--n", "16384"], "config flash2 N=16384 d=64 mask=block_sparse:0.5: layout: "
+                                                     "65536 bytes"),
+    (["--mask", "sliding_window:64", "--builds", "fast-fma"], "config flash2 fast-fma N=1024 d=64 "
+                                                             "mask=sliding_window:64: the build cannot run it"),
 ])
 def test_dry_run_validates_the_configs(ncu_check, tmp_path, capsys, bad, message):
     out = tmp_path / "out"
@@ -763,3 +772,107 @@ def test_verdicts_from_made_up_counters():
     # and the verdict of rows without a measurement is their status
     assert ncu_results.verdicts({"status": "not measured"})["verdict"] == "not measured"
     assert ncu_results.verdicts({"status": "ok", "global_ratio": None})["verdict"] == "not measured"
+
+
+# -- a mask on every row: its spec, the child's mask=, the simulator's bytes under it, DRAM reported ------------
+def test_specs_carry_the_mask():
+    """A mask's spec rides last in the config's, colons and all; the spec strings without one are as before."""
+    Config = ncu_specs.Config
+    for spec, cfg in [("flash2:1024:64:1", Config("flash2", 1024, 64, True)),
+                      ("standard:4096:128:0:bwd:plain", Config("standard", 4096, 128, False, "bwd", "plain"))]:
+        assert ncu_specs.parse_spec(spec) == cfg and cfg.spec() == spec and cfg.mask == ""
+    masked = [Config("flash2", 1024, 64, True, "fwd", "plain", "sliding_window:256"),
+              Config("flash2", 4096, 64, False, "bwd", "fast-tf32x3", "block_sparse:0.5:7"),
+              Config("standard", 4096, 64, True, "bwd", "plain", "document:1000,3096")]
+    for cfg in masked:
+        assert ncu_specs.parse_spec(cfg.spec()) == cfg
+    assert masked[0].spec() == "flash2:1024:64:1:fwd:plain:sliding_window:256"
+    assert masked[1].spec() == "flash2:4096:64:0:bwd:fast-tf32x3:block_sparse:0.5:7"
+    assert masked[2].label() == "standard backward N=4096 d=64 causal mask=document:1000,3096"
+    with pytest.raises(ValueError, match="mask spec 'window:3': unknown mask 'window'; expected one of"):
+        ncu_specs.parse_spec("flash2:1024:64:0:fwd:plain:window:3")
+    args = parse_args(["--kinds", "flash2", "--n", "256", "--mask", "prefix_lm:64", "--backward", "both"])
+    assert {c.mask for c in ncu.configs_from_args(args)} == {"prefix_lm:64"}
+    assert {c.mask for c in ncu.configs_from_args(parse_args([]))} == {""}
+    several = ncu.configs_from_args(parse_args(["--kinds", "flash2", "--n", "256", "--d", "64", "--mask", "none",
+                                                "sliding_window:8", "document:100,156", "none"]))
+    assert [c.mask for c in several] == ["", "sliding_window:8", "document:100,156"]  # each row once
+    mask = ncu_specs.make_mask(masked[1], parse_args(["--block-q", "64", "--block-kv", "32"]))
+    assert mask.name == "blocksparse0.50" and ncu_specs.make_mask(Config("flash2", 64, 8, False), SMALL) is None
+
+
+@pytest.mark.parametrize("kind, direction", [("flash2", "fwd"), ("flash2", "bwd"), ("standard", "bwd")])
+def test_a_masked_rows_simulator_bytes(kind, direction):
+    """A masked row's bytes are simulate(..., mask=m)'s (a sliding window skips tiles: fewer than without it);
+    its sector model adds the same extra sectors as without the mask (d's rows and the dK, dV stores move every
+    row whatever the mask); the L2 model predicts nothing for it."""
+    from sandbox import simulate
+
+    args = parse_args(["--no-probes"])
+    cfg = ncu_specs.Config(kind, 512, 64, True, direction, "plain", "sliding_window:64")
+    masked, free = (ncu_results.predict(c, args, "h200") for c in (cfg, dataclasses.replace(cfg, mask="")))
+    schedule, problem = ncu_specs.make_schedule(cfg, args), ncu_specs.make_problem(cfg, args)
+    m = ncu_specs.make_mask(cfg, args)
+    assert masked["sim_hbm_bytes"] == simulate(schedule, problem, mask=m, backward=cfg.backward).hbm_bytes
+    assert masked["sim_hbm_bytes"] < free["sim_hbm_bytes"]
+    assert masked["sim_l1_bytes"] - masked["sim_hbm_bytes"] == free["sim_l1_bytes"] - free["sim_hbm_bytes"]
+    assert masked["sector_note"] == free["sector_note"]
+    assert masked["sim_dram_bytes"] is None and masked["sim_dram_plain_bytes"] is None
+    assert [x["phase"] for x in masked["launches"]] == [x["phase"] for x in free["launches"]]
+    assert ("their allowed entries only" in masked["sector_caveats"]) == (kind == "standard")  # S, P, dS tiles
+
+
+def test_a_masked_rows_verdict():
+    """Global bytes held to 2% of the simulator's bytes under the mask (and of its sector model); DRAM reported."""
+    args = parse_args(["--no-probes"])
+    cfg = ncu_specs.Config("flash2", 256, 64, False, "bwd", "plain", "document:100,156")
+    pred = ncu_results.predict(cfg, args, "h200")
+    grids = ncu_specs.expected_grids(cfg, args)
+    kernels = [_kernel(i, g, global_ld_bytes=pred["sim_l1_ld_bytes"] if i == 0 else 0,
+                       global_st_bytes=pred["sim_l1_st_bytes"] if i == 0 else 0, dram_rd_bytes=5e5, dram_wr_bytes=0,
+                       time=1e-3) for i, g in enumerate(grids)]
+    row = ncu_results.make_row(cfg, args, "h200", kernels, build="plain")
+    assert (row["global_verdict"], row["dram_verdict"], row["verdict"]) == ("explained", "reported", "explained")
+    assert row["mask"] == "document:100,156" and row["dram_target"] == 0 and row["pred_dram_bytes"] is None
+    assert row["ncu_dram_bytes"] == 3 * 5e5 and row["dram_ratio"] is None
+    assert all(x["global_ratio"] is None and x["pred_dram_bytes"] is None for x in row["launches"])
+    table = ncu_results.summary([row])
+    assert "flash2 N=256 d=64 mask=document:100,156" in table and "DRAM of the 1 masked row(s) reported" in table
+
+
+def test_the_child_hands_the_mask_to_the_kernels(monkeypatch):
+    """run_config builds the Mask once and passes it (the same object: one compile) to every run it makes."""
+    from sandbox.lab import ncu_child
+    from sandbox.vocabulary.masks import Mask
+
+    calls = []
+    monkeypatch.setattr(ncu_child, "run_backward",
+                        lambda *a, **kw: calls.append(("bwd", kw)) or ("dq", "dk", "dv", None))
+    monkeypatch.setattr(ncu_child, "run", lambda *a, **kw: calls.append(("fwd", kw)) or ("out", "lse", None, None))
+    monkeypatch.setattr(ncu_child, "device_inputs", lambda problem, rng, count: [None] * count)
+    for direction in ("fwd", "bwd"):
+        cfg = ncu_specs.Config("flash2", 64, 16, True, direction, "plain", "sliding_window:8")
+        ncu_child.run_config(cfg, SMALL, np.random.default_rng(0))
+    assert [d for d, _ in calls] == ["fwd", "fwd", "fwd", "bwd", "fwd", "bwd"]  # (small, measured) per row
+    (mask,) = {id(kw["mask"]) for _, kw in calls}
+    assert isinstance(calls[0][1]["mask"], Mask) and calls[0][1]["mask"].name == "window8"
+
+
+def test_end_to_end_with_a_mask(ncu_check, tmp_path, capsys):
+    """--mask on the forward and the backward: each row carries the spec, is held to the simulator's bytes under
+    the mask (ok, or explained by d's rows and the dK, dV stores), and its DRAM is reported."""
+    out = tmp_path / "out"
+    rc = ncu_main(["--ncu", str(_fake_ncu(tmp_path)), "--kinds", "flash2", "--n", "256", "--d", "16", "--causal",
+                   "yes", "--backward", "both", "--mask", "sliding_window:32", "--gpu", "h200", "--no-probes",
+                   "--out", str(out)])
+    stdout = capsys.readouterr().out
+    assert rc == 0, stdout
+    rows = _csv_rows(out)
+    assert [(r["direction"], r["mask"], r["verdict"], r["dram_verdict"]) for r in rows] == [
+        ("fwd", "sliding_window:32", "ok", "reported"), ("bwd", "sliding_window:32", "explained", "reported")]
+    assert all(r["pred_dram_bytes"] == "" and r["ncu_dram_bytes"] != "" for r in rows)
+    _, summary = records.read_commented_csv(out / "ncu_summary.csv")
+    assert [r["mask"] for r in summary] == ["sliding_window:32"] * 2
+    assert "flash2 N=256 d=16 causal mask=sliding_window:32" in stdout
+    specs = json.loads((out / "ncu_check.json").read_text())["ncu_command"].split("--specs ")[1].split()
+    assert specs == ["flash2:256:16:1:fwd:plain:sliding_window:32", "flash2:256:16:1:bwd:plain:sliding_window:32"]

@@ -313,3 +313,68 @@ def test_a_cp_async_copy_is_counted_at_9_8_of_its_bytes():
     assert [by[t].counted(wide, 64, 2) for t in "QKV"] == [9 / 8] * 3
     assert [by[t].counted(narrow, 64, 2) for t in "QKV"] == [2, 9 / 8, 9 / 8]
     assert by["O"].counted(wide, 64, 2) == 2
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+def test_stream_bytes_are_the_l2_models_requests(backward):
+    """stream_bytes, without the cache model, gives each launch's requested bytes per tensor as simulate_dram
+    does (the causal S and P tiles' rows cut at the diagonal included)."""
+    for kind in kinds.names():
+        if backward and kinds.get(kind).backward is None:
+            continue
+        schedule = Schedule(kind, **SMALL, kv_splits=2 if kinds.get(kind).kv_splits else 1)
+        problem = Problem(1, 2, 72, 72, 16, causal=True)
+        got = _requested(ncu_sectors.stream_bytes(schedule, problem, backward))
+        want = _requested(simulate_dram(schedule, problem, gpu="h200", backward=backward).per_launch)
+        assert got == want, kind
+
+
+def _requested(per_launch):
+    """(phase, {tensor: {its nonzero requested_* bytes}}) per launch, tensors without any left out."""
+    out = []
+    for x in per_launch:
+        per = {t: {k: v for k, v in f.items() if k.startswith("requested") and v} for t, f in x["per_tensor"].items()}
+        out.append((x["phase"], {t: f for t, f in per.items() if f}))
+    return out
+
+
+def test_masked_l1_bytes_only_where_every_access_moves_every_row():
+    """Under a mask the sectors beyond the bytes are the mask-free stream's, for accesses outside the tile
+    loop; an uneven access in the tile loop (the tensor-core forward's K_j) leaves no sector model."""
+    from kernels import flash2_tc
+
+    l1 = [{"phase": "d", "ld_bytes": 800.0, "st_bytes": 8.0, "hbm_ld_bytes": 100, "hbm_st_bytes": 8,
+           "factors": {"O ld": 8.0}}]
+    assert ncu_sectors.masked_l1_bytes(l1, ncu_sectors.accesses("flash2", True), 60, 5) == (760, 5, [])
+    l1 = [{"phase": "main", "ld_bytes": 300.0, "st_bytes": 8.0, "hbm_ld_bytes": 200, "hbm_st_bytes": 8,
+           "factors": {"K ld": 2.0}}]
+    assert ncu_sectors.masked_l1_bytes(l1, ncu_sectors.accesses("flash2", False, flash2_tc), 100, 8) == (
+        None, None, ["main: K ld"])
+
+
+@traces
+def test_masked_backward():
+    """The plain flash2 backward under a sliding window skips the mask's empty tiles, and its traced sectors
+    are the check's masked sector model: the simulator's bytes under the mask plus d's and dK, dV's extra
+    sectors, which move every row whatever the mask."""
+    from sandbox.cli import ncu_parser
+    from sandbox.lab import ncu_results, ncu_specs
+    from sandbox.vocabulary.masks import tile_classes
+
+    args = ncu_parser().parse_args(["--no-probes", "--block-q", "16", "--block-kv", "16", "--thread-q", "4",
+                                    "--thread-kv", "2"])
+    cfg = ncu_specs.Config("flash2", 48, 8, False, "bwd", "plain", "sliding_window:4")
+    schedule, problem, mask = (f(cfg, args) for f in (ncu_specs.make_schedule, ncu_specs.make_problem,
+                                                      ncu_specs.make_mask))
+    assert tile_classes(mask, schedule, problem)[0] == 2  # Q block 0 with K/V block 2, and 2 with 0: skipped
+    pred = ncu_results.predict(cfg, args, "h200")
+    x = inputs(problem, ("Q", "K", "V", "dO"))
+    out, lse = kernel_launch.run(schedule, problem, x["Q"], x["K"], x["V"], mask=mask, fast=False)[:2]
+    with traced() as (accesses, regions):
+        kernel_launch.run_backward(schedule, problem, x["Q"], x["K"], x["V"], out, lse, x["dO"], mask=mask)
+    regions.update({name: region(a) for name, a in {**x, "O": out, "L": lse}.items()})
+    trace = sectors_by_access(accesses, regions)
+    for op, moved in (("ld", "sim_hbm_read_bytes"), ("st", "sim_hbm_write_bytes")):
+        assert sum(b for (_, _, o), (_, b) in trace.items() if o == op) == pred[moved], op
+        assert sum(s for (_, _, o), (s, _) in trace.items() if o == op) == pred[f"sim_l1_{op}_bytes"], op
+    assert pred["sim_l1_bytes"] > pred["sim_hbm_bytes"]
