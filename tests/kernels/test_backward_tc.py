@@ -61,22 +61,27 @@ def check_against_float64(schedule, problem, mask, inputs, grads):
         np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
 
 
+def draw_case(data, size, causal, dtype):
+    """A (schedule, problem) of ``size``: ragged Nq, Nk, d, and blocks (Br, Bc) the fast backward
+    takes at that d (128×128 at d = 128 needs 271 KB of SRAM: refused, and tested as refused, in
+    test_fast_true_says_why_the_fast_backward_cannot_run)."""
+    n_q, n_kv = (data.draw(st.integers(*size["n"]), label=name) for name in ("n_q", "n_kv"))
+    d = data.draw(st.sampled_from(size["d"]), label="d")
+    br = data.draw(st.sampled_from(size["blocks"]), label="Br")
+    bc = data.draw(st.sampled_from([b for b in size["blocks"] if eligible(tc_schedule(br, b), d) is None]),
+                   label="Bc")
+    problem = Problem(batch=data.draw(st.integers(1, 2)), heads=data.draw(st.integers(1, 2)), n_q=n_q, n_kv=n_kv,
+                      head_dim=d, dtype=dtype, causal=causal)
+    return tc_schedule(br, bc), problem
+
+
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @settings(max_examples=1 if SIMULATED else 4, deadline=None)
 @given(data=st.data(), seed=seeds)
 def test_fast_backward_matches_float64_gradients(causal, dtype, size, data, seed):
-    n_q, n_kv = (data.draw(st.integers(*size["n"]), label=name) for name in ("n_q", "n_kv"))
-    d = data.draw(st.sampled_from(size["d"]), label="d")
-    br = data.draw(st.sampled_from(size["blocks"]), label="Br")
-    # (Br, Bc) the fast backward takes at this d: 128×128 at d = 128 needs 271 KB of SRAM (refused,
-    # and tested as refused, in test_fast_true_says_why_the_fast_backward_cannot_run)
-    bc = data.draw(st.sampled_from([b for b in size["blocks"] if eligible(tc_schedule(br, b), d) is None]),
-                   label="Bc")
-    problem = Problem(batch=data.draw(st.integers(1, 2)), heads=data.draw(st.integers(1, 2)), n_q=n_q, n_kv=n_kv,
-                      head_dim=d, dtype=dtype, causal=causal)
-    schedule = tc_schedule(br, bc)
+    schedule, problem = draw_case(data, size, causal, dtype)
     inputs, grads, build = gradients(schedule, problem, seed)
     assert build.name == "fast-tf32x3", build.reason
     check_against_float64(schedule, problem, None, inputs, grads)
@@ -90,15 +95,8 @@ def test_masked_fast_backward_matches_float64_gradients(causal, size, data, seed
     """Any dtype, ragged Nq != Nk, a mask from the built-ins, their combinations or a plain function
     of (b, h, q, k) (tests/strategies.py, ``mask_for``), causal or not; the gradients bit-identical
     across two runs."""
-    n_q, n_kv = (data.draw(st.integers(*size["n"]), label=name) for name in ("n_q", "n_kv"))
-    d = data.draw(st.sampled_from(size["d"]), label="d")
-    br = data.draw(st.sampled_from(size["blocks"]), label="Br")
-    bc = data.draw(st.sampled_from([b for b in size["blocks"] if eligible(tc_schedule(br, b), d) is None]),
-                   label="Bc")
-    problem = Problem(batch=data.draw(st.integers(1, 2)), heads=data.draw(st.integers(1, 2)), n_q=n_q, n_kv=n_kv,
-                      head_dim=d, dtype=data.draw(st.sampled_from(DTYPES), label="dtype"), causal=causal)
+    schedule, problem = draw_case(data, size, causal, data.draw(st.sampled_from(DTYPES), label="dtype"))
     mask = data.draw(mask_for(problem), label="mask")
-    schedule = tc_schedule(br, bc)
     inputs, grads, build = gradients(schedule, problem, seed, mask=mask, runs=2)
     assert build.name == "fast-tf32x3", build.reason
     check_against_float64(schedule, problem, mask, inputs, grads)
