@@ -5,7 +5,7 @@ they become A operands, as FlashAttention-2 computes them.
 
 Same schedule, same kernels and the same HBM traffic as the counting backward
 (kernels/backward.py) and the 3xTF32 fast backward (kernels/backward_tc.py): D = rowsum(dO ∘ O)
-first (the counting build's ``d`` kernel), then
+first (the 3xTF32 backward's ``d`` kernel: its loads in whole sectors), then
 
     dkdv: one thread block per (K/V block j, batch·head), a warp per 16 keys (Bc / 16 warps);
           K_j, V_j -> SRAM once; for each Q block i (causal: from the first with a query >= the
@@ -68,7 +68,7 @@ from SRAM per k16 step; dq holds Q_i's and dO_i's A fragments (d/4 each), dQ_i's
 import numpy as np
 from numba import cuda, float32, uint32, uint64
 
-from kernels import backward as counting_backward
+from kernels.backward_tc import make_d
 from kernels.flash2_common import refusal
 from kernels.flash2_tc16 import dtype_refusal as forward_dtype_refusal
 from kernels.flash2_tc16 import tile_stride
@@ -156,7 +156,7 @@ def phases(dtype):
     kernels view the 16-bit arrays as uint32)."""
     IN4, F3, C = array_type(dtype, 4), array_type(np.float32, 3), COUNTERS
     return {
-        "d": (counting_backward.make_d, (IN4, IN4, F3, C)),
+        "d": (make_d, (IN4, IN4, F3, C)),
         "dkdv": (make_dkdv, (IN4, IN4, IN4, IN4, F3, F3, IN4, IN4, float32, C)),
         "dq": (make_dq, (IN4, IN4, IN4, IN4, F3, F3, IN4, float32, C)),
     }
