@@ -6,8 +6,9 @@ Same schedule, same kernels and the same HBM traffic as the counting backward
 (``make_d``: the counting build's sum, its loads coalesced), then
 
     dkdv: one thread block per (K/V block j, batch·head), a warp per 16 keys (Bc / 16 warps);
-          K_j, V_j -> SRAM once; for each Q block i (causal: from the first with a query >= the
-          block's first key): Q_i, dO_i, L_i, D_i -> SRAM, and per chunk of up to 32 queries
+          for each Q block i that sees a key of the block (causal: from the first with a query >= the
+          block's first key; none when that is past Nq): K_j, V_j -> SRAM before the first (once),
+          Q_i, dO_i, L_i, D_i -> SRAM, and per chunk of up to 32 queries
               Sᵀ = K_j Q_iᵀ and dPᵀ = V_j dO_iᵀ         (interleaved: independent accumulators)
               Pᵀ = exp2(Sᵀ·scale·log2 e - L·log2 e),  dSᵀ = Pᵀ ∘ (dPᵀ - D)
               dV_j += Pᵀ dO_i,  dK_j += dSᵀ Q_i          (Pᵀ, dSᵀ stay in registers)
@@ -21,9 +22,8 @@ Same schedule, same kernels and the same HBM traffic as the counting backward
 
 With a mask (sandbox/vocabulary/masks.py: the forward's predicate) both kernels skip the tiles
 that hold no allowed entry (``tile_visited``: the block evaluates the predicate over the tile, as
-the counting backward and the simulator do), load dkdv's K_j, V_j at the first tile it visits, and
-set P = 0 entry by entry where the predicate or the causal mask excludes it: the same HBM tiles as
-the counting backward's.
+the counting backward and the simulator do) and set P = 0 entry by entry where the predicate or
+the causal mask excludes it: the same HBM tiles as the counting backward's.
 
 With a score_mod (sandbox/vocabulary/score_mods.py) each in-range entry of S is taken back to
 natural units, S' = score_mod(S) replaces it in P (P = 0 where S' = -inf), and dS is multiplied by
@@ -66,10 +66,11 @@ from kernels.tiles import LOG2E, NEG_INF, ONE, ZERO, array_type, inline_device, 
 from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
 
-#: Streamed rows (dkdv: queries, dq: keys) a warp's S and dP accumulators cover at once, by d: 32
-#: (16 accumulators per thread beside dK's and dV's, d/2 each) up to d = 64; 16 above, where dkdv
-#: otherwise spills under the 255-register cap (BENCHMARKS.md, "Fast backward, fp32").
-CHUNK = {64: 32, MAX_HEAD_DIM: 16}
+#: Streamed rows (dkdv: queries, dq: keys) a warp's S and dP accumulators cover at once: 16
+#: accumulators per thread beside dK's and dV's (d/2 each). At d = 128 dkdv then takes 255 registers
+#: and no local memory on the H200 with unsigned indices and 2 groups per fresh accumulator group
+#: (signed, it spilled; BENCHMARKS.md, "Fast backward, fp32").
+CHUNK = 32
 
 #: dQ, dK and dV are sums over the whole sequence. The tensor cores' fp32 accumulation truncates
 #: where an fp32 add rounds to nearest, so a sum carried through N/8 × 3 products on them drifts
@@ -82,10 +83,6 @@ CHUNK = {64: 32, MAX_HEAD_DIM: 16}
 ACC_GROUP = {"dkdv": {64: 4, MAX_HEAD_DIM: 2}, "dq": {MAX_HEAD_DIM: 2}}
 
 
-#: The largest d whose kernels index with uint64 (``_make``): above it, signed indices.
-UNSIGNED_MAX_D = 64
-
-
 def by_head_dim(table, head_dim):
     """``table``'s value for ``head_dim``: that of the smallest key at least ``head_dim``."""
     return table[min(key for key in table if key >= head_dim)]
@@ -95,12 +92,21 @@ def chunk_rows(schedule, head_dim, phase, masked=False):
     """Streamed rows per chunk of ``phase`` ("dkdv" or "dq"): :data:`CHUNK` where it divides the
     streamed block, else 16. Under a mask (``masked``), 16 for blocks of more than 256 threads: with
     128 registers a thread, the predicate's evaluation beside 32 rows' S and dP spilled (dq at
-    256×128, d = 64: 24–32 bytes a thread, ptxas for sm_90; 0 with 16)."""
+    256×128, d = 64: 24–32 bytes a thread, ptxas for sm_90; 0 with 16), and for a kernel with
+    signed indices (:func:`unsigned`)."""
     streamed = schedule.block_q if phase == "dkdv" else schedule.block_kv
-    ch = by_head_dim(CHUNK, head_dim)
-    if masked and threads(schedule, phase) > 256:
+    ch = CHUNK
+    if masked and (threads(schedule, phase) > 256 or not unsigned(head_dim, phase, masked)):
         ch = 16
     return ch if streamed % ch == 0 else 16
+
+
+def unsigned(head_dim, phase, masked=False):
+    """Whether ``phase``'s kernel indexes with uint64 (``_make``): every kernel but a masked dkdv
+    above d = 64. There the predicate's evaluation beside dK's and dV's accumulators spilled with
+    unsigned indices (d = 128: 16 bytes a thread on the H200 with chunks of 32; causal, 24 with
+    chunks of 16 in ptxas for sm_90 here), and signed indices with chunks of 16 use none."""
+    return not (masked and phase == "dkdv" and head_dim > 64)
 
 
 def chunks(schedule, head_dim, masked=False):
@@ -253,7 +259,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     why = eligible(schedule, head_dim, count_io, mask)
     if why is not None:
         raise ValueError(f"the fast backward cannot run {schedule} at d={head_dim}: {why}")
-    NT = 2 * (schedule.block_kv if phase == "dkdv" else schedule.block_q)  # a warp per 16 resident rows
+    NT = threads(schedule, phase)  # a warp per 16 resident rows
     t = make_tile_ops(schedule, head_dim, False, causal, dtype, mask, score_mod, threads=NT)
     HAS_MOD, modded, mod_grad = t.HAS_MOD, t.modded, t.mod_grad
     HAS_MASK, mask_ok, tile_visited = mask is not None, t.mask_ok, t.tile_visited
@@ -282,13 +288,11 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     Y1, Y2 = 2 * R * P_, (2 * R + C) * P_  # streamed: dkdv Q, dO; dq K, V
     OL, OD = (2 * R + 2 * C) * P_, (2 * R + 2 * C) * P_ + C  # dkdv: L·log2 e, D per streamed row
     n_smem = dynamic_bytes(schedule, head_dim, phase)
-    # Up to UNSIGNED_MAX_D, shared and global indices are cast to uint64: a signed index gets a
-    # negative-index fix-up per access (a compare and a select), which on the H200 doubled the
-    # kernels' instructions and kept the compiler from folding a thread's loads into one base
-    # address plus constant offsets. Above it they stay signed (int64 is no cast): the folded
-    # addresses take registers that dkdv does not have at d = 128 (BENCHMARKS.md, "Fast backward, fp32").
-    UNSIGNED = D <= UNSIGNED_MAX_D
-    IX = uint64 if UNSIGNED else int64
+    # Shared and global indices are cast to uint64 (but see ``unsigned``): Numba indexes with a
+    # signed integer through a negative-index fix-up per access (a compare and a select), which on
+    # the H200 doubled the kernels' instructions and kept the compiler from folding a thread's loads
+    # into one base address plus constant offsets (BENCHMARKS.md, "Fast backward, fp32").
+    IX = uint64 if unsigned(D, phase, mask is not None) else int64
     EXACT = np.dtype(dtype).itemsize == 2  # fp16/bf16 inputs are TF32 already
     ALIGN = None if using_simulator() else 16
     NX = NT * XCH_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
@@ -329,10 +333,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     c = e - r * D
                     val = ZERO
                     if r < n_valid:
-                        if UNSIGNED:
-                            val = to_f32(xh[IX(row0 + r), IX(c)])
-                        else:
-                            val = to_f32(x[b, h, row0 + r, c])
+                        val = to_f32(xh[IX(row0 + r), IX(c)])
                     sm[IX(base + r * P_ + c)] = val
 
         return load
@@ -459,13 +460,15 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     acc_v[kk, i] = ZERO
                     acc_k[kk, i] = ZERO
             kv_loaded = False
-            if not HAS_MASK:
-                load_resident(k, b, h, k0, kv_len, sm, X1, tid)
-                load_resident(v, b, h, k0, kv_len, sm, X2, tid)
             i0 = 0
+            n_blocks = (n_q + C - 1) // C
             if CAUSAL:  # earlier Q blocks see none of these keys
                 i0 = k0 // C
-            n_blocks = (n_q + C - 1) // C
+                if k0 >= n_q:
+                    n_blocks = i0  # no query sees this block: nothing loaded, zeros stored
+            if not HAS_MASK and i0 < n_blocks:  # every Q block from i0 on sees the block
+                load_resident(k, b, h, k0, kv_len, sm, X1, tid)
+                load_resident(v, b, h, k0, kv_len, sm, X2, tid)
             for i in range(i0, n_blocks):
                 q0 = i * C
                 q_len = min(C, n_q - q0)

@@ -241,7 +241,7 @@ def _request(req, r, tags, stamps, valid, dirty, owner, clock, geom, stats, laun
         req[r, 0], req[r, 1], req[r, 2], req[r, 3], req[r, 4], req[r, 5], req[r, 6], req[r, 7])
     for i in range(rows):
         n = row_bytes
-        if tri != _NO_TRI:
+        if tri != _NO_TRI:  # a causal S/P tile's row (streams.request_bytes sums the same rule)
             n = min(row_bytes, max(0, tri + i) * elem)
         if n > 0:
             stats[launch, tensor, _REQ_W if write else _REQ_R] += n

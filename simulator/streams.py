@@ -105,6 +105,20 @@ NO_TRI = -(1 << 62)
 _NO_TRI = NO_TRI  # as the compiled generators read it
 
 
+def request_bytes(requests):
+    """Bytes each request moves (an int64 array, one per row of ``requests``): rows × row bytes, or for
+    a request with a triangle, row r's min(row_bytes, max(0, t + r)·elem) summed over its rows (the
+    rule simulator/l2.py's ``_request`` applies row by row as it touches the cache)."""
+    rows, row_bytes, tri, elem = requests[:, 1], requests[:, 2], requests[:, 4], requests[:, 5]
+    nbytes = rows * row_bytes
+    sliced = tri != NO_TRI
+    if sliced.any():
+        r = np.arange(int(rows[sliced].max()))
+        per_row = np.clip(tri[sliced, None] + r[None, :], 0, row_bytes[sliced, None] // elem[sliced, None])
+        nbytes[sliced] = ((r[None, :] < rows[sliced, None]) * per_row).sum(axis=1) * elem[sliced]
+    return nbytes
+
+
 @njit(cache=True)
 def _emit(req, n, fill, addr, rows, row_bytes, stride, tri, elem, tensor, write):
     """Append one request (when ``fill``); return the new count."""

@@ -53,8 +53,6 @@ Example:
 
 import dataclasses
 
-import numpy as np
-
 from kernels import flash2_fast, flash2_tc, flash2_tc16
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.ioreport import itemsizes
@@ -414,13 +412,8 @@ def stream_bytes(schedule, problem, backward=False):
     out = []
     for launch in streams.tile_requests(schedule, problem, backward):
         req = launch.requests
-        addr, rows, row_bytes, stride, tri, elem, tensor, write = (req[:, i] for i in range(streams.NCOLS))
-        nbytes = rows * row_bytes
-        sliced = tri != streams.NO_TRI  # row r moves min(row_bytes, max(0, tri + r)·elem) bytes: causal S, P tiles
-        if sliced.any():
-            r = np.arange(int(rows[sliced].max()))
-            per_row = np.clip(tri[sliced, None] + r[None, :], 0, row_bytes[sliced, None] // elem[sliced, None])
-            nbytes[sliced] = ((r[None, :] < rows[sliced, None]) * per_row).sum(axis=1) * elem[sliced]
+        nbytes = streams.request_bytes(req)
+        tensor, write = req[:, 6], req[:, 7]
         per_tensor = {}
         for t, w in sorted(set(zip(tensor.tolist(), write.tolist()))):
             field = "requested_write_bytes" if w else "requested_read_bytes"

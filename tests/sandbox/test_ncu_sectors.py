@@ -192,15 +192,16 @@ def test_fast_forward(schedule, d):
 
 
 @traces
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_fast_backward(dtype, monkeypatch):
+@pytest.mark.parametrize("dtype, causal", [("float32", False), ("float16", False), ("float32", True)])
+def test_fast_backward(dtype, causal, monkeypatch):
     """flash2's fast backward: every load and store in whole sectors (d's row sums and the gradients
     staged through SRAM), so the model lists no access and the trace finds none uneven; d's block
-    in two passes of 8 rows, as d = 128 takes them."""
+    in two passes of 8 rows, as d = 128 takes them. Causal with Nk > Nq, the last K/V block starts
+    past every query: dkdv loads nothing for it (and stores its zeros), as the simulator counts."""
     monkeypatch.setattr(backward_tc, "D_STAGE_FLOATS", 8 * 17)
     monkeypatch.setattr(kernel_launch, "build", kernel_launch.build.__wrapped__)  # not the cached kernels
     schedule = tc_schedule(16, 16)
-    problem = Problem(1, 1, 32, 48, 16, dtype=dtype)
+    problem = Problem(1, 1, 32, 48, 16, dtype=dtype, causal=causal)
     chosen = choose_backward_build(schedule, problem.head_dim, fast=True)
     x = inputs(problem, ("Q", "K", "V", "dO"))
     out, lse = kernel_launch.run(schedule, problem, x["Q"], x["K"], x["V"], fast=False)[:2]
