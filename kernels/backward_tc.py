@@ -50,6 +50,17 @@ its B fragment in the same order (b0 = Y[8n + 2t, col], b1 = Y[8n + 2t + 1, col]
 **Exact operands.** fp16 and bf16 values are TF32 already: a product of two inputs (Sᵀ, dPᵀ)
 is one tensor-core product, and one of an fp32 value (P, dS) and an input is two.
 
+**Two stages.** With fp32 inputs and no mask, where two stages of streamed tiles fit the SRAM
+(``stages``: 128×128 at d = 64, 64×64 at d = 128), each kernel copies its tiles by ``cp.async``
+(kernels/mma16.py) and the next streamed block's into the other stage while this one's products
+run; L_i, D_i (dkdv) are loaded into registers first and stored to their stage after. The loads
+between two barriers left the tensor cores idle while each block arrived (one block per SM):
+with two stages (128×128) d = 64 ran 1.46× faster (causal 1.55×) than with one (256×128) in one
+call on the H200 (BENCHMARKS.md, "Fast backward, fp32"). The
+arithmetic and its order are the one-stage kernels': the gradients are bit-identical. The
+one-stage loops keep the tile's body inline, as the kernels measured and checked for spills had it
+(called as ``dkdv_tile``, the masked dkdv at d = 128 spilled 8 bytes a thread on the H200).
+
 **Deterministic.** Every output element is written once, by one thread, summing in a fixed order;
 no atomics: the same inputs give bit-identical gradients.
 
@@ -62,6 +73,8 @@ from numba import cuda, float32, int32, int64, uint64
 
 from kernels.flash2_common import refusal
 from kernels.mma import XCH_PER_THREAD, exp2, mma, split
+from kernels.mma16 import cp_async_commit, cp_async_wait, cp_async_wait_but_one, row_copier
+from kernels.smem import device_smem_optin
 from kernels.tiles import LOG2E, NEG_INF, ONE, ZERO, array_type, inline_device, make_tile_ops, COUNTERS
 from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
@@ -81,6 +94,12 @@ CHUNK = 32
 #: By phase: dq takes 2 at every d (at d = 64 its 512-thread blocks, 256×128, have 128 registers a
 #: thread, and 4 groups spilled there).
 ACC_GROUP = {"dkdv": {64: 4, MAX_HEAD_DIM: 2}, "dq": {MAX_HEAD_DIM: 2}}
+
+#: :data:`ACC_GROUP` of a two-stage kernel (``stages``) where it differs: dkdv above d = 64 takes 1.
+#: At 64×64 and d = 128 (128 threads of 255 registers) 2 groups spilled 8 bytes a thread on the
+#: H200; 1 uses none without the causal mask (causal, every variant tried spilled 8–16 bytes;
+#: BENCHMARKS.md, "Fast backward, fp32").
+ACC_GROUP_TWO_STAGES = {"dkdv": {64: 4, MAX_HEAD_DIM: 1}, "dq": {MAX_HEAD_DIM: 2}}
 
 
 def by_head_dim(table, head_dim):
@@ -144,19 +163,44 @@ def _stride(head_dim):
 #: Static shared memory of dkdv and dq: the tile vote a mask takes (``tile_visited``), one int32.
 VOTE_BYTES = 4
 
+#: Bytes to which an input array's first element must be aligned: with two stages the tiles are
+#: copied by cp.async in 16-byte words (kernels/launch.py, ``check_alignment``, refuses others with
+#: the reason; for every dtype and schedule, one rule for the build).
+ALIGNMENT = 16
+
 
 def smem_bytes(schedule, head_dim, phase=None):
-    """Shared memory a block of ``phase`` ("dkdv", "dq"; None: the larger) takes: its dynamic tiles
-    (:func:`dynamic_bytes`) and the static tile vote."""
+    """Shared memory a block of ``phase`` ("dkdv", "dq"; None: the larger) needs at least: its
+    dynamic tiles with one stage of streamed tiles (:func:`dynamic_bytes`) and the static tile vote.
+    A kernel takes a second stage where it fits (:func:`stages`)."""
     sizes = {ph: dynamic_bytes(schedule, head_dim, ph) + (ph != "d") * VOTE_BYTES for ph in ("d", "dkdv", "dq")}
     return max(sizes.values()) if phase is None else sizes[phase]
 
 
-def dynamic_bytes(schedule, head_dim, phase):
-    """Dynamic shared memory of ``phase``: two resident and two streamed tiles of d + 4 floats per
-    row, and dkdv's L and D per streamed row."""
-    rows = 2 * (schedule.block_q + schedule.block_kv) * _stride(head_dim) * 4
-    return {"d": 0, "dkdv": rows + 8 * schedule.block_q, "dq": rows}[phase]
+def dynamic_bytes(schedule, head_dim, phase, n_stages=1):
+    """Dynamic shared memory of ``phase``: two resident tiles of d + 4 floats per row, and per stage
+    two streamed tiles and dkdv's L and D per streamed row."""
+    if phase == "d":
+        return 0
+    resident = schedule.block_kv if phase == "dkdv" else schedule.block_q
+    streamed = schedule.block_q if phase == "dkdv" else schedule.block_kv
+    stage = 2 * streamed * _stride(head_dim) * 4 + (phase == "dkdv") * 8 * streamed
+    return 2 * resident * _stride(head_dim) * 4 + n_stages * stage
+
+
+def stages(schedule, head_dim, phase, dtype, masked=False):
+    """Stages of streamed tiles ``phase``'s kernel keeps in SRAM: 2 (the next block's tiles copied
+    by cp.async while this one's products run) for fp32 inputs without a mask where two fit the
+    schedule's ``sram_bytes`` and the GPU's opt-in shared memory, else 1 (each block loaded between
+    two barriers). cp.async copies raw bytes, so 16-bit inputs, widened on load, take one; a mask
+    decides which tile comes next only by a vote over it (``tile_visited``)."""
+    if phase == "d" or masked or np.dtype(dtype) != np.float32:
+        return 1
+    need = dynamic_bytes(schedule, head_dim, phase, 2) + VOTE_BYTES
+    if need > schedule.sram_bytes:
+        return 1
+    optin = device_smem_optin()  # (None under the simulator)
+    return 2 if optin is None or need <= optin else 1
 
 
 def threads(schedule, phase):
@@ -281,13 +325,16 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     C = schedule.block_q if DKDV else schedule.block_kv  # streamed rows per block
     CH = chunk_rows(schedule, head_dim, phase, mask is not None)  # streamed rows per chunk of the products
     NS, KD = CH // 8, D // 8  # 8-row groups of a chunk; 8-column groups of d
-    AG = by_head_dim(ACC_GROUP[phase], D)  # column groups per fresh accumulator group
+    N_STAGES = stages(schedule, head_dim, phase, dtype, mask is not None)
+    PIPE = N_STAGES == 2
+    AG = by_head_dim((ACC_GROUP_TWO_STAGES if PIPE else ACC_GROUP)[phase], D)  # column groups per fresh accumulator group
     AG = AG if KD % AG == 0 else 1
     P_ = _stride(D)
     X1, X2 = 0, R * P_  # resident: dkdv K, V; dq Q, dO
-    Y1, Y2 = 2 * R * P_, (2 * R + C) * P_  # streamed: dkdv Q, dO; dq K, V
+    Y1, Y2 = 2 * R * P_, (2 * R + C) * P_  # streamed, stage 0: dkdv Q, dO; dq K, V
     OL, OD = (2 * R + 2 * C) * P_, (2 * R + 2 * C) * P_ + C  # dkdv: L·log2 e, D per streamed row
-    n_smem = dynamic_bytes(schedule, head_dim, phase)
+    STAGE = 2 * C * P_ + DKDV * 2 * C  # floats of a stage (stage 1 follows stage 0)
+    n_smem = dynamic_bytes(schedule, head_dim, phase, N_STAGES)
     # Shared and global indices are cast to uint64 (but see ``unsigned``): Numba indexes with a
     # signed integer through a negative-index fix-up per access (a compare and a select), which on
     # the H200 doubled the kernels' instructions and kept the compiler from folding a thread's loads
@@ -340,10 +387,14 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
 
     load_resident, load_streamed = loader(R), loader(C)
 
+    # rows × d of a head's (N, d) fp32 array -> SRAM at a base (stride P_), by cp.async (not committed)
+    copy_resident, copy_streamed = row_copier(R, D, P_, NT), row_copier(C, D, P_, NT)
+
     @inline_device
-    def products(sm, xch, tid, ra, cq, s, dp):
-        """s = X1 Y1ᵀ and dp = X2 Y2ᵀ over the chunk's rows cq .. cq + CH of the streamed tiles,
-        for the warp's resident rows ra and ra + 8 (the module docstring's fragments)."""
+    def products(sm, xch, tid, ra, cq, y, s, dp):
+        """s = X1 Y1ᵀ and dp = X2 Y2ᵀ over the chunk's rows cq .. cq + CH of the streamed tiles (of
+        the stage at offset ``y``), for the warp's resident rows ra and ra + 8 (the module
+        docstring's fragments)."""
         g = (tid % 32) // 4
         tq = tid % 4
         for n in range(NS):
@@ -361,7 +412,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             vb2, vs2 = parts(sm[IX(X2 + at + 4)], EXACT)
             vb3, vs3 = parts(sm[IX(X2 + at + 8 * P_ + 4)], EXACT)
             for n in range(NS):
-                bt = (cq + 8 * n + g) * P_ + 8 * kk + tq
+                bt = y + (cq + 8 * n + g) * P_ + 8 * kk + tq
                 bb0, bs0 = parts(sm[IX(Y1 + bt)], EXACT)
                 bb1, bs1 = parts(sm[IX(Y1 + bt + 4)], EXACT)
                 s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma3(
@@ -428,6 +479,61 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                 if r < n_valid:
                     x[b, h, IX(row0 + r), IX(c)] = from_f32(sm[IX(base + r * P_ + c)])
 
+    @inline_device
+    def dkdv_tile(sm, xch, tid, ra, b, h, q0, q_len, k0, n_kv, y, s, dp, small, t, acc_v, acc_k, scale, s2):
+        """dV_j += Pᵀ dO_i and dK_j += dSᵀ Q_i for the Q block at q0, its Q_i, dO_i, L_i, D_i in the
+        stage at offset ``y``: the two-stage loop's tile (the one-stage loop has the same body inline)."""
+        g = (tid % 32) // 4
+        tq = tid % 4
+        edge = HAS_MASK or q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform)
+        for cq in range(0, C, CH):
+            products(sm, xch, tid, ra, cq, y, s, dp)
+            for n in range(NS):
+                for e in range(4):
+                    col = cq + 8 * n + 2 * tq + (e % 2)  # the query, in the block
+                    gm = ONE
+                    kv_i = k0 + ra + g + 8 * (e // 2)
+                    if HAS_MOD and col < q_len and kv_i < n_kv:
+                        p, gm = mod_p(s[n, e] * scale, sm[IX(y + OL + col)], b, h, q0 + col, kv_i)
+                    else:
+                        p = exp2(s[n, e] * s2 - sm[IX(y + OL + col)])
+                    if edge:
+                        if col >= q_len or (CAUSAL and kv_i > q0 + col) or (
+                                HAS_MASK and (kv_i >= n_kv or not mask_ok(b, h, q0 + col, kv_i))):
+                            p = ZERO
+                    s[n, e] = p
+                    dp[n, e] = p * (dp[n, e] - sm[IX(y + OD + col)]) * gm
+            accumulate(sm, xch, tid, cq, s, small, y + Y2, acc_v, t)  # dV_j += Pᵀ dO_i
+            accumulate(sm, xch, tid, cq, dp, small, y + Y1, acc_k, t)  # dK_j += dSᵀ Q_i
+
+    @inline_device
+    def dq_tile(sm, xch, tid, ra, b, h, q0, n_q, k0, kv_len, y, s, dp, small, t, acc, l2, dd, scale, s2):
+        """dQ_i += dS K_j for the K/V block at k0, its K_j, V_j in the stage at offset ``y``: the
+        two-stage loop's tile (the one-stage loop has the same body inline)."""
+        g = (tid % 32) // 4
+        tq = tid % 4
+        edge = HAS_MASK or kv_len < C or (CAUSAL and k0 + C - 1 > q0)  # entries to mask (block-uniform)
+        for cq in range(0, C, CH):
+            products(sm, xch, tid, ra, cq, y, s, dp)
+            for n in range(NS):
+                for e in range(4):
+                    col = cq + 8 * n + 2 * tq + (e % 2)  # the key, in the block
+                    gm = ONE
+                    q_i = q0 + ra + g + 8 * (e // 2)
+                    if HAS_MOD and col < kv_len and q_i < n_q:
+                        p, gm = mod_p(s[n, e] * scale, l2[e // 2], b, h, q_i, k0 + col)
+                    else:
+                        p = exp2(s[n, e] * s2 - l2[e // 2])
+                    if edge:
+                        if col >= kv_len or (CAUSAL and k0 + col > q_i) or (
+                                HAS_MASK and (q_i >= n_q or not mask_ok(b, h, q_i, k0 + col))):
+                            p = ZERO
+                    dp[n, e] = p * (dp[n, e] - dd[e // 2]) * gm
+            accumulate(sm, xch, tid, cq, dp, small, y + Y1, acc, t)  # dQ_i += dS K_j
+
+    #: L·log2 e and D values a thread of dkdv carries from a block's loads to its stage (pipelined)
+    NL = -(-C // NT)
+
     if DKDV:
 
         def kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters):
@@ -459,58 +565,101 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                 for i in range(4):
                     acc_v[kk, i] = ZERO
                     acc_k[kk, i] = ZERO
-            kv_loaded = False
             i0 = 0
             n_blocks = (n_q + C - 1) // C
             if CAUSAL:  # earlier Q blocks see none of these keys
                 i0 = k0 // C
                 if k0 >= n_q:
                     n_blocks = i0  # no query sees this block: nothing loaded, zeros stored
-            if not HAS_MASK and i0 < n_blocks:  # every Q block from i0 on sees the block
-                load_resident(k, b, h, k0, kv_len, sm, X1, tid)
-                load_resident(v, b, h, k0, kv_len, sm, X2, tid)
-            for i in range(i0, n_blocks):
-                q0 = i * C
-                q_len = min(C, n_q - q0)
-                if HAS_MASK:
-                    if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
-                        continue  # a mask's empty tile: skipped, no loads
-                cuda.syncthreads()  # every thread is done reading the previous Q_i, dO_i
-                if HAS_MASK and not kv_loaded:  # K_j, V_j at the first tile a Q block sees (the counting build's order)
+            if PIPE:
+                lreg = cuda.local.array(NL, float32)
+                dreg = cuda.local.array(NL, float32)
+                if i0 < n_blocks:
+                    copy_resident(k[b, h], k0, kv_len, sm, X1, tid)
+                    copy_resident(v[b, h], k0, kv_len, sm, X2, tid)
+                    cp_async_commit()
+                for i in range(i0, n_blocks + 1):
+                    # stage (i - i0) % 2 takes block i's Q_i, dO_i by cp.async while block i - 1 is computed
+                    if i < n_blocks:
+                        q0 = i * C
+                        q_len = min(C, n_q - q0)
+                        y = ((i - i0) % 2) * STAGE
+                        copy_streamed(q[b, h], q0, q_len, sm, y + Y1, tid)
+                        copy_streamed(do[b, h], q0, q_len, sm, y + Y2, tid)
+                        cp_async_commit()
+                        for u in range(NL):  # L_i, D_i: loaded now, stored once block i - 1 is done
+                            r = tid + u * NT
+                            lreg[u] = ZERO
+                            dreg[u] = ZERO
+                            if r < q_len:
+                                lreg[u] = lse[b, h, q0 + r] * LOG2E
+                                dreg[u] = dvec[b, h, q0 + r]
+                    if i > i0:
+                        ic = i - 1  # the block computed now
+                        if i < n_blocks:
+                            cp_async_wait_but_one()  # block ic's copies (and K_j, V_j's) have landed
+                        else:
+                            cp_async_wait()
+                        cuda.syncthreads()  # ... everyone's, and block ic's L, D are stored
+                        q0 = ic * C
+                        dkdv_tile(sm, xch, tid, ra, b, h, q0, min(C, n_q - q0), k0, n_kv, ((ic - i0) % 2) * STAGE,
+                                  s, dp, small, t, acc_v, acc_k, scale, s2)
+                        cuda.syncthreads()  # every thread is done with the stage before block ic + 2 fills it
+                    if i < n_blocks:
+                        y = ((i - i0) % 2) * STAGE
+                        for u in range(NL):
+                            r = tid + u * NT
+                            if r < C:
+                                sm[IX(y + OL + r)] = lreg[u]
+                                sm[IX(y + OD + r)] = dreg[u]
+            else:
+                kv_loaded = False
+                if not HAS_MASK and i0 < n_blocks:  # every Q block from i0 on sees the block
                     load_resident(k, b, h, k0, kv_len, sm, X1, tid)
                     load_resident(v, b, h, k0, kv_len, sm, X2, tid)
-                    kv_loaded = True
-                load_streamed(q, b, h, q0, q_len, sm, Y1, tid)
-                load_streamed(do, b, h, q0, q_len, sm, Y2, tid)
-                for r in range(tid, C, NT):
-                    lv = ZERO
-                    dv_ = ZERO
-                    if r < q_len:
-                        lv = lse[b, h, q0 + r] * LOG2E
-                        dv_ = dvec[b, h, q0 + r]
-                    sm[IX(OL + r)] = lv
-                    sm[IX(OD + r)] = dv_
-                cuda.syncthreads()
-                edge = HAS_MASK or q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform)
-                for cq in range(0, C, CH):
-                    products(sm, xch, tid, ra, cq, s, dp)
-                    for n in range(NS):
-                        for e in range(4):
-                            col = cq + 8 * n + 2 * tq + (e % 2)  # the query, in the block
-                            gm = ONE
-                            kv_i = k0 + ra + g + 8 * (e // 2)
-                            if HAS_MOD and col < q_len and kv_i < n_kv:
-                                p, gm = mod_p(s[n, e] * scale, sm[IX(OL + col)], b, h, q0 + col, kv_i)
-                            else:
-                                p = exp2(s[n, e] * s2 - sm[IX(OL + col)])
-                            if edge:
-                                if col >= q_len or (CAUSAL and kv_i > q0 + col) or (
-                                        HAS_MASK and (kv_i >= n_kv or not mask_ok(b, h, q0 + col, kv_i))):
-                                    p = ZERO
-                            s[n, e] = p
-                            dp[n, e] = p * (dp[n, e] - sm[IX(OD + col)]) * gm
-                    accumulate(sm, xch, tid, cq, s, small, Y2, acc_v, t)  # dV_j += Pᵀ dO_i
-                    accumulate(sm, xch, tid, cq, dp, small, Y1, acc_k, t)  # dK_j += dSᵀ Q_i
+                for i in range(i0, n_blocks):
+                    q0 = i * C
+                    q_len = min(C, n_q - q0)
+                    if HAS_MASK:
+                        if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+                            continue  # a mask's empty tile: skipped, no loads
+                    cuda.syncthreads()  # every thread is done reading the previous Q_i, dO_i
+                    if HAS_MASK and not kv_loaded:  # K_j, V_j at the first tile a Q block sees (the counting build's order)
+                        load_resident(k, b, h, k0, kv_len, sm, X1, tid)
+                        load_resident(v, b, h, k0, kv_len, sm, X2, tid)
+                        kv_loaded = True
+                    load_streamed(q, b, h, q0, q_len, sm, Y1, tid)
+                    load_streamed(do, b, h, q0, q_len, sm, Y2, tid)
+                    for r in range(tid, C, NT):
+                        lv = ZERO
+                        dv_ = ZERO
+                        if r < q_len:
+                            lv = lse[b, h, q0 + r] * LOG2E
+                            dv_ = dvec[b, h, q0 + r]
+                        sm[IX(OL + r)] = lv
+                        sm[IX(OD + r)] = dv_
+                    cuda.syncthreads()
+                    # (the tile's body inline, as dkdv_tile's: called, the masked dkdv at d = 128 spilled on the H200)
+                    edge = HAS_MASK or q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform)
+                    for cq in range(0, C, CH):
+                        products(sm, xch, tid, ra, cq, 0, s, dp)
+                        for n in range(NS):
+                            for e in range(4):
+                                col = cq + 8 * n + 2 * tq + (e % 2)  # the query, in the block
+                                gm = ONE
+                                kv_i = k0 + ra + g + 8 * (e // 2)
+                                if HAS_MOD and col < q_len and kv_i < n_kv:
+                                    p, gm = mod_p(s[n, e] * scale, sm[IX(OL + col)], b, h, q0 + col, kv_i)
+                                else:
+                                    p = exp2(s[n, e] * s2 - sm[IX(OL + col)])
+                                if edge:
+                                    if col >= q_len or (CAUSAL and kv_i > q0 + col) or (
+                                            HAS_MASK and (kv_i >= n_kv or not mask_ok(b, h, q0 + col, kv_i))):
+                                        p = ZERO
+                                s[n, e] = p
+                                dp[n, e] = p * (dp[n, e] - sm[IX(OD + col)]) * gm
+                        accumulate(sm, xch, tid, cq, s, small, Y2, acc_v, t)  # dV_j += Pᵀ dO_i
+                        accumulate(sm, xch, tid, cq, dp, small, Y1, acc_k, t)  # dK_j += dSᵀ Q_i
             cuda.syncthreads()  # K_j, V_j are loaded (by every thread) before a warp writes its rows over them
             stage(sm, X2, ra, acc_v, float32(1.0), tid)
             stage(sm, X1, ra, acc_k, scale, tid)
@@ -562,40 +711,66 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                 if r < q_len:
                     l2[i] = lse[b, h, q0 + r] * LOG2E
                     dd[i] = dvec[b, h, q0 + r]
-            load_resident(q, b, h, q0, q_len, sm, X1, tid)
-            load_resident(do, b, h, q0, q_len, sm, X2, tid)
+            if not PIPE:
+                load_resident(q, b, h, q0, q_len, sm, X1, tid)
+                load_resident(do, b, h, q0, q_len, sm, X2, tid)
             kv_end = n_kv
             if CAUSAL:  # later blocks are fully masked: skipped
                 kv_end = min(n_kv, q0 + q_len)
             n_blocks = (kv_end + C - 1) // C
-            for j in range(n_blocks):
-                k0 = j * C
-                kv_len = min(C, n_kv - k0)
-                if HAS_MASK:
-                    if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
-                        continue  # a mask's empty tile: skipped, no loads
-                cuda.syncthreads()  # every thread is done reading the previous K_j, V_j
-                load_streamed(k, b, h, k0, kv_len, sm, Y1, tid)
-                load_streamed(v, b, h, k0, kv_len, sm, Y2, tid)
-                cuda.syncthreads()
-                edge = HAS_MASK or kv_len < C or (CAUSAL and k0 + C - 1 > q0)  # entries to mask (block-uniform)
-                for cq in range(0, C, CH):
-                    products(sm, xch, tid, ra, cq, s, dp)
-                    for n in range(NS):
-                        for e in range(4):
-                            col = cq + 8 * n + 2 * tq + (e % 2)  # the key, in the block
-                            gm = ONE
-                            q_i = q0 + ra + g + 8 * (e // 2)
-                            if HAS_MOD and col < kv_len and q_i < n_q:
-                                p, gm = mod_p(s[n, e] * scale, l2[e // 2], b, h, q_i, k0 + col)
-                            else:
-                                p = exp2(s[n, e] * s2 - l2[e // 2])
-                            if edge:
-                                if col >= kv_len or (CAUSAL and k0 + col > q_i) or (
-                                        HAS_MASK and (q_i >= n_q or not mask_ok(b, h, q_i, k0 + col))):
-                                    p = ZERO
-                            dp[n, e] = p * (dp[n, e] - dd[e // 2]) * gm
-                    accumulate(sm, xch, tid, cq, dp, small, Y1, acc, t)  # dQ_i += dS K_j
+            if PIPE:
+                copy_resident(q[b, h], q0, q_len, sm, X1, tid)
+                copy_resident(do[b, h], q0, q_len, sm, X2, tid)
+                cp_async_commit()
+                for j in range(n_blocks + 1):
+                    # stage j % 2 takes block j's K_j, V_j by cp.async while block j - 1 is computed
+                    if j < n_blocks:
+                        k0 = j * C
+                        y = (j % 2) * STAGE
+                        copy_streamed(k[b, h], k0, min(C, n_kv - k0), sm, y + Y1, tid)
+                        copy_streamed(v[b, h], k0, min(C, n_kv - k0), sm, y + Y2, tid)
+                        cp_async_commit()
+                    if j > 0:
+                        if j < n_blocks:
+                            cp_async_wait_but_one()  # block j - 1's copies (and Q_i, dO_i's) have landed
+                        else:
+                            cp_async_wait()
+                        cuda.syncthreads()  # ... everyone's
+                        k0 = (j - 1) * C
+                        dq_tile(sm, xch, tid, ra, b, h, q0, n_q, k0, min(C, n_kv - k0), ((j - 1) % 2) * STAGE,
+                                s, dp, small, t, acc, l2, dd, scale, s2)
+                        cuda.syncthreads()  # every thread is done with the stage before block j + 1 fills it
+                cp_async_wait()  # (Q_i, dO_i's copies, where the block sees no key)
+            else:
+                for j in range(n_blocks):
+                    k0 = j * C
+                    kv_len = min(C, n_kv - k0)
+                    if HAS_MASK:
+                        if not tile_visited(b, h, q0, q_len, k0, kv_len, tid, flag):
+                            continue  # a mask's empty tile: skipped, no loads
+                    cuda.syncthreads()  # every thread is done reading the previous K_j, V_j
+                    load_streamed(k, b, h, k0, kv_len, sm, Y1, tid)
+                    load_streamed(v, b, h, k0, kv_len, sm, Y2, tid)
+                    cuda.syncthreads()
+                    # (the tile's body inline, as dq_tile's: the kernels' code as measured one-stage)
+                    edge = HAS_MASK or kv_len < C or (CAUSAL and k0 + C - 1 > q0)  # entries to mask (block-uniform)
+                    for cq in range(0, C, CH):
+                        products(sm, xch, tid, ra, cq, 0, s, dp)
+                        for n in range(NS):
+                            for e in range(4):
+                                col = cq + 8 * n + 2 * tq + (e % 2)  # the key, in the block
+                                gm = ONE
+                                q_i = q0 + ra + g + 8 * (e // 2)
+                                if HAS_MOD and col < kv_len and q_i < n_q:
+                                    p, gm = mod_p(s[n, e] * scale, l2[e // 2], b, h, q_i, k0 + col)
+                                else:
+                                    p = exp2(s[n, e] * s2 - l2[e // 2])
+                                if edge:
+                                    if col >= kv_len or (CAUSAL and k0 + col > q_i) or (
+                                            HAS_MASK and (q_i >= n_q or not mask_ok(b, h, q_i, k0 + col))):
+                                        p = ZERO
+                                dp[n, e] = p * (dp[n, e] - dd[e // 2]) * gm
+                        accumulate(sm, xch, tid, cq, dp, small, Y1, acc, t)  # dQ_i += dS K_j
             cuda.syncthreads()  # Q_i is loaded (by every thread) before a warp writes its rows over it
             stage(sm, X1, ra, acc, scale, tid)
             cuda.syncthreads()

@@ -73,8 +73,8 @@ from kernels.flash2_common import refusal
 from kernels.flash2_tc16 import dtype_refusal as forward_dtype_refusal
 from kernels.flash2_tc16 import tile_stride
 from kernels.mma import exp2
-from kernels.mma16 import (XCH16_PER_THREAD, cp_async, cp_async_commit, cp_async_wait, cp_async_wait_but_one, ldsm,
-                            ldsm_t, products)
+from kernels.mma16 import (XCH16_PER_THREAD, cp_async_commit, cp_async_wait, cp_async_wait_but_one, ldsm,
+                            ldsm_t, products, row_copier)
 from kernels.tiles import LOG2E, ZERO, COUNTERS, array_type, inline_device
 from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
@@ -200,35 +200,13 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase):
     n_smem = smem_bytes(schedule, head_dim, phase)
     ALIGN = None if using_simulator() else 16
     NX = NT * XCH16_PER_THREAD if using_simulator() else 1  # the simulator's warp exchange
-    CPR = DP // 4  # 16-byte chunks per row
 
     # Indices are uint64 (every constant too), as in kernels/flash2_tc16.py: a signed index gets a
     # negative-index fix-up per access, which keeps the compiler from folding a thread's shared
     # loads into one base address plus constant offsets.
 
-    def copier(rows):
-        """issue(xh, row0, n_valid, sm, base, tid): rows × d of xh (a head's (N, d/2) uint32 view)
-        from row row0 on -> SRAM at ``base`` (stride RS) by cp.async, 16 bytes a thread, zeros past
-        n_valid rows (not committed)."""
-        CHUNKS = rows * CPR
-        IT = -(-CHUNKS // NT)
-        FULL = CHUNKS % NT == 0
-
-        @inline_device
-        def issue(xh, row0, n_valid, sm, base, tid):
-            u0 = uint64(row0)
-            n = uint64(n_valid)
-            for it in range(IT):
-                e = uint64(tid) + uint64(it * NT)
-                if FULL or e < uint64(CHUNKS):
-                    r = e // uint64(CPR)
-                    w = (e % uint64(CPR)) * uint64(4)
-                    ok = r < n
-                    cp_async(sm, base + r * uint64(RS) + w, xh, u0 + r if ok else u0, w, ok)
-
-        return issue
-
-    copy_resident, copy_streamed = copier(R), copier(C)
+    # rows × d of a head's (N, d/2) uint32 view -> SRAM at a base (stride RS), by cp.async (not committed)
+    copy_resident, copy_streamed = row_copier(R, DP, RS, NT), row_copier(C, DP, RS, NT)
 
     @inline_device
     def second_products(sm, xch, tid, cq, a, ybase, acc):

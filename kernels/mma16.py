@@ -46,7 +46,7 @@ swaps the row addresses through the same exchange array; its cp.async copies at 
 
 import ml_dtypes
 import numpy as np
-from numba import cuda
+from numba import cuda, uint64
 
 from kernels.tiles import inline_device
 from sandbox.vocabulary.dtypes import is_bfloat16
@@ -339,3 +339,29 @@ def products(dtype):
     if np.dtype(dtype) == np.float16:
         return mma_f16, pack_f16
     raise ValueError(f"the 16-bit tensor-core products take float16 or bfloat16 operands, not {np.dtype(dtype).name}")
+
+
+def row_copier(rows, words, stride, threads):
+    """issue(xh, row0, n_valid, sm, base, tid): a block's cp.async copy of ``rows`` rows of ``words``
+    32-bit words (a multiple of 4) of xh (2-D, rows of ``words`` words) from row row0 on -> SRAM at
+    word ``base``, rows ``stride`` words apart: 16 bytes a thread, consecutive threads on consecutive
+    16 bytes along a row, then the next row (whole sectors), zeros past n_valid rows. Every thread
+    of the block (``threads`` of them) calls it; the caller commits the group."""
+    per_row = words // 4
+    chunks = rows * per_row
+    its = -(-chunks // threads)
+    full = chunks % threads == 0
+
+    @inline_device
+    def issue(xh, row0, n_valid, sm, base, tid):
+        u0 = uint64(row0)
+        n = uint64(n_valid)
+        for it in range(its):
+            e = uint64(tid) + uint64(it * threads)
+            if full or e < uint64(chunks):
+                r = e // uint64(per_row)
+                w = (e % uint64(per_row)) * uint64(4)
+                ok = r < n
+                cp_async(sm, uint64(base) + r * uint64(stride) + w, xh, u0 + r if ok else u0, w, ok)
+
+    return issue

@@ -266,12 +266,12 @@ def _save_cache(cache, path):
               "results in memory only (set ATTN_SANDBOX_CACHE to a writable folder to keep them)")
 
 
-def _local_memory(schedule, head_dim, dtype, backward=False):
+def _local_memory(schedule, head_dim, dtype, backward=False, causal=None):
     """Bytes of local memory per thread (register spills) of the fast build's kernels (``backward``:
-    the fast backward's), causal or not, compiled here: the worst."""
+    the fast backward's), compiled here for ``causal`` (None: causal and not, the worst)."""
     worst = 0
     chooser = choose_backward_build if backward else choose_build
-    for causal in (False, True):
+    for causal in ((False, True) if causal is None else (bool(causal),)):
         kernels = build(schedule, head_dim, dtype, causal, chooser(schedule, head_dim, fast=True), backward=backward)
         for kernel, _, _ in kernels.values():
             (compiled,) = kernel.overloads.values()
@@ -339,7 +339,7 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
     for i, s in enumerate(todo):
         label = s.describe()
         try:
-            spill = _local_memory(s, head_dim, dtype, backward) if check_spills else 0
+            spill = _local_memory(s, head_dim, dtype, backward, causal) if check_spills else 0
             if spill:
                 raise RuntimeError(f"spills: {spill} bytes of local memory per thread")
             ms = float(timer(s, problem))

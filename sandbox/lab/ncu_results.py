@@ -239,7 +239,8 @@ def sector_accesses(cfg, schedule):
     the plain kernels', or the fast build's, forward or backward (its module, kernels/builds.py's ``fast_build``)."""
     if cfg.build == PLAIN:
         return ncu_sectors.accesses(cfg.kind, cfg.backward)
-    return ncu_sectors.accesses(cfg.kind, cfg.backward, builds.fast_build(schedule, backward=cfg.backward))
+    return ncu_sectors.accesses(cfg.kind, cfg.backward, builds.fast_build(schedule, backward=cfg.backward),
+                                masked=bool(cfg.mask))
 
 
 def predict(cfg, args, gpu, residency=None, dirty_limit_bytes=None):

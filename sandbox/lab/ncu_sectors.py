@@ -53,7 +53,9 @@ Example:
 
 import dataclasses
 
-from kernels import flash2_fast, flash2_tc, flash2_tc16
+import numpy as np
+
+from kernels import backward_tc, flash2_fast, flash2_tc, flash2_tc16
 from sandbox.vocabulary import kinds
 from sandbox.vocabulary.ioreport import itemsizes
 from simulator import streams
@@ -268,14 +270,46 @@ def _copied_rows(rows, head_dim, threads):
     return head_dim, _words(insts)
 
 
-def tc16_copied(schedule):
+def tc16_copied(schedule, head_dim=None, itemsize=None):
     """Whether kernels/flash2_tc16.py copies Q_i by cp.async: with a warp per 32 rows."""
     return flash2_tc16.warp_rows(schedule) == 32
 
 
-def always_copied(schedule):
+def always_copied(schedule, head_dim=None, itemsize=None):
     """An access a build copies by cp.async under every schedule (kernels/flash2_tc16.py's K_j, V_j)."""
     return True
+
+
+def tc_backward_copied(phase):
+    """copied(schedule, head_dim, itemsize): whether kernels/backward_tc.py's ``phase`` copies its tiles by
+    cp.async: with two stages of streamed tiles (``backward_tc.stages``: fp32 inputs, 4-byte elements,
+    and no mask; :func:`accesses` lists none under a mask)."""
+
+    def copied(schedule, head_dim, itemsize):
+        return itemsize == 4 and backward_tc.stages(schedule, head_dim, phase, np.float32) == 2
+
+    return copied
+
+
+def tc_backward_copy(tensor, phase):
+    """kernels/backward_tc.py's ``phase`` copying ``tensor``'s block (a resident or a streamed one) by
+    cp.async or loading it: consecutive threads on consecutive elements (16 bytes a thread in a copy)
+    along whole rows, whole sectors either way."""
+    resident = (tensor in "KV") == (phase == "dkdv")
+
+    def pattern(schedule, head_dim):
+        rows = (schedule.block_kv if phase == "dkdv" else schedule.block_q) if resident else (
+            schedule.block_q if phase == "dkdv" else schedule.block_kv)
+        threads = backward_tc.threads(schedule, phase)
+        insts = []
+        for it in range(-(-rows * head_dim // threads)):
+            for warp in _warps(threads):
+                inst = [divmod(e, head_dim) for e in (tid + it * threads for tid in warp) if e < rows * head_dim]
+                if inst:
+                    insts.append(inst)
+        return head_dim, insts
+
+    return pattern
 
 
 def tc16_q_load(schedule, head_dim):
@@ -327,7 +361,7 @@ class Access:
         """ncu's count over the access's bytes: its sectors' bytes over its bytes, × :data:`LDGSTS_COUNTED`
         for a cp.async copy."""
         f = factor(self.pattern, schedule, head_dim, itemsize)
-        return f * LDGSTS_COUNTED if self.copied is not None and self.copied(schedule) else f
+        return f * LDGSTS_COUNTED if self.copied is not None and self.copied(schedule, head_dim, itemsize) else f
 
 
 _D = ("d", (Access("O", "ld", backward_d_rows, "one thread per row", every_row=True),
@@ -358,14 +392,22 @@ FAST = {
                            Access("V", "ld", tc16_kv_copy, "cp.async, 16 bytes a lane", always_copied),
                            Access("O", "st", tc16_o_store, "words 16 bytes a row, 4 lanes per row"),
                            Access("L", "st", tc_l_store, "the lanes with t = 0"))},
+    # with two stages every tile is copied by cp.async (the resident ones once a block: every row once)
+    backward_tc: {phase: tuple(Access(x, "ld", tc_backward_copy(x, phase), "cp.async with two stages, 16 bytes a lane",
+                                      tc_backward_copied(phase), every_row=(x in "KV") == (phase == "dkdv"))
+                               for x in ("Q", "K", "V", "dO")) for phase in ("dkdv", "dq")},
 }
+#: The fast builds that copy nothing by cp.async under a mask (one stage: kernels/backward_tc.py's ``stages``).
+UNCOPIED_UNDER_A_MASK = (backward_tc,)
 
 
-def accesses(kind, backward, module=None):
+def accesses(kind, backward, module=None, masked=False):
     """phase -> the :class:`Access` tuple of the kernels a run executes: the counting kernels' (``module``
-    None: the plain build) or a fast build's (its module, ``kernels.builds.Build.module``). A build
-    not listed here has none: every access is taken as whole sectors."""
+    None: the plain build) or a fast build's (its module, ``kernels.builds.Build.module``), under a mask
+    where ``masked``. A build not listed here has none: every access is taken as whole sectors."""
     if module is not None:
+        if masked and module in UNCOPIED_UNDER_A_MASK:
+            return {}
         return FAST.get(module, {})
     if backward:
         return PLAIN_BACKWARD.get(kinds.get(kind).backward, {})

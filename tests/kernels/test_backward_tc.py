@@ -10,6 +10,8 @@ per product of the largest magnitude in the sum (a row that sees one key has dQ 
 and the kernel's dP - D is that error alone). fp16/bf16 inputs are TF32 already: fewer products.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -21,7 +23,7 @@ from sandbox import Problem, Schedule, attention, attention_backward, reference_
 from sandbox.vocabulary import masks
 from sandbox.vocabulary.runtime import using_simulator
 from tests.strategies import DTYPES, make_inputs, mask_for, seeds
-from kernels.backward_tc import chunks, eligible
+from kernels.backward_tc import chunks, eligible, smem_bytes, stages
 from tests.tolerances import gradient_tolerances_tc
 
 SIMULATED = using_simulator()
@@ -123,6 +125,35 @@ def test_fast_backward_is_bit_identical_across_runs(shape):
     problem = Problem(batch=1, heads=1, n_q=n_q, n_kv=n_kv, head_dim=d, causal=True)
     _, _, build = gradients(tc_schedule(br, bc), problem, seed=9, runs=2)  # (it compares the runs' bytes)
     assert build.name == "fast-tf32x3"
+
+
+@pytest.mark.parametrize("shape", [pytest.param((33, 40, 8, 16, 32), id="small"),
+                                   pytest.param((700, 555, 64, 128, 128), id="large", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_two_stages_give_the_one_stage_gradients(shape, causal):
+    """With fp32 inputs and no mask each kernel copies the next streamed block by cp.async into a
+    second stage of SRAM while this one's products run, where two stages fit the schedule
+    (``stages``); the arithmetic and its order are the one-stage kernel's, so the gradients are
+    bit-identical to those of the same blocks under an SRAM that holds one stage."""
+    n_q, n_kv, d, br, bc = shape
+    two = tc_schedule(br, bc)
+    one = dataclasses.replace(two, sram_bytes=smem_bytes(two, d))
+    assert [stages(two, d, ph, np.float32) for ph in ("dkdv", "dq")] == [2, 2]
+    assert [stages(one, d, ph, np.float32) for ph in ("dkdv", "dq")] == [1, 1]
+    assert stages(two, d, "dkdv", np.float16) == stages(two, d, "dq", np.float32, masked=True) == 1
+    problem = Problem(batch=1, heads=2, n_q=n_q, n_kv=n_kv, head_dim=d, causal=causal)
+    q, k, v = make_inputs(problem, 11)
+    dout = np.random.default_rng(12).standard_normal(q.shape).astype(np.float32)
+    out, lse = attention(q, k, v, schedule=two, causal=causal, return_lse=True)
+    runs = []
+    for schedule in (two, one):
+        *grads, build = attention_backward(q, k, v, out, lse, dout, schedule=schedule, causal=causal, fast=True,
+                                           return_build=True)
+        assert build.name == "fast-tf32x3", build.reason
+        runs.append(grads)
+    for name, a, b in zip(("dq", "dk", "dv"), *runs):
+        assert a.tobytes() == b.tobytes(), f"{name}: two stages differ from one"
+    check_against_float64(two, problem, None, (q, k, v, dout, out, lse), runs[0])
 
 
 @pytest.mark.parametrize("blocks, n_q, n_kv", [((16, 64), 20, 70), ((48, 48), 50, 13)],

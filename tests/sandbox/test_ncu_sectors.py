@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from kernels import backward_tc
+from kernels import backward_tc, mma16
 from kernels import launch as kernel_launch
 from kernels.builds import choose_backward_build, choose_build
 from kernels.flash2_tc import tc_schedule
@@ -27,8 +27,8 @@ traces = pytest.mark.skipif(not using_simulator(), reason="traces the kernels un
 def traced():
     """Record every element a kernel reads or writes in global memory: yields (accesses, regions).
 
-    accesses: (launch index, block, thread, address, itemsize, store); regions: name -> (address,
-    bytes) of the arrays the launcher allocates (kernels.launch.device_empty's ``what``); the caller
+    accesses: (launch index, block, thread, address, bytes, store), a cp.async copy (kernels/mma16.py)
+    one access of 16 bytes; regions: name -> (address, bytes) of the arrays the launcher allocates (kernels.launch.device_empty's ``what``); the caller
     adds its inputs with :func:`region`."""
     from numba.cuda.simulator import kernel as sim_kernel
     from numba.cuda.simulator.cudadrv import devicearray as sim_array
@@ -36,14 +36,22 @@ def traced():
     accesses, regions, launch = [], {}, [-1]
     cls = sim_array.FakeWithinKernelCUDAArray
     get, put, call, empty = cls.__getitem__, cls.__setitem__, sim_kernel.FakeCUDAKernel.__call__, kernel_launch.device_empty
+    copy = mma16.cp_async
 
-    def note(self, idx, store):
+    def note(self, idx, store, itemsize=None):
         ary = self._item._ary
         idx = idx if isinstance(idx, tuple) else (idx,)
         if len(idx) == ary.ndim:  # an element, not a view
             addr = ary.__array_interface__["data"][0] + sum(int(i) * s for i, s in zip(idx, ary.strides))
             t = threading.current_thread()
-            accesses.append((launch[0], tuple(t.blockIdx), t.thread_id, addr, ary.itemsize, store))
+            accesses.append((launch[0], tuple(t.blockIdx), t.thread_id, addr, itemsize or ary.itemsize, store))
+
+    def traced_copy(sm, at, src, row, word, valid):
+        """A cp.async copy (kernels/mma16.py): one 16-byte access (a zero fill reads nothing)."""
+        if valid:
+            note(src, (row, word), False, 16)
+        for i in range(4):
+            sm[at + i] = get(src, (row, word + i)) if valid else 0
 
     def traced_get(self, idx):
         note(self, idx, False)
@@ -66,12 +74,14 @@ def traced():
     cls.__getitem__, cls.__setitem__ = traced_get, traced_put
     sim_kernel.FakeCUDAKernel.__call__ = traced_call
     kernel_launch.device_empty = traced_empty
+    mma16.cp_async = traced_copy
     try:
         yield accesses, regions
     finally:
         cls.__getitem__, cls.__setitem__ = get, put
         sim_kernel.FakeCUDAKernel.__call__ = call
         kernel_launch.device_empty = empty
+        mma16.cp_async = copy
 
 
 def region(device_array):
@@ -99,7 +109,8 @@ def sectors_by_access(accesses, regions):
         groups[launch, block, tid // ncu_sectors.WARP, tensor, op, k].add((offset, itemsize))
     sector_bytes, nbytes = collections.Counter(), collections.Counter()
     for (launch, _, _, tensor, op, _), elements in groups.items():
-        sector_bytes[launch, tensor, op] += len({o // ncu_sectors.SECTOR for o, _ in elements}) * ncu_sectors.SECTOR
+        sector_bytes[launch, tensor, op] += len({b // ncu_sectors.SECTOR for o, size in elements
+                                                 for b in (o, o + size - 1)}) * ncu_sectors.SECTOR
         nbytes[launch, tensor, op] += sum(size for _, size in elements)
     return {key: (sector_bytes[key], nbytes[key]) for key in nbytes}
 
@@ -195,9 +206,11 @@ def test_fast_forward(schedule, d):
 @pytest.mark.parametrize("dtype, causal", [("float32", False), ("float16", False), ("float32", True)])
 def test_fast_backward(dtype, causal, monkeypatch):
     """flash2's fast backward: every load and store in whole sectors (d's row sums and the gradients
-    staged through SRAM), so the model lists no access and the trace finds none uneven; d's block
-    in two passes of 8 rows, as d = 128 takes them. Causal with Nk > Nq, the last K/V block starts
-    past every query: dkdv loads nothing for it (and stores its zeros), as the simulator counts."""
+    staged through SRAM), so the trace finds none uneven; d's block in two passes of 8 rows, as
+    d = 128 takes them. Causal with Nk > Nq, the last K/V block starts past every query: dkdv loads
+    nothing for it (and stores its zeros), as the simulator counts. With fp32 inputs the kernels copy
+    their tiles by cp.async (two stages), which ncu counts at LDGSTS_COUNTED of their sectors
+    (test_the_h200s_measured_bytes_of_the_two_stage_backward); a trace sees the sectors alone."""
     monkeypatch.setattr(backward_tc, "D_STAGE_FLOATS", 8 * 17)
     monkeypatch.setattr(kernel_launch, "build", kernel_launch.build.__wrapped__)  # not the cached kernels
     schedule = tc_schedule(16, 16)
@@ -210,7 +223,12 @@ def test_fast_backward(dtype, causal, monkeypatch):
         kernel_launch.run_backward(schedule, problem, x["Q"], x["K"], x["V"], out, lse, x["dO"], chosen=chosen)
         return {**x, "O": out, "L": lse}
 
-    assert chosen.fast and ncu_sectors.accesses("flash2", True, chosen.module) == {}
+    copies = {ph: sorted(a.tensor for a in acc if a.counted(schedule, 16, problem.dtype.itemsize) != 1)
+              for ph, acc in ncu_sectors.accesses("flash2", True, chosen.module).items()}
+    two = dtype == "float32"
+    assert chosen.fast and copies == {"dkdv": ["K", "Q", "V", "dO"] if two else [], "dq": ["K", "Q", "V", "dO"] if two else []}
+    assert ncu_sectors.accesses("flash2", True, chosen.module, masked=True) == {}
+    monkeypatch.setattr(ncu_sectors, "LDGSTS_COUNTED", 1.0)
     assert_model_matches_trace(schedule, problem, True, chosen.module, run)
 
 
@@ -301,6 +319,34 @@ def test_the_h200s_measured_bytes_of_the_16_bit_forward():
         assert (pred["sim_l1_ld_bytes"], pred["sim_l1_st_bytes"]) == (
             float(r["ncu_global_ld_bytes"]), float(r["ncu_global_st_bytes"])), cfg.label()
         assert pred["sim_l1_ld_bytes"] == ncu_sectors.LDGSTS_COUNTED * pred["sim_hbm_read_bytes"]
+
+
+def test_the_h200s_measured_bytes_of_the_two_stage_backward():
+    """The model gives, byte for byte, the L1 global bytes Nsight Compute measured on the H200 for the
+    fp32 fast backward at 64×64 (docs/results/h200-2026-12-02/ncu_check_backward.json, d = 64 and 128,
+    causal and not, without a mask and under two): unmasked, every tile copied by cp.async into two
+    stages (LDGSTS_COUNTED of its bytes); under a mask one stage, loaded in whole sectors (the
+    simulator's bytes)."""
+    import json
+    import pathlib
+
+    from sandbox.cli import ncu_parser
+    from sandbox.lab import ncu_results, ncu_specs
+
+    args = ncu_parser().parse_args(["--no-probes"])
+    path = pathlib.Path(__file__).resolve().parents[2] / "docs" / "results" / "h200-2026-12-02" / "ncu_check_backward.json"
+    rows = json.loads(path.read_text())["rows"]
+    assert len(rows) == 12 and sum(not r["mask"] for r in rows) == 4
+    for r in rows:
+        assert (r["block_q"], r["block_kv"], r["build"]) == (64, 64, "fast-tf32x3")
+        cfg = ncu_specs.Config(r["kind"], r["n"], r["d"], bool(r["causal"]), "bwd", r["build"], r["mask"] or "")
+        pred = ncu_results.predict(cfg, args, "h200")
+        assert (pred["sim_l1_ld_bytes"], pred["sim_l1_st_bytes"]) == (
+            r["ncu_global_ld_bytes"], r["ncu_global_st_bytes"]), cfg.label()
+        if r["mask"]:
+            assert pred["sim_l1_ld_bytes"] == pred["sim_hbm_read_bytes"], cfg.label()
+        else:
+            assert pred["sim_l1_ld_bytes"] > pred["sim_hbm_read_bytes"], cfg.label()
 
 
 def test_a_cp_async_copy_is_counted_at_9_8_of_its_bytes():
