@@ -127,21 +127,21 @@ def test_fast_backward_is_bit_identical_across_runs(shape):
     assert build.name == "fast-tf32x3"
 
 
-@pytest.mark.parametrize("shape", [pytest.param((33, 40, 8, 16, 32), id="small"),
-                                   pytest.param((700, 555, 64, 128, 128), id="large", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("shape", [pytest.param((20, 40, 8, 16, 32, 1), id="small"),
+                                   pytest.param((700, 555, 64, 128, 128, 2), id="large", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_two_stages_give_the_one_stage_gradients(shape, causal):
     """With fp32 inputs and no mask each kernel copies the next streamed block by cp.async into a
     second stage of SRAM while this one's products run, where two stages fit the schedule
     (``stages``); the arithmetic and its order are the one-stage kernel's, so the gradients are
     bit-identical to those of the same blocks under an SRAM that holds one stage."""
-    n_q, n_kv, d, br, bc = shape
+    n_q, n_kv, d, br, bc, heads = shape  # (small: two ragged streamed blocks in each kernel, without the causal mask)
     two = tc_schedule(br, bc)
     one = dataclasses.replace(two, sram_bytes=smem_bytes(two, d))
     assert [stages(two, d, ph, np.float32) for ph in ("dkdv", "dq")] == [2, 2]
     assert [stages(one, d, ph, np.float32) for ph in ("dkdv", "dq")] == [1, 1]
     assert stages(two, d, "dkdv", np.float16) == stages(two, d, "dq", np.float32, masked=True) == 1
-    problem = Problem(batch=1, heads=2, n_q=n_q, n_kv=n_kv, head_dim=d, causal=causal)
+    problem = Problem(batch=1, heads=heads, n_q=n_q, n_kv=n_kv, head_dim=d, causal=causal)
     q, k, v = make_inputs(problem, 11)
     dout = np.random.default_rng(12).standard_normal(q.shape).astype(np.float32)
     out, lse = attention(q, k, v, schedule=two, causal=causal, return_lse=True)
