@@ -64,8 +64,18 @@ one-stage loops keep the tile's body inline, as the kernels measured and checked
 **Deterministic.** Every output element is written once, by one thread, summing in a fixed order;
 no atomics: the same inputs give bit-identical gradients.
 
-The thread layout is fixed by the blocks (``threads``): 2·Bc threads for dkdv, 2·Br for dq (and
-the schedule's for ``d``); the schedule's thread tile is the forward's (``tc_schedule``).
+**Pairs of warps above d = 64.** A warp's dK_j and dV_j take d registers a thread, so at d = 128
+a 64×64 dkdv held 4 warps of 255 registers an SM, one per scheduler, and stalled on every latency.
+A two-stage kernel above d = 64 (``paired``) gives each 16 resident rows two warps that split the
+work by product, not by rows: in dkdv one computes Sᵀ, Pᵀ and dV_j, the other dPᵀ, dSᵀ and dK_j,
+Pᵀ handed over through SRAM; in dq one computes P, the other dP - D, each hands its own over, both
+form dS, and each sums half of dQ_i's columns. Same products in the same order: the gradients are
+bit-identical to the unpaired kernels'. At d = 128 on the H200 (64×64, 8 warps a block, no local
+memory) the backward ran 1.37× (causal 1.34×) faster than unpaired (BENCHMARKS.md, "Fast
+backward, fp32").
+
+The thread layout is fixed by the blocks (``threads``): 2·Bc threads for dkdv, 2·Br for dq, twice
+that paired (and the schedule's for ``d``); the schedule's thread tile is the forward's (``tc_schedule``).
 """
 
 import numpy as np
@@ -177,15 +187,39 @@ def smem_bytes(schedule, head_dim, phase=None):
     return max(sizes.values()) if phase is None else sizes[phase]
 
 
-def dynamic_bytes(schedule, head_dim, phase, n_stages=1):
-    """Dynamic shared memory of ``phase``: two resident tiles of d + 4 floats per row, and per stage
-    two streamed tiles and dkdv's L and D per streamed row."""
+def dynamic_bytes(schedule, head_dim, phase, n_stages=1, pair=False):
+    """Dynamic shared memory of ``phase``: two resident tiles of d + 4 floats per row, per stage two
+    streamed tiles and dkdv's L and D per streamed row, and a paired dkdv's exchange (:func:`paired`):
+    two buffers of Pᵀ, 16 keys by a chunk's queries for each pair of warps."""
     if phase == "d":
         return 0
     resident = schedule.block_kv if phase == "dkdv" else schedule.block_q
     streamed = schedule.block_q if phase == "dkdv" else schedule.block_kv
     stage = 2 * streamed * _stride(head_dim) * 4 + (phase == "dkdv") * 8 * streamed
-    return 2 * resident * _stride(head_dim) * 4 + n_stages * stage
+    exchange = 2 * resident * chunk_rows(schedule, head_dim, phase) * 4 if pair else 0
+    return 2 * resident * _stride(head_dim) * 4 + n_stages * stage + exchange
+
+
+#: Head dims above which a two-stage kernel gives each 16 resident rows two warps (:func:`paired`).
+PAIRED_ABOVE = 64
+
+
+def _layout(schedule, head_dim, phase, dtype, masked):
+    """(stages, paired) of ``phase``'s kernel (:func:`stages`, :func:`paired`)."""
+    if phase == "d" or masked or np.dtype(dtype) != np.float32:
+        return 1, False
+    optin = device_smem_optin()  # (None under the simulator)
+
+    def fits(n_bytes):
+        need = n_bytes + VOTE_BYTES
+        return need <= schedule.sram_bytes and (optin is None or need <= optin)
+
+    halves = phase == "dkdv" or head_dim % 16 == 0  # (a paired dq warp takes half of d's 8-column groups)
+    resident = schedule.block_kv if phase == "dkdv" else schedule.block_q
+    if (head_dim > PAIRED_ABOVE and halves and 4 * resident <= MAX_THREADS
+            and fits(dynamic_bytes(schedule, head_dim, phase, 2, True))):
+        return 2, True
+    return (2 if fits(dynamic_bytes(schedule, head_dim, phase, 2)) else 1), False
 
 
 def stages(schedule, head_dim, phase, dtype, masked=False):
@@ -194,21 +228,29 @@ def stages(schedule, head_dim, phase, dtype, masked=False):
     schedule's ``sram_bytes`` and the GPU's opt-in shared memory, else 1 (each block loaded between
     two barriers). cp.async copies raw bytes, so 16-bit inputs, widened on load, take one; a mask
     decides which tile comes next only by a vote over it (``tile_visited``)."""
-    if phase == "d" or masked or np.dtype(dtype) != np.float32:
-        return 1
-    need = dynamic_bytes(schedule, head_dim, phase, 2) + VOTE_BYTES
-    if need > schedule.sram_bytes:
-        return 1
-    optin = device_smem_optin()  # (None under the simulator)
-    return 2 if optin is None or need <= optin else 1
+    return _layout(schedule, head_dim, phase, dtype, masked)[0]
 
 
-def threads(schedule, phase):
-    """Threads per block of ``phase``: a warp per 16 resident rows."""
+def paired(schedule, head_dim, phase, dtype, masked=False):
+    """Whether ``phase``'s kernel gives each 16 resident rows two warps: a two-stage kernel above
+    d = :data:`PAIRED_ABOVE` (dq: d a multiple of 16) where the exchange fits beside the stages
+    (:func:`dynamic_bytes`). In dkdv one warp of a pair takes Sᵀ = K_j Q_iᵀ, Pᵀ and dV_j += Pᵀ dO_i,
+    the other dPᵀ = V_j dO_iᵀ, dSᵀ and dK_j += dSᵀ Q_i, Pᵀ passed through SRAM (two buffers: one
+    barrier a chunk); each warp carries one of dK_j, dV_j (d/2 registers a thread, not d). In dq
+    one warp takes S and P, the other dP, each passes its own through SRAM (two barriers a chunk),
+    both form dS and each adds dS K_j to half of dQ_i's columns. The block has twice the warps; every
+    product and its order is the unpaired warp's: the gradients are bit-identical."""
+    return _layout(schedule, head_dim, phase, dtype, masked)[1]
+
+
+def threads(schedule, phase, head_dim=None, dtype=np.float32, masked=False):
+    """Threads per block of ``phase``: a warp per 16 resident rows, two in a paired kernel
+    (:func:`paired`; given ``head_dim``)."""
+    pair = head_dim is not None and paired(schedule, head_dim, phase, dtype, masked)
     if phase == "dkdv":
-        return 2 * schedule.block_kv
+        return (4 if pair else 2) * schedule.block_kv
     if phase == "dq":
-        return 2 * schedule.block_q
+        return (4 if pair else 2) * schedule.block_q
     return schedule.threads
 
 
@@ -303,7 +345,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     why = eligible(schedule, head_dim, count_io, mask)
     if why is not None:
         raise ValueError(f"the fast backward cannot run {schedule} at d={head_dim}: {why}")
-    NT = threads(schedule, phase)  # a warp per 16 resident rows
+    NT = threads(schedule, phase, head_dim, dtype, mask is not None)  # a warp (a pair: paired) per 16 resident rows
     t = make_tile_ops(schedule, head_dim, False, causal, dtype, mask, score_mod, threads=NT)
     HAS_MOD, modded, mod_grad = t.HAS_MOD, t.modded, t.mod_grad
     HAS_MASK, mask_ok, tile_visited = mask is not None, t.mask_ok, t.tile_visited
@@ -327,6 +369,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     NS, KD = CH // 8, D // 8  # 8-row groups of a chunk; 8-column groups of d
     N_STAGES = stages(schedule, head_dim, phase, dtype, mask is not None)
     PIPE = N_STAGES == 2
+    PAIR = paired(schedule, head_dim, phase, dtype, mask is not None)  # (two-stage kernels only)
     AG = by_head_dim((ACC_GROUP_TWO_STAGES if PIPE else ACC_GROUP)[phase], D)  # column groups per fresh accumulator group
     AG = AG if KD % AG == 0 else 1
     P_ = _stride(D)
@@ -334,7 +377,11 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     Y1, Y2 = 2 * R * P_, (2 * R + C) * P_  # streamed, stage 0: dkdv Q, dO; dq K, V
     OL, OD = (2 * R + 2 * C) * P_, (2 * R + 2 * C) * P_ + C  # dkdv: L·log2 e, D per streamed row
     STAGE = 2 * C * P_ + DKDV * 2 * C  # floats of a stage (stage 1 follows stage 0)
-    n_smem = dynamic_bytes(schedule, head_dim, phase, N_STAGES)
+    # a paired kernel's exchange: dkdv [chunk parity][pair][4n + e][lane] Pᵀ; dq [pair][role][4n + e][lane] P, dP
+    OX = 2 * R * P_ + N_STAGES * STAGE
+    KA = KD // 2 if PAIR and not DKDV else KD  # 8-column groups of dQ_i a dq warp sums
+    AG = AG if KA % AG == 0 else 1
+    n_smem = dynamic_bytes(schedule, head_dim, phase, N_STAGES, PAIR)
     # Shared and global indices are cast to uint64 (but see ``unsigned``): Numba indexes with a
     # signed integer through a negative-index fix-up per access (a compare and a select), which on
     # the H200 doubled the kernels' instructions and kept the compiler from folding a thread's loads
@@ -425,6 +472,29 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     dp[n, 0], dp[n, 1], dp[n, 2], dp[n, 3], EXACT, EXACT)
 
     @inline_device
+    def product(sm, xch, tid, ra, cq, x, yb, s):
+        """s = X Yᵀ over the chunk's rows cq .. cq + CH of the streamed tile at ``yb``, X the resident
+        tile at ``x``: one of :func:`products`' two, in the same order (a paired dkdv's warp)."""
+        g = (tid % 32) // 4
+        tq = tid % 4
+        for n in range(NS):
+            for i in range(4):
+                s[n, i] = ZERO
+        for kk in range(KD):
+            at = x + (ra + g) * P_ + 8 * kk + tq
+            kb0, ks0 = parts(sm[IX(at)], EXACT)
+            kb1, ks1 = parts(sm[IX(at + 8 * P_)], EXACT)
+            kb2, ks2 = parts(sm[IX(at + 4)], EXACT)
+            kb3, ks3 = parts(sm[IX(at + 8 * P_ + 4)], EXACT)
+            for n in range(NS):
+                bt = yb + (cq + 8 * n + g) * P_ + 8 * kk + tq
+                bb0, bs0 = parts(sm[IX(bt)], EXACT)
+                bb1, bs1 = parts(sm[IX(bt + 4)], EXACT)
+                s[n, 0], s[n, 1], s[n, 2], s[n, 3] = mma3(
+                    xch, tid, kb0, kb1, kb2, kb3, ks0, ks1, ks2, ks3, bb0, bb1, bs0, bs1,
+                    s[n, 0], s[n, 1], s[n, 2], s[n, 3], EXACT, EXACT)
+
+    @inline_device
     def accumulate(sm, xch, tid, cq, a, small, base, acc, t):
         """acc += A Y, A the chunk's accumulator ``a`` (rows: the warp's; k: the chunk's streamed
         rows, 2t as t and 2t + 1 as t + 4), Y the streamed tile at ``base``. The chunk's product is
@@ -502,9 +572,50 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                                 HAS_MASK and (kv_i >= n_kv or not mask_ok(b, h, q0 + col, kv_i))):
                             p = ZERO
                     s[n, e] = p
-                    dp[n, e] = p * (dp[n, e] - sm[IX(y + OD + col)]) * gm
+                    dp[n, e] = p * gm * (dp[n, e] - sm[IX(y + OD + col)])  # (P·score_mod'(S) first: a pair's exchange)
             accumulate(sm, xch, tid, cq, s, small, y + Y2, acc_v, t)  # dV_j += Pᵀ dO_i
             accumulate(sm, xch, tid, cq, dp, small, y + Y1, acc_k, t)  # dK_j += dSᵀ Q_i
+
+    @inline_device
+    def dkdv_pair_tile(sm, xch, tid, ra, role, b, h, q0, q_len, k0, n_kv, y, s, small, t, acc, scale, s2):
+        """A paired dkdv's tile (:func:`paired`), the Q block at q0 in the stage at offset ``y``: warp
+        role 0 of the pair computes Pᵀ, leaves it (times score_mod'(S)) in the exchange and adds
+        Pᵀ dO_i to ``acc`` (dV_j); role 1 computes dPᵀ, takes Pᵀ from the exchange and adds
+        dSᵀ Q_i to ``acc`` (dK_j). Each chunk has one barrier: its buffer (of two) is written again
+        two chunks later, after the partner has passed the next chunk's barrier."""
+        g = (tid % 32) // 4
+        tq = tid % 4
+        lane = tid % 32
+        edge = q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform; no mask here)
+        for cq in range(0, C, CH):
+            xb = OX + ((cq // CH) % 2) * (R * CH) + ra * CH + lane  # this pair's buffer, this lane
+            if role == 0:
+                product(sm, xch, tid, ra, cq, X1, y + Y1, s)  # Sᵀ = K_j Q_iᵀ
+                for n in range(NS):
+                    for e in range(4):
+                        col = cq + 8 * n + 2 * tq + (e % 2)  # the query, in the block
+                        gm = ONE
+                        kv_i = k0 + ra + g + 8 * (e // 2)
+                        if HAS_MOD and col < q_len and kv_i < n_kv:
+                            p, gm = mod_p(s[n, e] * scale, sm[IX(y + OL + col)], b, h, q0 + col, kv_i)
+                        else:
+                            p = exp2(s[n, e] * s2 - sm[IX(y + OL + col)])
+                        if edge:
+                            if col >= q_len or (CAUSAL and kv_i > q0 + col):
+                                p = ZERO
+                        s[n, e] = p
+                        sm[IX(xb + (4 * n + e) * 32)] = p * gm
+            else:
+                product(sm, xch, tid, ra, cq, X2, y + Y2, s)  # dPᵀ = V_j dO_iᵀ
+            cuda.syncthreads()  # the pairs' Pᵀ are in the exchange
+            if role == 0:
+                accumulate(sm, xch, tid, cq, s, small, y + Y2, acc, t)  # dV_j += Pᵀ dO_i
+            else:
+                for n in range(NS):
+                    for e in range(4):
+                        col = cq + 8 * n + 2 * tq + (e % 2)
+                        s[n, e] = sm[IX(xb + (4 * n + e) * 32)] * (s[n, e] - sm[IX(y + OD + col)])
+                accumulate(sm, xch, tid, cq, s, small, y + Y1, acc, t)  # dK_j += dSᵀ Q_i
 
     @inline_device
     def dq_tile(sm, xch, tid, ra, b, h, q0, n_q, k0, kv_len, y, s, dp, small, t, acc, l2, dd, scale, s2):
@@ -528,8 +639,89 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                         if col >= kv_len or (CAUSAL and k0 + col > q_i) or (
                                 HAS_MASK and (q_i >= n_q or not mask_ok(b, h, q_i, k0 + col))):
                             p = ZERO
-                    dp[n, e] = p * (dp[n, e] - dd[e // 2]) * gm
+                    dp[n, e] = p * gm * (dp[n, e] - dd[e // 2])
             accumulate(sm, xch, tid, cq, dp, small, y + Y1, acc, t)  # dQ_i += dS K_j
+
+    KH = KD // 2  # a paired dq warp's 8-column groups of dQ_i (role 0 the first half, 1 the second)
+
+    @inline_device
+    def accumulate_half(sm, xch, tid, cq, a, small, base, acc, t, c0):
+        """:func:`accumulate` over the KH column groups from ``c0`` on (a paired dq warp's half of
+        dQ_i, ``acc`` KH × 4): each group's products in the same order."""
+        g = (tid % 32) // 4
+        tq = tid % 4
+        for n in range(NS):
+            for e in range(4):
+                a[n, e], small[n, e] = split(a[n, e])
+        for k0 in range(0, KH, AG):
+            for u in range(AG):
+                for i in range(4):
+                    t[u, i] = ZERO
+            for n in range(NS):
+                for u in range(AG):
+                    bt = base + (cq + 8 * n + 2 * tq) * P_ + 8 * (c0 + k0 + u) + g
+                    bb0, bs0 = parts(sm[IX(bt)], EXACT)
+                    bb1, bs1 = parts(sm[IX(bt + P_)], EXACT)
+                    t[u, 0], t[u, 1], t[u, 2], t[u, 3] = mma3(
+                        xch, tid, a[n, 0], a[n, 2], a[n, 1], a[n, 3], small[n, 0], small[n, 2], small[n, 1],
+                        small[n, 3], bb0, bb1, bs0, bs1, t[u, 0], t[u, 1], t[u, 2], t[u, 3], False, EXACT)
+            for u in range(AG):
+                for i in range(4):
+                    acc[k0 + u, i] += t[u, i]
+
+    @inline_device
+    def stage_half(sm, base, ra, acc, factor, tid, c0):
+        """:func:`stage` of a paired dq warp's KH column groups from ``c0`` on."""
+        g = (tid % 32) // 4
+        tq = tid % 4
+        for i in range(2):
+            for kk in range(KH):
+                at = base + (ra + g + 8 * i) * P_ + 8 * (c0 + kk) + 2 * tq
+                sm[IX(at)] = acc[kk, 2 * i] * factor
+                sm[IX(at + 1)] = acc[kk, 2 * i + 1] * factor
+
+    @inline_device
+    def dq_pair_tile(sm, xch, tid, ra, role, b, h, q0, n_q, k0, kv_len, y, s, small, t, acc, l2, dd, scale, s2):
+        """A paired dq's tile (:func:`paired`), the K/V block at k0 in the stage at offset ``y``: warp
+        role 0 of the pair computes P (times score_mod'(S)), role 1 dP - D; each leaves its own in
+        the exchange, takes the partner's, forms the same dS = P·(dP - D) and adds dS K_j's half of
+        the columns (role 0 the first) to ``acc``. Two barriers a chunk: the values are in, and read."""
+        g = (tid % 32) // 4
+        tq = tid % 4
+        lane = tid % 32
+        edge = kv_len < C or (CAUSAL and k0 + C - 1 > q0)  # entries to mask (block-uniform; no mask here)
+        xb = OX + ra * 2 * CH + role * 16 * CH + lane  # this warp's buffer, this lane
+        xo = OX + ra * 2 * CH + (1 - role) * 16 * CH + lane  # the partner's
+        for cq in range(0, C, CH):
+            if role == 0:
+                product(sm, xch, tid, ra, cq, X1, y + Y1, s)  # S = Q_i K_jᵀ
+                for n in range(NS):
+                    for e in range(4):
+                        col = cq + 8 * n + 2 * tq + (e % 2)  # the key, in the block
+                        gm = ONE
+                        q_i = q0 + ra + g + 8 * (e // 2)
+                        if HAS_MOD and col < kv_len and q_i < n_q:
+                            p, gm = mod_p(s[n, e] * scale, l2[e // 2], b, h, q_i, k0 + col)
+                        else:
+                            p = exp2(s[n, e] * s2 - l2[e // 2])
+                        if edge:
+                            if col >= kv_len or (CAUSAL and k0 + col > q_i):
+                                p = ZERO
+                        s[n, e] = p * gm
+            else:
+                product(sm, xch, tid, ra, cq, X2, y + Y2, s)  # dP = dO_i V_jᵀ
+                for n in range(NS):
+                    for e in range(4):
+                        s[n, e] = s[n, e] - dd[e // 2]
+            for n in range(NS):
+                for e in range(4):
+                    sm[IX(xb + (4 * n + e) * 32)] = s[n, e]
+            cuda.syncthreads()  # the pairs' P and dP - D are in the exchange
+            for n in range(NS):
+                for e in range(4):
+                    s[n, e] = s[n, e] * sm[IX(xo + (4 * n + e) * 32)]  # dS = P·(dP - D), either way round
+            cuda.syncthreads()  # ... and read, before the next chunk's are written
+            accumulate_half(sm, xch, tid, cq, s, small, y + Y1, acc, t, role * KH)  # dQ_i += dS K_j
 
     #: L·log2 e and D values a thread of dkdv carries from a block's loads to its stage (pipelined)
     NL = -(-C // NT)
@@ -540,7 +732,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or do.shape[3] != D:
                 return  # (never: the launcher checks; this tells the compiler the row length is D)
             tid = cuda.threadIdx.x
-            ra = 16 * (tid // 32)  # the warp's first key in the block
+            ra = 16 * (tid // (64 if PAIR else 32))  # the warp's (the pair's) first key in the block
+            role = (tid // 32) % 2  # (paired: 0 takes Pᵀ and dV_j, 1 dSᵀ and dK_j)
             g = (tid % 32) // 4
             tq = tid % 4
             bh = cuda.blockIdx.y
@@ -602,8 +795,12 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                             cp_async_wait()
                         cuda.syncthreads()  # ... everyone's, and block ic's L, D are stored
                         q0 = ic * C
-                        dkdv_tile(sm, xch, tid, ra, b, h, q0, min(C, n_q - q0), k0, n_kv, ((ic - i0) % 2) * STAGE,
-                                  s, dp, small, t, acc_v, acc_k, scale, s2)
+                        if PAIR:  # (acc_v: the warp's one sum, dV_j or dK_j by its role)
+                            dkdv_pair_tile(sm, xch, tid, ra, role, b, h, q0, min(C, n_q - q0), k0, n_kv,
+                                           ((ic - i0) % 2) * STAGE, s, small, t, acc_v, scale, s2)
+                        else:
+                            dkdv_tile(sm, xch, tid, ra, b, h, q0, min(C, n_q - q0), k0, n_kv, ((ic - i0) % 2) * STAGE,
+                                      s, dp, small, t, acc_v, acc_k, scale, s2)
                         cuda.syncthreads()  # every thread is done with the stage before block ic + 2 fills it
                     if i < n_blocks:
                         y = ((i - i0) % 2) * STAGE
@@ -657,12 +854,17 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                                             HAS_MASK and (kv_i >= n_kv or not mask_ok(b, h, q0 + col, kv_i))):
                                         p = ZERO
                                 s[n, e] = p
-                                dp[n, e] = p * (dp[n, e] - sm[IX(OD + col)]) * gm
+                                dp[n, e] = p * gm * (dp[n, e] - sm[IX(OD + col)])  # (as dkdv_tile's)
                         accumulate(sm, xch, tid, cq, s, small, Y2, acc_v, t)  # dV_j += Pᵀ dO_i
                         accumulate(sm, xch, tid, cq, dp, small, Y1, acc_k, t)  # dK_j += dSᵀ Q_i
             cuda.syncthreads()  # K_j, V_j are loaded (by every thread) before a warp writes its rows over them
-            stage(sm, X2, ra, acc_v, float32(1.0), tid)
-            stage(sm, X1, ra, acc_k, scale, tid)
+            if not PAIR:
+                stage(sm, X2, ra, acc_v, float32(1.0), tid)
+                stage(sm, X1, ra, acc_k, scale, tid)
+            elif role == 0:
+                stage(sm, X2, ra, acc_v, float32(1.0), tid)  # dV_j
+            else:
+                stage(sm, X1, ra, acc_v, scale, tid)  # dK_j
             cuda.syncthreads()
             save(dv, b, h, k0, kv_len, sm, X2, tid)
             save(dk, b, h, k0, kv_len, sm, X1, tid)
@@ -676,7 +878,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or do.shape[3] != D:
                 return
             tid = cuda.threadIdx.x
-            ra = 16 * (tid // 32)  # the warp's first query in the block
+            ra = 16 * (tid // (64 if PAIR else 32))  # the warp's (the pair's) first query in the block
+            role = (tid // 32) % 2  # (paired: 0 takes P and dQ_i's first columns, 1 dP and the rest)
             g = (tid % 32) // 4
             tq = tid % 4
             bh = cuda.blockIdx.y
@@ -693,7 +896,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             sm = cuda.shared.array(0, float32, alignment=ALIGN)
             xch = cuda.shared.array(NX, float32)
             s2 = scale * LOG2E
-            acc = cuda.local.array((KD, 4), float32)
+            acc = cuda.local.array((KA, 4), float32)
             s = cuda.local.array((NS, 4), float32)
             dp = cuda.local.array((NS, 4), float32)
             small = cuda.local.array((NS, 4), float32)
@@ -701,16 +904,18 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             l2 = cuda.local.array(2, float32)
             dd = cuda.local.array(2, float32)
             flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
-            for kk in range(KD):
+            for kk in range(KA):
                 for i in range(4):
                     acc[kk, i] = ZERO
             for i in range(2):
                 r = ra + g + 8 * i
                 l2[i] = ZERO
                 dd[i] = ZERO
-                if r < q_len:
-                    l2[i] = lse[b, h, q0 + r] * LOG2E
-                    dd[i] = dvec[b, h, q0 + r]
+                if r < q_len:  # (paired: role 0 needs L alone, role 1 D alone; each row's loaded once)
+                    if not PAIR or role == 0:
+                        l2[i] = lse[b, h, q0 + r] * LOG2E
+                    if not PAIR or role == 1:
+                        dd[i] = dvec[b, h, q0 + r]
             if not PIPE:
                 load_resident(q, b, h, q0, q_len, sm, X1, tid)
                 load_resident(do, b, h, q0, q_len, sm, X2, tid)
@@ -737,8 +942,12 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                             cp_async_wait()
                         cuda.syncthreads()  # ... everyone's
                         k0 = (j - 1) * C
-                        dq_tile(sm, xch, tid, ra, b, h, q0, n_q, k0, min(C, n_kv - k0), ((j - 1) % 2) * STAGE,
-                                s, dp, small, t, acc, l2, dd, scale, s2)
+                        if PAIR:
+                            dq_pair_tile(sm, xch, tid, ra, role, b, h, q0, n_q, k0, min(C, n_kv - k0),
+                                         ((j - 1) % 2) * STAGE, s, small, t, acc, l2, dd, scale, s2)
+                        else:
+                            dq_tile(sm, xch, tid, ra, b, h, q0, n_q, k0, min(C, n_kv - k0), ((j - 1) % 2) * STAGE,
+                                    s, dp, small, t, acc, l2, dd, scale, s2)
                         cuda.syncthreads()  # every thread is done with the stage before block j + 1 fills it
                 cp_async_wait()  # (Q_i, dO_i's copies, where the block sees no key)
             else:
@@ -769,10 +978,13 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                                     if col >= kv_len or (CAUSAL and k0 + col > q_i) or (
                                             HAS_MASK and (q_i >= n_q or not mask_ok(b, h, q_i, k0 + col))):
                                         p = ZERO
-                                dp[n, e] = p * (dp[n, e] - dd[e // 2]) * gm
+                                dp[n, e] = p * gm * (dp[n, e] - dd[e // 2])
                         accumulate(sm, xch, tid, cq, dp, small, Y1, acc, t)  # dQ_i += dS K_j
             cuda.syncthreads()  # Q_i is loaded (by every thread) before a warp writes its rows over it
-            stage(sm, X1, ra, acc, scale, tid)
+            if PAIR:
+                stage_half(sm, X1, ra, acc, scale, tid, role * KH)
+            else:
+                stage(sm, X1, ra, acc, scale, tid)
             cuda.syncthreads()
             save(dq, b, h, q0, q_len, sm, X1, tid)
 

@@ -137,8 +137,8 @@ def smem_bytes(schedule, head_dim, phase=None):
     return max(sizes.values()) if phase is None else sizes[phase]
 
 
-def threads(schedule, phase):
-    """Threads per block of ``phase``: a warp per 16 resident rows."""
+def threads(schedule, phase, head_dim=None, dtype=None, masked=False):
+    """Threads per block of ``phase``: a warp per 16 resident rows (whatever the head dim, dtype and mask)."""
     if phase == "dkdv":
         return 2 * schedule.block_kv
     if phase == "dq":

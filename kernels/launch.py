@@ -72,10 +72,11 @@ def max_registers(threads, blocks=1, per_sm=65536, partitions=4):
     return max(8, min(255, per_sm // partitions // (32 * per_partition_warps) // 8 * 8))
 
 
-def _threads(schedule, chosen, phase):
-    """Threads per block of ``phase``: the schedule's, or the fast build's own where it has them."""
+def _threads(schedule, chosen, phase, head_dim, dtype, masked):
+    """Threads per block of ``phase``: the schedule's, or the fast build's own where it has them
+    (given the head dim, the inputs' dtype and whether a mask applies)."""
     own = getattr(chosen.module, "threads", None) if chosen.fast else None
-    return schedule.threads if own is None else own(schedule, phase)
+    return schedule.threads if own is None else own(schedule, phase, head_dim, np.dtype(dtype), masked)
 
 
 def _jit_options(schedule, head_dim, chosen, threads):
@@ -125,7 +126,8 @@ def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=N
             extra["score_mod"] = score_mod
         py_func, smem_bytes, grid = maker(schedule, head_dim, dtype, chosen.count_io, causal, **extra)
         signature = void(*sig)
-        kernel = cuda.jit(signature, **_jit_options(schedule, head_dim, chosen, _threads(schedule, chosen, phase)))(py_func)
+        kernel = cuda.jit(signature, **_jit_options(
+            schedule, head_dim, chosen, _threads(schedule, chosen, phase, head_dim, dtype, mask is not None)))(py_func)
         if not using_simulator():
             allow_dynamic_smem(kernel.overloads[signature.args], smem_bytes)
         out[phase] = (kernel, smem_bytes, grid)
@@ -295,7 +297,7 @@ def run(schedule, problem, q, k, v, count_io=False, mask=None, fast=None, chosen
     lse = device_empty((b, h, n_q), np.float32, "L")
     counters = _counters(chosen.count_io)
     scale = np.float32(problem.scale)
-    launch = _launcher(ks, problem, schedule, stream, chosen)
+    launch = _launcher(ks, problem, schedule, stream, chosen, mask is not None)
     # the kind launches its phases (and allocates its scratch through device_empty)
     registry.get(schedule.kind).kernels.launch(
         launch, schedule, problem, q, k, v, out, lse, scale, counters, lambda shape, dt, name: device_empty(shape, dt, name))
@@ -355,13 +357,14 @@ def _dv(problem):
     return {} if problem.head_dim_v == problem.head_dim else {"head_dim_v": problem.head_dim_v}
 
 
-def _launcher(kernels, problem, schedule, stream, chosen):
+def _launcher(kernels, problem, schedule, stream, chosen, masked):
     """launch(phase, *args): one kernel of ``kernels`` on its grid, its block (:func:`_threads`), ``stream``
     (on a GPU through :func:`launch_lean`)."""
 
     def launch(phase, *args):
         kernel, smem, grid = kernels[phase]
-        launch_lean(kernel, grid(problem), _threads(schedule, chosen, phase), stream, smem, args)
+        threads = _threads(schedule, chosen, phase, problem.head_dim, problem.dtype, masked)
+        launch_lean(kernel, grid(problem), threads, stream, smem, args)
 
     return launch
 
@@ -499,7 +502,7 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     dvec = device_empty((b, h, n_q), np.float32, "D")
     counters = _counters(count_io)
     scale = np.float32(problem.scale)
-    launch = _launcher(ks, problem, schedule, stream, chosen)
+    launch = _launcher(ks, problem, schedule, stream, chosen, mask is not None)
     launch("d", out, dout, dvec, counters)
     dk_out, dv_out = dk, dv
     if grouped:  # each query head's dK, dV partials, summed per group by the last launch

@@ -23,6 +23,7 @@ from sandbox import Problem, Schedule, attention, attention_backward, reference_
 from sandbox.vocabulary import masks
 from sandbox.vocabulary.runtime import using_simulator
 from tests.strategies import DTYPES, make_inputs, mask_for, seeds
+from kernels import backward_tc, launch
 from kernels.backward_tc import chunks, eligible, smem_bytes, stages
 from tests.tolerances import gradient_tolerances_tc
 
@@ -127,30 +128,46 @@ def test_fast_backward_is_bit_identical_across_runs(shape):
     assert build.name == "fast-tf32x3"
 
 
-@pytest.mark.parametrize("shape", [pytest.param((20, 40, 8, 16, 32, 1), id="small"),
-                                   pytest.param((700, 555, 64, 128, 128, 2), id="large", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("shape", [pytest.param((20, 40, 8, 16, 32, 1, None), id="small"),
+                                   pytest.param((20, 40, 16, 16, 32, 1, 0), id="small-paired"),
+                                   pytest.param((700, 555, 64, 128, 128, 2, None), id="large", marks=pytest.mark.gpu),
+                                   pytest.param((700, 555, 128, 64, 64, 2, None), id="large-paired",
+                                                marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_two_stages_give_the_one_stage_gradients(shape, causal):
+def test_two_stages_give_the_one_stage_gradients(shape, causal, monkeypatch):
     """With fp32 inputs and no mask each kernel copies the next streamed block by cp.async into a
     second stage of SRAM while this one's products run, where two stages fit the schedule
-    (``stages``); the arithmetic and its order are the one-stage kernel's, so the gradients are
-    bit-identical to those of the same blocks under an SRAM that holds one stage."""
-    n_q, n_kv, d, br, bc, heads = shape  # (small: two ragged streamed blocks in each kernel, without the causal mask)
+    (``stages``), and above d = 64 each kernel gives each 16 resident rows two warps (``paired``:
+    the "paired" cases; at d = 16 by lowering ``PAIRED_ABOVE``); the arithmetic and its order are the one-stage
+    kernel's, so the gradients are bit-identical to those of the same blocks under an SRAM that
+    holds one stage."""
+    n_q, n_kv, d, br, bc, heads, paired_above = shape  # (small: two ragged streamed blocks in each kernel)
+    if paired_above is not None:
+        monkeypatch.setattr(backward_tc, "PAIRED_ABOVE", paired_above)
+        launch.build.cache_clear()  # (kernels built under the other rule; and again after the test, below)
     two = tc_schedule(br, bc)
     one = dataclasses.replace(two, sram_bytes=smem_bytes(two, d))
     assert [stages(two, d, ph, np.float32) for ph in ("dkdv", "dq")] == [2, 2]
     assert [stages(one, d, ph, np.float32) for ph in ("dkdv", "dq")] == [1, 1]
     assert stages(two, d, "dkdv", np.float16) == stages(two, d, "dq", np.float32, masked=True) == 1
+    pair = d > backward_tc.PAIRED_ABOVE
+    for phase, resident in (("dkdv", bc), ("dq", br)):
+        assert backward_tc.paired(two, d, phase, np.float32) == pair and not backward_tc.paired(one, d, phase, np.float32)
+        assert backward_tc.threads(two, phase, d) == (4 if pair else 2) * resident
     problem = Problem(batch=1, heads=heads, n_q=n_q, n_kv=n_kv, head_dim=d, causal=causal)
     q, k, v = make_inputs(problem, 11)
     dout = np.random.default_rng(12).standard_normal(q.shape).astype(np.float32)
     out, lse = attention(q, k, v, schedule=two, causal=causal, return_lse=True)
     runs = []
-    for schedule in (two, one):
-        *grads, build = attention_backward(q, k, v, out, lse, dout, schedule=schedule, causal=causal, fast=True,
-                                           return_build=True)
-        assert build.name == "fast-tf32x3", build.reason
-        runs.append(grads)
+    try:
+        for schedule in (two, one):
+            *grads, build = attention_backward(q, k, v, out, lse, dout, schedule=schedule, causal=causal, fast=True,
+                                               return_build=True)
+            assert build.name == "fast-tf32x3", build.reason
+            runs.append(grads)
+    finally:
+        if paired_above is not None:
+            launch.build.cache_clear()
     for name, a, b in zip(("dq", "dk", "dv"), *runs):
         assert a.tobytes() == b.tobytes(), f"{name}: two stages differ from one"
     check_against_float64(two, problem, None, (q, k, v, dout, out, lse), runs[0])
