@@ -189,8 +189,9 @@ def smem_bytes(schedule, head_dim, phase=None):
 
 def dynamic_bytes(schedule, head_dim, phase, n_stages=1, pair=False):
     """Dynamic shared memory of ``phase``: two resident tiles of d + 4 floats per row, per stage two
-    streamed tiles and dkdv's L and D per streamed row, and a paired dkdv's exchange (:func:`paired`):
-    two buffers of Pᵀ, 16 keys by a chunk's queries for each pair of warps."""
+    streamed tiles and dkdv's L and D per streamed row, and a paired kernel's exchange
+    (:func:`paired`): for each pair of warps two 16 × chunk tiles (dkdv: Pᵀ in two buffers; dq: P
+    and dP - D)."""
     if phase == "d":
         return 0
     resident = schedule.block_kv if phase == "dkdv" else schedule.block_q
@@ -237,7 +238,7 @@ def paired(schedule, head_dim, phase, dtype, masked=False):
     (:func:`dynamic_bytes`). In dkdv one warp of a pair takes Sᵀ = K_j Q_iᵀ, Pᵀ and dV_j += Pᵀ dO_i,
     the other dPᵀ = V_j dO_iᵀ, dSᵀ and dK_j += dSᵀ Q_i, Pᵀ passed through SRAM (two buffers: one
     barrier a chunk); each warp carries one of dK_j, dV_j (d/2 registers a thread, not d). In dq
-    one warp takes S and P, the other dP, each passes its own through SRAM (two barriers a chunk),
+    one warp takes S and P, the other dP - D, each passes its own through SRAM (two barriers a chunk),
     both form dS and each adds dS K_j to half of dQ_i's columns. The block has twice the warps; every
     product and its order is the unpaired warp's: the gradients are bit-identical."""
     return _layout(schedule, head_dim, phase, dtype, masked)[1]
@@ -474,7 +475,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     @inline_device
     def product(sm, xch, tid, ra, cq, x, yb, s):
         """s = X Yᵀ over the chunk's rows cq .. cq + CH of the streamed tile at ``yb``, X the resident
-        tile at ``x``: one of :func:`products`' two, in the same order (a paired dkdv's warp)."""
+        tile at ``x``: one of :func:`products`' two, in the same order (a paired kernel's warp)."""
         g = (tid % 32) // 4
         tq = tid % 4
         for n in range(NS):
