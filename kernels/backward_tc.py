@@ -78,6 +78,8 @@ The thread layout is fixed by the blocks (``threads``): 2·Bc threads for dkdv, 
 that paired (and the schedule's for ``d``); the schedule's thread tile is the forward's (``tc_schedule``).
 """
 
+import functools
+
 import numpy as np
 from numba import cuda, float32, int32, int64, uint64
 
@@ -207,7 +209,14 @@ PAIRED_ABOVE = 64
 
 def _layout(schedule, head_dim, phase, dtype, masked):
     """(stages, paired) of ``phase``'s kernel (:func:`stages`, :func:`paired`)."""
-    if phase == "d" or masked or np.dtype(dtype) != np.float32:
+    return _cached_layout(schedule, head_dim, phase, np.dtype(dtype), bool(masked), PAIRED_ABOVE)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_layout(schedule, head_dim, phase, dtype, masked, paired_above):
+    """:func:`_layout`, cached as kernels/launch.py's ``build`` is (for the device it first ran on):
+    the launcher asks for a kernel's threads at every launch."""
+    if phase == "d" or masked or dtype != np.float32:
         return 1, False
     optin = device_smem_optin()  # (None under the simulator)
 
@@ -217,7 +226,7 @@ def _layout(schedule, head_dim, phase, dtype, masked):
 
     halves = phase == "dkdv" or head_dim % 16 == 0  # (a paired dq warp takes half of d's 8-column groups)
     resident = schedule.block_kv if phase == "dkdv" else schedule.block_q
-    if (head_dim > PAIRED_ABOVE and halves and 4 * resident <= MAX_THREADS
+    if (head_dim > paired_above and halves and 4 * resident <= MAX_THREADS
             and fits(dynamic_bytes(schedule, head_dim, phase, 2, True))):
         return 2, True
     return (2 if fits(dynamic_bytes(schedule, head_dim, phase, 2)) else 1), False
@@ -495,45 +504,63 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     xch, tid, kb0, kb1, kb2, kb3, ks0, ks1, ks2, ks3, bb0, bb1, bs0, bs1,
                     s[n, 0], s[n, 1], s[n, 2], s[n, 3], EXACT, EXACT)
 
-    @inline_device
-    def accumulate(sm, xch, tid, cq, a, small, base, acc, t):
-        """acc += A Y, A the chunk's accumulator ``a`` (rows: the warp's; k: the chunk's streamed
-        rows, 2t as t and 2t + 1 as t + 4), Y the streamed tile at ``base``. The chunk's product is
-        summed on the tensor cores into fresh accumulators ``t`` (AG column groups at a time) and
-        added to ``acc`` in fp32 (:data:`ACC_GROUP`). ``a`` is left holding its TF32 big parts,
-        ``small`` the small ones."""
-        g = (tid % 32) // 4
-        tq = tid % 4
-        for n in range(NS):
-            for e in range(4):
-                a[n, e], small[n, e] = split(a[n, e])
-        for k0 in range(0, KD, AG):
-            for u in range(AG):
-                for i in range(4):
-                    t[u, i] = ZERO
-            for n in range(NS):
-                for u in range(AG):
-                    bt = base + (cq + 8 * n + 2 * tq) * P_ + 8 * (k0 + u) + g
-                    bb0, bs0 = parts(sm[IX(bt)], EXACT)
-                    bb1, bs1 = parts(sm[IX(bt + P_)], EXACT)
-                    t[u, 0], t[u, 1], t[u, 2], t[u, 3] = mma3(
-                        xch, tid, a[n, 0], a[n, 2], a[n, 1], a[n, 3], small[n, 0], small[n, 2], small[n, 1],
-                        small[n, 3], bb0, bb1, bs0, bs1, t[u, 0], t[u, 1], t[u, 2], t[u, 3], False, EXACT)
-            for u in range(AG):
-                for i in range(4):
-                    acc[k0 + u, i] += t[u, i]
+    KH = KD // 2  # a paired dq warp's 8-column groups of dQ_i (role 0 the first half, 1 the second)
 
-    @inline_device
-    def stage(sm, base, ra, acc, factor, tid):
-        """The warp's rows of acc·factor -> the resident tile at ``base``, over its own rows (the
-        products read no other warp's; the caller waits for the tile's loads first)."""
-        g = (tid % 32) // 4
-        tq = tid % 4
-        for i in range(2):
-            for kk in range(KD):
-                at = base + (ra + g + 8 * i) * P_ + 8 * kk + 2 * tq
-                sm[IX(at)] = acc[kk, 2 * i] * factor
-                sm[IX(at + 1)] = acc[kk, 2 * i + 1] * factor
+    def summer(groups):
+        """accumulate(..., c0) over ``groups`` 8-column groups from c0 on: all of d (KD), or a paired dq
+        warp's half (KH)."""
+
+        @inline_device
+        def accumulate(sm, xch, tid, cq, a, small, base, acc, t, c0):
+            """acc += A Y, A the chunk's accumulator ``a`` (rows: the warp's; k: the chunk's streamed
+            rows, 2t as t and 2t + 1 as t + 4), Y the streamed tile at ``base`` (its column groups from
+            ``c0`` on). The chunk's product is summed on the tensor cores into fresh accumulators ``t``
+            (AG column groups at a time) and added to ``acc`` in fp32 (:data:`ACC_GROUP`). ``a`` is
+            left holding its TF32 big parts, ``small`` the small ones."""
+            g = (tid % 32) // 4
+            tq = tid % 4
+            for n in range(NS):
+                for e in range(4):
+                    a[n, e], small[n, e] = split(a[n, e])
+            for k0 in range(0, groups, AG):
+                for u in range(AG):
+                    for i in range(4):
+                        t[u, i] = ZERO
+                for n in range(NS):
+                    for u in range(AG):
+                        bt = base + (cq + 8 * n + 2 * tq) * P_ + 8 * (c0 + k0 + u) + g
+                        bb0, bs0 = parts(sm[IX(bt)], EXACT)
+                        bb1, bs1 = parts(sm[IX(bt + P_)], EXACT)
+                        t[u, 0], t[u, 1], t[u, 2], t[u, 3] = mma3(
+                            xch, tid, a[n, 0], a[n, 2], a[n, 1], a[n, 3], small[n, 0], small[n, 2], small[n, 1],
+                            small[n, 3], bb0, bb1, bs0, bs1, t[u, 0], t[u, 1], t[u, 2], t[u, 3], False, EXACT)
+                for u in range(AG):
+                    for i in range(4):
+                        acc[k0 + u, i] += t[u, i]
+
+        return accumulate
+
+    accumulate, accumulate_half = summer(KD), summer(KH)
+
+    def stager(groups):
+        """stage(..., c0) of ``groups`` 8-column groups from c0 on (as :func:`summer`)."""
+
+        @inline_device
+        def stage(sm, base, ra, acc, factor, tid, c0):
+            """The warp's rows of acc·factor -> the resident tile at ``base`` (its column groups from
+            ``c0`` on), over its own rows (the products read no other warp's; the caller waits for the
+            tile's loads first)."""
+            g = (tid % 32) // 4
+            tq = tid % 4
+            for i in range(2):
+                for kk in range(groups):
+                    at = base + (ra + g + 8 * i) * P_ + 8 * (c0 + kk) + 2 * tq
+                    sm[IX(at)] = acc[kk, 2 * i] * factor
+                    sm[IX(at + 1)] = acc[kk, 2 * i + 1] * factor
+
+        return stage
+
+    stage, stage_half = stager(KD), stager(KH)
 
     RIT, RFULL = walk(R)
 
@@ -574,8 +601,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                             p = ZERO
                     s[n, e] = p
                     dp[n, e] = p * gm * (dp[n, e] - sm[IX(y + OD + col)])  # (P·score_mod'(S) first: a pair's exchange)
-            accumulate(sm, xch, tid, cq, s, small, y + Y2, acc_v, t)  # dV_j += Pᵀ dO_i
-            accumulate(sm, xch, tid, cq, dp, small, y + Y1, acc_k, t)  # dK_j += dSᵀ Q_i
+            accumulate(sm, xch, tid, cq, s, small, y + Y2, acc_v, t, 0)  # dV_j += Pᵀ dO_i
+            accumulate(sm, xch, tid, cq, dp, small, y + Y1, acc_k, t, 0)  # dK_j += dSᵀ Q_i
 
     @inline_device
     def dkdv_pair_tile(sm, xch, tid, ra, role, b, h, q0, q_len, k0, n_kv, y, s, small, t, acc, scale, s2):
@@ -610,13 +637,13 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                 product(sm, xch, tid, ra, cq, X2, y + Y2, s)  # dPᵀ = V_j dO_iᵀ
             cuda.syncthreads()  # the pairs' Pᵀ are in the exchange
             if role == 0:
-                accumulate(sm, xch, tid, cq, s, small, y + Y2, acc, t)  # dV_j += Pᵀ dO_i
+                accumulate(sm, xch, tid, cq, s, small, y + Y2, acc, t, 0)  # dV_j += Pᵀ dO_i
             else:
                 for n in range(NS):
                     for e in range(4):
                         col = cq + 8 * n + 2 * tq + (e % 2)
                         s[n, e] = sm[IX(xb + (4 * n + e) * 32)] * (s[n, e] - sm[IX(y + OD + col)])
-                accumulate(sm, xch, tid, cq, s, small, y + Y1, acc, t)  # dK_j += dSᵀ Q_i
+                accumulate(sm, xch, tid, cq, s, small, y + Y1, acc, t, 0)  # dK_j += dSᵀ Q_i
 
     @inline_device
     def dq_tile(sm, xch, tid, ra, b, h, q0, n_q, k0, kv_len, y, s, dp, small, t, acc, l2, dd, scale, s2):
@@ -641,45 +668,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                                 HAS_MASK and (q_i >= n_q or not mask_ok(b, h, q_i, k0 + col))):
                             p = ZERO
                     dp[n, e] = p * gm * (dp[n, e] - dd[e // 2])
-            accumulate(sm, xch, tid, cq, dp, small, y + Y1, acc, t)  # dQ_i += dS K_j
-
-    KH = KD // 2  # a paired dq warp's 8-column groups of dQ_i (role 0 the first half, 1 the second)
-
-    @inline_device
-    def accumulate_half(sm, xch, tid, cq, a, small, base, acc, t, c0):
-        """:func:`accumulate` over the KH column groups from ``c0`` on (a paired dq warp's half of
-        dQ_i, ``acc`` KH × 4): each group's products in the same order."""
-        g = (tid % 32) // 4
-        tq = tid % 4
-        for n in range(NS):
-            for e in range(4):
-                a[n, e], small[n, e] = split(a[n, e])
-        for k0 in range(0, KH, AG):
-            for u in range(AG):
-                for i in range(4):
-                    t[u, i] = ZERO
-            for n in range(NS):
-                for u in range(AG):
-                    bt = base + (cq + 8 * n + 2 * tq) * P_ + 8 * (c0 + k0 + u) + g
-                    bb0, bs0 = parts(sm[IX(bt)], EXACT)
-                    bb1, bs1 = parts(sm[IX(bt + P_)], EXACT)
-                    t[u, 0], t[u, 1], t[u, 2], t[u, 3] = mma3(
-                        xch, tid, a[n, 0], a[n, 2], a[n, 1], a[n, 3], small[n, 0], small[n, 2], small[n, 1],
-                        small[n, 3], bb0, bb1, bs0, bs1, t[u, 0], t[u, 1], t[u, 2], t[u, 3], False, EXACT)
-            for u in range(AG):
-                for i in range(4):
-                    acc[k0 + u, i] += t[u, i]
-
-    @inline_device
-    def stage_half(sm, base, ra, acc, factor, tid, c0):
-        """:func:`stage` of a paired dq warp's KH column groups from ``c0`` on."""
-        g = (tid % 32) // 4
-        tq = tid % 4
-        for i in range(2):
-            for kk in range(KH):
-                at = base + (ra + g + 8 * i) * P_ + 8 * (c0 + kk) + 2 * tq
-                sm[IX(at)] = acc[kk, 2 * i] * factor
-                sm[IX(at + 1)] = acc[kk, 2 * i + 1] * factor
+            accumulate(sm, xch, tid, cq, dp, small, y + Y1, acc, t, 0)  # dQ_i += dS K_j
 
     @inline_device
     def dq_pair_tile(sm, xch, tid, ra, role, b, h, q0, n_q, k0, kv_len, y, s, small, t, acc, l2, dd, scale, s2):
@@ -856,16 +845,16 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                                         p = ZERO
                                 s[n, e] = p
                                 dp[n, e] = p * gm * (dp[n, e] - sm[IX(OD + col)])  # (as dkdv_tile's)
-                        accumulate(sm, xch, tid, cq, s, small, Y2, acc_v, t)  # dV_j += Pᵀ dO_i
-                        accumulate(sm, xch, tid, cq, dp, small, Y1, acc_k, t)  # dK_j += dSᵀ Q_i
+                        accumulate(sm, xch, tid, cq, s, small, Y2, acc_v, t, 0)  # dV_j += Pᵀ dO_i
+                        accumulate(sm, xch, tid, cq, dp, small, Y1, acc_k, t, 0)  # dK_j += dSᵀ Q_i
             cuda.syncthreads()  # K_j, V_j are loaded (by every thread) before a warp writes its rows over them
             if not PAIR:
-                stage(sm, X2, ra, acc_v, float32(1.0), tid)
-                stage(sm, X1, ra, acc_k, scale, tid)
+                stage(sm, X2, ra, acc_v, float32(1.0), tid, 0)
+                stage(sm, X1, ra, acc_k, scale, tid, 0)
             elif role == 0:
-                stage(sm, X2, ra, acc_v, float32(1.0), tid)  # dV_j
+                stage(sm, X2, ra, acc_v, float32(1.0), tid, 0)  # dV_j
             else:
-                stage(sm, X1, ra, acc_v, scale, tid)  # dK_j
+                stage(sm, X1, ra, acc_v, scale, tid, 0)  # dK_j
             cuda.syncthreads()
             save(dv, b, h, k0, kv_len, sm, X2, tid)
             save(dk, b, h, k0, kv_len, sm, X1, tid)
@@ -980,12 +969,12 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                                             HAS_MASK and (q_i >= n_q or not mask_ok(b, h, q_i, k0 + col))):
                                         p = ZERO
                                 dp[n, e] = p * gm * (dp[n, e] - dd[e // 2])
-                        accumulate(sm, xch, tid, cq, dp, small, Y1, acc, t)  # dQ_i += dS K_j
+                        accumulate(sm, xch, tid, cq, dp, small, Y1, acc, t, 0)  # dQ_i += dS K_j
             cuda.syncthreads()  # Q_i is loaded (by every thread) before a warp writes its rows over it
             if PAIR:
                 stage_half(sm, X1, ra, acc, scale, tid, role * KH)
             else:
-                stage(sm, X1, ra, acc, scale, tid)
+                stage(sm, X1, ra, acc, scale, tid, 0)
             cuda.syncthreads()
             save(dq, b, h, q0, q_len, sm, X1, tid)
 
