@@ -62,15 +62,20 @@ one-stage loops keep the tile's body inline, as the kernels measured and checked
 (called as ``dkdv_tile``, the masked dkdv at d = 128 spilled 8 bytes a thread on the H200).
 
 **Deterministic.** Every output element is written once, by one thread, summing in a fixed order;
-no atomics: the same inputs give bit-identical gradients.
+no atomics: the same inputs give bit-identical gradients. ``deterministic=False``
+(kernels/launch.py's ``run_backward``) lets a paired dkdv also form dQ (``atomic_dq``): each
+chunk's dSᵀ goes to SRAM, and the block adds dS K_j to dQ in HBM by fp32 atomics, as
+FlashAttention-2 does: 5 products a tile instead of 7 and no dq kernel, but dQ's order of
+additions is the GPU's (dK and dV are the deterministic kernels', bit for bit).
 
 **Pairs of warps above d = 64.** A warp's dK_j and dV_j take d registers a thread, so at d = 128
 a 64×64 dkdv held 4 warps of 255 registers an SM, one per scheduler, and stalled on every latency.
 A two-stage kernel above d = 64 (``paired``) gives each 16 resident rows two warps that split the
 work by product, not by rows: in dkdv one computes Sᵀ, Pᵀ and dV_j, the other dPᵀ, dSᵀ and dK_j,
 Pᵀ handed over through SRAM; in dq one computes P, the other dP - D, each hands its own over, both
-form dS, and each sums half of dQ_i's columns. Same products in the same order: the gradients are
-bit-identical to the unpaired kernels'. At d = 128 on the H200 (64×64, 8 warps a block, no local
+form dS, and each sums half of dQ_i's columns. A pair waits for its partner alone (``bar.sync``
+with a barrier of its own, :data:`PAIR_BARRIERS`). Same products in the same order: the gradients
+are bit-identical to the unpaired kernels'. At d = 128 on the H200 (64×64, 8 warps a block, no local
 memory) the backward ran 1.37× (causal 1.34×) faster than unpaired (BENCHMARKS.md, "Fast
 backward, fp32").
 
@@ -85,9 +90,9 @@ from numba import cuda, float32, int32, int64, uint64
 
 from kernels.flash2_common import refusal
 from kernels.mma import XCH_PER_THREAD, exp2, mma, split
-from kernels.mma16 import cp_async_commit, cp_async_wait, cp_async_wait_but_one, row_copier
+from kernels.mma16 import bar_sync, cp_async_commit, cp_async_wait, cp_async_wait_but_one, row_copier
 from kernels.smem import device_smem_optin
-from kernels.tiles import LOG2E, NEG_INF, ONE, ZERO, array_type, inline_device, make_tile_ops, COUNTERS
+from kernels.tiles import LOG2E, NEG_INF, ONE, ZERO, array_type, inline_device, inline_ir, make_tile_ops, COUNTERS
 from sandbox.vocabulary.runtime import using_simulator
 from sandbox.vocabulary.schedule import MAX_HEAD_DIM, MAX_THREADS
 
@@ -112,6 +117,12 @@ ACC_GROUP = {"dkdv": {64: 4, MAX_HEAD_DIM: 2}, "dq": {MAX_HEAD_DIM: 2}}
 #: H200; 1 uses none without the causal mask (causal, every variant tried spilled 8–16 bytes;
 #: BENCHMARKS.md, "Fast backward, fp32").
 ACC_GROUP_TWO_STAGES = {"dkdv": {64: 4, MAX_HEAD_DIM: 1}, "dq": {MAX_HEAD_DIM: 2}}
+
+#: :data:`ACC_GROUP` of a paired kernel (:func:`paired`), where a warp carries one of dK_j, dV_j
+#: (dkdv) or half of dQ_i (dq): more independent chains a warp. At d = 128 (64×64) on the H200, 4
+#: and 8 ran the backward 4–6% faster than 1 and 2, no local memory (BENCHMARKS.md, "Fast
+#: backward, fp32"). Where it does not divide a warp's column groups, the largest that does.
+ACC_GROUP_PAIRED = {"dkdv": {MAX_HEAD_DIM: 4}, "dq": {MAX_HEAD_DIM: 8}}
 
 
 def by_head_dim(table, head_dim):
@@ -189,22 +200,36 @@ def smem_bytes(schedule, head_dim, phase=None):
     return max(sizes.values()) if phase is None else sizes[phase]
 
 
-def dynamic_bytes(schedule, head_dim, phase, n_stages=1, pair=False):
+def dynamic_bytes(schedule, head_dim, phase, n_stages=1, pair=False, atomic_dq=False):
     """Dynamic shared memory of ``phase``: two resident tiles of d + 4 floats per row, per stage two
-    streamed tiles and dkdv's L and D per streamed row, and a paired kernel's exchange
+    streamed tiles and dkdv's L and D per streamed row, a paired kernel's exchange
     (:func:`paired`): for each pair of warps two 16 × chunk tiles (dkdv: Pᵀ in two buffers; dq: P
-    and dP - D)."""
+    and dP - D), and with ``atomic_dq`` (:func:`atomic_dq`) the block's dSᵀ of a chunk (resident
+    rows × chunk + 4 floats)."""
     if phase == "d":
         return 0
     resident = schedule.block_kv if phase == "dkdv" else schedule.block_q
     streamed = schedule.block_q if phase == "dkdv" else schedule.block_kv
     stage = 2 * streamed * _stride(head_dim) * 4 + (phase == "dkdv") * 8 * streamed
     exchange = 2 * resident * chunk_rows(schedule, head_dim, phase) * 4 if pair else 0
-    return 2 * resident * _stride(head_dim) * 4 + n_stages * stage + exchange
+    ds = resident * _ds_stride(chunk_rows(schedule, head_dim, phase)) * 4 if atomic_dq else 0
+    return 2 * resident * _stride(head_dim) * 4 + n_stages * stage + exchange + ds
+
+
+def _ds_stride(chunk):
+    """Row stride, in floats, of the dSᵀ tile an atomic-dQ dkdv keeps (:func:`atomic_dq`): chunk + 4,
+    4 more than a multiple of 16, so the A fragment's reads (rows 8k + 2t, columns 16m + g) fall on
+    the distinct banks 8t + g."""
+    return chunk + 4
 
 
 #: Head dims above which a two-stage kernel gives each 16 resident rows two warps (:func:`paired`).
 PAIRED_ABOVE = 64
+
+#: Whether a pair of warps waits for its partner alone (``bar.sync`` with a barrier of its own, 64
+#: threads) rather than for the whole block, where the block has at most 15 pairs (barriers 1..15;
+#: 0 is ``cuda.syncthreads``'). A pair's exchange is its own: no other warp reads it.
+PAIR_BARRIERS = True
 
 
 def _layout(schedule, head_dim, phase, dtype, masked):
@@ -253,6 +278,30 @@ def paired(schedule, head_dim, phase, dtype, masked=False):
     return _layout(schedule, head_dim, phase, dtype, masked)[1]
 
 
+def atomic_dq(schedule, head_dim, dtype, masked=False):
+    """Whether the fast backward can fold dQ into dkdv, added to HBM by fp32 atomics (the
+    non-deterministic mode, ``deterministic=False``): where dkdv is paired (:func:`paired`), the
+    block's dSᵀ of a chunk fits beside its tiles, and the chunk's dQ (chunk × d) splits evenly over
+    the block's warps, each taking whole 8-column groups of one 16-row tile. Then each chunk's dSᵀ
+    goes to SRAM and the block adds dS K_j to dQ in HBM (as FlashAttention-2 does): 5 products a tile
+    instead of 7, no dq kernel, and the order of the additions left to the GPU."""
+    return _cached_atomic_dq(schedule, head_dim, np.dtype(dtype), bool(masked), PAIRED_ABOVE)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_atomic_dq(schedule, head_dim, dtype, masked, paired_above):
+    """:func:`atomic_dq`, cached as :func:`_cached_layout` is (the launcher asks at every call)."""
+    if not paired(schedule, head_dim, "dkdv", dtype, masked):
+        return False
+    R, ch, kd = schedule.block_kv, chunk_rows(schedule, head_dim, "dkdv"), head_dim // 8
+    warps, units = R // 8, (ch // 16) * kd
+    if units % warps or kd % (units // warps):
+        return False
+    need = dynamic_bytes(schedule, head_dim, "dkdv", 2, True, True) + VOTE_BYTES
+    optin = device_smem_optin()
+    return need <= schedule.sram_bytes and (optin is None or need <= optin)
+
+
 def threads(schedule, phase, head_dim=None, dtype=np.float32, masked=False):
     """Threads per block of ``phase``: a warp per 16 resident rows, two in a paired kernel
     (:func:`paired`; given ``head_dim``)."""
@@ -270,9 +319,16 @@ def min_blocks_per_sm(schedule, head_dim):
     return 1
 
 
-def phases(dtype):
-    """The fast backward's kernels, in launch order, with the counting backward's arguments."""
+def phases(dtype, atomic_dq=False):
+    """The fast backward's kernels, in launch order, with the counting backward's arguments; with
+    ``atomic_dq`` (:func:`atomic_dq`) dkdv also takes dQ, zeroed, and there is no dq kernel."""
     IN4, F3, C = array_type(dtype, 4), array_type(np.float32, 3), COUNTERS
+    if atomic_dq:
+        return {
+            "d": (make_d, (IN4, IN4, F3, C)),
+            "dkdv": (functools.partial(make_dkdv, atomic_dq=True),
+                     (IN4, IN4, IN4, IN4, F3, F3, IN4, IN4, array_type(np.float32, 4), float32, C)),
+        }
     return {
         "d": (make_d, (IN4, IN4, F3, C)),
         "dkdv": (make_dkdv, (IN4, IN4, IN4, IN4, F3, F3, IN4, IN4, float32, C)),
@@ -341,9 +397,10 @@ def make_d(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=Non
     return kernel, 0, grid
 
 
-def make_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
-    """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H)."""
-    return _make(schedule, head_dim, dtype, count_io, causal, mask, "dkdv", score_mod)
+def make_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None, atomic_dq=False):
+    """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H). With ``atomic_dq``
+    (:func:`atomic_dq`), kernel(q, k, v, do, lse, dvec, dk, dv, dq, scale, counters), dq fp32 and zeroed."""
+    return _make(schedule, head_dim, dtype, count_io, causal, mask, "dkdv", score_mod, atomic_dq)
 
 
 def make_dq(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
@@ -351,10 +408,14 @@ def make_dq(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=No
     return _make(schedule, head_dim, dtype, count_io, causal, mask, "dq", score_mod)
 
 
-def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=None):
+def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=None, fused_dq=False):
     why = eligible(schedule, head_dim, count_io, mask)
     if why is not None:
         raise ValueError(f"the fast backward cannot run {schedule} at d={head_dim}: {why}")
+    if fused_dq and not atomic_dq(schedule, head_dim, dtype, mask is not None):
+        raise ValueError(f"the fast backward cannot add dQ by atomics for {schedule} at d={head_dim} "
+                         f"({np.dtype(dtype).name}{', masked' if mask is not None else ''}): its dkdv is not "
+                         "paired, or dSᵀ does not fit beside its tiles")
     NT = threads(schedule, phase, head_dim, dtype, mask is not None)  # a warp (a pair: paired) per 16 resident rows
     t = make_tile_ops(schedule, head_dim, False, causal, dtype, mask, score_mod, threads=NT)
     HAS_MOD, modded, mod_grad = t.HAS_MOD, t.modded, t.mod_grad
@@ -391,7 +452,13 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     OX = 2 * R * P_ + N_STAGES * STAGE
     KA = KD // 2 if PAIR and not DKDV else KD  # 8-column groups of dQ_i a dq warp sums
     AG = AG if KA % AG == 0 else 1
-    n_smem = dynamic_bytes(schedule, head_dim, phase, N_STAGES, PAIR)
+    if PAIR:
+        AG = max(a for a in range(1, by_head_dim(ACC_GROUP_PAIRED[phase], D) + 1) if KA % a == 0)
+    FUSED = bool(fused_dq)  # dkdv adds dQ by atomics (atomic_dq)
+    n_smem = dynamic_bytes(schedule, head_dim, phase, N_STAGES, PAIR, FUSED)
+    ODS, DSS = OX + 2 * R * CH, _ds_stride(CH)  # the fused dkdv's dSᵀ tile: [key][query of the chunk]
+    NW = R // 8  # the fused dkdv's warps (2 a 16 keys)
+    UPW = max(1, (CH // 16) * KD // NW)  # (16-row tile, 8-column group) units of a chunk's dQ a warp takes
     # Shared and global indices are cast to uint64 (but see ``unsigned``): Numba indexes with a
     # signed integer through a negative-index fix-up per access (a compare and a select), which on
     # the H200 doubled the kernels' instructions and kept the compiler from folding a thread's loads
@@ -504,6 +571,17 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     xch, tid, kb0, kb1, kb2, kb3, ks0, ks1, ks2, ks3, bb0, bb1, bs0, bs1,
                     s[n, 0], s[n, 1], s[n, 2], s[n, 3], EXACT, EXACT)
 
+    PAIR_BAR = PAIR_BARRIERS and R // 16 <= 15
+
+    @inline_device
+    def pair_sync(ra):
+        """The pair of warps of resident rows ra .. ra + 16 waits for each other (:data:`PAIR_BARRIERS`;
+        else the block waits)."""
+        if PAIR_BAR:
+            bar_sync(1 + ra // 16, 64)
+        else:
+            cuda.syncthreads()
+
     KH = KD // 2  # a paired dq warp's 8-column groups of dQ_i (role 0 the first half, 1 the second)
 
     def summer(groups):
@@ -605,7 +683,42 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             accumulate(sm, xch, tid, cq, dp, small, y + Y1, acc_k, t, 0)  # dK_j += dSᵀ Q_i
 
     @inline_device
-    def dkdv_pair_tile(sm, xch, tid, ra, role, b, h, q0, q_len, k0, n_kv, y, s, small, t, acc, scale, s2):
+    def add_dq(sm, xch, tid, dq, b, h, qc, n_q, scale, u):
+        """dQ[qc .. qc + CH] += scale·dS K_j in HBM by fp32 atomics, dS the chunk's from the dSᵀ tile
+        (all the block's keys: the k-index), K_j the resident tile: each warp takes UPW 8-column
+        groups of one 16-row tile (the A fragment read once a k-step, keys 2t and 2t + 1 as t and
+        t + 4, as :func:`summer`'s B), summed on the tensor cores into ``u``."""
+        g = (tid % 32) // 4
+        tq = tid % 4
+        u0 = (tid // 32) * UPW
+        m = u0 // KD  # the warp's 16-row tile of the chunk
+        c0 = u0 - m * KD  # its first 8-column group
+        for w in range(UPW):
+            for i in range(4):
+                u[w, i] = ZERO
+        for kk in range(R // 8):
+            at = ODS + (8 * kk + 2 * tq) * DSS + 16 * m + g
+            ab0, as0 = split(sm[IX(at)])
+            ab1, as1 = split(sm[IX(at + 8)])
+            ab2, as2 = split(sm[IX(at + DSS)])
+            ab3, as3 = split(sm[IX(at + DSS + 8)])
+            for w in range(UPW):
+                bt = X1 + (8 * kk + 2 * tq) * P_ + 8 * (c0 + w) + g
+                bb0, bs0 = parts(sm[IX(bt)], EXACT)
+                bb1, bs1 = parts(sm[IX(bt + P_)], EXACT)
+                u[w, 0], u[w, 1], u[w, 2], u[w, 3] = mma3(
+                    xch, tid, ab0, ab1, ab2, ab3, as0, as1, as2, as3, bb0, bb1, bs0, bs1,
+                    u[w, 0], u[w, 1], u[w, 2], u[w, 3], False, EXACT)
+        for i in range(2):
+            row = qc + 16 * m + g + 8 * i
+            if row < n_q:
+                for w in range(UPW):
+                    col = 8 * (c0 + w) + 2 * tq
+                    cuda.atomic.add(dq, (b, h, IX(row), IX(col)), u[w, 2 * i] * scale)
+                    cuda.atomic.add(dq, (b, h, IX(row), IX(col + 1)), u[w, 2 * i + 1] * scale)
+
+    @inline_device
+    def dkdv_pair_tile(sm, xch, tid, ra, role, b, h, q0, q_len, k0, n_kv, y, s, small, t, acc, scale, s2, dq, n_q, u):
         """A paired dkdv's tile (:func:`paired`), the Q block at q0 in the stage at offset ``y``: warp
         role 0 of the pair computes Pᵀ, leaves it (times score_mod'(S)) in the exchange and adds
         Pᵀ dO_i to ``acc`` (dV_j); role 1 computes dPᵀ, takes Pᵀ from the exchange and adds
@@ -635,15 +748,25 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                         sm[IX(xb + (4 * n + e) * 32)] = p * gm
             else:
                 product(sm, xch, tid, ra, cq, X2, y + Y2, s)  # dPᵀ = V_j dO_iᵀ
-            cuda.syncthreads()  # the pairs' Pᵀ are in the exchange
-            if role == 0:
-                accumulate(sm, xch, tid, cq, s, small, y + Y2, acc, t, 0)  # dV_j += Pᵀ dO_i
+            if FUSED:
+                cuda.syncthreads()  # the pairs' Pᵀ are in, and every warp is done with the last chunk's dSᵀ
             else:
+                pair_sync(ra)  # the pair's Pᵀ is in the exchange
+            if role == 1:
                 for n in range(NS):
                     for e in range(4):
                         col = cq + 8 * n + 2 * tq + (e % 2)
                         s[n, e] = sm[IX(xb + (4 * n + e) * 32)] * (s[n, e] - sm[IX(y + OD + col)])
+                        if FUSED:  # dSᵀ -> the block's tile, [key][query]
+                            sm[IX(ODS + (ra + g + 8 * (e // 2)) * DSS + 8 * n + 2 * tq + (e % 2))] = s[n, e]
+            if FUSED:
+                cuda.syncthreads()  # the block's dSᵀ is in
+            if role == 0:
+                accumulate(sm, xch, tid, cq, s, small, y + Y2, acc, t, 0)  # dV_j += Pᵀ dO_i
+            else:
                 accumulate(sm, xch, tid, cq, s, small, y + Y1, acc, t, 0)  # dK_j += dSᵀ Q_i
+            if FUSED:
+                add_dq(sm, xch, tid, dq, b, h, q0 + cq, n_q, scale, u)  # dQ_i += dS K_j, by atomics
 
     @inline_device
     def dq_tile(sm, xch, tid, ra, b, h, q0, n_q, k0, kv_len, y, s, dp, small, t, acc, l2, dd, scale, s2):
@@ -706,11 +829,11 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             for n in range(NS):
                 for e in range(4):
                     sm[IX(xb + (4 * n + e) * 32)] = s[n, e]
-            cuda.syncthreads()  # the pairs' P and dP - D are in the exchange
+            pair_sync(ra)  # the pair's P and dP - D are in the exchange
             for n in range(NS):
                 for e in range(4):
                     s[n, e] = s[n, e] * sm[IX(xo + (4 * n + e) * 32)]  # dS = P·(dP - D), either way round
-            cuda.syncthreads()  # ... and read, before the next chunk's are written
+            pair_sync(ra)  # ... and read, before the next chunk's are written
             accumulate_half(sm, xch, tid, cq, s, small, y + Y1, acc, t, role * KH)  # dQ_i += dS K_j
 
     #: L·log2 e and D values a thread of dkdv carries from a block's loads to its stage (pipelined)
@@ -718,7 +841,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
 
     if DKDV:
 
-        def kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters):
+        @inline_ir
+        def body(q, k, v, do, lse, dvec, dk, dv, dq, scale):
             if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or do.shape[3] != D:
                 return  # (never: the launcher checks; this tells the compiler the row length is D)
             tid = cuda.threadIdx.x
@@ -743,6 +867,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             dp = cuda.local.array((NS, 4), float32)
             small = cuda.local.array((NS, 4), float32)
             t = cuda.local.array((AG, 4), float32)
+            dqt = cuda.local.array((UPW, 4), float32)  # (atomic_dq: a chunk's dQ, UPW 8-column groups)
             flag = cuda.shared.array(1, int32)  # tile_visited's vote under a mask
             for kk in range(KD):
                 for i in range(4):
@@ -787,7 +912,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                         q0 = ic * C
                         if PAIR:  # (acc_v: the warp's one sum, dV_j or dK_j by its role)
                             dkdv_pair_tile(sm, xch, tid, ra, role, b, h, q0, min(C, n_q - q0), k0, n_kv,
-                                           ((ic - i0) % 2) * STAGE, s, small, t, acc_v, scale, s2)
+                                           ((ic - i0) % 2) * STAGE, s, small, t, acc_v, scale, s2, dq, n_q, dqt)
                         else:
                             dkdv_tile(sm, xch, tid, ra, b, h, q0, min(C, n_q - q0), k0, n_kv, ((ic - i0) % 2) * STAGE,
                                       s, dp, small, t, acc_v, acc_k, scale, s2)
@@ -858,6 +983,13 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             cuda.syncthreads()
             save(dv, b, h, k0, kv_len, sm, X2, tid)
             save(dk, b, h, k0, kv_len, sm, X1, tid)
+
+        if FUSED:
+            def kernel(q, k, v, do, lse, dvec, dk, dv, dq, scale, counters):
+                body(q, k, v, do, lse, dvec, dk, dv, dq, scale)
+        else:
+            def kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters):
+                body(q, k, v, do, lse, dvec, dk, dv, dk, scale)  # (dk in dq's place: unused)
 
         def grid(problem):
             return ((problem.n_kv + R - 1) // R, problem.bh)

@@ -84,13 +84,13 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, retu
 
 
 def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, count_io=False,
-                       mask=None, fast=None, return_build=False, score_mod=None):
+                       mask=None, fast=None, return_build=False, score_mod=None, deterministic=True):
     """Gradients dQ, dK, dV of ``attention`` for the upstream gradient ``dout``.
 
     flash1 and flash2 schedules run FlashAttention-2's backward with recomputation (S and P
     rebuilt per tile from Q, K and the saved log-sum-exp; nothing Nq×Nk in HBM); the standard
-    schedule materializes P and dS in HBM. Deterministic: no floating-point atomics, so the same
-    inputs give bit-identical gradients.
+    schedule materializes P and dS in HBM. Deterministic by default: no floating-point atomics,
+    so the same inputs give bit-identical gradients.
 
     Args:
         q, k, v: as for :func:`attention`.
@@ -105,6 +105,11 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
         score_mod: the forward call's score_mod, which must carry its derivative
             (``ScoreMod(fn, grad=...)``; the built-ins do): P is rebuilt with it and
             dS = P ∘ (dP - D) ∘ score_mod'(S) (the fast backward, ``fast=True``, too).
+        deterministic: False lets the fast backward add dQ by fp32 atomics where it can
+            (kernels/backward_tc.py, ``atomic_dq``: fp32, no mask, the paired dkdv above d = 64),
+            as FlashAttention-2 does: dkdv also forms dQ and no dq kernel runs, faster, but dQ's
+            sum order is the GPU's and may differ between runs by rounding. Elsewhere it changes
+            nothing. dK and dV stay deterministic.
 
     Returns:
         ``(dq, dk, dv)`` in the input dtype (fp32 accumulation), plus the report with ``count_io``.
@@ -117,7 +122,7 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
             mask that fails its check.
     """
     problem = check_qkv(q, k, v, causal=causal, scale=scale)
-    check_flags(count_io=count_io, return_build=return_build)
+    check_flags(count_io=count_io, return_build=return_build, deterministic=deterministic)
     if fast is not None:
         check_flags(fast=fast)
     check_schedule(schedule)
@@ -144,7 +149,8 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
     if on_host:
         lse = np.asarray(lse, dtype=np.float32)
     dq, dk, dv, report, chosen = attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=count_io,
-                                                        mask=mask, fast=fast, score_mod=score_mod)
+                                                        mask=mask, fast=fast, score_mod=score_mod,
+                                                        deterministic=deterministic)
     result = (dq, dk, dv)
     if count_io:
         result += (report,)

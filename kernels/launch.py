@@ -14,6 +14,7 @@ import math
 import numpy as np
 from numba import cuda, float32, void
 from numba.cuda.cudadrv.devices import require_context
+from numba.cuda.cudadrv.driver import device_memset
 
 from kernels import backward as backward_kernels
 from kernels import registry
@@ -27,12 +28,15 @@ from sandbox.vocabulary.dtypes import BFLOAT16, storage_dtype
 from sandbox.vocabulary.runtime import using_simulator
 
 
-def _phases(schedule, dtype, backward, chosen, grouped=False):
+def _phases(schedule, dtype, backward, chosen, grouped=False, atomic_dq=False):
     """phase -> (maker, argument types), in launch order: the chosen build's (kernels/builds.py) or the backward's.
 
     ``grouped`` (the backward, K/V heads H_kv < H): dK and dV go through fp32 partials, and a
-    "group_sum" phase adds each group of them up (kernels/backward.py)."""
+    "group_sum" phase adds each group of them up (kernels/backward.py). ``atomic_dq``: the fast
+    backward's dkdv adds dQ by atomics, and there is no dq phase (kernels/backward_tc.py)."""
     kind = schedule.kind
+    if atomic_dq:
+        return chosen.module.phases(dtype, atomic_dq=True)
     if not backward or chosen.fast:
         return chosen.module.phases(dtype)
     IN4, F3, F4, C = array_type(dtype, 4), array_type(np.float32, 3), array_type(np.float32, 4), COUNTERS
@@ -100,9 +104,9 @@ def _jit_options(schedule, head_dim, chosen, threads):
 
 @functools.lru_cache(maxsize=256)
 def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=None, grouped=False, head_dim_v=None,
-          score_mod=None):
+          score_mod=None, atomic_dq=False):
     """Compiled kernels for one (schedule, head_dim, dtype, causal, build, direction, mask, grouping, d_v,
-    score_mod).
+    score_mod, dQ by atomics).
 
     ``chosen``: the :class:`kernels.builds.Build` (forward: :func:`kernels.builds.choose_build`'s;
     backward: :func:`kernels.builds.choose_backward_build`'s), which says whether the kernels count.
@@ -112,13 +116,15 @@ def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=N
     take either (a query head's K/V head is read from the arrays' shapes).
     ``head_dim_v``: V's head dim d_v, passed to every maker where it is not None or ``head_dim``
     (a fast build gets it only where kernels/builds.py chose it for d_v ≠ d).
+    ``atomic_dq``: the fast backward's dkdv that also adds dQ by fp32 atomics (no dq kernel;
+    :func:`run_backward` with ``deterministic=False``).
 
     Returns:
         dict phase -> (kernel, smem_bytes, grid(problem)), in launch order.
     """
     dtype = np.dtype(dtype_name)
     out = {}
-    for phase, (maker, sig) in _phases(schedule, dtype, backward, chosen, grouped).items():
+    for phase, (maker, sig) in _phases(schedule, dtype, backward, chosen, grouped, atomic_dq).items():
         extra = {} if mask is None else {"mask": mask}
         if head_dim_v is not None and head_dim_v != head_dim:
             extra["head_dim_v"] = head_dim_v
@@ -175,6 +181,16 @@ def counting_allocations():
         yield total
     finally:
         _ALLOCATION_TOTALS.remove(total)
+
+
+def device_zeros(shape, dtype, what, stream):
+    """:func:`device_empty`, zeroed on ``stream`` (a memset on the GPU) before anything launched after it."""
+    x = device_empty(shape, dtype, what)
+    if using_simulator():
+        x.copy_to_device(np.zeros(shape, storage_dtype(dtype)))
+    else:
+        device_memset(x, 0, x.size * x.dtype.itemsize, stream)
+    return x
 
 
 def device_empty(shape, dtype, what):
@@ -460,14 +476,17 @@ def launch_lean(kernel, grid, threads, stream, smem, args):
 
 @require_context
 def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None, fast=None, chosen=None,
-                 score_mod=None):
+                 score_mod=None, deterministic=True):
     """dQ, dK, dV for device arrays (C-contiguous): see kernels/backward.py (and kernels/backward_tc.py).
 
     ``mask``: the forward's :class:`sandbox.vocabulary.masks.Mask` (or None), compiled into every
     phase: its empty tiles are skipped, the rest masked entry by entry. ``chosen``: the
     :class:`kernels.builds.Build` to run; None: :func:`kernels.builds.choose_backward_build`'s for
     ``count_io``, ``mask`` and ``fast``. ``score_mod``: the forward's ScoreMod (or None), with its
-    ``grad``, compiled into every phase that forms P or dS.
+    ``grad``, compiled into every phase that forms P or dS. ``deterministic=False``: where the fast
+    backward can (kernels/backward_tc.py, ``atomic_dq``), its dkdv also adds dQ to HBM by fp32
+    atomics and no dq kernel runs; dQ's sum order is then the GPU's, not fixed. Elsewhere the
+    gradients are the deterministic ones.
 
     With grouped K/V heads (``problem.heads_kv`` < ``problem.heads``) dK and dV, (B, H_kv, Nk, d) and
     (B, H_kv, Nk, d_v),
@@ -489,6 +508,8 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     extra = {"grouped": True} if grouped else {}  # (today's calls keep their cache key)
     if score_mod is not None:
         extra["score_mod"] = score_mod
+    if not deterministic and atomic_dq_runs(schedule, problem, chosen, mask):
+        extra["atomic_dq"] = True
     ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, backward=True, mask=mask,
                **extra, **_dv(problem))
     check_grids(ks, problem)
@@ -496,7 +517,8 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     stream = _default_stream()
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
     d_v = problem.head_dim_v
-    dq = device_empty((b, h, n_q, d), problem.dtype, "dQ")
+    fused = extra.get("atomic_dq", False)  # (dkdv adds to dQ, which starts at zero)
+    dq = device_zeros((b, h, n_q, d), problem.dtype, "dQ", stream) if fused else device_empty((b, h, n_q, d), problem.dtype, "dQ")
     dk = device_empty((b, problem.heads_kv, n_kv, d), problem.dtype, "dK")
     dv = device_empty((b, problem.heads_kv, n_kv, d_v), problem.dtype, "dV")
     dvec = device_empty((b, h, n_q), np.float32, "D")
@@ -508,7 +530,9 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     if grouped:  # each query head's dK, dV partials, summed per group by the last launch
         dk_out = device_empty((b, h, n_kv, d), np.float32, "dK partials")
         dv_out = device_empty((b, h, n_kv, d_v), np.float32, "dV partials")
-    if chosen.fast or kinds.get(schedule.kind).backward == "flash":
+    if fused:
+        launch("dkdv", q, k, v, dout, lse, dvec, dk_out, dv_out, dq, scale, counters)
+    elif chosen.fast or kinds.get(schedule.kind).backward == "flash":
         launch("dkdv", q, k, v, dout, lse, dvec, dk_out, dv_out, scale, counters)
         launch("dq", q, k, v, dout, lse, dvec, dq, scale, counters)
     else:
@@ -524,6 +548,14 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
         launch("group_sum", dk_out, dv_out, dk, dv, counters)
     report = to_report(counters.copy_to_host(stream=stream), problem.dtype) if count_io else None
     return dq, dk, dv, report
+
+
+def atomic_dq_runs(schedule, problem, chosen, mask):
+    """Whether ``deterministic=False`` changes this backward: the fast build's dkdv can add dQ by
+    atomics (kernels/backward_tc.py, ``atomic_dq``; not with grouped K/V heads)."""
+    fused = getattr(chosen.module, "atomic_dq", None) if chosen.fast else None
+    return (fused is not None and problem.group == 1
+            and fused(schedule, problem.head_dim, problem.dtype, mask is not None))
 
 
 def to_device(arrays, names):
@@ -625,7 +657,7 @@ def attention_any(schedule, problem, q, k, v, count_io=False, mask=None, fast=No
 
 
 def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None, fast=None,
-                           score_mod=None):
+                           score_mod=None, deterministic=True):
     """:func:`run_backward` for NumPy or CUDA-array-interface inputs; results on the same side.
 
     Returns:
@@ -642,5 +674,5 @@ def attention_backward_any(schedule, problem, q, k, v, out, lse, dout, count_io=
                                    score_mod=score_mod, dtype=problem.dtype)
     dev = to_device((q, k, v, out, lse, dout), ("q", "k", "v", "out", "lse", "dout"))
     dq, dk, dv, report = run_backward(schedule, problem, *dev, count_io=count_io, mask=mask, chosen=chosen,
-                                      score_mod=score_mod)
+                                      score_mod=score_mod, deterministic=deterministic)
     return (*from_device((dq, dk, dv), q, (problem.dtype,) * 3), report, chosen)

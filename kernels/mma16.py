@@ -147,6 +147,12 @@ if using_simulator():
         for i in range(4):
             sm[at + i] = src[row, word + i] if valid else 0
 
+    @cuda.jit(device=True)
+    def bar_sync(barrier, count):
+        """A barrier of ``count`` threads (bar.sync ``barrier``, ``count``); in the simulator the
+        whole block's (every thread of a kernel that calls it makes the same calls)."""
+        cuda.syncthreads()
+
     def cp_async_commit():
         """Close the thread's group of cp_async copies (nothing to do in the simulator)."""
 
@@ -269,6 +275,20 @@ else:
 
         return _stmt
 
+    @intrinsic
+    def _bar_sync(typingctx, barrier, count):
+        if not isinstance(barrier, types.Integer) or not isinstance(count, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            i32 = ir.IntType(32)
+            ids = [context.cast(builder, args[i], signature.args[i], types.uint32) for i in (0, 1)]
+            builder.call(ir.InlineAsm(ir.FunctionType(ir.VoidType(), [i32, i32]), "bar.sync $0, $1;",
+                                      "r,r,~{memory}", side_effect=True), ids)
+            return context.get_dummy_value()
+
+        return types.void(barrier, count), codegen
+
     _ldsm, _ldsm_t = _ldsm_intrinsic(False), _ldsm_intrinsic(True)
     _commit, _wait = _asm_statement("cp.async.commit_group;"), _asm_statement("cp.async.wait_group 0;")
     _wait_but_one = _asm_statement("cp.async.wait_group 1;")
@@ -289,6 +309,12 @@ else:
         """16 bytes of ``src``'s row ``row`` from word ``word`` on -> ``sm[at]``..: zeros where not
         ``valid`` (cp.async.cg, the module docstring)."""
         _cp_async(sm, at, src, row, word, valid)
+
+    @inline_device
+    def bar_sync(barrier, count):
+        """bar.sync ``barrier``, ``count``: a barrier of ``count`` threads (whole warps; barrier 0 is
+        ``cuda.syncthreads``'), which also orders their shared-memory accesses."""
+        _bar_sync(barrier, count)
 
     @inline_device
     def cp_async_commit():

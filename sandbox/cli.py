@@ -312,7 +312,7 @@ def cmd_bench(a):
     spec = BenchSpec(
         n=tuple(a.n), head_dim=tuple(a.d), batch=a.batch, heads=a.heads, heads_kv=a.heads_kv, dtype=tuple(a.dtype),
         causal=_masks(a), impls=tuple(a.impl) if a.impl else None,
-        backward=a.backward, backward_only=a.backward_only, repeats=a.repeats, block_q=a.block_q, block_kv=a.block_kv, thread_q=a.thread_q,
+        backward=a.backward, backward_only=a.backward_only, atomic_dq=a.atomic_dq, repeats=a.repeats, block_q=a.block_q, block_kv=a.block_kv, thread_q=a.thread_q,
         thread_kv=a.thread_kv, math=a.math, seed=a.seed, tune=not a.no_tune,
     )
     rows = []
@@ -587,6 +587,9 @@ def build_parser(prog=None):
     p.add_argument("--backward", action="store_true",
                    help="also backward rows: sdpa-* through autograd (only the backward timed), and each of our kinds with a backward pass")
     p.add_argument("--backward-only", action="store_true", help="backward rows alone (no forward rows)")
+    p.add_argument("--atomic-dq", action="store_true",
+                   help="also a '<kind>-atomic-dq' backward row of each of our kinds: deterministic=False, dQ added "
+                        "by fp32 atomics where the fast backward can (its schedule column says whether it did)")
     p.add_argument("--repeats", type=int, default=BenchSpec.repeats,
                    help="timed calls per row, median reported (default %(default)s)")
     p.add_argument("--out", default="bench.csv", help="CSV path (default bench.csv); the JSON goes beside it")

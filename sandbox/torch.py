@@ -10,7 +10,8 @@ The forward runs :func:`kernels.entry.attention` (the schedule's fast build wher
 else its counting source without counters) and saves O and L; the backward runs
 :func:`kernels.entry.attention_backward` with the same schedule, causal flag, scale and mask:
 FlashAttention-2's backward with recomputation for the flash kinds, P and dS in HBM for standard.
-Deterministic: the same inputs give bit-identical gradients. K and V may have fewer heads than Q
+Deterministic by default: the same inputs give bit-identical gradients (``deterministic=False``
+lets the fast backward add dQ by atomics where it can, :func:`sandbox.attention_backward`). K and V may have fewer heads than Q
 (grouped K/V heads, H_kv dividing H: query head h reads K/V head h // (H / H_kv), as SDPA's
 ``enable_gqa=True``); their gradients then sum each group's query heads and have K's and V's
 shapes. PyTorch is imported on first use, not by ``import sandbox``.
@@ -21,6 +22,7 @@ import functools
 from kernels.entry import attention as _attention_kernels
 from kernels.entry import attention_backward
 from sandbox.vocabulary.masks import as_mask
+from sandbox.vocabulary.validation import check_flags
 from sandbox.vocabulary.schedule import DEFAULT_SCHEDULE
 
 
@@ -31,24 +33,26 @@ def _function():
 
     class Attention(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, q, k, v, schedule, causal, scale, mask, fast_backward):
+        def forward(ctx, q, k, v, schedule, causal, scale, mask, fast_backward, deterministic):
             q, k, v = (x.detach() for x in (q, k, v))  # (a tensor that requires grad exports no CUDA array)
             out, lse = _attention_kernels(q, k, v, schedule=schedule, causal=causal, scale=scale,
                                           return_lse=True, mask=mask)
             ctx.save_for_backward(q, k, v, out, lse)
-            ctx.options = dict(schedule=schedule, causal=causal, scale=scale, mask=mask, fast=fast_backward)
+            ctx.options = dict(schedule=schedule, causal=causal, scale=scale, mask=mask, fast=fast_backward,
+                               deterministic=deterministic)
             return out
 
         @staticmethod
         def backward(ctx, dout):
             q, k, v, out, lse = (x.detach() for x in ctx.saved_tensors)  # (the saved O is part of the graph)
             dq, dk, dv = attention_backward(q, k, v, out, lse, dout.detach().contiguous(), **ctx.options)
-            return dq, dk, dv, None, None, None, None, None
+            return dq, dk, dv, None, None, None, None, None, None
 
     return Attention
 
 
-def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask=None, fast_backward=None):
+def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask=None, fast_backward=None,
+              deterministic=True):
     """softmax(scale·QKᵀ)V on CUDA tensors with gradients through our backward kernels.
 
     Args:
@@ -60,6 +64,8 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask
             plain build (the fast backward is opt-in); True, the schedule's fast backward (flash2's
             tensor-core backward for ``Schedule(math="tf32x3")``, kernels/backward_tc.py), refused
             with the reason when ``.backward()`` runs where it cannot; False, never.
+        deterministic: the backward's (:func:`sandbox.attention_backward`): False lets the fast
+            backward add dQ by fp32 atomics where it can (faster; dQ's rounding may differ between runs).
 
     Returns:
         O, (B, H, Nq, d), in the input dtype, part of the autograd graph of q, k and v.
@@ -71,4 +77,5 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask
     # one Mask object for both passes: its check over this problem and its compiled kernels are reused
     if fast_backward not in (None, True, False):
         raise TypeError(f"fast_backward: expected None, True or False, got {fast_backward!r}")
-    return _function().apply(q, k, v, schedule, causal, scale, as_mask(mask), fast_backward)
+    check_flags(deterministic=deterministic)
+    return _function().apply(q, k, v, schedule, causal, scale, as_mask(mask), fast_backward, bool(deterministic))

@@ -113,6 +113,8 @@ class BenchSpec:
         impls: implementation names (``sandbox.lab.peers.IMPL_NAMES``); None: all.
         backward: also backward rows (sdpa-* through autograd, our standard and flash2).
         backward_only: backward rows alone (implies ``backward``).
+        atomic_dq: also a ``<kind>-atomic-dq`` backward row of each of our kinds, run with
+            ``deterministic=False`` (dQ added by atomics where the fast backward can).
         repeats: timed calls per row (≥ 1; 10 by default, the median reported).
         warmup: untimed calls before them.
         block_q, block_kv, thread_q, thread_kv: our schedules' overrides; math: flash2's arithmetic
@@ -134,6 +136,7 @@ class BenchSpec:
     impls: tuple = None
     backward: bool = False
     backward_only: bool = False
+    atomic_dq: bool = False
     repeats: int = REPEATS
     warmup: int = WARMUP
     block_q: int = None
@@ -162,7 +165,7 @@ class BenchSpec:
                                  math=self.math)
 
     def implementations(self):
-        impls = implementations(self.impls, self.backward, self.schedules())
+        impls = implementations(self.impls, self.backward, self.schedules(), atomic_dq=self.atomic_dq)
         return [i for i in impls if i.direction == "bwd"] if self.backward_only else impls
 
     def problems(self):

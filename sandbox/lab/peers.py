@@ -31,7 +31,7 @@ from numba import cuda
 
 from kernels import registry
 from kernels.builds import GROUPED_REFUSAL, choose_backward_build, choose_build
-from kernels.launch import counting_allocations, from_device, run, run_backward, to_device
+from kernels.launch import atomic_dq_runs, counting_allocations, from_device, run, run_backward, to_device
 from kernels.smem import check_device_limit
 from sandbox.lab.autotune import tuned_schedule
 from sandbox.lab.bench_check import tolerance as default_tolerance
@@ -352,32 +352,38 @@ class CupyNaive(Impl):
         return lambda: naive_attention(q, k, v, problem.causal, problem.scale, xp=cupy)
 
 
+#: The name suffix of a backward row run with ``deterministic=False`` (dQ added by atomics where the
+#: fast backward can: kernels/backward_tc.py, ``atomic_dq``).
+ATOMIC_DQ = "-atomic-dq"
+
+
 class Ours(Impl):
     """Our Numba kernels through ``kernels.launch``: ``run`` (forward) or ``run_backward``.
 
     ``schedule`` None: the autotuned one for the problem's (head_dim, dtype) (sandbox/lab/autotune.py);
     with grouped K/V heads, whose calls run the plain build, the default one (nothing to tune).
     ``fast``: as for :func:`kernels.builds.choose_build` (None: the fast build where it can run).
+    ``deterministic``: the backward's (``run_backward``); a row with False is named ``<name>-atomic-dq``.
     The backward's ``prepare`` runs the same kind's forward once for O and L.
     """
 
     ours = True
     memory = "numba"
 
-    def __init__(self, name, direction, schedule, fast=None):
-        super().__init__(name, direction)
-        self.schedule, self.fast = schedule, fast
+    def __init__(self, name, direction, schedule, fast=None, deterministic=True):
+        super().__init__(name if deterministic else name + ATOMIC_DQ, direction)
+        self.key, self.schedule, self.fast, self.deterministic = name, schedule, fast, deterministic
 
     def schedule_for(self, problem):
         if self.schedule is not None:
             return self.schedule
         if problem.group > 1 and self.direction == "bwd":  # grouped K/V heads: the plain backward, untuned
-            return default_schedules()[self.name]
+            return default_schedules()[self.key]
         if self.direction == "bwd":  # the fast backward's tuned blocks; where none can run, the default
             try:
                 return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal, backward=True)
             except RuntimeError:
-                return default_schedules()[self.name]
+                return default_schedules()[self.key]
         return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal)
 
     def fast_for(self, problem):
@@ -404,7 +410,11 @@ class Ours(Impl):
         # (grouped, a fast backward is not even asked for: fast_for)
         refused = chosen.reason == GROUPED_REFUSAL or (self.direction == "bwd" and not chosen.fast)
         grouped = f"; {GROUPED_REFUSAL}" if problem.group > 1 and refused else ""
-        return f"{self.schedule_for(problem).describe()} ({chosen.name} build{grouped})"
+        atomic = ""
+        if not self.deterministic:
+            runs = atomic_dq_runs(self.schedule_for(problem), problem, chosen, None)
+            atomic = "; dQ by atomics" if runs else "; deterministic: no atomic dQ for this build"
+        return f"{self.schedule_for(problem).describe()} ({chosen.name} build{grouped}{atomic})"
 
     def available(self, problem):
         backward = self.direction == "bwd"
@@ -430,7 +440,8 @@ class Ours(Impl):
             return lambda: wrap(run(s, problem, q, k, v, fast=fast)[0])
         out, lse = run(s, problem, q, k, v, fast=fast)[:2]
         bwd_fast = self.fast_for(problem)
-        return lambda: tuple(wrap(x) for x in run_backward(s, problem, q, k, v, out, lse, dout, fast=bwd_fast)[:3])
+        return lambda: tuple(wrap(x) for x in run_backward(s, problem, q, k, v, out, lse, dout, fast=bwd_fast,
+                                                           deterministic=self.deterministic)[:3])
 
 
 def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None, tune=False, math=None):
@@ -457,8 +468,10 @@ def default_schedules(block_q=None, block_kv=None, thread_q=None, thread_kv=None
     return out
 
 
-def implementations(names=None, backward=False, schedules=None):
-    """The registry: adapters for ``names`` (default: all), forward ones first, then backward ones.
+def implementations(names=None, backward=False, schedules=None, atomic_dq=False):
+    """The registry: adapters for ``names`` (default: all), forward ones first, then backward ones;
+    with ``atomic_dq``, after each of our kinds' backward rows its ``-atomic-dq`` twin
+    (``deterministic=False``).
 
     Raises:
         ValueError: an unknown name.
@@ -481,8 +494,11 @@ def implementations(names=None, backward=False, schedules=None):
 
     out = [make(n, "fwd") for n in all_names if n in names]
     if backward:  # (a schedule of None: the tuned one for the backward, sandbox/lab/autotune.py)
-        out += [Ours(n, "bwd", schedules[n], fast=our_rows[n][1]) if n in our_rows else make(n, "bwd")
-                for n in backward_names() if n in names]
+        for n in backward_names():
+            if n in names:
+                out.append(Ours(n, "bwd", schedules[n], fast=our_rows[n][1]) if n in our_rows else make(n, "bwd"))
+                if atomic_dq and n in our_rows and our_rows[n][1] is None:
+                    out.append(Ours(n, "bwd", schedules[n], fast=None, deterministic=False))
     return out
 
 

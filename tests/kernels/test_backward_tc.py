@@ -49,6 +49,14 @@ def gradients(schedule, problem, seed, fast=True, mask=None, dout=None, out=None
     return (q, k, v, dout, out, lse), grads, build
 
 
+def saved_forward(schedule, problem, seed):
+    """(q, k, v, dout, out, lse): fp32 inputs from ``seed``, dout from ``seed + 1``, and the forward's O and L."""
+    q, k, v = make_inputs(problem, seed)
+    dout = np.random.default_rng(seed + 1).standard_normal(q.shape).astype(np.float32)
+    out, lse = attention(q, k, v, schedule=schedule, causal=problem.causal, return_lse=True)
+    return q, k, v, dout, out, lse
+
+
 def check_against_float64(schedule, problem, mask, inputs, grads):
     """Each gradient within :func:`gradient_tolerances_tc` of the float64 gradients of the same saved
     forward, under the same mask (and finite: a row or key the mask leaves alone gets zeros)."""
@@ -155,9 +163,7 @@ def test_two_stages_give_the_one_stage_gradients(shape, causal, monkeypatch):
         assert backward_tc.paired(two, d, phase, np.float32) == pair and not backward_tc.paired(one, d, phase, np.float32)
         assert backward_tc.threads(two, phase, d) == (4 if pair else 2) * resident
     problem = Problem(batch=1, heads=heads, n_q=n_q, n_kv=n_kv, head_dim=d, causal=causal)
-    q, k, v = make_inputs(problem, 11)
-    dout = np.random.default_rng(12).standard_normal(q.shape).astype(np.float32)
-    out, lse = attention(q, k, v, schedule=two, causal=causal, return_lse=True)
+    q, k, v, dout, out, lse = saved_forward(two, problem, 11)
     runs = []
     try:
         for schedule in (two, one):
@@ -171,6 +177,47 @@ def test_two_stages_give_the_one_stage_gradients(shape, causal, monkeypatch):
     for name, a, b in zip(("dq", "dk", "dv"), *runs):
         assert a.tobytes() == b.tobytes(), f"{name}: two stages differ from one"
     check_against_float64(two, problem, None, (q, k, v, dout, out, lse), runs[0])
+
+
+@pytest.mark.parametrize("shape", [pytest.param((37, 21, 16, 32, 16, 1, 0), id="small"),
+                                   pytest.param((700, 555, 128, 64, 64, 2, None), id="large", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_atomic_dq_matches_the_deterministic_gradients(shape, causal, monkeypatch):
+    """``deterministic=False`` where the paired dkdv can add dQ by atomics (``atomic_dq``; at d = 16 by
+    lowering ``PAIRED_ABOVE``): no dq kernel runs; dK and dV are the deterministic kernels' bit for
+    bit (the same products in the same order), and dQ holds the float64 gradient to the tolerance of
+    its sums: each atomic adds a tensor-core sum over the block's Bc keys, so dQ's chunk is Bc."""
+    n_q, n_kv, d, br, bc, heads, paired_above = shape  # (small: a chunk's two 16-row tiles of dQ, one a warp)
+    if paired_above is not None:
+        monkeypatch.setattr(backward_tc, "PAIRED_ABOVE", paired_above)
+        launch.build.cache_clear()
+    schedule = tc_schedule(br, bc)
+    assert backward_tc.atomic_dq(schedule, d, np.float32)
+    assert not backward_tc.atomic_dq(schedule, d, np.float32, masked=True)
+    assert not backward_tc.atomic_dq(schedule, d, np.float16)
+    problem = Problem(batch=1, heads=heads, n_q=n_q, n_kv=n_kv, head_dim=d, causal=causal)
+    q, k, v, dout, out, lse = saved_forward(schedule, problem, 13)
+    runs = []
+    try:
+        for deterministic in (True, False):
+            runs.append(attention_backward(q, k, v, out, lse, dout, schedule=schedule, causal=causal, fast=True,
+                                           deterministic=deterministic))
+        chosen = launch.choose_backward_build(schedule, d, fast=True, dtype=problem.dtype)
+        assert launch.atomic_dq_runs(schedule, problem, chosen, None)
+        phases = launch.build(schedule, d, "float32", causal, chosen, backward=True, atomic_dq=True)
+        assert list(phases) == ["d", "dkdv"]
+        with pytest.raises(TypeError, match="deterministic"):
+            attention_backward(q, k, v, out, lse, dout, schedule=schedule, causal=causal, deterministic="no")
+    finally:
+        if paired_above is not None:
+            launch.build.cache_clear()
+    for name, a, b in zip(("dk", "dv"), runs[0][1:], runs[1][1:]):
+        assert a.tobytes() == b.tobytes(), f"{name}: the atomic-dQ kernel's differs from the deterministic one's"
+    assert runs[1][0].tobytes() != np.zeros_like(runs[1][0]).tobytes()
+    refs = reference_attention_backward(q, k, v, dout, causal=causal, scale=problem.scale, out=out, lse=lse)
+    atols = gradient_tolerances_tc(q, k, v, dout, refs, causal, problem.scale, problem.dtype, out, lse,
+                                   (bc, chunks(schedule, d)[1]))
+    np.testing.assert_allclose(runs[1][0].astype(np.float64), refs[0], rtol=0, atol=atols[0], err_msg="dq")
 
 
 @pytest.mark.parametrize("blocks, n_q, n_kv", [((16, 64), 20, 70), ((48, 48), 50, 13)],

@@ -680,3 +680,22 @@ def test_cli_bench_heads_kv_that_does_not_divide_is_one_line(capsys):
     assert main(["bench", "--heads", "8", "--heads-kv", "3"]) == 2
     err = capsys.readouterr().err
     assert "do not divide the 8 query heads" in err and err.count("\n") == 1
+
+
+def test_atomic_dq_rows_follow_our_backward_rows():
+    """``BenchSpec(atomic_dq=True)`` (``bench --atomic-dq``): after each of our kinds' backward rows its
+    ``-atomic-dq`` twin, run with ``deterministic=False``, whose schedule column says whether this
+    build adds dQ by atomics (the paired dkdv at d = 128, 64×64: yes; d = 64: no)."""
+    from kernels.flash2_tc import tc_schedule
+    from sandbox.lab.bench import BenchSpec
+
+    spec = BenchSpec(n=(256,), head_dim=(64,), impls=("flash2", "flash2-plain", "sdpa-efficient"), backward_only=True,
+                     atomic_dq=True, block_q=64, block_kv=64, math="tf32x3")
+    rows = [(i.name, i.direction, getattr(i, "deterministic", True)) for i in spec.implementations()]
+    assert rows == [("sdpa-efficient", "bwd", True), ("flash2", "bwd", True), ("flash2-atomic-dq", "bwd", False),
+                    ("flash2-plain", "bwd", True)]
+    twin = spec.implementations()[2]
+    assert twin.key == "flash2" and twin.fast_for(Problem(1, 1, 256, 256, 128)) is True
+    assert twin.describe(Problem(1, 1, 256, 256, 64)).endswith("deterministic: no atomic dQ for this build)")
+    paired = type(twin)("flash2", "bwd", tc_schedule(64, 64), deterministic=False)
+    assert paired.describe(Problem(1, 1, 256, 256, 128)).endswith("; dQ by atomics)")

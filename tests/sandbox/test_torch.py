@@ -113,6 +113,48 @@ def test_the_fast_backward_through_autograd(dtype, causal, mask):
         np.testing.assert_allclose(x.grad.double().cpu().numpy(), ref, rtol=0, atol=atol, err_msg=name)
 
 
+def test_deterministic_takes_true_or_false():
+    from sandbox.torch import attention
+
+    with pytest.raises(TypeError, match="deterministic"):
+        attention(None, None, None, deterministic="no")
+
+
+@gpu
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_atomic_dq_backward_through_autograd(causal):
+    """deterministic=False at d = 128 (64×64: the paired dkdv adds dQ by atomics, no dq kernel):
+    against SDPA's float64 gradients; each atomic adds a tensor-core sum over the block's 64 keys,
+    so dQ's tolerance takes chunks of Bc. dK and dV are the deterministic backward's bit for bit."""
+    torch = _torch_cuda()
+    from kernels.backward_tc import atomic_dq
+    from kernels.flash2_tc import tc_schedule
+    from sandbox import attention as attention_any
+    from sandbox.torch import attention
+
+    b, h, n, d = 1, 2, 300, 128
+    schedule = tc_schedule(64, 64)
+    assert atomic_dq(schedule, d, np.float32)
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", generator=gen).requires_grad_() for _ in range(3))
+    dout = torch.randn(b, h, n, d, device="cuda", generator=gen)
+    grads = []
+    for deterministic in (True, False):
+        for x in (q, k, v):
+            x.grad = None
+        attention(q, k, v, schedule=schedule, causal=causal, fast_backward=True,
+                  deterministic=deterministic).backward(dout)
+        grads.append([x.grad.clone() for x in (q, k, v)])
+    assert torch.equal(grads[0][1], grads[1][1]) and torch.equal(grads[0][2], grads[1][2])
+    refs = _sdpa_float64(torch, q, k, v, dout, causal, None, None)
+    out, lse = attention_any(q.detach(), k.detach(), v.detach(), schedule=schedule, causal=causal, return_lse=True)
+    host = [x.detach().float().cpu().numpy() for x in (q, k, v, dout, out)]
+    atols = gradient_tolerances_tc(*host[:4], refs, causal, 1 / np.sqrt(d), "float32", host[4], lse.cpu().numpy(),
+                                   (64, chunks(schedule, d)[1]))
+    for name, g, ref, atol in zip(("dq", "dk", "dv"), grads[1], refs, atols):
+        np.testing.assert_allclose(g.double().cpu().numpy(), ref, rtol=0, atol=atol, err_msg=name)
+
+
 @gpu
 def test_gradients_are_bit_identical_across_runs():
     torch = _torch_cuda()
