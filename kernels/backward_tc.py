@@ -232,6 +232,13 @@ PAIRED_ABOVE = 64
 PAIR_BARRIERS = True
 
 
+def _fits(schedule, n_bytes):
+    """Whether ``n_bytes`` of dynamic shared memory, with the static tile vote, fit the schedule's
+    ``sram_bytes`` and the GPU's opt-in shared memory per block (not known under the simulator)."""
+    need, optin = n_bytes + VOTE_BYTES, device_smem_optin()
+    return need <= schedule.sram_bytes and (optin is None or need <= optin)
+
+
 def _layout(schedule, head_dim, phase, dtype, masked):
     """(stages, paired) of ``phase``'s kernel (:func:`stages`, :func:`paired`)."""
     return _cached_layout(schedule, head_dim, phase, np.dtype(dtype), bool(masked), PAIRED_ABOVE)
@@ -243,18 +250,12 @@ def _cached_layout(schedule, head_dim, phase, dtype, masked, paired_above):
     the launcher asks for a kernel's threads at every launch."""
     if phase == "d" or masked or dtype != np.float32:
         return 1, False
-    optin = device_smem_optin()  # (None under the simulator)
-
-    def fits(n_bytes):
-        need = n_bytes + VOTE_BYTES
-        return need <= schedule.sram_bytes and (optin is None or need <= optin)
-
     halves = phase == "dkdv" or head_dim % 16 == 0  # (a paired dq warp takes half of d's 8-column groups)
     resident = schedule.block_kv if phase == "dkdv" else schedule.block_q
     if (head_dim > paired_above and halves and 4 * resident <= MAX_THREADS
-            and fits(dynamic_bytes(schedule, head_dim, phase, 2, True))):
+            and _fits(schedule, dynamic_bytes(schedule, head_dim, phase, 2, True))):
         return 2, True
-    return (2 if fits(dynamic_bytes(schedule, head_dim, phase, 2)) else 1), False
+    return (2 if _fits(schedule, dynamic_bytes(schedule, head_dim, phase, 2)) else 1), False
 
 
 def stages(schedule, head_dim, phase, dtype, masked=False):
@@ -297,9 +298,7 @@ def _cached_atomic_dq(schedule, head_dim, dtype, masked, paired_above):
     warps, units = R // 8, (ch // 16) * kd
     if units % warps or kd % (units // warps):
         return False
-    need = dynamic_bytes(schedule, head_dim, "dkdv", 2, True, True) + VOTE_BYTES
-    optin = device_smem_optin()
-    return need <= schedule.sram_bytes and (optin is None or need <= optin)
+    return _fits(schedule, dynamic_bytes(schedule, head_dim, "dkdv", 2, True, True))
 
 
 def threads(schedule, phase, head_dim=None, dtype=np.float32, masked=False):
@@ -441,8 +440,6 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     N_STAGES = stages(schedule, head_dim, phase, dtype, mask is not None)
     PIPE = N_STAGES == 2
     PAIR = paired(schedule, head_dim, phase, dtype, mask is not None)  # (two-stage kernels only)
-    AG = by_head_dim((ACC_GROUP_TWO_STAGES if PIPE else ACC_GROUP)[phase], D)  # column groups per fresh accumulator group
-    AG = AG if KD % AG == 0 else 1
     P_ = _stride(D)
     X1, X2 = 0, R * P_  # resident: dkdv K, V; dq Q, dO
     Y1, Y2 = 2 * R * P_, (2 * R + C) * P_  # streamed, stage 0: dkdv Q, dO; dq K, V
@@ -451,9 +448,13 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     # a paired kernel's exchange: dkdv [chunk parity][pair][4n + e][lane] Pᵀ; dq [pair][role][4n + e][lane] P, dP
     OX = 2 * R * P_ + N_STAGES * STAGE
     KA = KD // 2 if PAIR and not DKDV else KD  # 8-column groups of dQ_i a dq warp sums
-    AG = AG if KA % AG == 0 else 1
+    # 8-column groups a warp sums per fresh accumulator group: a paired warp the largest divisor of its
+    # groups up to ACC_GROUP_PAIRED's, any other the table's where it divides d's groups, else 1
     if PAIR:
         AG = max(a for a in range(1, by_head_dim(ACC_GROUP_PAIRED[phase], D) + 1) if KA % a == 0)
+    else:
+        AG = by_head_dim((ACC_GROUP_TWO_STAGES if PIPE else ACC_GROUP)[phase], D)
+        AG = AG if KD % AG == 0 else 1
     FUSED = bool(fused_dq)  # dkdv adds dQ by atomics (atomic_dq)
     n_smem = dynamic_bytes(schedule, head_dim, phase, N_STAGES, PAIR, FUSED)
     ODS, DSS = OX + 2 * R * CH, _ds_stride(CH)  # the fused dkdv's dSᵀ tile: [key][query of the chunk]
