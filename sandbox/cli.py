@@ -366,14 +366,18 @@ def cmd_tune(a):
     from sandbox.lab.autotune import cache_path, tune
     from sandbox.vocabulary.runtime import using_simulator
 
+    if a.atomic_dq and not a.backward:
+        print("tune: --atomic-dq tunes the backward's dQ by atomics: add --backward", file=sys.stderr)
+        return EXIT_USAGE
     if using_simulator():
         print("tune needs a GPU: the CUDA simulator's timings mean nothing", file=sys.stderr)
         return EXIT_USAGE
     failed = 0
+    way = ("backward, atomic dQ, " if a.atomic_dq else "backward ") if a.backward else ""
     for d, dt, causal in itertools.product(a.d, a.dtype, _masks(a)):
-        what = f"{'backward ' if a.backward else ''}d={d} {dt}{' causal' if causal else ''}"
+        what = f"{way}d={d} {dt}{' causal' if causal else ''}"
         try:
-            best, entry = tune(d, dt, causal, refresh=a.refresh, backward=a.backward)
+            best, entry = tune(d, dt, causal, refresh=a.refresh, backward=a.backward, deterministic=not a.atomic_dq)
         except RuntimeError as e:  # no candidate ran: say so, go on with the others
             print(f"{what}: error: {e}", file=sys.stderr)
             failed += 1
@@ -616,6 +620,9 @@ def build_parser(prog=None):
     p.add_argument("--refresh", action="store_true", help="time again even where the cache has a choice")
     p.add_argument("--backward", action="store_true",
                    help="tune flash2's fast backward (kernels/backward_tc.py) instead of the forward")
+    p.add_argument("--atomic-dq", action="store_true",
+                   help="with --backward: tune the backward with dQ by fp32 atomics (deterministic=False), "
+                        "kept apart from the deterministic one's choice")
     _add_mask_args(p, "kernels")
     p.set_defaults(func=cmd_tune)
 

@@ -16,10 +16,12 @@ it and the results stay in memory for the rest of the process.
     python -m sandbox tune --d 64 128 --dtype float32 --both-masks    # time, cache, print the table
 
 The backward is tuned the same way (``tune(..., backward=True)``, ``python -m sandbox tune
---backward``): flash2's fast backwards (deterministic, the only mode they have) over
-:data:`BACKWARD_CANDIDATES` (kernels/backward_tc.py) and, for fp16 and bf16 inputs,
-:data:`BACKWARD16_CANDIDATES` (kernels/backward_tc16.py), under its own keys (``|backward`` and the
-fast backwards' source hash), refusing candidates that spill.
+--backward``): flash2's fast backwards over :data:`BACKWARD_CANDIDATES` (kernels/backward_tc.py)
+and, for fp16 and bf16 inputs, :data:`BACKWARD16_CANDIDATES` (kernels/backward_tc16.py), under keys
+of their own (``|backward deterministic`` or ``|backward atomic dQ``, and the fast backwards' source
+hash), refusing candidates that spill. The deterministic backward and the one with dQ by atomics
+(``deterministic=False``, ``--atomic-dq``; where a candidate has no atomic build it runs the
+deterministic one) are tuned apart: their best blocks can differ.
 """
 
 import ast
@@ -133,10 +135,10 @@ def kernel_hash(backward=False):
     return h.hexdigest()[:16]
 
 
-def cache_key(device_name, head_dim, dtype, causal, backward=False):
-    """The cache entry's key: the GPU, the problem's (head_dim, dtype, causality), the direction,
-    numba-cuda's version and the fast builds' source hash."""
-    way = "|backward deterministic" if backward else ""
+def cache_key(device_name, head_dim, dtype, causal, backward=False, deterministic=True):
+    """The cache entry's key: the GPU, the problem's (head_dim, dtype, causality), the direction (and
+    the backward's mode), numba-cuda's version and the fast builds' source hash."""
+    way = ("|backward deterministic" if deterministic else "|backward atomic dQ") if backward else ""
     return (f"{device_name}|d={head_dim}|{dtype}|causal={bool(causal)}{way}|numba-cuda {numba_cuda_version}"
             f"|kernel {kernel_hash(backward)}")
 
@@ -266,13 +268,18 @@ def _save_cache(cache, path):
               "results in memory only (set ATTN_SANDBOX_CACHE to a writable folder to keep them)")
 
 
-def _local_memory(schedule, head_dim, dtype, backward=False, causal=None):
+def _local_memory(schedule, head_dim, dtype, backward=False, causal=None, deterministic=True):
     """Bytes of local memory per thread (register spills) of the fast build's kernels (``backward``:
-    the fast backward's), compiled here for ``causal`` (None: causal and not, the worst)."""
+    the fast backward's, with dQ by atomics where ``deterministic`` is False and the schedule has
+    that build), compiled here for ``causal`` (None: causal and not, the worst)."""
     worst = 0
     chooser = choose_backward_build if backward else choose_build
     for causal in ((False, True) if causal is None else (bool(causal),)):
-        kernels = build(schedule, head_dim, dtype, causal, chooser(schedule, head_dim, fast=True), backward=backward)
+        chosen = chooser(schedule, head_dim, fast=True)
+        extra = {}
+        if backward and not deterministic:
+            extra["atomic_dq"] = atomic_dq_runs(schedule, Problem(1, 1, 1, 1, head_dim, dtype=dtype), chosen, None)
+        kernels = build(schedule, head_dim, dtype, causal, chosen, backward=backward, **extra)
         for kernel, _, _ in kernels.values():
             (compiled,) = kernel.overloads.values()
             worst = max(worst, compiled.local_mem_per_thread)
@@ -282,17 +289,18 @@ def _local_memory(schedule, head_dim, dtype, backward=False, causal=None):
 TIMING = "CUDA events: the median of 3 batches of 5 back-to-back calls, ms per call"
 
 
-def _time_schedule(schedule, problem, backward=False):
+def _time_schedule(schedule, problem, backward=False, deterministic=True):
     """Median of 3 batches of 5 calls back to back: the kernels' times without the host's launch
     work, which is the same for every candidate and, waited for per call, noisier than the gaps
     between close candidates (H100: a median of 5 waited-for calls put 64×64 8×4 1.5%
     ahead of 128×64 8×8 for causal d = 64, N = 4096; in a later run, medians of 10 each, the
     latter was 4% faster there and 5% at 16K)."""
-    return time_attention(schedule, problem, repeats=5, back_to_back=True, backward=backward)
+    return time_attention(schedule, problem, repeats=5, back_to_back=True, backward=backward,
+                          deterministic=deterministic)
 
 
 def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, timer=None, device_name=None,
-         progress=sys.stderr, check_spills=None, backward=False):
+         progress=sys.stderr, check_spills=None, backward=False, deterministic=True):
     """The fastest candidate schedule for (head_dim, dtype, causal) on this GPU; cached (see the module docstring).
 
     Args:
@@ -306,14 +314,22 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
         check_spills: refuse candidates whose compiled kernel uses local memory (default: on a
             GPU; the simulator compiles nothing).
         backward: tune the fast backward (:func:`backward_candidates`) instead of the forward.
+        deterministic: with ``backward``, False tunes the backward with dQ by atomics
+            (``attention_backward(..., deterministic=False)``), under a key of its own.
 
     Returns:
         (schedule, entry): the chosen :class:`Schedule` and its cache entry (every candidate's ms).
 
     Raises:
+        TypeError: ``deterministic`` is not True or False.
+        ValueError: ``deterministic=False`` without ``backward`` (the forward has one mode).
         RuntimeError: without a GPU (under the CUDA simulator, or no CUDA device at all) and no
             ``timer`` and ``device_name``, or no candidate ran.
     """
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be True or False, not {deterministic!r}")
+    if not deterministic and not backward:
+        raise ValueError("deterministic=False tunes the backward's dQ by atomics: pass backward=True too")
     timer_given = timer
     if timer is None and using_simulator():
         raise RuntimeError("autotuning needs a GPU: the CUDA simulator's timings mean nothing")
@@ -324,22 +340,22 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
         device_name = cuda.get_current_device().name
         device_name = device_name.decode() if isinstance(device_name, bytes) else str(device_name)
     path = Path(path or cache_path())
-    key = cache_key(device_name, head_dim, dtype, causal, backward)
+    key = cache_key(device_name, head_dim, dtype, causal, backward, deterministic)
     cache = load_cache(path)
     if not refresh:
         entry = cache.get(key) or _TUNED_HERE.get((str(path), key))
         if entry is not None:
             return Schedule(**entry["schedule"]), entry
     problem = Problem(TUNE_BATCH, TUNE_HEADS, TUNE_N, TUNE_N, head_dim, dtype=dtype, causal=causal)
-    timer = timer or (lambda s, p: _time_schedule(s, p, backward))
+    timer = timer or (lambda s, p: _time_schedule(s, p, backward, deterministic))
     check_spills = not using_simulator() if check_spills is None else check_spills
     times, errors = {}, {}
     todo = backward_candidates(head_dim, dtype) if backward else candidates(head_dim, dtype)
-    what = "backward " if backward else ""
+    what = ("backward " if deterministic else "backward, atomic dQ, ") if backward else ""
     for i, s in enumerate(todo):
         label = s.describe()
         try:
-            spill = _local_memory(s, head_dim, dtype, backward, causal) if check_spills else 0
+            spill = _local_memory(s, head_dim, dtype, backward, causal, deterministic) if check_spills else 0
             if spill:
                 raise RuntimeError(f"spills: {spill} bytes of local memory per thread")
             ms = float(timer(s, problem))
@@ -372,7 +388,7 @@ def _spread(times):
     return {"best_ms": values[0], "median_ms": statistics.median(values), "worst_ms": values[-1]}
 
 
-def tuned_schedule(head_dim, dtype="float32", causal=False, backward=False):
-    """The cached (or freshly tuned) fastest flash2 schedule (``backward``: for the fast backward):
-    :func:`tune`'s first result."""
-    return tune(head_dim, dtype, causal, backward=backward)[0]
+def tuned_schedule(head_dim, dtype="float32", causal=False, backward=False, deterministic=True):
+    """The cached (or freshly tuned) fastest flash2 schedule (``backward``: for the fast backward, in
+    the ``deterministic`` mode or with dQ by atomics): :func:`tune`'s first result."""
+    return tune(head_dim, dtype, causal, backward=backward, deterministic=deterministic)[0]

@@ -381,7 +381,8 @@ class Ours(Impl):
             return default_schedules()[self.key]
         if self.direction == "bwd":  # the fast backward's tuned blocks; where none can run, the default
             try:
-                return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal, backward=True)
+                return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal, backward=True,
+                                      deterministic=self.deterministic)
             except RuntimeError:
                 return default_schedules()[self.key]
         return tuned_schedule(problem.head_dim, problem.dtype.name, problem.causal)

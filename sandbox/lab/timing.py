@@ -93,13 +93,14 @@ def time_back_to_back(calls, repeats=REPEATS, batches=3, warmup=0):
     return [event_ms(batch) / repeats for _ in range(batches)]
 
 
-def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=False, backward=False, fast=True):
+def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=False, backward=False, fast=True,
+                   deterministic=True):
     """Median milliseconds of one forward call of ``schedule`` on ``problem`` (device arrays, fast build):
     each call waited for (:func:`time_calls`, the bench's way), or, with ``back_to_back``, the median
     of 3 batches of ``repeats`` calls (:func:`time_back_to_back`). With ``backward``: one backward
     call (:func:`kernels.launch.run_backward` with ``fast``: True, the fast backward, which is
-    opt-in and raises where there is none; None, the build a default call runs) from a forward run
-    once per input set.
+    opt-in and raises where there is none; None, the build a default call runs; ``deterministic``
+    as run_backward takes it) from a forward run once per input set.
 
     Raises:
         RuntimeError: under the CUDA simulator, where timings mean nothing.
@@ -121,7 +122,8 @@ def time_attention(schedule, problem, repeats=REPEATS, seed=0, back_to_back=Fals
             out, lse, _, _ = run(schedule, problem, q, k, v)
             dout = to_device([rng.standard_normal(shape_q).astype(problem.dtype)], "d")[0]
             saved.append((q, k, v, out, lse, dout))
-        calls = [lambda s=s: run_backward(schedule, problem, *s, fast=fast) for s in saved]
+        calls = [lambda s=s: run_backward(schedule, problem, *s, fast=fast, deterministic=deterministic)
+                 for s in saved]
     else:
         calls = [lambda s=s: run(schedule, problem, *s) for s in sets]
     if back_to_back:

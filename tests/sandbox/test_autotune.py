@@ -54,6 +54,8 @@ def test_key_names_what_the_choice_depends_on(monkeypatch):
     backward = autotune.cache_key("NVIDIA H100 80GB HBM3", 64, "float16", False, backward=True)
     assert "|causal=False|backward deterministic|" in backward and backward.endswith(
         f"|kernel {autotune.kernel_hash(backward=True)}")
+    atomic = autotune.cache_key("NVIDIA H100 80GB HBM3", 64, "float16", False, backward=True, deterministic=False)
+    assert atomic == backward.replace("|backward deterministic|", "|backward atomic dQ|")  # tuned apart
     assert autotune.kernel_hash(backward=True) != autotune.kernel_hash()  # the fast backward's own source
     assert "kernels.backward_tc" in [m.__name__ for m in autotune.fast_build_modules(backward=True)]
     monkeypatch.setattr(autotune, "kernel_hash", lambda backward=False: "changed")
@@ -88,6 +90,20 @@ def test_the_backward_is_tuned_over_its_own_candidates(tmp_path, monkeypatch):
     assert cache[key]["timing"] == "a caller's timer"
     forward, _ = autotune.tune(64, path=tmp_path / "a.json", timer=lambda s, p: 1.0, device_name="G", progress=None)
     assert len(json.loads((tmp_path / "a.json").read_text())) == 2  # the forward's entry beside it
+    # dQ by atomics: its own entry, its own choice
+    times[best_key], times[(64, 64)] = 5.0, 0.5
+    atomic, _ = autotune.tune(64, path=tmp_path / "a.json", timer=timer, device_name="G", progress=None,
+                              backward=True, deterministic=False)
+    assert (atomic.block_q, atomic.block_kv) == (64, 64)
+    cache = json.loads((tmp_path / "a.json").read_text())
+    assert len(cache) == 3 and sum("|backward atomic dQ|" in k for k in cache) == 1
+    again, _ = autotune.tune(64, path=tmp_path / "a.json", timer=timer, device_name="G", progress=None, backward=True)
+    assert again == best  # the deterministic choice, from the cache
+    with pytest.raises(ValueError, match="backward=True"):
+        autotune.tune(64, path=tmp_path / "a.json", timer=timer, device_name="G", progress=None, deterministic=False)
+    with pytest.raises(TypeError, match="True or False"):
+        autotune.tune(64, path=tmp_path / "a.json", timer=timer, device_name="G", progress=None, backward=True,
+                      deterministic=0)
 
 
 def test_candidates_are_ones_the_fast_build_takes():
@@ -243,8 +259,8 @@ def test_tune_command_tunes_each_mask(monkeypatch, capsys):
 
     calls = []
 
-    def fake_tune(d, dtype, causal=False, refresh=False, backward=False):
-        calls.append((d, dtype, causal) + (("backward",) if backward else ()))
+    def fake_tune(d, dtype, causal=False, refresh=False, backward=False, deterministic=True):
+        calls.append((d, dtype, causal) + (("backward",) if backward else ()) + (() if deterministic else ("atomic",)))
         return Schedule("flash2", block_q=64, block_kv=64, thread_q=4, thread_kv=4), {"ms": {"x": 1.0}, "errors": {}}
 
     monkeypatch.setattr(autotune, "tune", fake_tune)
@@ -260,3 +276,10 @@ def test_tune_command_tunes_each_mask(monkeypatch, capsys):
     args = cli.build_parser().parse_args(["tune", "--d", "64", "--backward"])
     assert args.func(args) == 0 and calls == [(64, "float32", False, "backward")]
     assert "backward d=64 float32: " in capsys.readouterr().out
+    calls.clear()
+    args = cli.build_parser().parse_args(["tune", "--d", "128", "--backward", "--atomic-dq"])
+    assert args.func(args) == 0 and calls == [(128, "float32", False, "backward", "atomic")]
+    assert "backward, atomic dQ, d=128 float32: " in capsys.readouterr().out
+    args = cli.build_parser().parse_args(["tune", "--d", "128", "--atomic-dq"])
+    assert args.func(args) == cli.EXIT_USAGE and calls == [(128, "float32", False, "backward", "atomic")]
+    assert "add --backward" in capsys.readouterr().err
