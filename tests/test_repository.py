@@ -92,3 +92,12 @@ def test_relative_links_and_cited_docs_paths_point_at_tracked_files():
             if not re.search(r"[A-Z*{]", path) and not is_tracked(path, tracked):
                 missing.append(f"{doc}: {path}")
     assert not missing, "links to files that are not tracked:\n" + "\n".join(missing)
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    (command,) = [line for line in re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL)
+                  if '".[test]"' in line]
+    command = command.strip()
+    assert command.endswith("python -m tests"), command  # the suite over one process per core
+    assert f"{command} || tests=$?" in (ROOT / ".ci" / "run").read_text()
