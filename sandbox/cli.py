@@ -363,7 +363,7 @@ def cmd_roofline(a):
 
 
 def cmd_tune(a):
-    from sandbox.lab.autotune import cache_path, tune
+    from sandbox.lab.autotune import cache_path, direction_label, tune
     from sandbox.vocabulary.runtime import using_simulator
 
     if a.atomic_dq and not a.backward:
@@ -373,7 +373,7 @@ def cmd_tune(a):
         print("tune needs a GPU: the CUDA simulator's timings mean nothing", file=sys.stderr)
         return EXIT_USAGE
     failed = 0
-    way = ("backward, atomic dQ, " if a.atomic_dq else "backward ") if a.backward else ""
+    way = direction_label(a.backward, not a.atomic_dq)
     for d, dt, causal in itertools.product(a.d, a.dtype, _masks(a)):
         what = f"{way}d={d} {dt}{' causal' if causal else ''}"
         try:

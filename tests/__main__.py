@@ -131,7 +131,7 @@ class Worker:
 
     def __init__(self, index, count, files, pytest_args, times_path, lock):
         self.prefix, self.files, self.lock = f"[{index}/{count}]", files, lock
-        self.summary_line, self.summary, self.times_path = "", "", times_path
+        self.summary_line, self.times_path = "", times_path
         env = dict(os.environ, PYTHONUNBUFFERED="1", ATTN_TEST_TIMES=str(times_path))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pytest", "-p", "tests.timing", *pytest_args, *files],
@@ -143,10 +143,15 @@ class Worker:
     def _relay(self):
         for line in self.proc.stdout:
             if summary_counts(line):
-                self.summary_line, self.summary = line, line.strip(" =\n")
+                self.summary_line = line
             with self.lock:
                 sys.stdout.write(f"{self.prefix} {line}")
                 sys.stdout.flush()
+
+    @property
+    def summary(self):
+        """pytest's last line without its ``=`` rule, or ""."""
+        return self.summary_line.strip(" =\n")
 
     def wait(self):
         code = self.proc.wait()

@@ -45,7 +45,7 @@ from numba_cuda import __version__ as numba_cuda_version
 from kernels import registry
 from kernels.builds import choose_backward_build, choose_build
 from kernels.flash2_tc16 import tc16_schedule
-from kernels.launch import build
+from kernels.launch import atomic_dq_runs, build
 from sandbox.lab.records import atomic_write
 from sandbox.lab.timing import time_attention
 from sandbox.vocabulary.problem import Problem
@@ -133,6 +133,11 @@ def kernel_hash(backward=False):
     for module in fast_build_modules(backward=backward):
         h.update(module.__name__.encode() + b"\0" + Path(module.__file__).read_bytes())
     return h.hexdigest()[:16]
+
+
+def direction_label(backward, deterministic=True):
+    """What a progress line says is tuned: "" (the forward), "backward " or "backward, atomic dQ, "."""
+    return ("backward " if deterministic else "backward, atomic dQ, ") if backward else ""
 
 
 def cache_key(device_name, head_dim, dtype, causal, backward=False, deterministic=True):
@@ -351,7 +356,7 @@ def tune(head_dim, dtype="float32", causal=False, refresh=False, path=None, time
     check_spills = not using_simulator() if check_spills is None else check_spills
     times, errors = {}, {}
     todo = backward_candidates(head_dim, dtype) if backward else candidates(head_dim, dtype)
-    what = ("backward " if deterministic else "backward, atomic dQ, ") if backward else ""
+    what = direction_label(backward, deterministic)
     for i, s in enumerate(todo):
         label = s.describe()
         try:

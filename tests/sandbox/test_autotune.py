@@ -106,6 +106,37 @@ def test_the_backward_is_tuned_over_its_own_candidates(tmp_path, monkeypatch):
                       deterministic=0)
 
 
+def test_the_spill_check_compiles_the_build_each_mode_runs(monkeypatch):
+    """With dQ by atomics, the spill check compiles the atomic-dQ dkdv where the schedule has one
+    (kernels/backward_tc.py, atomic_dq), and the deterministic kernels elsewhere; a spill is reported."""
+    from kernels.flash2_tc import tc_schedule
+
+    built = []
+
+    class Compiled:
+        local_mem_per_thread = 0
+
+    class Kernel:
+        overloads = {"sig": Compiled()}
+
+    def fake_build(schedule, head_dim, dtype, causal, chosen, backward=False, **extra):
+        built.append((head_dim, causal, chosen.name, backward, extra))
+        return {"dkdv": (Kernel(), None, None)}
+
+    monkeypatch.setattr(autotune, "build", fake_build)
+    paired = tc_schedule(64, 64)  # d = 128: paired, so the atomic-dQ dkdv exists
+    assert autotune._local_memory(paired, 128, "float32", backward=True, causal=False, deterministic=False) == 0
+    assert built == [(128, False, "fast-tf32x3", True, {"atomic_dq": True})]
+    built.clear()
+    assert autotune._local_memory(paired, 64, "float32", backward=True, causal=True, deterministic=False) == 0
+    assert built == [(64, True, "fast-tf32x3", True, {"atomic_dq": False})]  # d = 64: not paired, none
+    built.clear()
+    autotune._local_memory(paired, 128, "float32", backward=True, deterministic=True)
+    assert [b[4] for b in built] == [{}, {}]  # causal and not, the deterministic build
+    Compiled.local_mem_per_thread = 16
+    assert autotune._local_memory(paired, 128, "float32", backward=True, causal=False, deterministic=False) == 16
+
+
 def test_candidates_are_ones_the_fast_build_takes():
     from kernels.builds import choose_build
 
