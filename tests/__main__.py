@@ -9,8 +9,9 @@ listed there counts as the median. Each process's output is shown as it comes, i
 with ``[k/N]``; the end gives each process's summary line, the slowest files, and one total line.
 
 The exit status is pytest's: 1 if any test failed, 2 if interrupted, 0 if all passed, 5 only if no
-process collected a test (128 + N for a process killed by signal N). Ctrl-C (or SIGTERM, SIGHUP) is passed to every process: each stops and
-still prints its summary of what it had run.
+process collected a test (128 + N for a process killed by signal N). Ctrl-C, SIGTERM or SIGHUP (a
+CI job's timeout) reaches every process as SIGINT, the one signal on which pytest stops and still
+prints its summary of what it had run; a second one kills them.
 ``--write-durations`` updates ``tests/durations.json`` with the seconds of the files this run timed.
 Paths or node ids among the arguments, or ``-j 1``, run one plain pytest process with the arguments
 as given; ``python -m pytest`` runs the same suite in one process.
@@ -177,9 +178,13 @@ def run_parallel(jobs, pytest_args, write_durations):
 
     def forward(signum, frame):  # Ctrl-C, or CI's timeout: every process stops and reports
         stopped.append(signum)
-        for w in workers:
+        stop(workers)
+
+    def stop(ws):  # (pytest reports on SIGINT alone: on SIGTERM a process dies without its summary)
+        sig = signal.SIGINT if len(stopped) == 1 else signal.SIGKILL
+        for w in ws:
             if w.proc.poll() is None:
-                w.proc.send_signal(signum)
+                w.proc.send_signal(sig)
 
     with tempfile.TemporaryDirectory() as tmp:
         workers = []
@@ -188,7 +193,7 @@ def run_parallel(jobs, pytest_args, write_durations):
             for i, (_, fs) in enumerate(groups):
                 workers.append(Worker(i + 1, len(groups), fs, pytest_args, pathlib.Path(tmp) / f"{i}.json", lock))
                 if stopped:
-                    forward(stopped[-1], None)
+                    stop(workers[-1:])
             codes = [w.wait() for w in workers]
         finally:
             for sig, handler in previous.items():

@@ -1,8 +1,12 @@
 """``python -m tests``: the suite split over pytest processes, balanced by file, with one exit status."""
 
+import os
 import pathlib
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -88,3 +92,31 @@ def test_a_selection_runs_over_two_processes_and_reports_one_total():
     slowest = next(line for line in out.splitlines() if line.startswith("slowest files: "))
     assert slowest.startswith("slowest files: tests/test_parallel_runner.py "), slowest  # the timing plugin
     assert runner.DURATIONS.read_text() == before  # written only when asked
+
+
+def test_sigterm_stops_each_process_with_its_summary(tmp_path):
+    """CI's timeout sends SIGTERM: every process gets SIGINT instead, so pytest stops and still prints
+    its summary (on SIGTERM it would die without one), and the run's status says it was interrupted.
+    Each process is held inside a test (tests/hold.py): one of the first file of each group is selected."""
+    groups = runner.balance(runner.test_files(), runner.load_durations(), 2)
+    assert len(groups) == 2
+    selected = " or ".join(pathlib.Path(files[0]).stem for _, files in groups)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests", "-j", "2", "-q", "-p", "no:cacheprovider", "-p", "tests.hold", "-k", selected],
+        cwd=ROOT, env=dict(os.environ, ATTN_TEST_HOLD=str(tmp_path / "held")), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while len(list(tmp_path.glob("held.*"))) < 2:  # both processes are inside a test
+            assert proc.poll() is None and time.monotonic() < deadline, "the processes never reached a test"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    ends = re.findall(r"^\[\d/2\] \d+ files, exit (-?\d+): (.*)$", out, re.M)
+    assert len(ends) == 2, out[-3000:]
+    for code, summary in ends:
+        assert code == "2" and "deselected in" in summary, (ends, out[-3000:])
+    assert proc.returncode == runner.INTERRUPTED, out[-3000:]
+    assert out.strip().splitlines()[-1].endswith("exit 2"), out[-3000:]
