@@ -204,6 +204,24 @@ def cmd_run(a):
     return 1 if failed else 0
 
 
+def _add_jobs_arg(p):
+    from sandbox.lab.grouping import default_jobs
+
+    p.add_argument("--jobs", "-j", type=_positive_int, default=default_jobs(),
+                   help="processes for the gqa_l2 experiment's L2 model, one point each at a time "
+                        "(default: the cores this process may use, %(default)s)")
+
+
+def _positive_int(text):
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of processes, got {text!r}")
+    return n
+
+
 def _progress():
     from tqdm import tqdm
 
@@ -229,7 +247,8 @@ def cmd_sweep(a):
         return EXIT_USAGE
     if a.experiment and not isinstance(EXPERIMENTS[a.experiment].spec, SweepSpec):  # its own data (e.g. gqa_l2)
         csv_path, json_path = sweep_paths(a.out)
-        rows = EXPERIMENTS[a.experiment].run(csv_path, json_path, progress=_progress(), argv=a.command_line)
+        rows = EXPERIMENTS[a.experiment].run(csv_path, json_path, progress=_progress(), argv=a.command_line,
+                                             jobs=a.jobs)
         print(f"{len(rows)} points in {csv_path} and {json_path}")
         return 0
     if a.experiment:
@@ -281,7 +300,7 @@ def cmd_demo(a):
     start = time.perf_counter()
     backend = "the Numba CUDA simulator (no GPU)" if using_simulator() else "the GPU"
     print(f"demo: sweeps on the simulator, kernels on {backend}, into {a.out}/")
-    res = run_demo(a.out, progress=_progress(), argv=a.command_line)
+    res = run_demo(a.out, progress=_progress(), argv=a.command_line, jobs=a.jobs)
     for kind, r in res["kernel_check"].items():
         agree = "counts agree" if r["counts_agree"] else "COUNTS DISAGREE"
         print(f"  {kind:>8}: max |O - O_ref| = {r['max_abs_error']:.2g}, {agree}")
@@ -542,6 +561,7 @@ def build_parser(prog=None):
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="a grid of points counted by the simulator -> CSV + JSON (resumable)")
+    _add_jobs_arg(p)
     p.add_argument("--experiment", choices=tuple(EXPERIMENTS), type=_one_of("experiment", EXPERIMENTS),
                    help="a named experiment's grid instead of the grid options")
     p.add_argument("--kind", nargs="+", default=list(kind_names()), choices=kind_names(),
@@ -659,6 +679,7 @@ def build_parser(prog=None):
     p = sub.add_parser("demo", help="the main job: sweeps, figures and a kernel check into --out")
     p.add_argument("--out", default="results",
                    help="folder for data/, figures/ and kernel_check.json (default %(default)s)")
+    _add_jobs_arg(p)
     p.set_defaults(func=cmd_demo)
     for p in sub.choices.values():  # a subcommand's errors carry its name (see main)
         p.set_defaults(subparser=p)

@@ -11,13 +11,16 @@ from sandbox.vocabulary.problem import Problem
 from sandbox.vocabulary.schedule import Schedule
 
 
-def run_demo(out_dir, progress=None, argv=None):
+def run_demo(out_dir, progress=None, argv=None, jobs=None):
     """Sweeps (simulator; on a GPU also kernel timings), figures, and a small kernel check.
 
     Args:
         out_dir: folder for ``data/`` (CSV + JSON per experiment), ``figures/`` (PNG + SVG) and
             ``kernel_check.json``.
         progress: iterable wrapper for progress bars, or None.
+        jobs: processes for the experiments that split their points over several (gqa_l2's L2
+            model); None: their default, one (a script that calls this from its top level, with
+            no ``if __name__ == "__main__":`` guard, can only take one).
 
     Returns:
         dict: "data" and "figures" (paths), "kernel_check" (per kind: errors, agreement).
@@ -28,7 +31,7 @@ def run_demo(out_dir, progress=None, argv=None):
     result = {"data": [], "figures": [], "kernel_check": {}}
     for name, exp in EXPERIMENTS.items():
         csv_path = os.path.join(data_dir, f"{name}.csv")
-        exp.run(csv_path, progress=progress, argv=argv)
+        exp.run(csv_path, progress=progress, argv=argv, jobs=jobs)
         json_path = os.path.splitext(csv_path)[0] + ".json"
         prov, rows = exp.load(json_path)
         result["data"] += [csv_path, json_path]

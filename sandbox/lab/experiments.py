@@ -23,21 +23,25 @@ class Experiment:
             its rows (default :func:`sandbox.lab.sweep.run_sweep`, for a SweepSpec).
         loader: ``loader(path)`` -> (provenance, rows) of the files it writes (default
             :func:`sandbox.lab.sweep.load`).
+        parallel: the runner also takes ``jobs=``, the processes its points run over.
     """
 
     name: str
     grid: object
     runner: object = run_sweep
     loader: object = load
+    parallel: bool = False
 
     @property
     def spec(self):
         """The experiment's :class:`SweepSpec`."""
         return self.grid() if callable(self.grid) else self.grid
 
-    def run(self, csv_path, json_path=None, progress=None, argv=None):
-        """Write the experiment's data to ``csv_path`` and its JSON beside it (or ``json_path``); the rows."""
-        return self.runner(self.spec, csv_path, json_path, progress=progress, argv=argv)
+    def run(self, csv_path, json_path=None, progress=None, argv=None, jobs=None):
+        """Write the experiment's data to ``csv_path`` and its JSON beside it (or ``json_path``); the rows.
+        ``jobs``: processes, for a ``parallel`` experiment (None: its runner's default)."""
+        extra = {"jobs": jobs} if self.parallel and jobs is not None else {}
+        return self.runner(self.spec, csv_path, json_path, progress=progress, argv=argv, **extra)
 
     def load(self, path):
         """(provenance, rows) of the experiment's data file (JSON or CSV)."""
@@ -91,7 +95,7 @@ EXPERIMENTS = {
         ),
         # grouped K/V heads: the L2 model's DRAM bytes and the bytes requested vs the group size H / H_kv,
         # B = 1, H = 32, N = 4096, d = 128, fp32, Br = Bc = 64, the H200's L2; forward and backward
-        Experiment("gqa_l2", GroupedSpec(), runner=run_grouped, loader=load_grouped),
+        Experiment("gqa_l2", GroupedSpec(), runner=run_grouped, loader=load_grouped, parallel=True),
     ]
 }
 

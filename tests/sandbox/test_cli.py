@@ -44,6 +44,8 @@ def test_simulate_prints_counts(capsys):
         (["simulate", "--n", "0"], "n_q: expected a positive int, got 0"),
         (["simulate", "--d", "300"], "head_dim=300 exceeds"),
         (["run", "--kind", "flash2", "--block-q", "0"], "block_q: expected a positive int, got 0"),
+        (["demo", "--jobs", "0"], "expected a positive number of processes, got '0'"),
+        (["sweep", "--experiment", "gqa_l2", "-j", "two"], "expected a positive number of processes, got 'two'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):

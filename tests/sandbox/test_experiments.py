@@ -112,13 +112,17 @@ def check_grouped_rows(rows, one_copy_kinds):
 
 def test_gqa_l2_at_a_tiny_size(tmp_path):
     """Every kind with an L2 stream, forward, and backward where it has one; the invariants hold; the
-    CSV reads back as the JSON; the figure is drawn."""
+    CSV reads back as the JSON; the figure is drawn; over two processes the rows are the same."""
     from sandbox.lab.grouping import GroupedSpec, l2_kinds, load_grouped
 
     experiment = EXPERIMENTS["gqa_l2"]
     spec = dataclasses.replace(experiment.spec, **TINY_GROUPED)
     assert isinstance(experiment.spec, GroupedSpec) and experiment.spec.gpu == "h200"
     rows = experiment.runner(spec, str(tmp_path / "g.csv"), None)
+    ticks = []
+    over_two = dataclasses.replace(experiment, grid=spec).run(
+        str(tmp_path / "two.csv"), progress=lambda it: ticks.extend([len(it)]) or it, jobs=2)
+    assert over_two == rows and ticks == [len(rows)]  # two processes, the same rows in the same order
     with_backward = [k for k in l2_kinds() if kinds.get(k).backward is not None]
     assert len(rows) == (len(l2_kinds()) + len(with_backward)) * len(TINY_GROUPED["heads_kv"])
     check_grouped_rows(rows, one_copy_kinds=l2_kinds())  # here all of every tensor fits the L2
