@@ -11,7 +11,7 @@ from sandbox.vocabulary.problem import Problem
 from sandbox.vocabulary.schedule import Schedule
 
 
-def run_demo(out_dir, progress=None, argv=None, jobs=None):
+def run_demo(out_dir, progress=None, argv=None, jobs=1):
     """Sweeps (simulator; on a GPU also kernel timings), figures, and a small kernel check.
 
     Args:
@@ -19,8 +19,8 @@ def run_demo(out_dir, progress=None, argv=None, jobs=None):
             ``kernel_check.json``.
         progress: iterable wrapper for progress bars, or None.
         jobs: processes for the experiments that split their points over several (gqa_l2's L2
-            model); None: their default, one (a script that calls this from its top level, with
-            no ``if __name__ == "__main__":`` guard, can only take one).
+            model); a script that calls this from its top level, with no
+            ``if __name__ == "__main__":`` guard, can only take one.
 
     Returns:
         dict: "data" and "figures" (paths), "kernel_check" (per kind: errors, agreement).

@@ -37,10 +37,10 @@ class Experiment:
         """The experiment's :class:`SweepSpec`."""
         return self.grid() if callable(self.grid) else self.grid
 
-    def run(self, csv_path, json_path=None, progress=None, argv=None, jobs=None):
+    def run(self, csv_path, json_path=None, progress=None, argv=None, jobs=1):
         """Write the experiment's data to ``csv_path`` and its JSON beside it (or ``json_path``); the rows.
-        ``jobs``: processes, for a ``parallel`` experiment (None: its runner's default)."""
-        extra = {"jobs": jobs} if self.parallel and jobs is not None else {}
+        ``jobs``: processes, for a ``parallel`` experiment (others run in this one)."""
+        extra = {"jobs": jobs} if self.parallel else {}
         return self.runner(self.spec, csv_path, json_path, progress=progress, argv=argv, **extra)
 
     def load(self, path):

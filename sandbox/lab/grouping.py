@@ -136,8 +136,7 @@ class _Sized:
 
 
 def _measure(task):
-    direction, schedule, problem, gpu = task
-    return measure_grouped(schedule, problem, direction, gpu)
+    return measure_grouped(*task)
 
 
 def _ignore_sigint():
@@ -151,15 +150,15 @@ def default_jobs():
 
 def measure_all(spec, progress=None, jobs=1):
     """:func:`measure_grouped` of every point of ``spec``, in order, over ``jobs`` processes (1: in
-    this one; more start fresh interpreters, which import the caller's main module: a script
-    needs its ``if __name__ == "__main__":`` guard, as with any ``multiprocessing`` pool). Each point is a whole L2 model run, independent of the
-    others (standard attention's backward at N = 4096: 18 s here), so the grid's time divides by the
-    cores, up to its slowest point; the rows are the same either way. Ctrl-C stops every process."""
-    tasks = [(direction, s, p, spec.gpu) for _, direction, s, p in spec.points()]
+    this one; more start fresh interpreters, which import the caller's main module: a script needs
+    its ``if __name__ == "__main__":`` guard, as with any ``multiprocessing`` pool). Each point is a
+    whole L2 model run, independent of the others, so the grid's time divides by the cores, up to
+    its slowest point; the rows are the same either way. Ctrl-C stops every process."""
+    tasks = [(s, p, direction, spec.gpu) for _, direction, s, p in spec.points()]
     jobs = min(int(jobs), len(tasks))
     wrap = progress or (lambda it: it)
     if jobs <= 1:
-        return [_measure(t) for t in wrap(_Sized(tasks, len(tasks)))]
+        return [_measure(t) for t in wrap(tasks)]
     # spawn: a fresh interpreter per worker (forking a process that may hold threads can deadlock)
     pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_ignore_sigint)
     try:
