@@ -125,6 +125,84 @@ ACC_GROUP_TWO_STAGES = {"dkdv": {64: 4, MAX_HEAD_DIM: 1}, "dq": {MAX_HEAD_DIM: 2
 ACC_GROUP_PAIRED = {"dkdv": {MAX_HEAD_DIM: 4}, "dq": {MAX_HEAD_DIM: 8}}
 
 
+#: The deterministic mode's dQ where the fast backward can add it by atomics (:func:`atomic_dq`): in
+#: a fixed order (``ordered``) instead of by a dq kernel. dkdv block j adds its part of dQ_i once
+#: block j + 1 of the same head has added its own, so every element of dQ sums in one order, run
+#: after run. Each block first takes a ticket (an atomic add) that names its (head, K block), heads
+#: in turn and each head's K blocks from the last down: a block only ever waits for one that started
+#: before it, so no wait can deadlock, on any number of SMs (the CUDA simulator runs one block at a
+#: time). The order is the one the blocks reach Q block i in when they run in step: block j starts
+#: at the Q block holding its first key, s(j) = jBc // Br (causal: the first it sees), and walks the
+#: Q blocks from there, non-causal wrapping round to Q block 0 after the last. So Q block i is
+#: reached by j = i, i - 1, ... first (the blocks with s(j) <= i, one step apart), then, non-causal,
+#: by the blocks with s(j) > i from the last down: two chains, each summed into its own half of an
+#: fp32 (B, H, 2·Nq, d) array, so the second never waits for the first (that wait would close a
+#: cycle); "dq_sum" adds the halves. The turns are counted per chunk of a tile: one thread waits
+#: for the chunk's turn before the block's atomics, and counts it done after the block's next barrier
+#: (a fence, then the count: CUTLASS's semaphore pattern), so a block trails the one before it by
+#: a chunk, not a tile.
+ORDERED_DQ = True
+
+#: Threads per block of the ordered dQ's sum of its two halves (:func:`make_dq_sum`).
+DQ_SUM_THREADS = 256
+
+
+def ordered_walk(jb, n_q, block_q, block_kv, causal):
+    """(first, end) of ordered dkdv block ``jb``'s walk (:data:`ORDERED_DQ`): it computes Q block
+    i mod Tr for i = first .. end - 1. Causal: from the first Q block that sees its keys (none where
+    its first key is past the last query); else from s(j), the Q block of its first key (at most the
+    last), round all Tr of them."""
+    n_qb = (n_q + block_q - 1) // block_q
+    k0 = jb * block_kv
+    if causal:
+        return k0 // block_q, (n_qb if k0 < n_q else k0 // block_q)
+    first = min(k0 // block_q, n_qb - 1)
+    return first, first + n_qb
+
+
+def ordered_turn(jb, iq, first, n_kb, n_q, block_q, block_kv, causal):
+    """(chain, ahead) of block ``jb``'s turn at Q block ``iq`` (:data:`ORDERED_DQ`), ``first`` its
+    walk's start: chain 0 holds the blocks whose walk starts at or before ``iq``, chain 1
+    (non-causal) the rest; each adds from its last block down, and ``ahead`` blocks of the chain add
+    before this one."""
+    if causal or iq >= first:
+        last = min(n_kb - 1, ((iq + 1) * block_q - 1) // block_kv)
+        if causal:
+            last = min(last, (n_q - 1) // block_kv)  # (later blocks see no query)
+        elif iq == (n_q + block_q - 1) // block_q - 1:
+            last = n_kb - 1
+        return 0, last - jb
+    return 1, n_kb - 1 - jb
+
+
+_ordered_walk, _ordered_turn = inline_device(ordered_walk), inline_device(ordered_turn)
+
+
+def ordered_turns(schedule, head_dim, problem):
+    """Length of an ordered dkdv's turns array (:data:`ORDERED_DQ`): the ticket, then a count per
+    (batch·head, Q block, chain, chunk of the Q block)."""
+    chunks_ = schedule.block_q // chunk_rows(schedule, head_dim, "dkdv")
+    return 1 + 2 * chunks_ * problem.bh * -(-problem.n_q // schedule.block_q)
+
+
+@inline_device
+def await_turn(turns, at, ahead):
+    """Spin until ``turns[at]`` reads ``ahead``, then fence: what the blocks counted there added is
+    seen before anything this block's threads do after their next barrier (the acquire half of
+    CUTLASS's semaphore pattern: one thread waits, the block's barrier passes it on)."""
+    while cuda.atomic.add(turns, at, 0) != ahead:
+        pass
+    cuda.threadfence()
+
+
+@inline_device
+def turn_done(turns, at):
+    """Count one more block done at ``turns[at]``, after a barrier that every thread of the block
+    passed after its atomics: a fence, then the count (the release half)."""
+    cuda.threadfence()
+    cuda.atomic.add(turns, at, 1)
+
+
 def by_head_dim(table, head_dim):
     """``table``'s value for ``head_dim``: that of the smallest key at least ``head_dim``."""
     return table[min(key for key in table if key >= head_dim)]
@@ -309,6 +387,8 @@ def threads(schedule, phase, head_dim=None, dtype=np.float32, masked=False):
         return (4 if pair else 2) * schedule.block_kv
     if phase == "dq":
         return (4 if pair else 2) * schedule.block_q
+    if phase == "dq_sum":
+        return DQ_SUM_THREADS
     return schedule.threads
 
 
@@ -318,10 +398,20 @@ def min_blocks_per_sm(schedule, head_dim):
     return 1
 
 
-def phases(dtype, atomic_dq=False):
+def phases(dtype, atomic_dq=False, ordered=False):
     """The fast backward's kernels, in launch order, with the counting backward's arguments; with
-    ``atomic_dq`` (:func:`atomic_dq`) dkdv also takes dQ, zeroed, and there is no dq kernel."""
+    ``atomic_dq`` (:func:`atomic_dq`) dkdv also takes dQ, zeroed, and there is no dq kernel; with
+    ``ordered`` too (:data:`ORDERED_DQ`) dkdv takes dQ's two sums (B, H, 2·Nq, d) and the turns
+    (int32, zeroed), and "dq_sum" adds the sums up (non-causal; causal, the first is dQ)."""
     IN4, F3, C = array_type(dtype, 4), array_type(np.float32, 3), COUNTERS
+    F4 = array_type(np.float32, 4)
+    if atomic_dq and ordered:
+        return {
+            "d": (make_d, (IN4, IN4, F3, C)),
+            "dkdv": (functools.partial(make_dkdv, atomic_dq=True, ordered=True),
+                     (IN4, IN4, IN4, IN4, F3, F3, IN4, IN4, F4, array_type(np.int32, 1), float32, C)),
+            "dq_sum": (make_dq_sum, (F4, F4, C)),
+        }
     if atomic_dq:
         return {
             "d": (make_d, (IN4, IN4, F3, C)),
@@ -396,10 +486,37 @@ def make_d(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=Non
     return kernel, 0, grid
 
 
-def make_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None, atomic_dq=False):
+def make_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None, atomic_dq=False,
+              ordered=False):
     """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H). With ``atomic_dq``
-    (:func:`atomic_dq`), kernel(q, k, v, do, lse, dvec, dk, dv, dq, scale, counters), dq fp32 and zeroed."""
-    return _make(schedule, head_dim, dtype, count_io, causal, mask, "dkdv", score_mod, atomic_dq)
+    (:func:`atomic_dq`), kernel(q, k, v, do, lse, dvec, dk, dv, dq, scale, counters), dq fp32 and
+    zeroed; ``ordered`` too (:data:`ORDERED_DQ`), kernel(q, k, v, do, lse, dvec, dk, dv, sums, turns,
+    scale, counters): sums fp32 (B, H, 2·Nq, d), turns int32 (1 + 2·B·H·Tr), both zeroed."""
+    return _make(schedule, head_dim, dtype, count_io, causal, mask, "dkdv", score_mod, atomic_dq, ordered)
+
+
+def make_dq_sum(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
+    """kernel(sums, dq, counters): dQ = the first of an ordered dkdv's two sums + the second
+    (:data:`ORDERED_DQ`), in that order; dq fp32 (B, H, Nq, d), sums (B, H, 2·Nq, d). A thread an
+    element, consecutive threads on consecutive elements."""
+    NT = DQ_SUM_THREADS
+
+    def kernel(sums, dq, counters):
+        n_q, d = dq.shape[2], dq.shape[3]
+        per_head = n_q * d
+        e = cuda.blockIdx.x * NT + cuda.threadIdx.x
+        bh = cuda.blockIdx.y
+        if e < per_head:
+            b = bh // dq.shape[1]
+            h = bh - b * dq.shape[1]
+            r = e // d
+            c = e - r * d
+            dq[b, h, r, c] = sums[b, h, r, c] + sums[b, h, n_q + r, c]
+
+    def grid(problem):
+        return ((problem.n_q * problem.head_dim + NT - 1) // NT, problem.bh)
+
+    return kernel, 0, grid
 
 
 def make_dq(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=None):
@@ -407,7 +524,7 @@ def make_dq(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=No
     return _make(schedule, head_dim, dtype, count_io, causal, mask, "dq", score_mod)
 
 
-def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=None, fused_dq=False):
+def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=None, fused_dq=False, ordered_dq=False):
     why = eligible(schedule, head_dim, count_io, mask)
     if why is not None:
         raise ValueError(f"the fast backward cannot run {schedule} at d={head_dim}: {why}")
@@ -456,6 +573,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
         AG = by_head_dim((ACC_GROUP_TWO_STAGES if PIPE else ACC_GROUP)[phase], D)
         AG = AG if KD % AG == 0 else 1
     FUSED = bool(fused_dq)  # dkdv adds dQ by atomics (atomic_dq)
+    ORDERED = FUSED and bool(ordered_dq)  # ... in a fixed order (ORDERED_DQ)
+    NCH = C // CH  # (ordered: a turn per chunk)
     n_smem = dynamic_bytes(schedule, head_dim, phase, N_STAGES, PAIR, FUSED)
     ODS, DSS = OX + 2 * R * CH, _ds_stride(CH)  # the fused dkdv's dSᵀ tile: [key][query of the chunk]
     NW = R // 8  # the fused dkdv's warps (2 a 16 keys)
@@ -684,8 +803,9 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             accumulate(sm, xch, tid, cq, dp, small, y + Y1, acc_k, t, 0)  # dK_j += dSᵀ Q_i
 
     @inline_device
-    def add_dq(sm, xch, tid, dq, b, h, qc, n_q, scale, u):
-        """dQ[qc .. qc + CH] += scale·dS K_j in HBM by fp32 atomics, dS the chunk's from the dSᵀ tile
+    def add_dq(sm, xch, tid, dq, b, h, qc, n_q, roff, scale, u):
+        """dQ[qc .. qc + CH] += scale·dS K_j in HBM by fp32 atomics (dq's rows from ``roff`` on: an
+        ordered dkdv's second sum at Nq, :data:`ORDERED_DQ`), dS the chunk's from the dSᵀ tile
         (all the block's keys: the k-index), K_j the resident tile: each warp takes UPW 8-column
         groups of one 16-row tile (the A fragment read once a k-step, keys 2t and 2t + 1 as t and
         t + 4, as :func:`summer`'s B), summed on the tensor cores into ``u``."""
@@ -715,16 +835,21 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             if row < n_q:
                 for w in range(UPW):
                     col = 8 * (c0 + w) + 2 * tq
-                    cuda.atomic.add(dq, (b, h, IX(row), IX(col)), u[w, 2 * i] * scale)
-                    cuda.atomic.add(dq, (b, h, IX(row), IX(col + 1)), u[w, 2 * i + 1] * scale)
+                    cuda.atomic.add(dq, (b, h, IX(row + roff), IX(col)), u[w, 2 * i] * scale)
+                    cuda.atomic.add(dq, (b, h, IX(row + roff), IX(col + 1)), u[w, 2 * i + 1] * scale)
 
     @inline_device
-    def dkdv_pair_tile(sm, xch, tid, ra, role, b, h, q0, q_len, k0, n_kv, y, s, small, t, acc, scale, s2, dq, n_q, u):
+    def dkdv_pair_tile(sm, xch, tid, ra, role, b, h, q0, q_len, k0, n_kv, y, s, small, t, acc, scale, s2, dq, n_q, u,
+                       turns, turn, ahead, roff):
         """A paired dkdv's tile (:func:`paired`), the Q block at q0 in the stage at offset ``y``: warp
         role 0 of the pair computes Pᵀ, leaves it (times score_mod'(S)) in the exchange and adds
         Pᵀ dO_i to ``acc`` (dV_j); role 1 computes dPᵀ, takes Pᵀ from the exchange and adds
         dSᵀ Q_i to ``acc`` (dK_j). Each chunk has one barrier: its buffer (of two) is written again
-        two chunks later, after the partner has passed the next chunk's barrier."""
+        two chunks later, after the partner has passed the next chunk's barrier. Ordered
+        (:data:`ORDERED_DQ`): before chunk c's atomics the block waits until ``turns[turn + c]``
+        reads ``ahead`` (the blocks before it in the tile's chain have added that chunk); chunk c - 1
+        is counted done after the block's first barrier of chunk c, the last chunk by the caller
+        after the tile's."""
         g = (tid % 32) // 4
         tq = tid % 4
         lane = tid % 32
@@ -751,6 +876,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                 product(sm, xch, tid, ra, cq, X2, y + Y2, s)  # dPᵀ = V_j dO_iᵀ
             if FUSED:
                 cuda.syncthreads()  # the pairs' Pᵀ are in, and every warp is done with the last chunk's dSᵀ
+                if ORDERED and cq > 0 and tid == 0:
+                    turn_done(turns, turn + cq // CH - 1)  # (every thread's atomics of the last chunk are in)
             else:
                 pair_sync(ra)  # the pair's Pᵀ is in the exchange
             if role == 1:
@@ -761,13 +888,15 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                         if FUSED:  # dSᵀ -> the block's tile, [key][query]
                             sm[IX(ODS + (ra + g + 8 * (e // 2)) * DSS + 8 * n + 2 * tq + (e % 2))] = s[n, e]
             if FUSED:
+                if ORDERED and tid == 0:  # this chunk's turn to add to dQ_i
+                    await_turn(turns, turn + cq // CH, ahead)
                 cuda.syncthreads()  # the block's dSᵀ is in
             if role == 0:
                 accumulate(sm, xch, tid, cq, s, small, y + Y2, acc, t, 0)  # dV_j += Pᵀ dO_i
             else:
                 accumulate(sm, xch, tid, cq, s, small, y + Y1, acc, t, 0)  # dK_j += dSᵀ Q_i
             if FUSED:
-                add_dq(sm, xch, tid, dq, b, h, q0 + cq, n_q, scale, u)  # dQ_i += dS K_j, by atomics
+                add_dq(sm, xch, tid, dq, b, h, q0 + cq, n_q, roff, scale, u)  # dQ_i += dS K_j, by atomics
 
     @inline_device
     def dq_tile(sm, xch, tid, ra, b, h, q0, n_q, k0, kv_len, y, s, dp, small, t, acc, l2, dd, scale, s2):
@@ -843,7 +972,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
     if DKDV:
 
         @inline_ir
-        def body(q, k, v, do, lse, dvec, dk, dv, dq, scale):
+        def body(q, k, v, do, lse, dvec, dk, dv, dq, turns, scale):
             if q.shape[3] != D or k.shape[3] != D or v.shape[3] != D or do.shape[3] != D:
                 return  # (never: the launcher checks; this tells the compiler the row length is D)
             tid = cuda.threadIdx.x
@@ -851,13 +980,23 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             role = (tid // 32) % 2  # (paired: 0 takes Pᵀ and dV_j, 1 dSᵀ and dK_j)
             g = (tid % 32) // 4
             tq = tid % 4
-            bh = cuda.blockIdx.y
+            n_kb = cuda.gridDim.x  # K/V blocks of a head
+            tk = cuda.shared.array(1, int32)  # (ordered: the block's ticket)
+            if ORDERED:  # (head, K block) by ticket: heads in turn, each head's K blocks from the last down
+                if tid == 0:
+                    tk[0] = cuda.atomic.add(turns, 0, 1)
+                cuda.syncthreads()
+                bh = tk[0] // n_kb
+                jb = n_kb - 1 - (tk[0] - bh * n_kb)
+            else:
+                bh = cuda.blockIdx.y
+                jb = cuda.blockIdx.x
             n_heads = q.shape[1]
             b = bh // n_heads
             h = bh - b * n_heads
             n_q = q.shape[2]
             n_kv = k.shape[2]
-            k0 = cuda.blockIdx.x * R
+            k0 = jb * R
             kv_len = min(R, n_kv - k0)
             sm = cuda.shared.array(0, float32, alignment=ALIGN)
             xch = cuda.shared.array(NX, float32)
@@ -875,11 +1014,14 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                     acc_v[kk, i] = ZERO
                     acc_k[kk, i] = ZERO
             i0 = 0
-            n_blocks = (n_q + C - 1) // C
+            n_qb = (n_q + C - 1) // C  # Q blocks
+            n_blocks = n_qb  # (the walk's end: block i is Q block i, or i - n_qb past the last)
             if CAUSAL:  # earlier Q blocks see none of these keys
                 i0 = k0 // C
                 if k0 >= n_q:
                     n_blocks = i0  # no query sees this block: nothing loaded, zeros stored
+            elif ORDERED:  # from the Q block of the first key, wrapping round (ORDERED_DQ)
+                i0, n_blocks = _ordered_walk(jb, n_q, C, R, CAUSAL)
             if PIPE:
                 lreg = cuda.local.array(NL, float32)
                 dreg = cuda.local.array(NL, float32)
@@ -890,7 +1032,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                 for i in range(i0, n_blocks + 1):
                     # stage (i - i0) % 2 takes block i's Q_i, dO_i by cp.async while block i - 1 is computed
                     if i < n_blocks:
-                        q0 = i * C
+                        q0 = (i - n_qb if i >= n_qb else i) * C
                         q_len = min(C, n_q - q0)
                         y = ((i - i0) % 2) * STAGE
                         copy_streamed(q[b, h], q0, q_len, sm, y + Y1, tid)
@@ -910,14 +1052,22 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                         else:
                             cp_async_wait()
                         cuda.syncthreads()  # ... everyone's, and block ic's L, D are stored
-                        q0 = ic * C
+                        iq = ic - n_qb if ic >= n_qb else ic  # the Q block
+                        q0 = iq * C
+                        turn, ahead, roff = 0, 0, 0  # (ordered: the tile's chain, the blocks before it there)
+                        if ORDERED:  # the chain of the tile (the second: its own sum, rows from Nq on)
+                            chain, ahead = _ordered_turn(jb, iq, i0, n_kb, n_q, C, R, CAUSAL)
+                            turn, roff = 1 + NCH * (2 * (bh * n_qb + iq) + chain), chain * n_q
                         if PAIR:  # (acc_v: the warp's one sum, dV_j or dK_j by its role)
                             dkdv_pair_tile(sm, xch, tid, ra, role, b, h, q0, min(C, n_q - q0), k0, n_kv,
-                                           ((ic - i0) % 2) * STAGE, s, small, t, acc_v, scale, s2, dq, n_q, dqt)
+                                           ((ic - i0) % 2) * STAGE, s, small, t, acc_v, scale, s2, dq, n_q, dqt,
+                                           turns, turn, ahead, roff)
                         else:
                             dkdv_tile(sm, xch, tid, ra, b, h, q0, min(C, n_q - q0), k0, n_kv, ((ic - i0) % 2) * STAGE,
                                       s, dp, small, t, acc_v, acc_k, scale, s2)
                         cuda.syncthreads()  # every thread is done with the stage before block ic + 2 fills it
+                        if ORDERED and tid == 0:
+                            turn_done(turns, turn + NCH - 1)  # the block's last chunk at Q block iq
                     if i < n_blocks:
                         y = ((i - i0) % 2) * STAGE
                         for u in range(NL):
@@ -985,12 +1135,15 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             save(dv, b, h, k0, kv_len, sm, X2, tid)
             save(dk, b, h, k0, kv_len, sm, X1, tid)
 
-        if FUSED:
+        if ORDERED:
+            def kernel(q, k, v, do, lse, dvec, dk, dv, dq, turns, scale, counters):
+                body(q, k, v, do, lse, dvec, dk, dv, dq, turns, scale)
+        elif FUSED:
             def kernel(q, k, v, do, lse, dvec, dk, dv, dq, scale, counters):
-                body(q, k, v, do, lse, dvec, dk, dv, dq, scale)
+                body(q, k, v, do, lse, dvec, dk, dv, dq, counters, scale)  # (counters in turns' place: unused)
         else:
             def kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters):
-                body(q, k, v, do, lse, dvec, dk, dv, dk, scale)  # (dk in dq's place: unused)
+                body(q, k, v, do, lse, dvec, dk, dv, dk, counters, scale)  # (dk in dq's place, counters in turns': unused)
 
         def grid(problem):
             return ((problem.n_kv + R - 1) // R, problem.bh)

@@ -28,15 +28,16 @@ from sandbox.vocabulary.dtypes import BFLOAT16, storage_dtype
 from sandbox.vocabulary.runtime import using_simulator
 
 
-def _phases(schedule, dtype, backward, chosen, grouped=False, atomic_dq=False):
+def _phases(schedule, dtype, backward, chosen, grouped=False, atomic_dq=False, ordered_dq=False):
     """phase -> (maker, argument types), in launch order: the chosen build's (kernels/builds.py) or the backward's.
 
     ``grouped`` (the backward, K/V heads H_kv < H): dK and dV go through fp32 partials, and a
     "group_sum" phase adds each group of them up (kernels/backward.py). ``atomic_dq``: the fast
-    backward's dkdv adds dQ by atomics, and there is no dq phase (kernels/backward_tc.py)."""
+    backward's dkdv adds dQ by atomics, and there is no dq phase (kernels/backward_tc.py); with
+    ``ordered_dq`` in a fixed order, two sums that a "dq_sum" phase adds up (``ORDERED_DQ`` there)."""
     kind = schedule.kind
     if atomic_dq:
-        return chosen.module.phases(dtype, atomic_dq=True)
+        return chosen.module.phases(dtype, atomic_dq=True, ordered=bool(ordered_dq))
     if not backward or chosen.fast:
         return chosen.module.phases(dtype)
     IN4, F3, F4, C = array_type(dtype, 4), array_type(np.float32, 3), array_type(np.float32, 4), COUNTERS
@@ -104,9 +105,9 @@ def _jit_options(schedule, head_dim, chosen, threads):
 
 @functools.lru_cache(maxsize=256)
 def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=None, grouped=False, head_dim_v=None,
-          score_mod=None, atomic_dq=False):
+          score_mod=None, atomic_dq=False, ordered_dq=False):
     """Compiled kernels for one (schedule, head_dim, dtype, causal, build, direction, mask, grouping, d_v,
-    score_mod, dQ by atomics).
+    score_mod, dQ by atomics, in order).
 
     ``chosen``: the :class:`kernels.builds.Build` (forward: :func:`kernels.builds.choose_build`'s;
     backward: :func:`kernels.builds.choose_backward_build`'s), which says whether the kernels count.
@@ -117,14 +118,15 @@ def build(schedule, head_dim, dtype_name, causal, chosen, backward=False, mask=N
     ``head_dim_v``: V's head dim d_v, passed to every maker where it is not None or ``head_dim``
     (a fast build gets it only where kernels/builds.py chose it for d_v ≠ d).
     ``atomic_dq``: the fast backward's dkdv that also adds dQ by fp32 atomics (no dq kernel;
-    :func:`run_backward` with ``deterministic=False``).
+    :func:`run_backward` with ``deterministic=False``); with ``ordered_dq`` too, the deterministic
+    mode's dkdv that adds them in a fixed order (kernels/backward_tc.py, ``ORDERED_DQ``).
 
     Returns:
         dict phase -> (kernel, smem_bytes, grid(problem)), in launch order.
     """
     dtype = np.dtype(dtype_name)
     out = {}
-    for phase, (maker, sig) in _phases(schedule, dtype, backward, chosen, grouped, atomic_dq).items():
+    for phase, (maker, sig) in _phases(schedule, dtype, backward, chosen, grouped, atomic_dq, ordered_dq).items():
         extra = {} if mask is None else {"mask": mask}
         if head_dim_v is not None and head_dim_v != head_dim:
             extra["head_dim_v"] = head_dim_v
@@ -476,17 +478,19 @@ def launch_lean(kernel, grid, threads, stream, smem, args):
 
 @require_context
 def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mask=None, fast=None, chosen=None,
-                 score_mod=None, deterministic=True):
+                 score_mod=None, deterministic=True, dq_kernel=False):
     """dQ, dK, dV for device arrays (C-contiguous): see kernels/backward.py (and kernels/backward_tc.py).
 
     ``mask``: the forward's :class:`sandbox.vocabulary.masks.Mask` (or None), compiled into every
     phase: its empty tiles are skipped, the rest masked entry by entry. ``chosen``: the
     :class:`kernels.builds.Build` to run; None: :func:`kernels.builds.choose_backward_build`'s for
     ``count_io``, ``mask`` and ``fast``. ``score_mod``: the forward's ScoreMod (or None), with its
-    ``grad``, compiled into every phase that forms P or dS. ``deterministic=False``: where the fast
-    backward can (kernels/backward_tc.py, ``atomic_dq``), its dkdv also adds dQ to HBM by fp32
-    atomics and no dq kernel runs; dQ's sum order is then the GPU's, not fixed. Elsewhere the
-    gradients are the deterministic ones.
+    ``grad``, compiled into every phase that forms P or dS. Where the fast backward can
+    (kernels/backward_tc.py, ``atomic_dq``), its dkdv also adds dQ to HBM by fp32 atomics and no dq
+    kernel runs: deterministic (the default), each element's additions in a fixed order (``ORDERED_DQ``
+    there); ``deterministic=False``, in the GPU's order. Elsewhere ``deterministic`` changes nothing.
+    ``dq_kernel``: dQ by its own kernel even there (deterministic; the HBM tiles the simulator counts
+    for the flash backward: the ncu check runs it, and the bench compares it).
 
     With grouped K/V heads (``problem.heads_kv`` < ``problem.heads``) dK and dV, (B, H_kv, Nk, d) and
     (B, H_kv, Nk, d_v),
@@ -508,8 +512,13 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     extra = {"grouped": True} if grouped else {}  # (today's calls keep their cache key)
     if score_mod is not None:
         extra["score_mod"] = score_mod
-    if not deterministic and atomic_dq_runs(schedule, problem, chosen, mask):
+    if dq_kernel and not deterministic:
+        raise ValueError("dq_kernel=True is the deterministic dQ of a dq kernel; it cannot run with deterministic=False")
+    if (not dq_kernel and atomic_dq_runs(schedule, problem, chosen, mask)
+            and (not deterministic or ordered_dq_runs(chosen))):
         extra["atomic_dq"] = True
+        if deterministic:
+            extra["ordered_dq"] = True
     ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, backward=True, mask=mask,
                **extra, **_dv(problem))
     check_grids(ks, problem)
@@ -518,7 +527,15 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     b, h, n_q, n_kv, d = problem.batch, problem.heads, problem.n_q, problem.n_kv, problem.head_dim
     d_v = problem.head_dim_v
     fused = extra.get("atomic_dq", False)  # (dkdv adds to dQ, which starts at zero)
-    dq = device_zeros((b, h, n_q, d), problem.dtype, "dQ", stream) if fused else device_empty((b, h, n_q, d), problem.dtype, "dQ")
+    ordered = extra.get("ordered_dq", False)
+    if ordered:  # dQ's two sums (causal: one, dQ itself) and the turns, zeroed
+        sums = device_zeros((b, h, n_q if problem.causal else 2 * n_q, d), np.float32, "dQ sums", stream)
+        dq = sums if problem.causal else device_empty((b, h, n_q, d), problem.dtype, "dQ")
+        turns = device_zeros((chosen.module.ordered_turns(schedule, d, problem),), np.int32, "dQ turns", stream)
+    elif fused:
+        dq = device_zeros((b, h, n_q, d), problem.dtype, "dQ", stream)
+    else:
+        dq = device_empty((b, h, n_q, d), problem.dtype, "dQ")
     dk = device_empty((b, problem.heads_kv, n_kv, d), problem.dtype, "dK")
     dv = device_empty((b, problem.heads_kv, n_kv, d_v), problem.dtype, "dV")
     dvec = device_empty((b, h, n_q), np.float32, "D")
@@ -530,7 +547,11 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
     if grouped:  # each query head's dK, dV partials, summed per group by the last launch
         dk_out = device_empty((b, h, n_kv, d), np.float32, "dK partials")
         dv_out = device_empty((b, h, n_kv, d_v), np.float32, "dV partials")
-    if fused:
+    if ordered:
+        launch("dkdv", q, k, v, dout, lse, dvec, dk_out, dv_out, sums, turns, scale, counters)
+        if not problem.causal:
+            launch("dq_sum", sums, dq, counters)
+    elif fused:
         launch("dkdv", q, k, v, dout, lse, dvec, dk_out, dv_out, dq, scale, counters)
     elif chosen.fast or kinds.get(schedule.kind).backward == "flash":
         launch("dkdv", q, k, v, dout, lse, dvec, dk_out, dv_out, scale, counters)
@@ -548,6 +569,12 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
         launch("group_sum", dk_out, dv_out, dk, dv, counters)
     report = to_report(counters.copy_to_host(stream=stream), problem.dtype) if count_io else None
     return dq, dk, dv, report
+
+
+def ordered_dq_runs(chosen):
+    """Whether the deterministic mode adds dQ by atomics in a fixed order where the fast build can
+    add it by atomics (kernels/backward_tc.py, ``ORDERED_DQ``), not by a dq kernel."""
+    return chosen.fast and getattr(chosen.module, "ORDERED_DQ", False)
 
 
 def atomic_dq_runs(schedule, problem, chosen, mask):

@@ -45,7 +45,7 @@ from numba_cuda import __version__ as numba_cuda_version
 from kernels import registry
 from kernels.builds import choose_backward_build, choose_build
 from kernels.flash2_tc16 import tc16_schedule
-from kernels.launch import atomic_dq_runs, build
+from kernels.launch import atomic_dq_runs, build, ordered_dq_runs
 from sandbox.lab.records import atomic_write
 from sandbox.lab.timing import time_attention
 from sandbox.vocabulary.problem import Problem
@@ -275,15 +275,19 @@ def _save_cache(cache, path):
 
 def _local_memory(schedule, head_dim, dtype, backward=False, causal=None, deterministic=True):
     """Bytes of local memory per thread (register spills) of the fast build's kernels (``backward``:
-    the fast backward's, with dQ by atomics where ``deterministic`` is False and the schedule has
-    that build), compiled here for ``causal`` (None: causal and not, the worst)."""
+    the fast backward's, with dQ by atomics where the schedule has that build: in a fixed order where
+    ``deterministic``, kernels/backward_tc.py's ``ORDERED_DQ``), compiled here for ``causal`` (None: causal and not, the worst)."""
     worst = 0
     chooser = choose_backward_build if backward else choose_build
     for causal in ((False, True) if causal is None else (bool(causal),)):
         chosen = chooser(schedule, head_dim, fast=True)
         extra = {}
-        if backward and not deterministic:
-            extra["atomic_dq"] = atomic_dq_runs(schedule, Problem(1, 1, 1, 1, head_dim, dtype=dtype), chosen, None)
+        if backward:
+            fused = atomic_dq_runs(schedule, Problem(1, 1, 1, 1, head_dim, dtype=dtype), chosen, None)
+            if not deterministic:
+                extra["atomic_dq"] = fused
+            elif fused and ordered_dq_runs(chosen):  # (the deterministic mode's dQ in a fixed order)
+                extra = {"atomic_dq": True, "ordered_dq": True}
         kernels = build(schedule, head_dim, dtype, causal, chosen, backward=backward, **extra)
         for kernel, _, _ in kernels.values():
             (compiled,) = kernel.overloads.values()

@@ -114,7 +114,9 @@ def _forward(schedule, problem, chosen, mask, rng, measured):
 def _backward(schedule, problem, chosen, mask, rng, measured):
     q, k, v, dout = device_inputs(problem, rng, 4)
     out, lse = run(schedule, problem, q, k, v, mask=mask, fast=False)[:2]  # O and L: the plain forward, not measured
-    extra = {} if chosen.name == PLAIN else {"chosen": chosen}  # a fast backward build: kernels/builds.py's choice
+    # a fast backward build: kernels/builds.py's choice, its dQ by the dq kernel (the simulator's HBM
+    # tiles; the deterministic mode's dQ by atomics in order reads and writes dQ through L2 instead)
+    extra = {} if chosen.name == PLAIN else {"chosen": chosen, "dq_kernel": True}
     cuda.synchronize()
     with measured():
         dq, dk, dv = run_backward(schedule, problem, q, k, v, out, lse, dout, mask=mask, **extra)[:3]

@@ -127,13 +127,20 @@ def test_masked_fast_backward_with_empty_rows_and_tiles():
     assert not grads[0][:, :, 17:].any() and not grads[1][:, :, 17:].any() and not grads[2][:, :, 17:].any()
 
 
-@pytest.mark.parametrize("shape", [pytest.param((37, 21, 16, 16, 32), id="small"),
-                                   pytest.param((1000, 777, 128, 64, 128), id="large", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("shape", [
+    pytest.param((37, 21, 16, 16, 32, 1, 1, True), id="small"),
+    pytest.param((1000, 777, 128, 64, 128, 1, 1, True), id="large", marks=pytest.mark.gpu),
+    # dQ by atomics in a fixed order (backward_tc.ORDERED_DQ): 16 heads of 33 K blocks, several blocks an SM
+    pytest.param((2100, 2100, 128, 64, 64, 2, 8, False), id="ordered-dq", marks=pytest.mark.gpu),
+    pytest.param((2100, 2049, 128, 64, 64, 2, 8, True), id="ordered-dq-causal", marks=pytest.mark.gpu)])
 def test_fast_backward_is_bit_identical_across_runs(shape):
-    n_q, n_kv, d, br, bc = shape
-    problem = Problem(batch=1, heads=1, n_q=n_q, n_kv=n_kv, head_dim=d, causal=True)
-    _, _, build = gradients(tc_schedule(br, bc), problem, seed=9, runs=2)  # (it compares the runs' bytes)
+    n_q, n_kv, d, br, bc, batch, heads, causal = shape
+    problem = Problem(batch=batch, heads=heads, n_q=n_q, n_kv=n_kv, head_dim=d, causal=causal)
+    schedule = tc_schedule(br, bc)
+    _, _, build = gradients(schedule, problem, seed=9, runs=3)  # (it compares the runs' bytes)
     assert build.name == "fast-tf32x3"
+    if d == 128 and br == bc == 64:
+        assert backward_tc.atomic_dq(schedule, d, np.float32) and backward_tc.ORDERED_DQ
 
 
 @pytest.mark.parametrize("shape", [pytest.param((20, 40, 8, 16, 32, 1, None), id="small"),
@@ -179,15 +186,18 @@ def test_two_stages_give_the_one_stage_gradients(shape, causal, monkeypatch):
     check_against_float64(two, problem, None, (q, k, v, dout, out, lse), runs[0])
 
 
-@pytest.mark.parametrize("shape", [pytest.param((37, 21, 16, 32, 16, 1, 0), id="small"),
+@pytest.mark.parametrize("shape", [pytest.param((37, 33, 16, 16, 16, 1, 0), id="small"),
                                    pytest.param((700, 555, 128, 64, 64, 2, None), id="large", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_atomic_dq_matches_the_deterministic_gradients(shape, causal, monkeypatch):
-    """``deterministic=False`` where the paired dkdv can add dQ by atomics (``atomic_dq``; at d = 16 by
-    lowering ``PAIRED_ABOVE``): no dq kernel runs; dK and dV are the deterministic kernels' bit for
-    bit (the same products in the same order), and dQ holds the float64 gradient to the tolerance of
-    its sums: each atomic adds a tensor-core sum over the block's Bc keys, so dQ's chunk is Bc."""
-    n_q, n_kv, d, br, bc, heads, paired_above = shape  # (small: a chunk's two 16-row tiles of dQ, one a warp)
+    """Where the paired dkdv can add dQ by atomics (``atomic_dq``; at d = 16 by lowering
+    ``PAIRED_ABOVE``) no dq kernel runs, deterministic (in a fixed order, ``ORDERED_DQ``: non-causal
+    with "dq_sum" after dkdv) or not: dK and dV are the dq kernel's build's bit for bit (the same
+    products in the same order; non-causal and ordered, each block's walk starts at its own Q block,
+    so they hold the float64 gradients instead), and dQ holds the float64 gradient to the tolerance of its sums: each
+    atomic adds a tensor-core sum over the block's Bc keys, so dQ's chunk is Bc. (Small: Tr = Tc = 3,
+    ragged, so non-causal blocks 1 and 2 start past Q block 0 and add to the second sum.)"""
+    n_q, n_kv, d, br, bc, heads, paired_above = shape  # (small: a chunk's 16-row tile of dQ, one a warp)
     if paired_above is not None:
         monkeypatch.setattr(backward_tc, "PAIRED_ABOVE", paired_above)
         launch.build.cache_clear()
@@ -199,25 +209,97 @@ def test_atomic_dq_matches_the_deterministic_gradients(shape, causal, monkeypatc
     q, k, v, dout, out, lse = saved_forward(schedule, problem, 13)
     runs = []
     try:
-        for deterministic in (True, False):
+        for ordered, deterministic in ((False, True), (True, True), (True, False)):  # dq kernel, ordered, GPU's order
+            monkeypatch.setattr(backward_tc, "ORDERED_DQ", ordered)
             runs.append(attention_backward(q, k, v, out, lse, dout, schedule=schedule, causal=causal, fast=True,
                                            deterministic=deterministic))
         chosen = launch.choose_backward_build(schedule, d, fast=True, dtype=problem.dtype)
-        assert launch.atomic_dq_runs(schedule, problem, chosen, None)
+        assert launch.atomic_dq_runs(schedule, problem, chosen, None) and launch.ordered_dq_runs(chosen)
         phases = launch.build(schedule, d, "float32", causal, chosen, backward=True, atomic_dq=True)
         assert list(phases) == ["d", "dkdv"]
+        phases = launch.build(schedule, d, "float32", causal, chosen, backward=True, atomic_dq=True, ordered_dq=True)
+        assert list(phases) == ["d", "dkdv", "dq_sum"]
         with pytest.raises(TypeError, match="deterministic"):
             attention_backward(q, k, v, out, lse, dout, schedule=schedule, causal=causal, deterministic="no")
     finally:
         if paired_above is not None:
             launch.build.cache_clear()
-    for name, a, b in zip(("dk", "dv"), runs[0][1:], runs[1][1:]):
-        assert a.tobytes() == b.tobytes(), f"{name}: the atomic-dQ kernel's differs from the deterministic one's"
-    assert runs[1][0].tobytes() != np.zeros_like(runs[1][0]).tobytes()
     refs = reference_attention_backward(q, k, v, dout, causal=causal, scale=problem.scale, out=out, lse=lse)
     atols = gradient_tolerances_tc(q, k, v, dout, refs, causal, problem.scale, problem.dtype, out, lse,
                                    (bc, chunks(schedule, d)[1]))
-    np.testing.assert_allclose(runs[1][0].astype(np.float64), refs[0], rtol=0, atol=atols[0], err_msg="dq")
+    for run, way in zip(runs[1:], ("ordered", "GPU-order")):
+        assert run[0].any()
+        np.testing.assert_allclose(run[0].astype(np.float64), refs[0], rtol=0, atol=atols[0], err_msg=f"dq, {way}")
+        # non-causal, an ordered block walks the Q blocks from its own round to it: dK, dV sum in that order
+        rotated = way == "ordered" and not causal
+        for name, a, b, ref, atol in zip(("dk", "dv"), runs[0][1:], run[1:], refs[1:], atols[1:]):
+            if rotated:
+                np.testing.assert_allclose(b.astype(np.float64), ref, rtol=0, atol=atol, err_msg=f"{name}, {way}")
+            else:
+                assert a.tobytes() == b.tobytes(), f"{name}: the {way} atomic-dQ kernel's differs from the dq kernel build's"
+
+
+def _ordered_runs(n_q, n_kv, block_q, block_kv, causal, in_step):
+    """Run the blocks of one head by :data:`backward_tc.ORDERED_DQ`'s order, by its own functions:
+    ``in_step`` False, one block at a time in ticket order (the CUDA simulator's way, and the fewest
+    SMs there can be); True, every block at once, a tile a step, a block that finds its turn not yet
+    come waiting a step. Returns ({(chain, Q block): blocks in the order they added}, steps waited),
+    after asserting that a block run alone always finds its turn (a wait there never ends)."""
+    n_kb = -(-n_kv // block_kv)
+    walks = {}
+    for jb in range(n_kb - 1, -1, -1):  # ticket order: the last K block first
+        first, end = backward_tc.ordered_walk(jb, n_q, block_q, block_kv, causal)
+        n_qb = -(-n_q // block_q)
+        walks[jb] = [(i % n_qb, *backward_tc.ordered_turn(jb, i % n_qb, first, n_kb, n_q, block_q, block_kv, causal))
+                     for i in range(first, end)]
+    added, waited = {}, 0
+    if not in_step:
+        for jb, walk in walks.items():
+            for iq, chain, ahead in walk:
+                line = added.setdefault((chain, iq), [])
+                assert len(line) == ahead, f"block {jb} at Q block {iq} would wait for ever"
+                line.append(jb)
+        return added, waited
+    at = {jb: 0 for jb in walks}
+    while any(at[jb] < len(walk) for jb, walk in walks.items()):
+        done = []
+        for jb, walk in walks.items():
+            if at[jb] < len(walk):
+                iq, chain, ahead = walk[at[jb]]
+                if len(added.get((chain, iq), [])) == ahead:
+                    done.append((jb, chain, iq))
+                else:
+                    waited += 1
+        assert done, "every block waits"
+        for jb, chain, iq in done:  # (counted done at the step's end)
+            added.setdefault((chain, iq), []).append(jb)
+            at[jb] += 1
+    return added, waited
+
+
+@pytest.mark.parametrize("n_q, n_kv, block_q, block_kv", [
+    (256, 256, 64, 64), (4096, 4096, 64, 64), (200, 330, 64, 64), (330, 200, 64, 64), (37, 33, 16, 16),
+    (256, 512, 128, 64), (512, 256, 64, 128), (100, 700, 32, 64), (1, 1, 16, 16), (700, 555, 64, 64)])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_ordered_dq_order(n_q, n_kv, block_q, block_kv, causal):
+    """backward_tc.ORDERED_DQ's order, by the kernel's own functions (ordered_walk, ordered_turn):
+    blocks run one at a time in ticket order each find their turn at every tile (no wait can
+    deadlock, on any number of SMs); each Q block is added to by exactly the blocks that see it
+    (causal: whose first key is at most its last query), once each, every chain from its last block
+    down, and the same order in step; with square blocks over equal lengths no block waits in step."""
+    alone, _ = _ordered_runs(n_q, n_kv, block_q, block_kv, causal, in_step=False)
+    together, waited = _ordered_runs(n_q, n_kv, block_q, block_kv, causal, in_step=True)
+    assert together == alone
+    n_qb, n_kb = -(-n_q // block_q), -(-n_kv // block_kv)
+    for iq in range(n_qb):
+        last_query = min(n_q, (iq + 1) * block_q) - 1
+        sees = [jb for jb in range(n_kb) if not causal or jb * block_kv <= last_query]
+        chains = [alone.get((chain, iq), []) for chain in (0, 1)]
+        assert sorted(chains[0] + chains[1]) == sees
+        assert all(line == sorted(line, reverse=True) for line in chains)
+        assert not causal or not chains[1]
+    if block_q == block_kv and n_q == n_kv:
+        assert waited == 0
 
 
 @pytest.mark.parametrize("blocks, n_q, n_kv", [((16, 64), 20, 70), ((48, 48), 50, 13)],

@@ -107,8 +107,9 @@ def test_the_backward_is_tuned_over_its_own_candidates(tmp_path, monkeypatch):
 
 
 def test_the_spill_check_compiles_the_build_each_mode_runs(monkeypatch):
-    """With dQ by atomics, the spill check compiles the atomic-dQ dkdv where the schedule has one
-    (kernels/backward_tc.py, atomic_dq), and the deterministic kernels elsewhere; a spill is reported."""
+    """The spill check compiles the atomic-dQ dkdv where the schedule has one (kernels/backward_tc.py,
+    atomic_dq): in the GPU's order with dQ by atomics, in a fixed order (ORDERED_DQ) in the
+    deterministic mode; elsewhere the dq kernel's build. A spill is reported."""
     from kernels.flash2_tc import tc_schedule
 
     built = []
@@ -132,7 +133,11 @@ def test_the_spill_check_compiles_the_build_each_mode_runs(monkeypatch):
     assert built == [(64, True, "fast-tf32x3", True, {"atomic_dq": False})]  # d = 64: not paired, none
     built.clear()
     autotune._local_memory(paired, 128, "float32", backward=True, deterministic=True)
-    assert [b[4] for b in built] == [{}, {}]  # causal and not, the deterministic build
+    ordered = {"atomic_dq": True, "ordered_dq": True}  # causal and not, the deterministic build: dQ in order
+    assert [b[4] for b in built] == [ordered, ordered]
+    built.clear()
+    autotune._local_memory(paired, 64, "float32", backward=True, causal=True, deterministic=True)
+    assert built == [(64, True, "fast-tf32x3", True, {})]  # d = 64: the dq kernel
     Compiled.local_mem_per_thread = 16
     assert autotune._local_memory(paired, 128, "float32", backward=True, causal=False, deterministic=False) == 16
 

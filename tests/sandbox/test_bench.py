@@ -685,7 +685,8 @@ def test_cli_bench_heads_kv_that_does_not_divide_is_one_line(capsys):
 def test_atomic_dq_rows_follow_our_backward_rows():
     """``BenchSpec(atomic_dq=True)`` (``bench --atomic-dq``): after each of our kinds' backward rows its
     ``-atomic-dq`` twin, run with ``deterministic=False``, whose schedule column says whether this
-    build adds dQ by atomics (the paired dkdv at d = 128, 64×64: yes; d = 64: no)."""
+    build adds dQ by atomics (the paired dkdv at d = 128, 64×64: yes; d = 64: no); the deterministic
+    row's says where it adds them in a fixed order."""
     from kernels.flash2_tc import tc_schedule
     from sandbox.lab.bench import BenchSpec
 
@@ -699,3 +700,6 @@ def test_atomic_dq_rows_follow_our_backward_rows():
     assert twin.describe(Problem(1, 1, 256, 256, 64)).endswith("deterministic: no atomic dQ for this build)")
     paired = type(twin)("flash2", "bwd", tc_schedule(64, 64), deterministic=False)
     assert paired.describe(Problem(1, 1, 256, 256, 128)).endswith("; dQ by atomics)")
+    ordered = type(twin)("flash2", "bwd", tc_schedule(64, 64))  # (deterministic: the same atomics, in order)
+    assert ordered.describe(Problem(1, 1, 256, 256, 128)).endswith("; dQ by atomics in a fixed order)")
+    assert type(twin)("flash2", "bwd", tc_schedule(64, 64)).describe(Problem(1, 1, 256, 256, 64)).endswith("build)")
