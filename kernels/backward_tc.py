@@ -61,12 +61,15 @@ arithmetic and its order are the one-stage kernels': the gradients are bit-ident
 one-stage loops keep the tile's body inline, as the kernels measured and checked for spills had it
 (called as ``dkdv_tile``, the masked dkdv at d = 128 spilled 8 bytes a thread on the H200).
 
-**Deterministic.** Every output element is written once, by one thread, summing in a fixed order;
-no atomics: the same inputs give bit-identical gradients. ``deterministic=False``
-(kernels/launch.py's ``run_backward``) lets a paired dkdv also form dQ (``atomic_dq``): each
+**Deterministic.** Every output element is written once, by one thread, summing in a fixed order,
+or, where a paired dkdv forms dQ (``atomic_dq``), added by fp32 atomics in a fixed order
+(:data:`ORDERED_DQ`): the same inputs give bit-identical gradients. There dkdv also forms dQ: each
 chunk's dSᵀ goes to SRAM, and the block adds dS K_j to dQ in HBM by fp32 atomics, as
-FlashAttention-2 does: 5 products a tile instead of 7 and no dq kernel, but dQ's order of
-additions is the GPU's (dK and dV are the deterministic kernels', bit for bit).
+FlashAttention-2 does (5 products a tile instead of 7, no dq kernel), each (head, Q block, chunk)
+taking its K blocks' additions one block after another. ``deterministic=False``
+(kernels/launch.py's ``run_backward``) adds them in the GPU's order, with no waits (dK and dV are
+the dq kernel build's, bit for bit; ordered and non-causal, each block's walk over the Q blocks
+starts at its own, so dK and dV sum in another fixed order).
 
 **Pairs of warps above d = 64.** A warp's dK_j and dV_j take d registers a thread, so at d = 128
 a 64×64 dkdv held 4 warps of 255 registers an SM, one per scheduler, and stalled on every latency.
@@ -140,7 +143,9 @@ ACC_GROUP_PAIRED = {"dkdv": {MAX_HEAD_DIM: 4}, "dq": {MAX_HEAD_DIM: 8}}
 #: cycle); "dq_sum" adds the halves. The turns are counted per chunk of a tile: one thread waits
 #: for the chunk's turn before the block's atomics, and counts it done after the block's next barrier
 #: (a fence, then the count: CUTLASS's semaphore pattern), so a block trails the one before it by
-#: a chunk, not a tile.
+#: a chunk, not a tile. On the H200 at d = 128 (64×64) the backward ran 0.95–0.96× SDPA efficient
+#: this way, against 0.86–0.87× with the dq kernel and 1.04–1.07× in the GPU's order (BENCHMARKS.md,
+#: "Fast backward, fp32: dQ in a fixed order").
 ORDERED_DQ = True
 
 #: Threads per block of the ordered dQ's sum of its two halves (:func:`make_dq_sum`).
@@ -856,6 +861,9 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
         edge = q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform; no mask here)
         for cq in range(0, C, CH):
             xb = OX + ((cq // CH) % 2) * (R * CH) + ra * CH + lane  # this pair's buffer, this lane
+            seen = -1
+            if ORDERED and tid == 0:  # the chunk's turn read now, its latency under the products
+                seen = cuda.atomic.add(turns, turn + cq // CH, 0)
             if role == 0:
                 product(sm, xch, tid, ra, cq, X1, y + Y1, s)  # Sᵀ = K_j Q_iᵀ
                 for n in range(NS):
@@ -888,8 +896,11 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                         if FUSED:  # dSᵀ -> the block's tile, [key][query]
                             sm[IX(ODS + (ra + g + 8 * (e // 2)) * DSS + 8 * n + 2 * tq + (e % 2))] = s[n, e]
             if FUSED:
-                if ORDERED and tid == 0:  # this chunk's turn to add to dQ_i
-                    await_turn(turns, turn + cq // CH, ahead)
+                if ORDERED and tid == 0:  # this chunk's turn to add to dQ_i (come already, mostly)
+                    if seen != ahead:
+                        await_turn(turns, turn + cq // CH, ahead)
+                    else:
+                        cuda.threadfence()
                 cuda.syncthreads()  # the block's dSᵀ is in
             if role == 0:
                 accumulate(sm, xch, tid, cq, s, small, y + Y2, acc, t, 0)  # dV_j += Pᵀ dO_i

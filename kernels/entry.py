@@ -89,8 +89,9 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
 
     flash1 and flash2 schedules run FlashAttention-2's backward with recomputation (S and P
     rebuilt per tile from Q, K and the saved log-sum-exp; nothing Nq×Nk in HBM); the standard
-    schedule materializes P and dS in HBM. Deterministic by default: no floating-point atomics,
-    so the same inputs give bit-identical gradients.
+    schedule materializes P and dS in HBM. Deterministic by default: every gradient element sums
+    in a fixed order (the fast backward's dQ by fp32 atomics in a fixed order where it adds dQ by
+    atomics), so the same inputs give bit-identical gradients.
 
     Args:
         q, k, v: as for :func:`attention`.
@@ -105,11 +106,11 @@ def attention_backward(q, k, v, out, lse, dout, schedule=DEFAULT_SCHEDULE, causa
         score_mod: the forward call's score_mod, which must carry its derivative
             (``ScoreMod(fn, grad=...)``; the built-ins do): P is rebuilt with it and
             dS = P ∘ (dP - D) ∘ score_mod'(S) (the fast backward, ``fast=True``, too).
-        deterministic: False lets the fast backward add dQ by fp32 atomics where it can
-            (kernels/backward_tc.py, ``atomic_dq``: fp32, no mask, the paired dkdv above d = 64),
-            as FlashAttention-2 does: dkdv also forms dQ and no dq kernel runs, faster, but dQ's
-            sum order is the GPU's and may differ between runs by rounding. Elsewhere it changes
-            nothing. dK and dV stay deterministic.
+        deterministic: where the fast backward adds dQ by fp32 atomics (kernels/backward_tc.py,
+            ``atomic_dq``: fp32, no mask, the paired dkdv above d = 64; dkdv also forms dQ and no
+            dq kernel runs, as FlashAttention-2 does), False adds them in the GPU's order instead
+            of a fixed one (``ORDERED_DQ`` there): no waits, faster, but dQ may differ between runs
+            by rounding. Elsewhere it changes nothing. dK and dV stay deterministic.
 
     Returns:
         ``(dq, dk, dv)`` in the input dtype (fp32 accumulation), plus the report with ``count_io``.

@@ -11,7 +11,8 @@ else its counting source without counters) and saves O and L; the backward runs
 :func:`kernels.entry.attention_backward` with the same schedule, causal flag, scale and mask:
 FlashAttention-2's backward with recomputation for the flash kinds, P and dS in HBM for standard.
 Deterministic by default: the same inputs give bit-identical gradients (``deterministic=False``
-lets the fast backward add dQ by atomics where it can, :func:`sandbox.attention_backward`). K and V may have fewer heads than Q
+lets the fast backward add dQ by atomics in the GPU's order where it adds them by atomics,
+:func:`sandbox.attention_backward`). K and V may have fewer heads than Q
 (grouped K/V heads, H_kv dividing H: query head h reads K/V head h // (H / H_kv), as SDPA's
 ``enable_gqa=True``); their gradients then sum each group's query heads and have K's and V's
 shapes. PyTorch is imported on first use, not by ``import sandbox``.
@@ -65,7 +66,8 @@ def attention(q, k, v, schedule=DEFAULT_SCHEDULE, causal=False, scale=None, mask
             tensor-core backward for ``Schedule(math="tf32x3")``, kernels/backward_tc.py), refused
             with the reason when ``.backward()`` runs where it cannot; False, never.
         deterministic: the backward's (:func:`sandbox.attention_backward`): False lets the fast
-            backward add dQ by fp32 atomics where it can (faster; dQ's rounding may differ between runs).
+            backward add dQ by fp32 atomics in the GPU's order where it adds them by atomics
+            (faster; dQ's rounding may differ between runs).
 
     Returns:
         O, (B, H, Nq, d), in the input dtype, part of the autograd graph of q, k and v.

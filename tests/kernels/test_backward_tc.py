@@ -221,6 +221,8 @@ def test_atomic_dq_matches_the_deterministic_gradients(shape, causal, monkeypatc
         assert list(phases) == ["d", "dkdv", "dq_sum"]
         with pytest.raises(TypeError, match="deterministic"):
             attention_backward(q, k, v, out, lse, dout, schedule=schedule, causal=causal, deterministic="no")
+        with pytest.raises(ValueError, match="dq_kernel=True is the deterministic dQ"):  # (before any array is read)
+            launch.run_backward(schedule, problem, *[None] * 6, fast=True, deterministic=False, dq_kernel=True)
     finally:
         if paired_above is not None:
             launch.build.cache_clear()
