@@ -496,7 +496,7 @@ def make_dkdv(schedule, head_dim, dtype, count_io, causal, mask=None, score_mod=
     """kernel(q, k, v, do, lse, dvec, dk, dv, scale, counters); grid (Tc, B·H). With ``atomic_dq``
     (:func:`atomic_dq`), kernel(q, k, v, do, lse, dvec, dk, dv, dq, scale, counters), dq fp32 and
     zeroed; ``ordered`` too (:data:`ORDERED_DQ`), kernel(q, k, v, do, lse, dvec, dk, dv, sums, turns,
-    scale, counters): sums fp32 (B, H, 2·Nq, d), turns int32 (1 + 2·B·H·Tr), both zeroed."""
+    scale, counters): sums fp32 (B, H, 2·Nq, d), turns int32 (:func:`ordered_turns`), both zeroed."""
     return _make(schedule, head_dim, dtype, count_io, causal, mask, "dkdv", score_mod, atomic_dq, ordered)
 
 
