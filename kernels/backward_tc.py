@@ -93,7 +93,8 @@ from numba import cuda, float32, int32, int64, uint64
 
 from kernels.flash2_common import refusal
 from kernels.mma import XCH_PER_THREAD, exp2, mma, split
-from kernels.mma16 import bar_sync, cp_async_commit, cp_async_wait, cp_async_wait_but_one, row_copier
+from kernels.mma16 import (bar_sync, cp_async_commit, cp_async_wait, cp_async_wait_but_one, ld_acquire, red_release,
+                           row_copier)
 from kernels.smem import device_smem_optin
 from kernels.tiles import LOG2E, NEG_INF, ONE, ZERO, array_type, inline_device, inline_ir, make_tile_ops, COUNTERS
 from sandbox.vocabulary.runtime import using_simulator
@@ -141,9 +142,9 @@ ACC_GROUP_PAIRED = {"dkdv": {MAX_HEAD_DIM: 4}, "dq": {MAX_HEAD_DIM: 8}}
 #: by the blocks with s(j) > i from the last down: two chains, each summed into its own half of an
 #: fp32 (B, H, 2·Nq, d) array, so the second never waits for the first (that wait would close a
 #: cycle); "dq_sum" adds the halves. The turns are counted per chunk of a tile: one thread waits
-#: for the chunk's turn before the block's atomics, and counts it done after the block's next barrier
-#: (a fence, then the count: CUTLASS's semaphore pattern), so a block trails the one before it by
-#: a chunk, not a tile. On the H200 at d = 128 (64×64) the backward ran 0.95–0.96× SDPA efficient
+#: for the chunk's turn by acquire reads before the block's barrier and atomics, and counts it done
+#: by a release add after the block's next barrier (CUTLASS's semaphore pattern, with no separate
+#: fence: kernels/mma16.py), so a block trails the one before it by a chunk, not a tile. On the H200 at d = 128 (64×64) the backward ran 0.95–0.96× SDPA efficient
 #: this way, against 0.86–0.87× with the dq kernel and 1.04–1.07× in the GPU's order (BENCHMARKS.md,
 #: "Fast backward, fp32: dQ in a fixed order").
 ORDERED_DQ = True
@@ -191,21 +192,20 @@ def ordered_turns(schedule, head_dim, problem):
 
 
 @inline_device
-def await_turn(turns, at, ahead):
-    """Spin until ``turns[at]`` reads ``ahead``, then fence: what the blocks counted there added is
-    seen before anything this block's threads do after their next barrier (the acquire half of
-    CUTLASS's semaphore pattern: one thread waits, the block's barrier passes it on)."""
-    while cuda.atomic.add(turns, at, 0) != ahead:
+def turn_wait(turns, at, ahead):
+    """Wait until ``turns[at]`` reads ``ahead`` by acquire reads: what the blocks counted there
+    added is seen before anything this block's threads do after their next barrier (the acquire
+    half of CUTLASS's semaphore pattern: one thread waits, the block's barrier passes it on)."""
+    while ld_acquire(turns, at) != ahead:
         pass
-    cuda.threadfence()
 
 
 @inline_device
 def turn_done(turns, at):
     """Count one more block done at ``turns[at]``, after a barrier that every thread of the block
-    passed after its atomics: a fence, then the count (the release half)."""
-    cuda.threadfence()
-    cuda.atomic.add(turns, at, 1)
+    passed after its atomics: a release add, which orders the block's atomics before it (the
+    release half)."""
+    red_release(turns, at, 1)
 
 
 def by_head_dim(table, head_dim):
@@ -861,9 +861,6 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
         edge = q_len < C or (CAUSAL and q0 < k0 + R - 1)  # entries to mask (block-uniform; no mask here)
         for cq in range(0, C, CH):
             xb = OX + ((cq // CH) % 2) * (R * CH) + ra * CH + lane  # this pair's buffer, this lane
-            seen = -1
-            if ORDERED and tid == 0:  # the chunk's turn read now, its latency under the products
-                seen = cuda.atomic.add(turns, turn + cq // CH, 0)
             if role == 0:
                 product(sm, xch, tid, ra, cq, X1, y + Y1, s)  # Sᵀ = K_j Q_iᵀ
                 for n in range(NS):
@@ -897,10 +894,7 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
                             sm[IX(ODS + (ra + g + 8 * (e // 2)) * DSS + 8 * n + 2 * tq + (e % 2))] = s[n, e]
             if FUSED:
                 if ORDERED and tid == 0:  # this chunk's turn to add to dQ_i (come already, mostly)
-                    if seen != ahead:
-                        await_turn(turns, turn + cq // CH, ahead)
-                    else:
-                        cuda.threadfence()
+                    turn_wait(turns, turn + cq // CH, ahead)
                 cuda.syncthreads()  # the block's dSᵀ is in
             if role == 0:
                 accumulate(sm, xch, tid, cq, s, small, y + Y2, acc, t, 0)  # dV_j += Pᵀ dO_i
@@ -992,8 +986,8 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             g = (tid % 32) // 4
             tq = tid % 4
             n_kb = cuda.gridDim.x  # K/V blocks of a head
-            tk = cuda.shared.array(1, int32)  # (ordered: the block's ticket)
             if ORDERED:  # (head, K block) by ticket: heads in turn, each head's K blocks from the last down
+                tk = cuda.shared.array(1, int32)  # the block's ticket
                 if tid == 0:
                     tk[0] = cuda.atomic.add(turns, 0, 1)
                 cuda.syncthreads()
@@ -1027,12 +1021,12 @@ def _make(schedule, head_dim, dtype, count_io, causal, mask, phase, score_mod=No
             i0 = 0
             n_qb = (n_q + C - 1) // C  # Q blocks
             n_blocks = n_qb  # (the walk's end: block i is Q block i, or i - n_qb past the last)
-            if CAUSAL:  # earlier Q blocks see none of these keys
+            if ORDERED:  # causal as below; else from the Q block of the first key, wrapping round (ORDERED_DQ)
+                i0, n_blocks = _ordered_walk(jb, n_q, C, R, CAUSAL)
+            elif CAUSAL:  # earlier Q blocks see none of these keys
                 i0 = k0 // C
                 if k0 >= n_q:
                     n_blocks = i0  # no query sees this block: nothing loaded, zeros stored
-            elif ORDERED:  # from the Q block of the first key, wrapping round (ORDERED_DQ)
-                i0, n_blocks = _ordered_walk(jb, n_q, C, R, CAUSAL)
             if PIPE:
                 lreg = cuda.local.array(NL, float32)
                 dreg = cuda.local.array(NL, float32)

@@ -514,11 +514,7 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
         extra["score_mod"] = score_mod
     if dq_kernel and not deterministic:
         raise ValueError("dq_kernel=True is the deterministic dQ of a dq kernel; it cannot run with deterministic=False")
-    if (not dq_kernel and atomic_dq_runs(schedule, problem, chosen, mask)
-            and (not deterministic or ordered_dq_runs(chosen))):
-        extra["atomic_dq"] = True
-        if deterministic:
-            extra["ordered_dq"] = True
+    extra.update(dq_build(schedule, problem, chosen, mask, deterministic, dq_kernel))
     ks = build(schedule, problem.head_dim, problem.dtype.name, problem.causal, chosen, backward=True, mask=mask,
                **extra, **_dv(problem))
     check_grids(ks, problem)
@@ -569,6 +565,18 @@ def run_backward(schedule, problem, q, k, v, out, lse, dout, count_io=False, mas
         launch("group_sum", dk_out, dv_out, dk, dv, counters)
     report = to_report(counters.copy_to_host(stream=stream), problem.dtype) if count_io else None
     return dq, dk, dv, report
+
+
+def dq_build(schedule, problem, chosen, mask=None, deterministic=True, dq_kernel=False):
+    """:func:`build`'s arguments for the backward's dQ: ``{}`` where a dq kernel forms it
+    (``dq_kernel``, or no atomic-dQ dkdv for this build), ``{"atomic_dq": True}`` where dkdv adds it
+    by atomics in the GPU's order (not ``deterministic``), and ``{"atomic_dq": True, "ordered_dq":
+    True}`` where it adds them in a fixed order (kernels/backward_tc.py, ``ORDERED_DQ``)."""
+    if dq_kernel or not atomic_dq_runs(schedule, problem, chosen, mask):
+        return {}
+    if not deterministic:
+        return {"atomic_dq": True}
+    return {"atomic_dq": True, "ordered_dq": True} if ordered_dq_runs(chosen) else {}
 
 
 def ordered_dq_runs(chosen):

@@ -35,13 +35,26 @@ Two data movers serve the products (FlashAttention-2's):
   (``cp_async_wait_but_one``: all but the newest); a barrier must follow before other threads
   read the words.
 
+Two memory-model operations serve blocks that hand work to each other through a counter in
+global memory (int32, at gpu scope; the ordered dQ of kernels/backward_tc.py):
+
+- ``ld_acquire(a, i)`` is ``ld.acquire.gpu``: reads ``a[i]``, and nothing the thread does after
+  it is seen before it (with a barrier after it, nothing the block does);
+- ``red_release(a, i, v)`` is ``red.release.gpu.add``: adds ``v`` to ``a[i]`` once everything the
+  thread did before is seen at gpu scope (with a barrier before it, everything the block did).
+
+Neither needs a separate fence: on the H200 a ``fence.acq_rel.gpu`` (or ``cuda.threadfence``, a
+``fence.sc.gpu``) where a block waits for its turn cost the ordered dQ 4.5–7% of the backward's time
+(BENCHMARKS.md, "Fast backward, fp32: dQ in a fixed order").
+
 On the GPU these are inline PTX. The simulator has no tensor cores and no cross-lane registers:
 there the lanes swap their fragments through a shared array (``xch``, :data:`XCH16_PER_THREAD`
 uint32 per thread, allocated by the kernel) with a barrier before and after, so every thread of
 the block must make the same calls. Its 16-bit inputs are exact, its products are summed in fp64
 and rounded once to fp32 per product (which the tensor cores need not match bit for bit), and its
 packing rounds with NumPy's float16 and ml_dtypes' bfloat16 (to nearest even). Its ldmatrix
-swaps the row addresses through the same exchange array; its cp.async copies at once.
+swaps the row addresses through the same exchange array; its cp.async copies at once. Its counter
+operations are atomic reads and adds after a fence.
 """
 
 import ml_dtypes
@@ -161,6 +174,17 @@ if using_simulator():
 
     def cp_async_wait_but_one():
         """Wait for all but the newest of the thread's committed groups (nothing to do in the simulator)."""
+
+    @cuda.jit(device=True)
+    def ld_acquire(a, i):
+        """``a[i]``, read atomically (the simulator's memory is sequentially consistent)."""
+        return cuda.atomic.add(a, i, 0)
+
+    @cuda.jit(device=True)
+    def red_release(a, i, v):
+        """``a[i] += v`` atomically, after a fence."""
+        cuda.threadfence()
+        cuda.atomic.add(a, i, v)
 
 else:
     from llvmlite import ir
@@ -288,6 +312,59 @@ else:
             return context.get_dummy_value()
 
         return types.void(barrier, count), codegen
+
+    def _global_address(context, builder, aryty, ary, index, index_type):
+        """The 64-bit generic address of element ``index`` of a 1-D array in global memory."""
+        i = context.cast(builder, index, index_type, types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, context.make_array(aryty)(context, builder, ary),
+                                       [i], wraparound=False)
+        return builder.ptrtoint(ptr, ir.IntType(64))
+
+    def _counter_read(ptx):
+        """An int32 read ``ptx`` of ``a[i]`` (operands: the value read, [the address]): an intrinsic."""
+
+        @intrinsic
+        def _read(typingctx, a, i):
+            if not isinstance(a, types.Array) or a.ndim != 1 or a.dtype != types.int32 or not isinstance(i, types.Integer):
+                return None
+
+            def codegen(context, builder, signature, args):
+                addr = _global_address(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+                asm = ir.InlineAsm(ir.FunctionType(ir.IntType(32), [ir.IntType(64)]), ptx, "=r,l,~{memory}",
+                                   side_effect=True)
+                return builder.call(asm, [addr])
+
+            return types.int32(a, i), codegen
+
+        return _read
+
+    @intrinsic
+    def _red_release(typingctx, a, i, v):
+        if (not isinstance(a, types.Array) or a.ndim != 1 or a.dtype != types.int32 or not isinstance(i, types.Integer)
+                or not isinstance(v, types.Integer)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            addr = _global_address(context, builder, signature.args[0], args[0], args[1], signature.args[1])
+            x = context.cast(builder, args[2], signature.args[2], types.int32)
+            builder.call(ir.InlineAsm(ir.FunctionType(ir.VoidType(), [ir.IntType(64), ir.IntType(32)]),
+                                      "red.release.gpu.add.s32 [$0], $1;", "l,r,~{memory}", side_effect=True),
+                         [addr, x])
+            return context.get_dummy_value()
+
+        return types.void(a, i, v), codegen
+
+    _ld_acquire = _counter_read("ld.acquire.gpu.b32 $0, [$1];")
+
+    @inline_device
+    def ld_acquire(a, i):
+        """``a[i]`` by ld.acquire.gpu (the module docstring)."""
+        return _ld_acquire(a, i)
+
+    @inline_device
+    def red_release(a, i, v):
+        """``a[i] += v`` by red.release.gpu.add (the module docstring)."""
+        _red_release(a, i, v)
 
     _ldsm, _ldsm_t = _ldsm_intrinsic(False), _ldsm_intrinsic(True)
     _commit, _wait = _asm_statement("cp.async.commit_group;"), _asm_statement("cp.async.wait_group 0;")

@@ -45,7 +45,7 @@ from numba_cuda import __version__ as numba_cuda_version
 from kernels import registry
 from kernels.builds import choose_backward_build, choose_build
 from kernels.flash2_tc16 import tc16_schedule
-from kernels.launch import atomic_dq_runs, build, ordered_dq_runs
+from kernels.launch import build, dq_build
 from sandbox.lab.records import atomic_write
 from sandbox.lab.timing import time_attention
 from sandbox.vocabulary.problem import Problem
@@ -282,12 +282,8 @@ def _local_memory(schedule, head_dim, dtype, backward=False, causal=None, determ
     for causal in ((False, True) if causal is None else (bool(causal),)):
         chosen = chooser(schedule, head_dim, fast=True)
         extra = {}
-        if backward:
-            fused = atomic_dq_runs(schedule, Problem(1, 1, 1, 1, head_dim, dtype=dtype), chosen, None)
-            if not deterministic:
-                extra["atomic_dq"] = fused
-            elif fused and ordered_dq_runs(chosen):  # (the deterministic mode's dQ in a fixed order)
-                extra = {"atomic_dq": True, "ordered_dq": True}
+        if backward:  # (the dQ build the mode runs)
+            extra = dq_build(schedule, Problem(1, 1, 1, 1, head_dim, dtype=dtype), chosen, None, deterministic)
         kernels = build(schedule, head_dim, dtype, causal, chosen, backward=backward, **extra)
         for kernel, _, _ in kernels.values():
             (compiled,) = kernel.overloads.values()

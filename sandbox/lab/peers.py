@@ -31,7 +31,7 @@ from numba import cuda
 
 from kernels import registry
 from kernels.builds import GROUPED_REFUSAL, choose_backward_build, choose_build
-from kernels.launch import atomic_dq_runs, counting_allocations, ordered_dq_runs, from_device, run, run_backward, to_device
+from kernels.launch import counting_allocations, dq_build, from_device, run, run_backward, to_device
 from kernels.smem import check_device_limit
 from sandbox.lab.autotune import tuned_schedule
 from sandbox.lab.bench_check import tolerance as default_tolerance
@@ -412,11 +412,12 @@ class Ours(Impl):
         refused = chosen.reason == GROUPED_REFUSAL or (self.direction == "bwd" and not chosen.fast)
         grouped = f"; {GROUPED_REFUSAL}" if problem.group > 1 and refused else ""
         atomic = ""
-        runs = self.direction == "bwd" and atomic_dq_runs(self.schedule_for(problem), problem, chosen, None)
-        if not self.deterministic:
-            atomic = "; dQ by atomics" if runs else "; deterministic: no atomic dQ for this build"
-        elif runs and ordered_dq_runs(chosen):
-            atomic = "; dQ by atomics in a fixed order"
+        if self.direction == "bwd":
+            extra = dq_build(self.schedule_for(problem), problem, chosen, None, self.deterministic)
+            if not self.deterministic:
+                atomic = "; dQ by atomics" if extra else "; deterministic: no atomic dQ for this build"
+            elif extra:
+                atomic = "; dQ by atomics in a fixed order"
         return f"{self.schedule_for(problem).describe()} ({chosen.name} build{grouped}{atomic})"
 
     def available(self, problem):

@@ -155,8 +155,11 @@ def test_two_stages_give_the_one_stage_gradients(shape, causal, monkeypatch):
     (``stages``), and above d = 64 each kernel gives each 16 resident rows two warps (``paired``:
     the "paired" cases; at d = 16 by lowering ``PAIRED_ABOVE``); the arithmetic and its order are the one-stage
     kernel's, so the gradients are bit-identical to those of the same blocks under an SRAM that
-    holds one stage."""
+    holds one stage. dQ comes from the dq kernel in both: dQ added in a fixed order inside dkdv
+    (ORDERED_DQ, at d = 128) needs two stages, and sums in an order of its own
+    (test_atomic_dq_matches_the_deterministic_gradients)."""
     n_q, n_kv, d, br, bc, heads, paired_above = shape  # (small: two ragged streamed blocks in each kernel)
+    monkeypatch.setattr(backward_tc, "ORDERED_DQ", False)
     if paired_above is not None:
         monkeypatch.setattr(backward_tc, "PAIRED_ABOVE", paired_above)
         launch.build.cache_clear()  # (kernels built under the other rule; and again after the test, below)

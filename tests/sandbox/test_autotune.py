@@ -130,7 +130,7 @@ def test_the_spill_check_compiles_the_build_each_mode_runs(monkeypatch):
     assert built == [(128, False, "fast-tf32x3", True, {"atomic_dq": True})]
     built.clear()
     assert autotune._local_memory(paired, 64, "float32", backward=True, causal=True, deterministic=False) == 0
-    assert built == [(64, True, "fast-tf32x3", True, {"atomic_dq": False})]  # d = 64: not paired, none
+    assert built == [(64, True, "fast-tf32x3", True, {})]  # d = 64: not paired, the dq kernel's build
     built.clear()
     autotune._local_memory(paired, 128, "float32", backward=True, deterministic=True)
     ordered = {"atomic_dq": True, "ordered_dq": True}  # causal and not, the deterministic build: dQ in order
