@@ -144,9 +144,10 @@ ACC_GROUP_PAIRED = {"dkdv": {MAX_HEAD_DIM: 4}, "dq": {MAX_HEAD_DIM: 8}}
 #: cycle); "dq_sum" adds the halves. The turns are counted per chunk of a tile: one thread waits
 #: for the chunk's turn by acquire reads before the block's barrier and atomics, and counts it done
 #: by a release add after the block's next barrier (CUTLASS's semaphore pattern, with no separate
-#: fence: kernels/mma16.py), so a block trails the one before it by a chunk, not a tile. On the H200 at d = 128 (64×64) the backward ran 0.95–0.96× SDPA efficient
-#: this way, against 0.86–0.87× with the dq kernel and 1.04–1.07× in the GPU's order (BENCHMARKS.md,
-#: "Fast backward, fp32: dQ in a fixed order").
+#: fence: kernels/mma16.py), so a block trails the one before it by a chunk, not a tile. On the
+#: H200 at d = 128 (64×64) the backward ran 1.01–1.03× SDPA efficient this way, against 0.86–0.87×
+#: with the dq kernel and 1.04–1.06× in the GPU's order (BENCHMARKS.md, "Fast backward, fp32: dQ in
+#: a fixed order").
 ORDERED_DQ = True
 
 #: Threads per block of the ordered dQ's sum of its two halves (:func:`make_dq_sum`).
