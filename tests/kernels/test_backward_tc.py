@@ -244,6 +244,38 @@ def test_atomic_dq_matches_the_deterministic_gradients(shape, causal, monkeypatc
                 assert a.tobytes() == b.tobytes(), f"{name}: the {way} atomic-dQ kernel's differs from the dq kernel build's"
 
 
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_ordered_dq_with_a_score_mod(causal, monkeypatch):
+    """A score_mod leaves the paired dkdv's atomic dQ in place (it is no mask): in the fixed order
+    (ORDERED_DQ), each chunk's dSᵀ carries score_mod'(S) into dQ as into dK, and the three gradients
+    hold the float64 gradients of the modded scores (d = 16 by lowering ``PAIRED_ABOVE``; Tr = Tc = 3,
+    ragged, so the non-causal walk wraps and adds to the second sum)."""
+    from sandbox.vocabulary import score_mods
+
+    monkeypatch.setattr(backward_tc, "PAIRED_ABOVE", 0)
+    launch.build.cache_clear()
+    schedule = tc_schedule(16, 16)
+    problem = Problem(batch=1, heads=2, n_q=37, n_kv=33, head_dim=16, causal=causal)
+    mod = score_mods.soft_cap(1.5)
+    q, k, v = make_inputs(problem, 17)
+    dout = np.random.default_rng(18).standard_normal(q.shape).astype(np.float32)
+    try:
+        out, lse = attention(q, k, v, schedule=schedule, causal=causal, score_mod=mod, return_lse=True)
+        chosen = launch.choose_backward_build(schedule, 16, fast=True, dtype=problem.dtype, score_mod=mod)
+        assert launch.dq_build(schedule, problem, chosen) == {"atomic_dq": True, "ordered_dq": True}
+        *grads, build = attention_backward(q, k, v, out, lse, dout, schedule=schedule, causal=causal, score_mod=mod,
+                                           fast=True, return_build=True)
+        assert build.name == "fast-tf32x3"
+    finally:
+        launch.build.cache_clear()
+    refs = reference_attention_backward(q, k, v, dout, causal=causal, out=out, lse=lse, score_mod=mod)
+    atols = gradient_tolerances_tc(q, k, v, dout, refs, causal, problem.scale, problem.dtype, out, lse,
+                                   (16, chunks(schedule, 16)[1]), score_mod=mod)
+    for name, g, ref, atol in zip(("dq", "dk", "dv"), grads, refs, atols):
+        assert g.any()
+        np.testing.assert_allclose(g.astype(np.float64), ref, rtol=0, atol=atol, err_msg=name)
+
+
 def _ordered_runs(n_q, n_kv, block_q, block_kv, causal, in_step):
     """Run the blocks of one head by :data:`backward_tc.ORDERED_DQ`'s order, by its own functions:
     ``in_step`` False, one block at a time in ticket order (the CUDA simulator's way, and the fewest
