@@ -54,7 +54,7 @@ the block must make the same calls. Its 16-bit inputs are exact, its products ar
 and rounded once to fp32 per product (which the tensor cores need not match bit for bit), and its
 packing rounds with NumPy's float16 and ml_dtypes' bfloat16 (to nearest even). Its ldmatrix
 swaps the row addresses through the same exchange array; its cp.async copies at once. Its counter
-operations are atomic reads and adds after a fence.
+operations are an atomic read, and a fence then an atomic add.
 """
 
 import ml_dtypes
